@@ -1,0 +1,199 @@
+"""DatasetBuilder on tiny hand-written records (independent of the writer)."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from xray_tfdata import pipeline
+from xray_tfdata import schema
+
+H, W = 12, 10
+
+
+def _png(pixels):
+  buf = io.BytesIO()
+  Image.fromarray(pixels, mode='L').save(buf, format='PNG')
+  return buf.getvalue()
+
+
+def _write_dataset(root, split_sizes=None, num_shards=3):
+  """Writes `split -> (num_normal, num_pneumonia)` with known pixels.
+
+  Image i of a split is filled with the value i (so order and content can be
+  checked), label = class id.
+  """
+  split_sizes = split_sizes or {'train': (5, 9), 'val': (2, 3)}
+  rng = np.random.default_rng(0)
+  info = {'format_version': schema.FORMAT_VERSION, 'name': 'tiny',
+          'class_names': list(schema.DEFAULT_CLASS_NAMES),
+          'image': {'height': H, 'width': W, 'channels': 1,
+                    'encoding': 'png', 'dtype': 'uint8'},
+          'splits': {}}
+  expected = {}
+  for split, (n0, n1) in split_sizes.items():
+    labels = [0] * n0 + [1] * n1
+    rng.shuffle(labels)
+    examples = []
+    for i, label in enumerate(labels):
+      pixels = np.full((H, W), i, np.uint8)
+      pixels[0, 0] = 255  # not a constant image
+      examples.append((pixels, label, f'{split}/{i}.jpeg'))
+    expected[split] = examples
+    shards = []
+    bounds = np.linspace(0, len(examples), num_shards + 1).astype(int)
+    for s in range(num_shards):
+      fname = schema.shard_filename('tiny', split, s, num_shards)
+      with tf.io.TFRecordWriter(os.path.join(root, fname)) as w:
+        for pixels, label, name in examples[bounds[s]:bounds[s + 1]]:
+          w.write(schema.encode_example(
+              _png(pixels), H, W, label, schema.DEFAULT_CLASS_NAMES[label],
+              name, f'patient{label}', 100, 80))
+      shards.append({'filename': fname,
+                     'num_examples': int(bounds[s + 1] - bounds[s]),
+                     'num_bytes': os.path.getsize(os.path.join(root, fname))})
+    info['splits'][split] = {
+        'num_examples': len(examples),
+        'class_counts': {'NORMAL': n0, 'PNEUMONIA': n1},
+        'shards': shards}
+  with open(os.path.join(root, schema.INFO_FILENAME), 'w') as f:
+    json.dump(info, f)
+  return expected
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+  expected = _write_dataset(str(tmp_path))
+  return str(tmp_path), expected
+
+
+def test_info_and_class_weights(tiny):
+  root, _ = tiny
+  info = pipeline.DatasetBuilder(root).info
+  assert info.class_names == ('NORMAL', 'PNEUMONIA')
+  assert info.num_examples('train') == 14
+  assert info.class_counts('train') == [5, 9]
+  weights = info.class_weights('train')
+  # 'balanced': n / (classes * count); equal total weight per class.
+  assert weights[0] == pytest.approx(14 / (2 * 5))
+  assert weights[1] == pytest.approx(14 / (2 * 9))
+  assert weights[0] * 5 == pytest.approx(weights[1] * 9)
+
+
+def test_eval_pass_is_exact_and_in_order(tiny):
+  root, expected = tiny
+  ds = pipeline.DatasetBuilder(root).as_dataset('train', with_metadata=True)
+  got = list(ds.as_numpy_iterator())
+  assert len(got) == len(expected['train'])
+  names = [m['filename'].decode() for _, _, m in got]
+  assert names == [name for _, _, name in expected['train']]
+  for (image, label, _), (pixels, exp_label, _) in zip(got, expected['train']):
+    assert image.dtype == np.uint8 and image.shape == (H, W, 1)
+    np.testing.assert_array_equal(image[..., 0], pixels)
+    assert label == exp_label
+
+
+def test_eval_batches_keep_remainder(tiny):
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  batches = list(builder.as_dataset('train', batch_size=4).as_numpy_iterator())
+  assert [len(b[1]) for b in batches] == [4, 4, 4, 2]
+  assert builder.steps_per_epoch('train', 4, training=False) == 4
+  assert batches[0][0].dtype == np.uint8 and batches[0][0].shape == (4, H, W, 1)
+  assert batches[0][1].dtype == np.float32
+
+
+def test_training_pipeline_shuffles_repeats_and_drops_remainder(tiny):
+  root, expected = tiny
+  builder = pipeline.DatasetBuilder(root)
+  ds = builder.as_dataset('train', batch_size=4, training=True, seed=1)
+  steps = builder.steps_per_epoch('train', 4)
+  assert steps == 3
+  # 7 batches of 4 are exactly two passes over the 14 examples: repeat comes
+  # after shuffle, so each pass is a permutation, and a new one.
+  values = np.concatenate([b[0][:, 1, 1, 0].numpy() for b in ds.take(7)])
+  first, second = values[:14], values[14:]
+  assert sorted(first.tolist()) == list(range(14))
+  assert sorted(second.tolist()) == list(range(14))
+  assert not np.array_equal(first, second)
+  assert not np.array_equal(first, np.arange(14))
+
+
+def test_labels_follow_images_through_the_shuffle(tiny):
+  root, expected = tiny
+  label_of_value = {i: label for i, (_, label, _) in enumerate(expected['train'])}
+  ds = pipeline.DatasetBuilder(root).as_dataset('train', batch_size=5,
+                                                 training=True, seed=3)
+  for images, labels in ds.take(6):
+    for value, label in zip(images[:, 1, 1, 0].numpy(), labels.numpy()):
+      assert label_of_value[int(value)] == label
+
+
+def test_input_context_shards_by_file(tiny):
+  root, expected = tiny
+  builder = pipeline.DatasetBuilder(root)
+  seen = []
+  for pipeline_id in range(3):
+    ctx = tf.distribute.InputContext(num_input_pipelines=3,
+                                     input_pipeline_id=pipeline_id)
+    ds = builder.as_dataset('train', input_context=ctx, with_metadata=True)
+    seen.append({m['filename'].decode() for _, _, m in ds.as_numpy_iterator()})
+  assert sum(len(s) for s in seen) == len(expected['train'])
+  assert set.union(*seen) == {name for _, _, name in expected['train']}
+
+
+def test_resize_on_purpose(tiny):
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  with pytest.raises(pipeline.DatasetError, match='stored at 12x10'):
+    builder.as_dataset('val', image_size=(24, 20))
+  images, _ = next(iter(builder.as_dataset('val', batch_size=2,
+                                            image_size=(24, 20), resize=True)))
+  assert images.shape == (2, 24, 20, 1) and images.dtype == tf.uint8
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'split': 'test'}, "split 'test' is not in"),
+    ({'split': 'train', 'batch_size': 0}, 'batch_size must be at least 1'),
+])
+def test_bad_requests(tiny, kwargs, message):
+  root, _ = tiny
+  with pytest.raises(pipeline.DatasetError, match=message):
+    pipeline.DatasetBuilder(root).as_dataset(**kwargs)
+
+
+def test_missing_info_names_the_fix(tmp_path):
+  with pytest.raises(pipeline.DatasetError, match='does not exist'):
+    pipeline.DatasetBuilder(str(tmp_path / 'nowhere'))
+  with pytest.raises(pipeline.DatasetError, match='run tools/make_tfrecords'):
+    pipeline.DatasetBuilder(str(tmp_path))
+
+
+def test_truncated_shard_is_named(tiny):
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  path = builder.shard_paths('train')[1]
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:len(data) // 2])
+  with pytest.raises(pipeline.DatasetError, match=os.path.basename(path)):
+    builder.as_dataset('train')
+
+
+def test_corrupt_shard_is_named_by_verify(tiny):
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  path = builder.shard_paths('val')[2]
+  with open(path, 'r+b') as f:
+    f.seek(40)
+    byte = f.read(1)
+    f.seek(40)
+    f.write(bytes([byte[0] ^ 0xFF]))  # same size, bad CRC
+  assert builder.verify('train') == 14
+  with pytest.raises(pipeline.DatasetError, match=os.path.basename(path)):
+    builder.verify('val')

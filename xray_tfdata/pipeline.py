@@ -1,0 +1,309 @@
+"""DatasetBuilder: reads the TFRecord shards into tf.data pipelines.
+
+The training pipeline follows the tf.data performance guide: shuffled shard
+list, parallel interleave, parallel parse+decode, cache of the decoded
+images, shuffle, repeat, batch, prefetch. It does no augmentation and no
+float conversion: batches leave the host as uint8 grayscale, twelve times
+fewer bytes than float32 RGB, and the augmentation runs on the device inside
+the model (see `xray_tfdata.augment`).
+"""
+
+import dataclasses
+import os
+
+import tensorflow as tf
+
+from xray_tfdata import schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# Cache decoded images in memory when the split is at most this large. The
+# full Kermany training split at 224 px is about 240 MB.
+DEFAULT_CACHE_LIMIT_BYTES = 4 * 1024**3
+
+
+class DatasetError(ValueError):
+  """A user-caused problem with a converted dataset or a request for it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What `dataset_info.json` says, plus what is derived from it."""
+  data_dir: str
+  name: str
+  class_names: tuple
+  image_height: int
+  image_width: int
+  channels: int
+  splits: dict  # split -> {'num_examples', 'class_counts', 'shards'}
+  raw: dict
+
+  @property
+  def image_size(self):
+    return (self.image_height, self.image_width)
+
+  def num_examples(self, split):
+    return int(self.split(split)['num_examples'])
+
+  def class_counts(self, split):
+    counts = self.split(split)['class_counts']
+    return [int(counts.get(c, 0)) for c in self.class_names]
+
+  def class_weights(self, split='train'):
+    """Class weights as the seed computes them ('balanced').
+
+    weight_c = num_examples / (num_classes * count_c), the formula of
+    `sklearn.utils.class_weight.compute_class_weight('balanced')` and of the
+    TensorFlow pneumonia tutorial the seed follows.
+
+    Returns:
+      dict class id -> float weight, as `Model.fit(class_weight=...)` takes.
+    Raises:
+      DatasetError: a class has no examples in the split.
+    """
+    counts = self.class_counts(split)
+    total = sum(counts)
+    weights = {}
+    for class_id, count in enumerate(counts):
+      if count == 0:
+        raise DatasetError(
+            f'class {self.class_names[class_id]} has no examples in split '
+            f'{split!r}: class weights are undefined; re-split the dataset')
+      weights[class_id] = total / (len(counts) * count)
+    return weights
+
+  def split(self, split):
+    if split not in self.splits:
+      raise DatasetError(
+          f'split {split!r} is not in {self.data_dir} (it has '
+          f'{", ".join(sorted(self.splits))}); pick one of those or '
+          're-convert with tools/make_tfrecords')
+    return self.splits[split]
+
+
+def load_info(data_dir):
+  """Reads `dataset_info.json` of a converted dataset.
+
+  Raises:
+    DatasetError: missing folder, missing or unreadable info file.
+  """
+  try:
+    raw = schema.read_info(data_dir)
+  except schema.DatasetInfoError as e:
+    raise DatasetError(str(e)) from e
+  image = raw['image']
+  return DatasetInfo(
+      data_dir=data_dir,
+      name=raw.get('name', schema.DEFAULT_NAME),
+      class_names=tuple(raw['class_names']),
+      image_height=int(image['height']),
+      image_width=int(image['width']),
+      channels=int(image.get('channels', 1)),
+      splits=raw['splits'],
+      raw=raw)
+
+
+class DatasetBuilder:
+  """Reads a dataset converted by `tools/make_tfrecords`.
+
+  Usage:
+    builder = DatasetBuilder('/data/kermany_224')
+    builder.info.class_weights()            # {0: 1.85, 1: 0.68}
+    ds = builder.as_dataset('train', batch_size=62, training=True)
+
+  `data_dir` may be any `tf.io.gfile` path (local, gs://, ...).
+  """
+
+  def __init__(self, data_dir):
+    self.data_dir = data_dir
+    self.info = load_info(data_dir)
+
+  def shard_paths(self, split):
+    """Returns the split's shard paths in index order, checked on disk.
+
+    Raises:
+      DatasetError: the split is unknown, or a shard is missing or has a
+        size other than the writer recorded (truncated or replaced).
+    """
+    paths = []
+    for shard in self.info.split(split)['shards']:
+      path = os.path.join(self.data_dir, shard['filename'])
+      if not tf.io.gfile.exists(path):
+        raise DatasetError(f'shard {path} is missing; re-run '
+                           'tools/make_tfrecords --overwrite')
+      expected = shard.get('num_bytes')
+      if expected is not None:
+        actual = tf.io.gfile.stat(path).length
+        if actual != expected:
+          raise DatasetError(
+              f'shard {path} has {actual} bytes, dataset_info.json says '
+              f'{expected}: it is truncated or was replaced; re-run '
+              'tools/make_tfrecords --overwrite')
+      paths.append(path)
+    return paths
+
+  def verify(self, split=None):
+    """Reads every record of every shard and checks its CRC and schema.
+
+    tf.data's DataLossError does not name the file it came from; this does.
+
+    Args:
+      split: one split, or None for all.
+    Returns:
+      number of records read.
+    Raises:
+      DatasetError: naming the first corrupt shard.
+    """
+    splits = [split] if split else sorted(self.info.splits)
+    total = 0
+    for name in splits:
+      for path in self.shard_paths(name):
+        count = 0
+        try:
+          for record in tf.data.TFRecordDataset(path):
+            tf.io.parse_single_example(record, schema.feature_spec())
+            count += 1
+        except (tf.errors.DataLossError,
+                tf.errors.InvalidArgumentError) as e:
+          raise DatasetError(
+              f'shard {path} is corrupt after {count} records ({e.message.strip()[:80]}); '
+              're-run tools/make_tfrecords --overwrite') from e
+        total += count
+    return total
+
+  def as_dataset(self, split, batch_size=None, training=False, *,
+                 image_size=None, resize=False, cache='auto',
+                 shuffle_buffer=None, seed=None, repeat=None,
+                 input_context=None, with_metadata=False):
+    """Builds the tf.data pipeline for one split.
+
+    Args:
+      split: 'train', 'val' or 'test' (whatever the dataset has).
+      batch_size: per-replica batch size, or None for single examples.
+      training: shuffle, repeat and drop the last partial batch (training
+        order is non-deterministic for speed); otherwise one exact,
+        deterministic pass in shard order.
+      image_size: (height, width) or an int the model expects; None means
+        the stored size. Another size than stored raises, unless `resize`.
+      resize: resize on purpose (anti-aliased bilinear) to `image_size`.
+      cache: True, False, or 'auto' (cache when the decoded split is at most
+        DEFAULT_CACHE_LIMIT_BYTES).
+      shuffle_buffer: examples in the shuffle buffer (training); default the
+        whole split, which the cache makes cheap.
+      seed: seed for the file and example shuffles.
+      repeat: repeat forever; defaults to `training`. With repeat, pass
+        `steps_per_epoch` to `Model.fit` (see `steps_per_epoch()`).
+      input_context: a `tf.distribute.InputContext`, to shard by file across
+        input pipelines (`distribute_datasets_from_function`).
+      with_metadata: yield a third element, a dict with the file name and
+        patient id (evaluation and error analysis).
+
+    Returns:
+      A `tf.data.Dataset` of (uint8 images [B, H, W, 1], float32 labels [B]),
+      without the batch dimension when batch_size is None.
+
+    Raises:
+      DatasetError: unknown split, batch_size < 1, a size mismatch, or a
+        missing or truncated shard.
+    """
+    if batch_size is not None and batch_size < 1:
+      raise DatasetError(f'batch_size must be at least 1, got {batch_size}')
+    info = self.info
+    paths = self.shard_paths(split)
+    num_examples = info.num_examples(split)
+    height, width = self._output_size(image_size, resize)
+    repeat = training if repeat is None else repeat
+
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+      if len(paths) < input_context.num_input_pipelines:
+        raise DatasetError(
+            f'split {split!r} has {len(paths)} shards for '
+            f'{input_context.num_input_pipelines} input pipelines; re-convert '
+            'with more --num_shards')
+      # Shard by file, before anything else, so workers read disjoint files.
+      files = files.shard(input_context.num_input_pipelines,
+                          input_context.input_pipeline_id)
+    if training:
+      files = files.shuffle(len(paths), seed=seed)
+
+    if training:
+      # Several shards read at once hide file latency (gs://) and mix classes.
+      ds = files.interleave(tf.data.TFRecordDataset,
+                            cycle_length=min(len(paths), 16),
+                            num_parallel_calls=AUTOTUNE, deterministic=False)
+    else:
+      # One shard after another: evaluation order is the order on disk.
+      ds = files.interleave(tf.data.TFRecordDataset, cycle_length=1)
+
+    decode = _make_decoder(info.channels, (height, width),
+                           resize and (height, width) != info.image_size,
+                           with_metadata)
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
+
+    decoded_bytes = num_examples * height * width * info.channels
+    if cache is True or (cache == 'auto' and
+                         decoded_bytes <= DEFAULT_CACHE_LIMIT_BYTES):
+      # After decode: later epochs skip both file reads and PNG decoding.
+      ds = ds.cache()
+    if training:
+      # After the cache, so every epoch gets a fresh order; before repeat, so
+      # one epoch is all seen before the next begins.
+      ds = ds.shuffle(shuffle_buffer or num_examples, seed=seed,
+                      reshuffle_each_iteration=True)
+    if repeat:
+      ds = ds.repeat()
+    if batch_size is not None:
+      ds = ds.batch(batch_size, drop_remainder=training,
+                    num_parallel_calls=AUTOTUNE, deterministic=not training)
+    ds = ds.prefetch(AUTOTUNE)
+
+    options = tf.data.Options()
+    options.deterministic = not training
+    # Keras/tf.distribute shards by file when it distributes this dataset.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.FILE
+        if len(paths) > 1 else tf.data.experimental.AutoShardPolicy.DATA)
+    return ds.with_options(options)
+
+  def steps_per_epoch(self, split, batch_size, training=True):
+    """Batches in one pass over the split (the last partial batch is dropped
+    when training)."""
+    n = self.info.num_examples(split)
+    return n // batch_size if training else -(-n // batch_size)
+
+  def _output_size(self, image_size, resize):
+    stored = self.info.image_size
+    if image_size is None:
+      return stored
+    if isinstance(image_size, int):
+      image_size = (image_size, image_size)
+    image_size = tuple(int(s) for s in image_size)
+    if image_size != stored and not resize:
+      raise DatasetError(
+          f'images in {self.data_dir} are stored at {stored[0]}x{stored[1]} '
+          f'but {image_size[0]}x{image_size[1]} was asked for; re-convert with '
+          f'tools/make_tfrecords --image_size={image_size[0]}, or resize on '
+          'purpose (resize=True)')
+    return image_size
+
+
+def _make_decoder(channels, size, resize, with_metadata):
+  spec = schema.feature_spec()
+
+  def decode(record):
+    features = tf.io.parse_single_example(record, spec)
+    image = tf.io.decode_png(features[schema.ENCODED], channels=channels)
+    if resize:
+      image = tf.image.resize(image, size, antialias=True)
+      image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    image = tf.ensure_shape(image, (size[0], size[1], channels))
+    label = tf.cast(features[schema.LABEL], tf.float32)
+    if with_metadata:
+      return image, label, {
+          'filename': features[schema.FILENAME],
+          'patient_id': features[schema.PATIENT_ID],
+      }
+    return image, label
+
+  return decode
