@@ -1,0 +1,523 @@
+"""train_and_evaluate(): the seed's experiment end to end.
+
+Reads the TFRecords, builds the mixed-precision VGG16 with device-side
+augmentation, trains with class weights and early stopping, survives kill -9
+(it resumes from the last finished epoch), evaluates train, val and test,
+writes the results table, and exports the model.
+
+Files in model_dir while a run is going, and after:
+  config.json          the settings; a rerun with other settings is refused.
+  backup/              resume state (weights, optimizer, callback state).
+  checkpoints/best.weights.h5   best epoch so far by val_loss.
+  logs/                TensorBoard.
+  history.csv          one row per epoch.
+  model.keras          the trained model (best weights).
+  serving/             SavedModel: encoded JPEG/PNG bytes -> P(pneumonia).
+  results.json, results.md   written last; results.json marks a finished run.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from xray_tfdata import augment
+from xray_tfdata import evaluation
+from xray_tfdata import model as model_lib
+from xray_tfdata import pipeline
+
+RESULTS_JSON = 'results.json'
+RESULTS_MD = 'results.md'
+CONFIG_JSON = 'config.json'
+MODEL_FILE = 'model.keras'
+SERVING_DIR = 'serving'
+BEST_WEIGHTS = os.path.join('checkpoints', 'best.weights.h5')
+EVAL_SPLITS = ('train', 'val', 'test')
+
+
+class TrainingError(ValueError):
+  """A user-caused problem with the training settings or the model_dir."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """Settings of one training run; every field is a flag of tools/train."""
+  data_dir: str = ''
+  image_size: int = 224
+  batch_size: int = 62
+  epochs: int = 100
+  learning_rate: float = 1e-4
+  weights: str = 'imagenet'  # 'imagenet', 'none' or a local .h5 path
+  frozen_blocks: int = 4
+  dense_units: tuple = (512, 64)
+  dropout: float = 0.4
+  augmentation: str = 'fused'  # 'fused', 'keras_cv' or 'none'
+  rotation_range: float = 40.0
+  width_shift_range: float = 0.3
+  height_shift_range: float = 0.4
+  shear_range: float = 0.2
+  zoom_range: float = 0.4
+  horizontal_flip: bool = True
+  class_weights: bool = True
+  early_stopping_patience: int = 10
+  policy: str = 'auto'
+  jit_compile: bool = False
+  strategy: str = 'auto'
+  steps_per_epoch: int = 0  # 0: one pass over the training split
+  bootstrap_resamples: int = 2000
+  seed: int = 0
+  verbose: int = 1
+  # The demo: build a synthetic Kermany-like dataset in data_dir when it has
+  # none (see xray_tfdata.synthetic).
+  demo_images: int = 0
+
+  def validate(self):
+    """Raises TrainingError for settings that cannot work."""
+    if not self.data_dir:
+      raise TrainingError('data_dir is not set: pass --data_dir=DIR of a '
+                          'dataset made by tools/make_tfrecords')
+    positive = {'batch_size': self.batch_size, 'epochs': self.epochs,
+                'learning_rate': self.learning_rate,
+                'image_size': self.image_size}
+    for name, value in positive.items():
+      if not value > 0:
+        raise TrainingError(f'{name} must be positive, got {value}')
+    if not 0 <= self.dropout < 1:
+      raise TrainingError(f'dropout must be in [0, 1), got {self.dropout}')
+    if self.augmentation not in ('fused', 'keras_cv', 'none'):
+      raise TrainingError(f'augmentation must be fused, keras_cv or none, '
+                          f'got {self.augmentation!r}')
+    weights = self.weights
+    if weights not in ('imagenet', 'none', '') and not os.path.exists(weights):
+      raise TrainingError(
+          f'weights file {weights} does not exist: pass --weights=imagenet, '
+          '--weights=none or the path of vgg16 notop .h5 weights')
+
+  def augmentation_kwargs(self):
+    return dict(rotation_range=self.rotation_range,
+                width_shift_range=self.width_shift_range,
+                height_shift_range=self.height_shift_range,
+                shear_range=self.shear_range, zoom_range=self.zoom_range,
+                horizontal_flip=self.horizontal_flip)
+
+  def to_json(self):
+    d = dataclasses.asdict(self)
+    d['dense_units'] = list(self.dense_units)
+    return d
+
+
+def _atomic_write_text(path, text):
+  directory = os.path.dirname(path) or '.'
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
+  with os.fdopen(fd, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def prepare_model_dir(model_dir, config, overwrite=False):
+  """Checks model_dir for a finished or a different run; records config.
+
+  Returns:
+    True when an unfinished run with the same settings will be resumed.
+  Raises:
+    TrainingError: model_dir holds a finished run, or an unfinished one with
+      other settings, and overwrite is False.
+  """
+  config_path = os.path.join(model_dir, CONFIG_JSON)
+  finished = os.path.exists(os.path.join(model_dir, RESULTS_JSON))
+  resume = False
+  if os.path.exists(model_dir) and overwrite:
+    shutil.rmtree(model_dir)
+  elif finished:
+    raise TrainingError(
+        f'{model_dir} already holds a finished run ({RESULTS_JSON}); pass '
+        '--overwrite to replace it or choose another --model_dir')
+  elif os.path.exists(config_path):
+    with open(config_path) as f:
+      previous = json.load(f)
+    changed = sorted(k for k, v in config.to_json().items()
+                     if k not in ('verbose',) and previous.get(k) != v)
+    if changed:
+      raise TrainingError(
+          f'{model_dir} holds an unfinished run with other settings '
+          f'({", ".join(changed)}); rerun with the same flags to resume, or '
+          'pass --overwrite')
+    resume = True
+  os.makedirs(model_dir, exist_ok=True)
+  _atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
+  return resume
+
+
+def make_strategy(name='auto'):
+  """Returns a tf.distribute strategy.
+
+  'auto' picks MultiWorkerMirroredStrategy when TF_CONFIG names more than one
+  worker, MirroredStrategy when more than one GPU is visible, else the
+  default strategy. 'one_device', 'mirrored' and 'multi_worker' force one.
+  """
+
+  if name == 'auto':
+    tf_config = json.loads(os.environ.get('TF_CONFIG', '{}') or '{}')
+    workers = tf_config.get('cluster', {}).get('worker', [])
+    if len(workers) > 1:
+      name = 'multi_worker'
+    elif len(tf.config.list_logical_devices('GPU')) > 1:
+      name = 'mirrored'
+    else:
+      name = 'one_device'
+  if name == 'one_device':
+    return tf.distribute.get_strategy()
+  if name == 'mirrored':
+    return tf.distribute.MirroredStrategy()
+  if name == 'multi_worker':
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  raise TrainingError(f'strategy must be auto, one_device, mirrored or '
+                      f'multi_worker, got {name!r}')
+
+
+def ensure_demo_data(data_dir, num_images, image_size, seed=0):
+  """Creates the synthetic demo dataset in data_dir unless it exists."""
+  if os.path.exists(os.path.join(data_dir, 'dataset_info.json')):
+    return
+  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+
+  src_dir = data_dir.rstrip('/') + '-jpeg'
+  if not os.path.exists(os.path.join(src_dir, 'train')):
+    print(f'demo: writing {num_images} synthetic chest X-rays to {src_dir}')
+    synthetic.make_synthetic_kermany(src_dir, num_images=num_images,
+                                     seed=seed, size_scale=0.25)
+  print(f'demo: converting {src_dir} to TFRecords in {data_dir}')
+  writer.convert(src_dir, data_dir, image_size=image_size, seed=seed)
+
+
+def train_and_evaluate(config, model_dir, overwrite=False):
+  """Trains and evaluates the seed's model; the library's main entry.
+
+  Args:
+    config: a TrainConfig.
+    model_dir: where checkpoints, logs, the model and the results go.
+    overwrite: replace a finished run or an unfinished one with other
+      settings.
+
+  Returns:
+    The results dict also written to model_dir/results.json.
+
+  Raises:
+    TrainingError, pipeline.DatasetError, model.WeightsError: bad settings
+      or data, before anything is trained.
+  """
+  config.validate()
+  if config.demo_images:
+    ensure_demo_data(config.data_dir, config.demo_images, config.image_size,
+                     config.seed)
+  builder = pipeline.DatasetBuilder(config.data_dir)
+  for split in EVAL_SPLITS:
+    builder.info.split(split)  # a missing split fails now, not after training
+  stored = builder.info.image_size
+  if stored != (config.image_size, config.image_size):
+    raise TrainingError(
+        f'images in {config.data_dir} are stored at {stored[0]}x{stored[1]}, '
+        f'--image_size is {config.image_size}; re-convert with '
+        f'tools/make_tfrecords --image_size={config.image_size} or set '
+        f'--image_size={stored[0]}')
+  resume = prepare_model_dir(model_dir, config, overwrite)
+
+  keras.utils.set_random_seed(config.seed)
+  policy = model_lib.select_policy(config.policy)
+  keras.mixed_precision.set_global_policy(policy)
+  strategy = make_strategy(config.strategy)
+  weights = None if config.weights in ('none', '') else config.weights
+  with strategy.scope():
+    augmentation = (None if config.augmentation == 'none' else
+                    augment.make_augmentation(config.augmentation,
+                                              seed=config.seed,
+                                              **config.augmentation_kwargs()))
+    net = model_lib.build_model(
+        image_size=config.image_size, weights=weights,
+        frozen_blocks=config.frozen_blocks,
+        dense_units=tuple(config.dense_units), dropout=config.dropout,
+        augmentation=augmentation)
+    model_lib.compile_model(net, learning_rate=config.learning_rate,
+                            jit_compile=config.jit_compile)
+
+  train_ds = builder.as_dataset('train', config.batch_size, training=True,
+                                seed=config.seed)
+  # Batched validation: the seed validated one image per step.
+  val_ds = builder.as_dataset('val', config.batch_size)
+  steps = (config.steps_per_epoch or
+           builder.steps_per_epoch('train', config.batch_size))
+  if steps < 1:
+    raise TrainingError(
+        f'the training split has {builder.info.num_examples("train")} '
+        f'images, fewer than one batch of {config.batch_size}; lower '
+        '--batch_size')
+  class_weight = (builder.info.class_weights('train')
+                  if config.class_weights else None)
+
+  state = ResumeState(os.path.join(model_dir, 'backup'))
+  early_stopping = keras.callbacks.EarlyStopping(
+      monitor='val_loss', patience=config.early_stopping_patience,
+      restore_best_weights=False)  # best weights come from the checkpoint
+  best_path = os.path.join(model_dir, BEST_WEIGHTS)
+  os.makedirs(os.path.dirname(best_path), exist_ok=True)
+  checkpoint = keras.callbacks.ModelCheckpoint(
+      best_path, monitor='val_loss', save_best_only=True,
+      save_weights_only=True)
+  callbacks = [
+      keras.callbacks.TerminateOnNaN(),
+      early_stopping,
+      checkpoint,
+      keras.callbacks.CSVLogger(os.path.join(model_dir, 'history.csv'),
+                                append=resume),
+      keras.callbacks.TensorBoard(os.path.join(model_dir, 'logs')),
+      EpochSummary(steps * config.batch_size),
+      # Last: restores the other callbacks' state after their
+      # on_train_begin has reset it, and saves it after they have updated.
+      state.callback(net, early_stopping=early_stopping,
+                     checkpoint=checkpoint),
+  ]
+  initial_epoch = state.epoch() if resume else 0
+  if initial_epoch:
+    print(f'resuming {model_dir} after epoch {initial_epoch}')
+  if resume and state.stopped():
+    print('early stopping had already ended this run; evaluating')
+  else:
+    print(f'training: policy {policy}, strategy '
+          f'{type(strategy).__name__}, {steps} steps of {config.batch_size}, '
+          f'augmentation {config.augmentation}, class weights {class_weight}')
+    net.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
+            validation_data=val_ds, class_weight=class_weight,
+            callbacks=callbacks, initial_epoch=initial_epoch,
+            verbose=config.verbose)
+    losses = net.history.history.get('loss', []) if net.history else []
+    if losses and not np.isfinite(losses[-1]):
+      raise TrainingError('training diverged (loss is NaN or inf); lower '
+                          '--learning_rate')
+
+  if os.path.exists(best_path):
+    net.load_weights(best_path)  # restore the best epoch by val_loss
+  results = evaluate_splits(net, builder, config)
+  results['training'] = {
+      'policy': policy, 'strategy': type(strategy).__name__,
+      'epochs_run': state.epoch(), 'config': config.to_json()}
+  export_model(net, model_dir, config.image_size)
+  table = evaluation.results_table_markdown(results)
+  _atomic_write_text(os.path.join(model_dir, RESULTS_MD), table)
+  # Last: its presence marks the run as finished.
+  _atomic_write_text(os.path.join(model_dir, RESULTS_JSON),
+                     json.dumps(results, indent=2, default=float))
+  state.clear()
+  print(table)
+  return results
+
+
+def predict_split(net, builder, split, batch_size):
+  """Returns (labels, P(pneumonia)) for one split in disk order."""
+  ds = builder.as_dataset(split, batch_size)
+  labels = np.concatenate([y for _, y in ds.as_numpy_iterator()])
+  probs = net.predict(ds.map(lambda x, y: x), verbose=0).reshape(-1)
+  return labels.astype(np.int64), probs.astype(np.float64)
+
+
+def evaluate_splits(net, builder, config):
+  """The seed's metrics on train, val and test, plus the field's extras.
+
+  The decision threshold is chosen on validation (Youden's J) and applied to
+  test; the test AUC gets a bootstrap 95% interval.
+  """
+  results = {'splits': {}}
+  predictions = {}
+  for split in EVAL_SPLITS:
+    labels, probs = predict_split(net, builder, split, config.batch_size)
+    predictions[split] = (labels, probs)
+    results['splits'][split] = evaluation.binary_metrics(labels, probs)
+  val_labels, val_probs = predictions['val']
+  threshold = evaluation.youden_threshold(val_labels, val_probs)
+  test_labels, test_probs = predictions['test']
+  low, high = evaluation.bootstrap_auc_ci(
+      test_labels, test_probs, num_resamples=config.bootstrap_resamples,
+      seed=config.seed)
+  results['youden'] = {
+      'threshold': threshold,
+      'test': evaluation.binary_metrics(test_labels, test_probs, threshold)}
+  results['test_auc_ci95'] = [low, high]
+  return results
+
+
+def export_model(net, model_dir, image_size):
+  """Writes model.keras and the serving SavedModel, each atomically."""
+
+  tmp = os.path.join(model_dir, '.tmp-' + MODEL_FILE)
+  net.save(tmp)
+  os.replace(tmp, os.path.join(model_dir, MODEL_FILE))
+
+  size = (image_size, image_size)
+
+  def serve(encoded):
+    """Encoded JPEG or PNG bytes [N] -> P(pneumonia) [N]."""
+    def decode(data):
+      image = tf.io.decode_image(data, channels=1, dtype=tf.uint8,
+                                 expand_animations=False)
+      # Squash to the stored size with an anti-aliased filter, as the
+      # converter does (it uses PIL; the two agree to a few grey levels).
+      image = tf.image.resize(image, size, antialias=True)
+      return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    images = tf.map_fn(decode, encoded,
+                       fn_output_signature=tf.TensorSpec(size + (1,),
+                                                         tf.uint8))
+    return tf.reshape(tf.cast(net(images, training=False), tf.float32), [-1])
+
+  archive = keras.export.ExportArchive()
+  archive.track(net)
+  archive.add_endpoint('serve', serve,
+                       input_signature=[tf.TensorSpec([None], tf.string)])
+  final = os.path.join(model_dir, SERVING_DIR)
+  tmp = final + '.tmp'
+  shutil.rmtree(tmp, ignore_errors=True)
+  archive.write_out(tmp, verbose=False)
+  shutil.rmtree(final, ignore_errors=True)
+  os.replace(tmp, final)
+
+
+def predict_files(serving_dir, paths):
+  """P(pneumonia) for image files, with the exported serving model.
+
+  Raises:
+    TrainingError: no serving model in serving_dir, or a file is missing.
+  """
+
+  if not os.path.exists(os.path.join(serving_dir, 'saved_model.pb')):
+    raise TrainingError(f'{serving_dir} has no exported model: pass '
+                        f'--model_dir of a finished run (its {SERVING_DIR}/)')
+  blobs = []
+  for path in paths:
+    if not os.path.isfile(path):
+      raise TrainingError(f'image {path} does not exist')
+    with open(path, 'rb') as f:
+      blobs.append(f.read())
+  served = tf.saved_model.load(serving_dir)
+  try:
+    probs = served.serve(tf.constant(blobs)).numpy()
+  except tf.errors.InvalidArgumentError as e:
+    raise TrainingError(f'cannot decode an image as JPEG or PNG '
+                        f'({e.message.splitlines()[0][:100]})') from e
+  return [float(p) for p in probs]
+
+
+class EpochSummary(keras.callbacks.Callback):
+  """One line per epoch: time, images/s, the metrics that matter."""
+
+  def __init__(self, images_per_epoch):
+    super().__init__()
+    self.images_per_epoch = images_per_epoch
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    seconds = time.perf_counter() - self._start
+    logs = logs or {}
+    parts = [f'epoch {epoch + 1}: {seconds:.1f} s',
+             f'{self.images_per_epoch / seconds:.1f} train images/s']
+    for key in ('loss', 'auc', 'val_loss', 'val_auc'):
+      if key in logs:
+        parts.append(f'{key} {logs[key]:.4f}')
+    print(' | '.join(parts), flush=True)
+
+
+class ResumeState:
+  """Resume state that survives kill -9: epoch, weights, optimizer, and the
+  state of EarlyStopping and ModelCheckpoint (Keras' BackupAndRestore keeps
+  only weights and the epoch, so a resumed run would forget its best
+  val_loss and its patience).
+
+  Each file is written to a temporary name and renamed, and the metadata is
+  renamed last, so a kill at any point leaves the previous epoch's state.
+  """
+
+  def __init__(self, backup_dir):
+    self.backup_dir = backup_dir
+    self.meta_path = os.path.join(backup_dir, 'state.json')
+
+  def _meta(self):
+    if not os.path.exists(self.meta_path):
+      return {}
+    with open(self.meta_path) as f:
+      return json.load(f)
+
+  def epoch(self):
+    return int(self._meta().get('epoch', 0))
+
+  def stopped(self):
+    return bool(self._meta().get('stopped', False))
+
+  def clear(self):
+    shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+  def callback(self, net, early_stopping, checkpoint):
+    return ResumeCallback(self, net, early_stopping, checkpoint)
+
+
+class ResumeCallback(keras.callbacks.Callback):
+  """Saves and restores a ResumeState at epoch boundaries."""
+
+  def __init__(self, state, net, early_stopping, checkpoint):
+    super().__init__()
+    self.state = state
+    self.net = net
+    self.early_stopping = early_stopping
+    self.checkpoint = checkpoint
+
+  def on_train_begin(self, logs=None):
+    meta = self.state._meta()  # pylint: disable=protected-access
+    if not meta:
+      return
+    d = self.state.backup_dir
+    self.net.load_weights(os.path.join(d, meta['weights']))
+    optimizer = self.net.optimizer
+    if not optimizer.built:
+      optimizer.build(self.net.trainable_variables)
+    saved = np.load(os.path.join(d, meta['optimizer']))
+    for i, variable in enumerate(optimizer.variables):
+      variable.assign(saved[f'v{i}'])
+    es = meta['early_stopping']
+    self.early_stopping.wait = es['wait']
+    self.early_stopping.best = es['best']
+    self.early_stopping.best_epoch = es['best_epoch']
+    if meta['checkpoint_best'] is not None:
+      self.checkpoint.best = meta['checkpoint_best']
+
+  def on_epoch_end(self, epoch, logs=None):
+    d = self.state.backup_dir
+    os.makedirs(d, exist_ok=True)
+    # Alternate between two slots so the files the current metadata points
+    # to are never the ones being overwritten.
+    slot = (epoch + 1) % 2
+    weights = f'weights-{slot}.weights.h5'
+    optimizer = f'optimizer-{slot}.npz'
+    self.net.save_weights(os.path.join(d, weights), overwrite=True)
+    np.savez(os.path.join(d, optimizer),
+             **{f'v{i}': np.asarray(v.numpy()) for i, v in
+                enumerate(self.net.optimizer.variables)})
+    meta = {
+        'epoch': epoch + 1,
+        'weights': weights,
+        'optimizer': optimizer,
+        'early_stopping': {'wait': int(self.early_stopping.wait),
+                           'best': float(self.early_stopping.best),
+                           'best_epoch': int(self.early_stopping.best_epoch)},
+        'checkpoint_best': float(self.checkpoint.best),
+        'stopped': bool(self.net.stop_training),
+    }
+    _atomic_write_text(self.state.meta_path, json.dumps(meta))
+
+
+def _float_or_none(value):
+  return None if value is None else float(value)
