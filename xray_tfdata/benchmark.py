@@ -1,0 +1,276 @@
+"""Side-by-side benchmarks against the seed's ImageDataGenerator baseline.
+
+Machines here are shared and noisy, so every variant runs in the same
+process, interleaved round by round, and the report gives medians and ratios
+rather than single timings.
+
+  input: images/s delivered to the model's first conv layer: the seed's
+    `flow_from_directory` iterator (decode + augment + preprocess_input on the
+    host) against DatasetBuilder + the augmentation layers (fused and
+    keras-cv) + preprocessing, as they run on the device.
+  epoch: seconds per epoch (train + validation) of the seed's baseline as it
+    was written, of this library (fused and keras-cv), and of the model alone
+    on tensors already in memory (the compute floor).
+"""
+
+import json
+import os
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from xray_tfdata import augment
+from xray_tfdata import model as model_lib
+from xray_tfdata import pipeline
+
+SEED_BATCH_SIZE = 62
+
+
+def seed_image_data_generator(augmentation=True):
+  """The seed's ImageDataGenerator (augmentation off: its validation one)."""
+  idg = tf.keras.preprocessing.image.ImageDataGenerator
+  kwargs = dict(augment.SEED_AUGMENTATION) if augmentation else {}
+  return idg(preprocessing_function=keras.applications.vgg16.preprocess_input,
+             **kwargs)
+
+
+def seed_flow(src_dir, split, image_size, batch_size, augmentation=True,
+              shuffle=True, seed=0):
+  """The seed's `flow_from_directory` iterator over src_dir/split."""
+  return seed_image_data_generator(augmentation).flow_from_directory(
+      os.path.join(src_dir, split), target_size=(image_size, image_size),
+      batch_size=batch_size, class_mode='binary', shuffle=shuffle, seed=seed)
+
+
+def _device_preprocess(kind):
+  """Augmentation + gray->RGB + preprocess_input, as the model runs them."""
+  augmentation = (augment.make_augmentation(kind, **augment.SEED_AUGMENTATION)
+                  if kind != 'none' else None)
+  to_rgb, preprocess = model_lib.GrayToRGB(), model_lib.VGG16Preprocess()
+
+  @tf.function
+  def run(images):
+    x = augmentation(images, training=True) if augmentation else images
+    return preprocess(to_rgb(x))
+
+  return run
+
+
+def _time_batches(next_batch, num_batches, sync=lambda b: b):
+  start = time.perf_counter()
+  images = 0
+  for _ in range(num_batches):
+    batch = sync(next_batch())
+    images += int(batch.shape[0])
+  return images / (time.perf_counter() - start)
+
+
+def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZE,
+                    baseline_batches=15, batches=60, repeats=3,
+                    kinds=('fused', 'keras_cv')):
+  """Images/s of the seed's iterator against this pipeline, side by side.
+
+  Args:
+    src_dir: the JPEG tree (Kaggle layout) the TFRecords were made from.
+    data_dir: the converted dataset of the same images.
+    baseline_batches, batches: batches timed per round for the baseline and
+      for each pipeline variant (the baseline is about 50 times slower).
+    repeats: rounds; each round times every variant once.
+    kinds: augmentation implementations to time.
+
+  Returns:
+    dict with per-variant lists of images/s, medians and ratios.
+  """
+  builder = pipeline.DatasetBuilder(data_dir)
+  flow = seed_flow(src_dir, 'train', image_size, batch_size)
+  variants = {'imagedatagenerator': lambda: flow.next()[0]}
+  runs = {}
+  for kind in kinds:
+    ds = builder.as_dataset('train', batch_size, training=True, seed=0)
+    it = iter(ds)
+    run = _device_preprocess(kind)
+    variants[f'tfdata+{kind}'] = (lambda it=it, run=run: run(next(it)[0]))
+    runs[kind] = builder.steps_per_epoch('train', batch_size)
+  # Warm-up: graph tracing, and one full pass so the cache holds the split
+  # (its cold rate is reported separately).
+  cold = {}
+  for name, next_batch in variants.items():
+    if name == 'imagedatagenerator':
+      next_batch()
+      continue
+    steps = runs[name.split('+', 1)[1]]
+    cold[name] = _time_batches(next_batch, steps, _sync)
+  rates = {name: [] for name in variants}
+  for _ in range(repeats):
+    for name, next_batch in variants.items():
+      n = baseline_batches if name == 'imagedatagenerator' else batches
+      rates[name].append(_time_batches(next_batch, n, _sync))
+  medians = {name: statistics.median(r) for name, r in rates.items()}
+  base = medians['imagedatagenerator']
+  return {
+      'mode': 'input', 'image_size': image_size, 'batch_size': batch_size,
+      'repeats': repeats, 'images_per_s': rates, 'median_images_per_s': medians,
+      'first_pass_images_per_s': cold,
+      'ratio_vs_baseline': {n: m / base for n, m in medians.items()},
+  }
+
+
+def _sync(batch):
+  # Eager ops may still be running; converting to numpy waits for the value.
+  return np.asarray(batch)
+
+
+def _seed_model(image_size, augmentation, policy):
+  keras.mixed_precision.set_global_policy(policy)
+  net = model_lib.build_model(image_size=image_size, weights=None,
+                              augmentation=augmentation)
+  model_lib.compile_model(net)
+  return net
+
+
+def _baseline_model(image_size):
+  """The seed's model as it was written: float32, 3-channel float input
+  already preprocessed by ImageDataGenerator."""
+  keras.mixed_precision.set_global_policy('float32')
+  base = keras.applications.VGG16(include_top=False, weights=None,
+                                  input_shape=(image_size, image_size, 3))
+  for layer in base.layers[:15]:
+    layer.trainable = False
+  x = keras.layers.Flatten()(base.output)
+  x = keras.layers.Dense(512, activation='relu')(x)
+  x = keras.layers.Dropout(0.4)(x)
+  x = keras.layers.Dense(64, activation='relu')(x)
+  x = keras.layers.Dropout(0.4)(x)
+  out = keras.layers.Dense(1, activation='sigmoid')(x)
+  net = keras.Model(base.input, out)
+  model_lib.compile_model(net)
+  return net
+
+
+def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZE,
+                    train_images=248, val_images=62, repeats=3, policy='auto',
+                    variants=('baseline', 'fused', 'keras_cv', 'floor')):
+  """Seconds per epoch (train + validation), side by side.
+
+  Every variant trains the same VGG16 (blocks 1-4 frozen, the seed's head,
+  weights=None: the same compute as ImageNet weights) on `train_images`
+  images and validates on `val_images`, one epoch per round, after a warm-up
+  epoch; rounds interleave the variants.
+
+  Returns:
+    dict with per-variant epoch seconds, medians, images/s, the ratio against
+    the baseline and the input overhead against the compute floor.
+  """
+  builder = pipeline.DatasetBuilder(data_dir)
+  policy = model_lib.select_policy(policy)
+  steps = max(1, train_images // batch_size)
+  class_weight = builder.info.class_weights('train')
+  setups = {}
+  if 'baseline' in variants:
+    net = _baseline_model(image_size)
+    train = seed_flow(src_dir, 'train', image_size, batch_size)
+    # The seed validated one image per step.
+    val = seed_flow(src_dir, 'val', image_size, 1, augmentation=False,
+                    shuffle=False)
+    setups['baseline'] = (net, train, val, min(val_images, val.samples))
+  for kind in ('fused', 'keras_cv'):
+    if kind in variants:
+      aug = augment.make_augmentation(kind, **augment.SEED_AUGMENTATION)
+      net = _seed_model(image_size, aug, policy)
+      train = builder.as_dataset('train', batch_size, training=True, seed=0)
+      val = builder.as_dataset('val', batch_size).take(
+          -(-val_images // batch_size)).cache()
+      setups[kind] = (net, train, val, None)
+  if 'floor' in variants:
+    aug = augment.make_augmentation('fused', **augment.SEED_AUGMENTATION)
+    net = _seed_model(image_size, aug, policy)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch_size, image_size, image_size, 1),
+                          dtype=np.uint8)
+    labels = (rng.random(batch_size) < 0.73).astype(np.float32)
+    train = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    val = tf.data.Dataset.from_tensors((images, labels)).repeat(
+        -(-val_images // batch_size))
+    setups['floor'] = (net, train, val, None)
+  keras.mixed_precision.set_global_policy('float32')
+
+  def one_epoch(name):
+    net, train, val, val_steps = setups[name]
+    start = time.perf_counter()
+    net.fit(train, epochs=1, steps_per_epoch=steps, validation_data=val,
+            validation_steps=val_steps, class_weight=class_weight, verbose=0)
+    return time.perf_counter() - start
+
+  for name in setups:  # warm-up: tracing, caches
+    one_epoch(name)
+  seconds = {name: [] for name in setups}
+  for _ in range(repeats):
+    for name in setups:
+      seconds[name].append(one_epoch(name))
+  medians = {n: statistics.median(s) for n, s in seconds.items()}
+  trained = steps * batch_size
+  result = {
+      'mode': 'epoch', 'image_size': image_size, 'batch_size': batch_size,
+      'policy': policy, 'train_images': trained, 'val_images': val_images,
+      'repeats': repeats, 'epoch_seconds': seconds,
+      'median_epoch_seconds': medians,
+      'median_train_images_per_s': {n: trained / m for n, m in medians.items()},
+  }
+  if 'baseline' in medians:
+    result['speedup_vs_baseline'] = {
+        n: medians['baseline'] / m for n, m in medians.items()}
+  if 'floor' in medians:
+    result['overhead_vs_floor'] = {
+        n: m / medians['floor'] - 1 for n, m in medians.items()}
+  return result
+
+
+def format_table(result):
+  """A plain-text table of a benchmark result."""
+  lines = []
+  if result['mode'] == 'input':
+    lines.append(f'{"variant":<22}{"median img/s":>14}{"first pass":>12}'
+                 f'{"x baseline":>12}  all rounds')
+    for name, median in result['median_images_per_s'].items():
+      cold = result['first_pass_images_per_s'].get(name)
+      lines.append(
+          f'{name:<22}{median:>14.1f}'
+          f'{(f"{cold:.1f}" if cold else "-"):>12}'
+          f'{result["ratio_vs_baseline"][name]:>12.2f}  '
+          + ', '.join(f'{r:.1f}' for r in result['images_per_s'][name]))
+  else:
+    lines.append(f'{"variant":<12}{"median s/epoch":>16}{"train img/s":>13}'
+                 f'{"x baseline":>12}{"vs floor":>10}  all rounds (s)')
+    for name, median in result['median_epoch_seconds'].items():
+      speedup = result.get('speedup_vs_baseline', {}).get(name)
+      overhead = result.get('overhead_vs_floor', {}).get(name)
+      lines.append(
+          f'{name:<12}{median:>16.2f}'
+          f'{result["median_train_images_per_s"][name]:>13.1f}'
+          f'{(f"{speedup:.2f}" if speedup else "-"):>12}'
+          f'{(f"{overhead:+.1%}" if overhead is not None else "-"):>10}  '
+          + ', '.join(f'{s:.1f}' for s in result['epoch_seconds'][name]))
+  return '\n'.join(lines)
+
+
+def write_json(result, path):
+  with open(path, 'w') as f:
+    json.dump(result, f, indent=2)
+
+
+def prepare_data(work_dir, num_images, image_size, seed=0):
+  """Creates (once) a synthetic JPEG tree of realistic sizes and its
+  TFRecords; returns (src_dir, data_dir)."""
+  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+
+  src_dir = os.path.join(work_dir, 'jpeg')
+  data_dir = os.path.join(work_dir, f'tfrecords_{image_size}')
+  if not os.path.exists(os.path.join(src_dir, 'train')):
+    synthetic.make_synthetic_kermany(src_dir, num_images=num_images, seed=seed)
+  if not os.path.exists(os.path.join(data_dir, 'dataset_info.json')):
+    writer.convert(src_dir, data_dir, image_size=image_size, seed=seed)
+  return src_dir, data_dir
