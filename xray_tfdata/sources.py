@@ -1,0 +1,453 @@
+"""Scanning image folders and planning the splits of a conversion.
+
+Reads a source tree in one of three layouts:
+
+  kaggle    src/{train,val,test}/<class>/...   (the Kaggle "chest-xray-pneumonia")
+  mendeley  src/{train,test}/<class>/...       (Mendeley Data v3)
+  pool      src/<class>/...                    (one pool of class folders)
+
+and turns it into a `Plan`: which file goes into which split, with class ids
+as `flow_from_directory` assigns them (sorted folder names: NORMAL=0,
+PNEUMONIA=1), patient ids parsed from the file names, byte-identical
+duplicates removed, and optionally a fresh split grouped by patient.
+
+Only the class folders are scanned (recursively), so the Kaggle zip's nested
+`chest_xray/chest_xray/` copy and its `__MACOSX/` folder, which sit at the top
+level, are not double counted; they are reported as ignored. OS litter
+(`__MACOSX/`, `._*`, `.DS_Store`, `Thumbs.db`, hidden files) is skipped
+everywhere. Every other file in a class folder is scanned: whether it is an
+image is decided by decoding it (`imaging.decode_and_resize`).
+
+No TensorFlow here; this runs before the writer imports it.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import re
+
+SPLIT_FOLDERS = ('train', 'val', 'test')
+LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool')
+# A class folder must hold at least one file with one of these extensions
+# (the ones `flow_from_directory` accepts, plus .gif/.webp/.pgm PIL reads).
+IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.bmp', '.ppm', '.pgm', '.tif',
+                    '.tiff', '.gif', '.webp')
+_LITTER = frozenset({'__MACOSX', '.DS_Store', 'Thumbs.db', 'desktop.ini',
+                     '$RECYCLE.BIN', '.Trashes', '.Spotlight-V100'})
+_PERSON_RE = re.compile(r'^person(\d+)_')
+_IM_RE = re.compile(r'^(?:NORMAL2-)?IM-(\d+)-')
+_HASH_THREADS = 8
+# Evaluation sets stay as published: a duplicate is kept in test, then val.
+_KEEP_RANK = {'test': 0, 'val': 1, 'train': 2, None: 3}
+
+
+class SourceError(ValueError):
+  """A problem with the source folder or the requested split (a user error)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceFile:
+  """One scanned file.
+
+  Attributes:
+    path: path relative to src_dir, '/'-separated (stored as image/filename).
+    source_split: the split folder it came from, or None (pool layout).
+    class_name: its class folder.
+    label: class id (index of class_name in the sorted class names).
+    patient_id: best-effort patient key parsed from the file name.
+    num_bytes: file size.
+  """
+  path: str
+  source_split: str | None
+  class_name: str
+  label: int
+  patient_id: str
+  num_bytes: int
+
+
+@dataclasses.dataclass
+class Scan:
+  """What `scan` found: layout, classes, files (sorted by path), ignored."""
+  src_dir: str
+  layout: str
+  class_names: tuple
+  files: list
+  ignored: list  # relative paths of skipped top-level entries and OS litter
+
+
+@dataclasses.dataclass
+class Plan:
+  """What to write: `splits` maps split -> files sorted by path.
+
+  Attributes:
+    num_scanned: files found in the class folders (litter excluded); equals
+      the files in all splits plus the duplicates.
+    duplicates: [{'kept', 'dropped', 'sha256'}], relative paths.
+    split_counts: {'requested': {split: {class: n}}, 'actual': ...} for a
+      re-split, else None.
+  """
+  src_dir: str
+  layout: str
+  class_names: tuple
+  splits: dict
+  duplicates: list
+  ignored: list
+  num_scanned: int
+  split_counts: dict | None = None
+
+
+def patient_id(filename):
+  """Best-effort patient key from a Kermany file name.
+
+  'person12_bacteria_3.jpeg' -> 'person12'; 'IM-0115-0001.jpeg' and
+  'NORMAL2-IM-0115-0001.jpeg' -> 'IM-115'; anything else -> the file stem, so
+  an unparsed file is its own group.
+  """
+  name = os.path.basename(filename)
+  m = _PERSON_RE.match(name)
+  if m:
+    return f'person{int(m[1])}'
+  m = _IM_RE.match(name)
+  if m:
+    return f'IM-{int(m[1])}'
+  return os.path.splitext(name)[0]
+
+
+def is_litter(name):
+  """Whether a file or folder name is OS litter or hidden."""
+  return name in _LITTER or name.startswith('.')
+
+
+def scan(src_dir, layout='auto'):
+  """Finds the class folders and files of a source tree.
+
+  Args:
+    src_dir: the source folder.
+    layout: 'auto', 'kaggle', 'mendeley' or 'pool' (see module docstring).
+
+  Returns:
+    A `Scan`.
+
+  Raises:
+    SourceError: src_dir missing or empty, layout not found, fewer than two
+      class folders, split folders with different classes, or a class folder
+      without images.
+  """
+  if layout not in LAYOUTS:
+    raise SourceError(f'layout must be one of {LAYOUTS}, got {layout!r}')
+  if not os.path.isdir(src_dir):
+    raise SourceError(
+        f'src_dir {src_dir} does not exist or is not a folder; pass the folder '
+        'that holds train/ val/ test/ or the class folders')
+  entries = sorted(os.listdir(src_dir))
+  folders = [e for e in entries if not is_litter(e) and
+             os.path.isdir(os.path.join(src_dir, e))]
+  if not folders:
+    raise SourceError(
+        f'src_dir {src_dir} has no folders; it should hold train/ val/ test/ '
+        'or class folders (NORMAL/ PNEUMONIA/)')
+
+  split_folders = [s for s in SPLIT_FOLDERS if s in folders]
+  if layout == 'auto':
+    if {'train', 'test'} <= set(split_folders):
+      layout = 'kaggle' if 'val' in split_folders else 'mendeley'
+    elif split_folders:
+      raise SourceError(
+          f'src_dir {src_dir} has {"/ ".join(split_folders)}/ but not both '
+          'train/ and test/; add the missing split folder, or pass the class '
+          'folders as one pool (layout pool)')
+    else:
+      layout = 'pool'
+  if layout == 'pool':
+    splits = [None]
+  else:
+    splits = ['train', 'val', 'test'] if layout == 'kaggle' else ['train', 'test']
+    missing = [s for s in splits if s not in folders]
+    if missing:
+      raise SourceError(f'src_dir {src_dir} has no {"/ ".join(missing)}/ '
+                        f'folder, which the {layout} layout needs')
+
+  scanned = folders if layout == 'pool' else splits
+  ignored = [e + ('/' if os.path.isdir(os.path.join(src_dir, e)) else '')
+             for e in entries if e not in scanned]
+
+  class_folders = {}  # split -> sorted class names
+  for split in splits:
+    split_dir = os.path.join(src_dir, split) if split else src_dir
+    names = []
+    for e in sorted(os.listdir(split_dir)):
+      if not is_litter(e) and os.path.isdir(os.path.join(split_dir, e)):
+        names.append(e)
+      elif split:
+        ignored.append(f'{split}/{e}')
+    class_folders[split] = names
+
+  class_names = sorted({c for names in class_folders.values() for c in names})
+  if len(class_names) < 2:
+    hint = ''
+    if len(class_names) == 1 and splits == [None]:
+      inner = os.path.join(src_dir, class_names[0])
+      if any(os.path.isdir(os.path.join(inner, s)) for s in SPLIT_FOLDERS):
+        hint = f'; did you mean --src_dir={inner}?'
+    raise SourceError(
+        f'src_dir {src_dir} has {len(class_names)} class folder(s) '
+        f'{class_names}; a classifier needs at least two (e.g. NORMAL/ '
+        f'PNEUMONIA/){hint}')
+  for split, names in class_folders.items():
+    if names != class_names:
+      raise SourceError(
+          f'{split}/ has class folders {names} but the dataset has '
+          f'{class_names}; every split folder needs the same class folders')
+
+  files = []
+  for split in splits:
+    for label, class_name in enumerate(class_names):
+      rel_root = f'{split}/{class_name}' if split else class_name
+      found = _walk_class_folder(src_dir, rel_root, ignored)
+      if not any(p.lower().endswith(IMAGE_EXTENSIONS) for p, _ in found):
+        raise SourceError(
+            f'class folder {os.path.join(src_dir, rel_root)} has no images '
+            f'({", ".join(IMAGE_EXTENSIONS[:3])}, ...); add images or remove '
+            'the folder')
+      for path, num_bytes in found:
+        files.append(SourceFile(path, split, class_name, label,
+                                patient_id(path), num_bytes))
+  files.sort(key=lambda f: f.path)
+  return Scan(src_dir, layout, tuple(class_names), files, sorted(ignored))
+
+
+def _walk_class_folder(src_dir, rel_root, ignored):
+  """(relative path, size) of every non-litter file under one class folder."""
+  found = []
+  for root, dirs, names in os.walk(os.path.join(src_dir, rel_root)):
+    rel = os.path.relpath(root, src_dir).replace(os.sep, '/')
+    for d in list(dirs):
+      if is_litter(d):
+        dirs.remove(d)
+        ignored.append(f'{rel}/{d}/')
+    dirs.sort()
+    for name in sorted(names):
+      if is_litter(name):
+        ignored.append(f'{rel}/{name}')
+      else:
+        found.append((f'{rel}/{name}',
+                      os.path.getsize(os.path.join(root, name))))
+  return found
+
+
+def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
+  """Finds byte-identical files and keeps one of each.
+
+  Only files whose sizes collide are hashed (sha256, in threads: hashlib and
+  file reads release the GIL). Empty files are left alone: they are all
+  "identical" but are skipped later as unreadable.
+
+  Args:
+    src_dir: the source folder.
+    files: `SourceFile`s.
+    prefer_evaluation_splits: keep the copy in test, then val, then train, so
+      published evaluation sets stay whole; otherwise the first by path.
+
+  Returns:
+    (kept files in the input order, duplicates [{'kept', 'dropped',
+    'sha256'}] sorted by dropped path).
+  """
+  by_size = collections.defaultdict(list)
+  for f in files:
+    if f.num_bytes > 0:
+      by_size[f.num_bytes].append(f)
+  candidates = [f for group in by_size.values() if len(group) > 1
+                for f in group]
+  with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
+    digests = list(pool.map(
+        lambda f: _sha256(os.path.join(src_dir, f.path)), candidates))
+  by_hash = collections.defaultdict(list)
+  for f, digest in zip(candidates, digests):
+    by_hash[digest].append(f)
+
+  def keep_rank(f):
+    if prefer_evaluation_splits:
+      return (_KEEP_RANK[f.source_split], f.path)
+    return (f.path,)
+
+  dropped = set()
+  duplicates = []
+  for digest, group in by_hash.items():
+    group.sort(key=keep_rank)
+    for f in group[1:]:
+      dropped.add(f.path)
+      duplicates.append({'kept': group[0].path, 'dropped': f.path,
+                         'sha256': digest})
+  duplicates.sort(key=lambda d: d['dropped'])
+  return [f for f in files if f.path not in dropped], duplicates
+
+
+def _sha256(path):
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def parse_class_counts(text):
+  """Parses 'NORMAL:150,PNEUMONIA:400' into {'NORMAL': 150, 'PNEUMONIA': 400}.
+
+  Raises:
+    SourceError: malformed text or a negative count.
+  """
+  counts = {}
+  for item in text.split(','):
+    name, sep, number = item.strip().rpartition(':')
+    if not sep or not name or not re.fullmatch(r'\d+', number.strip()):
+      raise SourceError(f'cannot parse class counts {text!r}; write them as '
+                        'CLASS:COUNT,CLASS:COUNT, e.g. NORMAL:150,PNEUMONIA:400')
+    if name in counts:
+      raise SourceError(f'class {name} appears twice in {text!r}')
+    counts[name] = int(number)
+  return counts
+
+
+def stable_order(keys, seed, salt=''):
+  """A seeded shuffle that depends only on the keys and the seed.
+
+  Sorting by a hash of (seed, salt, key) gives the same order on every Python
+  and numpy version and whatever order the keys arrive in.
+  """
+  return sorted(keys, key=lambda k: hashlib.sha256(
+      f'{seed}:{salt}:{k}'.encode('utf-8')).digest())
+
+
+def draw_splits(files, class_names, val_counts, test_counts, seed=0):
+  """Draws test, then val, by patient; the rest is train.
+
+  Greedy over the patients in a seeded order: a patient's images are taken
+  only if no class overshoots its target, so no patient spans two splits and
+  each class is filled separately (stratified). Counts are exact unless the
+  remaining patients are all too large to fit; then they fall short and the
+  actual counts say by how much.
+
+  Args:
+    files: `SourceFile`s (deduplicated).
+    class_names: the dataset's classes.
+    val_counts, test_counts: {class: images} for every class.
+    seed: the draw is a function of seed and file names only.
+
+  Returns:
+    ({'train': [...], 'val': [...], 'test': [...]} sorted by path,
+     {'requested': {...}, 'actual': {split: {class: n}}}).
+
+  Raises:
+    SourceError: a class missing from or unknown to the counts, or counts
+      that leave no training image of a class.
+  """
+  available = collections.Counter(f.class_name for f in files)
+  for split, counts in (('val', val_counts), ('test', test_counts)):
+    if counts is None:
+      raise SourceError(f'a re-split needs {split} counts for every class, '
+                        f'e.g. --{split}_counts=NORMAL:150,PNEUMONIA:400')
+    unknown = sorted(set(counts) - set(class_names))
+    missing = [c for c in class_names if c not in counts]
+    if unknown or missing:
+      raise SourceError(
+          f'{split} counts {counts} do not match the classes {list(class_names)}'
+          f'; give one count for each class, e.g. --{split}_counts='
+          + ','.join(f'{c}:N' for c in class_names))
+  for c in class_names:
+    if val_counts[c] + test_counts[c] >= available[c]:
+      raise SourceError(
+          f'val {val_counts[c]} + test {test_counts[c]} {c} images leave none '
+          f'for training: there are {available[c]} (after removing '
+          'duplicates); ask for fewer')
+
+  groups = collections.defaultdict(list)
+  for f in files:
+    groups[f.patient_id].append(f)
+  remaining = stable_order(groups, seed, 'patients')
+  splits = {}
+  actual = {}
+  for split, targets in (('test', test_counts), ('val', val_counts)):
+    taken = dict.fromkeys(class_names, 0)
+    chosen, left = [], []
+    for pid in remaining:
+      need = collections.Counter(f.class_name for f in groups[pid])
+      if (taken != targets and
+          all(taken[c] + n <= targets[c] for c, n in need.items())):
+        chosen.append(pid)
+        for c, n in need.items():
+          taken[c] += n
+      else:
+        left.append(pid)
+    remaining = left
+    splits[split] = sorted((f for pid in chosen for f in groups[pid]),
+                           key=lambda f: f.path)
+    actual[split] = taken
+  splits['train'] = sorted((f for pid in remaining for f in groups[pid]),
+                           key=lambda f: f.path)
+  actual['train'] = dict(collections.Counter(
+      f.class_name for f in splits['train']))
+  actual['train'] = {c: actual['train'].get(c, 0) for c in class_names}
+  requested = {'val': dict(val_counts), 'test': dict(test_counts)}
+  return ({s: splits[s] for s in SPLIT_FOLDERS},
+          {'requested': requested,
+           'actual': {s: actual[s] for s in SPLIT_FOLDERS}})
+
+
+def plan(src_dir, resplit=False, val_counts=None, test_counts=None,
+         seed=0, layout='auto'):
+  """Scans `src_dir`, removes duplicates and assigns every file a split.
+
+  Args:
+    src_dir: the source folder.
+    resplit: pool all images and draw val and test anew (grouped by
+      patient); otherwise keep the split folders of the source.
+    val_counts, test_counts: {class: images}; only with resplit.
+    seed: seed of the re-split.
+    layout: see `scan`.
+
+  Returns:
+    A `Plan`.
+
+  Raises:
+    SourceError: see `scan` and `draw_splits`; also counts without a re-split,
+      and a pool layout without a re-split (it has no splits to keep).
+  """
+  found = scan(src_dir, layout)
+  if not resplit and (val_counts or test_counts):
+    raise SourceError('val/test counts only apply to a re-split; add '
+                      '--resplit or drop the counts')
+  if not resplit and found.layout == 'pool':
+    raise SourceError(
+        f'src_dir {src_dir} is one pool of class folders with no split '
+        'folders; add --resplit with --val_counts and --test_counts')
+  files, duplicates = find_duplicates(
+      src_dir, found.files, prefer_evaluation_splits=not resplit)
+  split_counts = None
+  if resplit:
+    splits, split_counts = draw_splits(files, found.class_names, val_counts,
+                                   test_counts, seed)
+  else:
+    splits = {s: [f for f in files if f.source_split == s]
+              for s in SPLIT_FOLDERS
+              if any(f.source_split == s for f in found.files)}
+  return Plan(src_dir, found.layout, found.class_names, splits, duplicates,
+              found.ignored, len(found.files), split_counts)
+
+
+def check_out_dir(src_dir, out_dir):
+  """Refuses an out_dir inside src_dir (it would be scanned next time) or
+  containing it (overwriting would delete the source).
+
+  Raises:
+    SourceError: naming the fix.
+  """
+  src = os.path.realpath(src_dir)
+  out = os.path.realpath(out_dir)
+  if out == src or out.startswith(src + os.sep):
+    raise SourceError(f'out_dir {out_dir} is inside src_dir {src_dir}; write '
+                      'the TFRecords somewhere outside the image folders')
+  if src.startswith(out + os.sep):
+    raise SourceError(f'src_dir {src_dir} is inside out_dir {out_dir}; choose '
+                      'an out_dir that does not contain the images')
