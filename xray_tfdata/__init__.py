@@ -21,6 +21,8 @@ __version__ = '0.1.0'
 
 _LAZY = {
     'DatasetBuilder': 'xray_tfdata.pipeline',
+    'RandomAffine': 'xray_tfdata.augment',
+    'make_augmentation': 'xray_tfdata.augment',
 }
 
 

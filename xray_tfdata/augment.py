@@ -28,6 +28,7 @@ with R(theta) = [[cos, -sin], [sin, cos]], Shear(s) = [[1, -sin s], [0, cos s]]
 (angles in degrees), T a translation, Zoom = diag(zx, zy) and c the image
 centre; bilinear interpolation, 'nearest' fill, then a horizontal flip.
 So, as verified against ImageDataGenerator.apply_transform:
+  - positive `theta` turns the content counter-clockwise as displayed.
   - `tx` is a horizontal offset in pixels (out(x) = in(x + tx): positive tx
     moves the content left), `ty` a vertical one (positive moves it up); the
     shift is applied in the rotated frame.
@@ -123,8 +124,8 @@ def zoom_bounds(zoom_range):
     lower, upper = 1.0 - zoom_range, 1.0 + zoom_range
   if not 0 < lower <= upper or not math.isfinite(upper):
     raise ValueError(
-        f'zoom_range must give factors with 0 < lower <= upper, got {zoom_range}'
-        f' -> ({lower}, {upper})')
+        'zoom_range must give factors with 0 < lower <= upper, got '
+        f'{zoom_range} -> ({lower}, {upper})')
   return lower, upper
 
 
@@ -370,9 +371,10 @@ class RandomAffine(keras.layers.Layer):
   @property
   def is_identity(self):
     """Whether every range is off, so that the layer never changes pixels."""
-    return (not (self.rotation_range or self.width_shift_range or
+    any_range = (self.rotation_range or self.width_shift_range or
                  self.height_shift_range or self.shear_range or
-                 self.horizontal_flip) and zoom_bounds(self.zoom_range) == (1, 1))
+                 self.horizontal_flip)
+    return not any_range and zoom_bounds(self.zoom_range) == (1, 1)
 
   def call(self, images, training=None):
     images = tf.cast(images, tf.float32)
@@ -486,9 +488,10 @@ class KerasCVAugmentation(keras.layers.Layer):
   otherwise returns the input cast to float32. It computes in float32
   whatever the policy, and sets supports_jit False (ImageProjectiveTransformV3
   has no XLA kernel; keras-cv layers claim JIT support, which would make
-  Keras' jit_compile='auto' turn XLA on and fail on a GPU). keras-cv seeds
-  make the draws repeatable between runs but, through tf.random.Generator,
-  not per call.
+  Keras' jit_compile='auto' turn XLA on and fail on a GPU). With a seed the
+  draws repeat from one run to the next, but two identically seeded chains in
+  one process differ (RandomShear samples with a stateful, op-seeded
+  tf.random.uniform).
   """
 
   def __init__(self, rotation_range=0., width_shift_range=0.,
