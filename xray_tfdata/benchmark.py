@@ -37,11 +37,11 @@ def seed_image_data_generator(augmentation=True):
              **kwargs)
 
 
-def seed_flow(src_dir, split, image_size, batch_size, augmentation=True,
+def seed_flow(directory, image_size, batch_size, augmentation=True,
               shuffle=True, seed=0):
-  """The seed's `flow_from_directory` iterator over src_dir/split."""
+  """The seed's `flow_from_directory` iterator over class folders."""
   return seed_image_data_generator(augmentation).flow_from_directory(
-      os.path.join(src_dir, split), target_size=(image_size, image_size),
+      directory, target_size=(image_size, image_size),
       batch_size=batch_size, class_mode='binary', shuffle=shuffle, seed=seed)
 
 
@@ -74,7 +74,7 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
   """Images/s of the seed's iterator against this pipeline, side by side.
 
   Args:
-    src_dir: the JPEG tree (Kaggle layout) the TFRecords were made from.
+    src_dir: the pool of class folders the TFRecords were made from.
     data_dir: the converted dataset of the same images.
     baseline_batches, batches: batches timed per round for the baseline and
       for each pipeline variant (the baseline is about 50 times slower).
@@ -85,7 +85,7 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
     dict with per-variant lists of images/s, medians and ratios.
   """
   builder = pipeline.DatasetBuilder(data_dir)
-  flow = seed_flow(src_dir, 'train', image_size, batch_size)
+  flow = seed_flow(src_dir, image_size, batch_size)
   variants = {'imagedatagenerator': lambda: flow.next()[0]}
   runs = {}
   for kind in kinds:
@@ -171,9 +171,9 @@ def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
   setups = {}
   if 'baseline' in variants:
     net = _baseline_model(image_size)
-    train = seed_flow(src_dir, 'train', image_size, batch_size)
+    train = seed_flow(src_dir, image_size, batch_size)
     # The seed validated one image per step.
-    val = seed_flow(src_dir, 'val', image_size, 1, augmentation=False,
+    val = seed_flow(src_dir, image_size, 1, augmentation=False,
                     shuffle=False)
     setups['baseline'] = (net, train, val, min(val_images, val.samples))
   for kind in ('fused', 'keras_cv'):
@@ -262,15 +262,23 @@ def write_json(result, path):
 
 
 def prepare_data(work_dir, num_images, image_size, seed=0):
-  """Creates (once) a synthetic JPEG tree of realistic sizes and its
-  TFRecords; returns (src_dir, data_dir)."""
+  """Creates (once) a synthetic pool of realistic-size JPEGs and its
+  TFRecords re-split with the seed's proportions; returns (src_dir, data_dir).
+
+  The baseline reads the pool with flow_from_directory (train and
+  validation draw from the same images; only speed is measured here).
+  """
   from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import training  # pylint: disable=g-import-not-at-top
   from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
 
   src_dir = os.path.join(work_dir, 'jpeg')
   data_dir = os.path.join(work_dir, f'tfrecords_{image_size}')
-  if not os.path.exists(os.path.join(src_dir, 'train')):
-    synthetic.make_synthetic_kermany(src_dir, num_images=num_images, seed=seed)
+  if not os.path.exists(src_dir) or not os.listdir(src_dir):
+    synthetic.make_synthetic_kermany(src_dir, num_images=num_images, seed=seed,
+                                     layout='pool', progress=True)
   if not os.path.exists(os.path.join(data_dir, 'dataset_info.json')):
-    writer.convert(src_dir, data_dir, image_size=image_size, seed=seed)
+    val_counts, test_counts = training.seed_split_counts(num_images)
+    writer.convert(src_dir, data_dir, image_size=image_size, resplit=True,
+                   val_counts=val_counts, test_counts=test_counts, seed=seed)
   return src_dir, data_dir

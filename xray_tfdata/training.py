@@ -181,20 +181,39 @@ def make_strategy(name='auto'):
                       f'multi_worker, got {name!r}')
 
 
+def seed_split_counts(num_images):
+  """The seed's val and test counts (150/400 each of 5,856), scaled.
+
+  Returns:
+    (val_counts, test_counts), dicts class name -> count, each at least 2.
+  """
+  scale = num_images / 5856
+  counts = {'NORMAL': max(2, round(150 * scale)),
+            'PNEUMONIA': max(2, round(400 * scale))}
+  return counts, dict(counts)
+
+
 def ensure_demo_data(data_dir, num_images, image_size, seed=0):
-  """Creates the synthetic demo dataset in data_dir unless it exists."""
+  """Creates the synthetic demo dataset in data_dir unless it exists.
+
+  The JPEGs go to `<data_dir>-jpeg` as one pool of class folders; the
+  conversion re-splits them by patient with the seed's val/test proportions.
+  """
   if os.path.exists(os.path.join(data_dir, 'dataset_info.json')):
     return
   from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
   from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
 
   src_dir = data_dir.rstrip('/') + '-jpeg'
-  if not os.path.exists(os.path.join(src_dir, 'train')):
-    print(f'demo: writing {num_images} synthetic chest X-rays to {src_dir}')
+  if not os.path.exists(src_dir) or not os.listdir(src_dir):
+    print(f'demo: drawing {num_images} synthetic chest X-rays into {src_dir}')
     synthetic.make_synthetic_kermany(src_dir, num_images=num_images,
-                                     seed=seed, size_scale=0.25)
+                                     seed=seed, layout='pool',
+                                     size_scale=0.25, progress=True)
   print(f'demo: converting {src_dir} to TFRecords in {data_dir}')
-  writer.convert(src_dir, data_dir, image_size=image_size, seed=seed)
+  val_counts, test_counts = seed_split_counts(num_images)
+  writer.convert(src_dir, data_dir, image_size=image_size, resplit=True,
+                 val_counts=val_counts, test_counts=test_counts, seed=seed)
 
 
 def train_and_evaluate(config, model_dir, overwrite=False):
