@@ -1,0 +1,189 @@
+"""Evaluation maths against brute-force and hand-computed references."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from xray_tfdata import evaluation
+
+
+def brute_force_auc(labels, probs):
+  """P(positive scores above negative), ties 1/2, over all pairs."""
+  positives = [p for p, y in zip(probs, labels) if y == 1]
+  negatives = [p for p, y in zip(probs, labels) if y == 0]
+  wins = sum(1.0 if p > n else 0.5 if p == n else 0.0
+             for p, n in itertools.product(positives, negatives))
+  return wins / (len(positives) * len(negatives))
+
+
+def noisy_scores(n, seed, separation=1.0, decimals=None):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, n)
+  probs = 1 / (1 + np.exp(-(rng.normal(size=n) + separation * (2 * labels - 1))))
+  if decimals is not None:
+    probs = np.round(probs, decimals)  # many ties
+  return labels, probs
+
+
+def test_confusion_counts_by_hand():
+  labels = [1, 1, 1, 0, 0, 0, 0, 1]
+  probs = [0.9, 0.6, 0.2, 0.7, 0.1, 0.4, 0.5, 0.5]
+  # Strictly greater than 0.5 is positive (Keras' rule): 0.5 is negative.
+  assert evaluation.confusion_counts(labels, probs) == {
+      'tp': 2, 'tn': 3, 'fp': 1, 'fn': 2}
+  assert evaluation.confusion_counts(labels, probs, threshold=0.45) == {
+      'tp': 3, 'tn': 2, 'fp': 2, 'fn': 1}
+
+
+def test_binary_metrics_by_hand():
+  labels = [1, 1, 1, 0, 0, 0, 0, 1]
+  probs = [0.9, 0.6, 0.2, 0.7, 0.1, 0.4, 0.5, 0.5]
+  m = evaluation.binary_metrics(labels, probs)
+  assert (m['tp'], m['tn'], m['fp'], m['fn'], m['n']) == (2, 3, 1, 2, 8)
+  assert m['precision'] == pytest.approx(2 / 3)
+  assert m['recall'] == pytest.approx(2 / 4)
+  assert m['specificity'] == pytest.approx(3 / 4)
+  assert m['accuracy'] == pytest.approx(5 / 8)
+  assert m['threshold'] == 0.5
+  # Pairs (pos, neg): 0.9 beats 4; 0.6 beats 3; 0.5 beats 2, ties 1;
+  # 0.2 beats 1. (4 + 3 + 2.5 + 1) / 16.
+  assert m['auc'] == pytest.approx(10.5 / 16)
+  json.dumps(m)  # plain Python numbers
+
+
+def test_binary_metrics_zero_denominators_are_zero():
+  m = evaluation.binary_metrics([1, 0], [0.1, 0.2], threshold=0.9)
+  assert m['precision'] == 0.0 and m['recall'] == 0.0
+  assert m['specificity'] == 1.0
+  one_class = evaluation.binary_metrics([1, 1], [0.3, 0.8])
+  assert math.isnan(one_class['auc'])
+
+
+@pytest.mark.parametrize('decimals', [None, 1])
+def test_roc_auc_matches_pairwise_count(decimals):
+  labels, probs = noisy_scores(300, seed=1, decimals=decimals)
+  assert evaluation.roc_auc(labels, probs) == pytest.approx(
+      brute_force_auc(labels, probs), abs=1e-12)
+
+
+def test_roc_auc_extremes_and_errors():
+  assert evaluation.roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+  assert evaluation.roc_auc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.0
+  assert evaluation.roc_auc([1, 0, 1, 0], [0.5] * 4) == 0.5
+  with pytest.raises(ValueError, match='both classes'):
+    evaluation.roc_auc([1, 1], [0.2, 0.3])
+  with pytest.raises(ValueError, match='labels'):
+    evaluation.roc_auc([2, 0], [0.2, 0.3])
+  with pytest.raises(ValueError, match='2 labels but 3'):
+    evaluation.roc_auc([1, 0], [0.2, 0.3, 0.4])
+
+
+def test_roc_auc_close_to_keras_auc():
+  import keras  # pylint: disable=g-import-not-at-top
+  labels, probs = noisy_scores(2000, seed=2)
+  metric = keras.metrics.AUC(num_thresholds=10000)
+  metric.update_state(labels, probs)
+  assert evaluation.roc_auc(labels, probs) == pytest.approx(
+      float(metric.result()), abs=1e-3)
+
+
+def test_youden_threshold_on_constructed_case():
+  # Negatives 0.1..0.4; positives 0.35 and 0.5..0.9.
+  labels = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+  probs = [0.1, 0.2, 0.3, 0.4, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9]
+  threshold = evaluation.youden_threshold(labels, probs)
+  # Candidates: > 0.4 gives sens 5/6, spec 1 (J 0.833); > 0.3 gives
+  # sens 1, spec 3/4 (J 0.75). So midpoint of 0.4 and 0.5.
+  assert threshold == pytest.approx(0.45)
+  m = evaluation.binary_metrics(labels, probs, threshold)
+  assert (m['tp'], m['fp']) == (5, 0)
+
+
+def test_youden_threshold_maximizes_j_exhaustively():
+  labels, probs = noisy_scores(200, seed=3, decimals=2)
+  threshold = evaluation.youden_threshold(labels, probs)
+
+  def j(t):
+    m = evaluation.binary_metrics(labels, probs, t)
+    return m['recall'] + m['specificity'] - 1
+
+  best = max(j(t) for t in np.concatenate([np.unique(probs), [-1.0]]))
+  assert j(threshold) == pytest.approx(best)
+
+
+def test_youden_ties_go_to_higher_sensitivity():
+  # P = N = 2. Split after 0.9: J = 1/2 + 1 - 1 = 0.5; after 0.8 (a
+  # negative), J = 1/2 + 1/2 - 1 = 0; after 0.7: J = 1 + 1/2 - 1 = 0.5.
+  labels = [1, 0, 1, 0]
+  probs = [0.9, 0.8, 0.7, 0.1]
+  assert evaluation.youden_threshold(labels, probs) == pytest.approx(0.4)
+
+
+def test_youden_no_useful_split_calls_everything_negative():
+  labels = [0, 1]
+  probs = [0.9, 0.1]
+  threshold = evaluation.youden_threshold(labels, probs)
+  assert evaluation.confusion_counts(labels, probs, threshold)['tp'] == 0
+  assert evaluation.confusion_counts(labels, probs, threshold)['fp'] == 0
+
+
+def test_bootstrap_ci_contains_estimate_and_narrows_with_n():
+  widths = []
+  for n in (100, 1600):
+    labels, probs = noisy_scores(n, seed=4)
+    low, high = evaluation.bootstrap_auc_ci(labels, probs, num_resamples=500)
+    assert low < evaluation.roc_auc(labels, probs) < high
+    widths.append(high - low)
+  # The width shrinks about as 1/sqrt(n): 4x less for 16x the data.
+  assert widths[1] < widths[0] / 2.5
+
+
+def test_bootstrap_ci_is_reproducible_and_skips_one_class_resamples():
+  labels, probs = noisy_scores(50, seed=5)
+  assert (evaluation.bootstrap_auc_ci(labels, probs, 200, seed=7) ==
+          evaluation.bootstrap_auc_ci(labels, probs, 200, seed=7))
+  # One positive among 3: many resamples have no positive; still works.
+  low, high = evaluation.bootstrap_auc_ci([1, 0, 0], [0.9, 0.1, 0.2], 200)
+  assert low == high == 1.0
+  with pytest.raises(ValueError, match='alpha'):
+    evaluation.bootstrap_auc_ci(labels, probs, alpha=1.5)
+
+
+def test_evaluate_predictions_and_table_agree_with_counts():
+  predictions = {split: noisy_scores(n, seed)
+                 for split, n, seed in (('train', 400, 6), ('val', 120, 7),
+                                        ('test', 150, 8))}
+  results = evaluation.evaluate_predictions(predictions, num_resamples=300)
+  json.dumps(results)
+  table = evaluation.results_table_markdown(results)
+  for split, (labels, probs) in predictions.items():
+    counts = evaluation.confusion_counts(labels, probs)
+    m = results[split]
+    assert {k: m[k] for k in counts} == counts
+    row = next(line for line in table.splitlines()
+               if line.startswith(f'| {split} |'))
+    assert row == (
+        f"| {split} | {evaluation.roc_auc(labels, probs):.4f} | "
+        f"{m['precision']:.4f} | {m['recall']:.4f} | {counts['tp']} | "
+        f"{counts['tn']} | {counts['fp']} | {counts['fn']} | "
+        f"{m['accuracy']:.4f} |")
+
+  youden = results['youden']
+  assert youden['threshold'] == evaluation.youden_threshold(*predictions['val'])
+  test_counts = evaluation.confusion_counts(*predictions['test'],
+                                            youden['threshold'])
+  assert {k: youden['test'][k] for k in test_counts} == test_counts
+  assert f"Threshold {youden['threshold']:.4f}" in table
+  youden_row = table.split("Youden's J")[1]
+  assert (f"| {test_counts['tp']} | {test_counts['tn']} | "
+          f"{test_counts['fp']} | {test_counts['fn']} |") in youden_row
+
+  ci = results['test_auc_ci']
+  assert ci['low'] < results['test']['auc'] < ci['high']
+  assert f"95% CI [{ci['low']:.4f}, {ci['high']:.4f}]" in table
+  # Rows in the seed's order.
+  assert table.index('| train |') < table.index('| val |') < table.index(
+      '| test |')
