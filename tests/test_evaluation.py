@@ -161,7 +161,7 @@ def test_evaluate_predictions_and_table_agree_with_counts():
   table = evaluation.results_table_markdown(results)
   for split, (labels, probs) in predictions.items():
     counts = evaluation.confusion_counts(labels, probs)
-    m = results[split]
+    m = results['splits'][split]
     assert {k: m[k] for k in counts} == counts
     row = next(line for line in table.splitlines()
                if line.startswith(f'| {split} |'))
@@ -170,6 +170,9 @@ def test_evaluate_predictions_and_table_agree_with_counts():
         f"{m['precision']:.4f} | {m['recall']:.4f} | {counts['tp']} | "
         f"{counts['tn']} | {counts['fp']} | {counts['fn']} | "
         f"{m['accuracy']:.4f} |")
+  # Rows in the seed's order.
+  assert table.index('| train |') < table.index('| val |') < table.index(
+      '| test |')
 
   youden = results['youden']
   assert youden['threshold'] == evaluation.youden_threshold(*predictions['val'])
@@ -177,13 +180,19 @@ def test_evaluate_predictions_and_table_agree_with_counts():
                                             youden['threshold'])
   assert {k: youden['test'][k] for k in test_counts} == test_counts
   assert f"Threshold {youden['threshold']:.4f}" in table
-  youden_row = table.split("Youden's J")[1]
+  youden_section = table.split("Youden's J")[1]
   assert (f"| {test_counts['tp']} | {test_counts['tn']} | "
-          f"{test_counts['fp']} | {test_counts['fn']} |") in youden_row
+          f"{test_counts['fp']} | {test_counts['fn']} |") in youden_section
 
-  ci = results['test_auc_ci']
-  assert ci['low'] < results['test']['auc'] < ci['high']
-  assert f"95% CI [{ci['low']:.4f}, {ci['high']:.4f}]" in table
-  # Rows in the seed's order.
-  assert table.index('| train |') < table.index('| val |') < table.index(
-      '| test |')
+  low, high = results['test_auc_ci95']
+  assert low < results['splits']['test']['auc'] < high
+  assert f'95% CI [{low:.4f}, {high:.4f}]' in table
+  assert '300 resamples' in table
+
+
+def test_table_from_plain_split_dict():
+  labels, probs = noisy_scores(60, seed=9)
+  m = evaluation.binary_metrics(labels, probs)
+  table = evaluation.results_table_markdown({'test': m})
+  assert f"| test | {m['auc']:.4f} |" in table
+  assert 'Youden' not in table and 'CI' not in table

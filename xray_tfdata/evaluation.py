@@ -8,9 +8,11 @@ what `model.evaluate` reports:
   - a ratio whose denominator is zero (e.g. precision with no predicted
     positives) is 0.
 
-Results are plain dicts of Python ints and floats, ready for `json.dump`:
-  {'train': metrics, 'val': metrics, 'test': metrics,
-   'youden': {...}, 'test_auc_ci': {...}}
+Results are plain dicts of Python ints and floats, ready for `json.dump`
+(see `evaluate_predictions`):
+  {'splits': {'train': metrics, 'val': metrics, 'test': metrics},
+   'youden': {'threshold': ..., 'test': metrics, ...},
+   'test_auc_ci95': [low, high], 'bootstrap': {...}}
 where `metrics` is what `binary_metrics` returns.
 """
 
@@ -19,7 +21,6 @@ import math
 import numpy as np
 
 SPLITS = ('train', 'val', 'test')
-_SECTIONS = ('youden', 'test_auc_ci')
 
 
 def _as_arrays(labels, probs):
@@ -210,8 +211,7 @@ def bootstrap_auc_ci(labels, probs, num_resamples=2000, alpha=0.05, seed=0):
 
 
 def evaluate_predictions(predictions, threshold=0.5, threshold_split='val',
-                         test_split='test', num_resamples=2000, alpha=0.05,
-                         seed=0):
+                         test_split='test', num_resamples=2000, seed=0):
   """Everything the results table shows, from per-split predictions.
 
   Args:
@@ -219,16 +219,17 @@ def evaluate_predictions(predictions, threshold=0.5, threshold_split='val',
     threshold: the fixed threshold of the main table (the seed's 0.5).
     threshold_split: split on which Youden's threshold is chosen.
     test_split: split evaluated at that threshold and bootstrapped.
-    num_resamples, alpha, seed: for `bootstrap_auc_ci`.
+    num_resamples, seed: for `bootstrap_auc_ci` (95% interval).
 
   Returns:
-    dict split -> `binary_metrics`, plus, when both threshold_split and
-    test_split are present, 'youden' (threshold, chosen_on, j, and the
-    test metrics at it under the test split's name) and 'test_auc_ci'
-    (low, high, level, num_resamples, seed).
+    {'splits': {split: binary_metrics}} plus, when threshold_split and
+    test_split are present, 'youden': {threshold, chosen_on, j (on
+    threshold_split), test_split: binary_metrics at the threshold}, and,
+    when test_split is present, 'test_auc_ci95': [low, high] and
+    'bootstrap': {split, num_resamples, seed}.
   """
-  results = {split: binary_metrics(labels, probs, threshold)
-             for split, (labels, probs) in predictions.items()}
+  results = {'splits': {split: binary_metrics(labels, probs, threshold)
+                        for split, (labels, probs) in predictions.items()}}
   if threshold_split in predictions and test_split in predictions:
     chosen = youden_threshold(*predictions[threshold_split])
     at_chosen = binary_metrics(*predictions[threshold_split], chosen)
@@ -240,80 +241,87 @@ def evaluate_predictions(predictions, threshold=0.5, threshold_split='val',
     }
   if test_split in predictions:
     low, high = bootstrap_auc_ci(*predictions[test_split], num_resamples,
-                                 alpha, seed)
-    results['test_auc_ci'] = {
-        'split': test_split, 'low': low, 'high': high, 'level': 1 - alpha,
-        'num_resamples': num_resamples, 'seed': seed,
-    }
+                                 alpha=0.05, seed=seed)
+    results['test_auc_ci95'] = [low, high]
+    results['bootstrap'] = {'split': test_split,
+                            'num_resamples': num_resamples, 'seed': seed}
   return results
 
 
-def _split_names(results):
-  known = [split for split in SPLITS if split in results]
-  others = [key for key in results if key not in SPLITS + _SECTIONS]
-  return known + others
+def _is_metrics(value):
+  return isinstance(value, dict) and 'tp' in value and 'auc' in value
+
+
+def _ordered(metrics_by_split):
+  known = [split for split in SPLITS if split in metrics_by_split]
+  others = [split for split in metrics_by_split if split not in SPLITS]
+  return [(split, metrics_by_split[split]) for split in known + others
+          if _is_metrics(metrics_by_split[split])]
 
 
 def results_table_markdown(results):
-  """Formats `evaluate_predictions` results as Markdown.
+  """Formats evaluation results as Markdown.
 
   The seed's table (rows train/val/test; AUC, precision, recall, TP, TN, FP,
   FN, accuracy) at its threshold, then, when present, the threshold chosen
   on validation by Youden's J with the test metrics at it, and the test
-  AUC's bootstrap confidence interval.
+  AUC's bootstrap 95% confidence interval.
 
   Args:
-    results: dict split -> `binary_metrics`, optionally with 'youden' and
-      'test_auc_ci' entries as made by `evaluate_predictions`.
+    results: as made by `evaluate_predictions`: {'splits': {split:
+      binary_metrics}, optional 'youden', 'test_auc_ci95', 'bootstrap'};
+      other keys are ignored. A plain {split: binary_metrics} dict also
+      works.
 
   Returns:
     The Markdown text, ending in a newline.
   """
-  splits = _split_names(results)
+  splits = _ordered(results.get('splits', results))
   lines = []
   if splits:
-    threshold = results[splits[0]]['threshold']
     lines += [
-        f'## Results at threshold {threshold:g}',
+        f"## Results at threshold {splits[0][1]['threshold']:g}",
         '',
         '| split | AUC | precision | recall | TP | TN | FP | FN | accuracy |',
         '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
     ]
-    for split in splits:
-      m = results[split]
+    for split, m in splits:
       lines.append(
           f"| {split} | {m['auc']:.4f} | {m['precision']:.4f} | "
           f"{m['recall']:.4f} | {m['tp']} | {m['tn']} | {m['fp']} | "
           f"{m['fn']} | {m['accuracy']:.4f} |")
   youden = results.get('youden')
   if youden:
+    chosen_on = youden.get('chosen_on', 'val')
+    j = (f" (J = sensitivity + specificity - 1 = {youden['j']:.4f} on "
+         f"{chosen_on})" if 'j' in youden else '')
     lines += [
         '',
-        f"## Threshold chosen on {youden['chosen_on']} (Youden's J)",
+        f"## Threshold chosen on {chosen_on} (Youden's J)",
         '',
-        f"Threshold {youden['threshold']:.4f} "
-        f"(J = sensitivity + specificity - 1 = {youden['j']:.4f} on "
-        f"{youden['chosen_on']}).",
+        f"Threshold {youden['threshold']:.4f}{j}.",
         '',
         '| split | sensitivity | specificity | precision | TP | TN | FP | FN '
         '| accuracy |',
         '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
     ]
-    for split, m in youden.items():
-      if isinstance(m, dict):
-        lines.append(
-            f"| {split} | {m['recall']:.4f} | {m['specificity']:.4f} | "
-            f"{m['precision']:.4f} | {m['tp']} | {m['tn']} | {m['fp']} | "
-            f"{m['fn']} | {m['accuracy']:.4f} |")
-  ci = results.get('test_auc_ci')
-  if ci:
-    point = results.get(ci['split'], {}).get('auc', math.nan)
+    for split, m in _ordered(youden):
+      lines.append(
+          f"| {split} | {m['recall']:.4f} | {m['specificity']:.4f} | "
+          f"{m['precision']:.4f} | {m['tp']} | {m['tn']} | {m['fp']} | "
+          f"{m['fn']} | {m['accuracy']:.4f} |")
+  if results.get('test_auc_ci95'):
+    low, high = results['test_auc_ci95']
+    bootstrap = results.get('bootstrap', {})
+    split = bootstrap.get('split', 'test')
+    point = dict(splits).get(split, {}).get('auc', math.nan)
+    how = ('percentile bootstrap' + (
+        f", {bootstrap['num_resamples']} resamples, seed {bootstrap['seed']}"
+        if 'num_resamples' in bootstrap else ''))
     lines += [
         '',
-        f"## {ci['split'].capitalize()} AUC confidence interval",
+        f'## {split.capitalize()} AUC confidence interval',
         '',
-        f"AUC {point:.4f}, {ci['level']:.0%} CI [{ci['low']:.4f}, "
-        f"{ci['high']:.4f}] (percentile bootstrap, {ci['num_resamples']} "
-        f"resamples, seed {ci['seed']}).",
+        f'AUC {point:.4f}, 95% CI [{low:.4f}, {high:.4f}] ({how}).',
     ]
   return '\n'.join(lines) + '\n'
