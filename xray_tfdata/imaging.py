@@ -39,6 +39,10 @@ from PIL import Image
 RESIZE_FILTER = 'bilinear'  # recorded in dataset_info.json
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 _DRAFT_FACTOR = 2  # decode JPEGs to at least this times the stored size
+# zlib's fastest level: at 224 px it halves the PNG encoding time (about 2.5
+# instead of 4.5 ms, a fifth of the whole per-image cost) for about 15% larger
+# files than the default level 6. Lossless either way.
+_PNG_LEVEL = 1
 
 
 def decode_and_resize(task):
@@ -73,7 +77,7 @@ def decode_and_resize(task):
     message = str(e).replace(path, os.path.basename(path))
     return f'cannot decode: {type(e).__name__}: {message}'
   buffer = io.BytesIO()
-  Image.fromarray(pixels, 'L').save(buffer, 'PNG')
+  Image.fromarray(pixels, 'L').save(buffer, 'PNG', compress_level=_PNG_LEVEL)
   return buffer.getvalue(), original_height, original_width
 
 

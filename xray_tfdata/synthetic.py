@@ -18,8 +18,14 @@ The class is learnable from the pixels: every image is a drawn chest (torso,
 two darker lung fields, spine, ribs, noise) and PNEUMONIA adds diffuse bright
 opacities inside the lungs. Opacity strength overlaps between classes (some
 NORMAL images carry faint ones, some PNEUMONIA ones are faint) so the task is
-learnable but not trivial. Image size and aspect differ by class as in the real
-set; a model must not be given them.
+learnable but not trivial: a small CNN on 64 px images with the aspect ratio
+drawn independently of the class reached a validation AUC of about 0.98 in a
+minute of CPU training. The anatomy is drawn in fractions of the image size,
+so squashing to a square removes the class-dependent aspect ratio from it;
+the noise is isotropic in the original, as film grain is, so squashing
+stretches it differently per class, as it does for the real images. Image
+size and aspect differ by class as in the real set; a model must not be
+given them.
 
 Only numpy and PIL: no TensorFlow. Images are drawn at 256 px and resized up
 with PIL, plus a fine grain so JPEG sizes and decode cost are realistic.
@@ -50,7 +56,7 @@ _MEAN_SIZE = {'NORMAL': (1690, 1380), 'PNEUMONIA': (1200, 820)}
 _MIN_SIZE = (384, 127)
 _MAX_SIZE = (2916, 2713)
 _RGB_FRACTION = 0.05  # of train/PNEUMONIA (the real set: 283 of 3,875)
-_DRAW_WIDTH = 256  # pixels; drawn small, then resized up
+_DRAW_WIDTH = 256  # pixels; drawn at most this wide, then resized up
 _GRAIN_TILE = 509  # side of the fine-grain noise tile (odd: no 8x8 alignment)
 
 
@@ -265,8 +271,11 @@ def render_image(job):
   """Draws one image and saves it as JPEG (runs in worker processes)."""
   path, label, width, height, rgb, quality, pixel_seed = job
   rng = np.random.default_rng(list(pixel_seed))
-  draw_height = max(16, round(_DRAW_WIDTH * height / width))
-  small = draw_chest(rng, label, draw_height, _DRAW_WIDTH)
+  # Drawn at most 256 px wide (smooth shapes lose nothing) and never larger
+  # than the image, which keeps tiny test images fast.
+  draw_width = min(_DRAW_WIDTH, width)
+  draw_height = max(8, round(draw_width * height / width))
+  small = draw_chest(rng, label, draw_height, draw_width)
   image = Image.fromarray(small).resize((width, height), Image.BICUBIC)
   # A fine grain at full size, as film and detector noise give the real
   # images; without it JPEGs of upscaled drawings are unrealistically small
@@ -321,19 +330,21 @@ def draw_chest(rng, label, height, width):
   spine = np.exp(-((x - 0.5 - shift_x) / spine_width) ** 2) * (y > 0.12)
   image += rng.uniform(50, 80) * spine
 
-  # Opacities: blurred bright blobs inside the lungs. PNEUMONIA always has
-  # some (occasionally faint); a third of NORMAL images have faint ones.
+  # Opacities: diffuse bright patches (blurred blobs) inside the lungs.
+  # PNEUMONIA always has some, one in ten faint; a quarter of NORMAL images
+  # have faint ones, so the classes overlap a little.
   if label == 1:
-    num_blobs = rng.integers(1, 5)
-    strength = rng.uniform(0.35, 1.0) if rng.random() < 0.85 else rng.uniform(0.1, 0.3)
+    num_blobs = rng.integers(2, 6)
+    strength = (rng.uniform(0.45, 1.0) if rng.random() < 0.9 else
+                rng.uniform(0.1, 0.3))
   else:
-    num_blobs = rng.integers(1, 3) if rng.random() < 0.33 else 0
-    strength = rng.uniform(0.1, 0.35)
+    num_blobs = rng.integers(1, 3) if rng.random() < 0.25 else 0
+    strength = rng.uniform(0.1, 0.3)
   for _ in range(num_blobs):
     cx, cy, rx, ry = centers[rng.integers(0, 2)]
-    bx = cx + rng.uniform(-0.7, 0.7) * rx
-    by = cy + rng.uniform(-0.7, 0.7) * ry
-    sigma = rng.uniform(0.04, 0.09)
+    bx = cx + rng.uniform(-0.6, 0.6) * rx
+    by = cy + rng.uniform(-0.6, 0.6) * ry
+    sigma = rng.uniform(0.05, 0.11)
     blob = np.exp(-(((x - bx) / sigma) ** 2 + ((y - by) / (1.3 * sigma)) ** 2))
     image += strength * rng.uniform(45, 75) * blob * lungs
 

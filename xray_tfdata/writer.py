@@ -1,0 +1,367 @@
+"""Converting chest X-ray image folders into TFRecord shards.
+
+`convert(src_dir, out_dir)` scans and plans (`sources`), decodes and resizes
+in worker processes (`imaging`), and writes TFDS-named shards
+(`schema.shard_filename`) plus `dataset_info.json`.
+
+How the output is laid out:
+  * Within a split, examples are in a seeded order that depends only on the
+    seed and the file names (`sources.stable_order`), so every shard mixes
+    classes and patients, and the same inputs and seed give byte-identical
+    shards (no timestamps or worker ids inside them).
+  * Shards of a split get even slices of that order. Files that fail to
+    decode are only known afterwards, so a shard with a skipped file holds
+    one example fewer; the exact count of every shard is in
+    dataset_info.json.
+  * Shards per split: `num_shards` if given, else
+    max(ceil(num_examples * height * width / 128 MiB), min(8, num_examples)):
+    at least 8 so reads interleave and split across up to 8 workers, and
+    no shard over about 128 MiB (the uncompressed size bounds the PNG size).
+
+Safety: everything is written into `<out_dir>.partial/`, dataset_info.json
+last, and the folder is renamed into place only when complete. An interrupted
+run (Ctrl-C, kill -9) leaves at most the `.partial` folder, never an out_dir
+that looks finished; the next run removes it. An existing dataset is replaced
+only with `overwrite`, and only after the new one is complete. out_dir must be
+a local path (the reader takes any tf.io.gfile path).
+
+Speed: decoding runs in `num_workers` processes started with 'spawn' (this
+process has TensorFlow loaded, whose threads do not survive a fork; the
+workers import only `xray_tfdata.imaging`). Results come back in order
+through `Pool.imap`, and this process only serializes and writes them, so
+memory stays flat.
+"""
+
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+
+from xray_tfdata import imaging
+from xray_tfdata import schema
+from xray_tfdata import sources
+
+PARTIAL_SUFFIX = '.partial'
+_TARGET_SHARD_BYTES = 128 << 20
+_MIN_SHARDS = 8
+# Tasks per worker round trip: big enough to keep pipe overhead (about 0.1 ms)
+# small next to a decode (about 10 ms), small enough for load balance.
+_CHUNKSIZE = 4
+_LIST_LIMIT = 10  # skipped files and duplicates listed in the printed summary
+
+
+class OutputError(ValueError):
+  """A problem with out_dir or the output arguments (a user error)."""
+
+
+def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
+            test_counts=None, num_shards=None, num_workers=None, seed=0,
+            overwrite=False, name=schema.DEFAULT_NAME, layout='auto',
+            progress=True):
+  """Converts an image tree into TFRecord shards and dataset_info.json.
+
+  Args:
+    src_dir: source folder in the Kaggle, Mendeley or pool layout (see
+      `sources`).
+    out_dir: local output folder; created, must not hold a dataset unless
+      `overwrite`.
+    image_size: stored size, an int (square) or (height, width).
+    resplit: pool all images and draw val and test anew by patient.
+    val_counts, test_counts: {class: images} for a re-split.
+    num_shards: shards per split; None for automatic (module docstring).
+    num_workers: decoding processes; None for all cores, 1 for none (all in
+      this process).
+    seed: orders examples within splits and draws the re-split.
+    overwrite: replace a dataset already in out_dir.
+    name: dataset name, the prefix of the shard file names.
+    layout: 'auto', 'kaggle', 'mendeley' or 'pool'.
+    progress: show a progress bar (stderr) and print a summary (stdout).
+
+  Returns:
+    The dataset_info.json contents as a dict.
+
+  Raises:
+    sources.SourceError: bad source folder or split counts.
+    OutputError: out_dir holds a dataset (without overwrite) or other
+      files, or bad image_size, num_shards, num_workers or name.
+  """
+  start = time.perf_counter()
+  created = datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds')
+  stored_size = _check_arguments(image_size, num_shards, num_workers, name)
+  num_workers = num_workers or _cpu_count()
+  out_dir = os.path.abspath(out_dir)
+  sources.check_out_dir(src_dir, out_dir)
+  _check_out_dir(out_dir, overwrite)
+
+  plan = sources.plan(src_dir, resplit, val_counts, test_counts, seed, layout)
+  shards = plan_shards(plan, name, num_shards, seed, stored_size)
+  # Imported now, before the timed stage, so images_per_second compares
+  # worker counts fairly (the import takes seconds).
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
+  partial = out_dir + PARTIAL_SUFFIX
+  if os.path.exists(partial):
+    shutil.rmtree(partial)  # left by an interrupted run
+  os.makedirs(partial)
+  try:
+    stage_start = time.perf_counter()
+    written, skipped = _write_shards(plan, shards, partial, stored_size,
+                                     num_workers, progress)
+    elapsed = time.perf_counter() - start
+    timing = {'elapsed_seconds': round(elapsed, 2),
+              'decode_write_seconds': round(time.perf_counter() - stage_start,
+                                            2)}
+    arguments = {'image_size': list(stored_size), 'resplit': resplit,
+                 'val_counts': val_counts, 'test_counts': test_counts,
+                 'num_shards': num_shards, 'seed': seed, 'name': name,
+                 'layout': layout}
+    info = _dataset_info(plan, shards, partial, written, skipped, stored_size,
+                         name, arguments, created, timing, num_workers)
+    # Written last: its presence is what marks a dataset as finished.
+    with open(os.path.join(partial, schema.INFO_FILENAME), 'w') as f:
+      json.dump(info, f, indent=1)
+      f.write('\n')
+    _move_into_place(partial, out_dir)
+  except BaseException:
+    shutil.rmtree(partial, ignore_errors=True)
+    raise
+  if progress:
+    print_summary(info, out_dir)
+  return info
+
+
+def _check_arguments(image_size, num_shards, num_workers, name):
+  if isinstance(image_size, int):
+    image_size = (image_size, image_size)
+  if (len(image_size) != 2 or
+      not all(isinstance(s, int) and s >= 1 for s in image_size)):
+    raise OutputError(f'image_size must be a positive int or (height, width), '
+                      f'got {image_size!r}')
+  if num_shards is not None and num_shards < 1:
+    raise OutputError(f'num_shards must be at least 1, got {num_shards}')
+  if num_workers is not None and num_workers < 1:
+    raise OutputError(f'num_workers must be at least 1, got {num_workers}')
+  if not name or '/' in name or os.sep in name or name.startswith('.'):
+    raise OutputError(f'name {name!r} cannot prefix a file name; use letters, '
+                      'digits, - and _')
+  return tuple(image_size)
+
+
+def _check_out_dir(out_dir, overwrite):
+  """Refuses to touch an existing dataset (without overwrite) or folder that
+  is not a dataset (ever: overwrite must not delete someone's files)."""
+  if not os.path.exists(out_dir):
+    return
+  if not os.path.isdir(out_dir):
+    raise OutputError(f'out_dir {out_dir} is a file; choose a folder')
+  entries = os.listdir(out_dir)
+  if not entries:
+    return
+  if schema.INFO_FILENAME in entries:
+    if not overwrite:
+      raise OutputError(f'out_dir {out_dir} already holds a dataset; pass '
+                        '--overwrite to replace it, or choose another out_dir')
+    return
+  raise OutputError(f'out_dir {out_dir} exists, is not empty and holds no '
+                    f'{schema.INFO_FILENAME}; choose another out_dir (this '
+                    'tool does not delete folders it did not write)')
+
+
+def plan_shards(plan, name, num_shards, seed, stored_size):
+  """Orders each split and cuts it into shards.
+
+  Returns:
+    [(split, shard filename, [SourceFile])] in split and shard order.
+  """
+  height, width = stored_size
+  shards = []
+  for split, files in plan.splits.items():
+    if not files:
+      continue
+    by_path = {f.path: f for f in files}
+    order = [by_path[p] for p in sources.stable_order(by_path, seed, split)]
+    count = num_shards or max(
+        math.ceil(len(order) * height * width / _TARGET_SHARD_BYTES),
+        min(_MIN_SHARDS, len(order)))
+    count = min(count, len(order))  # no empty shards
+    for i in range(count):
+      shards.append((split, schema.shard_filename(name, split, i, count),
+                     order[i * len(order) // count:
+                           (i + 1) * len(order) // count]))
+  return shards
+
+
+def _write_shards(plan, shards, folder, stored_size, num_workers, progress):
+  """Decodes all files and writes the shards into `folder`.
+
+  Returns:
+    ({shard filename: [SourceFile written]}, [{'path', 'reason'}]).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  tasks = [(os.path.join(plan.src_dir, f.path), stored_size)
+           for _, _, files in shards for f in files]
+  bar = _progress_bar(len(tasks), progress)
+  written = {}
+  skipped = []
+  pool = None
+  if num_workers > 1 and len(tasks) > _CHUNKSIZE:
+    # spawn: TensorFlow is loaded here, and forking its threads can deadlock.
+    pool = multiprocessing.get_context('spawn').Pool(
+        min(num_workers, math.ceil(len(tasks) / _CHUNKSIZE)))
+    results = pool.imap(imaging.decode_and_resize, tasks, _CHUNKSIZE)
+  else:
+    results = map(imaging.decode_and_resize, tasks)
+  try:
+    for split, filename, files in shards:
+      written[filename] = []
+      path = os.path.join(folder, filename)
+      with tf.io.TFRecordWriter(path + '.tmp') as shard:
+        for f in files:
+          result = next(results)
+          bar.update(1)
+          if isinstance(result, str):
+            skipped.append({'path': f.path, 'reason': result})
+            continue
+          png, original_height, original_width = result
+          shard.write(_stable_bytes(schema.encode_example(
+              png, stored_size[0], stored_size[1], f.label, f.class_name,
+              f.path, f.patient_id, original_height, original_width)))
+          written[filename].append(f)
+      os.replace(path + '.tmp', path)
+  finally:
+    bar.close()
+    if pool is not None:
+      pool.terminate()  # all results are in (or we are failing): stop now
+      pool.join()
+  skipped.sort(key=lambda s: s['path'])
+  return written, skipped
+
+
+def _stable_bytes(serialized):
+  """Re-serializes an Example with its feature map in sorted key order.
+
+  `schema.encode_example` serializes the map in hash-table order, which
+  differs between processes (upb seeds its hash), so shards would differ
+  from run to run. TODO: drop once encode_example passes deterministic=True.
+  """
+  from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+  return example_pb2.Example.FromString(serialized).SerializeToString(
+      deterministic=True)
+
+
+def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
+                  arguments, created, timing, num_workers):
+  """Builds the dataset_info.json dict.
+
+  images_per_second is measured over the decode-and-write stage (workers
+  started to last shard closed), without scanning and the TensorFlow import;
+  elapsed_seconds is the whole call.
+  """
+  splits = {}
+  for split, filename, _ in shards:
+    entry = splits.setdefault(split, {
+        'num_examples': 0,
+        'class_counts': dict.fromkeys(plan.class_names, 0),
+        'shards': []})
+    examples = written[filename]
+    entry['num_examples'] += len(examples)
+    for f in examples:
+      entry['class_counts'][f.class_name] += 1
+    entry['shards'].append({
+        'filename': filename,
+        'num_examples': len(examples),
+        'num_bytes': os.path.getsize(os.path.join(folder, filename))})
+  num_written = sum(len(v) for v in written.values())
+  return {
+      'format_version': schema.FORMAT_VERSION,
+      'name': name,
+      'class_names': list(plan.class_names),
+      'image': {'height': stored_size[0], 'width': stored_size[1],
+                'channels': 1, 'encoding': 'png', 'dtype': 'uint8',
+                'resize': 'squash', 'resize_filter': imaging.RESIZE_FILTER},
+      'splits': splits,
+      'src_dir': os.path.abspath(plan.src_dir),
+      'layout': plan.layout,
+      'arguments': arguments,
+      'split_counts': plan.split_counts,
+      'counts': {'scanned': plan.num_scanned, 'written': num_written,
+                 'skipped': len(skipped), 'duplicates': len(plan.duplicates)},
+      'skipped': skipped,
+      'duplicates': plan.duplicates,
+      'ignored': plan.ignored,
+      'created': created,
+      'elapsed_seconds': timing['elapsed_seconds'],
+      'decode_write_seconds': timing['decode_write_seconds'],
+      'images_per_second': round(
+          num_written / max(timing['decode_write_seconds'], 1e-3), 1),
+      'num_workers': num_workers,
+  }
+
+
+def _move_into_place(partial, out_dir):
+  """Renames the finished `partial` folder to out_dir (replacing a dataset
+  there only now, when the new one is complete)."""
+  if os.path.isdir(out_dir):
+    old = f'{out_dir}.old-{os.getpid()}'
+    os.rename(out_dir, old)
+    os.rename(partial, out_dir)
+    shutil.rmtree(old)
+  else:
+    os.rename(partial, out_dir)
+
+
+def print_summary(info, out_dir):
+  """Prints what a conversion did (counts, splits, skipped files)."""
+  counts = info['counts']
+  lines = [
+      f'converted {info["src_dir"]} ({info["layout"]} layout) -> {out_dir} in '
+      f'{info["elapsed_seconds"]:.1f} s; decode and write: '
+      f'{info["decode_write_seconds"]:.1f} s, {info["images_per_second"]:.0f} '
+      f'images/s with {info["num_workers"]} worker(s)',
+      f'  scanned {counts["scanned"]} = written {counts["written"]} + skipped '
+      f'{counts["skipped"]} + duplicates {counts["duplicates"]}']
+  for split, entry in info['splits'].items():
+    per_class = ', '.join(f'{c} {n}' for c, n in entry['class_counts'].items())
+    lines.append(f'  {split}: {entry["num_examples"]} ({per_class}) in '
+                 f'{len(entry["shards"])} shards')
+  for title, items, text in (
+      ('skipped', info['skipped'], lambda s: f'{s["path"]}: {s["reason"]}'),
+      ('duplicates', info['duplicates'],
+       lambda d: f'{d["dropped"]} (same bytes as {d["kept"]})'),
+      ('ignored', info['ignored'], str)):
+    if items:
+      lines.append(f'  {title}:')
+      lines.extend(f'    {text(item)}' for item in items[:_LIST_LIMIT])
+      if len(items) > _LIST_LIMIT:
+        lines.append(f'    ... and {len(items) - _LIST_LIMIT} more, see '
+                     f'{schema.INFO_FILENAME}')
+  print('\n'.join(lines))
+
+
+def _progress_bar(total, enabled):
+  if not enabled:
+    return _NoBar()
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, unit='img', file=sys.stderr, mininterval=0.5,
+              smoothing=0.05)
+
+
+class _NoBar:
+
+  def update(self, n):
+    pass
+
+  def close(self):
+    pass
+
+
+def _cpu_count():
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
