@@ -17,6 +17,7 @@ import hashlib
 import os
 import socket
 import threading
+import urllib.request
 
 import keras
 import tensorflow as tf
@@ -29,9 +30,11 @@ IMAGENET_FILENAME = 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5'
 IMAGENET_URL = ('https://storage.googleapis.com/tensorflow/keras-applications/'
                 'vgg16/' + IMAGENET_FILENAME)
 IMAGENET_MD5 = '6d6bbae143d832006294945121d1f1fc'
-_DOWNLOAD_HOST = ('storage.googleapis.com', 443)
+# Probed before downloading, so that no network means an error in seconds.
+_PROBE_URL = IMAGENET_URL
 _PROBE_TIMEOUT_S = 3.0
-_DOWNLOAD_TIMEOUT_S = 60.0
+# Longest wait for any one network read during the download.
+_DOWNLOAD_TIMEOUT_S = 30.0
 
 # ImageNet channel means in BGR order, as vgg16.preprocess_input ('caffe').
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -178,21 +181,24 @@ def _md5(path):
   return digest.hexdigest()
 
 
-def _host_reachable(address, timeout_s):
-  """Whether a TCP connection to address opens within timeout_s.
+def _url_reachable(url, timeout_s):
+  """Whether an HTTP HEAD request to url succeeds within about timeout_s.
 
-  Runs in a daemon thread because name resolution ignores socket timeouts.
+  A full request rather than a TCP connect: sandboxes and proxies accept
+  connections to hosts they will not serve. Runs in a daemon thread because
+  name resolution ignores socket timeouts.
   """
   reachable = threading.Event()
 
-  def connect():
+  def request():
     try:
-      socket.create_connection(address, timeout=timeout_s).close()
-      reachable.set()
-    except OSError:
+      with urllib.request.urlopen(
+          urllib.request.Request(url, method='HEAD'), timeout=timeout_s):
+        reachable.set()
+    except (OSError, ValueError):
       pass
 
-  thread = threading.Thread(target=connect, daemon=True)
+  thread = threading.Thread(target=request, daemon=True)
   thread.start()
   thread.join(timeout_s)
   return reachable.is_set()
@@ -231,13 +237,12 @@ def resolve_weights(weights):
     return cache_path
   fix = (f'put {IMAGENET_FILENAME} (from {IMAGENET_URL}) at {cache_path}, '
          'or pass its local path as the weights')
-  if not _host_reachable(_DOWNLOAD_HOST, _PROBE_TIMEOUT_S):
+  if not _url_reachable(_PROBE_URL, _PROBE_TIMEOUT_S):
     state = 'is corrupt' if os.path.exists(cache_path) else 'is not cached'
     raise WeightsError(
-        f'ImageNet weights {state} and {_DOWNLOAD_HOST[0]} is unreachable: '
-        f'{fix}')
-  # urlretrieve has no timeout of its own: a stalled download should fail,
-  # not hang.
+        f'ImageNet weights {state} and {_PROBE_URL} is unreachable: {fix}')
+  # urlretrieve takes no timeout: the default socket timeout makes a
+  # stalled download fail instead of hanging.
   previous_timeout = socket.getdefaulttimeout()
   socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
   try:

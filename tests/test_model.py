@@ -1,0 +1,254 @@
+"""The VGG16 builder: seed parameter counts, policies, weights, compile."""
+
+import os
+import socket
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from xray_tfdata import model as model_lib
+
+SIZE = 32  # VGG16's smallest input; 224 only for the parameter counts.
+
+
+def _images(n=4, size=SIZE, channels=1, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+
+
+def _count(weights):
+  return sum(int(np.prod(w.shape)) for w in weights)
+
+
+def test_parameter_counts_equal_the_seed():
+  net = model_lib.build_model(224)
+  assert net.count_params() == 27_593_153
+  assert _count(net.trainable_weights) == 19_957_889
+  assert _count(net.non_trainable_weights) == 7_635_264
+  assert net.input.dtype == 'uint8'
+  assert tuple(net.input.shape) == (None, 224, 224, 1)
+
+
+@pytest.mark.parametrize('frozen_blocks, frozen_layers', [
+    (0, 0), (1, 4), (4, 15), (5, 19)])
+def test_frozen_blocks_freeze_leading_layers(frozen_blocks, frozen_layers):
+  net = model_lib.build_model(SIZE, frozen_blocks=frozen_blocks)
+  base = net.get_layer('vgg16')
+  trainable = [layer.trainable for layer in base.layers]
+  assert trainable == [False] * frozen_layers + [True] * (
+      len(trainable) - frozen_layers)
+  if frozen_layers:
+    assert base.layers[frozen_layers - 1].name.endswith('_pool')
+
+
+def test_frozen_blocks_out_of_range():
+  with pytest.raises(ValueError, match='frozen_blocks'):
+    model_lib.build_model(SIZE, frozen_blocks=6)
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_preprocessing_matches_vgg16_preprocess_input(channels):
+  net = model_lib.build_model(SIZE, channels_in=channels)
+  preprocess = keras.Model(net.input,
+                           net.get_layer('vgg16_preprocess').output)
+  images = _images(channels=channels)
+  rgb = np.repeat(images, 3, axis=-1) if channels == 1 else images
+  expected = keras.applications.vgg16.preprocess_input(rgb.astype('float32'))
+  np.testing.assert_allclose(preprocess(images), expected, atol=1e-4)
+
+
+def test_head_and_output():
+  net = model_lib.build_model(SIZE, dense_units=(16, 8), dropout=0.25)
+  assert net.get_layer('dense_1').units == 16
+  assert net.get_layer('dense_2').units == 8
+  assert net.get_layer('dropout_1').rate == 0.25
+  probs = net.predict(_images(), verbose=0)
+  assert probs.shape == (4, 1) and probs.dtype == np.float32
+  assert np.all((probs >= 0) & (probs <= 1))
+
+
+@pytest.mark.parametrize('policy, gpus, flags, expected', [
+    ('float32', [(9, 0)], {'amx_bf16'}, 'float32'),
+    ('mixed_bfloat16', [], set(), 'mixed_bfloat16'),
+    ('mixed_float16', [], set(), 'mixed_float16'),
+    ('auto', [(7, 0)], set(), 'mixed_float16'),
+    ('auto', [(8, 6), (7, 5)], {'avx512_bf16'}, 'mixed_float16'),
+    ('auto', [(6, 1)], {'avx512_bf16'}, 'float32'),  # the GPU trains
+    ('auto', [(8, 0), (6, 1)], set(), 'float32'),
+    ('auto', [None], set(), 'float32'),  # no compute capability reported
+    ('auto', [], {'avx2', 'avx512_bf16'}, 'mixed_bfloat16'),
+    ('auto', [], {'amx_bf16'}, 'mixed_bfloat16'),
+    ('auto', [], {'avx2', 'fma', 'avx512f'}, 'float32'),
+    ('auto', [], set(), 'float32'),
+])
+def test_select_policy(policy, gpus, flags, expected):
+  assert model_lib.select_policy(policy, gpus=gpus, cpu_flags=flags) == expected
+
+
+def test_select_policy_unknown():
+  with pytest.raises(ValueError, match='unknown dtype policy'):
+    model_lib.select_policy('float16')
+
+
+def test_select_policy_on_this_machine_follows_its_flags():
+  flags = model_lib.read_cpu_flags()
+  gpus = model_lib.gpu_compute_capabilities()
+  expected = model_lib.select_policy('auto', gpus=gpus, cpu_flags=flags)
+  assert model_lib.select_policy('auto') == expected
+  if not gpus and not flags & {'avx512_bf16', 'amx_bf16'}:
+    assert expected == 'float32'
+
+
+def test_read_cpu_flags(tmp_path):
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text('processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n'
+                     'processor\t: 1\nflags\t\t: fpu avx2 amx_bf16\n')
+  assert model_lib.read_cpu_flags(str(cpuinfo)) == {'fpu', 'avx2', 'amx_bf16'}
+  assert model_lib.read_cpu_flags(str(tmp_path / 'absent')) == set()
+
+
+def test_mixed_bfloat16_keeps_preprocessing_and_output_float32():
+  net = model_lib.build_model(SIZE, policy='mixed_bfloat16')
+  assert keras.mixed_precision.global_policy().name == 'mixed_bfloat16'
+  assert net.get_layer('vgg16').get_layer('block5_conv1').compute_dtype == (
+      'bfloat16')
+  assert net.get_layer('dense_1').compute_dtype == 'bfloat16'
+  for name in ('gray_to_rgb', 'vgg16_preprocess', 'probability'):
+    assert net.get_layer(name).compute_dtype == 'float32'
+  assert net.predict(_images(), verbose=0).dtype == np.float32
+
+
+def test_mixed_float16_gets_one_loss_scale_optimizer():
+  net = model_lib.compile_model(
+      model_lib.build_model(SIZE, policy='mixed_float16'))
+  optimizer = net.optimizer
+  assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+  assert isinstance(optimizer.inner_optimizer, keras.optimizers.Adam)
+  assert not isinstance(optimizer.inner_optimizer,
+                        keras.optimizers.LossScaleOptimizer)
+
+
+def test_compile_trains_with_the_seeds_metrics():
+  net = model_lib.compile_model(model_lib.build_model(SIZE),
+                                learning_rate=3e-4)
+  assert isinstance(net.optimizer, keras.optimizers.Adam)
+  assert float(net.optimizer.learning_rate) == pytest.approx(3e-4)
+  history = net.fit(_images(8), np.array([0, 1] * 4, 'float32'), epochs=1,
+                    batch_size=4, verbose=0)
+  assert set(history.history) == {
+      'loss', 'auc', 'tp', 'fp', 'tn', 'fn', 'accuracy', 'precision',
+      'recall'}
+  counts = sum(history.history[k][0] for k in ('tp', 'fp', 'tn', 'fn'))
+  assert counts == 8
+  with pytest.raises(ValueError, match='learning_rate'):
+    model_lib.compile_model(net, learning_rate=0)
+
+
+def test_keras_file_round_trip(tmp_path):
+  net = model_lib.build_model(SIZE, dense_units=(8, 4))
+  path = str(tmp_path / 'model.keras')
+  net.save(path)
+  restored = keras.models.load_model(path)
+  images = _images()
+  np.testing.assert_allclose(restored.predict(images, verbose=0),
+                             net.predict(images, verbose=0), atol=1e-6)
+
+
+def test_augmentation_only_in_training():
+  augment = pytest.importorskip('xray_tfdata.augment')
+  layer = augment.make_augmentation('fused', **augment.SEED_AUGMENTATION,
+                                    seed=1)
+  net = model_lib.build_model(SIZE, augmentation=layer, dropout=0.0,
+                              dense_units=(8, 4))
+  plain = model_lib.build_model(SIZE, dropout=0.0, dense_units=(8, 4))
+  plain.set_weights(net.get_weights())
+  images = _images()
+  inference = net(images, training=False)
+  np.testing.assert_allclose(inference, plain(images, training=False),
+                             atol=1e-6)
+  assert not np.allclose(net(images, training=True), inference, atol=1e-6)
+  by_kind = model_lib.build_model(SIZE, augmentation='fused')
+  assert isinstance(by_kind.layers[1], augment.RandomAffine)
+
+
+@pytest.fixture(name='silent_server')
+def fixture_silent_server():
+  """A local port that accepts connections and never answers."""
+  server = socket.socket()
+  server.bind(('127.0.0.1', 0))
+  server.listen(4)
+  yield f'https://127.0.0.1:{server.getsockname()[1]}/weights.h5'
+  server.close()
+
+
+@pytest.mark.parametrize('probe', ['unresolvable', 'silent'])
+def test_imagenet_offline_fails_fast(tmp_path, monkeypatch, silent_server,
+                                     probe):
+  # An empty Keras home, so a cached file cannot make this pass by accident,
+  # and a download URL that cannot answer, so it holds on any network.
+  monkeypatch.setenv('KERAS_HOME', str(tmp_path))
+  monkeypatch.setattr(model_lib, '_PROBE_URL', {
+      'unresolvable': 'https://storage.googleapis.com.invalid/weights.h5',
+      'silent': silent_server}[probe])
+  cache_path = os.path.join(str(tmp_path), 'models',
+                            model_lib.IMAGENET_FILENAME)
+  assert model_lib.keras_cache_path() == cache_path
+  start = time.monotonic()
+  with pytest.raises(model_lib.WeightsError) as error:
+    model_lib.build_model(SIZE, weights='imagenet')
+  assert time.monotonic() - start < 15
+  message = str(error.value)
+  assert '\n' not in message
+  assert f'at {cache_path}' in message and 'local path' in message
+  assert 'is not cached' in message
+
+
+def test_imagenet_corrupt_cache_file_is_reported(tmp_path, monkeypatch):
+  monkeypatch.setenv('KERAS_HOME', str(tmp_path))
+  monkeypatch.setattr(model_lib, '_PROBE_URL',
+                      'https://storage.googleapis.com.invalid/weights.h5')
+  os.makedirs(tmp_path / 'models')
+  (tmp_path / 'models' / model_lib.IMAGENET_FILENAME).write_bytes(b'partial')
+  with pytest.raises(model_lib.WeightsError, match='is corrupt'):
+    model_lib.build_model(SIZE, weights='imagenet')
+
+
+def _save_legacy_h5(net, path):
+  """Weights-only legacy HDF5, the format of Keras' ImageNet file."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  from keras.src.legacy.saving import legacy_h5_format  # pylint: disable=g-import-not-at-top
+  with h5py.File(path, 'w') as f:
+    legacy_h5_format.save_weights_to_hdf5_group(f, net)
+
+
+@pytest.mark.parametrize('filename', ['vgg16_notop.h5', 'vgg16.weights.h5'])
+def test_local_weights_file(tmp_path, filename):
+  keras.utils.set_random_seed(123)
+  source = keras.applications.VGG16(include_top=False, weights=None,
+                                    input_shape=(SIZE, SIZE, 3))
+  path = str(tmp_path / filename)
+  if filename.endswith('.weights.h5'):
+    source.save_weights(path)
+  else:
+    _save_legacy_h5(source, path)
+  keras.utils.set_random_seed(7)  # different initial weights
+  net = model_lib.build_model(SIZE, weights=path)
+  for layer in ('block1_conv1', 'block5_conv3'):
+    np.testing.assert_array_equal(
+        net.get_layer('vgg16').get_layer(layer).kernel,
+        source.get_layer(layer).kernel)
+
+
+# Keras warns about each layer it cannot match before it gives up.
+@pytest.mark.filterwarnings('ignore:Skipping nested container')
+def test_weights_path_errors(tmp_path):
+  missing = str(tmp_path / 'missing.h5')
+  with pytest.raises(model_lib.WeightsError, match='missing.h5'):
+    model_lib.build_model(SIZE, weights=missing)
+  other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+  wrong = str(tmp_path / 'dense.weights.h5')
+  other.save_weights(wrong)
+  with pytest.raises(model_lib.WeightsError, match='does not fit VGG16'):
+    model_lib.build_model(SIZE, weights=wrong)
