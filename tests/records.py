@@ -1,0 +1,76 @@
+"""Tiny hand-written datasets in the on-disk format (independent of the writer)."""
+
+import io
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from xray_tfdata import schema
+
+H, W = 12, 10
+
+
+def _png(pixels):
+  buf = io.BytesIO()
+  Image.fromarray(pixels, mode='L').save(buf, format='PNG')
+  return buf.getvalue()
+
+
+def write_dataset(root, split_sizes=None, num_shards=3, size=(H, W),
+                  learnable=False):
+  """Writes `split -> (num_normal, num_pneumonia)` with known pixels.
+
+  Image i of a split is filled with the value i (so order and content can be
+  checked), label = class id. With `learnable`, images are noise with a
+  bright square for PNEUMONIA instead, something a tiny model can learn.
+
+  Returns:
+    {split: [(pixels, label, filename)]} in the order written.
+  """
+  split_sizes = split_sizes or {'train': (5, 9), 'val': (2, 3)}
+  height, width = size
+  rng = np.random.default_rng(0)
+  info = {'format_version': schema.FORMAT_VERSION, 'name': 'tiny',
+          'class_names': list(schema.DEFAULT_CLASS_NAMES),
+          'image': {'height': height, 'width': width, 'channels': 1,
+                    'encoding': 'png', 'dtype': 'uint8'},
+          'splits': {}}
+  expected = {}
+  for split, (n0, n1) in split_sizes.items():
+    labels = [0] * n0 + [1] * n1
+    rng.shuffle(labels)
+    examples = []
+    for i, label in enumerate(labels):
+      if learnable:
+        pixels = rng.integers(0, 120, (height, width)).astype(np.uint8)
+        if label:
+          pixels[height // 4:height // 2, width // 4:width // 2] = 220
+      else:
+        pixels = np.full((height, width), i, np.uint8)
+        pixels[0, 0] = 255  # not a constant image
+      examples.append((pixels, label, f'{split}/{i}.jpeg'))
+    expected[split] = examples
+    shards = []
+    bounds = np.linspace(0, len(examples), num_shards + 1).astype(int)
+    for s in range(num_shards):
+      fname = schema.shard_filename('tiny', split, s, num_shards)
+      with tf.io.TFRecordWriter(os.path.join(root, fname)) as w:
+        for pixels, label, name in examples[bounds[s]:bounds[s + 1]]:
+          w.write(schema.encode_example(
+              _png(pixels), height, width, label, schema.DEFAULT_CLASS_NAMES[label],
+              name, f'patient{label}', 100, 80))
+      shards.append({'filename': fname,
+                     'num_examples': int(bounds[s + 1] - bounds[s]),
+                     'num_bytes': os.path.getsize(os.path.join(root, fname))})
+    info['splits'][split] = {
+        'num_examples': len(examples),
+        'class_counts': {'NORMAL': n0, 'PNEUMONIA': n1},
+        'shards': shards}
+  with open(os.path.join(root, schema.INFO_FILENAME), 'w') as f:
+    json.dump(info, f)
+  return expected
+
+
