@@ -323,11 +323,11 @@ def stable_order(keys, seed, salt=''):
 def draw_splits(files, class_names, val_counts, test_counts, seed=0):
   """Draws test, then val, by patient; the rest is train.
 
-  Greedy over the patients in a seeded order: a patient's images are taken
-  only if no class overshoots its target, so no patient spans two splits and
-  each class is filled separately (stratified). Counts are exact unless the
-  remaining patients are all too large to fit; then they fall short and the
-  actual counts say by how much.
+  Greedy over the patients in a seeded order (see `_fill`): a patient's
+  images are taken whole and only if no class overshoots its target, so no
+  patient spans two splits and each class is filled separately (stratified).
+  Counts are exact unless no remaining patient fits the gap; then they fall
+  short and the actual counts say by how much.
 
   Args:
     files: `SourceFile`s (deduplicated).
@@ -365,34 +365,67 @@ def draw_splits(files, class_names, val_counts, test_counts, seed=0):
   groups = collections.defaultdict(list)
   for f in files:
     groups[f.patient_id].append(f)
+  group_counts = {pid: collections.Counter(f.class_name for f in fs)
+                  for pid, fs in groups.items()}
   remaining = stable_order(groups, seed, 'patients')
   splits = {}
   actual = {}
   for split, targets in (('test', test_counts), ('val', val_counts)):
-    taken = dict.fromkeys(class_names, 0)
-    chosen, left = [], []
-    for pid in remaining:
-      need = collections.Counter(f.class_name for f in groups[pid])
-      if (taken != targets and
-          all(taken[c] + n <= targets[c] for c, n in need.items())):
-        chosen.append(pid)
-        for c, n in need.items():
-          taken[c] += n
-      else:
-        left.append(pid)
-    remaining = left
+    chosen, taken = _fill(remaining, group_counts, targets)
+    remaining = [p for p in remaining if p not in chosen]
     splits[split] = sorted((f for pid in chosen for f in groups[pid]),
                            key=lambda f: f.path)
     actual[split] = taken
   splits['train'] = sorted((f for pid in remaining for f in groups[pid]),
                            key=lambda f: f.path)
-  actual['train'] = dict(collections.Counter(
-      f.class_name for f in splits['train']))
-  actual['train'] = {c: actual['train'].get(c, 0) for c in class_names}
+  train_counts = collections.Counter(f.class_name for f in splits['train'])
+  actual['train'] = {c: train_counts[c] for c in class_names}
   requested = {'val': dict(val_counts), 'test': dict(test_counts)}
   return ({s: splits[s] for s in SPLIT_FOLDERS},
           {'requested': requested,
            'actual': {s: actual[s] for s in SPLIT_FOLDERS}})
+
+
+def _fill(order, group_counts, targets):
+  """Chooses patients whose class counts add up to `targets` (at most).
+
+  Greedy in the seeded `order`, adding a patient only if no class overshoots;
+  then the smallest patients first to close the gaps; then swaps of a chosen
+  patient for a larger remaining one while that closes more of the gap.
+
+  Returns:
+    (chosen patient ids in an ordered dict, {class: images taken}).
+  """
+  taken = collections.Counter()
+  chosen = {}  # an ordered set
+
+  def fits(add, remove=()):
+    total = taken + add
+    total.subtract(remove)
+    return all(total[c] <= targets[c] for c in total)
+
+  by_size = sorted(order, key=lambda p: sum(group_counts[p].values()))
+  for candidates in (order, by_size):
+    for pid in candidates:
+      if pid not in chosen and fits(group_counts[pid]):
+        chosen[pid] = True
+        taken += group_counts[pid]
+  gap = sum(targets.values()) - sum(taken.values())
+  while gap:
+    swap = next(((old, new) for old in chosen for new in by_size
+                 if new not in chosen and
+                 sum(group_counts[new].values()) >
+                 sum(group_counts[old].values()) and
+                 fits(group_counts[new], group_counts[old])), None)
+    if swap is None:
+      break
+    old, new = swap
+    del chosen[old]
+    chosen[new] = True
+    taken.subtract(group_counts[old])
+    taken += group_counts[new]
+    gap = sum(targets.values()) - sum(taken.values())
+  return chosen, {c: taken[c] for c in targets}
 
 
 def plan(src_dir, resplit=False, val_counts=None, test_counts=None,

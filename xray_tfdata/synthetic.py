@@ -48,7 +48,9 @@ KAGGLE_COUNTS = {
     ('val', 'NORMAL'): 8, ('val', 'PNEUMONIA'): 8,
     ('test', 'NORMAL'): 234, ('test', 'PNEUMONIA'): 390,
 }
-MIN_IMAGES = len(KAGGLE_COUNTS)  # one per split and class
+# Every split and class gets one, train gets enough for the duplicates'
+# originals, and a re-split has a patient or two to draw.
+MIN_IMAGES = 12
 FULL_SIZE = sum(KAGGLE_COUNTS.values())
 
 # (mean width, mean height) per class and the real extremes, in pixels.
@@ -96,8 +98,8 @@ def make_synthetic_kermany(out_dir, num_images=FULL_SIZE, seed=0,
   if layout not in LAYOUTS:
     raise SyntheticError(f'layout must be one of {LAYOUTS}, got {layout!r}')
   if num_images < MIN_IMAGES:
-    raise SyntheticError(f'num_images must be at least {MIN_IMAGES} (one per '
-                         f'split and class), got {num_images}')
+    raise SyntheticError(f'num_images must be at least {MIN_IMAGES} (some '
+                         f'for every split and class), got {num_images}')
   if num_duplicates < 0:
     raise SyntheticError(f'num_duplicates must be >= 0, got {num_duplicates}')
   if not size_scale > 0:

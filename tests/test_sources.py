@@ -1,0 +1,297 @@
+"""Scanning source trees, patient ids, duplicates and the grouped re-split."""
+
+import collections
+import os
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xray_tfdata import sources
+
+
+def _image(root, rel, size=(20, 16)):
+  """Writes a small JPEG with content unique to its path."""
+  path = os.path.join(root, rel)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  rng = np.random.default_rng(zlib.crc32(rel.encode()))
+  pixels = rng.integers(0, 256, (size[1], size[0]), dtype=np.uint8)
+  Image.fromarray(pixels).save(path, 'JPEG')
+  return path
+
+
+def _write(root, rel, data=b''):
+  path = os.path.join(root, rel)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'wb') as f:
+    f.write(data)
+  return path
+
+
+def _kaggle_tree(root, per_cell=2):
+  for split in ('train', 'val', 'test'):
+    for class_name in ('NORMAL', 'PNEUMONIA'):
+      for i in range(per_cell):
+        name = (f'IM-{i:04d}-0001.jpeg' if class_name == 'NORMAL'
+                else f'person{i}_bacteria_{i}.jpeg')
+        _image(root, f'{split}/{class_name}/{name}')
+
+
+@pytest.mark.parametrize('filename, expected', [
+    ('person1_bacteria_1.jpeg', 'person1'),
+    ('person1000_virus_1681.jpeg', 'person1000'),
+    ('IM-0115-0001.jpeg', 'IM-115'),
+    ('NORMAL2-IM-0115-0002.jpeg', 'IM-115'),
+    ('train/NORMAL/IM-0001-0001.jpeg', 'IM-1'),
+    ('scan_7.png', 'scan_7'),
+    ('personX_bacteria_1.jpeg', 'personX_bacteria_1'),
+])
+def test_patient_id(filename, expected):
+  assert sources.patient_id(filename) == expected
+
+
+def test_kaggle_zip_litter_and_nested_copy_are_ignored(tmp_path):
+  root = str(tmp_path / 'chest_xray')
+  _kaggle_tree(root)
+  _kaggle_tree(os.path.join(root, 'chest_xray'))  # the zip's nested copy
+  _write(root, '__MACOSX/train/NORMAL/._IM-0000-0001.jpeg', b'\0\5\x16\7')
+  _write(root, '.DS_Store', b'litter')
+  _write(root, 'train/.DS_Store', b'litter')
+  _write(root, 'train/NORMAL/.DS_Store', b'litter')
+  _write(root, 'train/NORMAL/._IM-0000-0001.jpeg', b'\0\5\x16\7')
+  _write(root, 'test/PNEUMONIA/Thumbs.db', b'litter')
+  _write(root, 'val/NORMAL/__MACOSX/._x.jpeg', b'\0')
+  _write(root, 'README.txt', b'hello')
+  found = sources.scan(root)
+  assert found.layout == 'kaggle'
+  assert found.class_names == ('NORMAL', 'PNEUMONIA')
+  assert len(found.files) == 12  # not 24: the nested copy is not scanned
+  assert all(not f.path.startswith('chest_xray/') for f in found.files)
+  assert found.ignored == sorted([
+      '.DS_Store', 'README.txt', '__MACOSX/', 'chest_xray/', 'train/.DS_Store',
+      'train/NORMAL/.DS_Store', 'train/NORMAL/._IM-0000-0001.jpeg',
+      'test/PNEUMONIA/Thumbs.db', 'val/NORMAL/__MACOSX/'])
+  f = found.files[0]
+  assert f.path == 'test/NORMAL/IM-0000-0001.jpeg'
+  assert (f.source_split, f.class_name, f.label, f.patient_id) == (
+      'test', 'NORMAL', 0, 'IM-0')
+
+
+def test_layouts_are_detected(tmp_path):
+  mendeley = str(tmp_path / 'mendeley')
+  for split in ('train', 'test'):
+    for class_name in ('NORMAL', 'PNEUMONIA'):
+      _image(mendeley, f'{split}/{class_name}/a.jpeg')
+  found = sources.scan(mendeley)
+  assert found.layout == 'mendeley'
+  assert {f.source_split for f in found.files} == {'train', 'test'}
+
+  pool = str(tmp_path / 'pool')
+  _image(pool, 'NORMAL/a.jpeg')
+  _image(pool, 'PNEUMONIA/deeper/b.jpeg')  # recursive within class folders
+  found = sources.scan(pool)
+  assert found.layout == 'pool'
+  assert [(f.path, f.source_split, f.label) for f in found.files] == [
+      ('NORMAL/a.jpeg', None, 0), ('PNEUMONIA/deeper/b.jpeg', None, 1)]
+  with pytest.raises(sources.SourceError, match='no train/ '):
+    sources.scan(pool, layout='kaggle')
+
+
+def test_class_ids_match_flow_from_directory(tmp_path):
+  """Class ids as Keras assigns them: sorted folder names."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / 'pool')
+  names = ['PNEUMONIA', 'NORMAL', 'b_other', 'Covid-19', 'a']
+  for name in names:
+    _image(root, f'{name}/x.png')
+  generator = tf.keras.preprocessing.image.ImageDataGenerator()
+  keras_ids = generator.flow_from_directory(root).class_indices
+  found = sources.scan(root)
+  assert {f.class_name: f.label for f in found.files} == keras_ids
+
+
+def test_non_image_files_are_scanned_for_the_writer_to_skip(tmp_path):
+  root = str(tmp_path)
+  _kaggle_tree(root, per_cell=1)
+  _write(root, 'train/NORMAL/notes.txt', b'not an image')
+  _write(root, 'train/NORMAL/empty.jpeg')
+  paths = [f.path for f in sources.scan(root).files]
+  assert 'train/NORMAL/notes.txt' in paths and 'train/NORMAL/empty.jpeg' in paths
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda root: None, 'does not exist'),
+    (lambda root: os.makedirs(root), 'has no folders'),
+    (lambda root: _write(root, 'a.jpeg', b'x'), 'has no folders'),
+    (lambda root: _image(root, 'NORMAL/a.jpeg'), r"1 class folder\(s\) \['NORMAL'\]"),
+    (lambda root: [_image(root, 'NORMAL/a.jpeg'),
+                   _write(root, 'PNEUMONIA/notes.txt', b'x')],
+     'PNEUMONIA has no images'),
+    (lambda root: [_image(root, 'NORMAL/a.jpeg'),
+                   os.makedirs(os.path.join(root, 'PNEUMONIA'))],
+     'PNEUMONIA has no images'),
+    (lambda root: [_image(root, 'train/NORMAL/a.jpeg'),
+                   _image(root, 'train/PNEUMONIA/a.jpeg')],
+     'but not both train/ and test/'),
+    (lambda root: [_image(root, 'train/NORMAL/a.jpeg'),
+                   _image(root, 'train/PNEUMONIA/a.jpeg'),
+                   _image(root, 'test/NORMAL/a.jpeg')],
+     r"test/ has class folders \['NORMAL'\]"),
+])
+def test_bad_source_trees(tmp_path, make, message):
+  root = str(tmp_path / 'src')
+  make(root)
+  with pytest.raises(sources.SourceError, match=message):
+    sources.scan(root)
+
+
+def test_wrapper_folder_gets_a_hint(tmp_path):
+  _kaggle_tree(str(tmp_path / 'download' / 'chest_xray'))
+  with pytest.raises(sources.SourceError, match='did you mean --src_dir=.*chest_xray'):
+    sources.scan(str(tmp_path / 'download'))
+
+
+def _with_duplicates(root):
+  _kaggle_tree(root)
+  with open(os.path.join(root, 'train/PNEUMONIA/person0_bacteria_0.jpeg'), 'rb') as f:
+    data = f.read()
+  _write(root, 'test/PNEUMONIA/person77_virus_9.jpeg', data)  # across splits
+  _write(root, 'val/PNEUMONIA/person78_virus_9.jpeg', data)
+  _write(root, 'train/NORMAL/empty1.jpeg')  # empty files are not duplicates
+  _write(root, 'train/NORMAL/empty2.jpeg')
+
+
+def test_duplicates_keep_evaluation_copies(tmp_path):
+  root = str(tmp_path)
+  _with_duplicates(root)
+  found = sources.scan(root)
+  kept, duplicates = sources.find_duplicates(root, found.files)
+  assert len(kept) == len(found.files) - 2
+  assert [(d['kept'], d['dropped']) for d in duplicates] == [
+      ('test/PNEUMONIA/person77_virus_9.jpeg',
+       'train/PNEUMONIA/person0_bacteria_0.jpeg'),
+      ('test/PNEUMONIA/person77_virus_9.jpeg',
+       'val/PNEUMONIA/person78_virus_9.jpeg')]
+  assert len(duplicates[0]['sha256']) == 64
+  assert {'train/NORMAL/empty1.jpeg', 'train/NORMAL/empty2.jpeg'} <= {
+      f.path for f in kept}
+
+  _, duplicates = sources.find_duplicates(root, found.files,
+                                          prefer_evaluation_splits=False)
+  assert {d['kept'] for d in duplicates} == {
+      'test/PNEUMONIA/person77_virus_9.jpeg'}  # first by path: test < train
+  plan = sources.plan(root)
+  assert plan.num_scanned == sum(map(len, plan.splits.values())) + 2
+  assert len(plan.splits['test']) == 5
+
+
+def _patient_pool(root, seed=0):
+  """A pool with patients of 1-4 images: 60 NORMAL, 120 PNEUMONIA."""
+  rng = np.random.default_rng(seed)
+  for class_name, total in (('NORMAL', 60), ('PNEUMONIA', 120)):
+    count, patient = 0, 0
+    while count < total:
+      patient += 1
+      for k in range(min(int(rng.integers(1, 5)), total - count)):
+        count += 1
+        name = (f'IM-{patient:04d}-{k + 1:04d}.jpeg' if class_name == 'NORMAL'
+                else f'person{patient}_virus_{count}.jpeg')
+        _image(root, f'{class_name}/{name}', size=(8, 8))
+
+
+def test_resplit_is_grouped_stratified_exact_and_deterministic(tmp_path):
+  root = str(tmp_path)
+  _patient_pool(root)
+  val = {'NORMAL': 7, 'PNEUMONIA': 15}
+  test = {'NORMAL': 9, 'PNEUMONIA': 20}
+  plan = sources.plan(root, resplit=True, val_counts=val, test_counts=test,
+                      seed=1)
+  counts = {s: collections.Counter(f.class_name for f in files)
+            for s, files in plan.splits.items()}
+  assert counts['val'] == val and counts['test'] == test
+  assert counts['train'] == {'NORMAL': 60 - 16, 'PNEUMONIA': 120 - 35}
+  assert plan.split_counts['actual']['val'] == val
+  assert plan.split_counts['requested'] == {'val': val, 'test': test}
+  split_of = collections.defaultdict(set)
+  for split, files in plan.splits.items():
+    for f in files:
+      split_of[f.patient_id].add(split)
+  assert max(len(s) for s in split_of.values()) == 1
+  assert any(len([f for f in plan.splits['test'] if f.patient_id == p]) > 1
+             for p in split_of)  # multi-image patients were drawn whole
+
+  again = sources.plan(root, resplit=True, val_counts=val, test_counts=test,
+                       seed=1)
+  assert again.splits == plan.splits
+  other = sources.plan(root, resplit=True, val_counts=val, test_counts=test,
+                       seed=2)
+  assert other.splits['test'] != plan.splits['test']
+
+
+def test_resplit_falls_short_rather_than_split_a_patient(tmp_path):
+  root = str(tmp_path)
+  for i in range(4):  # NORMAL patients with 3 images each
+    for k in range(3):
+      _image(root, f'NORMAL/IM-{i:04d}-{k:04d}.jpeg', size=(8, 8))
+  for i in range(6):
+    _image(root, f'PNEUMONIA/person{i}_virus_{i}.jpeg', size=(8, 8))
+  files = sources.scan(root).files
+  splits, counts = sources.draw_splits(
+      files, ('NORMAL', 'PNEUMONIA'), {'NORMAL': 2, 'PNEUMONIA': 1},
+      {'NORMAL': 4, 'PNEUMONIA': 1})
+  assert counts['actual']['test'] == {'NORMAL': 3, 'PNEUMONIA': 1}
+  assert counts['actual']['val'] == {'NORMAL': 0, 'PNEUMONIA': 1}
+  assert sum(map(len, splits.values())) == len(files)
+
+
+def test_stable_order_ignores_input_order():
+  keys = [f'k{i}' for i in range(50)]
+  assert (sources.stable_order(keys, 3) ==
+          sources.stable_order(list(reversed(keys)), 3))
+  assert sources.stable_order(keys, 3) != sources.stable_order(keys, 4)
+  assert sorted(sources.stable_order(keys, 3)) == sorted(keys)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'resplit': True, 'val_counts': {'NORMAL': 1},
+      'test_counts': {'NORMAL': 1, 'PNEUMONIA': 1}}, 'one count for each class'),
+    ({'resplit': True, 'val_counts': {'NORMAL': 1, 'PNEUMONIA': 1, 'COVID': 1},
+      'test_counts': {'NORMAL': 1, 'PNEUMONIA': 1}}, 'one count for each class'),
+    ({'resplit': True, 'val_counts': {'NORMAL': 1, 'PNEUMONIA': 1}},
+     'needs test counts'),
+    ({'resplit': True, 'val_counts': {'NORMAL': 1, 'PNEUMONIA': 1},
+      'test_counts': {'NORMAL': 5, 'PNEUMONIA': 1}}, 'leave none for training'),
+    ({'val_counts': {'NORMAL': 1, 'PNEUMONIA': 1}}, 'only apply to a re-split'),
+])
+def test_bad_split_requests(tmp_path, kwargs, message):
+  root = str(tmp_path)
+  _kaggle_tree(root)
+  with pytest.raises(sources.SourceError, match=message):
+    sources.plan(root, **kwargs)
+
+
+def test_pool_needs_resplit(tmp_path):
+  _image(str(tmp_path), 'NORMAL/a.jpeg')
+  _image(str(tmp_path), 'PNEUMONIA/a.jpeg')
+  with pytest.raises(sources.SourceError, match='add --resplit'):
+    sources.plan(str(tmp_path))
+
+
+def test_parse_class_counts():
+  assert sources.parse_class_counts('NORMAL:150,PNEUMONIA:400') == {
+      'NORMAL': 150, 'PNEUMONIA': 400}
+  assert sources.parse_class_counts(' NORMAL:0 ') == {'NORMAL': 0}
+  for bad in ('NORMAL=150', 'NORMAL:-1', 'NORMAL:1.5', ':3', 'A:1,A:2', ''):
+    with pytest.raises(sources.SourceError):
+      sources.parse_class_counts(bad)
+
+
+def test_out_dir_must_not_overlap_src_dir(tmp_path):
+  src = str(tmp_path / 'src')
+  os.makedirs(src)
+  sources.check_out_dir(src, str(tmp_path / 'out'))
+  sources.check_out_dir(src, str(tmp_path / 'src2'))  # a prefix, not inside
+  for out in (src, os.path.join(src, 'tfrecords'), str(tmp_path)):
+    with pytest.raises(sources.SourceError, match='inside'):
+      sources.check_out_dir(src, out)
