@@ -314,6 +314,7 @@ def train_and_evaluate(config, model_dir, overwrite=False):
     net.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
             validation_data=val_ds, class_weight=class_weight,
             callbacks=callbacks, initial_epoch=initial_epoch,
+            shuffle=False,  # the pipeline shuffles
             verbose=config.verbose)
     losses = net.history.history.get('loss', []) if net.history else []
     if losses and not np.isfinite(losses[-1]):
