@@ -1,0 +1,381 @@
+"""writer.convert: shards, dataset_info.json, bad files, safety, determinism."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from xray_tfdata import imaging
+from xray_tfdata import schema
+from xray_tfdata import sources
+from xray_tfdata import synthetic
+from xray_tfdata import writer
+
+STORED = (16, 12)  # (height, width): not square, to catch swapped axes
+BAD_FILES = {  # path -> expected words in the reason
+    'train/NORMAL/empty.jpeg': 'empty file',
+    'train/NORMAL/notes.txt': 'not an image',
+    'train/PNEUMONIA/truncated.jpeg': 'truncated',
+    'test/NORMAL/corrupt.png': 'broken data stream',
+}
+
+
+def _write(path, data):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'wb') as f:
+    f.write(data)
+
+
+def _save(path, image, **kwargs):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  image.save(path, **kwargs)
+
+
+def _gradient16(height=48, width=40):
+  y, x = np.mgrid[0:height, 0:width]
+  return ((x * 1600 + y * 60) % 65536).astype(np.uint16)
+
+
+def _make_tree(root):
+  """A 40-image synthetic Kaggle tree plus odd modes, bad files and litter."""
+  synthetic.make_synthetic_kermany(root, num_images=40, size_scale=0.05,
+                                   num_workers=1)
+  rng = np.random.default_rng(0)
+  _save(os.path.join(root, 'val/NORMAL/IM-0900-0001.png'),
+        Image.fromarray(_gradient16()))  # 16-bit PNG
+  _save(os.path.join(root, 'test/NORMAL/IM-0901-0001.png'),
+        Image.fromarray(rng.integers(0, 256, (30, 36), np.uint8)).convert('P'))
+  rgba = rng.integers(0, 256, (30, 36, 4), np.uint8)
+  _save(os.path.join(root, 'test/PNEUMONIA/person900_virus_1.png'),
+        Image.fromarray(rgba, 'RGBA'))
+  _write(os.path.join(root, 'train/NORMAL/empty.jpeg'), b'')
+  _write(os.path.join(root, 'train/NORMAL/notes.txt'), b'not an image\n')
+  pneumonia = os.path.join(root, 'train/PNEUMONIA')
+  with open(os.path.join(pneumonia, sorted(os.listdir(pneumonia))[0]),
+            'rb') as f:
+    jpeg = f.read()
+  _write(os.path.join(root, 'train/PNEUMONIA/truncated.jpeg'),
+         jpeg[:len(jpeg) // 2])
+  buffer = io.BytesIO()
+  Image.fromarray(rng.integers(0, 256, (30, 36), np.uint8)).save(buffer, 'PNG')
+  png = buffer.getvalue()
+  _write(os.path.join(root, 'test/NORMAL/corrupt.png'),
+         png[:100] + b'\0\0\0\0' + png[104:])
+  _write(os.path.join(root, '__MACOSX/train/._x.jpeg'), b'\0\5\x16\7')
+  _write(os.path.join(root, 'train/NORMAL/.DS_Store'), b'litter')
+  _write(os.path.join(root, 'train/NORMAL/._IM-0001-0001.jpeg'), b'\0\5')
+
+
+@pytest.fixture(scope='module')
+def tree(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('src') / 'chest_xray')
+  _make_tree(root)
+  return root
+
+
+@pytest.fixture(scope='module')
+def converted(tree, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp('out') / 'kermany')
+  info = writer.convert(tree, out, image_size=STORED, num_workers=1,
+                        progress=False)
+  return out, info
+
+
+def _records(out_dir, info, split):
+  """Parsed records of a split, in shard order, checked against the info."""
+  records = []
+  for shard in info['splits'][split]['shards']:
+    path = os.path.join(out_dir, shard['filename'])
+    assert os.path.getsize(path) == shard['num_bytes']
+    parsed = [tf.io.parse_single_example(r, schema.feature_spec())
+              for r in tf.data.TFRecordDataset(path)]
+    assert len(parsed) == shard['num_examples']
+    records += parsed
+  return records
+
+
+def _reference(path, size):
+  """What the source decodes to, by PIL at full resolution (no draft)."""
+  with Image.open(path) as image:
+    if image.mode in ('I;16', 'I'):
+      eight = (np.asarray(image).astype(np.float64) / 257).round()
+      image = Image.fromarray(eight.astype(np.uint8))
+    return np.asarray(image.convert('L').resize(size[::-1], Image.BILINEAR),
+                      np.float64)
+
+
+def test_round_trip(tree, converted):
+  out, info = converted
+  assert info['image'] == {'height': 16, 'width': 12, 'channels': 1,
+                           'encoding': 'png', 'dtype': 'uint8',
+                           'resize': 'squash', 'resize_filter': 'bilinear'}
+  assert info['class_names'] == ['NORMAL', 'PNEUMONIA']
+  seen = set()
+  for split in ('train', 'val', 'test'):
+    records = _records(out, info, split)
+    labels = []
+    for r in records:
+      filename = r[schema.FILENAME].numpy().decode()
+      source = os.path.join(tree, filename)
+      assert filename.startswith(f'{split}/') and os.path.isfile(source)
+      class_name = filename.split('/')[1]
+      label = int(r[schema.LABEL])
+      assert label == ['NORMAL', 'PNEUMONIA'].index(class_name)
+      assert r[schema.CLASS_TEXT].numpy().decode() == class_name
+      assert r[schema.PATIENT_ID].numpy().decode() == sources.patient_id(
+          filename)
+      assert r[schema.FORMAT].numpy() == b'png'
+      assert (int(r[schema.HEIGHT]), int(r[schema.WIDTH])) == STORED
+      with Image.open(source) as image:
+        assert (int(r[schema.ORIGINAL_WIDTH]),
+                int(r[schema.ORIGINAL_HEIGHT])) == image.size
+      pixels = tf.io.decode_png(r[schema.ENCODED]).numpy()
+      assert pixels.shape == STORED + (1,) and pixels.dtype == np.uint8
+      difference = np.abs(pixels[..., 0] - _reference(source, STORED))
+      # JPEGs decode at half scale (draft) before the resize: close, not equal.
+      assert difference.mean() < 3 and difference.max() < 48, filename
+      labels.append(label)
+      seen.add(filename)
+    counts = info['splits'][split]['class_counts']
+    assert counts == {'NORMAL': labels.count(0), 'PNEUMONIA': labels.count(1)}
+    assert info['splits'][split]['num_examples'] == len(records)
+  assert len(seen) == info['counts']['written']
+
+
+def test_every_scanned_file_is_accounted_for(tree, converted):
+  _, info = converted
+  counts = info['counts']
+  assert counts['scanned'] == 40 + 3 + len(BAD_FILES)
+  assert counts['written'] + counts['skipped'] + counts['duplicates'] == (
+      counts['scanned'])
+  assert counts['duplicates'] == len(info['duplicates']) == 2
+  assert any(d['kept'].startswith('test/') and d['dropped'].startswith('train/')
+             for d in info['duplicates'])  # evaluation sets stay whole
+  skipped = {s['path']: s['reason'] for s in info['skipped']}
+  assert set(skipped) == set(BAD_FILES)
+  for path, words in BAD_FILES.items():
+    assert words in skipped[path], skipped[path]
+  assert '__MACOSX/' in info['ignored']
+  assert 'train/NORMAL/.DS_Store' in info['ignored']
+  assert sum(s['num_examples'] for s in info['splits'].values()) == (
+      counts['written'])
+  assert info['layout'] == 'kaggle'
+  assert info['arguments']['seed'] == 0
+  assert info['arguments']['image_size'] == [16, 12]
+  assert info['format_version'] == schema.FORMAT_VERSION
+  with open(os.path.join(converted[0], schema.INFO_FILENAME)) as f:
+    assert json.load(f) == info
+
+
+def test_shards_are_named_even_and_mixed(converted):
+  out, info = converted
+  assert sorted(os.listdir(out)) == sorted(
+      [schema.INFO_FILENAME] +
+      [s['filename'] for split in info['splits'].values()
+       for s in split['shards']])
+  train = info['splits']['train']['shards']
+  assert len(train) == 8
+  for i, shard in enumerate(train):
+    assert shard['filename'] == schema.shard_filename('kermany', 'train', i, 8)
+  # Planned slices are even; a skipped file leaves its shard one short.
+  sizes = [s['num_examples'] for s in train]
+  assert max(sizes) - min(sizes) <= 1 + len(BAD_FILES)
+  filenames = [r[schema.FILENAME].numpy().decode()
+               for r in _records(out, info, 'train')]
+  assert filenames != sorted(filenames)  # shuffled within the split
+
+
+def test_plan_shards_counts_and_boundaries():
+  files = [sources.SourceFile(f'train/A/{i}.png', 'train', 'A', 0, str(i), 1)
+           for i in range(30001)]
+  plan = sources.Plan('/src', 'pool', ('A',), {'train': files[:5000],
+                                               'val': files[:5],
+                                               'test': files}, [], [], 0)
+  shards = writer.plan_shards(plan, 'x', None, 0, (224, 224))
+  per_split = {}
+  for split, _, chunk in shards:
+    per_split.setdefault(split, []).append(len(chunk))
+  assert len(per_split['train']) == 8  # at least 8
+  assert len(per_split['val']) == 5  # never an empty shard
+  # 30001 * 224 * 224 bytes is 11.2 x 128 MiB.
+  assert len(per_split['test']) == 12
+  for sizes in per_split.values():
+    assert max(sizes) - min(sizes) <= 1
+  test_paths = [f.path for split, _, chunk in shards if split == 'test'
+                for f in chunk]
+  assert sorted(test_paths) == sorted(f.path for f in files)
+  fixed = writer.plan_shards(plan, 'x', 3, 0, (224, 224))
+  assert [name for _, name, _ in fixed][:3] == [
+      'x-train.tfrecord-00000-of-00003', 'x-train.tfrecord-00001-of-00003',
+      'x-train.tfrecord-00002-of-00003']
+
+
+def _shard_bytes(out_dir):
+  result = {}
+  for name in sorted(os.listdir(out_dir)):
+    if name != schema.INFO_FILENAME:
+      with open(os.path.join(out_dir, name), 'rb') as f:
+        result[name] = f.read()
+  return result
+
+
+def test_deterministic_across_runs_and_worker_counts(tree, converted,
+                                                      tmp_path):
+  out, info = converted
+  again = writer.convert(tree, str(tmp_path / 'again'), image_size=STORED,
+                         num_workers=2, progress=False)
+  assert _shard_bytes(str(tmp_path / 'again')) == _shard_bytes(out)
+  varying = ('created', 'elapsed_seconds', 'decode_write_seconds',
+             'images_per_second', 'num_workers')
+  assert ({k: v for k, v in again.items() if k not in varying} ==
+          {k: v for k, v in info.items() if k not in varying})
+  other_seed = writer.convert(tree, str(tmp_path / 'seed1'), seed=1,
+                              image_size=STORED, num_workers=1, progress=False)
+  assert other_seed['counts'] == info['counts']
+  assert _shard_bytes(str(tmp_path / 'seed1')) != _shard_bytes(out)
+
+
+def test_refuses_to_overwrite_without_flag(tree, tmp_path):
+  out = str(tmp_path / 'data')
+  writer.convert(tree, out, image_size=8, num_workers=1, progress=False)
+  before = _shard_bytes(out)
+  with pytest.raises(writer.OutputError, match='--overwrite'):
+    writer.convert(tree, out, image_size=10, num_workers=1, progress=False)
+  assert _shard_bytes(out) == before
+  info = writer.convert(tree, out, image_size=10, num_workers=1,
+                        overwrite=True, progress=False)
+  assert info['image']['height'] == 10
+  assert schema.read_info(out)['image']['height'] == 10
+  assert sorted(os.listdir(tmp_path)) == ['data']  # no .partial, no .old
+
+
+def test_never_deletes_a_folder_it_did_not_write(tree, tmp_path):
+  out = tmp_path / 'mine'
+  out.mkdir()
+  (out / 'thesis.tex').write_text('precious')
+  with pytest.raises(writer.OutputError, match='not empty'):
+    writer.convert(tree, str(out), overwrite=True, num_workers=1,
+                   progress=False)
+  assert os.listdir(out) == ['thesis.tex']
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  writer.convert(tree, str(empty), image_size=8, num_workers=1, progress=False)
+  assert (empty / schema.INFO_FILENAME).exists()
+
+
+def test_interrupted_run_leaves_no_dataset(tree, tmp_path, monkeypatch):
+  out = str(tmp_path / 'data')
+  writer.convert(tree, out, image_size=8, num_workers=1, progress=False)
+  before = _shard_bytes(out)
+  decode = imaging.decode_and_resize
+  calls = []
+
+  def failing(task):
+    calls.append(task)
+    if len(calls) > 20:
+      raise KeyboardInterrupt  # as Ctrl-C mid-way
+    return decode(task)
+
+  monkeypatch.setattr(imaging, 'decode_and_resize', failing)
+  for target, overwrite in ((str(tmp_path / 'new'), False), (out, True)):
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+      writer.convert(tree, target, image_size=10, num_workers=1,
+                     overwrite=overwrite, progress=False)
+    assert len(calls) == 21
+  assert not os.path.exists(tmp_path / 'new')
+  assert _shard_bytes(out) == before  # the old dataset survives
+  assert sorted(os.listdir(tmp_path)) == ['data']
+
+
+def test_resplit_keeps_patients_together(tree, tmp_path):
+  out = str(tmp_path / 'resplit')
+  val = {'NORMAL': 2, 'PNEUMONIA': 4}
+  test = {'NORMAL': 3, 'PNEUMONIA': 5}
+  info = writer.convert(tree, out, image_size=8, resplit=True, val_counts=val,
+                        test_counts=test, num_workers=1, progress=False)
+  assert info['split_counts']['requested'] == {'val': val, 'test': test}
+  split_of = {}
+  for split in ('train', 'val', 'test'):
+    for r in _records(out, info, split):
+      patient = r[schema.PATIENT_ID].numpy().decode()
+      assert split_of.setdefault(patient, split) == split, patient
+  # Bad files are drawn like the others and then skipped, so the written
+  # counts are at most the requested ones.
+  for split, requested in (('val', val), ('test', test)):
+    written = info['splits'][split]['class_counts']
+    assert info['split_counts']['actual'][split] == requested
+    assert all(written[c] <= requested[c] for c in requested)
+  assert info['counts']['written'] + info['counts']['skipped'] + (
+      info['counts']['duplicates']) == info['counts']['scanned']
+
+
+def test_sixteen_bit_png_uses_the_full_range(tmp_path):
+  path = str(tmp_path / 'gray16.png')
+  values = _gradient16(64, 64)
+  Image.fromarray(values).save(path)
+  png, height, width = imaging.decode_and_resize((path, (16, 16)))
+  stored = np.asarray(Image.open(io.BytesIO(png)), np.float64)
+  assert (height, width) == (64, 64)
+  # Independent reference: to 8 bits first, then resize.
+  eight = Image.fromarray((values / 257).round().astype(np.uint8))
+  expected = np.asarray(eight.resize((16, 16), Image.BILINEAR), np.float64)
+  assert np.abs(stored - expected).max() <= 1
+  assert 0 < stored.mean() < 255 and stored.std() > 20  # not clipped to white
+
+
+def test_draft_decode_matches_a_full_decode(tmp_path):
+  """At realistic size the reduced-scale JPEG decode changes almost nothing."""
+  path = str(tmp_path / 'IM-0001-0001.jpeg')
+  synthetic.render_image((path, 0, 1690, 1380, False, 92, (0, 0, 0)))
+  png, height, width = imaging.decode_and_resize((path, (224, 224)))
+  assert (height, width) == (1380, 1690)
+  stored = np.asarray(Image.open(io.BytesIO(png)), np.float64)
+  difference = np.abs(stored - _reference(path, (224, 224)))
+  assert difference.mean() < 1 and np.percentile(difference, 99) < 5
+
+
+def test_bilinear_does_not_alias_like_nearest(tmp_path):
+  """One-pixel stripes average to gray; nearest neighbour keeps false
+  stripes."""
+  path = str(tmp_path / 'stripes.png')
+  stripes = np.zeros((240, 240), np.uint8)
+  stripes[:, ::2] = 255
+  Image.fromarray(stripes).save(path)
+  png, _, _ = imaging.decode_and_resize((path, (24, 24)))
+  stored = np.asarray(Image.open(io.BytesIO(png)), np.float64)
+  assert np.abs(stored - 127.5).max() < 16
+  nearest = np.asarray(Image.fromarray(stripes).resize((24, 24), Image.NEAREST))
+  assert np.abs(nearest - 127.5).min() > 100
+
+
+def test_reader_reads_what_the_writer_wrote(converted):
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  out, info = converted
+  builder = pipeline.DatasetBuilder(out)
+  assert builder.verify() == info['counts']['written']
+  labels = [int(label) for _, label in builder.as_dataset('test')]
+  assert labels.count(0) == info['splits']['test']['class_counts']['NORMAL']
+
+
+@pytest.mark.parametrize('kwargs, error, message', [
+    ({'image_size': 0}, writer.OutputError, 'image_size'),
+    ({'num_shards': 0}, writer.OutputError, 'num_shards'),
+    ({'name': 'a/b'}, writer.OutputError, 'name'),
+    ({'resplit': True}, sources.SourceError, 'needs val counts'),
+])
+def test_bad_arguments(tree, tmp_path, kwargs, error, message):
+  with pytest.raises(error, match=message):
+    writer.convert(tree, str(tmp_path / 'out'), num_workers=1, progress=False,
+                   **kwargs)
+  assert not os.listdir(tmp_path)
+
+
+def test_out_dir_inside_src_dir_is_refused(tree):
+  with pytest.raises(sources.SourceError, match='inside src_dir'):
+    writer.convert(tree, os.path.join(tree, 'tfrecords'), progress=False)
+  assert not os.path.exists(os.path.join(tree, 'tfrecords'))
