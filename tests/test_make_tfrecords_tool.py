@@ -1,0 +1,168 @@
+"""tools/make_tfrecords and tools/make_synthetic, run as a user runs them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from xray_tfdata import schema
+from xray_tfdata import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGFILE = os.path.join(REPO, 'configs', 'kermany_tfrecords.flags')
+
+
+def _run(tool, *args, timeout=120):
+  return subprocess.run(
+      [sys.executable, os.path.join('tools', tool), *args], cwd=REPO,
+      capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _assert_user_error(result, words):
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
+  assert words in lines[0]
+
+
+@pytest.fixture(scope='module')
+def tree(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('tool') / 'chest_xray')
+  synthetic.make_synthetic_kermany(root, num_images=40, size_scale=0.03,
+                                   num_workers=1)
+  return root
+
+
+def test_converts_with_the_seed_flagfile_and_overrides(tree, tmp_path):
+  out = str(tmp_path / 'data')
+  result = _run('make_tfrecords', f'--flagfile={FLAGFILE}',
+                f'--src_dir={tree}', f'--out_dir={out}',
+                '--val_counts=NORMAL:2,PNEUMONIA:4',
+                '--test_counts=NORMAL:2,PNEUMONIA:5', '--image_size=8',
+                '--num_shards=2', '--num_workers=2')
+  assert result.returncode == 0, result.stderr
+  assert 'scanned 40 = written 38 + skipped 0 + duplicates 2' in result.stdout
+  info = schema.read_info(out)
+  assert info['arguments']['resplit'] is True  # from the flagfile
+  assert info['image']['height'] == 8  # later flags win
+  assert {s: v['num_examples'] for s, v in info['splits'].items()} == {
+      'train': 25, 'val': 6, 'test': 7}
+  assert all(len(v['shards']) == 2 for v in info['splits'].values())
+  # A second run must not replace it without --overwrite (the library tests
+  # cover replacing).
+  again = _run('make_tfrecords', f'--src_dir={tree}', f'--out_dir={out}')
+  _assert_user_error(again, 'already holds a dataset; pass --overwrite')
+  assert schema.read_info(out) == info
+
+
+def _populate(kind, root, tree):
+  if kind == 'empty':
+    os.makedirs(root)
+  elif kind == 'files only':
+    os.makedirs(root)
+    with open(os.path.join(root, 'a.jpeg'), 'wb') as f:
+      f.write(b'x')
+  elif kind == 'one class':
+    os.makedirs(os.path.join(root, 'NORMAL'))
+    with open(os.path.join(root, 'NORMAL', 'a.jpeg'), 'wb') as f:
+      f.write(b'x')
+  elif kind == 'class without images':
+    for name in ('NORMAL', 'PNEUMONIA'):
+      os.makedirs(os.path.join(root, name))
+    with open(os.path.join(root, 'NORMAL', 'a.jpeg'), 'wb') as f:
+      f.write(b'x')
+  elif kind == 'tree':
+    os.symlink(tree, root)
+
+
+@pytest.mark.parametrize('kind, extra, words', [
+    ('missing', [], 'does not exist'),
+    ('empty', [], 'has no folders'),
+    ('files only', [], 'has no folders'),
+    ('one class', [], 'class folder(s)'),
+    ('class without images', [], 'has no images'),
+    ('tree', ['--out_dir={src}/tfrecords'], 'inside src_dir'),
+    ('tree', ['--resplit'], 'needs val counts'),
+    ('tree', ['--resplit', '--val_counts=NORMAL=3',
+              '--test_counts=NORMAL:1,PNEUMONIA:1'], 'cannot parse'),
+    ('tree', [f'--flagfile={FLAGFILE}'], 'leave none for training'),
+    ('tree', ['--val_counts=NORMAL:1,PNEUMONIA:1'], 'add --resplit'),
+])
+def test_bad_input_is_one_line(tree, tmp_path, kind, extra, words):
+  src = str(tmp_path / 'src')
+  _populate(kind, src, tree)
+  args = [f'--src_dir={src}', f'--out_dir={tmp_path / "out"}']
+  result = _run('make_tfrecords', *args, *[e.format(src=src) for e in extra])
+  _assert_user_error(result, words)
+  assert not os.path.exists(tmp_path / 'out')
+
+
+def test_missing_flag_is_a_usage_error(tmp_path):
+  result = _run('make_tfrecords', f'--out_dir={tmp_path}')
+  assert result.returncode != 0
+  assert 'src_dir' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
+  """SIGKILL mid-write: out_dir never appears; the next run completes."""
+  src = str(tmp_path / 'src')
+  synthetic.make_synthetic_kermany(src, num_images=30, size_scale=0.3,
+                                   num_workers=1)
+  # Many distinct files from few drawings: a trailing byte after the JPEG
+  # end marker changes the hash but not the image.
+  for folder, _, names in list(os.walk(src)):
+    for name in names:
+      with open(os.path.join(folder, name), 'rb') as f:
+        data = f.read()
+      for k in range(20):
+        with open(os.path.join(folder, f'copy{k}-{name}'), 'wb') as f:
+          f.write(data + bytes([k]))
+  out = str(tmp_path / 'data')
+  partial = out + '.partial'
+  args = [sys.executable, os.path.join('tools', 'make_tfrecords'),
+          f'--src_dir={src}', f'--out_dir={out}', '--num_workers=2',
+          '--noprogress']
+  process = subprocess.Popen(args, cwd=REPO, start_new_session=True,
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 60
+    while not (os.path.isdir(partial) and
+               any(n.endswith('.tmp') for n in os.listdir(partial))):
+      assert process.poll() is None, 'finished before it could be killed'
+      assert time.monotonic() < deadline
+      time.sleep(0.01)
+  finally:
+    os.killpg(process.pid, signal.SIGKILL)  # the tool and its workers
+    process.wait()
+  assert not os.path.exists(out)
+  assert not os.path.exists(os.path.join(partial, schema.INFO_FILENAME))
+
+  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=False)
+  assert result.returncode == 0, result.stderr
+  assert not os.path.exists(partial)
+  with open(os.path.join(out, schema.INFO_FILENAME)) as f:
+    counts = json.load(f)['counts']
+  assert counts['scanned'] == 30 * 21 and counts['skipped'] == 0
+  assert counts['duplicates'] == 2 * 21  # the tree's 2, copied with it
+  assert counts['written'] == 30 * 21 - 2 * 21
+
+
+def test_make_synthetic_tool(tmp_path):
+  out = str(tmp_path / 'xray')
+  result = _run('make_synthetic', f'--out_dir={out}', '--num_images=12',
+                '--size_scale=0.02', '--seed=3', '--num_workers=1')
+  assert result.returncode == 0, result.stderr
+  assert 'wrote 12 images' in result.stdout
+  assert sum(len(files) for _, _, files in os.walk(out)) == 12
+  _assert_user_error(_run('make_synthetic', f'--out_dir={out}',
+                          '--num_images=12'), 'not empty')
+  result = _run('make_synthetic', f'--out_dir={tmp_path / "b"}',
+                '--num_images=5')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
