@@ -22,7 +22,8 @@ def brute_force_auc(labels, probs):
 def noisy_scores(n, seed, separation=1.0, decimals=None):
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, 2, n)
-  probs = 1 / (1 + np.exp(-(rng.normal(size=n) + separation * (2 * labels - 1))))
+  logits = rng.normal(size=n) + separation * (2 * labels - 1)
+  probs = 1 / (1 + np.exp(-logits))
   if decimals is not None:
     probs = np.round(probs, decimals)  # many ties
   return labels, probs

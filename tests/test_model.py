@@ -218,7 +218,8 @@ def test_imagenet_corrupt_cache_file_is_reported(tmp_path, monkeypatch):
 def _save_legacy_h5(net, path):
   """Weights-only legacy HDF5, the format of Keras' ImageNet file."""
   import h5py  # pylint: disable=g-import-not-at-top
-  from keras.src.legacy.saving import legacy_h5_format  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from keras.src.legacy.saving import legacy_h5_format
   with h5py.File(path, 'w') as f:
     legacy_h5_format.save_weights_to_hdf5_group(f, net)
 

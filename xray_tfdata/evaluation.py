@@ -1,4 +1,4 @@
-"""Evaluation maths: the seed's metrics table, Youden's threshold, AUC intervals.
+"""Evaluation maths: the seed's metrics table, Youden threshold, AUC intervals.
 
 NumPy only, so results can be recomputed from saved predictions without
 TensorFlow. Conventions follow Keras' metrics, so the numbers agree with

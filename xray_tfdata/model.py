@@ -152,7 +152,8 @@ class VGG16Preprocess(keras.layers.Layer):
   def call(self, images):
     images = keras.ops.cast(images, self.compute_dtype)
     bgr = keras.ops.flip(images, axis=-1)
-    return bgr - keras.ops.convert_to_tensor(_CAFFE_BGR_MEAN, self.compute_dtype)
+    mean = keras.ops.convert_to_tensor(_CAFFE_BGR_MEAN, self.compute_dtype)
+    return bgr - mean
 
   def compute_output_shape(self, input_shape):
     return tuple(input_shape)
@@ -251,7 +252,8 @@ def resolve_weights(weights):
         cache_dir=os.path.dirname(os.path.dirname(cache_path)),
         file_hash=IMAGENET_MD5)
   except Exception as e:  # pylint: disable=broad-except
-    raise WeightsError(f'downloading ImageNet weights failed ({e}): {fix}') from e
+    raise WeightsError(
+        f'downloading ImageNet weights failed ({e}): {fix}') from e
   finally:
     socket.setdefaulttimeout(previous_timeout)
 
