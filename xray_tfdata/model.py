@@ -17,6 +17,7 @@ import hashlib
 import os
 import socket
 import threading
+import urllib.parse
 import urllib.request
 
 import keras
@@ -240,8 +241,9 @@ def resolve_weights(weights):
          'or pass its local path as the weights')
   if not _url_reachable(_PROBE_URL, _PROBE_TIMEOUT_S):
     state = 'is corrupt' if os.path.exists(cache_path) else 'is not cached'
+    host = urllib.parse.urlsplit(_PROBE_URL).netloc
     raise WeightsError(
-        f'ImageNet weights {state} and {_PROBE_URL} is unreachable: {fix}')
+        f'the ImageNet weights file {state} and {host} is unreachable: {fix}')
   # urlretrieve takes no timeout: the default socket timeout makes a
   # stalled download fail instead of hanging.
   previous_timeout = socket.getdefaulttimeout()
