@@ -109,7 +109,7 @@ def test_missing_flag_is_a_usage_error(tmp_path):
 
 
 def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
-  """SIGKILL mid-write: out_dir never appears; the next run completes."""
+  """SIGKILL mid-write: out_dir never appears; the next run resumes."""
   src = str(tmp_path / 'src')
   synthetic.make_synthetic_kermany(src, num_images=30, size_scale=0.3,
                                    num_workers=1)
@@ -132,8 +132,9 @@ def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
                              stderr=subprocess.DEVNULL)
   try:
     deadline = time.monotonic() + 60
-    while not (os.path.isdir(partial) and
-               any(n.endswith('.tmp') for n in os.listdir(partial))):
+    while not (os.path.isdir(partial) and  # wait for one finished shard
+               any(n.startswith('kermany-') and not n.endswith('.tmp')
+                   for n in os.listdir(partial))):
       assert process.poll() is None, 'finished before it could be killed'
       assert time.monotonic() < deadline
       time.sleep(0.01)
@@ -143,9 +144,10 @@ def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
   assert not os.path.exists(out)
   assert not os.path.exists(os.path.join(partial, schema.INFO_FILENAME))
 
-  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True,
-                          timeout=120, check=False)
+  result = subprocess.run(args[:-1], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr
+  assert 'resuming:' in result.stdout
   assert not os.path.exists(partial)
   with open(os.path.join(out, schema.INFO_FILENAME)) as f:
     counts = json.load(f)['counts']

@@ -267,29 +267,76 @@ def test_never_deletes_a_folder_it_did_not_write(tree, tmp_path):
   assert (empty / schema.INFO_FILENAME).exists()
 
 
-def test_interrupted_run_leaves_no_dataset(tree, tmp_path, monkeypatch):
+class _Interrupter:
+  """Stands in for imaging.decode_and_resize; Ctrl-C after `limit` calls."""
+
+  def __init__(self, decode):
+    self.decode = decode
+    self.calls = 0
+    self.limit = None
+
+  def __call__(self, task):
+    self.calls += 1
+    if self.limit is not None and self.calls > self.limit:
+      raise KeyboardInterrupt
+    return self.decode(task)
+
+
+def test_interrupted_run_resumes_to_the_same_bytes(tree, converted, tmp_path,
+                                                    monkeypatch):
+  reference, reference_info = converted
+  decode = _Interrupter(imaging.decode_and_resize)
+  monkeypatch.setattr(imaging, 'decode_and_resize', decode)
+  out = str(tmp_path / 'data')
+  partial = out + writer.PARTIAL_SUFFIX
+  decode.limit = 20
+  with pytest.raises(KeyboardInterrupt):
+    writer.convert(tree, out, image_size=STORED, num_workers=1, progress=False)
+  assert not os.path.exists(out)
+  assert schema.INFO_FILENAME not in os.listdir(partial)
+  finished = [n for n in os.listdir(partial) if n.startswith('kermany-') and
+              not n.endswith('.tmp')]
+  assert 2 <= len(finished) < 8
+
+  decode.calls, decode.limit = 0, None
+  info = writer.convert(tree, out, image_size=STORED, num_workers=1,
+                        progress=False)
+  total = reference_info['counts']['scanned'] - len(info['duplicates'])
+  assert 0 < decode.calls <= total - 2 * len(finished)  # finished shards kept
+  assert _shard_bytes(out) == _shard_bytes(reference)
+  assert info['splits'] == reference_info['splits']
+  assert info['skipped'] == reference_info['skipped']
+  assert not os.path.exists(partial)
+
+
+def test_interrupted_run_with_other_arguments_starts_over(tree, tmp_path,
+                                                          monkeypatch):
+  decode = _Interrupter(imaging.decode_and_resize)
+  monkeypatch.setattr(imaging, 'decode_and_resize', decode)
+  out = str(tmp_path / 'data')
+  decode.limit = 20
+  with pytest.raises(KeyboardInterrupt):
+    writer.convert(tree, out, image_size=8, num_workers=1, progress=False)
+  decode.calls, decode.limit = 0, None
+  info = writer.convert(tree, out, image_size=10, num_workers=1,
+                        progress=False)
+  assert decode.calls == info['counts']['scanned'] - len(info['duplicates'])
+  assert sorted(os.listdir(tmp_path)) == ['data']
+
+
+def test_interrupted_overwrite_keeps_the_old_dataset(tree, tmp_path,
+                                                     monkeypatch):
   out = str(tmp_path / 'data')
   writer.convert(tree, out, image_size=8, num_workers=1, progress=False)
   before = _shard_bytes(out)
-  decode = imaging.decode_and_resize
-  calls = []
-
-  def failing(task):
-    calls.append(task)
-    if len(calls) > 20:
-      raise KeyboardInterrupt  # as Ctrl-C mid-way
-    return decode(task)
-
-  monkeypatch.setattr(imaging, 'decode_and_resize', failing)
-  for target, overwrite in ((str(tmp_path / 'new'), False), (out, True)):
-    calls.clear()
-    with pytest.raises(KeyboardInterrupt):
-      writer.convert(tree, target, image_size=10, num_workers=1,
-                     overwrite=overwrite, progress=False)
-    assert len(calls) == 21
-  assert not os.path.exists(tmp_path / 'new')
-  assert _shard_bytes(out) == before  # the old dataset survives
-  assert sorted(os.listdir(tmp_path)) == ['data']
+  decode = _Interrupter(imaging.decode_and_resize)
+  decode.limit = 20
+  monkeypatch.setattr(imaging, 'decode_and_resize', decode)
+  with pytest.raises(KeyboardInterrupt):
+    writer.convert(tree, out, image_size=10, num_workers=1, overwrite=True,
+                   resume=False, progress=False)
+  assert _shard_bytes(out) == before
+  assert sorted(os.listdir(tmp_path)) == ['data']  # resume=False cleans up
 
 
 def test_resplit_keeps_patients_together(tree, tmp_path):

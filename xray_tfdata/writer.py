@@ -21,9 +21,18 @@ How the output is laid out:
 Safety: everything is written into `<out_dir>.partial/`, dataset_info.json
 last, and the folder is renamed into place only when complete. An interrupted
 run (Ctrl-C, kill -9) leaves at most the `.partial` folder, never an out_dir
-that looks finished; the next run removes it. An existing dataset is replaced
-only with `overwrite`, and only after the new one is complete. out_dir must be
-a local path (the reader takes any tf.io.gfile path).
+that looks finished. An existing dataset is replaced only with `overwrite`,
+and only after the new one is complete. out_dir must be a local path (the
+reader takes any tf.io.gfile path). Two runs must not write the same out_dir
+at the same time.
+
+Resume: each shard is written as `<shard>.tmp`, renamed when closed, and then
+recorded in `.partial/_progress/` with its examples and skipped files, next
+to a fingerprint of the arguments and of every source file (path, size,
+modification time). A rerun with the same fingerprint keeps the recorded
+shards and converts only the rest; any other `.partial` folder is removed.
+Shards do not depend on each other, so a resumed dataset is byte-identical
+to an uninterrupted one.
 
 Speed: decoding runs in `num_workers` processes started with 'spawn' (this
 process has TensorFlow loaded, whose threads do not survive a fork; the
@@ -33,6 +42,7 @@ memory stays flat.
 """
 
 import datetime
+import hashlib
 import json
 import math
 import multiprocessing
@@ -46,6 +56,7 @@ from xray_tfdata import schema
 from xray_tfdata import sources
 
 PARTIAL_SUFFIX = '.partial'
+_PROGRESS_DIR = '_progress'  # in .partial: fingerprint and finished shards
 _TARGET_SHARD_BYTES = 128 << 20
 _MIN_SHARDS = 8
 # Tasks per worker round trip: big enough to keep pipe overhead (about 0.1 ms)
@@ -61,7 +72,7 @@ class OutputError(ValueError):
 def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
             test_counts=None, num_shards=None, num_workers=None, seed=0,
             overwrite=False, name=schema.DEFAULT_NAME, layout='auto',
-            progress=True):
+            resume=True, progress=True):
   """Converts an image tree into TFRecord shards and dataset_info.json.
 
   Args:
@@ -79,6 +90,9 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     overwrite: replace a dataset already in out_dir.
     name: dataset name, the prefix of the shard file names.
     layout: 'auto', 'kaggle', 'mendeley' or 'pool'.
+    resume: keep the finished shards of an interrupted run with the same
+      inputs and arguments (and keep this run's if it is interrupted);
+      otherwise start from scratch and clean up on failure.
     progress: show a progress bar (stderr) and print a summary (stdout).
 
   Returns:
@@ -100,38 +114,89 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
 
   plan = sources.plan(src_dir, resplit, val_counts, test_counts, seed, layout)
   shards = plan_shards(plan, name, num_shards, seed, stored_size)
+  arguments = {'image_size': list(stored_size), 'resplit': resplit,
+               'val_counts': val_counts, 'test_counts': test_counts,
+               'num_shards': num_shards, 'seed': seed, 'name': name,
+               'layout': layout}
   # Imported now, before the timed stage, so images_per_second compares
   # worker counts fairly (the import takes seconds).
   import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
   partial = out_dir + PARTIAL_SUFFIX
-  if os.path.exists(partial):
-    shutil.rmtree(partial)  # left by an interrupted run
-  os.makedirs(partial)
+  finished = _prepare_partial(partial, _fingerprint(plan, shards, arguments),
+                              resume)
+  if finished and progress:
+    print(f'resuming: {len(finished)} of {len(shards)} shards were finished '
+          f'by an interrupted run in {partial}')
   try:
     stage_start = time.perf_counter()
     written, skipped = _write_shards(plan, shards, partial, stored_size,
-                                     num_workers, progress)
-    elapsed = time.perf_counter() - start
-    timing = {'elapsed_seconds': round(elapsed, 2),
+                                     num_workers, progress, finished)
+    timing = {'elapsed_seconds': round(time.perf_counter() - start, 2),
               'decode_write_seconds': round(time.perf_counter() - stage_start,
                                             2)}
-    arguments = {'image_size': list(stored_size), 'resplit': resplit,
-                 'val_counts': val_counts, 'test_counts': test_counts,
-                 'num_shards': num_shards, 'seed': seed, 'name': name,
-                 'layout': layout}
     info = _dataset_info(plan, shards, partial, written, skipped, stored_size,
                          name, arguments, created, timing, num_workers)
+    shutil.rmtree(os.path.join(partial, _PROGRESS_DIR))
     # Written last: its presence is what marks a dataset as finished.
     with open(os.path.join(partial, schema.INFO_FILENAME), 'w') as f:
       json.dump(info, f, indent=1)
       f.write('\n')
     _move_into_place(partial, out_dir)
   except BaseException:
-    shutil.rmtree(partial, ignore_errors=True)
+    if not resume:
+      shutil.rmtree(partial, ignore_errors=True)
     raise
   if progress:
     print_summary(info, out_dir)
   return info
+
+
+def _fingerprint(plan, shards, arguments):
+  """A digest of everything the shards depend on: arguments, format, and
+  every source file's path, size and modification time, in shard order."""
+  digest = hashlib.sha256(json.dumps(
+      [schema.FORMAT_VERSION, imaging.RESIZE_FILTER, arguments,
+       os.path.abspath(plan.src_dir)], sort_keys=True).encode())
+  for _, filename, files in shards:
+    digest.update(filename.encode())
+    for f in files:
+      mtime = os.stat(os.path.join(plan.src_dir, f.path)).st_mtime_ns
+      digest.update(f'\0{f.path}\0{f.num_bytes}\0{mtime}'.encode())
+  return digest.hexdigest()
+
+
+def _prepare_partial(partial, fingerprint, resume):
+  """Creates the `.partial` folder, or reuses one an interrupted run left.
+
+  Finished shards are reused only if the run had the same fingerprint and
+  the shard file still has the size recorded when it was closed.
+
+  Returns:
+    {shard filename: {'written': [paths], 'skipped': [...], 'num_bytes'}}.
+  """
+  progress_dir = os.path.join(partial, _PROGRESS_DIR)
+  fingerprint_path = os.path.join(progress_dir, 'fingerprint')
+  if os.path.isdir(partial):
+    finished = {}
+    if resume and os.path.isfile(fingerprint_path):
+      with open(fingerprint_path) as f:
+        same = f.read() == fingerprint
+      for name in os.listdir(progress_dir) if same else ():
+        if not name.endswith('.json'):
+          continue
+        with open(os.path.join(progress_dir, name)) as f:
+          record = json.load(f)
+        shard = os.path.join(partial, name[:-len('.json')])
+        if (os.path.isfile(shard) and
+            os.path.getsize(shard) == record['num_bytes']):
+          finished[name[:-len('.json')]] = record
+      if same:
+        return finished
+    shutil.rmtree(partial)  # another run's leftovers: start over
+  os.makedirs(progress_dir)
+  with open(fingerprint_path, 'w') as f:
+    f.write(fingerprint)
+  return {}
 
 
 def _check_arguments(image_size, num_shards, num_workers, name):
@@ -195,19 +260,27 @@ def plan_shards(plan, name, num_shards, seed, stored_size):
   return shards
 
 
-def _write_shards(plan, shards, folder, stored_size, num_workers, progress):
-  """Decodes all files and writes the shards into `folder`.
+def _write_shards(plan, shards, folder, stored_size, num_workers, progress,
+                  finished):
+  """Decodes the files and writes the shards not in `finished` into `folder`.
 
   Returns:
     ({shard filename: [SourceFile written]}, [{'path', 'reason'}]).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+  todo = [(split, filename, files) for split, filename, files in shards
+          if filename not in finished]
   tasks = [(os.path.join(plan.src_dir, f.path), stored_size)
-           for _, _, files in shards for f in files]
-  bar = _progress_bar(len(tasks), progress)
+           for _, _, files in todo for f in files]
   written = {}
   skipped = []
+  for _, filename, files in shards:
+    if filename in finished:
+      done = set(finished[filename]['written'])
+      written[filename] = [f for f in files if f.path in done]
+      skipped += finished[filename]['skipped']
+  bar = _progress_bar(len(tasks), progress)
   pool = None
   if num_workers > 1 and len(tasks) > _CHUNKSIZE:
     # spawn: TensorFlow is loaded here, and forking its threads can deadlock.
@@ -217,22 +290,31 @@ def _write_shards(plan, shards, folder, stored_size, num_workers, progress):
   else:
     results = map(imaging.decode_and_resize, tasks)
   try:
-    for split, filename, files in shards:
-      written[filename] = []
+    for _, filename, files in todo:
       path = os.path.join(folder, filename)
+      shard_written, shard_skipped = [], []
       with tf.io.TFRecordWriter(path + '.tmp') as shard:
         for f in files:
           result = next(results)
           bar.update(1)
           if isinstance(result, str):
-            skipped.append({'path': f.path, 'reason': result})
+            shard_skipped.append({'path': f.path, 'reason': result})
             continue
           png, original_height, original_width = result
           shard.write(_stable_bytes(schema.encode_example(
               png, stored_size[0], stored_size[1], f.label, f.class_name,
               f.path, f.patient_id, original_height, original_width)))
-          written[filename].append(f)
+          shard_written.append(f)
       os.replace(path + '.tmp', path)
+      # The shard's record, for a resumed run: after the rename, so a
+      # record always describes a complete shard.
+      with open(os.path.join(folder, _PROGRESS_DIR, filename + '.json'),
+                'w') as record:
+        json.dump({'written': [f.path for f in shard_written],
+                   'skipped': shard_skipped,
+                   'num_bytes': os.path.getsize(path)}, record)
+      written[filename] = shard_written
+      skipped += shard_skipped
   finally:
     bar.close()
     if pool is not None:
