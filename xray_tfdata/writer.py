@@ -118,19 +118,28 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
                'val_counts': val_counts, 'test_counts': test_counts,
                'num_shards': num_shards, 'seed': seed, 'name': name,
                'layout': layout}
-  # Imported now, before the timed stage, so images_per_second compares
-  # worker counts fairly (the import takes seconds).
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
   partial = out_dir + PARTIAL_SUFFIX
   finished = _prepare_partial(partial, _fingerprint(plan, shards, arguments),
                               resume)
   if finished and progress:
     print(f'resuming: {len(finished)} of {len(shards)} shards were finished '
           f'by an interrupted run in {partial}')
+  num_tasks = sum(len(files) for _, filename, files in shards
+                  if filename not in finished)
+  pool = None
+  if num_workers > 1 and num_tasks > _CHUNKSIZE:
+    # spawn, not fork: this process is about to load TensorFlow, whose
+    # threads do not survive a fork. Started before that import, so the
+    # workers' interpreters start up while it runs.
+    pool = multiprocessing.get_context('spawn').Pool(
+        min(num_workers, math.ceil(num_tasks / _CHUNKSIZE)))
   try:
+    # Imported before the timed stage, so images_per_second compares worker
+    # counts fairly (the import takes seconds).
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
     stage_start = time.perf_counter()
-    written, skipped = _write_shards(plan, shards, partial, stored_size,
-                                     num_workers, progress, finished)
+    written, skipped = _write_shards(plan, shards, partial, stored_size, pool,
+                                     progress, finished)
     timing = {'elapsed_seconds': round(time.perf_counter() - start, 2),
               'decode_write_seconds': round(time.perf_counter() - stage_start,
                                             2)}
@@ -146,6 +155,10 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     if not resume:
       shutil.rmtree(partial, ignore_errors=True)
     raise
+  finally:
+    if pool is not None:
+      pool.terminate()  # all results are in, or we are failing: stop now
+      pool.join()
   if progress:
     print_summary(info, out_dir)
   return info
@@ -260,9 +273,12 @@ def plan_shards(plan, name, num_shards, seed, stored_size):
   return shards
 
 
-def _write_shards(plan, shards, folder, stored_size, num_workers, progress,
+def _write_shards(plan, shards, folder, stored_size, pool, progress,
                   finished):
   """Decodes the files and writes the shards not in `finished` into `folder`.
+
+  Decoding runs in `pool`, or in this process if it is None; results come
+  back in task order.
 
   Returns:
     ({shard filename: [SourceFile written]}, [{'path', 'reason'}]).
@@ -281,11 +297,7 @@ def _write_shards(plan, shards, folder, stored_size, num_workers, progress,
       written[filename] = [f for f in files if f.path in done]
       skipped += finished[filename]['skipped']
   bar = _progress_bar(len(tasks), progress)
-  pool = None
-  if num_workers > 1 and len(tasks) > _CHUNKSIZE:
-    # spawn: TensorFlow is loaded here, and forking its threads can deadlock.
-    pool = multiprocessing.get_context('spawn').Pool(
-        min(num_workers, math.ceil(len(tasks) / _CHUNKSIZE)))
+  if pool is not None:
     results = pool.imap(imaging.decode_and_resize, tasks, _CHUNKSIZE)
   else:
     results = map(imaging.decode_and_resize, tasks)
@@ -317,9 +329,6 @@ def _write_shards(plan, shards, folder, stored_size, num_workers, progress,
       skipped += shard_skipped
   finally:
     bar.close()
-    if pool is not None:
-      pool.terminate()  # all results are in (or we are failing): stop now
-      pool.join()
   skipped.sort(key=lambda s: s['path'])
   return written, skipped
 
