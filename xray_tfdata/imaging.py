@@ -27,7 +27,8 @@ Colour and depth: RGB, palette, LA, RGBA and CMYK images go through PIL's
 (modes I;16* and I) are resized in float and mapped to 8 bits by the full
 16-bit range (v * 255 / 65535), not by a per-image window, so two scans keep
 their relative brightness; a 12-bit image stored in 16 bits therefore comes
-out dark. Float images (mode F) have no known range and are skipped.
+out dark. Float images (mode F) have no known range and are skipped. EXIF
+orientation is not applied, as `flow_from_directory` does not apply it.
 """
 
 import io
@@ -37,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 RESIZE_FILTER = 'bilinear'  # recorded in dataset_info.json
+_FILTER = Image.Resampling.BILINEAR
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 _DRAFT_FACTOR = 2  # decode JPEGs to at least this times the stored size
 # zlib's fastest level: at 224 px it halves the PNG encoding time (about 2.5
@@ -86,11 +88,11 @@ def _gray_resized(image, size):
   if image.mode in _SIXTEEN_BIT_MODES:
     # Resize before quantizing, in float, so no precision is lost twice.
     values = np.asarray(image).astype(np.float32)
-    resized = Image.fromarray(values, 'F').resize(size, Image.BILINEAR)
+    resized = Image.fromarray(values, 'F').resize(size, _FILTER)
     scaled = np.asarray(resized) * (255 / 65535)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
   if image.mode == 'F':
     raise ValueError('float images (mode F) have no known range')
   if image.mode != 'L':
     image = image.convert('L')
-  return np.asarray(image.resize(size, Image.BILINEAR))
+  return np.asarray(image.resize(size, _FILTER))

@@ -278,7 +278,8 @@ def render_image(job):
   draw_width = min(_DRAW_WIDTH, width)
   draw_height = max(8, round(draw_width * height / width))
   small = draw_chest(rng, label, draw_height, draw_width)
-  image = Image.fromarray(small).resize((width, height), Image.BICUBIC)
+  image = Image.fromarray(small).resize((width, height),
+                                        Image.Resampling.BICUBIC)
   # A fine grain at full size, as film and detector noise give the real
   # images; without it JPEGs of upscaled drawings are unrealistically small
   # and fast to decode.
