@@ -85,7 +85,8 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     val_counts, test_counts: {class: images} for a re-split.
     num_shards: shards per split; None for automatic (module docstring).
     num_workers: decoding processes; None for all cores, 1 for none (all in
-      this process).
+      this process). Workers are spawned, so a script that calls this needs
+      the usual `if __name__ == '__main__':` guard.
     seed: orders examples within splits and draws the re-split.
     overwrite: replace a dataset already in out_dir.
     name: dataset name, the prefix of the shard file names.
