@@ -72,7 +72,9 @@ def encode_example(png, height, width, label, class_text, filename,
   put_bytes(PATIENT_ID, patient_id)
   put_int(ORIGINAL_HEIGHT, original_height)
   put_int(ORIGINAL_WIDTH, original_width)
-  return example.SerializeToString()
+  # deterministic: map fields in sorted order, so the same inputs give the
+  # same bytes in every process (protobuf map order is hash-seeded).
+  return example.SerializeToString(deterministic=True)
 
 
 def feature_spec():

@@ -314,9 +314,9 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
             shard_skipped.append({'path': f.path, 'reason': result})
             continue
           png, original_height, original_width = result
-          shard.write(_stable_bytes(schema.encode_example(
+          shard.write(schema.encode_example(
               png, stored_size[0], stored_size[1], f.label, f.class_name,
-              f.path, f.patient_id, original_height, original_width)))
+              f.path, f.patient_id, original_height, original_width))
           shard_written.append(f)
       os.replace(path + '.tmp', path)
       # The shard's record, for a resumed run: after the rename, so a
@@ -332,18 +332,6 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
     bar.close()
   skipped.sort(key=lambda s: s['path'])
   return written, skipped
-
-
-def _stable_bytes(serialized):
-  """Re-serializes an Example with its feature map in sorted key order.
-
-  `schema.encode_example` serializes the map in hash-table order, which
-  differs between processes (upb seeds its hash), so shards would differ
-  from run to run. TODO: drop once encode_example passes deterministic=True.
-  """
-  from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
-  return example_pb2.Example.FromString(serialized).SerializeToString(
-      deterministic=True)
 
 
 def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
