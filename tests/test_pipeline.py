@@ -143,3 +143,11 @@ def test_corrupt_shard_is_named_by_verify(tiny):
   assert builder.verify('train') == 14
   with pytest.raises(pipeline.DatasetError, match=os.path.basename(path)):
     builder.verify('val')
+
+
+def test_eval_cardinality_is_known(tiny):
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  assert builder.as_dataset('train').cardinality() == 14
+  assert builder.as_dataset('train', batch_size=4).cardinality() == 4
+  assert builder.as_dataset('train', batch_size=4, training=True).cardinality() == tf.data.INFINITE_CARDINALITY

@@ -241,6 +241,12 @@ class DatasetBuilder:
                            with_metadata)
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
 
+    if input_context is None or input_context.num_input_pipelines == 1:
+      # The count is known from dataset_info.json: Keras then knows the
+      # number of batches (no 'ran out of data' warning after validation),
+      # and a shard that lost records fails loudly instead of silently.
+      ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
+
     decoded_bytes = num_examples * height * width * info.channels
     if cache is True or (cache == 'auto' and
                          decoded_bytes <= DEFAULT_CACHE_LIMIT_BYTES):
