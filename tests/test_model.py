@@ -253,3 +253,17 @@ def test_weights_path_errors(tmp_path):
   other.save_weights(wrong)
   with pytest.raises(model_lib.WeightsError, match='does not fit VGG16'):
     model_lib.build_model(SIZE, weights=wrong)
+
+
+def test_mini_vgg_backbone_for_the_demo():
+  net = model_lib.build_model(image_size=32, backbone='mini_vgg', weights=None,
+                          frozen_blocks=0, dense_units=(8,))
+  base = net.get_layer('mini_vgg')
+  pools = [l for l in base.layers if isinstance(l, keras.layers.MaxPooling2D)]
+  assert len(pools) == 4 and base.output.shape[1:] == (2, 2, 128)
+  assert net.count_params() < 400_000  # VGG16's conv part alone is 14.7M
+  assert net.predict(np.zeros((2, 32, 32, 1), np.uint8), verbose=0).shape == (2, 1)
+  with pytest.raises(model_lib.WeightsError, match="mini_vgg has no pretrained"):
+    model_lib.build_model(image_size=32, backbone="mini_vgg", weights="imagenet")
+  with pytest.raises(ValueError, match='backbone must be one of'):
+    model_lib.build_model(image_size=32, backbone="resnet")

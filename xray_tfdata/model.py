@@ -277,9 +277,33 @@ def frozen_layer_count(base, frozen_blocks):
   raise ValueError(f'frozen_blocks must be in 0..{pools}, got {frozen_blocks}')
 
 
+BACKBONES = ('vgg16', 'mini_vgg')
+# A VGG-style backbone small enough to train from scratch in minutes on a
+# CPU: for the demo and tests, where ImageNet weights cannot be had. A
+# randomly initialised VGG16 with frozen blocks learns nothing from its
+# random features, and training all of it from scratch takes hours here.
+_MINI_VGG_WIDTHS = (16, 32, 64, 128)
+
+
+def mini_vgg(input_shape):
+  """VGG16's design (blocks of two 3x3 convs and a 2x2 max-pool) at 1/32
+  of its width and four blocks deep, with batch normalization so that it
+  trains from scratch in a few epochs; same layer names as VGG16."""
+  inputs = keras.Input(input_shape)
+  x = inputs
+  for block, width in enumerate(_MINI_VGG_WIDTHS, start=1):
+    for conv in (1, 2):
+      x = keras.layers.Conv2D(width, 3, padding='same', use_bias=False,
+                              name=f'block{block}_conv{conv}')(x)
+      x = keras.layers.BatchNormalization(name=f'block{block}_bn{conv}')(x)
+      x = keras.layers.ReLU(name=f'block{block}_relu{conv}')(x)
+    x = keras.layers.MaxPooling2D(2, name=f'block{block}_pool')(x)
+  return keras.Model(inputs, x, name='mini_vgg')
+
+
 def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
                 dense_units=(512, 64), dropout=0.4, augmentation=None,
-                policy=None, name='xray_vgg16'):
+                policy=None, name='xray_vgg16', backbone='vgg16'):
   """Builds the seed's VGG16 classifier, taking uint8 images.
 
   Args:
@@ -296,6 +320,8 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
     policy: None keeps the current global dtype policy; otherwise 'auto' or
       a policy name (see `select_policy`), set globally before building.
     name: model name.
+    backbone: 'vgg16' (the seed's), or 'mini_vgg', a small VGG-style
+      network trained from scratch (weights must be None), for the demo.
 
   Returns:
     An uncompiled `keras.Model` mapping uint8 [B, H, W, channels_in] to
@@ -307,6 +333,11 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
   """
   if channels_in not in (1, 3):
     raise ValueError(f'channels_in must be 1 or 3, got {channels_in}')
+  if backbone not in BACKBONES:
+    raise ValueError(f'backbone must be one of {BACKBONES}, got {backbone!r}')
+  if backbone == 'mini_vgg' and weights not in (None, 'none'):
+    raise WeightsError('mini_vgg has no pretrained weights; use '
+                       'weights=none, or backbone vgg16')
   if policy is not None:
     keras.mixed_precision.set_global_policy(select_policy(policy))
   weights_path = resolve_weights(weights)
@@ -325,9 +356,12 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
   x = GrayToRGB(dtype='float32', name='gray_to_rgb')(x)
   x = VGG16Preprocess(dtype='float32', name='vgg16_preprocess')(x)
   try:
-    base = keras.applications.VGG16(
-        include_top=False, weights=weights_path,
-        input_shape=(image_size, image_size, 3))
+    if backbone == 'mini_vgg':
+      base = mini_vgg((image_size, image_size, 3))
+    else:
+      base = keras.applications.VGG16(
+          include_top=False, weights=weights_path,
+          input_shape=(image_size, image_size, 3))
   except ValueError as e:
     if weights_path is None:
       raise
