@@ -13,6 +13,7 @@ import os
 
 import tensorflow as tf
 
+from xray_tfdata import data_service as data_service_lib
 from xray_tfdata import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -174,7 +175,8 @@ class DatasetBuilder:
   def as_dataset(self, split, batch_size=None, training=False, *,
                  image_size=None, resize=False, cache='auto',
                  shuffle_buffer=None, seed=None, repeat=None,
-                 input_context=None, with_metadata=False):
+                 input_context=None, with_metadata=False,
+                 data_service=None, data_service_job=None):
     """Builds the tf.data pipeline for one split.
 
     Args:
@@ -197,6 +199,12 @@ class DatasetBuilder:
         input pipelines (`distribute_datasets_from_function`).
       with_metadata: yield a third element, a dict with the file name and
         patient id (evaluation and error analysis).
+      data_service: address of a tf.data service dispatcher ('host:port'):
+        read and decode on its workers, each example once per epoch (see
+        `xray_tfdata.data_service`); the order is then never deterministic,
+        and 'auto' does not cache.
+      data_service_job: a job name the trainers of one multi-worker run
+        share, so that together they read each example once per epoch.
 
     Returns:
       A `tf.data.Dataset` of (uint8 images [B, H, W, 1], float32 labels [B]),
@@ -215,7 +223,9 @@ class DatasetBuilder:
     repeat = training if repeat is None else repeat
 
     files = tf.data.Dataset.from_tensor_slices(paths)
-    if input_context is not None and input_context.num_input_pipelines > 1:
+    # With the service its dispatcher hands the files out instead.
+    if (input_context is not None and input_context.num_input_pipelines > 1
+        and not data_service):
       if len(paths) < input_context.num_input_pipelines:
         raise DatasetError(
             f'split {split!r} has {len(paths)} shards for '
@@ -241,14 +251,25 @@ class DatasetBuilder:
                            with_metadata)
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
 
-    if input_context is None or input_context.num_input_pipelines == 1:
+    if data_service:
+      # Everything above runs on the service's workers, everything below
+      # here. Per example, not per batch: a batch then mixes the workers'
+      # files, and no worker drops a last partial batch of its own.
+      ds = data_service_lib.distribute(ds, data_service, data_service_job)
+
+    # Not with the service: a shared job gives this trainer only a part, and
+    # a service worker that fails loses the rest of its files.
+    if ((input_context is None or input_context.num_input_pipelines == 1)
+        and not data_service):
       # The count is known from dataset_info.json: Keras then knows the
       # number of batches (no 'ran out of data' warning after validation),
       # and a shard that lost records fails loudly instead of silently.
       ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
 
     decoded_bytes = num_examples * height * width * info.channels
-    if cache is True or (cache == 'auto' and
+    # The service is for splits too large to cache; a cache here would also
+    # freeze a trainer's share of the first epoch of a shared job.
+    if cache is True or (cache == 'auto' and not data_service and
                          decoded_bytes <= DEFAULT_CACHE_LIMIT_BYTES):
       # After decode: later epochs skip both file reads and PNG decoding.
       ds = ds.cache()
@@ -270,6 +291,10 @@ class DatasetBuilder:
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.FILE
         if len(paths) > 1 else tf.data.experimental.AutoShardPolicy.DATA)
+    if data_service:
+      # Trainers share the service's job instead: sharding would drop data.
+      options.experimental_distribute.auto_shard_policy = (
+          tf.data.experimental.AutoShardPolicy.OFF)
     return ds.with_options(options)
 
   def steps_per_epoch(self, split, batch_size, training=True):

@@ -1,0 +1,171 @@
+"""tf.data service: the input pipeline's reading and decoding on other hosts.
+
+When the trainer's own CPUs cannot decode images as fast as its GPUs train,
+`DatasetBuilder.as_dataset(..., data_service=ADDRESS)` runs the file reads
+and PNG decoding on tf.data service workers; the shuffle, repeat, batch and
+prefetch stay on the trainer. A service is one dispatcher and any number of
+workers, started by `serve()` (tools/data_service):
+
+  tools/data_service --port=5050                                 # dispatcher
+  tools/data_service --dispatcher_address=HOST:5050 --worker_port=5051 \
+      --worker_address=THIS_HOST:5051                            # each worker
+  tools/train ... --data_service=HOST:5050
+
+Processing mode: 'distributed_epoch' (ShardingPolicy.DYNAMIC). The
+dispatcher hands out shard files one at a time to whichever worker asks, so
+every example is read exactly once per epoch (the epoch, the class balance and
+`steps_per_epoch` mean what they mean without the service), a slow worker
+just takes fewer files, and workers can join at any time. The alternative,
+'parallel_epochs', has every worker produce the whole split: K workers give K
+copies of each example per epoch. The costs: a file is the unit of work, so
+a split should have several shards per worker, and a worker that dies loses
+the rest of the files it was reading for that epoch (at most once, not
+exactly once, under failures).
+
+Datasets with Python functions cannot run on the service; this project's
+pipeline has none.
+"""
+
+import re
+import time
+
+import tensorflow as tf
+
+PROCESSING_MODE = 'distributed_epoch'
+
+_ADDRESS = re.compile(r'^(?:grpc://)?([A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]):'
+                      r'(\d{1,5})$')
+
+
+class DataServiceError(ValueError):
+  """A user-caused problem with a tf.data service address or setting."""
+
+
+def service_address(address):
+  """Checks a dispatcher address and returns it as 'grpc://host:port'.
+
+  Args:
+    address: 'host:port' or 'grpc://host:port'.
+  Raises:
+    DataServiceError: anything else.
+  """
+  match = _ADDRESS.match(address or '')
+  if not match or not 0 < int(match.group(2)) < 65536:
+    raise DataServiceError(
+        f'tf.data service address {address!r} is not HOST:PORT (or '
+        'grpc://HOST:PORT) of a dispatcher started by tools/data_service')
+  return f'grpc://{match.group(1)}:{int(match.group(2))}'
+
+
+def distribute(dataset, address, job_name=None):
+  """Moves everything `dataset` does so far onto the service's workers.
+
+  Args:
+    dataset: a dataset whose source is a list of files
+      (`from_tensor_slices`), so the dispatcher can hand files out.
+    address: the dispatcher, 'host:port' or 'grpc://host:port'.
+    job_name: trainers that pass the same name share one job, each reading a
+      different part of every epoch (the workers of a multi-worker run); None
+      gives this trainer a job of its own.
+
+  Returns:
+    A dataset that reads the elements from the service.
+  Raises:
+    DataServiceError: a malformed address.
+  """
+  return dataset.apply(tf.data.experimental.service.distribute(
+      processing_mode=PROCESSING_MODE, service=service_address(address),
+      job_name=job_name))
+
+
+def start_dispatcher(port=0, work_dir=None):
+  """Starts a dispatcher in this process.
+
+  Args:
+    port: TCP port; 0 picks a free one (see the returned server's target).
+    work_dir: a folder (local or gs://) where the dispatcher journals its
+      state, so that a restarted dispatcher carries on; None keeps it in
+      memory.
+
+  Returns:
+    The running `tf.data.experimental.service.DispatchServer`.
+  """
+  config = tf.data.experimental.service.DispatcherConfig(
+      port=port, work_dir=work_dir, fault_tolerant_mode=bool(work_dir))
+  return tf.data.experimental.service.DispatchServer(config)
+
+
+def start_worker(dispatcher_address, port=0, worker_address=None):
+  """Starts a worker in this process and registers it with the dispatcher.
+
+  Args:
+    dispatcher_address: 'host:port' or 'grpc://host:port'.
+    port: TCP port; 0 picks a free one.
+    worker_address: 'host:port' the trainers can reach this worker at
+      ('%port%' stands for the bound port); default 'localhost:%port%',
+      which only a trainer on the same host can reach.
+
+  Returns:
+    The running `tf.data.experimental.service.WorkerServer`.
+  Raises:
+    DataServiceError: a malformed dispatcher address.
+  """
+  dispatcher = service_address(dispatcher_address)[len('grpc://'):]
+  config = tf.data.experimental.service.WorkerConfig(
+      dispatcher_address=dispatcher, worker_address=worker_address,
+      port=port)
+  return tf.data.experimental.service.WorkerServer(config)
+
+
+def serve(port=None, work_dir=None, dispatcher_address=None, num_workers=0,
+          worker_port=0, worker_address=None, block=True, log=print):
+  """Runs a dispatcher and/or workers until the process is killed.
+
+  Args:
+    port: start a dispatcher on this port (0: any free port); None: none.
+    work_dir: the dispatcher's journal folder (see `start_dispatcher`).
+    dispatcher_address: the dispatcher the workers register with; defaults
+      to the one started here.
+    num_workers: workers to start in this process (one per host is usual:
+      each runs its datasets with all the host's cores).
+    worker_port: port of the first worker, the next ones count up; 0: any.
+    worker_address: see `start_worker`; used for a single worker.
+    block: wait until the process is interrupted, then stop the servers.
+    log: where the addresses are reported, one line each.
+
+  Returns:
+    The servers, dispatcher first (once interrupted, when `block`).
+  Raises:
+    DataServiceError: nothing to start, workers without a dispatcher, or a
+      malformed address.
+  """
+  if port is None and not num_workers:
+    raise DataServiceError('nothing to start: pass --port for a dispatcher '
+                           'and/or --num_workers with --dispatcher_address')
+  if num_workers and port is None and not dispatcher_address:
+    raise DataServiceError('workers need a dispatcher: pass '
+                           '--dispatcher_address=HOST:PORT, or --port to '
+                           'start one here')
+  if num_workers > 1 and worker_address:
+    raise DataServiceError('--worker_address names one worker; start one '
+                           'worker per process (or host) to set it')
+  servers = []
+  if port is not None:
+    dispatcher = start_dispatcher(port, work_dir)
+    servers.append(dispatcher)
+    log(f'dispatcher: {dispatcher.target}')
+    dispatcher_address = dispatcher_address or dispatcher.target
+  for i in range(num_workers):
+    worker = start_worker(dispatcher_address,
+                          worker_port + i if worker_port else 0,
+                          worker_address)
+    servers.append(worker)
+    log(f'worker {i}: registered with {service_address(dispatcher_address)}')
+  if block:
+    try:
+      while True:
+        time.sleep(3600)
+    except KeyboardInterrupt:
+      for server in reversed(servers):
+        server.stop()
+  return servers
