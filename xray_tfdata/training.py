@@ -17,6 +17,7 @@ Files in model_dir while a run is going, and after:
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import augment
+from xray_tfdata import data_service as data_service_lib
+from xray_tfdata import distribute
 from xray_tfdata import evaluation
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
@@ -68,7 +71,10 @@ class TrainConfig:
   early_stopping_patience: int = 10
   policy: str = 'auto'
   jit_compile: bool = False
-  strategy: str = 'auto'
+  strategy: str = 'auto'  # see xray_tfdata.distribute
+  # HOST:PORT of a tf.data service dispatcher to read and decode the training
+  # split on; '' reads here (see xray_tfdata.data_service).
+  data_service: str = ''
   steps_per_epoch: int = 0  # 0: one pass over the training split
   bootstrap_resamples: int = 2000
   seed: int = 0
@@ -93,6 +99,15 @@ class TrainConfig:
     if self.augmentation not in ('fused', 'keras_cv', 'none'):
       raise TrainingError(f'augmentation must be fused, keras_cv or none, '
                           f'got {self.augmentation!r}')
+    if self.strategy not in distribute.STRATEGIES:
+      raise TrainingError(f'strategy must be one of '
+                          f'{", ".join(distribute.STRATEGIES)}, got '
+                          f'{self.strategy!r}')
+    if self.data_service:
+      try:
+        data_service_lib.service_address(self.data_service)
+      except data_service_lib.DataServiceError as e:
+        raise TrainingError(str(e)) from e
     weights = self.weights
     if weights not in ('imagenet', 'none', '') and not os.path.exists(weights):
       raise TrainingError(
@@ -120,8 +135,11 @@ def _atomic_write_text(path, text):
   os.replace(tmp, path)
 
 
-def prepare_model_dir(model_dir, config, overwrite=False):
+def prepare_model_dir(model_dir, config, overwrite=False, write=True):
   """Checks model_dir for a finished or a different run; records config.
+
+  With write=False (the non-chief workers of a multi-worker run) it only
+  checks, so that every worker fails alike, and changes nothing.
 
   Returns:
     True when an unfinished run with the same settings will be resumed.
@@ -132,8 +150,9 @@ def prepare_model_dir(model_dir, config, overwrite=False):
   config_path = os.path.join(model_dir, CONFIG_JSON)
   finished = os.path.exists(os.path.join(model_dir, RESULTS_JSON))
   resume = False
-  if os.path.exists(model_dir) and overwrite:
-    shutil.rmtree(model_dir)
+  if overwrite:
+    if write and os.path.exists(model_dir):
+      shutil.rmtree(model_dir)
   elif finished:
     raise TrainingError(
         f'{model_dir} already holds a finished run ({RESULTS_JSON}); pass '
@@ -141,44 +160,24 @@ def prepare_model_dir(model_dir, config, overwrite=False):
   elif os.path.exists(config_path):
     with open(config_path) as f:
       previous = json.load(f)
+    # A resumed run may be watched differently or fed by another dispatcher.
     changed = sorted(k for k, v in config.to_json().items()
-                     if k not in ('verbose',) and previous.get(k) != v)
+                     if k not in ('verbose', 'data_service') and
+                     previous.get(k) != v)
     if changed:
       raise TrainingError(
           f'{model_dir} holds an unfinished run with other settings '
           f'({", ".join(changed)}); rerun with the same flags to resume, or '
           'pass --overwrite')
     resume = True
-  os.makedirs(model_dir, exist_ok=True)
-  _atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
+  if write:
+    os.makedirs(model_dir, exist_ok=True)
+    _atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
   return resume
 
 
-def make_strategy(name='auto'):
-  """Returns a tf.distribute strategy.
-
-  'auto' picks MultiWorkerMirroredStrategy when TF_CONFIG names more than one
-  worker, MirroredStrategy when more than one GPU is visible, else the
-  default strategy. 'one_device', 'mirrored' and 'multi_worker' force one.
-  """
-
-  if name == 'auto':
-    tf_config = json.loads(os.environ.get('TF_CONFIG', '{}') or '{}')
-    workers = tf_config.get('cluster', {}).get('worker', [])
-    if len(workers) > 1:
-      name = 'multi_worker'
-    elif len(tf.config.list_logical_devices('GPU')) > 1:
-      name = 'mirrored'
-    else:
-      name = 'one_device'
-  if name == 'one_device':
-    return tf.distribute.get_strategy()
-  if name == 'mirrored':
-    return tf.distribute.MirroredStrategy()
-  if name == 'multi_worker':
-    return tf.distribute.MultiWorkerMirroredStrategy()
-  raise TrainingError(f'strategy must be auto, one_device, mirrored or '
-                      f'multi_worker, got {name!r}')
+# Moved to xray_tfdata.distribute; kept here for callers of training.
+make_strategy = distribute.make_strategy
 
 
 def seed_split_counts(num_images):
@@ -225,14 +224,24 @@ def train_and_evaluate(config, model_dir, overwrite=False):
     overwrite: replace a finished run or an unfinished one with other
       settings.
 
+  Under MultiWorkerMirroredStrategy every worker calls this with the same
+  arguments. Only the chief writes into model_dir; the others write into a
+  temporary folder of their own. Resuming needs model_dir on a file system
+  every worker reads (NFS, gs://).
+
   Returns:
     The results dict also written to model_dir/results.json.
 
   Raises:
-    TrainingError, pipeline.DatasetError, model.WeightsError: bad settings
-      or data, before anything is trained.
+    TrainingError, pipeline.DatasetError, model.WeightsError,
+      distribute.DistributeError: bad settings or data, before anything is
+      trained.
   """
   config.validate()
+  # First: a multi-worker strategy must exist before TensorFlow starts.
+  strategy = distribute.make_strategy(config.strategy)
+  chief = distribute.is_chief(strategy)
+  multi_worker = distribute.num_workers(strategy) > 1
   if config.demo_images:
     ensure_demo_data(config.data_dir, config.demo_images, config.image_size,
                      config.seed)
@@ -246,12 +255,20 @@ def train_and_evaluate(config, model_dir, overwrite=False):
         f'--image_size is {config.image_size}; re-convert with '
         f'tools/make_tfrecords --image_size={config.image_size} or set '
         f'--image_size={stored[0]}')
-  resume = prepare_model_dir(model_dir, config, overwrite)
+  distribute.check_shards(builder, 'train', strategy)
+  resume = prepare_model_dir(model_dir, config, overwrite, write=chief)
+  if multi_worker:
+    distribute.gather(strategy, [0])  # wait until the chief has done so
+  work_dir = distribute.write_dir(model_dir, strategy)
+  chief_backup = os.path.join(model_dir, 'backup')
+  if work_dir != model_dir and os.path.exists(chief_backup):
+    # Resume from the chief's state, saving onwards into work_dir.
+    shutil.copytree(chief_backup, os.path.join(work_dir, 'backup'))
+    resume = True
 
   keras.utils.set_random_seed(config.seed)
   policy = model_lib.select_policy(config.policy)
   keras.mixed_precision.set_global_policy(policy)
-  strategy = make_strategy(config.strategy)
   weights = None if config.weights in ('none', '') else config.weights
   with strategy.scope():
     augmentation = (None if config.augmentation == 'none' else
@@ -266,10 +283,14 @@ def train_and_evaluate(config, model_dir, overwrite=False):
     model_lib.compile_model(net, learning_rate=config.learning_rate,
                             jit_compile=config.jit_compile)
 
+  # Batches of the global size: Keras splits each across the replicas.
   train_ds = builder.as_dataset('train', config.batch_size, training=True,
-                                seed=config.seed)
+                                seed=config.seed,
+                                **_data_service_options(config, model_dir))
   # Batched validation: the seed validated one image per step.
-  val_ds = builder.as_dataset('val', config.batch_size)
+  val_ds = distribute.shard_by_batch(builder.as_dataset('val',
+                                                       config.batch_size))
+  distribute.prepare_model(net, train_ds.element_spec)
   steps = (config.steps_per_epoch or
            builder.steps_per_epoch('train', config.batch_size))
   if steps < 1:
@@ -280,11 +301,11 @@ def train_and_evaluate(config, model_dir, overwrite=False):
   class_weight = (builder.info.class_weights('train')
                   if config.class_weights else None)
 
-  state = ResumeState(os.path.join(model_dir, 'backup'))
+  state = ResumeState(os.path.join(work_dir, 'backup'))
   early_stopping = keras.callbacks.EarlyStopping(
       monitor='val_loss', patience=config.early_stopping_patience,
       restore_best_weights=False)  # best weights come from the checkpoint
-  best_path = os.path.join(model_dir, BEST_WEIGHTS)
+  best_path = os.path.join(work_dir, BEST_WEIGHTS)
   os.makedirs(os.path.dirname(best_path), exist_ok=True)
   checkpoint = keras.callbacks.ModelCheckpoint(
       best_path, monitor='val_loss', save_best_only=True,
@@ -293,9 +314,9 @@ def train_and_evaluate(config, model_dir, overwrite=False):
       keras.callbacks.TerminateOnNaN(),
       early_stopping,
       checkpoint,
-      keras.callbacks.CSVLogger(os.path.join(model_dir, 'history.csv'),
+      keras.callbacks.CSVLogger(os.path.join(work_dir, 'history.csv'),
                                 append=resume),
-      keras.callbacks.TensorBoard(os.path.join(model_dir, 'logs')),
+      keras.callbacks.TensorBoard(os.path.join(work_dir, 'logs')),
       EpochSummary(steps * config.batch_size),
       # Last: restores the other callbacks' state after their
       # on_train_begin has reset it, and saves it after they have updated.
@@ -303,6 +324,14 @@ def train_and_evaluate(config, model_dir, overwrite=False):
                      checkpoint=checkpoint),
   ]
   initial_epoch = state.epoch() if resume else 0
+  if multi_worker:
+    # A worker that cannot read the chief's state would start over.
+    resumed = distribute.gather(strategy, [initial_epoch, state.stopped()])
+    if (resumed != resumed[0]).any():
+      raise TrainingError(
+          f'the workers would resume after different epochs '
+          f'({sorted(set(resumed[:, 0].tolist()))}): model_dir must be on a '
+          'file system every worker reads (NFS, gs://), or pass --overwrite')
   if initial_epoch:
     print(f'resuming {model_dir} after epoch {initial_epoch}')
   if resume and state.stopped():
@@ -327,22 +356,40 @@ def train_and_evaluate(config, model_dir, overwrite=False):
   results['training'] = {
       'policy': policy, 'strategy': type(strategy).__name__,
       'epochs_run': state.epoch(), 'config': config.to_json()}
-  export_model(net, model_dir, config.image_size)
+  export_model(net, work_dir, config.image_size)
   table = evaluation.results_table_markdown(results)
-  _atomic_write_text(os.path.join(model_dir, RESULTS_MD), table)
+  _atomic_write_text(os.path.join(work_dir, RESULTS_MD), table)
   # Last: its presence marks the run as finished.
-  _atomic_write_text(os.path.join(model_dir, RESULTS_JSON),
+  _atomic_write_text(os.path.join(work_dir, RESULTS_JSON),
                      json.dumps(results, indent=2, default=float))
   state.clear()
+  if not chief:
+    shutil.rmtree(work_dir, ignore_errors=True)
   print(table)
   return results
+
+
+def _data_service_options(config, model_dir):
+  """as_dataset arguments that read the training split from the service."""
+  if not config.data_service:
+    return {}
+  # One job per run, shared by its workers, so that together they read each
+  # example once per epoch; another run (or other settings) gets another.
+  settings = {k: v for k, v in config.to_json().items()
+              if k not in ('verbose', 'data_service')}
+  digest = hashlib.sha256(json.dumps([model_dir, settings], sort_keys=True)
+                          .encode()).hexdigest()[:16]
+  return {'data_service': config.data_service,
+          'data_service_job': f'xray_tfdata-train-{digest}'}
 
 
 def predict_split(net, builder, split, batch_size):
   """Returns (labels, P(pneumonia)) for one split in disk order."""
   ds = builder.as_dataset(split, batch_size)
   labels = np.concatenate([y for _, y in ds.as_numpy_iterator()])
-  probs = net.predict(ds.map(lambda x, y: x), verbose=0).reshape(-1)
+  # Under several workers, in the labels' order (see shard_by_batch).
+  images = distribute.shard_by_batch(ds.map(lambda x, y: x))
+  probs = net.predict(images, verbose=0).reshape(-1)
   return labels.astype(np.int64), probs.astype(np.float64)
 
 
