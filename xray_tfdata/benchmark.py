@@ -86,7 +86,8 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
   """
   builder = pipeline.DatasetBuilder(data_dir)
   flow = seed_flow(src_dir, image_size, batch_size)
-  variants = {'imagedatagenerator': lambda: flow.next()[0]}
+  flow_iter = iter(flow)
+  variants = {'imagedatagenerator': lambda: next(flow_iter)[0]}
   runs = {}
   for kind in kinds:
     ds = builder.as_dataset('train', batch_size, training=True, seed=0)

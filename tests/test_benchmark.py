@@ -1,0 +1,53 @@
+"""The benchmark code runs and reports consistent figures (no timing asserts:
+speed is measured by tools/benchmark, not by tests)."""
+
+import json
+
+import pytest
+
+from xray_tfdata import benchmark
+
+
+@pytest.fixture(scope='module')
+def bench_data(tmp_path_factory):
+  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('bench')
+  src, data = str(root / 'jpeg'), str(root / 'data')
+  synthetic.make_synthetic_kermany(src, num_images=40, layout='pool',
+                                   size_scale=0.05, num_workers=1)
+  writer.convert(src, data, image_size=32, resplit=True,
+                 val_counts={'NORMAL': 3, 'PNEUMONIA': 5},
+                 test_counts={'NORMAL': 3, 'PNEUMONIA': 5}, num_shards=2,
+                 num_workers=1, progress=False)
+  return src, data
+
+
+def test_input_benchmark_reports_every_variant(bench_data, tmp_path):
+  src, data = bench_data
+  result = benchmark.benchmark_input(src, data, image_size=32, batch_size=4,
+                                     baseline_batches=2, batches=3, repeats=2)
+  names = {'imagedatagenerator', 'tfdata+fused', 'tfdata+keras_cv'}
+  assert set(result['median_images_per_s']) == names
+  for name in names:
+    assert len(result['images_per_s'][name]) == 2
+    assert all(rate > 0 for rate in result['images_per_s'][name])
+  assert result['ratio_vs_baseline']['imagedatagenerator'] == pytest.approx(1)
+  table = benchmark.format_table(result)
+  assert all(name in table for name in names)
+  path = tmp_path / 'input.json'
+  benchmark.write_json(result, str(path))
+  assert json.loads(path.read_text())['mode'] == 'input'
+
+
+def test_epoch_benchmark_reports_ratios(bench_data):
+  src, data = bench_data
+  result = benchmark.benchmark_epoch(src, data, image_size=32, batch_size=4,
+                                     train_images=8, val_images=4, repeats=1)
+  medians = result['median_epoch_seconds']
+  assert set(medians) == {'baseline', 'fused', 'keras_cv', 'floor'}
+  assert result['speedup_vs_baseline']['fused'] == pytest.approx(
+      medians['baseline'] / medians['fused'])
+  assert result['overhead_vs_floor']['floor'] == pytest.approx(0)
+  assert result['train_images'] == 8
+  assert 'x baseline' in benchmark.format_table(result)
