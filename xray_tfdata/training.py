@@ -58,6 +58,7 @@ class TrainConfig:
   learning_rate: float = 1e-4
   weights: str = 'imagenet'  # 'imagenet', 'none' or a local .h5 path
   frozen_blocks: int = 4
+  backbone: str = 'vgg16'  # or 'mini_vgg' (the demo: no ImageNet weights)
   dense_units: tuple = (512, 64)
   dropout: float = 0.4
   augmentation: str = 'fused'  # 'fused', 'keras_cv' or 'none'
@@ -278,6 +279,7 @@ def train_and_evaluate(config, model_dir, overwrite=False):
     net = model_lib.build_model(
         image_size=config.image_size, weights=weights,
         frozen_blocks=config.frozen_blocks,
+        backbone=config.backbone,
         dense_units=tuple(config.dense_units), dropout=config.dropout,
         augmentation=augmentation)
     model_lib.compile_model(net, learning_rate=config.learning_rate,
