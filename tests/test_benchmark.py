@@ -27,7 +27,8 @@ def test_input_benchmark_reports_every_variant(bench_data, tmp_path):
   src, data = bench_data
   result = benchmark.benchmark_input(src, data, image_size=32, batch_size=4,
                                      baseline_batches=2, batches=3, repeats=2)
-  names = {'imagedatagenerator', 'tfdata+fused', 'tfdata+keras_cv'}
+  names = {'imagedatagenerator', 'tfdata+none', 'tfdata+fused',
+           'tfdata+keras_cv'}
   assert set(result['median_images_per_s']) == names
   for name in names:
     assert len(result['images_per_s'][name]) == 2

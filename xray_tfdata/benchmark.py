@@ -70,7 +70,7 @@ def _time_batches(next_batch, num_batches, sync=lambda b: b):
 
 def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZE,
                     baseline_batches=15, batches=60, repeats=3,
-                    kinds=('fused', 'keras_cv')):
+                    kinds=('none', 'fused', 'keras_cv')):
   """Images/s of the seed's iterator against this pipeline, side by side.
 
   Args:
@@ -79,7 +79,9 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
     baseline_batches, batches: batches timed per round for the baseline and
       for each pipeline variant (the baseline is about 50 times slower).
     repeats: rounds; each round times every variant once.
-    kinds: augmentation implementations to time.
+    kinds: augmentation implementations to time; 'none' times the host's
+      part alone (read, decode or cache, shuffle, batch), which is all the
+      host does when the augmentation runs on a GPU.
 
   Returns:
     dict with per-variant lists of images/s, medians and ratios.
