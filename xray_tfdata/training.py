@@ -256,7 +256,8 @@ def train_and_evaluate(config, model_dir, overwrite=False):
         f'--image_size is {config.image_size}; re-convert with '
         f'tools/make_tfrecords --image_size={config.image_size} or set '
         f'--image_size={stored[0]}')
-  distribute.check_shards(builder, 'train', strategy)
+  if not config.data_service:  # the service, not the workers, splits files
+    distribute.check_shards(builder, 'train', strategy)
   resume = prepare_model_dir(model_dir, config, overwrite, write=chief)
   if multi_worker:
     distribute.gather(strategy, [0])  # wait until the chief has done so

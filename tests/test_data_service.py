@@ -1,0 +1,185 @@
+"""tf.data service on loopback: the same examples as a local read, each once
+per epoch; a job shared by two trainers; the tool; training through it."""
+
+import collections
+import gc
+import hashlib
+import os
+import queue
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from conftest import REPO_ROOT
+from records import write_dataset
+from xray_tfdata import data_service
+from xray_tfdata import pipeline
+from xray_tfdata import training
+
+TIMEOUT_S = 120
+
+
+@pytest.fixture(scope='module')
+def service():
+  """A dispatcher and two workers in this process, on free local ports."""
+  dispatcher = data_service.start_dispatcher(port=0)
+  workers = [data_service.start_worker(dispatcher.target) for _ in range(2)]
+  yield dispatcher.target
+  gc.collect()  # ends the jobs of datasets no test holds any more
+  for server in workers + [dispatcher]:
+    server.stop()
+
+
+@pytest.fixture(scope='module')
+def builder(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('records'))
+  # Image i of a split is filled with i: every example is distinct.
+  write_dataset(root, {'train': (7, 11), 'val': (4, 5)}, num_shards=4,
+                size=(12, 10))
+  return pipeline.DatasetBuilder(root)
+
+
+def _examples(dataset):
+  """The multiset of (file name, label, pixel digest) a dataset yields."""
+  return collections.Counter(
+      (metadata['filename'].decode(), float(label),
+       hashlib.sha1(image.tobytes()).hexdigest())
+      for image, label, metadata in dataset.as_numpy_iterator())
+
+
+def test_service_reads_each_example_once(service, builder):
+  local = _examples(builder.as_dataset('val', with_metadata=True))
+  assert sum(local.values()) == 9 and max(local.values()) == 1
+  served = _examples(builder.as_dataset('val', with_metadata=True,
+                                        data_service=service))
+  assert served == local
+
+
+def test_training_pipeline_through_the_service_sees_each_example_once_per_epoch(
+    service, builder):
+  local = _examples(builder.as_dataset('train', with_metadata=True))
+  n = sum(local.values())
+  dataset = builder.as_dataset('train', training=True, seed=1,
+                               with_metadata=True, data_service=service)
+  first, second = (_examples(dataset.skip(i * n).take(n)) for i in (0, 1))
+  # Each epoch on its own: the shuffle does not mix one into the next.
+  assert first == local
+  assert second == local
+
+
+def test_trainers_sharing_a_job_split_each_epoch(service, builder):
+  """What the workers of a multi-worker run do: together once, no overlap."""
+  iterators = [iter(builder.as_dataset('val', with_metadata=True,
+                                       data_service=service,
+                                       data_service_job='shared-val'))
+               for _ in range(2)]
+  got = [collections.Counter(), collections.Counter()]
+  running = [True, True]
+  while any(running):
+    for i, iterator in enumerate(iterators):
+      if running[i]:
+        try:
+          _, _, metadata = next(iterator)
+          got[i][metadata['filename'].numpy().decode()] += 1
+        except StopIteration:
+          running[i] = False
+  local = collections.Counter(
+      m['filename'].decode() for _, _, m in
+      builder.as_dataset('val', with_metadata=True).as_numpy_iterator())
+  assert got[0] + got[1] == local
+  assert not set(got[0]) & set(got[1])
+
+
+def test_training_reads_through_the_service(service, tmp_path, monkeypatch):
+  data_dir = str(tmp_path / 'data')
+  os.makedirs(data_dir)
+  write_dataset(data_dir, {'train': (10, 14), 'val': (5, 6), 'test': (6, 5)},
+                num_shards=2, size=(32, 32), learnable=True)
+  jobs = []
+  distribute = data_service.distribute
+
+  def spy(dataset, address, job_name=None):
+    jobs.append((address, job_name))
+    return distribute(dataset, address, job_name)
+
+  monkeypatch.setattr(data_service, 'distribute', spy)
+  config = training.TrainConfig(
+      data_dir=data_dir, image_size=32, batch_size=8, epochs=2,
+      weights='none', frozen_blocks=5, dense_units=(16, 8),
+      augmentation='none', bootstrap_resamples=100, verbose=0,
+      data_service=service)
+  results = training.train_and_evaluate(config, str(tmp_path / 'model'))
+  # The training split, and only it: evaluation needs the disk order.
+  assert len(jobs) == 1
+  address, job_name = jobs[0]
+  assert address == service and job_name.startswith('xray_tfdata-train-')
+  assert results['training']['epochs_run'] == 2
+  assert results['splits']['test']['n'] == 11
+  assert os.path.exists(tmp_path / 'model' / 'results.json')
+
+
+@pytest.mark.parametrize('address', ['localhost', 'localhost:0',
+                                     'http://localhost:5050', 'a b:1', ''])
+def test_malformed_addresses_are_refused(address):
+  with pytest.raises(data_service.DataServiceError, match='is not HOST:PORT'):
+    data_service.service_address(address)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({}, 'nothing to start'),
+    ({'num_workers': 2}, 'workers need a dispatcher'),
+    ({'port': 0, 'num_workers': 2, 'worker_address': 'h:%port%'},
+     'names one worker'),
+])
+def test_serve_refuses_what_cannot_work(kwargs, message):
+  with pytest.raises(data_service.DataServiceError, match=message):
+    data_service.serve(block=False, **kwargs)
+
+
+def test_addresses_are_normalized():
+  assert data_service.service_address('localhost:5050') == (
+      'grpc://localhost:5050')
+  assert data_service.service_address('grpc://127.0.0.1:80') == (
+      'grpc://127.0.0.1:80')
+
+
+def _tool(*args):
+  return [sys.executable, os.path.join(REPO_ROOT, 'tools', 'data_service'),
+          *args]
+
+
+def test_tool_serves_until_terminated(builder):
+  process = subprocess.Popen(
+      _tool('--port=0', '--num_workers=1'), stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL, text=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  lines = queue.Queue()
+  threading.Thread(target=lambda: [lines.put(line) for line in process.stdout],
+                   daemon=True).start()
+  try:
+    dispatcher = lines.get(timeout=TIMEOUT_S).strip()
+    assert dispatcher.startswith('dispatcher: grpc://localhost:')
+    assert lines.get(timeout=TIMEOUT_S).startswith('worker 0: registered')
+    address = dispatcher.split()[-1]
+    served = _examples(builder.as_dataset('val', with_metadata=True,
+                                          data_service=address))
+    assert served == _examples(builder.as_dataset('val', with_metadata=True))
+    assert process.poll() is None  # still serving
+  finally:
+    process.terminate()
+    process.wait(timeout=TIMEOUT_S)
+
+
+@pytest.mark.parametrize('args, message', [
+    ([], 'nothing to start'),
+    (['--dispatcher_address=localhost'], 'is not HOST:PORT'),
+])
+def test_tool_reports_bad_flags_in_one_line(args, message):
+  process = subprocess.run(_tool(*args), capture_output=True, text=True,
+                           timeout=TIMEOUT_S, check=False)
+  assert process.returncode != 0
+  assert process.stderr.strip().splitlines()[-1].startswith('error: ')
+  assert message in process.stderr
+  assert 'Traceback' not in process.stderr
