@@ -115,7 +115,7 @@ def test_mixed_bfloat16_keeps_preprocessing_and_output_float32():
   assert net.get_layer('vgg16').get_layer('block5_conv1').compute_dtype == (
       'bfloat16')
   assert net.get_layer('dense_1').compute_dtype == 'bfloat16'
-  for name in ('gray_to_rgb', 'vgg16_preprocess', 'probability'):
+  for name in ('vgg16_preprocess', 'probability'):
     assert net.get_layer(name).compute_dtype == 'float32'
   assert net.predict(_images(), verbose=0).dtype == np.float32
 

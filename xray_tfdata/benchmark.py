@@ -46,15 +46,20 @@ def seed_flow(directory, image_size, batch_size, augmentation=True,
 
 
 def _device_preprocess(kind):
-  """Augmentation + gray->RGB + preprocess_input, as the model runs them."""
+  """Augmentation + gray->BGR preprocessing, as the model runs them.
+
+  Returns a tf.function giving one pixel of the result: the whole batch is
+  computed (an op computes its whole output), but not copied back to the
+  host, as on a GPU where it would go on to the first convolution.
+  """
   augmentation = (augment.make_augmentation(kind, **augment.SEED_AUGMENTATION)
                   if kind != 'none' else None)
-  to_rgb, preprocess = model_lib.GrayToRGB(), model_lib.VGG16Preprocess()
+  preprocess = model_lib.VGG16Preprocess()
 
   @tf.function
   def run(images):
     x = augmentation(images, training=True) if augmentation else images
-    return preprocess(to_rgb(x))
+    return preprocess(x)[0, 0, 0]
 
   return run
 

@@ -121,43 +121,32 @@ def select_policy(policy='auto', gpus=None, cpu_flags=None):
 
 
 @keras.saving.register_keras_serializable(package='xray_tfdata')
-class GrayToRGB(keras.layers.Layer):
-  """Repeats a single channel three times; passes 3-channel images through.
+class VGG16Preprocess(keras.layers.Layer):
+  """Gray to RGB, then `keras.applications.vgg16.preprocess_input`, as a layer.
 
-  Like PIL's convert('RGB') of a grayscale image, which ImageDataGenerator's
-  color_mode='rgb' does. Casts to the layer's compute dtype, since Keras does
-  not autocast integer inputs.
+  'caffe' mode: RGB to BGR, subtract the ImageNet BGR means, no scaling;
+  expects pixels in 0..255. A single-channel image is taken as gray, like
+  PIL's convert('RGB') that ImageDataGenerator's color_mode='rgb' does: its
+  three channels are equal, so a broadcast and one subtraction make the
+  BGR image instead of repeat, flip and subtract. Casts to the
+  layer's compute dtype, since Keras does not autocast integer inputs.
   """
 
   def call(self, images):
     images = keras.ops.cast(images, self.compute_dtype)
+    mean = keras.ops.convert_to_tensor(_CAFFE_BGR_MEAN, self.compute_dtype)
     channels = images.shape[-1]
     if channels == 1:
-      return keras.ops.repeat(images, 3, axis=-1)
+      # broadcast_to first: a [..., 1] - [3] broadcast in the subtraction
+      # itself ran at half the speed on this CPU.
+      rgb_shape = tf.concat([tf.shape(images)[:-1], [3]], axis=0)
+      return tf.broadcast_to(images, rgb_shape) - mean
     if channels == 3:
-      return images
+      return keras.ops.flip(images, axis=-1) - mean
     raise ValueError(f'expected 1 or 3 channels, got {channels}')
 
   def compute_output_shape(self, input_shape):
     return tuple(input_shape[:-1]) + (3,)
-
-
-@keras.saving.register_keras_serializable(package='xray_tfdata')
-class VGG16Preprocess(keras.layers.Layer):
-  """`keras.applications.vgg16.preprocess_input` as a layer.
-
-  'caffe' mode: RGB to BGR, subtract the ImageNet BGR means, no scaling;
-  expects pixels in 0..255.
-  """
-
-  def call(self, images):
-    images = keras.ops.cast(images, self.compute_dtype)
-    bgr = keras.ops.flip(images, axis=-1)
-    mean = keras.ops.convert_to_tensor(_CAFFE_BGR_MEAN, self.compute_dtype)
-    return bgr - mean
-
-  def compute_output_shape(self, input_shape):
-    return tuple(input_shape)
 
 
 def keras_cache_path():
@@ -353,7 +342,6 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
     x = augmentation(x)
   # Pixel preprocessing in float32: bfloat16 would round 0..255 pixels to
   # 8 significant bits before the mean is subtracted.
-  x = GrayToRGB(dtype='float32', name='gray_to_rgb')(x)
   x = VGG16Preprocess(dtype='float32', name='vgg16_preprocess')(x)
   try:
     if backbone == 'mini_vgg':
