@@ -9,8 +9,10 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
+import tensorflow as tf
 
 from conftest import REPO_ROOT
 from records import write_dataset
@@ -23,11 +25,20 @@ TIMEOUT_S = 120
 
 @pytest.fixture(scope='module')
 def service():
-  """A dispatcher and two workers in this process, on free local ports."""
-  dispatcher = data_service.start_dispatcher(port=0)
-  workers = [data_service.start_worker(dispatcher.target) for _ in range(2)]
+  """A dispatcher and two workers in this process, on free local ports.
+
+  A worker still running a job takes seconds (up to a minute) to stop, so
+  jobs without readers are dropped within a second here, not minutes.
+  """
+  tf_service = tf.data.experimental.service
+  dispatcher = tf_service.DispatchServer(tf_service.DispatcherConfig(
+      port=0, job_gc_check_interval_ms=200, job_gc_timeout_ms=200))
+  workers = [tf_service.WorkerServer(tf_service.WorkerConfig(
+      dispatcher_address=dispatcher.target.split('://')[1],
+      heartbeat_interval_ms=200)) for _ in range(2)]
   yield dispatcher.target
-  gc.collect()  # ends the jobs of datasets no test holds any more
+  gc.collect()  # drops the readers no test holds any more
+  time.sleep(1)  # and the dispatcher their jobs
   for server in workers + [dispatcher]:
     server.stop()
 
