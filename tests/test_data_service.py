@@ -183,14 +183,11 @@ def test_tool_serves_until_terminated(builder):
     process.wait(timeout=TIMEOUT_S)
 
 
-@pytest.mark.parametrize('args, message', [
-    ([], 'nothing to start'),
-    (['--dispatcher_address=localhost'], 'is not HOST:PORT'),
-])
-def test_tool_reports_bad_flags_in_one_line(args, message):
-  process = subprocess.run(_tool(*args), capture_output=True, text=True,
+def test_tool_reports_a_bad_address_in_one_line():
+  process = subprocess.run(_tool('--dispatcher_address=localhost'),
+                           capture_output=True, text=True,
                            timeout=TIMEOUT_S, check=False)
   assert process.returncode != 0
-  assert process.stderr.strip().splitlines()[-1].startswith('error: ')
-  assert message in process.stderr
+  last = process.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and 'is not HOST:PORT' in last
   assert 'Traceback' not in process.stderr

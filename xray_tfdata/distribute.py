@@ -22,6 +22,12 @@ evaluation splits are split by batch instead (`shard_by_batch`).
 Only the chief writes into model_dir. The other workers run the same saves
 (saving may involve collective ops that need every worker) into a temporary
 folder of their own, as the TensorFlow multi-worker Keras tutorial does.
+
+Known limits under Keras 3.15: layers drawing from a keras.random seed
+generator (Dropout, augment.RandomAffine) draw the same numbers on every
+replica, so example i of each replica's part of a batch gets the same mask
+or transform; BatchNormalization normalizes with per-replica statistics
+unless built with synchronized=True.
 """
 
 import atexit
@@ -259,14 +265,15 @@ def prepare_model(net, element_spec):
     element_spec: the training dataset's `element_spec` (only shapes and
       dtypes are used).
   """
+  # pylint: disable=protected-access
   # Keras keeps the strategy it was built under, None for the default one.
-  strategy = net._distribute_strategy  # pylint: disable=protected-access
+  strategy = net._distribute_strategy
   if strategy is None:
     return
   with strategy.scope():
-    net._symbolic_build(data_batch=element_spec)  # pylint: disable=protected-access
+    net._symbolic_build(data_batch=element_spec)
   # Everything is built, so skipping the read loses nothing.
-  net._maybe_symbolic_build = _built_already  # pylint: disable=protected-access
+  net._maybe_symbolic_build = _built_already
 
 
 def _built_already(iterator=None, data_batch=None):
