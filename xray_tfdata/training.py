@@ -219,16 +219,16 @@ def ensure_demo_data(data_dir, num_images, image_size, seed=0):
 def train_and_evaluate(config, model_dir, overwrite=False):
   """Trains and evaluates the seed's model; the library's main entry.
 
+  Under MultiWorkerMirroredStrategy every worker calls this with the same
+  arguments. Only the chief writes into model_dir; the others write into a
+  temporary folder of their own. Resuming needs model_dir on a file system
+  every worker reads (NFS, gs://).
+
   Args:
     config: a TrainConfig.
     model_dir: where checkpoints, logs, the model and the results go.
     overwrite: replace a finished run or an unfinished one with other
       settings.
-
-  Under MultiWorkerMirroredStrategy every worker calls this with the same
-  arguments. Only the chief writes into model_dir; the others write into a
-  temporary folder of their own. Resuming needs model_dir on a file system
-  every worker reads (NFS, gs://).
 
   Returns:
     The results dict also written to model_dir/results.json.
