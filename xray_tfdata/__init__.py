@@ -10,6 +10,9 @@ Modules, one per stage:
   model         the mixed-precision VGG16 transfer-learning model.
   training      train_and_evaluate(): the seed's experiment end to end.
   evaluation    metrics tables, Youden threshold, bootstrap intervals.
+  benchmark     side-by-side benchmarks against ImageDataGenerator.
+  distribute    tf.distribute strategies, chief and worker roles.
+  data_service  tf.data service dispatcher and workers.
 
 Attributes are imported lazily so that `import xray_tfdata` does not import
 TensorFlow (the conversion worker processes rely on this).
