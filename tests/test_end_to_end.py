@@ -95,3 +95,50 @@ def test_train_bad_input_is_one_line(converted, tmp_path, args, needles):
   result = run_tool('train', *args)
   assert_one_line_error(result, *needles)
   assert not os.path.exists(tmp_path / 'm' / 'results.json')
+
+
+def test_kill_9_then_rerun_resumes(converted):
+  """A run killed with SIGKILL after its first saved epoch, started again
+  with the same flags, continues from there and finishes."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  root, _, data = converted
+  model_dir = str(root / 'killed')
+  args = [f'--data_dir={data}', f'--model_dir={model_dir}', '--image_size=32',
+          '--batch_size=8', '--epochs=6', '--weights=none',
+          '--dense_units=16,8', '--bootstrap_resamples=100', '--verbose=0',
+          '--early_stopping_patience=6']
+  state_path = os.path.join(model_dir, 'backup', 'state.json')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  process = subprocess.Popen(
+      [sys.executable, os.path.join(REPO_ROOT, 'tools', 'train'), *args],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT,
+      env=env)
+  deadline = time.time() + 300
+  saved = 0
+  while time.time() < deadline and process.poll() is None:
+    if os.path.exists(state_path):
+      try:
+        with open(state_path) as f:
+          saved = json.load(f)['epoch']
+      except ValueError:
+        saved = 0  # caught mid-rename; try again
+      if saved >= 1:
+        break
+    time.sleep(0.2)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert saved >= 1, 'the run ended or timed out before saving an epoch'
+  assert not os.path.exists(os.path.join(model_dir, 'results.json'))
+
+  resumed = run_tool('train', *args)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resuming' in resumed.stdout
+  first = int(resumed.stdout.split('resuming', 1)[1].split('after epoch')[1]
+              .split()[0])
+  assert first >= saved
+  with open(os.path.join(model_dir, 'results.json')) as f:
+    assert json.load(f)['training']['epochs_run'] == 6
+  with open(os.path.join(model_dir, 'history.csv')) as f:
+    epochs = {int(row.split(',')[0]) for row in f.read().split()[1:]}
+  assert epochs == set(range(6))
