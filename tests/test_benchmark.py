@@ -33,6 +33,10 @@ def test_input_benchmark_reports_every_variant(bench_data, tmp_path):
   for name in names:
     assert len(result['images_per_s'][name]) == 2
     assert all(rate > 0 for rate in result['images_per_s'][name])
+  # Every image is counted: 2 rounds x 3 batches of 4 (an earlier version
+  # counted the values it fetched back, 3 per batch, and under-reported 20x).
+  for name in names - {'imagedatagenerator'}:
+    assert result['images_timed'][name] == 2 * 3 * 4
   assert result['ratio_vs_baseline']['imagedatagenerator'] == pytest.approx(1)
   table = benchmark.format_table(result)
   assert all(name in table for name in names)

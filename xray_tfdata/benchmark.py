@@ -48,9 +48,9 @@ def seed_flow(directory, image_size, batch_size, augmentation=True,
 def _device_preprocess(kind):
   """Augmentation + gray->BGR preprocessing, as the model runs them.
 
-  Returns a tf.function giving one pixel of the result: the whole batch is
-  computed (an op computes its whole output), but not copied back to the
-  host, as on a GPU where it would go on to the first convolution.
+  Returns a tf.function giving one pixel per image of the result: the whole
+  batch is computed (an op computes its whole output) but not copied back to
+  the host, as on a GPU where it would go on to the first convolution.
   """
   augmentation = (augment.make_augmentation(kind, **augment.SEED_AUGMENTATION)
                   if kind != 'none' else None)
@@ -59,18 +59,20 @@ def _device_preprocess(kind):
   @tf.function
   def run(images):
     x = augmentation(images, training=True) if augmentation else images
-    return preprocess(x)[0, 0, 0]
+    return preprocess(x)[:, 0, 0, 0]  # [B]: one value per image
 
   return run
 
 
 def _time_batches(next_batch, num_batches, sync=lambda b: b):
+  """Images/s over num_batches calls; each call returns a batch, or one
+  value per image of it, whose first dimension is the batch size."""
   start = time.perf_counter()
   images = 0
   for _ in range(num_batches):
     batch = sync(next_batch())
     images += int(batch.shape[0])
-  return images / (time.perf_counter() - start)
+  return images / (time.perf_counter() - start), images
 
 
 def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZE,
@@ -110,18 +112,21 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
       next_batch()
       continue
     steps = runs[name.split('+', 1)[1]]
-    cold[name] = _time_batches(next_batch, steps, _sync)
+    cold[name], _ = _time_batches(next_batch, steps, _sync)
   rates = {name: [] for name in variants}
+  images_timed = {name: 0 for name in variants}
   for _ in range(repeats):
     for name, next_batch in variants.items():
       n = baseline_batches if name == 'imagedatagenerator' else batches
-      rates[name].append(_time_batches(next_batch, n, _sync))
+      rate, images = _time_batches(next_batch, n, _sync)
+      rates[name].append(rate)
+      images_timed[name] += images
   medians = {name: statistics.median(r) for name, r in rates.items()}
   base = medians['imagedatagenerator']
   return {
       'mode': 'input', 'image_size': image_size, 'batch_size': batch_size,
       'repeats': repeats, 'images_per_s': rates, 'median_images_per_s': medians,
-      'first_pass_images_per_s': cold,
+      'first_pass_images_per_s': cold, 'images_timed': images_timed,
       'ratio_vs_baseline': {n: m / base for n, m in medians.items()},
   }
 
