@@ -321,26 +321,10 @@ def _float32_layer_kwargs(kwargs):
   return kwargs
 
 
-@keras.saving.register_keras_serializable(package='xray_tfdata')
-class RandomAffine(keras.layers.Layer):
-  """ImageDataGenerator's random affine augmentation, fused into one pass.
-
-  Takes ImageDataGenerator's argument names and meanings (see
-  `sample_params` and the module docstring; width_shift_range moves images
-  horizontally, unlike ImageDataGenerator). Per image, draws the parameters
-  and resamples once with ImageProjectiveTransformV3.
-
-  Call with images [B, H, W, C] of any real dtype (uint8 included); returns
-  float32. Augments only when `training` is truthy (model.fit); otherwise,
-  including model.predict and model.evaluate, returns the input cast to
-  float32.
-
-  `supports_jit` is False because ImageProjectiveTransformV3 has no XLA kernel
-  in TF 2.21: with `compile(jit_compile='auto')` on a GPU, Keras would
-  otherwise turn XLA on for the whole model and fail to compile. A model
-  containing this layer is therefore never XLA-compiled by Keras (Keras
-  refuses `jit_compile=True` for it with a warning).
-  """
+class _ImageDataGeneratorAugmentation(keras.layers.Layer):
+  """ImageDataGenerator's augmentation arguments, checked, stored and
+  serialized once for both implementations; float32 whatever the policy,
+  and never XLA-compiled (ImageProjectiveTransformV3 has no XLA kernel)."""
 
   def __init__(self, rotation_range=0., width_shift_range=0.,
                height_shift_range=0., shear_range=0., zoom_range=0.,
@@ -365,8 +349,55 @@ class RandomAffine(keras.layers.Layer):
     self.fill_mode = fill_mode
     self.interpolation = interpolation
     self.seed = seed
-    self.seed_generator = keras.random.SeedGenerator(seed)
     self.supports_jit = False
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        rotation_range=self.rotation_range,
+        width_shift_range=self.width_shift_range,
+        height_shift_range=self.height_shift_range,
+        shear_range=self.shear_range,
+        zoom_range=self.zoom_range,
+        horizontal_flip=self.horizontal_flip,
+        fill_mode=self.fill_mode,
+        interpolation=self.interpolation,
+        seed=self.seed)
+    return config
+
+
+@keras.saving.register_keras_serializable(package='xray_tfdata')
+class RandomAffine(_ImageDataGeneratorAugmentation):
+  """ImageDataGenerator's random affine augmentation, fused into one pass.
+
+  Takes ImageDataGenerator's argument names and meanings (see
+  `sample_params` and the module docstring; width_shift_range moves images
+  horizontally, unlike ImageDataGenerator). Per image, draws the parameters
+  and resamples once with ImageProjectiveTransformV3.
+
+  Call with images [B, H, W, C] of any real dtype (uint8 included); returns
+  float32. Augments only when `training` is truthy (model.fit); otherwise,
+  including model.predict and model.evaluate, returns the input cast to
+  float32.
+
+  `supports_jit` is False because ImageProjectiveTransformV3 has no XLA kernel
+  in TF 2.21: with `compile(jit_compile='auto')` on a GPU, Keras would
+  otherwise turn XLA on for the whole model and fail to compile. A model
+  containing this layer is therefore never XLA-compiled by Keras (Keras
+  refuses `jit_compile=True` for it with a warning).
+  """
+
+  def __init__(self, rotation_range=0., width_shift_range=0.,
+               height_shift_range=0., shear_range=0., zoom_range=0.,
+               horizontal_flip=False, fill_mode='nearest',
+               interpolation='bilinear', seed=None, **kwargs):
+    super().__init__(rotation_range, width_shift_range, height_shift_range,
+                     shear_range, zoom_range, horizontal_flip, fill_mode,
+                     interpolation, seed, **kwargs)
+    self.seed_generator = keras.random.SeedGenerator(seed)
 
   @property
   def is_identity(self):
@@ -393,22 +424,6 @@ class RandomAffine(keras.layers.Layer):
     return apply_transform(images, params, fill_mode=self.fill_mode,
                            interpolation=self.interpolation)
 
-  def compute_output_shape(self, input_shape):
-    return input_shape
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(
-        rotation_range=self.rotation_range,
-        width_shift_range=self.width_shift_range,
-        height_shift_range=self.height_shift_range,
-        shear_range=self.shear_range,
-        zoom_range=self.zoom_range,
-        horizontal_flip=self.horizontal_flip,
-        fill_mode=self.fill_mode,
-        interpolation=self.interpolation,
-        seed=self.seed)
-    return config
 
 
 def _keras_cv_layers(rotation_range, width_shift_range, height_shift_range,
@@ -468,7 +483,7 @@ def _keras_cv_layers(rotation_range, width_shift_range, height_shift_range,
 
 
 @keras.saving.register_keras_serializable(package='xray_tfdata')
-class KerasCVAugmentation(keras.layers.Layer):
+class KerasCVAugmentation(_ImageDataGeneratorAugmentation):
   """The keras-cv augmentation chain, with ImageDataGenerator's arguments.
 
   Runs keras_cv.layers RandomRotation, RandomTranslation, RandomShear,
@@ -498,28 +513,12 @@ class KerasCVAugmentation(keras.layers.Layer):
                height_shift_range=0., shear_range=0., zoom_range=0.,
                horizontal_flip=False, fill_mode='nearest',
                interpolation='bilinear', seed=None, **kwargs):
-    super().__init__(**_float32_layer_kwargs(kwargs))
-    for name, value in (('rotation_range', rotation_range),
-                        ('width_shift_range', width_shift_range),
-                        ('height_shift_range', height_shift_range),
-                        ('shear_range', shear_range)):
-      _check_range(name, value)
-    _check_choice('fill_mode', fill_mode, FILL_MODES)
-    _check_choice('interpolation', interpolation, INTERPOLATIONS)
-    self.rotation_range = rotation_range
-    self.width_shift_range = width_shift_range
-    self.height_shift_range = height_shift_range
-    self.shear_range = shear_range
-    self.zoom_range = (list(zoom_range) if isinstance(zoom_range, tuple)
-                       else zoom_range)
-    self.horizontal_flip = bool(horizontal_flip)
-    self.fill_mode = fill_mode
-    self.interpolation = interpolation
-    self.seed = seed
+    super().__init__(rotation_range, width_shift_range, height_shift_range,
+                     shear_range, zoom_range, horizontal_flip, fill_mode,
+                     interpolation, seed, **kwargs)
     self.chain = _keras_cv_layers(
         rotation_range, width_shift_range, height_shift_range, shear_range,
         zoom_range, horizontal_flip, fill_mode, interpolation, seed)
-    self.supports_jit = False
 
   def build(self, input_shape):
     # The keras-cv layers hold no weights; building them here tells Keras
@@ -535,22 +534,6 @@ class KerasCVAugmentation(keras.layers.Layer):
       images = layer(images)
     return images
 
-  def compute_output_shape(self, input_shape):
-    return input_shape
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(
-        rotation_range=self.rotation_range,
-        width_shift_range=self.width_shift_range,
-        height_shift_range=self.height_shift_range,
-        shear_range=self.shear_range,
-        zoom_range=self.zoom_range,
-        horizontal_flip=self.horizontal_flip,
-        fill_mode=self.fill_mode,
-        interpolation=self.interpolation,
-        seed=self.seed)
-    return config
 
 
 def keras_cv_chain(rotation_range=0., width_shift_range=0.,
