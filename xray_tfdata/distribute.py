@@ -38,7 +38,7 @@ import tempfile
 
 import tensorflow as tf
 
-STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker')
+from xray_tfdata.config import STRATEGIES  # pylint: disable=g-import-not-at-top,unused-import
 
 
 class DistributeError(ValueError):
