@@ -1,12 +1,28 @@
-"""Shared test setup: quiet TensorFlow, and isolate Keras' global policy."""
+"""Shared test setup: TensorFlow set up as the tools set it, and Keras'
+global policy isolated."""
 
 import os
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from xray_tfdata import runtime
 
-import pytest  # pylint: disable=g-import-not-at-top
+runtime.configure_tensorflow_env()  # as the tools: quiet logs, BFC allocator, oneDNN
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def assert_one_line_error(result, *needles):
+  """Non-zero exit, no traceback, and one line naming the problem (absl's
+  flag errors add a second line pointing at --helpfull). TensorFlow's C++
+  start-up lines (CUDA probing, oneDNN notice), which it writes before its
+  logging reads TF_CPP_MIN_LOG_LEVEL, are not counted."""
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr, result.stderr
+  lines = [l for l in result.stderr.strip().splitlines()
+           if l.strip() and not l.startswith(('WARNING', 'I0000', 'E0000'))]
+  assert 1 <= len(lines) <= 2, result.stderr
+  assert any(all(n in l for n in needles) for l in lines), lines
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
+from conftest import assert_one_line_error
 
 
 def run_tool(name, *args, timeout=600):
@@ -17,17 +18,6 @@ def run_tool(name, *args, timeout=600):
   return subprocess.run(
       [sys.executable, os.path.join(REPO_ROOT, 'tools', name), *args],
       capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env)
-
-
-def assert_one_line_error(result, *needles):
-  """Non-zero exit, no traceback, and one line naming the problem (absl's
-  flag errors add a second line pointing at --helpfull)."""
-  assert result.returncode != 0
-  assert 'Traceback' not in result.stderr, result.stderr
-  lines = [l for l in result.stderr.strip().splitlines()
-           if l.strip() and not l.startswith(('WARNING', 'I0000', 'E0000'))]
-  assert 1 <= len(lines) <= 2, result.stderr
-  assert any(all(n in l for n in needles) for l in lines), lines
 
 
 @pytest.fixture(scope='module')

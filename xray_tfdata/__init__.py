@@ -9,6 +9,7 @@ Modules, one per stage:
   augment       device-side augmentation layers (fused RandomAffine, keras-cv).
   model         the mixed-precision VGG16 transfer-learning model.
   config        TrainConfig, the settings of a run (imports no TensorFlow).
+  runtime       TensorFlow process settings the tools apply (no TensorFlow).
   training      train_and_evaluate(): the seed's experiment end to end.
   evaluation    metrics tables, Youden threshold, bootstrap intervals.
   benchmark     side-by-side benchmarks against ImageDataGenerator.
