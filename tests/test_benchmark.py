@@ -2,8 +2,14 @@
 speed is measured by tools/benchmark, not by tests)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+
+from conftest import REPO_ROOT
+from conftest import assert_one_line_error
 
 from xray_tfdata import benchmark
 
@@ -42,7 +48,11 @@ def test_input_benchmark_reports_every_variant(bench_data, tmp_path):
   assert all(name in table for name in names)
   path = tmp_path / 'input.json'
   benchmark.write_json(result, str(path))
-  assert json.loads(path.read_text())['mode'] == 'input'
+  saved = json.loads(path.read_text())
+  assert saved['mode'] == 'input'
+  # Provenance travels with the figures: the allocator setting changes them.
+  assert saved['machine']['env']['TF_CPU_ALLOCATOR_USE_BFC'] == 'true'
+  assert saved['machine']['cpu_count'] >= 1 and saved['machine']['date']
 
 
 def test_epoch_benchmark_reports_ratios(bench_data):
@@ -56,3 +66,44 @@ def test_epoch_benchmark_reports_ratios(bench_data):
   assert result['overhead_vs_floor']['floor'] == pytest.approx(0)
   assert result['train_images'] == 8
   assert 'x baseline' in benchmark.format_table(result)
+
+
+def test_ops_benchmark_times_each_part():
+  result = benchmark.benchmark_ops(image_size=32, batch_size=4, calls=2,
+                                   repeats=2)
+  assert set(result['median_images_per_s']) == set(benchmark.OPS)
+  for rates in result['images_per_s'].values():
+    assert len(rates) == 2 and all(rate > 0 for rate in rates)
+  assert 'predict_one' in benchmark.format_table(result)
+  with pytest.raises(ValueError, match='unknown ops'):
+    benchmark.benchmark_ops(image_size=32, batch_size=4, ops=('resize',))
+
+
+def _benchmark_tool(*args):
+  return subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'tools', 'benchmark'), *args],
+      capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_benchmark_tool_ops_mode_writes_json(tmp_path):
+  output = tmp_path / 'ops.json'
+  process = _benchmark_tool(
+      '--mode=ops', '--image_size=32', '--batch_size=4', '--calls=1',
+      '--repeats=1', '--ops=transform,fused+preprocess',
+      f'--work_dir={tmp_path}', f'--output={output}')
+  assert process.returncode == 0, process.stderr
+  assert 'fused+preprocess' in process.stdout
+  saved = json.loads(output.read_text())
+  assert set(saved['median_images_per_s']) == {'transform', 'fused+preprocess'}
+  assert saved['machine']['env']['TF_ENABLE_ONEDNN_OPTS'] == '1'
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--mode=ops', '--ops=resize'), 'unknown --ops resize'),
+    (('--mode=input',), 'is a file'),
+])
+def test_benchmark_tool_bad_input_is_one_line(tmp_path, args, message):
+  not_a_folder = tmp_path / 'file'
+  not_a_folder.write_text('x')
+  process = _benchmark_tool(*args, f'--work_dir={not_a_folder}')
+  assert_one_line_error(process, 'error: ', message)

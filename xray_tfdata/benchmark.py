@@ -11,10 +11,17 @@ rather than single timings.
   epoch: seconds per epoch (train + validation) of the seed's baseline as it
     was written, of this library (fused and keras-cv), and of the model alone
     on tensors already in memory (the compute floor).
+  ops: images/s of the parts, on tensors in memory: one resampling pass,
+    the gray->BGR preprocessing, both (the fused path's device work), and
+    the model's training step and inference at batch 1 and full batch. It
+    explains the other two, and compares process settings (runtime.py) when
+    run under different environment variables.
 """
 
+import datetime
 import json
 import os
+import platform
 import statistics
 import time
 
@@ -25,8 +32,27 @@ import tensorflow as tf
 from xray_tfdata import augment
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
+from xray_tfdata import runtime
 
 SEED_BATCH_SIZE = 62
+
+# Environment variables that change TensorFlow's CPU speed, recorded with
+# every result.
+_RECORDED_ENV = tuple(runtime.TF_ENV_DEFAULTS) + (
+    'TF_ENABLE_ONEDNN_OPTS', 'TF_NUM_INTRAOP_THREADS', 'TF_NUM_INTEROP_THREADS')
+
+
+def machine_info():
+  """Where and when a result was measured: date, CPU, versions, TF env."""
+  return {
+      'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+      'cpu_count': os.cpu_count(),
+      'platform': platform.platform(),
+      'python': platform.python_version(),
+      'tensorflow': tf.__version__,
+      'keras': keras.__version__,
+      'env': {name: os.environ.get(name) for name in _RECORDED_ENV},
+  }
 
 
 def seed_image_data_generator(augmentation=True):
@@ -124,10 +150,88 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
   medians = {name: statistics.median(r) for name, r in rates.items()}
   base = medians['imagedatagenerator']
   return {
-      'mode': 'input', 'image_size': image_size, 'batch_size': batch_size,
+      'mode': 'input', 'machine': machine_info(), 'image_size': image_size,
+      'batch_size': batch_size,
       'repeats': repeats, 'images_per_s': rates, 'median_images_per_s': medians,
       'first_pass_images_per_s': cold, 'images_timed': images_timed,
       'ratio_vs_baseline': {n: m / base for n, m in medians.items()},
+  }
+
+
+OPS = ('transform', 'preprocess', 'fused+preprocess', 'train_step',
+       'predict_batch', 'predict_one')
+
+
+def _op_runners(ops, image_size, batch_size):
+  """name -> (callable returning a value to wait for, images per call)."""
+  rng = np.random.default_rng(0)
+  images = tf.constant(rng.integers(
+      0, 256, (batch_size, image_size, image_size, 1), dtype=np.uint8))
+  pixels = tf.cast(images, tf.float32)
+  params = augment.sample_params(batch_size, image_size, image_size, seed=0,
+                                 **augment.SEED_AUGMENTATION)
+  preprocess = model_lib.VGG16Preprocess()
+  fused = _device_preprocess('fused')
+  runners = {
+      'transform': tf.function(
+          lambda: augment.apply_transform(pixels, params)[:, 0, 0, 0]),
+      'preprocess': tf.function(lambda: preprocess(images)[:, 0, 0, 0]),
+      'fused+preprocess': lambda: fused(images),
+  }
+  runners = {name: (run, batch_size) for name, run in runners.items()
+             if name in ops}
+  if {'train_step', 'predict_batch', 'predict_one'} & set(ops):
+    net = _seed_model(image_size, 'fused', 'float32')
+    labels = (rng.random(batch_size) < 0.73).astype(np.float32)
+    runners['train_step'] = (
+        lambda: net.train_on_batch(images, labels), batch_size)
+    runners['predict_batch'] = (
+        lambda: net.predict_on_batch(images), batch_size)
+    runners['predict_one'] = (lambda: net.predict_on_batch(images[:1]), 1)
+  return {name: runners[name] for name in ops}
+
+
+def benchmark_ops(image_size=224, batch_size=SEED_BATCH_SIZE, calls=10,
+                  repeats=3, ops=OPS):
+  """Images/s of the pipeline's and the model's parts, on tensors in memory.
+
+  Args:
+    calls: calls timed per round for the ops on whole batches; the model's
+      ops (seconds each at 224 px) get max(1, calls // 5), predict_one
+      batch_size calls.
+    repeats: rounds, interleaving the ops.
+    ops: names from OPS.
+
+  Returns:
+    dict with per-op lists of images/s and medians.
+  """
+  unknown = set(ops) - set(OPS)
+  if unknown:
+    raise ValueError(f'unknown ops {sorted(unknown)}; choose from {OPS}')
+  runners = _op_runners(ops, image_size, batch_size)
+  model_ops = {'train_step', 'predict_batch'}
+
+  def count(name):
+    if name == 'predict_one':
+      return batch_size
+    return max(1, calls // 5) if name in model_ops else calls
+
+  def images_per_s(run, images, calls):
+    start = time.perf_counter()
+    for _ in range(calls):
+      _sync(run())
+    return images * calls / (time.perf_counter() - start)
+
+  for run, _ in runners.values():  # warm-up: tracing
+    _sync(run())
+  rates = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, (run, images) in runners.items():
+      rates[name].append(images_per_s(run, images, count(name)))
+  return {
+      'mode': 'ops', 'machine': machine_info(), 'image_size': image_size,
+      'batch_size': batch_size, 'repeats': repeats, 'images_per_s': rates,
+      'median_images_per_s': {n: statistics.median(r) for n, r in rates.items()},
   }
 
 
@@ -227,7 +331,8 @@ def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
   medians = {n: statistics.median(s) for n, s in seconds.items()}
   trained = steps * batch_size
   result = {
-      'mode': 'epoch', 'image_size': image_size, 'batch_size': batch_size,
+      'mode': 'epoch', 'machine': machine_info(), 'image_size': image_size,
+      'batch_size': batch_size,
       'policy': policy, 'train_images': trained, 'val_images': val_images,
       'repeats': repeats, 'epoch_seconds': seconds,
       'median_epoch_seconds': medians,
@@ -255,6 +360,11 @@ def format_table(result):
           f'{(f"{cold:.1f}" if cold else "-"):>12}'
           f'{result["ratio_vs_baseline"][name]:>12.2f}  '
           + ', '.join(f'{r:.1f}' for r in result['images_per_s'][name]))
+  elif result['mode'] == 'ops':
+    lines.append(f'{"op":<20}{"median img/s":>14}  all rounds')
+    for name, median in result['median_images_per_s'].items():
+      lines.append(f'{name:<20}{median:>14.1f}  ' + ', '.join(
+          f'{r:.1f}' for r in result['images_per_s'][name]))
   else:
     lines.append(f'{"variant":<12}{"median s/epoch":>16}{"train img/s":>13}'
                  f'{"x baseline":>12}{"vs floor":>10}  all rounds (s)')
