@@ -300,3 +300,43 @@ def test_train_tool_reports_a_bad_tf_config_in_one_line(tmp_path):
   lines = process.stderr.strip().splitlines()
   assert lines[-1].startswith('error: TF_CONFIG is not valid JSON')
   assert 'Traceback' not in process.stderr
+
+
+# Each replica transforms the same four images; prints, per replica, the
+# images as a list, then whether a second step changed replica 0's draws.
+_REPLICA_AUGMENT = r'''
+import json
+from xray_tfdata import distribute
+distribute.split_cpu(2)  # before TensorFlow starts
+import numpy as np
+import tensorflow as tf
+from xray_tfdata import augment
+strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+with strategy.scope():
+  layer = augment.RandomAffine(rotation_range=40, width_shift_range=0.3,
+                               zoom_range=0.4, horizontal_flip=True, seed=1)
+image = np.arange(16 * 16, dtype=np.float32).reshape(1, 16, 16, 1)
+batch = np.tile(image, (8, 1, 1, 1))  # 4 per replica, all the same image
+dist = strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensors(batch).unbatch().batch(8).repeat(2))
+step = tf.function(
+    lambda b: strategy.run(lambda x: layer(x, training=True), args=(b,)))
+outputs = [[r.numpy() for r in strategy.experimental_local_results(step(b))]
+           for b in dist]
+print(json.dumps({
+    'replicas_differ': bool(not np.allclose(outputs[0][0], outputs[0][1])),
+    'steps_differ': bool(not np.allclose(outputs[0][0], outputs[1][0])),
+    'images_differ': bool(not np.allclose(outputs[0][0][0], outputs[0][0][1])),
+}))
+'''
+
+
+def test_random_affine_draws_differ_between_replicas():
+  # A mirrored SeedGenerator gives every replica the same state; without the
+  # replica id folded in, image i of each replica got the same transform.
+  process = subprocess.run(
+      [sys.executable, '-c', _REPLICA_AUGMENT], cwd=REPO_ROOT,
+      capture_output=True, text=True, timeout=TIMEOUT_S, check=True)
+  flags = json.loads(process.stdout.strip().splitlines()[-1])
+  assert flags == {'replicas_differ': True, 'steps_differ': True,
+                   'images_differ': True}

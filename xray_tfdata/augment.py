@@ -138,6 +138,15 @@ def _shift_limit(shift_range, size):
 def _uniform(shape, seed):
   if seed is None:
     return tf.random.uniform(shape, dtype=tf.float32)
+  if isinstance(seed, keras.random.SeedGenerator):
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1:
+      # Under tf.distribute every replica reads the same mirrored generator
+      # state, so without the replica id image i of every replica would get
+      # the same transform.
+      key = tf.random.experimental.stateless_fold_in(
+          tf.cast(seed.next(), tf.int64), replica.replica_id_in_sync_group)
+      return tf.random.stateless_uniform(shape, seed=key, dtype=tf.float32)
   # An int seed is stateless (same numbers for the same seed); a
   # keras.random.SeedGenerator advances, inside tf.function and fit too.
   return keras.random.uniform(shape, dtype='float32', seed=seed)
@@ -169,7 +178,9 @@ def sample_params(batch_size, height, width, rotation_range=0.,
     zoom_range: float z for [1 - z, 1 + z], or a (lower, upper) pair.
     horizontal_flip: whether to flip half of the images.
     seed: None (stateful TF random ops), an int (stateless: the same int
-      gives the same parameters) or a `keras.random.SeedGenerator`.
+      gives the same parameters) or a `keras.random.SeedGenerator` (under
+      tf.distribute with more than one replica, each replica draws its own
+      parameters from it).
 
   Returns:
     A dict with keys theta, tx, ty, shear, zx, zy, flip_horizontal, each a
