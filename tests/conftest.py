@@ -5,7 +5,7 @@ import os
 
 from xray_tfdata import runtime
 
-runtime.configure_tensorflow_env()  # as the tools: quiet logs, BFC allocator, oneDNN
+runtime.configure_tensorflow_env()  # as the tools: quiet logs, BFC allocator
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 

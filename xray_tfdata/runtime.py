@@ -1,10 +1,14 @@
 """Process-wide TensorFlow settings that the tools apply before TF starts.
 
 Imports no TensorFlow: these are environment variables that TensorFlow reads
-once, at import (oneDNN) or when it creates its CPU allocator at the first op,
-so they must be set before `import tensorflow`. The tools call
-`configure_tensorflow_env()` first thing; scripts of your own that import the
-library can call it too, or export the variables.
+once, when it starts, so they must be set before `import tensorflow`. The
+tools call `configure_tensorflow_env()` first thing; scripts of your own that
+import the library can call it too, or export the variables.
+
+Measured and left at TensorFlow's default: TF_ENABLE_ONEDNN_OPTS (off on
+this AVX2 CPU). Turning it on gave VGG16 training +5 to +9%, within the
+noise, and made batch-1 inference 27% slower (BUILD_NOTES.md, "CPU runtime
+settings"); export it to try on your hardware.
 
 Only defaults are set: a value already in the environment wins.
 """
@@ -19,23 +23,16 @@ TF_ENV_DEFAULTS = {
     'TF_CPU_ALLOCATOR_USE_BFC': (
         'true', 'TensorFlow\'s default CPU allocator hands every large buffer '
         'back to the OS, so the next batch page-faults its 37 MB of float '
-        'RGB pixels in again; the BFC pool keeps them. Measured 2.2x on the '
-        'gray->BGR preprocessing and 1.6x on the fused augmentation path '
-        '(BUILD_NOTES.md, "CPU runtime settings")'),
-    'TF_ENABLE_ONEDNN_OPTS': (
-        '1', 'TensorFlow turns its oneDNN kernels on by default only on CPUs '
-        'with AVX512-VNNI/BF16 or AMX; on this AVX2 machine they were off. '
-        'On: VGG16 training +21% and batched inference +21% at batch 62 '
-        '(BUILD_NOTES.md, "CPU runtime settings"); results differ from the '
-        'Eigen kernels by float rounding only'),
+        'RGB pixels in again; the BFC pool keeps them. Measured about 2x on '
+        'the gray->BGR preprocessing and 1.2-1.6x on the fused augmentation '
+        'path (BUILD_NOTES.md, "CPU runtime settings")'),
 }
 
 
 def configure_tensorflow_env(environ=None):
   """Sets TF_ENV_DEFAULTS in the environment where not already set.
 
-  Call it before importing TensorFlow (the oneDNN switch is read at import;
-  the allocator one at the first op).
+  Call it before importing TensorFlow.
 
   Args:
     environ: the mapping to update; os.environ by default.
