@@ -365,18 +365,20 @@ class _ImageDataGeneratorAugmentation(keras.layers.Layer):
   def compute_output_shape(self, input_shape):
     return input_shape
 
+  @property
+  def ranges(self):
+    """The random-transform arguments, as `sample_params` takes them."""
+    return dict(rotation_range=self.rotation_range,
+                width_shift_range=self.width_shift_range,
+                height_shift_range=self.height_shift_range,
+                shear_range=self.shear_range,
+                zoom_range=self.zoom_range,
+                horizontal_flip=self.horizontal_flip)
+
   def get_config(self):
     config = super().get_config()
-    config.update(
-        rotation_range=self.rotation_range,
-        width_shift_range=self.width_shift_range,
-        height_shift_range=self.height_shift_range,
-        shear_range=self.shear_range,
-        zoom_range=self.zoom_range,
-        horizontal_flip=self.horizontal_flip,
-        fill_mode=self.fill_mode,
-        interpolation=self.interpolation,
-        seed=self.seed)
+    config.update(self.ranges, fill_mode=self.fill_mode,
+                  interpolation=self.interpolation, seed=self.seed)
     return config
 
 
@@ -423,15 +425,8 @@ class RandomAffine(_ImageDataGeneratorAugmentation):
     if not training or self.is_identity:
       return images
     shape = tf.shape(images)
-    params = sample_params(
-        shape[0], shape[1], shape[2],
-        rotation_range=self.rotation_range,
-        width_shift_range=self.width_shift_range,
-        height_shift_range=self.height_shift_range,
-        shear_range=self.shear_range,
-        zoom_range=self.zoom_range,
-        horizontal_flip=self.horizontal_flip,
-        seed=self.seed_generator)
+    params = sample_params(shape[0], shape[1], shape[2], **self.ranges,
+                           seed=self.seed_generator)
     return apply_transform(images, params, fill_mode=self.fill_mode,
                            interpolation=self.interpolation)
 

@@ -77,6 +77,16 @@ def _midranks(values):
   return midranks[inverse]
 
 
+def _both_classes(labels, probs, what):
+  """Checked arrays and the class counts; ValueError if a class is missing."""
+  labels, probs = _as_arrays(labels, probs)
+  positives = int(labels.sum())
+  negatives = labels.size - positives
+  if positives == 0 or negatives == 0:
+    raise ValueError(f'{what} needs both classes')
+  return labels, probs, positives, negatives
+
+
 def roc_auc(labels, probs):
   """Exact area under the ROC curve (Mann-Whitney U / (P * N)).
 
@@ -86,11 +96,7 @@ def roc_auc(labels, probs):
   Raises:
     ValueError: only one class present, or as `confusion_counts`.
   """
-  labels, probs = _as_arrays(labels, probs)
-  positives = int(labels.sum())
-  negatives = labels.size - positives
-  if positives == 0 or negatives == 0:
-    raise ValueError('AUC needs both classes')
+  labels, probs, positives, negatives = _both_classes(labels, probs, 'AUC')
   rank_sum = _midranks(probs)[labels].sum()
   u_statistic = rank_sum - positives * (positives + 1) / 2.0
   return float(u_statistic / (positives * negatives))
@@ -147,11 +153,8 @@ def youden_threshold(labels, probs):
   Raises:
     ValueError: only one class present, or as `confusion_counts`.
   """
-  labels, probs = _as_arrays(labels, probs)
-  positives = int(labels.sum())
-  negatives = labels.size - positives
-  if positives == 0 or negatives == 0:
-    raise ValueError("Youden's threshold needs both classes")
+  labels, probs, positives, negatives = _both_classes(
+      labels, probs, "Youden's threshold")
   order = np.argsort(-probs, kind='stable')
   sorted_probs, sorted_labels = probs[order], labels[order]
   # Last index of each run of equal probabilities: the split points.
