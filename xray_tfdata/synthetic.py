@@ -7,8 +7,8 @@ quirks that matter to a converter and a training pipeline:
     proportions (1,341/3,875, 8/8, 234/390 at 5,856 images; about 27% NORMAL),
     or the Mendeley (`train|test`) or a pooled (`NORMAL|PNEUMONIA`) layout;
   * grayscale JPEGs whose sizes vary like the real ones (NORMAL about
-    1690x1380, PNEUMONIA about 1200x820, clipped to the real extremes), and
-    some RGB-mode files in train/PNEUMONIA;
+    1690x1380 and 550 KB, PNEUMONIA about 1200x820 and 85 KB, clipped to the
+    real extremes), and some RGB-mode files in train/PNEUMONIA;
   * Kermany file names that carry patient ids, several images per patient,
     patients cut into splits in blocks (so a boundary patient spans two splits,
     like the leakage in the real split);
@@ -58,6 +58,11 @@ _MEAN_SIZE = {'NORMAL': (1690, 1380), 'PNEUMONIA': (1200, 820)}
 _MIN_SIZE = (384, 127)
 _MAX_SIZE = (2916, 2713)
 _RGB_FRACTION = 0.05  # of train/PNEUMONIA (the real set: 283 of 3,875)
+# JPEG quality range [low, high) per class, chosen so that the mean file
+# sizes come near the real ones (NORMAL about 551 KB, PNEUMONIA about 85 KB:
+# the real PNEUMONIA files are far more compressed), since file size drives
+# read time and part of the decode time.
+_JPEG_QUALITY = {'NORMAL': (86, 92), 'PNEUMONIA': (58, 68)}
 _DRAW_WIDTH = 256  # pixels; drawn at most this wide, then resized up
 _GRAIN_TILE = 509  # side of the fine-grain noise tile (odd: no 8x8 alignment)
 
@@ -201,7 +206,7 @@ def _plan_images(counts, seed, layout, size_scale):
           'height': height,
           'rgb': bool(split == 'train' and class_name == 'PNEUMONIA' and
                       rng.random() < _RGB_FRACTION),
-          'quality': int(rng.integers(85, 96)),
+          'quality': int(rng.integers(*_JPEG_QUALITY[class_name])),
           'pixel_seed': (seed, label, index),
       })
   return specs
