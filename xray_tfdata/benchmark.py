@@ -103,7 +103,7 @@ def _time_batches(next_batch, num_batches, sync=lambda b: b):
 
 def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZE,
                     baseline_batches=15, batches=60, repeats=3,
-                    kinds=('none', 'fused', 'keras_cv')):
+                    kinds=('host', 'none', 'fused', 'keras_cv')):
   """Images/s of the seed's iterator against this pipeline, side by side.
 
   Args:
@@ -112,9 +112,11 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
     baseline_batches, batches: batches timed per round for the baseline and
       for each pipeline variant (the baseline is about 50 times slower).
     repeats: rounds; each round times every variant once.
-    kinds: augmentation implementations to time; 'none' times the host's
-      part alone (read, decode or cache, shuffle, batch), which is all the
-      host does when the augmentation runs on a GPU.
+    kinds: what to time after the tf.data pipeline: 'host' nothing (the
+      host's part alone: read, decode or cache, shuffle, batch, which is all
+      the host does when the model runs on a GPU); 'none' the gray->BGR
+      preprocessing; 'fused' and 'keras_cv' the augmentation and the
+      preprocessing. On a CPU-only machine all of it shares the same cores.
 
   Returns:
     dict with per-variant lists of images/s, medians and ratios.
@@ -127,8 +129,11 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
   for kind in kinds:
     ds = builder.as_dataset('train', batch_size, training=True, seed=0)
     it = iter(ds)
-    run = _device_preprocess(kind)
-    variants[f'tfdata+{kind}'] = (lambda it=it, run=run: run(next(it)[0]))
+    if kind == 'host':
+      variants['tfdata+host'] = lambda it=it: next(it)[0]
+    else:
+      run = _device_preprocess(kind)
+      variants[f'tfdata+{kind}'] = lambda it=it, run=run: run(next(it)[0])
     runs[kind] = builder.steps_per_epoch('train', batch_size)
   # Warm-up: graph tracing, and one full pass so the cache holds the split
   # (its cold rate is reported separately).
@@ -162,7 +167,7 @@ OPS = ('transform', 'preprocess', 'fused+preprocess', 'train_step',
        'predict_batch', 'predict_one')
 
 
-def _op_runners(ops, image_size, batch_size):
+def _op_runners(ops, image_size, batch_size, policy):
   """name -> (callable returning a value to wait for, images per call)."""
   rng = np.random.default_rng(0)
   images = tf.constant(rng.integers(
@@ -181,7 +186,8 @@ def _op_runners(ops, image_size, batch_size):
   runners = {name: (run, batch_size) for name, run in runners.items()
              if name in ops}
   if {'train_step', 'predict_batch', 'predict_one'} & set(ops):
-    net = _seed_model(image_size, 'fused', 'float32')
+    net = _seed_model(image_size, 'fused', policy)
+    keras.mixed_precision.set_global_policy('float32')
     labels = (rng.random(batch_size) < 0.73).astype(np.float32)
     runners['train_step'] = (
         lambda: net.train_on_batch(images, labels), batch_size)
@@ -192,10 +198,12 @@ def _op_runners(ops, image_size, batch_size):
 
 
 def benchmark_ops(image_size=224, batch_size=SEED_BATCH_SIZE, calls=10,
-                  repeats=3, ops=OPS):
+                  repeats=3, ops=OPS, policy='float32'):
   """Images/s of the pipeline's and the model's parts, on tensors in memory.
 
   Args:
+    policy: dtype policy of the model ops ('auto', 'float32',
+      'mixed_bfloat16', ...); the augmentation always runs in float32.
     calls: calls timed per round for the ops on whole batches; the model's
       ops (seconds each at 224 px) get max(1, calls // 5), predict_one
       batch_size calls.
@@ -208,7 +216,8 @@ def benchmark_ops(image_size=224, batch_size=SEED_BATCH_SIZE, calls=10,
   unknown = set(ops) - set(OPS)
   if unknown:
     raise ValueError(f'unknown ops {sorted(unknown)}; choose from {OPS}')
-  runners = _op_runners(ops, image_size, batch_size)
+  policy = model_lib.select_policy(policy)
+  runners = _op_runners(ops, image_size, batch_size, policy)
   model_ops = {'train_step', 'predict_batch'}
 
   def count(name):
@@ -230,7 +239,8 @@ def benchmark_ops(image_size=224, batch_size=SEED_BATCH_SIZE, calls=10,
       rates[name].append(images_per_s(run, images, count(name)))
   return {
       'mode': 'ops', 'machine': machine_info(), 'image_size': image_size,
-      'batch_size': batch_size, 'repeats': repeats, 'images_per_s': rates,
+      'batch_size': batch_size, 'policy': policy, 'repeats': repeats,
+      'images_per_s': rates,
       'median_images_per_s': {n: statistics.median(r) for n, r in rates.items()},
   }
 
