@@ -6,9 +6,9 @@ tools call `configure_tensorflow_env()` first thing; scripts of your own that
 import the library can call it too, or export the variables.
 
 Measured and left at TensorFlow's default: TF_ENABLE_ONEDNN_OPTS (off on
-this AVX2 CPU). Turning it on gave VGG16 training +5 to +9%, within the
-noise, and made batch-1 inference 27% slower (BUILD_NOTES.md, "CPU runtime
-settings"); export it to try on your hardware.
+this AVX2 CPU). Turning it on made VGG16 training 9-13% faster but batch-1
+inference 24-29% slower (BUILD_NOTES.md, "CPU runtime settings"): export
+TF_ENABLE_ONEDNN_OPTS=1 when training on such a CPU.
 
 Only defaults are set: a value already in the environment wins.
 """
