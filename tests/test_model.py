@@ -56,7 +56,18 @@ def test_preprocessing_matches_vgg16_preprocess_input(channels):
   images = _images(channels=channels)
   rgb = np.repeat(images, 3, axis=-1) if channels == 1 else images
   expected = keras.applications.vgg16.preprocess_input(rgb.astype('float32'))
-  np.testing.assert_allclose(preprocess(images), expected, atol=1e-4)
+  # Exactly: the gray path's 1x1 convolution multiplies by 1 and adds -mean.
+  np.testing.assert_array_equal(preprocess(images), expected)
+
+
+def test_preprocessing_in_bfloat16_takes_the_broadcast_path():
+  layer = model_lib.VGG16Preprocess(dtype='mixed_bfloat16')
+  images = _images(channels=1)
+  expected = keras.applications.vgg16.preprocess_input(
+      np.repeat(images, 3, axis=-1).astype('float32'))
+  out = layer(images)
+  assert out.dtype == 'bfloat16' and out.shape == expected.shape
+  np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=1.0)
 
 
 def test_head_and_output():

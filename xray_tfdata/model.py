@@ -137,8 +137,14 @@ class VGG16Preprocess(keras.layers.Layer):
     mean = keras.ops.convert_to_tensor(_CAFFE_BGR_MEAN, self.compute_dtype)
     channels = images.shape[-1]
     if channels == 1:
-      # broadcast_to first: a [..., 1] - [3] broadcast in the subtraction
-      # itself ran at half the speed on this CPU.
+      if self.compute_dtype == 'float32':
+        # A 1x1 convolution with unit weights and -mean as bias writes the
+        # three channels in one pass: 1.4-1.6x the speed of broadcast_to
+        # and subtract on this CPU (BUILD_NOTES.md), and bit-identical
+        # (x * 1 and x + -m are exact).
+        ones = tf.ones([1, 1, 1, 3], images.dtype)
+        return tf.nn.bias_add(
+            tf.nn.conv2d(images, ones, strides=1, padding='VALID'), -mean)
       rgb_shape = tf.concat([tf.shape(images)[:-1], [3]], axis=0)
       return tf.broadcast_to(images, rgb_shape) - mean
     if channels == 3:
