@@ -202,16 +202,20 @@ def benchmark_ops(image_size=224, batch_size=SEED_BATCH_SIZE, calls=10,
   """Images/s of the pipeline's and the model's parts, on tensors in memory.
 
   Args:
-    policy: dtype policy of the model ops ('auto', 'float32',
-      'mixed_bfloat16', ...); the augmentation always runs in float32.
+    image_size, batch_size: of the uint8 gray batch every op gets.
     calls: calls timed per round for the ops on whole batches; the model's
       ops (seconds each at 224 px) get max(1, calls // 5), predict_one
       batch_size calls.
     repeats: rounds, interleaving the ops.
     ops: names from OPS.
+    policy: dtype policy of the model ops ('auto', 'float32',
+      'mixed_bfloat16', ...); the augmentation always runs in float32.
 
   Returns:
     dict with per-op lists of images/s and medians.
+
+  Raises:
+    ValueError: an op name not in OPS, or an unknown policy.
   """
   unknown = set(ops) - set(OPS)
   if unknown:
