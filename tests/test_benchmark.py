@@ -86,11 +86,13 @@ def _benchmark_tool(*args):
 
 
 def test_benchmark_tool_ops_mode_writes_json(tmp_path):
-  output = tmp_path / 'ops.json'
+  # The default output goes into work_dir, which ops mode must create.
+  work_dir = tmp_path / 'not' / 'yet'
+  output = work_dir / 'benchmark_ops.json'
   process = _benchmark_tool(
       '--mode=ops', '--image_size=32', '--batch_size=4', '--calls=1',
       '--repeats=1', '--ops=transform,fused+preprocess',
-      f'--work_dir={tmp_path}', f'--output={output}')
+      f'--work_dir={work_dir}')
   assert process.returncode == 0, process.stderr
   assert 'fused+preprocess' in process.stdout
   saved = json.loads(output.read_text())
@@ -101,9 +103,12 @@ def test_benchmark_tool_ops_mode_writes_json(tmp_path):
 @pytest.mark.parametrize('args, message', [
     (('--mode=ops', '--ops=resize'), 'unknown --ops resize'),
     (('--mode=input',), 'is a file'),
+    (('--mode=ops', '--work_dir=.', '--output=/proc/no/such.json'),
+     'cannot create the folder of --output'),
 ])
 def test_benchmark_tool_bad_input_is_one_line(tmp_path, args, message):
   not_a_folder = tmp_path / 'file'
   not_a_folder.write_text('x')
-  process = _benchmark_tool(*args, f'--work_dir={not_a_folder}')
+  # A work_dir in args wins over this one (later flags win).
+  process = _benchmark_tool(f'--work_dir={not_a_folder}', *args)
   assert_one_line_error(process, 'error: ', message)
