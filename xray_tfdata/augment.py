@@ -523,8 +523,8 @@ class KerasCVAugmentation(_ImageDataGeneratorAugmentation):
                      shear_range, zoom_range, horizontal_flip, fill_mode,
                      interpolation, seed, **kwargs)
     self.chain = _keras_cv_layers(
-        rotation_range, width_shift_range, height_shift_range, shear_range,
-        zoom_range, horizontal_flip, fill_mode, interpolation, seed)
+        **self.ranges, fill_mode=fill_mode, interpolation=interpolation,
+        seed=seed)
 
   def build(self, input_shape):
     # The keras-cv layers hold no weights; building them here tells Keras
