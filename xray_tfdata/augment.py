@@ -8,8 +8,9 @@ module does the same inside the model, on whole batches, in two ways:
   RandomAffine          the fused layer (default): composes rotation, shift,
                         shear, zoom and flip into one matrix per image and
                         resamples once, as ImageDataGenerator itself does.
-  KerasCVAugmentation   the keras-cv chain RandomRotation -> RandomTranslation
-                        -> RandomShear -> RandomZoom -> RandomFlip, with the
+  KerasCVAugmentation   (in augment_keras_cv; TensorFlow only) the keras-cv
+                        chain RandomRotation -> RandomTranslation ->
+                        RandomShear -> RandomZoom -> RandomFlip, with the
                         arguments converted to ImageDataGenerator's meanings;
                         four resampling passes.
 
@@ -49,14 +50,22 @@ Two ImageDataGenerator quirks that this module does not copy:
     `apply_transform(..., center='idg')` reproduces the quirk for parity
     tests. Square images (all of this project's) are not affected.
 
-This module needs the TensorFlow backend: the resampling is
-`tf.raw_ops.ImageProjectiveTransformV3`.
+Device side, any Keras 3 backend: everything here is Keras ops
+(`keras.ops`, `keras.random`), so the layers run in TensorFlow, JAX or
+PyTorch programs, and this module imports without TensorFlow installed. The
+resampling is `keras.ops.image.affine_transform`, which under TensorFlow is
+the single `ImageProjectiveTransformV3` pass it always was, and under JAX
+`jax.scipy.ndimage.map_coordinates`. The only TensorFlow-specific code is
+the tf.distribute replica seeding in `_uniform`, reached only under the
+TensorFlow backend. The keras-cv chain, which is TensorFlow by nature, lives
+in `augment_keras_cv` and is imported only when asked for.
 """
 
+import importlib
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 # The seed notebook's ImageDataGenerator augmentation.
 SEED_AUGMENTATION = dict(
@@ -135,8 +144,14 @@ def _shift_limit(shift_range, size):
   return shift_range * size if shift_range < 1 else shift_range
 
 
-def _uniform(shape, seed):
+def _tf_uniform(shape, seed):
+  """The TensorFlow backend's draws where Keras' own would be wrong, or
+  None where keras.random serves."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TF backend only)
+
   if seed is None:
+    # A stateful op: keras.random would create its global SeedGenerator, a
+    # variable, inside whatever tf.function or tf.data map traces this.
     return tf.random.uniform(shape, dtype=tf.float32)
   if isinstance(seed, keras.random.SeedGenerator):
     replica = tf.distribute.get_replica_context()
@@ -147,8 +162,16 @@ def _uniform(shape, seed):
       key = tf.random.experimental.stateless_fold_in(
           tf.cast(seed.next(), tf.int64), replica.replica_id_in_sync_group)
       return tf.random.stateless_uniform(shape, seed=key, dtype=tf.float32)
+  return None
+
+
+def _uniform(shape, seed):
+  if keras.backend.backend() == 'tensorflow':
+    draws = _tf_uniform(shape, seed)
+    if draws is not None:
+      return draws
   # An int seed is stateless (same numbers for the same seed); a
-  # keras.random.SeedGenerator advances, inside tf.function and fit too.
+  # keras.random.SeedGenerator advances, inside tf.function, jax.jit and fit.
   return keras.random.uniform(shape, dtype='float32', seed=seed)
 
 
@@ -177,15 +200,16 @@ def sample_params(batch_size, height, width, rotation_range=0.,
     shear_range: degrees.
     zoom_range: float z for [1 - z, 1 + z], or a (lower, upper) pair.
     horizontal_flip: whether to flip half of the images.
-    seed: None (stateful TF random ops), an int (stateless: the same int
-      gives the same parameters) or a `keras.random.SeedGenerator` (under
-      tf.distribute with more than one replica, each replica draws its own
-      parameters from it).
+    seed: None (unseeded: outside compiled functions only, except under
+      TensorFlow), an int (stateless: the same int gives the same
+      parameters) or a `keras.random.SeedGenerator` (under tf.distribute
+      with more than one replica, each replica draws its own parameters
+      from it).
 
   Returns:
     A dict with keys theta, tx, ty, shear, zx, zy, flip_horizontal, each a
-    float32 tensor of shape [batch_size] (flip_horizontal is 0. or 1.), in
-    `apply_transform`'s meaning.
+    float32 tensor of the backend, shape [batch_size] (flip_horizontal is 0.
+    or 1.), in `apply_transform`'s meaning.
 
   Raises:
     ValueError: if a range is negative, not a number, or zoom reaches 0.
@@ -196,15 +220,15 @@ def sample_params(batch_size, height, width, rotation_range=0.,
                       ('shear_range', shear_range)):
     _check_range(name, value)
   zoom_lower, zoom_upper = zoom_bounds(zoom_range)
-  height = tf.cast(height, tf.float32)
-  width = tf.cast(width, tf.float32)
+  height = ops.cast(height, 'float32')
+  width = ops.cast(width, 'float32')
   # One draw of seven independent streams: a single seed then serves all.
   uniform = _uniform([7, batch_size], seed)
   symmetric = 2.0 * uniform - 1.0
   if horizontal_flip:
-    flip = tf.cast(uniform[6] < 0.5, tf.float32)
+    flip = ops.cast(uniform[6] < 0.5, 'float32')
   else:
-    flip = tf.zeros_like(uniform[6])
+    flip = ops.zeros_like(uniform[6])
   return {
       'theta': float(rotation_range) * symmetric[0],
       'tx': _shift_limit(float(width_shift_range), width) * symmetric[1],
@@ -228,7 +252,7 @@ def projective_transforms(params, batch_size, height, width, center='image'):
       ImageDataGenerator's centre, which differs on non-square images.
 
   Returns:
-    float32 [batch_size, 8] rows [a0, a1, a2, b0, b1, b2, 0, 0] mapping each
+    A float32 tensor of the backend, [batch_size, 8], rows [a0, a1, a2, b0, b1, b2, 0, 0] mapping each
     output pixel (x, y) to the input point (a0 x + a1 y + a2,
     b0 x + b1 y + b2), pixel centres at integer coordinates; the flip is
     folded in, so one resampling does the whole transform.
@@ -243,23 +267,23 @@ def projective_transforms(params, batch_size, height, width, center='image'):
                      f'expected some of {list(PARAM_DEFAULTS)}')
 
   def param(key):
-    value = tf.cast(params.get(key, PARAM_DEFAULTS[key]), tf.float32)
-    return tf.broadcast_to(value, [batch_size])
+    value = ops.cast(params.get(key, PARAM_DEFAULTS[key]), 'float32')
+    return ops.broadcast_to(value, [batch_size])
 
-  height = tf.cast(height, tf.float32)
-  width = tf.cast(width, tf.float32)
+  height = ops.cast(height, 'float32')
+  width = ops.cast(width, 'float32')
   theta = param('theta') * (math.pi / 180)
   shear = param('shear') * (math.pi / 180)
   zx, zy = param('zx'), param('zy')
   tx, ty = param('tx'), param('ty')
-  flipped = tf.cast(tf.not_equal(param('flip_horizontal'), 0), tf.float32)
+  flipped = ops.cast(ops.not_equal(param('flip_horizontal'), 0), 'float32')
 
-  cos, sin = tf.cos(theta), tf.sin(theta)
+  cos, sin = ops.cos(theta), ops.sin(theta)
   # R(theta) . Shear(shear) . Zoom(zx, zy), multiplied out.
   a0 = cos * zx
-  a1 = -zy * tf.sin(theta + shear)
+  a1 = -zy * ops.sin(theta + shear)
   b0 = sin * zx
-  b1 = zy * tf.cos(theta + shear)
+  b1 = zy * ops.cos(theta + shear)
   # The shift sits between R and Shear in the product: rotate it too.
   shift_x = cos * tx - sin * ty
   shift_y = sin * tx + cos * ty
@@ -275,8 +299,8 @@ def projective_transforms(params, batch_size, height, width, center='image'):
   b2 += flipped * b0 * (width - 1)
   a0 *= 1 - 2 * flipped
   b0 *= 1 - 2 * flipped
-  zeros = tf.zeros_like(a0)
-  return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+  zeros = ops.zeros_like(a0)
+  return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
 def apply_transform(images, params, fill_mode='nearest',
@@ -285,7 +309,8 @@ def apply_transform(images, params, fill_mode='nearest',
 
   The batched equivalent of `ImageDataGenerator().apply_transform(x, params)`
   (with its defaults fill_mode='nearest', interpolation order 1), vectorized
-  over the batch.
+  over the batch: `keras.ops.image.affine_transform`, which is
+  ImageProjectiveTransformV3 under TensorFlow.
 
   Args:
     images: [B, H, W, C] tensor or array of any real dtype.
@@ -297,29 +322,23 @@ def apply_transform(images, params, fill_mode='nearest',
     center: 'image' (default) or 'idg'; see `projective_transforms`.
 
   Returns:
-    float32 [B, H, W, C] transformed images.
+    float32 [B, H, W, C] transformed images, a tensor of the backend.
 
   Raises:
     ValueError: on a bad rank, fill_mode, interpolation, center or key.
   """
   _check_choice('fill_mode', fill_mode, FILL_MODES)
   _check_choice('interpolation', interpolation, INTERPOLATIONS)
-  images = tf.convert_to_tensor(images)
-  if images.shape.rank != 4:
+  images = ops.convert_to_tensor(images)
+  if len(images.shape) != 4:
     raise ValueError(f'images must be [B, H, W, C], got shape {images.shape}')
-  images = tf.cast(images, tf.float32)
-  shape = tf.shape(images)
-  transforms = projective_transforms(params, shape[0], shape[1], shape[2],
+  images = ops.cast(images, 'float32')
+  batch_size, height, width, _ = ops.shape(images)
+  transforms = projective_transforms(params, batch_size, height, width,
                                      center=center)
-  outputs = tf.raw_ops.ImageProjectiveTransformV3(
-      images=images,
-      transforms=transforms,
-      output_shape=shape[1:3],
-      fill_value=tf.constant(0.0, tf.float32),
-      fill_mode=fill_mode.upper(),
-      interpolation=interpolation.upper())
-  outputs.set_shape(images.shape)
-  return outputs
+  return ops.image.affine_transform(
+      images, transforms, interpolation=interpolation, fill_mode=fill_mode,
+      fill_value=0.0, data_format='channels_last')
 
 
 def _float32_layer_kwargs(kwargs):
@@ -334,8 +353,9 @@ def _float32_layer_kwargs(kwargs):
 
 class _ImageDataGeneratorAugmentation(keras.layers.Layer):
   """ImageDataGenerator's augmentation arguments, checked, stored and
-  serialized once for both implementations; float32 whatever the policy,
-  and never XLA-compiled (ImageProjectiveTransformV3 has no XLA kernel)."""
+  serialized once for both implementations; float32 whatever the policy.
+  Under TensorFlow never XLA-compiled (ImageProjectiveTransformV3 has no XLA
+  kernel); under JAX compiled with the model, as everything is there."""
 
   def __init__(self, rotation_range=0., width_shift_range=0.,
                height_shift_range=0., shear_range=0., zoom_range=0.,
@@ -360,7 +380,7 @@ class _ImageDataGeneratorAugmentation(keras.layers.Layer):
     self.fill_mode = fill_mode
     self.interpolation = interpolation
     self.seed = seed
-    self.supports_jit = False
+    self.supports_jit = keras.backend.backend() != 'tensorflow'
 
   def compute_output_shape(self, input_shape):
     return input_shape
@@ -389,18 +409,20 @@ class RandomAffine(_ImageDataGeneratorAugmentation):
   Takes ImageDataGenerator's argument names and meanings (see
   `sample_params` and the module docstring; width_shift_range moves images
   horizontally, unlike ImageDataGenerator). Per image, draws the parameters
-  and resamples once with ImageProjectiveTransformV3.
+  and resamples once with `keras.ops.image.affine_transform`
+  (ImageProjectiveTransformV3 under TensorFlow), on any Keras backend.
 
   Call with images [B, H, W, C] of any real dtype (uint8 included); returns
   float32. Augments only when `training` is truthy (model.fit); otherwise,
   including model.predict and model.evaluate, returns the input cast to
   float32.
 
-  `supports_jit` is False because ImageProjectiveTransformV3 has no XLA kernel
-  in TF 2.21: with `compile(jit_compile='auto')` on a GPU, Keras would
-  otherwise turn XLA on for the whole model and fail to compile. A model
-  containing this layer is therefore never XLA-compiled by Keras (Keras
-  refuses `jit_compile=True` for it with a warning).
+  Under the TensorFlow backend `supports_jit` is False because
+  ImageProjectiveTransformV3 has no XLA kernel in TF 2.21: with
+  `compile(jit_compile='auto')` on a GPU, Keras would otherwise turn XLA on
+  for the whole model and fail to compile. Such a model is therefore never
+  XLA-compiled by Keras (Keras refuses `jit_compile=True` for it with a
+  warning). Under JAX the layer compiles with the model.
   """
 
   def __init__(self, rotation_range=0., width_shift_range=0.,
@@ -421,153 +443,15 @@ class RandomAffine(_ImageDataGeneratorAugmentation):
     return not any_range and zoom_bounds(self.zoom_range) == (1, 1)
 
   def call(self, images, training=None):
-    images = tf.cast(images, tf.float32)
+    images = ops.cast(images, 'float32')
     if not training or self.is_identity:
       return images
-    shape = tf.shape(images)
-    params = sample_params(shape[0], shape[1], shape[2], **self.ranges,
+    batch_size, height, width, _ = ops.shape(images)
+    params = sample_params(batch_size, height, width, **self.ranges,
                            seed=self.seed_generator)
     return apply_transform(images, params, fill_mode=self.fill_mode,
                            interpolation=self.interpolation)
 
-
-
-def _keras_cv_layers(rotation_range, width_shift_range, height_shift_range,
-                     shear_range, zoom_range, horizontal_flip, fill_mode,
-                     interpolation, seed):
-  """Builds the keras-cv layers for ImageDataGenerator's arguments."""
-  import keras_cv  # pylint: disable=g-import-not-at-top  (slow; optional)
-
-  kcv = keras_cv.layers
-  # keras-cv seeds each layer's own tf.random.Generator; equal seeds would
-  # give every layer the same stream, so offset them. (0 means unseeded to
-  # keras-cv, hence the + 1.)
-  seeds = iter(range(1, 6)) if seed is None else iter(
-      range(seed + 1, seed + 6))
-  common = dict(dtype='float32')
-
-  def next_seed():
-    value = next(seeds)
-    return None if seed is None else value
-
-  chain = []
-  # The forward order of ImageDataGenerator's R . T . Shear . Zoom (each
-  # mapping output to input) is rotate, shift, shear, zoom; then flip.
-  if rotation_range:
-    chain.append(kcv.RandomRotation(
-        factor=rotation_range / 360, fill_mode=fill_mode,
-        interpolation=interpolation, seed=next_seed(), **common))
-  if width_shift_range or height_shift_range:
-    if width_shift_range >= 1 or height_shift_range >= 1:
-      raise ValueError(
-          'the keras-cv chain takes shift ranges as fractions below 1, got '
-          f'width_shift_range={width_shift_range}, '
-          f'height_shift_range={height_shift_range}')
-    chain.append(kcv.RandomTranslation(
-        height_factor=height_shift_range, width_factor=width_shift_range,
-        fill_mode=fill_mode, interpolation=interpolation, seed=next_seed(),
-        **common))
-  if shear_range:
-    # keras-cv wants a coefficient: x_in = x + k * y with k ~ +-U(0, x_factor).
-    # ImageDataGenerator's angle s is the shear tan(s) after a cos(s)
-    # vertical scale (1 - 6e-6 at 0.2 deg), which keras-cv cannot express.
-    chain.append(kcv.RandomShear(
-        x_factor=math.tan(math.radians(shear_range)), fill_mode=fill_mode,
-        interpolation=interpolation, seed=next_seed(), **common))
-  zoom_lower, zoom_upper = zoom_bounds(zoom_range)
-  if (zoom_lower, zoom_upper) != (1, 1):
-    # keras-cv samples 1 + U(lo, hi) as the output-to-input scale, as
-    # ImageDataGenerator does; both factors given, so the axes are
-    # independent.
-    factor = (zoom_lower - 1, zoom_upper - 1)
-    chain.append(kcv.RandomZoom(
-        height_factor=factor, width_factor=factor, fill_mode=fill_mode,
-        interpolation=interpolation, seed=next_seed(), **common))
-  if horizontal_flip:
-    chain.append(kcv.RandomFlip('horizontal', seed=next_seed(), **common))
-  return chain
-
-
-@keras.saving.register_keras_serializable(package='xray_tfdata')
-class KerasCVAugmentation(_ImageDataGeneratorAugmentation):
-  """The keras-cv augmentation chain, with ImageDataGenerator's arguments.
-
-  Runs keras_cv.layers RandomRotation, RandomTranslation, RandomShear,
-  RandomZoom and RandomFlip('horizontal') (only those whose range is set),
-  converted: rotation degrees -> fraction of a turn; shift fractions as is
-  (width_shift_range horizontal, like RandomAffine); shear angle ->
-  coefficient tan(angle); zoom U(1 - z, 1 + z) on each axis independently.
-  Residual differences from ImageDataGenerator and RandomAffine: four
-  resampling passes instead of one (softer images, edge fill accumulated);
-  keras-cv's shear is not centred (the top row stays fixed, an extra shift of
-  up to tan(shear_range) * (H - 1) / 2 pixels, 0.4 px at 224 px and 0.2 deg)
-  and omits the cos(shear) vertical scale; the shear coefficient, not the
-  angle, is uniform. Shift ranges must be fractions below 1.
-
-  keras-cv 0.9 layers ignore `training` and augment in evaluation and
-  prediction too; this wrapper calls them only when `training` is truthy and
-  otherwise returns the input cast to float32. It computes in float32
-  whatever the policy, and sets supports_jit False (ImageProjectiveTransformV3
-  has no XLA kernel; keras-cv layers claim JIT support, which would make
-  Keras' jit_compile='auto' turn XLA on and fail on a GPU). With a seed the
-  draws repeat from one run to the next, but two identically seeded chains in
-  one process differ (RandomShear samples with a stateful, op-seeded
-  tf.random.uniform).
-  """
-
-  def __init__(self, rotation_range=0., width_shift_range=0.,
-               height_shift_range=0., shear_range=0., zoom_range=0.,
-               horizontal_flip=False, fill_mode='nearest',
-               interpolation='bilinear', seed=None, **kwargs):
-    super().__init__(rotation_range, width_shift_range, height_shift_range,
-                     shear_range, zoom_range, horizontal_flip, fill_mode,
-                     interpolation, seed, **kwargs)
-    self.chain = _keras_cv_layers(
-        **self.ranges, fill_mode=fill_mode, interpolation=interpolation,
-        seed=seed)
-
-  def build(self, input_shape):
-    # The keras-cv layers hold no weights; building them here tells Keras
-    # so (otherwise it warns about unbuilt state when the model is built).
-    for layer in self.chain:
-      layer.build(input_shape)
-
-  def call(self, images, training=None):
-    images = tf.cast(images, tf.float32)
-    if not training:
-      return images
-    for layer in self.chain:
-      images = layer(images)
-    return images
-
-
-
-def keras_cv_chain(rotation_range=0., width_shift_range=0.,
-                   height_shift_range=0., shear_range=0., zoom_range=0.,
-                   horizontal_flip=False, fill_mode='nearest',
-                   interpolation='bilinear', seed=None, **kwargs):
-  """Returns the keras-cv chain for ImageDataGenerator's arguments.
-
-  Args:
-    rotation_range, width_shift_range, height_shift_range, shear_range,
-      zoom_range, horizontal_flip: ImageDataGenerator's arguments and
-      meanings (width_shift_range horizontal); shifts as fractions below 1.
-    fill_mode: one of FILL_MODES (keras-cv supports all four).
-    interpolation: 'bilinear' or 'nearest'.
-    seed: int or None.
-    **kwargs: passed to keras.layers.Layer (e.g. name).
-
-  Returns:
-    A KerasCVAugmentation layer: augments only when training.
-
-  Raises:
-    ValueError: on a bad range, fill_mode or interpolation.
-  """
-  return KerasCVAugmentation(
-      rotation_range=rotation_range, width_shift_range=width_shift_range,
-      height_shift_range=height_shift_range, shear_range=shear_range,
-      zoom_range=zoom_range, horizontal_flip=horizontal_flip,
-      fill_mode=fill_mode, interpolation=interpolation, seed=seed, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package='xray_tfdata')
@@ -583,7 +467,7 @@ class NoAugmentation(keras.layers.Layer):
 
   def call(self, images, training=None):
     del training  # Same output either way.
-    return tf.cast(images, tf.float32)
+    return ops.cast(images, 'float32')
 
   def compute_output_shape(self, input_shape):
     return input_shape
@@ -611,7 +495,7 @@ def make_augmentation(kind='fused', **idg_kwargs):
   if kind == 'fused':
     return RandomAffine(**idg_kwargs)
   if kind == 'keras_cv':
-    return keras_cv_chain(**idg_kwargs)
+    return _keras_cv_module().keras_cv_chain(**idg_kwargs)
   if kind == 'none':
     layer_kwargs = {key: value for key, value in idg_kwargs.items()
                     if key in ('name', 'trainable')}
@@ -622,3 +506,15 @@ def make_augmentation(kind='fused', **idg_kwargs):
     return NoAugmentation(**layer_kwargs)
   raise ValueError(f'unknown augmentation kind {kind!r}; expected one of '
                    f'{KINDS}')
+
+
+def _keras_cv_module():
+  return importlib.import_module('xray_tfdata.augment_keras_cv')
+
+
+def __getattr__(name):
+  # The keras-cv chain is TensorFlow-only: imported on first use, so that
+  # this module imports on every backend (and without TensorFlow).
+  if name in ('KerasCVAugmentation', 'keras_cv_chain'):
+    return getattr(_keras_cv_module(), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -11,6 +11,10 @@ VGG16 preprocessing, as it does in ImageDataGenerator.
 Keras dtype policies are process-global: a layer takes the policy that is
 global when it is created. Training code should pick the policy once, before
 building anything (`build_model(policy=...)` does it for you).
+
+Device side, any Keras 3 backend: the model is Keras layers and ops, and
+this module imports without TensorFlow; `policy='auto'` asks the active
+backend for its GPUs.
 """
 
 import hashlib
@@ -21,7 +25,7 @@ import urllib.parse
 import urllib.request
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
 
@@ -51,16 +55,55 @@ class WeightsError(ValueError):
   """The requested VGG16 weights cannot be found or loaded."""
 
 
-def gpu_compute_capabilities():
+def _parse_capability(value):
+  # JAX reports '9.0', TensorFlow (9, 0), PyTorch (9, 0); ROCm none.
+  if value is None:
+    return None
+  if isinstance(value, str):
+    try:
+      return tuple(int(part) for part in value.split('.')[:2])
+    except ValueError:
+      return None
+  return tuple(value)
+
+
+def gpu_compute_capabilities(backend=None):
   """Returns the (major, minor) compute capability of each visible GPU.
 
-  A GPU whose driver does not report one (e.g. ROCm) is listed as None.
+  Asks the active Keras backend's own device list, so that the policy
+  follows the devices the model will run on.
+
+  Args:
+    backend: 'tensorflow', 'jax' or 'torch'; None means
+      `keras.backend.backend()`. Other backends (numpy) have no GPUs.
+
+  Returns:
+    A list with one (major, minor) tuple per GPU; a GPU whose driver does
+    not report one (e.g. ROCm) is listed as None.
   """
-  capabilities = []
-  for gpu in tf.config.list_physical_devices('GPU'):
-    details = tf.config.experimental.get_device_details(gpu)
-    capabilities.append(details.get('compute_capability'))
-  return capabilities
+  backend = backend or keras.backend.backend()
+  # pylint: disable=g-import-not-at-top  (only the active backend is there)
+  if backend == 'tensorflow':
+    import tensorflow as tf
+    return [_parse_capability(
+        tf.config.experimental.get_device_details(gpu).get(
+            'compute_capability'))
+            for gpu in tf.config.list_physical_devices('GPU')]
+  if backend == 'jax':
+    import jax
+    try:
+      gpus = jax.devices('gpu')
+    except RuntimeError:  # no GPU platform in this jaxlib
+      return []
+    return [_parse_capability(getattr(gpu, 'compute_capability', None))
+            for gpu in gpus]
+  if backend == 'torch':
+    import torch
+    if not torch.cuda.is_available():
+      return []
+    return [_parse_capability(torch.cuda.get_device_capability(index))
+            for index in range(torch.cuda.device_count())]
+  return []
 
 
 def read_cpu_flags(cpuinfo_path='/proc/cpuinfo'):
@@ -90,7 +133,8 @@ def select_policy(policy='auto', gpus=None, cpu_flags=None):
     policy: 'auto', 'float32', 'mixed_float16' or 'mixed_bfloat16'. A named
       policy is returned unchanged, whatever the hardware.
     gpus: compute capabilities of the GPUs, as from
-      `gpu_compute_capabilities()` (the default probes TensorFlow); for tests.
+      `gpu_compute_capabilities()` (the default asks the active Keras
+      backend); for tests.
     cpu_flags: CPU feature flags, as from `read_cpu_flags()` (the default reads
       /proc/cpuinfo); for tests.
 
@@ -127,28 +171,21 @@ class VGG16Preprocess(keras.layers.Layer):
   'caffe' mode: RGB to BGR, subtract the ImageNet BGR means, no scaling;
   expects pixels in 0..255. A single-channel image is taken as gray, like
   PIL's convert('RGB') that ImageDataGenerator's color_mode='rgb' does: its
-  three channels are equal, so a broadcast and one subtraction make the
-  BGR image instead of repeat, flip and subtract. Casts to the
-  layer's compute dtype, since Keras does not autocast integer inputs.
+  three channels are equal, so one broadcasting subtraction, [..., 1] minus
+  the [3] means, makes the BGR image in one pass (fastest of the ways
+  measured, BUILD_NOTES.md) instead of repeat, flip and subtract. Casts to
+  the layer's compute dtype, since Keras does not autocast integer inputs.
+  Keras ops only: any backend.
   """
 
   def call(self, images):
-    images = keras.ops.cast(images, self.compute_dtype)
-    mean = keras.ops.convert_to_tensor(_CAFFE_BGR_MEAN, self.compute_dtype)
+    images = ops.cast(images, self.compute_dtype)
+    mean = ops.convert_to_tensor(_CAFFE_BGR_MEAN, self.compute_dtype)
     channels = images.shape[-1]
     if channels == 1:
-      if self.compute_dtype == 'float32':
-        # A 1x1 convolution with unit weights and -mean as bias writes the
-        # three channels in one pass: 1.4-1.6x the speed of broadcast_to
-        # and subtract on this CPU (BUILD_NOTES.md), and bit-identical
-        # (x * 1 and x + -m are exact).
-        ones = tf.ones([1, 1, 1, 3], images.dtype)
-        return tf.nn.bias_add(
-            tf.nn.conv2d(images, ones, strides=1, padding='VALID'), -mean)
-      rgb_shape = tf.concat([tf.shape(images)[:-1], [3]], axis=0)
-      return tf.broadcast_to(images, rgb_shape) - mean
+      return images - mean
     if channels == 3:
-      return keras.ops.flip(images, axis=-1) - mean
+      return ops.flip(images, axis=-1) - mean
     raise ValueError(f'expected 1 or 3 channels, got {channels}')
 
   def compute_output_shape(self, input_shape):
@@ -390,7 +427,7 @@ def seed_metrics():
   ]
 
 
-def compile_model(model, learning_rate=1e-4, jit_compile=False,
+def compile_model(model, learning_rate=1e-4, jit_compile='auto',
                   steps_per_execution=1):
   """Compiles with Adam, binary cross-entropy and the seed's metrics.
 
@@ -401,9 +438,11 @@ def compile_model(model, learning_rate=1e-4, jit_compile=False,
   Args:
     model: from `build_model`.
     learning_rate: Adam learning rate, > 0.
-    jit_compile: XLA. Off by default: on the 2-core CPU it was measured
-      slower (see BUILD_NOTES.md); 'auto' lets Keras decide.
-    steps_per_execution: training steps per tf.function call.
+    jit_compile: XLA. 'auto' (the default) lets Keras decide: off under
+      TensorFlow on a CPU (measured slower there, BUILD_NOTES.md) and for
+      any model holding ImageProjectiveTransformV3 (RandomAffine under
+      TensorFlow), on under JAX, which otherwise runs op by op.
+    steps_per_execution: training steps per compiled call.
 
   Returns:
     The model, compiled.
