@@ -1,4 +1,8 @@
-"""Tests for xray_tfdata.augment against the real ImageDataGenerator."""
+"""Tests for xray_tfdata.augment under TensorFlow: sampling, the layers in
+Keras models, tf.function and tf.data, keras-cv, serialization.
+
+The parity tests against the real ImageDataGenerator, which run on every
+Keras backend, are in test_backend_parity.py."""
 
 import os
 import warnings
@@ -14,136 +18,10 @@ from xray_tfdata import augment
 
 ImageDataGenerator = tf.keras.preprocessing.image.ImageDataGenerator
 
-# Parameter draws within the seed's ranges; the last set has a large shear so
-# that its direction matters.
-_SEED_LIKE = dict(rotation=40, shift_x=0.3, shift_y=0.4, shear=0.2, zoom=0.4)
-_LARGE_SHEAR = dict(rotation=40, shift_x=0.3, shift_y=0.4, shear=20, zoom=0.4)
-
 
 def _smooth_image(rng, height, width, channels):
   noise = rng.uniform(0, 255, (height, width, channels))
   return ndimage.gaussian_filter(noise, (2, 2, 0)).astype(np.float32)
-
-
-def _random_params(rng, height, width, ranges):
-  return dict(
-      theta=rng.uniform(-ranges['rotation'], ranges['rotation']),
-      tx=rng.uniform(-ranges['shift_x'], ranges['shift_x']) * width,
-      ty=rng.uniform(-ranges['shift_y'], ranges['shift_y']) * height,
-      shear=rng.uniform(-ranges['shear'], ranges['shear']),
-      zx=rng.uniform(1 - ranges['zoom'], 1 + ranges['zoom']),
-      zy=rng.uniform(1 - ranges['zoom'], 1 + ranges['zoom']),
-      flip_horizontal=bool(rng.random() < 0.5))
-
-
-def _interior_mask(params, height, width):
-  """Output pixels whose source lies at least 1 px inside the input.
-
-  Found with ImageDataGenerator itself (constant fill on an all-ones image),
-  so it does not depend on the code under test.
-  """
-  ones = np.ones((height, width, 1), np.float32)
-  inside = ImageDataGenerator(fill_mode='constant', cval=0.0).apply_transform(
-      ones, params)[..., 0] > 1 - 1e-6
-  return ndimage.binary_erosion(inside, iterations=1)
-
-
-def _batch(params_list):
-  return {key: np.array([p[key] for p in params_list], np.float32)
-          for key in params_list[0]}
-
-
-@pytest.mark.parametrize(
-    'height, width, channels, center',
-    [(32, 48, 1, 'idg'), (48, 32, 3, 'idg'), (40, 40, 1, 'image'),
-     (32, 32, 3, 'image')])
-@pytest.mark.parametrize('ranges', [_SEED_LIKE, _LARGE_SHEAR],
-                         ids=['seed_ranges', 'shear_20deg'])
-def test_apply_transform_matches_image_data_generator(
-    height, width, channels, center, ranges):
-  rng = np.random.default_rng(height * 100 + width + channels)
-  images, params_list, expected = [], [], []
-  for _ in range(8):
-    image = _smooth_image(rng, height, width, channels)
-    params = _random_params(rng, height, width, ranges)
-    images.append(image)
-    params_list.append(params)
-    expected.append(ImageDataGenerator().apply_transform(image, params))
-
-  actual = augment.apply_transform(
-      np.stack(images), _batch(params_list), center=center).numpy()
-
-  assert actual.dtype == np.float32
-  assert actual.shape == (8, height, width, channels)
-  for i, params in enumerate(params_list):
-    mask = _interior_mask(params, height, width)
-    assert mask.sum() > 0.1 * height * width  # The comparison is not empty.
-    diff = np.abs(actual[i] - expected[i])[mask]
-    assert diff.max() < 1e-3 * 255, (i, params, diff.max())
-
-
-def test_non_square_rotates_about_image_centre_unlike_idg():
-  rng = np.random.default_rng(1)
-  image = _smooth_image(rng, 32, 48, 1)
-
-  rotated = augment.apply_transform(image[None], {'theta': [180.0]})[0]
-  idg = ImageDataGenerator().apply_transform(image, {'theta': 180.0})
-
-  # 180 degrees about the true centre is a flip of both axes.
-  np.testing.assert_allclose(rotated, image[::-1, ::-1], atol=1e-3)
-  # ImageDataGenerator's centre is off on non-square images (documented).
-  assert np.abs(idg - image[::-1, ::-1]).max() > 10
-
-
-def test_identity_params_give_identity_for_uint8():
-  images = np.random.default_rng(2).integers(0, 256, (3, 32, 48, 1), np.uint8)
-  identity = dict(augment.PARAM_DEFAULTS)
-
-  actual = augment.apply_transform(images, identity)
-  missing_keys = augment.apply_transform(images, {})
-
-  assert actual.dtype == tf.float32
-  np.testing.assert_allclose(actual, images.astype(np.float32), atol=1e-3)
-  np.testing.assert_allclose(missing_keys, images.astype(np.float32),
-                             atol=1e-3)
-
-
-def test_flip_only_mirrors_the_flagged_images():
-  images = np.random.default_rng(3).uniform(0, 1, (3, 32, 48, 3))
-
-  actual = augment.apply_transform(
-      images, {'flip_horizontal': [1.0, 0.0, 1.0]}).numpy()
-
-  np.testing.assert_allclose(actual[0], images[0, :, ::-1], atol=1e-5)
-  np.testing.assert_allclose(actual[1], images[1], atol=1e-5)
-  np.testing.assert_allclose(actual[2], images[2, :, ::-1], atol=1e-5)
-
-
-def test_tx_is_horizontal_and_ty_vertical():
-  images = np.random.default_rng(4).uniform(0, 1, (1, 32, 48, 1))
-
-  moved_x = augment.apply_transform(images, {'tx': [3.0]}).numpy()
-  moved_y = augment.apply_transform(images, {'ty': [2.0]}).numpy()
-
-  # out(x) = in(x + tx): content moves left by tx, up by ty.
-  np.testing.assert_allclose(moved_x[0, :, :-3], images[0, :, 3:], atol=1e-5)
-  np.testing.assert_allclose(moved_y[0, :-2], images[0, 2:], atol=1e-5)
-
-
-def test_bad_arguments_raise_value_error():
-  images = np.zeros((1, 8, 8, 1), np.float32)
-  with pytest.raises(ValueError, match='fill_mode'):
-    augment.apply_transform(images, {}, fill_mode='mirror')
-  with pytest.raises(ValueError, match='unknown transform parameters'):
-    augment.apply_transform(images, {'rotation': [1.0]})
-  with pytest.raises(ValueError, match=r'\[B, H, W, C\]'):
-    augment.apply_transform(images[0], {})
-  with pytest.raises(ValueError, match='rotation_range'):
-    augment.RandomAffine(rotation_range=-1)
-  with pytest.raises(ValueError, match='zoom_range'):
-    augment.sample_params(4, 8, 8, zoom_range=1.5)
-  with pytest.raises(ValueError, match='unknown augmentation kind'):
-    augment.make_augmentation('albumentations')
 
 
 def _idg_samples(count, height, width):

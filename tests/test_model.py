@@ -56,7 +56,7 @@ def test_preprocessing_matches_vgg16_preprocess_input(channels):
   images = _images(channels=channels)
   rgb = np.repeat(images, 3, axis=-1) if channels == 1 else images
   expected = keras.applications.vgg16.preprocess_input(rgb.astype('float32'))
-  # Exactly: the gray path's 1x1 convolution multiplies by 1 and adds -mean.
+  # Exactly: the gray path subtracts the means from the one channel.
   np.testing.assert_array_equal(preprocess(images), expected)
 
 

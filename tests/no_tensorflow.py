@@ -1,0 +1,40 @@
+"""Runs pytest with TensorFlow made unimportable, for the backend tests.
+
+  KERAS_BACKEND=jax python tests/no_tensorflow.py tests/test_backend_parity.py
+
+The device side (augment, model, benchmark_device) must import and work on a
+machine where TensorFlow is not installed, such as a JAX GPU host. Importing
+tensorflow, tf_keras, keras_cv or tensorflow_datasets here raises
+ModuleNotFoundError, as it would there.
+"""
+
+import importlib.abc
+import sys
+
+BLOCKED = ('tensorflow', 'tf_keras', 'keras_cv', 'tensorflow_datasets')
+
+
+class _BlockTensorFlow(importlib.abc.MetaPathFinder):
+
+  def find_spec(self, name, path=None, target=None):
+    del path, target
+    if name.partition('.')[0] in BLOCKED:
+      raise ModuleNotFoundError(
+          f'No module named {name!r} (blocked by tests/no_tensorflow.py)',
+          name=name)
+    return None
+
+
+def block_tensorflow():
+  """Makes the BLOCKED packages unimportable in this process."""
+  sys.meta_path.insert(0, _BlockTensorFlow())
+
+
+def main(argv):
+  block_tensorflow()
+  import pytest  # pylint: disable=g-import-not-at-top
+  return pytest.main(argv)
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
