@@ -1,6 +1,7 @@
 """Runs pytest with TensorFlow made unimportable, for the backend tests.
 
   KERAS_BACKEND=jax python tests/no_tensorflow.py tests/test_backend_parity.py
+  KERAS_BACKEND=jax python tests/no_tensorflow.py --script tools/benchmark ...
 
 The device side (augment, model, benchmark_device) must import and work on a
 machine where TensorFlow is not installed, such as a JAX GPU host. Importing
@@ -9,6 +10,7 @@ ModuleNotFoundError, as it would there.
 """
 
 import importlib.abc
+import runpy
 import sys
 
 BLOCKED = ('tensorflow', 'tf_keras', 'keras_cv', 'tensorflow_datasets')
@@ -31,7 +33,12 @@ def block_tensorflow():
 
 
 def main(argv):
+  """Runs pytest with argv, or with --script PATH ARGS... that script."""
   block_tensorflow()
+  if argv[:1] == ['--script']:
+    sys.argv = argv[1:]
+    runpy.run_path(argv[1], run_name='__main__')
+    return 0
   import pytest  # pylint: disable=g-import-not-at-top
   return pytest.main(argv)
 

@@ -30,3 +30,35 @@ def test_parity_and_model_tests_pass_on_jax_without_tensorflow():
   assert ' passed' in result.stdout, output
   for outcome in ('failed', 'skipped', 'error'):
     assert outcome not in result.stdout.splitlines()[-1], output
+
+
+@pytest.mark.slow
+def test_device_epoch_benchmark_runs_on_jax_without_tensorflow(tmp_path):
+  output = tmp_path / 'result.json'
+  result = subprocess.run(
+      [sys.executable, _NO_TENSORFLOW, '--script',
+       os.path.join(REPO_ROOT, 'tools', 'benchmark'), '--mode=device_epoch',
+       f'--work_dir={tmp_path}', '--num_images=24', '--image_size=32',
+       '--batch_size=4', '--train_images=8', '--val_images=6', '--repeats=1',
+       '--variants=baseline,library,library_mixed_bfloat16,floor',
+       f'--output={output}'],
+      cwd=REPO_ROOT, env=_jax_env(), capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+  report = json.loads(output.read_text())
+  assert report['mode'] == 'device_epoch'
+  assert report['machine']['backend'] == 'jax'
+  assert report['machine']['versions']['tensorflow'] is None
+  assert report['machine']['versions']['jax']
+  assert report['policies'] == {
+      'baseline': 'float32', 'library': report['policies']['library'],
+      'library_mixed_bfloat16': 'mixed_bfloat16',
+      'floor': report['policies']['library']}
+  assert report['train_images'] == 8 and report['val_images'] == 6
+  for name in report['policies']:
+    assert len(report['epoch_seconds'][name]) == 1
+    assert report['epoch_seconds'][name][0] > 0
+  assert report['speedup_vs_baseline']['baseline'] == 1.0
+  assert report['median_idg_images_per_s'] > 0
+  assert 'library' in result.stdout and 'x baseline' in result.stdout

@@ -18,10 +18,8 @@ rather than single timings.
     run under different environment variables.
 """
 
-import datetime
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -30,45 +28,17 @@ import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import augment
+from xray_tfdata import benchmark_device
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
-from xray_tfdata import runtime
 
-SEED_BATCH_SIZE = 62
+SEED_BATCH_SIZE = benchmark_device.SEED_BATCH_SIZE
 
-# Environment variables that change TensorFlow's CPU speed, recorded with
-# every result.
-_RECORDED_ENV = tuple(runtime.TF_ENV_DEFAULTS) + (
-    'TF_ENABLE_ONEDNN_OPTS', 'TF_NUM_INTRAOP_THREADS', 'TF_NUM_INTEROP_THREADS')
-
-
-def machine_info():
-  """Where and when a result was measured: date, CPU, versions, TF env."""
-  return {
-      'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-      'cpu_count': os.cpu_count(),
-      'platform': platform.platform(),
-      'python': platform.python_version(),
-      'tensorflow': tf.__version__,
-      'keras': keras.__version__,
-      'env': {name: os.environ.get(name) for name in _RECORDED_ENV},
-  }
-
-
-def seed_image_data_generator(augmentation=True):
-  """The seed's ImageDataGenerator (augmentation off: its validation one)."""
-  idg = tf.keras.preprocessing.image.ImageDataGenerator
-  kwargs = dict(augment.SEED_AUGMENTATION) if augmentation else {}
-  return idg(preprocessing_function=keras.applications.vgg16.preprocess_input,
-             **kwargs)
-
-
-def seed_flow(directory, image_size, batch_size, augmentation=True,
-              shuffle=True, seed=0):
-  """The seed's `flow_from_directory` iterator over class folders."""
-  return seed_image_data_generator(augmentation).flow_from_directory(
-      directory, target_size=(image_size, image_size),
-      batch_size=batch_size, class_mode='binary', shuffle=shuffle, seed=seed)
+# The seed's baseline and the machine record are shared with the
+# TensorFlow-free device_epoch mode, where they are defined.
+machine_info = benchmark_device.machine_info
+seed_flow = benchmark_device.seed_flow
+_baseline_model = benchmark_device.baseline_model
 
 
 def _device_preprocess(kind):
@@ -262,25 +232,6 @@ def _seed_model(image_size, augmentation, policy):
   return net
 
 
-def _baseline_model(image_size):
-  """The seed's model as it was written: float32, 3-channel float input
-  already preprocessed by ImageDataGenerator."""
-  keras.mixed_precision.set_global_policy('float32')
-  base = keras.applications.VGG16(include_top=False, weights=None,
-                                  input_shape=(image_size, image_size, 3))
-  for layer in base.layers[:15]:
-    layer.trainable = False
-  x = keras.layers.Flatten()(base.output)
-  x = keras.layers.Dense(512, activation='relu')(x)
-  x = keras.layers.Dropout(0.4)(x)
-  x = keras.layers.Dense(64, activation='relu')(x)
-  x = keras.layers.Dropout(0.4)(x)
-  out = keras.layers.Dense(1, activation='sigmoid')(x)
-  net = keras.Model(base.input, out)
-  model_lib.compile_model(net)
-  return net
-
-
 def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZE,
                     train_images=248, val_images=62, repeats=3, policy='auto',
                     variants=('baseline', 'fused', 'keras_cv', 'floor')):
@@ -406,15 +357,11 @@ def prepare_data(work_dir, num_images, image_size, seed=0):
   The baseline reads the pool with flow_from_directory (train and
   validation draw from the same images; only speed is measured here).
   """
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
   from xray_tfdata import training  # pylint: disable=g-import-not-at-top
   from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
 
-  src_dir = os.path.join(work_dir, 'jpeg')
+  src_dir = benchmark_device.prepare_jpegs(work_dir, num_images, seed=seed)
   data_dir = os.path.join(work_dir, f'tfrecords_{image_size}')
-  if not os.path.exists(src_dir) or not os.listdir(src_dir):
-    synthetic.make_synthetic_kermany(src_dir, num_images=num_images, seed=seed,
-                                     layout='pool', progress=True)
   if not os.path.exists(os.path.join(data_dir, 'dataset_info.json')):
     val_counts, test_counts = training.seed_split_counts(num_images)
     writer.convert(src_dir, data_dir, image_size=image_size, resplit=True,
