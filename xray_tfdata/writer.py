@@ -180,7 +180,10 @@ def _fingerprint(plan, shards, arguments):
   for _, filename, files in shards:
     digest.update(filename.encode())
     for f in files:
-      mtime = os.stat(os.path.join(plan.src_dir, f.path)).st_mtime_ns
+      try:
+        mtime = os.stat(os.path.join(plan.src_dir, f.path)).st_mtime_ns
+      except OSError:
+        mtime = -1  # gone since the scan: its decode reports why
       digest.update(f'\0{f.path}\0{f.num_bytes}\0{mtime}'.encode())
   return digest.hexdigest()
 
@@ -307,7 +310,7 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
   tasks = [(os.path.join(plan.src_dir, f.path), stored_size)
            for _, _, files in todo for f in files]
   written = {}
-  skipped = []
+  skipped = list(plan.skipped)  # unreadable entries found by the scan
   for _, filename, files in shards:
     if filename in finished:
       done = set(finished[filename]['written'])
