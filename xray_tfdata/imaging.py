@@ -33,6 +33,7 @@ orientation is not applied, as `flow_from_directory` does not apply it.
 
 import io
 import os
+import signal
 import stat
 
 import numpy as np
@@ -106,3 +107,8 @@ def _gray_resized(image, size):
     image = image.convert('L')
   return np.asarray(image.resize(size, _FILTER))
 
+
+def ignore_interrupts():
+  """Pool initializer: Ctrl-C is the main process's to handle (it stops the
+  pool and keeps the finished shards), so the workers print no tracebacks."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -140,7 +140,8 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     # threads do not survive a fork. Started before that import, so the
     # workers' interpreters start up while it runs.
     pool = multiprocessing.get_context('spawn').Pool(
-        min(num_workers, math.ceil(num_tasks / _CHUNKSIZE)))
+        min(num_workers, math.ceil(num_tasks / _CHUNKSIZE)),
+        initializer=imaging.ignore_interrupts)
   try:
     # Imported before the timed stage, so images_per_second compares worker
     # counts fairly (the import takes seconds).
