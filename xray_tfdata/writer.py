@@ -219,6 +219,9 @@ def _prepare_partial(partial, fingerprint, resume):
         record_path = os.path.join(progress_dir, name)
         try:
           record = atomic.read_json(record_path)
+          if not isinstance(record, dict):
+            raise atomic.DamagedStateError(
+                f'{record_path} is damaged: not a record')
         except atomic.DamagedStateError as e:
           print(f'warning: {e}; converting that shard again',
                 file=sys.stderr)
