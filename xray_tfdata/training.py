@@ -30,7 +30,9 @@ import tensorflow as tf
 from xray_tfdata import atomic
 from xray_tfdata import augment
 from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # re-exported
+from xray_tfdata.config import RESUMABLE_CHANGES
 from xray_tfdata.config import TrainingError
+from xray_tfdata import data_service as data_service_lib
 from xray_tfdata import distribute
 from xray_tfdata import evaluation
 from xray_tfdata import model as model_lib
@@ -93,7 +95,7 @@ def prepare_model_dir(model_dir, config, overwrite=False, write=True):
       # A resumed run may be watched differently or fed by another
       # dispatcher.
       changed = sorted(k for k, v in config.to_json().items()
-                       if k not in ('verbose', 'data_service') and
+                       if k not in RESUMABLE_CHANGES and
                        previous.get(k) != v)
       if changed:
         raise TrainingError(
@@ -275,14 +277,25 @@ def train_and_evaluate(config, model_dir, overwrite=False):
     print(f'training: policy {policy}, strategy '
           f'{type(strategy).__name__}, {steps} steps of {config.batch_size}, '
           f'augmentation {config.augmentation}, class weights {class_weight}')
+    watchdog = None
+    if config.data_service:
+      # A service that lost its workers makes fit wait for ever, silently.
+      watchdog = data_service_lib.Watchdog(config.data_service,
+                                           config.data_service_timeout)
+      callbacks.insert(0, DataServiceProgress(watchdog))
+      watchdog.start()
     # Keras' callbacks (checkpoint, CSV, TensorBoard) name no file when the
     # disk fills; model_dir is where they all write.
-    with atomic.naming(work_dir):
-      net.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
-              validation_data=val_ds, class_weight=class_weight,
-              callbacks=callbacks, initial_epoch=initial_epoch,
-              shuffle=False,  # the pipeline shuffles
-              verbose=config.verbose)
+    try:
+      with atomic.naming(work_dir):
+        net.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
+                validation_data=val_ds, class_weight=class_weight,
+                callbacks=callbacks, initial_epoch=initial_epoch,
+                shuffle=False,  # the pipeline shuffles
+                verbose=config.verbose)
+    finally:
+      if watchdog is not None:
+        watchdog.stop()
     losses = net.history.history.get('loss', []) if net.history else []
     if losses and not np.isfinite(losses[-1]):
       raise TrainingError('training diverged (loss is NaN or inf); lower '
@@ -315,7 +328,7 @@ def _data_service_options(config, model_dir):
   # One job per run, shared by its workers, so that together they read each
   # example once per epoch; another run (or other settings) gets another.
   settings = {k: v for k, v in config.to_json().items()
-              if k not in ('verbose', 'data_service')}
+              if k not in RESUMABLE_CHANGES}
   digest = hashlib.sha256(json.dumps([model_dir, settings], sort_keys=True)
                           .encode()).hexdigest()[:16]
   return {'data_service': config.data_service,
@@ -415,6 +428,23 @@ def predict_files(serving_dir, paths):
     raise TrainingError(f'cannot decode an image as JPEG or PNG '
                         f'({e.message.splitlines()[0][:100]})') from e
   return [float(p) for p in probs]
+
+
+class DataServiceProgress(keras.callbacks.Callback):
+  """Tells a data_service.Watchdog that batches are still coming."""
+
+  def __init__(self, watchdog):
+    super().__init__()
+    self.watchdog = watchdog
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.watchdog.progress()
+
+  def on_test_batch_end(self, batch, logs=None):
+    self.watchdog.progress()  # validation reads locally, but takes time
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.watchdog.progress()
 
 
 class EpochSummary(keras.callbacks.Callback):
