@@ -411,6 +411,7 @@ def test_reader_reads_what_the_writer_wrote(converted):
 
 @pytest.mark.parametrize('kwargs, error, message', [
     ({'image_size': 0}, writer.OutputError, 'image_size'),
+    ({'image_size': 5000}, writer.OutputError, 'over 4096'),
     ({'num_shards': 0}, writer.OutputError, 'num_shards'),
     ({'name': 'a/b'}, writer.OutputError, 'name'),
     ({'resplit': True}, sources.SourceError, 'needs val counts'),

@@ -9,6 +9,9 @@ import dataclasses
 import os
 
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker')
+# Settings a resumed run may change: how it is watched and where its data
+# comes from, not what it trains.
+RESUMABLE_CHANGES = ('verbose', 'data_service', 'data_service_timeout')
 
 
 class TrainingError(ValueError):
@@ -43,6 +46,9 @@ class TrainConfig:
   # HOST:PORT of a tf.data service dispatcher to read and decode the training
   # split on; '' reads here (see xray_tfdata.data_service).
   data_service: str = ''
+  # Seconds without a batch from the service before training stops (see
+  # xray_tfdata.data_service.Watchdog).
+  data_service_timeout: int = 600
   steps_per_epoch: int = 0  # 0: one pass over the training split
   bootstrap_resamples: int = 2000
   seed: int = 0
@@ -78,6 +84,9 @@ class TrainConfig:
         data_service_lib.service_address(self.data_service)
       except data_service_lib.DataServiceError as e:
         raise TrainingError(str(e)) from e
+      if not self.data_service_timeout > 0:
+        raise TrainingError(f'data_service_timeout must be positive, got '
+                            f'{self.data_service_timeout}')
     weights = self.weights
     if weights not in ('imagenet', 'none', '') and not os.path.exists(weights):
       raise TrainingError(

@@ -24,9 +24,28 @@ exactly once, under failures).
 
 Datasets with Python functions cannot run on the service; this project's
 pipeline has none.
+
+Failures: when the service's last worker (or the dispatcher) goes away, the
+tf.data client does not fail: it waits, for ever, for a worker to come
+back. `Watchdog` makes that visible: a line every `interval` seconds
+without a batch, naming the dispatcher, and after `timeout` seconds one
+error line and exit code 1 (training resumes from its last finished epoch
+when rerun). The exit is `os._exit`: the training thread is blocked inside
+TensorFlow, where no Python exception can reach it, and the resume state
+is saved only at epoch ends, so nothing finished is lost.
+
+Security: the service has no authentication and no encryption. Anyone who
+can reach the dispatcher's or a worker's port can register workers, read
+the data and run datasets (with file reads) on the workers. TensorFlow's
+servers listen on every interface whatever `worker_address` says (that
+is only the address the trainers are told), so keep the ports behind a
+firewall or on a private network.
 """
 
+import os
 import re
+import sys
+import threading
 import time
 
 import tensorflow as tf
@@ -37,8 +56,85 @@ _ADDRESS = re.compile(r'^(?:grpc://)?([A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]):'
                       r'(\d{1,5})$')
 
 
+DEFAULT_TIMEOUT = 600  # seconds without a batch before training gives up
+WAIT_LINE_INTERVAL = 60  # seconds between the "waiting" lines
+TIMEOUT_EXIT_CODE = 1
+
+
 class DataServiceError(ValueError):
   """A user-caused problem with a tf.data service address or setting."""
+
+
+class Watchdog:
+  """Reports a training input that stopped coming from the service.
+
+  Call `progress()` at every batch (see `training.DataServiceProgress`);
+  between `start()` and `stop()`, a thread prints a waiting line every
+  `interval` seconds without progress and calls `on_timeout(message)` once
+  after `timeout` seconds.
+
+  Args:
+    address: the dispatcher, as the user gave it.
+    timeout: seconds without a batch before giving up.
+    interval: seconds between the waiting lines.
+    log: prints a waiting line (default: stdout).
+    on_timeout: called with the one-line error; default prints it on
+      stderr and ends the process with TIMEOUT_EXIT_CODE.
+  """
+
+  def __init__(self, address, timeout=DEFAULT_TIMEOUT,
+               interval=WAIT_LINE_INTERVAL, log=None, on_timeout=None):
+    self.address = service_address(address)
+    self.timeout = timeout
+    self.interval = min(interval, timeout)
+    self.log = log or (lambda line: print(line, flush=True))
+    self.on_timeout = on_timeout or _exit_with
+    self._last = time.monotonic()
+    self._stopped = threading.Event()
+    self._thread = None
+
+  def progress(self):
+    self._last = time.monotonic()
+
+  def start(self):
+    self.progress()
+    self._stopped.clear()
+    self._thread = threading.Thread(target=self._watch, daemon=True,
+                                    name='data-service-watchdog')
+    self._thread.start()
+    return self
+
+  def stop(self):
+    self._stopped.set()
+    if self._thread is not None:
+      self._thread.join()
+      self._thread = None
+
+  def _watch(self):
+    reported = 0.0
+    while not self._stopped.wait(min(1.0, self.interval / 4)):
+      idle = time.monotonic() - self._last
+      if idle >= self.timeout:
+        self.on_timeout(
+            f'error: no training data from the tf.data service at '
+            f'{self.address} for {idle:.0f} s (its workers or dispatcher '
+            'stopped?); restart tools/data_service there, then rerun the '
+            'same command to resume from the last finished epoch (or raise '
+            '--data_service_timeout)')
+        return
+      if idle < reported:
+        reported = 0.0  # batches came again
+      if idle - reported >= self.interval:
+        reported = idle
+        self.log(f'waiting for the tf.data service at {self.address}: no '
+                 f'batch for {idle:.0f} s; giving up after {self.timeout} s '
+                 '(--data_service_timeout)')
+
+
+def _exit_with(message):
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(TIMEOUT_EXIT_CODE)  # pylint: disable=protected-access
 
 
 def service_address(address):

@@ -33,6 +33,8 @@ orientation is not applied, as `flow_from_directory` does not apply it.
 
 import io
 import os
+import signal
+import stat
 
 import numpy as np
 from PIL import Image
@@ -55,11 +57,19 @@ def decode_and_resize(task):
 
   Returns:
     (png bytes, original height, original width), or a string with the
-    reason the file cannot be used (empty, not an image, corrupt, truncated,
-    unsupported mode).
+    reason the file cannot be used (gone, not a regular file, empty, not an
+    image, corrupt, truncated, unsupported mode).
   """
   path, (height, width) = task
-  if os.path.getsize(path) == 0:
+  # Checked again here, not only by the scan: the file may have been deleted
+  # or replaced since, and opening a FIFO would block this worker forever.
+  try:
+    info = os.stat(path)
+  except OSError as e:
+    return f'cannot read: {e.strerror} (changed since the scan?)'
+  if not stat.S_ISREG(info.st_mode):
+    return 'not a regular file'
+  if info.st_size == 0:
     return 'empty file (0 bytes)'
   # Any decoding failure of one file must not stop a conversion of
   # thousands, and PIL's decoders raise a zoo of types on malformed bytes
@@ -96,3 +106,9 @@ def _gray_resized(image, size):
   if image.mode != 'L':
     image = image.convert('L')
   return np.asarray(image.resize(size, _FILTER))
+
+
+def ignore_interrupts():
+  """Pool initializer: Ctrl-C is the main process's to handle (it stops the
+  pool and keeps the finished shards), so the workers print no tracebacks."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)

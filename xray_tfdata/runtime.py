@@ -11,9 +11,19 @@ inference 24-29% slower (BUILD_NOTES.md, "CPU runtime settings"): export
 TF_ENABLE_ONEDNN_OPTS=1 when training on such a CPU.
 
 Only defaults are set: a value already in the environment wins.
+
+`tool_errors` is the tools' shared ending for errors a user can act on: one
+line on stderr and a non-zero exit instead of a traceback.
 """
 
+import contextlib
 import os
+import signal
+import sys
+
+from xray_tfdata import atomic
+
+INTERRUPTED_EXIT_CODE = 130  # the shell's code for a Ctrl-C (128 + SIGINT)
 
 # Each entry: variable -> (value, why).
 TF_ENV_DEFAULTS = {
@@ -44,3 +54,49 @@ def configure_tensorflow_env(environ=None):
   for name, (value, _) in TF_ENV_DEFAULTS.items():
     environ.setdefault(name, value)
   return {name: environ[name] for name in TF_ENV_DEFAULTS}
+
+
+@contextlib.contextmanager
+def tool_errors(*user_errors):
+  """Ends a tool with one line for the errors a user can act on.
+
+  Inside it, SIGTERM is handled as Ctrl-C, so that both run the cleanup a
+  KeyboardInterrupt runs. Bugs (any other exception) keep their traceback.
+
+  Args:
+    *user_errors: exception classes that describe a user's mistake; their
+      message is printed as `error: <message>`.
+
+  Raises:
+    SystemExit: code 1 with `error: <message>` for a user error or a full
+      disk (naming the path and "no space left"); code 130 with
+      "interrupted; rerun the same command to resume" for Ctrl-C or SIGTERM.
+  """
+  previous = None
+  try:
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+  except ValueError:
+    pass  # not the main thread: leave signals alone
+  try:
+    yield
+  except KeyboardInterrupt:
+    print('interrupted; rerun the same command to resume', file=sys.stderr,
+          flush=True)
+    raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+  except atomic.NoSpaceError as e:
+    raise SystemExit(f'error: {e}') from None
+  except user_errors as e:
+    raise SystemExit(f'error: {e}') from None
+  except Exception as e:  # pylint: disable=broad-except
+    if not atomic.no_space(e):
+      raise
+    path = getattr(e, 'filename', None) or 'the output'
+    raise SystemExit(f'error: {atomic.NoSpaceError(path)}') from None
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt

@@ -18,15 +18,25 @@ level, are not double counted; they are reported as ignored. OS litter
 everywhere. Every other file in a class folder is scanned: whether it is an
 image is decided by decoding it (`imaging.decode_and_resize`).
 
+Entries that cannot be read as files are skipped here, each with a reason,
+and counted as scanned (`Scan.skipped`): a name that is not valid UTF-8 (it
+could not be stored as image/filename), a broken symbolic link or a link
+loop, and anything that is not a regular file (a FIFO, whose open would
+block, a socket, a device). Symbolic links to files are followed; symbolic
+links to folders are not (they may loop, or pull in a whole other tree) and
+are listed as ignored.
+
 No TensorFlow here; this runs before the writer imports it.
 """
 
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import hashlib
 import os
 import re
+import stat
 
 SPLIT_FOLDERS = ('train', 'val', 'test')
 LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool')
@@ -69,12 +79,15 @@ class SourceFile:
 
 @dataclasses.dataclass
 class Scan:
-  """What `scan` found: layout, classes, files (sorted by path), ignored."""
+  """What `scan` found: layout, classes, files (sorted by path), ignored,
+  and entries of class folders skipped as unreadable ([{'path', 'reason'}],
+  sorted by path)."""
   src_dir: str
   layout: str
   class_names: tuple
   files: list
   ignored: list  # relative paths of skipped top-level entries and OS litter
+  skipped: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -82,11 +95,13 @@ class Plan:
   """What to write: `splits` maps split -> files sorted by path.
 
   Attributes:
-    num_scanned: files found in the class folders (litter excluded); equals
-      the files in all splits plus the duplicates.
+    num_scanned: entries found in the class folders (litter excluded);
+      equals the files in all splits plus the duplicates plus `skipped`.
     duplicates: [{'kept', 'dropped', 'sha256'}], relative paths.
     split_counts: {'requested': {split: {class: n}}, 'actual': ...} for a
       re-split, else None.
+    skipped: [{'path', 'reason'}] of entries the scan could not use (see
+      the module docstring); the writer adds the files it cannot decode.
   """
   src_dir: str
   layout: str
@@ -96,6 +111,7 @@ class Plan:
   ignored: list
   num_scanned: int
   split_counts: dict | None = None
+  skipped: list = dataclasses.field(default_factory=list)
 
 
 def patient_id(filename):
@@ -170,7 +186,8 @@ def scan(src_dir, layout='auto'):
                         f'folder, which the {layout} layout needs')
 
   scanned = folders if layout == 'pool' else splits
-  ignored = [e + ('/' if os.path.isdir(os.path.join(src_dir, e)) else '')
+  ignored = [display_path(e) +
+             ('/' if os.path.isdir(os.path.join(src_dir, e)) else '')
              for e in entries if e not in scanned]
 
   class_folders = {}  # split -> sorted class names
@@ -181,10 +198,15 @@ def scan(src_dir, layout='auto'):
       if not is_litter(e) and os.path.isdir(os.path.join(split_dir, e)):
         names.append(e)
       elif split:
-        ignored.append(f'{split}/{e}')
+        ignored.append(f'{split}/{display_path(e)}')
     class_folders[split] = names
 
   class_names = sorted({c for names in class_folders.values() for c in names})
+  for c in class_names:
+    if not _is_utf8(c):
+      raise SourceError(
+          f'class folder name {display_path(c)!r} is not valid UTF-8; rename '
+          'the folder')
   if len(class_names) < 2:
     hint = ''
     if len(class_names) == 1 and splits == [None]:
@@ -202,10 +224,11 @@ def scan(src_dir, layout='auto'):
           f'{class_names}; every split folder needs the same class folders')
 
   files = []
+  skipped = []
   for split in splits:
     for label, class_name in enumerate(class_names):
       rel_root = f'{split}/{class_name}' if split else class_name
-      found = _walk_class_folder(src_dir, rel_root, ignored)
+      found = _walk_class_folder(src_dir, rel_root, ignored, skipped)
       if not any(p.lower().endswith(IMAGE_EXTENSIONS) for p, _ in found):
         raise SourceError(
             f'class folder {os.path.join(src_dir, rel_root)} has no images '
@@ -215,26 +238,69 @@ def scan(src_dir, layout='auto'):
         files.append(SourceFile(path, split, class_name, label,
                                 patient_id(path), num_bytes))
   files.sort(key=lambda f: f.path)
-  return Scan(src_dir, layout, tuple(class_names), files, sorted(ignored))
+  skipped.sort(key=lambda s: s['path'])
+  return Scan(src_dir, layout, tuple(class_names), files, sorted(ignored),
+              skipped)
 
 
-def _walk_class_folder(src_dir, rel_root, ignored):
-  """(relative path, size) of every non-litter file under one class folder."""
+def display_path(path):
+  """`path` printable and JSON-safe: bytes that are not UTF-8 (which Python
+  carries as lone surrogates) shown as \\xNN escapes."""
+  return os.fsencode(path).decode('utf-8', 'backslashreplace')
+
+
+def _is_utf8(name):
+  try:
+    name.encode('utf-8')
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
+def _walk_class_folder(src_dir, rel_root, ignored, skipped):
+  """(relative path, size) of every usable non-litter file under one class
+  folder; appends the others to `skipped` and litter and linked folders to
+  `ignored`."""
   found = []
   for root, dirs, names in os.walk(os.path.join(src_dir, rel_root)):
     rel = os.path.relpath(root, src_dir).replace(os.sep, '/')
     for d in list(dirs):
-      if is_litter(d):
+      if is_litter(d) or os.path.islink(os.path.join(root, d)):
         dirs.remove(d)
-        ignored.append(f'{rel}/{d}/')
+        ignored.append(f'{display_path(rel)}/{display_path(d)}/')
     dirs.sort()
     for name in sorted(names):
+      path = f'{rel}/{name}'
       if is_litter(name):
-        ignored.append(f'{rel}/{name}')
+        ignored.append(display_path(path))
+        continue
+      reason, num_bytes = _check_file(os.path.join(root, name), path)
+      if reason:
+        skipped.append({'path': display_path(path), 'reason': reason})
       else:
-        found.append((f'{rel}/{name}',
-                      os.path.getsize(os.path.join(root, name))))
+        found.append((path, num_bytes))
   return found
+
+
+def _check_file(full_path, rel_path):
+  """(None, size) for a regular file with a UTF-8 name, else (reason, 0)."""
+  if not _is_utf8(rel_path):
+    return 'file name is not valid UTF-8; rename the file', 0
+  try:
+    info = os.stat(full_path)  # follows symbolic links
+  except OSError as e:
+    if os.path.islink(full_path):
+      if e.errno == errno.ELOOP:
+        return 'symbolic link loop', 0
+      return f'broken symbolic link ({e.strerror})', 0
+    return f'cannot read: {e.strerror}', 0
+  if not stat.S_ISREG(info.st_mode):
+    kind = ('FIFO' if stat.S_ISFIFO(info.st_mode) else
+            'socket' if stat.S_ISSOCK(info.st_mode) else
+            'device' if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else 'special file')
+    return f'not a regular file ({kind})', 0
+  return None, info.st_size
 
 
 def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
@@ -265,7 +331,8 @@ def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
         lambda f: _sha256(os.path.join(src_dir, f.path)), candidates))
   by_hash = collections.defaultdict(list)
   for f, digest in zip(candidates, digests):
-    by_hash[digest].append(f)
+    if digest is not None:  # unreadable now: the writer skips it with a reason
+      by_hash[digest].append(f)
 
   def keep_rank(f):
     if prefer_evaluation_splits:
@@ -285,10 +352,15 @@ def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
 
 
 def _sha256(path):
+  """Hex digest of a file, or None if it cannot be read (deleted or made
+  unreadable since the scan)."""
   digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
+  try:
+    with open(path, 'rb') as f:
+      for block in iter(lambda: f.read(1 << 20), b''):
+        digest.update(block)
+  except OSError:
+    return None
   return digest.hexdigest()
 
 
@@ -466,7 +538,8 @@ def plan(src_dir, resplit=False, val_counts=None, test_counts=None,
               for s in SPLIT_FOLDERS
               if any(f.source_split == s for f in found.files)}
   return Plan(src_dir, found.layout, found.class_names, splits, duplicates,
-              found.ignored, len(found.files), split_counts)
+              found.ignored, len(found.files) + len(found.skipped),
+              split_counts, found.skipped)
 
 
 def check_out_dir(src_dir, out_dir):

@@ -20,16 +20,19 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import sys
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from xray_tfdata import atomic
 from xray_tfdata import augment
 from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # re-exported
+from xray_tfdata.config import RESUMABLE_CHANGES
 from xray_tfdata.config import TrainingError
+from xray_tfdata import data_service as data_service_lib
 from xray_tfdata import distribute
 from xray_tfdata import evaluation
 from xray_tfdata import model as model_lib
@@ -41,15 +44,15 @@ CONFIG_JSON = 'config.json'
 MODEL_FILE = 'model.keras'
 SERVING_DIR = 'serving'
 BEST_WEIGHTS = os.path.join('checkpoints', 'best.weights.h5')
+# ModelCheckpoint writes here, and ResumeCallback renames it to BEST_WEIGHTS
+# once complete: Keras writes in place, so a full disk or a kill mid-write
+# would otherwise leave a cut-short best checkpoint behind.
+NEW_BEST_WEIGHTS = os.path.join('checkpoints', 'new-best.weights.h5')
 EVAL_SPLITS = ('train', 'val', 'test')
 
 
-def _atomic_write_text(path, text):
-  directory = os.path.dirname(path) or '.'
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
-  with os.fdopen(fd, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+def _warn(message):
+  print(f'warning: {message}', file=sys.stderr, flush=True)
 
 
 def prepare_model_dir(model_dir, config, overwrite=False, write=True):
@@ -58,12 +61,18 @@ def prepare_model_dir(model_dir, config, overwrite=False, write=True):
   With write=False (the non-chief workers of a multi-worker run) it only
   checks, so that every worker fails alike, and changes nothing.
 
+  A damaged config.json (empty or not JSON: a write cut short) cannot
+  vouch for the resume state, so it is reported and the run starts over.
+
   Returns:
     True when an unfinished run with the same settings will be resumed.
   Raises:
-    TrainingError: model_dir holds a finished run, or an unfinished one with
-      other settings, and overwrite is False.
+    TrainingError: model_dir is a file, or holds a finished run, or an
+      unfinished one with other settings, and overwrite is False.
+    atomic.NoSpaceError: the disk is full.
   """
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    raise TrainingError(f'--model_dir {model_dir} is a file; pass a folder')
   config_path = os.path.join(model_dir, CONFIG_JSON)
   finished = os.path.exists(os.path.join(model_dir, RESULTS_JSON))
   resume = False
@@ -75,21 +84,28 @@ def prepare_model_dir(model_dir, config, overwrite=False, write=True):
         f'{model_dir} already holds a finished run ({RESULTS_JSON}); pass '
         '--overwrite to replace it or choose another --model_dir')
   elif os.path.exists(config_path):
-    with open(config_path) as f:
-      previous = json.load(f)
-    # A resumed run may be watched differently or fed by another dispatcher.
-    changed = sorted(k for k, v in config.to_json().items()
-                     if k not in ('verbose', 'data_service') and
-                     previous.get(k) != v)
-    if changed:
-      raise TrainingError(
-          f'{model_dir} holds an unfinished run with other settings '
-          f'({", ".join(changed)}); rerun with the same flags to resume, or '
-          'pass --overwrite')
-    resume = True
+    try:
+      previous = atomic.read_json(config_path)
+    except atomic.DamagedStateError as e:
+      _warn(f'{e}; starting this run over')
+      if write:
+        ResumeState(os.path.join(model_dir, 'backup')).clear()
+      previous = None
+    if previous is not None:
+      # A resumed run may be watched differently or fed by another
+      # dispatcher.
+      changed = sorted(k for k, v in config.to_json().items()
+                       if k not in RESUMABLE_CHANGES and
+                       previous.get(k) != v)
+      if changed:
+        raise TrainingError(
+            f'{model_dir} holds an unfinished run with other settings '
+            f'({", ".join(changed)}); rerun with the same flags to resume, '
+            'or pass --overwrite')
+      resume = True
   if write:
     os.makedirs(model_dir, exist_ok=True)
-    _atomic_write_text(config_path, json.dumps(config.to_json(), indent=2))
+    atomic.write_text(config_path, json.dumps(config.to_json(), indent=2))
   return resume
 
 
@@ -153,6 +169,8 @@ def train_and_evaluate(config, model_dir, overwrite=False):
     TrainingError, pipeline.DatasetError, model.WeightsError,
       distribute.DistributeError: bad settings or data, before anything is
       trained.
+    atomic.NoSpaceError: the disk filled up; the last finished epoch is
+      kept and a rerun after freeing space resumes from it.
   """
   config.validate()
   # First: a multi-worker strategy must exist before TensorFlow starts.
@@ -227,8 +245,8 @@ def train_and_evaluate(config, model_dir, overwrite=False):
   best_path = os.path.join(work_dir, BEST_WEIGHTS)
   os.makedirs(os.path.dirname(best_path), exist_ok=True)
   checkpoint = keras.callbacks.ModelCheckpoint(
-      best_path, monitor='val_loss', save_best_only=True,
-      save_weights_only=True)
+      os.path.join(work_dir, NEW_BEST_WEIGHTS), monitor='val_loss',
+      save_best_only=True, save_weights_only=True)
   callbacks = [
       keras.callbacks.TerminateOnNaN(),
       early_stopping,
@@ -240,7 +258,7 @@ def train_and_evaluate(config, model_dir, overwrite=False):
       # Last: restores the other callbacks' state after their
       # on_train_begin has reset it, and saves it after they have updated.
       state.callback(net, early_stopping=early_stopping,
-                     checkpoint=checkpoint),
+                     checkpoint=checkpoint, best_path=best_path),
   ]
   initial_epoch = state.epoch() if resume else 0
   if multi_worker:
@@ -259,11 +277,25 @@ def train_and_evaluate(config, model_dir, overwrite=False):
     print(f'training: policy {policy}, strategy '
           f'{type(strategy).__name__}, {steps} steps of {config.batch_size}, '
           f'augmentation {config.augmentation}, class weights {class_weight}')
-    net.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
-            validation_data=val_ds, class_weight=class_weight,
-            callbacks=callbacks, initial_epoch=initial_epoch,
-            shuffle=False,  # the pipeline shuffles
-            verbose=config.verbose)
+    watchdog = None
+    if config.data_service:
+      # A service that lost its workers makes fit wait for ever, silently.
+      watchdog = data_service_lib.Watchdog(config.data_service,
+                                           config.data_service_timeout)
+      callbacks.insert(0, DataServiceProgress(watchdog))
+      watchdog.start()
+    # Keras' callbacks (checkpoint, CSV, TensorBoard) name no file when the
+    # disk fills; model_dir is where they all write.
+    try:
+      with atomic.naming(work_dir):
+        net.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
+                validation_data=val_ds, class_weight=class_weight,
+                callbacks=callbacks, initial_epoch=initial_epoch,
+                shuffle=False,  # the pipeline shuffles
+                verbose=config.verbose)
+    finally:
+      if watchdog is not None:
+        watchdog.stop()
     losses = net.history.history.get('loss', []) if net.history else []
     if losses and not np.isfinite(losses[-1]):
       raise TrainingError('training diverged (loss is NaN or inf); lower '
@@ -275,12 +307,13 @@ def train_and_evaluate(config, model_dir, overwrite=False):
   results['training'] = {
       'policy': policy, 'strategy': type(strategy).__name__,
       'epochs_run': state.epoch(), 'config': config.to_json()}
-  export_model(net, work_dir, config.image_size)
+  with atomic.naming(work_dir):
+    export_model(net, work_dir, config.image_size)
   table = evaluation.results_table_markdown(results)
-  _atomic_write_text(os.path.join(work_dir, RESULTS_MD), table)
+  atomic.write_text(os.path.join(work_dir, RESULTS_MD), table)
   # Last: its presence marks the run as finished.
-  _atomic_write_text(os.path.join(work_dir, RESULTS_JSON),
-                     json.dumps(results, indent=2, default=float))
+  atomic.write_text(os.path.join(work_dir, RESULTS_JSON),
+                    json.dumps(results, indent=2, default=float))
   state.clear()
   if not chief:
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -295,7 +328,7 @@ def _data_service_options(config, model_dir):
   # One job per run, shared by its workers, so that together they read each
   # example once per epoch; another run (or other settings) gets another.
   settings = {k: v for k, v in config.to_json().items()
-              if k not in ('verbose', 'data_service')}
+              if k not in RESUMABLE_CHANGES}
   digest = hashlib.sha256(json.dumps([model_dir, settings], sort_keys=True)
                           .encode()).hexdigest()[:16]
   return {'data_service': config.data_service,
@@ -397,6 +430,23 @@ def predict_files(serving_dir, paths):
   return [float(p) for p in probs]
 
 
+class DataServiceProgress(keras.callbacks.Callback):
+  """Tells a data_service.Watchdog that batches are still coming."""
+
+  def __init__(self, watchdog):
+    super().__init__()
+    self.watchdog = watchdog
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.watchdog.progress()
+
+  def on_test_batch_end(self, batch, logs=None):
+    self.watchdog.progress()  # validation reads locally, but takes time
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.watchdog.progress()
+
+
 class EpochSummary(keras.callbacks.Callback):
   """One line per epoch: time, images/s, the metrics that matter."""
 
@@ -424,8 +474,10 @@ class ResumeState:
   only weights and the epoch, so a resumed run would forget its best
   val_loss and its patience).
 
-  Each file is written to a temporary name and renamed, and the metadata is
-  renamed last, so a kill at any point leaves the previous epoch's state.
+  Weights and optimizer go to the slot the metadata does not point to and
+  are fsynced; the metadata is written atomically last, so a kill or a full
+  disk at any point leaves the previous epoch's state. A damaged metadata
+  file (empty or not JSON) is reported, removed, and the run starts over.
   """
 
   def __init__(self, backup_dir):
@@ -435,8 +487,13 @@ class ResumeState:
   def _meta(self):
     if not os.path.exists(self.meta_path):
       return {}
-    with open(self.meta_path) as f:
-      return json.load(f)
+    try:
+      meta = atomic.read_json(self.meta_path)
+    except atomic.DamagedStateError as e:
+      _warn(f'{e}; training starts again from epoch 0')
+      self.clear()
+      return {}
+    return meta
 
   def epoch(self):
     return int(self._meta().get('epoch', 0))
@@ -447,21 +504,29 @@ class ResumeState:
   def clear(self):
     shutil.rmtree(self.backup_dir, ignore_errors=True)
 
-  def callback(self, net, early_stopping, checkpoint):
-    return ResumeCallback(self, net, early_stopping, checkpoint)
+  def callback(self, net, early_stopping, checkpoint, best_path=None):
+    return ResumeCallback(self, net, early_stopping, checkpoint, best_path)
 
 
 class ResumeCallback(keras.callbacks.Callback):
-  """Saves and restores a ResumeState at epoch boundaries."""
+  """Saves and restores a ResumeState at epoch boundaries.
 
-  def __init__(self, state, net, early_stopping, checkpoint):
+  With `best_path`, it also moves a best checkpoint that ModelCheckpoint
+  has finished writing (to its own filepath) to best_path, before saving
+  the state that records its val_loss.
+  """
+
+  def __init__(self, state, net, early_stopping, checkpoint, best_path=None):
     super().__init__()
     self.state = state
     self.net = net
     self.early_stopping = early_stopping
     self.checkpoint = checkpoint
+    self.best_path = best_path
 
   def on_train_begin(self, logs=None):
+    if self.best_path and os.path.exists(self.checkpoint.filepath):
+      os.remove(self.checkpoint.filepath)  # cut short by a crash: not the best
     meta = self.state._meta()  # pylint: disable=protected-access
     if not meta:
       return
@@ -481,17 +546,24 @@ class ResumeCallback(keras.callbacks.Callback):
       self.checkpoint.best = meta['checkpoint_best']
 
   def on_epoch_end(self, epoch, logs=None):
+    if self.best_path and os.path.exists(self.checkpoint.filepath):
+      atomic.fsync_file(self.checkpoint.filepath)
+      os.replace(self.checkpoint.filepath, self.best_path)
     d = self.state.backup_dir
     os.makedirs(d, exist_ok=True)
     # Alternate between two slots so the files the current metadata points
     # to are never the ones being overwritten.
     slot = (epoch + 1) % 2
-    weights = f'weights-{slot}.weights.h5'
-    optimizer = f'optimizer-{slot}.npz'
-    self.net.save_weights(os.path.join(d, weights), overwrite=True)
-    np.savez(os.path.join(d, optimizer),
-             **{f'v{i}': np.asarray(v.numpy()) for i, v in
-                enumerate(self.net.optimizer.variables)})
+    weights = os.path.join(d, f'weights-{slot}.weights.h5')
+    optimizer = os.path.join(d, f'optimizer-{slot}.npz')
+    with atomic.naming(weights):
+      self.net.save_weights(weights, overwrite=True)
+    with atomic.naming(optimizer):
+      np.savez(optimizer, **{f'v{i}': np.asarray(v.numpy()) for i, v in
+                             enumerate(self.net.optimizer.variables)})
+    atomic.fsync_file(weights)  # on the disk before the metadata names them
+    atomic.fsync_file(optimizer)
+    weights, optimizer = os.path.basename(weights), os.path.basename(optimizer)
     meta = {
         'epoch': epoch + 1,
         'weights': weights,
@@ -502,7 +574,7 @@ class ResumeCallback(keras.callbacks.Callback):
         'checkpoint_best': float(self.checkpoint.best),
         'stopped': bool(self.net.stop_training),
     }
-    _atomic_write_text(self.state.meta_path, json.dumps(meta))
+    atomic.write_json(self.state.meta_path, meta)
 
 
 def _float_or_none(value):

@@ -26,10 +26,14 @@ and only after the new one is complete. out_dir must be a local path (the
 reader takes any tf.io.gfile path). Two runs must not write the same out_dir
 at the same time.
 
-Resume: each shard is written as `<shard>.tmp`, renamed when closed, and then
-recorded in `.partial/_progress/` with its examples and skipped files, next
-to a fingerprint of the arguments and of every source file (path, size,
-modification time). A rerun with the same fingerprint keeps the recorded
+Resume: each shard is written as `<shard>.tmp`, fsynced and renamed when
+closed, and then recorded in `.partial/_progress/` with its examples and
+skipped files (written atomically, `atomic.write_json`), next to a
+fingerprint of the arguments and of every source file (path, size,
+modification time). A damaged record (a write cut short) is reported and
+its shard converted again. A full disk ends the run with
+`atomic.NoSpaceError` naming the file, removes the unfinished `.tmp` and
+keeps the finished shards. A rerun with the same fingerprint keeps the recorded
 shards and converts only the rest; any other `.partial` folder is removed.
 Shards do not depend on each other, so a resumed dataset is byte-identical
 to an uninterrupted one.
@@ -51,6 +55,7 @@ import shutil
 import sys
 import time
 
+from xray_tfdata import atomic
 from xray_tfdata import imaging
 from xray_tfdata import schema
 from xray_tfdata import sources
@@ -63,6 +68,9 @@ _MIN_SHARDS = 8
 # small next to a decode (about 10 ms), small enough for load balance.
 _CHUNKSIZE = 4
 _LIST_LIMIT = 10  # skipped files and duplicates listed in the printed summary
+# Largest stored side: a decode holds a few float copies of the image per
+# worker, about 0.3 GB at 4096 px but 160 GB at 100000.
+MAX_IMAGE_SIZE = 4096
 
 
 class OutputError(ValueError):
@@ -103,6 +111,8 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     sources.SourceError: bad source folder or split counts.
     OutputError: out_dir holds a dataset (without overwrite) or other
       files, or bad image_size, num_shards, num_workers or name.
+    atomic.NoSpaceError: the disk filled up; the finished shards are kept
+      (with resume) and a rerun after freeing space resumes.
   """
   start = time.perf_counter()
   created = datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -133,7 +143,8 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     # threads do not survive a fork. Started before that import, so the
     # workers' interpreters start up while it runs.
     pool = multiprocessing.get_context('spawn').Pool(
-        min(num_workers, math.ceil(num_tasks / _CHUNKSIZE)))
+        min(num_workers, math.ceil(num_tasks / _CHUNKSIZE)),
+        initializer=imaging.ignore_interrupts)
   try:
     # Imported before the timed stage, so images_per_second compares worker
     # counts fairly (the import takes seconds).
@@ -148,9 +159,8 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
                          name, arguments, created, timing, num_workers)
     shutil.rmtree(os.path.join(partial, _PROGRESS_DIR))
     # Written last: its presence is what marks a dataset as finished.
-    with open(os.path.join(partial, schema.INFO_FILENAME), 'w') as f:
-      json.dump(info, f, indent=1)
-      f.write('\n')
+    atomic.write_json(os.path.join(partial, schema.INFO_FILENAME), info,
+                      indent=1)
     _move_into_place(partial, out_dir)
   except BaseException:
     if not resume:
@@ -174,7 +184,10 @@ def _fingerprint(plan, shards, arguments):
   for _, filename, files in shards:
     digest.update(filename.encode())
     for f in files:
-      mtime = os.stat(os.path.join(plan.src_dir, f.path)).st_mtime_ns
+      try:
+        mtime = os.stat(os.path.join(plan.src_dir, f.path)).st_mtime_ns
+      except OSError:
+        mtime = -1  # gone since the scan: its decode reports why
       digest.update(f'\0{f.path}\0{f.num_bytes}\0{mtime}'.encode())
   return digest.hexdigest()
 
@@ -183,33 +196,46 @@ def _prepare_partial(partial, fingerprint, resume):
   """Creates the `.partial` folder, or reuses one an interrupted run left.
 
   Finished shards are reused only if the run had the same fingerprint and
-  the shard file still has the size recorded when it was closed.
+  the shard file still has the size recorded when it was closed. A damaged
+  record (empty or not JSON: a write cut short) is reported on stderr and
+  its shard converted again; a damaged fingerprint starts over.
 
   Returns:
     {shard filename: {'written': [paths], 'skipped': [...], 'num_bytes'}}.
+
+  Raises:
+    atomic.NoSpaceError: the disk is full.
   """
   progress_dir = os.path.join(partial, _PROGRESS_DIR)
   fingerprint_path = os.path.join(progress_dir, 'fingerprint')
   if os.path.isdir(partial):
     finished = {}
     if resume and os.path.isfile(fingerprint_path):
-      with open(fingerprint_path) as f:
-        same = f.read() == fingerprint
-      for name in os.listdir(progress_dir) if same else ():
+      with open(fingerprint_path, 'rb') as f:
+        same = f.read() == fingerprint.encode()
+      for name in sorted(os.listdir(progress_dir)) if same else ():
         if not name.endswith('.json'):
           continue
-        with open(os.path.join(progress_dir, name)) as f:
-          record = json.load(f)
+        record_path = os.path.join(progress_dir, name)
+        try:
+          record = atomic.read_json(record_path)
+          if not isinstance(record, dict):
+            raise atomic.DamagedStateError(
+                f'{record_path} is damaged: not a record')
+        except atomic.DamagedStateError as e:
+          print(f'warning: {e}; converting that shard again',
+                file=sys.stderr)
+          os.remove(record_path)
+          continue
         shard = os.path.join(partial, name[:-len('.json')])
         if (os.path.isfile(shard) and
-            os.path.getsize(shard) == record['num_bytes']):
+            os.path.getsize(shard) == record.get('num_bytes')):
           finished[name[:-len('.json')]] = record
       if same:
         return finished
     shutil.rmtree(partial)  # another run's leftovers: start over
   os.makedirs(progress_dir)
-  with open(fingerprint_path, 'w') as f:
-    f.write(fingerprint)
+  atomic.write_text(fingerprint_path, fingerprint)
   return {}
 
 
@@ -220,6 +246,9 @@ def _check_arguments(image_size, num_shards, num_workers, name):
       not all(isinstance(s, int) and s >= 1 for s in image_size)):
     raise OutputError(f'image_size must be a positive int or (height, width), '
                       f'got {image_size!r}')
+  if max(image_size) > MAX_IMAGE_SIZE:
+    raise OutputError(f'image_size {image_size!r} is over {MAX_IMAGE_SIZE} '
+                      'pixels a side; choose a smaller --image_size')
   if num_shards is not None and num_shards < 1:
     raise OutputError(f'num_shards must be at least 1, got {num_shards}')
   if num_workers is not None and num_workers < 1:
@@ -291,7 +320,7 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
   tasks = [(os.path.join(plan.src_dir, f.path), stored_size)
            for _, _, files in todo for f in files]
   written = {}
-  skipped = []
+  skipped = list(plan.skipped)  # unreadable entries found by the scan
   for _, filename, files in shards:
     if filename in finished:
       done = set(finished[filename]['written'])
@@ -306,26 +335,33 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
     for _, filename, files in todo:
       path = os.path.join(folder, filename)
       shard_written, shard_skipped = [], []
-      with tf.io.TFRecordWriter(path + '.tmp') as shard:
-        for f in files:
-          result = next(results)
-          bar.update(1)
-          if isinstance(result, str):
-            shard_skipped.append({'path': f.path, 'reason': result})
-            continue
-          png, original_height, original_width = result
-          shard.write(schema.encode_example(
-              png, stored_size[0], stored_size[1], f.label, f.class_name,
-              f.path, f.patient_id, original_height, original_width))
-          shard_written.append(f)
+      try:
+        with atomic.naming(path + '.tmp'):
+          with tf.io.TFRecordWriter(path + '.tmp') as shard:
+            for f in files:
+              result = next(results)
+              bar.update(1)
+              if isinstance(result, str):
+                shard_skipped.append({'path': f.path, 'reason': result})
+                continue
+              png, original_height, original_width = result
+              shard.write(schema.encode_example(
+                  png, stored_size[0], stored_size[1], f.label,
+                  f.class_name, f.path, f.patient_id, original_height,
+                  original_width))
+              shard_written.append(f)
+          atomic.fsync_file(path + '.tmp')
+      except BaseException:
+        # Never complete, so never reused: free its space (a full disk) now.
+        _remove_quietly(path + '.tmp')
+        raise
       os.replace(path + '.tmp', path)
       # The shard's record, for a resumed run: after the rename, so a
       # record always describes a complete shard.
-      with open(os.path.join(folder, _PROGRESS_DIR, filename + '.json'),
-                'w') as record:
-        json.dump({'written': [f.path for f in shard_written],
-                   'skipped': shard_skipped,
-                   'num_bytes': os.path.getsize(path)}, record)
+      atomic.write_json(
+          os.path.join(folder, _PROGRESS_DIR, filename + '.json'),
+          {'written': [f.path for f in shard_written],
+           'skipped': shard_skipped, 'num_bytes': os.path.getsize(path)})
       written[filename] = shard_written
       skipped += shard_skipped
   finally:
@@ -421,6 +457,13 @@ def print_summary(info, out_dir):
         lines.append(f'    ... and {len(items) - _LIST_LIMIT} more, see '
                      f'{schema.INFO_FILENAME}')
   print('\n'.join(lines))
+
+
+def _remove_quietly(path):
+  try:
+    os.remove(path)
+  except OSError:
+    pass
 
 
 def _progress_bar(total, enabled):

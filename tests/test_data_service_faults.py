@@ -1,0 +1,126 @@
+"""A tf.data service that goes away: training says it is waiting, gives up
+after --data_service_timeout with one line, and a rerun resumes."""
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import REPO_ROOT
+from conftest import assert_one_line_error
+from records import write_dataset
+from xray_tfdata import data_service
+
+TIMEOUT_S = 180
+
+
+def _wait_for(condition, seconds=10):
+  deadline = time.monotonic() + seconds
+  while not condition():
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+
+
+def test_watchdog_says_it_is_waiting_then_gives_up_once():
+  lines, errors = [], []
+  dog = data_service.Watchdog('localhost:5050', timeout=2, interval=0.5,
+                              log=lines.append, on_timeout=errors.append)
+  dog.start()
+  try:
+    _wait_for(lambda: errors)
+    time.sleep(0.5)
+  finally:
+    dog.stop()
+  assert len(errors) == 1
+  assert errors[0].startswith('error: no training data from the tf.data '
+                              'service at grpc://localhost:5050')
+  assert 'rerun the same command' in errors[0] and '\n' not in errors[0]
+  assert len(lines) >= 2
+  assert all(l.startswith('waiting for the tf.data service at '
+                          'grpc://localhost:5050') for l in lines)
+
+
+def test_watchdog_is_quiet_while_batches_come():
+  lines, errors = [], []
+  dog = data_service.Watchdog('localhost:5050', timeout=1, interval=0.5,
+                              log=lines.append, on_timeout=errors.append)
+  dog.start()
+  try:
+    for _ in range(20):
+      dog.progress()
+      time.sleep(0.1)
+  finally:
+    dog.stop()
+  assert not lines and not errors
+
+
+def _start_service():
+  """tools/data_service with a dispatcher and a worker; (process, address)."""
+  process = subprocess.Popen(
+      [sys.executable, os.path.join(REPO_ROOT, 'tools', 'data_service'),
+       '--port=0', '--num_workers=1'], stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+  lines = queue.Queue()
+  threading.Thread(target=lambda: [lines.put(l) for l in process.stdout],
+                   daemon=True).start()
+  address = lines.get(timeout=TIMEOUT_S).split()[-1]
+  assert lines.get(timeout=TIMEOUT_S).startswith('worker 0: registered')
+  return process, address
+
+
+@pytest.mark.slow
+def test_training_stops_when_the_service_dies_and_a_rerun_resumes(tmp_path):
+  data_dir = str(tmp_path / 'data')
+  os.makedirs(data_dir)
+  write_dataset(data_dir, {'train': (16, 16), 'val': (4, 4), 'test': (4, 4)},
+                num_shards=4, size=(16, 16), learnable=True)
+  model_dir = str(tmp_path / 'model')
+
+  def train(address):
+    return [sys.executable, os.path.join(REPO_ROOT, 'tools', 'train'),
+            f'--data_dir={data_dir}', f'--model_dir={model_dir}',
+            '--image_size=16', '--batch_size=4', '--epochs=6',
+            '--weights=none', '--backbone=mini_vgg', '--dense_units=8',
+            '--augmentation=none', '--early_stopping_patience=10',
+            '--bootstrap_resamples=100', '--verbose=0',
+            f'--data_service={address}', '--data_service_timeout=4']
+
+  service, address = _start_service()
+  trainer = subprocess.Popen(train(address), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  try:
+    history = os.path.join(model_dir, 'history.csv')
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (os.path.exists(history) and
+               len(open(history).read().splitlines()) >= 2):
+      assert trainer.poll() is None, trainer.communicate()
+      assert time.monotonic() < deadline
+      time.sleep(0.1)
+  finally:
+    os.killpg(service.pid, signal.SIGKILL)  # dispatcher and worker die
+    service.wait()
+  stdout, stderr = trainer.communicate(timeout=TIMEOUT_S)
+  result = subprocess.CompletedProcess(trainer.args, trainer.returncode,
+                                       stdout, stderr)
+  assert_one_line_error(result, 'no training data from the tf.data service',
+                        address)
+  assert not os.path.exists(os.path.join(model_dir, 'results.json'))
+  with open(os.path.join(model_dir, 'backup', 'state.json')) as f:
+    finished = json.load(f)['epoch']
+  assert finished >= 1
+
+  service, address = _start_service()  # another port: allowed on resume
+  try:
+    again = subprocess.run(train(address), capture_output=True, text=True,
+                           timeout=TIMEOUT_S, check=False)
+  finally:
+    os.killpg(service.pid, signal.SIGTERM)
+    service.wait()
+  assert again.returncode == 0, again.stderr
+  assert f'resuming {model_dir} after epoch {finished}' in again.stdout
