@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from xray_tfdata import schema
 from xray_tfdata import synthetic
+from xray_tfdata import writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILE = os.path.join(REPO, 'configs', 'kermany_tfrecords.flags')
@@ -147,13 +149,31 @@ def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
   result = subprocess.run(args[:-1], cwd=REPO, capture_output=True,
                           text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr
-  assert 'resuming:' in result.stdout
+  # Some shards were kept and some converted anew, so both paths show below.
+  kept, total = map(int, re.search(r'resuming: (\d+) of (\d+) shards',
+                                   result.stdout).groups())
+  assert 0 < kept < total
   assert not os.path.exists(partial)
   with open(os.path.join(out, schema.INFO_FILENAME)) as f:
-    counts = json.load(f)['counts']
+    info = json.load(f)
+  counts = info['counts']
   assert counts['scanned'] == 30 * 21 and counts['skipped'] == 0
   assert counts['duplicates'] == 2 * 21  # the tree's 2, copied with it
   assert counts['written'] == 30 * 21 - 2 * 21
+
+  # Byte for byte what an uninterrupted conversion writes.
+  reference = str(tmp_path / 'reference')
+  reference_info = writer.convert(src, reference, num_workers=2,
+                                  progress=False)
+  assert info['splits'] == reference_info['splits']
+  shards = sorted(n for n in os.listdir(reference) if n.startswith('kermany-'))
+  assert len(shards) == total
+  assert sorted(n for n in os.listdir(out) if n.startswith('kermany-')) == \
+      shards
+  for name in shards:
+    with open(os.path.join(out, name), 'rb') as a, \
+        open(os.path.join(reference, name), 'rb') as b:
+      assert a.read() == b.read(), name
 
 
 def test_make_synthetic_tool(tmp_path):
