@@ -120,6 +120,7 @@ def h5_datasets(path):
   return arrays
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_resumes(converted, tmp_path):
   """A run killed with SIGKILL after its first saved epoch, started again
   with the same flags, continues from there and finishes: the rerun holds

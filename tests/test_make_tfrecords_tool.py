@@ -110,6 +110,7 @@ def test_missing_flag_is_a_usage_error(tmp_path):
   assert 'src_dir' in result.stderr and 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
   """SIGKILL mid-write: out_dir never appears; the next run resumes."""
   src = str(tmp_path / 'src')

@@ -195,6 +195,7 @@ def _model_state(net):
           [np.array(v.numpy()) for v in net.optimizer.variables])
 
 
+@pytest.mark.slow
 def test_resume_restores_the_state_of_the_last_finished_epoch(
     data_dir, tmp_path, monkeypatch):
   """A run dies during epoch 2's end, after CSVLogger wrote its row but
