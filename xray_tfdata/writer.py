@@ -198,8 +198,11 @@ def _prepare_partial(partial, fingerprint, resume):
       for name in os.listdir(progress_dir) if same else ():
         if not name.endswith('.json'):
           continue
-        with open(os.path.join(progress_dir, name)) as f:
-          record = json.load(f)
+        try:
+          with open(os.path.join(progress_dir, name)) as f:
+            record = json.load(f)
+        except ValueError:
+          continue  # half-written by an older version: convert it again
         shard = os.path.join(partial, name[:-len('.json')])
         if (os.path.isfile(shard) and
             os.path.getsize(shard) == record['num_bytes']):
@@ -320,12 +323,15 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
           shard_written.append(f)
       os.replace(path + '.tmp', path)
       # The shard's record, for a resumed run: after the rename, so a
-      # record always describes a complete shard.
-      with open(os.path.join(folder, _PROGRESS_DIR, filename + '.json'),
-                'w') as record:
+      # record always describes a complete shard; itself written to a
+      # temporary name and renamed, so a kill -9 mid-write leaves no empty
+      # record (which made the resumed run crash; issue 16).
+      record_path = os.path.join(folder, _PROGRESS_DIR, filename + '.json')
+      with open(record_path + '.tmp', 'w') as record:
         json.dump({'written': [f.path for f in shard_written],
                    'skipped': shard_skipped,
                    'num_bytes': os.path.getsize(path)}, record)
+      os.replace(record_path + '.tmp', record_path)
       written[filename] = shard_written
       skipped += shard_skipped
   finally:
