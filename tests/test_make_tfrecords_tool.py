@@ -135,9 +135,11 @@ def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
                              stderr=subprocess.DEVNULL)
   try:
     deadline = time.monotonic() + 180  # generous: CI machines are shared
-    while not (os.path.isdir(partial) and  # wait for one finished shard
-               any(n.startswith('kermany-') and not n.endswith('.tmp')
-                   for n in os.listdir(partial))):
+    # Wait for one finished shard's progress record (renamed into place
+    # after the shard), so the rerun has a shard to keep.
+    progress = os.path.join(partial, '_progress')
+    while not (os.path.isdir(progress) and
+               any(n.endswith('.json') for n in os.listdir(progress))):
       assert process.poll() is None, 'finished before it could be killed'
       assert time.monotonic() < deadline
       time.sleep(0.01)
