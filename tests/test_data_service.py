@@ -131,6 +131,31 @@ def test_training_reads_through_the_service(service, tmp_path, monkeypatch):
   assert os.path.exists(tmp_path / 'model' / 'results.json')
 
 
+def test_job_name_is_shared_by_one_runs_workers_only():
+  """Every worker of a run (same model_dir and settings) joins one job; a
+  different run, or the same folder with other settings, gets another, so
+  two runs never split each other's epochs."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  config = training.TrainConfig(data_dir='/data', data_service='host:5050')
+
+  def job(model_dir='/runs/a', **changes):
+    options = training._data_service_options(  # pylint: disable=protected-access
+        dataclasses.replace(config, **changes), model_dir)
+    assert options['data_service'] == changes.get('data_service', 'host:5050')
+    return options['data_service_job']
+
+  name = job()
+  assert name.startswith('xray_tfdata-train-') and len(name) > 20
+  assert job() == name
+  # A resumed run may be watched or fed differently: still the same run.
+  assert job(verbose=2, data_service='other:6060') == name
+  others = [job('/runs/b'), job(seed=1), job(learning_rate=1e-3),
+            job(batch_size=16), job(data_dir='/data2')]
+  assert len({name, *others}) == 1 + len(others)
+  assert training._data_service_options(  # pylint: disable=protected-access
+      dataclasses.replace(config, data_service=''), '/runs/a') == {}
+
+
 @pytest.mark.parametrize('address', ['localhost', 'localhost:0',
                                      'http://localhost:5050', 'a b:1', ''])
 def test_malformed_addresses_are_refused(address):

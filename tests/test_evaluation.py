@@ -1,22 +1,16 @@
 """Evaluation maths against brute-force and hand-computed references."""
 
-import itertools
 import json
 import math
 
 import numpy as np
 import pytest
 
+import recount
 from xray_tfdata import evaluation
 
 
-def brute_force_auc(labels, probs):
-  """P(positive scores above negative), ties 1/2, over all pairs."""
-  positives = [p for p, y in zip(probs, labels) if y == 1]
-  negatives = [p for p, y in zip(probs, labels) if y == 0]
-  wins = sum(1.0 if p > n else 0.5 if p == n else 0.0
-             for p, n in itertools.product(positives, negatives))
-  return wins / (len(positives) * len(negatives))
+brute_force_auc = recount.brute_force_auc
 
 
 def noisy_scores(n, seed, separation=1.0, decimals=None):
@@ -154,41 +148,50 @@ def test_bootstrap_ci_is_reproducible_and_skips_one_class_resamples():
 
 
 def test_evaluate_predictions_and_table_agree_with_counts():
+  """Every cell of both tables, the threshold, J and the interval, against
+  a recount from the predictions that shares no code with evaluation."""
   predictions = {split: noisy_scores(n, seed)
                  for split, n, seed in (('train', 400, 6), ('val', 120, 7),
                                         ('test', 150, 8))}
   results = evaluation.evaluate_predictions(predictions, num_resamples=300)
   json.dumps(results)
   table = evaluation.results_table_markdown(results)
+
+  main = recount.markdown_rows(table, 'Results at threshold 0.5')
+  assert list(main) == ['train', 'val', 'test']  # the seed's order
   for split, (labels, probs) in predictions.items():
-    counts = evaluation.confusion_counts(labels, probs)
+    expected = recount.recount(labels, probs, 0.5)
+    recount.assert_row(main[split], expected, recount.MAIN_COLUMNS, split)
     m = results['splits'][split]
-    assert {k: m[k] for k in counts} == counts
-    row = next(line for line in table.splitlines()
-               if line.startswith(f'| {split} |'))
-    assert row == (
-        f"| {split} | {evaluation.roc_auc(labels, probs):.4f} | "
-        f"{m['precision']:.4f} | {m['recall']:.4f} | {counts['tp']} | "
-        f"{counts['tn']} | {counts['fp']} | {counts['fn']} | "
-        f"{m['accuracy']:.4f} |")
-  # Rows in the seed's order.
-  assert table.index('| train |') < table.index('| val |') < table.index(
-      '| test |')
+    assert {k: m[k] for k in ('tp', 'tn', 'fp', 'fn')} == {
+        k: expected[k] for k in ('tp', 'tn', 'fp', 'fn')}
+    assert m['recall'] == pytest.approx(expected['sensitivity'])
+    assert m['specificity'] == pytest.approx(expected['specificity'])
 
   youden = results['youden']
-  assert youden['threshold'] == evaluation.youden_threshold(*predictions['val'])
-  test_counts = evaluation.confusion_counts(*predictions['test'],
-                                            youden['threshold'])
-  assert {k: youden['test'][k] for k in test_counts} == test_counts
-  assert f"Threshold {youden['threshold']:.4f}" in table
-  youden_section = table.split("Youden's J")[1]
-  assert (f"| {test_counts['tp']} | {test_counts['tn']} | "
-          f"{test_counts['fp']} | {test_counts['fn']} |") in youden_section
+  threshold = youden['threshold']
+  val_labels, val_probs = predictions['val']
+  best = recount.best_youden_j(val_labels, val_probs)
+  assert recount.youden_j(val_labels, val_probs, threshold) == pytest.approx(
+      best)
+  assert youden['j'] == pytest.approx(best)
+  assert (f"Threshold {threshold:.4f} (J = sensitivity + specificity - 1 = "
+          f"{best:.4f} on val).") in table
+  expected = recount.recount(*predictions['test'], threshold)
+  # Not a symmetric case: a swap of the two would show.
+  assert abs(expected['sensitivity'] - expected['specificity']) > 1e-3
+  assert youden['test']['recall'] == pytest.approx(expected['sensitivity'])
+  assert youden['test']['specificity'] == pytest.approx(
+      expected['specificity'])
+  rows = recount.markdown_rows(table, "Threshold chosen on val")
+  assert list(rows) == ['test']
+  recount.assert_row(rows['test'], expected, recount.YOUDEN_COLUMNS, 'youden')
 
   low, high = results['test_auc_ci95']
   assert low < results['splits']['test']['auc'] < high
-  assert f'95% CI [{low:.4f}, {high:.4f}]' in table
-  assert '300 resamples' in table
+  test_auc = recount.brute_force_auc(*predictions['test'])
+  assert (f'AUC {test_auc:.4f}, 95% CI [{low:.4f}, {high:.4f}] (percentile '
+          'bootstrap, 300 resamples, seed 0).') in table
 
 
 def test_table_from_plain_split_dict():

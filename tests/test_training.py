@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
+import recount
 from records import write_dataset
-from xray_tfdata import evaluation
 from xray_tfdata import pipeline
 from xray_tfdata import training
 
@@ -34,10 +34,72 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def finished_run(data_dir, tmp_path_factory):
+def fit_calls():
+  """The keyword arguments of every keras.Model.fit call of finished_run."""
+  return []
+
+
+@pytest.fixture(scope='module')
+def finished_run(data_dir, tmp_path_factory, fit_calls):
+  import keras  # pylint: disable=g-import-not-at-top
   model_dir = str(tmp_path_factory.mktemp('run') / 'model')
-  results = training.train_and_evaluate(tiny_config(data_dir), model_dir)
+  fit = keras.Model.fit
+
+  def spy(self, *args, **kwargs):
+    fit_calls.append(kwargs)
+    return fit(self, *args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(keras.Model, 'fit', spy)
+    results = training.train_and_evaluate(tiny_config(data_dir), model_dir)
   return model_dir, results
+
+
+def count_labels_in_shards(data_dir, split):
+  """{class id: examples} read from the split's shard files themselves."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  counts = {}
+  names = [n for n in os.listdir(data_dir) if f'-{split}.tfrecord' in n]
+  assert names
+  for name in names:
+    for record in tf.data.TFRecordDataset(os.path.join(data_dir, name)):
+      example = tf.train.Example.FromString(record.numpy())
+      label = example.features.feature['image/class/label'].int64_list.value[0]
+      counts[label] = counts.get(label, 0) + 1
+  return counts
+
+
+def test_fit_receives_the_seeds_class_weights(finished_run, fit_calls,
+                                              data_dir):
+  """'balanced' weights, n / (classes * count_c), from a count of the
+  shards; NORMAL, the smaller class here as in Kermany, weighs more."""
+  del finished_run
+  assert len(fit_calls) == 1
+  received = fit_calls[0]['class_weight']
+  counts = count_labels_in_shards(data_dir, 'train')
+  assert counts == {0: 10, 1: 14}
+  total = sum(counts.values())
+  assert received == pytest.approx({c: total / (2 * n)
+                                    for c, n in counts.items()})
+  assert received[0] > 1 > received[1]
+
+
+def test_class_weights_off_passes_none(data_dir, tmp_path, monkeypatch):
+  import keras  # pylint: disable=g-import-not-at-top
+  received = []
+
+  class Stop(Exception):
+    pass
+
+  def fit(self, *args, **kwargs):  # records, trains nothing
+    received.append(kwargs['class_weight'])
+    raise Stop()
+
+  monkeypatch.setattr(keras.Model, 'fit', fit)
+  with pytest.raises(Stop):
+    training.train_and_evaluate(tiny_config(data_dir, class_weights=False),
+                                str(tmp_path / 'model'))
+  assert received == [None]
 
 
 def test_run_writes_a_complete_model_dir(finished_run):
@@ -58,30 +120,49 @@ def test_run_writes_a_complete_model_dir(finished_run):
 
 
 def test_results_agree_with_an_independent_evaluation(finished_run, data_dir):
-  """Reload model.keras, predict every split, recount by hand."""
+  """Reload model.keras, predict every split, recount every cell of
+  results.json and results.md by hand."""
   import keras  # pylint: disable=g-import-not-at-top
   model_dir, results = finished_run
   net = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
   builder = pipeline.DatasetBuilder(data_dir)
+  with open(os.path.join(model_dir, 'results.md')) as f:
+    table = f.read()
+  main = recount.markdown_rows(table, 'Results at threshold 0.5')
+  assert list(main) == ['train', 'val', 'test']
+  predictions = {}
   for split, n in (('train', 24), ('val', 11), ('test', 11)):
     images, labels = zip(*builder.as_dataset(split).as_numpy_iterator())
     probs = net.predict(np.stack(images), verbose=0).reshape(-1)
-    predicted = probs >= 0.5
-    labels = np.array(labels).astype(bool)
+    labels = np.array(labels).astype(int)
+    predictions[split] = labels, probs
+    expected = recount.recount(labels, probs, 0.5)
     got = results['splits'][split]
-    assert got['tp'] == int(np.sum(predicted & labels))
-    assert got['fp'] == int(np.sum(predicted & ~labels))
-    assert got['tn'] == int(np.sum(~predicted & ~labels))
-    assert got['fn'] == int(np.sum(~predicted & labels))
-    assert got['tp'] + got['fp'] + got['tn'] + got['fn'] == n
-    assert got['auc'] == pytest.approx(
-        evaluation.roc_auc(labels.astype(int), probs), abs=1e-6)
+    for key in ('tp', 'tn', 'fp', 'fn'):
+      assert got[key] == expected[key], (split, key)
+    assert got['n'] == n
+    assert got['recall'] == pytest.approx(expected['sensitivity'])
+    assert got['specificity'] == pytest.approx(expected['specificity'])
+    assert got['auc'] == pytest.approx(expected['auc'], abs=1e-6)
+    recount.assert_row(main[split], expected, recount.MAIN_COLUMNS, split)
+
+  threshold = results['youden']['threshold']
+  best = recount.best_youden_j(*predictions['val'])
+  assert recount.youden_j(*predictions['val'], threshold) == pytest.approx(
+      best)
+  assert f'Threshold {threshold:.4f}' in table
+  expected = recount.recount(*predictions['test'], threshold)
+  got = results['youden']['test']
+  for key in ('tp', 'tn', 'fp', 'fn'):
+    assert got[key] == expected[key], key
+  assert got['recall'] == pytest.approx(expected['sensitivity'])
+  assert got['specificity'] == pytest.approx(expected['specificity'])
+  rows = recount.markdown_rows(table, 'Threshold chosen on val')
+  recount.assert_row(rows['test'], expected, recount.YOUDEN_COLUMNS, 'youden')
+
   low, high = results['test_auc_ci95']
   assert low <= results['splits']['test']['auc'] <= high
-  with open(os.path.join(model_dir, 'results.md')) as f:
-    table = f.read()
-  for split in ('train', 'val', 'test'):
-    assert f'{results["splits"][split]["auc"]:.4f}' in table
+  assert f'95% CI [{low:.4f}, {high:.4f}]' in table
 
 
 def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
@@ -107,22 +188,43 @@ def test_finished_run_is_not_overwritten(finished_run, data_dir):
     training.train_and_evaluate(tiny_config(data_dir), model_dir)
 
 
-def test_resume_continues_from_the_last_finished_epoch(
+def _model_state(net):
+  """Copies of the weights and the optimizer's variables (iterations,
+  learning rate, Adam's moments), in their fixed order."""
+  return ([np.array(w.numpy()) for w in net.weights],
+          [np.array(v.numpy()) for v in net.optimizer.variables])
+
+
+@pytest.mark.slow
+def test_resume_restores_the_state_of_the_last_finished_epoch(
     data_dir, tmp_path, monkeypatch):
-  """A run killed after epoch 1 was saved resumes at epoch 2, with the
-  early-stopping and checkpoint state it had."""
+  """A run dies during epoch 2's end, after CSVLogger wrote its row but
+  before its state was saved. The rerun starts from the state the model held
+  after epoch 1: the same weights and optimizer variables (iteration count
+  and Adam's moments included), bit for bit, the early-stopping state, and
+  each epoch once in history.csv.
+
+  Final weights are not compared with an uninterrupted run: the resumed
+  input pipeline restarts its shuffle sequence, so the two see other
+  example orders (and dropout masks). float32 is pinned: 'auto' picks
+  mixed_bfloat16 on CPUs with AVX512_BF16.
+  """
   model_dir = str(tmp_path / 'model')
-  config = tiny_config(data_dir, epochs=3)
+  config = tiny_config(data_dir, epochs=3, policy='float32')
+  steps = 24 // 8
 
   class Killed(Exception):
     pass
 
   save = training.ResumeCallback.on_epoch_end
+  killed = {}
 
   def save_then_die(self, epoch, logs=None):
+    if epoch == 1:
+      raise Killed()  # epoch 2's row is in history.csv, its state is not
     save(self, epoch, logs)
-    if epoch == 0:
-      raise Killed()
+    killed['state'] = _model_state(self.net)
+    killed['best'] = self.early_stopping.best
 
   monkeypatch.setattr(training.ResumeCallback, 'on_epoch_end', save_then_die)
   with pytest.raises(Killed):
@@ -131,25 +233,35 @@ def test_resume_continues_from_the_last_finished_epoch(
   assert not os.path.exists(os.path.join(model_dir, 'results.json'))
   state = training.ResumeState(os.path.join(model_dir, 'backup'))
   assert state.epoch() == 1
-  with open(state.meta_path) as f:
-    saved_best = json.load(f)['early_stopping']['best']
-  assert np.isfinite(saved_best)
+  assert np.isfinite(killed['best'])
+  weights, optimizer = killed['state']
+  assert int(optimizer[0]) == steps  # the iteration count comes first
+  assert any(np.any(v != 0) for v in optimizer[2:])  # moments were updated
 
   restored = {}
   begin = training.ResumeCallback.on_train_begin
 
   def record(self, logs=None):
     begin(self, logs)
+    restored['state'] = _model_state(self.net)
     restored['best'] = self.early_stopping.best
-    restored['initial_epoch'] = state.epoch()
+    restored['iterations'] = int(self.net.optimizer.iterations.numpy())
 
   monkeypatch.setattr(training.ResumeCallback, 'on_train_begin', record)
   results = training.train_and_evaluate(config, model_dir)
-  assert restored == {'best': saved_best, 'initial_epoch': 1}
+  assert restored['iterations'] == steps
+  assert restored['best'] == killed['best']
+  got_weights, got_optimizer = restored['state']
+  assert len(got_weights) == len(weights)
+  for got, want in zip(got_weights, weights):
+    np.testing.assert_array_equal(got, want)
+  assert len(got_optimizer) == len(optimizer)
+  for got, want in zip(got_optimizer, optimizer):
+    np.testing.assert_array_equal(got, want)
   assert results['training']['epochs_run'] == 3
   with open(os.path.join(model_dir, 'history.csv')) as f:
     epochs = [row.split(',')[0] for row in f.read().strip().splitlines()[1:]]
-  assert epochs == ['0', '1', '2']  # epoch 0 was not trained twice
+  assert epochs == ['0', '1', '2']  # a list: no epoch logged twice
 
 
 def test_other_settings_refuse_to_resume(data_dir, tmp_path):

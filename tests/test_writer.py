@@ -309,6 +309,27 @@ def test_interrupted_run_resumes_to_the_same_bytes(tree, converted, tmp_path,
   assert not os.path.exists(partial)
 
 
+def test_half_written_progress_record_is_converted_again(
+    tree, converted, tmp_path, monkeypatch):
+  """A kill -9 just after a shard's rename can leave its progress record
+  empty; the rerun converts that shard again instead of crashing."""
+  reference, _ = converted
+  decode = _Interrupter(imaging.decode_and_resize)
+  monkeypatch.setattr(imaging, 'decode_and_resize', decode)
+  out = str(tmp_path / 'data')
+  decode.limit = 20
+  with pytest.raises(KeyboardInterrupt):
+    writer.convert(tree, out, image_size=STORED, num_workers=1, progress=False)
+  progress = os.path.join(out + writer.PARTIAL_SUFFIX, '_progress')
+  records = sorted(n for n in os.listdir(progress) if n.endswith('.json'))
+  assert len(records) >= 2
+  with open(os.path.join(progress, records[0]), 'w'):
+    pass  # empty, as a kill between open() and json.dump() leaves it
+  decode.calls, decode.limit = 0, None
+  writer.convert(tree, out, image_size=STORED, num_workers=1, progress=False)
+  assert _shard_bytes(out) == _shard_bytes(reference)
+
+
 def test_interrupted_run_with_other_arguments_starts_over(tree, tmp_path,
                                                           monkeypatch):
   decode = _Interrupter(imaging.decode_and_resize)

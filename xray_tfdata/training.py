@@ -261,6 +261,8 @@ def train_and_evaluate(config, model_dir, overwrite=False):
                      checkpoint=checkpoint, best_path=best_path),
   ]
   initial_epoch = state.epoch() if resume else 0
+  if resume:
+    _trim_history(os.path.join(work_dir, 'history.csv'), initial_epoch)
   if multi_worker:
     # A worker that cannot read the chief's state would start over.
     resumed = distribute.gather(strategy, [initial_epoch, state.stopped()])
@@ -319,6 +321,26 @@ def train_and_evaluate(config, model_dir, overwrite=False):
     shutil.rmtree(work_dir, ignore_errors=True)
   print(table)
   return results
+
+
+def _trim_history(path, epochs):
+  """Keeps history.csv's header and its rows of the first `epochs` epochs.
+
+  CSVLogger writes an epoch's row before ResumeCallback saves that epoch's
+  state, so a run killed between the two trains the epoch again on resume;
+  without this its row would appear twice (found by tests/test_training.py,
+  issue 16).
+  """
+  if not os.path.exists(path):
+    return
+  with open(path, newline='') as f:
+    lines = f.read().splitlines(keepends=True)
+  kept = lines[:1]
+  for line in lines[1:]:
+    epoch = line.split(',', 1)[0].strip()
+    if epoch.isdigit() and int(epoch) < epochs and line.endswith('\n'):
+      kept.append(line)
+  _atomic_write_text(path, ''.join(kept))
 
 
 def _data_service_options(config, model_dir):

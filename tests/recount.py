@@ -1,0 +1,82 @@
+"""Independent recounts of the results tables from raw predictions.
+
+Plain NumPy and string parsing, sharing no code with xray_tfdata.evaluation,
+so a results table can be checked cell by cell against what the predictions
+say (issue 16).
+"""
+
+import itertools
+
+import numpy as np
+
+# Columns of the two tables of evaluation.results_table_markdown, in order.
+MAIN_COLUMNS = ('auc', 'precision', 'sensitivity', 'tp', 'tn', 'fp', 'fn',
+                'accuracy')
+YOUDEN_COLUMNS = ('sensitivity', 'specificity', 'precision', 'tp', 'tn', 'fp',
+                  'fn', 'accuracy')
+_COUNTS = ('tp', 'tn', 'fp', 'fn')
+
+
+def brute_force_auc(labels, probs):
+  """P(positive scores above negative), ties 1/2, over all pairs."""
+  positives = [p for p, y in zip(probs, labels) if y == 1]
+  negatives = [p for p, y in zip(probs, labels) if y == 0]
+  wins = sum(1.0 if p > n else 0.5 if p == n else 0.0
+             for p, n in itertools.product(positives, negatives))
+  return wins / (len(positives) * len(negatives))
+
+
+def recount(labels, probs, threshold):
+  """Counts and ratios at a threshold (positive when prob > threshold)."""
+  labels = np.asarray(labels).reshape(-1).astype(bool)
+  predicted = np.asarray(probs, np.float64).reshape(-1) > threshold
+  tp = int(np.sum(labels & predicted))
+  tn = int(np.sum(~labels & ~predicted))
+  fp = int(np.sum(~labels & predicted))
+  fn = int(np.sum(labels & ~predicted))
+
+  def ratio(a, b):
+    return a / b if b else 0.0
+
+  return {'tp': tp, 'tn': tn, 'fp': fp, 'fn': fn,
+          'sensitivity': ratio(tp, tp + fn),
+          'specificity': ratio(tn, tn + fp),
+          'precision': ratio(tp, tp + fp),
+          'accuracy': ratio(tp + tn, labels.size),
+          'auc': brute_force_auc(labels.astype(int), probs)}
+
+
+def youden_j(labels, probs, threshold):
+  m = recount(labels, probs, threshold)
+  return m['sensitivity'] + m['specificity'] - 1
+
+
+def best_youden_j(labels, probs):
+  """The largest J over every threshold that splits the probabilities."""
+  values = np.unique(np.asarray(probs, np.float64))
+  candidates = np.concatenate([[values[0] - 1.0], values])
+  return max(youden_j(labels, probs, t) for t in candidates)
+
+
+def markdown_rows(text, heading):
+  """{first cell: [other cells]} of the table in the section whose heading
+  starts with `heading` ('## ' + heading)."""
+  section = text.split('## ' + heading, 1)[1].split('\n## ', 1)[0]
+  rows = {}
+  for line in section.splitlines():
+    if line.startswith('| ') and not line.startswith('| split |'):
+      cells = [c.strip() for c in line.strip().strip('|').split('|')]
+      rows[cells[0]] = cells[1:]
+  return rows
+
+
+def assert_row(cells, expected, columns, where):
+  """Every cell equals the recount: counts exactly, ratios to 4 decimals."""
+  assert len(cells) == len(columns), (where, cells)
+  for column, cell in zip(columns, cells):
+    want = expected[column]
+    if column in _COUNTS:
+      assert cell == str(want), (where, column, cell, want)
+    else:
+      assert abs(float(cell) - want) <= 0.5e-4 + 1e-9, (where, column, cell,
+                                                        want)
