@@ -48,11 +48,14 @@ with open(results_path, 'w') as f:
 # the order examples arrive in (equal on one host; on two workers each reads
 # its own files). No dropout and no augmentation, whose random draws differ
 # by replica.
-# VGG16 frozen whole (only the head trains) halves the run time.
+# VGG16 frozen whole (only the head trains) halves the run time. float32 is
+# pinned: the tolerance below was calibrated in float32, and 'auto' picks
+# mixed_bfloat16 on AVX512_BF16 hosts, where bf16 rounding differs between
+# one device and two replicas by about 4e-5 (issue 14).
 CONFIG = dict(image_size=SIZE, batch_size=24, epochs=2, learning_rate=2e-4,
               weights='none', frozen_blocks=5, dense_units=[16, 8],
               dropout=0.0, augmentation='none', bootstrap_resamples=100,
-              verbose=0)
+              verbose=0, policy='float32')
 
 # The replicas' gradients are summed in another order than one device sums
 # them, so float32 rounding differs: measured at most 1.2e-7 in the losses

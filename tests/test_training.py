@@ -15,11 +15,13 @@ SIZE = 32
 
 
 def tiny_config(data_dir, **overrides):
-  """The seed's settings shrunk: 32 px, small head, weights none."""
+  """The seed's settings shrunk: 32 px, small head, weights none; float32
+  pinned, since 'auto' picks mixed_bfloat16 on AVX512_BF16 hosts and these
+  tests compare numbers across runs and exports."""
   config = training.TrainConfig(
       data_dir=data_dir, image_size=SIZE, batch_size=8, epochs=2,
       weights='none', dense_units=(16, 8), bootstrap_resamples=200,
-      verbose=0)
+      verbose=0, policy='float32')
   for key, value in overrides.items():
     setattr(config, key, value)
   return config
