@@ -62,3 +62,39 @@ def test_device_epoch_benchmark_runs_on_jax_without_tensorflow(tmp_path):
   assert report['speedup_vs_baseline']['baseline'] == 1.0
   assert report['median_idg_images_per_s'] > 0
   assert 'library' in result.stdout and 'x baseline' in result.stdout
+
+
+_TF_DATA_TO_JAX = r'''
+import os, sys
+sys.path.insert(0, os.path.join(sys.argv[1], 'tests'))
+import keras
+import records
+from xray_tfdata import model, pipeline
+
+assert keras.backend.backend() == 'jax'
+records.write_dataset(sys.argv[2], size=(32, 32), learnable=True)
+builder = pipeline.DatasetBuilder(sys.argv[2])
+train = builder.as_dataset('train', batch_size=4, training=True)
+val = builder.as_dataset('val', batch_size=4)
+net = model.build_model(32, dense_units=(8, 4), augmentation='fused',
+                        policy='float32')
+model.compile_model(net)
+history = net.fit(train, steps_per_epoch=builder.steps_per_epoch('train', 4),
+                  epochs=2, validation_data=val,
+                  class_weight=builder.info.class_weights(), verbose=0)
+print('epochs', len(history.history['val_loss']))
+print('predictions', net.predict(val, verbose=0).shape)
+'''
+
+
+@pytest.mark.slow
+def test_tf_data_pipeline_feeds_a_jax_backend_model(tmp_path):
+  """The README's "Other backends" example: tf.data on the host, JAX on the
+  device."""
+  result = subprocess.run(
+      [sys.executable, '-c', _TF_DATA_TO_JAX, REPO_ROOT, str(tmp_path)],
+      cwd=REPO_ROOT, env=dict(_jax_env(), TF_CPP_MIN_LOG_LEVEL='2'),
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'epochs 2' in result.stdout
+  assert 'predictions (5, 1)' in result.stdout  # val: 2 + 3 images
