@@ -171,6 +171,18 @@ def test_keras_cv_chain_roughly_matches_fused_magnitudes():
   assert chain_out.std(axis=(1, 2)).mean() < fused_out.std(axis=(1, 2)).mean()
 
 
+def test_keras_cv_chain_flips_half_of_non_square_images():
+  images = np.random.default_rng(11).uniform(0, 255, (200, 8, 12, 1))
+  chain = augment.keras_cv_chain(horizontal_flip=True, seed=2)
+
+  out = chain(images.astype(np.float32), training=True).numpy()
+
+  mirrored = np.all(np.abs(out - images[:, :, ::-1]) < 1e-3, axis=(1, 2, 3))
+  unchanged = np.all(np.abs(out - images) < 1e-3, axis=(1, 2, 3))
+  assert np.all(mirrored ^ unchanged)  # Each image is one or the other.
+  assert 0.4 < mirrored.mean() < 0.6
+
+
 @pytest.fixture
 def mixed_bfloat16():
   keras.mixed_precision.set_global_policy('mixed_bfloat16')

@@ -340,7 +340,7 @@ def _trim_history(path, epochs):
     epoch = line.split(',', 1)[0].strip()
     if epoch.isdigit() and int(epoch) < epochs and line.endswith('\n'):
       kept.append(line)
-  _atomic_write_text(path, ''.join(kept))
+  atomic.write_text(path, ''.join(kept))
 
 
 def _data_service_options(config, model_dir):
