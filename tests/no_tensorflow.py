@@ -10,10 +10,25 @@ ModuleNotFoundError, as it would there.
 """
 
 import importlib.abc
+import importlib.machinery
 import runpy
 import sys
 
 BLOCKED = ('tensorflow', 'tf_keras', 'keras_cv', 'tensorflow_datasets')
+
+
+class _Unimportable(importlib.abc.Loader):
+  """Fails the import itself. A finder that raised instead would also break
+  libraries that only probe with importlib.util.find_spec (torch._dynamo
+  does, for tensorflow)."""
+
+  def create_module(self, spec):
+    raise ModuleNotFoundError(
+        f'No module named {spec.name!r} (blocked by tests/no_tensorflow.py)',
+        name=spec.name)
+
+  def exec_module(self, module):
+    del module  # create_module never returns
 
 
 class _BlockTensorFlow(importlib.abc.MetaPathFinder):
@@ -21,9 +36,7 @@ class _BlockTensorFlow(importlib.abc.MetaPathFinder):
   def find_spec(self, name, path=None, target=None):
     del path, target
     if name.partition('.')[0] in BLOCKED:
-      raise ModuleNotFoundError(
-          f'No module named {name!r} (blocked by tests/no_tensorflow.py)',
-          name=name)
+      return importlib.machinery.ModuleSpec(name, _Unimportable())
     return None
 
 
