@@ -29,6 +29,7 @@ def bench_data(tmp_path_factory):
   return src, data
 
 
+@pytest.mark.slow
 def test_input_benchmark_reports_every_variant(bench_data, tmp_path):
   src, data = bench_data
   result = benchmark.benchmark_input(src, data, image_size=32, batch_size=4,
@@ -55,6 +56,7 @@ def test_input_benchmark_reports_every_variant(bench_data, tmp_path):
   assert saved['machine']['cpu_count'] >= 1 and saved['machine']['date']
 
 
+@pytest.mark.slow
 def test_epoch_benchmark_reports_ratios(bench_data):
   src, data = bench_data
   result = benchmark.benchmark_epoch(src, data, image_size=32, batch_size=4,
@@ -85,6 +87,7 @@ def _benchmark_tool(*args):
       capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_benchmark_tool_ops_mode_writes_json(tmp_path):
   # The default output goes into work_dir, which ops mode must create.
   work_dir = tmp_path / 'not' / 'yet'
@@ -106,6 +109,7 @@ def test_benchmark_tool_ops_mode_writes_json(tmp_path):
     (('--mode=ops', '--work_dir=.', '--output=/proc/no/such.json'),
      'cannot create the folder of --output'),
 ])
+@pytest.mark.slow
 def test_benchmark_tool_bad_input_is_one_line(tmp_path, args, message):
   not_a_folder = tmp_path / 'file'
   not_a_folder.write_text('x')

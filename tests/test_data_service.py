@@ -103,6 +103,7 @@ def test_trainers_sharing_a_job_split_each_epoch(service, builder):
   assert not set(got[0]) & set(got[1])
 
 
+@pytest.mark.slow
 def test_training_reads_through_the_service(service, tmp_path, monkeypatch):
   data_dir = str(tmp_path / 'data')
   os.makedirs(data_dir)
@@ -186,6 +187,7 @@ def _tool(*args):
           *args]
 
 
+@pytest.mark.slow
 def test_tool_serves_until_terminated(builder):
   process = subprocess.Popen(
       _tool('--port=0', '--num_workers=1'), stdout=subprocess.PIPE,
@@ -208,6 +210,7 @@ def test_tool_serves_until_terminated(builder):
     process.wait(timeout=TIMEOUT_S)
 
 
+@pytest.mark.slow
 def test_tool_reports_a_bad_address_in_one_line():
   process = subprocess.run(_tool('--dispatcher_address=localhost'),
                            capture_output=True, text=True,

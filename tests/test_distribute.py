@@ -158,6 +158,7 @@ def _assert_same_training(run, reference, history_dir):
   assert got['training']['epochs_run'] == CONFIG['epochs']
 
 
+@pytest.mark.slow
 def test_two_replicas_train_as_one_device(runs):
   mirrored = runs['mirrored']
   assert mirrored['results']['training']['strategy'] == 'MirroredStrategy'
@@ -168,6 +169,7 @@ def test_two_replicas_train_as_one_device(runs):
   _assert_same_training(mirrored, runs['one'], mirrored['model_dir'])
 
 
+@pytest.mark.slow
 def test_two_workers_train_as_one_device(runs):
   chief, other = runs['worker0'], runs['worker1']
   assert (chief['results']['training']['strategy'] ==
@@ -181,6 +183,7 @@ def test_two_workers_train_as_one_device(runs):
   assert other['results']['youden'] == chief['results']['youden']
 
 
+@pytest.mark.slow
 def test_only_the_chief_writes(runs):
   chief, other = runs['worker0'], runs['worker1']
   for name in ('results.json', 'results.md', 'model.keras', 'config.json',
@@ -293,6 +296,7 @@ def test_bad_distribution_settings(tmp_path, overrides, message):
     config.validate()
 
 
+@pytest.mark.slow
 def test_train_tool_reports_a_bad_tf_config_in_one_line(tmp_path):
   env = dict(os.environ, TF_CONFIG='{"cluster": ', TF_CPP_MIN_LOG_LEVEL='2')
   process = subprocess.run(

@@ -35,6 +35,7 @@ def converted(tmp_path_factory):
   return root, src, data
 
 
+@pytest.mark.slow
 def test_tools_end_to_end(converted):
   root, src, data = converted
   model_dir = str(root / 'model')
@@ -79,6 +80,7 @@ def test_tools_end_to_end(converted):
      ['no_such_flag']),
     (['--flagfile=/nowhere/x.flags'], ['/nowhere/x.flags']),
 ])
+@pytest.mark.slow
 def test_train_bad_input_is_one_line(converted, tmp_path, args, needles):
   _, _, data = converted
   args = [a.format(tmp=tmp_path, data=data) for a in args]

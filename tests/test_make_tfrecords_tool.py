@@ -40,6 +40,7 @@ def tree(tmp_path_factory):
   return root
 
 
+@pytest.mark.slow
 def test_converts_with_the_seed_flagfile_and_overrides(tree, tmp_path):
   out = str(tmp_path / 'data')
   result = _run('make_tfrecords', f'--flagfile={FLAGFILE}',
@@ -95,6 +96,7 @@ def _populate(kind, root, tree):
     ('tree', [f'--flagfile={FLAGFILE}'], 'leave none for training'),
     ('tree', ['--val_counts=NORMAL:1,PNEUMONIA:1'], 'add --resplit'),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line(tree, tmp_path, kind, extra, words):
   src = str(tmp_path / 'src')
   _populate(kind, src, tree)
@@ -104,6 +106,7 @@ def test_bad_input_is_one_line(tree, tmp_path, kind, extra, words):
   assert not os.path.exists(tmp_path / 'out')
 
 
+@pytest.mark.slow
 def test_missing_flag_is_a_usage_error(tmp_path):
   result = _run('make_tfrecords', f'--out_dir={tmp_path}')
   assert result.returncode != 0
@@ -179,6 +182,7 @@ def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
       assert a.read() == b.read(), name
 
 
+@pytest.mark.slow
 def test_make_synthetic_tool(tmp_path):
   out = str(tmp_path / 'xray')
   result = _run('make_synthetic', f'--out_dir={out}', '--num_images=12',

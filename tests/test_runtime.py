@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
 from xray_tfdata import runtime
 
@@ -45,6 +47,7 @@ def _probe(**user_env):
   return result.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_settings_are_in_force_unless_the_user_says_otherwise():
   assert _probe() == 'bfc'
   assert _probe(TF_CPU_ALLOCATOR_USE_BFC='false') == 'default'
