@@ -39,6 +39,8 @@ import stat
 import numpy as np
 from PIL import Image
 
+from xray_tfdata import dicom
+
 RESIZE_FILTER = 'bilinear'  # recorded in dataset_info.json
 _FILTER = Image.Resampling.BILINEAR
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
@@ -76,6 +78,8 @@ def decode_and_resize(task):
   # (OSError, SyntaxError, ValueError, struct.error, EOFError, ...), so every
   # exception becomes a reason. LOAD_TRUNCATED_IMAGES stays False, so a
   # truncated file raises here instead of being padded with gray.
+  if dicom.is_dicom(path):
+    return _decode_dicom(path, (width, height))
   try:
     with Image.open(path) as image:
       original_width, original_height = image.size
@@ -88,6 +92,24 @@ def decode_and_resize(task):
   except Exception as e:  # pylint: disable=broad-except
     message = str(e).replace(path, os.path.basename(path))
     return f'cannot decode: {type(e).__name__}: {message}'
+  buffer = io.BytesIO()
+  Image.fromarray(pixels, 'L').save(buffer, 'PNG', compress_level=_PNG_LEVEL)
+  return buffer.getvalue(), original_height, original_width
+
+
+def _decode_dicom(path, size, voi='auto'):
+  """decode_and_resize for a DICOM file: display intensities in [0, 1]
+  (`dicom.decode`), resized in float, quantized to 8 bits once."""
+  try:
+    intensities, _ = dicom.decode(path, voi=voi)
+  except dicom.DicomError as e:
+    return str(e)
+  except Exception as e:  # pylint: disable=broad-except  (one file of many)
+    return f'cannot decode DICOM: {type(e).__name__}: {e}'
+  original_height, original_width = intensities.shape
+  resized = Image.fromarray(intensities.astype(np.float32), 'F').resize(
+      size, _FILTER)
+  pixels = np.clip(np.rint(np.asarray(resized) * 255), 0, 255).astype(np.uint8)
   buffer = io.BytesIO()
   Image.fromarray(pixels, 'L').save(buffer, 'PNG', compress_level=_PNG_LEVEL)
   return buffer.getvalue(), original_height, original_width

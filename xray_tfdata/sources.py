@@ -41,9 +41,10 @@ import stat
 SPLIT_FOLDERS = ('train', 'val', 'test')
 LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool')
 # A class folder must hold at least one file with one of these extensions
-# (the ones `flow_from_directory` accepts, plus .gif/.webp/.pgm PIL reads).
+# (the ones `flow_from_directory` accepts, plus .gif/.webp/.pgm PIL reads,
+# and DICOM, decoded by xray_tfdata.dicom).
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.bmp', '.ppm', '.pgm', '.tif',
-                    '.tiff', '.gif', '.webp')
+                    '.tiff', '.gif', '.webp', '.dcm', '.dicom')
 _LITTER = frozenset({'__MACOSX', '.DS_Store', 'Thumbs.db', 'desktop.ini',
                      '$RECYCLE.BIN', '.Trashes', '.Spotlight-V100'})
 _PERSON_RE = re.compile(r'^person(\d+)_')

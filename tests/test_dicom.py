@@ -1,0 +1,247 @@
+"""DICOM decoding against the standard's grayscale pipeline, on files
+synthesized here with pydicom (no network)."""
+
+import io
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+import pydicom  # the 'dicom' extra, which '.[test]' installs
+from pydicom import uid
+from pydicom.dataset import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.sequence import Sequence
+
+from xray_tfdata import dicom
+from xray_tfdata import imaging
+
+ROWS, COLUMNS = 6, 8
+_CR_IMAGE_STORAGE = '1.2.840.10008.5.1.4.1.1.1'
+
+
+def _stored(bits=12, seed=0):
+  """A 12-bit ramp plus noise, covering 0 and the maximum."""
+  rng = np.random.default_rng(seed)
+  values = rng.integers(0, 2 ** bits, (ROWS, COLUMNS))
+  values[0, 0], values[0, 1] = 0, 2 ** bits - 1
+  return values.astype(np.uint16)
+
+
+def _write(path, pixels, photometric='MONOCHROME2', bits_stored=12,
+           samples=1, frames=None, syntax=uid.ExplicitVRLittleEndian,
+           with_pixels=True, **attributes):
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = _CR_IMAGE_STORAGE
+  meta.MediaStorageSOPInstanceUID = uid.generate_uid()
+  meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+  ds = Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID = _CR_IMAGE_STORAGE
+  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+  ds.PatientID = 'PATIENT-SECRET-42'
+  ds.PatientName = 'Doe^Jane'
+  ds.Rows, ds.Columns = pixels.shape[-2], pixels.shape[-1]
+  if samples == 3:
+    ds.Rows, ds.Columns = pixels.shape[0], pixels.shape[1]
+    ds.PlanarConfiguration = 0
+  ds.SamplesPerPixel = samples
+  ds.PhotometricInterpretation = photometric
+  ds.BitsAllocated = 16 if samples == 1 else 8
+  ds.BitsStored = bits_stored if samples == 1 else 8
+  ds.HighBit = ds.BitsStored - 1
+  ds.PixelRepresentation = 0
+  if frames:
+    ds.NumberOfFrames = frames
+  for key, value in attributes.items():
+    setattr(ds, key, value)
+  if with_pixels:
+    ds.PixelData = pixels.tobytes()
+  if syntax != uid.ExplicitVRLittleEndian:
+    ds.compress(syntax)
+  ds.save_as(path, enforce_file_format=True)
+  return path
+
+
+def _decoded(path):
+  """The converter's stored pixels for the file, at its own size."""
+  result = imaging.decode_and_resize((path, (ROWS, COLUMNS)))
+  assert not isinstance(result, str), result
+  png, height, width = result
+  assert (height, width) == (ROWS, COLUMNS)
+  return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def _as_8bit(intensities):
+  return np.rint(np.clip(intensities, 0, 1) * 255).astype(np.uint8)
+
+
+def test_monochrome2_12_bit_uses_the_stored_range(tmp_path):
+  stored = _stored()
+  path = _write(str(tmp_path / 'm2.dcm'), stored)
+
+  # Not a divide by 65535 (which would leave a 12-bit film at most 16 gray).
+  np.testing.assert_array_equal(_decoded(path), _as_8bit(stored / 4095))
+  assert _decoded(path).max() == 255
+
+
+def test_monochrome1_is_inverted(tmp_path):
+  stored = _stored()
+  path = _write(str(tmp_path / 'm1.dcm'), stored, photometric='MONOCHROME1')
+
+  np.testing.assert_array_equal(_decoded(path), _as_8bit(1 - stored / 4095))
+
+
+def test_rescale_slope_and_intercept_negative_slope_inverts(tmp_path):
+  stored = _stored()
+  scaled = _write(str(tmp_path / 'scaled.dcm'), stored, RescaleSlope=2,
+                  RescaleIntercept=-1024)
+  negative = _write(str(tmp_path / 'negative.dcm'), stored, RescaleSlope=-1,
+                    RescaleIntercept=4095)
+
+  # Modality values 2 s - 1024 over their full range [-1024, 7166] is the
+  # same ramp; with slope -1 white and black trade places.
+  np.testing.assert_array_equal(_decoded(scaled), _as_8bit(stored / 4095))
+  np.testing.assert_array_equal(_decoded(negative),
+                                _as_8bit(1 - stored / 4095))
+
+
+def test_window_center_width(tmp_path):
+  stored = np.full((ROWS, COLUMNS), 2048, np.uint16)
+  stored[0, :6] = [0, 1535, 1536, 2048, 2559, 2560]
+  path = _write(str(tmp_path / 'window.dcm'), stored, WindowCenter=2048,
+                WindowWidth=1024)
+
+  # PS3.3 C.11.2.1.2.1: x <= c - 0.5 - (w-1)/2 -> 0; x > c - 0.5 + (w-1)/2
+  # -> 1; else ((x - (c - 0.5)) / (w - 1) + 0.5).
+  def reference(x, c=2048, w=1024):
+    if x <= c - 0.5 - (w - 1) / 2:
+      return 0.0
+    if x > c - 0.5 + (w - 1) / 2:
+      return 1.0
+    return (x - (c - 0.5)) / (w - 1) + 0.5
+
+  expected = np.vectorize(reference)(stored.astype(np.float64))
+  np.testing.assert_array_equal(_decoded(path), _as_8bit(expected))
+  assert list(_decoded(path)[0, :6]) == [0, 0, 0, 128, 255, 255]
+
+
+def test_voi_lut_sequence_wins_over_the_window(tmp_path):
+  stored = _stored()
+  lut = np.sqrt(np.arange(4096) / 4095) * 255  # a gamma curve, 8-bit LUT
+  item = Dataset()
+  item.LUTDescriptor = [4096, 0, 8]
+  item.add_new('LUTData', 'US', [int(v) for v in np.rint(lut)])
+  path = _write(str(tmp_path / 'lut.dcm'), stored,
+                VOILUTSequence=Sequence([item]), WindowCenter=100,
+                WindowWidth=10)
+
+  np.testing.assert_array_equal(_decoded(path),
+                                np.rint(lut)[stored].astype(np.uint8))
+  intensities, source = dicom.decode(path, voi='window')
+  assert source == 'window' and intensities.max() == 1.0  # override
+  intensities, source = dicom.decode(path, voi='full')
+  assert source == 'full'
+  np.testing.assert_allclose(intensities, stored / 4095)
+
+
+def test_rle_compressed_equals_uncompressed(tmp_path):
+  stored = _stored(seed=3)
+  plain = _write(str(tmp_path / 'plain.dcm'), stored)
+  rle = _write(str(tmp_path / 'rle.dcm'), stored, syntax=uid.RLELossless)
+
+  assert pydicom.dcmread(rle).file_meta.TransferSyntaxUID == uid.RLELossless
+  np.testing.assert_array_equal(_decoded(rle), _decoded(plain))
+
+
+def test_resized_in_float_then_quantized_once(tmp_path):
+  stored = _stored(seed=4)
+  path = _write(str(tmp_path / 'big.dcm'), stored)
+
+  png, _, _ = imaging.decode_and_resize((path, (3, 4)))
+  expected = Image.fromarray((stored / 4095).astype(np.float32), 'F').resize(
+      (4, 3), Image.Resampling.BILINEAR)
+  np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))),
+                                _as_8bit(np.asarray(expected)))
+
+
+@pytest.mark.parametrize('kind, reason', [
+    ('rgb', 'not a grayscale image'),
+    ('multi_frame', 'multi-frame DICOM (2 frames)'),
+    ('no_pixels', 'without pixel data'),
+    ('truncated', 'cannot decode pixels'),
+    ('no_transfer_syntax', 'transfer syntax'),
+])
+def test_unusable_files_are_skipped_with_a_reason(tmp_path, kind, reason):
+  path = str(tmp_path / f'{kind}.dcm')
+  if kind == 'rgb':
+    _write(path, np.zeros((ROWS, COLUMNS, 3), np.uint8), photometric='RGB',
+           samples=3)
+  elif kind == 'multi_frame':
+    _write(path, np.stack([_stored(), _stored(seed=1)]), frames=2)
+  elif kind == 'no_pixels':
+    _write(path, _stored(), with_pixels=False)
+  elif kind == 'truncated':  # cut short inside the pixel data
+    with open(_write(path, _stored()), 'rb') as f:
+      data = f.read()
+    with open(path, 'wb') as f:
+      f.write(data[:-50])
+  else:
+    _write(path, _stored())
+    dataset = pydicom.dcmread(path)
+    del dataset.file_meta.TransferSyntaxUID
+    dataset.save_as(path)
+
+  result = imaging.decode_and_resize((path, (ROWS, COLUMNS)))
+
+  assert isinstance(result, str) and reason in result, result
+
+
+def test_undecodable_compression_names_the_syntax_and_the_extra(
+    tmp_path, monkeypatch):
+  path = _write(str(tmp_path / 'rle.dcm'), _stored(), syntax=uid.RLELossless)
+
+  def no_handler(self):
+    raise RuntimeError('no pixel data handler available')
+
+  monkeypatch.setattr(pydicom.dataset.Dataset, 'pixel_array',
+                      property(no_handler))
+  result = imaging.decode_and_resize((path, (ROWS, COLUMNS)))
+
+  assert 'RLE Lossless' in result and 'dicom-full' in result, result
+
+
+def test_dicom_is_recognized_by_its_magic_without_an_extension(tmp_path):
+  path = _write(str(tmp_path / 'image'), _stored())
+  assert dicom.is_dicom(path)
+  assert not dicom.is_dicom(str(tmp_path))  # a folder, unreadable as a file
+  np.testing.assert_array_equal(_decoded(path), _as_8bit(_stored() / 4095))
+
+
+def test_a_dicom_tree_converts_and_no_patient_identifier_is_stored(tmp_path):
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+
+  src = tmp_path / 'src'
+  for split, count in (('train', 6), ('val', 1), ('test', 1)):
+    for label, name in enumerate(('NORMAL', 'PNEUMONIA')):
+      (src / split / name).mkdir(parents=True)
+      for i in range(count):
+        _write(str(src / split / name / f'person{i}_{split}_{name}.dcm'),
+               _stored(seed=100 * label + 10 * len(split) + i),
+               photometric='MONOCHROME1')
+  out = str(tmp_path / 'out')
+
+  writer.convert(str(src), out, image_size=8, num_workers=1)
+
+  builder = pipeline.DatasetBuilder(out)
+  assert builder.info.num_examples('train') == 12
+  images = np.concatenate([b[0].numpy() for b in builder.as_dataset(
+      'train', batch_size=4)])
+  assert images.shape == (12, 8, 8, 1) and images.std() > 10
+  for root, _, files in os.walk(out):
+    for f in files:
+      with open(os.path.join(root, f), 'rb') as data:
+        content = data.read()
+      assert b'PATIENT-SECRET-42' not in content and b'Doe^Jane' not in content
