@@ -97,6 +97,20 @@ def decode_and_resize(task):
   return buffer.getvalue(), original_height, original_width
 
 
+def dicom_to_png(path, voi='auto'):
+  """A DICOM file's 8-bit display image at its own size, as PNG bytes (for
+  models that take encoded images), or a string with the reason it cannot
+  be used."""
+  try:
+    intensities, _ = dicom.decode(path, voi=voi)
+  except dicom.DicomError as e:
+    return str(e)
+  pixels = np.clip(np.rint(intensities * 255), 0, 255).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels, 'L').save(buffer, 'PNG', compress_level=_PNG_LEVEL)
+  return buffer.getvalue()
+
+
 def _decode_dicom(path, size, voi='auto'):
   """decode_and_resize for a DICOM file: display intensities in [0, 1]
   (`dicom.decode`), resized in float, quantized to 8 bits once."""

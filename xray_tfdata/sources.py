@@ -1,10 +1,14 @@
 """Scanning image folders and planning the splits of a conversion.
 
-Reads a source tree in one of three layouts:
+Reads a source tree in one of four layouts:
 
   kaggle    src/{train,val,test}/<class>/...   (the Kaggle "chest-xray-pneumonia")
   mendeley  src/{train,test}/<class>/...       (Mendeley Data v3)
   pool      src/<class>/...                    (one pool of class folders)
+  rsna      src/stage_2_train_images/<patientId>.dcm with the labels in
+            src/stage_2_train_labels.csv (RSNA Pneumonia Detection
+            Challenge; one pool, re-split only; Target 0 is NORMAL, 1 is
+            PNEUMONIA; one row per box, deduplicated here)
 
 and turns it into a `Plan`: which file goes into which split, with class ids
 as `flow_from_directory` assigns them (sorted folder names: NORMAL=0,
@@ -31,6 +35,7 @@ No TensorFlow here; this runs before the writer imports it.
 
 import collections
 import concurrent.futures
+import csv
 import dataclasses
 import errno
 import hashlib
@@ -39,7 +44,12 @@ import re
 import stat
 
 SPLIT_FOLDERS = ('train', 'val', 'test')
-LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool')
+LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool', 'rsna')
+RSNA_IMAGES = 'stage_2_train_images'
+RSNA_LABELS = 'stage_2_train_labels.csv'
+RSNA_CLASS_INFO = 'stage_2_detailed_class_info.csv'
+# RSNA's Target 0 and 1, under the class names of this project's datasets.
+RSNA_CLASS_NAMES = ('NORMAL', 'PNEUMONIA')
 # A class folder must hold at least one file with one of these extensions
 # (the ones `flow_from_directory` accepts, plus .gif/.webp/.pgm PIL reads,
 # and DICOM, decoded by xray_tfdata.dicom).
@@ -167,6 +177,10 @@ def scan(src_dir, layout='auto'):
         'or class folders (NORMAL/ PNEUMONIA/)')
 
   split_folders = [s for s in SPLIT_FOLDERS if s in folders]
+  is_rsna = (RSNA_IMAGES in folders and
+             os.path.isfile(os.path.join(src_dir, RSNA_LABELS)))
+  if layout == 'rsna' or (layout == 'auto' and is_rsna and not split_folders):
+    return scan_rsna(src_dir)
   if layout == 'auto':
     if {'train', 'test'} <= set(split_folders):
       layout = 'kaggle' if 'val' in split_folders else 'mendeley'
@@ -241,6 +255,86 @@ def scan(src_dir, layout='auto'):
   files.sort(key=lambda f: f.path)
   skipped.sort(key=lambda s: s['path'])
   return Scan(src_dir, layout, tuple(class_names), files, sorted(ignored),
+              skipped)
+
+
+def read_rsna_labels(labels_path):
+  """patientId -> Target (0 or 1) from stage_2_train_labels.csv, one entry
+  per image however many box rows it has.
+
+  Raises:
+    SourceError: the file is unreadable, lacks the patientId or Target
+      column, has a Target other than 0/1, or gives one image two Targets.
+  """
+  try:
+    with open(labels_path, newline='', encoding='utf-8') as f:
+      rows = list(csv.DictReader(f))
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise SourceError(f'cannot read {labels_path}: {e}') from e
+  if rows and not {'patientId', 'Target'} <= set(rows[0]):
+    raise SourceError(f'{labels_path} needs the columns patientId and Target '
+                      f'(RSNA stage 2), has {sorted(rows[0])}')
+  targets = {}
+  for line, row in enumerate(rows, start=2):
+    target = (row['Target'] or '').strip()
+    if target not in ('0', '1'):
+      raise SourceError(f'{labels_path} line {line}: Target must be 0 or 1, '
+                        f'got {target!r}')
+    previous = targets.setdefault(row['patientId'], int(target))
+    if previous != int(target):
+      raise SourceError(f'{labels_path}: patientId {row["patientId"]} has '
+                        'rows with Target 0 and 1; fix the labels file')
+  return targets
+
+
+def scan_rsna(src_dir):
+  """Scans the RSNA layout: every entry of stage_2_train_images/, labelled
+  from stage_2_train_labels.csv.
+
+  An image without a label row is skipped with that reason; label rows
+  without an image are listed in `ignored` (with their patientIds), so that
+  nothing is dropped silently.
+
+  Returns:
+    A `Scan` with layout 'rsna' and class names NORMAL, PNEUMONIA; every file
+    in the pool (source_split None), its patient id the file's stem.
+
+  Raises:
+    SourceError: see `read_rsna_labels`; or no images.
+  """
+  labels_path = os.path.join(src_dir, RSNA_LABELS)
+  if not os.path.isfile(labels_path):
+    raise SourceError(f'src_dir {src_dir} has no {RSNA_LABELS}, which the '
+                      'rsna layout needs')
+  targets = read_rsna_labels(labels_path)
+  ignored = [display_path(e) + ('/' if os.path.isdir(
+      os.path.join(src_dir, e)) else '')
+             for e in sorted(os.listdir(src_dir))
+             if e not in (RSNA_IMAGES, RSNA_LABELS, RSNA_CLASS_INFO)]
+  skipped = []
+  found = _walk_class_folder(src_dir, RSNA_IMAGES, ignored, skipped)
+  files, seen = [], set()
+  for path, num_bytes in found:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if stem not in targets:
+      skipped.append({'path': display_path(path),
+                      'reason': f'no row in {RSNA_LABELS}'})
+      continue
+    seen.add(stem)
+    label = targets[stem]
+    files.append(SourceFile(path, None, RSNA_CLASS_NAMES[label], label, stem,
+                            num_bytes))
+  unmatched = sorted(set(targets) - seen)
+  if unmatched:
+    shown = ', '.join(unmatched[:5]) + (', ...' if len(unmatched) > 5 else '')
+    ignored.append(f'{RSNA_LABELS}: {len(unmatched)} label row(s) without an '
+                   f'image in {RSNA_IMAGES}/ ({shown})')
+  if not files:
+    raise SourceError(f'{os.path.join(src_dir, RSNA_IMAGES)} has no labelled '
+                      'images')
+  files.sort(key=lambda f: f.path)
+  skipped.sort(key=lambda item: item['path'])
+  return Scan(src_dir, 'rsna', RSNA_CLASS_NAMES, files, sorted(ignored),
               skipped)
 
 
@@ -524,10 +618,12 @@ def plan(src_dir, resplit=False, val_counts=None, test_counts=None,
   if not resplit and (val_counts or test_counts):
     raise SourceError('val/test counts only apply to a re-split; add '
                       '--resplit or drop the counts')
-  if not resplit and found.layout == 'pool':
+  if not resplit and found.layout in ('pool', 'rsna'):
+    kind = ('one pool of class folders' if found.layout == 'pool' else
+            'an RSNA training set (one pool of images)')
     raise SourceError(
-        f'src_dir {src_dir} is one pool of class folders with no split '
-        'folders; add --resplit with --val_counts and --test_counts')
+        f'src_dir {src_dir} is {kind} with no split folders; add --resplit '
+        'with --val_counts and --test_counts')
   files, duplicates = find_duplicates(
       src_dir, found.files, prefer_evaluation_splits=not resplit)
   split_counts = None

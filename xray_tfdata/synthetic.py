@@ -5,7 +5,12 @@ quirks that matter to a converter and a training pipeline:
 
   * the Kaggle layout `train|val|test/NORMAL|PNEUMONIA/*.jpeg` and its split
     proportions (1,341/3,875, 8/8, 234/390 at 5,856 images; about 27% NORMAL),
-    or the Mendeley (`train|test`) or a pooled (`NORMAL|PNEUMONIA`) layout;
+    or the Mendeley (`train|test`) or a pooled (`NORMAL|PNEUMONIA`) layout,
+    or RSNA's (`stage_2_train_images/<patientId>.dcm` with its two CSV
+    files: one label row per box, blank boxes for Target 0; 1024 px DICOMs,
+    uncompressed 8-bit, a fifth of them MONOCHROME1 with inverted stored
+    values, so a reader that ignores the photometric interpretation sees
+    negatives; Kermany's class balance, not RSNA's; needs pydicom);
   * grayscale JPEGs whose sizes vary like the real ones (NORMAL about
     1690x1380 and 550 KB, PNEUMONIA about 1200x820 and 85 KB, clipped to the
     real extremes), and some RGB-mode files in train/PNEUMONIA;
@@ -40,7 +45,9 @@ import numpy as np
 from PIL import Image
 
 CLASS_NAMES = ('NORMAL', 'PNEUMONIA')
-LAYOUTS = ('kaggle', 'mendeley', 'pool')
+LAYOUTS = ('kaggle', 'mendeley', 'pool', 'rsna')
+_RSNA_SIZE = 1024  # RSNA's images are 1024 x 1024
+_RSNA_MONOCHROME1_EVERY = 5
 
 # Image counts of the Kaggle copy, (split, class) -> count; 5,856 in total.
 KAGGLE_COUNTS = {
@@ -82,7 +89,8 @@ def make_synthetic_kermany(out_dir, num_images=FULL_SIZE, seed=0,
       every split and class gets one; 5,856 reproduces the real counts.
     seed: everything (names, sizes, pixels) is a function of the seed.
     layout: 'kaggle' (train/val/test), 'mendeley' (train/test; val merged
-      into train) or 'pool' (class folders only).
+      into train), 'pool' (class folders only) or 'rsna' (DICOMs and the
+      RSNA label files; see the module docstring).
     size_scale: multiplies the image sizes (after clipping to the real
       extremes); e.g. 0.05 for fast tests. Sizes stay at least 8 px.
     num_duplicates: extra byte-identical copies of other files; the first is
@@ -115,6 +123,8 @@ def make_synthetic_kermany(out_dir, num_images=FULL_SIZE, seed=0,
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise SyntheticError(f'out_dir {out_dir} is a file; choose a folder')
 
+  if layout == 'rsna':
+    _pydicom()  # fail here, in one line, not in every worker
   counts = split_counts(num_images)
   specs = _plan_images(counts, seed, layout, size_scale)
   copies = _plan_duplicates(specs, num_duplicates)
@@ -138,6 +148,8 @@ def make_synthetic_kermany(out_dir, num_images=FULL_SIZE, seed=0,
       render_image(job)
   for source, target in copies:
     shutil.copyfile(os.path.join(out_dir, source), os.path.join(out_dir, target))
+  if layout == 'rsna':
+    _write_rsna_labels(out_dir, specs, seed)
 
   summary = {
       'out_dir': out_dir,
@@ -193,10 +205,17 @@ def _plan_images(counts, seed, layout, size_scale):
               for _ in range(counts[split, class_name])]
     for index, (name, split) in enumerate(zip(names, splits)):
       width, height = _image_size(rng, class_name, size_scale)
-      folder = {'kaggle': split,
-                'mendeley': 'test' if split == 'test' else 'train',
-                'pool': None}[layout]
-      path = '/'.join(p for p in (folder, class_name, name) if p)
+      if layout == 'rsna':
+        # RSNA's anonymized patientIds are UUIDs, one image each.
+        name = f'{rng.bytes(16).hex()}.dcm'
+        name = f'{name[:8]}-{name[8:12]}-{name[12:16]}-{name[16:20]}-{name[20:]}'
+        width = height = max(8, round(_RSNA_SIZE * size_scale))
+        path = f'stage_2_train_images/{name}'
+      else:
+        folder = {'kaggle': split,
+                  'mendeley': 'test' if split == 'test' else 'train',
+                  'pool': None}[layout]
+        path = '/'.join(p for p in (folder, class_name, name) if p)
       specs.append({
           'path': path,
           'split': split,
@@ -205,7 +224,7 @@ def _plan_images(counts, seed, layout, size_scale):
           'width': width,
           'height': height,
           'rgb': bool(split == 'train' and class_name == 'PNEUMONIA' and
-                      rng.random() < _RGB_FRACTION),
+                      rng.random() < _RGB_FRACTION and layout != 'rsna'),
           'quality': int(rng.integers(*_JPEG_QUALITY[class_name])),
           'pixel_seed': (seed, label, index),
       })
@@ -290,9 +309,75 @@ def render_image(job):
   # and fast to decode.
   pixels = np.asarray(image, np.int16) + _grain(rng, height, width)
   image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+  if path.endswith('.dcm'):
+    _save_dicom(path, np.asarray(image), pixel_seed)
+    return
   if rgb:
     image = image.convert('RGB')
   image.save(path, 'JPEG', quality=quality)
+
+
+def _pydicom():
+  try:
+    import pydicom  # pylint: disable=g-import-not-at-top  (optional extra)
+  except ImportError as e:
+    raise SyntheticError("the rsna layout writes DICOM: pip install "
+                         "'xray_tfdata[dicom]'") from e
+  return pydicom
+
+
+def _save_dicom(path, pixels, pixel_seed):
+  """An uncompressed 8-bit CR DICOM of pixels as displayed; every fifth one
+  MONOCHROME1, whose stored values are inverted (white is low there)."""
+  pydicom = _pydicom()
+  from pydicom.dataset import Dataset, FileMetaDataset  # pylint: disable=g-import-not-at-top,multiple-imports
+  monochrome1 = pixel_seed[-1] % _RSNA_MONOCHROME1_EVERY == 0
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = '1.2.840.10008.5.1.4.1.1.1'  # CR
+  meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(
+      entropy_srcs=[str(pixel_seed)])
+  meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+  ds = Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID = meta.MediaStorageSOPClassUID
+  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+  ds.PatientID = os.path.splitext(os.path.basename(path))[0]
+  ds.Modality = 'CR'
+  ds.BodyPartExamined = 'CHEST'
+  ds.Rows, ds.Columns = pixels.shape
+  ds.SamplesPerPixel = 1
+  ds.PhotometricInterpretation = 'MONOCHROME1' if monochrome1 else 'MONOCHROME2'
+  ds.BitsAllocated = ds.BitsStored = 8
+  ds.HighBit = 7
+  ds.PixelRepresentation = 0
+  ds.PixelData = (255 - pixels if monochrome1 else pixels).astype(
+      np.uint8).tobytes()
+  ds.save_as(path, enforce_file_format=True)
+
+
+def _write_rsna_labels(out_dir, specs, seed):
+  """stage_2_train_labels.csv (one row per box; blank for Target 0) and
+  stage_2_detailed_class_info.csv (repeated per box, as RSNA's)."""
+  rng = np.random.default_rng([seed, 2])
+  labels = ['patientId,x,y,width,height,Target']
+  classes = ['patientId,class']
+  for spec in specs:
+    patient = os.path.splitext(os.path.basename(spec['path']))[0]
+    if spec['label'] == 0:
+      labels.append(f'{patient},,,,,0')
+      classes.append(f'{patient},' + ('Normal' if rng.random() < 0.5 else
+                                       'No Lung Opacity / Not Normal'))
+      continue
+    for _ in range(1 + int(rng.integers(0, 2))):  # one or two boxes
+      side = spec['width']
+      x, y = rng.uniform(0.15, 0.55, 2) * side
+      w, h = rng.uniform(0.1, 0.3, 2) * side
+      labels.append(f'{patient},{x:.1f},{y:.1f},{w:.1f},{h:.1f},1')
+      classes.append(f'{patient},Lung Opacity')
+  for name, lines in (('stage_2_train_labels.csv', labels),
+                      ('stage_2_detailed_class_info.csv', classes)):
+    with open(os.path.join(out_dir, name), 'w') as f:
+      f.write('\n'.join(lines) + '\n')
 
 
 def draw_chest(rng, label, height, width):

@@ -33,8 +33,10 @@ from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # r
 from xray_tfdata.config import RESUMABLE_CHANGES
 from xray_tfdata.config import TrainingError
 from xray_tfdata import data_service as data_service_lib
+from xray_tfdata import dicom
 from xray_tfdata import distribute
 from xray_tfdata import evaluation
+from xray_tfdata import imaging
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
 
@@ -430,8 +432,13 @@ def export_model(net, model_dir, image_size):
 def predict_files(serving_dir, paths):
   """P(pneumonia) for image files, with the exported serving model.
 
+  JPEG and PNG bytes go to the model as they are; a DICOM file is first
+  mapped to 8-bit display intensities on the host (`imaging.dicom_to_png`:
+  modality LUT, VOI, MONOCHROME1 inverted), as the converter does.
+
   Raises:
-    TrainingError: no serving model in serving_dir, or a file is missing.
+    TrainingError: no serving model in serving_dir, or a file is missing or
+      is a DICOM that cannot be used (the reason is given).
   """
 
   if not os.path.exists(os.path.join(serving_dir, 'saved_model.pb')):
@@ -441,6 +448,12 @@ def predict_files(serving_dir, paths):
   for path in paths:
     if not os.path.isfile(path):
       raise TrainingError(f'image {path} does not exist')
+    if dicom.is_dicom(path):
+      blob = imaging.dicom_to_png(path)
+      if isinstance(blob, str):
+        raise TrainingError(f'image {path}: {blob}')
+      blobs.append(blob)
+      continue
     with open(path, 'rb') as f:
       blobs.append(f.read())
   served = tf.saved_model.load(serving_dir)

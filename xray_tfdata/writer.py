@@ -98,7 +98,7 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     seed: orders examples within splits and draws the re-split.
     overwrite: replace a dataset already in out_dir.
     name: dataset name, the prefix of the shard file names.
-    layout: 'auto', 'kaggle', 'mendeley' or 'pool'.
+    layout: 'auto', 'kaggle', 'mendeley', 'pool' or 'rsna' (see sources).
     resume: keep the finished shards of an interrupted run with the same
       inputs and arguments (and keep this run's if it is interrupted);
       otherwise start from scratch and clean up on failure.

@@ -1,0 +1,144 @@
+"""The RSNA Pneumonia Detection layout: labels from its CSV, one example per
+image, unmatched rows and images reported; and one run of the real tools on
+a synthetic RSNA tree of DICOMs."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import REPO_ROOT  # pylint: disable=unused-import
+from test_end_to_end import run_tool
+from xray_tfdata import sources
+from xray_tfdata import synthetic
+
+
+@pytest.fixture(scope='module')
+def rsna_tree(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('rsna') / 'src')
+  synthetic.make_synthetic_kermany(root, num_images=40, layout='rsna',
+                                   size_scale=1 / 32, num_workers=1)
+  return root
+
+
+def _label_rows(root):
+  with open(os.path.join(root, sources.RSNA_LABELS), newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def test_synthetic_tree_looks_like_rsna(rsna_tree):
+  rows = _label_rows(rsna_tree)
+  images = os.listdir(os.path.join(rsna_tree, sources.RSNA_IMAGES))
+  by_patient = {}
+  for row in rows:
+    by_patient.setdefault(row['patientId'], []).append(row)
+
+  assert len(images) == 40 and all(i.endswith('.dcm') for i in images)
+  assert {os.path.splitext(i)[0] for i in images} == set(by_patient)
+  assert any(len(r) > 1 for r in by_patient.values())  # several boxes
+  for patient_rows in by_patient.values():
+    if patient_rows[0]['Target'] == '0':
+      assert len(patient_rows) == 1 and patient_rows[0]['x'] == ''
+    else:
+      assert all(float(r['width']) > 0 for r in patient_rows)
+  photometric = {str(pydicom.dcmread(
+      os.path.join(rsna_tree, sources.RSNA_IMAGES, i),
+      stop_before_pixels=True).PhotometricInterpretation) for i in images}
+  assert photometric == {'MONOCHROME1', 'MONOCHROME2'}
+
+
+def test_scan_labels_each_image_once_and_detects_the_layout(rsna_tree):
+  rows = _label_rows(rsna_tree)
+  targets = {r['patientId']: int(r['Target']) for r in rows}
+
+  found = sources.scan(rsna_tree)  # layout auto
+
+  assert found.layout == 'rsna'
+  assert found.class_names == ('NORMAL', 'PNEUMONIA')
+  assert len(found.files) == 40 < len(rows)  # box rows deduplicated
+  for f in found.files:
+    assert f.label == targets[f.patient_id]
+    assert f.class_name == ('NORMAL', 'PNEUMONIA')[f.label]
+    assert f.path == f'{sources.RSNA_IMAGES}/{f.patient_id}.dcm'
+  assert not found.skipped and not found.ignored
+
+
+def test_unmatched_images_and_rows_are_reported(rsna_tree, tmp_path):
+  root = str(tmp_path / 'src')
+  os.makedirs(os.path.join(root, sources.RSNA_IMAGES))
+  rows = _label_rows(rsna_tree)
+  first, second = rows[0]['patientId'], rows[-1]['patientId']
+  for name in os.listdir(os.path.join(rsna_tree, sources.RSNA_IMAGES)):
+    if not name.startswith(second):  # an image gone: its rows are unmatched
+      os.link(os.path.join(rsna_tree, sources.RSNA_IMAGES, name),
+              os.path.join(root, sources.RSNA_IMAGES, name))
+  with open(os.path.join(root, sources.RSNA_LABELS), 'w') as f:
+    f.write('patientId,x,y,width,height,Target\n')
+    f.writelines(f'{r["patientId"]},{r["x"]},{r["y"]},{r["width"]},'
+                 f'{r["height"]},{r["Target"]}\n'
+                 for r in rows if r['patientId'] != first)  # a row gone
+
+  found = sources.scan(root, 'rsna')
+
+  assert [s['path'] for s in found.skipped] == [
+      f'{sources.RSNA_IMAGES}/{first}.dcm']
+  assert 'no row in stage_2_train_labels.csv' in found.skipped[0]['reason']
+  assert len(found.ignored) == 1 and second in found.ignored[0]
+  assert '1 label row(s) without an image' in found.ignored[0]
+  plan = sources.plan(root, resplit=True, val_counts={'NORMAL': 1,
+                                                       'PNEUMONIA': 2},
+                      test_counts={'NORMAL': 1, 'PNEUMONIA': 2})
+  assert plan.num_scanned == 39  # 38 labelled + 1 skipped
+
+
+@pytest.mark.parametrize('content, message', [
+    ('patientId,Target\na,2\n', 'Target must be 0 or 1'),
+    ('patientId,Target\na,0\na,1\n', 'rows with Target 0 and 1'),
+    ('id,label\na,0\n', 'needs the columns patientId and Target'),
+])
+def test_bad_label_files_are_refused(tmp_path, content, message):
+  os.makedirs(tmp_path / sources.RSNA_IMAGES)
+  (tmp_path / sources.RSNA_LABELS).write_text(content)
+  with pytest.raises(sources.SourceError, match=message):
+    sources.scan(str(tmp_path), 'rsna')
+
+
+def test_rsna_needs_a_resplit(rsna_tree):
+  with pytest.raises(sources.SourceError, match='add --resplit'):
+    sources.plan(rsna_tree)
+
+
+@pytest.mark.slow
+def test_rsna_dicoms_convert_train_and_predict_through_the_tools(tmp_path):
+  src, data = str(tmp_path / 'rsna'), str(tmp_path / 'data')
+  model_dir = str(tmp_path / 'model')
+  made = run_tool('make_synthetic', f'--out_dir={src}', '--num_images=48',
+                  '--layout=rsna', '--size_scale=0.0625', '--seed=2')
+  assert made.returncode == 0, made.stderr
+  converted = run_tool(
+      'make_tfrecords', f'--src_dir={src}', f'--out_dir={data}',
+      '--image_size=32', '--resplit', '--val_counts=NORMAL:3,PNEUMONIA:6',
+      '--test_counts=NORMAL:3,PNEUMONIA:6', '--num_shards=2', '--noprogress')
+  assert converted.returncode == 0, converted.stderr
+  with open(os.path.join(data, 'dataset_info.json')) as f:
+    assert json.load(f)['layout'] == 'rsna'
+  trained = run_tool(
+      'train', f'--data_dir={data}', f'--model_dir={model_dir}',
+      '--image_size=32', '--batch_size=8', '--epochs=1', '--weights=none',
+      '--backbone=mini_vgg', '--dense_units=8', '--augmentation=none',
+      '--bootstrap_resamples=100', '--verbose=0', '--policy=float32')
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  with open(os.path.join(model_dir, 'results.json')) as f:
+    assert json.load(f)['splits']['test']['tp'] >= 0
+
+  images = sorted(os.path.join(src, sources.RSNA_IMAGES, n)
+                  for n in os.listdir(os.path.join(src, sources.RSNA_IMAGES)))
+  predicted = run_tool('predict', f'--model_dir={model_dir}', *images[:3])
+  assert predicted.returncode == 0, predicted.stderr
+  probabilities = [float(l.split('\t')[1])
+                   for l in predicted.stdout.strip().splitlines()]
+  assert len(probabilities) == 3
+  assert np.all((0 <= np.array(probabilities)) & (np.array(probabilities) <= 1))
