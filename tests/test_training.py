@@ -1,13 +1,16 @@
 """train_and_evaluate on tiny records: results, resume state, bad input."""
 
+import io
 import json
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
 
 import recount
 from records import write_dataset
+from xray_tfdata import imaging
 from xray_tfdata import pipeline
 from xray_tfdata import training
 
@@ -302,3 +305,58 @@ def test_missing_split_fails_before_training(tmp_path):
   with pytest.raises(pipeline.DatasetError, match="split 'test' is not in"):
     training.train_and_evaluate(tiny_config(root), str(tmp_path / 'model'))
   assert not os.path.exists(str(tmp_path / 'model'))
+
+
+def _converter_pixels(path):
+  png, _, _ = imaging.decode_and_resize((path, (SIZE, SIZE)))
+  return np.asarray(Image.open(io.BytesIO(png)))[None, ..., None]
+
+
+def test_predict_decodes_every_file_as_the_converter_does(finished_run,
+                                                          tmp_path):
+  import keras  # pylint: disable=g-import-not-at-top
+  model_dir, _ = finished_run
+  rng = np.random.default_rng(7)
+  gray = rng.integers(0, 256, (40, 50), np.uint8)
+  paths = {
+      'palette.png': Image.fromarray(gray).convert('P'),
+      'alpha.png': Image.fromarray(gray).convert('RGBA'),
+      'sixteen.png': Image.fromarray(gray.astype(np.uint16) * 257),
+      'cmyk.jpg': Image.fromarray(gray).convert('CMYK'),
+  }
+  for name, image in paths.items():
+    image.save(tmp_path / name)
+  files = [str(tmp_path / name) for name in paths]
+
+  results = training.predict_paths(os.path.join(model_dir, 'serving'), files)
+
+  net = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
+  for path, (prob, reason) in zip(files, results):
+    assert reason is None, (path, reason)
+    expected = net.predict(_converter_pixels(path), verbose=0)[0, 0]
+    assert prob == pytest.approx(float(expected), abs=1e-5), path
+
+
+def test_predict_reports_bad_files_and_keeps_the_good_ones(finished_run,
+                                                           tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model_dir, _ = finished_run
+  serving = os.path.join(model_dir, 'serving')
+  good = str(tmp_path / 'good.png')
+  Image.fromarray(np.full((20, 20), 90, np.uint8)).save(good)
+  corrupt = tmp_path / 'corrupt.jpeg'
+  corrupt.write_bytes(b'\xff\xd8\xff not really a jpeg')
+  paths = [good, str(tmp_path / 'missing.png'), str(tmp_path), str(corrupt),
+           good]
+
+  results = training.predict_paths(serving, paths)
+
+  assert results[0][1] is None and results[4] == results[0]
+  assert results[1] == (None, 'does not exist')
+  assert results[2] == (None, 'is a folder, not an image file')
+  assert results[3][0] is None and 'not an image' in results[3][1]
+  with pytest.raises(training.TrainingError, match='missing.png: does not'):
+    training.predict_files(serving, paths)
+  assert training.predict_paths(serving, []) == []
+  served = tf.saved_model.load(serving)
+  assert served.serve(tf.constant([], tf.string)).shape == (0,)

@@ -33,7 +33,6 @@ from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # r
 from xray_tfdata.config import RESUMABLE_CHANGES
 from xray_tfdata.config import TrainingError
 from xray_tfdata import data_service as data_service_lib
-from xray_tfdata import dicom
 from xray_tfdata import distribute
 from xray_tfdata import evaluation
 from xray_tfdata import imaging
@@ -429,40 +428,88 @@ def export_model(net, model_dir, image_size):
   os.replace(tmp, final)
 
 
-def predict_files(serving_dir, paths):
-  """P(pneumonia) for image files, with the exported serving model.
+def _stored_size(serving_dir):
+  """The run's image size, from the config.json next to serving/, or None."""
+  try:
+    config = atomic.read_json(os.path.join(os.path.dirname(
+        os.path.abspath(serving_dir)), CONFIG_JSON))
+    return int(config['image_size'])
+  except (OSError, KeyError, TypeError, ValueError):
+    return None
 
-  JPEG and PNG bytes go to the model as they are; a DICOM file is first
-  mapped to 8-bit display intensities on the host (`imaging.dicom_to_png`:
-  modality LUT, VOI, MONOCHROME1 inverted), as the converter does.
+
+def predict_paths(serving_dir, paths):
+  """P(pneumonia) for image files, each decoded as the converter decodes it.
+
+  Every file goes through `imaging.decode_and_resize` at the run's stored
+  size (so CMYK, palette, alpha, 16-bit and DICOM files are read exactly as
+  in training), then through the exported serving model. One bad file does
+  not cost the others their results.
+
+  Args:
+    serving_dir: a finished run's serving/ folder.
+    paths: image files.
+
+  Returns:
+    One (probability, None) or (None, reason) per path, in order.
 
   Raises:
-    TrainingError: no serving model in serving_dir, or a file is missing or
-      is a DICOM that cannot be used (the reason is given).
+    TrainingError: no serving model in serving_dir.
   """
-
   if not os.path.exists(os.path.join(serving_dir, 'saved_model.pb')):
     raise TrainingError(f'{serving_dir} has no exported model: pass '
                         f'--model_dir of a finished run (its {SERVING_DIR}/)')
-  blobs = []
-  for path in paths:
-    if not os.path.isfile(path):
-      raise TrainingError(f'image {path} does not exist')
-    if dicom.is_dicom(path):
-      blob = imaging.dicom_to_png(path)
-      if isinstance(blob, str):
-        raise TrainingError(f'image {path}: {blob}')
-      blobs.append(blob)
+  size = _stored_size(serving_dir)
+  results, blobs, good = [], [], []
+  for index, path in enumerate(paths):
+    if os.path.isdir(path):
+      results.append((None, 'is a folder, not an image file'))
       continue
-    with open(path, 'rb') as f:
-      blobs.append(f.read())
-  served = tf.saved_model.load(serving_dir)
-  try:
-    probs = served.serve(tf.constant(blobs)).numpy()
-  except tf.errors.InvalidArgumentError as e:
-    raise TrainingError(f'cannot decode an image as JPEG or PNG '
-                        f'({e.message.splitlines()[0][:100]})') from e
-  return [float(p) for p in probs]
+    if not os.path.lexists(path):
+      results.append((None, 'does not exist'))
+      continue
+    if size is None:  # an older run without config.json: the raw bytes
+      try:
+        with open(path, 'rb') as f:
+          decoded = (f.read(),)
+      except OSError as e:
+        decoded = f'cannot read: {e.strerror}'
+    else:
+      decoded = imaging.decode_and_resize((path, (size, size)))
+    if isinstance(decoded, str):
+      results.append((None, decoded))
+      continue
+    results.append(None)
+    blobs.append(decoded[0])
+    good.append(index)
+  if blobs:
+    served = tf.saved_model.load(serving_dir)
+    try:
+      probs = served.serve(tf.constant(blobs)).numpy()
+    except tf.errors.InvalidArgumentError as e:
+      raise TrainingError(f'cannot decode an image as JPEG or PNG '
+                          f'({e.message.splitlines()[0][:100]})') from e
+    for index, prob in zip(good, probs):
+      results[index] = (float(prob), None)
+  return results
+
+
+def predict_files(serving_dir, paths):
+  """P(pneumonia) for image files; see `predict_paths`.
+
+  Returns:
+    A list of floats, one per path.
+
+  Raises:
+    TrainingError: no serving model in serving_dir, or a file is missing or
+      cannot be decoded (the first such file and its reason).
+  """
+  probabilities = []
+  for path, (prob, reason) in zip(paths, predict_paths(serving_dir, paths)):
+    if reason:
+      raise TrainingError(f'image {path}: {reason}')
+    probabilities.append(prob)
+  return probabilities
 
 
 class DataServiceProgress(keras.callbacks.Callback):
