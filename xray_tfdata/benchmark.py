@@ -97,7 +97,9 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
   variants = {'imagedatagenerator': lambda: next(flow_iter)[0]}
   runs = {}
   for kind in kinds:
-    ds = builder.as_dataset('train', batch_size, training=True, seed=0)
+    # Repeated: the timing loop draws more batches than one pass holds.
+    ds = builder.as_dataset('train', batch_size, training=True, seed=0,
+                            repeat=True)
     it = iter(ds)
     if kind == 'host':
       variants['tfdata+host'] = lambda it=it: next(it)[0]
@@ -262,7 +264,10 @@ def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
     if kind in variants:
       aug = augment.make_augmentation(kind, **augment.SEED_AUGMENTATION)
       net = _seed_model(image_size, aug, policy)
-      train = builder.as_dataset('train', batch_size, training=True, seed=0)
+      # Repeated, like the trainer's: `steps` (train_images // batch_size)
+      # need not be one pass over the split.
+      train = builder.as_dataset('train', batch_size, training=True, seed=0,
+                                 repeat=True)
       val = builder.as_dataset('val', batch_size).take(
           -(-val_images // batch_size)).cache()
       setups[kind] = (net, train, val, None)

@@ -2,7 +2,8 @@
 
 The training pipeline follows the tf.data performance guide: shuffled shard
 list, parallel interleave, parallel parse+decode, cache of the decoded
-images, shuffle, repeat, batch, prefetch. It does no augmentation and no
+images, shuffle (anew every pass), batch, prefetch; one pass unless asked
+to repeat, as `tfds` datasets are. It does no augmentation and no
 float conversion: batches leave the host as uint8 grayscale, twelve times
 fewer bytes than float32 RGB, and the augmentation runs on the device inside
 the model (see `xray_tfdata.augment`).
@@ -174,7 +175,7 @@ class DatasetBuilder:
 
   def as_dataset(self, split, batch_size=None, training=False, *,
                  image_size=None, resize=False, cache='auto',
-                 shuffle_buffer=None, seed=None, repeat=None,
+                 shuffle_buffer=None, seed=None, repeat=False,
                  input_context=None, with_metadata=False,
                  data_service=None, data_service_job=None):
     """Builds the tf.data pipeline for one split.
@@ -182,9 +183,9 @@ class DatasetBuilder:
     Args:
       split: 'train', 'val' or 'test' (whatever the dataset has).
       batch_size: per-replica batch size, or None for single examples.
-      training: shuffle, repeat and drop the last partial batch (training
-        order is non-deterministic for speed); otherwise one exact,
-        deterministic pass in shard order.
+      training: shuffle (a new order every pass) and drop the last partial
+        batch (training order is non-deterministic for speed); otherwise one
+        exact, deterministic pass in shard order.
       image_size: (height, width) or an int the model expects; None means
         the stored size. Another size than stored raises, unless `resize`.
       resize: resize on purpose (anti-aliased bilinear) to `image_size`.
@@ -193,7 +194,9 @@ class DatasetBuilder:
       shuffle_buffer: examples in the shuffle buffer (training); default the
         whole split, which the cache makes cheap.
       seed: seed for the file and example shuffles.
-      repeat: repeat forever; defaults to `training`. With repeat, pass
+      repeat: repeat forever. Default False: one pass, as `tfds` gives, so
+        `Model.fit(ds, epochs=N)` needs no `steps_per_epoch` (each epoch is a
+        new iteration, hence a new shuffle). With repeat, pass
         `steps_per_epoch` to `Model.fit` (see `steps_per_epoch()`).
       input_context: a `tf.distribute.InputContext`, to shard by file across
         input pipelines (`distribute_datasets_from_function`).
@@ -220,7 +223,6 @@ class DatasetBuilder:
     paths = self.shard_paths(split)
     num_examples = info.num_examples(split)
     height, width = self._output_size(image_size, resize)
-    repeat = training if repeat is None else repeat
 
     files = tf.data.Dataset.from_tensor_slices(paths)
     # With the service its dispatcher hands the files out instead.

@@ -221,8 +221,10 @@ def train_and_evaluate(config, model_dir, overwrite=False):
                             jit_compile=config.jit_compile)
 
   # Batches of the global size: Keras splits each across the replicas.
+  # Repeated: --steps_per_epoch may ask for more or fewer batches than one
+  # pass, and an epoch then starts where the last one stopped.
   train_ds = builder.as_dataset('train', config.batch_size, training=True,
-                                seed=config.seed,
+                                seed=config.seed, repeat=True,
                                 **_data_service_options(config, model_dir))
   # Batched validation: the seed validated one image per step.
   val_ds = distribute.shard_by_batch(builder.as_dataset('val',
