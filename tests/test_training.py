@@ -179,6 +179,11 @@ def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
     Image.fromarray(image[..., 0]).save(path)
     paths.append(path)
   served = training.predict_files(os.path.join(model_dir, 'serving'), paths)
+  # The signature's output has a name TF Serving clients can use.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  signatures = tf.saved_model.load(os.path.join(model_dir, 'serving')).signatures
+  assert {name: list(fn.structured_outputs) for name, fn in signatures.items()
+          } == {'serve': ['probability'], 'serving_default': ['probability']}
   net = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
   direct = net.predict(images, verbose=0).reshape(-1)
   np.testing.assert_allclose(served, direct, atol=1e-5)

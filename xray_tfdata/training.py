@@ -404,7 +404,7 @@ def export_model(net, model_dir, image_size):
   size = (image_size, image_size)
 
   def serve(encoded):
-    """Encoded JPEG or PNG bytes [N] -> P(pneumonia) [N]."""
+    """Encoded JPEG or PNG bytes [N] -> {'probability': P(pneumonia) [N]}."""
     def decode(data):
       image = tf.io.decode_image(data, channels=1, dtype=tf.uint8,
                                  expand_animations=False)
@@ -415,7 +415,10 @@ def export_model(net, model_dir, image_size):
     images = tf.map_fn(decode, encoded,
                        fn_output_signature=tf.TensorSpec(size + (1,),
                                                          tf.uint8))
-    return tf.reshape(tf.cast(net(images, training=False), tf.float32), [-1])
+    # A named output: the signature's output is 'probability', not
+    # 'output_0' (TF Serving and saved_model_cli show this name).
+    return {'probability': tf.reshape(
+        tf.cast(net(images, training=False), tf.float32), [-1])}
 
   archive = keras.export.ExportArchive()
   archive.track(net)
@@ -447,7 +450,7 @@ def predict_files(serving_dir, paths):
       blobs.append(f.read())
   served = tf.saved_model.load(serving_dir)
   try:
-    probs = served.serve(tf.constant(blobs)).numpy()
+    probs = served.serve(tf.constant(blobs))['probability'].numpy()
   except tf.errors.InvalidArgumentError as e:
     raise TrainingError(f'cannot decode an image as JPEG or PNG '
                         f'({e.message.splitlines()[0][:100]})') from e
