@@ -182,3 +182,22 @@ def test_fit_without_steps_per_epoch_runs_every_epoch(tiny):
                     shuffle=False, verbose=0)
   assert len(history.history['loss']) == 2
   assert len(history.history['val_loss']) == 2
+
+
+def test_reads_datasets_converted_before_format_2(tmp_path):
+  """Format 1: the old feature keys, our metadata in dataset_info.json."""
+  expected = _write_dataset(str(tmp_path), format_version=1)
+  builder = pipeline.DatasetBuilder(str(tmp_path))
+  assert builder.info.format_version == 1
+  got = list(builder.as_dataset('val', with_metadata=True).as_numpy_iterator())
+  assert [(int(image[1, 1, 0]), label, m['filename'].decode())
+          for image, label, m in got] == [
+              (int(pixels[1, 1]), label, name)
+              for pixels, label, name in expected['val']]
+  assert builder.verify('val') == 5
+
+
+def test_tfds_dataset_of_another_origin_is_named(tmp_path):
+  (tmp_path / 'dataset_info.json').write_text('{"name": "mnist"}')
+  with pytest.raises(pipeline.DatasetError, match='tfds.builder_from_directory'):
+    pipeline.DatasetBuilder(str(tmp_path))

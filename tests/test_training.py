@@ -66,7 +66,7 @@ def count_labels_in_shards(data_dir, split):
   for name in names:
     for record in tf.data.TFRecordDataset(os.path.join(data_dir, name)):
       example = tf.train.Example.FromString(record.numpy())
-      label = example.features.feature['image/class/label'].int64_list.value[0]
+      label = example.features.feature['label'].int64_list.value[0]
       counts[label] = counts.get(label, 0) + 1
   return counts
 

@@ -3,7 +3,8 @@
 Modules, one per stage:
   synthetic     Kermany-like synthetic image folders (demo and test data).
   sources       scanning image folders, patient ids, duplicates, re-splits.
-  writer        converting images into TFRecord shards + dataset_info.json.
+  writer        converting images into TFRecord shards, TFDS' metadata and
+                xray_info.json.
   schema        the TFRecord feature schema and shard naming (shared).
   pipeline      DatasetBuilder: reading shards into tf.data pipelines.
   augment       device-side augmentation layers (fused RandomAffine, keras-cv).

@@ -31,6 +31,7 @@ from xray_tfdata import augment
 from xray_tfdata import benchmark_device
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
+from xray_tfdata import schema
 
 SEED_BATCH_SIZE = benchmark_device.SEED_BATCH_SIZE
 
@@ -367,7 +368,7 @@ def prepare_data(work_dir, num_images, image_size, seed=0):
 
   src_dir = benchmark_device.prepare_jpegs(work_dir, num_images, seed=seed)
   data_dir = os.path.join(work_dir, f'tfrecords_{image_size}')
-  if not os.path.exists(os.path.join(data_dir, 'dataset_info.json')):
+  if not schema.is_converted(data_dir):
     val_counts, test_counts = training.seed_split_counts(num_images)
     writer.convert(src_dir, data_dir, image_size=image_size, resplit=True,
                    val_counts=val_counts, test_counts=test_counts, seed=seed)

@@ -30,7 +30,7 @@ class DatasetError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What `dataset_info.json` says, plus what is derived from it."""
+  """What `xray_info.json` says, plus what is derived from it."""
   data_dir: str
   name: str
   class_names: tuple
@@ -39,6 +39,10 @@ class DatasetInfo:
   channels: int
   splits: dict  # split -> {'num_examples', 'class_counts', 'shards'}
   raw: dict
+
+  @property
+  def format_version(self):
+    return int(self.raw['format_version'])
 
   @property
   def image_size(self):
@@ -84,7 +88,8 @@ class DatasetInfo:
 
 
 def load_info(data_dir):
-  """Reads `dataset_info.json` of a converted dataset.
+  """Reads `xray_info.json` (or format 1's `dataset_info.json`) of a
+  converted dataset.
 
   Raises:
     DatasetError: missing folder, missing or unreadable info file.
@@ -138,7 +143,7 @@ class DatasetBuilder:
         actual = tf.io.gfile.stat(path).length
         if actual != expected:
           raise DatasetError(
-              f'shard {path} has {actual} bytes, dataset_info.json says '
+              f'shard {path} has {actual} bytes, {schema.INFO_FILENAME} says '
               f'{expected}: it is truncated or was replaced; re-run '
               'tools/make_tfrecords --overwrite')
       paths.append(path)
@@ -163,7 +168,7 @@ class DatasetBuilder:
         count = 0
         try:
           for record in tf.data.TFRecordDataset(path):
-            tf.io.parse_single_example(record, schema.feature_spec())
+            schema.parse(record, self.info.format_version)
             count += 1
         except (tf.errors.DataLossError,
                 tf.errors.InvalidArgumentError) as e:
@@ -248,7 +253,7 @@ class DatasetBuilder:
       # One shard after another: evaluation order is the order on disk.
       ds = files.interleave(tf.data.TFRecordDataset, cycle_length=1)
 
-    decode = _make_decoder(info.channels, (height, width),
+    decode = _make_decoder(info.format_version, info.channels, (height, width),
                            resize and (height, width) != info.image_size,
                            with_metadata)
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
@@ -263,7 +268,7 @@ class DatasetBuilder:
     # a service worker that fails loses the rest of its files.
     if ((input_context is None or input_context.num_input_pipelines == 1)
         and not data_service):
-      # The count is known from dataset_info.json: Keras then knows the
+      # The count is known from xray_info.json: Keras then knows the
       # number of batches (no 'ran out of data' warning after validation),
       # and a shard that lost records fails loudly instead of silently.
       ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
@@ -321,11 +326,10 @@ class DatasetBuilder:
     return image_size
 
 
-def _make_decoder(channels, size, resize, with_metadata):
-  spec = schema.feature_spec()
+def _make_decoder(format_version, channels, size, resize, with_metadata):
 
   def decode(record):
-    features = tf.io.parse_single_example(record, spec)
+    features = schema.parse(record, format_version)
     image = tf.io.decode_png(features[schema.ENCODED], channels=channels)
     if resize:
       image = tf.image.resize(image, size, antialias=True)

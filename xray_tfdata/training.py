@@ -37,6 +37,7 @@ from xray_tfdata import distribute
 from xray_tfdata import evaluation
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
+from xray_tfdata import schema
 
 RESULTS_JSON = 'results.json'
 RESULTS_MD = 'results.md'
@@ -131,7 +132,7 @@ def ensure_demo_data(data_dir, num_images, image_size, seed=0):
   The JPEGs go to `<data_dir>-jpeg` as one pool of class folders; the
   conversion re-splits them by patient with the seed's val/test proportions.
   """
-  if os.path.exists(os.path.join(data_dir, 'dataset_info.json')):
+  if schema.is_converted(data_dir):
     return
   from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
   from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
