@@ -19,13 +19,27 @@ def _png(pixels):
   return buf.getvalue()
 
 
+def _as_format_1(record):
+  """The same example under format 1's keys (before issue 13)."""
+  from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+  example = example_pb2.Example.FromString(record)
+  feature = example.features.feature
+  for name in (schema.ENCODED, schema.LABEL):
+    feature[schema.key(name, 1)].CopyFrom(feature[name])
+    del feature[name]
+  return example.SerializeToString(deterministic=True)
+
+
 def write_dataset(root, split_sizes=None, num_shards=3, size=(H, W),
-                  learnable=False):
+                  learnable=False, format_version=schema.FORMAT_VERSION):
   """Writes `split -> (num_normal, num_pneumonia)` with known pixels.
 
   Image i of a split is filled with the value i (so order and content can be
   checked), label = class id. With `learnable`, images are noise with a
   bright square for PNEUMONIA instead, something a tiny model can learn.
+
+  format_version 1 writes what versions before issue 13 wrote: the old keys
+  and our metadata in dataset_info.json.
 
   Returns:
     {split: [(pixels, label, filename)]} in the order written.
@@ -33,7 +47,7 @@ def write_dataset(root, split_sizes=None, num_shards=3, size=(H, W),
   split_sizes = split_sizes or {'train': (5, 9), 'val': (2, 3)}
   height, width = size
   rng = np.random.default_rng(0)
-  info = {'format_version': schema.FORMAT_VERSION, 'name': 'tiny',
+  info = {'format_version': format_version, 'name': 'tiny',
           'class_names': list(schema.DEFAULT_CLASS_NAMES),
           'image': {'height': height, 'width': width, 'channels': 1,
                     'encoding': 'png', 'dtype': 'uint8'},
@@ -59,9 +73,10 @@ def write_dataset(root, split_sizes=None, num_shards=3, size=(H, W),
       fname = schema.shard_filename('tiny', split, s, num_shards)
       with tf.io.TFRecordWriter(os.path.join(root, fname)) as w:
         for pixels, label, name in examples[bounds[s]:bounds[s + 1]]:
-          w.write(schema.encode_example(
+          record = schema.encode_example(
               _png(pixels), height, width, label, schema.DEFAULT_CLASS_NAMES[label],
-              name, f'patient{label}', 100, 80))
+              name, f'patient{label}', 100, 80)
+          w.write(_as_format_1(record) if format_version == 1 else record)
       shards.append({'filename': fname,
                      'num_examples': int(bounds[s + 1] - bounds[s]),
                      'num_bytes': os.path.getsize(os.path.join(root, fname))})
@@ -69,7 +84,9 @@ def write_dataset(root, split_sizes=None, num_shards=3, size=(H, W),
         'num_examples': len(examples),
         'class_counts': {'NORMAL': n0, 'PNEUMONIA': n1},
         'shards': shards}
-  with open(os.path.join(root, schema.INFO_FILENAME), 'w') as f:
+  info_file = (schema.TFDS_INFO_FILENAME if format_version == 1 else
+               schema.INFO_FILENAME)
+  with open(os.path.join(root, info_file), 'w') as f:
     json.dump(info, f)
   return expected
 

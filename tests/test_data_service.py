@@ -72,7 +72,7 @@ def test_training_pipeline_through_the_service_sees_each_example_once_per_epoch(
     service, builder):
   local = _examples(builder.as_dataset('train', with_metadata=True))
   n = sum(local.values())
-  dataset = builder.as_dataset('train', training=True, seed=1,
+  dataset = builder.as_dataset('train', training=True, seed=1, repeat=True,
                                with_metadata=True, data_service=service)
   first, second = (_examples(dataset.skip(i * n).take(n)) for i in (0, 1))
   # Each epoch on its own: the shuffle does not mix one into the next.

@@ -52,7 +52,7 @@ def test_tools_end_to_end(converted):
   assert '| test |' in trained.stdout  # the results table is printed
   with open(os.path.join(model_dir, 'results.json')) as f:
     results = json.load(f)
-  with open(os.path.join(data, 'dataset_info.json')) as f:
+  with open(os.path.join(data, 'xray_info.json')) as f:
     info = json.load(f)
   for split in ('train', 'val', 'test'):
     m = results['splits'][split]
@@ -190,7 +190,7 @@ def test_kill_9_then_rerun_resumes(converted, tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'resuming {model_dir} after epoch {saved}' in resumed.stdout
 
-  with open(os.path.join(data, 'dataset_info.json')) as f:
+  with open(os.path.join(data, 'xray_info.json')) as f:
     steps = json.load(f)['splits']['train']['num_examples'] // 8
   want = np.load(os.path.join(snapshot, meta['optimizer']))
   got = np.load(dump + '.npz')

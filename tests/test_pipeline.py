@@ -56,7 +56,8 @@ def test_eval_batches_keep_remainder(tiny):
 def test_training_pipeline_shuffles_repeats_and_drops_remainder(tiny):
   root, expected = tiny
   builder = pipeline.DatasetBuilder(root)
-  ds = builder.as_dataset('train', batch_size=4, training=True, seed=1)
+  ds = builder.as_dataset('train', batch_size=4, training=True, seed=1,
+                          repeat=True)
   steps = builder.steps_per_epoch('train', 4)
   assert steps == 3
   # 7 batches of 4 are exactly two passes over the 14 examples: repeat comes
@@ -73,7 +74,8 @@ def test_labels_follow_images_through_the_shuffle(tiny):
   root, expected = tiny
   label_of_value = {i: label for i, (_, label, _) in enumerate(expected['train'])}
   ds = pipeline.DatasetBuilder(root).as_dataset('train', batch_size=5,
-                                                 training=True, seed=3)
+                                                 training=True, seed=3,
+                                                 repeat=True)
   for images, labels in ds.take(6):
     for value, label in zip(images[:, 1, 1, 0].numpy(), labels.numpy()):
       assert label_of_value[int(value)] == label
@@ -150,4 +152,52 @@ def test_eval_cardinality_is_known(tiny):
   builder = pipeline.DatasetBuilder(root)
   assert builder.as_dataset('train').cardinality() == 14
   assert builder.as_dataset('train', batch_size=4).cardinality() == 4
-  assert builder.as_dataset('train', batch_size=4, training=True).cardinality() == tf.data.INFINITE_CARDINALITY
+  # Training is finite too (one pass, remainder dropped) unless repeat=True.
+  assert builder.as_dataset('train', batch_size=4, training=True).cardinality() == 3
+  assert builder.as_dataset('train', batch_size=4, training=True,
+                            repeat=True).cardinality() == tf.data.INFINITE_CARDINALITY
+
+
+def test_training_pass_is_finite_and_reshuffled_each_iteration(tiny):
+  root, _ = tiny
+  ds = pipeline.DatasetBuilder(root).as_dataset('train', training=True, seed=2)
+  passes = [[int(image[1, 1, 0]) for image, _ in ds.as_numpy_iterator()]
+            for _ in range(2)]
+  # Each iteration is one whole pass, in a new order (a new epoch in fit).
+  assert [sorted(p) for p in passes] == [list(range(14))] * 2
+  assert passes[0] != passes[1]
+
+
+def test_fit_without_steps_per_epoch_runs_every_epoch(tiny):
+  """tfds' habit: fit(ds, epochs=N) on a finite dataset, no steps_per_epoch."""
+  import keras  # pylint: disable=g-import-not-at-top
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  ds = builder.as_dataset('train', batch_size=4, training=True, seed=0)
+  net = keras.Sequential([keras.Input((H, W, 1)), keras.layers.Flatten(),
+                          keras.layers.Rescaling(1 / 255),
+                          keras.layers.Dense(1, activation='sigmoid')])
+  net.compile('sgd', 'binary_crossentropy')
+  history = net.fit(ds, epochs=2, validation_data=builder.as_dataset('val', 4),
+                    shuffle=False, verbose=0)
+  assert len(history.history['loss']) == 2
+  assert len(history.history['val_loss']) == 2
+
+
+def test_reads_datasets_converted_before_format_2(tmp_path):
+  """Format 1: the old feature keys, our metadata in dataset_info.json."""
+  expected = _write_dataset(str(tmp_path), format_version=1)
+  builder = pipeline.DatasetBuilder(str(tmp_path))
+  assert builder.info.format_version == 1
+  got = list(builder.as_dataset('val', with_metadata=True).as_numpy_iterator())
+  assert [(int(image[1, 1, 0]), label, m['filename'].decode())
+          for image, label, m in got] == [
+              (int(pixels[1, 1]), label, name)
+              for pixels, label, name in expected['val']]
+  assert builder.verify('val') == 5
+
+
+def test_tfds_dataset_of_another_origin_is_named(tmp_path):
+  (tmp_path / 'dataset_info.json').write_text('{"name": "mnist"}')
+  with pytest.raises(pipeline.DatasetError, match='tfds.builder_from_directory'):
+    pipeline.DatasetBuilder(str(tmp_path))

@@ -123,7 +123,7 @@ def test_rsna_dicoms_convert_train_and_predict_through_the_tools(tmp_path):
       '--image_size=32', '--resplit', '--val_counts=NORMAL:3,PNEUMONIA:6',
       '--test_counts=NORMAL:3,PNEUMONIA:6', '--num_shards=2', '--noprogress')
   assert converted.returncode == 0, converted.stderr
-  with open(os.path.join(data, 'dataset_info.json')) as f:
+  with open(os.path.join(data, 'xray_info.json')) as f:
     assert json.load(f)['layout'] == 'rsna'
   trained = run_tool(
       'train', f'--data_dir={data}', f'--model_dir={model_dir}',

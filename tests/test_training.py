@@ -69,7 +69,7 @@ def count_labels_in_shards(data_dir, split):
   for name in names:
     for record in tf.data.TFRecordDataset(os.path.join(data_dir, name)):
       example = tf.train.Example.FromString(record.numpy())
-      label = example.features.feature['image/class/label'].int64_list.value[0]
+      label = example.features.feature['label'].int64_list.value[0]
       counts[label] = counts.get(label, 0) + 1
   return counts
 
@@ -182,6 +182,11 @@ def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
     Image.fromarray(image[..., 0]).save(path)
     paths.append(path)
   served = training.predict_files(os.path.join(model_dir, 'serving'), paths)
+  # The signature's output has a name TF Serving clients can use.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  signatures = tf.saved_model.load(os.path.join(model_dir, 'serving')).signatures
+  assert {name: list(fn.structured_outputs) for name, fn in signatures.items()
+          } == {'serve': ['probability'], 'serving_default': ['probability']}
   net = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
   direct = net.predict(images, verbose=0).reshape(-1)
   np.testing.assert_allclose(served, direct, atol=1e-5)
@@ -359,4 +364,4 @@ def test_predict_reports_bad_files_and_keeps_the_good_ones(finished_run,
     training.predict_files(serving, paths)
   assert training.predict_paths(serving, []) == []
   served = tf.saved_model.load(serving)
-  assert served.serve(tf.constant([], tf.string)).shape == (0,)
+  assert served.serve(tf.constant([], tf.string))['probability'].shape == (0,)

@@ -91,8 +91,7 @@ def _records(out_dir, info, split):
   for shard in info['splits'][split]['shards']:
     path = os.path.join(out_dir, shard['filename'])
     assert os.path.getsize(path) == shard['num_bytes']
-    parsed = [tf.io.parse_single_example(r, schema.feature_spec())
-              for r in tf.data.TFRecordDataset(path)]
+    parsed = [schema.parse(r) for r in tf.data.TFRecordDataset(path)]
     assert len(parsed) == shard['num_examples']
     records += parsed
   return records
@@ -174,7 +173,8 @@ def test_every_scanned_file_is_accounted_for(tree, converted):
 def test_shards_are_named_even_and_mixed(converted):
   out, info = converted
   assert sorted(os.listdir(out)) == sorted(
-      [schema.INFO_FILENAME] +
+      [schema.INFO_FILENAME, 'dataset_info.json', 'features.json',
+       'label.labels.txt'] +
       [s['filename'] for split in info['splits'].values()
        for s in split['shards']])
   train = info['splits']['train']['shards']
@@ -187,6 +187,31 @@ def test_shards_are_named_even_and_mixed(converted):
   filenames = [r[schema.FILENAME].numpy().decode()
                for r in _records(out, info, 'train')]
   assert filenames != sorted(filenames)  # shuffled within the split
+
+
+def test_tfds_reads_the_converted_dataset(converted):
+  """TFDS' own client: builder_from_directory, split slicing, as_supervised."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  out, info = converted
+  builder = tfds.builder_from_directory(out)
+  assert builder.info.features['label'].names == info['class_names']
+  assert builder.info.supervised_keys == ('image', 'label')
+  assert {split: builder.info.splits[split].num_examples
+          for split in info['splits']} == {
+              split: entry['num_examples']
+              for split, entry in info['splits'].items()}
+  n = info['splits']['train']['num_examples']
+  ds = builder.as_dataset(split='train[:80%]', as_supervised=True,
+                          batch_size=4, shuffle_files=False)
+  images, labels = (np.concatenate(x) for x in zip(*tfds.as_numpy(ds)))
+  assert len(labels) == round(n * 0.8)
+  assert images.shape[1:] == (16, 12, 1) and images.dtype == np.uint8
+  # The same examples, in the same order, as our own reader gives.
+  ours = list(pipeline.DatasetBuilder(out).as_dataset('train')
+              .take(len(labels)).as_numpy_iterator())
+  np.testing.assert_array_equal(images, np.stack([x for x, _ in ours]))
+  np.testing.assert_array_equal(labels, [y for _, y in ours])
 
 
 def test_plan_shards_counts_and_boundaries():

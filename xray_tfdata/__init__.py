@@ -3,7 +3,8 @@
 Modules, one per stage:
   synthetic     Kermany-like synthetic image folders (demo and test data).
   sources       scanning image folders, patient ids, duplicates, re-splits.
-  writer        converting images into TFRecord shards + dataset_info.json.
+  writer        converting images into TFRecord shards, TFDS' metadata and
+                xray_info.json.
   schema        the TFRecord feature schema and shard naming (shared).
   pipeline      DatasetBuilder: reading shards into tf.data pipelines.
   augment       device-side augmentation layers (fused RandomAffine, keras-cv).
@@ -18,9 +19,20 @@ Modules, one per stage:
 
 Attributes are imported lazily so that `import xray_tfdata` does not import
 TensorFlow (the conversion worker processes rely on this).
+
+`import xray_tfdata` registers the custom Keras layers (RandomAffine,
+NoAugmentation, VGG16Preprocess, KerasCVAugmentation) with Keras, so that a
+plain `keras.models.load_model('model.keras')` works, in either import
+order: at once if Keras is already imported, otherwise right after Keras is
+(a one-shot import hook), so that processes that never use Keras (the
+converter's workers) never pay for importing it.
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
 
 __version__ = '0.1.0'
 
@@ -35,3 +47,68 @@ def __getattr__(name):
   if name in _LAZY:
     return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+# The modules whose import registers layers. Both import Keras alone (no
+# TensorFlow: they run on every backend); augment registers a stand-in for
+# the TensorFlow-only KerasCVAugmentation that imports it when a model
+# holding one is loaded.
+_LAYER_MODULES = ('xray_tfdata.augment', 'xray_tfdata.model')
+
+
+def _register_layers():
+  for module in _LAYER_MODULES:
+    # A module still being imported (it is what imported Keras) registers
+    # its layers itself when it finishes.
+    if module not in sys.modules:
+      try:
+        importlib.import_module(module)
+      except Exception as e:  # pylint: disable=broad-except
+        # Never break the user's `import keras`; loading a model that holds
+        # our layers then fails, naming them, and this says why.
+        warnings.warn(f'xray_tfdata could not register its Keras layers '
+                      f'({module}: {e}); import {module} before loading a '
+                      'model that uses them')
+
+
+class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
+  """Runs _register_layers() right after `keras` is first imported."""
+
+  def find_spec(self, name, path=None, target=None):
+    del path, target
+    if name != 'keras':
+      return None
+    _remove_hook()
+    spec = importlib.util.find_spec('keras')  # the finders after this one
+    if spec is not None and spec.loader is not None:
+      spec.loader = _RegisteringLoader(spec.loader)
+    return spec
+
+
+class _RegisteringLoader(importlib.abc.Loader):
+  """Keras' own loader, then our registration."""
+
+  def __init__(self, loader):
+    self._loader = loader
+
+  def create_module(self, spec):
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module):
+    self._loader.exec_module(module)
+    module.__loader__ = self._loader  # importlib.resources etc. see Keras'
+    _register_layers()
+
+  def __getattr__(self, name):
+    return getattr(self._loader, name)
+
+
+def _remove_hook():
+  sys.meta_path[:] = [f for f in sys.meta_path
+                      if not isinstance(f, _RegisterAfterKeras)]
+
+
+if 'keras' in sys.modules:
+  _register_layers()
+elif not any(isinstance(f, _RegisterAfterKeras) for f in sys.meta_path):
+  sys.meta_path.insert(0, _RegisterAfterKeras())

@@ -512,6 +512,22 @@ def _keras_cv_module():
   return importlib.import_module('xray_tfdata.augment_keras_cv')
 
 
+@keras.saving.register_keras_serializable(package='xray_tfdata',
+                                          name='KerasCVAugmentation')
+class _KerasCVAugmentationLoader:
+  """Stands in for KerasCVAugmentation in Keras' registry until it is
+  imported (TensorFlow and keras-cv only, so not imported here): loading a
+  model that holds one imports it then. Importing augment_keras_cv replaces
+  this entry with the real class."""
+
+  def get_config(self):  # register_keras_serializable asks for one
+    raise NotImplementedError
+
+  @classmethod
+  def from_config(cls, config):
+    return _keras_cv_module().KerasCVAugmentation.from_config(config)
+
+
 def __getattr__(name):
   # The keras-cv chain is TensorFlow-only: imported on first use, so that
   # this module imports on every backend (and without TensorFlow).

@@ -31,6 +31,7 @@ from xray_tfdata import augment
 from xray_tfdata import benchmark_device
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
+from xray_tfdata import schema
 
 SEED_BATCH_SIZE = benchmark_device.SEED_BATCH_SIZE
 
@@ -97,7 +98,9 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
   variants = {'imagedatagenerator': lambda: next(flow_iter)[0]}
   runs = {}
   for kind in kinds:
-    ds = builder.as_dataset('train', batch_size, training=True, seed=0)
+    # Repeated: the timing loop draws more batches than one pass holds.
+    ds = builder.as_dataset('train', batch_size, training=True, seed=0,
+                            repeat=True)
     it = iter(ds)
     if kind == 'host':
       variants['tfdata+host'] = lambda it=it: next(it)[0]
@@ -262,7 +265,10 @@ def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
     if kind in variants:
       aug = augment.make_augmentation(kind, **augment.SEED_AUGMENTATION)
       net = _seed_model(image_size, aug, policy)
-      train = builder.as_dataset('train', batch_size, training=True, seed=0)
+      # Repeated, like the trainer's: `steps` (train_images // batch_size)
+      # need not be one pass over the split.
+      train = builder.as_dataset('train', batch_size, training=True, seed=0,
+                                 repeat=True)
       val = builder.as_dataset('val', batch_size).take(
           -(-val_images // batch_size)).cache()
       setups[kind] = (net, train, val, None)
@@ -362,7 +368,7 @@ def prepare_data(work_dir, num_images, image_size, seed=0):
 
   src_dir = benchmark_device.prepare_jpegs(work_dir, num_images, seed=seed)
   data_dir = os.path.join(work_dir, f'tfrecords_{image_size}')
-  if not os.path.exists(os.path.join(data_dir, 'dataset_info.json')):
+  if not schema.is_converted(data_dir):
     val_counts, test_counts = training.seed_split_counts(num_images)
     writer.convert(src_dir, data_dir, image_size=image_size, resplit=True,
                    val_counts=val_counts, test_counts=test_counts, seed=seed)

@@ -41,7 +41,7 @@ from PIL import Image
 
 from xray_tfdata import dicom
 
-RESIZE_FILTER = 'bilinear'  # recorded in dataset_info.json
+RESIZE_FILTER = 'bilinear'  # recorded in xray_info.json
 _FILTER = Image.Resampling.BILINEAR
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 _DRAFT_FACTOR = 2  # decode JPEGs to at least this times the stored size

@@ -2,7 +2,8 @@
 
 The training pipeline follows the tf.data performance guide: shuffled shard
 list, parallel interleave, parallel parse+decode, cache of the decoded
-images, shuffle, repeat, batch, prefetch. It does no augmentation and no
+images, shuffle (anew every pass), batch, prefetch; one pass unless asked
+to repeat, as `tfds` datasets are. It does no augmentation and no
 float conversion: batches leave the host as uint8 grayscale, twelve times
 fewer bytes than float32 RGB, and the augmentation runs on the device inside
 the model (see `xray_tfdata.augment`).
@@ -29,7 +30,7 @@ class DatasetError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What `dataset_info.json` says, plus what is derived from it."""
+  """What `xray_info.json` says, plus what is derived from it."""
   data_dir: str
   name: str
   class_names: tuple
@@ -38,6 +39,10 @@ class DatasetInfo:
   channels: int
   splits: dict  # split -> {'num_examples', 'class_counts', 'shards'}
   raw: dict
+
+  @property
+  def format_version(self):
+    return int(self.raw['format_version'])
 
   @property
   def image_size(self):
@@ -83,7 +88,8 @@ class DatasetInfo:
 
 
 def load_info(data_dir):
-  """Reads `dataset_info.json` of a converted dataset.
+  """Reads `xray_info.json` (or format 1's `dataset_info.json`) of a
+  converted dataset.
 
   Raises:
     DatasetError: missing folder, missing or unreadable info file.
@@ -137,7 +143,7 @@ class DatasetBuilder:
         actual = tf.io.gfile.stat(path).length
         if actual != expected:
           raise DatasetError(
-              f'shard {path} has {actual} bytes, dataset_info.json says '
+              f'shard {path} has {actual} bytes, {schema.INFO_FILENAME} says '
               f'{expected}: it is truncated or was replaced; re-run '
               'tools/make_tfrecords --overwrite')
       paths.append(path)
@@ -162,7 +168,7 @@ class DatasetBuilder:
         count = 0
         try:
           for record in tf.data.TFRecordDataset(path):
-            tf.io.parse_single_example(record, schema.feature_spec())
+            schema.parse(record, self.info.format_version)
             count += 1
         except (tf.errors.DataLossError,
                 tf.errors.InvalidArgumentError) as e:
@@ -174,7 +180,7 @@ class DatasetBuilder:
 
   def as_dataset(self, split, batch_size=None, training=False, *,
                  image_size=None, resize=False, cache='auto',
-                 shuffle_buffer=None, seed=None, repeat=None,
+                 shuffle_buffer=None, seed=None, repeat=False,
                  input_context=None, with_metadata=False,
                  data_service=None, data_service_job=None):
     """Builds the tf.data pipeline for one split.
@@ -182,9 +188,9 @@ class DatasetBuilder:
     Args:
       split: 'train', 'val' or 'test' (whatever the dataset has).
       batch_size: per-replica batch size, or None for single examples.
-      training: shuffle, repeat and drop the last partial batch (training
-        order is non-deterministic for speed); otherwise one exact,
-        deterministic pass in shard order.
+      training: shuffle (a new order every pass) and drop the last partial
+        batch (training order is non-deterministic for speed); otherwise one
+        exact, deterministic pass in shard order.
       image_size: (height, width) or an int the model expects; None means
         the stored size. Another size than stored raises, unless `resize`.
       resize: resize on purpose (anti-aliased bilinear) to `image_size`.
@@ -193,7 +199,9 @@ class DatasetBuilder:
       shuffle_buffer: examples in the shuffle buffer (training); default the
         whole split, which the cache makes cheap.
       seed: seed for the file and example shuffles.
-      repeat: repeat forever; defaults to `training`. With repeat, pass
+      repeat: repeat forever. Default False: one pass, as `tfds` gives, so
+        `Model.fit(ds, epochs=N)` needs no `steps_per_epoch` (each epoch is a
+        new iteration, hence a new shuffle). With repeat, pass
         `steps_per_epoch` to `Model.fit` (see `steps_per_epoch()`).
       input_context: a `tf.distribute.InputContext`, to shard by file across
         input pipelines (`distribute_datasets_from_function`).
@@ -220,7 +228,6 @@ class DatasetBuilder:
     paths = self.shard_paths(split)
     num_examples = info.num_examples(split)
     height, width = self._output_size(image_size, resize)
-    repeat = training if repeat is None else repeat
 
     files = tf.data.Dataset.from_tensor_slices(paths)
     # With the service its dispatcher hands the files out instead.
@@ -246,7 +253,7 @@ class DatasetBuilder:
       # One shard after another: evaluation order is the order on disk.
       ds = files.interleave(tf.data.TFRecordDataset, cycle_length=1)
 
-    decode = _make_decoder(info.channels, (height, width),
+    decode = _make_decoder(info.format_version, info.channels, (height, width),
                            resize and (height, width) != info.image_size,
                            with_metadata)
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
@@ -261,7 +268,7 @@ class DatasetBuilder:
     # a service worker that fails loses the rest of its files.
     if ((input_context is None or input_context.num_input_pipelines == 1)
         and not data_service):
-      # The count is known from dataset_info.json: Keras then knows the
+      # The count is known from xray_info.json: Keras then knows the
       # number of batches (no 'ran out of data' warning after validation),
       # and a shard that lost records fails loudly instead of silently.
       ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
@@ -319,11 +326,10 @@ class DatasetBuilder:
     return image_size
 
 
-def _make_decoder(channels, size, resize, with_metadata):
-  spec = schema.feature_spec()
+def _make_decoder(format_version, channels, size, resize, with_metadata):
 
   def decode(record):
-    features = tf.io.parse_single_example(record, spec)
+    features = schema.parse(record, format_version)
     image = tf.io.decode_png(features[schema.ENCODED], channels=channels)
     if resize:
       image = tf.image.resize(image, size, antialias=True)

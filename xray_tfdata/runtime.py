@@ -100,3 +100,87 @@ def tool_errors(*user_errors):
 def _interrupt(signum, frame):
   del signum, frame
   raise KeyboardInterrupt
+
+
+# The flagfiles shipped with the package (configs/ in the repository is a
+# link to this folder).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'configs')
+
+
+def _resolve_flagfile(path, base):
+  """Where `--flagfile=path`, named in a file in folder `base` (None: on the
+  command line, the current folder), is: relative to base; failing that, a
+  'configs/...' path is looked up among the shipped flagfiles."""
+  path = os.path.expanduser(path)
+  if os.path.isabs(path):
+    return path
+  found = os.path.join(base, path) if base else path
+  if not os.path.exists(found):
+    parts = path.replace(os.sep, '/').split('/')
+    shipped = os.path.join(CONFIGS_DIR, *parts[1:]) if (
+        parts[0] == 'configs' and len(parts) > 1) else None
+    if shipped and os.path.exists(shipped):
+      return shipped
+  return found
+
+
+def expand_flagfiles(argv, base=None, _seen=()):
+  """Replaces each `--flagfile=F` in argv by the flags F holds, in place
+  (so later flags still win), recursively.
+
+  absl resolves a nested `--flagfile` against the current folder; here it
+  resolves against the folder of the file that names it, so a flagfile works
+  from any folder. `configs/NAME.flags` also finds the flagfiles shipped with
+  the package. A file that does not exist is left for absl to report.
+
+  Args:
+    argv: command-line arguments (without the program name).
+    base: the folder relative paths start from; None for the current one.
+  Returns:
+    The arguments with every readable flagfile expanded.
+  """
+  out = []
+  for arg in argv:
+    name, sep, value = arg.partition('=')
+    if not sep or name not in ('--flagfile', '-flagfile'):
+      out.append(arg)
+      continue
+    path = _resolve_flagfile(value, base)
+    real = os.path.realpath(path)
+    if not os.path.isfile(path) or real in _seen:
+      out.append(f'--flagfile={path}')  # absl names the problem
+      continue
+    with open(path, encoding='utf-8') as f:
+      # absl's flagfile syntax: one flag a line; '#' and '//' comments.
+      lines = [line.strip() for line in f]
+    flags_in_file = [line for line in lines
+                     if line and not line.startswith(('#', '//'))]
+    out.extend(expand_flagfiles(flags_in_file, os.path.dirname(path),
+                                _seen + (real,)))
+  return out
+
+
+def run_tool(main, module_name, required=()):
+  """Runs a tool's absl `main`: its flagfiles expanded, its flags shown by
+  `--help` whichever script started it (tools/NAME or the installed
+  xray-NAME).
+
+  Args:
+    main: the tool's main(argv).
+    module_name: the module defining the tool's flags (its __name__).
+    required: flags that must be given.
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  module = sys.modules[module_name]
+  main_module = sys.modules['__main__']
+  if not getattr(main_module, '__doc__', None):
+    main_module.__doc__ = module.__doc__  # absl's usage text
+  # absl's --help lists the main module's flags; these are the tool's.
+  for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  if required:
+    flags.mark_flags_as_required(list(required))
+  app.run(main, argv=sys.argv[:1] + expand_flagfiles(sys.argv[1:]))

@@ -1,4 +1,16 @@
-"""The on-disk format: TFRecord feature schema, shard names, dataset_info.json.
+"""The on-disk format: TFRecord feature schema, shard names, metadata files.
+
+A converted dataset is a TFDS dataset: TFDS-named shards, TFDS' own
+`dataset_info.json` and `features.json` (written by `tfds_metadata`), and
+our richer metadata in `xray_info.json`, which `DatasetBuilder` reads.
+
+Format versions:
+  2 (now): feature keys 'image' (PNG) and 'label' (class id), the keys
+    `as_supervised` needs (TFDS' image_folder uses the same); metadata in
+    xray_info.json.
+  1 (before issue 13): keys 'image/encoded' and 'image/class/label'; our
+    metadata in dataset_info.json (where TFDS expects its own), so TFDS
+    cannot read it. `DatasetBuilder` still reads it; re-convert to use tfds.
 
 Defined once here and imported by the writer and the reader, so the two
 cannot drift apart. Building an example needs only the protobuf classes, but
@@ -11,18 +23,21 @@ import json
 import os
 import re
 
-FORMAT_VERSION = 1
-INFO_FILENAME = 'dataset_info.json'
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+INFO_FILENAME = 'xray_info.json'
+# TFDS' metadata file; format 1 kept ours under this name.
+TFDS_INFO_FILENAME = 'dataset_info.json'
 DEFAULT_NAME = 'kermany'
 DEFAULT_CLASS_NAMES = ('NORMAL', 'PNEUMONIA')
 SPLITS = ('train', 'val', 'test')
 
-# Feature keys, in the names TF Model Garden and TFDS use.
-ENCODED = 'image/encoded'
+# Feature keys, in the names TFDS (and TF Model Garden) use.
+ENCODED = 'image'
 FORMAT = 'image/format'
 HEIGHT = 'image/height'
 WIDTH = 'image/width'
-LABEL = 'image/class/label'
+LABEL = 'label'
 CLASS_TEXT = 'image/class/text'
 FILENAME = 'image/filename'
 PATIENT_ID = 'image/patient_id'
@@ -31,6 +46,14 @@ ORIGINAL_WIDTH = 'image/original/width'
 
 _BYTES_KEYS = (ENCODED, FORMAT, CLASS_TEXT, FILENAME, PATIENT_ID)
 _INT_KEYS = (HEIGHT, WIDTH, LABEL, ORIGINAL_HEIGHT, ORIGINAL_WIDTH)
+# Format 1's names of the two keys that changed.
+_V1_KEYS = {ENCODED: 'image/encoded', LABEL: 'image/class/label'}
+
+
+def key(name, format_version=FORMAT_VERSION):
+  """The record key of feature `name` (a key of the current format) in a
+  dataset of `format_version`."""
+  return _V1_KEYS.get(name, name) if format_version == 1 else name
 
 
 def encode_example(png, height, width, label, class_text, filename,
@@ -77,15 +100,28 @@ def encode_example(png, height, width, label, class_text, filename,
   return example.SerializeToString(deterministic=True)
 
 
-def feature_spec():
-  """Returns the `tf.io.parse_example` spec for the schema."""
+def feature_spec(format_version=FORMAT_VERSION):
+  """Returns the `tf.io.parse_example` spec for the schema.
+
+  Keyed by the current format's names (`ENCODED`, `LABEL`, ...) whatever
+  the version, so readers need not care which one a dataset has.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   spec = {k: tf.io.FixedLenFeature([], tf.string, default_value='')
           for k in _BYTES_KEYS}
   spec.update({k: tf.io.FixedLenFeature([], tf.int64, default_value=-1)
                for k in _INT_KEYS})
-  return spec
+  return {key(k, format_version): v for k, v in spec.items()}
+
+
+def parse(record, format_version=FORMAT_VERSION):
+  """Parses one serialized example into a dict under the current names."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  parsed = tf.io.parse_single_example(record, feature_spec(format_version))
+  return {name: parsed[key(name, format_version)]
+          for name in _BYTES_KEYS + _INT_KEYS}
 
 
 def shard_filename(name, split, index, num_shards):
@@ -105,28 +141,115 @@ def parse_shard_filename(filename):
   return m['name'], m['split'], int(m['index']), int(m['num'])
 
 
+# TFDS' default shard template, which shard_filename follows.
+TFDS_FILENAME_TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
+
+
+def tfds_features(class_names, height, width):
+  """The schema as a `tfds.features.FeaturesDict` (imports TFDS)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets import features  # pylint: disable=g-import-not-at-top
+
+  def text(doc):
+    return features.Text(doc=doc)
+
+  def scalar(doc):
+    return features.Scalar(dtype=np.int64, doc=doc)
+
+  return features.FeaturesDict({
+      ENCODED: features.Image(shape=(height, width, 1), dtype=np.uint8,
+                              encoding_format='png',
+                              doc='grayscale, squashed to the stored size'),
+      LABEL: features.ClassLabel(names=list(class_names)),
+      FORMAT: text('encoding of the image: png'),
+      HEIGHT: scalar('stored height in pixels'),
+      WIDTH: scalar('stored width in pixels'),
+      CLASS_TEXT: text('class name'),
+      FILENAME: text('source path relative to the source folder'),
+      PATIENT_ID: text('patient grouping key parsed from the file name'),
+      ORIGINAL_HEIGHT: scalar('height of the source image'),
+      ORIGINAL_WIDTH: scalar('width of the source image'),
+  })
+
+
+def write_tfds_metadata(data_dir, info):
+  """Writes TFDS' `dataset_info.json`, `features.json` and the class names
+  (`label.labels.txt`) with TFDS' own classes, so that
+  `tfds.builder_from_directory(data_dir)` reads the dataset.
+
+  Imports TensorFlow Datasets: call it in the converting process only, never
+  in its workers.
+
+  Args:
+    data_dir: the folder holding the shards (local).
+    info: our metadata (what goes into xray_info.json).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  split_infos = [
+      tfds.core.SplitInfo(
+          name=split,
+          shard_lengths=[s['num_examples'] for s in entry['shards']],
+          num_bytes=sum(s['num_bytes'] for s in entry['shards']))
+      for split, entry in info['splits'].items()]
+  image = info['image']
+  counts = ', '.join(f'{split} {entry["num_examples"]}'
+                     for split, entry in info['splits'].items())
+  tfds.folder_dataset.write_metadata(
+      data_dir=data_dir,
+      features=tfds_features(info['class_names'], image['height'],
+                             image['width']),
+      split_infos=split_infos,
+      filename_template=TFDS_FILENAME_TEMPLATE,
+      check_data=False,  # the tests read it with TFDS; this saves seconds
+      description=(
+          f'Chest X-rays ({", ".join(info["class_names"])}), '
+          f'{image["height"]}x{image["width"]} grayscale PNG, converted by '
+          f'xray_tfdata (examples: {counts}). The converter\'s full record '
+          f'(sources, duplicates, skipped files) is in {INFO_FILENAME}.'),
+      supervised_keys=(ENCODED, LABEL))
+
+
 class DatasetInfoError(ValueError):
-  """The data_dir holds no usable dataset_info.json."""
+  """The data_dir holds no usable xray_info.json (or format 1's
+  dataset_info.json)."""
+
+
+def is_converted(data_dir):
+  """Whether data_dir (a local path) holds a finished conversion, of any
+  readable format."""
+  return any(os.path.exists(os.path.join(data_dir, name))
+             for name in (INFO_FILENAME, TFDS_INFO_FILENAME))
 
 
 def read_info(data_dir):
-  """Reads and checks `dataset_info.json` from `data_dir` (any gfile path).
+  """Reads and checks our metadata from `data_dir` (any gfile path).
 
+  `xray_info.json`, or, in a dataset converted before format 2, the
+  `dataset_info.json` that held it.
+
+  Returns:
+    The metadata dict; its 'format_version' says which keys the records use
+    (see `key`).
   Raises:
-    DatasetInfoError: the folder or file is missing, unreadable, or of a
-      format version this code does not read.
+    DatasetInfoError: the folder or file is missing, unreadable, not ours,
+      or of a format version this code does not read.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  path = os.path.join(data_dir, INFO_FILENAME)
   if not tf.io.gfile.exists(data_dir):
     raise DatasetInfoError(
         f'data_dir {data_dir} does not exist: convert images first with '
         'tools/make_tfrecords --src_dir=... --out_dir=...')
-  if not tf.io.gfile.exists(path):
-    raise DatasetInfoError(
-        f'{path} not found: {data_dir} is not a converted dataset (or its '
-        'conversion did not finish); run tools/make_tfrecords first')
+  path = os.path.join(data_dir, INFO_FILENAME)
+  legacy = not tf.io.gfile.exists(path)
+  if legacy:
+    path = os.path.join(data_dir, TFDS_INFO_FILENAME)
+    if not tf.io.gfile.exists(path):
+      raise DatasetInfoError(
+          f'{os.path.join(data_dir, INFO_FILENAME)} not found: {data_dir} is '
+          'not a converted dataset (or its conversion did not finish); run '
+          'tools/make_tfrecords first')
   try:
     with tf.io.gfile.GFile(path, 'r') as f:
       info = json.load(f)
@@ -134,8 +257,15 @@ def read_info(data_dir):
     raise DatasetInfoError(f'{path} is not valid JSON ({e}); '
                            're-run tools/make_tfrecords --overwrite') from e
   version = info.get('format_version')
-  if version != FORMAT_VERSION:
+  if legacy and version is None:
+    raise DatasetInfoError(
+        f'{data_dir} is a TFDS dataset that tools/make_tfrecords did not '
+        f'write (it has no {INFO_FILENAME}); read it with '
+        'tfds.builder_from_directory, or convert the images with '
+        'tools/make_tfrecords')
+  if version not in READABLE_VERSIONS or (legacy and version != 1):
     raise DatasetInfoError(
         f'{path} has format_version {version}, this code reads '
-        f'{FORMAT_VERSION}; re-run tools/make_tfrecords --overwrite')
+        f'{", ".join(map(str, READABLE_VERSIONS))}; re-run '
+        'tools/make_tfrecords --overwrite')
   return info

@@ -38,6 +38,7 @@ from xray_tfdata import evaluation
 from xray_tfdata import imaging
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
+from xray_tfdata import schema
 
 RESULTS_JSON = 'results.json'
 RESULTS_MD = 'results.md'
@@ -132,7 +133,7 @@ def ensure_demo_data(data_dir, num_images, image_size, seed=0):
   The JPEGs go to `<data_dir>-jpeg` as one pool of class folders; the
   conversion re-splits them by patient with the seed's val/test proportions.
   """
-  if os.path.exists(os.path.join(data_dir, 'dataset_info.json')):
+  if schema.is_converted(data_dir):
     return
   from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
   from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
@@ -222,8 +223,10 @@ def train_and_evaluate(config, model_dir, overwrite=False):
                             jit_compile=config.jit_compile)
 
   # Batches of the global size: Keras splits each across the replicas.
+  # Repeated: --steps_per_epoch may ask for more or fewer batches than one
+  # pass, and an epoch then starts where the last one stopped.
   train_ds = builder.as_dataset('train', config.batch_size, training=True,
-                                seed=config.seed,
+                                seed=config.seed, repeat=True,
                                 **_data_service_options(config, model_dir))
   # Batched validation: the seed validated one image per step.
   val_ds = distribute.shard_by_batch(builder.as_dataset('val',
@@ -403,7 +406,7 @@ def export_model(net, model_dir, image_size):
   size = (image_size, image_size)
 
   def serve(encoded):
-    """Encoded JPEG or PNG bytes [N] -> P(pneumonia) [N]."""
+    """Encoded JPEG or PNG bytes [N] -> {'probability': P(pneumonia) [N]}."""
     def decode(data):
       image = tf.io.decode_image(data, channels=1, dtype=tf.uint8,
                                  expand_animations=False)
@@ -414,7 +417,10 @@ def export_model(net, model_dir, image_size):
     images = tf.map_fn(decode, encoded,
                        fn_output_signature=tf.TensorSpec(size + (1,),
                                                          tf.uint8))
-    return tf.reshape(tf.cast(net(images, training=False), tf.float32), [-1])
+    # A named output: the signature's output is 'probability', not
+    # 'output_0' (TF Serving and saved_model_cli show this name).
+    return {'probability': tf.reshape(
+        tf.cast(net(images, training=False), tf.float32), [-1])}
 
   archive = keras.export.ExportArchive()
   archive.track(net)
@@ -485,7 +491,7 @@ def predict_paths(serving_dir, paths):
   if blobs:
     served = tf.saved_model.load(serving_dir)
     try:
-      probs = served.serve(tf.constant(blobs)).numpy()
+      probs = served.serve(tf.constant(blobs))['probability'].numpy()
     except tf.errors.InvalidArgumentError as e:
       raise TrainingError(f'cannot decode an image as JPEG or PNG '
                           f'({e.message.splitlines()[0][:100]})') from e

@@ -2,7 +2,9 @@
 
 `convert(src_dir, out_dir)` scans and plans (`sources`), decodes and resizes
 in worker processes (`imaging`), and writes TFDS-named shards
-(`schema.shard_filename`) plus `dataset_info.json`.
+(`schema.shard_filename`) plus TFDS' metadata (`dataset_info.json`,
+`features.json`), so that `tfds.builder_from_directory(out_dir)` reads it,
+and our own, `xray_info.json`.
 
 How the output is laid out:
   * Within a split, examples are in a seeded order that depends only on the
@@ -12,13 +14,13 @@ How the output is laid out:
   * Shards of a split get even slices of that order. Files that fail to
     decode are only known afterwards, so a shard with a skipped file holds
     one example fewer; the exact count of every shard is in
-    dataset_info.json.
+    xray_info.json (and TFDS' dataset_info.json).
   * Shards per split: `num_shards` if given, else
     max(ceil(num_examples * height * width / 128 MiB), min(8, num_examples)):
     at least 8 so reads interleave and split across up to 8 workers, and
     no shard over about 128 MiB (the uncompressed size bounds the PNG size).
 
-Safety: everything is written into `<out_dir>.partial/`, dataset_info.json
+Safety: everything is written into `<out_dir>.partial/`, xray_info.json
 last, and the folder is renamed into place only when complete. An interrupted
 run (Ctrl-C, kill -9) leaves at most the `.partial` folder, never an out_dir
 that looks finished. An existing dataset is replaced only with `overwrite`,
@@ -81,7 +83,8 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
             test_counts=None, num_shards=None, num_workers=None, seed=0,
             overwrite=False, name=schema.DEFAULT_NAME, layout='auto',
             resume=True, progress=True):
-  """Converts an image tree into TFRecord shards and dataset_info.json.
+  """Converts an image tree into TFRecord shards, TFDS' metadata and
+  xray_info.json.
 
   Args:
     src_dir: source folder in the Kaggle, Mendeley or pool layout (see
@@ -105,7 +108,7 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     progress: show a progress bar (stderr) and print a summary (stdout).
 
   Returns:
-    The dataset_info.json contents as a dict.
+    The xray_info.json contents as a dict.
 
   Raises:
     sources.SourceError: bad source folder or split counts.
@@ -158,6 +161,8 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     info = _dataset_info(plan, shards, partial, written, skipped, stored_size,
                          name, arguments, created, timing, num_workers)
     shutil.rmtree(os.path.join(partial, _PROGRESS_DIR))
+    # TFDS' metadata (imports TFDS here, never in the workers), then ours.
+    schema.write_tfds_metadata(partial, info)
     # Written last: its presence is what marks a dataset as finished.
     atomic.write_json(os.path.join(partial, schema.INFO_FILENAME), info,
                       indent=1)
@@ -269,7 +274,8 @@ def _check_out_dir(out_dir, overwrite):
   entries = os.listdir(out_dir)
   if not entries:
     return
-  if schema.INFO_FILENAME in entries:
+  # Format 1 datasets have only dataset_info.json (then ours).
+  if schema.INFO_FILENAME in entries or schema.TFDS_INFO_FILENAME in entries:
     if not overwrite:
       raise OutputError(f'out_dir {out_dir} already holds a dataset; pass '
                         '--overwrite to replace it, or choose another out_dir')
@@ -372,7 +378,7 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
 
 def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
                   arguments, created, timing, num_workers):
-  """Builds the dataset_info.json dict.
+  """Builds the xray_info.json dict.
 
   images_per_second is measured over the decode-and-write stage (workers
   started to last shard closed), without scanning and the TensorFlow import;

@@ -1,0 +1,69 @@
+"""Saved models load with a plain keras.models.load_model after
+`import xray_tfdata`, in either import order, in a fresh process."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from xray_tfdata import augment
+from xray_tfdata import model as model_lib
+
+from conftest import REPO_ROOT
+
+# Every custom layer the library saves into a model.
+LAYERS = ('KerasCVAugmentation', 'RandomAffine', 'NoAugmentation',
+          'VGG16Preprocess')
+
+LOAD = '''
+import sys
+{first}
+assert 'tensorflow' not in sys.modules or {keras_first}, 'imported TensorFlow'
+import keras
+import numpy as np
+net = keras.models.load_model(sys.argv[1])
+print(' '.join(type(l).__name__ for l in net.layers[1:5]))
+np.testing.assert_allclose(net.predict(np.load(sys.argv[2]), verbose=0),
+                           np.load(sys.argv[3]), atol=1e-6)
+'''
+
+
+def _tiny_model():
+  inputs = keras.Input((8, 8, 1), dtype='uint8')
+  x = augment.make_augmentation('keras_cv', rotation_range=10)(inputs)
+  x = augment.make_augmentation('fused', rotation_range=10)(x)
+  x = augment.make_augmentation('none')(x)
+  x = model_lib.VGG16Preprocess()(x)
+  x = keras.layers.Flatten()(x)
+  return keras.Model(inputs, keras.layers.Dense(1)(x))
+
+
+@pytest.mark.slow
+def test_load_model_after_import_xray_tfdata_in_a_fresh_process(tmp_path):
+  path, images, expected = (str(tmp_path / n) for n in
+                            ('model.keras', 'images.npy', 'expected.npy'))
+  net = _tiny_model()
+  net.save(path)
+  batch = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), np.uint8)
+  np.save(images, batch)
+  np.save(expected, net.predict(batch, verbose=0))
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+  orders = {
+      # The hook: Keras is imported after us; nothing heavy before that.
+      'ours first': LOAD.format(
+          first="import xray_tfdata\nassert 'keras' not in sys.modules",
+          keras_first=False),
+      'keras first': LOAD.format(first='import keras\nimport xray_tfdata',
+                                 keras_first=True),
+  }
+  runs = {name: subprocess.Popen(
+      [sys.executable, '-c', script, path, images, expected], env=env,
+      cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for name, script in orders.items()}
+  for name, run in runs.items():
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, (name, err[-2000:])
+    assert out.split() == list(LAYERS), (name, out)
