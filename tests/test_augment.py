@@ -253,3 +253,21 @@ def test_augmenting_layers_keep_keras_from_enabling_xla():
     model.compile(loss='mse', jit_compile=True)
   assert model.jit_compile is False
   assert augment.make_augmentation('none').supports_jit
+
+
+@pytest.mark.parametrize('height, width', [(32, 48), (48, 32)])
+def test_keras_cv_wrapper_with_pinned_zoom_matches_image_data_generator(
+    height, width):
+  """The keras-cv chain with its only random part pinned (zoom_range as a
+  one-value pair, so every image gets zx = zy = 0.8) against the real
+  ImageDataGenerator on a non-square image, about the image centre."""
+  from test_backend_parity import _assert_matches_idg  # pylint: disable=g-import-not-at-top
+  from test_backend_parity import _idg_centred  # pylint: disable=g-import-not-at-top
+  images = np.stack([_smooth_image(np.random.default_rng(12 + i), height,
+                                   width, 1) for i in range(3)])
+  chain = augment.keras_cv_chain(zoom_range=(0.8, 0.8), seed=1)
+
+  out = chain(images, training=True).numpy()
+
+  params = dict(augment.PARAM_DEFAULTS, zx=0.8, zy=0.8)
+  _assert_matches_idg(out, images, [_idg_centred(params, height, width)] * 3)
