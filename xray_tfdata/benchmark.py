@@ -309,12 +309,7 @@ def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
       'median_epoch_seconds': medians,
       'median_train_images_per_s': {n: trained / m for n, m in medians.items()},
   }
-  if 'baseline' in medians:
-    result['speedup_vs_baseline'] = {
-        n: medians['baseline'] / m for n, m in medians.items()}
-  if 'floor' in medians:
-    result['overhead_vs_floor'] = {
-        n: m / medians['floor'] - 1 for n, m in medians.items()}
+  result.update(benchmark_device.epoch_ratios(medians))
   return result
 
 

@@ -398,13 +398,21 @@ def benchmark_device_epoch(src_dir, image_size=224,
       'idg_images_per_s': idg_rates,
       'median_idg_images_per_s': statistics.median(idg_rates),
   }
+  result.update(epoch_ratios(medians))
+  return result
+
+
+def epoch_ratios(medians):
+  """speedup_vs_baseline and overhead_vs_floor of median epoch seconds, for
+  whichever of the two reference variants was run."""
+  ratios = {}
   if 'baseline' in medians:
-    result['speedup_vs_baseline'] = {
+    ratios['speedup_vs_baseline'] = {
         n: medians['baseline'] / m for n, m in medians.items()}
   if 'floor' in medians:
-    result['overhead_vs_floor'] = {
+    ratios['overhead_vs_floor'] = {
         n: m / medians['floor'] - 1 for n, m in medians.items()}
-  return result
+  return ratios
 
 
 def format_table(result):
