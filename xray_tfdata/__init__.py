@@ -2,18 +2,26 @@
 
 Modules, one per stage:
   synthetic     Kermany-like synthetic image folders (demo and test data).
-  sources       scanning image folders, patient ids, duplicates, re-splits.
+  sources       scanning image folders (and the RSNA layout), patient ids,
+                duplicates, re-splits.
+  imaging       decoding one source file into the stored form (no TensorFlow).
+  dicom         DICOM to display intensities: modality LUT, VOI, MONOCHROME1.
   writer        converting images into TFRecord shards, TFDS' metadata and
                 xray_info.json.
   schema        the TFRecord feature schema and shard naming (shared).
   pipeline      DatasetBuilder: reading shards into tf.data pipelines.
-  augment       device-side augmentation layers (fused RandomAffine, keras-cv).
-  model         the mixed-precision VGG16 transfer-learning model.
+  augment       device-side augmentation (fused RandomAffine), Keras ops only:
+                any backend, no TensorFlow.
+  augment_keras_cv  the keras-cv augmentation chain (TensorFlow only).
+  model         the mixed-precision VGG16 transfer-learning model (Keras ops).
   config        TrainConfig, the settings of a run (imports no TensorFlow).
   runtime       TensorFlow process settings the tools apply (no TensorFlow).
   training      train_and_evaluate(): the seed's experiment end to end.
   evaluation    metrics tables, Youden threshold, bootstrap intervals.
   benchmark     side-by-side benchmarks against ImageDataGenerator.
+  benchmark_device  the seed's epoch against ours on any Keras backend.
+  atomic        atomic state files and disk-full errors (no TensorFlow).
+  cli           the tools' entry points (tools/*, the xray-* commands).
   distribute    tf.distribute strategies, chief and worker roles.
   data_service  tf.data service dispatcher and workers.
 
