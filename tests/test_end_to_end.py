@@ -49,6 +49,7 @@ def test_tools_end_to_end(converted):
   trained = run_tool('train', f'--flagfile={flagfile}')
   assert trained.returncode == 0, trained.stderr[-3000:]
   assert 'epoch 2:' in trained.stdout  # the per-epoch summary line
+  assert ' - loss:' not in trained.stdout  # and not Keras' line as well
   assert '| test |' in trained.stdout  # the results table is printed
   with open(os.path.join(model_dir, 'results.json')) as f:
     results = json.load(f)

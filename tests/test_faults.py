@@ -57,6 +57,21 @@ def _no_space(*args):
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+@pytest.mark.parametrize('umask', [0o022, 0o002, 0o077])
+def test_atomic_files_get_the_mode_the_umask_gives(tmp_path, umask):
+  previous = os.umask(umask)
+  try:
+    path = str(tmp_path / 'config.json')
+    atomic.write_json(path, {'a': 1})
+    plain = str(tmp_path / 'plain.json')
+    with open(plain, 'w') as f:
+      f.write('{}')
+  finally:
+    os.umask(previous)
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+  assert os.stat(path).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
 def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(
     tmp_path, monkeypatch):
   path = str(tmp_path / 'state.json')

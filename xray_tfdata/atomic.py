@@ -102,6 +102,9 @@ def write_bytes(path, data):
                                prefix='.' + os.path.basename(path) + '.',
                                suffix='.tmp')
     try:
+      # mkstemp makes 0600 files; the result should have the mode any new
+      # file gets, as the user's umask says.
+      os.fchmod(fd, _new_file_mode())
       with os.fdopen(fd, 'wb') as f:
         f.write(data)
         f.flush()
@@ -114,6 +117,13 @@ def write_bytes(path, data):
         pass
       raise
   fsync_dir(directory)
+
+
+def _new_file_mode():
+  """0o666 less the process umask: what open(path, 'w') would create."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
 
 
 def write_text(path, text):

@@ -258,7 +258,9 @@ def train_and_evaluate(config, model_dir, overwrite=False):
       keras.callbacks.CSVLogger(os.path.join(work_dir, 'history.csv'),
                                 append=resume),
       keras.callbacks.TensorBoard(os.path.join(work_dir, 'logs')),
-      EpochSummary(steps * config.batch_size),
+      # verbose 2 is our one line per epoch, instead of Keras' (see fit).
+      *([EpochSummary(steps * config.batch_size)] if config.verbose == 2
+        else []),
       # Last: restores the other callbacks' state after their
       # on_train_begin has reset it, and saves it after they have updated.
       state.callback(net, early_stopping=early_stopping,
@@ -298,7 +300,9 @@ def train_and_evaluate(config, model_dir, overwrite=False):
                 validation_data=val_ds, class_weight=class_weight,
                 callbacks=callbacks, initial_epoch=initial_epoch,
                 shuffle=False,  # the pipeline shuffles
-                verbose=config.verbose)
+                # One line per epoch, ours or Keras', never both: 1 is
+                # Keras' progress bar, left whole; 2 is EpochSummary alone.
+                verbose=1 if config.verbose == 1 else 0)
     finally:
       if watchdog is not None:
         watchdog.stop()

@@ -52,7 +52,7 @@ flags.DEFINE_string('data_service', _D.data_service, 'HOST:PORT of a tf.data ser
 flags.DEFINE_integer('data_service_timeout', _D.data_service_timeout, 'Seconds without a training batch from --data_service before training stops with an error (a line every minute says it is waiting); a rerun resumes from the last finished epoch.', lower_bound=1)
 flags.DEFINE_integer('bootstrap_resamples', _D.bootstrap_resamples, 'Resamples for the test AUC 95% interval.', lower_bound=100)
 flags.DEFINE_integer('seed', _D.seed, 'Random seed.')
-flags.DEFINE_integer('verbose', _D.verbose, 'Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.')
+flags.DEFINE_integer('verbose', _D.verbose, 'Output while training: 0 silent, 1 Keras\' progress bar, 2 one short line per epoch (time, images/s, loss and AUC).')
 
 
 def main(argv):
