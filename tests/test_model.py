@@ -278,3 +278,15 @@ def test_mini_vgg_backbone_for_the_demo():
     model_lib.build_model(image_size=32, backbone="mini_vgg", weights="imagenet")
   with pytest.raises(ValueError, match='backbone must be one of'):
     model_lib.build_model(image_size=32, backbone="resnet")
+
+
+def test_compute_capabilities_are_read_from_every_backends_form():
+  # JAX reports '9.0', TensorFlow and PyTorch (9, 0); ROCm reports none.
+  assert model_lib._parse_capability('9.0') == (9, 0)  # pylint: disable=protected-access
+  assert model_lib._parse_capability((8, 6)) == (8, 6)  # pylint: disable=protected-access
+  assert model_lib._parse_capability(None) is None  # pylint: disable=protected-access
+  assert model_lib._parse_capability('gfx90a') is None  # pylint: disable=protected-access
+  assert model_lib.gpu_compute_capabilities('numpy') == []
+  # Whatever this host has, each GPU comes back as (major, minor) or None.
+  for capability in model_lib.gpu_compute_capabilities():
+    assert capability is None or len(capability) == 2
