@@ -92,20 +92,11 @@ def decode_and_resize(task):
   except Exception as e:  # pylint: disable=broad-except
     message = str(e).replace(path, os.path.basename(path))
     return f'cannot decode: {type(e).__name__}: {message}'
-  buffer = io.BytesIO()
-  Image.fromarray(pixels, 'L').save(buffer, 'PNG', compress_level=_PNG_LEVEL)
-  return buffer.getvalue(), original_height, original_width
+  return _png(pixels), original_height, original_width
 
 
-def dicom_to_png(path, voi='auto'):
-  """A DICOM file's 8-bit display image at its own size, as PNG bytes (for
-  models that take encoded images), or a string with the reason it cannot
-  be used."""
-  try:
-    intensities, _ = dicom.decode(path, voi=voi)
-  except dicom.DicomError as e:
-    return str(e)
-  pixels = np.clip(np.rint(intensities * 255), 0, 255).astype(np.uint8)
+def _png(pixels):
+  """uint8 [height, width] as the stored PNG bytes."""
   buffer = io.BytesIO()
   Image.fromarray(pixels, 'L').save(buffer, 'PNG', compress_level=_PNG_LEVEL)
   return buffer.getvalue()
@@ -124,9 +115,7 @@ def _decode_dicom(path, size, voi='auto'):
   resized = Image.fromarray(intensities.astype(np.float32), 'F').resize(
       size, _FILTER)
   pixels = np.clip(np.rint(np.asarray(resized) * 255), 0, 255).astype(np.uint8)
-  buffer = io.BytesIO()
-  Image.fromarray(pixels, 'L').save(buffer, 'PNG', compress_level=_PNG_LEVEL)
-  return buffer.getvalue(), original_height, original_width
+  return _png(pixels), original_height, original_width
 
 
 def _gray_resized(image, size):
