@@ -288,8 +288,10 @@ class DatasetBuilder:
     if repeat:
       ds = ds.repeat()
     if batch_size is not None:
+      # Batches leave in order even when training: out-of-order batches would
+      # let the next epoch's examples overtake this one's under repeat=True.
       ds = ds.batch(batch_size, drop_remainder=training,
-                    num_parallel_calls=AUTOTUNE, deterministic=not training)
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.prefetch(AUTOTUNE)
 
     options = tf.data.Options()
