@@ -24,10 +24,12 @@ import json
 import os
 import tempfile
 
+from xray_tfdata import errors
+
 _NO_SPACE_TEXT = 'no space left on device'
 
 
-class DamagedStateError(ValueError):
+class DamagedStateError(errors.XrayError):
   """A state file is empty, cut short or not valid JSON."""
 
 

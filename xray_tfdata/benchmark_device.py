@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from xray_tfdata import augment
+from xray_tfdata import errors
 from xray_tfdata import imaging
 from xray_tfdata import model as model_lib
 
@@ -59,7 +60,7 @@ _RECORDED_ENV = ('KERAS_BACKEND', 'XLA_FLAGS', 'XLA_PYTHON_CLIENT_PREALLOCATE',
 _CPU_FLAGS_OF_NOTE = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(errors.XrayError):
   """The benchmark's inputs are unusable (no images, bad variant names)."""
 
 

@@ -8,13 +8,15 @@ importing TensorFlow.
 import dataclasses
 import os
 
+from xray_tfdata import errors
+
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker')
 # Settings a resumed run may change: how it is watched and where its data
 # comes from, not what it trains.
 RESUMABLE_CHANGES = ('verbose', 'data_service', 'data_service_timeout')
 
 
-class TrainingError(ValueError):
+class TrainingError(errors.XrayError):
   """A user-caused problem with the training settings or the model_dir."""
 
 

@@ -50,6 +50,8 @@ import time
 
 import tensorflow as tf
 
+from xray_tfdata import errors
+
 PROCESSING_MODE = 'distributed_epoch'
 
 _ADDRESS = re.compile(r'^(?:grpc://)?([A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]):'
@@ -61,7 +63,7 @@ WAIT_LINE_INTERVAL = 60  # seconds between the "waiting" lines
 TIMEOUT_EXIT_CODE = 1
 
 
-class DataServiceError(ValueError):
+class DataServiceError(errors.XrayError):
   """A user-caused problem with a tf.data service address or setting."""
 
 

@@ -25,13 +25,15 @@ import os
 
 import numpy as np
 
+from xray_tfdata import errors
+
 EXTENSIONS = ('.dcm', '.dicom')
 # 'auto': the VOI LUT Sequence, else the window, else the full range.
 VOI_POLICIES = ('auto', 'window', 'full')
 _PREAMBLE_BYTES = 128
 
 
-class DicomError(ValueError):
+class DicomError(errors.XrayError):
   """A DICOM file that cannot become a grayscale training image; the
   message is the reason."""
 

@@ -38,10 +38,11 @@ import tempfile
 
 import tensorflow as tf
 
+from xray_tfdata import errors
 from xray_tfdata.config import STRATEGIES  # pylint: disable=g-import-not-at-top,unused-import
 
 
-class DistributeError(ValueError):
+class DistributeError(errors.XrayError):
   """A user-caused problem with the strategy, the cluster or the shards."""
 
 

@@ -27,6 +27,8 @@ import urllib.request
 import keras
 from keras import ops
 
+from xray_tfdata import errors
+
 POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
 
 # Keras' own source and checksum for the notop ImageNet weights
@@ -51,7 +53,7 @@ _MIN_FLOAT16_COMPUTE_CAPABILITY = (7, 0)
 _BFLOAT16_CPU_FLAGS = frozenset({'avx512_bf16', 'amx_bf16'})
 
 
-class WeightsError(ValueError):
+class WeightsError(errors.XrayError):
   """The requested VGG16 weights cannot be found or loaded."""
 
 

@@ -15,6 +15,7 @@ import os
 import tensorflow as tf
 
 from xray_tfdata import data_service as data_service_lib
+from xray_tfdata import errors
 from xray_tfdata import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -24,7 +25,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_CACHE_LIMIT_BYTES = 4 * 1024**3
 
 
-class DatasetError(ValueError):
+class DatasetError(errors.XrayError):
   """A user-caused problem with a converted dataset or a request for it."""
 
 

@@ -22,6 +22,7 @@ import signal
 import sys
 
 from xray_tfdata import atomic
+from xray_tfdata import errors
 
 INTERRUPTED_EXIT_CODE = 130  # the shell's code for a Ctrl-C (128 + SIGINT)
 
@@ -60,12 +61,14 @@ def configure_tensorflow_env(environ=None):
 def tool_errors(*user_errors):
   """Ends a tool with one line for the errors a user can act on.
 
-  Inside it, SIGTERM is handled as Ctrl-C, so that both run the cleanup a
-  KeyboardInterrupt runs. Bugs (any other exception) keep their traceback.
+  Every user-facing error of the package is an `errors.XrayError`, so one
+  `with runtime.tool_errors():` serves every tool. Inside it, SIGTERM is
+  handled as Ctrl-C, so that both run the cleanup a KeyboardInterrupt runs.
+  Bugs (any other exception) keep their traceback.
 
   Args:
-    *user_errors: exception classes that describe a user's mistake; their
-      message is printed as `error: <message>`.
+    *user_errors: further exception classes, outside the package, that
+      describe a user's mistake; XrayError needs no mention.
 
   Raises:
     SystemExit: code 1 with `error: <message>` for a user error or a full
@@ -83,9 +86,9 @@ def tool_errors(*user_errors):
     print('interrupted; rerun the same command to resume', file=sys.stderr,
           flush=True)
     raise SystemExit(INTERRUPTED_EXIT_CODE) from None
-  except atomic.NoSpaceError as e:
-    raise SystemExit(f'error: {e}') from None
-  except user_errors as e:
+  # NoSpaceError is an OSError (its errno is ENOSPC), so it cannot also be an
+  # XrayError, a ValueError: the two built-in bases have conflicting layouts.
+  except (errors.XrayError, atomic.NoSpaceError) + user_errors as e:
     raise SystemExit(f'error: {e}') from None
   except Exception as e:  # pylint: disable=broad-except
     if not atomic.no_space(e):

@@ -23,6 +23,8 @@ import json
 import os
 import re
 
+from xray_tfdata import errors
+
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 INFO_FILENAME = 'xray_info.json'
@@ -210,7 +212,7 @@ def write_tfds_metadata(data_dir, info):
       supervised_keys=(ENCODED, LABEL))
 
 
-class DatasetInfoError(ValueError):
+class DatasetInfoError(errors.XrayError):
   """The data_dir holds no usable xray_info.json (or format 1's
   dataset_info.json)."""
 

@@ -43,6 +43,8 @@ import os
 import re
 import stat
 
+from xray_tfdata import errors
+
 SPLIT_FOLDERS = ('train', 'val', 'test')
 LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool', 'rsna')
 RSNA_IMAGES = 'stage_2_train_images'
@@ -64,7 +66,7 @@ _HASH_THREADS = 8
 _KEEP_RANK = {'test': 0, 'val': 1, 'train': 2, None: 3}
 
 
-class SourceError(ValueError):
+class SourceError(errors.XrayError):
   """A problem with the source folder or the requested split (a user error)."""
 
 

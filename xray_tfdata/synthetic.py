@@ -44,6 +44,8 @@ import time
 import numpy as np
 from PIL import Image
 
+from xray_tfdata import errors
+
 CLASS_NAMES = ('NORMAL', 'PNEUMONIA')
 LAYOUTS = ('kaggle', 'mendeley', 'pool', 'rsna')
 _RSNA_SIZE = 1024  # RSNA's images are 1024 x 1024
@@ -74,7 +76,7 @@ _DRAW_WIDTH = 256  # pixels; drawn at most this wide, then resized up
 _GRAIN_TILE = 509  # side of the fine-grain noise tile (odd: no 8x8 alignment)
 
 
-class SyntheticError(ValueError):
+class SyntheticError(errors.XrayError):
   """Bad arguments to `make_synthetic_kermany` (a user error)."""
 
 

@@ -58,6 +58,7 @@ import sys
 import time
 
 from xray_tfdata import atomic
+from xray_tfdata import errors
 from xray_tfdata import imaging
 from xray_tfdata import schema
 from xray_tfdata import sources
@@ -75,7 +76,7 @@ _LIST_LIMIT = 10  # skipped files and duplicates listed in the printed summary
 MAX_IMAGE_SIZE = 4096
 
 
-class OutputError(ValueError):
+class OutputError(errors.XrayError):
   """A problem with out_dir or the output arguments (a user error)."""
 
 

@@ -65,7 +65,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   # A full disk, Ctrl-C and SIGTERM end in one line too; the finished shards
   # stay in <out_dir>.partial and a rerun of the same command resumes.
-  with runtime.tool_errors(sources.SourceError, writer.OutputError):
+  with runtime.tool_errors():
     val_counts = (sources.parse_class_counts(_VAL_COUNTS.value)
                   if _VAL_COUNTS.value else None)
     test_counts = (sources.parse_class_counts(_TEST_COUNTS.value)

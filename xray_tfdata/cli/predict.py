@@ -27,7 +27,7 @@ def main(argv):
     raise app.UsageError('pass one or more image paths')
   from xray_tfdata import training  # pylint: disable=g-import-not-at-top
 
-  with runtime.tool_errors(training.TrainingError):
+  with runtime.tool_errors():
     results = training.predict_paths(os.path.join(_MODEL_DIR.value, training.SERVING_DIR), paths)
   failed = 0
   for path, (prob, reason) in zip(paths, results):
