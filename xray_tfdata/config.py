@@ -1,4 +1,10 @@
-"""TrainConfig: the settings of one training run, without TensorFlow.
+"""TrainConfig: the settings of one training run, declared once, without TF.
+
+Each setting is one `TrainConfig` field whose metadata holds its help text,
+its group in `--help`, its bounds and its allowed values. From that one
+declaration come the flags of tools/train (`define_flags`), the config read
+back from them (`from_flags`), the flagfile lines that give a config
+(`to_flags`) and the checks (`TrainConfig.validate`, with `checks`).
 
 Kept apart from `training` so that `tools/train` can define its flags (and
 the converter's spawned workers, which re-import the tool, can start) without
@@ -6,94 +12,187 @@ importing TensorFlow.
 """
 
 import dataclasses
-import os
 
-from xray_tfdata import errors
+from xray_tfdata import checks
 
-STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker')
+STRATEGIES = checks.STRATEGIES
 # Settings a resumed run may change: how it is watched and where its data
 # comes from, not what it trains.
 RESUMABLE_CHANGES = ('verbose', 'data_service', 'data_service_timeout')
 
+# The reference notebook's augmentation, in this package's meaning of the
+# arguments (`augment.RandomAffine`: width_shift_range moves images
+# sideways). The notebook calls ImageDataGenerator(rotation_range=40,
+# width_shift_range=0.3, height_shift_range=0.4, ...), but ImageDataGenerator
+# draws its horizontal shift from height_shift_range and its vertical one
+# from width_shift_range (keras #17398, tf-keras #310), so the notebook's
+# images moved up to 40% sideways and 30% vertically: that geometry is the
+# reference, hence 0.4 and 0.3 here. `augment.image_data_generator_kwargs`
+# gives back the notebook's call as written. The defaults of TrainConfig come
+# from here.
+REFERENCE_AUGMENTATION = dict(
+    rotation_range=40,
+    width_shift_range=0.4,
+    height_shift_range=0.3,
+    shear_range=0.2,
+    zoom_range=0.4,
+    horizontal_flip=True,
+)
 
-class TrainingError(errors.XrayError):
-  """A user-caused problem with the training settings or the model_dir."""
+# The groups of tools/train's --help, in order.
+GROUPS = ('data', 'model', 'augmentation', 'training', 'distribution',
+          'output')
+
+
+# One class: a setting that cannot work and a model_dir that cannot be used
+# are both the user's to fix.
+TrainingError = checks.SettingError
+
+
+def _setting(default, help_text, group, choices=None, lower=None, upper=None,
+             required=False):
+  """A TrainConfig field with its flag's declaration in the metadata.
+
+  Args:
+    default: the value when the flag is not given.
+    help_text: the flag's help.
+    group: one of GROUPS.
+    choices: allowed values (an enum flag), or None.
+    lower, upper: inclusive bounds, or None.
+    required: tools/train needs the flag (its default stays for Python
+      callers).
+
+  Returns:
+    A dataclasses.field.
+  """
+  assert group in GROUPS, group
+  return dataclasses.field(default=default, metadata=dict(
+      help=help_text, group=group, choices=choices, lower=lower, upper=upper,
+      required=required))
+
+
+def _augmentation_setting(name, help_text, lower=0.):
+  default = REFERENCE_AUGMENTATION[name]
+  if not isinstance(default, bool):
+    default = float(default)  # the flag's type, as config.json records it
+  return _setting(default, help_text, 'augmentation', lower=lower)
 
 
 @dataclasses.dataclass
 class TrainConfig:
   """Settings of one training run; every field is a flag of tools/train."""
-  data_dir: str = ''
-  image_size: int = 224
-  batch_size: int = 62
-  epochs: int = 100
-  learning_rate: float = 1e-4
-  weights: str = 'imagenet'  # 'imagenet', 'none' or a local .h5 path
-  frozen_blocks: int = 4
-  backbone: str = 'vgg16'  # or 'mini_vgg' (the demo: no ImageNet weights)
-  dense_units: tuple = (512, 64)
-  dropout: float = 0.4
-  augmentation: str = 'fused'  # 'fused', 'keras_cv' or 'none'
-  rotation_range: float = 40.0
-  width_shift_range: float = 0.3
-  height_shift_range: float = 0.4
-  shear_range: float = 0.2
-  zoom_range: float = 0.4
-  horizontal_flip: bool = True
-  class_weights: bool = True
-  early_stopping_patience: int = 10
-  policy: str = 'auto'
-  jit_compile: bool = False
-  strategy: str = 'auto'  # see xray_tfdata.distribute
-  # HOST:PORT of a tf.data service dispatcher to read and decode the training
-  # split on; '' reads here (see xray_tfdata.data_service).
-  data_service: str = ''
-  # Seconds without a batch from the service before training stops (see
-  # xray_tfdata.data_service.Watchdog).
-  data_service_timeout: int = 600
-  steps_per_epoch: int = 0  # 0: one pass over the training split
-  bootstrap_resamples: int = 2000
-  seed: int = 0
-  verbose: int = 1
-  # The demo: build a synthetic Kermany-like dataset in data_dir when it has
-  # none (see xray_tfdata.synthetic).
-  demo_images: int = 0
+  data_dir: str = _setting(
+      '', 'Dataset made by tools/make_tfrecords.', 'data', required=True)
+  image_size: int = _setting(
+      224, 'Model input size; must equal the stored size.', 'data', lower=32)
+  batch_size: int = _setting(
+      62, 'Global batch size (split across replicas).', 'training', lower=1)
+  epochs: int = _setting(
+      100, 'Maximum epochs (early stopping may end sooner).', 'training',
+      lower=1)
+  learning_rate: float = _setting(1e-4, 'Adam learning rate (> 0).',
+                                  'training')
+  weights: str = _setting(
+      'imagenet', "VGG16 weights: 'imagenet' (Keras download/cache), 'none', "
+      'or a local notop .h5 path.', 'model')
+  frozen_blocks: int = _setting(
+      4, 'Backbone blocks frozen from the bottom (the reference: 4; mini_vgg '
+      'has 4 blocks, vgg16 5).', 'model', lower=0,
+      upper=max(checks.BACKBONE_BLOCKS.values()))
+  backbone: str = _setting(
+      'vgg16', 'vgg16 (the reference), or mini_vgg: a small VGG-style net '
+      'with batch norm, trained from scratch (the demo).', 'model',
+      choices=checks.BACKBONES)
+  dense_units: tuple = _setting(
+      (512, 64), 'Widths of the dense head layers.', 'model')
+  dropout: float = _setting(
+      0.4, 'Dropout after each dense head layer, in [0, 1).', 'model',
+      lower=0)
+  augmentation: str = _setting(
+      'fused', 'fused RandomAffine (one resampling pass), the keras-cv chain, '
+      'or none.', 'augmentation', choices=checks.AUGMENTATIONS)
+  rotation_range: float = _augmentation_setting(
+      'rotation_range', 'Degrees, as ImageDataGenerator.')
+  width_shift_range: float = _augmentation_setting(
+      'width_shift_range', 'Fraction of width; moves images horizontally '
+      '(ImageDataGenerator\'s height_shift_range does, keras #17398).')
+  height_shift_range: float = _augmentation_setting(
+      'height_shift_range', 'Fraction of height; moves images vertically.')
+  shear_range: float = _augmentation_setting(
+      'shear_range', 'Shear angle in degrees, as ImageDataGenerator.')
+  zoom_range: float = _augmentation_setting(
+      'zoom_range', 'Zoom factors uniform in [1-z, 1+z] per axis; below 1.')
+  horizontal_flip: bool = _augmentation_setting(
+      'horizontal_flip', 'Random horizontal flips.', lower=None)
+  class_weights: bool = _setting(
+      True, "Weight classes 'balanced', as the reference does.", 'training')
+  early_stopping_patience: int = _setting(
+      10, 'Epochs without val_loss improvement before stopping.', 'training',
+      lower=1)
+  policy: str = _setting(
+      'auto', 'Keras dtype policy; auto picks by hardware.', 'model',
+      choices=('auto',) + checks.POLICIES)
+  jit_compile: bool = _setting(False, 'Compile the train step with XLA.',
+                               'model')
+  strategy: str = _setting(
+      'auto', 'tf.distribute strategy: auto = multi_worker when TF_CONFIG '
+      'names several workers, else mirrored when there are several GPUs, '
+      'else one_device.', 'distribution', choices=checks.STRATEGIES)
+  data_service: str = _setting(
+      '', 'HOST:PORT of a tf.data service dispatcher (tools/data_service) to '
+      'read and decode the training split on; empty reads it here.',
+      'distribution')
+  data_service_timeout: int = _setting(
+      600, 'Seconds without a training batch from --data_service before '
+      'training stops with an error (a line every minute says it is '
+      'waiting); a rerun resumes from the last finished epoch.',
+      'distribution', lower=1)
+  steps_per_epoch: int = _setting(
+      0, 'Training steps per epoch; 0 = one pass over the training split.',
+      'training', lower=0)
+  bootstrap_resamples: int = _setting(
+      2000, 'Resamples for the test AUC 95% interval.', 'training',
+      lower=100)
+  seed: int = _setting(0, 'Random seed.', 'training')
+  verbose: int = _setting(
+      1, "Output while training: 0 silent, 1 Keras' progress bar, 2 one "
+      'short line per epoch (time, images/s, loss and AUC).', 'training',
+      lower=0, upper=2)
+  demo_images: int = _setting(
+      0, 'If > 0 and data_dir has no dataset, create a synthetic one of this '
+      'many images first (the demo; see xray_tfdata.synthetic).', 'data',
+      lower=0)
 
   def validate(self):
-    """Raises TrainingError for settings that cannot work."""
+    """Checks every setting, alone and together, before anything is written.
+
+    Imports no TensorFlow. Settings that depend on the dataset are checked
+    by `checks.check_against_dataset`.
+
+    Raises:
+      TrainingError: (checks.SettingError) the first setting that cannot
+        work, in one line naming its flag and the fix.
+    """
     if not self.data_dir:
       raise TrainingError('data_dir is not set: pass --data_dir=DIR of a '
                           'dataset made by tools/make_tfrecords')
-    positive = {'batch_size': self.batch_size, 'epochs': self.epochs,
-                'learning_rate': self.learning_rate,
-                'image_size': self.image_size}
-    for name, value in positive.items():
-      if not value > 0:
-        raise TrainingError(f'{name} must be positive, got {value}')
-    if not 0 <= self.dropout < 1:
-      raise TrainingError(f'dropout must be in [0, 1), got {self.dropout}')
-    if self.augmentation not in ('fused', 'keras_cv', 'none'):
-      raise TrainingError(f'augmentation must be fused, keras_cv or none, '
-                          f'got {self.augmentation!r}')
-    if self.strategy not in STRATEGIES:
-      raise TrainingError(f'strategy must be one of '
-                          f'{", ".join(STRATEGIES)}, got '
-                          f'{self.strategy!r}')
+    for name in ('batch_size', 'epochs', 'learning_rate', 'image_size'):
+      checks.check_positive(name, getattr(self, name))
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if field.metadata['choices']:
+        checks.check_choice(field.name, value, field.metadata['choices'])
+      if field.type in (int, float):
+        checks.check_bounds(field.name, value, field.metadata['lower'],
+                            field.metadata['upper'])
+    checks.check_fraction('dropout', self.dropout)
+    checks.check_dense_units(self.dense_units)
+    checks.check_augmentation(**self.augmentation_kwargs())
+    checks.check_backbone(self.backbone, self.frozen_blocks, self.weights)
+    checks.check_weights(self.weights)
+    checks.check_policy(self.policy)
     if self.data_service:
-      # Imported here: it imports TensorFlow, which this module avoids.
-      from xray_tfdata import data_service as data_service_lib  # pylint: disable=g-import-not-at-top
-      try:
-        data_service_lib.service_address(self.data_service)
-      except data_service_lib.DataServiceError as e:
-        raise TrainingError(str(e)) from e
-      if not self.data_service_timeout > 0:
-        raise TrainingError(f'data_service_timeout must be positive, got '
-                            f'{self.data_service_timeout}')
-    weights = self.weights
-    if weights not in ('imagenet', 'none', '') and not os.path.exists(weights):
-      raise TrainingError(
-          f'weights file {weights} does not exist: pass --weights=imagenet, '
-          '--weights=none or the path of vgg16 notop .h5 weights')
+      checks.service_address(self.data_service)
 
   def augmentation_kwargs(self):
     return dict(rotation_range=self.rotation_range,
@@ -106,3 +205,113 @@ class TrainConfig:
     d = dataclasses.asdict(self)
     d['dense_units'] = list(self.dense_units)
     return d
+
+
+# tools/train's flags that are not settings of the run: where it goes.
+# name -> (default, help, type).
+OUTPUT_FLAGS = {
+    'model_dir': (None, 'Output folder: checkpoints, logs, model, results.',
+                  str),
+    'overwrite': (False, 'Replace a finished run (or an unfinished one with '
+                  'other settings) in model_dir.', bool),
+}
+
+
+def required_flags():
+  """The flags tools/train cannot run without."""
+  return ['model_dir'] + [field.name for field in dataclasses.fields(
+      TrainConfig) if field.metadata['required']]
+
+
+def define_flags(flag_values):
+  """Defines one absl flag per TrainConfig field, and OUTPUT_FLAGS.
+
+  Each flag is registered under its group's name (GROUPS) as its module, so
+  that absl's help, and `runtime.run_tool`'s, list the flags by group.
+
+  Args:
+    flag_values: an absl `flags.FlagValues`, e.g. `flags.FLAGS`.
+
+  Returns:
+    {name: FlagHolder} of every flag defined.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  holders = {}
+  for field in dataclasses.fields(TrainConfig):
+    meta = field.metadata
+    common = dict(flag_values=flag_values, module_name=meta['group'])
+    # A required flag has no default: absl then insists on it.
+    default = None if meta['required'] else field.default
+    bounds = {key: meta[name] for key, name in (('lower_bound', 'lower'),
+                                                 ('upper_bound', 'upper'))
+              if meta[name] is not None}
+    if meta['choices']:
+      holder = flags.DEFINE_enum(field.name, default, list(meta['choices']),
+                                 meta['help'], **common)
+    elif field.type is bool:
+      holder = flags.DEFINE_bool(field.name, default, meta['help'], **common)
+    elif field.type is int:
+      holder = flags.DEFINE_integer(field.name, default, meta['help'],
+                                    **bounds, **common)
+    elif field.type is float:
+      holder = flags.DEFINE_float(field.name, default, meta['help'],
+                                  **bounds, **common)
+    elif field.type is tuple:
+      holder = flags.DEFINE_list(field.name, [str(v) for v in default],
+                                 meta['help'], **common)
+    else:
+      holder = flags.DEFINE_string(field.name, default, meta['help'],
+                                   **common)
+    holders[field.name] = holder
+  for name, (default, help_text, kind) in OUTPUT_FLAGS.items():
+    define = flags.DEFINE_bool if kind is bool else flags.DEFINE_string
+    holders[name] = define(name, default, help_text, flag_values=flag_values,
+                           module_name='output')
+  return holders
+
+
+def from_flags(flag_values):
+  """The TrainConfig that parsed flags give (not yet validated).
+
+  Args:
+    flag_values: parsed absl `flags.FlagValues` with `define_flags`' flags.
+
+  Returns:
+    A TrainConfig.
+
+  Raises:
+    TrainingError: --dense_units holds something other than integers.
+  """
+  values = {field.name: flag_values[field.name].value
+            for field in dataclasses.fields(TrainConfig)}
+  try:
+    values['dense_units'] = tuple(int(u) for u in values['dense_units'])
+  except ValueError:
+    raise TrainingError(
+        f'dense_units must be integers, got {",".join(values["dense_units"])}'
+        ': pass widths such as --dense_units=512,64') from None
+  values['data_dir'] = values['data_dir'] or ''
+  return TrainConfig(**values)
+
+
+def to_flags(config):
+  """The command-line flags that give `config` (one per setting).
+
+  Args:
+    config: a TrainConfig.
+
+  Returns:
+    A list such as ['--data_dir=DIR', '--image_size=224', '--nojit_compile',
+    ...], for a command line or a flagfile (one a line).
+  """
+  args = []
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if field.type is bool:
+      args.append(f'--{"" if value else "no"}{field.name}')
+    elif field.type is tuple:
+      args.append(f'--{field.name}={",".join(str(v) for v in value)}')
+    else:
+      args.append(f'--{field.name}={value}')
+  return args

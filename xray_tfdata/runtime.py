@@ -164,7 +164,7 @@ def expand_flagfiles(argv, base=None, _seen=()):
   return out
 
 
-def run_tool(main, module_name, required=()):
+def run_tool(main, module_name, required=(), flag_groups=()):
   """Runs a tool's absl `main`: its flagfiles expanded, its flags shown by
   `--help` whichever script started it (tools/NAME or the installed
   xray-NAME).
@@ -173,14 +173,24 @@ def run_tool(main, module_name, required=()):
     main: the tool's main(argv).
     module_name: the module defining the tool's flags (its __name__).
     required: flags that must be given.
+    flag_groups: for a tool whose flags are defined with
+      `module_name=GROUP` (config.define_flags), the groups in the order
+      `--help` lists them.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   module = sys.modules[module_name]
   main_module = sys.modules['__main__']
-  if not getattr(main_module, '__doc__', None):
-    main_module.__doc__ = module.__doc__  # absl's usage text
+  usage = getattr(main_module, '__doc__', None) or module.__doc__
+  if flag_groups:
+    # absl's --help lists the main module's key flags under one heading;
+    # its usage text, which comes first, lists them here by group instead.
+    listing = '\n'.join(flags.FLAGS.module_help(group)
+                        for group in flag_groups)
+    # absl formats the usage text with %: the help's own % signs are kept.
+    usage += '\nflags:' + listing.replace('%', '%%') + '\n'
+  main_module.__doc__ = usage  # absl's usage text
   # absl's --help lists the main module's flags; these are the tool's.
   for flag in flags.FLAGS.get_key_flags_for_module(module_name):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
