@@ -24,8 +24,8 @@ def _smooth_image(rng, height, width, channels):
   return ndimage.gaussian_filter(noise, (2, 2, 0)).astype(np.float32)
 
 
-def _idg_samples(count, height, width):
-  generator = ImageDataGenerator(**augment.SEED_AUGMENTATION)
+def _idg_samples(count, height, width, idg_kwargs=augment.REFERENCE_AUGMENTATION):
+  generator = ImageDataGenerator(**idg_kwargs)
   np.random.seed(5)
   samples = [generator.get_random_transform((height, width, 1))
              for _ in range(count)]
@@ -36,11 +36,15 @@ def _idg_samples(count, height, width):
 def test_sampled_params_follow_image_data_generator_distributions():
   height, width = 32, 48
   ours = {key: value.numpy() for key, value in augment.sample_params(
-      20000, height, width, **augment.SEED_AUGMENTATION, seed=6).items()}
+      20000, height, width, **augment.REFERENCE_AUGMENTATION, seed=6).items()}
   idg = _idg_samples(3000, height, width)
 
   # Ranges (uniform half-widths) and moments of U(-a, a): mean 0, var a^2/3.
-  limits = dict(theta=40, tx=0.3 * width, ty=0.4 * height, shear=0.2)
+  ranges = augment.REFERENCE_AUGMENTATION
+  limits = dict(theta=ranges['rotation_range'],
+                tx=ranges['width_shift_range'] * width,
+                ty=ranges['height_shift_range'] * height,
+                shear=ranges['shear_range'])
   for key, limit in limits.items():
     values = ours[key]
     assert np.abs(values).max() <= limit
@@ -67,6 +71,20 @@ def test_sampled_params_follow_image_data_generator_distributions():
   assert abs(np.corrcoef(idg['zx'], idg['zy'])[0, 1]) < 0.08
   assert idg['flip_horizontal'].mean() == pytest.approx(
       ours['flip_horizontal'].mean(), abs=0.04)
+
+
+def test_reference_augmentation_moves_images_as_the_notebook_did():
+  # The notebook's call as written, through ImageDataGenerator's swap, and
+  # REFERENCE_AUGMENTATION through the layer's documented meaning give the
+  # same shifts on square images, key for key.
+  size = 32
+  ours = {key: value.numpy() for key, value in augment.sample_params(
+      3000, size, size, **augment.REFERENCE_AUGMENTATION, seed=7).items()}
+  idg = _idg_samples(3000, size, size, augment.REFERENCE_GENERATOR_KWARGS)
+  assert augment.REFERENCE_GENERATOR_KWARGS['width_shift_range'] == 0.3
+  assert augment.REFERENCE_GENERATOR_KWARGS['height_shift_range'] == 0.4
+  for key in ('tx', 'ty'):
+    assert stats.ks_2samp(ours[key], idg[key]).pvalue > 1e-3, key
 
 
 def test_shift_ranges_scale_with_their_own_axis():
@@ -98,7 +116,7 @@ def _images(batch=4, height=32, width=48, channels=1, seed=8):
 
 def test_random_affine_augments_only_when_training():
   images = _images()
-  layer = augment.RandomAffine(**augment.SEED_AUGMENTATION, seed=1)
+  layer = augment.RandomAffine(**augment.REFERENCE_AUGMENTATION, seed=1)
 
   for training in (None, False):
     output = layer(images, training=training)
@@ -114,8 +132,8 @@ def test_random_affine_augments_only_when_training():
 
 def test_random_affine_is_deterministic_when_seeded():
   images = _images()
-  first = augment.RandomAffine(**augment.SEED_AUGMENTATION, seed=3)
-  second = augment.RandomAffine(**augment.SEED_AUGMENTATION, seed=3)
+  first = augment.RandomAffine(**augment.REFERENCE_AUGMENTATION, seed=3)
+  second = augment.RandomAffine(**augment.REFERENCE_AUGMENTATION, seed=3)
 
   np.testing.assert_array_equal(first(images, training=True),
                                 second(images, training=True))
@@ -133,7 +151,7 @@ def test_model_predict_and_evaluate_see_unaugmented_images(kind):
   images = _images()
   target = images.astype(np.float32)
   model = _augmentation_model(
-      augment.make_augmentation(kind, **augment.SEED_AUGMENTATION, seed=2))
+      augment.make_augmentation(kind, **augment.REFERENCE_AUGMENTATION, seed=2))
 
   np.testing.assert_array_equal(model.predict(images, verbose=0), target)
   assert model.evaluate(images, target, verbose=0) == 0.0
@@ -153,9 +171,9 @@ def test_raw_keras_cv_layers_augment_in_inference():
 
 def test_keras_cv_chain_roughly_matches_fused_magnitudes():
   images = np.tile(_images(batch=1, height=48, width=48), (64, 1, 1, 1))
-  fused = augment.make_augmentation('fused', **augment.SEED_AUGMENTATION,
+  fused = augment.make_augmentation('fused', **augment.REFERENCE_AUGMENTATION,
                                     seed=4)
-  chain = augment.keras_cv_chain(**augment.SEED_AUGMENTATION, seed=4)
+  chain = augment.keras_cv_chain(**augment.REFERENCE_AUGMENTATION, seed=4)
 
   fused_out = fused(images, training=True).numpy()
   chain_out = chain(images, training=True).numpy()
@@ -196,7 +214,7 @@ def mixed_bfloat16():
 def test_augmentation_runs_in_float32_under_mixed_bfloat16(
     mixed_bfloat16, kind):  # pylint: disable=redefined-outer-name
   del mixed_bfloat16
-  layer = augment.make_augmentation(kind, **augment.SEED_AUGMENTATION)
+  layer = augment.make_augmentation(kind, **augment.REFERENCE_AUGMENTATION)
   inputs = keras.Input((32, 48, 1), dtype='uint8')
   features = keras.layers.GlobalAveragePooling2D()(layer(inputs))
   model = keras.Model(inputs, keras.layers.Dense(1)(features))
@@ -212,7 +230,7 @@ def test_augmentation_runs_in_float32_under_mixed_bfloat16(
 
 def test_augmentation_works_in_tf_function_and_tf_data():
   images = _images(batch=4)
-  layer = augment.RandomAffine(**augment.SEED_AUGMENTATION, seed=5)
+  layer = augment.RandomAffine(**augment.REFERENCE_AUGMENTATION, seed=5)
   eager = layer(images, training=True)
 
   graph = tf.function(lambda x: layer(x, training=True))(images)
@@ -229,7 +247,7 @@ def test_augmentation_works_in_tf_function_and_tf_data():
 @pytest.mark.parametrize('kind', ['fused', 'keras_cv', 'none'])
 def test_model_with_augmentation_saves_and_reloads(tmp_path, kind):
   images = _images()
-  layer = augment.make_augmentation(kind, **augment.SEED_AUGMENTATION,
+  layer = augment.make_augmentation(kind, **augment.REFERENCE_AUGMENTATION,
                                     seed=6, name='augmentation')
   model = _augmentation_model(layer)
   path = os.path.join(tmp_path, 'model.keras')

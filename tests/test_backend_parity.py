@@ -132,11 +132,11 @@ def test_random_affine_layer_matches_image_data_generator_on_non_square(
   # flips, and that it turns about the image centre.
   rng = np.random.default_rng(9)
   images = np.stack([_smooth_image(rng, height, width, 1) for _ in range(12)])
-  layer = augment.RandomAffine(**augment.SEED_AUGMENTATION, seed=21)
+  layer = augment.RandomAffine(**augment.REFERENCE_AUGMENTATION, seed=21)
 
   actual = to_numpy(layer(images, training=True))
   drawn = augment.sample_params(
-      len(images), height, width, **augment.SEED_AUGMENTATION,
+      len(images), height, width, **augment.REFERENCE_AUGMENTATION,
       seed=keras.random.SeedGenerator(21))
   drawn = [{key: float(to_numpy(value)[i]) for key, value in drawn.items()}
            for i in range(len(images))]

@@ -33,12 +33,12 @@ from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
 from xray_tfdata import schema
 
-SEED_BATCH_SIZE = benchmark_device.SEED_BATCH_SIZE
+REFERENCE_BATCH_SIZE = benchmark_device.SEED_BATCH_SIZE
 
 # The seed's baseline and the machine record are shared with the
 # TensorFlow-free device_epoch mode, where they are defined.
 machine_info = benchmark_device.machine_info
-seed_flow = benchmark_device.seed_flow
+reference_flow = benchmark_device.seed_flow
 _baseline_model = benchmark_device.baseline_model
 
 
@@ -49,7 +49,7 @@ def _device_preprocess(kind):
   batch is computed (an op computes its whole output) but not copied back to
   the host, as on a GPU where it would go on to the first convolution.
   """
-  augmentation = (augment.make_augmentation(kind, **augment.SEED_AUGMENTATION)
+  augmentation = (augment.make_augmentation(kind, **augment.REFERENCE_AUGMENTATION)
                   if kind != 'none' else None)
   preprocess = model_lib.VGG16Preprocess()
 
@@ -72,7 +72,7 @@ def _time_batches(next_batch, num_batches, sync=lambda b: b):
   return images / (time.perf_counter() - start), images
 
 
-def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZE,
+def benchmark_input(src_dir, data_dir, image_size=224, batch_size=REFERENCE_BATCH_SIZE,
                     baseline_batches=15, batches=60, repeats=3,
                     kinds=('host', 'none', 'fused', 'keras_cv')):
   """Images/s of the seed's iterator against this pipeline, side by side.
@@ -93,7 +93,7 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
     dict with per-variant lists of images/s, medians and ratios.
   """
   builder = pipeline.DatasetBuilder(data_dir)
-  flow = seed_flow(src_dir, image_size, batch_size)
+  flow = reference_flow(src_dir, image_size, batch_size)
   flow_iter = iter(flow)
   variants = {'imagedatagenerator': lambda: next(flow_iter)[0]}
   runs = {}
@@ -147,7 +147,7 @@ def _op_runners(ops, image_size, batch_size, policy):
       0, 256, (batch_size, image_size, image_size, 1), dtype=np.uint8))
   pixels = tf.cast(images, tf.float32)
   params = augment.sample_params(batch_size, image_size, image_size, seed=0,
-                                 **augment.SEED_AUGMENTATION)
+                                 **augment.REFERENCE_AUGMENTATION)
   preprocess = model_lib.VGG16Preprocess()
   fused = _device_preprocess('fused')
   runners = {
@@ -159,7 +159,7 @@ def _op_runners(ops, image_size, batch_size, policy):
   runners = {name: (run, batch_size) for name, run in runners.items()
              if name in ops}
   if {'train_step', 'predict_batch', 'predict_one'} & set(ops):
-    net = _seed_model(image_size, 'fused', policy)
+    net = _reference_model(image_size, 'fused', policy)
     keras.mixed_precision.set_global_policy('float32')
     labels = (rng.random(batch_size) < 0.73).astype(np.float32)
     runners['train_step'] = (
@@ -170,7 +170,7 @@ def _op_runners(ops, image_size, batch_size, policy):
   return {name: runners[name] for name in ops}
 
 
-def benchmark_ops(image_size=224, batch_size=SEED_BATCH_SIZE, calls=10,
+def benchmark_ops(image_size=224, batch_size=REFERENCE_BATCH_SIZE, calls=10,
                   repeats=3, ops=OPS, policy='float32'):
   """Images/s of the pipeline's and the model's parts, on tensors in memory.
 
@@ -227,7 +227,7 @@ def _sync(batch):
   return np.asarray(batch)
 
 
-def _seed_model(image_size, augmentation, policy):
+def _reference_model(image_size, augmentation, policy):
   keras.mixed_precision.set_global_policy(policy)
   net = model_lib.build_model(image_size=image_size, weights=None,
                               augmentation=augmentation)
@@ -235,7 +235,7 @@ def _seed_model(image_size, augmentation, policy):
   return net
 
 
-def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZE,
+def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=REFERENCE_BATCH_SIZE,
                     train_images=248, val_images=62, repeats=3, policy='auto',
                     variants=('baseline', 'fused', 'keras_cv', 'floor')):
   """Seconds per epoch (train + validation), side by side.
@@ -256,15 +256,15 @@ def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
   setups = {}
   if 'baseline' in variants:
     net = _baseline_model(image_size)
-    train = seed_flow(src_dir, image_size, batch_size)
+    train = reference_flow(src_dir, image_size, batch_size)
     # The seed validated one image per step.
-    val = seed_flow(src_dir, image_size, 1, augmentation=False,
+    val = reference_flow(src_dir, image_size, 1, augmentation=False,
                     shuffle=False)
     setups['baseline'] = (net, train, val, min(val_images, val.samples))
   for kind in ('fused', 'keras_cv'):
     if kind in variants:
-      aug = augment.make_augmentation(kind, **augment.SEED_AUGMENTATION)
-      net = _seed_model(image_size, aug, policy)
+      aug = augment.make_augmentation(kind, **augment.REFERENCE_AUGMENTATION)
+      net = _reference_model(image_size, aug, policy)
       # Repeated, like the trainer's: `steps` (train_images // batch_size)
       # need not be one pass over the split.
       train = builder.as_dataset('train', batch_size, training=True, seed=0,
@@ -273,8 +273,8 @@ def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=SEED_BATCH_SIZ
           -(-val_images // batch_size)).cache()
       setups[kind] = (net, train, val, None)
   if 'floor' in variants:
-    aug = augment.make_augmentation('fused', **augment.SEED_AUGMENTATION)
-    net = _seed_model(image_size, aug, policy)
+    aug = augment.make_augmentation('fused', **augment.REFERENCE_AUGMENTATION)
+    net = _reference_model(image_size, aug, policy)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch_size, image_size, image_size, 1),
                           dtype=np.uint8)

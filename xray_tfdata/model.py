@@ -27,9 +27,10 @@ import urllib.request
 import keras
 from keras import ops
 
+from xray_tfdata import checks
 from xray_tfdata import errors
 
-POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
+POLICIES = checks.POLICIES
 
 # Keras' own source and checksum for the notop ImageNet weights
 # (keras/src/applications/vgg16.py).
@@ -144,14 +145,11 @@ def select_policy(policy='auto', gpus=None, cpu_flags=None):
     The policy name.
 
   Raises:
-    ValueError: unknown policy.
+    checks.SettingError: unknown policy.
   """
+  checks.check_policy(policy)
   if policy in POLICIES:
     return policy
-  if policy != 'auto':
-    raise ValueError(
-        f'unknown dtype policy {policy!r}: use auto or one of '
-        f'{", ".join(POLICIES)}')
   if gpus is None:
     gpus = gpu_compute_capabilities()
   if gpus:
@@ -311,12 +309,15 @@ def frozen_layer_count(base, frozen_blocks):
   raise ValueError(f'frozen_blocks must be in 0..{pools}, got {frozen_blocks}')
 
 
-BACKBONES = ('vgg16', 'mini_vgg')
+BACKBONES = checks.BACKBONES
 # A VGG-style backbone small enough to train from scratch in minutes on a
 # CPU: for the demo and tests, where ImageNet weights cannot be had. A
 # randomly initialised VGG16 with frozen blocks learns nothing from its
 # random features, and training all of it from scratch takes hours here.
-_MINI_VGG_WIDTHS = (16, 32, 64, 128)
+# Its depth is declared with the checks, which refuse to freeze more blocks
+# than it has: (16, 32, 64, 128).
+_MINI_VGG_WIDTHS = tuple(
+    16 * 2**block for block in range(checks.BACKBONE_BLOCKS['mini_vgg']))
 
 
 def mini_vgg(input_shape):
@@ -344,13 +345,14 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
     image_size: height and width of the input images, >= 32.
     channels_in: 1 (grayscale, as stored) or 3.
     weights: None, 'imagenet' or a local .h5 path; see `resolve_weights`.
-    frozen_blocks: leading VGG16 blocks (0..5) whose layers are not trained.
+    frozen_blocks: leading blocks (0..5 of VGG16, 0..4 of mini_vgg) whose
+      layers are not trained.
     dense_units: widths of the dense head's hidden layers.
     dropout: dropout rate after each hidden dense layer.
     augmentation: None; a Keras layer applied first, which must augment
       only when training (e.g. from `xray_tfdata.augment.make_augmentation`);
       or a kind for `make_augmentation` ('fused', 'keras_cv', 'none'), which
-      gets the seed's settings, `augment.SEED_AUGMENTATION`.
+      gets the reference settings, `augment.REFERENCE_AUGMENTATION`.
     policy: None keeps the current global dtype policy; otherwise 'auto' or
       a policy name (see `select_policy`), set globally before building.
     name: model name.
@@ -363,22 +365,22 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
 
   Raises:
     WeightsError: weights cannot be found or loaded.
-    ValueError: bad arguments or policy.
+    checks.SettingError: a bad backbone, frozen_blocks, weights for
+      mini_vgg, dense_units, dropout or policy.
+    ValueError: bad channels_in.
   """
   if channels_in not in (1, 3):
     raise ValueError(f'channels_in must be 1 or 3, got {channels_in}')
-  if backbone not in BACKBONES:
-    raise ValueError(f'backbone must be one of {BACKBONES}, got {backbone!r}')
-  if backbone == 'mini_vgg' and weights not in (None, 'none'):
-    raise WeightsError('mini_vgg has no pretrained weights; use '
-                       'weights=none, or backbone vgg16')
+  checks.check_backbone(backbone, frozen_blocks, weights)
+  checks.check_dense_units(dense_units)
+  checks.check_fraction('dropout', dropout)
   if policy is not None:
     keras.mixed_precision.set_global_policy(select_policy(policy))
   weights_path = resolve_weights(weights)
   if isinstance(augmentation, str):
     from xray_tfdata import augment  # pylint: disable=g-import-not-at-top
     augmentation = augment.make_augmentation(augmentation,
-                                             **augment.SEED_AUGMENTATION)
+                                             **augment.REFERENCE_AUGMENTATION)
 
   images = keras.Input((image_size, image_size, channels_in), dtype='uint8',
                        name='image')
@@ -415,8 +417,8 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
   return keras.Model(images, probability, name=name)
 
 
-def seed_metrics():
-  """The seed's metrics, with its names."""
+def reference_metrics():
+  """The reference notebook's metrics, with its names."""
   return [
       keras.metrics.AUC(name='auc'),
       keras.metrics.TruePositives(name='tp'),
@@ -431,7 +433,7 @@ def seed_metrics():
 
 def compile_model(model, learning_rate=1e-4, jit_compile='auto',
                   steps_per_execution=1):
-  """Compiles with Adam, binary cross-entropy and the seed's metrics.
+  """Compiles with Adam, binary cross-entropy and the reference metrics.
 
   Under a 'mixed_float16' model policy Keras 3 wraps the optimizer in a
   LossScaleOptimizer itself (Model.compile, auto_scale_loss=True), so it is
@@ -450,14 +452,13 @@ def compile_model(model, learning_rate=1e-4, jit_compile='auto',
     The model, compiled.
 
   Raises:
-    ValueError: non-positive learning rate.
+    checks.SettingError: non-positive learning rate.
   """
-  if not learning_rate > 0:
-    raise ValueError(f'learning_rate must be positive, got {learning_rate}')
+  checks.check_positive('learning_rate', learning_rate)
   model.compile(
       optimizer=keras.optimizers.Adam(learning_rate),
       loss=keras.losses.BinaryCrossentropy(),
-      metrics=seed_metrics(),
+      metrics=reference_metrics(),
       jit_compile=jit_compile,
       steps_per_execution=steps_per_execution)
   return model
