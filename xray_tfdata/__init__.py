@@ -14,7 +14,11 @@ Modules, one per stage:
                 any backend, no TensorFlow.
   augment_keras_cv  the keras-cv augmentation chain (TensorFlow only).
   model         the mixed-precision VGG16 transfer-learning model (Keras ops).
-  config        TrainConfig, the settings of a run (imports no TensorFlow).
+  config        TrainConfig, the settings of a run, each declared once with
+                its flag (imports no TensorFlow).
+  checks        every setting's checks, shared by config, augment and model
+                (no TensorFlow, no Keras).
+  errors        XrayError, the base of every user-facing error.
   runtime       TensorFlow process settings the tools apply (no TensorFlow).
   training      train_and_evaluate(): the seed's experiment end to end.
   evaluation    metrics tables, Youden threshold, bootstrap intervals.
