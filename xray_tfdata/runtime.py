@@ -6,9 +6,9 @@ tools call `configure_tensorflow_env()` first thing; scripts of your own that
 import the library can call it too, or export the variables.
 
 Measured and left at TensorFlow's default: TF_ENABLE_ONEDNN_OPTS (off on
-this AVX2 CPU). Turning it on made VGG16 training 9-13% faster but batch-1
-inference 24-29% slower (BUILD_NOTES.md, "CPU runtime settings"): export
-TF_ENABLE_ONEDNN_OPTS=1 when training on such a CPU.
+an AVX2 CPU). Turning it on made VGG16 training faster but batch-1
+inference slower (figures and commands: BUILD_NOTES.md, "CPU runtime
+settings"): export TF_ENABLE_ONEDNN_OPTS=1 when training on such a CPU.
 
 Only defaults are set: a value already in the environment wins.
 
@@ -34,9 +34,9 @@ TF_ENV_DEFAULTS = {
     'TF_CPU_ALLOCATOR_USE_BFC': (
         'true', 'TensorFlow\'s default CPU allocator hands every large buffer '
         'back to the OS, so the next batch page-faults its 37 MB of float '
-        'RGB pixels in again; the BFC pool keeps them. Measured about 2x on '
-        'the gray->BGR preprocessing and 1.2-1.6x on the fused augmentation '
-        'path (BUILD_NOTES.md, "CPU runtime settings")'),
+        'RGB pixels in again; the BFC pool keeps them, which made the '
+        'gray->BGR preprocessing and the fused augmentation path faster '
+        '(figures and commands: BUILD_NOTES.md, "CPU runtime settings")'),
 }
 
 
