@@ -24,7 +24,8 @@ def _smooth_image(rng, height, width, channels):
   return ndimage.gaussian_filter(noise, (2, 2, 0)).astype(np.float32)
 
 
-def _idg_samples(count, height, width, idg_kwargs=augment.REFERENCE_AUGMENTATION):
+def _idg_samples(count, height, width,
+                 idg_kwargs=augment.REFERENCE_AUGMENTATION):
   generator = ImageDataGenerator(**idg_kwargs)
   np.random.seed(5)
   samples = [generator.get_random_transform((height, width, 1))

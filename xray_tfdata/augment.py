@@ -130,7 +130,8 @@ def image_data_generator_kwargs(ranges):
 
 # The reference notebook's ImageDataGenerator call, as written: the
 # baseline that the benchmarks time.
-REFERENCE_GENERATOR_KWARGS = image_data_generator_kwargs(REFERENCE_AUGMENTATION)
+REFERENCE_GENERATOR_KWARGS = image_data_generator_kwargs(
+    REFERENCE_AUGMENTATION)
 # The old name of REFERENCE_GENERATOR_KWARGS, still read by benchmark_device.
 SEED_AUGMENTATION = REFERENCE_GENERATOR_KWARGS
 
