@@ -201,3 +201,64 @@ def test_tfds_dataset_of_another_origin_is_named(tmp_path):
   (tmp_path / 'dataset_info.json').write_text('{"name": "mnist"}')
   with pytest.raises(pipeline.DatasetError, match='tfds.builder_from_directory'):
     pipeline.DatasetBuilder(str(tmp_path))
+
+
+def _ops(ds):
+  """The dataset graph's nodes, by op name."""
+  graph = tf.compat.v1.GraphDef.FromString(ds._as_serialized_graph().numpy())  # pylint: disable=protected-access
+  return {node.name: node for node in graph.node}
+
+
+def _shuffle_buffer(ds):
+  """The example shuffle's buffer size (not the shard list's shuffle)."""
+  nodes = _ops(ds)
+  shuffles = [n for n in nodes.values() if n.op.startswith('ShuffleDataset')
+              and nodes[n.input[0].split(':')[0]].op != 'TensorSliceDataset']
+  assert len(shuffles) == 1
+  const = nodes[shuffles[0].input[1].split(':')[0]]
+  return tf.make_ndarray(const.attr['value'].tensor).item()
+
+
+def _has_cache(ds):
+  return any(n.op.startswith('CacheDataset') for n in _ops(ds).values())
+
+
+def test_read_config_and_its_keywords_build_the_same_pipeline(tiny):
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  config = pipeline.ReadConfig(cache=False, shuffle_buffer=5)
+  by_config = builder.as_dataset('train', 4, training=True, read_config=config)
+  by_keywords = builder.as_dataset('train', 4, training=True, cache=False,
+                                   shuffle_buffer=5)
+  for ds in (by_config, by_keywords):
+    assert not _has_cache(ds) and _shuffle_buffer(ds) == 5
+  # A keyword overrides the same field of read_config.
+  ds = builder.as_dataset('train', 4, training=True, read_config=config,
+                          cache=True)
+  assert _has_cache(ds) and _shuffle_buffer(ds) == 5
+  with pytest.raises(TypeError, match='shuffle_bufer'):
+    builder.as_dataset('train', shuffle_bufer=5)
+
+
+def test_shuffle_buffer_holds_the_split_only_when_cached(tiny, monkeypatch):
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  # 14 examples of H*W bytes; a cap of 3 examples' worth.
+  monkeypatch.setattr(pipeline, 'UNCACHED_SHUFFLE_BUFFER_BYTES', 3 * H * W + 1)
+  cached = builder.as_dataset('train', training=True)
+  assert _has_cache(cached) and _shuffle_buffer(cached) == 14
+  uncached = builder.as_dataset('train', training=True, cache=False)
+  assert not _has_cache(uncached) and _shuffle_buffer(uncached) == 3
+  values = sorted(int(image[1, 1, 0]) for image, _ in uncached)
+  assert values == list(range(14))  # a smaller buffer, still every example
+
+
+@pytest.mark.parametrize('cache, decoded_bytes, service, expected', [
+    ('auto', pipeline.DEFAULT_CACHE_LIMIT_BYTES, None, True),
+    ('auto', pipeline.DEFAULT_CACHE_LIMIT_BYTES + 1, None, False),
+    ('auto', 1, 'localhost:5050', False),
+    (True, pipeline.DEFAULT_CACHE_LIMIT_BYTES * 2, 'localhost:5050', True),
+    (False, 1, None, False),
+])
+def test_should_cache_ds(cache, decoded_bytes, service, expected):
+  assert pipeline._should_cache_ds(cache, decoded_bytes, service) is expected  # pylint: disable=protected-access

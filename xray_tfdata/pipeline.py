@@ -7,10 +7,16 @@ to repeat, as `tfds` datasets are. It does no augmentation and no
 float conversion: batches leave the host as uint8 grayscale, twelve times
 fewer bytes than float32 RGB, and the augmentation runs on the device inside
 the model (see `xray_tfdata.augment`).
+
+`as_dataset` reads as a list of stages, after TF Model Garden's
+`InputReader.read`: the shard files, the records, the decode, the optional
+tf.data service, then cache, shuffle, repeat, batch and options. Its less
+common knobs live in a `ReadConfig`, as in `tfds.ReadConfig`.
 """
 
 import dataclasses
 import os
+from typing import Any, Optional, Union
 
 import tensorflow as tf
 
@@ -23,9 +29,51 @@ AUTOTUNE = tf.data.AUTOTUNE
 # full Kermany training split at 224 px is about 240 MB.
 DEFAULT_CACHE_LIMIT_BYTES = 4 * 1024**3
 
+# Without the cache the shuffle buffer is the only copy of the decoded images
+# in memory, so a whole-split buffer would hold the split anyway: exactly what
+# cache=False is asked for to avoid. 256 MiB is about 5,300 images at
+# 224x224x1, more than the whole Kermany training split (which 'auto' caches
+# anyway), and still over 1,000 at 512x512; the shard-order shuffle and the
+# interleave of up to 16 shards mix beyond the buffer.
+UNCACHED_SHUFFLE_BUFFER_BYTES = 256 * 1024**2
+
+# Shards read at once while training.
+_MAX_INTERLEAVE = 16
+
 
 class DatasetError(ValueError):
   """A user-caused problem with a converted dataset or a request for it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadConfig:
+  """The less common knobs of `DatasetBuilder.as_dataset`.
+
+  Like `tfds.ReadConfig`: the common arguments stay in the call, these travel
+  together. Each field can also be passed to `as_dataset` as a keyword of
+  the same name (the keywords it had before `ReadConfig`), which then
+  overrides the field.
+
+  Attributes:
+    cache: True, False, or 'auto' (cache when the decoded split is at most
+      DEFAULT_CACHE_LIMIT_BYTES and no tf.data service reads it).
+    shuffle_buffer: examples in the shuffle buffer (training); None: the
+      whole split when cached, else at most UNCACHED_SHUFFLE_BUFFER_BYTES of
+      decoded images.
+    input_context: a `tf.distribute.InputContext`, to shard by file across
+      input pipelines (`distribute_datasets_from_function`).
+    data_service: address of a tf.data service dispatcher ('host:port'):
+      read and decode on its workers, each example once per epoch (see
+      `xray_tfdata.data_service`); the order is then never deterministic,
+      and 'auto' does not cache.
+    data_service_job: a job name the trainers of one multi-worker run share,
+      so that together they read each example once per epoch.
+  """
+  cache: Union[bool, str] = 'auto'
+  shuffle_buffer: Optional[int] = None
+  input_context: Any = None
+  data_service: Optional[str] = None
+  data_service_job: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +165,7 @@ class DatasetBuilder:
     builder = DatasetBuilder('/data/kermany_224')
     builder.info.class_weights()            # {0: 1.85, 1: 0.68}
     ds = builder.as_dataset('train', batch_size=62, training=True)
+    ds = builder.as_dataset('val', 62, read_config=ReadConfig(cache=False))
 
   `data_dir` may be any `tf.io.gfile` path (local, gs://, ...).
   """
@@ -179,10 +228,8 @@ class DatasetBuilder:
     return total
 
   def as_dataset(self, split, batch_size=None, training=False, *,
-                 image_size=None, resize=False, cache='auto',
-                 shuffle_buffer=None, seed=None, repeat=False,
-                 input_context=None, with_metadata=False,
-                 data_service=None, data_service_job=None):
+                 image_size=None, resize=False, seed=None, repeat=False,
+                 with_metadata=False, read_config=None, **read_options):
     """Builds the tf.data pipeline for one split.
 
     Args:
@@ -194,25 +241,17 @@ class DatasetBuilder:
       image_size: (height, width) or an int the model expects; None means
         the stored size. Another size than stored raises, unless `resize`.
       resize: resize on purpose (anti-aliased bilinear) to `image_size`.
-      cache: True, False, or 'auto' (cache when the decoded split is at most
-        DEFAULT_CACHE_LIMIT_BYTES).
-      shuffle_buffer: examples in the shuffle buffer (training); default the
-        whole split, which the cache makes cheap.
       seed: seed for the file and example shuffles.
       repeat: repeat forever. Default False: one pass, as `tfds` gives, so
         `Model.fit(ds, epochs=N)` needs no `steps_per_epoch` (each epoch is a
         new iteration, hence a new shuffle). With repeat, pass
         `steps_per_epoch` to `Model.fit` (see `steps_per_epoch()`).
-      input_context: a `tf.distribute.InputContext`, to shard by file across
-        input pipelines (`distribute_datasets_from_function`).
       with_metadata: yield a third element, a dict with the file name and
         patient id (evaluation and error analysis).
-      data_service: address of a tf.data service dispatcher ('host:port'):
-        read and decode on its workers, each example once per epoch (see
-        `xray_tfdata.data_service`); the order is then never deterministic,
-        and 'auto' does not cache.
-      data_service_job: a job name the trainers of one multi-worker run
-        share, so that together they read each example once per epoch.
+      read_config: a `ReadConfig` with the less common knobs (cache, shuffle
+        buffer, input context, tf.data service).
+      **read_options: any `ReadConfig` field by name (`cache=False`,
+        `data_service=...`); overrides the same field of `read_config`.
 
     Returns:
       A `tf.data.Dataset` of (uint8 images [B, H, W, 1], float32 labels [B]),
@@ -221,70 +260,33 @@ class DatasetBuilder:
     Raises:
       DatasetError: unknown split, batch_size < 1, a size mismatch, or a
         missing or truncated shard.
+      TypeError: a keyword that is not a `ReadConfig` field.
     """
+    config = _resolve_read_config(read_config, read_options)
     if batch_size is not None and batch_size < 1:
       raise DatasetError(f'batch_size must be at least 1, got {batch_size}')
-    info = self.info
     paths = self.shard_paths(split)
-    num_examples = info.num_examples(split)
-    height, width = self._output_size(image_size, resize)
+    size = self._output_size(image_size, resize)
 
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    # With the service its dispatcher hands the files out instead.
-    if (input_context is not None and input_context.num_input_pipelines > 1
-        and not data_service):
-      if len(paths) < input_context.num_input_pipelines:
-        raise DatasetError(
-            f'split {split!r} has {len(paths)} shards for '
-            f'{input_context.num_input_pipelines} input pipelines; re-convert '
-            'with more --num_shards')
-      # Shard by file, before anything else, so workers read disjoint files.
-      files = files.shard(input_context.num_input_pipelines,
-                          input_context.input_pipeline_id)
-    if training:
-      files = files.shuffle(len(paths), seed=seed)
+    files = self._read_files(split, paths, training, seed, config)
+    ds = self._read_records(files, len(paths), training)
+    ds = self._decode(ds, size, resize, with_metadata, training)
+    ds = self._maybe_apply_data_service(ds, config)
+    ds = self._maybe_assert_cardinality(ds, split, config)
 
-    if training:
-      # Several shards read at once hide file latency (gs://) and mix classes.
-      ds = files.interleave(tf.data.TFRecordDataset,
-                            cycle_length=min(len(paths), 16),
-                            num_parallel_calls=AUTOTUNE, deterministic=False)
-    else:
-      # One shard after another: evaluation order is the order on disk.
-      ds = files.interleave(tf.data.TFRecordDataset, cycle_length=1)
-
-    decode = _make_decoder(info.format_version, info.channels, (height, width),
-                           resize and (height, width) != info.image_size,
-                           with_metadata)
-    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
-
-    if data_service:
-      # Everything above runs on the service's workers, everything below
-      # here. Per example, not per batch: a batch then mixes the workers'
-      # files, and no worker drops a last partial batch of its own.
-      ds = data_service_lib.distribute(ds, data_service, data_service_job)
-
-    # Not with the service: a shared job gives this trainer only a part, and
-    # a service worker that fails loses the rest of its files.
-    if ((input_context is None or input_context.num_input_pipelines == 1)
-        and not data_service):
-      # The count is known from xray_info.json: Keras then knows the
-      # number of batches (no 'ran out of data' warning after validation),
-      # and a shard that lost records fails loudly instead of silently.
-      ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
-
-    decoded_bytes = num_examples * height * width * info.channels
-    # The service is for splits too large to cache; a cache here would also
-    # freeze a trainer's share of the first epoch of a shared job.
-    if cache is True or (cache == 'auto' and not data_service and
-                         decoded_bytes <= DEFAULT_CACHE_LIMIT_BYTES):
+    num_examples = self.info.num_examples(split)
+    example_bytes = size[0] * size[1] * self.info.channels
+    cached = _should_cache_ds(config.cache, num_examples * example_bytes,
+                              config.data_service)
+    if cached:
       # After decode: later epochs skip both file reads and PNG decoding.
       ds = ds.cache()
     if training:
       # After the cache, so every epoch gets a fresh order; before repeat, so
       # one epoch is all seen before the next begins.
-      ds = ds.shuffle(shuffle_buffer or num_examples, seed=seed,
-                      reshuffle_each_iteration=True)
+      buffer = config.shuffle_buffer or _default_shuffle_buffer(
+          num_examples, example_bytes, cached)
+      ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
       ds = ds.repeat()
     if batch_size is not None:
@@ -293,24 +295,92 @@ class DatasetBuilder:
       ds = ds.batch(batch_size, drop_remainder=training,
                     num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.prefetch(AUTOTUNE)
-
-    options = tf.data.Options()
-    options.deterministic = not training
-    # Keras/tf.distribute shards by file when it distributes this dataset.
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.FILE
-        if len(paths) > 1 else tf.data.experimental.AutoShardPolicy.DATA)
-    if data_service:
-      # Trainers share the service's job instead: sharding would drop data.
-      options.experimental_distribute.auto_shard_policy = (
-          tf.data.experimental.AutoShardPolicy.OFF)
-    return ds.with_options(options)
+    return ds.with_options(
+        self._options(training, len(paths), config))
 
   def steps_per_epoch(self, split, batch_size, training=True):
     """Batches in one pass over the split (the last partial batch is dropped
     when training)."""
     n = self.info.num_examples(split)
     return n // batch_size if training else -(-n // batch_size)
+
+  # The stages of as_dataset, in pipeline order.
+
+  def _read_files(self, split, paths, training, seed, config):
+    """The dataset of shard paths this input pipeline reads."""
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    context = config.input_context
+    # With the service its dispatcher hands the files out instead.
+    if (context is not None and context.num_input_pipelines > 1
+        and not config.data_service):
+      if len(paths) < context.num_input_pipelines:
+        raise DatasetError(
+            f'split {split!r} has {len(paths)} shards for '
+            f'{context.num_input_pipelines} input pipelines; re-convert '
+            'with more --num_shards')
+      # Shard by file, before anything else, so workers read disjoint files.
+      files = files.shard(context.num_input_pipelines,
+                          context.input_pipeline_id)
+    if training:
+      files = files.shuffle(len(paths), seed=seed)
+    return files
+
+  def _read_records(self, files, num_shards, training):
+    """The serialized records of the files."""
+    if training:
+      # Several shards read at once hide file latency (gs://) and mix classes.
+      return files.interleave(tf.data.TFRecordDataset,
+                              cycle_length=min(num_shards, _MAX_INTERLEAVE),
+                              num_parallel_calls=AUTOTUNE,
+                              deterministic=False)
+    # One shard after another: evaluation order is the order on disk.
+    return files.interleave(tf.data.TFRecordDataset, cycle_length=1)
+
+  def _decode(self, records, size, resize, with_metadata, training):
+    """(image, label[, metadata]) examples of the records."""
+    decode = _make_decoder(self.info.format_version, self.info.channels, size,
+                           resize and size != self.info.image_size,
+                           with_metadata)
+    return records.map(decode, num_parallel_calls=AUTOTUNE,
+                       deterministic=not training)
+
+  def _maybe_apply_data_service(self, ds, config):
+    """Moves the stages so far onto the tf.data service, if asked."""
+    if not config.data_service:
+      return ds
+    # Everything above runs on the service's workers, everything below here.
+    # Per example, not per batch: a batch then mixes the workers' files, and
+    # no worker drops a last partial batch of its own.
+    return data_service_lib.distribute(ds, config.data_service,
+                                       config.data_service_job)
+
+  def _maybe_assert_cardinality(self, ds, split, config):
+    """Tells tf.data (and Keras) the split's size, where this pipeline reads
+    all of it."""
+    context = config.input_context
+    # Not with the service: a shared job gives this trainer only a part, and
+    # a service worker that fails loses the rest of its files.
+    if ((context is not None and context.num_input_pipelines > 1)
+        or config.data_service):
+      return ds
+    # The count is known from xray_info.json: Keras then knows the number of
+    # batches (no 'ran out of data' warning after validation), and a shard
+    # that lost records fails loudly instead of silently.
+    return ds.apply(tf.data.experimental.assert_cardinality(
+        self.info.num_examples(split)))
+
+  def _options(self, training, num_shards, config):
+    options = tf.data.Options()
+    options.deterministic = not training
+    # Keras/tf.distribute shards by file when it distributes this dataset.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.FILE
+        if num_shards > 1 else tf.data.experimental.AutoShardPolicy.DATA)
+    if config.data_service:
+      # Trainers share the service's job instead: sharding would drop data.
+      options.experimental_distribute.auto_shard_policy = (
+          tf.data.experimental.AutoShardPolicy.OFF)
+    return options
 
   def _output_size(self, image_size, resize):
     stored = self.info.image_size
@@ -326,6 +396,38 @@ class DatasetBuilder:
           f'tools/make_tfrecords --image_size={image_size[0]}, or resize on '
           'purpose (resize=True)')
     return image_size
+
+
+def _resolve_read_config(read_config, read_options):
+  """`read_config` with the keywords given to as_dataset applied."""
+  fields = {f.name for f in dataclasses.fields(ReadConfig)}
+  unknown = sorted(set(read_options) - fields)
+  if unknown:
+    raise TypeError(f'as_dataset() got unexpected keyword arguments {unknown}; '
+                    f'it takes the ReadConfig fields {sorted(fields)}')
+  return dataclasses.replace(read_config or ReadConfig(), **read_options)
+
+
+def _should_cache_ds(cache, decoded_bytes, data_service):
+  """Whether as_dataset caches the decoded split in memory.
+
+  'auto' caches what fits under DEFAULT_CACHE_LIMIT_BYTES, but never with
+  the service: the service is for splits too large to cache, and a cache
+  here would freeze a trainer's share of the first epoch of a shared job.
+  """
+  if cache == 'auto':
+    return not data_service and decoded_bytes <= DEFAULT_CACHE_LIMIT_BYTES
+  return cache is True
+
+
+def _default_shuffle_buffer(num_examples, example_bytes, cached):
+  """Examples in the training shuffle buffer when none was asked for."""
+  if cached:
+    # The buffer holds references to the cached tensors: a whole-split
+    # buffer costs little and gives a full shuffle.
+    return num_examples
+  return max(1, min(num_examples,
+                    UNCACHED_SHUFFLE_BUFFER_BYTES // example_bytes))
 
 
 def _make_decoder(format_version, channels, size, resize, with_metadata):
