@@ -262,3 +262,27 @@ def test_shuffle_buffer_holds_the_split_only_when_cached(tiny, monkeypatch):
 ])
 def test_should_cache_ds(cache, decoded_bytes, service, expected):
   assert pipeline._should_cache_ds(cache, decoded_bytes, service) is expected  # pylint: disable=protected-access
+
+
+def test_three_channels_repeat_the_grey_one(tiny):
+  import keras  # pylint: disable=g-import-not-at-top
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  kwargs = dict(batch_size=4, image_size=32, resize=True, with_metadata=True)
+  grey = list(builder.as_dataset('val', **kwargs).as_numpy_iterator())
+  rgb = list(builder.as_dataset(
+      'val', read_config=pipeline.ReadConfig(channels=3),
+      **kwargs).as_numpy_iterator())
+  assert len(rgb) == len(grey) == 2
+  for (grey_images, grey_labels, grey_meta), (images, labels, meta) in zip(
+      grey, rgb):
+    assert images.dtype == np.uint8 and images.shape[-1] == 3
+    np.testing.assert_array_equal(images, np.repeat(grey_images, 3, axis=-1))
+    np.testing.assert_array_equal(labels, grey_labels)
+    assert list(meta['filename']) == list(grey_meta['filename'])
+  # What keras.applications models other than our VGG16 builder take.
+  net = keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25,
+                                     weights=None, classes=2)
+  assert net(rgb[0][0].astype('float32')).shape == (4, 2)
+  with pytest.raises(pipeline.DatasetError, match='channels must be 1 or 3'):
+    builder.as_dataset('val', channels=2)

@@ -60,6 +60,8 @@ class ReadConfig:
     shuffle_buffer: examples in the shuffle buffer (training); None: the
       whole split when cached, else at most UNCACHED_SHUFFLE_BUFFER_BYTES of
       decoded images.
+    channels: 1 (what is stored, what the VGG16 builder takes) or 3 (the
+      grey channel repeated, as other `keras.applications` models take).
     input_context: a `tf.distribute.InputContext`, to shard by file across
       input pipelines (`distribute_datasets_from_function`).
     data_service: address of a tf.data service dispatcher ('host:port'):
@@ -71,6 +73,7 @@ class ReadConfig:
   """
   cache: Union[bool, str] = 'auto'
   shuffle_buffer: Optional[int] = None
+  channels: int = 1
   input_context: Any = None
   data_service: Optional[str] = None
   data_service_job: Optional[str] = None
@@ -165,7 +168,7 @@ class DatasetBuilder:
     builder = DatasetBuilder('/data/kermany_224')
     builder.info.class_weights()            # {0: 1.85, 1: 0.68}
     ds = builder.as_dataset('train', batch_size=62, training=True)
-    ds = builder.as_dataset('val', 62, read_config=ReadConfig(cache=False))
+    ds = builder.as_dataset('val', 62, read_config=ReadConfig(channels=3))
 
   `data_dir` may be any `tf.io.gfile` path (local, gs://, ...).
   """
@@ -249,22 +252,25 @@ class DatasetBuilder:
       with_metadata: yield a third element, a dict with the file name and
         patient id (evaluation and error analysis).
       read_config: a `ReadConfig` with the less common knobs (cache, shuffle
-        buffer, input context, tf.data service).
+        buffer, channels, input context, tf.data service).
       **read_options: any `ReadConfig` field by name (`cache=False`,
         `data_service=...`); overrides the same field of `read_config`.
 
     Returns:
-      A `tf.data.Dataset` of (uint8 images [B, H, W, 1], float32 labels [B]),
-      without the batch dimension when batch_size is None.
+      A `tf.data.Dataset` of (uint8 images [B, H, W, C], float32 labels [B]),
+      C = `read_config.channels`, without the batch dimension when
+      batch_size is None.
 
     Raises:
-      DatasetError: unknown split, batch_size < 1, a size mismatch, or a
-        missing or truncated shard.
+      DatasetError: unknown split, batch_size < 1, channels other than 1 or
+        3, a size mismatch, or a missing or truncated shard.
       TypeError: a keyword that is not a `ReadConfig` field.
     """
     config = _resolve_read_config(read_config, read_options)
     if batch_size is not None and batch_size < 1:
       raise DatasetError(f'batch_size must be at least 1, got {batch_size}')
+    if config.channels not in (1, 3):
+      raise DatasetError(f'channels must be 1 or 3, got {config.channels}')
     paths = self.shard_paths(split)
     size = self._output_size(image_size, resize)
 
@@ -294,6 +300,10 @@ class DatasetBuilder:
       # let the next epoch's examples overtake this one's under repeat=True.
       ds = ds.batch(batch_size, drop_remainder=training,
                     num_parallel_calls=AUTOTUNE, deterministic=True)
+    if config.channels == 3:
+      # Last, on whole batches: the cache and the shuffle buffer keep one
+      # channel, a third of the memory.
+      ds = ds.map(_to_rgb)
     ds = ds.prefetch(AUTOTUNE)
     return ds.with_options(
         self._options(training, len(paths), config))
@@ -428,6 +438,11 @@ def _default_shuffle_buffer(num_examples, example_bytes, cached):
     return num_examples
   return max(1, min(num_examples,
                     UNCACHED_SHUFFLE_BUFFER_BYTES // example_bytes))
+
+
+def _to_rgb(images, *rest):
+  """Repeats the grey channel three times (uint8 stays uint8)."""
+  return (tf.image.grayscale_to_rgb(images),) + rest
 
 
 def _make_decoder(format_version, channels, size, resize, with_metadata):
