@@ -286,3 +286,32 @@ def test_three_channels_repeat_the_grey_one(tiny):
   assert net(rgb[0][0].astype('float32')).shape == (4, 2)
   with pytest.raises(pipeline.DatasetError, match='channels must be 1 or 3'):
     builder.as_dataset('val', channels=2)
+
+
+def test_evaluation_sharded_by_data_without_warnings(tiny, caplog):
+  """distribute.shard_by_batch on our evaluation datasets (the trainer
+  validates and predicts through it) logged "Changing the value of option
+  auto_shard_policy from FILE to DATA" each time."""
+  from xray_tfdata import distribute  # pylint: disable=g-import-not-at-top
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  policy = tf.data.experimental.AutoShardPolicy
+  # tf.data logs through absl, which hands its records to Python logging.
+  with caplog.at_level('WARNING'):
+    val = distribute.shard_by_batch(builder.as_dataset('val', 4))
+    # As training.predict_split does it.
+    images = distribute.shard_by_batch(
+        builder.as_dataset('train', 4).map(lambda x, y: x))
+    changes = [r.getMessage() for r in caplog.records
+               if 'Changing the value of option' in r.getMessage()]
+    assert not changes
+    # The check itself can fail: a real change of policy is logged.
+    distribute.shard_by_batch(builder.as_dataset('train', 4, training=True))
+    assert any('auto_shard_policy' in r.getMessage() for r in caplog.records)
+  for ds in (val, images):
+    assert ds.options().experimental_distribute.auto_shard_policy == policy.DATA
+  train = builder.as_dataset('train', 4, training=True)
+  assert train.options().experimental_distribute.auto_shard_policy == policy.FILE
+  off = builder.as_dataset('train', 4, training=True,
+                           auto_shard_policy=policy.OFF)
+  assert off.options().experimental_distribute.auto_shard_policy == policy.OFF

@@ -70,6 +70,10 @@ class ReadConfig:
       and 'auto' does not cache.
     data_service_job: a job name the trainers of one multi-worker run share,
       so that together they read each example once per epoch.
+    auto_shard_policy: a `tf.data.experimental.AutoShardPolicy` for when
+      tf.distribute distributes the dataset; None: by file when training on
+      several shards, by data when evaluating (see `_auto_shard_policy`), off
+      with the service.
   """
   cache: Union[bool, str] = 'auto'
   shuffle_buffer: Optional[int] = None
@@ -77,6 +81,7 @@ class ReadConfig:
   input_context: Any = None
   data_service: Optional[str] = None
   data_service_job: Optional[str] = None
+  auto_shard_policy: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +257,7 @@ class DatasetBuilder:
       with_metadata: yield a third element, a dict with the file name and
         patient id (evaluation and error analysis).
       read_config: a `ReadConfig` with the less common knobs (cache, shuffle
-        buffer, channels, input context, tf.data service).
+        buffer, channels, input context, tf.data service, sharding).
       **read_options: any `ReadConfig` field by name (`cache=False`,
         `data_service=...`); overrides the same field of `read_config`.
 
@@ -382,14 +387,9 @@ class DatasetBuilder:
   def _options(self, training, num_shards, config):
     options = tf.data.Options()
     options.deterministic = not training
-    # Keras/tf.distribute shards by file when it distributes this dataset.
     options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.FILE
-        if num_shards > 1 else tf.data.experimental.AutoShardPolicy.DATA)
-    if config.data_service:
-      # Trainers share the service's job instead: sharding would drop data.
-      options.experimental_distribute.auto_shard_policy = (
-          tf.data.experimental.AutoShardPolicy.OFF)
+        config.auto_shard_policy if config.auto_shard_policy is not None else
+        _auto_shard_policy(training, num_shards, config.data_service))
     return options
 
   def _output_size(self, image_size, resize):
@@ -438,6 +438,23 @@ def _default_shuffle_buffer(num_examples, example_bytes, cached):
     return num_examples
   return max(1, min(num_examples,
                     UNCACHED_SHUFFLE_BUFFER_BYTES // example_bytes))
+
+
+def _auto_shard_policy(training, num_shards, data_service):
+  """How tf.distribute shards the dataset across workers.
+
+  Training shards by file (each worker reads its own shards) when there are
+  several. Evaluation shards by data: every worker reads the whole split and
+  each global batch is split between them, so the steps are the dataset's
+  and the predictions keep the disk order (see distribute.shard_by_batch,
+  which then finds DATA already set: changing FILE to DATA there made
+  tf.data log "Changing the value of option auto_shard_policy" each time).
+  """
+  policy = tf.data.experimental.AutoShardPolicy
+  if data_service:
+    # Trainers share the service's job instead: sharding would drop data.
+    return policy.OFF
+  return policy.FILE if training and num_shards > 1 else policy.DATA
 
 
 def _to_rgb(images, *rest):
