@@ -18,6 +18,7 @@ import dataclasses
 import os
 from typing import Any, Optional, Union
 
+import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import data_service as data_service_lib
@@ -40,9 +41,23 @@ UNCACHED_SHUFFLE_BUFFER_BYTES = 256 * 1024**2
 # Shards read at once while training.
 _MAX_INTERLEAVE = 16
 
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
 
 class DatasetError(ValueError):
   """A user-caused problem with a converted dataset or a request for it."""
+
+
+class DamagedShardError(DatasetError):
+  """A shard file whose records disagree with their CRCs or the metadata.
+
+  Attributes:
+    path: the shard file.
+  """
+
+  def __init__(self, path, message):
+    super().__init__(message)
+    self.path = path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +181,37 @@ def load_info(data_dir):
       raw=raw)
 
 
+def find_damaged_shard(builder, splits=None):
+  """Names the shard behind a read error that surfaced mid-training.
+
+  tf.data's DataLossError (a flipped byte) and assert_cardinality's error (a
+  shard holding another number of records than the metadata says) name no
+  file. Catch them around `fit` and call this to get the one line to show:
+
+    try:
+      net.fit(...)
+    except (tf.errors.DataLossError, tf.errors.FailedPreconditionError,
+            tf.errors.InvalidArgumentError) as e:
+      damage = pipeline.find_damaged_shard(builder, 'train')
+      if damage is None:
+        raise
+      raise damage from e
+
+  Args:
+    builder: the `DatasetBuilder` the dataset came from.
+    splits: a split name, a list of them, or None for all.
+
+  Returns:
+    The `DatasetError` (a `DamagedShardError` when one shard is at fault)
+    naming the shard and the fix, or None when every shard checks out.
+  """
+  try:
+    builder.verify(splits)
+  except DatasetError as e:
+    return e
+  return None
+
+
 class DatasetBuilder:
   """Reads a dataset converted by `tools/make_tfrecords`.
 
@@ -186,11 +232,23 @@ class DatasetBuilder:
     """Returns the split's shard paths in index order, checked on disk.
 
     Raises:
-      DatasetError: the split is unknown, or a shard is missing or has a
-        size other than the writer recorded (truncated or replaced).
+      DatasetError: the split is unknown, its shard counts do not add up to
+        its example count, or a shard is missing or has a size other than
+        the writer recorded (truncated or replaced).
     """
+    entry = self.info.split(split)
+    shard_counts = [shard.get('num_examples') for shard in entry['shards']]
+    # Cheap, and it turns assert_cardinality's failure at the end of the
+    # first epoch into one line before it.
+    if None not in shard_counts and sum(shard_counts) != int(
+        entry['num_examples']):
+      raise DatasetError(
+          f'{os.path.join(self.data_dir, schema.INFO_FILENAME)} says split '
+          f'{split!r} has {entry["num_examples"]} examples, but its shards '
+          f'{sum(shard_counts)}: the metadata was edited or mixed up; re-run '
+          'tools/make_tfrecords --overwrite')
     paths = []
-    for shard in self.info.split(split)['shards']:
+    for shard in entry['shards']:
       path = os.path.join(self.data_dir, shard['filename'])
       if not tf.io.gfile.exists(path):
         raise DatasetError(f'shard {path} is missing; re-run '
@@ -206,33 +264,36 @@ class DatasetBuilder:
       paths.append(path)
     return paths
 
-  def verify(self, split=None):
-    """Reads every record of every shard and checks its CRC and schema.
+  def verify(self, splits=None):
+    """Reads every record of every shard and checks it against its CRCs and
+    the metadata.
 
-    tf.data's DataLossError does not name the file it came from; this does.
+    tf.data's DataLossError names no file; this names the shard. Checked:
+    each record's length and data CRC (TFRecord framing), that it parses as
+    an example of the schema, that its image is a PNG of the stored size
+    (from the PNG header, without decoding), and that each shard holds as
+    many records as `xray_info.json` says. Reading is at disk speed: the
+    CRCs and the parsing run in TensorFlow's C++, a batch at a time.
 
     Args:
-      split: one split, or None for all.
+      splits: a split name, a list of them, or None for all.
+
     Returns:
       number of records read.
+
     Raises:
-      DatasetError: naming the first corrupt shard.
+      DamagedShardError: naming the first damaged shard.
+      DatasetError: an unknown split, or a missing or truncated shard.
     """
-    splits = [split] if split else sorted(self.info.splits)
+    if splits is None:
+      splits = sorted(self.info.splits)
+    elif isinstance(splits, str):
+      splits = [splits]
     total = 0
-    for name in splits:
-      for path in self.shard_paths(name):
-        count = 0
-        try:
-          for record in tf.data.TFRecordDataset(path):
-            schema.parse(record, self.info.format_version)
-            count += 1
-        except (tf.errors.DataLossError,
-                tf.errors.InvalidArgumentError) as e:
-          raise DatasetError(
-              f'shard {path} is corrupt after {count} records ({e.message.strip()[:80]}); '
-              're-run tools/make_tfrecords --overwrite') from e
-        total += count
+    for split in splits:
+      shards = self.info.split(split)['shards']
+      for shard, path in zip(shards, self.shard_paths(split)):
+        total += self._verify_shard(path, shard.get('num_examples'))
     return total
 
   def as_dataset(self, split, batch_size=None, training=False, *,
@@ -268,7 +329,8 @@ class DatasetBuilder:
 
     Raises:
       DatasetError: unknown split, batch_size < 1, channels other than 1 or
-        3, a size mismatch, or a missing or truncated shard.
+        3, a size mismatch, metadata that disagrees with the shards, or a
+        missing or truncated shard.
       TypeError: a keyword that is not a `ReadConfig` field.
     """
     config = _resolve_read_config(read_config, read_options)
@@ -277,6 +339,7 @@ class DatasetBuilder:
     if config.channels not in (1, 3):
       raise DatasetError(f'channels must be 1 or 3, got {config.channels}')
     paths = self.shard_paths(split)
+    self._check_stored_size(split, paths)
     size = self._output_size(image_size, resize)
 
     files = self._read_files(split, paths, training, seed, config)
@@ -380,7 +443,8 @@ class DatasetBuilder:
       return ds
     # The count is known from xray_info.json: Keras then knows the number of
     # batches (no 'ran out of data' warning after validation), and a shard
-    # that lost records fails loudly instead of silently.
+    # that lost records fails loudly instead of silently (see
+    # find_damaged_shard).
     return ds.apply(tf.data.experimental.assert_cardinality(
         self.info.num_examples(split)))
 
@@ -391,6 +455,102 @@ class DatasetBuilder:
         config.auto_shard_policy if config.auto_shard_policy is not None else
         _auto_shard_policy(training, num_shards, config.data_service))
     return options
+
+  # Checks.
+
+  def _check_stored_size(self, split, paths):
+    """Checks the first image's PNG header against the metadata's size.
+
+    One record, read now: a metadata file of another conversion fails here,
+    in one line, instead of in ensure_shape in the middle of `fit`.
+
+    Raises:
+      DatasetError: the stored images have another size than the metadata.
+    """
+    counts = [s.get('num_examples') for s in self.info.split(split)['shards']]
+    for path, count in zip(paths, counts):
+      if count == 0:
+        continue
+      try:
+        sizes = next(iter(self._shard_image_sizes(path, batch=1)))
+      except tf.errors.OpError:
+        # A damaged first record: let verify's checks name it.
+        self._verify_shard(path, count)
+        raise
+      height, width = (int(v) for v in sizes[0])
+      if (height, width) != self.info.image_size:
+        stored = ('not PNGs' if height < 0 else f'{height}x{width}')
+        raise DatasetError(
+            f'the images in {path} are {stored}, {schema.INFO_FILENAME} says '
+            f'{self.info.image_height}x{self.info.image_width}: the metadata '
+            'belongs to another conversion; re-run tools/make_tfrecords '
+            '--overwrite')
+      return
+
+  def _verify_shard(self, path, expected_count):
+    """Reads one shard; returns its record count.
+
+    Raises:
+      DamagedShardError: a CRC mismatch, a record that is not an example of
+        the schema, an image of another size, or another record count than
+        `expected_count`.
+    """
+    fix = 're-convert with tools/make_tfrecords --overwrite'
+    height, width = self.info.image_size
+    count = 0
+    try:
+      for sizes in self._shard_image_sizes(path).as_numpy_iterator():
+        wrong = np.flatnonzero((sizes[:, 0] != height) |
+                               (sizes[:, 1] != width))
+        if wrong.size:
+          got = sizes[wrong[0]]
+          what = ('is not a PNG' if got[0] < 0 else
+                  f'is {got[0]}x{got[1]}, {schema.INFO_FILENAME} says '
+                  f'{height}x{width}')
+          raise DamagedShardError(
+              path, f'shard {path}: the image of record {count + wrong[0]} '
+              f'{what}; {fix}')
+        count += len(sizes)
+    except tf.errors.DataLossError as e:
+      raise DamagedShardError(
+          path, f'shard {path} is corrupt: a record after the first {count} '
+          f'fails its CRC check (flipped or overwritten bytes); {fix}') from e
+    except tf.errors.InvalidArgumentError as e:
+      raise DamagedShardError(
+          path, f'shard {path}: a record after the first {count} is not an '
+          f'example of this dataset\'s schema; {fix}') from e
+    if expected_count is not None and count != expected_count:
+      raise DamagedShardError(
+          path, f'shard {path} holds {count} records, {schema.INFO_FILENAME} '
+          f'says {expected_count}: the shard or the metadata was replaced; '
+          f'{fix}')
+    return count
+
+  def _shard_image_sizes(self, path, batch=256):
+    """A dataset of int32 [n, 2] (height, width) arrays from the PNG headers
+    of one shard's records, (-1, -1) for an image that is not a PNG.
+
+    Batched and parsed in TensorFlow: Python only sees one small array per
+    batch, so the read runs at the speed of the CRC checks.
+    """
+    # The whole schema, so that a record the decoder cannot parse fails here.
+    spec = schema.feature_spec(self.info.format_version)
+    image_key = schema.key(schema.ENCODED, self.info.format_version)
+
+    def sizes(records):
+      png = tf.io.parse_example(records, spec)[image_key]
+      # Padded, so that a short or empty image still has a 24-byte header.
+      header = tf.strings.substr(
+          tf.strings.join([png, tf.constant(b'\0' * 24)]), 0, 24)
+      is_png = tf.equal(tf.strings.substr(header, 0, 8), _PNG_SIGNATURE)
+      # IHDR: width, then height, big-endian, at bytes 16..24.
+      width_height = tf.io.decode_raw(tf.strings.substr(header, 16, 8),
+                                      tf.int32, little_endian=False)
+      height_width = tf.reverse(width_height, axis=[1])
+      return tf.where(is_png[:, None], height_width, -1)
+
+    return (tf.data.TFRecordDataset(path, buffer_size=8 * 1024**2)
+            .batch(batch).map(sizes))
 
   def _output_size(self, image_size, resize):
     stored = self.info.image_size
