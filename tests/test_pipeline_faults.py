@@ -97,6 +97,21 @@ def test_shard_count_other_than_metadata_is_named(tiny):
   _one_line(raised.value)
 
 
+def test_count_error_mid_training_is_named(tiny):
+  def add_one(info):  # consistent with itself, not with the shards
+    info['splits']['val']['shards'][1]['num_examples'] += 1
+    info['splits']['val']['num_examples'] += 1
+  _edit_info(tiny, add_one)
+  builder = pipeline.DatasetBuilder(tiny)
+  # What fit() meets at the end of the first pass: no file named.
+  with pytest.raises(tf.errors.FailedPreconditionError,
+                     match='expected to contain 6'):
+    list(builder.as_dataset('val', 2))
+  damage = pipeline.find_damaged_shard(builder, 'val')
+  assert damage.path == builder.shard_paths('val')[1]
+  assert 'holds 2 records, xray_info.json says 3' in _one_line(damage)
+
+
 def test_split_count_other_than_its_shards_is_one_line(tiny):
   def miscount(info):
     info['splits']['val']['num_examples'] = 7
