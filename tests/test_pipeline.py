@@ -310,8 +310,8 @@ def test_evaluation_sharded_by_data_without_warnings(tiny, caplog):
     assert any('auto_shard_policy' in r.getMessage() for r in caplog.records)
   for ds in (val, images):
     assert ds.options().experimental_distribute.auto_shard_policy == policy.DATA
-  train = builder.as_dataset('train', 4, training=True)
-  assert train.options().experimental_distribute.auto_shard_policy == policy.FILE
+  train = builder.as_dataset('train', 4, training=True).options()
+  assert train.experimental_distribute.auto_shard_policy == policy.FILE
   off = builder.as_dataset('train', 4, training=True,
                            auto_shard_policy=policy.OFF)
   assert off.options().experimental_distribute.auto_shard_policy == policy.OFF

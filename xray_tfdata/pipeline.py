@@ -453,6 +453,7 @@ class DatasetBuilder:
         self.info.num_examples(split)))
 
   def _options(self, training, num_shards, config):
+    """The dataset's options: determinism and how tf.distribute shards it."""
     options = tf.data.Options()
     options.deterministic = not training
     options.experimental_distribute.auto_shard_policy = (
