@@ -275,8 +275,9 @@ class DatasetBuilder:
     an example of the schema, that its image is a PNG of the stored size
     (from the PNG header, without decoding), and that each shard holds as
     many records as `xray_info.json` says. It runs about as fast as tf.data
-    reads the records alone (3 to 4 s per GB on a 2-core host, shards in the
-    page cache): the CRCs and the parsing run in TensorFlow's C++, a batch
+    reads the records alone (1.3 s per GB on a quiet 2-core host with the
+    shards in the page cache, 3 to 4 s under load; reading from disk adds
+    its own time): the CRCs and the parsing run in TensorFlow's C++, a batch
     at a time.
 
     Args:
