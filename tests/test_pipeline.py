@@ -315,3 +315,42 @@ def test_evaluation_sharded_by_data_without_warnings(tiny, caplog):
   off = builder.as_dataset('train', 4, training=True,
                            auto_shard_policy=policy.OFF)
   assert off.options().experimental_distribute.auto_shard_policy == policy.OFF
+
+
+_SHARD_BY_BATCH_SCRIPT = '''
+import sys
+from records import write_dataset
+from xray_tfdata import distribute, pipeline
+write_dataset(sys.argv[1])
+builder = pipeline.DatasetBuilder(sys.argv[1])
+# As training.py validates and predicts.
+for _ in distribute.shard_by_batch(builder.as_dataset('val', 4)):
+  pass
+for _ in distribute.shard_by_batch(
+    builder.as_dataset('train', 4).map(lambda x, y: x)):
+  pass
+print('CHECK', file=sys.stderr, flush=True)
+train = builder.as_dataset('train', 4, training=True)
+for _ in distribute.shard_by_batch(train):
+  pass
+'''
+
+
+@pytest.mark.slow
+def test_no_auto_shard_warnings_from_python_or_cpp(tmp_path):
+  """Both tf.data's Python warning and its C++ one (dataset.cc), with
+  TensorFlow's C++ logging on, in a process of its own."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  tests = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='0',
+             PYTHONPATH=os.pathsep.join(
+                 [os.path.dirname(tests), tests,
+                  os.environ.get('PYTHONPATH', '')]))
+  result = subprocess.run(
+      [sys.executable, '-c', _SHARD_BY_BATCH_SCRIPT, str(tmp_path)],
+      env=env, capture_output=True, text=True, timeout=120, check=True)
+  ours, check = result.stderr.split('CHECK\n')
+  assert 'Changing the value of option' not in ours, ours
+  # A real change of policy (a training dataset) is still reported.
+  assert 'Changing the value of option' in check, result.stderr
