@@ -77,8 +77,9 @@ class ReadConfig:
     shuffle_buffer: examples in the shuffle buffer (training); None: the
       whole split when cached, else at most UNCACHED_SHUFFLE_BUFFER_BYTES of
       decoded images.
-    channels: 1 (what is stored, what the VGG16 builder takes) or 3 (the
-      grey channel repeated, as other `keras.applications` models take).
+    channels: 1 (what the VGG16 builder takes) or 3 (the grey channel
+      repeated, as other `keras.applications` models take); None: as stored,
+      which is 1 for every dataset tools/make_tfrecords writes.
     input_context: a `tf.distribute.InputContext`, to shard by file across
       input pipelines (`distribute_datasets_from_function`).
     data_service: address of a tf.data service dispatcher ('host:port'):
@@ -94,7 +95,7 @@ class ReadConfig:
   """
   cache: Union[bool, str] = 'auto'
   shuffle_buffer: Optional[int] = None
-  channels: int = 1
+  channels: Optional[int] = None
   input_context: Any = None
   data_service: Optional[str] = None
   data_service_job: Optional[str] = None
@@ -329,8 +330,8 @@ class DatasetBuilder:
 
     Returns:
       A `tf.data.Dataset` of (uint8 images [B, H, W, C], float32 labels [B]),
-      C = `read_config.channels`, without the batch dimension when
-      batch_size is None.
+      C = `read_config.channels` (default: as stored, 1), without the batch
+      dimension when batch_size is None.
 
     Raises:
       DatasetError: unknown split, batch_size < 1, channels other than 1 or
@@ -341,20 +342,24 @@ class DatasetBuilder:
     config = _resolve_read_config(read_config, read_options)
     if batch_size is not None and batch_size < 1:
       raise DatasetError(f'batch_size must be at least 1, got {batch_size}')
-    if config.channels not in (1, 3):
+    if config.channels not in (None, 1, 3):
       raise DatasetError(f'channels must be 1 or 3, got {config.channels}')
     paths = self.shard_paths(split)
     self._check_stored_size(split, paths)
     size = self._output_size(image_size, resize)
+    # A grey dataset is decoded to one channel and widened to three at the
+    # end (see below); anything else is decoded to what is asked for.
+    to_rgb = config.channels == 3 and self.info.channels == 1
+    channels = 1 if to_rgb else config.channels or self.info.channels
 
     files = self._read_files(split, paths, training, seed, config)
     ds = self._read_records(files, len(paths), training)
-    ds = self._decode(ds, size, resize, with_metadata, training)
+    ds = self._decode(ds, size, channels, resize, with_metadata, training)
     ds = self._maybe_apply_data_service(ds, config)
     ds = self._maybe_assert_cardinality(ds, split, config)
 
     num_examples = self.info.num_examples(split)
-    example_bytes = size[0] * size[1] * self.info.channels
+    example_bytes = size[0] * size[1] * channels
     cached = _should_cache_ds(config.cache, num_examples * example_bytes,
                               config.data_service)
     if cached:
@@ -373,7 +378,7 @@ class DatasetBuilder:
       # let the next epoch's examples overtake this one's under repeat=True.
       ds = ds.batch(batch_size, drop_remainder=training,
                     num_parallel_calls=AUTOTUNE, deterministic=True)
-    if config.channels == 3:
+    if to_rgb:
       # Last, on whole batches: the cache and the shuffle buffer keep one
       # channel, a third of the memory.
       ds = ds.map(_to_rgb)
@@ -419,9 +424,10 @@ class DatasetBuilder:
     # One shard after another: evaluation order is the order on disk.
     return files.interleave(tf.data.TFRecordDataset, cycle_length=1)
 
-  def _decode(self, records, size, resize, with_metadata, training):
+  def _decode(self, records, size, channels, resize, with_metadata,
+              training):
     """(image, label[, metadata]) examples of the records."""
-    decode = _make_decoder(self.info.format_version, self.info.channels, size,
+    decode = _make_decoder(self.info.format_version, channels, size,
                            resize and size != self.info.image_size,
                            with_metadata)
     return records.map(decode, num_parallel_calls=AUTOTUNE,
