@@ -201,3 +201,156 @@ def test_tfds_dataset_of_another_origin_is_named(tmp_path):
   (tmp_path / 'dataset_info.json').write_text('{"name": "mnist"}')
   with pytest.raises(pipeline.DatasetError, match='tfds.builder_from_directory'):
     pipeline.DatasetBuilder(str(tmp_path))
+
+
+def _ops(ds):
+  """The dataset graph's nodes, by op name."""
+  graph = tf.compat.v1.GraphDef.FromString(ds._as_serialized_graph().numpy())  # pylint: disable=protected-access
+  return {node.name: node for node in graph.node}
+
+
+def _shuffle_buffer(ds):
+  """The example shuffle's buffer size (not the shard list's shuffle)."""
+  nodes = _ops(ds)
+  shuffles = [n for n in nodes.values() if n.op.startswith('ShuffleDataset')
+              and nodes[n.input[0].split(':')[0]].op != 'TensorSliceDataset']
+  assert len(shuffles) == 1
+  const = nodes[shuffles[0].input[1].split(':')[0]]
+  return tf.make_ndarray(const.attr['value'].tensor).item()
+
+
+def _has_cache(ds):
+  return any(n.op.startswith('CacheDataset') for n in _ops(ds).values())
+
+
+def test_read_config_and_its_keywords_build_the_same_pipeline(tiny):
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  config = pipeline.ReadConfig(cache=False, shuffle_buffer=5)
+  by_config = builder.as_dataset('train', 4, training=True, read_config=config)
+  by_keywords = builder.as_dataset('train', 4, training=True, cache=False,
+                                   shuffle_buffer=5)
+  for ds in (by_config, by_keywords):
+    assert not _has_cache(ds) and _shuffle_buffer(ds) == 5
+  # A keyword overrides the same field of read_config.
+  ds = builder.as_dataset('train', 4, training=True, read_config=config,
+                          cache=True)
+  assert _has_cache(ds) and _shuffle_buffer(ds) == 5
+  with pytest.raises(TypeError, match='shuffle_bufer'):
+    builder.as_dataset('train', shuffle_bufer=5)
+
+
+def test_shuffle_buffer_holds_the_split_only_when_cached(tiny, monkeypatch):
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  # 14 examples of H*W bytes; a cap of 3 examples' worth.
+  monkeypatch.setattr(pipeline, 'UNCACHED_SHUFFLE_BUFFER_BYTES', 3 * H * W + 1)
+  cached = builder.as_dataset('train', training=True)
+  assert _has_cache(cached) and _shuffle_buffer(cached) == 14
+  uncached = builder.as_dataset('train', training=True, cache=False)
+  assert not _has_cache(uncached) and _shuffle_buffer(uncached) == 3
+  values = sorted(int(image[1, 1, 0]) for image, _ in uncached)
+  assert values == list(range(14))  # a smaller buffer, still every example
+
+
+@pytest.mark.parametrize('cache, decoded_bytes, service, expected', [
+    ('auto', pipeline.DEFAULT_CACHE_LIMIT_BYTES, None, True),
+    ('auto', pipeline.DEFAULT_CACHE_LIMIT_BYTES + 1, None, False),
+    ('auto', 1, 'localhost:5050', False),
+    (True, pipeline.DEFAULT_CACHE_LIMIT_BYTES * 2, 'localhost:5050', True),
+    (False, 1, None, False),
+])
+def test_should_cache_ds(cache, decoded_bytes, service, expected):
+  assert pipeline._should_cache_ds(cache, decoded_bytes, service) is expected  # pylint: disable=protected-access
+
+
+def test_three_channels_repeat_the_grey_one(tiny):
+  import keras  # pylint: disable=g-import-not-at-top
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  kwargs = dict(batch_size=4, image_size=32, resize=True, with_metadata=True)
+  grey = list(builder.as_dataset('val', **kwargs).as_numpy_iterator())
+  rgb = list(builder.as_dataset(
+      'val', read_config=pipeline.ReadConfig(channels=3),
+      **kwargs).as_numpy_iterator())
+  assert len(rgb) == len(grey) == 2
+  for (grey_images, grey_labels, grey_meta), (images, labels, meta) in zip(
+      grey, rgb):
+    assert images.dtype == np.uint8 and images.shape[-1] == 3
+    np.testing.assert_array_equal(images, np.repeat(grey_images, 3, axis=-1))
+    np.testing.assert_array_equal(labels, grey_labels)
+    assert list(meta['filename']) == list(grey_meta['filename'])
+  # What keras.applications models other than our VGG16 builder take.
+  net = keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25,
+                                     weights=None, classes=2)
+  assert net(rgb[0][0].astype('float32')).shape == (4, 2)
+  with pytest.raises(pipeline.DatasetError, match='channels must be 1 or 3'):
+    builder.as_dataset('val', channels=2)
+
+
+def test_evaluation_sharded_by_data_without_warnings(tiny, caplog):
+  """distribute.shard_by_batch on our evaluation datasets (the trainer
+  validates and predicts through it) logged "Changing the value of option
+  auto_shard_policy from FILE to DATA" each time."""
+  from xray_tfdata import distribute  # pylint: disable=g-import-not-at-top
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  policy = tf.data.experimental.AutoShardPolicy
+  # tf.data logs through absl, which hands its records to Python logging.
+  with caplog.at_level('WARNING'):
+    val = distribute.shard_by_batch(builder.as_dataset('val', 4))
+    # As training.predict_split does it.
+    images = distribute.shard_by_batch(
+        builder.as_dataset('train', 4).map(lambda x, y: x))
+    changes = [r.getMessage() for r in caplog.records
+               if 'Changing the value of option' in r.getMessage()]
+    assert not changes
+    # The check itself can fail: a real change of policy is logged.
+    distribute.shard_by_batch(builder.as_dataset('train', 4, training=True))
+    assert any('auto_shard_policy' in r.getMessage() for r in caplog.records)
+  for ds in (val, images):
+    assert ds.options().experimental_distribute.auto_shard_policy == policy.DATA
+  train = builder.as_dataset('train', 4, training=True).options()
+  assert train.experimental_distribute.auto_shard_policy == policy.FILE
+  off = builder.as_dataset('train', 4, training=True,
+                           auto_shard_policy=policy.OFF)
+  assert off.options().experimental_distribute.auto_shard_policy == policy.OFF
+
+
+_SHARD_BY_BATCH_SCRIPT = '''
+import sys
+from records import write_dataset
+from xray_tfdata import distribute, pipeline
+write_dataset(sys.argv[1])
+builder = pipeline.DatasetBuilder(sys.argv[1])
+# As training.py validates and predicts.
+for _ in distribute.shard_by_batch(builder.as_dataset('val', 4)):
+  pass
+for _ in distribute.shard_by_batch(
+    builder.as_dataset('train', 4).map(lambda x, y: x)):
+  pass
+print('CHECK', file=sys.stderr, flush=True)
+train = builder.as_dataset('train', 4, training=True)
+for _ in distribute.shard_by_batch(train):
+  pass
+'''
+
+
+@pytest.mark.slow
+def test_no_auto_shard_warnings_from_python_or_cpp(tmp_path):
+  """Both tf.data's Python warning and its C++ one (dataset.cc), with
+  TensorFlow's C++ logging on, in a process of its own."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  tests = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='0',
+             PYTHONPATH=os.pathsep.join(
+                 [os.path.dirname(tests), tests,
+                  os.environ.get('PYTHONPATH', '')]))
+  result = subprocess.run(
+      [sys.executable, '-c', _SHARD_BY_BATCH_SCRIPT, str(tmp_path)],
+      env=env, capture_output=True, text=True, timeout=120, check=True)
+  ours, check = result.stderr.split('CHECK\n')
+  assert 'Changing the value of option' not in ours, ours
+  # A real change of policy (a training dataset) is still reported.
+  assert 'Changing the value of option' in check, result.stderr

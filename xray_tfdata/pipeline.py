@@ -7,11 +7,19 @@ to repeat, as `tfds` datasets are. It does no augmentation and no
 float conversion: batches leave the host as uint8 grayscale, twelve times
 fewer bytes than float32 RGB, and the augmentation runs on the device inside
 the model (see `xray_tfdata.augment`).
+
+`as_dataset` reads as a list of stages, after TF Model Garden's
+`InputReader.read`: the shard files, the records, the decode, the optional
+tf.data service, then cache, shuffle, repeat, batch and options. Its less
+common knobs live in a `ReadConfig`, as in `tfds.ReadConfig`.
 """
 
 import dataclasses
 import os
+import struct
+from typing import Any, Optional, Union
 
+import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import data_service as data_service_lib
@@ -24,9 +32,75 @@ AUTOTUNE = tf.data.AUTOTUNE
 # full Kermany training split at 224 px is about 240 MB.
 DEFAULT_CACHE_LIMIT_BYTES = 4 * 1024**3
 
+# Without the cache the shuffle buffer is the only copy of the decoded images
+# in memory, so a whole-split buffer would hold the split anyway: exactly what
+# cache=False is asked for to avoid. 256 MiB is about 5,300 images at
+# 224x224x1, more than the whole Kermany training split (which 'auto' caches
+# anyway), and still over 1,000 at 512x512; the shard-order shuffle and the
+# interleave of up to 16 shards mix beyond the buffer.
+UNCACHED_SHUFFLE_BUFFER_BYTES = 256 * 1024**2
+
+# Shards read at once while training.
+_MAX_INTERLEAVE = 16
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_RECONVERT = 're-convert with tools/make_tfrecords --overwrite'
+
 
 class DatasetError(errors.XrayError):
   """A user-caused problem with a converted dataset or a request for it."""
+
+
+class DamagedShardError(DatasetError):
+  """A shard file whose records disagree with their CRCs or the metadata.
+
+  Attributes:
+    path: the shard file.
+  """
+
+  def __init__(self, path, message):
+    super().__init__(message)
+    self.path = path
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadConfig:
+  """The less common knobs of `DatasetBuilder.as_dataset`.
+
+  Like `tfds.ReadConfig`: the common arguments stay in the call, these travel
+  together. Each field can also be passed to `as_dataset` as a keyword of
+  the same name (the keywords it had before `ReadConfig`), which then
+  overrides the field.
+
+  Attributes:
+    cache: True, False, or 'auto' (cache when the decoded split is at most
+      DEFAULT_CACHE_LIMIT_BYTES and no tf.data service reads it).
+    shuffle_buffer: examples in the shuffle buffer (training); None: the
+      whole split when cached, else at most UNCACHED_SHUFFLE_BUFFER_BYTES of
+      decoded images.
+    channels: 1 (what the VGG16 builder takes) or 3 (the grey channel
+      repeated, as other `keras.applications` models take); None: as stored,
+      which is 1 for every dataset tools/make_tfrecords writes.
+    input_context: a `tf.distribute.InputContext`, to shard by file across
+      input pipelines (`distribute_datasets_from_function`).
+    data_service: address of a tf.data service dispatcher ('host:port'):
+      read and decode on its workers, each example once per epoch (see
+      `xray_tfdata.data_service`); the order is then never deterministic,
+      and 'auto' does not cache.
+    data_service_job: a job name the trainers of one multi-worker run share,
+      so that together they read each example once per epoch.
+    auto_shard_policy: a `tf.data.experimental.AutoShardPolicy` for when
+      tf.distribute distributes the dataset; None: by file when training on
+      several shards, by data when evaluating (see `_auto_shard_policy`), off
+      with the service.
+  """
+  cache: Union[bool, str] = 'auto'
+  shuffle_buffer: Optional[int] = None
+  channels: Optional[int] = None
+  input_context: Any = None
+  data_service: Optional[str] = None
+  data_service_job: Optional[str] = None
+  auto_shard_policy: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +185,37 @@ def load_info(data_dir):
       raw=raw)
 
 
+def find_damaged_shard(builder, splits=None):
+  """Names the shard behind a read error that surfaced mid-training.
+
+  tf.data's DataLossError (a flipped byte) and assert_cardinality's error (a
+  shard holding another number of records than the metadata says) name no
+  file. Catch them around `fit` and call this to get the one line to show:
+
+    try:
+      net.fit(...)
+    except (tf.errors.DataLossError, tf.errors.FailedPreconditionError,
+            tf.errors.InvalidArgumentError) as e:
+      damage = pipeline.find_damaged_shard(builder, 'train')
+      if damage is None:
+        raise
+      raise damage from e
+
+  Args:
+    builder: the `DatasetBuilder` the dataset came from.
+    splits: a split name, a list of them, or None for all.
+
+  Returns:
+    The `DatasetError` (a `DamagedShardError` when one shard is at fault)
+    naming the shard and the fix, or None when every shard checks out.
+  """
+  try:
+    builder.verify(splits)
+  except DatasetError as e:
+    return e
+  return None
+
+
 class DatasetBuilder:
   """Reads a dataset converted by `tools/make_tfrecords`.
 
@@ -118,6 +223,7 @@ class DatasetBuilder:
     builder = DatasetBuilder('/data/kermany_224')
     builder.info.class_weights()            # {0: 1.85, 1: 0.68}
     ds = builder.as_dataset('train', batch_size=62, training=True)
+    ds = builder.as_dataset('val', 62, read_config=ReadConfig(channels=3))
 
   `data_dir` may be any `tf.io.gfile` path (local, gs://, ...).
   """
@@ -130,11 +236,23 @@ class DatasetBuilder:
     """Returns the split's shard paths in index order, checked on disk.
 
     Raises:
-      DatasetError: the split is unknown, or a shard is missing or has a
-        size other than the writer recorded (truncated or replaced).
+      DatasetError: the split is unknown, its shard counts do not add up to
+        its example count, or a shard is missing or has a size other than
+        the writer recorded (truncated or replaced).
     """
+    entry = self.info.split(split)
+    shard_counts = [shard.get('num_examples') for shard in entry['shards']]
+    # Cheap, and it turns assert_cardinality's failure at the end of the
+    # first epoch into one line before it.
+    if None not in shard_counts and sum(shard_counts) != int(
+        entry['num_examples']):
+      raise DatasetError(
+          f'{os.path.join(self.data_dir, schema.INFO_FILENAME)} says split '
+          f'{split!r} has {entry["num_examples"]} examples, but its shards '
+          f'{sum(shard_counts)}: the metadata was edited or mixed up; re-run '
+          'tools/make_tfrecords --overwrite')
     paths = []
-    for shard in self.info.split(split)['shards']:
+    for shard in entry['shards']:
       path = os.path.join(self.data_dir, shard['filename'])
       if not tf.io.gfile.exists(path):
         raise DatasetError(f'shard {path} is missing; re-run '
@@ -150,40 +268,44 @@ class DatasetBuilder:
       paths.append(path)
     return paths
 
-  def verify(self, split=None):
-    """Reads every record of every shard and checks its CRC and schema.
+  def verify(self, splits=None):
+    """Reads every record of every shard and checks it against its CRCs and
+    the metadata.
 
-    tf.data's DataLossError does not name the file it came from; this does.
+    tf.data's DataLossError names no file; this names the shard. Checked:
+    each record's length and data CRC (TFRecord framing), that it parses as
+    an example of the schema, that its image is a PNG of the stored size
+    (from the PNG header, without decoding), and that each shard holds as
+    many records as `xray_info.json` says. It runs about as fast as tf.data
+    reads the records alone (1.3 s per GB on a quiet 2-core host with the
+    shards in the page cache, 3 to 4 s under load; reading from disk adds
+    its own time): the CRCs and the parsing run in TensorFlow's C++, a batch
+    at a time.
 
     Args:
-      split: one split, or None for all.
+      splits: a split name, a list of them, or None for all.
+
     Returns:
       number of records read.
+
     Raises:
-      DatasetError: naming the first corrupt shard.
+      DamagedShardError: naming the first damaged shard.
+      DatasetError: an unknown split, or a missing or truncated shard.
     """
-    splits = [split] if split else sorted(self.info.splits)
+    if splits is None:
+      splits = sorted(self.info.splits)
+    elif isinstance(splits, str):
+      splits = [splits]
     total = 0
-    for name in splits:
-      for path in self.shard_paths(name):
-        count = 0
-        try:
-          for record in tf.data.TFRecordDataset(path):
-            schema.parse(record, self.info.format_version)
-            count += 1
-        except (tf.errors.DataLossError,
-                tf.errors.InvalidArgumentError) as e:
-          raise DatasetError(
-              f'shard {path} is corrupt after {count} records ({e.message.strip()[:80]}); '
-              're-run tools/make_tfrecords --overwrite') from e
-        total += count
+    for split in splits:
+      paths = self.shard_paths(split)
+      counts = [s.get('num_examples') for s in self.info.split(split)['shards']]
+      total += self._verify_shards(paths, counts)
     return total
 
   def as_dataset(self, split, batch_size=None, training=False, *,
-                 image_size=None, resize=False, cache='auto',
-                 shuffle_buffer=None, seed=None, repeat=False,
-                 input_context=None, with_metadata=False,
-                 data_service=None, data_service_job=None):
+                 image_size=None, resize=False, seed=None, repeat=False,
+                 with_metadata=False, read_config=None, **read_options):
     """Builds the tf.data pipeline for one split.
 
     Args:
@@ -195,97 +317,61 @@ class DatasetBuilder:
       image_size: (height, width) or an int the model expects; None means
         the stored size. Another size than stored raises, unless `resize`.
       resize: resize on purpose (anti-aliased bilinear) to `image_size`.
-      cache: True, False, or 'auto' (cache when the decoded split is at most
-        DEFAULT_CACHE_LIMIT_BYTES).
-      shuffle_buffer: examples in the shuffle buffer (training); default the
-        whole split, which the cache makes cheap.
       seed: seed for the file and example shuffles.
       repeat: repeat forever. Default False: one pass, as `tfds` gives, so
         `Model.fit(ds, epochs=N)` needs no `steps_per_epoch` (each epoch is a
         new iteration, hence a new shuffle). With repeat, pass
         `steps_per_epoch` to `Model.fit` (see `steps_per_epoch()`).
-      input_context: a `tf.distribute.InputContext`, to shard by file across
-        input pipelines (`distribute_datasets_from_function`).
       with_metadata: yield a third element, a dict with the file name and
         patient id (evaluation and error analysis).
-      data_service: address of a tf.data service dispatcher ('host:port'):
-        read and decode on its workers, each example once per epoch (see
-        `xray_tfdata.data_service`); the order is then never deterministic,
-        and 'auto' does not cache.
-      data_service_job: a job name the trainers of one multi-worker run
-        share, so that together they read each example once per epoch.
+      read_config: a `ReadConfig` with the less common knobs (cache, shuffle
+        buffer, channels, input context, tf.data service, sharding).
+      **read_options: any `ReadConfig` field by name (`cache=False`,
+        `data_service=...`); overrides the same field of `read_config`.
 
     Returns:
-      A `tf.data.Dataset` of (uint8 images [B, H, W, 1], float32 labels [B]),
-      without the batch dimension when batch_size is None.
+      A `tf.data.Dataset` of (uint8 images [B, H, W, C], float32 labels [B]),
+      C = `read_config.channels` (default: as stored, 1), without the batch
+      dimension when batch_size is None.
 
     Raises:
-      DatasetError: unknown split, batch_size < 1, a size mismatch, or a
+      DatasetError: unknown split, batch_size < 1, channels other than 1 or
+        3, a size mismatch, metadata that disagrees with the shards, or a
         missing or truncated shard.
+      TypeError: a keyword that is not a `ReadConfig` field.
     """
+    config = _resolve_read_config(read_config, read_options)
     if batch_size is not None and batch_size < 1:
       raise DatasetError(f'batch_size must be at least 1, got {batch_size}')
-    info = self.info
+    if config.channels not in (None, 1, 3):
+      raise DatasetError(f'channels must be 1 or 3, got {config.channels}')
     paths = self.shard_paths(split)
-    num_examples = info.num_examples(split)
-    height, width = self._output_size(image_size, resize)
+    self._check_stored_size(split, paths)
+    size = self._output_size(image_size, resize)
+    # A grey dataset is decoded to one channel and widened to three at the
+    # end (see below); anything else is decoded to what is asked for.
+    to_rgb = config.channels == 3 and self.info.channels == 1
+    channels = 1 if to_rgb else config.channels or self.info.channels
 
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    # With the service its dispatcher hands the files out instead.
-    if (input_context is not None and input_context.num_input_pipelines > 1
-        and not data_service):
-      if len(paths) < input_context.num_input_pipelines:
-        raise DatasetError(
-            f'split {split!r} has {len(paths)} shards for '
-            f'{input_context.num_input_pipelines} input pipelines; re-convert '
-            'with more --num_shards')
-      # Shard by file, before anything else, so workers read disjoint files.
-      files = files.shard(input_context.num_input_pipelines,
-                          input_context.input_pipeline_id)
-    if training:
-      files = files.shuffle(len(paths), seed=seed)
+    files = self._read_files(split, paths, training, seed, config)
+    ds = self._read_records(files, len(paths), training)
+    ds = self._decode(ds, size, channels, resize, with_metadata, training)
+    ds = self._maybe_apply_data_service(ds, config)
+    ds = self._maybe_assert_cardinality(ds, split, config)
 
-    if training:
-      # Several shards read at once hide file latency (gs://) and mix classes.
-      ds = files.interleave(tf.data.TFRecordDataset,
-                            cycle_length=min(len(paths), 16),
-                            num_parallel_calls=AUTOTUNE, deterministic=False)
-    else:
-      # One shard after another: evaluation order is the order on disk.
-      ds = files.interleave(tf.data.TFRecordDataset, cycle_length=1)
-
-    decode = _make_decoder(info.format_version, info.channels, (height, width),
-                           resize and (height, width) != info.image_size,
-                           with_metadata)
-    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
-
-    if data_service:
-      # Everything above runs on the service's workers, everything below
-      # here. Per example, not per batch: a batch then mixes the workers'
-      # files, and no worker drops a last partial batch of its own.
-      ds = data_service_lib.distribute(ds, data_service, data_service_job)
-
-    # Not with the service: a shared job gives this trainer only a part, and
-    # a service worker that fails loses the rest of its files.
-    if ((input_context is None or input_context.num_input_pipelines == 1)
-        and not data_service):
-      # The count is known from xray_info.json: Keras then knows the
-      # number of batches (no 'ran out of data' warning after validation),
-      # and a shard that lost records fails loudly instead of silently.
-      ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
-
-    decoded_bytes = num_examples * height * width * info.channels
-    # The service is for splits too large to cache; a cache here would also
-    # freeze a trainer's share of the first epoch of a shared job.
-    if cache is True or (cache == 'auto' and not data_service and
-                         decoded_bytes <= DEFAULT_CACHE_LIMIT_BYTES):
+    num_examples = self.info.num_examples(split)
+    example_bytes = size[0] * size[1] * channels
+    cached = _should_cache_ds(config.cache, num_examples * example_bytes,
+                              config.data_service)
+    if cached:
       # After decode: later epochs skip both file reads and PNG decoding.
       ds = ds.cache()
     if training:
       # After the cache, so every epoch gets a fresh order; before repeat, so
       # one epoch is all seen before the next begins.
-      ds = ds.shuffle(shuffle_buffer or num_examples, seed=seed,
-                      reshuffle_each_iteration=True)
+      buffer = config.shuffle_buffer or _default_shuffle_buffer(
+          num_examples, example_bytes, cached)
+      ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
       ds = ds.repeat()
     if batch_size is not None:
@@ -293,25 +379,256 @@ class DatasetBuilder:
       # let the next epoch's examples overtake this one's under repeat=True.
       ds = ds.batch(batch_size, drop_remainder=training,
                     num_parallel_calls=AUTOTUNE, deterministic=True)
+    if to_rgb:
+      # Last, on whole batches: the cache and the shuffle buffer keep one
+      # channel, a third of the memory.
+      ds = ds.map(_to_rgb)
     ds = ds.prefetch(AUTOTUNE)
-
-    options = tf.data.Options()
-    options.deterministic = not training
-    # Keras/tf.distribute shards by file when it distributes this dataset.
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.FILE
-        if len(paths) > 1 else tf.data.experimental.AutoShardPolicy.DATA)
-    if data_service:
-      # Trainers share the service's job instead: sharding would drop data.
-      options.experimental_distribute.auto_shard_policy = (
-          tf.data.experimental.AutoShardPolicy.OFF)
-    return ds.with_options(options)
+    return ds.with_options(
+        self._options(training, len(paths), config))
 
   def steps_per_epoch(self, split, batch_size, training=True):
     """Batches in one pass over the split (the last partial batch is dropped
     when training)."""
     n = self.info.num_examples(split)
     return n // batch_size if training else -(-n // batch_size)
+
+  # The stages of as_dataset, in pipeline order.
+
+  def _read_files(self, split, paths, training, seed, config):
+    """The dataset of shard paths this input pipeline reads."""
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    context = config.input_context
+    # With the service its dispatcher hands the files out instead.
+    if (context is not None and context.num_input_pipelines > 1
+        and not config.data_service):
+      if len(paths) < context.num_input_pipelines:
+        raise DatasetError(
+            f'split {split!r} has {len(paths)} shards for '
+            f'{context.num_input_pipelines} input pipelines; re-convert '
+            'with more --num_shards')
+      # Shard by file, before anything else, so workers read disjoint files.
+      files = files.shard(context.num_input_pipelines,
+                          context.input_pipeline_id)
+    if training:
+      files = files.shuffle(len(paths), seed=seed)
+    return files
+
+  def _read_records(self, files, num_shards, training):
+    """The serialized records of the files."""
+    if training:
+      # Several shards read at once hide file latency (gs://) and mix classes.
+      return files.interleave(tf.data.TFRecordDataset,
+                              cycle_length=min(num_shards, _MAX_INTERLEAVE),
+                              num_parallel_calls=AUTOTUNE,
+                              deterministic=False)
+    # One shard after another: evaluation order is the order on disk.
+    return files.interleave(tf.data.TFRecordDataset, cycle_length=1)
+
+  def _decode(self, records, size, channels, resize, with_metadata,
+              training):
+    """(image, label[, metadata]) examples of the records."""
+    decode = _make_decoder(self.info.format_version, channels, size,
+                           resize and size != self.info.image_size,
+                           with_metadata)
+    return records.map(decode, num_parallel_calls=AUTOTUNE,
+                       deterministic=not training)
+
+  def _maybe_apply_data_service(self, ds, config):
+    """Moves the stages so far onto the tf.data service, if asked."""
+    if not config.data_service:
+      return ds
+    # Everything above runs on the service's workers, everything below here.
+    # Per example, not per batch: a batch then mixes the workers' files, and
+    # no worker drops a last partial batch of its own.
+    return data_service_lib.distribute(ds, config.data_service,
+                                       config.data_service_job)
+
+  def _maybe_assert_cardinality(self, ds, split, config):
+    """Tells tf.data (and Keras) the split's size, where this pipeline reads
+    all of it."""
+    context = config.input_context
+    # Not with the service: a shared job gives this trainer only a part, and
+    # a service worker that fails loses the rest of its files.
+    if ((context is not None and context.num_input_pipelines > 1)
+        or config.data_service):
+      return ds
+    # The count is known from xray_info.json: Keras then knows the number of
+    # batches (no 'ran out of data' warning after validation), and a shard
+    # that lost records fails loudly instead of silently (see
+    # find_damaged_shard).
+    return ds.apply(tf.data.experimental.assert_cardinality(
+        self.info.num_examples(split)))
+
+  def _options(self, training, num_shards, config):
+    """The dataset's options: determinism and how tf.distribute shards it."""
+    options = tf.data.Options()
+    options.deterministic = not training
+    options.experimental_distribute.auto_shard_policy = (
+        config.auto_shard_policy if config.auto_shard_policy is not None else
+        _auto_shard_policy(training, num_shards, config.data_service))
+    return options
+
+  # Checks.
+
+  def _check_stored_size(self, split, paths):
+    """Checks the first image's PNG header against the metadata's size.
+
+    One record, read now: a metadata file of another conversion fails here,
+    in one line, instead of in ensure_shape in the middle of `fit`.
+
+    Raises:
+      DatasetError: the stored images have another size than the metadata.
+      DamagedShardError: the first record is damaged.
+    """
+    counts = [s.get('num_examples') for s in self.info.split(split)['shards']]
+    for path, count in zip(paths, counts):
+      if count == 0:
+        continue
+      size = self._first_image_size(path)
+      if size is None:
+        continue  # an empty shard the metadata miscounts: verify names it
+      if size != self.info.image_size:
+        stored = 'not PNGs' if size[0] < 0 else f'{size[0]}x{size[1]}'
+        raise DatasetError(
+            f'the images in {path} are {stored}, {schema.INFO_FILENAME} says '
+            f'{self.info.image_height}x{self.info.image_width}: the metadata '
+            'belongs to another conversion; re-run tools/make_tfrecords '
+            '--overwrite')
+      return
+
+  def _first_image_size(self, path):
+    """(height, width) of the first record's image, (-1, -1) if not a PNG,
+    None for an empty shard.
+
+    Read with the TFRecord framing by hand, without its CRCs: a tf.data
+    dataset for one record costs tens of milliseconds, more than the rest of
+    as_dataset. Whatever does not parse is handed to `_verify_shard`.
+    """
+    from google.protobuf import message  # pylint: disable=g-import-not-at-top
+    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+    file_size = tf.io.gfile.stat(path).length
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      # uint64 length, uint32 masked CRC of the length, data, CRC of data.
+      header = f.read(12)
+      length = struct.unpack('<Q', header[:8])[0] if len(header) == 12 else 0
+      record = f.read(length) if 0 < length <= file_size - 16 else b''
+    if not header:
+      return None
+    try:
+      feature = example_pb2.Example.FromString(record).features.feature
+      png = feature[schema.key(schema.ENCODED,
+                               self.info.format_version)].bytes_list.value[0]
+    except (message.DecodeError, IndexError):
+      self._verify_shard(path)  # names the damage
+      raise
+    if png[:8] != _PNG_SIGNATURE or len(png) < 24:
+      self._verify_shard(path)  # a flipped byte, if it is one
+      return (-1, -1)
+    # IHDR: width, then height, big-endian, at bytes 16..24.
+    width, height = struct.unpack('>II', png[16:24])
+    return (height, width)
+
+  def _verify_shards(self, paths, expected_counts):
+    """Reads the shards; returns the total record count.
+
+    One dataset over all of them: a dataset per shard costs a tenth of a
+    second to set up, more than reading a 20 MB shard.
+
+    Raises:
+      DamagedShardError: a CRC mismatch, a record that is not an example of
+        the schema, an image of another size, or another record count than
+        `expected_counts` says.
+    """
+    counts = [0] * len(paths)
+    current = 0
+    try:
+      for current, sizes in self._image_sizes(paths).as_numpy_iterator():
+        self._check_sizes(paths[current], sizes, counts[current])
+        counts[current] += len(sizes)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+      # TensorFlow's error names no file: read the shards one at a time,
+      # from the one being read, to name it.
+      for path in paths[current:]:
+        self._verify_shard(path)
+      raise
+    for path, count, expected in zip(paths, counts, expected_counts):
+      if expected is not None and count != expected:
+        raise DamagedShardError(
+            path, f'shard {path} holds {count} records, '
+            f'{schema.INFO_FILENAME} says {expected}: the shard or the '
+            f'metadata was replaced; {_RECONVERT}')
+    return sum(counts)
+
+  def _verify_shard(self, path):
+    """Reads one shard; returns its record count.
+
+    Raises:
+      DamagedShardError: as `_verify_shards`, but counts are not checked.
+    """
+    count = 0
+    try:
+      for _, sizes in self._image_sizes([path]).as_numpy_iterator():
+        self._check_sizes(path, sizes, count)
+        count += len(sizes)
+    except tf.errors.DataLossError as e:
+      raise DamagedShardError(
+          path, f'shard {path} is corrupt: a record after the first {count} '
+          f'fails its CRC check (flipped or overwritten bytes); '
+          f'{_RECONVERT}') from e
+    except tf.errors.InvalidArgumentError as e:
+      raise DamagedShardError(
+          path, f'shard {path}: a record after the first {count} is not an '
+          f'example of this dataset\'s schema; {_RECONVERT}') from e
+    return count
+
+  def _check_sizes(self, path, sizes, first_record):
+    """Raises DamagedShardError for an image of another size than stored."""
+    height, width = self.info.image_size
+    wrong = np.flatnonzero((sizes[:, 0] != height) | (sizes[:, 1] != width))
+    if wrong.size:
+      got = sizes[wrong[0]]
+      what = ('is not a PNG' if got[0] < 0 else
+              f'is {got[0]}x{got[1]}, {schema.INFO_FILENAME} says '
+              f'{height}x{width}')
+      raise DamagedShardError(
+          path, f'shard {path}: the image of record {first_record + wrong[0]} '
+          f'{what}; {_RECONVERT}')
+
+  def _image_sizes(self, paths, batch=256):
+    """The image sizes in the shards' records, read from the PNG headers.
+
+    Batched and parsed in TensorFlow: Python sees one small array per batch,
+    so the read runs at about the speed of the CRC checks.
+
+    Returns:
+      A dataset of (shard index, int32 [n, 2] (height, width)), in shard
+      order, a batch never spanning two shards; (-1, -1) for an image that
+      is not a PNG.
+    """
+    # The whole schema, so that a record the decoder cannot parse fails here.
+    spec = schema.feature_spec(self.info.format_version)
+    image_key = schema.key(schema.ENCODED, self.info.format_version)
+
+    def sizes(records):
+      png = tf.io.parse_example(records, spec)[image_key]
+      # Cut before padding (a copy of 24 bytes, not of the image), so that
+      # a short or empty image still has a 24-byte header.
+      header = tf.strings.substr(tf.strings.join(
+          [tf.strings.substr(png, 0, 24), tf.constant(b'\0' * 24)]), 0, 24)
+      is_png = tf.equal(tf.strings.substr(header, 0, 8), _PNG_SIGNATURE)
+      # IHDR: width, then height, big-endian, at bytes 16..24.
+      width_height = tf.io.decode_raw(tf.strings.substr(header, 16, 8),
+                                      tf.int32, little_endian=False)
+      height_width = tf.reverse(width_height, axis=[1])
+      return tf.where(is_png[:, None], height_width, -1)
+
+    def shard(index, path):
+      return (tf.data.TFRecordDataset(path, buffer_size=8 * 1024**2)
+              .batch(batch).map(lambda records: (index, sizes(records))))
+
+    return tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(paths)), paths)).flat_map(shard)
 
   def _output_size(self, image_size, resize):
     stored = self.info.image_size
@@ -327,6 +644,60 @@ class DatasetBuilder:
           f'tools/make_tfrecords --image_size={image_size[0]}, or resize on '
           'purpose (resize=True)')
     return image_size
+
+
+def _resolve_read_config(read_config, read_options):
+  """`read_config` with the keywords given to as_dataset applied."""
+  fields = {f.name for f in dataclasses.fields(ReadConfig)}
+  unknown = sorted(set(read_options) - fields)
+  if unknown:
+    raise TypeError(f'as_dataset() got unexpected keyword arguments {unknown}; '
+                    f'it takes the ReadConfig fields {sorted(fields)}')
+  return dataclasses.replace(read_config or ReadConfig(), **read_options)
+
+
+def _should_cache_ds(cache, decoded_bytes, data_service):
+  """Whether as_dataset caches the decoded split in memory.
+
+  'auto' caches what fits under DEFAULT_CACHE_LIMIT_BYTES, but never with
+  the service: the service is for splits too large to cache, and a cache
+  here would freeze a trainer's share of the first epoch of a shared job.
+  """
+  if cache == 'auto':
+    return not data_service and decoded_bytes <= DEFAULT_CACHE_LIMIT_BYTES
+  return cache is True
+
+
+def _default_shuffle_buffer(num_examples, example_bytes, cached):
+  """Examples in the training shuffle buffer when none was asked for."""
+  if cached:
+    # The buffer holds references to the cached tensors: a whole-split
+    # buffer costs little and gives a full shuffle.
+    return num_examples
+  return max(1, min(num_examples,
+                    UNCACHED_SHUFFLE_BUFFER_BYTES // example_bytes))
+
+
+def _auto_shard_policy(training, num_shards, data_service):
+  """How tf.distribute shards the dataset across workers.
+
+  Training shards by file (each worker reads its own shards) when there are
+  several. Evaluation shards by data: every worker reads the whole split and
+  each global batch is split between them, so the steps are the dataset's
+  and the predictions keep the disk order (see distribute.shard_by_batch,
+  which then finds DATA already set: changing FILE to DATA there made
+  tf.data log "Changing the value of option auto_shard_policy" each time).
+  """
+  policy = tf.data.experimental.AutoShardPolicy
+  if data_service:
+    # Trainers share the service's job instead: sharding would drop data.
+    return policy.OFF
+  return policy.FILE if training and num_shards > 1 else policy.DATA
+
+
+def _to_rgb(images, *rest):
+  """Repeats the grey channel three times (uint8 stays uint8)."""
+  return (tf.image.grayscale_to_rgb(images),) + rest
 
 
 def _make_decoder(format_version, channels, size, resize, with_metadata):
