@@ -33,12 +33,12 @@ from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # r
 from xray_tfdata.config import RESUMABLE_CHANGES
 from xray_tfdata.config import TrainingError
 from xray_tfdata import data_service as data_service_lib
+from xray_tfdata import demo
 from xray_tfdata import distribute
 from xray_tfdata import evaluation
 from xray_tfdata import imaging
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
-from xray_tfdata import schema
 
 RESULTS_JSON = 'results.json'
 RESULTS_MD = 'results.md'
@@ -115,39 +115,9 @@ def prepare_model_dir(model_dir, config, overwrite=False, write=True):
 make_strategy = distribute.make_strategy
 
 
-def seed_split_counts(num_images):
-  """The seed's val and test counts (150/400 each of 5,856), scaled.
-
-  Returns:
-    (val_counts, test_counts), dicts class name -> count, each at least 2.
-  """
-  scale = num_images / 5856
-  counts = {'NORMAL': max(2, round(150 * scale)),
-            'PNEUMONIA': max(2, round(400 * scale))}
-  return counts, dict(counts)
-
-
-def ensure_demo_data(data_dir, num_images, image_size, seed=0):
-  """Creates the synthetic demo dataset in data_dir unless it exists.
-
-  The JPEGs go to `<data_dir>-jpeg` as one pool of class folders; the
-  conversion re-splits them by patient with the seed's val/test proportions.
-  """
-  if schema.is_converted(data_dir):
-    return
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
-
-  src_dir = data_dir.rstrip('/') + '-jpeg'
-  if not os.path.exists(src_dir) or not os.listdir(src_dir):
-    print(f'demo: drawing {num_images} synthetic chest X-rays into {src_dir}')
-    synthetic.make_synthetic_kermany(src_dir, num_images=num_images,
-                                     seed=seed, layout='pool',
-                                     size_scale=0.25, progress=True)
-  print(f'demo: converting {src_dir} to TFRecords in {data_dir}')
-  val_counts, test_counts = seed_split_counts(num_images)
-  writer.convert(src_dir, data_dir, image_size=image_size, resplit=True,
-                 val_counts=val_counts, test_counts=test_counts, seed=seed)
+# Moved to xray_tfdata.demo; kept here for callers of training.
+seed_split_counts = demo.seed_split_counts
+ensure_demo_data = demo.ensure_demo_data
 
 
 def train_and_evaluate(config, model_dir, overwrite=False):
@@ -180,8 +150,8 @@ def train_and_evaluate(config, model_dir, overwrite=False):
   chief = distribute.is_chief(strategy)
   multi_worker = distribute.num_workers(strategy) > 1
   if config.demo_images:
-    ensure_demo_data(config.data_dir, config.demo_images, config.image_size,
-                     config.seed)
+    demo.ensure_demo_data(config.data_dir, config.demo_images,
+                          config.image_size, config.seed)
   builder = pipeline.DatasetBuilder(config.data_dir)
   for split in EVAL_SPLITS:
     builder.info.split(split)  # a missing split fails now, not after training
