@@ -10,8 +10,11 @@ import pytest
 
 import recount
 from records import write_dataset
+from xray_tfdata import callbacks
 from xray_tfdata import imaging
 from xray_tfdata import pipeline
+from xray_tfdata import resume
+from xray_tfdata import serving
 from xray_tfdata import training
 
 SIZE = 32
@@ -110,7 +113,7 @@ def test_class_weights_off_passes_none(data_dir, tmp_path, monkeypatch):
 def test_run_writes_a_complete_model_dir(finished_run):
   model_dir, results = finished_run
   for name in ('results.json', 'results.md', 'model.keras', 'config.json',
-               'history.csv', training.BEST_WEIGHTS,
+               'history.csv', callbacks.BEST_WEIGHTS,
                os.path.join('serving', 'saved_model.pb')):
     assert os.path.exists(os.path.join(model_dir, name)), name
   assert not os.path.exists(os.path.join(model_dir, 'backup'))
@@ -181,7 +184,7 @@ def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
     path = str(tmp_path / f'{i}.png')
     Image.fromarray(image[..., 0]).save(path)
     paths.append(path)
-  served = training.predict_files(os.path.join(model_dir, 'serving'), paths)
+  served = serving.predict_files(os.path.join(model_dir, 'serving'), paths)
   # The signature's output has a name TF Serving clients can use.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   signatures = tf.saved_model.load(os.path.join(model_dir, 'serving')).signatures
@@ -226,7 +229,7 @@ def test_resume_restores_the_state_of_the_last_finished_epoch(
   class Killed(Exception):
     pass
 
-  save = training.ResumeCallback.on_epoch_end
+  save = resume.ResumeCallback.on_epoch_end
   killed = {}
 
   def save_then_die(self, epoch, logs=None):
@@ -236,12 +239,12 @@ def test_resume_restores_the_state_of_the_last_finished_epoch(
     killed['state'] = _model_state(self.net)
     killed['best'] = self.early_stopping.best
 
-  monkeypatch.setattr(training.ResumeCallback, 'on_epoch_end', save_then_die)
+  monkeypatch.setattr(resume.ResumeCallback, 'on_epoch_end', save_then_die)
   with pytest.raises(Killed):
     training.train_and_evaluate(config, model_dir)
-  monkeypatch.setattr(training.ResumeCallback, 'on_epoch_end', save)
+  monkeypatch.setattr(resume.ResumeCallback, 'on_epoch_end', save)
   assert not os.path.exists(os.path.join(model_dir, 'results.json'))
-  state = training.ResumeState(os.path.join(model_dir, 'backup'))
+  state = resume.ResumeState(os.path.join(model_dir, 'backup'))
   assert state.epoch() == 1
   assert np.isfinite(killed['best'])
   weights, optimizer = killed['state']
@@ -249,7 +252,7 @@ def test_resume_restores_the_state_of_the_last_finished_epoch(
   assert any(np.any(v != 0) for v in optimizer[2:])  # moments were updated
 
   restored = {}
-  begin = training.ResumeCallback.on_train_begin
+  begin = resume.ResumeCallback.on_train_begin
 
   def record(self, logs=None):
     begin(self, logs)
@@ -257,7 +260,7 @@ def test_resume_restores_the_state_of_the_last_finished_epoch(
     restored['best'] = self.early_stopping.best
     restored['iterations'] = int(self.net.optimizer.iterations.numpy())
 
-  monkeypatch.setattr(training.ResumeCallback, 'on_train_begin', record)
+  monkeypatch.setattr(resume.ResumeCallback, 'on_train_begin', record)
   results = training.train_and_evaluate(config, model_dir)
   assert restored['iterations'] == steps
   assert restored['best'] == killed['best']
@@ -276,11 +279,11 @@ def test_resume_restores_the_state_of_the_last_finished_epoch(
 
 def test_other_settings_refuse_to_resume(data_dir, tmp_path):
   model_dir = str(tmp_path / 'model')
-  training.prepare_model_dir(model_dir, tiny_config(data_dir))
+  resume.prepare_model_dir(model_dir, tiny_config(data_dir))
   with pytest.raises(training.TrainingError, match='learning_rate'):
-    training.prepare_model_dir(model_dir,
+    resume.prepare_model_dir(model_dir,
                                tiny_config(data_dir, learning_rate=1e-3))
-  assert training.prepare_model_dir(model_dir, tiny_config(data_dir))
+  assert resume.prepare_model_dir(model_dir, tiny_config(data_dir))
 
 
 @pytest.mark.parametrize('overrides, error, message', [
@@ -333,7 +336,7 @@ def test_predict_decodes_every_file_as_the_converter_does(finished_run,
     image.save(tmp_path / name)
   files = [str(tmp_path / name) for name in paths]
 
-  results = training.predict_paths(os.path.join(model_dir, 'serving'), files)
+  results = serving.predict_paths(os.path.join(model_dir, 'serving'), files)
 
   net = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
   for path, (prob, reason) in zip(files, results):
@@ -346,7 +349,7 @@ def test_predict_reports_bad_files_and_keeps_the_good_ones(finished_run,
                                                            tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   model_dir, _ = finished_run
-  serving = os.path.join(model_dir, 'serving')
+  serving_dir = os.path.join(model_dir, serving.SERVING_DIR)
   good = str(tmp_path / 'good.png')
   Image.fromarray(np.full((20, 20), 90, np.uint8)).save(good)
   corrupt = tmp_path / 'corrupt.jpeg'
@@ -354,14 +357,14 @@ def test_predict_reports_bad_files_and_keeps_the_good_ones(finished_run,
   paths = [good, str(tmp_path / 'missing.png'), str(tmp_path), str(corrupt),
            good]
 
-  results = training.predict_paths(serving, paths)
+  results = serving.predict_paths(serving_dir, paths)
 
   assert results[0][1] is None and results[4] == results[0]
   assert results[1] == (None, 'does not exist')
   assert results[2] == (None, 'is a folder, not an image file')
   assert results[3][0] is None and 'not an image' in results[3][1]
   with pytest.raises(training.TrainingError, match='missing.png: does not'):
-    training.predict_files(serving, paths)
-  assert training.predict_paths(serving, []) == []
-  served = tf.saved_model.load(serving)
+    serving.predict_files(serving_dir, paths)
+  assert serving.predict_paths(serving_dir, []) == []
+  served = tf.saved_model.load(serving_dir)
   assert served.serve(tf.constant([], tf.string))['probability'].shape == (0,)
