@@ -110,6 +110,38 @@ def test_class_weights_off_passes_none(data_dir, tmp_path, monkeypatch):
   assert received == [None]
 
 
+class _Stop(Exception):
+  """Raised by a stand-in for keras.Model.fit: the run starts, trains nothing."""
+
+
+def _start_only(monkeypatch):
+  import keras  # pylint: disable=g-import-not-at-top
+
+  def fit(self, *args, **kwargs):
+    del self, args, kwargs
+    raise _Stop()
+
+  monkeypatch.setattr(keras.Model, 'fit', fit)
+
+
+def test_header_names_the_strategy_and_rounds_class_weights(
+    data_dir, tmp_path, monkeypatch, capsys):
+  """The line before training says --strategy's word and the device count,
+  the class weights by class name to 3 decimals."""
+  _start_only(monkeypatch)
+  with pytest.raises(_Stop):
+    training.train_and_evaluate(tiny_config(data_dir),
+                                str(tmp_path / 'model'))
+  lines = capsys.readouterr().out.splitlines()
+  header = [i for i, line in enumerate(lines) if line.startswith('training:')]
+  assert len(header) == 1, lines
+  line = lines[header[0]]
+  assert 'strategy one_device (1 device),' in line
+  assert 'Strategy' not in line  # not tf.distribute's class name
+  # 24 / (2 * 10) and 24 / (2 * 14), NORMAL first: swapped weights show.
+  assert line.endswith('class weights NORMAL 1.200, PNEUMONIA 0.857'), line
+
+
 def test_run_writes_a_complete_model_dir(finished_run):
   model_dir, results = finished_run
   for name in ('results.json', 'results.md', 'model.keras', 'config.json',

@@ -110,7 +110,8 @@ def train_and_evaluate(config, model_dir, overwrite=False):
 
   stopped = resuming and state.stopped()
   print('early stopping had already ended this run; evaluating' if stopped
-        else training_header(policy, cluster, inputs, config))
+        else training_header(policy, cluster, inputs, config,
+                             builder.info.class_names))
   if not stopped:
     fit(net, inputs, callbacks, config, initial_epoch, work_dir)
 
@@ -142,6 +143,14 @@ class Cluster:
   @property
   def multi_worker(self):
     return self.num_workers > 1
+
+  def describe(self):
+    """E.g. 'mirrored (2 devices)', 'multi_worker (2 workers, 4 devices)'."""
+    devices = self.strategy.num_replicas_in_sync
+    parts = [f'{devices} device{"s" if devices != 1 else ""}']
+    if self.multi_worker:
+      parts.insert(0, f'{self.num_workers} workers')
+    return f'{self.name} ({", ".join(parts)})'
 
   def barrier(self):
     """Waits until every worker gets here (a collective, like gather)."""
@@ -319,12 +328,16 @@ def resume_epoch(state, resuming, work_dir, cluster):
   return initial_epoch
 
 
-def training_header(policy, cluster, inputs, config):
+def training_header(policy, cluster, inputs, config, class_names):
   """The line printed before training: what this run does."""
-  return (f'training: policy {policy}, strategy '
-          f'{type(cluster.strategy).__name__}, {inputs.steps} steps of '
-          f'{config.batch_size}, augmentation {config.augmentation}, class '
-          f'weights {inputs.class_weight}')
+  if inputs.class_weight is None:
+    weights = 'off'
+  else:
+    weights = ', '.join(f'{class_names[c]} {w:.3f}'
+                        for c, w in sorted(inputs.class_weight.items()))
+  return (f'training: policy {policy}, strategy {cluster.describe()}, '
+          f'{inputs.steps} steps of {config.batch_size}, augmentation '
+          f'{config.augmentation}, class weights {weights}')
 
 
 def fit(net, inputs, callbacks, config, initial_epoch, work_dir):
