@@ -127,7 +127,8 @@ def _start_only(monkeypatch):
 def test_header_names_the_strategy_and_rounds_class_weights(
     data_dir, tmp_path, monkeypatch, capsys):
   """The line before training says --strategy's word and the device count,
-  the class weights by class name to 3 decimals."""
+  the class weights by class name to 3 decimals, then one warning line:
+  val and test here hold far fewer than 30 of a class."""
   _start_only(monkeypatch)
   with pytest.raises(_Stop):
     training.train_and_evaluate(tiny_config(data_dir),
@@ -140,6 +141,29 @@ def test_header_names_the_strategy_and_rounds_class_weights(
   assert 'Strategy' not in line  # not tf.distribute's class name
   # 24 / (2 * 10) and 24 / (2 * 14), NORMAL first: swapped weights show.
   assert line.endswith('class weights NORMAL 1.200, PNEUMONIA 0.857'), line
+  warning = lines[header[0] + 1]
+  assert warning.startswith('warning: val 5 NORMAL, 6 PNEUMONIA; test 6 '
+                            'NORMAL, 5 PNEUMONIA: fewer than 30 of a class')
+  assert sum(line.startswith('warning:') for line in lines) == 1
+
+
+def _info(val_counts, test_counts):
+  names = ('NORMAL', 'PNEUMONIA')
+  splits = {split: {'num_examples': sum(counts), 'shards': [],
+                    'class_counts': dict(zip(names, counts))}
+            for split, counts in (('val', val_counts), ('test', test_counts))}
+  return pipeline.DatasetInfo(data_dir='/data', name='kermany',
+                              class_names=names, image_height=SIZE,
+                              image_width=SIZE, channels=1, splits=splits,
+                              raw={})
+
+
+def test_small_split_warning_needs_30_of_each_class_in_val_and_test():
+  assert training.small_split_warning(_info((30, 400), (30, 30))) is None
+  warning = training.small_split_warning(_info((400, 29), (30, 400)))
+  assert warning.startswith('warning: val 400 NORMAL, 29 PNEUMONIA: fewer '
+                            'than 30 of a class'), warning
+  assert '; test' not in warning and '\n' not in warning
 
 
 def test_run_writes_a_complete_model_dir(finished_run):
