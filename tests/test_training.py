@@ -349,6 +349,8 @@ def test_other_settings_refuse_to_resume(data_dir, tmp_path):
     ({'weights': '/nowhere/vgg16.h5'}, training.TrainingError,
      '/nowhere/vgg16.h5 does not exist'),
     ({'image_size': 64}, training.TrainingError, 'stored at 32x32'),
+    ({'batch_size': 25}, training.TrainingError,
+     r'batch_size 25 is larger than the training split .*\(24 images\)'),
     ({'data_dir': '/nowhere'}, pipeline.DatasetError, 'does not exist'),
 ])
 def test_bad_settings_fail_before_anything_is_written(
@@ -361,12 +363,29 @@ def test_bad_settings_fail_before_anything_is_written(
   assert not os.path.exists(model_dir)
 
 
-def test_missing_split_fails_before_training(tmp_path):
+def test_a_failing_start_leaves_model_dir_without_config_json(data_dir,
+                                                              tmp_path):
+  """The dataset checks come before config.json: a rerun with a fixed
+  --batch_size starts afresh instead of being refused as other settings."""
+  model_dir = tmp_path / 'model'
+  model_dir.mkdir()
+  with pytest.raises(training.TrainingError, match='lower --batch_size'):
+    training.train_and_evaluate(tiny_config(data_dir, batch_size=25),
+                                str(model_dir))
+  assert not os.listdir(model_dir)
+
+
+@pytest.mark.parametrize('split_sizes, message', [
+    ({'train': (4, 4), 'val': (2, 2)}, "split 'test' is not in"),
+    ({'train': (0, 8), 'val': (2, 2), 'test': (2, 2)},
+     "class NORMAL has no examples in split 'train'"),
+])
+def test_dataset_problems_fail_before_anything_is_written(
+    tmp_path, split_sizes, message):
   root = str(tmp_path / 'data')
   os.makedirs(root)
-  write_dataset(root, {'train': (4, 4), 'val': (2, 2)}, num_shards=1,
-                size=(SIZE, SIZE))
-  with pytest.raises(pipeline.DatasetError, match="split 'test' is not in"):
+  write_dataset(root, split_sizes, num_shards=1, size=(SIZE, SIZE))
+  with pytest.raises(pipeline.DatasetError, match=message):
     training.train_and_evaluate(tiny_config(root), str(tmp_path / 'model'))
   assert not os.path.exists(str(tmp_path / 'model'))
 

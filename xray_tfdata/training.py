@@ -197,8 +197,10 @@ def check_against_dataset(config, builder, cluster):
   first write into model_dir, so a run that cannot work writes nothing.
 
   Raises:
-    TrainingError: the stored image size differs from config.image_size.
-    pipeline.DatasetError: a split is missing.
+    TrainingError: the stored image size differs from config.image_size, or
+      a batch is larger than the training split.
+    pipeline.DatasetError: a split is missing, or a class is missing from
+      the training split (with class weights on).
     distribute.DistributeError: fewer training shards than workers.
   """
   info = builder.info
@@ -211,6 +213,15 @@ def check_against_dataset(config, builder, cluster):
         f'--image_size is {config.image_size}; re-convert with '
         f'tools/make_tfrecords --image_size={config.image_size} or set '
         f'--image_size={stored[0]}')
+  train_size = info.num_examples('train')
+  if config.batch_size > train_size:
+    # The training pipeline drops the last partial batch: no batch at all.
+    raise TrainingError(
+        f'--batch_size {config.batch_size} is larger than the training '
+        f'split of {config.data_dir} ({train_size} images); lower '
+        f'--batch_size to {train_size} or less')
+  if config.class_weights:
+    info.class_weights('train')  # raises for a class with no examples
   if not config.data_service:  # the service, not the workers, splits files
     distribute.check_shards(builder, 'train', cluster.strategy)
 
@@ -258,9 +269,6 @@ def create_inputs(config, builder, model_dir):
 
   Returns:
     Inputs.
-
-  Raises:
-    TrainingError: the training split holds less than one batch.
   """
   # Repeated: --steps_per_epoch may ask for more or fewer batches than one
   # pass, and an epoch then starts where the last one stopped.
@@ -269,15 +277,10 @@ def create_inputs(config, builder, model_dir):
                              **_data_service_options(config, model_dir))
   # Batched validation: the seed validated one image per step.
   val = distribute.shard_by_batch(builder.as_dataset('val', config.batch_size))
-  steps = (config.steps_per_epoch or
-           builder.steps_per_epoch('train', config.batch_size))
-  if steps < 1:
-    raise TrainingError(
-        f'the training split has {builder.info.num_examples("train")} '
-        f'images, fewer than one batch of {config.batch_size}; lower '
-        '--batch_size')
   return Inputs(
-      train=train, val=val, steps=steps,
+      train=train, val=val,
+      steps=(config.steps_per_epoch or
+             builder.steps_per_epoch('train', config.batch_size)),
       class_weight=(builder.info.class_weights('train')
                     if config.class_weights else None))
 
