@@ -107,3 +107,20 @@ def test_model_dir_that_is_a_file_is_one_error(data_dir, tmp_path):
   path.write_text('not a folder')
   with pytest.raises(training.TrainingError, match='is a file'):
     resume.prepare_model_dir(str(path), _config(data_dir))
+
+
+@pytest.mark.parametrize('below', ['', 'run'])
+def test_model_dir_that_is_a_file_fails_first_in_one_line(tmp_path, below):
+  """Checked before anything else: data_dir here does not even exist."""
+  path = tmp_path / 'model'
+  path.write_text('not a folder')
+  model_dir = str(path / below) if below else str(path)
+  config = _config(str(tmp_path / 'nowhere'))
+  with pytest.raises(training.TrainingError) as caught:
+    training.train_and_evaluate(config, model_dir)
+  message = str(caught.value)
+  expected = (f'--model_dir {model_dir} lies under {path}, which is a file'
+              if below else f'--model_dir {model_dir} is a file')
+  assert message == f'{expected}; pass a folder, or move the file away'
+  assert os.listdir(tmp_path) == ['model']
+  assert path.read_text() == 'not a folder'

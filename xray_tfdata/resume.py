@@ -32,6 +32,28 @@ def _warn(message):
   print(f'warning: {message}', file=sys.stderr, flush=True)
 
 
+def check_model_dir_path(model_dir):
+  """Checks that model_dir can be a folder, before anything is written.
+
+  Args:
+    model_dir: the run's folder; it need not exist.
+
+  Raises:
+    TrainingError: model_dir, or a folder above it, is a file.
+  """
+  path = os.path.abspath(model_dir)
+  while not os.path.exists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      return
+    path = parent
+  if not os.path.isdir(path):
+    where = ('is a file' if path == os.path.abspath(model_dir) else
+             f'lies under {path}, which is a file')
+    raise TrainingError(f'--model_dir {model_dir} {where}; pass a folder, '
+                        'or move the file away')
+
+
 def prepare_model_dir(model_dir, config, overwrite=False, write=True):
   """Checks model_dir for a finished or a different run; records config.
 
@@ -56,8 +78,7 @@ def prepare_model_dir(model_dir, config, overwrite=False, write=True):
       unfinished one with other settings, and overwrite is False.
     atomic.NoSpaceError: the disk is full.
   """
-  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-    raise TrainingError(f'--model_dir {model_dir} is a file; pass a folder')
+  check_model_dir_path(model_dir)
   config_path = os.path.join(model_dir, CONFIG_JSON)
   finished = os.path.exists(os.path.join(model_dir, RESULTS_JSON))
   resume = False

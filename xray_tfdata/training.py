@@ -89,6 +89,9 @@ def train_and_evaluate(config, model_dir, overwrite=False):
     atomic.NoSpaceError: the disk filled up; the last finished epoch is
       kept and a rerun after freeing space resumes from it.
   """
+  # First, as it costs nothing: a file in model_dir's place is a mistyped
+  # flag, and no data should be drawn or converted for it.
+  resume_lib.check_model_dir_path(model_dir)
   config.validate()
   # Before anything else in TensorFlow: a multi-worker strategy must exist
   # before TensorFlow starts its runtime.
