@@ -349,6 +349,8 @@ def test_other_settings_refuse_to_resume(data_dir, tmp_path):
     ({'weights': '/nowhere/vgg16.h5'}, training.TrainingError,
      '/nowhere/vgg16.h5 does not exist'),
     ({'image_size': 64}, training.TrainingError, 'stored at 32x32'),
+    ({'steps_per_epoch': -1}, training.TrainingError,
+     'steps_per_epoch must be 0'),
     ({'batch_size': 25}, training.TrainingError,
      r'batch_size 25 is larger than the training split .*\(24 images\)'),
     ({'data_dir': '/nowhere'}, pipeline.DatasetError, 'does not exist'),

@@ -200,8 +200,9 @@ def check_against_dataset(config, builder, cluster):
   first write into model_dir, so a run that cannot work writes nothing.
 
   Raises:
-    TrainingError: the stored image size differs from config.image_size, or
-      a batch is larger than the training split.
+    TrainingError: the stored image size differs from config.image_size,
+      steps_per_epoch is negative, or a batch is larger than the training
+      split.
     pipeline.DatasetError: a split is missing, or a class is missing from
       the training split (with class weights on).
     distribute.DistributeError: fewer training shards than workers.
@@ -216,6 +217,12 @@ def check_against_dataset(config, builder, cluster):
         f'--image_size is {config.image_size}; re-convert with '
         f'tools/make_tfrecords --image_size={config.image_size} or set '
         f'--image_size={stored[0]}')
+  if config.steps_per_epoch < 0:
+    # A settings check without the dataset, which belongs in
+    # TrainConfig.validate; here until config.py has it.
+    raise TrainingError(f'steps_per_epoch must be 0 (one pass over the '
+                        f'training split) or more, got '
+                        f'{config.steps_per_epoch}')
   train_size = info.num_examples('train')
   if config.batch_size > train_size:
     # The training pipeline drops the last partial batch: no batch at all.
