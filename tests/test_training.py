@@ -10,8 +10,11 @@ import pytest
 
 import recount
 from records import write_dataset
+from xray_tfdata import callbacks
 from xray_tfdata import imaging
 from xray_tfdata import pipeline
+from xray_tfdata import resume
+from xray_tfdata import serving
 from xray_tfdata import training
 
 SIZE = 32
@@ -107,10 +110,66 @@ def test_class_weights_off_passes_none(data_dir, tmp_path, monkeypatch):
   assert received == [None]
 
 
+class _Stop(Exception):
+  """Raised by a stand-in for keras.Model.fit: the run starts, trains nothing."""
+
+
+def _start_only(monkeypatch):
+  import keras  # pylint: disable=g-import-not-at-top
+
+  def fit(self, *args, **kwargs):
+    del self, args, kwargs
+    raise _Stop()
+
+  monkeypatch.setattr(keras.Model, 'fit', fit)
+
+
+def test_header_names_the_strategy_and_rounds_class_weights(
+    data_dir, tmp_path, monkeypatch, capsys):
+  """The line before training says --strategy's word and the device count,
+  the class weights by class name to 3 decimals, then one warning line:
+  val and test here hold far fewer than 30 of a class."""
+  _start_only(monkeypatch)
+  with pytest.raises(_Stop):
+    training.train_and_evaluate(tiny_config(data_dir),
+                                str(tmp_path / 'model'))
+  lines = capsys.readouterr().out.splitlines()
+  header = [i for i, line in enumerate(lines) if line.startswith('training:')]
+  assert len(header) == 1, lines
+  line = lines[header[0]]
+  assert 'strategy one_device (1 device),' in line
+  assert 'Strategy' not in line  # not tf.distribute's class name
+  # 24 / (2 * 10) and 24 / (2 * 14), NORMAL first: swapped weights show.
+  assert line.endswith('class weights NORMAL 1.200, PNEUMONIA 0.857'), line
+  warning = lines[header[0] + 1]
+  assert warning.startswith('warning: val 5 NORMAL, 6 PNEUMONIA; test 6 '
+                            'NORMAL, 5 PNEUMONIA: fewer than 30 of a class')
+  assert sum(line.startswith('warning:') for line in lines) == 1
+
+
+def _info(val_counts, test_counts):
+  names = ('NORMAL', 'PNEUMONIA')
+  splits = {split: {'num_examples': sum(counts), 'shards': [],
+                    'class_counts': dict(zip(names, counts))}
+            for split, counts in (('val', val_counts), ('test', test_counts))}
+  return pipeline.DatasetInfo(data_dir='/data', name='kermany',
+                              class_names=names, image_height=SIZE,
+                              image_width=SIZE, channels=1, splits=splits,
+                              raw={})
+
+
+def test_small_split_warning_needs_30_of_each_class_in_val_and_test():
+  assert training.small_split_warning(_info((30, 400), (30, 30))) is None
+  warning = training.small_split_warning(_info((400, 29), (30, 400)))
+  assert warning.startswith('warning: val 400 NORMAL, 29 PNEUMONIA: fewer '
+                            'than 30 of a class'), warning
+  assert '; test' not in warning and '\n' not in warning
+
+
 def test_run_writes_a_complete_model_dir(finished_run):
   model_dir, results = finished_run
   for name in ('results.json', 'results.md', 'model.keras', 'config.json',
-               'history.csv', training.BEST_WEIGHTS,
+               'history.csv', callbacks.BEST_WEIGHTS,
                os.path.join('serving', 'saved_model.pb')):
     assert os.path.exists(os.path.join(model_dir, name)), name
   assert not os.path.exists(os.path.join(model_dir, 'backup'))
@@ -181,7 +240,7 @@ def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
     path = str(tmp_path / f'{i}.png')
     Image.fromarray(image[..., 0]).save(path)
     paths.append(path)
-  served = training.predict_files(os.path.join(model_dir, 'serving'), paths)
+  served = serving.predict_files(os.path.join(model_dir, 'serving'), paths)
   # The signature's output has a name TF Serving clients can use.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   signatures = tf.saved_model.load(os.path.join(model_dir, 'serving')).signatures
@@ -226,7 +285,7 @@ def test_resume_restores_the_state_of_the_last_finished_epoch(
   class Killed(Exception):
     pass
 
-  save = training.ResumeCallback.on_epoch_end
+  save = resume.ResumeCallback.on_epoch_end
   killed = {}
 
   def save_then_die(self, epoch, logs=None):
@@ -236,12 +295,12 @@ def test_resume_restores_the_state_of_the_last_finished_epoch(
     killed['state'] = _model_state(self.net)
     killed['best'] = self.early_stopping.best
 
-  monkeypatch.setattr(training.ResumeCallback, 'on_epoch_end', save_then_die)
+  monkeypatch.setattr(resume.ResumeCallback, 'on_epoch_end', save_then_die)
   with pytest.raises(Killed):
     training.train_and_evaluate(config, model_dir)
-  monkeypatch.setattr(training.ResumeCallback, 'on_epoch_end', save)
+  monkeypatch.setattr(resume.ResumeCallback, 'on_epoch_end', save)
   assert not os.path.exists(os.path.join(model_dir, 'results.json'))
-  state = training.ResumeState(os.path.join(model_dir, 'backup'))
+  state = resume.ResumeState(os.path.join(model_dir, 'backup'))
   assert state.epoch() == 1
   assert np.isfinite(killed['best'])
   weights, optimizer = killed['state']
@@ -249,7 +308,7 @@ def test_resume_restores_the_state_of_the_last_finished_epoch(
   assert any(np.any(v != 0) for v in optimizer[2:])  # moments were updated
 
   restored = {}
-  begin = training.ResumeCallback.on_train_begin
+  begin = resume.ResumeCallback.on_train_begin
 
   def record(self, logs=None):
     begin(self, logs)
@@ -257,7 +316,7 @@ def test_resume_restores_the_state_of_the_last_finished_epoch(
     restored['best'] = self.early_stopping.best
     restored['iterations'] = int(self.net.optimizer.iterations.numpy())
 
-  monkeypatch.setattr(training.ResumeCallback, 'on_train_begin', record)
+  monkeypatch.setattr(resume.ResumeCallback, 'on_train_begin', record)
   results = training.train_and_evaluate(config, model_dir)
   assert restored['iterations'] == steps
   assert restored['best'] == killed['best']
@@ -276,11 +335,11 @@ def test_resume_restores_the_state_of_the_last_finished_epoch(
 
 def test_other_settings_refuse_to_resume(data_dir, tmp_path):
   model_dir = str(tmp_path / 'model')
-  training.prepare_model_dir(model_dir, tiny_config(data_dir))
+  resume.prepare_model_dir(model_dir, tiny_config(data_dir))
   with pytest.raises(training.TrainingError, match='learning_rate'):
-    training.prepare_model_dir(model_dir,
+    resume.prepare_model_dir(model_dir,
                                tiny_config(data_dir, learning_rate=1e-3))
-  assert training.prepare_model_dir(model_dir, tiny_config(data_dir))
+  assert resume.prepare_model_dir(model_dir, tiny_config(data_dir))
 
 
 @pytest.mark.parametrize('overrides, error, message', [
@@ -290,6 +349,10 @@ def test_other_settings_refuse_to_resume(data_dir, tmp_path):
     ({'weights': '/nowhere/vgg16.h5'}, training.TrainingError,
      '/nowhere/vgg16.h5 does not exist'),
     ({'image_size': 64}, training.TrainingError, 'stored at 32x32'),
+    ({'steps_per_epoch': -1}, training.TrainingError,
+     'steps_per_epoch must be 0'),
+    ({'batch_size': 25}, training.TrainingError,
+     r'batch_size 25 is larger than the training split .*\(24 images\)'),
     ({'data_dir': '/nowhere'}, pipeline.DatasetError, 'does not exist'),
 ])
 def test_bad_settings_fail_before_anything_is_written(
@@ -302,12 +365,29 @@ def test_bad_settings_fail_before_anything_is_written(
   assert not os.path.exists(model_dir)
 
 
-def test_missing_split_fails_before_training(tmp_path):
+def test_a_failing_start_leaves_model_dir_without_config_json(data_dir,
+                                                              tmp_path):
+  """The dataset checks come before config.json: a rerun with a fixed
+  --batch_size starts afresh instead of being refused as other settings."""
+  model_dir = tmp_path / 'model'
+  model_dir.mkdir()
+  with pytest.raises(training.TrainingError, match='lower --batch_size'):
+    training.train_and_evaluate(tiny_config(data_dir, batch_size=25),
+                                str(model_dir))
+  assert not os.listdir(model_dir)
+
+
+@pytest.mark.parametrize('split_sizes, message', [
+    ({'train': (4, 4), 'val': (2, 2)}, "split 'test' is not in"),
+    ({'train': (0, 8), 'val': (2, 2), 'test': (2, 2)},
+     "class NORMAL has no examples in split 'train'"),
+])
+def test_dataset_problems_fail_before_anything_is_written(
+    tmp_path, split_sizes, message):
   root = str(tmp_path / 'data')
   os.makedirs(root)
-  write_dataset(root, {'train': (4, 4), 'val': (2, 2)}, num_shards=1,
-                size=(SIZE, SIZE))
-  with pytest.raises(pipeline.DatasetError, match="split 'test' is not in"):
+  write_dataset(root, split_sizes, num_shards=1, size=(SIZE, SIZE))
+  with pytest.raises(pipeline.DatasetError, match=message):
     training.train_and_evaluate(tiny_config(root), str(tmp_path / 'model'))
   assert not os.path.exists(str(tmp_path / 'model'))
 
@@ -333,7 +413,7 @@ def test_predict_decodes_every_file_as_the_converter_does(finished_run,
     image.save(tmp_path / name)
   files = [str(tmp_path / name) for name in paths]
 
-  results = training.predict_paths(os.path.join(model_dir, 'serving'), files)
+  results = serving.predict_paths(os.path.join(model_dir, 'serving'), files)
 
   net = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
   for path, (prob, reason) in zip(files, results):
@@ -346,7 +426,7 @@ def test_predict_reports_bad_files_and_keeps_the_good_ones(finished_run,
                                                            tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   model_dir, _ = finished_run
-  serving = os.path.join(model_dir, 'serving')
+  serving_dir = os.path.join(model_dir, serving.SERVING_DIR)
   good = str(tmp_path / 'good.png')
   Image.fromarray(np.full((20, 20), 90, np.uint8)).save(good)
   corrupt = tmp_path / 'corrupt.jpeg'
@@ -354,14 +434,14 @@ def test_predict_reports_bad_files_and_keeps_the_good_ones(finished_run,
   paths = [good, str(tmp_path / 'missing.png'), str(tmp_path), str(corrupt),
            good]
 
-  results = training.predict_paths(serving, paths)
+  results = serving.predict_paths(serving_dir, paths)
 
   assert results[0][1] is None and results[4] == results[0]
   assert results[1] == (None, 'does not exist')
   assert results[2] == (None, 'is a folder, not an image file')
   assert results[3][0] is None and 'not an image' in results[3][1]
   with pytest.raises(training.TrainingError, match='missing.png: does not'):
-    training.predict_files(serving, paths)
-  assert training.predict_paths(serving, []) == []
-  served = tf.saved_model.load(serving)
+    serving.predict_files(serving_dir, paths)
+  assert serving.predict_paths(serving_dir, []) == []
+  served = tf.saved_model.load(serving_dir)
   assert served.serve(tf.constant([], tf.string))['probability'].shape == (0,)

@@ -8,6 +8,8 @@ import pytest
 
 from records import write_dataset
 from xray_tfdata import atomic
+from xray_tfdata import callbacks
+from xray_tfdata import resume
 from xray_tfdata import training
 
 SIZE = 16
@@ -56,9 +58,9 @@ def test_full_disk_at_an_epoch_end_keeps_the_last_epoch_and_resumes(
   with pytest.raises(atomic.NoSpaceError, match='no space left') as caught:
     training.train_and_evaluate(_config(data_dir), model_dir)
   assert caught.value.filename == calls[1]
-  state = training.ResumeState(os.path.join(model_dir, 'backup'))
+  state = resume.ResumeState(os.path.join(model_dir, 'backup'))
   assert state.epoch() == 1  # epoch 1's state is whole
-  assert os.path.exists(os.path.join(model_dir, training.BEST_WEIGHTS))
+  assert os.path.exists(os.path.join(model_dir, callbacks.BEST_WEIGHTS))
 
   monkeypatch.setattr(np, 'savez', savez)  # space freed
   results = training.train_and_evaluate(_config(data_dir), model_dir)
@@ -76,7 +78,7 @@ def test_damaged_resume_state_is_reported_and_rebuilt(tmp_path, capsys):
   backup.mkdir()
   (backup / 'state.json').write_bytes(b'')  # a write cut short
   (backup / 'weights-1.weights.h5').write_bytes(b'old')
-  state = training.ResumeState(str(backup))
+  state = resume.ResumeState(str(backup))
   assert state.epoch() == 0 and not state.stopped()  # starts over
   warnings = _warnings(capsys)
   assert len(warnings) == 1, warnings
@@ -89,19 +91,36 @@ def test_damaged_config_json_is_reported_and_the_run_starts_over(
   model_dir = tmp_path / 'model'
   (model_dir / 'backup').mkdir(parents=True)
   (model_dir / 'backup' / 'state.json').write_text('{"epoch": 3}')
-  (model_dir / training.CONFIG_JSON).write_bytes(b'{"data_dir": ')
+  (model_dir / resume.CONFIG_JSON).write_bytes(b'{"data_dir": ')
   config = _config(data_dir)
-  assert not training.prepare_model_dir(str(model_dir), config)  # no resume
+  assert not resume.prepare_model_dir(str(model_dir), config)  # no resume
   warnings = _warnings(capsys)
   assert len(warnings) == 1 and 'config.json is damaged' in warnings[0]
   assert not (model_dir / 'backup').exists()
-  assert atomic.read_json(str(model_dir / training.CONFIG_JSON)) == (
+  assert atomic.read_json(str(model_dir / resume.CONFIG_JSON)) == (
       config.to_json())
-  assert training.prepare_model_dir(str(model_dir), config)  # rebuilt
+  assert resume.prepare_model_dir(str(model_dir), config)  # rebuilt
 
 
 def test_model_dir_that_is_a_file_is_one_error(data_dir, tmp_path):
   path = tmp_path / 'model'
   path.write_text('not a folder')
   with pytest.raises(training.TrainingError, match='is a file'):
-    training.prepare_model_dir(str(path), _config(data_dir))
+    resume.prepare_model_dir(str(path), _config(data_dir))
+
+
+@pytest.mark.parametrize('below', ['', 'run'])
+def test_model_dir_that_is_a_file_fails_first_in_one_line(tmp_path, below):
+  """Checked before anything else: data_dir here does not even exist."""
+  path = tmp_path / 'model'
+  path.write_text('not a folder')
+  model_dir = str(path / below) if below else str(path)
+  config = _config(str(tmp_path / 'nowhere'))
+  with pytest.raises(training.TrainingError) as caught:
+    training.train_and_evaluate(config, model_dir)
+  message = str(caught.value)
+  expected = (f'--model_dir {model_dir} lies under {path}, which is a file'
+              if below else f'--model_dir {model_dir} is a file')
+  assert message == f'{expected}; pass a folder, or move the file away'
+  assert os.listdir(tmp_path) == ['model']
+  assert path.read_text() == 'not a folder'

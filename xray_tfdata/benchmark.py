@@ -29,9 +29,9 @@ import tensorflow as tf
 
 from xray_tfdata import augment
 from xray_tfdata import benchmark_device
+from xray_tfdata import demo
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
-from xray_tfdata import schema
 
 REFERENCE_BATCH_SIZE = benchmark_device.SEED_BATCH_SIZE
 
@@ -358,13 +358,7 @@ def prepare_data(work_dir, num_images, image_size, seed=0):
   The baseline reads the pool with flow_from_directory (train and
   validation draw from the same images; only speed is measured here).
   """
-  from xray_tfdata import training  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
-
   src_dir = benchmark_device.prepare_jpegs(work_dir, num_images, seed=seed)
   data_dir = os.path.join(work_dir, f'tfrecords_{image_size}')
-  if not schema.is_converted(data_dir):
-    val_counts, test_counts = training.seed_split_counts(num_images)
-    writer.convert(src_dir, data_dir, image_size=image_size, resplit=True,
-                   val_counts=val_counts, test_counts=test_counts, seed=seed)
+  demo.convert_pool(src_dir, data_dir, num_images, image_size, seed=seed)
   return src_dir, data_dir

@@ -3,7 +3,9 @@
 Reads the TFRecords, builds the mixed-precision VGG16 with device-side
 augmentation, trains with class weights and early stopping, survives kill -9
 (it resumes from the last finished epoch), evaluates train, val and test,
-writes the results table, and exports the model.
+writes the results table, and exports the model. The stages live in their
+own modules: `resume` (config.json, backup/), `callbacks`, `evaluation`,
+`serving` (export and prediction), `demo` (the synthetic dataset).
 
 Files in model_dir while a run is going, and after:
   config.json          the settings; a rerun with other settings is refused.
@@ -16,12 +18,11 @@ Files in model_dir while a run is going, and after:
   results.json, results.md   written last; results.json marks a finished run.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
-import sys
-import time
 
 import keras
 import numpy as np
@@ -29,125 +30,39 @@ import tensorflow as tf
 
 from xray_tfdata import atomic
 from xray_tfdata import augment
-from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # re-exported
-from xray_tfdata.config import RESUMABLE_CHANGES
-from xray_tfdata.config import TrainingError
+from xray_tfdata import callbacks as callbacks_lib
 from xray_tfdata import data_service as data_service_lib
+from xray_tfdata import demo
 from xray_tfdata import distribute
 from xray_tfdata import evaluation
-from xray_tfdata import imaging
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
-from xray_tfdata import schema
+from xray_tfdata import resume as resume_lib
+from xray_tfdata import serving
+from xray_tfdata.config import RESUMABLE_CHANGES
+from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # re-exported
+from xray_tfdata.config import TrainingError
 
-RESULTS_JSON = 'results.json'
 RESULTS_MD = 'results.md'
-CONFIG_JSON = 'config.json'
-MODEL_FILE = 'model.keras'
-SERVING_DIR = 'serving'
-BEST_WEIGHTS = os.path.join('checkpoints', 'best.weights.h5')
-# ModelCheckpoint writes here, and ResumeCallback renames it to BEST_WEIGHTS
-# once complete: Keras writes in place, so a full disk or a kill mid-write
-# would otherwise leave a cut-short best checkpoint behind.
-NEW_BEST_WEIGHTS = os.path.join('checkpoints', 'new-best.weights.h5')
 EVAL_SPLITS = ('train', 'val', 'test')
+# Below this many examples of either class in val or test, the AUC and the
+# Youden threshold are too rough to compare runs by: at an AUC of 0.9 with
+# 30 examples of each class, the AUC's standard error (Hanley and McNeil,
+# Radiology 1982) is already about 0.04, a 95% interval of +-0.08, and one
+# example moves sensitivity or specificity by over 3 points.
+MIN_EXAMPLES_PER_CLASS = 30
 
-
-def _warn(message):
-  print(f'warning: {message}', file=sys.stderr, flush=True)
-
-
-def prepare_model_dir(model_dir, config, overwrite=False, write=True):
-  """Checks model_dir for a finished or a different run; records config.
-
-  With write=False (the non-chief workers of a multi-worker run) it only
-  checks, so that every worker fails alike, and changes nothing.
-
-  A damaged config.json (empty or not JSON: a write cut short) cannot
-  vouch for the resume state, so it is reported and the run starts over.
-
-  Returns:
-    True when an unfinished run with the same settings will be resumed.
-  Raises:
-    TrainingError: model_dir is a file, or holds a finished run, or an
-      unfinished one with other settings, and overwrite is False.
-    atomic.NoSpaceError: the disk is full.
-  """
-  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-    raise TrainingError(f'--model_dir {model_dir} is a file; pass a folder')
-  config_path = os.path.join(model_dir, CONFIG_JSON)
-  finished = os.path.exists(os.path.join(model_dir, RESULTS_JSON))
-  resume = False
-  if overwrite:
-    if write and os.path.exists(model_dir):
-      shutil.rmtree(model_dir)
-  elif finished:
-    raise TrainingError(
-        f'{model_dir} already holds a finished run ({RESULTS_JSON}); pass '
-        '--overwrite to replace it or choose another --model_dir')
-  elif os.path.exists(config_path):
-    try:
-      previous = atomic.read_json(config_path)
-    except atomic.DamagedStateError as e:
-      _warn(f'{e}; starting this run over')
-      if write:
-        ResumeState(os.path.join(model_dir, 'backup')).clear()
-      previous = None
-    if previous is not None:
-      # A resumed run may be watched differently or fed by another
-      # dispatcher.
-      changed = sorted(k for k, v in config.to_json().items()
-                       if k not in RESUMABLE_CHANGES and
-                       previous.get(k) != v)
-      if changed:
-        raise TrainingError(
-            f'{model_dir} holds an unfinished run with other settings '
-            f'({", ".join(changed)}); rerun with the same flags to resume, '
-            'or pass --overwrite')
-      resume = True
-  if write:
-    os.makedirs(model_dir, exist_ok=True)
-    atomic.write_text(config_path, json.dumps(config.to_json(), indent=2))
-  return resume
-
-
-# Moved to xray_tfdata.distribute; kept here for callers of training.
-make_strategy = distribute.make_strategy
-
-
-def seed_split_counts(num_images):
-  """The seed's val and test counts (150/400 each of 5,856), scaled.
-
-  Returns:
-    (val_counts, test_counts), dicts class name -> count, each at least 2.
-  """
-  scale = num_images / 5856
-  counts = {'NORMAL': max(2, round(150 * scale)),
-            'PNEUMONIA': max(2, round(400 * scale))}
-  return counts, dict(counts)
-
-
-def ensure_demo_data(data_dir, num_images, image_size, seed=0):
-  """Creates the synthetic demo dataset in data_dir unless it exists.
-
-  The JPEGs go to `<data_dir>-jpeg` as one pool of class folders; the
-  conversion re-splits them by patient with the seed's val/test proportions.
-  """
-  if schema.is_converted(data_dir):
-    return
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
-
-  src_dir = data_dir.rstrip('/') + '-jpeg'
-  if not os.path.exists(src_dir) or not os.listdir(src_dir):
-    print(f'demo: drawing {num_images} synthetic chest X-rays into {src_dir}')
-    synthetic.make_synthetic_kermany(src_dir, num_images=num_images,
-                                     seed=seed, layout='pool',
-                                     size_scale=0.25, progress=True)
-  print(f'demo: converting {src_dir} to TFRecords in {data_dir}')
-  val_counts, test_counts = seed_split_counts(num_images)
-  writer.convert(src_dir, data_dir, image_size=image_size, resplit=True,
-                 val_counts=val_counts, test_counts=test_counts, seed=seed)
+# The names' old home: tools, tests and the README call them as training.X.
+BEST_WEIGHTS = callbacks_lib.BEST_WEIGHTS
+CONFIG_JSON = resume_lib.CONFIG_JSON
+RESULTS_JSON = resume_lib.RESULTS_JSON
+SERVING_DIR = serving.SERVING_DIR
+ResumeCallback = resume_lib.ResumeCallback
+ResumeState = resume_lib.ResumeState
+prepare_model_dir = resume_lib.prepare_model_dir
+ensure_demo_data = demo.ensure_demo_data
+predict_files = serving.predict_files
+predict_paths = serving.predict_paths
 
 
 def train_and_evaluate(config, model_dir, overwrite=False):
@@ -170,45 +85,232 @@ def train_and_evaluate(config, model_dir, overwrite=False):
   Raises:
     TrainingError, pipeline.DatasetError, model.WeightsError,
       distribute.DistributeError: bad settings or data, before anything is
-      trained.
+      written into model_dir.
     atomic.NoSpaceError: the disk filled up; the last finished epoch is
       kept and a rerun after freeing space resumes from it.
   """
+  # First, as it costs nothing: a file in model_dir's place is a mistyped
+  # flag, and no data should be drawn or converted for it.
+  resume_lib.check_model_dir_path(model_dir)
   config.validate()
-  # First: a multi-worker strategy must exist before TensorFlow starts.
-  strategy = distribute.make_strategy(config.strategy)
-  chief = distribute.is_chief(strategy)
-  multi_worker = distribute.num_workers(strategy) > 1
+  # Before anything else in TensorFlow: a multi-worker strategy must exist
+  # before TensorFlow starts its runtime.
+  cluster = create_cluster(config.strategy)
   if config.demo_images:
-    ensure_demo_data(config.data_dir, config.demo_images, config.image_size,
-                     config.seed)
+    demo.ensure_demo_data(config.data_dir, config.demo_images,
+                          config.image_size, config.seed)
   builder = pipeline.DatasetBuilder(config.data_dir)
+  check_against_dataset(config, builder, cluster)
+  work_dir, resuming = prepare_work_dir(model_dir, config, overwrite, cluster)
+
+  keras.utils.set_random_seed(config.seed)
+  policy = model_lib.select_policy(config.policy)
+  keras.mixed_precision.set_global_policy(policy)
+  inputs = create_inputs(config, builder, model_dir)
+  net = create_model(config, cluster, inputs.train.element_spec)
+  state = resume_lib.ResumeState(
+      os.path.join(work_dir, resume_lib.BACKUP_DIR))
+  callbacks = callbacks_lib.make_callbacks(
+      net, config, work_dir, state, inputs.steps * config.batch_size,
+      resume=resuming)
+  initial_epoch = resume_epoch(state, resuming, work_dir, cluster)
+  if initial_epoch:
+    print(f'resuming {model_dir} after epoch {initial_epoch}')
+
+  stopped = resuming and state.stopped()
+  print('early stopping had already ended this run; evaluating' if stopped
+        else training_header(policy, cluster, inputs, config,
+                             builder.info.class_names))
+  warning = small_split_warning(builder.info)
+  if warning:
+    print(warning, flush=True)
+  if not stopped:
+    fit(net, inputs, callbacks, config, initial_epoch, work_dir)
+
+  best_path = os.path.join(work_dir, callbacks_lib.BEST_WEIGHTS)
+  if os.path.exists(best_path):
+    net.load_weights(best_path)  # restore the best epoch by val_loss
+  results = evaluate_splits(net, builder, config)
+  results['training'] = {
+      'policy': policy, 'strategy': type(cluster.strategy).__name__,
+      'epochs_run': state.epoch(), 'config': config.to_json()}
+  with atomic.naming(work_dir):
+    serving.export_model(net, work_dir, config.image_size)
+  table = write_results(results, work_dir)
+  state.clear()
+  if not cluster.chief:
+    shutil.rmtree(work_dir, ignore_errors=True)
+  print(table)
+  return results
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+  """The tf.distribute strategy and this process's place in it."""
+  strategy: tf.distribute.Strategy
+  name: str  # 'one_device', 'mirrored' or 'multi_worker', as --strategy
+  chief: bool  # the one process that writes into model_dir
+  num_workers: int
+
+  @property
+  def multi_worker(self):
+    return self.num_workers > 1
+
+  def describe(self):
+    """E.g. 'mirrored (2 devices)', 'multi_worker (2 workers, 4 devices)'."""
+    devices = self.strategy.num_replicas_in_sync
+    parts = [f'{devices} device{"s" if devices != 1 else ""}']
+    if self.multi_worker:
+      parts.insert(0, f'{self.num_workers} workers')
+    return f'{self.name} ({", ".join(parts)})'
+
+  def barrier(self):
+    """Waits until every worker gets here (a collective, like gather)."""
+    if self.multi_worker:
+      distribute.gather(self.strategy, [0])
+
+
+def create_cluster(strategy_name):
+  """Creates the strategy; call it before anything else in TensorFlow.
+
+  Args:
+    strategy_name: a --strategy value (see `distribute.make_strategy`).
+
+  Returns:
+    A Cluster.
+
+  Raises:
+    distribute.DistributeError: see `distribute.make_strategy`.
+  """
+  strategy = distribute.make_strategy(strategy_name)
+  # Named by what was made, so 'auto' shows what it chose.
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    name = 'multi_worker'
+  elif isinstance(strategy, tf.distribute.MirroredStrategy):
+    name = 'mirrored'
+  else:
+    name = 'one_device'
+  return Cluster(strategy=strategy, name=name,
+                 chief=distribute.is_chief(strategy),
+                 num_workers=distribute.num_workers(strategy))
+
+
+def check_against_dataset(config, builder, cluster):
+  """Checks the settings against the dataset; the last step before the
+  first write into model_dir, so a run that cannot work writes nothing.
+
+  Raises:
+    TrainingError: the stored image size differs from config.image_size,
+      steps_per_epoch is negative, or a batch is larger than the training
+      split.
+    pipeline.DatasetError: a split is missing, or a class is missing from
+      the training split (with class weights on).
+    distribute.DistributeError: fewer training shards than workers.
+  """
+  info = builder.info
   for split in EVAL_SPLITS:
-    builder.info.split(split)  # a missing split fails now, not after training
-  stored = builder.info.image_size
+    info.split(split)  # a missing split fails now, not after training
+  stored = info.image_size
   if stored != (config.image_size, config.image_size):
     raise TrainingError(
         f'images in {config.data_dir} are stored at {stored[0]}x{stored[1]}, '
         f'--image_size is {config.image_size}; re-convert with '
         f'tools/make_tfrecords --image_size={config.image_size} or set '
         f'--image_size={stored[0]}')
+  if config.steps_per_epoch < 0:
+    # A settings check without the dataset, which belongs in
+    # TrainConfig.validate; here until config.py has it.
+    raise TrainingError(f'steps_per_epoch must be 0 (one pass over the '
+                        f'training split) or more, got '
+                        f'{config.steps_per_epoch}')
+  train_size = info.num_examples('train')
+  if config.batch_size > train_size:
+    # The training pipeline drops the last partial batch: no batch at all.
+    raise TrainingError(
+        f'--batch_size {config.batch_size} is larger than the training '
+        f'split of {config.data_dir} ({train_size} images); lower '
+        f'--batch_size to {train_size} or less')
+  if config.class_weights:
+    info.class_weights('train')  # raises for a class with no examples
   if not config.data_service:  # the service, not the workers, splits files
-    distribute.check_shards(builder, 'train', strategy)
-  resume = prepare_model_dir(model_dir, config, overwrite, write=chief)
-  if multi_worker:
-    distribute.gather(strategy, [0])  # wait until the chief has done so
-  work_dir = distribute.write_dir(model_dir, strategy)
-  chief_backup = os.path.join(model_dir, 'backup')
+    distribute.check_shards(builder, 'train', cluster.strategy)
+
+
+def prepare_work_dir(model_dir, config, overwrite, cluster):
+  """Records the run in model_dir (the chief) and picks where to write.
+
+  Every worker checks model_dir alike; the chief writes config.json, and
+  the others wait for it, then write into a folder of their own seeded with
+  the chief's resume state.
+
+  Returns:
+    (work_dir, resuming): where this process writes, and whether it resumes
+    an unfinished run.
+
+  Raises:
+    TrainingError: see `resume.prepare_model_dir`.
+  """
+  resuming = resume_lib.prepare_model_dir(model_dir, config, overwrite,
+                                          write=cluster.chief)
+  cluster.barrier()  # until the chief has done so
+  work_dir = distribute.write_dir(model_dir, cluster.strategy)
+  chief_backup = os.path.join(model_dir, resume_lib.BACKUP_DIR)
   if work_dir != model_dir and os.path.exists(chief_backup):
     # Resume from the chief's state, saving onwards into work_dir.
-    shutil.copytree(chief_backup, os.path.join(work_dir, 'backup'))
-    resume = True
+    shutil.copytree(chief_backup,
+                    os.path.join(work_dir, resume_lib.BACKUP_DIR))
+    resuming = True
+  return work_dir, resuming
 
-  keras.utils.set_random_seed(config.seed)
-  policy = model_lib.select_policy(config.policy)
-  keras.mixed_precision.set_global_policy(policy)
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """What fit reads: the datasets, steps per epoch and class weights."""
+  train: tf.data.Dataset
+  val: tf.data.Dataset
+  steps: int
+  class_weight: dict  # class id -> weight, or None
+
+
+def create_inputs(config, builder, model_dir):
+  """The training and validation datasets, at the global batch size.
+
+  Keras splits each global batch across the replicas.
+
+  Returns:
+    Inputs.
+  """
+  # Repeated: --steps_per_epoch may ask for more or fewer batches than one
+  # pass, and an epoch then starts where the last one stopped.
+  train = builder.as_dataset('train', config.batch_size, training=True,
+                             seed=config.seed, repeat=True,
+                             **_data_service_options(config, model_dir))
+  # Batched validation: the seed validated one image per step.
+  val = distribute.shard_by_batch(builder.as_dataset('val', config.batch_size))
+  return Inputs(
+      train=train, val=val,
+      steps=(config.steps_per_epoch or
+             builder.steps_per_epoch('train', config.batch_size)),
+      class_weight=(builder.info.class_weights('train')
+                    if config.class_weights else None))
+
+
+def create_model(config, cluster, element_spec):
+  """The compiled model, built under the strategy with its state up front.
+
+  Args:
+    config: the run's TrainConfig.
+    cluster: the run's Cluster.
+    element_spec: the training dataset's element_spec.
+
+  Returns:
+    A compiled keras.Model.
+
+  Raises:
+    model.WeightsError: the weights cannot be loaded.
+  """
   weights = None if config.weights in ('none', '') else config.weights
-  with strategy.scope():
+  with cluster.strategy.scope():
     augmentation = (None if config.augmentation == 'none' else
                     augment.make_augmentation(config.augmentation,
                                               seed=config.seed,
@@ -221,134 +323,120 @@ def train_and_evaluate(config, model_dir, overwrite=False):
         augmentation=augmentation)
     model_lib.compile_model(net, learning_rate=config.learning_rate,
                             jit_compile=config.jit_compile)
+  distribute.prepare_model(net, element_spec)
+  return net
 
-  # Batches of the global size: Keras splits each across the replicas.
-  # Repeated: --steps_per_epoch may ask for more or fewer batches than one
-  # pass, and an epoch then starts where the last one stopped.
-  train_ds = builder.as_dataset('train', config.batch_size, training=True,
-                                seed=config.seed, repeat=True,
-                                **_data_service_options(config, model_dir))
-  # Batched validation: the seed validated one image per step.
-  val_ds = distribute.shard_by_batch(builder.as_dataset('val',
-                                                       config.batch_size))
-  distribute.prepare_model(net, train_ds.element_spec)
-  steps = (config.steps_per_epoch or
-           builder.steps_per_epoch('train', config.batch_size))
-  if steps < 1:
-    raise TrainingError(
-        f'the training split has {builder.info.num_examples("train")} '
-        f'images, fewer than one batch of {config.batch_size}; lower '
-        '--batch_size')
-  class_weight = (builder.info.class_weights('train')
-                  if config.class_weights else None)
 
-  state = ResumeState(os.path.join(work_dir, 'backup'))
-  early_stopping = keras.callbacks.EarlyStopping(
-      monitor='val_loss', patience=config.early_stopping_patience,
-      restore_best_weights=False)  # best weights come from the checkpoint
-  best_path = os.path.join(work_dir, BEST_WEIGHTS)
-  os.makedirs(os.path.dirname(best_path), exist_ok=True)
-  checkpoint = keras.callbacks.ModelCheckpoint(
-      os.path.join(work_dir, NEW_BEST_WEIGHTS), monitor='val_loss',
-      save_best_only=True, save_weights_only=True)
-  callbacks = [
-      keras.callbacks.TerminateOnNaN(),
-      early_stopping,
-      checkpoint,
-      keras.callbacks.CSVLogger(os.path.join(work_dir, 'history.csv'),
-                                append=resume),
-      keras.callbacks.TensorBoard(os.path.join(work_dir, 'logs')),
-      # verbose 2 is our one line per epoch, instead of Keras' (see fit).
-      *([EpochSummary(steps * config.batch_size)] if config.verbose == 2
-        else []),
-      # Last: restores the other callbacks' state after their
-      # on_train_begin has reset it, and saves it after they have updated.
-      state.callback(net, early_stopping=early_stopping,
-                     checkpoint=checkpoint, best_path=best_path),
-  ]
-  initial_epoch = state.epoch() if resume else 0
-  if resume:
-    _trim_history(os.path.join(work_dir, 'history.csv'), initial_epoch)
-  if multi_worker:
+def resume_epoch(state, resuming, work_dir, cluster):
+  """The epoch fit starts from; trims history.csv to it.
+
+  Raises:
+    TrainingError: the workers of a multi-worker run would resume from
+      different epochs.
+  """
+  initial_epoch = state.epoch() if resuming else 0
+  if resuming:
+    resume_lib.trim_history(
+        os.path.join(work_dir, callbacks_lib.HISTORY_CSV), initial_epoch)
+  if cluster.multi_worker:
     # A worker that cannot read the chief's state would start over.
-    resumed = distribute.gather(strategy, [initial_epoch, state.stopped()])
+    resumed = distribute.gather(cluster.strategy,
+                                [initial_epoch, state.stopped()])
     if (resumed != resumed[0]).any():
       raise TrainingError(
           f'the workers would resume after different epochs '
           f'({sorted(set(resumed[:, 0].tolist()))}): model_dir must be on a '
           'file system every worker reads (NFS, gs://), or pass --overwrite')
-  if initial_epoch:
-    print(f'resuming {model_dir} after epoch {initial_epoch}')
-  if resume and state.stopped():
-    print('early stopping had already ended this run; evaluating')
-  else:
-    print(f'training: policy {policy}, strategy '
-          f'{type(strategy).__name__}, {steps} steps of {config.batch_size}, '
-          f'augmentation {config.augmentation}, class weights {class_weight}')
-    watchdog = None
-    if config.data_service:
-      # A service that lost its workers makes fit wait for ever, silently.
-      watchdog = data_service_lib.Watchdog(config.data_service,
-                                           config.data_service_timeout)
-      callbacks.insert(0, DataServiceProgress(watchdog))
-      watchdog.start()
-    # Keras' callbacks (checkpoint, CSV, TensorBoard) name no file when the
-    # disk fills; model_dir is where they all write.
-    try:
-      with atomic.naming(work_dir):
-        net.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps,
-                validation_data=val_ds, class_weight=class_weight,
-                callbacks=callbacks, initial_epoch=initial_epoch,
-                shuffle=False,  # the pipeline shuffles
-                # One line per epoch, ours or Keras', never both: 1 is
-                # Keras' progress bar, left whole; 2 is EpochSummary alone.
-                verbose=1 if config.verbose == 1 else 0)
-    finally:
-      if watchdog is not None:
-        watchdog.stop()
-    losses = net.history.history.get('loss', []) if net.history else []
-    if losses and not np.isfinite(losses[-1]):
-      raise TrainingError('training diverged (loss is NaN or inf); lower '
-                          '--learning_rate')
+  return initial_epoch
 
-  if os.path.exists(best_path):
-    net.load_weights(best_path)  # restore the best epoch by val_loss
-  results = evaluate_splits(net, builder, config)
-  results['training'] = {
-      'policy': policy, 'strategy': type(strategy).__name__,
-      'epochs_run': state.epoch(), 'config': config.to_json()}
-  with atomic.naming(work_dir):
-    export_model(net, work_dir, config.image_size)
+
+def training_header(policy, cluster, inputs, config, class_names):
+  """The line printed before training: what this run does."""
+  if inputs.class_weight is None:
+    weights = 'off'
+  else:
+    weights = ', '.join(f'{class_names[c]} {w:.3f}'
+                        for c, w in sorted(inputs.class_weight.items()))
+  return (f'training: policy {policy}, strategy {cluster.describe()}, '
+          f'{inputs.steps} steps of {config.batch_size}, augmentation '
+          f'{config.augmentation}, class weights {weights}')
+
+
+def small_split_warning(info, splits=('val', 'test'),
+                        minimum=MIN_EXAMPLES_PER_CLASS):
+  """A one-line warning when a split is too small to judge a model by.
+
+  Args:
+    info: the dataset's pipeline.DatasetInfo.
+    splits: the splits whose metrics matter (val picks the threshold, test
+      reports it).
+    minimum: examples of each class a split needs.
+
+  Returns:
+    The warning, or None when every split has enough of each class.
+  """
+  small = []
+  for split in splits:
+    counts = info.class_counts(split)
+    if min(counts) < minimum:
+      small.append(f'{split} ' + ', '.join(
+          f'{count} {name}' for name, count in zip(info.class_names, counts)))
+  if not small:
+    return None
+  return (f'warning: {"; ".join(small)}: fewer than {minimum} of a class, '
+          'so the AUC and the Youden threshold are rough; for numbers to '
+          'compare, re-convert with tools/make_tfrecords --resplit and '
+          'larger --val_counts and --test_counts')
+
+
+def fit(net, inputs, callbacks, config, initial_epoch, work_dir):
+  """Trains; watches the data service, if any.
+
+  Raises:
+    TrainingError: the loss diverged.
+    data_service.DataServiceError: the service stopped sending batches.
+    atomic.NoSpaceError: the disk filled up.
+  """
+  watchdog = None
+  if config.data_service:
+    # A service that lost its workers makes fit wait for ever, silently.
+    watchdog = data_service_lib.Watchdog(config.data_service,
+                                         config.data_service_timeout)
+    callbacks = [callbacks_lib.DataServiceProgress(watchdog), *callbacks]
+    watchdog.start()
+  # Keras' callbacks (checkpoint, CSV, TensorBoard) name no file when the
+  # disk fills; work_dir is where they all write.
+  try:
+    with atomic.naming(work_dir):
+      net.fit(inputs.train, epochs=config.epochs,
+              steps_per_epoch=inputs.steps, validation_data=inputs.val,
+              class_weight=inputs.class_weight,
+              callbacks=callbacks, initial_epoch=initial_epoch,
+              shuffle=False,  # the pipeline shuffles
+              # One line per epoch, ours or Keras', never both: 1 is
+              # Keras' progress bar, left whole; 2 is EpochSummary alone.
+              verbose=1 if config.verbose == 1 else 0)
+  finally:
+    if watchdog is not None:
+      watchdog.stop()
+  losses = net.history.history.get('loss', []) if net.history else []
+  if losses and not np.isfinite(losses[-1]):
+    raise TrainingError('training diverged (loss is NaN or inf); lower '
+                        '--learning_rate')
+
+
+def write_results(results, work_dir):
+  """Writes results.md, then results.json, which marks the run finished.
+
+  Returns:
+    The results table (markdown).
+  """
   table = evaluation.results_table_markdown(results)
   atomic.write_text(os.path.join(work_dir, RESULTS_MD), table)
   # Last: its presence marks the run as finished.
-  atomic.write_text(os.path.join(work_dir, RESULTS_JSON),
+  atomic.write_text(os.path.join(work_dir, resume_lib.RESULTS_JSON),
                     json.dumps(results, indent=2, default=float))
-  state.clear()
-  if not chief:
-    shutil.rmtree(work_dir, ignore_errors=True)
-  print(table)
-  return results
-
-
-def _trim_history(path, epochs):
-  """Keeps history.csv's header and its rows of the first `epochs` epochs.
-
-  CSVLogger writes an epoch's row before ResumeCallback saves that epoch's
-  state, so a run killed between the two trains the epoch again on resume;
-  without this its row would appear twice (found by tests/test_training.py,
-  issue 16).
-  """
-  if not os.path.exists(path):
-    return
-  with open(path, newline='') as f:
-    lines = f.read().splitlines(keepends=True)
-  kept = lines[:1]
-  for line in lines[1:]:
-    epoch = line.split(',', 1)[0].strip()
-    if epoch.isdigit() and int(epoch) < epochs and line.endswith('\n'):
-      kept.append(line)
-  atomic.write_text(path, ''.join(kept))
+  return table
 
 
 def _data_service_options(config, model_dir):
@@ -380,6 +468,9 @@ def evaluate_splits(net, builder, config):
 
   The decision threshold is chosen on validation (Youden's J) and applied to
   test; the test AUC gets a bootstrap 95% interval.
+
+  Returns:
+    The results dict: 'splits', 'youden', 'test_auc_ci95'.
   """
   results = {'splits': {}}
   predictions = {}
@@ -398,276 +489,3 @@ def evaluate_splits(net, builder, config):
       'test': evaluation.binary_metrics(test_labels, test_probs, threshold)}
   results['test_auc_ci95'] = [low, high]
   return results
-
-
-def export_model(net, model_dir, image_size):
-  """Writes model.keras and the serving SavedModel, each atomically."""
-
-  tmp = os.path.join(model_dir, '.tmp-' + MODEL_FILE)
-  net.save(tmp)
-  os.replace(tmp, os.path.join(model_dir, MODEL_FILE))
-
-  size = (image_size, image_size)
-
-  def serve(encoded):
-    """Encoded JPEG or PNG bytes [N] -> {'probability': P(pneumonia) [N]}."""
-    def decode(data):
-      image = tf.io.decode_image(data, channels=1, dtype=tf.uint8,
-                                 expand_animations=False)
-      # Squash to the stored size with an anti-aliased filter, as the
-      # converter does (it uses PIL; the two agree to a few grey levels).
-      image = tf.image.resize(image, size, antialias=True)
-      return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    images = tf.map_fn(decode, encoded,
-                       fn_output_signature=tf.TensorSpec(size + (1,),
-                                                         tf.uint8))
-    # A named output: the signature's output is 'probability', not
-    # 'output_0' (TF Serving and saved_model_cli show this name).
-    return {'probability': tf.reshape(
-        tf.cast(net(images, training=False), tf.float32), [-1])}
-
-  archive = keras.export.ExportArchive()
-  archive.track(net)
-  archive.add_endpoint('serve', serve,
-                       input_signature=[tf.TensorSpec([None], tf.string)])
-  final = os.path.join(model_dir, SERVING_DIR)
-  tmp = final + '.tmp'
-  shutil.rmtree(tmp, ignore_errors=True)
-  archive.write_out(tmp, verbose=False)
-  shutil.rmtree(final, ignore_errors=True)
-  os.replace(tmp, final)
-
-
-def _stored_size(serving_dir):
-  """The run's image size, from the config.json next to serving/, or None."""
-  try:
-    config = atomic.read_json(os.path.join(os.path.dirname(
-        os.path.abspath(serving_dir)), CONFIG_JSON))
-    return int(config['image_size'])
-  except (OSError, KeyError, TypeError, ValueError):
-    return None
-
-
-def predict_paths(serving_dir, paths):
-  """P(pneumonia) for image files, each decoded as the converter decodes it.
-
-  Every file goes through `imaging.decode_and_resize` at the run's stored
-  size (so CMYK, palette, alpha, 16-bit and DICOM files are read exactly as
-  in training), then through the exported serving model. One bad file does
-  not cost the others their results.
-
-  Args:
-    serving_dir: a finished run's serving/ folder.
-    paths: image files.
-
-  Returns:
-    One (probability, None) or (None, reason) per path, in order.
-
-  Raises:
-    TrainingError: no serving model in serving_dir.
-  """
-  if not os.path.exists(os.path.join(serving_dir, 'saved_model.pb')):
-    raise TrainingError(f'{serving_dir} has no exported model: pass '
-                        f'--model_dir of a finished run (its {SERVING_DIR}/)')
-  size = _stored_size(serving_dir)
-  results, blobs, good = [], [], []
-  for index, path in enumerate(paths):
-    if os.path.isdir(path):
-      results.append((None, 'is a folder, not an image file'))
-      continue
-    if not os.path.lexists(path):
-      results.append((None, 'does not exist'))
-      continue
-    if size is None:  # an older run without config.json: the raw bytes
-      try:
-        with open(path, 'rb') as f:
-          decoded = (f.read(),)
-      except OSError as e:
-        decoded = f'cannot read: {e.strerror}'
-    else:
-      decoded = imaging.decode_and_resize((path, (size, size)))
-    if isinstance(decoded, str):
-      results.append((None, decoded))
-      continue
-    results.append(None)
-    blobs.append(decoded[0])
-    good.append(index)
-  if blobs:
-    served = tf.saved_model.load(serving_dir)
-    try:
-      probs = served.serve(tf.constant(blobs))['probability'].numpy()
-    except tf.errors.InvalidArgumentError as e:
-      raise TrainingError(f'cannot decode an image as JPEG or PNG '
-                          f'({e.message.splitlines()[0][:100]})') from e
-    for index, prob in zip(good, probs):
-      results[index] = (float(prob), None)
-  return results
-
-
-def predict_files(serving_dir, paths):
-  """P(pneumonia) for image files; see `predict_paths`.
-
-  Returns:
-    A list of floats, one per path.
-
-  Raises:
-    TrainingError: no serving model in serving_dir, or a file is missing or
-      cannot be decoded (the first such file and its reason).
-  """
-  probabilities = []
-  for path, (prob, reason) in zip(paths, predict_paths(serving_dir, paths)):
-    if reason:
-      raise TrainingError(f'image {path}: {reason}')
-    probabilities.append(prob)
-  return probabilities
-
-
-class DataServiceProgress(keras.callbacks.Callback):
-  """Tells a data_service.Watchdog that batches are still coming."""
-
-  def __init__(self, watchdog):
-    super().__init__()
-    self.watchdog = watchdog
-
-  def on_train_batch_end(self, batch, logs=None):
-    self.watchdog.progress()
-
-  def on_test_batch_end(self, batch, logs=None):
-    self.watchdog.progress()  # validation reads locally, but takes time
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.watchdog.progress()
-
-
-class EpochSummary(keras.callbacks.Callback):
-  """One line per epoch: time, images/s, the metrics that matter."""
-
-  def __init__(self, images_per_epoch):
-    super().__init__()
-    self.images_per_epoch = images_per_epoch
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._start = time.perf_counter()
-
-  def on_epoch_end(self, epoch, logs=None):
-    seconds = time.perf_counter() - self._start
-    logs = logs or {}
-    parts = [f'epoch {epoch + 1}: {seconds:.1f} s',
-             f'{self.images_per_epoch / seconds:.1f} train images/s']
-    for key in ('loss', 'auc', 'val_loss', 'val_auc'):
-      if key in logs:
-        parts.append(f'{key} {logs[key]:.4f}')
-    print(' | '.join(parts), flush=True)
-
-
-class ResumeState:
-  """Resume state that survives kill -9: epoch, weights, optimizer, and the
-  state of EarlyStopping and ModelCheckpoint (Keras' BackupAndRestore keeps
-  only weights and the epoch, so a resumed run would forget its best
-  val_loss and its patience).
-
-  Weights and optimizer go to the slot the metadata does not point to and
-  are fsynced; the metadata is written atomically last, so a kill or a full
-  disk at any point leaves the previous epoch's state. A damaged metadata
-  file (empty or not JSON) is reported, removed, and the run starts over.
-  """
-
-  def __init__(self, backup_dir):
-    self.backup_dir = backup_dir
-    self.meta_path = os.path.join(backup_dir, 'state.json')
-
-  def _meta(self):
-    if not os.path.exists(self.meta_path):
-      return {}
-    try:
-      meta = atomic.read_json(self.meta_path)
-    except atomic.DamagedStateError as e:
-      _warn(f'{e}; training starts again from epoch 0')
-      self.clear()
-      return {}
-    return meta
-
-  def epoch(self):
-    return int(self._meta().get('epoch', 0))
-
-  def stopped(self):
-    return bool(self._meta().get('stopped', False))
-
-  def clear(self):
-    shutil.rmtree(self.backup_dir, ignore_errors=True)
-
-  def callback(self, net, early_stopping, checkpoint, best_path=None):
-    return ResumeCallback(self, net, early_stopping, checkpoint, best_path)
-
-
-class ResumeCallback(keras.callbacks.Callback):
-  """Saves and restores a ResumeState at epoch boundaries.
-
-  With `best_path`, it also moves a best checkpoint that ModelCheckpoint
-  has finished writing (to its own filepath) to best_path, before saving
-  the state that records its val_loss.
-  """
-
-  def __init__(self, state, net, early_stopping, checkpoint, best_path=None):
-    super().__init__()
-    self.state = state
-    self.net = net
-    self.early_stopping = early_stopping
-    self.checkpoint = checkpoint
-    self.best_path = best_path
-
-  def on_train_begin(self, logs=None):
-    if self.best_path and os.path.exists(self.checkpoint.filepath):
-      os.remove(self.checkpoint.filepath)  # cut short by a crash: not the best
-    meta = self.state._meta()  # pylint: disable=protected-access
-    if not meta:
-      return
-    d = self.state.backup_dir
-    self.net.load_weights(os.path.join(d, meta['weights']))
-    optimizer = self.net.optimizer
-    if not optimizer.built:
-      optimizer.build(self.net.trainable_variables)
-    saved = np.load(os.path.join(d, meta['optimizer']))
-    for i, variable in enumerate(optimizer.variables):
-      variable.assign(saved[f'v{i}'])
-    es = meta['early_stopping']
-    self.early_stopping.wait = es['wait']
-    self.early_stopping.best = es['best']
-    self.early_stopping.best_epoch = es['best_epoch']
-    if meta['checkpoint_best'] is not None:
-      self.checkpoint.best = meta['checkpoint_best']
-
-  def on_epoch_end(self, epoch, logs=None):
-    if self.best_path and os.path.exists(self.checkpoint.filepath):
-      atomic.fsync_file(self.checkpoint.filepath)
-      os.replace(self.checkpoint.filepath, self.best_path)
-    d = self.state.backup_dir
-    os.makedirs(d, exist_ok=True)
-    # Alternate between two slots so the files the current metadata points
-    # to are never the ones being overwritten.
-    slot = (epoch + 1) % 2
-    weights = os.path.join(d, f'weights-{slot}.weights.h5')
-    optimizer = os.path.join(d, f'optimizer-{slot}.npz')
-    with atomic.naming(weights):
-      self.net.save_weights(weights, overwrite=True)
-    with atomic.naming(optimizer):
-      np.savez(optimizer, **{f'v{i}': np.asarray(v.numpy()) for i, v in
-                             enumerate(self.net.optimizer.variables)})
-    atomic.fsync_file(weights)  # on the disk before the metadata names them
-    atomic.fsync_file(optimizer)
-    weights, optimizer = os.path.basename(weights), os.path.basename(optimizer)
-    meta = {
-        'epoch': epoch + 1,
-        'weights': weights,
-        'optimizer': optimizer,
-        'early_stopping': {'wait': int(self.early_stopping.wait),
-                           'best': float(self.early_stopping.best),
-                           'best_epoch': int(self.early_stopping.best_epoch)},
-        'checkpoint_best': float(self.checkpoint.best),
-        'stopped': bool(self.net.stop_training),
-    }
-    atomic.write_json(self.state.meta_path, meta)
-
-
-def _float_or_none(value):
-  return None if value is None else float(value)

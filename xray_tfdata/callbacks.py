@@ -1,0 +1,98 @@
+"""The Keras callbacks of a training run, and what they write in model_dir.
+
+  callbacks.make_callbacks(net, config, work_dir, state, images_per_epoch)
+
+gives fit its callbacks in the order that matters: stop on NaN, early
+stopping, the best checkpoint, history.csv, TensorBoard, our one line per
+epoch, and last the resume state (`resume.ResumeCallback`).
+"""
+
+import os
+import time
+
+import keras
+
+BEST_WEIGHTS = os.path.join('checkpoints', 'best.weights.h5')
+# ModelCheckpoint writes here, and ResumeCallback renames it to BEST_WEIGHTS
+# once complete: Keras writes in place, so a full disk or a kill mid-write
+# would otherwise leave a cut-short best checkpoint behind.
+NEW_BEST_WEIGHTS = os.path.join('checkpoints', 'new-best.weights.h5')
+HISTORY_CSV = 'history.csv'
+LOGS_DIR = 'logs'
+
+
+def make_callbacks(net, config, work_dir, state, images_per_epoch,
+                   resume=False):
+  """fit's callbacks, the resume state's last.
+
+  Args:
+    net: the compiled model.
+    config: the run's TrainConfig (patience, verbose).
+    work_dir: where this process writes (model_dir on the chief).
+    state: the run's resume.ResumeState.
+    images_per_epoch: training images per epoch, for EpochSummary.
+    resume: append to history.csv instead of starting it over.
+
+  Returns:
+    A list of keras.callbacks.Callback.
+  """
+  early_stopping = keras.callbacks.EarlyStopping(
+      monitor='val_loss', patience=config.early_stopping_patience,
+      restore_best_weights=False)  # best weights come from the checkpoint
+  best_path = os.path.join(work_dir, BEST_WEIGHTS)
+  os.makedirs(os.path.dirname(best_path), exist_ok=True)
+  checkpoint = keras.callbacks.ModelCheckpoint(
+      os.path.join(work_dir, NEW_BEST_WEIGHTS), monitor='val_loss',
+      save_best_only=True, save_weights_only=True)
+  return [
+      keras.callbacks.TerminateOnNaN(),
+      early_stopping,
+      checkpoint,
+      keras.callbacks.CSVLogger(os.path.join(work_dir, HISTORY_CSV),
+                                append=resume),
+      keras.callbacks.TensorBoard(os.path.join(work_dir, LOGS_DIR)),
+      # verbose 2 is our one line per epoch, instead of Keras' (see fit).
+      *([EpochSummary(images_per_epoch)] if config.verbose == 2 else []),
+      # Last: restores the other callbacks' state after their
+      # on_train_begin has reset it, and saves it after they have updated.
+      state.callback(net, early_stopping=early_stopping,
+                     checkpoint=checkpoint, best_path=best_path),
+  ]
+
+
+class DataServiceProgress(keras.callbacks.Callback):
+  """Tells a data_service.Watchdog that batches are still coming."""
+
+  def __init__(self, watchdog):
+    super().__init__()
+    self.watchdog = watchdog
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.watchdog.progress()
+
+  def on_test_batch_end(self, batch, logs=None):
+    self.watchdog.progress()  # validation reads locally, but takes time
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.watchdog.progress()
+
+
+class EpochSummary(keras.callbacks.Callback):
+  """One line per epoch: time, images/s, the metrics that matter."""
+
+  def __init__(self, images_per_epoch):
+    super().__init__()
+    self.images_per_epoch = images_per_epoch
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    seconds = time.perf_counter() - self._start
+    logs = logs or {}
+    parts = [f'epoch {epoch + 1}: {seconds:.1f} s',
+             f'{self.images_per_epoch / seconds:.1f} train images/s']
+    for key in ('loss', 'auc', 'val_loss', 'val_auc'):
+      if key in logs:
+        parts.append(f'{key} {logs[key]:.4f}')
+    print(' | '.join(parts), flush=True)
