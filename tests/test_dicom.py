@@ -245,3 +245,51 @@ def test_a_dicom_tree_converts_and_no_patient_identifier_is_stored(tmp_path):
       with open(os.path.join(root, f), 'rb') as data:
         content = data.read()
       assert b'PATIENT-SECRET-42' not in content and b'Doe^Jane' not in content
+
+
+def test_duplicates_are_found_by_pixels_across_transfer_syntaxes(tmp_path):
+  from xray_tfdata import sources  # pylint: disable=g-import-not-at-top
+
+  paths = {
+      'NORMAL/plain.dcm': _stored(seed=5),
+      'NORMAL/rle.dcm': _stored(seed=5),  # the same film, re-encoded
+      'NORMAL/other.dcm': _stored(seed=6),
+  }
+  (tmp_path / 'NORMAL').mkdir()
+  files = []
+  for path, stored in paths.items():
+    syntax = uid.RLELossless if 'rle' in path else uid.ExplicitVRLittleEndian
+    _write(str(tmp_path / path), stored, syntax=syntax)
+    files.append(sources.SourceFile(path, None, 'NORMAL', 0, path,
+                                    os.path.getsize(tmp_path / path)))
+  assert files[0].num_bytes != files[1].num_bytes  # not the same bytes
+
+  kept, duplicates = sources.find_duplicates(str(tmp_path), files,
+                                             prefer_evaluation_splits=False)
+
+  assert [f.path for f in kept] == ['NORMAL/plain.dcm', 'NORMAL/other.dcm']
+  assert len(duplicates) == 1
+  assert duplicates[0]['kept'] == 'NORMAL/plain.dcm'
+  assert duplicates[0]['dropped'] == 'NORMAL/rle.dcm'
+  assert duplicates[0]['same'] == 'pixels'
+
+
+def test_real_monochrome1_chest_film_from_pydicom_data():
+  # pydicom-data (34 MB, not a dependency) installs the module data_store;
+  # pydicom finds its files through it, without network.
+  pytest.importorskip('data_store')
+  from pydicom import data  # pylint: disable=g-import-not-at-top
+  path = data.get_testdata_file('RG1_UNCR.dcm')
+  if path is None:
+    pytest.skip('pydicom-data has no RG1_UNCR.dcm')
+  dataset = pydicom.dcmread(path)
+  assert str(dataset.PhotometricInterpretation) == 'MONOCHROME1'
+
+  intensities, source = dicom.decode(path)
+
+  assert source == 'window'
+  # The film as displayed, against the naive divide that makes it a dark
+  # negative.
+  assert abs(_as_8bit(intensities).mean() - 192) < 1
+  naive = dataset.pixel_array / 65535 * 255
+  assert abs(naive.mean() - 29) < 1

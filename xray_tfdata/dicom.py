@@ -21,6 +21,7 @@ transfer syntax and the extra to install (`pip install
 and is imported on first use.
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -147,6 +148,48 @@ def voi_source(dataset, voi='auto'):
   return 'full'
 
 
+def pixel_digest(path):
+  """sha256 of the stored pixel values (with the image's shape), the same
+  for the same image whatever its transfer syntax, so a re-encoded copy
+  (uncompressed, RLE, lossless JPEG) counts as a duplicate.
+
+  The values are hashed as 64-bit integers, so 8 or 16 bits allocated give
+  the same digest for the same values.
+
+  Raises:
+    DicomError: see `decode`.
+  """
+  stored, _ = _read_stored(path)
+  digest = hashlib.sha256(repr(stored.shape).encode())
+  digest.update(np.ascontiguousarray(stored, dtype='<i8').tobytes())
+  return digest.hexdigest()
+
+
+def _read_stored(path):
+  """(stored pixel values, data set) of a single-frame grayscale file.
+
+  Raises:
+    DicomError: see `decode`.
+  """
+  pydicom = _pydicom()
+  try:
+    dataset = pydicom.dcmread(path)
+  except Exception as e:  # pylint: disable=broad-except  (malformed files)
+    raise DicomError(f'cannot read DICOM: {type(e).__name__}: '
+                     f'{str(e).replace(path, os.path.basename(path))}') from e
+  syntax = _check_image(dataset)
+  try:
+    return dataset.pixel_array, dataset
+  except Exception as e:  # pylint: disable=broad-except  (handler zoo)
+    name = getattr(syntax, 'name', str(syntax))
+    if getattr(syntax, 'is_compressed', False):
+      raise DicomError(
+          f'cannot decode transfer syntax {name} ({syntax}): '
+          "pip install 'xray_tfdata[dicom-full]' (pyjpegls, python-gdcm)"
+      ) from e
+    raise DicomError(f'cannot decode pixels: {type(e).__name__}: {e}') from e
+
+
 def decode(path, voi='auto'):
   """Reads one DICOM file as display intensities in [0, 1].
 
@@ -166,23 +209,7 @@ def decode(path, voi='auto'):
       names it and the extra to install).
     ValueError: unknown voi.
   """
-  pydicom = _pydicom()
-  try:
-    dataset = pydicom.dcmread(path)
-  except Exception as e:  # pylint: disable=broad-except  (malformed files)
-    raise DicomError(f'cannot read DICOM: {type(e).__name__}: '
-                     f'{str(e).replace(path, os.path.basename(path))}') from e
-  syntax = _check_image(dataset)
-  try:
-    stored = dataset.pixel_array
-  except Exception as e:  # pylint: disable=broad-except  (handler zoo)
-    name = getattr(syntax, 'name', str(syntax))
-    if getattr(syntax, 'is_compressed', False):
-      raise DicomError(
-          f'cannot decode transfer syntax {name} ({syntax}): '
-          "pip install 'xray_tfdata[dicom-full]' (pyjpegls, python-gdcm)"
-      ) from e
-    raise DicomError(f'cannot decode pixels: {type(e).__name__}: {e}') from e
+  stored, dataset = _read_stored(path)
   values = _modality(stored, dataset)
   source = voi_source(dataset, voi)
   if source == 'lut':

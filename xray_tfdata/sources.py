@@ -12,8 +12,9 @@ Reads a source tree in one of four layouts:
 
 and turns it into a `Plan`: which file goes into which split, with class ids
 as `flow_from_directory` assigns them (sorted folder names: NORMAL=0,
-PNEUMONIA=1), patient ids parsed from the file names, byte-identical
-duplicates removed, and optionally a fresh split grouped by patient.
+PNEUMONIA=1), patient ids parsed from the file names, duplicates removed
+(byte-identical files, and DICOM files with the same stored pixels), and
+optionally a fresh split grouped by patient.
 
 Only the class folders are scanned (recursively), so the Kaggle zip's nested
 `chest_xray/chest_xray/` copy and its `__MACOSX/` folder, which sit at the top
@@ -42,6 +43,8 @@ import hashlib
 import os
 import re
 import stat
+
+from xray_tfdata import dicom
 
 SPLIT_FOLDERS = ('train', 'val', 'test')
 LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool', 'rsna')
@@ -108,7 +111,8 @@ class Plan:
   Attributes:
     num_scanned: entries found in the class folders (litter excluded);
       equals the files in all splits plus the duplicates plus `skipped`.
-    duplicates: [{'kept', 'dropped', 'sha256'}], relative paths.
+    duplicates: [{'kept', 'dropped', 'sha256', 'same'}], relative paths;
+      'same' is 'bytes' or, for DICOM files, 'pixels'.
     split_counts: {'requested': {split: {class: n}}, 'actual': ...} for a
       re-split, else None.
     skipped: [{'path', 'reason'}] of entries the scan could not use (see
@@ -399,11 +403,17 @@ def _check_file(full_path, rel_path):
 
 
 def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
-  """Finds byte-identical files and keeps one of each.
+  """Finds duplicate images and keeps one of each.
 
-  Only files whose sizes collide are hashed (sha256, in threads: hashlib and
-  file reads release the GIL). Empty files are left alone: they are all
-  "identical" but are skipped later as unreadable.
+  Two kinds: byte-identical files, and DICOM files with the same stored
+  pixels (`dicom.pixel_digest`), since the same film is often re-encoded
+  (another transfer syntax, other header values) and then shares no bytes.
+  Other files are hashed (sha256) only if their sizes collide; every DICOM
+  file is decoded once for its digest, as re-encoding changes the size.
+  Hashing runs in threads (hashlib, file reads and the image decoders
+  release the GIL). Empty files are left alone: they are all "identical"
+  but are skipped later as unreadable; so are DICOM files that cannot be
+  decoded, which the writer skips with the reason.
 
   Args:
     src_dir: the source folder.
@@ -413,21 +423,30 @@ def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
 
   Returns:
     (kept files in the input order, duplicates [{'kept', 'dropped',
-    'sha256'}] sorted by dropped path).
+    'sha256', 'same'}] sorted by dropped path; 'same' is 'bytes' or
+    'pixels').
   """
+  is_dicom = {f.path: dicom.is_dicom(os.path.join(src_dir, f.path))
+              for f in files}
   by_size = collections.defaultdict(list)
   for f in files:
-    if f.num_bytes > 0:
+    if f.num_bytes > 0 and not is_dicom[f.path]:
       by_size[f.num_bytes].append(f)
   candidates = [f for group in by_size.values() if len(group) > 1
                 for f in group]
+  candidates += [f for f in files if f.num_bytes > 0 and is_dicom[f.path]]
+
+  def digest_of(f):
+    path = os.path.join(src_dir, f.path)
+    return _pixel_sha256(path) if is_dicom[f.path] else _sha256(path)
+
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
-    digests = list(pool.map(
-        lambda f: _sha256(os.path.join(src_dir, f.path)), candidates))
+    digests = list(pool.map(digest_of, candidates))
   by_hash = collections.defaultdict(list)
   for f, digest in zip(candidates, digests):
     if digest is not None:  # unreadable now: the writer skips it with a reason
-      by_hash[digest].append(f)
+      # Pixel and byte digests never share a group.
+      by_hash[(is_dicom[f.path], digest)].append(f)
 
   def keep_rank(f):
     if prefer_evaluation_splits:
@@ -436,14 +455,24 @@ def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
 
   dropped = set()
   duplicates = []
-  for digest, group in by_hash.items():
+  for (pixels, digest), group in by_hash.items():
     group.sort(key=keep_rank)
     for f in group[1:]:
       dropped.add(f.path)
       duplicates.append({'kept': group[0].path, 'dropped': f.path,
-                         'sha256': digest})
+                         'sha256': digest,
+                         'same': 'pixels' if pixels else 'bytes'})
   duplicates.sort(key=lambda d: d['dropped'])
   return [f for f in files if f.path not in dropped], duplicates
+
+
+def _pixel_sha256(path):
+  """`dicom.pixel_digest`, or None if the file cannot be decoded (the
+  writer skips it with the reason)."""
+  try:
+    return dicom.pixel_digest(path)
+  except Exception:  # pylint: disable=broad-except  (reported by the writer)
+    return None
 
 
 def _sha256(path):

@@ -454,7 +454,8 @@ def print_summary(info, out_dir):
   for title, items, text in (
       ('skipped', info['skipped'], lambda s: f'{s["path"]}: {s["reason"]}'),
       ('duplicates', info['duplicates'],
-       lambda d: f'{d["dropped"]} (same bytes as {d["kept"]})'),
+       lambda d: f'{d["dropped"]} (same {d.get("same", "bytes")} as '
+                 f'{d["kept"]})'),
       ('ignored', info['ignored'], str)):
     if items:
       lines.append(f'  {title}:')
