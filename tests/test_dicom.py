@@ -274,6 +274,22 @@ def test_duplicates_are_found_by_pixels_across_transfer_syntaxes(tmp_path):
   assert duplicates[0]['same'] == 'pixels'
 
 
+def test_voi_policy_reaches_the_converter_workers(tmp_path):
+  stored = _stored(seed=7)
+  path = _write(str(tmp_path / 'w.dcm'), stored, WindowCenter=1000,
+                WindowWidth=801)
+
+  def stored_image(voi):
+    png, _, _ = imaging.decode_and_resize((path, (ROWS, COLUMNS), voi))
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+  np.testing.assert_array_equal(stored_image('full'),
+                                _as_8bit(stored / 4095))
+  np.testing.assert_array_equal(stored_image('auto'),
+                                _as_8bit(dicom.decode(path)[0]))
+  assert not np.array_equal(stored_image('auto'), stored_image('full'))
+
+
 def test_real_monochrome1_chest_film_from_pydicom_data():
   # pydicom-data (34 MB, not a dependency) installs the module data_store;
   # pydicom finds its files through it, without network.

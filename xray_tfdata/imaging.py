@@ -55,14 +55,17 @@ def decode_and_resize(task):
   """Decodes, converts to gray, resizes and PNG-encodes one file.
 
   Args:
-    task: (path, (height, width)) of the source file and the stored size.
+    task: (path, (height, width)) of the source file and the stored size,
+      or (path, (height, width), voi) with the VOI policy for a DICOM file
+      (`dicom.VOI_POLICIES`; default 'auto').
 
   Returns:
     (png bytes, original height, original width), or a string with the
     reason the file cannot be used (gone, not a regular file, empty, not an
     image, corrupt, truncated, unsupported mode).
   """
-  path, (height, width) = task
+  path, (height, width) = task[:2]
+  voi = task[2] if len(task) > 2 else 'auto'
   # Checked again here, not only by the scan: the file may have been deleted
   # or replaced since, and opening a FIFO would block this worker forever.
   try:
@@ -79,7 +82,7 @@ def decode_and_resize(task):
   # exception becomes a reason. LOAD_TRUNCATED_IMAGES stays False, so a
   # truncated file raises here instead of being padded with gray.
   if dicom.is_dicom(path):
-    return _decode_dicom(path, (width, height))
+    return _decode_dicom(path, (width, height), voi)
   try:
     with Image.open(path) as image:
       original_width, original_height = image.size
