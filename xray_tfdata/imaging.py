@@ -136,6 +136,29 @@ def _gray_resized(image, size):
   return np.asarray(image.resize(size, _FILTER))
 
 
+def stored_box(box, original_size, stored_size):
+  """A box in the source image's pixels, in the stored image's pixels.
+
+  The stored image is the source squashed to the stored size: each axis
+  scaled on its own, aspect ratio not kept, no padding and no cropping (see
+  the module docstring). So a box scales by the same per-axis factors; its
+  edges are continuous coordinates (the left edge of pixel 0 is 0), which
+  PIL's resize maps by exactly those factors.
+
+  Args:
+    box: (x, y, width, height), x and y the top-left corner.
+    original_size, stored_size: (height, width) of the source and stored
+      images.
+
+  Returns:
+    (x, y, width, height) in the stored image, floats.
+  """
+  x, y, box_width, box_height = box
+  scale_y = stored_size[0] / original_size[0]
+  scale_x = stored_size[1] / original_size[1]
+  return (x * scale_x, y * scale_y, box_width * scale_x, box_height * scale_y)
+
+
 def ignore_interrupts():
   """Pool initializer: Ctrl-C is the main process's to handle (it stops the
   pool and keeps the finished shards), so the workers print no tracebacks."""

@@ -8,7 +8,9 @@ Reads a source tree in one of four layouts:
   rsna      src/stage_2_train_images/<patientId>.dcm with the labels in
             src/stage_2_train_labels.csv (RSNA Pneumonia Detection
             Challenge; one pool, re-split only; Target 0 is NORMAL, 1 is
-            PNEUMONIA; one row per box, deduplicated here)
+            PNEUMONIA; one row per box, deduplicated here, the boxes kept)
+            and, if present, src/stage_2_detailed_class_info.csv (the
+            detailed class)
 
 and turns it into a `Plan`: which file goes into which split, with class ids
 as `flow_from_directory` assigns them (sorted folder names: NORMAL=0,
@@ -82,6 +84,10 @@ class SourceFile:
     label: class id (index of class_name in the sorted class names).
     patient_id: best-effort patient key parsed from the file name.
     num_bytes: file size.
+    detailed_class: RSNA's detailed class; None in other layouts, or when
+      the RSNA tree has no detailed class file.
+    boxes: RSNA's boxes, ((x, y, width, height), ...) in the source image's
+      pixels; None in other layouts.
   """
   path: str
   source_split: str | None
@@ -89,6 +95,8 @@ class SourceFile:
   label: int
   patient_id: str
   num_bytes: int
+  detailed_class: str | None = None
+  boxes: tuple | None = None
 
 
 @dataclasses.dataclass
@@ -156,7 +164,8 @@ def scan(src_dir, layout='auto'):
 
   Args:
     src_dir: the source folder.
-    layout: 'auto', 'kaggle', 'mendeley' or 'pool' (see module docstring).
+    layout: 'auto', 'kaggle', 'mendeley', 'pool' or 'rsna' (see module
+      docstring).
 
   Returns:
     A `Scan`.
@@ -263,32 +272,77 @@ def scan(src_dir, layout='auto'):
 
 
 def read_rsna_labels(labels_path):
-  """patientId -> Target (0 or 1) from stage_2_train_labels.csv, one entry
+  """patientId -> (Target, boxes) from stage_2_train_labels.csv, one entry
   per image however many box rows it has.
+
+  Returns:
+    {patientId: (Target 0 or 1, ((x, y, width, height), ...))}; boxes in
+    the source image's pixels, in file order, none for Target 0.
 
   Raises:
     SourceError: the file is unreadable, lacks the patientId or Target
-      column, has a Target other than 0/1, or gives one image two Targets.
+      column, has a Target other than 0/1, gives one image two Targets, or
+      has a box that is not four numbers (or a Target 1 row without one).
   """
-  try:
-    with open(labels_path, newline='', encoding='utf-8') as f:
-      rows = list(csv.DictReader(f))
-  except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise SourceError(f'cannot read {labels_path}: {e}') from e
-  if rows and not {'patientId', 'Target'} <= set(rows[0]):
-    raise SourceError(f'{labels_path} needs the columns patientId and Target '
-                      f'(RSNA stage 2), has {sorted(rows[0])}')
-  targets = {}
+  rows = _read_csv(labels_path, ('patientId', 'Target'))
+  labels = {}
   for line, row in enumerate(rows, start=2):
     target = (row['Target'] or '').strip()
     if target not in ('0', '1'):
       raise SourceError(f'{labels_path} line {line}: Target must be 0 or 1, '
                         f'got {target!r}')
-    previous = targets.setdefault(row['patientId'], int(target))
+    previous, boxes = labels.setdefault(row['patientId'], (int(target), []))
     if previous != int(target):
       raise SourceError(f'{labels_path}: patientId {row["patientId"]} has '
                         'rows with Target 0 and 1; fix the labels file')
-  return targets
+    box = _box(row)
+    if box is None and target == '1':
+      raise SourceError(f'{labels_path} line {line}: Target 1 needs a box '
+                        '(x, y, width, height as numbers)')
+    if box is not None:
+      boxes.append(box)
+  return {pid: (target, tuple(boxes))
+          for pid, (target, boxes) in labels.items()}
+
+
+def _box(row):
+  """(x, y, width, height) of one label row; None if all four are blank
+  (Target 0 rows) or any is not a number."""
+  values = [(row.get(k) or '').strip() for k in ('x', 'y', 'width', 'height')]
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError:
+    return None
+
+
+def read_rsna_classes(class_info_path):
+  """patientId -> detailed class from stage_2_detailed_class_info.csv.
+
+  Raises:
+    SourceError: unreadable, lacks the patientId or class column, or gives
+      one image two classes.
+  """
+  classes = {}
+  for row in _read_csv(class_info_path, ('patientId', 'class')):
+    previous = classes.setdefault(row['patientId'], row['class'])
+    if previous != row['class']:
+      raise SourceError(f'{class_info_path}: patientId {row["patientId"]} '
+                        f'has the classes {previous!r} and {row["class"]!r}; '
+                        'fix the class file')
+  return classes
+
+
+def _read_csv(path, columns):
+  """The rows of a CSV file with a header, checked for `columns`."""
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      rows = list(csv.DictReader(f))
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise SourceError(f'cannot read {path}: {e}') from e
+  if rows and not set(columns) <= set(rows[0]):
+    raise SourceError(f'{path} needs the columns {" and ".join(columns)} '
+                      f'(RSNA stage 2), has {sorted(rows[0])}')
+  return rows
 
 
 def scan_rsna(src_dir):
@@ -297,20 +351,27 @@ def scan_rsna(src_dir):
 
   An image without a label row is skipped with that reason; label rows
   without an image are listed in `ignored` (with their patientIds), so that
-  nothing is dropped silently.
+  nothing is dropped silently. The same for stage_2_detailed_class_info.csv,
+  if present: an image missing from it gets the detailed class '' and is
+  listed in `ignored`.
 
   Returns:
     A `Scan` with layout 'rsna' and class names NORMAL, PNEUMONIA; every file
-    in the pool (source_split None), its patient id the file's stem.
+    in the pool (source_split None), its patient id the file's stem (the
+    writer stores a salted hash of it), its boxes and detailed class set.
 
   Raises:
-    SourceError: see `read_rsna_labels`; or no images.
+    SourceError: see `read_rsna_labels` and `read_rsna_classes`; or no
+      images.
   """
   labels_path = os.path.join(src_dir, RSNA_LABELS)
   if not os.path.isfile(labels_path):
     raise SourceError(f'src_dir {src_dir} has no {RSNA_LABELS}, which the '
                       'rsna layout needs')
-  targets = read_rsna_labels(labels_path)
+  labels = read_rsna_labels(labels_path)
+  class_info_path = os.path.join(src_dir, RSNA_CLASS_INFO)
+  classes = (read_rsna_classes(class_info_path)
+             if os.path.isfile(class_info_path) else None)
   ignored = [display_path(e) + ('/' if os.path.isdir(
       os.path.join(src_dir, e)) else '')
              for e in sorted(os.listdir(src_dir))
@@ -320,19 +381,22 @@ def scan_rsna(src_dir):
   files, seen = [], set()
   for path, num_bytes in found:
     stem = os.path.splitext(os.path.basename(path))[0]
-    if stem not in targets:
+    if stem not in labels:
       skipped.append({'path': display_path(path),
                       'reason': f'no row in {RSNA_LABELS}'})
       continue
     seen.add(stem)
-    label = targets[stem]
+    label, boxes = labels[stem]
+    detailed_class = None if classes is None else classes.get(stem, '')
     files.append(SourceFile(path, None, RSNA_CLASS_NAMES[label], label, stem,
-                            num_bytes))
-  unmatched = sorted(set(targets) - seen)
-  if unmatched:
-    shown = ', '.join(unmatched[:5]) + (', ...' if len(unmatched) > 5 else '')
-    ignored.append(f'{RSNA_LABELS}: {len(unmatched)} label row(s) without an '
-                   f'image in {RSNA_IMAGES}/ ({shown})')
+                            num_bytes, detailed_class, boxes))
+  _report_ids(ignored, sorted(set(labels) - seen),
+              f'{RSNA_LABELS}: {{}} label row(s) without an image in '
+              f'{RSNA_IMAGES}/')
+  if classes is not None:
+    _report_ids(ignored, sorted(seen - set(classes)),
+                f'{RSNA_CLASS_INFO}: {{}} image(s) without a row (detailed '
+                "class '')")
   if not files:
     raise SourceError(f'{os.path.join(src_dir, RSNA_IMAGES)} has no labelled '
                       'images')
@@ -340,6 +404,14 @@ def scan_rsna(src_dir):
   skipped.sort(key=lambda item: item['path'])
   return Scan(src_dir, 'rsna', RSNA_CLASS_NAMES, files, sorted(ignored),
               skipped)
+
+
+def _report_ids(ignored, ids, text):
+  """Appends one line for `ids` (the first five shown) to `ignored`;
+  `text` has a {} for their number."""
+  if ids:
+    shown = ', '.join(ids[:5]) + (', ...' if len(ids) > 5 else '')
+    ignored.append(f'{text.format(len(ids))} ({shown})')
 
 
 def display_path(path):
