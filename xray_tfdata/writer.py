@@ -244,7 +244,8 @@ def _fingerprint(plan, shards, arguments):
 def hashed_patient_id(patient_id, salt):
   """The key stored for a patient id that must not be copied (module
   docstring): HMAC-SHA256 of the id under the salt, 16 hex digits (64
-  bits: no collision expected below about 10^9 patients).
+  bits: among a million patients, two share a key with a chance of about
+  3 in 10^8).
 
   Args:
     patient_id: the source's patient id (RSNA's patientId).
