@@ -121,10 +121,16 @@ def test_rsna_dicoms_convert_train_and_predict_through_the_tools(tmp_path):
   converted = run_tool(
       'make_tfrecords', f'--src_dir={src}', f'--out_dir={data}',
       '--image_size=32', '--resplit', '--val_counts=NORMAL:3,PNEUMONIA:6',
-      '--test_counts=NORMAL:3,PNEUMONIA:6', '--num_shards=2', '--noprogress')
+      '--test_counts=NORMAL:3,PNEUMONIA:6', '--num_shards=2', '--noprogress',
+      '--voi=full', '--patient_id_salt=tool-secret')
   assert converted.returncode == 0, converted.stderr
   with open(os.path.join(data, 'xray_info.json')) as f:
-    assert json.load(f)['layout'] == 'rsna'
+    info = json.load(f)
+  assert info['layout'] == 'rsna' and info['dicom']['voi'] == 'full'
+  assert info['arguments']['patient_id_salt'] == 'given'
+  for name in os.listdir(data):
+    with open(os.path.join(data, name), 'rb') as f:
+      assert b'tool-secret' not in f.read()
   trained = run_tool(
       'train', f'--data_dir={data}', f'--model_dir={model_dir}',
       '--image_size=32', '--batch_size=8', '--epochs=1', '--weights=none',
@@ -242,8 +248,9 @@ def test_rsna_dataset_reads_with_our_reader_and_tfds(rsna_converted):
   from xray_tfdata import schema  # pylint: disable=g-import-not-at-top
   out, info = rsna_converted
 
-  ours = list(pipeline.DatasetBuilder(out).as_dataset('train')
-              .as_numpy_iterator())
+  reader = pipeline.DatasetBuilder(out)
+  assert reader.verify() == info['counts']['written']  # extras parse too
+  ours = list(reader.as_dataset('train').as_numpy_iterator())
   builder = tfds.builder_from_directory(out)
   theirs = list(tfds.as_numpy(builder.as_dataset(split='train',
                                                  shuffle_files=False)))
