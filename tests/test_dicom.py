@@ -233,9 +233,19 @@ def test_a_dicom_tree_converts_and_no_patient_identifier_is_stored(tmp_path):
                photometric='MONOCHROME1')
   out = str(tmp_path / 'out')
 
-  writer.convert(str(src), out, image_size=8, num_workers=1)
+  info = writer.convert(str(src), out, image_size=8, num_workers=1)
 
   builder = pipeline.DatasetBuilder(out)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import schema  # pylint: disable=g-import-not-at-top
+  records = [schema.parse(r) for s in info['splits']['train']['shards']
+             for r in tf.data.TFRecordDataset(os.path.join(out, s['filename']))]
+  # Grouped by the header's PatientID (one patient here), stored hashed;
+  # the file names, which are not that id, stay.
+  keys = {r[schema.PATIENT_ID].numpy() for r in records}
+  assert len(keys) == 1 and len(keys.pop()) == 16
+  assert all(r[schema.FILENAME].numpy().startswith(b'train/') and
+             b'person' in r[schema.FILENAME].numpy() for r in records)
   assert builder.info.num_examples('train') == 12
   images = np.concatenate([b[0].numpy() for b in builder.as_dataset(
       'train', batch_size=4)])
@@ -309,3 +319,19 @@ def test_real_monochrome1_chest_film_from_pydicom_data():
   assert abs(_as_8bit(intensities).mean() - 192) < 1
   naive = dataset.pixel_array / 65535 * 255
   assert abs(naive.mean() - 29) < 1
+
+
+def test_scan_groups_dicom_files_by_their_patient_id(tmp_path):
+  from xray_tfdata import sources  # pylint: disable=g-import-not-at-top
+  for seed, (name, patient) in enumerate((
+      ('NORMAL/a1.dcm', 'A'), ('PNEUMONIA/a2.dcm', 'A'),
+      ('PNEUMONIA/b1.dcm', 'B'), ('NORMAL/none.dcm', ''))):
+    (tmp_path / os.path.dirname(name)).mkdir(exist_ok=True)
+    _write(str(tmp_path / name), _stored(seed=seed), PatientID=patient)
+
+  found = sources.scan(str(tmp_path), 'pool')
+
+  assert {f.path: f.patient_id for f in found.files} == {
+      'NORMAL/a1.dcm': 'A', 'PNEUMONIA/a2.dcm': 'A', 'PNEUMONIA/b1.dcm': 'B',
+      'NORMAL/none.dcm': 'none'}  # no PatientID: the stem, as for JPEGs
+  assert all(f.is_dicom for f in found.files)

@@ -14,7 +14,8 @@ Reads a source tree in one of four layouts:
 
 and turns it into a `Plan`: which file goes into which split, with class ids
 as `flow_from_directory` assigns them (sorted folder names: NORMAL=0,
-PNEUMONIA=1), patient ids parsed from the file names, duplicates removed
+PNEUMONIA=1), patient ids parsed from the file names (a DICOM file's from
+its PatientID; RSNA's patientId), duplicates removed
 (byte-identical files, and DICOM files with the same stored pixels), and
 optionally a fresh split grouped by patient.
 
@@ -88,6 +89,8 @@ class SourceFile:
       the RSNA tree has no detailed class file.
     boxes: RSNA's boxes, ((x, y, width, height), ...) in the source image's
       pixels; None in other layouts.
+    is_dicom: a DICOM file, whose patient id is an identifier the writer
+      stores only hashed (`writer.hashed_patient_id`).
   """
   path: str
   source_split: str | None
@@ -97,6 +100,7 @@ class SourceFile:
   num_bytes: int
   detailed_class: str | None = None
   boxes: tuple | None = None
+  is_dicom: bool = False
 
 
 @dataclasses.dataclass
@@ -152,6 +156,22 @@ def patient_id(filename):
   if m:
     return f'IM-{int(m[1])}'
   return os.path.splitext(name)[0]
+
+
+def dicom_patient_id(full_path, path):
+  """Patient key of a DICOM file in a folder layout: its PatientID
+  (0010,0020), read from the header only; the file stem if it has none or
+  cannot be read (the writer skips an unreadable file with the reason).
+
+  Args:
+    full_path: the file.
+    path: its path relative to the source folder.
+  """
+  try:
+    value = str(dicom.read_header(full_path).get('PatientID', '') or '')
+  except Exception:  # pylint: disable=broad-except  (reported by the writer)
+    value = ''
+  return value.strip() or os.path.splitext(os.path.basename(path))[0]
 
 
 def is_litter(name):
@@ -263,8 +283,14 @@ def scan(src_dir, layout='auto'):
             f'({", ".join(IMAGE_EXTENSIONS[:3])}, ...); add images or remove '
             'the folder')
       for path, num_bytes in found:
-        files.append(SourceFile(path, split, class_name, label,
-                                patient_id(path), num_bytes))
+        full_path = os.path.join(src_dir, path)
+        if dicom.is_dicom(full_path):
+          files.append(SourceFile(path, split, class_name, label,
+                                  dicom_patient_id(full_path, path),
+                                  num_bytes, is_dicom=True))
+        else:
+          files.append(SourceFile(path, split, class_name, label,
+                                  patient_id(path), num_bytes))
   files.sort(key=lambda f: f.path)
   skipped.sort(key=lambda s: s['path'])
   return Scan(src_dir, layout, tuple(class_names), files, sorted(ignored),
@@ -389,7 +415,7 @@ def scan_rsna(src_dir):
     label, boxes = labels[stem]
     detailed_class = None if classes is None else classes.get(stem, '')
     files.append(SourceFile(path, None, RSNA_CLASS_NAMES[label], label, stem,
-                            num_bytes, detailed_class, boxes))
+                            num_bytes, detailed_class, boxes, is_dicom=True))
   _report_ids(ignored, sorted(set(labels) - seen),
               f'{RSNA_LABELS}: {{}} label row(s) without an image in '
               f'{RSNA_IMAGES}/')

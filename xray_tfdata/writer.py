@@ -42,10 +42,11 @@ to an uninterrupted one.
 
 RSNA extras and privacy: an RSNA dataset's records also carry the detailed
 class and the boxes (`schema.RSNA_FEATURES`), the boxes scaled to the stored
-image (`imaging.stored_box`). RSNA's patientId is the DICOM PatientID and
-the file name, so neither is copied into the shards: image/patient_id holds
-`hashed_patient_id(patientId, salt)` (HMAC-SHA256, 16 hex digits) and
-image/filename the same hash in place of the file stem. The salt is
+image (`imaging.stored_box`). A DICOM file's patient id (its PatientID;
+RSNA's patientId, which is also the file name) is never copied into the
+shards: image/patient_id holds `hashed_patient_id(patient id, salt)`
+(HMAC-SHA256, 16 hex digits), and where the file stem is that id
+(RSNA), image/filename has the hash in its place. The salt is
 `patient_id_salt` if given (kept by the user, never written: the same salt
 gives the same keys in every conversion, and lets its owner find one
 patient's records), else drawn at random per conversion and kept only in
@@ -93,7 +94,6 @@ MAX_IMAGE_SIZE = 4096
 # In .partial/_progress: the random patient id salt of a run without a given
 # one, so that a resumed run hashes as the interrupted one did.
 _SALT_FILENAME = 'patient_id_salt'
-_HASHED_LAYOUTS = ('rsna',)  # layouts whose patient ids are DICOM identifiers
 # Decoding packages whose versions go into xray_info.json for DICOM sources.
 _DECODING_PACKAGES = ('pydicom', 'pillow', 'numpy', 'pylibjpeg',
                       'pylibjpeg-libjpeg', 'pylibjpeg-openjpeg',
@@ -134,7 +134,7 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     voi: VOI step for DICOM files (`dicom.VOI_POLICIES`): 'auto' (the
       file's VOI LUT, else its window, else the full stored range),
       'window' (the window, else the full range) or 'full'.
-    patient_id_salt: secret for the hashed patient ids of the RSNA layout
+    patient_id_salt: secret for the hashed patient ids of DICOM files
       (module docstring); None draws a random one, discarded at the end.
 
   Returns:
@@ -274,15 +274,15 @@ def _patient_id_salt(partial, given):
   return salt
 
 
-def _stored_identity(f, layout, salt):
-  """(filename, patient_id) as stored for source file `f`: hashed in the
-  layouts whose ids are DICOM identifiers, else as scanned."""
-  if layout not in _HASHED_LAYOUTS:
+def _stored_identity(f, salt):
+  """(filename, patient_id) as stored for source file `f`: a DICOM file's
+  patient id hashed, and in its file name too where the stem is that id
+  (RSNA); other files' as scanned."""
+  if not f.is_dicom:
     return f.path, f.patient_id
   key = hashed_patient_id(f.patient_id, salt)
   folder, name = os.path.split(f.path)
   stem, extension = os.path.splitext(name)
-  # The stem is RSNA's patientId; anything else in the name is kept.
   name = key + extension if stem == f.patient_id else name
   return f'{folder}/{name}' if folder else name, key
 
@@ -415,8 +415,8 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
                   finished, voi='auto', salt=None):
   """Decodes the files and writes the shards not in `finished` into `folder`.
 
-  DICOM files are decoded with VOI policy `voi`; patient ids of the hashed
-  layouts are hashed with `salt` (`_stored_identity`).
+  DICOM files are decoded with VOI policy `voi`; their patient ids are
+  hashed with `salt` (`_stored_identity`).
 
   Decoding runs in `pool`, or in this process if it is None; results come
   back in task order.
@@ -456,8 +456,7 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
                 shard_skipped.append({'path': f.path, 'reason': result})
                 continue
               png, original_height, original_width = result
-              filename_stored, patient_id = _stored_identity(
-                  f, plan.layout, salt)
+              filename_stored, patient_id = _stored_identity(f, salt)
               boxes = None if f.boxes is None else [
                   imaging.stored_box(box, (original_height, original_width),
                                      stored_size) for box in f.boxes]
@@ -545,7 +544,7 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
   if any(f.path.lower().endswith(dicom.EXTENSIONS) for f in all_files):
     info['dicom'] = {'voi': arguments['voi'],
                      'packages': _decoding_packages()}
-  if plan.layout in _HASHED_LAYOUTS:
+  if any(f.is_dicom for f in all_files):
     info['patient_id'] = (
         'hashed: HMAC-SHA256 of the source id, 16 hex digits, salt '
         + ('given by the user (not stored)' if

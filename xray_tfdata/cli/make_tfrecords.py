@@ -66,8 +66,8 @@ _VOI = flags.DEFINE_enum(
     'or full (the full range the stored bits allow). Recorded in '
     'xray_info.json.')
 _PATIENT_ID_SALT = flags.DEFINE_string(
-    'patient_id_salt', None, 'Secret for the hashed patient ids of the RSNA '
-    'layout (never written; the same secret gives the same keys in every '
+    'patient_id_salt', None, 'Secret for the hashed patient ids of DICOM '
+    'files (never written; the same secret gives the same keys in every '
     'conversion). Default: a random salt, discarded after the conversion. '
     'Keep it out of shell history: put it in a flagfile only you can read.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar and '
