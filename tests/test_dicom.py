@@ -233,9 +233,19 @@ def test_a_dicom_tree_converts_and_no_patient_identifier_is_stored(tmp_path):
                photometric='MONOCHROME1')
   out = str(tmp_path / 'out')
 
-  writer.convert(str(src), out, image_size=8, num_workers=1)
+  info = writer.convert(str(src), out, image_size=8, num_workers=1)
 
   builder = pipeline.DatasetBuilder(out)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import schema  # pylint: disable=g-import-not-at-top
+  records = [schema.parse(r) for s in info['splits']['train']['shards']
+             for r in tf.data.TFRecordDataset(os.path.join(out, s['filename']))]
+  # Grouped by the header's PatientID (one patient here), stored hashed;
+  # the file names, which are not that id, stay.
+  keys = {r[schema.PATIENT_ID].numpy() for r in records}
+  assert len(keys) == 1 and len(keys.pop()) == 16
+  assert all(r[schema.FILENAME].numpy().startswith(b'train/') and
+             b'person' in r[schema.FILENAME].numpy() for r in records)
   assert builder.info.num_examples('train') == 12
   images = np.concatenate([b[0].numpy() for b in builder.as_dataset(
       'train', batch_size=4)])
@@ -245,3 +255,83 @@ def test_a_dicom_tree_converts_and_no_patient_identifier_is_stored(tmp_path):
       with open(os.path.join(root, f), 'rb') as data:
         content = data.read()
       assert b'PATIENT-SECRET-42' not in content and b'Doe^Jane' not in content
+
+
+def test_duplicates_are_found_by_pixels_across_transfer_syntaxes(tmp_path):
+  from xray_tfdata import sources  # pylint: disable=g-import-not-at-top
+
+  paths = {
+      'NORMAL/plain.dcm': _stored(seed=5),
+      'NORMAL/rle.dcm': _stored(seed=5),  # the same film, re-encoded
+      'NORMAL/other.dcm': _stored(seed=6),
+  }
+  (tmp_path / 'NORMAL').mkdir()
+  files = []
+  for path, stored in paths.items():
+    syntax = uid.RLELossless if 'rle' in path else uid.ExplicitVRLittleEndian
+    _write(str(tmp_path / path), stored, syntax=syntax)
+    files.append(sources.SourceFile(path, None, 'NORMAL', 0, path,
+                                    os.path.getsize(tmp_path / path)))
+  assert files[0].num_bytes != files[1].num_bytes  # not the same bytes
+
+  kept, duplicates = sources.find_duplicates(str(tmp_path), files,
+                                             prefer_evaluation_splits=False)
+
+  assert [f.path for f in kept] == ['NORMAL/plain.dcm', 'NORMAL/other.dcm']
+  assert len(duplicates) == 1
+  assert duplicates[0]['kept'] == 'NORMAL/plain.dcm'
+  assert duplicates[0]['dropped'] == 'NORMAL/rle.dcm'
+  assert duplicates[0]['same'] == 'pixels'
+
+
+def test_voi_policy_reaches_the_converter_workers(tmp_path):
+  stored = _stored(seed=7)
+  path = _write(str(tmp_path / 'w.dcm'), stored, WindowCenter=1000,
+                WindowWidth=801)
+
+  def stored_image(voi):
+    png, _, _ = imaging.decode_and_resize((path, (ROWS, COLUMNS), voi))
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+  np.testing.assert_array_equal(stored_image('full'),
+                                _as_8bit(stored / 4095))
+  np.testing.assert_array_equal(stored_image('auto'),
+                                _as_8bit(dicom.decode(path)[0]))
+  assert not np.array_equal(stored_image('auto'), stored_image('full'))
+
+
+def test_real_monochrome1_chest_film_from_pydicom_data():
+  # pydicom-data (34 MB, not a dependency) installs the module data_store;
+  # pydicom finds its files through it, without network.
+  pytest.importorskip('data_store')
+  from pydicom import data  # pylint: disable=g-import-not-at-top
+  path = data.get_testdata_file('RG1_UNCR.dcm')
+  if path is None:
+    pytest.skip('pydicom-data has no RG1_UNCR.dcm')
+  dataset = pydicom.dcmread(path)
+  assert str(dataset.PhotometricInterpretation) == 'MONOCHROME1'
+
+  intensities, source = dicom.decode(path)
+
+  assert source == 'window'
+  # The film as displayed, against the naive divide that makes it a dark
+  # negative.
+  assert abs(_as_8bit(intensities).mean() - 192) < 1
+  naive = dataset.pixel_array / 65535 * 255
+  assert abs(naive.mean() - 29) < 1
+
+
+def test_scan_groups_dicom_files_by_their_patient_id(tmp_path):
+  from xray_tfdata import sources  # pylint: disable=g-import-not-at-top
+  for seed, (name, patient) in enumerate((
+      ('NORMAL/a1.dcm', 'A'), ('PNEUMONIA/a2.dcm', 'A'),
+      ('PNEUMONIA/b1.dcm', 'B'), ('NORMAL/none.dcm', ''))):
+    (tmp_path / os.path.dirname(name)).mkdir(exist_ok=True)
+    _write(str(tmp_path / name), _stored(seed=seed), PatientID=patient)
+
+  found = sources.scan(str(tmp_path), 'pool')
+
+  assert {f.path: f.patient_id for f in found.files} == {
+      'NORMAL/a1.dcm': 'A', 'PNEUMONIA/a2.dcm': 'A', 'PNEUMONIA/b1.dcm': 'B',
+      'NORMAL/none.dcm': 'none'}  # no PatientID: the stem, as for JPEGs
+  assert all(f.is_dicom for f in found.files)

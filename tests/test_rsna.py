@@ -121,10 +121,16 @@ def test_rsna_dicoms_convert_train_and_predict_through_the_tools(tmp_path):
   converted = run_tool(
       'make_tfrecords', f'--src_dir={src}', f'--out_dir={data}',
       '--image_size=32', '--resplit', '--val_counts=NORMAL:3,PNEUMONIA:6',
-      '--test_counts=NORMAL:3,PNEUMONIA:6', '--num_shards=2', '--noprogress')
+      '--test_counts=NORMAL:3,PNEUMONIA:6', '--num_shards=2', '--noprogress',
+      '--voi=full', '--patient_id_salt=tool-secret')
   assert converted.returncode == 0, converted.stderr
   with open(os.path.join(data, 'xray_info.json')) as f:
-    assert json.load(f)['layout'] == 'rsna'
+    info = json.load(f)
+  assert info['layout'] == 'rsna' and info['dicom']['voi'] == 'full'
+  assert info['arguments']['patient_id_salt'] == 'given'
+  for name in os.listdir(data):
+    with open(os.path.join(data, name), 'rb') as f:
+      assert b'tool-secret' not in f.read()
   trained = run_tool(
       'train', f'--data_dir={data}', f'--model_dir={model_dir}',
       '--image_size=32', '--batch_size=8', '--epochs=1', '--weights=none',
@@ -142,3 +148,139 @@ def test_rsna_dicoms_convert_train_and_predict_through_the_tools(tmp_path):
                    for l in predicted.stdout.strip().splitlines()]
   assert len(probabilities) == 3
   assert np.all((0 <= np.array(probabilities)) & (np.array(probabilities) <= 1))
+
+
+def test_scan_keeps_every_box_and_the_detailed_class(rsna_tree):
+  boxes, classes = {}, {}
+  for row in _label_rows(rsna_tree):
+    if row['Target'] == '1':
+      boxes.setdefault(row['patientId'], []).append(
+          tuple(float(row[k]) for k in ('x', 'y', 'width', 'height')))
+  with open(os.path.join(rsna_tree, sources.RSNA_CLASS_INFO),
+            newline='') as f:
+    for row in csv.DictReader(f):
+      classes[row['patientId']] = row['class']
+
+  found = sources.scan(rsna_tree, 'rsna')
+
+  for f in found.files:
+    assert f.boxes == tuple(boxes.get(f.patient_id, ()))
+    assert f.detailed_class == classes[f.patient_id]
+    assert (f.detailed_class == 'Lung Opacity') == (f.label == 1)
+
+
+def test_a_target_1_row_without_a_box_is_refused(tmp_path):
+  os.makedirs(tmp_path / sources.RSNA_IMAGES)
+  (tmp_path / sources.RSNA_LABELS).write_text(
+      'patientId,x,y,width,height,Target\na,1,2,,4,1\n')
+  with pytest.raises(sources.SourceError, match='Target 1 needs a box'):
+    sources.scan(str(tmp_path), 'rsna')
+
+
+@pytest.fixture(scope='module')
+def rsna_converted(rsna_tree, tmp_path_factory):
+  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp('rsna_out') / 'rsna')
+  counts = {'NORMAL': 2, 'PNEUMONIA': 2}
+  # Not square, and not the source's aspect: boxes scale per axis.
+  info = writer.convert(rsna_tree, out, image_size=(8, 12), resplit=True,
+                        val_counts=counts, test_counts=counts, num_shards=1,
+                        num_workers=1, progress=False, name='rsna',
+                        voi='window', patient_id_salt='test-salt')
+  return out, info
+
+
+def _examples(out, info):
+  """Every record of every split as {key: list of values}."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  examples = []
+  for entry in info['splits'].values():
+    for shard in entry['shards']:
+      for record in tf.data.TFRecordDataset(
+          os.path.join(out, shard['filename'])):
+        feature = tf.train.Example.FromString(record.numpy()).features.feature
+        examples.append({
+            k: list(v.bytes_list.value or v.float_list.value or
+                    v.int64_list.value) for k, v in feature.items()})
+  return examples
+
+
+def test_rsna_records_carry_boxes_in_stored_pixels_and_hashed_ids(
+    rsna_tree, rsna_converted):
+  from xray_tfdata import schema  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+  out, info = rsna_converted
+  found = {writer.hashed_patient_id(f.patient_id, 'test-salt'): f
+           for f in sources.scan(rsna_tree).files}
+
+  examples = _examples(out, info)
+
+  # make_synthetic's two duplicates are re-encoded copies: found by pixels.
+  assert [d['same'] for d in info['duplicates']] == ['pixels', 'pixels']
+  assert len(examples) == 40 - 2
+  assert info['extra_features'] == [schema.DETAILED_CLASS, *schema.BOX_KEYS]
+  assert info['dicom']['voi'] == 'window'
+  assert info['dicom']['packages']['pydicom'] == pydicom.__version__
+  assert 'test-salt' not in json.dumps(info)
+  for example in examples:
+    key = example[schema.PATIENT_ID][0].decode()
+    source = found[key]  # the key is the salted hash of the patientId
+    assert example[schema.FILENAME] == [
+        f'{sources.RSNA_IMAGES}/{key}.dcm'.encode()]
+    assert example[schema.DETAILED_CLASS] == [source.detailed_class.encode()]
+    # The stored image is the 32 x 32 source squashed to 8 x 12.
+    assert example[schema.ORIGINAL_HEIGHT] == [32]
+    assert example[schema.ORIGINAL_WIDTH] == [32]
+    stored = np.array([example[k] for k in schema.BOX_KEYS]).T.reshape(-1, 4)
+    expected = np.array(source.boxes).reshape(-1, 4) * [12 / 32, 8 / 32,
+                                                         12 / 32, 8 / 32]
+    np.testing.assert_allclose(stored, expected, rtol=1e-6)
+  # No patientId anywhere in the shards.
+  shards = b''.join(open(os.path.join(out, s['filename']), 'rb').read()
+                    for entry in info['splits'].values()
+                    for s in entry['shards'])
+  assert not any(f.patient_id.encode() in shards for f in found.values())
+
+
+def test_rsna_dataset_reads_with_our_reader_and_tfds(rsna_converted):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import schema  # pylint: disable=g-import-not-at-top
+  out, info = rsna_converted
+
+  reader = pipeline.DatasetBuilder(out)
+  assert reader.verify() == info['counts']['written']  # extras parse too
+  ours = list(reader.as_dataset('train').as_numpy_iterator())
+  builder = tfds.builder_from_directory(out)
+  theirs = list(tfds.as_numpy(builder.as_dataset(split='train',
+                                                 shuffle_files=False)))
+
+  assert len(ours) == len(theirs) == info['splits']['train']['num_examples']
+  np.testing.assert_array_equal(np.stack([x for x, _ in ours]),
+                                np.stack([t['image'] for t in theirs]))
+  for example in theirs:
+    boxes = [example[k] for k in schema.BOX_KEYS]
+    assert len({len(b) for b in boxes}) == 1
+    assert (len(boxes[0]) > 0) == (example['label'] == 1)  # none for Target 0
+    assert example[schema.DETAILED_CLASS] in (
+        b'Normal', b'No Lung Opacity / Not Normal', b'Lung Opacity')
+
+
+def test_random_salt_is_discarded_and_differs_per_conversion(rsna_tree,
+                                                             tmp_path):
+  from xray_tfdata import schema  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+  counts = {'NORMAL': 2, 'PNEUMONIA': 2}
+  keys = []
+  for run in range(2):
+    out = str(tmp_path / f'out{run}')
+    info = writer.convert(rsna_tree, out, image_size=4, resplit=True,
+                          val_counts=counts, test_counts=counts,
+                          num_shards=1, num_workers=1, progress=False)
+    assert 'random' in info['patient_id']
+    assert sorted(os.listdir(out)) == sorted(
+        [s['filename'] for e in info['splits'].values() for s in e['shards']]
+        + ['dataset_info.json', 'features.json', 'label.labels.txt',
+           schema.INFO_FILENAME])
+    keys.append({e[schema.PATIENT_ID][0] for e in _examples(out, info)})
+  assert len(keys[0]) == 40 - 2 and not keys[0] & keys[1]

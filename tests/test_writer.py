@@ -196,6 +196,9 @@ def test_tfds_reads_the_converted_dataset(converted):
   out, info = converted
   builder = tfds.builder_from_directory(out)
   assert builder.info.features['label'].names == info['class_names']
+  # Kermany keeps the base schema: RSNA's extras are not declared.
+  assert 'extra_features' not in info and 'dicom' not in info
+  assert not set(schema.RSNA_FEATURES) & set(builder.info.features)
   assert builder.info.supervised_keys == ('image', 'label')
   assert {split: builder.info.splits[split].num_examples
           for split in info['splits']} == {
@@ -460,6 +463,8 @@ def test_reader_reads_what_the_writer_wrote(converted):
     ({'image_size': 5000}, writer.OutputError, 'over 4096'),
     ({'num_shards': 0}, writer.OutputError, 'num_shards'),
     ({'name': 'a/b'}, writer.OutputError, 'name'),
+    ({'voi': 'linear'}, writer.OutputError, 'voi must be one of'),
+    ({'patient_id_salt': ''}, writer.OutputError, 'patient_id_salt'),
     ({'resplit': True}, sources.SourceError, 'needs val counts'),
 ])
 def test_bad_arguments(tree, tmp_path, kwargs, error, message):

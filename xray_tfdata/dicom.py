@@ -21,6 +21,7 @@ transfer syntax and the extra to install (`pip install
 and is imported on first use.
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -149,6 +150,56 @@ def voi_source(dataset, voi='auto'):
   return 'full'
 
 
+def pixel_digest(path):
+  """sha256 of the stored pixel values (with the image's shape), the same
+  for the same image whatever its transfer syntax, so a re-encoded copy
+  (uncompressed, RLE, lossless JPEG) counts as a duplicate.
+
+  The values are hashed in the narrowest of 8-bit unsigned, 16-bit unsigned,
+  16-bit signed and 64-bit integers that holds them all, little-endian, so
+  the bits allocated and the byte order do not change the digest of the
+  same values. Narrowest, not always 64-bit: sha256 is a large part of the
+  cost (about 3.4 ms per MB on the 2-core build host).
+
+  Raises:
+    DicomError: see `decode`.
+  """
+  stored, _ = _read_stored(path)
+  low, high = int(stored.min()), int(stored.max())
+  if low >= 0:
+    dtype = 'u1' if high < 2 ** 8 else '<u2' if high < 2 ** 16 else '<i8'
+  else:
+    dtype = '<i2' if -2 ** 15 <= low and high < 2 ** 15 else '<i8'
+  digest = hashlib.sha256(repr(stored.shape).encode())
+  digest.update(np.ascontiguousarray(stored, dtype=dtype).tobytes())
+  return digest.hexdigest()
+
+
+def _read_stored(path):
+  """(stored pixel values, data set) of a single-frame grayscale file.
+
+  Raises:
+    DicomError: see `decode`.
+  """
+  pydicom = _pydicom()
+  try:
+    dataset = pydicom.dcmread(path)
+  except Exception as e:  # pylint: disable=broad-except  (malformed files)
+    raise DicomError(f'cannot read DICOM: {type(e).__name__}: '
+                     f'{str(e).replace(path, os.path.basename(path))}') from e
+  syntax = _check_image(dataset)
+  try:
+    return dataset.pixel_array, dataset
+  except Exception as e:  # pylint: disable=broad-except  (handler zoo)
+    name = getattr(syntax, 'name', str(syntax))
+    if getattr(syntax, 'is_compressed', False):
+      raise DicomError(
+          f'cannot decode transfer syntax {name} ({syntax}): '
+          "pip install 'xray_tfdata[dicom-full]' (pyjpegls, python-gdcm)"
+      ) from e
+    raise DicomError(f'cannot decode pixels: {type(e).__name__}: {e}') from e
+
+
 def decode(path, voi='auto'):
   """Reads one DICOM file as display intensities in [0, 1].
 
@@ -168,23 +219,7 @@ def decode(path, voi='auto'):
       names it and the extra to install).
     ValueError: unknown voi.
   """
-  pydicom = _pydicom()
-  try:
-    dataset = pydicom.dcmread(path)
-  except Exception as e:  # pylint: disable=broad-except  (malformed files)
-    raise DicomError(f'cannot read DICOM: {type(e).__name__}: '
-                     f'{str(e).replace(path, os.path.basename(path))}') from e
-  syntax = _check_image(dataset)
-  try:
-    stored = dataset.pixel_array
-  except Exception as e:  # pylint: disable=broad-except  (handler zoo)
-    name = getattr(syntax, 'name', str(syntax))
-    if getattr(syntax, 'is_compressed', False):
-      raise DicomError(
-          f'cannot decode transfer syntax {name} ({syntax}): '
-          "pip install 'xray_tfdata[dicom-full]' (pyjpegls, python-gdcm)"
-      ) from e
-    raise DicomError(f'cannot decode pixels: {type(e).__name__}: {e}') from e
+  stored, dataset = _read_stored(path)
   values = _modality(stored, dataset)
   source = voi_source(dataset, voi)
   if source == 'lut':

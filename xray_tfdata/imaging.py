@@ -55,14 +55,17 @@ def decode_and_resize(task):
   """Decodes, converts to gray, resizes and PNG-encodes one file.
 
   Args:
-    task: (path, (height, width)) of the source file and the stored size.
+    task: (path, (height, width)) of the source file and the stored size,
+      or (path, (height, width), voi) with the VOI policy for a DICOM file
+      (`dicom.VOI_POLICIES`; default 'auto').
 
   Returns:
     (png bytes, original height, original width), or a string with the
     reason the file cannot be used (gone, not a regular file, empty, not an
     image, corrupt, truncated, unsupported mode).
   """
-  path, (height, width) = task
+  path, (height, width) = task[:2]
+  voi = task[2] if len(task) > 2 else 'auto'
   # Checked again here, not only by the scan: the file may have been deleted
   # or replaced since, and opening a FIFO would block this worker forever.
   try:
@@ -79,7 +82,7 @@ def decode_and_resize(task):
   # exception becomes a reason. LOAD_TRUNCATED_IMAGES stays False, so a
   # truncated file raises here instead of being padded with gray.
   if dicom.is_dicom(path):
-    return _decode_dicom(path, (width, height))
+    return _decode_dicom(path, (width, height), voi)
   try:
     with Image.open(path) as image:
       original_width, original_height = image.size
@@ -131,6 +134,29 @@ def _gray_resized(image, size):
   if image.mode != 'L':
     image = image.convert('L')
   return np.asarray(image.resize(size, _FILTER))
+
+
+def stored_box(box, original_size, stored_size):
+  """A box in the source image's pixels, in the stored image's pixels.
+
+  The stored image is the source squashed to the stored size: each axis
+  scaled on its own, aspect ratio not kept, no padding and no cropping (see
+  the module docstring). So a box scales by the same per-axis factors; its
+  edges are continuous coordinates (the left edge of pixel 0 is 0), which
+  PIL's resize maps by exactly those factors.
+
+  Args:
+    box: (x, y, width, height), x and y the top-left corner.
+    original_size, stored_size: (height, width) of the source and stored
+      images.
+
+  Returns:
+    (x, y, width, height) in the stored image, floats.
+  """
+  x, y, box_width, box_height = box
+  scale_y = stored_size[0] / original_size[0]
+  scale_x = stored_size[1] / original_size[1]
+  return (x * scale_x, y * scale_y, box_width * scale_x, box_height * scale_y)
 
 
 def ignore_interrupts():

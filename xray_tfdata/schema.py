@@ -12,6 +12,14 @@ Format versions:
     metadata in dataset_info.json (where TFDS expects its own), so TFDS
     cannot read it. `DatasetBuilder` still reads it; re-convert to use tfds.
 
+Extra features (format 2, RSNA layout only): the detailed class and the
+lung-opacity boxes of RSNA's CSV files (`RSNA_FEATURES`). Their keys are
+listed in xray_info.json's 'extra_features' and declared in TFDS'
+features.json; `parse` and `DatasetBuilder` ignore them, as
+`tf.io.parse_single_example` ignores keys its spec does not name, so a
+reader of the base schema reads an RSNA dataset unchanged. Kermany datasets
+have none of them.
+
 Defined once here and imported by the writer and the reader, so the two
 cannot drift apart. Building an example needs only the protobuf classes, but
 parsing needs TensorFlow; TensorFlow is imported lazily so that the
@@ -46,6 +54,26 @@ PATIENT_ID = 'image/patient_id'
 ORIGINAL_HEIGHT = 'image/original/height'
 ORIGINAL_WIDTH = 'image/original/width'
 
+# RSNA's extras. Boxes in the stored image's pixels (x, y: top-left corner;
+# see `imaging.stored_box`), one value per box in each of the four lists,
+# empty for an image without boxes (RSNA's Target 0).
+DETAILED_CLASS = 'image/class/detailed'
+BOX_X = 'image/object/box/x'
+BOX_Y = 'image/object/box/y'
+BOX_WIDTH = 'image/object/box/width'
+BOX_HEIGHT = 'image/object/box/height'
+BOX_KEYS = (BOX_X, BOX_Y, BOX_WIDTH, BOX_HEIGHT)
+# key -> documentation; the keys an RSNA dataset adds, in this order.
+RSNA_FEATURES = {
+    DETAILED_CLASS: "RSNA's detailed class (stage_2_detailed_class_info.csv): "
+                    "'Normal', 'No Lung Opacity / Not Normal' or 'Lung "
+                    "Opacity'",
+    BOX_X: 'left edge of each lung-opacity box, stored-image pixels',
+    BOX_Y: 'top edge of each lung-opacity box, stored-image pixels',
+    BOX_WIDTH: 'width of each lung-opacity box, stored-image pixels',
+    BOX_HEIGHT: 'height of each lung-opacity box, stored-image pixels',
+}
+
 _BYTES_KEYS = (ENCODED, FORMAT, CLASS_TEXT, FILENAME, PATIENT_ID)
 _INT_KEYS = (HEIGHT, WIDTH, LABEL, ORIGINAL_HEIGHT, ORIGINAL_WIDTH)
 # Format 1's names of the two keys that changed.
@@ -59,7 +87,8 @@ def key(name, format_version=FORMAT_VERSION):
 
 
 def encode_example(png, height, width, label, class_text, filename,
-                   patient_id, original_height, original_width):
+                   patient_id, original_height, original_width,
+                   detailed_class=None, boxes=None):
   """Serializes one image and its metadata as a `tf.train.Example`.
 
   Args:
@@ -67,9 +96,14 @@ def encode_example(png, height, width, label, class_text, filename,
     height, width: stored image size in pixels.
     label: integer class id.
     class_text: class name, e.g. 'PNEUMONIA'.
-    filename: source path relative to the source folder.
-    patient_id: best-effort patient grouping key parsed from the file name.
+    filename: source path relative to the source folder (RSNA: the
+      patientId in it replaced by its hash).
+    patient_id: best-effort patient grouping key parsed from the file name
+      (RSNA: a salted hash, see `writer.hashed_patient_id`).
     original_height, original_width: size of the source image.
+    detailed_class: RSNA's detailed class, or None (not stored).
+    boxes: [(x, y, width, height)] in stored-image pixels, or None (not
+      stored; an empty list stores four empty lists).
 
   Returns:
     The serialized example, bytes.
@@ -97,6 +131,13 @@ def encode_example(png, height, width, label, class_text, filename,
   put_bytes(PATIENT_ID, patient_id)
   put_int(ORIGINAL_HEIGHT, original_height)
   put_int(ORIGINAL_WIDTH, original_width)
+  if detailed_class is not None:
+    put_bytes(DETAILED_CLASS, detailed_class)
+  if boxes is not None:
+    for index, box_key in enumerate(BOX_KEYS):
+      # Created even when empty, so every RSNA example has the same keys.
+      feature[box_key].float_list.value.extend(
+          float(box[index]) for box in boxes)
   # deterministic: map fields in sorted order, so the same inputs give the
   # same bytes in every process (protobuf map order is hash-seeded).
   return example.SerializeToString(deterministic=True)
@@ -147,8 +188,17 @@ def parse_shard_filename(filename):
 TFDS_FILENAME_TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
 
 
-def tfds_features(class_names, height, width):
-  """The schema as a `tfds.features.FeaturesDict` (imports TFDS)."""
+def tfds_features(class_names, height, width, extra_features=()):
+  """The schema as a `tfds.features.FeaturesDict` (imports TFDS).
+
+  Args:
+    class_names: the dataset's classes.
+    height, width: stored image size.
+    extra_features: keys of `RSNA_FEATURES` the records carry.
+
+  Raises:
+    ValueError: an unknown extra feature.
+  """
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets import features  # pylint: disable=g-import-not-at-top
 
@@ -158,6 +208,16 @@ def tfds_features(class_names, height, width):
   def scalar(doc):
     return features.Scalar(dtype=np.int64, doc=doc)
 
+  def boxes(doc):
+    # Variable length: TFDS parses it as a FixedLenSequenceFeature, which
+    # reads the float list the writer stores, empty or not.
+    return features.Tensor(shape=(None,), dtype=np.float32, doc=doc)
+
+  unknown = sorted(set(extra_features) - set(RSNA_FEATURES))
+  if unknown:
+    raise ValueError(f'unknown extra features {unknown}')
+  extras = {k: (text if k == DETAILED_CLASS else boxes)(RSNA_FEATURES[k])
+            for k in extra_features}
   return features.FeaturesDict({
       ENCODED: features.Image(shape=(height, width, 1), dtype=np.uint8,
                               encoding_format='png',
@@ -168,9 +228,11 @@ def tfds_features(class_names, height, width):
       WIDTH: scalar('stored width in pixels'),
       CLASS_TEXT: text('class name'),
       FILENAME: text('source path relative to the source folder'),
-      PATIENT_ID: text('patient grouping key parsed from the file name'),
+      PATIENT_ID: text('patient grouping key: parsed from the file name, '
+                       'or (RSNA) a salted hash of the patientId'),
       ORIGINAL_HEIGHT: scalar('height of the source image'),
       ORIGINAL_WIDTH: scalar('width of the source image'),
+      **extras,
   })
 
 
@@ -200,7 +262,8 @@ def write_tfds_metadata(data_dir, info):
   tfds.folder_dataset.write_metadata(
       data_dir=data_dir,
       features=tfds_features(info['class_names'], image['height'],
-                             image['width']),
+                             image['width'],
+                             info.get('extra_features', ())),
       split_infos=split_infos,
       filename_template=TFDS_FILENAME_TEMPLATE,
       check_data=False,  # the tests read it with TFDS; this saves seconds

@@ -8,12 +8,16 @@ Reads a source tree in one of four layouts:
   rsna      src/stage_2_train_images/<patientId>.dcm with the labels in
             src/stage_2_train_labels.csv (RSNA Pneumonia Detection
             Challenge; one pool, re-split only; Target 0 is NORMAL, 1 is
-            PNEUMONIA; one row per box, deduplicated here)
+            PNEUMONIA; one row per box, deduplicated here, the boxes kept)
+            and, if present, src/stage_2_detailed_class_info.csv (the
+            detailed class)
 
 and turns it into a `Plan`: which file goes into which split, with class ids
 as `flow_from_directory` assigns them (sorted folder names: NORMAL=0,
-PNEUMONIA=1), patient ids parsed from the file names, byte-identical
-duplicates removed, and optionally a fresh split grouped by patient.
+PNEUMONIA=1), patient ids parsed from the file names (a DICOM file's from
+its PatientID; RSNA's patientId), duplicates removed
+(byte-identical files, and DICOM files with the same stored pixels), and
+optionally a fresh split grouped by patient.
 
 Only the class folders are scanned (recursively), so the Kaggle zip's nested
 `chest_xray/chest_xray/` copy and its `__MACOSX/` folder, which sit at the top
@@ -43,6 +47,7 @@ import os
 import re
 import stat
 
+from xray_tfdata import dicom
 from xray_tfdata import errors
 
 SPLIT_FOLDERS = ('train', 'val', 'test')
@@ -81,6 +86,12 @@ class SourceFile:
     label: class id (index of class_name in the sorted class names).
     patient_id: best-effort patient key parsed from the file name.
     num_bytes: file size.
+    detailed_class: RSNA's detailed class; None in other layouts, or when
+      the RSNA tree has no detailed class file.
+    boxes: RSNA's boxes, ((x, y, width, height), ...) in the source image's
+      pixels; None in other layouts.
+    is_dicom: a DICOM file, whose patient id is an identifier the writer
+      stores only hashed (`writer.hashed_patient_id`).
   """
   path: str
   source_split: str | None
@@ -88,6 +99,9 @@ class SourceFile:
   label: int
   patient_id: str
   num_bytes: int
+  detailed_class: str | None = None
+  boxes: tuple | None = None
+  is_dicom: bool = False
 
 
 @dataclasses.dataclass
@@ -110,7 +124,8 @@ class Plan:
   Attributes:
     num_scanned: entries found in the class folders (litter excluded);
       equals the files in all splits plus the duplicates plus `skipped`.
-    duplicates: [{'kept', 'dropped', 'sha256'}], relative paths.
+    duplicates: [{'kept', 'dropped', 'sha256', 'same'}], relative paths;
+      'same' is 'bytes' or, for DICOM files, 'pixels'.
     split_counts: {'requested': {split: {class: n}}, 'actual': ...} for a
       re-split, else None.
     skipped: [{'path', 'reason'}] of entries the scan could not use (see
@@ -144,6 +159,22 @@ def patient_id(filename):
   return os.path.splitext(name)[0]
 
 
+def dicom_patient_id(full_path, path):
+  """Patient key of a DICOM file in a folder layout: its PatientID
+  (0010,0020), read from the header only; the file stem if it has none or
+  cannot be read (the writer skips an unreadable file with the reason).
+
+  Args:
+    full_path: the file.
+    path: its path relative to the source folder.
+  """
+  try:
+    value = str(dicom.read_header(full_path).get('PatientID', '') or '')
+  except Exception:  # pylint: disable=broad-except  (reported by the writer)
+    value = ''
+  return value.strip() or os.path.splitext(os.path.basename(path))[0]
+
+
 def is_litter(name):
   """Whether a file or folder name is OS litter or hidden."""
   return name in _LITTER or name.startswith('.')
@@ -154,7 +185,8 @@ def scan(src_dir, layout='auto'):
 
   Args:
     src_dir: the source folder.
-    layout: 'auto', 'kaggle', 'mendeley' or 'pool' (see module docstring).
+    layout: 'auto', 'kaggle', 'mendeley', 'pool' or 'rsna' (see module
+      docstring).
 
   Returns:
     A `Scan`.
@@ -252,8 +284,14 @@ def scan(src_dir, layout='auto'):
             f'({", ".join(IMAGE_EXTENSIONS[:3])}, ...); add images or remove '
             'the folder')
       for path, num_bytes in found:
-        files.append(SourceFile(path, split, class_name, label,
-                                patient_id(path), num_bytes))
+        full_path = os.path.join(src_dir, path)
+        if dicom.is_dicom(full_path):
+          files.append(SourceFile(path, split, class_name, label,
+                                  dicom_patient_id(full_path, path),
+                                  num_bytes, is_dicom=True))
+        else:
+          files.append(SourceFile(path, split, class_name, label,
+                                  patient_id(path), num_bytes))
   files.sort(key=lambda f: f.path)
   skipped.sort(key=lambda s: s['path'])
   return Scan(src_dir, layout, tuple(class_names), files, sorted(ignored),
@@ -261,32 +299,77 @@ def scan(src_dir, layout='auto'):
 
 
 def read_rsna_labels(labels_path):
-  """patientId -> Target (0 or 1) from stage_2_train_labels.csv, one entry
+  """patientId -> (Target, boxes) from stage_2_train_labels.csv, one entry
   per image however many box rows it has.
+
+  Returns:
+    {patientId: (Target 0 or 1, ((x, y, width, height), ...))}; boxes in
+    the source image's pixels, in file order, none for Target 0.
 
   Raises:
     SourceError: the file is unreadable, lacks the patientId or Target
-      column, has a Target other than 0/1, or gives one image two Targets.
+      column, has a Target other than 0/1, gives one image two Targets, or
+      has a box that is not four numbers (or a Target 1 row without one).
   """
-  try:
-    with open(labels_path, newline='', encoding='utf-8') as f:
-      rows = list(csv.DictReader(f))
-  except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise SourceError(f'cannot read {labels_path}: {e}') from e
-  if rows and not {'patientId', 'Target'} <= set(rows[0]):
-    raise SourceError(f'{labels_path} needs the columns patientId and Target '
-                      f'(RSNA stage 2), has {sorted(rows[0])}')
-  targets = {}
+  rows = _read_csv(labels_path, ('patientId', 'Target'))
+  labels = {}
   for line, row in enumerate(rows, start=2):
     target = (row['Target'] or '').strip()
     if target not in ('0', '1'):
       raise SourceError(f'{labels_path} line {line}: Target must be 0 or 1, '
                         f'got {target!r}')
-    previous = targets.setdefault(row['patientId'], int(target))
+    previous, boxes = labels.setdefault(row['patientId'], (int(target), []))
     if previous != int(target):
       raise SourceError(f'{labels_path}: patientId {row["patientId"]} has '
                         'rows with Target 0 and 1; fix the labels file')
-  return targets
+    box = _box(row)
+    if box is None and target == '1':
+      raise SourceError(f'{labels_path} line {line}: Target 1 needs a box '
+                        '(x, y, width, height as numbers)')
+    if box is not None:
+      boxes.append(box)
+  return {pid: (target, tuple(boxes))
+          for pid, (target, boxes) in labels.items()}
+
+
+def _box(row):
+  """(x, y, width, height) of one label row; None if all four are blank
+  (Target 0 rows) or any is not a number."""
+  values = [(row.get(k) or '').strip() for k in ('x', 'y', 'width', 'height')]
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError:
+    return None
+
+
+def read_rsna_classes(class_info_path):
+  """patientId -> detailed class from stage_2_detailed_class_info.csv.
+
+  Raises:
+    SourceError: unreadable, lacks the patientId or class column, or gives
+      one image two classes.
+  """
+  classes = {}
+  for row in _read_csv(class_info_path, ('patientId', 'class')):
+    previous = classes.setdefault(row['patientId'], row['class'])
+    if previous != row['class']:
+      raise SourceError(f'{class_info_path}: patientId {row["patientId"]} '
+                        f'has the classes {previous!r} and {row["class"]!r}; '
+                        'fix the class file')
+  return classes
+
+
+def _read_csv(path, columns):
+  """The rows of a CSV file with a header, checked for `columns`."""
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      rows = list(csv.DictReader(f))
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise SourceError(f'cannot read {path}: {e}') from e
+  if rows and not set(columns) <= set(rows[0]):
+    raise SourceError(f'{path} needs the columns {" and ".join(columns)} '
+                      f'(RSNA stage 2), has {sorted(rows[0])}')
+  return rows
 
 
 def scan_rsna(src_dir):
@@ -295,20 +378,27 @@ def scan_rsna(src_dir):
 
   An image without a label row is skipped with that reason; label rows
   without an image are listed in `ignored` (with their patientIds), so that
-  nothing is dropped silently.
+  nothing is dropped silently. The same for stage_2_detailed_class_info.csv,
+  if present: an image missing from it gets the detailed class '' and is
+  listed in `ignored`.
 
   Returns:
     A `Scan` with layout 'rsna' and class names NORMAL, PNEUMONIA; every file
-    in the pool (source_split None), its patient id the file's stem.
+    in the pool (source_split None), its patient id the file's stem (the
+    writer stores a salted hash of it), its boxes and detailed class set.
 
   Raises:
-    SourceError: see `read_rsna_labels`; or no images.
+    SourceError: see `read_rsna_labels` and `read_rsna_classes`; or no
+      images.
   """
   labels_path = os.path.join(src_dir, RSNA_LABELS)
   if not os.path.isfile(labels_path):
     raise SourceError(f'src_dir {src_dir} has no {RSNA_LABELS}, which the '
                       'rsna layout needs')
-  targets = read_rsna_labels(labels_path)
+  labels = read_rsna_labels(labels_path)
+  class_info_path = os.path.join(src_dir, RSNA_CLASS_INFO)
+  classes = (read_rsna_classes(class_info_path)
+             if os.path.isfile(class_info_path) else None)
   ignored = [display_path(e) + ('/' if os.path.isdir(
       os.path.join(src_dir, e)) else '')
              for e in sorted(os.listdir(src_dir))
@@ -318,19 +408,22 @@ def scan_rsna(src_dir):
   files, seen = [], set()
   for path, num_bytes in found:
     stem = os.path.splitext(os.path.basename(path))[0]
-    if stem not in targets:
+    if stem not in labels:
       skipped.append({'path': display_path(path),
                       'reason': f'no row in {RSNA_LABELS}'})
       continue
     seen.add(stem)
-    label = targets[stem]
+    label, boxes = labels[stem]
+    detailed_class = None if classes is None else classes.get(stem, '')
     files.append(SourceFile(path, None, RSNA_CLASS_NAMES[label], label, stem,
-                            num_bytes))
-  unmatched = sorted(set(targets) - seen)
-  if unmatched:
-    shown = ', '.join(unmatched[:5]) + (', ...' if len(unmatched) > 5 else '')
-    ignored.append(f'{RSNA_LABELS}: {len(unmatched)} label row(s) without an '
-                   f'image in {RSNA_IMAGES}/ ({shown})')
+                            num_bytes, detailed_class, boxes, is_dicom=True))
+  _report_ids(ignored, sorted(set(labels) - seen),
+              f'{RSNA_LABELS}: {{}} label row(s) without an image in '
+              f'{RSNA_IMAGES}/')
+  if classes is not None:
+    _report_ids(ignored, sorted(seen - set(classes)),
+                f'{RSNA_CLASS_INFO}: {{}} image(s) without a row (detailed '
+                "class '')")
   if not files:
     raise SourceError(f'{os.path.join(src_dir, RSNA_IMAGES)} has no labelled '
                       'images')
@@ -338,6 +431,14 @@ def scan_rsna(src_dir):
   skipped.sort(key=lambda item: item['path'])
   return Scan(src_dir, 'rsna', RSNA_CLASS_NAMES, files, sorted(ignored),
               skipped)
+
+
+def _report_ids(ignored, ids, text):
+  """Appends one line for `ids` (the first five shown) to `ignored`;
+  `text` has a {} for their number."""
+  if ids:
+    shown = ', '.join(ids[:5]) + (', ...' if len(ids) > 5 else '')
+    ignored.append(f'{text.format(len(ids))} ({shown})')
 
 
 def display_path(path):
@@ -401,11 +502,17 @@ def _check_file(full_path, rel_path):
 
 
 def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
-  """Finds byte-identical files and keeps one of each.
+  """Finds duplicate images and keeps one of each.
 
-  Only files whose sizes collide are hashed (sha256, in threads: hashlib and
-  file reads release the GIL). Empty files are left alone: they are all
-  "identical" but are skipped later as unreadable.
+  Two kinds: byte-identical files, and DICOM files with the same stored
+  pixels (`dicom.pixel_digest`), since the same film is often re-encoded
+  (another transfer syntax, other header values) and then shares no bytes.
+  Other files are hashed (sha256) only if their sizes collide; every DICOM
+  file is decoded once for its digest, as re-encoding changes the size.
+  Hashing runs in threads (hashlib, file reads and the image decoders
+  release the GIL). Empty files are left alone: they are all "identical"
+  but are skipped later as unreadable; so are DICOM files that cannot be
+  decoded, which the writer skips with the reason.
 
   Args:
     src_dir: the source folder.
@@ -415,21 +522,30 @@ def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
 
   Returns:
     (kept files in the input order, duplicates [{'kept', 'dropped',
-    'sha256'}] sorted by dropped path).
+    'sha256', 'same'}] sorted by dropped path; 'same' is 'bytes' or
+    'pixels').
   """
+  is_dicom = {f.path: dicom.is_dicom(os.path.join(src_dir, f.path))
+              for f in files}
   by_size = collections.defaultdict(list)
   for f in files:
-    if f.num_bytes > 0:
+    if f.num_bytes > 0 and not is_dicom[f.path]:
       by_size[f.num_bytes].append(f)
   candidates = [f for group in by_size.values() if len(group) > 1
                 for f in group]
+  candidates += [f for f in files if f.num_bytes > 0 and is_dicom[f.path]]
+
+  def digest_of(f):
+    path = os.path.join(src_dir, f.path)
+    return _pixel_sha256(path) if is_dicom[f.path] else _sha256(path)
+
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
-    digests = list(pool.map(
-        lambda f: _sha256(os.path.join(src_dir, f.path)), candidates))
+    digests = list(pool.map(digest_of, candidates))
   by_hash = collections.defaultdict(list)
   for f, digest in zip(candidates, digests):
     if digest is not None:  # unreadable now: the writer skips it with a reason
-      by_hash[digest].append(f)
+      # Pixel and byte digests never share a group.
+      by_hash[(is_dicom[f.path], digest)].append(f)
 
   def keep_rank(f):
     if prefer_evaluation_splits:
@@ -438,14 +554,24 @@ def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
 
   dropped = set()
   duplicates = []
-  for digest, group in by_hash.items():
+  for (pixels, digest), group in by_hash.items():
     group.sort(key=keep_rank)
     for f in group[1:]:
       dropped.add(f.path)
       duplicates.append({'kept': group[0].path, 'dropped': f.path,
-                         'sha256': digest})
+                         'sha256': digest,
+                         'same': 'pixels' if pixels else 'bytes'})
   duplicates.sort(key=lambda d: d['dropped'])
   return [f for f in files if f.path not in dropped], duplicates
+
+
+def _pixel_sha256(path):
+  """`dicom.pixel_digest`, or None if the file cannot be decoded (the
+  writer skips it with the reason)."""
+  try:
+    return dicom.pixel_digest(path)
+  except Exception:  # pylint: disable=broad-except  (reported by the writer)
+    return None
 
 
 def _sha256(path):

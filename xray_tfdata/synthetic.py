@@ -17,7 +17,8 @@ quirks that matter to a converter and a training pipeline:
   * Kermany file names that carry patient ids, several images per patient,
     patients cut into splits in blocks (so a boundary patient spans two splits,
     like the leakage in the real split);
-  * byte-identical duplicates, one across train and test.
+  * byte-identical duplicates, one across train and test (rsna: the same
+    pixels re-encoded as RLE Lossless, as a re-exported film is).
 
 The class is learnable from the pixels: every image is a drawn chest (torso,
 two darker lung fields, spine, ribs, noise) and PNEUMONIA adds diffuse bright
@@ -95,8 +96,9 @@ def make_synthetic_kermany(out_dir, num_images=FULL_SIZE, seed=0,
       RSNA label files; see the module docstring).
     size_scale: multiplies the image sizes (after clipping to the real
       extremes); e.g. 0.05 for fast tests. Sizes stay at least 8 px.
-    num_duplicates: extra byte-identical copies of other files; the first is
-      a train/PNEUMONIA image copied into test/PNEUMONIA.
+    num_duplicates: extra byte-identical copies of other files (in the rsna
+      layout: the same pixels, RLE-compressed, see `_reencode_dicom`); the
+      first is a train/PNEUMONIA image copied into test/PNEUMONIA.
     num_workers: processes drawing images; default all cores. Small trees
       are drawn in this process.
     progress: print one line when done.
@@ -149,7 +151,12 @@ def make_synthetic_kermany(out_dir, num_images=FULL_SIZE, seed=0,
     for job in jobs:
       render_image(job)
   for source, target in copies:
-    shutil.copyfile(os.path.join(out_dir, source), os.path.join(out_dir, target))
+    if layout == 'rsna':
+      _reencode_dicom(os.path.join(out_dir, source),
+                      os.path.join(out_dir, target))
+    else:
+      shutil.copyfile(os.path.join(out_dir, source),
+                      os.path.join(out_dir, target))
   if layout == 'rsna':
     _write_rsna_labels(out_dir, specs, seed)
 
@@ -355,6 +362,17 @@ def _save_dicom(path, pixels, pixel_seed):
   ds.PixelData = (255 - pixels if monochrome1 else pixels).astype(
       np.uint8).tobytes()
   ds.save_as(path, enforce_file_format=True)
+
+
+def _reencode_dicom(source, target):
+  """Copies a DICOM as another file of the same film: RLE Lossless instead
+  of uncompressed, under the target's patientId, so that only its decoded
+  pixels match (as with a film re-exported from another archive)."""
+  pydicom = _pydicom()
+  dataset = pydicom.dcmread(source)
+  dataset.PatientID = os.path.splitext(os.path.basename(target))[0]
+  dataset.compress(pydicom.uid.RLELossless)
+  dataset.save_as(target, enforce_file_format=True)
 
 
 def _write_rsna_labels(out_dir, specs, seed):

@@ -40,6 +40,21 @@ shards and converts only the rest; any other `.partial` folder is removed.
 Shards do not depend on each other, so a resumed dataset is byte-identical
 to an uninterrupted one.
 
+RSNA extras and privacy: an RSNA dataset's records also carry the detailed
+class and the boxes (`schema.RSNA_FEATURES`), the boxes scaled to the stored
+image (`imaging.stored_box`). A DICOM file's patient id (its PatientID;
+RSNA's patientId, which is also the file name) is never copied into the
+shards: image/patient_id holds `hashed_patient_id(patient id, salt)`
+(HMAC-SHA256, 16 hex digits), and where the file stem is that id
+(RSNA), image/filename has the hash in its place. The salt is
+`patient_id_salt` if given (kept by the user, never written: the same salt
+gives the same keys in every conversion, and lets its owner find one
+patient's records), else drawn at random per conversion and kept only in
+`.partial/_progress/` for a resume, deleted with it: then the keys group the
+dataset's images and link to nothing outside it, not even for whoever
+converted it. Kermany's keys (parsed from file names such as person12_...)
+are stored as they are.
+
 Speed: decoding runs in `num_workers` processes started with 'spawn' (this
 process has TensorFlow loaded, whose threads do not survive a fork; the
 workers import only `xray_tfdata.imaging`). Results come back in order
@@ -49,15 +64,18 @@ memory stays flat.
 
 import datetime
 import hashlib
+import hmac
 import json
 import math
 import multiprocessing
 import os
+import secrets
 import shutil
 import sys
 import time
 
 from xray_tfdata import atomic
+from xray_tfdata import dicom
 from xray_tfdata import errors
 from xray_tfdata import imaging
 from xray_tfdata import schema
@@ -74,6 +92,13 @@ _LIST_LIMIT = 10  # skipped files and duplicates listed in the printed summary
 # Largest stored side: a decode holds a few float copies of the image per
 # worker, about 0.3 GB at 4096 px but 160 GB at 100000.
 MAX_IMAGE_SIZE = 4096
+# In .partial/_progress: the random patient id salt of a run without a given
+# one, so that a resumed run hashes as the interrupted one did.
+_SALT_FILENAME = 'patient_id_salt'
+# Decoding packages whose versions go into xray_info.json for DICOM sources.
+_DECODING_PACKAGES = ('pydicom', 'pillow', 'numpy', 'pylibjpeg',
+                      'pylibjpeg-libjpeg', 'pylibjpeg-openjpeg',
+                      'pylibjpeg-rle', 'pyjpegls', 'python-gdcm')
 
 
 class OutputError(errors.XrayError):
@@ -83,7 +108,7 @@ class OutputError(errors.XrayError):
 def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
             test_counts=None, num_shards=None, num_workers=None, seed=0,
             overwrite=False, name=schema.DEFAULT_NAME, layout='auto',
-            resume=True, progress=True):
+            resume=True, progress=True, voi='auto', patient_id_salt=None):
   """Converts an image tree into TFRecord shards, TFDS' metadata and
   xray_info.json.
 
@@ -107,6 +132,11 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
       inputs and arguments (and keep this run's if it is interrupted);
       otherwise start from scratch and clean up on failure.
     progress: show a progress bar (stderr) and print a summary (stdout).
+    voi: VOI step for DICOM files (`dicom.VOI_POLICIES`): 'auto' (the
+      file's VOI LUT, else its window, else the full stored range),
+      'window' (the window, else the full range) or 'full'.
+    patient_id_salt: secret for the hashed patient ids of DICOM files
+      (module docstring); None draws a random one, discarded at the end.
 
   Returns:
     The xray_info.json contents as a dict.
@@ -114,7 +144,8 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   Raises:
     sources.SourceError: bad source folder or split counts.
     OutputError: out_dir holds a dataset (without overwrite) or other
-      files, or bad image_size, num_shards, num_workers or name.
+      files, or bad image_size, num_shards, num_workers, name, voi or
+      patient_id_salt.
     atomic.NoSpaceError: the disk filled up; the finished shards are kept
       (with resume) and a rerun after freeing space resumes.
   """
@@ -122,6 +153,12 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   created = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec='seconds')
   stored_size = _check_arguments(image_size, num_shards, num_workers, name)
+  if voi not in dicom.VOI_POLICIES:
+    raise OutputError(f'voi must be one of {", ".join(dicom.VOI_POLICIES)}, '
+                      f'got {voi!r}')
+  if patient_id_salt is not None and not patient_id_salt:
+    raise OutputError('patient_id_salt is empty; give a secret, or none for '
+                      'a random one')
   num_workers = num_workers or _cpu_count()
   out_dir = os.path.abspath(out_dir)
   sources.check_out_dir(src_dir, out_dir)
@@ -132,10 +169,17 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   arguments = {'image_size': list(stored_size), 'resplit': resplit,
                'val_counts': val_counts, 'test_counts': test_counts,
                'num_shards': num_shards, 'seed': seed, 'name': name,
-               'layout': layout}
+               'layout': layout, 'voi': voi,
+               # Whether one was given; the salt itself is never written.
+               'patient_id_salt': 'given' if patient_id_salt else 'random'}
   partial = out_dir + PARTIAL_SUFFIX
-  finished = _prepare_partial(partial, _fingerprint(plan, shards, arguments),
-                              resume)
+  fingerprint = _fingerprint(plan, shards, arguments)
+  if patient_id_salt:
+    # Another salt gives other keys: its shards must not be mixed with these.
+    fingerprint += hmac.new(patient_id_salt.encode(), b'fingerprint',
+                            'sha256').hexdigest()
+  finished = _prepare_partial(partial, fingerprint, resume)
+  salt = _patient_id_salt(partial, patient_id_salt)
   if finished and progress:
     print(f'resuming: {len(finished)} of {len(shards)} shards were finished '
           f'by an interrupted run in {partial}')
@@ -155,7 +199,7 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
     stage_start = time.perf_counter()
     written, skipped = _write_shards(plan, shards, partial, stored_size, pool,
-                                     progress, finished)
+                                     progress, finished, voi, salt)
     timing = {'elapsed_seconds': round(time.perf_counter() - start, 2),
               'decode_write_seconds': round(time.perf_counter() - stage_start,
                                             2)}
@@ -196,6 +240,64 @@ def _fingerprint(plan, shards, arguments):
         mtime = -1  # gone since the scan: its decode reports why
       digest.update(f'\0{f.path}\0{f.num_bytes}\0{mtime}'.encode())
   return digest.hexdigest()
+
+
+def hashed_patient_id(patient_id, salt):
+  """The key stored for a patient id that must not be copied (module
+  docstring): HMAC-SHA256 of the id under the salt, 16 hex digits (64
+  bits: among a million patients, two share a key with a chance of about
+  3 in 10^8).
+
+  Args:
+    patient_id: the source's patient id (RSNA's patientId).
+    salt: the secret, a non-empty string.
+
+  Returns:
+    A 16-character hex string.
+  """
+  return hmac.new(salt.encode('utf-8'), patient_id.encode('utf-8'),
+                  'sha256').hexdigest()[:16]
+
+
+def _patient_id_salt(partial, given):
+  """The given salt, or the random one of this (possibly resumed) run,
+  kept in .partial/_progress/ only."""
+  if given:
+    return given
+  path = os.path.join(partial, _PROGRESS_DIR, _SALT_FILENAME)
+  if os.path.isfile(path):
+    with open(path, encoding='utf-8') as f:
+      salt = f.read()
+    if salt:
+      return salt
+  salt = secrets.token_hex(16)
+  atomic.write_text(path, salt)
+  return salt
+
+
+def _stored_identity(f, salt):
+  """(filename, patient_id) as stored for source file `f`: a DICOM file's
+  patient id hashed, and in its file name too where the stem is that id
+  (RSNA); other files' as scanned."""
+  if not f.is_dicom:
+    return f.path, f.patient_id
+  key = hashed_patient_id(f.patient_id, salt)
+  folder, name = os.path.split(f.path)
+  stem, extension = os.path.splitext(name)
+  name = key + extension if stem == f.patient_id else name
+  return f'{folder}/{name}' if folder else name, key
+
+
+def _decoding_packages():
+  """{package: version} of the installed DICOM decoding packages."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  versions = {}
+  for package in _DECODING_PACKAGES:
+    try:
+      versions[package] = metadata.version(package)
+    except metadata.PackageNotFoundError:
+      pass
+  return versions
 
 
 def _prepare_partial(partial, fingerprint, resume):
@@ -311,8 +413,11 @@ def plan_shards(plan, name, num_shards, seed, stored_size):
 
 
 def _write_shards(plan, shards, folder, stored_size, pool, progress,
-                  finished):
+                  finished, voi='auto', salt=None):
   """Decodes the files and writes the shards not in `finished` into `folder`.
+
+  DICOM files are decoded with VOI policy `voi`; their patient ids are
+  hashed with `salt` (`_stored_identity`).
 
   Decoding runs in `pool`, or in this process if it is None; results come
   back in task order.
@@ -324,7 +429,7 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
 
   todo = [(split, filename, files) for split, filename, files in shards
           if filename not in finished]
-  tasks = [(os.path.join(plan.src_dir, f.path), stored_size)
+  tasks = [(os.path.join(plan.src_dir, f.path), stored_size, voi)
            for _, _, files in todo for f in files]
   written = {}
   skipped = list(plan.skipped)  # unreadable entries found by the scan
@@ -352,10 +457,15 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
                 shard_skipped.append({'path': f.path, 'reason': result})
                 continue
               png, original_height, original_width = result
+              filename_stored, patient_id = _stored_identity(f, salt)
+              boxes = None if f.boxes is None else [
+                  imaging.stored_box(box, (original_height, original_width),
+                                     stored_size) for box in f.boxes]
               shard.write(schema.encode_example(
                   png, stored_size[0], stored_size[1], f.label,
-                  f.class_name, f.path, f.patient_id, original_height,
-                  original_width))
+                  f.class_name, filename_stored, patient_id,
+                  original_height, original_width, f.detailed_class,
+                  boxes))
               shard_written.append(f)
           atomic.fsync_file(path + '.tmp')
       except BaseException:
@@ -400,7 +510,13 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
         'num_examples': len(examples),
         'num_bytes': os.path.getsize(os.path.join(folder, filename))})
   num_written = sum(len(v) for v in written.values())
-  return {
+  all_files = [f for _, _, files in shards for f in files]
+  extra_features = []
+  if any(f.detailed_class is not None for f in all_files):
+    extra_features.append(schema.DETAILED_CLASS)
+  if any(f.boxes is not None for f in all_files):
+    extra_features.extend(schema.BOX_KEYS)
+  info = {
       'format_version': schema.FORMAT_VERSION,
       'name': name,
       'class_names': list(plan.class_names),
@@ -424,6 +540,18 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
           num_written / max(timing['decode_write_seconds'], 1e-3), 1),
       'num_workers': num_workers,
   }
+  if extra_features:
+    info['extra_features'] = extra_features
+  if any(f.path.lower().endswith(dicom.EXTENSIONS) for f in all_files):
+    info['dicom'] = {'voi': arguments['voi'],
+                     'packages': _decoding_packages()}
+  if any(f.is_dicom for f in all_files):
+    info['patient_id'] = (
+        'hashed: HMAC-SHA256 of the source id, 16 hex digits, salt '
+        + ('given by the user (not stored)' if
+           arguments['patient_id_salt'] == 'given' else
+           'random and discarded'))
+  return info
 
 
 def _move_into_place(partial, out_dir):
@@ -455,7 +583,8 @@ def print_summary(info, out_dir):
   for title, items, text in (
       ('skipped', info['skipped'], lambda s: f'{s["path"]}: {s["reason"]}'),
       ('duplicates', info['duplicates'],
-       lambda d: f'{d["dropped"]} (same bytes as {d["kept"]})'),
+       lambda d: f'{d["dropped"]} (same {d.get("same", "bytes")} as '
+                 f'{d["kept"]})'),
       ('ignored', info['ignored'], str)):
     if items:
       lines.append(f'  {title}:')

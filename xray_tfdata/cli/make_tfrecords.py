@@ -3,6 +3,9 @@
   tools/make_tfrecords --src_dir=chest_xray --out_dir=data/kermany_224
   tools/make_tfrecords --flagfile=configs/kermany_tfrecords.flags \
       --src_dir=chest_xray --out_dir=data/kermany_224   # the seed's re-split
+  tools/make_tfrecords --src_dir=rsna-pneumonia-detection-challenge \
+      --out_dir=data/rsna_224 --resplit --val_counts=NORMAL:1000,PNEUMONIA:300 \
+      --test_counts=NORMAL:1000,PNEUMONIA:300   # RSNA's DICOMs
 
 Flags may live in flagfiles (they nest; later flags win). All logic is in
 xray_tfdata.writer.convert.
@@ -19,12 +22,14 @@ from absl import flags
 
 # No TensorFlow at import time: the decoding workers are spawned and re-import
 # this script.
-from xray_tfdata import sources  # pylint: disable=g-import-not-at-top
+from xray_tfdata import dicom  # pylint: disable=g-import-not-at-top
+from xray_tfdata import sources
 from xray_tfdata import writer
 
 _SRC_DIR = flags.DEFINE_string(
     'src_dir', None, 'Image folder: train/ val/ test/ (Kaggle), train/ test/ '
-    '(Mendeley) or class folders (pool).')
+    '(Mendeley), class folders (pool) or stage_2_train_images/ with the '
+    'label CSVs (RSNA).')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output folder for the shards.')
 _IMAGE_SIZE = flags.DEFINE_integer(
     'image_size', 224, 'Stored height and width in pixels (squashed).',
@@ -54,6 +59,17 @@ _LAYOUT = flags.DEFINE_enum('layout', 'auto', sources.LAYOUTS,
 _RESUME = flags.DEFINE_bool(
     'resume', True, 'Keep the finished shards of an interrupted run with the '
     'same inputs and flags (and keep this run\'s if it is interrupted).')
+_VOI = flags.DEFINE_enum(
+    'voi', 'auto', dicom.VOI_POLICIES,
+    'VOI step for DICOM files: auto (the file\'s VOI LUT, else its window, '
+    'else the full stored range), window (the window, else the full range) '
+    'or full (the full range the stored bits allow). Recorded in '
+    'xray_info.json.')
+_PATIENT_ID_SALT = flags.DEFINE_string(
+    'patient_id_salt', None, 'Secret for the hashed patient ids of DICOM '
+    'files (never written; the same secret gives the same keys in every '
+    'conversion). Default: a random salt, discarded after the conversion. '
+    'Keep it out of shell history: put it in a flagfile only you can read.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar and '
                               'print a summary.')
 
@@ -75,7 +91,8 @@ def main(argv):
         resplit=_RESPLIT.value, val_counts=val_counts, test_counts=test_counts,
         num_shards=_NUM_SHARDS.value, num_workers=_NUM_WORKERS.value,
         seed=_SEED.value, overwrite=_OVERWRITE.value, name=_NAME.value,
-        layout=_LAYOUT.value, resume=_RESUME.value, progress=_PROGRESS.value)
+        layout=_LAYOUT.value, resume=_RESUME.value, progress=_PROGRESS.value,
+        voi=_VOI.value, patient_id_salt=_PATIENT_ID_SALT.value)
 
 
 def run():
