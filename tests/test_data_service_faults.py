@@ -60,6 +60,26 @@ def test_watchdog_is_quiet_while_batches_come():
   assert not lines and not errors
 
 
+def test_watchdog_waits_longer_for_the_first_batch_and_not_while_paused():
+  errors = []
+  dog = data_service.Watchdog('localhost:5050', timeout=0.5, interval=0.25,
+                              log=lambda line: None, on_timeout=errors.append,
+                              first_batch_grace=1.0)
+  dog.start()
+  try:
+    time.sleep(1.0)  # past the timeout, within the first batch's grace
+    assert not errors
+    dog.progress()  # the first batch: no grace any more
+    dog.pause()  # validation, checkpoints
+    time.sleep(1.0)
+    assert not errors
+    dog.progress()
+    _wait_for(lambda: errors)
+  finally:
+    dog.stop()
+  assert len(errors) == 1
+
+
 def _start_service():
   """tools/data_service with a dispatcher and a worker; (process, address)."""
   process = subprocess.Popen(

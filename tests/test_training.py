@@ -2,7 +2,9 @@
 
 import io
 import json
+import glob
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -350,7 +352,7 @@ def test_other_settings_refuse_to_resume(data_dir, tmp_path):
      '/nowhere/vgg16.h5 does not exist'),
     ({'image_size': 64}, training.TrainingError, 'stored at 32x32'),
     ({'steps_per_epoch': -1}, training.TrainingError,
-     'steps_per_epoch must be 0'),
+     'steps_per_epoch must be at least 0'),
     ({'batch_size': 25}, training.TrainingError,
      r'batch_size 25 is larger than the training split .*\(24 images\)'),
     ({'data_dir': '/nowhere'}, pipeline.DatasetError, 'does not exist'),
@@ -371,10 +373,26 @@ def test_a_failing_start_leaves_model_dir_without_config_json(data_dir,
   --batch_size starts afresh instead of being refused as other settings."""
   model_dir = tmp_path / 'model'
   model_dir.mkdir()
-  with pytest.raises(training.TrainingError, match='lower --batch_size'):
+  with pytest.raises(training.TrainingError, match='pass --batch_size=24'):
     training.train_and_evaluate(tiny_config(data_dir, batch_size=25),
                                 str(model_dir))
   assert not os.listdir(model_dir)
+
+
+def test_a_damaged_shard_is_named_before_anything_is_written(data_dir,
+                                                             tmp_path):
+  damaged = str(tmp_path / 'data')
+  shutil.copytree(data_dir, damaged)
+  shard = sorted(glob.glob(os.path.join(damaged, '*-val.tfrecord-*')))[0]
+  with open(shard, 'r+b') as f:
+    f.seek(40)  # inside the first record's data: its CRC no longer holds
+    byte = f.read(1)
+    f.seek(40)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  model_dir = str(tmp_path / 'model')
+  with pytest.raises(pipeline.DatasetError, match=os.path.basename(shard)):
+    training.train_and_evaluate(tiny_config(damaged), model_dir)
+  assert not os.path.exists(model_dir)
 
 
 @pytest.mark.parametrize('split_sizes, message', [

@@ -61,20 +61,30 @@ def make_callbacks(net, config, work_dir, state, images_per_epoch,
 
 
 class DataServiceProgress(keras.callbacks.Callback):
-  """Tells a data_service.Watchdog that batches are still coming."""
+  """Tells a data_service.Watchdog that batches are still coming, and
+  pauses it while training reads nothing from the service: validation reads
+  locally, and the epoch-end callbacks write checkpoints (slow on a loaded
+  host, and not the service's time). Put it first in the callback list, so
+  that its on_epoch_end pauses before the others write."""
 
   def __init__(self, watchdog):
     super().__init__()
     self.watchdog = watchdog
 
+  def on_epoch_begin(self, epoch, logs=None):
+    self.watchdog.progress()
+
   def on_train_batch_end(self, batch, logs=None):
     self.watchdog.progress()
 
-  def on_test_batch_end(self, batch, logs=None):
-    self.watchdog.progress()  # validation reads locally, but takes time
+  def on_test_begin(self, logs=None):
+    self.watchdog.pause()
+
+  def on_test_end(self, logs=None):
+    self.watchdog.progress()
 
   def on_epoch_end(self, epoch, logs=None):
-    self.watchdog.progress()
+    self.watchdog.pause()
 
 
 class EpochSummary(keras.callbacks.Callback):

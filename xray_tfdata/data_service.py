@@ -70,10 +70,13 @@ class DataServiceError(errors.XrayError):
 class Watchdog:
   """Reports a training input that stopped coming from the service.
 
-  Call `progress()` at every batch (see `training.DataServiceProgress`);
-  between `start()` and `stop()`, a thread prints a waiting line every
-  `interval` seconds without progress and calls `on_timeout(message)` once
-  after `timeout` seconds.
+  Call `progress()` at every batch and `pause()` while nothing is read from
+  the service (see `callbacks.DataServiceProgress`); between `start()` and
+  `stop()`, a thread prints a waiting line every `interval` seconds without
+  progress and calls `on_timeout(message)` once after `timeout` seconds.
+  The first batch after `start()` gets `first_batch_grace` seconds more:
+  its step also traces and compiles the model, which is not the service's
+  time (it is several seconds on a loaded CPU host).
 
   Args:
     address: the dispatcher, as the user gave it.
@@ -82,24 +85,38 @@ class Watchdog:
     log: prints a waiting line (default: stdout).
     on_timeout: called with the one-line error; default prints it on
       stderr and ends the process with TIMEOUT_EXIT_CODE.
+    first_batch_grace: extra seconds for the first batch after `start()`.
   """
 
   def __init__(self, address, timeout=DEFAULT_TIMEOUT,
-               interval=WAIT_LINE_INTERVAL, log=None, on_timeout=None):
+               interval=WAIT_LINE_INTERVAL, log=None, on_timeout=None,
+               first_batch_grace=0.0):
     self.address = service_address(address)
     self.timeout = timeout
     self.interval = min(interval, timeout)
     self.log = log or (lambda line: print(line, flush=True))
     self.on_timeout = on_timeout or _exit_with
+    self.first_batch_grace = first_batch_grace
     self._last = time.monotonic()
+    self._grace = 0.0
+    self._paused = False
     self._stopped = threading.Event()
     self._thread = None
 
   def progress(self):
+    """A batch came (or reading from the service starts again)."""
     self._last = time.monotonic()
+    self._grace = 0.0
+    self._paused = False
+
+  def pause(self):
+    """Nothing is read from the service until the next `progress()`
+    (validation reads locally; checkpoints are written at epoch ends)."""
+    self._paused = True
 
   def start(self):
     self.progress()
+    self._grace = self.first_batch_grace
     self._stopped.clear()
     self._thread = threading.Thread(target=self._watch, daemon=True,
                                     name='data-service-watchdog')
@@ -115,8 +132,11 @@ class Watchdog:
   def _watch(self):
     reported = 0.0
     while not self._stopped.wait(min(1.0, self.interval / 4)):
+      if self._paused:
+        reported = 0.0
+        continue
       idle = time.monotonic() - self._last
-      if idle >= self.timeout:
+      if idle >= self.timeout + self._grace:
         self.on_timeout(
             f'error: no training data from the tf.data service at '
             f'{self.address} for {idle:.0f} s (its workers or dispatcher '

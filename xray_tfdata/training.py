@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from xray_tfdata import atomic
 from xray_tfdata import augment
+from xray_tfdata import checks
 from xray_tfdata import callbacks as callbacks_lib
 from xray_tfdata import data_service as data_service_lib
 from xray_tfdata import demo
@@ -45,6 +46,9 @@ from xray_tfdata.config import TrainingError
 
 RESULTS_MD = 'results.md'
 EVAL_SPLITS = ('train', 'val', 'test')
+# Seconds the data-service watchdog adds for the first training step, which
+# also traces and compiles the model (see data_service.Watchdog).
+FIRST_BATCH_GRACE_S = 120
 # Below this many examples of either class in val or test, the AUC and the
 # Youden threshold are too rough to compare runs by: at an AUC of 0.9 with
 # 30 examples of each class, the AUC's standard error (Hanley and McNeil,
@@ -125,7 +129,7 @@ def train_and_evaluate(config, model_dir, overwrite=False):
   if warning:
     print(warning, flush=True)
   if not stopped:
-    fit(net, inputs, callbacks, config, initial_epoch, work_dir)
+    fit(net, inputs, callbacks, config, initial_epoch, work_dir, builder)
 
   best_path = os.path.join(work_dir, callbacks_lib.BEST_WEIGHTS)
   if os.path.exists(best_path):
@@ -203,8 +207,8 @@ def check_against_dataset(config, builder, cluster):
     TrainingError: the stored image size differs from config.image_size,
       steps_per_epoch is negative, or a batch is larger than the training
       split.
-    pipeline.DatasetError: a split is missing, or a class is missing from
-      the training split (with class weights on).
+    pipeline.DatasetError: a split is missing, a class is missing from
+      the training split (with class weights on), or a shard is damaged.
     distribute.DistributeError: fewer training shards than workers.
   """
   info = builder.info
@@ -217,23 +221,20 @@ def check_against_dataset(config, builder, cluster):
         f'--image_size is {config.image_size}; re-convert with '
         f'tools/make_tfrecords --image_size={config.image_size} or set '
         f'--image_size={stored[0]}')
-  if config.steps_per_epoch < 0:
-    # A settings check without the dataset, which belongs in
-    # TrainConfig.validate; here until config.py has it.
-    raise TrainingError(f'steps_per_epoch must be 0 (one pass over the '
-                        f'training split) or more, got '
-                        f'{config.steps_per_epoch}')
-  train_size = info.num_examples('train')
-  if config.batch_size > train_size:
-    # The training pipeline drops the last partial batch: no batch at all.
-    raise TrainingError(
-        f'--batch_size {config.batch_size} is larger than the training '
-        f'split of {config.data_dir} ({train_size} images); lower '
-        f'--batch_size to {train_size} or less')
+  checks.check_against_dataset(
+      config, {split: info.num_examples(split) for split in info.splits})
   if config.class_weights:
     info.class_weights('train')  # raises for a class with no examples
   if not config.data_service:  # the service, not the workers, splits files
     distribute.check_shards(builder, 'train', cluster.strategy)
+  # Every record's CRC, now rather than as a DataLossError naming no file
+  # mid-fit (about 1 s per GB read; see BUILD_NOTES.md).
+  builder.verify(local_splits(config))
+
+
+def local_splits(config):
+  """The splits this process reads itself (the service reads 'train')."""
+  return [s for s in EVAL_SPLITS if not (config.data_service and s == 'train')]
 
 
 def prepare_work_dir(model_dir, config, overwrite, cluster):
@@ -389,19 +390,21 @@ def small_split_warning(info, splits=('val', 'test'),
           'larger --val_counts and --test_counts')
 
 
-def fit(net, inputs, callbacks, config, initial_epoch, work_dir):
+def fit(net, inputs, callbacks, config, initial_epoch, work_dir, builder):
   """Trains; watches the data service, if any.
 
   Raises:
     TrainingError: the loss diverged.
     data_service.DataServiceError: the service stopped sending batches.
     atomic.NoSpaceError: the disk filled up.
+    pipeline.DamagedShardError: a shard was damaged while training.
   """
   watchdog = None
   if config.data_service:
     # A service that lost its workers makes fit wait for ever, silently.
-    watchdog = data_service_lib.Watchdog(config.data_service,
-                                         config.data_service_timeout)
+    watchdog = data_service_lib.Watchdog(
+        config.data_service, config.data_service_timeout,
+        first_batch_grace=FIRST_BATCH_GRACE_S)
     callbacks = [callbacks_lib.DataServiceProgress(watchdog), *callbacks]
     watchdog.start()
   # Keras' callbacks (checkpoint, CSV, TensorBoard) name no file when the
@@ -416,6 +419,14 @@ def fit(net, inputs, callbacks, config, initial_epoch, work_dir):
               # One line per epoch, ours or Keras', never both: 1 is
               # Keras' progress bar, left whole; 2 is EpochSummary alone.
               verbose=1 if config.verbose == 1 else 0)
+  except (tf.errors.DataLossError, tf.errors.FailedPreconditionError,
+          tf.errors.InvalidArgumentError) as e:
+    # A shard damaged after the check before training: tf.data's error
+    # names no file, so find the shard, or let the error through as it is.
+    damage = pipeline.find_damaged_shard(builder, local_splits(config))
+    if damage is None:
+      raise
+    raise damage from e
   finally:
     if watchdog is not None:
       watchdog.stop()
