@@ -21,6 +21,10 @@ Modules, one per stage:
   errors        XrayError, the base of every user-facing error.
   runtime       TensorFlow process settings the tools apply (no TensorFlow).
   training      train_and_evaluate(): the seed's experiment end to end.
+  callbacks     the Keras callbacks of a run (epoch line, data-service watch).
+  resume        model_dir, config.json and the resume state of a run.
+  serving       the exported model and predict on image files.
+  demo          the synthetic demo dataset, drawn and converted once.
   evaluation    metrics tables, Youden threshold, bootstrap intervals.
   benchmark     side-by-side benchmarks against ImageDataGenerator.
   benchmark_device  the seed's epoch against ours on any Keras backend.

@@ -132,8 +132,6 @@ def image_data_generator_kwargs(ranges):
 # baseline that the benchmarks time.
 REFERENCE_GENERATOR_KWARGS = image_data_generator_kwargs(
     REFERENCE_AUGMENTATION)
-# The old name of REFERENCE_GENERATOR_KWARGS, still read by benchmark_device.
-SEED_AUGMENTATION = REFERENCE_GENERATOR_KWARGS
 
 
 def _shift_limit(shift_range, size):

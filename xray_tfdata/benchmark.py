@@ -33,12 +33,12 @@ from xray_tfdata import demo
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
 
-REFERENCE_BATCH_SIZE = benchmark_device.SEED_BATCH_SIZE
+REFERENCE_BATCH_SIZE = benchmark_device.REFERENCE_BATCH_SIZE
 
 # The seed's baseline and the machine record are shared with the
 # TensorFlow-free device_epoch mode, where they are defined.
 machine_info = benchmark_device.machine_info
-reference_flow = benchmark_device.seed_flow
+reference_flow = benchmark_device.reference_flow
 _baseline_model = benchmark_device.baseline_model
 
 

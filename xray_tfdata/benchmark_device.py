@@ -42,10 +42,10 @@ from xray_tfdata import errors
 from xray_tfdata import imaging
 from xray_tfdata import model as model_lib
 
-SEED_BATCH_SIZE = 62
+REFERENCE_BATCH_SIZE = 62
 # The seed's re-split: train 1,283 + 3,473, val 150 + 400.
-SEED_TRAIN_IMAGES = 4756
-SEED_VAL_IMAGES = 550
+REFERENCE_TRAIN_IMAGES = 4756
+REFERENCE_VAL_IMAGES = 550
 LIBRARY_POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
 VARIANTS = ('baseline', 'library') + tuple(
     f'library_{p}' for p in LIBRARY_POLICIES) + ('floor',)
@@ -110,22 +110,22 @@ def machine_info():
   }
 
 
-def seed_image_data_generator(augmentation=True):
+def reference_image_data_generator(augmentation=True):
   """The seed's ImageDataGenerator (augmentation off: its validation one).
 
   Keras 3's own class (numpy and scipy; no TensorFlow), the one
   `tf.keras.preprocessing.image.ImageDataGenerator` is under TensorFlow.
   """
-  kwargs = dict(augment.SEED_AUGMENTATION) if augmentation else {}
+  kwargs = dict(augment.REFERENCE_GENERATOR_KWARGS) if augmentation else {}
   return ImageDataGenerator(
       preprocessing_function=keras.applications.vgg16.preprocess_input,
       **kwargs)
 
 
-def seed_flow(directory, image_size, batch_size, augmentation=True,
+def reference_flow(directory, image_size, batch_size, augmentation=True,
               shuffle=True, seed=0):
   """The seed's `flow_from_directory` iterator over class folders."""
-  return seed_image_data_generator(augmentation).flow_from_directory(
+  return reference_image_data_generator(augmentation).flow_from_directory(
       directory, target_size=(image_size, image_size),
       batch_size=batch_size, class_mode='binary', shuffle=shuffle, seed=seed)
 
@@ -275,9 +275,9 @@ def _plan(variants):
 
 
 def benchmark_device_epoch(src_dir, image_size=224,
-                           batch_size=SEED_BATCH_SIZE,
-                           train_images=SEED_TRAIN_IMAGES,
-                           val_images=SEED_VAL_IMAGES, repeats=2,
+                           batch_size=REFERENCE_BATCH_SIZE,
+                           train_images=REFERENCE_TRAIN_IMAGES,
+                           val_images=REFERENCE_VAL_IMAGES, repeats=2,
                            variants=VARIANTS, idg_batches=10, warmup_steps=2,
                            log=print):
   """Seconds per epoch (train + validation) of each variant, side by side.
@@ -331,9 +331,9 @@ def benchmark_device_epoch(src_dir, image_size=224,
   for name, policy in plan.items():
     if name == 'baseline':
       net = baseline_model(image_size)
-      train = seed_flow(src_dir, image_size, batch_size)
+      train = reference_flow(src_dir, image_size, batch_size)
       # The seed validated one image per step, without augmentation.
-      val = seed_flow(src_dir, image_size, 1, augmentation=False,
+      val = reference_flow(src_dir, image_size, 1, augmentation=False,
                       shuffle=False)
       setups[name] = (
           lambda net=net, train=train, val=val, n=steps, v=val_images:
@@ -378,7 +378,7 @@ def benchmark_device_epoch(src_dir, image_size=224,
   for name, (_, warm) in setups.items():
     warmup[name] = timed(warm)
     log(f'warm-up {name}: {warmup[name]:.1f} s')
-  idg = iter(seed_flow(src_dir, image_size, batch_size))
+  idg = iter(reference_flow(src_dir, image_size, batch_size))
   idg_rates = []
   seconds = {name: [] for name in setups}
   for round_index in range(repeats):

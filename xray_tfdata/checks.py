@@ -179,8 +179,12 @@ def check_dense_units(dense_units):
         'pass widths such as --dense_units=512,64')
 
 
-def service_address(address):
+def service_address(address, flag='data_service'):
   """Checks a tf.data service dispatcher address; returns 'grpc://H:P'.
+
+  Args:
+    address: 'host:port' or 'grpc://host:port'.
+    flag: the flag that gave it, named in the error.
 
   Raises:
     SettingError: address is not HOST:PORT or grpc://HOST:PORT.
@@ -190,7 +194,7 @@ def service_address(address):
     raise SettingError(
         f'tf.data service address {address!r} is not HOST:PORT (or '
         'grpc://HOST:PORT) of a dispatcher started by tools/data_service: '
-        'fix --data_service')
+        f'fix --{flag}')
   return f'grpc://{match.group(1)}:{int(match.group(2))}'
 
 

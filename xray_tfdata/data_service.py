@@ -43,19 +43,17 @@ firewall or on a private network.
 """
 
 import os
-import re
 import sys
 import threading
 import time
 
 import tensorflow as tf
 
+from xray_tfdata import checks
 from xray_tfdata import errors
 
 PROCESSING_MODE = 'distributed_epoch'
 
-_ADDRESS = re.compile(r'^(?:grpc://)?([A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]):'
-                      r'(\d{1,5})$')
 
 
 DEFAULT_TIMEOUT = 600  # seconds without a batch before training gives up
@@ -159,20 +157,19 @@ def _exit_with(message):
   os._exit(TIMEOUT_EXIT_CODE)  # pylint: disable=protected-access
 
 
-def service_address(address):
+def service_address(address, flag='data_service'):
   """Checks a dispatcher address and returns it as 'grpc://host:port'.
 
   Args:
     address: 'host:port' or 'grpc://host:port'.
+    flag: the flag that gave it, named in the error.
   Raises:
     DataServiceError: anything else.
   """
-  match = _ADDRESS.match(address or '')
-  if not match or not 0 < int(match.group(2)) < 65536:
-    raise DataServiceError(
-        f'tf.data service address {address!r} is not HOST:PORT (or '
-        'grpc://HOST:PORT) of a dispatcher started by tools/data_service')
-  return f'grpc://{match.group(1)}:{int(match.group(2))}'
+  try:
+    return checks.service_address(address, flag)
+  except checks.SettingError as e:
+    raise DataServiceError(str(e)) from None
 
 
 def distribute(dataset, address, job_name=None):
@@ -228,7 +225,8 @@ def start_worker(dispatcher_address, port=0, worker_address=None):
   Raises:
     DataServiceError: a malformed dispatcher address.
   """
-  dispatcher = service_address(dispatcher_address)[len('grpc://'):]
+  dispatcher = service_address(dispatcher_address,
+                               'dispatcher_address')[len('grpc://'):]
   config = tf.data.experimental.service.WorkerConfig(
       dispatcher_address=dispatcher, worker_address=worker_address,
       port=port)

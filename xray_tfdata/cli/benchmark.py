@@ -112,8 +112,8 @@ def device_epoch():
     src_dir = benchmark_device.prepare_jpegs(_WORK_DIR.value, _NUM_IMAGES.value)
     result = benchmark_device.benchmark_device_epoch(
         src_dir, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
-        train_images=_TRAIN_IMAGES.value or benchmark_device.SEED_TRAIN_IMAGES,
-        val_images=_VAL_IMAGES.value or benchmark_device.SEED_VAL_IMAGES,
+        train_images=_TRAIN_IMAGES.value or benchmark_device.REFERENCE_TRAIN_IMAGES,
+        val_images=_VAL_IMAGES.value or benchmark_device.REFERENCE_VAL_IMAGES,
         repeats=_REPEATS.value,
         variants=tuple(_VARIANTS.value or benchmark_device.VARIANTS))
   except (benchmark_device.BenchmarkError, synthetic.SyntheticError) as e:

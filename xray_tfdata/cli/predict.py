@@ -25,10 +25,10 @@ def main(argv):
   paths = argv[1:]
   if not paths:
     raise app.UsageError('pass one or more image paths')
-  from xray_tfdata import training  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import serving  # pylint: disable=g-import-not-at-top
 
   with runtime.tool_errors():
-    results = training.predict_paths(os.path.join(_MODEL_DIR.value, training.SERVING_DIR), paths)
+    results = serving.predict_paths(os.path.join(_MODEL_DIR.value, serving.SERVING_DIR), paths)
   failed = 0
   for path, (prob, reason) in zip(paths, results):
     if reason:
