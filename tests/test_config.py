@@ -95,6 +95,8 @@ def test_reference_augmentation_has_the_notebooks_effective_shifts():
     ({'epochs': 0}, 'epochs'),
     ({'learning_rate': 0.0}, 'learning_rate'),
     ({'image_size': 16}, 'image_size'),
+    ({'image_size': 8, 'backbone': 'mini_vgg', 'weights': 'none'},
+     'image_size'),
     ({'steps_per_epoch': -1}, 'steps_per_epoch'),
     ({'verbose': 3}, 'verbose'),
     ({'bootstrap_resamples': 10}, 'bootstrap_resamples'),

@@ -131,20 +131,28 @@ def check_augmentation(rotation_range=0., width_shift_range=0.,
   zoom_bounds(zoom_range)
 
 
-def check_backbone(backbone, frozen_blocks=0, weights=None):
-  """Checks a backbone with the blocks to freeze and the weights to load.
+def check_backbone(backbone, frozen_blocks=0, weights=None, image_size=None):
+  """Checks a backbone with the blocks to freeze, the weights to load and
+  the input size.
 
   Args:
     backbone: one of BACKBONES.
     frozen_blocks: leading blocks not trained.
     weights: None, 'none', 'imagenet' or a path (only vgg16 has any).
+    image_size: the input's smaller side, or None.
 
   Raises:
-    SettingError: unknown backbone, more frozen blocks than it has, or
-      weights for mini_vgg.
+    SettingError: unknown backbone, more frozen blocks than it has, weights
+      for mini_vgg, or an input that its poolings would shrink to nothing.
   """
   check_choice('backbone', backbone, BACKBONES)
   blocks = BACKBONE_BLOCKS[backbone]
+  # Each block ends in a 2x2 pooling: 2**blocks pixels leave one.
+  smallest = 2**blocks
+  if image_size is not None and image_size < smallest:
+    raise SettingError(
+        f'image_size {image_size} is below {smallest}, the smallest input '
+        f'--backbone={backbone} takes: pass --image_size={smallest} or more')
   if not 0 <= frozen_blocks <= blocks:
     raise SettingError(
         f'frozen_blocks must be in 0..{blocks} for --backbone={backbone}, '

@@ -84,7 +84,8 @@ class TrainConfig:
   data_dir: str = _setting(
       '', 'Dataset made by tools/make_tfrecords.', 'data', required=True)
   image_size: int = _setting(
-      224, 'Model input size; must equal the stored size.', 'data', lower=32)
+      224, 'Model input size; must equal the stored size (vgg16: 32 or '
+      'more; mini_vgg: 16 or more).', 'data', lower=1)
   batch_size: int = _setting(
       62, 'Global batch size (split across replicas).', 'training', lower=1)
   epochs: int = _setting(
@@ -188,7 +189,8 @@ class TrainConfig:
     checks.check_fraction('dropout', self.dropout)
     checks.check_dense_units(self.dense_units)
     checks.check_augmentation(**self.augmentation_kwargs())
-    checks.check_backbone(self.backbone, self.frozen_blocks, self.weights)
+    checks.check_backbone(self.backbone, self.frozen_blocks, self.weights,
+                          self.image_size)
     checks.check_weights(self.weights)
     checks.check_policy(self.policy)
     if self.data_service:

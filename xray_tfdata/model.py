@@ -342,7 +342,8 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
   """Builds the seed's VGG16 classifier, taking uint8 images.
 
   Args:
-    image_size: height and width of the input images, >= 32.
+    image_size: height and width of the input images (vgg16: 32 or more,
+      mini_vgg: 16 or more).
     channels_in: 1 (grayscale, as stored) or 3.
     weights: None, 'imagenet' or a local .h5 path; see `resolve_weights`.
     frozen_blocks: leading blocks (0..5 of VGG16, 0..4 of mini_vgg) whose
@@ -371,7 +372,9 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
   """
   if channels_in not in (1, 3):
     raise ValueError(f'channels_in must be 1 or 3, got {channels_in}')
-  checks.check_backbone(backbone, frozen_blocks, weights)
+  checks.check_backbone(backbone, frozen_blocks, weights,
+                        min(image_size) if isinstance(image_size, (tuple, list))
+                        else image_size)
   checks.check_dense_units(dense_units)
   checks.check_fraction('dropout', dropout)
   if policy is not None:
