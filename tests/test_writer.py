@@ -328,6 +328,23 @@ def test_a_second_converter_on_one_out_dir_fails_at_once(tree, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['data']
 
 
+def test_workers_are_limited_to_the_free_memory(tree, tmp_path, monkeypatch,
+                                                capsys):
+  per_worker = writer.worker_memory_bytes((8, 8))
+  monkeypatch.setattr(writer, '_available_memory_bytes',
+                      lambda: int(1.5 * per_worker))
+  info = writer.convert(tree, str(tmp_path / 'data'), image_size=8,
+                        num_workers=4, progress=True)
+  assert info['num_workers'] == 1
+  assert 'using 1 decoding workers, not 4' in capsys.readouterr().out
+  monkeypatch.setattr(writer, '_available_memory_bytes',
+                      lambda: per_worker // 2)
+  with pytest.raises(writer.OutputError, match='choose a smaller --image_size'):
+    writer.convert(tree, str(tmp_path / 'other'), image_size=8,
+                   progress=False)
+  assert not os.path.exists(tmp_path / 'other')
+
+
 class _Interrupter:
   """Stands in for imaging.decode_and_resize; Ctrl-C after `limit` calls."""
 

@@ -162,7 +162,8 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   if patient_id_salt is not None and not patient_id_salt:
     raise OutputError('patient_id_salt is empty; give a secret, or none for '
                       'a random one')
-  num_workers = num_workers or _cpu_count()
+  num_workers = _workers_that_fit(num_workers or _cpu_count(), stored_size,
+                                  progress)
   out_dir = os.path.abspath(out_dir)
   sources.check_out_dir(src_dir, out_dir)
   _check_out_dir(out_dir, overwrite)
@@ -630,6 +631,50 @@ class _NoBar:
 
   def close(self):
     pass
+
+
+def worker_memory_bytes(stored_size):
+  """An estimate of one decoding worker's peak memory: its interpreter with
+  numpy and Pillow (about 150 MB), and the float32 copies a decode holds,
+  about six of the stored size (the resize's input, at JPEG draft scale
+  about twice the output per side, and its output)."""
+  height, width = stored_size
+  return 150 * 2**20 + 6 * 4 * height * width
+
+
+def _available_memory_bytes():
+  """MemAvailable from /proc/meminfo, or None where there is none."""
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
+
+
+def _workers_that_fit(num_workers, stored_size, verbose):
+  """Lowers num_workers to what the free memory holds, saying so.
+
+  Raises:
+    OutputError: not even one worker fits.
+  """
+  available = _available_memory_bytes()
+  if available is None:
+    return num_workers
+  per_worker = worker_memory_bytes(stored_size)
+  fit = min(num_workers, available // per_worker)
+  if fit < 1:
+    raise OutputError(
+        f'a decoding worker at {stored_size[0]}x{stored_size[1]} needs about '
+        f'{per_worker / 2**30:.1f} GB and {available / 2**30:.1f} GB is free; '
+        'choose a smaller --image_size or free memory')
+  if fit < num_workers and verbose:
+    print(f'using {fit} decoding workers, not {num_workers}: each needs about '
+          f'{per_worker / 2**30:.1f} GB at {stored_size[0]}x{stored_size[1]} '
+          f'and {available / 2**30:.1f} GB is free')
+  return fit
 
 
 def _cpu_count():
