@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from xray_tfdata import atomic
 from xray_tfdata import imaging
 from xray_tfdata import schema
 from xray_tfdata import sources
@@ -293,6 +294,55 @@ def test_never_deletes_a_folder_it_did_not_write(tree, tmp_path):
   empty.mkdir()
   writer.convert(tree, str(empty), image_size=8, num_workers=1, progress=False)
   assert (empty / schema.INFO_FILENAME).exists()
+
+
+_HOLD_LOCK = """
+import sys, time
+from xray_tfdata import atomic
+with atomic.exclusive(sys.argv[1], 'a test'):
+  print('locked', flush=True)
+  time.sleep(600)
+"""
+
+
+def test_a_second_converter_on_one_out_dir_fails_at_once(tree, tmp_path):
+  """A converter that holds out_dir (a real process) makes another fail at
+  once, writing nothing; killed with SIGKILL, it blocks no rerun."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / 'data')
+  holder = subprocess.Popen(
+      [sys.executable, '-c', _HOLD_LOCK, out + writer.LOCK_SUFFIX],
+      stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    with pytest.raises(atomic.LockedError,
+                       match=rf'another run \(pid {holder.pid}\) is writing '
+                       rf'out_dir {out}; wait'):
+      writer.convert(tree, out, image_size=8, num_workers=1, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ['data.lock']  # the holder's
+  finally:
+    holder.kill()
+    holder.wait()
+  writer.convert(tree, out, image_size=8, num_workers=1, progress=False)
+  assert sorted(os.listdir(tmp_path)) == ['data']
+
+
+def test_workers_are_limited_to_the_free_memory(tree, tmp_path, monkeypatch,
+                                                capsys):
+  per_worker = writer.worker_memory_bytes((8, 8))
+  monkeypatch.setattr(writer, '_available_memory_bytes',
+                      lambda: int(1.5 * per_worker))
+  info = writer.convert(tree, str(tmp_path / 'data'), image_size=8,
+                        num_workers=4, progress=True)
+  assert info['num_workers'] == 1
+  assert 'using 1 decoding workers, not 4' in capsys.readouterr().out
+  monkeypatch.setattr(writer, '_available_memory_bytes',
+                      lambda: per_worker // 2)
+  with pytest.raises(writer.OutputError, match='choose a smaller --image_size'):
+    writer.convert(tree, str(tmp_path / 'other'), image_size=8,
+                   progress=False)
+  assert not os.path.exists(tmp_path / 'other')
 
 
 class _Interrupter:

@@ -19,7 +19,9 @@ exception's chain), and `NoSpaceError` carries the path being written, so
 the tools can print one line naming it.
 """
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -178,4 +180,63 @@ def fsync_dir(directory):
   except OSError:
     pass  # some file systems refuse fsync on folders
   finally:
+    os.close(fd)
+
+
+class LockedError(errors.XrayError):
+  """Another process holds the lock of what this one was to write."""
+
+
+@contextlib.contextmanager
+def exclusive(path, what):
+  """Holds an exclusive lock file while the body runs; fails at once if
+  another process holds it.
+
+  The lock is `flock` on `path`, released by the kernel when its holder
+  exits, so a killed run never leaves a lock that blocks the rerun; the file
+  (which names the holder's pid) is removed on the way out. After locking,
+  the file is checked to still be the one at `path`: a holder that was just
+  removing it would otherwise let two processes in.
+
+  Args:
+    path: the lock file, e.g. `<out_dir>.lock`.
+    what: what the lock protects, for the error (e.g. 'out_dir /data/x').
+
+  Raises:
+    LockedError: another process holds the lock.
+  """
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      holder = ''
+      try:
+        with open(path) as f:
+          holder = f.read().strip()
+      except OSError:
+        pass
+      raise LockedError(
+          f'another run{f" (pid {holder})" if holder else ""} is writing '
+          f'{what}; wait for it to end or stop it, then rerun') from None
+    try:
+      same = os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      break
+    os.close(fd)  # locked a file its holder had just removed: again
+  try:
+    try:
+      os.ftruncate(fd, 0)
+      os.write(fd, f'{os.getpid()}\n'.encode())
+    except OSError:
+      pass  # the pid only makes the error friendlier (a full disk, say)
+    yield
+  finally:
+    try:
+      os.unlink(path)
+    except FileNotFoundError:
+      pass
     os.close(fd)

@@ -82,6 +82,8 @@ from xray_tfdata import schema
 from xray_tfdata import sources
 
 PARTIAL_SUFFIX = '.partial'
+# Next to out_dir while a conversion writes it (see atomic.exclusive).
+LOCK_SUFFIX = '.lock'
 _PROGRESS_DIR = '_progress'  # in .partial: fingerprint and finished shards
 _TARGET_SHARD_BYTES = 128 << 20
 _MIN_SHARDS = 8
@@ -144,10 +146,11 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   Raises:
     sources.SourceError: bad source folder or split counts.
     OutputError: out_dir holds a dataset (without overwrite) or other
-      files, or bad image_size, num_shards, num_workers, name, voi or
-      patient_id_salt.
+      files, its folder cannot be created, or bad image_size, num_shards,
+      num_workers, name, voi or patient_id_salt.
     atomic.NoSpaceError: the disk filled up; the finished shards are kept
       (with resume) and a rerun after freeing space resumes.
+    atomic.LockedError: another conversion is writing out_dir.
   """
   start = time.perf_counter()
   created = datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -159,67 +162,78 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   if patient_id_salt is not None and not patient_id_salt:
     raise OutputError('patient_id_salt is empty; give a secret, or none for '
                       'a random one')
-  num_workers = num_workers or _cpu_count()
+  num_workers = _workers_that_fit(num_workers or _cpu_count(), stored_size,
+                                  progress)
   out_dir = os.path.abspath(out_dir)
   sources.check_out_dir(src_dir, out_dir)
   _check_out_dir(out_dir, overwrite)
-
-  plan = sources.plan(src_dir, resplit, val_counts, test_counts, seed, layout)
-  shards = plan_shards(plan, name, num_shards, seed, stored_size)
-  arguments = {'image_size': list(stored_size), 'resplit': resplit,
-               'val_counts': val_counts, 'test_counts': test_counts,
-               'num_shards': num_shards, 'seed': seed, 'name': name,
-               'layout': layout, 'voi': voi,
-               # Whether one was given; the salt itself is never written.
-               'patient_id_salt': 'given' if patient_id_salt else 'random'}
-  partial = out_dir + PARTIAL_SUFFIX
-  fingerprint = _fingerprint(plan, shards, arguments)
-  if patient_id_salt:
-    # Another salt gives other keys: its shards must not be mixed with these.
-    fingerprint += hmac.new(patient_id_salt.encode(), b'fingerprint',
-                            'sha256').hexdigest()
-  finished = _prepare_partial(partial, fingerprint, resume)
-  salt = _patient_id_salt(partial, patient_id_salt)
-  if finished and progress:
-    print(f'resuming: {len(finished)} of {len(shards)} shards were finished '
-          f'by an interrupted run in {partial}')
-  num_tasks = sum(len(files) for _, filename, files in shards
-                  if filename not in finished)
-  pool = None
-  if num_workers > 1 and num_tasks > _CHUNKSIZE:
-    # spawn, not fork: this process is about to load TensorFlow, whose
-    # threads do not survive a fork. Started before that import, so the
-    # workers' interpreters start up while it runs.
-    pool = multiprocessing.get_context('spawn').Pool(
-        min(num_workers, math.ceil(num_tasks / _CHUNKSIZE)),
-        initializer=imaging.ignore_interrupts)
+  parent = os.path.dirname(out_dir)
   try:
-    # Imported before the timed stage, so images_per_second compares worker
-    # counts fairly (the import takes seconds).
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
-    stage_start = time.perf_counter()
-    written, skipped = _write_shards(plan, shards, partial, stored_size, pool,
-                                     progress, finished, voi, salt)
-    timing = {'elapsed_seconds': round(time.perf_counter() - start, 2),
-              'decode_write_seconds': round(time.perf_counter() - stage_start,
-                                            2)}
-    info = _dataset_info(plan, shards, partial, written, skipped, stored_size,
-                         name, arguments, created, timing, num_workers)
-    shutil.rmtree(os.path.join(partial, _PROGRESS_DIR))
-    # TFDS' metadata (imports TFDS here, never in the workers), then ours.
-    schema.write_tfds_metadata(partial, info)
-    # Written last: its presence is what marks a dataset as finished.
-    atomic.write_json(os.path.join(partial, schema.INFO_FILENAME), info,
-                      indent=1)
-    _move_into_place(partial, out_dir)
-  except BaseException:
-    if not resume:
-      shutil.rmtree(partial, ignore_errors=True)
-    raise
-  finally:
-    if pool is not None:
-      pool.terminate()  # all results are in, or we are failing: stop now
-      pool.join()
+    os.makedirs(parent, exist_ok=True)
+  except OSError as e:
+    raise OutputError(f'cannot create the folder {parent} of out_dir: '
+                      f'{e.strerror}; choose another out_dir') from None
+  # One converter per out_dir: a second would write into the first's
+  # .partial folder, and remove it when it failed.
+  with atomic.exclusive(out_dir + LOCK_SUFFIX, f'out_dir {out_dir}'):
+    # Again, under the lock: a run that held it may have just finished.
+    _check_out_dir(out_dir, overwrite)
+    plan = sources.plan(src_dir, resplit, val_counts, test_counts, seed, layout)
+    shards = plan_shards(plan, name, num_shards, seed, stored_size)
+    arguments = {'image_size': list(stored_size), 'resplit': resplit,
+                 'val_counts': val_counts, 'test_counts': test_counts,
+                 'num_shards': num_shards, 'seed': seed, 'name': name,
+                 'layout': layout, 'voi': voi,
+                 # Whether one was given; the salt itself is never written.
+                 'patient_id_salt': 'given' if patient_id_salt else 'random'}
+    partial = out_dir + PARTIAL_SUFFIX
+    fingerprint = _fingerprint(plan, shards, arguments)
+    if patient_id_salt:
+      # Another salt gives other keys: its shards must not be mixed with these.
+      fingerprint += hmac.new(patient_id_salt.encode(), b'fingerprint',
+                              'sha256').hexdigest()
+    finished = _prepare_partial(partial, fingerprint, resume)
+    salt = _patient_id_salt(partial, patient_id_salt)
+    if finished and progress:
+      print(f'resuming: {len(finished)} of {len(shards)} shards were finished '
+            f'by an interrupted run in {partial}')
+    num_tasks = sum(len(files) for _, filename, files in shards
+                    if filename not in finished)
+    pool = None
+    if num_workers > 1 and num_tasks > _CHUNKSIZE:
+      # spawn, not fork: this process is about to load TensorFlow, whose
+      # threads do not survive a fork. Started before that import, so the
+      # workers' interpreters start up while it runs.
+      pool = multiprocessing.get_context('spawn').Pool(
+          min(num_workers, math.ceil(num_tasks / _CHUNKSIZE)),
+          initializer=imaging.ignore_interrupts)
+    try:
+      # Imported before the timed stage, so images_per_second compares worker
+      # counts fairly (the import takes seconds).
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
+      stage_start = time.perf_counter()
+      written, skipped = _write_shards(plan, shards, partial, stored_size, pool,
+                                       progress, finished, voi, salt)
+      timing = {'elapsed_seconds': round(time.perf_counter() - start, 2),
+                'decode_write_seconds': round(time.perf_counter() - stage_start,
+                                              2)}
+      info = _dataset_info(plan, shards, partial, written, skipped, stored_size,
+                           name, arguments, created, timing, num_workers)
+      shutil.rmtree(os.path.join(partial, _PROGRESS_DIR))
+      # TFDS' metadata (imports TFDS here, never in the workers), then ours.
+      schema.write_tfds_metadata(partial, info)
+      # Written last: its presence is what marks a dataset as finished.
+      atomic.write_json(os.path.join(partial, schema.INFO_FILENAME), info,
+                        indent=1)
+      _move_into_place(partial, out_dir)
+    except BaseException:
+      if not resume:
+        shutil.rmtree(partial, ignore_errors=True)
+      raise
+    finally:
+      if pool is not None:
+        pool.terminate()  # all results are in, or we are failing: stop now
+        pool.join()
   if progress:
     print_summary(info, out_dir)
   return info
@@ -617,6 +631,50 @@ class _NoBar:
 
   def close(self):
     pass
+
+
+def worker_memory_bytes(stored_size):
+  """An estimate of one decoding worker's peak memory: its interpreter with
+  numpy and Pillow (about 150 MB), and the float32 copies a decode holds,
+  about six of the stored size (the resize's input, at JPEG draft scale
+  about twice the output per side, and its output)."""
+  height, width = stored_size
+  return 150 * 2**20 + 6 * 4 * height * width
+
+
+def _available_memory_bytes():
+  """MemAvailable from /proc/meminfo, or None where there is none."""
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
+
+
+def _workers_that_fit(num_workers, stored_size, verbose):
+  """Lowers num_workers to what the free memory holds, saying so.
+
+  Raises:
+    OutputError: not even one worker fits.
+  """
+  available = _available_memory_bytes()
+  if available is None:
+    return num_workers
+  per_worker = worker_memory_bytes(stored_size)
+  fit = min(num_workers, available // per_worker)
+  if fit < 1:
+    raise OutputError(
+        f'a decoding worker at {stored_size[0]}x{stored_size[1]} needs about '
+        f'{per_worker / 2**30:.1f} GB and {available / 2**30:.1f} GB is free; '
+        'choose a smaller --image_size or free memory')
+  if fit < num_workers and verbose:
+    print(f'using {fit} decoding workers, not {num_workers}: each needs about '
+          f'{per_worker / 2**30:.1f} GB at {stored_size[0]}x{stored_size[1]} '
+          f'and {available / 2**30:.1f} GB is free')
+  return fit
 
 
 def _cpu_count():
