@@ -114,8 +114,12 @@ def test_missing_flag_is_a_usage_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
-  """SIGKILL mid-write: out_dir never appears; the next run resumes."""
+@pytest.mark.parametrize('signum', [signal.SIGKILL, signal.SIGINT])
+def test_kill_9_or_ctrl_c_leaves_no_finished_looking_dataset(tmp_path, signum):
+  """SIGKILL, or Ctrl-C (SIGINT to the tool and its workers, as a terminal
+  sends it), mid-write: out_dir never appears; Ctrl-C ends in one line and
+  exit code 130, with no traceback from the tool or its workers; the next
+  run resumes."""
   src = str(tmp_path / 'src')
   synthetic.make_synthetic_kermany(src, num_images=30, size_scale=0.3,
                                    num_workers=1)
@@ -133,9 +137,10 @@ def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
   args = [sys.executable, os.path.join('tools', 'make_tfrecords'),
           f'--src_dir={src}', f'--out_dir={out}', '--num_workers=2',
           '--noprogress']
+  stderr_path = tmp_path / 'stderr'
+  stderr = open(stderr_path, 'w')  # pylint: disable=consider-using-with
   process = subprocess.Popen(args, cwd=REPO, start_new_session=True,
-                             stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=stderr)
   try:
     deadline = time.monotonic() + 180  # generous: CI machines are shared
     # Wait for one finished shard's progress record (renamed into place
@@ -147,8 +152,19 @@ def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
       assert time.monotonic() < deadline
       time.sleep(0.01)
   finally:
-    os.killpg(process.pid, signal.SIGKILL)  # the tool and its workers
-    process.wait()
+    os.killpg(process.pid, signum)  # the tool and its workers
+    try:
+      process.wait(timeout=60)
+    finally:
+      if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+      stderr.close()
+  if signum == signal.SIGINT:
+    assert process.returncode == 130
+    # Not counting TensorFlow's C++ start-up lines (as assert_one_line_error).
+    lines = [l for l in stderr_path.read_text().splitlines()
+             if l.strip() and not l.startswith(('WARNING', 'I0000', 'E0000'))]
+    assert lines == ['interrupted; rerun the same command to resume']
   assert not os.path.exists(out)
   assert not os.path.exists(os.path.join(partial, schema.INFO_FILENAME))
 
@@ -167,6 +183,8 @@ def test_kill_9_leaves_no_finished_looking_dataset(tmp_path):
   assert counts['duplicates'] == 2 * 21  # the tree's 2, copied with it
   assert counts['written'] == 30 * 21 - 2 * 21
 
+  if signum != signal.SIGKILL:
+    return  # the resumed bytes are compared once, after SIGKILL
   # Byte for byte what an uninterrupted conversion writes.
   reference = str(tmp_path / 'reference')
   reference_info = writer.convert(src, reference, num_workers=2,
