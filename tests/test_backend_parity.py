@@ -236,6 +236,7 @@ def test_preprocessing_equals_vgg16_preprocess_input_exactly(channels):
   np.testing.assert_array_equal(actual, to_numpy(expected))
 
 
+@pytest.mark.slow
 def test_model_trains_a_few_steps_predicts_and_reloads(tmp_path):
   keras.utils.set_random_seed(0)
   rng = np.random.default_rng(6)

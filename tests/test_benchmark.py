@@ -70,6 +70,7 @@ def test_epoch_benchmark_reports_ratios(bench_data):
   assert 'x baseline' in benchmark.format_table(result)
 
 
+@pytest.mark.slow
 def test_ops_benchmark_times_each_part():
   result = benchmark.benchmark_ops(image_size=32, batch_size=4, calls=2,
                                    repeats=2)

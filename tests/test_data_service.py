@@ -68,6 +68,7 @@ def test_service_reads_each_example_once(service, builder):
   assert served == local
 
 
+@pytest.mark.slow
 def test_training_pipeline_through_the_service_sees_each_example_once_per_epoch(
     service, builder):
   local = _examples(builder.as_dataset('train', with_metadata=True))

@@ -342,6 +342,7 @@ print(json.dumps({
 '''
 
 
+@pytest.mark.slow
 def test_random_affine_draws_differ_between_replicas():
   # A mirrored SeedGenerator gives every replica the same state; without the
   # replica id folded in, image i of each replica got the same transform.

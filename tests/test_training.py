@@ -79,6 +79,7 @@ def count_labels_in_shards(data_dir, split):
   return counts
 
 
+@pytest.mark.slow  # uses finished_run: a real training
 def test_fit_receives_the_seeds_class_weights(finished_run, fit_calls,
                                               data_dir):
   """'balanced' weights, n / (classes * count_c), from a count of the
@@ -168,6 +169,7 @@ def test_small_split_warning_needs_30_of_each_class_in_val_and_test():
   assert '; test' not in warning and '\n' not in warning
 
 
+@pytest.mark.slow  # uses finished_run: a real training
 def test_run_writes_a_complete_model_dir(finished_run):
   model_dir, results = finished_run
   for name in ('results.json', 'results.md', 'model.keras', 'config.json',
@@ -185,6 +187,7 @@ def test_run_writes_a_complete_model_dir(finished_run):
   assert results['training']['epochs_run'] == 2
 
 
+@pytest.mark.slow  # uses finished_run: a real training
 def test_results_agree_with_an_independent_evaluation(finished_run, data_dir):
   """Reload model.keras, predict every split, recount every cell of
   results.json and results.md by hand."""
@@ -231,6 +234,7 @@ def test_results_agree_with_an_independent_evaluation(finished_run, data_dir):
   assert f'95% CI [{low:.4f}, {high:.4f}]' in table
 
 
+@pytest.mark.slow  # uses finished_run: a real training
 def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -253,6 +257,7 @@ def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
   np.testing.assert_allclose(served, direct, atol=1e-5)
 
 
+@pytest.mark.slow  # uses finished_run: a real training
 def test_finished_run_is_not_overwritten(finished_run, data_dir):
   model_dir, _ = finished_run
   with pytest.raises(training.TrainingError, match='already holds a finished'):
@@ -415,6 +420,7 @@ def _converter_pixels(path):
   return np.asarray(Image.open(io.BytesIO(png)))[None, ..., None]
 
 
+@pytest.mark.slow  # uses finished_run: a real training
 def test_predict_decodes_every_file_as_the_converter_does(finished_run,
                                                           tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
@@ -440,6 +446,7 @@ def test_predict_decodes_every_file_as_the_converter_does(finished_run,
     assert prob == pytest.approx(float(expected), abs=1e-5), path
 
 
+@pytest.mark.slow  # uses finished_run: a real training
 def test_predict_reports_bad_files_and_keeps_the_good_ones(finished_run,
                                                            tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
