@@ -335,3 +335,19 @@ def test_scan_groups_dicom_files_by_their_patient_id(tmp_path):
       'NORMAL/a1.dcm': 'A', 'PNEUMONIA/a2.dcm': 'A', 'PNEUMONIA/b1.dcm': 'B',
       'NORMAL/none.dcm': 'none'}  # no PatientID: the stem, as for JPEGs
   assert all(f.is_dicom for f in found.files)
+
+
+def test_predict_decodes_dicom_with_the_datasets_voi(tmp_path):
+  """tools/predict reads the VOI policy the dataset was converted with."""
+  import json  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import serving  # pylint: disable=g-import-not-at-top
+  data_dir, model_dir = tmp_path / 'data', tmp_path / 'model'
+  data_dir.mkdir()
+  (model_dir / 'serving').mkdir(parents=True)
+  (model_dir / 'config.json').write_text(json.dumps(
+      {'image_size': 32, 'data_dir': str(data_dir)}))
+  serving_dir = str(model_dir / 'serving')
+  assert serving._preprocessing(serving_dir) == (32, 'auto')  # pylint: disable=protected-access
+  (data_dir / 'xray_info.json').write_text(
+      json.dumps({'dicom': {'voi': 'full'}}))
+  assert serving._preprocessing(serving_dir) == (32, 'full')  # pylint: disable=protected-access

@@ -17,6 +17,7 @@ import tensorflow as tf
 from xray_tfdata import atomic
 from xray_tfdata import imaging
 from xray_tfdata import resume
+from xray_tfdata import schema
 from xray_tfdata.config import TrainingError
 
 MODEL_FILE = 'model.keras'
@@ -66,14 +67,27 @@ def export_model(net, model_dir, image_size):
   os.replace(tmp, final)
 
 
-def _stored_size(serving_dir):
-  """The run's image size, from the config.json next to serving/, or None."""
+def _preprocessing(serving_dir):
+  """(stored size or None, DICOM VOI policy) of the run next to serving/.
+
+  The size comes from its config.json; the VOI policy from the xray_info.json
+  of the dataset it trained on, where that is still readable ('auto', the
+  converter's default, otherwise).
+  """
   try:
     config = atomic.read_json(os.path.join(os.path.dirname(
         os.path.abspath(serving_dir)), resume.CONFIG_JSON))
-    return int(config['image_size'])
+    size = int(config['image_size'])
   except (OSError, KeyError, TypeError, ValueError):
-    return None
+    return None, 'auto'
+  voi = 'auto'
+  try:
+    info = atomic.read_json(os.path.join(config.get('data_dir') or '',
+                                         schema.INFO_FILENAME))
+    voi = info.get('dicom', {}).get('voi', 'auto')
+  except (OSError, TypeError, ValueError, AttributeError):
+    pass
+  return size, voi
 
 
 def predict_paths(serving_dir, paths):
@@ -81,7 +95,8 @@ def predict_paths(serving_dir, paths):
 
   Every file goes through `imaging.decode_and_resize` at the run's stored
   size (so CMYK, palette, alpha, 16-bit and DICOM files are read exactly as
-  in training), then through the exported serving model. One bad file does
+  in training; DICOM with the VOI policy of the dataset, where its
+  xray_info.json is still at the run's data_dir), then through the exported serving model. One bad file does
   not cost the others their results.
 
   Args:
@@ -97,7 +112,7 @@ def predict_paths(serving_dir, paths):
   if not os.path.exists(os.path.join(serving_dir, 'saved_model.pb')):
     raise TrainingError(f'{serving_dir} has no exported model: pass '
                         f'--model_dir of a finished run (its {SERVING_DIR}/)')
-  size = _stored_size(serving_dir)
+  size, voi = _preprocessing(serving_dir)
   results, blobs, good = [], [], []
   for index, path in enumerate(paths):
     if os.path.isdir(path):
@@ -113,7 +128,7 @@ def predict_paths(serving_dir, paths):
       except OSError as e:
         decoded = f'cannot read: {e.strerror}'
     else:
-      decoded = imaging.decode_and_resize((path, (size, size)))
+      decoded = imaging.decode_and_resize((path, (size, size), voi))
     if isinstance(decoded, str):
       results.append((None, decoded))
       continue
