@@ -32,3 +32,21 @@ def _reset_dtype_policy():
   import sys  # pylint: disable=g-import-not-at-top
   if 'keras' in sys.modules:
     sys.modules['keras'].mixed_precision.set_global_policy('float32')
+
+
+# XRAY_TFDATA_TEST_CPU_FLAGS=avx512_bf16 pytest -m "not slow" runs the
+# in-process tests as an AVX512_BF16 host would: policy 'auto' then picks
+# mixed_bfloat16 (issue 14: results must not depend on the host). Processes
+# the tests start still read the real /proc/cpuinfo.
+_EXTRA_CPU_FLAGS = set(os.environ.get('XRAY_TFDATA_TEST_CPU_FLAGS', '').split(
+    ',')) - {''}
+
+
+@pytest.fixture(autouse=True)
+def _extra_cpu_flags(monkeypatch):
+  if _EXTRA_CPU_FLAGS:
+    from xray_tfdata import model  # pylint: disable=g-import-not-at-top
+    real = model.read_cpu_flags
+    monkeypatch.setattr(model, 'read_cpu_flags',
+                        lambda *args: real(*args) | _EXTRA_CPU_FLAGS)
+  yield

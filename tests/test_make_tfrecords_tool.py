@@ -139,8 +139,13 @@ def test_kill_9_or_ctrl_c_leaves_no_finished_looking_dataset(tmp_path, signum):
           '--noprogress']
   stderr_path = tmp_path / 'stderr'
   stderr = open(stderr_path, 'w')  # pylint: disable=consider-using-with
-  process = subprocess.Popen(args, cwd=REPO, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=stderr)
+  # SIGINT's default action restored for the tool: a shell without job
+  # control starts background jobs (a CI runner's, say) with SIGINT ignored,
+  # children inherit that, and Python then leaves Ctrl-C ignored too.
+  process = subprocess.Popen(
+      args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+      stderr=stderr,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     deadline = time.monotonic() + 180  # generous: CI machines are shared
     # Wait for one finished shard's progress record (renamed into place
