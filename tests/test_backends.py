@@ -18,54 +18,7 @@ def _jax_env():
   return dict(os.environ, KERAS_BACKEND='jax', JAX_PLATFORMS='cpu')
 
 
-@pytest.mark.slow
-def test_parity_and_model_tests_pass_on_jax_without_tensorflow():
-  result = subprocess.run(
-      [sys.executable, _NO_TENSORFLOW, '-q', '-p', 'no:cacheprovider',
-       os.path.join(REPO_ROOT, 'tests', 'test_backend_parity.py')],
-      cwd=REPO_ROOT, env=_jax_env(), capture_output=True, text=True,
-      timeout=600)
-  output = result.stdout[-4000:] + result.stderr[-2000:]
-  assert result.returncode == 0, output
-  assert ' passed' in result.stdout, output
-  for outcome in ('failed', 'skipped', 'error'):
-    assert outcome not in result.stdout.splitlines()[-1], output
-
-
-@pytest.mark.slow
-def test_device_epoch_benchmark_runs_on_jax_without_tensorflow(tmp_path):
-  output = tmp_path / 'result.json'
-  result = subprocess.run(
-      [sys.executable, _NO_TENSORFLOW, '--script',
-       os.path.join(REPO_ROOT, 'tools', 'benchmark'), '--mode=device_epoch',
-       f'--work_dir={tmp_path}', '--num_images=24', '--image_size=32',
-       '--batch_size=4', '--train_images=8', '--val_images=6', '--repeats=1',
-       '--variants=baseline,library,library_float32,floor',
-       f'--output={output}'],
-      cwd=REPO_ROOT, env=_jax_env(), capture_output=True, text=True,
-      timeout=600)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-  report = json.loads(output.read_text())
-  assert report['mode'] == 'device_epoch'
-  assert report['machine']['backend'] == 'jax'
-  assert report['machine']['versions']['tensorflow'] is None
-  assert report['machine']['versions']['jax']
-  auto = report['policies']['library']  # float32, or bf16 on AVX512_BF16
-  expected = {'baseline': 'float32', 'library': auto,
-              'library_float32': 'float32', 'floor': auto}
-  if auto == 'float32':  # the same model as 'library': not run twice
-    del expected['library_float32']
-    assert report['same_as_library'] == 'library_float32'
-  assert report['policies'] == expected
-  assert report['train_images'] == 8 and report['val_images'] == 6
-  for name in report['policies']:
-    assert len(report['epoch_seconds'][name]) == 1
-    assert report['epoch_seconds'][name][0] > 0
-  assert report['speedup_vs_baseline']['baseline'] == 1.0
-  assert report['median_idg_images_per_s'] > 0
-  assert 'library' in result.stdout and 'x baseline' in result.stdout
-
+_TIMEOUT_S = 600
 
 _TF_DATA_TO_JAX = r'''
 import os, sys
@@ -90,14 +43,97 @@ print('predictions', net.predict(val, verbose=0).shape)
 '''
 
 
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """The three JAX processes, started at once: each spends much of its time
+  importing and compiling on one core, so together they take about the time
+  of the longest rather than the sum (as test_distribute's runs do)."""
+  root = tmp_path_factory.mktemp('backends')
+  (root / 'data').mkdir()
+  commands = {
+      'parity': ([sys.executable, _NO_TENSORFLOW, '-q', '-p',
+                  'no:cacheprovider',
+                  os.path.join(REPO_ROOT, 'tests', 'test_backend_parity.py')],
+                 _jax_env()),
+      'device_epoch': (
+          [sys.executable, _NO_TENSORFLOW, '--script',
+           os.path.join(REPO_ROOT, 'tools', 'benchmark'),
+           '--mode=device_epoch', f'--work_dir={root}', '--num_images=24',
+           '--image_size=32', '--batch_size=4', '--train_images=8',
+           '--val_images=6', '--repeats=1',
+           '--variants=baseline,library,library_float32,floor',
+           f'--output={root / "result.json"}'],
+          _jax_env()),
+      'tf_data': ([sys.executable, '-c', _TF_DATA_TO_JAX, REPO_ROOT,
+                   str(root / 'data')],
+                  dict(_jax_env(), TF_CPP_MIN_LOG_LEVEL='2')),
+  }
+  processes, files = {}, []
+  for name, (command, env) in commands.items():
+    out = open(root / f'{name}.out', 'w')  # pylint: disable=consider-using-with
+    err = open(root / f'{name}.err', 'w')  # pylint: disable=consider-using-with
+    files += [out, err]
+    processes[name] = subprocess.Popen(  # pylint: disable=consider-using-with
+        command, cwd=REPO_ROOT, env=env, stdout=out, stderr=err)
+  try:
+    for process in processes.values():
+      process.wait(timeout=_TIMEOUT_S)
+  finally:
+    for process in processes.values():
+      if process.poll() is None:
+        process.kill()
+    for f in files:
+      f.close()
+  results = {name: subprocess.CompletedProcess(
+      process.args, process.returncode, (root / f'{name}.out').read_text(),
+      (root / f'{name}.err').read_text())
+             for name, process in processes.items()}
+  results['report'] = root / 'result.json'
+  return results
+
+
 @pytest.mark.slow
-def test_tf_data_pipeline_feeds_a_jax_backend_model(tmp_path):
+def test_parity_and_model_tests_pass_on_jax_without_tensorflow(runs):
+  result = runs['parity']
+  output = result.stdout[-4000:] + result.stderr[-2000:]
+  assert result.returncode == 0, output
+  assert ' passed' in result.stdout, output
+  for outcome in ('failed', 'skipped', 'error'):
+    assert outcome not in result.stdout.splitlines()[-1], output
+
+
+@pytest.mark.slow
+def test_device_epoch_benchmark_runs_on_jax_without_tensorflow(runs):
+  result = runs['device_epoch']
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+  report = json.loads(runs['report'].read_text())
+  assert report['mode'] == 'device_epoch'
+  assert report['machine']['backend'] == 'jax'
+  assert report['machine']['versions']['tensorflow'] is None
+  assert report['machine']['versions']['jax']
+  auto = report['policies']['library']  # float32, or bf16 on AVX512_BF16
+  expected = {'baseline': 'float32', 'library': auto,
+              'library_float32': 'float32', 'floor': auto}
+  if auto == 'float32':  # the same model as 'library': not run twice
+    del expected['library_float32']
+    assert report['same_as_library'] == 'library_float32'
+  assert report['policies'] == expected
+  assert report['train_images'] == 8 and report['val_images'] == 6
+  for name in report['policies']:
+    assert len(report['epoch_seconds'][name]) == 1
+    assert report['epoch_seconds'][name][0] > 0
+  assert report['speedup_vs_baseline']['baseline'] == 1.0
+  assert report['median_idg_images_per_s'] > 0
+  assert 'library' in result.stdout and 'x baseline' in result.stdout
+
+
+@pytest.mark.slow
+def test_tf_data_pipeline_feeds_a_jax_backend_model(runs):
   """The README's "Other backends" example: tf.data on the host, JAX on the
   device."""
-  result = subprocess.run(
-      [sys.executable, '-c', _TF_DATA_TO_JAX, REPO_ROOT, str(tmp_path)],
-      cwd=REPO_ROOT, env=dict(_jax_env(), TF_CPP_MIN_LOG_LEVEL='2'),
-      capture_output=True, text=True, timeout=600)
+  result = runs['tf_data']
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'epochs 2' in result.stdout
   assert 'predictions (5, 1)' in result.stdout  # val: 2 + 3 images
