@@ -39,8 +39,14 @@ def service():
   yield dispatcher.target
   gc.collect()  # drops the readers no test holds any more
   time.sleep(1)  # and the dispatcher their jobs
-  for server in workers + [dispatcher]:
-    server.stop()
+  # A worker still finishing a job can take seconds to stop (12 s seen in
+  # a CI run): stop both at once.
+  stopping = [threading.Thread(target=worker.stop) for worker in workers]
+  for thread in stopping:
+    thread.start()
+  for thread in stopping:
+    thread.join()
+  dispatcher.stop()
 
 
 @pytest.fixture(scope='module')
