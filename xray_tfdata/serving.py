@@ -80,14 +80,11 @@ def _preprocessing(serving_dir):
     size = int(config['image_size'])
   except (OSError, KeyError, TypeError, ValueError):
     return None, 'auto'
-  voi = 'auto'
   try:
-    info = atomic.read_json(os.path.join(config.get('data_dir') or '',
-                                         schema.INFO_FILENAME))
-    voi = info.get('dicom', {}).get('voi', 'auto')
-  except (OSError, TypeError, ValueError, AttributeError):
-    pass
-  return size, voi
+    info = schema.read_info(config.get('data_dir') or '')
+  except schema.DatasetInfoError:
+    return size, 'auto'  # moved, deleted, or on a machine without it
+  return size, info.get('dicom', {}).get('voi', 'auto')
 
 
 def predict_paths(serving_dir, paths):
