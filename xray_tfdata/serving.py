@@ -38,22 +38,32 @@ def export_model(net, model_dir, image_size):
 
   size = (image_size, image_size)
 
-  def serve(encoded):
-    """Encoded JPEG or PNG bytes [N] -> {'probability': P(pneumonia) [N]}."""
-    def decode(data):
-      image = tf.io.decode_image(data, channels=1, dtype=tf.uint8,
-                                 expand_animations=False)
-      # Squash to the stored size with an anti-aliased filter, as the
-      # converter does (it uses PIL; the two agree to a few grey levels).
-      image = tf.image.resize(image, size, antialias=True)
-      return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+  def decode(data):
+    """Encoded bytes -> the stored form, uint8 [height, width, 1]."""
+    image = tf.io.decode_image(data, channels=1, dtype=tf.uint8,
+                               expand_animations=False)
+    # Squash to the stored size with an anti-aliased filter, as the
+    # converter does (it uses PIL; the two agree to a few grey levels).
+    image = tf.image.resize(image, size, antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+  def probability(encoded):
+    """P(pneumonia) [N] of N > 0 encoded images."""
     images = tf.map_fn(decode, encoded,
                        fn_output_signature=tf.TensorSpec(size + (1,),
                                                          tf.uint8))
+    return tf.reshape(tf.cast(net(images, training=False), tf.float32), [-1])
+
+  def serve(encoded):
+    """Encoded JPEG or PNG bytes [N] -> {'probability': P(pneumonia) [N]}."""
+    # The net never sees an empty batch: oneDNN's bfloat16 convolution (the
+    # kernels a mixed_bfloat16 model runs on AVX512_BF16 CPUs) rejects N = 0
+    # ("input depth must be evenly divisible by filter depth").
+    scores = tf.cond(tf.size(encoded) > 0, lambda: probability(encoded),
+                     lambda: tf.zeros([0], tf.float32))
     # A named output: the signature's output is 'probability', not
     # 'output_0' (TF Serving and saved_model_cli show this name).
-    return {'probability': tf.reshape(
-        tf.cast(net(images, training=False), tf.float32), [-1])}
+    return {'probability': scores}
 
   archive = keras.export.ExportArchive()
   archive.track(net)
