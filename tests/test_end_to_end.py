@@ -70,12 +70,13 @@ def test_tools_end_to_end(converted):
   assert all(0.0 <= float(l.split('\t')[1]) <= 1.0 for l in lines)
   # A bad file among good ones: the good results, one line per bad file.
   mixed = run_tool('predict', f'--model_dir={model_dir}', images[0],
-                   str(root / 'missing.jpeg'), str(root))
+                   str(root / 'missing.jpeg'), data)
   assert mixed.returncode == 1
   assert mixed.stdout.strip().splitlines() == [lines[0]]
   errors = [l for l in mixed.stderr.splitlines() if l.startswith('error:')]
   assert errors == [f'error: {root / "missing.jpeg"}: does not exist',
-                    f'error: {root}: is a folder, not an image file']
+                    f'error: {data}: is a folder without image files '
+                    '(.jpeg, .jpg, .png, ...)']
 
   again = run_tool('train', f'--flagfile={flagfile}')
   assert_one_line_error(again, 'already holds a finished run', '--overwrite')

@@ -1,7 +1,11 @@
 """serving: the exported SavedModel's 'serve' signature and predict."""
 
+import csv
 import io
+import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -9,8 +13,9 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from xray_tfdata import imaging
 from xray_tfdata import serving
+
+from conftest import REPO_ROOT
 
 SIZE = 16
 
@@ -75,3 +80,82 @@ def test_serve_scores_images_as_the_net_does(exported):
         [_png(image) for image in images[:count]]))['probability'].numpy()
     expected = net.predict(images[:count, ..., None], verbose=0).reshape(-1)
     np.testing.assert_allclose(probability, expected, atol=1e-6)
+
+
+def _run_predict(*args):
+  return subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'tools', 'predict'), *args],
+      capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+
+
+def _reference(path):
+  """The stored pixels by PIL alone: gray, squashed with bilinear."""
+  with Image.open(path) as image:
+    return np.asarray(image.convert('L').resize((SIZE, SIZE),
+                                                Image.BILINEAR))
+
+
+@pytest.mark.slow  # starts the tool
+def test_predict_tool_takes_folders_and_globs_and_applies_the_threshold(
+    tmp_path):
+  keras.utils.set_random_seed(5)
+  net = _net()
+  model_dir = tmp_path / 'model'
+  model_dir.mkdir()
+  serving.export_model(net, str(model_dir), SIZE)
+  data_dir = tmp_path / 'data'
+  data_dir.mkdir()
+  (data_dir / 'xray_info.json').write_text(json.dumps(
+      {'format_version': 2, 'class_names': ['healthy', 'sick']}))
+  (model_dir / 'config.json').write_text(json.dumps(
+      {'image_size': SIZE, 'data_dir': str(data_dir)}))
+  rng = np.random.default_rng(1)
+  images = tmp_path / 'images'
+  names = ['a.png', 'b.png', 'deeper/c.png', 'deeper/d.png', 'e.png']
+  for name in names:
+    path = images / name
+    path.parent.mkdir(exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 30), np.uint8)).save(path)
+  (images / '.hidden.png').write_bytes(b'litter')  # skipped
+  (images / 'notes.txt').write_text('not an image')  # skipped
+  (tmp_path / 'empty').mkdir()
+  files = sorted(str(images / n) for n in names)
+  expected = net.predict(np.stack([_reference(f) for f in files])[..., None],
+                         verbose=0).reshape(-1)
+  threshold = float(np.median(expected))  # decisions of both kinds
+  (model_dir / 'results.json').write_text(json.dumps(
+      {'youden': {'threshold': threshold}}))
+
+  # A folder, as CSV, two images per model call (three calls).
+  result = _run_predict(f'--model_dir={model_dir}', '--output=csv',
+                        '--batch_size=2', str(images))
+  assert result.returncode == 0, result.stderr
+  rows = list(csv.reader(io.StringIO(result.stdout)))
+  assert rows[0] == ['path', 'P', 'decision']
+  assert [r[0] for r in rows[1:]] == files
+  np.testing.assert_allclose([float(r[1]) for r in rows[1:]], expected,
+                             atol=6e-5)
+  assert [r[2] for r in rows[1:]] == [
+      'sick' if p > threshold else 'healthy' for p in expected]
+  assert {'healthy', 'sick'} == {r[2] for r in rows[1:]}
+  assert f'threshold {threshold:.4f}: the Youden threshold' in result.stderr
+  assert 'scored 5/5 images' in result.stderr
+  assert 'scored 2/5 images' in result.stderr  # a line per batch here
+
+  # Globs, an empty folder and a glob without matches; no results.json.
+  (model_dir / 'results.json').unlink()
+  result = _run_predict(f'--model_dir={model_dir}',
+                        str(images / '**' / 'c.png'), str(images / '?.png'),
+                        str(tmp_path / 'empty'), str(tmp_path / '*.gif'))
+  assert result.returncode == 1
+  lines = [l.split('\t') for l in result.stdout.strip().splitlines()]
+  assert [l[0] for l in lines] == [files[2]] + files[:2] + [files[4]]
+  by_path = dict(zip(files, expected))
+  assert [l[2] for l in lines] == ['sick' if by_path[l[0]] > 0.5
+                                   else 'healthy' for l in lines]
+  assert 'threshold 0.5000: the default (no threshold in' in result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert errors == [
+      f'error: {tmp_path / "empty"}: is a folder without image files '
+      '(.jpeg, .jpg, .png, ...)',
+      f'error: {tmp_path / "*.gif"}: matches no file']
