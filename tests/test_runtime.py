@@ -63,6 +63,12 @@ _STARTUP_LINES = [
     'E0000 00:00:1796296388.995822   17461 cuda_platform.cc:52] failed call '
     'to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR '
     '(303)',
+    # At levels below 2, on CPUs with instructions the build does not use:
+    'I0000 00:00:1796296390.123456   17461 cpu_feature_guard.cc:210] This '
+    'TensorFlow binary is optimized to use available CPU instructions in '
+    'performance-critical operations.',
+    'To enable the following instructions: AVX2 FMA, in other operations, '
+    'rebuild TensorFlow with the appropriate compiler flags.',
 ]
 
 

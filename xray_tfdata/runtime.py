@@ -78,6 +78,8 @@ def configure_tensorflow_env(environ=None):
 # line ('I0000 00:00:1796296382.379260   17461 cudart_stub.cc:31] ...').
 _ABSL_PREAMBLE = ('WARNING: All log messages before absl::InitializeLog() is '
                   'called are written to STDERR')
+# The second line of cpu_feature_guard.cc's notice has no glog prefix.
+_CPU_FEATURES_SECOND_LINE = 'To enable the following instructions: '
 _STARTUP_SOURCES = ('cudart_stub.cc', 'cuda_fft.cc', 'cuda_dnn.cc',
                     'cuda_blas.cc', 'cpu_feature_guard.cc', 'port.cc')
 # 'failed call to cuInit' is noise only where there is no GPU to find.
@@ -98,7 +100,7 @@ def is_startup_noise(line, gpu_device_files):
     gpu_device_files: whether the machine has GPU device files (then CUDA's
       errors are real and kept).
   """
-  if line == _ABSL_PREAMBLE:
+  if line == _ABSL_PREAMBLE or line.startswith(_CPU_FEATURES_SECOND_LINE):
     return True
   match = _GLOG_LINE.match(line)
   if not match:
