@@ -82,6 +82,43 @@ def test_serve_scores_images_as_the_net_does(exported):
     np.testing.assert_allclose(probability, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize('kind, max_levels, mean_levels', [
+    ('gray.png', 1, 0.5), ('sixteen.png', 1, 0.5), ('rgb.png', 1, 0.5),
+    # PIL decodes a JPEG at a reduced DCT scale first (imaging's draft).
+    ('gray.jpeg', 8, 2.0)])
+def test_serve_sees_the_pixels_the_converter_stores(tmp_path, kind,
+                                                    max_levels, mean_levels):
+  """Raw file bytes through the signature against imaging.load_image.
+
+  The net here outputs its input pixels, so 'probability' holds them. TF's
+  anti-aliased resize and PIL's bilinear differ by rounding (a grey level);
+  a nearest or non-anti-aliased resize differs by tens of levels here.
+  """
+  inputs = keras.Input((SIZE, SIZE, 1), dtype='uint8')
+  net = keras.Model(inputs, keras.layers.Flatten()(
+      keras.ops.cast(inputs, 'float32')))
+  serving.export_model(net, str(tmp_path), SIZE)
+  served = tf.saved_model.load(str(tmp_path / serving.SERVING_DIR))
+  rng = np.random.default_rng(0)
+  y, x = np.mgrid[0:90, 0:70]  # film-like: smooth shapes plus grain
+  gray = np.clip(128 + 60 * np.sin(x / 5) + 40 * np.cos(y / 7) +
+                 rng.normal(0, 20, x.shape), 0, 255).astype(np.uint8)
+  image = {'gray.png': Image.fromarray(gray),
+           'sixteen.png': Image.fromarray(gray.astype(np.uint16) * 257),
+           'rgb.png': Image.fromarray(np.stack(
+               [gray, np.roll(gray, 3, 0), gray[::-1]], -1)),
+           'gray.jpeg': Image.fromarray(gray)}[kind]
+  path = str(tmp_path / kind)
+  image.save(path, **({'quality': 95} if kind.endswith('jpeg') else {}))
+  with open(path, 'rb') as f:
+    pixels = served.serve(tf.constant([f.read()]))['probability'].numpy()
+  from xray_tfdata import imaging  # pylint: disable=g-import-not-at-top
+  difference = np.abs(pixels.reshape(SIZE, SIZE) -
+                      imaging.load_image(path, SIZE)[..., 0])
+  assert difference.max() <= max_levels and (
+      difference.mean() <= mean_levels), (difference.max(), difference.mean())
+
+
 def _run_predict(*args):
   return subprocess.run(
       [sys.executable, os.path.join(REPO_ROOT, 'tools', 'predict'), *args],
