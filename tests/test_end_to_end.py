@@ -51,6 +51,14 @@ def test_tools_end_to_end(converted):
   assert 'epoch 2:' in trained.stdout  # the per-epoch summary line
   assert ' - loss:' not in trained.stdout  # and not Keras' line as well
   assert '| test |' in trained.stdout  # the results table is printed
+  # The phases after training, and what was written where, said last.
+  assert 'evaluating the best epoch' in trained.stdout
+  assert 'exporting model.keras and serving/' in trained.stdout
+  assert trained.stdout.strip().splitlines()[-1].startswith(
+      f'wrote {model_dir}: results.md')
+  # No TensorFlow start-up lines (runtime.quiet_tensorflow_startup).
+  assert not [l for l in trained.stderr.splitlines()
+              if 'cuInit' in l or 'absl::InitializeLog' in l], trained.stderr
   with open(os.path.join(model_dir, 'results.json')) as f:
     results = json.load(f)
   with open(os.path.join(data, 'xray_info.json')) as f:
