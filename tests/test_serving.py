@@ -209,3 +209,37 @@ def test_predict_tool_takes_folders_and_globs_and_applies_the_threshold(
       f'error: {tmp_path / "empty"}: is a folder without image files '
       '(.jpeg, .jpg, .png, ...)',
       f'error: {tmp_path / "*.gif"}: matches no file']
+
+
+def test_find_images_expands_folders_and_globs_in_order(tmp_path):
+  for name in ('b.png', 'a.jpeg', 'deep/c.dcm', 'deep/.hidden.png',
+               '__MACOSX/._a.jpeg', 'notes.txt', 'scan[1].png', 'scan1.png'):
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    (tmp_path / name).write_bytes(b'x')
+  (tmp_path / 'empty').mkdir()
+  found = serving.find_images([
+      str(tmp_path / 'deep'), str(tmp_path / '*.png'),
+      str(tmp_path / 'scan[1].png'), str(tmp_path / 'missing.png'),
+      str(tmp_path / 'empty'), str(tmp_path / '*.gif')])
+  assert found == [
+      (str(tmp_path / 'deep' / 'c.dcm'), None),
+      (str(tmp_path / 'b.png'), None), (str(tmp_path / 'scan1.png'), None),
+      (str(tmp_path / 'scan[1].png'), None),
+      (str(tmp_path / 'scan[1].png'), None),  # a real file, not a pattern
+      (str(tmp_path / 'missing.png'), None),  # predict_paths says why
+      (str(tmp_path / 'empty'), 'is a folder without image files '
+       '(.jpeg, .jpg, .png, ...)'),
+      (str(tmp_path / '*.gif'), 'matches no file')]
+  whole = [path for path, _ in serving.find_images([str(tmp_path)])]
+  assert whole == sorted(str(tmp_path / n) for n in (
+      'a.jpeg', 'b.png', 'deep/c.dcm', 'scan1.png', 'scan[1].png'))
+
+
+def test_operating_threshold_is_the_runs_youden_threshold_else_one_half(
+    tmp_path):
+  threshold, source = serving.operating_threshold(str(tmp_path))
+  assert threshold == 0.5 and 'default' in source
+  (tmp_path / 'results.json').write_text(json.dumps(
+      {'youden': {'threshold': 0.3125}}))
+  threshold, source = serving.operating_threshold(str(tmp_path))
+  assert threshold == 0.3125 and 'Youden' in source

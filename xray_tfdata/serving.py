@@ -110,7 +110,8 @@ def find_images(inputs):
 
   A folder stands for the image files under it (any depth, by extension,
   sorted; hidden files and macOS' __MACOSX litter skipped), a glob for its
-  matches (sorted; `**` matches any depth); any other path for itself.
+  matches (sorted; `**` matches any depth); any other path, and a file
+  whose name only looks like a pattern, for itself.
 
   Args:
     inputs: paths, folders and glob patterns, as given on a command line.
@@ -121,7 +122,8 @@ def find_images(inputs):
   """
   found = []
   for name in inputs:
-    if _GLOB_CHARACTERS & set(name):
+    # A file whose name holds '[' or '*' is itself, not a pattern.
+    if _GLOB_CHARACTERS & set(name) and not os.path.isfile(name):
       matches = sorted(glob.glob(os.path.expanduser(name), recursive=True))
       files = [m for m in matches if not os.path.isdir(m)]
       found += [(m, None) for m in files] or [
