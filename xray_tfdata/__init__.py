@@ -4,7 +4,8 @@ Modules, one per stage:
   synthetic     Kermany-like synthetic image folders (demo and test data).
   sources       scanning image folders (and the RSNA layout), patient ids,
                 duplicates, re-splits.
-  imaging       decoding one source file into the stored form (no TensorFlow).
+  imaging       decoding one source file into the stored form; load_image
+                (no TensorFlow).
   dicom         DICOM to display intensities: modality LUT, VOI, MONOCHROME1.
   writer        converting images into TFRecord shards, TFDS' metadata and
                 xray_info.json.
