@@ -243,3 +243,4 @@ def test_operating_threshold_is_the_runs_youden_threshold_else_one_half(
       {'youden': {'threshold': 0.3125}}))
   threshold, source = serving.operating_threshold(str(tmp_path))
   assert threshold == 0.3125 and 'Youden' in source
+

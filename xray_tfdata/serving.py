@@ -124,7 +124,7 @@ def find_images(inputs):
   for name in inputs:
     # A file whose name holds '[' or '*' is itself, not a pattern.
     if _GLOB_CHARACTERS & set(name) and not os.path.isfile(name):
-      matches = sorted(glob.glob(os.path.expanduser(name), recursive=True))
+      matches = sorted(glob.glob(name, recursive=True))
       files = [m for m in matches if not os.path.isdir(m)]
       found += [(m, None) for m in files] or [
           (name, 'matches no file' if not matches else
@@ -177,9 +177,8 @@ def class_names(model_dir):
     names = schema.read_info(config.get('data_dir') or '')['class_names']
     negative, positive = names
     return str(negative), str(positive)
-  except (OSError, KeyError, TypeError, ValueError, AttributeError,
-          schema.DatasetInfoError):
-    return schema.DEFAULT_CLASS_NAMES
+  except (OSError, KeyError, TypeError, ValueError, AttributeError):
+    return schema.DEFAULT_CLASS_NAMES  # DatasetInfoError is a ValueError
 
 
 BATCH_SIZE = 64  # images per call of the serving model

@@ -34,9 +34,11 @@ _OUTPUT = flags.DEFINE_enum(
     'output', 'tsv', ['tsv', 'csv'],
     'tsv: `path<TAB>P<TAB>decision` lines; csv: a header `path,P,decision` '
     'and one row per image.')
+# No default here: serving.BATCH_SIZE is the one, and importing serving
+# (TensorFlow) would slow --help down.
 _BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', 64, 'Images decoded and scored per call of the model.',
-    lower_bound=1)
+    'batch_size', None, 'Images decoded and scored per call of the model '
+    '(default: serving.BATCH_SIZE, 64).', lower_bound=1)
 
 
 def main(argv):
@@ -55,10 +57,10 @@ def main(argv):
     negative, positive = serving.class_names(model_dir)
     print(f'threshold {threshold:.4f}: {source}', file=sys.stderr,
           flush=True)
+    batch_size = _BATCH_SIZE.value or serving.BATCH_SIZE
     scored = iter(serving.predict_paths(
-        serving_dir, paths, batch_size=_BATCH_SIZE.value,
-        progress=_progress_line() if len(paths) > _BATCH_SIZE.value
-        else None))
+        serving_dir, paths, batch_size=batch_size,
+        progress=_progress_printer() if len(paths) > batch_size else None))
   writer = csv.writer(sys.stdout, lineterminator='\n') if (
       _OUTPUT.value == 'csv') else None
   if writer:
@@ -80,7 +82,7 @@ def main(argv):
     sys.exit(1)  # every good file's result is printed above
 
 
-def _progress_line():
+def _progress_printer():
   """A progress(done, total) that shows `scored N/M images` on stderr: one
   line rewritten on a terminal, a line per tenth of the list otherwise."""
   printed = [0]  # the last tenth shown
