@@ -51,6 +51,14 @@ def test_tools_end_to_end(converted):
   assert 'epoch 2:' in trained.stdout  # the per-epoch summary line
   assert ' - loss:' not in trained.stdout  # and not Keras' line as well
   assert '| test |' in trained.stdout  # the results table is printed
+  # The phases after training, and what was written where, said last.
+  assert 'evaluating the best epoch' in trained.stdout
+  assert 'exporting model.keras and serving/' in trained.stdout
+  assert trained.stdout.strip().splitlines()[-1].startswith(
+      f'wrote {model_dir}: results.md')
+  # No TensorFlow start-up lines (runtime.quiet_tensorflow_startup).
+  assert not [l for l in trained.stderr.splitlines()
+              if 'cuInit' in l or 'absl::InitializeLog' in l], trained.stderr
   with open(os.path.join(model_dir, 'results.json')) as f:
     results = json.load(f)
   with open(os.path.join(data, 'xray_info.json')) as f:
@@ -70,12 +78,13 @@ def test_tools_end_to_end(converted):
   assert all(0.0 <= float(l.split('\t')[1]) <= 1.0 for l in lines)
   # A bad file among good ones: the good results, one line per bad file.
   mixed = run_tool('predict', f'--model_dir={model_dir}', images[0],
-                   str(root / 'missing.jpeg'), str(root))
+                   str(root / 'missing.jpeg'), data)
   assert mixed.returncode == 1
   assert mixed.stdout.strip().splitlines() == [lines[0]]
   errors = [l for l in mixed.stderr.splitlines() if l.startswith('error:')]
   assert errors == [f'error: {root / "missing.jpeg"}: does not exist',
-                    f'error: {root}: is a folder, not an image file']
+                    f'error: {data}: is a folder without image files '
+                    '(.jpeg, .jpg, .png, ...)']
 
   again = run_tool('train', f'--flagfile={flagfile}')
   assert_one_line_error(again, 'already holds a finished run', '--overwrite')

@@ -1,6 +1,8 @@
 """Saved models load with a plain keras.models.load_model after
-`import xray_tfdata`, in either import order, in a fresh process."""
+`import xray_tfdata` (or a submodule), whatever the order of that, `import
+tensorflow` and `import keras`, each order in a fresh process."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -18,10 +20,12 @@ from conftest import REPO_ROOT
 LAYERS = ('KerasCVAugmentation', 'RandomAffine', 'NoAugmentation',
           'VGG16Preprocess')
 
+# Each script imports in the order given, then checks what was imported
+# (the converter's workers must not pay for Keras) and loads the model with
+# nothing but Keras.
 LOAD = '''
 import sys
-{first}
-assert 'tensorflow' not in sys.modules or {keras_first}, 'imported TensorFlow'
+{imports}
 import keras
 import numpy as np
 net = keras.models.load_model(sys.argv[1])
@@ -29,6 +33,21 @@ print(' '.join(type(l).__name__ for l in net.layers[1:5]))
 np.testing.assert_allclose(net.predict(np.load(sys.argv[2]), verbose=0),
                            np.load(sys.argv[3]), atol=1e-6)
 '''
+
+OURS, TF, KERAS = 'import xray_tfdata', 'import tensorflow', 'import keras'
+# After `import xray_tfdata` alone, neither TensorFlow nor Keras is imported
+# (the converter's workers rely on it).
+NOTHING_HEAVY = ("assert 'keras' not in sys.modules, 'imported Keras'\n"
+                 "assert 'tensorflow' not in sys.modules, 'imported TF'")
+
+
+def _script(*statements):
+  """LOAD with the statements in order; the checks of NOTHING_HEAVY after
+  ours when it comes first."""
+  lines = list(statements)
+  if lines[0] == OURS:
+    lines.insert(1, NOTHING_HEAVY)
+  return LOAD.format(imports='\n'.join(lines))
 
 
 def _tiny_model():
@@ -42,7 +61,7 @@ def _tiny_model():
 
 
 @pytest.mark.slow
-def test_load_model_after_import_xray_tfdata_in_a_fresh_process(tmp_path):
+def test_load_model_after_import_xray_tfdata_in_every_import_order(tmp_path):
   path, images, expected = (str(tmp_path / n) for n in
                             ('model.keras', 'images.npy', 'expected.npy'))
   net = _tiny_model()
@@ -51,19 +70,17 @@ def test_load_model_after_import_xray_tfdata_in_a_fresh_process(tmp_path):
   np.save(images, batch)
   np.save(expected, net.predict(batch, verbose=0))
   env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-  orders = {
-      # The hook: Keras is imported after us; nothing heavy before that.
-      'ours first': LOAD.format(
-          first="import xray_tfdata\nassert 'keras' not in sys.modules",
-          keras_first=False),
-      'keras first': LOAD.format(first='import keras\nimport xray_tfdata',
-                                 keras_first=True),
-  }
+  orders = {' / '.join(order): _script(*order)
+            for order in itertools.permutations((OURS, TF, KERAS))}
+  # A submodule that imports TensorFlow, which looks Keras up (find_spec)
+  # without importing it.
+  orders['pipeline / keras'] = _script('from xray_tfdata import pipeline',
+                                       KERAS)
   runs = {name: subprocess.Popen(
       [sys.executable, '-c', script, path, images, expected], env=env,
       cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for name, script in orders.items()}
   for name, run in runs.items():
-    out, err = run.communicate(timeout=300)
+    out, err = run.communicate(timeout=600)
     assert run.returncode == 0, (name, err[-2000:])
     assert out.split() == list(LAYERS), (name, out)

@@ -51,3 +51,70 @@ def _probe(**user_env):
 def test_settings_are_in_force_unless_the_user_says_otherwise():
   assert _probe() == 'bfc'
   assert _probe(TF_CPU_ALLOCATOR_USE_BFC='false') == 'default'
+
+
+# Lines TensorFlow 2.21 writes while it loads on a machine without a GPU,
+# as captured from `import tensorflow` here.
+_STARTUP_LINES = [
+    'WARNING: All log messages before absl::InitializeLog() is called are '
+    'written to STDERR',
+    'I0000 00:00:1796296382.379260   17461 cudart_stub.cc:31] Could not find '
+    'cuda drivers on your machine, GPU will not be used.',
+    'E0000 00:00:1796296388.995822   17461 cuda_platform.cc:52] failed call '
+    'to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR '
+    '(303)',
+    # At levels below 2, on CPUs with instructions the build does not use:
+    'I0000 00:00:1796296390.123456   17461 cpu_feature_guard.cc:210] This '
+    'TensorFlow binary is optimized to use available CPU instructions in '
+    'performance-critical operations.',
+    'To enable the following instructions: AVX2 FMA, in other operations, '
+    'rebuild TensorFlow with the appropriate compiler flags.',
+]
+
+
+def test_startup_noise_is_named_and_cuda_errors_kept_where_gpus_exist():
+  assert all(runtime.is_startup_noise(line, gpu_device_files=False)
+             for line in _STARTUP_LINES)
+  # With GPU device files, a failing cuInit is a real problem.
+  assert not runtime.is_startup_noise(_STARTUP_LINES[2], gpu_device_files=True)
+  for line in ('error: data_dir x has no dataset',
+               'W0000 00:00:1.0   1 some_kernel.cc:12] a real warning',
+               'Traceback (most recent call last):'):
+    assert not runtime.is_startup_noise(line, gpu_device_files=False)
+
+
+def test_filtered_stderr_drops_the_noise_and_keeps_the_rest_in_order(capfd):
+  with runtime._filtered_stderr():  # pylint: disable=protected-access
+    for line in [_STARTUP_LINES[0], 'first real line', _STARTUP_LINES[1],
+                 'second real line']:
+      os.write(2, (line + '\n').encode())
+  assert capfd.readouterr().err == 'first real line\nsecond real line\n'
+
+
+
+def test_level_0_keeps_every_line(monkeypatch):
+  monkeypatch.delitem(sys.modules, 'tensorflow', raising=False)
+  monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '0')
+  monkeypatch.setattr(sys, 'meta_path', [
+      f for f in sys.meta_path
+      if type(f).__name__ != '_QuietTensorflowImport'])
+  runtime.quiet_tensorflow_startup()
+  assert not any(type(f).__name__ == '_QuietTensorflowImport'
+                 for f in sys.meta_path)
+  monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '2')
+  runtime.quiet_tensorflow_startup()
+  assert any(type(f).__name__ == '_QuietTensorflowImport'
+             for f in sys.meta_path)
+
+
+@pytest.mark.slow  # starts a tool
+def test_a_tool_that_imports_tensorflow_prints_only_its_own_line(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k not in runtime.TF_ENV_DEFAULTS}
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'tools', 'predict'),
+       f'--model_dir={tmp_path}', str(tmp_path / 'x.png')],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+      f'error: {tmp_path / "serving"} has no exported model: pass --model_dir '
+      'of a finished run (its serving/)'], result.stderr

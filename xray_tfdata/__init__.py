@@ -4,7 +4,8 @@ Modules, one per stage:
   synthetic     Kermany-like synthetic image folders (demo and test data).
   sources       scanning image folders (and the RSNA layout), patient ids,
                 duplicates, re-splits.
-  imaging       decoding one source file into the stored form (no TensorFlow).
+  imaging       decoding one source file into the stored form; load_image
+                (no TensorFlow).
   dicom         DICOM to display intensities: modality LUT, VOI, MONOCHROME1.
   writer        converting images into TFRecord shards, TFDS' metadata and
                 xray_info.json.
@@ -38,10 +39,11 @@ TensorFlow (the conversion worker processes rely on this).
 
 `import xray_tfdata` registers the custom Keras layers (RandomAffine,
 NoAugmentation, VGG16Preprocess, KerasCVAugmentation) with Keras, so that a
-plain `keras.models.load_model('model.keras')` works, in either import
-order: at once if Keras is already imported, otherwise right after Keras is
-(a one-shot import hook), so that processes that never use Keras (the
-converter's workers) never pay for importing it.
+plain `keras.models.load_model('model.keras')` works whatever the order of
+`import xray_tfdata` (or any submodule), `import tensorflow` and `import
+keras`: at once if Keras is already imported, otherwise right after Keras is
+(an import hook that leaves once Keras is loaded), so that processes that
+never use Keras (the converter's workers) never pay for importing it.
 """
 
 import importlib
@@ -88,15 +90,28 @@ def _register_layers():
 
 
 class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
-  """Runs _register_layers() right after `keras` is first imported."""
+  """Runs _register_layers() right after `keras` is first imported.
+
+  It stays in sys.meta_path until Keras is really imported: a bare
+  `importlib.util.find_spec('keras')`, which `import tensorflow` runs to
+  locate tf.keras, must not use it up.
+  """
 
   def find_spec(self, name, path=None, target=None):
-    del path, target
     if name != 'keras':
       return None
-    _remove_hook()
-    spec = importlib.util.find_spec('keras')  # the finders after this one
-    if spec is not None and spec.loader is not None:
+    # Keras' own spec, from the finders other than ours (asking importlib
+    # would ask this finder again).
+    for finder in sys.meta_path:
+      find = getattr(finder, 'find_spec', None)
+      if isinstance(finder, _RegisterAfterKeras) or find is None:
+        continue
+      spec = find(name, path, target)
+      if spec is not None:
+        break
+    else:
+      return None
+    if spec.loader is not None:
       spec.loader = _RegisteringLoader(spec.loader)
     return spec
 
@@ -111,6 +126,7 @@ class _RegisteringLoader(importlib.abc.Loader):
     return self._loader.create_module(spec)
 
   def exec_module(self, module):
+    _remove_hook()  # Keras' own submodules are found the plain way
     self._loader.exec_module(module)
     module.__loader__ = self._loader  # importlib.resources etc. see Keras'
     _register_layers()

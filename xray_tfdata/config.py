@@ -160,8 +160,10 @@ class TrainConfig:
       'short line per epoch (time, images/s, loss and AUC).', 'training',
       lower=0, upper=2)
   demo_images: int = _setting(
-      0, 'If > 0 and data_dir has no dataset, create a synthetic one of this '
-      'many images first (the demo; see xray_tfdata.synthetic).', 'data',
+      0, 'If > 0, create a synthetic dataset of this many images in data_dir '
+      'first (the demo; xray_tfdata.demo), or reuse the one it made there; '
+      'data_dir and <data_dir>-jpeg must be new, empty or the demo\'s own.',
+      'data',
       lower=0)
 
   def validate(self):

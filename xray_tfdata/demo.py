@@ -5,11 +5,15 @@
 draws a pool of synthetic Kermany-like JPEGs (`synthetic`) and converts it
 to TFRecords (`writer`), re-split by patient with the seed's val and test
 proportions. `tools/train --demo_images` and `tools/benchmark` both use it;
-each step is skipped when its output already exists.
+each step is skipped when its output already exists. `ensure_demo_data`
+writes only into new or empty folders, or those it created (a marker file).
 """
 
 import os
+import shutil
 
+from xray_tfdata import atomic
+from xray_tfdata import errors
 from xray_tfdata import schema
 
 # The seed's val and test splits: 150 NORMAL and 400 PNEUMONIA each, of the
@@ -88,21 +92,110 @@ def convert_pool(src_dir, data_dir, num_images, image_size, seed=0,
   return data_dir
 
 
+class DemoError(errors.XrayError):
+  """--demo_images would write into a folder it did not create."""
+
+
+# In each folder the demo creates: its claim on the folder. The pool's
+# marker also says whether the drawing finished ('drawn') or not.
+MARKER = '.xray_tfdata_demo'
+_POOL = 'pool'  # the class folders, under <data_dir>-jpeg
+
+
+def demo_folders(data_dir):
+  """(data_dir, the folder the demo draws its JPEGs into, under
+  <data_dir>-jpeg)."""
+  pool_root = data_dir.rstrip('/') + '-jpeg'
+  return data_dir, os.path.join(pool_root, _POOL)
+
+
 def ensure_demo_data(data_dir, num_images, image_size, seed=0):
   """Creates the synthetic demo dataset in data_dir unless it exists.
 
-  The JPEGs go to `<data_dir>-jpeg` as one pool of class folders, at a
-  quarter of Kermany's sizes (the demo trains at small image sizes, and
-  drawing and decoding full-size images would take most of its time).
+  The demo writes only into folders that do not exist, are empty, or that
+  it created itself (they hold MARKER): data_dir, for the TFRecords, and
+  `<data_dir>-jpeg`, for the JPEGs (one pool of class folders, at a quarter
+  of Kermany's sizes: the demo trains at small image sizes, and drawing and
+  decoding full-size images would take most of its time). Everything is
+  checked before anything is written. A dataset the demo converted is
+  reused; an interrupted drawing is drawn again, an interrupted conversion
+  resumed.
 
   Args:
     data_dir: where the TFRecords go.
     num_images: images in the pool.
     image_size: stored height and width.
     seed: the drawing's and the re-split's seed.
+
+  Raises:
+    DemoError: data_dir or <data_dir>-jpeg holds files the demo did not
+      write (a dataset of the user's, or anything else), or is a file.
   """
+  data_dir, src_dir = demo_folders(data_dir)
+  pool_root = os.path.dirname(src_dir)
   if schema.is_converted(data_dir):
+    if not _made_by_demo(data_dir, src_dir):
+      raise DemoError(
+          f'--demo_images: data_dir {data_dir} holds a dataset the demo did '
+          'not create; drop --demo_images to train on it, or pass a new or '
+          'empty --data_dir for the demo')
     return  # the pool may be gone; it is not needed again
-  src_dir = draw_pool(data_dir.rstrip('/') + '-jpeg', num_images, seed=seed,
-                      size_scale=0.25)
-  convert_pool(src_dir, data_dir, num_images, image_size, seed=seed)
+  for folder in (data_dir, pool_root):
+    if not _free_or_ours(folder):
+      raise DemoError(
+          f'--demo_images: {folder} exists and holds files the demo did not '
+          'create; pass a --data_dir whose folder and <data_dir>-jpeg are new '
+          'or empty (the demo writes only into those, or its own)')
+  print(f'demo: creating a synthetic dataset of {num_images} images in '
+        f'{data_dir} (JPEGs in {pool_root}); a rerun reuses it', flush=True)
+  _draw(src_dir, num_images, seed)
+  convert_pool(src_dir, data_dir, num_images, image_size, seed=seed,
+               quiet=True)
+  _write_marker(data_dir, 'converted')
+
+
+def _free_or_ours(folder):
+  """Whether the demo may write into folder: absent, empty, or marked."""
+  if not os.path.lexists(folder):
+    return True
+  if not os.path.isdir(folder):
+    return False
+  entries = os.listdir(folder)
+  return not entries or MARKER in entries
+
+
+def _made_by_demo(data_dir, src_dir):
+  """Whether the dataset in data_dir is the demo's: marked, or converted
+  from the demo's pool (a conversion that ended before its marker, or a
+  demo dataset made before markers existed, from <data_dir>-jpeg)."""
+  if os.path.exists(os.path.join(data_dir, MARKER)):
+    return True
+  try:
+    converted_from = schema.read_info(data_dir).get('src_dir')
+  except schema.DatasetInfoError:
+    return False
+  return converted_from in (os.path.abspath(src_dir),
+                            os.path.abspath(os.path.dirname(src_dir)))
+
+
+def _draw(src_dir, num_images, seed):
+  """Draws the pool into src_dir (under the marked <data_dir>-jpeg) unless
+  a finished drawing is there; an unfinished one is ours to replace."""
+  pool_root = os.path.dirname(src_dir)
+  marker = os.path.join(pool_root, MARKER)
+  if os.path.exists(marker):
+    with open(marker, encoding='utf-8') as f:
+      if f.read().strip() == 'drawn':
+        return
+  _write_marker(pool_root, 'drawing')
+  shutil.rmtree(src_dir, ignore_errors=True)
+  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
+  synthetic.make_synthetic_kermany(src_dir, num_images=num_images, seed=seed,
+                                   layout='pool', size_scale=0.25,
+                                   progress=False)
+  _write_marker(pool_root, 'drawn')
+
+
+def _write_marker(folder, state):
+  os.makedirs(folder, exist_ok=True)
+  atomic.write_text(os.path.join(folder, MARKER), state + '\n')

@@ -2,6 +2,7 @@
 
 `decode_and_resize` runs in the converter's worker processes, which are
 spawned fresh and import only this module, so it must stay free of TensorFlow.
+`load_image` returns the same pixels, for predict and users' own scripts.
 
 The stored image is single-channel uint8, resized to the stored size by
 squashing (aspect ratio not kept), as `flow_from_directory(target_size=...)`
@@ -40,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from xray_tfdata import dicom
+from xray_tfdata import errors
 
 RESIZE_FILTER = 'bilinear'  # recorded in xray_info.json
 _FILTER = Image.Resampling.BILINEAR
@@ -49,6 +51,48 @@ _DRAFT_FACTOR = 2  # decode JPEGs to at least this times the stored size
 # instead of 4.5 ms, a fifth of the whole per-image cost) for about 15% larger
 # files than the default level 6. Lossless either way.
 _PNG_LEVEL = 1
+
+
+class ImageError(errors.XrayError):
+  """An image file that cannot be used (missing, not an image, corrupt).
+
+  Attributes:
+    path: the file.
+    reason: why, without the path ('empty file (0 bytes)', ...).
+  """
+
+  def __init__(self, path, reason):
+    super().__init__(f'image {path}: {reason}')
+    self.path, self.reason = path, reason
+
+
+def load_image(path, image_size, voi='auto'):
+  """Reads an image file exactly as the converter stores it.
+
+  The pixels are those the converter would write into a shard for the
+  same file: gray, squashed to the stored size with PIL bilinear, 16-bit
+  images by their full range, DICOM through its modality LUT and VOI, CMYK,
+  palette and alpha images through their luma. Feed them to a model that
+  `tools/train` saved, e.g. `net.predict(load_image(path, 224)[None])`.
+
+  Args:
+    path: a JPEG, PNG, DICOM or any other file PIL reads.
+    image_size: the stored size: an int, or (height, width).
+    voi: the VOI policy for a DICOM file (`dicom.VOI_POLICIES`); that of the
+      dataset the model trained on (its xray_info.json, key dicom.voi).
+
+  Returns:
+    uint8 numpy array [height, width, 1].
+
+  Raises:
+    ImageError: the file cannot be used, with the reason.
+  """
+  height, width = ((image_size, image_size) if isinstance(image_size, int)
+                   else image_size)
+  decoded = _decode_pixels(path, (height, width), voi)
+  if isinstance(decoded, str):
+    raise ImageError(path, decoded)
+  return decoded[0][..., None]
 
 
 def decode_and_resize(task):
@@ -64,8 +108,18 @@ def decode_and_resize(task):
     reason the file cannot be used (gone, not a regular file, empty, not an
     image, corrupt, truncated, unsupported mode).
   """
-  path, (height, width) = task[:2]
-  voi = task[2] if len(task) > 2 else 'auto'
+  path, size = task[:2]
+  decoded = _decode_pixels(path, size, task[2] if len(task) > 2 else 'auto')
+  if isinstance(decoded, str):
+    return decoded
+  pixels, original_height, original_width = decoded
+  return encode_png(pixels), original_height, original_width
+
+
+def _decode_pixels(path, size, voi):
+  """decode_and_resize's pixels, uint8 [height, width], before encoding:
+  (pixels, original height, original width), or the reason as a string."""
+  height, width = size
   # Checked again here, not only by the scan: the file may have been deleted
   # or replaced since, and opening a FIFO would block this worker forever.
   try:
@@ -95,10 +149,10 @@ def decode_and_resize(task):
   except Exception as e:  # pylint: disable=broad-except
     message = str(e).replace(path, os.path.basename(path))
     return f'cannot decode: {type(e).__name__}: {message}'
-  return _png(pixels), original_height, original_width
+  return pixels, original_height, original_width
 
 
-def _png(pixels):
+def encode_png(pixels):
   """uint8 [height, width] as the stored PNG bytes."""
   buffer = io.BytesIO()
   Image.fromarray(pixels, 'L').save(buffer, 'PNG', compress_level=_PNG_LEVEL)
@@ -106,7 +160,7 @@ def _png(pixels):
 
 
 def _decode_dicom(path, size, voi='auto'):
-  """decode_and_resize for a DICOM file: display intensities in [0, 1]
+  """_decode_pixels for a DICOM file: display intensities in [0, 1]
   (`dicom.decode`), resized in float, quantized to 8 bits once."""
   try:
     intensities, _ = dicom.decode(path, voi=voi)
@@ -118,7 +172,7 @@ def _decode_dicom(path, size, voi='auto'):
   resized = Image.fromarray(intensities.astype(np.float32), 'F').resize(
       size, _FILTER)
   pixels = np.clip(np.rint(np.asarray(resized) * 255), 0, 255).astype(np.uint8)
-  return _png(pixels), original_height, original_width
+  return pixels, original_height, original_width
 
 
 def _gray_resized(image, size):

@@ -12,14 +12,23 @@ settings"): export TF_ENABLE_ONEDNN_OPTS=1 when training on such a CPU.
 
 Only defaults are set: a value already in the environment wins.
 
+TensorFlow also writes about seven lines while it loads (an absl preamble,
+CUDA probes, on a machine without a GPU an `E0000 ... cuInit` error) before
+it reads TF_CPP_MIN_LOG_LEVEL; `quiet_tensorflow_startup` filters them out
+of file descriptor 2 during the import.
+
 `tool_errors` is the tools' shared ending for errors a user can act on: one
 line on stderr and a non-zero exit instead of a traceback.
 """
 
 import contextlib
+import glob
+import importlib.abc
 import os
+import re
 import signal
 import sys
+import tempfile
 
 from xray_tfdata import atomic
 from xray_tfdata import errors
@@ -43,7 +52,9 @@ TF_ENV_DEFAULTS = {
 def configure_tensorflow_env(environ=None):
   """Sets TF_ENV_DEFAULTS in the environment where not already set.
 
-  Call it before importing TensorFlow.
+  Call it before importing TensorFlow. For the process's own environment it
+  also keeps TensorFlow's start-up lines out of stderr
+  (`quiet_tensorflow_startup`).
 
   Args:
     environ: the mapping to update; os.environ by default.
@@ -51,10 +62,137 @@ def configure_tensorflow_env(environ=None):
   Returns:
     dict of the variables of TF_ENV_DEFAULTS and the values now in force.
   """
-  environ = os.environ if environ is None else environ
+  own = environ is None
+  environ = os.environ if own else environ
   for name, (value, _) in TF_ENV_DEFAULTS.items():
     environ.setdefault(name, value)
+  if own:
+    quiet_tensorflow_startup()
   return {name: environ[name] for name in TF_ENV_DEFAULTS}
+
+
+# TensorFlow's C++ code logs these while it loads, before its logging has
+# read TF_CPP_MIN_LOG_LEVEL, so that variable cannot hold them back: the
+# absl preamble, the CUDA and cuDNN probes of a build with GPU support, and
+# the CPU feature and oneDNN notices. Keyed by the source file of the glog
+# line ('I0000 00:00:1796296382.379260   17461 cudart_stub.cc:31] ...').
+_ABSL_PREAMBLE = ('WARNING: All log messages before absl::InitializeLog() is '
+                  'called are written to STDERR')
+# The second line of cpu_feature_guard.cc's notice has no glog prefix.
+_CPU_FEATURES_SECOND_LINE = 'To enable the following instructions: '
+_STARTUP_SOURCES = ('cudart_stub.cc', 'cuda_fft.cc', 'cuda_dnn.cc',
+                    'cuda_blas.cc', 'cpu_feature_guard.cc', 'port.cc')
+# 'failed call to cuInit' is noise only where there is no GPU to find.
+_NO_GPU_SOURCES = ('cuda_platform.cc', 'cuda_executor.cc', 'cuda_diagnostics.cc')
+_GLOG_LINE = re.compile(r'^[IWE]\d{4} [\d:.]+\s+\d+ ([\w.]+):\d+\] ')
+
+
+def _has_gpu_device_files():
+  return bool(glob.glob('/dev/nvidia[0-9]*') or glob.glob('/dev/dxg') or
+              os.path.exists('/dev/kfd'))
+
+
+def is_startup_noise(line, gpu_device_files):
+  """Whether a stderr line is one of TensorFlow's start-up lines.
+
+  Args:
+    line: one line, without its newline.
+    gpu_device_files: whether the machine has GPU device files (then CUDA's
+      errors are real and kept).
+  """
+  if line == _ABSL_PREAMBLE or line.startswith(_CPU_FEATURES_SECOND_LINE):
+    return True
+  match = _GLOG_LINE.match(line)
+  if not match:
+    return False
+  source = match.group(1)
+  return source in _STARTUP_SOURCES or (
+      source in _NO_GPU_SOURCES and not gpu_device_files)
+
+
+def quiet_tensorflow_startup():
+  """Keeps TensorFlow's start-up lines out of stderr, from here on.
+
+  When TensorFlow is first imported, file descriptor 2 is sent to a
+  temporary file while it loads and probes its devices
+  (`tf.config.list_physical_devices`, which leaves the runtime
+  unconfigured), then restored; every line it caught is written to stderr
+  again except those `is_startup_noise` names. Does nothing when
+  TF_CPP_MIN_LOG_LEVEL is 0 (the user asked for every line) or TensorFlow
+  is already imported. What it cannot hold back: lines TensorFlow writes
+  later (say, CUDA errors when a GPU is first used), and, should the
+  import crash the interpreter (a fatal signal), what it wrote to stderr.
+  """
+  if 'tensorflow' in sys.modules or os.environ.get(
+      'TF_CPP_MIN_LOG_LEVEL', '0') in ('', '0'):
+    return
+  if not any(isinstance(f, _QuietTensorflowImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _QuietTensorflowImport())
+
+
+class _QuietTensorflowImport(importlib.abc.MetaPathFinder):
+  """Wraps the first real import of `tensorflow` (see
+  quiet_tensorflow_startup); a bare find_spec leaves it in place."""
+
+  def find_spec(self, name, path=None, target=None):
+    if name != 'tensorflow':
+      return None
+    for finder in sys.meta_path:
+      find = getattr(finder, 'find_spec', None)
+      if isinstance(finder, _QuietTensorflowImport) or find is None:
+        continue
+      spec = find(name, path, target)
+      if spec is not None:
+        break
+    else:
+      return None
+    if spec.loader is not None:
+      spec.loader = _QuietLoader(spec.loader)
+    return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+  """TensorFlow's own loader, run with fd 2 filtered."""
+
+  def __init__(self, loader):
+    self._loader = loader
+
+  def create_module(self, spec):
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module):
+    sys.meta_path[:] = [f for f in sys.meta_path
+                        if not isinstance(f, _QuietTensorflowImport)]
+    with _filtered_stderr():
+      self._loader.exec_module(module)
+      module.__loader__ = self._loader
+      module.config.list_physical_devices()  # CUDA's probe lines, now
+
+  def __getattr__(self, name):
+    return getattr(self._loader, name)
+
+
+@contextlib.contextmanager
+def _filtered_stderr():
+  """Sends fd 2 to a temporary file, then writes back what is not noise."""
+  gpu_device_files = _has_gpu_device_files()
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as caught:
+    os.dup2(caught.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      caught.seek(0)
+      lines = caught.read().decode('utf-8', 'replace').splitlines(True)
+      kept = ''.join(l for l in lines if not is_startup_noise(
+          l.rstrip('\r\n'), gpu_device_files))
+      if kept:
+        sys.stderr.write(kept)
+        sys.stderr.flush()
 
 
 @contextlib.contextmanager

@@ -1,13 +1,16 @@
 """A trained model, exported and used: model.keras, serving/, predictions.
 
   serving.export_model(net, model_dir, image_size)   # end of training
+  found = serving.find_images(['scans/', 'more/*.png'])   # folders, globs
   serving.predict_paths(os.path.join(model_dir, serving.SERVING_DIR), paths)
+  serving.operating_threshold(model_dir)   # the run's Youden threshold
 
 serving/ is a SavedModel whose 'serve' signature takes encoded JPEG or PNG
 bytes [N] and returns {'probability': P(pneumonia) [N]}, for TF Serving and
 for `tools/predict`.
 """
 
+import glob
 import os
 import shutil
 
@@ -18,6 +21,7 @@ from xray_tfdata import atomic
 from xray_tfdata import imaging
 from xray_tfdata import resume
 from xray_tfdata import schema
+from xray_tfdata import sources
 from xray_tfdata.config import TrainingError
 
 MODEL_FILE = 'model.keras'
@@ -38,22 +42,32 @@ def export_model(net, model_dir, image_size):
 
   size = (image_size, image_size)
 
-  def serve(encoded):
-    """Encoded JPEG or PNG bytes [N] -> {'probability': P(pneumonia) [N]}."""
-    def decode(data):
-      image = tf.io.decode_image(data, channels=1, dtype=tf.uint8,
-                                 expand_animations=False)
-      # Squash to the stored size with an anti-aliased filter, as the
-      # converter does (it uses PIL; the two agree to a few grey levels).
-      image = tf.image.resize(image, size, antialias=True)
-      return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+  def decode(data):
+    """Encoded bytes -> the stored form, uint8 [height, width, 1]."""
+    image = tf.io.decode_image(data, channels=1, dtype=tf.uint8,
+                               expand_animations=False)
+    # Squash to the stored size with an anti-aliased filter, as the
+    # converter does (it uses PIL; the two agree to a few grey levels).
+    image = tf.image.resize(image, size, antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+  def probability(encoded):
+    """P(pneumonia) [N] of N > 0 encoded images."""
     images = tf.map_fn(decode, encoded,
                        fn_output_signature=tf.TensorSpec(size + (1,),
                                                          tf.uint8))
+    return tf.reshape(tf.cast(net(images, training=False), tf.float32), [-1])
+
+  def serve(encoded):
+    """Encoded JPEG or PNG bytes [N] -> {'probability': P(pneumonia) [N]}."""
+    # The net never sees an empty batch: oneDNN's bfloat16 convolution (the
+    # kernels a mixed_bfloat16 model runs on AVX512_BF16 CPUs) rejects N = 0
+    # ("input depth must be evenly divisible by filter depth").
+    scores = tf.cond(tf.size(encoded) > 0, lambda: probability(encoded),
+                     lambda: tf.zeros([0], tf.float32))
     # A named output: the signature's output is 'probability', not
     # 'output_0' (TF Serving and saved_model_cli show this name).
-    return {'probability': tf.reshape(
-        tf.cast(net(images, training=False), tf.float32), [-1])}
+    return {'probability': scores}
 
   archive = keras.export.ExportArchive()
   archive.track(net)
@@ -87,18 +101,105 @@ def _preprocessing(serving_dir):
   return size, info.get('dicom', {}).get('voi', 'auto')
 
 
-def predict_paths(serving_dir, paths):
+DEFAULT_THRESHOLD = 0.5
+_GLOB_CHARACTERS = frozenset('*?[')
+
+
+def find_images(inputs):
+  """The image files that paths, folders and globs name, in order.
+
+  A folder stands for the image files under it (any depth, by extension,
+  sorted; hidden files and macOS' __MACOSX litter skipped), a glob for its
+  matches (sorted; `**` matches any depth); any other path, and a file
+  whose name only looks like a pattern, for itself.
+
+  Args:
+    inputs: paths, folders and glob patterns, as given on a command line.
+
+  Returns:
+    A list of (path, None) for each file to score, and (input, reason) for
+    a folder without image files or a glob without matches.
+  """
+  found = []
+  for name in inputs:
+    # A file whose name holds '[' or '*' is itself, not a pattern.
+    if _GLOB_CHARACTERS & set(name) and not os.path.isfile(name):
+      matches = sorted(glob.glob(name, recursive=True))
+      files = [m for m in matches if not os.path.isdir(m)]
+      found += [(m, None) for m in files] or [
+          (name, 'matches no file' if not matches else
+           'matches only folders')]
+    elif os.path.isdir(name):
+      files = _images_under(name)
+      found += [(f, None) for f in files] or [
+          (name, 'is a folder without image files '
+           f'({", ".join(sources.IMAGE_EXTENSIONS[:3])}, ...)')]
+    else:
+      found.append((name, None))
+  return found
+
+
+def _images_under(folder):
+  """The image files under folder, sorted, litter skipped."""
+  files = []
+  for root, dirs, names in os.walk(folder):
+    dirs[:] = [d for d in dirs if not d.startswith('.') and d != '__MACOSX']
+    files += [os.path.join(root, n) for n in names
+              if not n.startswith('.') and
+              n.lower().endswith(sources.IMAGE_EXTENSIONS)]
+  return sorted(files)
+
+
+def operating_threshold(model_dir):
+  """The threshold a run decides at, and where it comes from.
+
+  Args:
+    model_dir: a tools/train run.
+
+  Returns:
+    (threshold, source): the Youden threshold chosen on validation, from
+    the run's results.json, or DEFAULT_THRESHOLD where that has none;
+    source says which, in words.
+  """
+  path = os.path.join(model_dir, resume.RESULTS_JSON)
+  try:
+    threshold = float(atomic.read_json(path)['youden']['threshold'])
+  except (OSError, KeyError, TypeError, ValueError):
+    return DEFAULT_THRESHOLD, f'the default (no threshold in {path})'
+  return threshold, f'the Youden threshold on validation, from {path}'
+
+
+def class_names(model_dir):
+  """(negative, positive) class names of the dataset a run trained on;
+  NORMAL and PNEUMONIA where its xray_info.json is no longer readable."""
+  try:
+    config = atomic.read_json(os.path.join(model_dir, resume.CONFIG_JSON))
+    names = schema.read_info(config.get('data_dir') or '')['class_names']
+    negative, positive = names
+    return str(negative), str(positive)
+  except (OSError, KeyError, TypeError, ValueError, AttributeError):
+    return schema.DEFAULT_CLASS_NAMES  # DatasetInfoError is a ValueError
+
+
+BATCH_SIZE = 64  # images per call of the serving model
+
+
+def predict_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
   """P(pneumonia) for image files, each decoded as the converter decodes it.
 
-  Every file goes through `imaging.decode_and_resize` at the run's stored
-  size (so CMYK, palette, alpha, 16-bit and DICOM files are read exactly as
-  in training; DICOM with the VOI policy of the dataset, where its
-  xray_info.json is still at the run's data_dir), then through the exported serving model. One bad file does
-  not cost the others their results.
+  Every file is read by `imaging.load_image` at the run's stored size (so
+  CMYK, palette, alpha, 16-bit and DICOM files are read exactly as in
+  training; DICOM with the VOI policy of the dataset, where its
+  xray_info.json is still at the run's data_dir), then scored by the
+  exported serving model, batch_size files per call. One bad file does not
+  cost the others their results.
 
   Args:
     serving_dir: a finished run's serving/ folder.
     paths: image files.
+    batch_size: files decoded and scored per call of the model.
+    progress: None, or a function called as progress(done, total) after
+      each batch.
 
   Returns:
     One (probability, None) or (None, reason) per path, in order.
@@ -106,42 +207,56 @@ def predict_paths(serving_dir, paths):
   Raises:
     TrainingError: no serving model in serving_dir.
   """
+  check_serving_dir(serving_dir)
+  size, voi = _preprocessing(serving_dir)
+  served = None
+  results = []
+  for start in range(0, len(paths), batch_size):
+    batch = [_encoded(path, size, voi) for path in
+             paths[start:start + batch_size]]
+    blobs = [blob for blob, _ in batch if blob is not None]
+    probs = iter(())
+    if blobs:
+      served = served or tf.saved_model.load(serving_dir)
+      try:
+        probs = iter(served.serve(tf.constant(blobs))['probability'].numpy())
+      except tf.errors.InvalidArgumentError as e:
+        raise TrainingError(f'cannot decode an image as JPEG or PNG '
+                            f'({e.message.splitlines()[0][:100]})') from e
+    results += [(float(next(probs)), None) if blob is not None
+                else (None, reason) for blob, reason in batch]
+    if progress:
+      progress(len(results), len(paths))
+  return results
+
+
+def check_serving_dir(serving_dir):
+  """Raises TrainingError, naming the fix, unless serving_dir holds an
+  exported model."""
   if not os.path.exists(os.path.join(serving_dir, 'saved_model.pb')):
     raise TrainingError(f'{serving_dir} has no exported model: pass '
                         f'--model_dir of a finished run (its {SERVING_DIR}/)')
-  size, voi = _preprocessing(serving_dir)
-  results, blobs, good = [], [], []
-  for index, path in enumerate(paths):
-    if os.path.isdir(path):
-      results.append((None, 'is a folder, not an image file'))
-      continue
-    if not os.path.lexists(path):
-      results.append((None, 'does not exist'))
-      continue
-    if size is None:  # an older run without config.json: the raw bytes
-      try:
-        with open(path, 'rb') as f:
-          decoded = (f.read(),)
-      except OSError as e:
-        decoded = f'cannot read: {e.strerror}'
-    else:
-      decoded = imaging.decode_and_resize((path, (size, size), voi))
-    if isinstance(decoded, str):
-      results.append((None, decoded))
-      continue
-    results.append(None)
-    blobs.append(decoded[0])
-    good.append(index)
-  if blobs:
-    served = tf.saved_model.load(serving_dir)
+
+
+def _encoded(path, size, voi):
+  """(bytes for the serving model, None), or (None, why path is unusable):
+  the stored image as PNG; a run without config.json (no known size) gets
+  the file's own bytes."""
+  if os.path.isdir(path):
+    return None, 'is a folder, not an image file'
+  if not os.path.lexists(path):
+    return None, 'does not exist'
+  if size is None:
     try:
-      probs = served.serve(tf.constant(blobs))['probability'].numpy()
-    except tf.errors.InvalidArgumentError as e:
-      raise TrainingError(f'cannot decode an image as JPEG or PNG '
-                          f'({e.message.splitlines()[0][:100]})') from e
-    for index, prob in zip(good, probs):
-      results[index] = (float(prob), None)
-  return results
+      with open(path, 'rb') as f:
+        return f.read(), None
+    except OSError as e:
+      return None, f'cannot read: {e.strerror}'
+  try:
+    pixels = imaging.load_image(path, size, voi)
+  except imaging.ImageError as e:
+    return None, e.reason
+  return imaging.encode_png(pixels[..., 0]), None
 
 
 def predict_files(serving_dir, paths):

@@ -134,10 +134,12 @@ def train_and_evaluate(config, model_dir, overwrite=False):
   best_path = os.path.join(work_dir, callbacks_lib.BEST_WEIGHTS)
   if os.path.exists(best_path):
     net.load_weights(best_path)  # restore the best epoch by val_loss
+  print('evaluating the best epoch on train, val and test', flush=True)
   results = evaluate_splits(net, builder, config)
   results['training'] = {
       'policy': policy, 'strategy': type(cluster.strategy).__name__,
       'epochs_run': state.epoch(), 'config': config.to_json()}
+  print(f'exporting {serving.MODEL_FILE} and {SERVING_DIR}/', flush=True)
   with atomic.naming(work_dir):
     serving.export_model(net, work_dir, config.image_size)
   table = write_results(results, work_dir)
@@ -145,6 +147,11 @@ def train_and_evaluate(config, model_dir, overwrite=False):
   if not cluster.chief:
     shutil.rmtree(work_dir, ignore_errors=True)
   print(table)
+  if cluster.chief:
+    print(f'wrote {model_dir}: {RESULTS_MD} (the table above), {RESULTS_JSON}, '
+          f'{serving.MODEL_FILE}, {SERVING_DIR}/ (for tools/predict), '
+          f'{callbacks_lib.HISTORY_CSV}, {callbacks_lib.LOGS_DIR}/ '
+          '(TensorBoard)')
   return results
 
 

@@ -1,14 +1,23 @@
-"""Prints P(pneumonia) for chest X-ray images with a trained model.
+"""Prints P(pneumonia) and a decision for chest X-ray images.
 
-  tools/predict --model_dir=runs/demo IMAGE [IMAGE ...]
+  tools/predict --model_dir=runs/demo/model IMAGE.jpeg
+  tools/predict --model_dir=runs/demo/model FOLDER 'scans/**/*.dcm'
+  tools/predict --model_dir=runs/demo/model --output=csv FOLDER > scores.csv
 
-One line per image: `<path>\t<probability>`. Each file is decoded as the
-converter decodes it (any image PIL reads, and DICOM), then scored by the
-serving SavedModel that tools/train exports. A file that cannot be used gets
-one `error: <path>: <reason>` line on stderr instead, the others their
-results, and the exit status is 1.
+Arguments are image files, folders (every image file under them) and glob
+patterns (quoted, so that the tool expands them; `**` is any depth). One
+line per image: `<path><TAB><P><TAB><decision>`, or with --output=csv a header
+`path,P,decision` and a row per image. The decision is the positive class
+where P exceeds the run's threshold: the Youden threshold chosen on
+validation (its results.json), or 0.5 for a run without one; a line on
+stderr says which. Each file is decoded as the converter decodes it (any
+image PIL reads, and DICOM), then scored by the serving SavedModel that
+tools/train exports, --batch_size images at a time. A file that cannot be
+used gets one `error: <path>: <reason>` line on stderr instead, the others
+their results, and the exit status is 1.
 """
 
+import csv
 import os
 import sys
 
@@ -18,26 +27,74 @@ runtime.configure_tensorflow_env()  # before TensorFlow is imported
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-_MODEL_DIR = flags.DEFINE_string('model_dir', None, 'A finished tools/train run (its serving/ folder is used).')
+_MODEL_DIR = flags.DEFINE_string(
+    'model_dir', None, 'A finished tools/train run (its serving/ folder is '
+    'used, and the threshold in its results.json).')
+_OUTPUT = flags.DEFINE_enum(
+    'output', 'tsv', ['tsv', 'csv'],
+    'tsv: `path<TAB>P<TAB>decision` lines; csv: a header `path,P,decision` '
+    'and one row per image.')
+# No default here: serving.BATCH_SIZE is the one, and importing serving
+# (TensorFlow) would slow --help down.
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', None, 'Images decoded and scored per call of the model '
+    '(default: serving.BATCH_SIZE, 64).', lower_bound=1)
 
 
 def main(argv):
-  paths = argv[1:]
-  if not paths:
-    raise app.UsageError('pass one or more image paths')
+  inputs = argv[1:]
+  if not inputs:
+    raise app.UsageError('pass one or more image files, folders or globs')
   from xray_tfdata import serving  # pylint: disable=g-import-not-at-top
 
+  model_dir = _MODEL_DIR.value
   with runtime.tool_errors():
-    results = serving.predict_paths(os.path.join(_MODEL_DIR.value, serving.SERVING_DIR), paths)
+    found = serving.find_images(inputs)
+    paths = [path for path, reason in found if reason is None]
+    serving_dir = os.path.join(model_dir, serving.SERVING_DIR)
+    serving.check_serving_dir(serving_dir)
+    threshold, source = serving.operating_threshold(model_dir)
+    negative, positive = serving.class_names(model_dir)
+    print(f'threshold {threshold:.4f}: {source}', file=sys.stderr,
+          flush=True)
+    batch_size = _BATCH_SIZE.value or serving.BATCH_SIZE
+    scored = iter(serving.predict_paths(
+        serving_dir, paths, batch_size=batch_size,
+        progress=_progress_printer() if len(paths) > batch_size else None))
+  writer = csv.writer(sys.stdout, lineterminator='\n') if (
+      _OUTPUT.value == 'csv') else None
+  if writer:
+    writer.writerow(['path', 'P', 'decision'])
   failed = 0
-  for path, (prob, reason) in zip(paths, results):
+  for path, reason in found:
+    if reason is None:
+      prob, reason = next(scored)
     if reason:
       failed += 1
       print(f'error: {path}: {reason}', file=sys.stderr)
+      continue
+    row = [path, f'{prob:.4f}', positive if prob > threshold else negative]
+    if writer:
+      writer.writerow(row)
     else:
-      print(f'{path}\t{prob:.4f}')
+      print('\t'.join(row))
   if failed:
     sys.exit(1)  # every good file's result is printed above
+
+
+def _progress_printer():
+  """A progress(done, total) that shows `scored N/M images` on stderr: one
+  line rewritten on a terminal, a line per tenth of the list otherwise."""
+  printed = [0]  # the last tenth shown
+
+  def progress(done, total):
+    if sys.stderr.isatty():
+      print(f'\rscored {done}/{total} images', end='\n' if done == total
+            else '', file=sys.stderr, flush=True)
+    elif done * 10 // total > printed[0]:
+      printed[0] = done * 10 // total
+      print(f'scored {done}/{total} images', file=sys.stderr, flush=True)
+  return progress
 
 
 def run():

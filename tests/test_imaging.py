@@ -1,0 +1,113 @@
+"""imaging.load_image: the pixels the converter stores, for any file."""
+
+import io
+import os
+
+import numpy as np
+from PIL import Image
+import pydicom  # the 'dicom' extra, which '.[test]' installs
+from pydicom import uid
+from pydicom.dataset import Dataset
+from pydicom.dataset import FileMetaDataset
+import pytest
+
+from xray_tfdata import imaging
+from xray_tfdata import synthetic
+
+STORED = (16, 12)  # (height, width): not square, to catch swapped axes
+_CR_IMAGE_STORAGE = '1.2.840.10008.5.1.4.1.1.1'
+
+
+def _dicom(path, pixels):
+  """A 12-bit MONOCHROME2 file with a narrow, off-centre window."""
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = _CR_IMAGE_STORAGE
+  meta.MediaStorageSOPInstanceUID = uid.generate_uid()
+  meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+  ds = Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID = _CR_IMAGE_STORAGE
+  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+  ds.PatientID = 'P-7'
+  ds.Rows, ds.Columns = pixels.shape
+  ds.SamplesPerPixel = 1
+  ds.PhotometricInterpretation = 'MONOCHROME2'
+  ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+  ds.PixelRepresentation = 0
+  ds.WindowCenter, ds.WindowWidth = 1200, 900
+  ds.PixelData = pixels.astype(np.uint16).tobytes()
+  ds.save_as(path, enforce_file_format=True)
+
+
+def _odd_files(root):
+  """A file of each kind the converter handles specially, in the Kaggle
+  layout: {path relative to root: its kind}."""
+  rng = np.random.default_rng(0)
+  gray = rng.integers(0, 256, (40, 30), np.uint8)
+  y, x = np.mgrid[0:48, 0:40]
+  images = {
+      'train/NORMAL/IM-0900-0001.png': Image.fromarray(
+          ((x * 1600 + y * 60) % 65536).astype(np.uint16)),  # 16-bit
+      'train/NORMAL/IM-0901-0001.jpeg': Image.fromarray(gray).convert('CMYK'),
+      'train/PNEUMONIA/person900_virus_1.png': Image.fromarray(
+          rng.integers(0, 256, (30, 36, 4), np.uint8), 'RGBA'),
+      'val/NORMAL/IM-0902-0001.png': Image.fromarray(gray).convert('P'),
+      'test/PNEUMONIA/person901_bacteria_1.jpeg': Image.fromarray(
+          rng.integers(0, 256, (50, 70, 3), np.uint8), 'RGB'),
+  }
+  for name, image in images.items():
+    image.save(os.path.join(root, name))
+  dicom_name = 'test/NORMAL/IM-0903-0001.dcm'
+  _dicom(os.path.join(root, dicom_name), rng.integers(0, 4096, (30, 26)))
+  return list(images) + [dicom_name]
+
+
+def test_load_image_returns_the_pixels_the_converter_stores(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import schema  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / 'chest_xray')
+  synthetic.make_synthetic_kermany(root, num_images=24, size_scale=0.05,
+                                   num_workers=1)
+  odd = _odd_files(root)
+  out = str(tmp_path / 'data')
+  # 'full', not the default ('auto' applies the file's window): load_image
+  # must apply the policy it is given.
+  info = writer.convert(root, out, image_size=STORED, num_workers=1,
+                        progress=False, voi='full')
+  stored = {}
+  for split in info['splits'].values():
+    for shard in split['shards']:
+      for record in tf.data.TFRecordDataset(os.path.join(out,
+                                                         shard['filename'])):
+        parsed = schema.parse(record)
+        stored[parsed[schema.FILENAME].numpy().decode()] = tf.io.decode_png(
+            parsed[schema.ENCODED]).numpy()
+  assert set(odd) <= set(stored) and len(stored) > 2 * len(odd)
+
+  for name, pixels in stored.items():
+    loaded = imaging.load_image(os.path.join(root, name), STORED, voi='full')
+    assert loaded.dtype == np.uint8 and loaded.shape == STORED + (1,), name
+    np.testing.assert_array_equal(loaded, pixels, err_msg=name)
+  # The window changes the DICOM's pixels: the policy really reached it.
+  dicom_path = os.path.join(root, odd[-1])
+  assert not np.array_equal(imaging.load_image(dicom_path, STORED),
+                            stored[odd[-1]])
+
+
+def test_load_image_takes_an_int_size(tmp_path):
+  path = str(tmp_path / 'x.png')
+  Image.fromarray(np.arange(600, dtype=np.uint8).reshape(20, 30)).save(path)
+  expected = np.asarray(Image.open(path).resize((8, 8), Image.BILINEAR))
+  np.testing.assert_array_equal(imaging.load_image(path, 8)[..., 0], expected)
+
+
+@pytest.mark.parametrize('content, reason', [
+    (b'', 'empty file'), (b'not an image', 'not an image'), (None, 'cannot read')])
+def test_load_image_names_the_file_and_the_reason(tmp_path, content, reason):
+  path = str(tmp_path / 'bad.png')
+  if content is not None:
+    with open(path, 'wb') as f:
+      f.write(content)
+  with pytest.raises(imaging.ImageError, match=f'image {path}: {reason}'):
+    imaging.load_image(path, 8)
