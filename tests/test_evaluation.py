@@ -240,19 +240,19 @@ def test_bootstrap_interval_is_the_95_percentile_interval():
   cover 95% of the resampled AUCs. A 90% interval (5th/95th) or one
   quantile of the wrong tail would differ by more than the tolerance."""
   labels, probs = noisy_scores(120, seed=11, separation=0.7)
-  low, high = evaluation.bootstrap_auc_ci(labels, probs, num_resamples=1000,
+  low, high = evaluation.bootstrap_auc_ci(labels, probs, num_resamples=500,
                                           seed=3)
   ref_low, ref_high, aucs = recount.percentile_bootstrap_auc(
-      labels, probs, 1000, seed=3)
+      labels, probs, 500, seed=3)
   assert (low, high) == pytest.approx((ref_low, ref_high), abs=1e-12)
   coverage = np.mean((aucs >= low) & (aucs <= high))
   assert 0.945 <= coverage <= 0.96
   # The 90% interval is visibly narrower: the check above can tell them.
   narrow_low, narrow_high, _ = recount.percentile_bootstrap_auc(
-      labels, probs, 1000, seed=3, level=0.90)
+      labels, probs, 500, seed=3, level=0.90)
   assert (high - low) - (narrow_high - narrow_low) > 0.01
   # evaluate_predictions reports the same 95% interval.
   results = evaluation.evaluate_predictions({'test': (labels, probs)},
-                                            num_resamples=1000, seed=3)
+                                            num_resamples=500, seed=3)
   assert results['test_auc_ci95'] == pytest.approx([ref_low, ref_high],
                                                    abs=1e-12)
