@@ -19,13 +19,19 @@ def _png(pixels):
   return buf.getvalue()
 
 
+# Format 1's keys of the image and the label, as the converter wrote them
+# before issue 13: written out here, not taken from schema, so that a reader
+# that lost the old keys fails against them (issue 24).
+FORMAT_1_KEYS = {'image': 'image/encoded', 'label': 'image/class/label'}
+
+
 def _as_format_1(record):
   """The same example under format 1's keys (before issue 13)."""
   from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
   example = example_pb2.Example.FromString(record)
   feature = example.features.feature
-  for name in (schema.ENCODED, schema.LABEL):
-    feature[schema.key(name, 1)].CopyFrom(feature[name])
+  for name, old_name in FORMAT_1_KEYS.items():
+    feature[old_name].CopyFrom(feature[name])
     del feature[name]
   return example.SerializeToString(deterministic=True)
 

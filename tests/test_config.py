@@ -194,3 +194,19 @@ def test_every_package_error_derives_from_xray_error():
   for error in found:
     if error is not atomic.NoSpaceError:
       assert issubclass(error, errors.XrayError), error
+
+
+def test_defaults_are_the_seeds_settings():
+  """What tools/train builds without flags is the seed's model and run
+  (tests/test_model.py checks build_model's own defaults): VGG16 with
+  ImageNet weights, blocks 1-4 frozen, Dense 512 and 64 with dropout 0.4,
+  Adam at 1e-4, balanced class weights, early stopping after 10 epochs
+  without a better val_loss."""
+  config = config_lib.TrainConfig(data_dir='unused')
+  assert (config.backbone, config.weights, config.frozen_blocks) == (
+      'vgg16', 'imagenet', 4)
+  assert tuple(config.dense_units) == (512, 64)
+  assert config.dropout == 0.4
+  assert config.learning_rate == 1e-4
+  assert config.class_weights is True
+  assert config.early_stopping_patience == 10

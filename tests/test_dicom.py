@@ -351,3 +351,68 @@ def test_predict_decodes_dicom_with_the_datasets_voi(tmp_path):
   (data_dir / 'xray_info.json').write_text(
       json.dumps({'format_version': 2, 'dicom': {'voi': 'full'}}))
   assert serving._preprocessing(serving_dir) == (32, 'full')  # pylint: disable=protected-access
+
+
+# Issue 24: signed 12-bit data (PixelRepresentation 1) with a non-zero
+# intercept and a window six values wide, off the data's centre. Every
+# stored value the test needs sits in one row; the rest is far below.
+_SIGNED_INTERCEPT = 100
+_NARROW_CENTER, _NARROW_WIDTH = 305, 6
+
+
+def _signed_stored():
+  stored = np.full((ROWS, COLUMNS), -1500, np.int16)
+  # Modality values 302..308 span the window; -2048 and 2047 are the
+  # signed 12-bit extremes; -200 is negative (65336 if read unsigned).
+  stored[0, :] = np.arange(202, 210)  # modality 302..309
+  stored[1, :4] = [-2048, 2047, -200, 0]
+  return stored
+
+
+def _write_signed(path, **attributes):
+  return _write(path, _signed_stored(), PixelRepresentation=1,
+                RescaleSlope=1, RescaleIntercept=_SIGNED_INTERCEPT,
+                **attributes)
+
+
+def _standard_window(x, center, width):
+  """PS3.3 C.11.2.1.2.1, written out: the linear VOI function, to [0, 1]."""
+  if x <= center - 0.5 - (width - 1) / 2:
+    return 0.0
+  if x > center - 0.5 + (width - 1) / 2:
+    return 1.0
+  return (x - (center - 0.5)) / (width - 1) + 0.5
+
+
+def test_narrow_window_on_signed_data_with_an_intercept(tmp_path):
+  """The modality LUT (stored * slope + intercept, PS3.3 C.11.1) on signed
+  stored values, then the standard's window (center - 0.5, width - 1):
+  every pixel against the formulas computed here, in float and in the
+  stored 8 bits."""
+  path = _write_signed(str(tmp_path / 'signed.dcm'),
+                       WindowCenter=_NARROW_CENTER, WindowWidth=_NARROW_WIDTH)
+  modality = _signed_stored().astype(np.float64) + _SIGNED_INTERCEPT
+  expected = np.vectorize(_standard_window)(modality, _NARROW_CENTER,
+                                            _NARROW_WIDTH)
+  # Row 0, modality 302..309: 0 at 302, then steps of 1/5, 1 from 307 on.
+  np.testing.assert_allclose(expected[0],
+                             [0, 0.2, 0.4, 0.6, 0.8, 1, 1, 1])
+  intensities, source = dicom.decode(path)
+  assert source == 'window'
+  np.testing.assert_allclose(intensities, expected, atol=1e-12)
+  np.testing.assert_array_equal(_decoded(path), _as_8bit(expected))
+
+
+def test_full_range_of_signed_data_with_an_intercept(tmp_path):
+  """Without a window, the full range signed 12 bits allow, through the
+  modality LUT: [-2048, 2047] + intercept -> [0, 1]."""
+  path = _write_signed(str(tmp_path / 'signed-full.dcm'))
+  low = -2048 + _SIGNED_INTERCEPT
+  high = 2047 + _SIGNED_INTERCEPT
+  modality = _signed_stored().astype(np.float64) + _SIGNED_INTERCEPT
+  expected = (modality - low) / (high - low)
+  assert expected[1, 0] == 0.0 and expected[1, 1] == 1.0
+  intensities, source = dicom.decode(path)
+  assert source == 'full'
+  np.testing.assert_allclose(intensities, expected, atol=1e-12)
+  np.testing.assert_array_equal(_decoded(path), _as_8bit(expected))

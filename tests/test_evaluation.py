@@ -200,3 +200,59 @@ def test_table_from_plain_split_dict():
   table = evaluation.results_table_markdown({'test': m})
   assert f"| test | {m['auc']:.4f} |" in table
   assert 'Youden' not in table and 'CI' not in table
+
+
+# Issue 24: a val/test pair whose optimal thresholds differ. On val every
+# negative scores below 0.3 and every positive above it (J = 1 only for a
+# threshold in [0.28, 0.32)); on test the perfect split lies between 0.6
+# and 0.72, and 0.3 calls four of five negatives positive.
+THRESHOLD_VAL = ([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.28, 0.32, 0.5, 0.9])
+THRESHOLD_TEST = ([0, 0, 0, 0, 0, 1, 1, 1],
+                  [0.1, 0.35, 0.4, 0.5, 0.6, 0.72, 0.8, 0.9])
+
+
+def test_threshold_pair_is_constructed_as_said():
+  """The pair itself, by recount alone: val's best threshold is not
+  test's, so a threshold chosen on the wrong split shows."""
+  assert recount.best_youden_j(*THRESHOLD_VAL) == 1.0
+  assert recount.best_youden_j(*THRESHOLD_TEST) == 1.0
+  assert recount.youden_j(*THRESHOLD_TEST, 0.30) == pytest.approx(1 - 4 / 5)
+  assert recount.youden_j(*THRESHOLD_VAL, 0.66) == pytest.approx(1 - 2 / 3)
+
+
+def test_threshold_is_chosen_on_val_only():
+  results = evaluation.evaluate_predictions(
+      {'val': THRESHOLD_VAL, 'test': THRESHOLD_TEST}, num_resamples=50)
+  youden = results['youden']
+  # The midpoint of val's split (0.28 | 0.32); test's would be 0.66.
+  assert youden['threshold'] == pytest.approx(0.30)
+  assert youden['chosen_on'] == 'val'
+  assert youden['j'] == pytest.approx(
+      recount.youden_j(*THRESHOLD_VAL, youden['threshold']))
+  expected = recount.recount(*THRESHOLD_TEST, 0.30)
+  assert (youden['test']['tp'], youden['test']['fp']) == (
+      expected['tp'], expected['fp']) == (3, 4)
+
+
+def test_bootstrap_interval_is_the_95_percentile_interval():
+  """Against the percentile definition on the same resamples (drawn in
+  recount, AUCs from SciPy's ranks): the 2.5th and 97.5th percentiles, which
+  cover 95% of the resampled AUCs. A 90% interval (5th/95th) or one
+  quantile of the wrong tail would differ by more than the tolerance."""
+  labels, probs = noisy_scores(120, seed=11, separation=0.7)
+  low, high = evaluation.bootstrap_auc_ci(labels, probs, num_resamples=500,
+                                          seed=3)
+  ref_low, ref_high, aucs = recount.percentile_bootstrap_auc(
+      labels, probs, 500, seed=3)
+  assert (low, high) == pytest.approx((ref_low, ref_high), abs=1e-12)
+  coverage = np.mean((aucs >= low) & (aucs <= high))
+  assert 0.945 <= coverage <= 0.96
+  # The 90% interval is visibly narrower: the check above can tell them.
+  narrow_low, narrow_high, _ = recount.percentile_bootstrap_auc(
+      labels, probs, 500, seed=3, level=0.90)
+  assert (high - low) - (narrow_high - narrow_low) > 0.01
+  # evaluate_predictions reports the same 95% interval.
+  results = evaluation.evaluate_predictions({'test': (labels, probs)},
+                                            num_resamples=500, seed=3)
+  assert results['test_auc_ci95'] == pytest.approx([ref_low, ref_high],
+                                                   abs=1e-12)

@@ -290,3 +290,38 @@ def test_compute_capabilities_are_read_from_every_backends_form():
   # Whatever this host has, each GPU comes back as (major, minor) or None.
   for capability in model_lib.gpu_compute_capabilities():
     assert capability is None or len(capability) == 2
+
+
+# The reference notebook's head and training settings (the seed), written
+# out here: VGG16 without its top, blocks 1-4 frozen, Flatten -> Dense(512,
+# relu) -> Dropout(0.4) -> Dense(64, relu) -> Dropout(0.4) -> Dense(1,
+# sigmoid), Adam at 1e-4, binary cross-entropy.
+SEED_HEAD = [('Flatten', {}),
+             ('Dense', {'units': 512, 'activation': 'relu'}),
+             ('Dropout', {'rate': 0.4}),
+             ('Dense', {'units': 64, 'activation': 'relu'}),
+             ('Dropout', {'rate': 0.4}),
+             ('Dense', {'units': 1, 'activation': 'sigmoid'})]
+SEED_FROZEN_BLOCKS = (1, 2, 3, 4)
+SEED_LEARNING_RATE = 1e-4
+
+
+def test_defaults_are_the_seeds_head():
+  """build_model() and compile_model() with no arguments but the size give
+  the seed's model, layer by layer (issue 24: a default drifting from it
+  keeps the parameter counts when only a rate changes)."""
+  net = model_lib.compile_model(model_lib.build_model(SIZE))
+  names = [layer.name for layer in net.layers]
+  head = net.layers[names.index('vgg16') + 1:]
+  assert [(type(layer).__name__,
+           {key: layer.get_config()[key] for key in expected})
+          for layer, (_, expected) in zip(head, SEED_HEAD)] == SEED_HEAD
+  assert len(head) == len(SEED_HEAD)
+  base = net.get_layer('vgg16')
+  for layer in base.layers[1:]:  # after the input layer
+    block = int(layer.name.split('_')[0][len('block'):])
+    assert layer.trainable == (block not in SEED_FROZEN_BLOCKS), layer.name
+  assert isinstance(net.optimizer, keras.optimizers.Adam)
+  assert float(net.optimizer.learning_rate) == pytest.approx(
+      SEED_LEARNING_RATE, rel=1e-6)
+  assert isinstance(net.loss, keras.losses.BinaryCrossentropy)

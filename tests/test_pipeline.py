@@ -185,10 +185,16 @@ def test_fit_without_steps_per_epoch_runs_every_epoch(tiny):
 
 
 def test_reads_datasets_converted_before_format_2(tmp_path):
-  """Format 1: the old feature keys, our metadata in dataset_info.json."""
+  """Format 1: the old feature keys (written by records.py under their
+  literal names, not schema's), our metadata in dataset_info.json; every
+  split's labels read back as written."""
   expected = _write_dataset(str(tmp_path), format_version=1)
   builder = pipeline.DatasetBuilder(str(tmp_path))
   assert builder.info.format_version == 1
+  for split in expected:
+    labels = [int(y) for _, y in builder.as_dataset(split).as_numpy_iterator()]
+    assert labels == [label for _, label, _ in expected[split]], split
+    assert set(labels) == {0, 1}
   got = list(builder.as_dataset('val', with_metadata=True).as_numpy_iterator())
   assert [(int(image[1, 1, 0]), label, m['filename'].decode())
           for image, label, m in got] == [

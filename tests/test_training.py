@@ -474,3 +474,115 @@ def test_predict_reports_bad_files_and_keeps_the_good_ones(finished_run,
   assert serving.predict_paths(serving_dir, []) == []
   served = tf.saved_model.load(serving_dir)
   assert served.serve(tf.constant([], tf.string))['probability'].shape == (0,)
+
+
+def test_evaluation_takes_the_threshold_from_val_and_the_95_interval(
+    monkeypatch):
+  """evaluate_splits on a constructed val/test pair whose optimal
+  thresholds differ (the model's predictions stubbed): the threshold is
+  val's, test is scored at it, and the interval is the 95% percentile
+  bootstrap of test by its definition (tests/recount.py)."""
+  predictions = {
+      'train': (np.array([0, 1, 0, 1]), np.array([0.2, 0.7, 0.4, 0.9])),
+      # val: a perfect split between 0.28 and 0.32 only.
+      'val': (np.array([0, 0, 0, 1, 1, 1]),
+              np.array([0.1, 0.2, 0.28, 0.32, 0.5, 0.9])),
+      # test: a perfect split between 0.6 and 0.72 only, plus overlap so
+      # that the AUC's resamples vary.
+      'test': (np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 1]),
+               np.array([0.1, 0.35, 0.4, 0.5, 0.6, 0.72, 0.8, 0.9, 0.45,
+                         0.55, 0.3])),
+  }
+  monkeypatch.setattr(training, 'predict_split',
+                      lambda net, builder, split, batch_size:
+                      predictions[split])
+  config = tiny_config('unused', bootstrap_resamples=400, seed=5)
+  results = training.evaluate_splits(None, None, config)
+
+  val_labels, val_probs = predictions['val']
+  threshold = results['youden']['threshold']
+  assert recount.youden_j(val_labels, val_probs, threshold) == 1.0
+  assert threshold == pytest.approx(0.30)  # test's best would be 0.66
+  expected = recount.recount(*predictions['test'], threshold)
+  got = results['youden']['test']
+  assert {k: got[k] for k in ('tp', 'tn', 'fp', 'fn')} == {
+      k: expected[k] for k in ('tp', 'tn', 'fp', 'fn')}
+  low, high, _ = recount.percentile_bootstrap_auc(*predictions['test'], 400,
+                                                  seed=5)
+  assert low < high
+  assert results['test_auc_ci95'] == pytest.approx([low, high], abs=1e-12)
+
+
+class _SpoilAndRecord:
+  """Wraps callbacks.make_callbacks: spoils the model at the start of
+  `spoiled_epoch` (the output bias set to +50: every image called
+  PNEUMONIA with certainty, a val_loss far above any learned epoch's, which
+  a few steps at 1e-4 cannot undo), and records each epoch's val_loss and
+  weights at its end."""
+
+  def __init__(self, spoiled_epoch):
+    self.spoiled_epoch = spoiled_epoch
+    self.val_losses = []
+    self.weights = []
+    self.make = callbacks.make_callbacks
+
+  def __call__(self, net, *args, **kwargs):
+    import keras  # pylint: disable=g-import-not-at-top
+    outer = self
+
+    class Spoil(keras.callbacks.Callback):
+
+      def on_epoch_begin(self, epoch, logs=None):
+        if epoch == outer.spoiled_epoch:
+          bias = net.get_layer('probability').bias
+          bias.assign(np.full(bias.shape, 50.0, bias.dtype))
+
+      def on_epoch_end(self, epoch, logs=None):
+        outer.val_losses.append(float(logs['val_loss']))
+        outer.weights.append([np.array(w) for w in net.get_weights()])
+
+    return [Spoil(), *self.make(net, *args, **kwargs)]
+
+
+@pytest.mark.slow  # a real training
+def test_evaluation_and_export_use_the_best_epochs_weights(data_dir, tmp_path,
+                                                           monkeypatch):
+  """The last epoch is made the worst by val_loss; model.keras, the serving
+  model and results.json hold the best epoch's weights (the reference's
+  EarlyStopping(restore_best_weights=True)), recorded here at that epoch's
+  end, not the last epoch's."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path / 'model')
+  config = tiny_config(data_dir, epochs=2, backbone='mini_vgg',
+                       frozen_blocks=2)
+  spy = _SpoilAndRecord(spoiled_epoch=1)
+  monkeypatch.setattr(callbacks, 'make_callbacks', spy)
+  results = training.train_and_evaluate(config, model_dir)
+
+  assert len(spy.val_losses) == 2
+  best = int(np.argmin(spy.val_losses))
+  assert best == 0 and spy.val_losses[1] > 2 * spy.val_losses[0]
+  exported = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
+  reference = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
+  builder = pipeline.DatasetBuilder(data_dir)
+  images, labels = zip(*builder.as_dataset('val').as_numpy_iterator())
+  images, labels = np.stack(images), np.array(labels).astype(int)
+
+  def probs(weights):
+    reference.set_weights(weights)
+    return reference.predict(images, verbose=0).reshape(-1)
+
+  got = exported.predict(images, verbose=0).reshape(-1)
+  np.testing.assert_allclose(got, probs(spy.weights[best]), atol=1e-6)
+  assert np.abs(got - probs(spy.weights[1])).max() > 0.1  # not the last
+  served = tf.saved_model.load(os.path.join(model_dir, 'serving'))
+  encoded = [tf.io.encode_png(image).numpy() for image in images]
+  np.testing.assert_allclose(
+      served.serve(tf.constant(encoded))['probability'].numpy(), got,
+      atol=1e-5)
+  assert results['splits']['val']['auc'] == pytest.approx(
+      recount.brute_force_auc(labels, got), abs=1e-6)
+  expected = recount.recount(labels, got, 0.5)
+  assert {k: results['splits']['val'][k] for k in ('tp', 'tn', 'fp', 'fn')
+          } == {k: expected[k] for k in ('tp', 'tn', 'fp', 'fn')}
