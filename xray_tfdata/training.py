@@ -126,13 +126,19 @@ def lock_model_dir(model_dir, cluster):
     A context manager holding the lock (a no-op on the other workers).
 
   Raises:
+    TrainingError: model_dir's parent folder cannot be created.
     atomic.LockedError: on entry, when another process holds the lock; its
       message names that process's pid.
   """
   if not cluster.chief:
     return contextlib.nullcontext()
   path = os.path.abspath(model_dir).rstrip(os.sep)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  except OSError as e:
+    raise TrainingError(
+        f'cannot create the folder {os.path.dirname(path)} of --model_dir: '
+        f'{e.strerror}; choose another --model_dir') from None
   return atomic.exclusive(path + MODEL_DIR_LOCK_SUFFIX,
                           f'--model_dir {model_dir}')
 
