@@ -105,6 +105,9 @@ def test_reference_augmentation_has_the_notebooks_effective_shifts():
     ({'data_service': 'localhost:5050', 'data_service_timeout': 0},
      'data_service_timeout'),
     ({'data_dir': ''}, 'data_dir'),
+    # keras.utils.set_random_seed seeds NumPy: 0..2**32 - 1.
+    ({'seed': -1}, 'seed'),
+    ({'seed': 2**32}, 'seed'),
 ])
 def test_every_invalid_setting_fails_validate_in_one_line(
     tmp_path, overrides, flag):
@@ -116,6 +119,18 @@ def test_every_invalid_setting_fails_validate_in_one_line(
   assert '\n' not in message
   assert flag in message
   assert f'--{flag}' in message or 'pass --' in message  # the fix
+
+
+def test_seed_bounds_are_the_ones_keras_takes(tmp_path):
+  """The bounds against Keras itself: the largest seed it takes passes
+  validate, the next one fails in both."""
+  import keras  # pylint: disable=g-import-not-at-top
+  config_lib.TrainConfig(data_dir=str(tmp_path), seed=checks.MAX_SEED).validate()
+  keras.utils.set_random_seed(checks.MAX_SEED)
+  for seed in (-1, checks.MAX_SEED + 1):
+    with pytest.raises(ValueError):
+      keras.utils.set_random_seed(seed)
+  keras.utils.set_random_seed(0)
 
 
 def test_layers_and_model_run_the_same_checks():

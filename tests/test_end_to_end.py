@@ -97,6 +97,12 @@ def test_tools_end_to_end(converted):
     (['--data_dir={data}', '--model_dir={tmp}/m', '--no_such_flag'],
      ['no_such_flag']),
     (['--flagfile=/nowhere/x.flags'], ['/nowhere/x.flags']),
+    # Before, both passed the checks, wrote config.json, then a Keras
+    # traceback.
+    (['--data_dir={data}', '--model_dir={tmp}/m', '--seed=-1'],
+     ['--seed=-1', '0']),
+    (['--data_dir={data}', '--model_dir={tmp}/m', '--seed=4294967296'],
+     ['--seed=4294967296', '4294967295']),
 ])
 @pytest.mark.slow
 def test_train_bad_input_is_one_line(converted, tmp_path, args, needles):
@@ -104,7 +110,50 @@ def test_train_bad_input_is_one_line(converted, tmp_path, args, needles):
   args = [a.format(tmp=tmp_path, data=data) for a in args]
   result = run_tool('train', *args)
   assert_one_line_error(result, *needles)
-  assert not os.path.exists(tmp_path / 'm' / 'results.json')
+  assert not os.path.exists(tmp_path / 'm')  # no config.json, nothing
+
+
+def _three_classes(info):
+  info['class_names'].append('COVID')
+  for entry in info['splits'].values():
+    entry['class_counts']['COVID'] = 0
+
+
+def _empty_val(info):
+  info['splits']['val'].update(
+      num_examples=0, shards=[],
+      class_counts={name: 0 for name in info['class_names']})
+
+
+# Each edits a copy of the converted dataset's xray_info.json.
+@pytest.mark.parametrize('edit, needles', [
+    # Before: trained the whole run as binary, then failed at evaluation.
+    (_three_classes, ['has 3 classes', 'exactly two',
+                      'multi-label training']),
+    # Before: a traceback ("filenames must contain tf.string").
+    (_empty_val, ["split 'val'", 'has no examples', 'make_tfrecords']),
+    # Before: accepted, class weights printed under the wrong names.
+    (lambda info: info['class_names'].reverse(),
+     ['class names are swapped or edited', '--overwrite']),
+])
+@pytest.mark.slow
+def test_train_refuses_an_unusable_dataset_in_one_line(converted, tmp_path,
+                                                        edit, needles):
+  import shutil  # pylint: disable=g-import-not-at-top
+  _, _, data = converted
+  copy = str(tmp_path / 'data')
+  shutil.copytree(data, copy)
+  path = os.path.join(copy, 'xray_info.json')
+  with open(path) as f:
+    info = json.load(f)
+  edit(info)
+  with open(path, 'w') as f:
+    json.dump(info, f)
+  model_dir = tmp_path / 'm'
+  result = run_tool('train', f'--data_dir={copy}', f'--model_dir={model_dir}',
+                    '--image_size=32', '--batch_size=8', '--weights=none')
+  assert_one_line_error(result, *needles)
+  assert not model_dir.exists()
 
 
 # Reruns tools/train with a spy that, once the resume state is restored,

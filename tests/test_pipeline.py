@@ -107,11 +107,82 @@ def test_resize_on_purpose(tiny):
 @pytest.mark.parametrize('kwargs, message', [
     ({'split': 'test'}, "split 'test' is not in"),
     ({'split': 'train', 'batch_size': 0}, 'batch_size must be at least 1'),
+    # Before, a raw TensorFlow TypeError from batch().
+    ({'split': 'train', 'batch_size': 2.5},
+     'batch_size must be at least 1, a whole number of examples; got 2.5'),
+    ({'split': 'train', 'batch_size': True}, 'got True'),
 ])
 def test_bad_requests(tiny, kwargs, message):
   root, _ = tiny
   with pytest.raises(pipeline.DatasetError, match=message):
     pipeline.DatasetBuilder(root).as_dataset(**kwargs)
+
+
+@pytest.mark.parametrize('batch_size', [0, -3, 2.5, '4'])
+def test_steps_per_epoch_refuses_a_bad_batch_size(tiny, batch_size):
+  """Before, 0 raised ZeroDivisionError."""
+  root, _ = tiny
+  builder = pipeline.DatasetBuilder(root)
+  with pytest.raises(pipeline.DatasetError, match='batch_size must be at '
+                     f'least 1.*got {batch_size!r}'):
+    builder.steps_per_epoch('train', batch_size)
+  # 14 examples: 3 full batches of 4 when training, 4 with the partial one.
+  assert builder.steps_per_epoch('train', 4) == 3
+  assert builder.steps_per_epoch('train', np.int64(4), training=False) == 4
+
+
+def _stored_labels(root, split):
+  """Labels as the records store them, read without the pipeline."""
+  labels = []
+  for name in sorted(os.listdir(root)):
+    if f'-{split}.tfrecord' in name:
+      for record in tf.data.TFRecordDataset(os.path.join(root, name)):
+        example = tf.train.Example.FromString(record.numpy())
+        labels.append(example.features.feature['label'].int64_list.value[0])
+  return labels
+
+
+def test_positive_class_relabels_and_reorders_the_classes(tiny):
+  root, _ = tiny
+  stored = _stored_labels(root, 'train')
+  default = pipeline.DatasetBuilder(root)
+  same = pipeline.DatasetBuilder(root, positive_class='PNEUMONIA')
+  flipped = pipeline.DatasetBuilder(root, positive_class='NORMAL')
+  assert default.info.class_names == same.info.class_names == (
+      'NORMAL', 'PNEUMONIA')
+  assert flipped.info.class_names == ('PNEUMONIA', 'NORMAL')
+
+  def labels(builder):
+    return [int(y) for _, y in builder.as_dataset('train').as_numpy_iterator()]
+
+  assert labels(default) == labels(same) == stored
+  assert labels(flipped) == [1 - y for y in stored]
+  # Counts and 'balanced' weights follow the new ids: NORMAL (5 of 14) is
+  # now id 1.
+  assert flipped.info.class_counts('train') == [9, 5]
+  assert flipped.info.class_weights('train') == pytest.approx(
+      {0: 14 / (2 * 9), 1: 14 / (2 * 5)})
+  with pytest.raises(pipeline.DatasetError,
+                     match="positive_class 'COVID' is not one of the two "
+                     'classes .*NORMAL, PNEUMONIA.*--positive_class=PNEUMONIA'):
+    pipeline.DatasetBuilder(root, positive_class='COVID')
+
+
+def test_fingerprint_follows_the_shards_not_the_conversion_time(tmp_path):
+  first, again, other = (str(tmp_path / name) for name in ('a', 'b', 'c'))
+  for root in (first, again, other):
+    os.makedirs(root)
+  _write_dataset(first)
+  _write_dataset(again)  # the same images
+  _write_dataset(other, learnable=True)  # other images, same counts
+  fingerprints = [pipeline.DatasetBuilder(root).info.fingerprint()
+                  for root in (first, again, other)]
+  assert fingerprints[0] == fingerprints[1] != fingerprints[2]
+  summary = pipeline.DatasetBuilder(first).info.summary()
+  assert summary['splits']['train']['num_examples'] == 14
+  assert summary['splits']['train']['num_bytes'] == sum(
+      os.path.getsize(os.path.join(first, name)) for name in os.listdir(first)
+      if '-train.tfrecord' in name)
 
 
 def test_missing_info_names_the_fix(tmp_path):

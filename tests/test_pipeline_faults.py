@@ -160,3 +160,45 @@ def test_shard_of_another_image_size_is_named(tiny, tmp_path_factory):
                      match=f'{name}: the image of record 0 is 16x10') as raised:
     builder.verify('train')
   _one_line(raised.value)
+
+
+@pytest.mark.parametrize('empty', ['no shards', 'empty shards'])
+def test_split_with_no_examples_is_named(tmp_path, empty):
+  """Before, verify failed with "filenames must contain tf.string"."""
+  root = str(tmp_path)
+  write_dataset(root, {'train': (5, 9), 'val': (0, 0)},
+                num_shards=1 if empty == 'no shards' else 2)
+  if empty == 'no shards':
+    _edit_info(root, lambda info: info['splits']['val'].update(shards=[]))
+  builder = pipeline.DatasetBuilder(root)
+  for check in (lambda: builder.verify(), lambda: builder.as_dataset('val'),
+                lambda: builder.shard_paths('val')):
+    with pytest.raises(pipeline.DatasetError,
+                       match="split 'val' of .* has no examples") as raised:
+      check()
+    _one_line(raised.value)
+  assert builder.verify('train') == 14  # the other split still reads
+
+
+def test_class_names_swapped_against_the_records_are_named(tiny):
+  """The records say label 0 is NORMAL (image/class/text); xray_info.json
+  swapped says PNEUMONIA. Before, accepted: class weights printed under
+  the wrong names."""
+  _edit_info(tiny, lambda info: info['class_names'].reverse())
+  builder = pipeline.DatasetBuilder(tiny)
+  for check in (lambda: builder.verify('val'),
+                lambda: builder.as_dataset('train')):
+    with pytest.raises(pipeline.DatasetError,
+                       match=r"is class '(NORMAL|PNEUMONIA)' with label [01], "
+                       r"but .*xray_info.json says its class_names\[[01]\] "
+                       "is '(PNEUMONIA|NORMAL)'") as raised:
+      check()
+    _one_line(raised.value)
+
+
+def test_class_names_edited_against_the_records_are_named(tiny):
+  _edit_info(tiny, lambda info: info.update(class_names=['NORMAL']))
+  with pytest.raises(pipeline.DatasetError,
+                     match=r"is class 'PNEUMONIA' with label 1, but .* says "
+                     r'its class_names \(NORMAL\) have no id 1'):
+    pipeline.DatasetBuilder(tiny).verify()

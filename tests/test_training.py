@@ -586,3 +586,158 @@ def test_evaluation_and_export_use_the_best_epochs_weights(data_dir, tmp_path,
   expected = recount.recount(labels, got, 0.5)
   assert {k: results['splits']['val'][k] for k in ('tp', 'tn', 'fp', 'fn')
           } == {k: expected[k] for k in ('tp', 'tn', 'fp', 'fn')}
+
+
+# --- issue 24: faults refused before anything is written ---------------------
+
+
+def test_a_second_run_on_a_locked_model_dir_fails_at_once(data_dir, tmp_path):
+  """The lock is the converter's flock: any other holder (here this very
+  process, through another open file) refuses the run, which then writes
+  nothing; the holder's pid is named."""
+  from xray_tfdata import atomic  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path / 'model')
+  lock = model_dir + training.MODEL_DIR_LOCK_SUFFIX
+  with atomic.exclusive(lock, 'the test'):
+    with pytest.raises(atomic.LockedError,
+                       match=f'another run \\(pid {os.getpid()}\\) is writing '
+                       f'--model_dir {model_dir}; wait for it'):
+      training.train_and_evaluate(tiny_config(data_dir), model_dir)
+    assert not os.path.exists(model_dir)
+  assert not os.path.exists(lock)
+
+
+def _edit_info(root, edit):
+  path = os.path.join(root, 'xray_info.json')
+  with open(path) as f:
+    info = json.load(f)
+  edit(info)
+  with open(path, 'w') as f:
+    json.dump(info, f)
+
+
+def _three_classes(info):
+  info['class_names'].append('COVID')
+  for entry in info['splits'].values():
+    entry['class_counts']['COVID'] = 0
+
+
+@pytest.mark.parametrize('edit, message', [
+    (_three_classes, 'has 3 classes (NORMAL, PNEUMONIA, COVID); training is '
+     'binary and needs exactly two: convert a source with two class folders '
+     '(several classes wait for multi-label training)'),
+    (lambda info: info['splits']['val'].update(
+        num_examples=0, class_counts={'NORMAL': 0, 'PNEUMONIA': 0},
+        shards=[]),
+     "split 'val' of {root} has no examples"),
+    (lambda info: info['class_names'].reverse(),
+     '{root}/xray_info.json says its class_names[0] is '
+     "'PNEUMONIA': its class names are swapped or edited"),
+])
+def test_unusable_datasets_fail_before_anything_is_written(
+    tmp_path, edit, message):
+  root = str(tmp_path / 'data')
+  os.makedirs(root)
+  write_dataset(root, {'train': (4, 4), 'val': (2, 2), 'test': (2, 2)},
+                num_shards=1, size=(SIZE, SIZE))
+  _edit_info(root, edit)
+  model_dir = str(tmp_path / 'model')
+  with pytest.raises((training.TrainingError, pipeline.DatasetError)) as caught:
+    training.train_and_evaluate(tiny_config(root), model_dir)
+  assert message.format(root=root) in str(caught.value)
+  assert '\n' not in str(caught.value)
+  assert sorted(os.listdir(tmp_path)) == ['data']
+
+
+def test_unknown_positive_class_fails_before_anything_is_written(data_dir,
+                                                                 tmp_path):
+  model_dir = str(tmp_path / 'model')
+  with pytest.raises(pipeline.DatasetError,
+                     match="positive_class 'normal' is not one of"):
+    training.train_and_evaluate(tiny_config(data_dir, positive_class='normal'),
+                                model_dir)
+  assert not os.path.exists(model_dir)
+
+
+def test_positive_class_reaches_fit_as_labels_and_class_weights(
+    data_dir, tmp_path, monkeypatch):
+  """--positive_class=NORMAL: fit sees NORMAL as 1 (the model scores
+  P(NORMAL)), with the 'balanced' weights of the swapped ids."""
+  import keras  # pylint: disable=g-import-not-at-top
+  received = {}
+
+  def fit(self, train, **kwargs):
+    received['labels'] = [int(v) for _, y in train.take(3) for v in y]
+    received['class_weight'] = kwargs['class_weight']
+    raise _Stop()
+
+  monkeypatch.setattr(keras.Model, 'fit', fit)
+  with pytest.raises(_Stop):
+    training.train_and_evaluate(
+        tiny_config(data_dir, positive_class='NORMAL', seed=3),
+        str(tmp_path / 'model'))
+  counts = count_labels_in_shards(data_dir, 'train')  # {0: 10, 1: 14}
+  assert received['class_weight'] == pytest.approx(
+      {0: 24 / (2 * counts[1]), 1: 24 / (2 * counts[0])})
+  # Three batches of 8 from a training split of 10 NORMAL and 14 PNEUMONIA.
+  assert sum(received['labels']) == 10
+  with open(tmp_path / 'model' / 'config.json') as f:
+    assert json.load(f)['positive_class'] == 'NORMAL'
+
+
+def test_resume_on_a_dataset_converted_again_is_refused(tmp_path,
+                                                        monkeypatch):
+  """config.json records the dataset's fingerprint; the same path holding
+  other images refuses the resume in one line, naming what changed and
+  both fixes, and leaves the run as it was. The same images converted
+  again resume."""
+  root = str(tmp_path / 'data')
+  model_dir = str(tmp_path / 'model')
+  sizes = {'train': (8, 8), 'val': (3, 3), 'test': (3, 3)}
+
+  def convert(**kwargs):
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    write_dataset(root, sizes, num_shards=1, size=(SIZE, SIZE), **kwargs)
+
+  convert(learnable=True)
+  _start_only(monkeypatch)
+  with pytest.raises(_Stop):
+    training.train_and_evaluate(tiny_config(root), model_dir)
+  config_json = os.path.join(model_dir, 'config.json')
+  with open(config_json) as f:
+    recorded = f.read()
+  assert json.loads(recorded)['dataset']['fingerprint'] == (
+      pipeline.DatasetBuilder(root).info.fingerprint())
+
+  convert(learnable=False)  # other pixels, the same counts
+  with pytest.raises(training.TrainingError) as caught:
+    training.train_and_evaluate(tiny_config(root), model_dir)
+  message = str(caught.value)
+  assert '\n' not in message
+  assert f'{model_dir} holds an unfinished run on another dataset' in message
+  assert "split 'test': " in message and ' bytes then, ' in message
+  assert '--overwrite' in message and 'point --data_dir at' in message
+  with open(config_json) as f:
+    assert f.read() == recorded  # nothing lost
+
+  convert(learnable=True)  # the first images again
+  with pytest.raises(_Stop):
+    training.train_and_evaluate(tiny_config(root), model_dir)
+
+
+def test_config_json_of_before_fingerprints_still_resumes(data_dir, tmp_path):
+  """A run started before config.json recorded a dataset (or the settings
+  added since) resumes, and records the dataset from then on."""
+  model_dir = str(tmp_path / 'model')
+  config = tiny_config(data_dir)
+  info = pipeline.DatasetBuilder(data_dir).info
+  os.makedirs(model_dir)
+  old = config.to_json()
+  del old['positive_class']  # a setting added since, at its default
+  with open(os.path.join(model_dir, 'config.json'), 'w') as f:
+    json.dump(old, f)
+  assert resume.prepare_model_dir(model_dir, config, dataset=info)
+  with open(os.path.join(model_dir, 'config.json')) as f:
+    assert json.load(f)['dataset']['fingerprint'] == info.fingerprint()
+  assert resume.prepare_model_dir(model_dir, config, dataset=info)

@@ -60,6 +60,50 @@ def make_callbacks(net, config, work_dir, state, images_per_epoch,
   ]
 
 
+def release_h5_files(folder):
+  """Closes the HDF5 files under `folder` still open for writing, and
+  removes them; for after a write failed (a full disk).
+
+  Keras' save_weights leaves its h5py file open when a write fails (it
+  closes it only on success), referenced from the traceback. HDF5 then
+  retries the flush of its cached metadata each time one of the file's
+  objects is freed, and at exit: about ten "Exception ignored in
+  h5py._objects.ObjectID.__dealloc__" tracebacks after the tool's one-line
+  error, and sometimes a segmentation fault (found running tools/train on a
+  small tmpfs, issue 24). The file is cut short anyway, so it is removed,
+  which also frees its space.
+
+  Args:
+    folder: where the run writes (work_dir).
+
+  Returns:
+    The paths closed and removed, sorted.
+  """
+  import h5py  # pylint: disable=g-import-not-at-top  (Keras' own dependency)
+
+  prefix = os.path.join(os.path.abspath(folder), '')
+  released = []
+  for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+    path = os.fsdecode(file_id.name)
+    if not (file_id.valid and os.path.abspath(path).startswith(prefix) and
+            file_id.get_intent() != h5py.h5f.ACC_RDONLY):
+      continue
+    try:
+      os.truncate(path, 0)  # room for HDF5's last flush, so the close works
+    except OSError:
+      pass
+    try:
+      h5py.File(file_id).close()  # its objects too, as File.close does
+    except (OSError, RuntimeError, ValueError):
+      pass  # closed as far as HDF5 can; the file goes next
+    try:
+      os.remove(path)
+    except OSError:
+      pass
+    released.append(path)
+  return sorted(released)
+
+
 class DataServiceProgress(keras.callbacks.Callback):
   """Tells a data_service.Watchdog that batches are still coming, and
   pauses it while training reads nothing from the service: validation reads

@@ -24,6 +24,9 @@ POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker')
 # Weights that name no file.
 NAMED_WEIGHTS = ('imagenet', 'none', '')
+# The seeds keras.utils.set_random_seed takes: it seeds NumPy's legacy
+# generator, whose seeds are unsigned 32-bit integers.
+MAX_SEED = 2**32 - 1
 
 _SERVICE_ADDRESS = re.compile(
     r'^(?:grpc://)?([A-Za-z0-9_.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$')

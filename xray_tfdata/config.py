@@ -154,11 +154,18 @@ class TrainConfig:
   bootstrap_resamples: int = _setting(
       2000, 'Resamples for the test AUC 95% interval.', 'training',
       lower=100)
-  seed: int = _setting(0, 'Random seed.', 'training')
+  seed: int = _setting(
+      0, f'Random seed, 0..{checks.MAX_SEED} (what Keras seeds NumPy with).',
+      'training', lower=0, upper=checks.MAX_SEED)
   verbose: int = _setting(
       1, "Output while training: 0 silent, 1 Keras' progress bar, 2 one "
       'short line per epoch (time, images/s, loss and AUC).', 'training',
       lower=0, upper=2)
+  positive_class: str = _setting(
+      '', 'The class the model scores, P(positive_class), labelled 1; empty: '
+      'the second of the two class names in sorted order (PNEUMONIA in '
+      'Kermany). Datasets of other than two classes are refused (several '
+      'classes wait for multi-label training).', 'data')
   demo_images: int = _setting(
       0, 'If > 0, create a synthetic dataset of this many images in data_dir '
       'first (the demo; xray_tfdata.demo), or reuse the one it made there; '

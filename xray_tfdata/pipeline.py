@@ -15,6 +15,9 @@ common knobs live in a `ReadConfig`, as in `tfds.ReadConfig`.
 """
 
 import dataclasses
+import hashlib
+import json
+import numbers
 import os
 import struct
 from typing import Any, Optional, Union
@@ -153,6 +156,54 @@ class DatasetInfo:
       weights[class_id] = total / (len(counts) * count)
     return weights
 
+  def check_has_examples(self, split):
+    """Raises DatasetError when the split is listed but holds no example.
+
+    tf.data cannot even build a dataset of no shard files, and an empty
+    validation or test split has no metric to report.
+    """
+    if not int(self.split(split).get('num_examples', 0)):
+      raise DatasetError(
+          f'split {split!r} of {self.data_dir} has no examples '
+          f'({schema.INFO_FILENAME} lists it with none); re-convert with '
+          'tools/make_tfrecords --overwrite (with --resplit and '
+          f'--{split}_counts for val or test)')
+
+  def fingerprint(self):
+    """A digest of what the metadata says the shards hold.
+
+    From xray_info.json alone, without reading the shards: the classes, the
+    stored image, and each split's shards with their example counts and
+    byte sizes (`DatasetBuilder.shard_paths` checks the sizes on disk).
+    Another conversion of other images gives other PNG sizes, so other
+    shard sizes; converting the same images again with the same arguments
+    gives the same shards (the writer is deterministic), so the same
+    fingerprint. The time of the conversion and the source path are left
+    out for that reason.
+
+    Returns:
+      A hex string.
+    """
+    return hashlib.sha256(json.dumps(
+        self.summary(), sort_keys=True).encode()).hexdigest()[:32]
+
+  def summary(self):
+    """What `fingerprint` digests, readable: {'class_names', 'image_size',
+    'splits': {split: {'num_examples', 'num_bytes', 'class_counts',
+    'shards'}}}."""
+    splits = {}
+    for name, entry in sorted(self.splits.items()):
+      shards = [[s.get('filename'), s.get('num_examples'), s.get('num_bytes')]
+                for s in entry.get('shards', [])]
+      splits[name] = {
+          'num_examples': int(entry.get('num_examples', 0)),
+          'num_bytes': sum(s[2] or 0 for s in shards),
+          'class_counts': dict(entry.get('class_counts', {})),
+          'shards': shards}
+    return {'format_version': self.format_version,
+            'class_names': list(self.raw['class_names']),
+            'image_size': list(self.image_size), 'splits': splits}
+
   def split(self, split):
     if split not in self.splits:
       raise DatasetError(
@@ -228,19 +279,49 @@ class DatasetBuilder:
   `data_dir` may be any `tf.io.gfile` path (local, gs://, ...).
   """
 
-  def __init__(self, data_dir):
+  def __init__(self, data_dir, positive_class=None):
+    """Reads the dataset's metadata.
+
+    Args:
+      data_dir: the converted dataset.
+      positive_class: for a dataset of two classes, the class labelled 1
+        (the model's P(positive)); None keeps the stored ids, where the
+        second class in sorted order (PNEUMONIA) is 1. The other class is
+        then 0, and `info.class_names` lists the two in that order.
+
+    Raises:
+      DatasetError: see `load_info`; or positive_class is not one of two
+        classes of the dataset.
+    """
     self.data_dir = data_dir
     self.info = load_info(data_dir)
+    # The stored class names and ids, whatever positive_class reorders.
+    self._stored_class_names = self.info.class_names
+    self._positive_id = None  # the stored id read as label 1, None: as stored
+    if positive_class is not None:
+      names = self.info.class_names
+      if len(names) != 2 or positive_class not in names:
+        raise DatasetError(
+            f'positive_class {positive_class!r} is not one of the two classes '
+            f'of {data_dir} (it has {", ".join(names)}): pass '
+            f'--positive_class={names[-1]}, for example')
+      positive = names.index(positive_class)
+      if positive != 1:
+        self._positive_id = positive
+        self.info = dataclasses.replace(
+            self.info, class_names=(names[1 - positive], positive_class))
 
   def shard_paths(self, split):
     """Returns the split's shard paths in index order, checked on disk.
 
     Raises:
-      DatasetError: the split is unknown, its shard counts do not add up to
+      DatasetError: the split is unknown or has no examples, its shard
+        counts do not add up to
         its example count, or a shard is missing or has a size other than
         the writer recorded (truncated or replaced).
     """
     entry = self.info.split(split)
+    self.info.check_has_examples(split)
     shard_counts = [shard.get('num_examples') for shard in entry['shards']]
     # Cheap, and it turns assert_cardinality's failure at the end of the
     # first epoch into one line before it.
@@ -290,7 +371,8 @@ class DatasetBuilder:
 
     Raises:
       DamagedShardError: naming the first damaged shard.
-      DatasetError: an unknown split, or a missing or truncated shard.
+      DatasetError: an unknown or empty split, a missing or truncated
+        shard, or class names that disagree with the records'.
     """
     if splits is None:
       splits = sorted(self.info.splits)
@@ -301,6 +383,8 @@ class DatasetBuilder:
       paths = self.shard_paths(split)
       counts = [s.get('num_examples') for s in self.info.split(split)['shards']]
       total += self._verify_shards(paths, counts)
+      # After the CRCs, so a flipped byte is named as one.
+      self._check_first_record(split, paths)
     return total
 
   def as_dataset(self, split, batch_size=None, training=False, *,
@@ -335,18 +419,19 @@ class DatasetBuilder:
       dimension when batch_size is None.
 
     Raises:
-      DatasetError: unknown split, batch_size < 1, channels other than 1 or
-        3, a size mismatch, metadata that disagrees with the shards, or a
-        missing or truncated shard.
+      DatasetError: unknown or empty split, batch_size not an integer of
+        at least 1, channels other than 1 or 3, a size mismatch, metadata
+        (sizes, class names) that disagrees with the shards, or a missing
+        or truncated shard.
       TypeError: a keyword that is not a `ReadConfig` field.
     """
     config = _resolve_read_config(read_config, read_options)
-    if batch_size is not None and batch_size < 1:
-      raise DatasetError(f'batch_size must be at least 1, got {batch_size}')
+    if batch_size is not None:
+      batch_size = _check_batch_size(batch_size)
     if config.channels not in (None, 1, 3):
       raise DatasetError(f'channels must be 1 or 3, got {config.channels}')
     paths = self.shard_paths(split)
-    self._check_stored_size(split, paths)
+    self._check_first_record(split, paths)
     size = self._output_size(image_size, resize)
     # A grey dataset is decoded to one channel and widened to three at the
     # end (see below); anything else is decoded to what is asked for.
@@ -389,7 +474,13 @@ class DatasetBuilder:
 
   def steps_per_epoch(self, split, batch_size, training=True):
     """Batches in one pass over the split (the last partial batch is dropped
-    when training)."""
+    when training).
+
+    Raises:
+      DatasetError: an unknown split, or batch_size not an integer of at
+        least 1.
+    """
+    batch_size = _check_batch_size(batch_size)
     n = self.info.num_examples(split)
     return n // batch_size if training else -(-n // batch_size)
 
@@ -430,7 +521,7 @@ class DatasetBuilder:
     """(image, label[, metadata]) examples of the records."""
     decode = _make_decoder(self.info.format_version, channels, size,
                            resize and size != self.info.image_size,
-                           with_metadata)
+                           with_metadata, self._positive_id)
     return records.map(decode, num_parallel_calls=AUTOTUNE,
                        deterministic=not training)
 
@@ -471,23 +562,28 @@ class DatasetBuilder:
 
   # Checks.
 
-  def _check_stored_size(self, split, paths):
-    """Checks the first image's PNG header against the metadata's size.
+  def _check_first_record(self, split, paths):
+    """Checks the split's first record against the metadata: its PNG
+    header's size, and its class text against the class name of its label.
 
     One record, read now: a metadata file of another conversion fails here,
-    in one line, instead of in ensure_shape in the middle of `fit`.
+    in one line, instead of in ensure_shape in the middle of `fit`; class
+    names swapped or edited in xray_info.json fail here instead of training
+    under the wrong names.
 
     Raises:
-      DatasetError: the stored images have another size than the metadata.
+      DatasetError: the stored images have another size than the metadata,
+        or the record's class is another than its label's in class_names.
       DamagedShardError: the first record is damaged.
     """
     counts = [s.get('num_examples') for s in self.info.split(split)['shards']]
     for path, count in zip(paths, counts):
       if count == 0:
         continue
-      size = self._first_image_size(path)
-      if size is None:
+      first = self._first_record(path)
+      if first is None:
         continue  # an empty shard the metadata miscounts: verify names it
+      size, label, class_text = first
       if size != self.info.image_size:
         stored = 'not PNGs' if size[0] < 0 else f'{size[0]}x{size[1]}'
         raise DatasetError(
@@ -495,11 +591,29 @@ class DatasetBuilder:
             f'{self.info.image_height}x{self.info.image_width}: the metadata '
             'belongs to another conversion; re-run tools/make_tfrecords '
             '--overwrite')
+      self._check_class_text(path, label, class_text)
       return
 
-  def _first_image_size(self, path):
-    """(height, width) of the first record's image, (-1, -1) if not a PNG,
-    None for an empty shard.
+  def _check_class_text(self, path, label, class_text):
+    """Raises DatasetError unless class_names[label] is the record's class
+    text (records without one, or without a label, are not checked)."""
+    names = self._stored_class_names
+    if not class_text or label < 0:
+      return
+    named = names[label] if label < len(names) else None
+    if named == class_text:
+      return
+    where = os.path.join(self.data_dir, schema.INFO_FILENAME)
+    said = (f'its class_names[{label}] is {named!r}' if named is not None
+            else f'its class_names ({", ".join(names)}) have no id {label}')
+    raise DatasetError(
+        f'the first record of {path} is class {class_text!r} with label '
+        f'{label}, but {where} says {said}: its class names are swapped or '
+        'edited; re-run tools/make_tfrecords --overwrite')
+
+  def _first_record(self, path):
+    """((height, width), label, class text) of the first record: the size
+    from the PNG header, (-1, -1) if not a PNG; None for an empty shard.
 
     Read with the TFRecord framing by hand, without its CRCs: a tf.data
     dataset for one record costs tens of milliseconds, more than the rest of
@@ -515,19 +629,23 @@ class DatasetBuilder:
       record = f.read(length) if 0 < length <= file_size - 16 else b''
     if not header:
       return None
+    version = self.info.format_version
     try:
       feature = example_pb2.Example.FromString(record).features.feature
-      png = feature[schema.key(schema.ENCODED,
-                               self.info.format_version)].bytes_list.value[0]
+      png = feature[schema.key(schema.ENCODED, version)].bytes_list.value[0]
     except (message.DecodeError, IndexError):
       self._verify_shard(path)  # names the damage
       raise
+    labels = feature[schema.key(schema.LABEL, version)].int64_list.value
+    texts = feature[schema.CLASS_TEXT].bytes_list.value
+    label = int(labels[0]) if labels else -1
+    class_text = texts[0].decode('utf-8', 'replace') if texts else ''
     if png[:8] != _PNG_SIGNATURE or len(png) < 24:
       self._verify_shard(path)  # a flipped byte, if it is one
-      return (-1, -1)
+      return (-1, -1), label, class_text
     # IHDR: width, then height, big-endian, at bytes 16..24.
     width, height = struct.unpack('>II', png[16:24])
-    return (height, width)
+    return (height, width), label, class_text
 
   def _verify_shards(self, paths, expected_counts):
     """Reads the shards; returns the total record count.
@@ -700,7 +818,19 @@ def _to_rgb(images, *rest):
   return (tf.image.grayscale_to_rgb(images),) + rest
 
 
-def _make_decoder(format_version, channels, size, resize, with_metadata):
+def _check_batch_size(batch_size):
+  """batch_size as an int; DatasetError unless it is an integer >= 1."""
+  if (isinstance(batch_size, bool) or
+      not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+    raise DatasetError(f'batch_size must be at least 1, a whole number of '
+                       f'examples; got {batch_size!r}')
+  return int(batch_size)
+
+
+def _make_decoder(format_version, channels, size, resize, with_metadata,
+                  positive_id=None):
+  """The record -> (image, label[, metadata]) function; with positive_id,
+  the label is 1 for that stored class id and 0 for the other."""
 
   def decode(record):
     features = schema.parse(record, format_version)
@@ -709,7 +839,10 @@ def _make_decoder(format_version, channels, size, resize, with_metadata):
       image = tf.image.resize(image, size, antialias=True)
       image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     image = tf.ensure_shape(image, (size[0], size[1], channels))
-    label = tf.cast(features[schema.LABEL], tf.float32)
+    label = features[schema.LABEL]
+    if positive_id is not None:
+      label = tf.cast(tf.equal(label, positive_id), tf.int64)
+    label = tf.cast(label, tf.float32)
     if with_metadata:
       return image, label, {
           'filename': features[schema.FILENAME],

@@ -26,6 +26,8 @@ from xray_tfdata.config import TrainingError
 CONFIG_JSON = 'config.json'
 RESULTS_JSON = 'results.json'
 BACKUP_DIR = 'backup'
+# config.json's record of the dataset (see prepare_model_dir); not a setting.
+DATASET_KEY = 'dataset'
 
 
 def _warn(message):
@@ -54,7 +56,8 @@ def check_model_dir_path(model_dir):
                         'or move the file away')
 
 
-def prepare_model_dir(model_dir, config, overwrite=False, write=True):
+def prepare_model_dir(model_dir, config, overwrite=False, write=True,
+                      dataset=None):
   """Checks model_dir for a finished or a different run; records config.
 
   With write=False (the non-chief workers of a multi-worker run) it only
@@ -63,19 +66,28 @@ def prepare_model_dir(model_dir, config, overwrite=False, write=True):
   A damaged config.json (empty or not JSON: a write cut short) cannot
   vouch for the resume state, so it is reported and the run starts over.
 
+  With `dataset`, config.json also records the dataset's fingerprint
+  (under DATASET_KEY), and a resume is refused when the dataset under the
+  same data_dir has another: it was converted again from other images. A
+  config.json without one (written before fingerprints were recorded)
+  resumes as before. A setting added since config.json was written counts
+  as its default.
+
   Args:
     model_dir: the run's folder.
     config: the run's TrainConfig.
     overwrite: replace a finished run, or an unfinished one with other
-      settings.
+      settings or data.
     write: remove and record (the chief); False only checks.
+    dataset: the pipeline.DatasetInfo of config.data_dir, or None.
 
   Returns:
     True when an unfinished run with the same settings will be resumed.
 
   Raises:
     TrainingError: model_dir is a file, or holds a finished run, or an
-      unfinished one with other settings, and overwrite is False.
+      unfinished one with other settings or another dataset, and overwrite
+      is False.
     atomic.NoSpaceError: the disk is full.
   """
   check_model_dir_path(model_dir)
@@ -100,19 +112,82 @@ def prepare_model_dir(model_dir, config, overwrite=False, write=True):
     if previous is not None:
       # A resumed run may be watched differently or fed by another
       # dispatcher.
+      defaults = type(config)().to_json()
       changed = sorted(k for k, v in config.to_json().items()
                        if k not in RESUMABLE_CHANGES and
-                       previous.get(k) != v)
+                       previous.get(k, defaults.get(k)) != v)
       if changed:
         raise TrainingError(
             f'{model_dir} holds an unfinished run with other settings '
             f'({", ".join(changed)}); rerun with the same flags to resume, '
             'or pass --overwrite')
+      if dataset is not None:
+        _check_same_dataset(model_dir, config.data_dir,
+                            previous.get(DATASET_KEY), dataset)
       resume = True
   if write:
     os.makedirs(model_dir, exist_ok=True)
-    atomic.write_text(config_path, json.dumps(config.to_json(), indent=2))
+    record = config.to_json()
+    if dataset is not None:
+      record[DATASET_KEY] = dataset_record(dataset)
+    atomic.write_text(config_path, json.dumps(record, indent=2))
   return resume
+
+
+def dataset_record(info):
+  """What config.json records of the dataset a run trains on.
+
+  Args:
+    info: a pipeline.DatasetInfo.
+
+  Returns:
+    {'fingerprint', 'class_names', 'image_size', 'splits': {split:
+    {'num_examples', 'num_bytes', 'class_counts'}}}: the fingerprint and
+    what an error shows of it.
+  """
+  summary = info.summary()
+  return {
+      'fingerprint': info.fingerprint(),
+      'class_names': summary['class_names'],
+      'image_size': summary['image_size'],
+      'splits': {split: {k: v for k, v in entry.items() if k != 'shards'}
+                 for split, entry in summary['splits'].items()}}
+
+
+def _check_same_dataset(model_dir, data_dir, recorded, info):
+  """Raises TrainingError when `recorded` (config.json's dataset record, or
+  None) has another fingerprint than the dataset `info` describes."""
+  if not isinstance(recorded, dict) or 'fingerprint' not in recorded:
+    return  # recorded before fingerprints were: nothing to compare
+  now = dataset_record(info)
+  if recorded['fingerprint'] == now['fingerprint']:
+    return
+  raise TrainingError(
+      f'{model_dir} holds an unfinished run on another dataset than '
+      f'--data_dir {data_dir} holds now ({_dataset_change(recorded, now)}): '
+      'it was converted again since; pass --overwrite to train afresh on '
+      'this one, or point --data_dir at the dataset the run started on')
+
+
+def _dataset_change(before, now):
+  """The first difference between two dataset records, in words."""
+  for key, what in (('class_names', 'class names'),
+                    ('image_size', 'image size')):
+    if before.get(key) != now[key]:
+      return f'{what} {before.get(key)} then, {now[key]} now'
+  splits_before = before.get('splits') or {}
+  if sorted(splits_before) != sorted(now['splits']):
+    return (f'splits {", ".join(sorted(splits_before))} then, '
+            f'{", ".join(sorted(now["splits"]))} now')
+  for split, entry in sorted(now['splits'].items()):
+    old = splits_before[split]
+    for key, what in (('num_examples', 'examples'),
+                      ('class_counts', 'class counts'),
+                      ('num_bytes', 'bytes')):
+      if old.get(key) != entry[key]:
+        return f'split {split!r}: {old.get(key)} {what} then, {entry[key]} now'
+  return 'its shards have other names or sizes'
+
 
 
 def trim_history(path, epochs):

@@ -8,7 +8,9 @@ own modules: `resume` (config.json, backup/), `callbacks`, `evaluation`,
 `serving` (export and prediction), `demo` (the synthetic dataset).
 
 Files in model_dir while a run is going, and after:
-  config.json          the settings; a rerun with other settings is refused.
+  config.json          the settings and the dataset's fingerprint; a rerun
+                       with other settings, or on a dataset converted again
+                       from other images, is refused.
   backup/              resume state (weights, optimizer, callback state).
   checkpoints/best.weights.h5   best epoch so far by val_loss.
   logs/                TensorBoard.
@@ -16,8 +18,10 @@ Files in model_dir while a run is going, and after:
   model.keras          the trained model (best weights).
   serving/             SavedModel: encoded JPEG/PNG bytes -> P(pneumonia).
   results.json, results.md   written last; results.json marks a finished run.
+Next to it, <model_dir>.lock while a run writes it: one trainer at a time.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -45,6 +49,8 @@ from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # r
 from xray_tfdata.config import TrainingError
 
 RESULTS_MD = 'results.md'
+# Next to model_dir while a run writes it (see lock_model_dir).
+MODEL_DIR_LOCK_SUFFIX = '.lock'
 EVAL_SPLITS = ('train', 'val', 'test')
 # Seconds the data-service watchdog adds for the first training step, which
 # also traces and compiles the model (see data_service.Watchdog).
@@ -92,6 +98,7 @@ def train_and_evaluate(config, model_dir, overwrite=False):
       written into model_dir.
     atomic.NoSpaceError: the disk filled up; the last finished epoch is
       kept and a rerun after freeing space resumes from it.
+    atomic.LockedError: another run is writing model_dir.
   """
   # First, as it costs nothing: a file in model_dir's place is a mistyped
   # flag, and no data should be drawn or converted for it.
@@ -100,12 +107,51 @@ def train_and_evaluate(config, model_dir, overwrite=False):
   # Before anything else in TensorFlow: a multi-worker strategy must exist
   # before TensorFlow starts its runtime.
   cluster = create_cluster(config.strategy)
+  with lock_model_dir(model_dir, cluster):
+    return _train_and_evaluate(config, model_dir, overwrite, cluster)
+
+
+def lock_model_dir(model_dir, cluster):
+  """One trainer per model_dir: the chief holds `<model_dir>.lock`.
+
+  A second run on the same model_dir (a resubmitted job, a double click)
+  would write the same checkpoints and history and leave a finished-looking
+  mix of both runs. The lock is the converter's (`atomic.exclusive`: flock,
+  released by the kernel when its holder dies, so a killed run never blocks
+  its rerun), not HDF5's file locking, which NFS setups turn off. Next to
+  model_dir, not in it: --overwrite removes model_dir. Only the chief locks;
+  the other workers of a multi-worker run write elsewhere.
+
+  Returns:
+    A context manager holding the lock (a no-op on the other workers).
+
+  Raises:
+    TrainingError: model_dir's parent folder cannot be created.
+    atomic.LockedError: on entry, when another process holds the lock; its
+      message names that process's pid.
+  """
+  if not cluster.chief:
+    return contextlib.nullcontext()
+  path = os.path.abspath(model_dir).rstrip(os.sep)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  except OSError as e:
+    raise TrainingError(
+        f'cannot create the folder {os.path.dirname(path)} of --model_dir: '
+        f'{e.strerror}; choose another --model_dir') from None
+  return atomic.exclusive(path + MODEL_DIR_LOCK_SUFFIX,
+                          f'--model_dir {model_dir}')
+
+
+def _train_and_evaluate(config, model_dir, overwrite, cluster):
+  """train_and_evaluate's stages, under the model_dir lock."""
   if config.demo_images:
     demo.ensure_demo_data(config.data_dir, config.demo_images,
                           config.image_size, config.seed)
-  builder = pipeline.DatasetBuilder(config.data_dir)
+  builder = open_dataset(config)
   check_against_dataset(config, builder, cluster)
-  work_dir, resuming = prepare_work_dir(model_dir, config, overwrite, cluster)
+  work_dir, resuming = prepare_work_dir(model_dir, config, overwrite, cluster,
+                                        builder.info)
 
   keras.utils.set_random_seed(config.seed)
   policy = model_lib.select_policy(config.policy)
@@ -206,6 +252,31 @@ def create_cluster(strategy_name):
                  num_workers=distribute.num_workers(strategy))
 
 
+def open_dataset(config):
+  """The DatasetBuilder of config.data_dir, labelled for a binary run.
+
+  Returns:
+    A pipeline.DatasetBuilder whose label 1 is config.positive_class (by
+    default the second class name in sorted order, PNEUMONIA).
+
+  Raises:
+    TrainingError: the dataset has other than two classes.
+    pipeline.DatasetError: the dataset cannot be read, or positive_class
+      is not one of its classes.
+  """
+  builder = pipeline.DatasetBuilder(config.data_dir)
+  names = builder.info.class_names
+  if len(names) != 2:
+    raise TrainingError(
+        f'{config.data_dir} has {len(names)} class'
+        f'{"es" if len(names) != 1 else ""} ({", ".join(names)}); training '
+        'is binary and needs exactly two: convert a source with two class '
+        'folders (several classes wait for multi-label training)')
+  if config.positive_class:
+    builder = pipeline.DatasetBuilder(config.data_dir, config.positive_class)
+  return builder
+
+
 def check_against_dataset(config, builder, cluster):
   """Checks the settings against the dataset; the last step before the
   first write into model_dir, so a run that cannot work writes nothing.
@@ -214,13 +285,15 @@ def check_against_dataset(config, builder, cluster):
     TrainingError: the stored image size differs from config.image_size,
       steps_per_epoch is negative, or a batch is larger than the training
       split.
-    pipeline.DatasetError: a split is missing, a class is missing from
-      the training split (with class weights on), or a shard is damaged.
+    pipeline.DatasetError: a split is missing or empty, a class is
+      missing from the training split (with class weights on), a shard is
+      damaged, or the class names disagree with the records'.
     distribute.DistributeError: fewer training shards than workers.
   """
   info = builder.info
   for split in EVAL_SPLITS:
-    info.split(split)  # a missing split fails now, not after training
+    # A missing or empty split fails now, not after training.
+    info.check_has_examples(split)
   stored = info.image_size
   if stored != (config.image_size, config.image_size):
     raise TrainingError(
@@ -244,12 +317,18 @@ def local_splits(config):
   return [s for s in EVAL_SPLITS if not (config.data_service and s == 'train')]
 
 
-def prepare_work_dir(model_dir, config, overwrite, cluster):
+def prepare_work_dir(model_dir, config, overwrite, cluster, dataset=None):
   """Records the run in model_dir (the chief) and picks where to write.
 
   Every worker checks model_dir alike; the chief writes config.json, and
   the others wait for it, then write into a folder of their own seeded with
   the chief's resume state.
+
+  Args:
+    model_dir, config, overwrite: as train_and_evaluate's.
+    cluster: the run's Cluster.
+    dataset: the dataset's pipeline.DatasetInfo, whose fingerprint
+      config.json records (see `resume.prepare_model_dir`).
 
   Returns:
     (work_dir, resuming): where this process writes, and whether it resumes
@@ -259,7 +338,8 @@ def prepare_work_dir(model_dir, config, overwrite, cluster):
     TrainingError: see `resume.prepare_model_dir`.
   """
   resuming = resume_lib.prepare_model_dir(model_dir, config, overwrite,
-                                          write=cluster.chief)
+                                          write=cluster.chief,
+                                          dataset=dataset)
   cluster.barrier()  # until the chief has done so
   work_dir = distribute.write_dir(model_dir, cluster.strategy)
   chief_backup = os.path.join(model_dir, resume_lib.BACKUP_DIR)
@@ -434,6 +514,13 @@ def fit(net, inputs, callbacks, config, initial_epoch, work_dir, builder):
     if damage is None:
       raise
     raise damage from e
+  except atomic.NoSpaceError as e:
+    # Keras leaves the weights file it failed to write open; closed now,
+    # HDF5 stays quiet at exit (see release_h5_files), and it is named.
+    released = callbacks_lib.release_h5_files(work_dir)
+    if released:
+      raise atomic.NoSpaceError(released[0]) from e
+    raise
   finally:
     if watchdog is not None:
       watchdog.stop()
