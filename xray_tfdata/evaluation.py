@@ -960,8 +960,5 @@ def evaluation_markdown(evaluation_results):
   if pictures:
     lines += ['', '## Pictures', '']
     for name, path in pictures.items():
-      lines.append(f'- [{name}]({path})')
-    lines.append('')
-    for name, path in pictures.items():
-      lines.append(f'![{name}]({path})')
+      lines += [f'{name}: [{path}]({path})', '', f'![{name}]({path})', '']
   return '\n'.join(lines) + '\n'
