@@ -338,6 +338,10 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
 
 def _load_model(path):
   import keras  # pylint: disable=g-import-not-at-top
+  # Registers the model's own layers (augmentation, preprocessing) with
+  # Keras' deserializer.
+  from xray_tfdata import augment  # pylint: disable=g-import-not-at-top,unused-import
+  from xray_tfdata import model  # pylint: disable=g-import-not-at-top,unused-import
   return keras.saving.load_model(path)
 
 
@@ -393,3 +397,27 @@ def write_pictures(out_dir, evaluation_results, predictions,
       for label, index in mapping.items()}
   evaluation_results['pictures'] = report.write_pictures(
       out_dir, evaluation_results, binary, history_csv=history_csv)
+
+
+def summary(results, out_dir):
+  """The lines tools/evaluate prints: per label, what it was scored
+  against, and the evaluated split's AUC and Youden point."""
+  evaluation_results = results['evaluation']
+  mapping = evaluation_results['label_mapping']
+  lines = []
+  for label, result in evaluation_results['labels'].items():
+    for split, entry in result['splits'].items():
+      auc = entry['auc']
+      youden = entry['operating_points']['youden']
+      lines.append(
+          f"{label} (as {mapping['matched'][label]}) on {split}: "
+          f"{entry['n']} images, {entry['patients']} patients, AUC "
+          f"{evaluation._with_ci(auc)}, at Youden's threshold "  # pylint: disable=protected-access
+          f"{youden['threshold']:.4f} sensitivity "
+          f"{youden['sensitivity']['value']:.3f}, specificity "
+          f"{youden['specificity']['value']:.3f}")
+  for label in mapping['unmatched_model_labels']:
+    lines.append(f'{label}: not in {mapping["data"]}, not scored')
+  lines += [f'note: {note}' for note in mapping['notes']]
+  lines.append(f'wrote {os.path.join(out_dir, RESULTS_MD)}')
+  return '\n'.join(lines)
