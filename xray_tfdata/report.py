@@ -165,6 +165,7 @@ def plot_training_curves(path, history_csv):
   Returns:
     True when written; False when history.csv has no epoch.
   """
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   history = read_history(history_csv)
   if not history.get('epoch'):
     return False
@@ -177,6 +178,7 @@ def plot_training_curves(path, history_csv):
         ax.plot(epochs, history[prefix + metric], 'o-', markersize=3,
                 label=split)
     ax.set(xlabel='epoch', ylabel=metric, title=metric)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.legend(fontsize=8)
   _save(fig, path)
   return True
