@@ -440,3 +440,56 @@ def test_evaluate_label_subgroups_and_table():
   assert sub['LL'][0] == '3' and 'too few' in ' '.join(sub['LL'])
   # Every row has the header's number of cells.
   assert {len(cells) for cells in sub.values()} == {9}
+
+
+def test_temperature_scaling_lowers_the_ece_of_an_over_confident_model():
+  """Scores drawn calibrated (P(y=1) = sigmoid(z)), then reported as
+  sigmoid(3 z): over-confident by a temperature of 3, which the fit on
+  validation finds and which brings the test ECE back down."""
+  rng = np.random.default_rng(20)
+
+  def draw(n):
+    z = rng.normal(0, 2, n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
+    return labels, 1 / (1 + np.exp(-3 * z))
+
+  val, test = draw(4000), draw(4000)
+  temperature = evaluation.fit_temperature(*val)
+  assert temperature == pytest.approx(3.0, rel=0.1)
+  report = evaluation.calibration_report({'val': val, 'test': test})
+  assert report['fitted_on'] == 'val'
+  assert report['temperature'] == pytest.approx(temperature)
+  row = report['splits']['test']
+  assert row['ece_before'] > 0.1
+  assert row['ece_after'] < row['ece_before'] / 3
+  assert row['brier_after'] < row['brier_before']
+  # ECE after, recomputed from the formula sigmoid(logit(p) / T).
+  p = np.clip(test[1], 1e-7, 1 - 1e-7)
+  calibrated = 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+  assert row['ece_after'] == pytest.approx(
+      evaluation.expected_calibration_error(test[0], calibrated))
+  # Monotone: AUC unchanged; the calibrated threshold keeps each decision.
+  assert sk_metrics.roc_auc_score(test[0], calibrated) == pytest.approx(
+      sk_metrics.roc_auc_score(*test))
+  result = evaluation.evaluate_label({'val': val, 'test': test},
+                                     num_resamples=0)
+  youden = result['thresholds']['youden']
+  assert np.array_equal(test[1] > youden['threshold'],
+                        calibrated > youden['calibrated_threshold'])
+  table = evaluation.evaluation_markdown(
+      {'labels': {'PNEUMONIA': result}, 'bootstrap': {}})
+  rows = recount.markdown_rows(table, 'PNEUMONIA: calibration')
+  assert rows['test'][:2] == [f"{row['ece_before']:.4f}",
+                              f"{row['ece_after']:.4f}"]
+
+
+def test_fit_temperature_is_the_likelihood_minimum():
+  labels, probs = noisy_scores(300, seed=21)
+  temperature = evaluation.fit_temperature(labels, probs)
+
+  def nll(t):
+    q = evaluation.apply_temperature(probs, t)
+    return sk_metrics.log_loss(labels, q)
+
+  for other in (temperature * 0.9, temperature * 1.1):
+    assert nll(temperature) < nll(other)

@@ -787,7 +787,7 @@ def split_evaluation(labels, probs, thresholds, patient_ids=None,
 
 def evaluate_label(predictions, threshold_split='val', thresholds=None,
                    patient_ids=None, subgroups=None, num_resamples=2000,
-                   level=0.95, seed=0, min_subgroup=1):
+                   level=0.95, seed=0, min_subgroup=1, temperature=None):
   """A binary label's full evaluation: thresholds, then every split.
 
   Args:
@@ -803,11 +803,16 @@ def evaluate_label(predictions, threshold_split='val', thresholds=None,
       evaluated alone, with its counts.
     num_resamples, level, seed: the patient-level bootstrap.
     min_subgroup: subgroups with fewer examples are listed by count only.
+    temperature: a temperature fitted before; None fits one on
+      threshold_split when the thresholds are chosen here.
 
   Returns:
-    {'thresholds': {op: {'threshold', 'rule', 'chosen_on'}},
+    {'thresholds': {op: {'threshold', 'rule', 'chosen_on', and with a
+       temperature 'calibrated_threshold' (the same decision on calibrated
+       probabilities)}},
      'splits': {split: `split_evaluation` + 'subgroups': {field: {value:
-       split_evaluation}}}}.
+       split_evaluation}}},
+     'calibration': `calibration_report`'s dict, or None}.
 
   Raises:
     ValueError: neither thresholds nor the threshold split's predictions,
@@ -829,6 +834,13 @@ def evaluate_label(predictions, threshold_split='val', thresholds=None,
                              'chosen_on': chosen_on}
                         for op, t in thresholds.items()},
          'splits': {}}
+  out['calibration'] = calibration_report(
+      predictions, temperature,
+      fit_split=threshold_split if chosen_on == threshold_split else None)
+  if out['calibration']:
+    for entry in out['thresholds'].values():
+      entry['calibrated_threshold'] = float(apply_temperature(
+          entry['threshold'], out['calibration']['temperature']))
   for split, (labels, probs) in predictions.items():
     labels, probs = _as_arrays(labels, probs)
     ids = patient_ids.get(split)
@@ -873,6 +885,21 @@ def _curve_rows(name, entry):
 _CURVE_HEADER = ('| {what} | images | patients | positives | AUC | average '
                  'precision | Brier | ECE |\n|---|---:|---:|---:|---:|---:|'
                  '---:|---:|')
+
+
+def _calibration_markdown(label, calibration):
+  if not calibration:
+    return []
+  lines = ['', f'## {label}: calibration (temperature scaling)', '',
+           f"Temperature {calibration['temperature']:.4f}, fitted on "
+           f"{calibration['fitted_on']}: P = sigmoid(logit / T).", '',
+           '| split | ECE before | ECE after | Brier before | Brier after |',
+           '|---|---:|---:|---:|---:|']
+  for split, row in calibration['splits'].items():
+    lines.append(f"| {split} | {row['ece_before']:.4f} | "
+                 f"{row['ece_after']:.4f} | {row['brier_before']:.4f} | "
+                 f"{row['brier_after']:.4f} |")
+  return lines
 
 
 def evaluation_markdown(evaluation_results):
@@ -945,20 +972,91 @@ def evaluation_markdown(evaluation_results):
                               ('sensitivity', 'specificity'))
                    if youden else '- | -')
           lines.append(_curve_rows(value, group) + f' {extra} |')
-  calibration = evaluation_results.get('calibration')
-  if calibration:
-    lines += ['', '## Calibration (temperature scaling)', '',
-              f"Temperature {calibration['temperature']:.4f}, fitted on "
-              f"{calibration['fitted_on']} (logits divided by it).", '',
-              '| split | ECE before | ECE after | Brier before | Brier after |',
-              '|---|---:|---:|---:|---:|']
-    for split, row in calibration['splits'].items():
-      lines.append(f"| {split} | {row['ece_before']:.4f} | "
-                   f"{row['ece_after']:.4f} | {row['brier_before']:.4f} | "
-                   f"{row['brier_after']:.4f} |")
+    lines += _calibration_markdown(label, result.get('calibration'))
   pictures = evaluation_results.get('pictures')
+
   if pictures:
     lines += ['', '## Pictures', '']
     for name, path in pictures.items():
       lines += [f'{name}: [{path}]({path})', '', f'![{name}]({path})', '']
   return '\n'.join(lines) + '\n'
+
+
+# Temperature scaling (Guo et al., ICML 2017), for one binary label: the
+# calibrated probability is sigmoid(logit(p) / T), T fitted on validation
+# by maximum likelihood. Monotone, so AUC and the decisions at matching
+# thresholds are unchanged; only the probabilities move.
+
+# Probabilities are clipped before the logit: a float32 sigmoid rounds to
+# exactly 0 or 1 beyond |logit| of about 17, where the logit is lost.
+_PROB_EPSILON = 1e-7
+# T searched in [e^-4, e^4]: beyond, a model is not worth calibrating.
+_LOG_TEMPERATURE_BOUNDS = (-4.0, 4.0)
+
+
+def logit(probs):
+  """log(p / (1 - p)), p clipped to [1e-7, 1 - 1e-7]."""
+  probs = np.clip(np.asarray(probs, np.float64), _PROB_EPSILON,
+                  1 - _PROB_EPSILON)
+  return np.log(probs) - np.log1p(-probs)
+
+
+def apply_temperature(probs, temperature):
+  """sigmoid(logit(p) / temperature)."""
+  return 1.0 / (1.0 + np.exp(-logit(probs) / temperature))
+
+
+def fit_temperature(labels, probs):
+  """The temperature minimizing the mean negative log-likelihood.
+
+  Args:
+    labels, probs: as `confusion_counts` (the validation split's).
+
+  Returns:
+    T > 0, a float: T > 1 softens an over-confident model.
+  """
+  from scipy import optimize  # pylint: disable=g-import-not-at-top
+  labels, probs = _as_arrays(labels, probs)
+  logits = logit(probs)
+  signs = np.where(labels, 1.0, -1.0)
+
+  def nll(log_t):
+    # -log sigmoid(s * z / T), computed stably.
+    return float(np.mean(np.logaddexp(0.0, -signs * logits / np.exp(log_t))))
+
+  best = optimize.minimize_scalar(nll, bounds=_LOG_TEMPERATURE_BOUNDS,
+                                  method='bounded',
+                                  options={'xatol': 1e-6})
+  return float(np.exp(best.x))
+
+
+def calibration_report(predictions, temperature=None, fit_split='val'):
+  """Temperature scaling's effect on every split.
+
+  Args:
+    predictions: {split: (labels, probs)}.
+    temperature: a temperature fitted before (a run's, for another
+      dataset), or None to fit it on fit_split.
+    fit_split: the split to fit on.
+
+  Returns:
+    {'temperature', 'fitted_on', 'splits': {split: {'ece_before',
+    'ece_after', 'brier_before', 'brier_after'}}}, or None when there is
+    neither a temperature nor fit_split's predictions.
+  """
+  fitted_on = 'given'
+  if temperature is None:
+    if fit_split not in predictions:
+      return None
+    temperature = fit_temperature(*predictions[fit_split])
+    fitted_on = fit_split
+  splits = {}
+  for split, (labels, probs) in predictions.items():
+    calibrated = apply_temperature(probs, temperature)
+    splits[split] = {
+        'ece_before': expected_calibration_error(labels, probs),
+        'ece_after': expected_calibration_error(labels, calibrated),
+        'brier_before': brier_score(labels, probs),
+        'brier_after': brier_score(labels, calibrated)}
+  return {'temperature': float(temperature), 'fitted_on': fitted_on,
+          'splits': splits}

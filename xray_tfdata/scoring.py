@@ -171,7 +171,7 @@ def patient_ids(metadata):
 
 def evaluate_dataset(builder, predictions, class_names, thresholds=None,
                      threshold_split='val', num_resamples=2000, seed=0,
-                     level=0.95, model_data=None):
+                     level=0.95, model_data=None, temperatures=None):
   """The clinical evaluation of predictions on a converted dataset.
 
   Args:
@@ -185,6 +185,8 @@ def evaluate_dataset(builder, predictions, class_names, thresholds=None,
     threshold_split, num_resamples, seed, level: see
       `evaluation.evaluate_label`.
     model_data: where the model was trained, for the report.
+    temperatures: {label: temperature} fitted before (with thresholds), or
+      None: fitted on threshold_split when the thresholds are chosen here.
 
   Returns:
     results['evaluation']: {'class_names' (the model's), 'model_labels',
@@ -224,7 +226,8 @@ def evaluate_dataset(builder, predictions, class_names, thresholds=None,
         subgroups={s: subgroup_fields(builder.info, m)
                    for s, m in per_split.items()},
         num_resamples=num_resamples, level=level, seed=seed,
-        min_subgroup=MIN_SUBGROUP)
+        min_subgroup=MIN_SUBGROUP,
+        temperature=(temperatures or {}).get(label))
     if thresholds is not None:
       for entry in out['labels'][label]['thresholds'].values():
         entry['chosen_on'] = f'val of {mapping["model_data"]}'
@@ -240,6 +243,13 @@ def stored_thresholds(results):
   return {label: {op: entry['threshold']
                   for op, entry in result['thresholds'].items()}
           for label, result in labels.items()}
+
+
+def stored_temperatures(results):
+  """{label: temperature} from a run's results.json (empty when none)."""
+  labels = results.get('evaluation', {}).get('labels', {})
+  return {label: result['calibration']['temperature']
+          for label, result in labels.items() if result.get('calibration')}
 
 
 def _read_run(model_dir):
@@ -323,7 +333,8 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
       builder, predictions, class_names, thresholds=thresholds,
       num_resamples=(config.get('bootstrap_resamples', 2000)
                      if num_resamples is None else num_resamples),
-      seed=config.get('seed', 0), model_data=config.get('data_dir'))
+      seed=config.get('seed', 0), model_data=config.get('data_dir'),
+      temperatures=stored_temperatures(run_results) if thresholds else None)
   if builder.info.image_size != (image_size, image_size):
     evaluation_results['label_mapping']['notes'].append(
         f'images resized from {builder.info.image_height}x'
