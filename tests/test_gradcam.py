@@ -70,6 +70,21 @@ def test_heatmap_maximum_inside_the_lesion(trained):
   assert hits >= 0.9 * positives.sum(), hits
 
 
+def test_overlays_are_the_image_under_the_jet_colour_map(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = np.full((8, 8, 1), 100, np.uint8)
+  heatmap = np.zeros((8, 8), np.float32)
+  heatmap[2, 3] = 1.0
+  paths = gradcam.write_overlays(str(tmp_path / 'maps'), ['a'], [image],
+                                 [heatmap], alpha=0.5)
+  assert paths == [str(tmp_path / 'maps' / 'a.gradcam.png')]
+  with Image.open(paths[0]) as png:
+    rgb = np.asarray(png.convert('RGB')).astype(int)
+  # jet: 0 is dark blue (0, 0, 127.5), 1 dark red (127.5, 0, 0).
+  assert np.abs(rgb[0, 0] - np.array([50, 50, 114])).max() <= 1
+  assert np.abs(rgb[2, 3] - np.array([114, 50, 50])).max() <= 1
+
+
 def test_split_model_equals_the_model_and_overlay():
   from xray_tfdata import model  # pylint: disable=g-import-not-at-top
   net = model.build_model(SIZE, backbone='mini_vgg', weights=None,

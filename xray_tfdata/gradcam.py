@@ -128,3 +128,31 @@ def overlay(image, heatmap, alpha=0.4):
   colour = colormaps['jet'](np.clip(heatmap, 0, 1))[..., :3] * 255
   mixed = (1 - alpha) * grey[..., None] + alpha * colour
   return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+
+
+def write_overlays(out_dir, names, images, maps, alpha=0.4):
+  """Writes one overlay PNG per image (for tools/predict --heatmap_dir).
+
+  Args:
+    out_dir: the folder (made if missing).
+    names: a file stem per image; '<stem>.gradcam.png' is written.
+    images: [N, H, W, 1] uint8, as the model took them.
+    maps: `heatmaps`' [N, H, W].
+    alpha: the heatmap's opacity.
+
+  Returns:
+    The paths written, in order.
+  """
+  import io  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import atomic  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for name, image, heatmap in zip(names, images, maps):
+    buffer = io.BytesIO()
+    Image.fromarray(overlay(image, heatmap, alpha)).save(buffer, format='PNG')
+    path = os.path.join(out_dir, f'{name}.gradcam.png')
+    atomic.write_bytes(path, buffer.getvalue())
+    paths.append(path)
+  return paths
