@@ -1003,7 +1003,8 @@ def logit(probs):
 
 def apply_temperature(probs, temperature):
   """sigmoid(logit(p) / temperature)."""
-  return 1.0 / (1.0 + np.exp(-logit(probs) / temperature))
+  from scipy import special  # pylint: disable=g-import-not-at-top
+  return special.expit(logit(probs) / temperature)  # no overflow in exp
 
 
 def fit_temperature(labels, probs):
