@@ -15,7 +15,12 @@ Files in model_dir while a run is going, and after:
   history.csv          one row per epoch.
   model.keras          the trained model (best weights).
   serving/             SavedModel: encoded JPEG/PNG bytes -> P(pneumonia).
+  augmentation_preview.png   training images under the augmentation, first.
+  roc_*.png, pr_*.png, reliability_*.png, confusion_*.png,
+  training_curves.png  the evaluation's pictures (`report`), linked from
+                       results.md.
   results.json, results.md   written last; results.json marks a finished run.
+  evaluation/<data>-<split>/  what tools/evaluate writes, later.
 """
 
 import dataclasses
