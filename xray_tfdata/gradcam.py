@@ -22,8 +22,10 @@ import keras
 from keras import ops
 import numpy as np
 
+from xray_tfdata import errors
 
-class GradCamError(ValueError):
+
+class GradCamError(errors.XrayError):
   """A model Grad-CAM cannot be computed for (no Conv2D, not a chain)."""
 
 
