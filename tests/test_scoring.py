@@ -233,3 +233,15 @@ def test_tool_on_its_own_dataset_and_an_external_one(run, datasets):
     scoring.evaluate_run(datasets['own'], datasets['own'])
   with pytest.raises(pipeline.DatasetError, match="split 'holdout'"):
     scoring.evaluate_run(model_dir, datasets['own'], split='holdout')
+
+
+@pytest.mark.slow  # runs tools/evaluate
+def test_tool_error_is_one_line(run, datasets):
+  from conftest import assert_one_line_error  # pylint: disable=g-import-not-at-top
+  model_dir, _ = run
+  result = evaluate_tool(f'--model_dir={model_dir}',
+                         f'--data_dir={datasets["unrelated"]}')
+  assert_one_line_error(result, 'error: no label of the model (PNEUMONIA)',
+                        '(CAT, DOG)')
+  assert not os.path.exists(os.path.join(model_dir, 'evaluation',
+                                         'unrelated-test'))
