@@ -13,7 +13,8 @@ from xray_tfdata import runtime
 from conftest import REPO_ROOT, assert_one_line_error
 
 COMMANDS = ('xray-make-tfrecords', 'xray-train', 'xray-predict',
-            'xray-benchmark', 'xray-make-synthetic', 'xray-data-service')
+            'xray-benchmark', 'xray-make-synthetic', 'xray-data-service',
+            'xray-evaluate')
 
 
 def test_every_command_names_a_run_function():

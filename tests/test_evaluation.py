@@ -256,3 +256,296 @@ def test_bootstrap_interval_is_the_95_percentile_interval():
                                             num_resamples=500, seed=3)
   assert results['test_auc_ci95'] == pytest.approx([ref_low, ref_high],
                                                    abs=1e-12)
+
+
+# The clinical evaluation (issue 21), against scikit-learn and formulas
+# written here.
+
+from sklearn import metrics as sk_metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.mark.parametrize('decimals', [None, 1])
+def test_curve_numbers_match_scikit_learn(decimals):
+  labels, probs = noisy_scores(300, seed=11, decimals=decimals)
+  assert evaluation.roc_auc(labels, probs) == pytest.approx(
+      sk_metrics.roc_auc_score(labels, probs), abs=1e-12)
+  assert evaluation.average_precision(labels, probs) == pytest.approx(
+      sk_metrics.average_precision_score(labels, probs), abs=1e-12)
+  assert evaluation.brier_score(labels, probs) == pytest.approx(
+      sk_metrics.brier_score_loss(labels, probs), abs=1e-12)
+  fpr, tpr, thresholds = evaluation.roc_curve(labels, probs)
+  sk_fpr, sk_tpr, sk_thresholds = sk_metrics.roc_curve(
+      labels, probs, drop_intermediate=False)
+  np.testing.assert_allclose(fpr, sk_fpr)
+  np.testing.assert_allclose(tpr, sk_tpr)
+  np.testing.assert_array_equal(thresholds[1:], sk_thresholds[1:])
+  precision, recall, pr_thresholds = evaluation.precision_recall_curve(
+      labels, probs)
+  sk_precision, sk_recall, sk_pr_thresholds = (
+      sk_metrics.precision_recall_curve(labels, probs))
+  # scikit-learn lists them lowest threshold first and appends (1, 0).
+  np.testing.assert_allclose(precision, sk_precision[-2::-1])
+  np.testing.assert_allclose(recall, sk_recall[-2::-1])
+  np.testing.assert_array_equal(pr_thresholds, sk_pr_thresholds[::-1])
+
+
+def test_ece_by_hand_on_a_constructed_case():
+  # 20 bins of width 0.05. Bin 0: 0.02, 0.04 (labels 0, 1): |0.03 - 0.5|.
+  # Bin 10 [0.50, 0.55): 0.51, 0.53, 0.52 (labels 1, 1, 0): |0.52 - 2/3|.
+  # Bin 19: 0.97 (label 1): |0.97 - 1|. 0.98 (label 0) joins it: the bin
+  # then holds 0.97, 0.98 (1, 0): |0.975 - 0.5|.
+  labels = [0, 1, 1, 1, 0, 1, 0]
+  probs = [0.02, 0.04, 0.51, 0.53, 0.52, 0.97, 0.98]
+  expected = (2 * abs(0.03 - 0.5) + 3 * abs(0.52 - 2 / 3) +
+              2 * abs(0.975 - 0.5)) / 7
+  assert evaluation.expected_calibration_error(labels, probs) == (
+      pytest.approx(expected, abs=1e-12))
+  mean_prob, fraction, counts = evaluation.calibration_bins(labels, probs)
+  assert counts.tolist() == [2] + [0] * 9 + [3] + [0] * 8 + [2]
+  assert np.isnan(mean_prob[1]) and fraction[10] == pytest.approx(2 / 3)
+  # Perfectly calibrated in each bin: ECE 0; 1.0 falls in the last bin.
+  assert evaluation.expected_calibration_error(
+      [0, 1, 1, 0], [0.5, 0.5, 1.0, 0.0]) == pytest.approx(0.0)
+
+
+def test_ece_matches_a_written_out_bin_loop():
+  labels, probs = noisy_scores(500, seed=12)
+  total = 0.0
+  for k in range(20):
+    low, high = k / 20, (k + 1) / 20
+    # MONAI's bins are (low, high] (torch.bucketize, right=False) but the
+    # first starts at 0 inclusive; no probability here sits on an edge.
+    inside = (probs > low) & (probs <= high) if k else probs <= high
+    if inside.any():
+      total += inside.sum() * abs(probs[inside].mean() - labels[inside].mean())
+  assert evaluation.expected_calibration_error(labels, probs) == (
+      pytest.approx(total / 500, abs=1e-12))
+
+
+def test_operating_point_metrics_by_hand():
+  labels = [1, 1, 1, 0, 0, 0, 0, 1]
+  probs = [0.9, 0.6, 0.2, 0.7, 0.1, 0.4, 0.5, 0.5]
+  m = evaluation.operating_point_metrics(labels, probs, 0.5)
+  # tp 2 (0.9, 0.6), fp 1 (0.7), tn 3, fn 2 (0.2, 0.5).
+  assert (m['tp'], m['fp'], m['tn'], m['fn']) == (2, 1, 3, 2)
+  assert m['sensitivity'] == pytest.approx(2 / 4)
+  assert m['specificity'] == pytest.approx(3 / 4)
+  assert m['ppv'] == pytest.approx(2 / 3)
+  assert m['npv'] == pytest.approx(3 / 5)
+  assert m['f1'] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
+  assert m['f1'] == pytest.approx(sk_metrics.f1_score(
+      labels, np.array(probs) > 0.5))
+  nothing = evaluation.operating_point_metrics(labels, probs, 0.95,
+                                               zero_division=math.nan)
+  assert math.isnan(nothing['ppv']) and nothing['npv'] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize('rule', [r for r in evaluation.OPERATING_POINTS
+                                  if r != 'youden'])
+def test_operating_points_are_the_best_feasible_threshold(rule):
+  labels, probs = noisy_scores(250, seed=13, decimals=2)
+  threshold = evaluation.choose_threshold(labels, probs, rule)
+  _, constrained, target = evaluation.OPERATING_POINTS[rule]
+  fpr, tpr, _ = sk_metrics.roc_curve(labels, probs, drop_intermediate=False)
+  # Every operating point of the ROC (scikit-learn's), (0, 0) included.
+  sens, spec = tpr, 1 - fpr
+  if constrained == 'specificity':
+    best = sens[spec >= target - 1e-12].max()
+  else:
+    best = spec[sens >= target - 1e-12].max()
+  got = recount.recount(labels, probs, threshold)
+  assert got[constrained] >= target - 1e-12
+  other = 'sensitivity' if constrained == 'specificity' else 'specificity'
+  assert got[other] == pytest.approx(best)
+
+
+def test_specificity_target_counts_exactly():
+  # 10 negatives: specificity 0.9 means one false positive, which 9/10 in
+  # floating point (0.8999999999999999 via 1 - 1/10) must still allow.
+  labels = [0] * 10 + [1] * 4
+  probs = [0.1] * 8 + [0.5, 0.8] + [0.6, 0.7, 0.9, 0.3]
+  threshold = evaluation.choose_threshold(
+      labels, probs, 'sensitivity_at_90_specificity')
+  m = evaluation.operating_point_metrics(labels, probs, threshold)
+  assert (m['fp'], m['tp']) == (1, 3)  # > 0.55: 0.6, 0.7, 0.9 and 0.8
+
+
+def test_patient_resamples_take_patients_whole():
+  patient_ids = np.array(['a', 'b', 'b', 'c', 'c', 'c', 'd'])
+  sizes = {'a': 1, 'b': 2, 'c': 3, 'd': 1}
+  for index in evaluation.patient_resamples(patient_ids, 50, seed=3):
+    drawn = patient_ids[index]
+    for patient, size in sizes.items():
+      count = int(np.sum(drawn == patient))
+      assert count % size == 0, (patient, count)
+      # Each image of a drawn patient appears as often as the others.
+      images = np.flatnonzero(patient_ids == patient)
+      assert len({int(np.sum(index == i)) for i in images}) == 1
+    assert np.sum([drawn == p for p in 'abcd']) == drawn.size
+
+
+def test_patient_and_image_bootstrap_intervals_differ():
+  """Forty patients with ten identical images each: the image bootstrap
+  treats 400 examples as independent; the patient bootstrap knows there
+  are forty, so its interval is about sqrt(10) times wider."""
+  rng = np.random.default_rng(14)
+  patient_labels = np.repeat([0, 1], 20)
+  patient_probs = np.clip(0.5 + 0.25 * (2 * patient_labels - 1) +
+                          rng.normal(0, 0.25, 40), 0.01, 0.99)
+  labels = np.repeat(patient_labels, 10)
+  probs = np.repeat(patient_probs, 10)
+  patients = np.repeat(np.arange(40), 10)
+  thresholds = {'youden': 0.5}
+  by_patient = evaluation.bootstrap_intervals(
+      labels, probs, patients, thresholds, num_resamples=400, seed=1)
+  by_image = evaluation.bootstrap_intervals(
+      labels, probs, None, thresholds, num_resamples=400, seed=1)
+
+  def width(ci):
+    return ci[1] - ci[0]
+
+  for name in ('auc', 'average_precision', 'brier'):
+    assert width(by_patient[name]) > 2 * width(by_image[name]), name
+  sens = 'sensitivity'
+  assert width(by_patient['operating_points']['youden'][sens]) > 2 * width(
+      by_image['operating_points']['youden'][sens])
+  # The image-level interval agrees with resampling the 400 by hand.
+  draws = []
+  hand = np.random.default_rng(1)
+  for _ in range(400):
+    index = hand.integers(0, 400, 400)
+    draws.append(sk_metrics.roc_auc_score(labels[index], probs[index]))
+  low, high = np.percentile(draws, [2.5, 97.5])
+  assert by_image['auc'] == pytest.approx([low, high], abs=1e-12)
+
+
+def test_bootstrap_level_sets_the_percentiles():
+  labels, probs = noisy_scores(120, seed=15)
+  wide = evaluation.bootstrap_intervals(labels, probs, num_resamples=300,
+                                        level=0.95, seed=2)['auc']
+  narrow = evaluation.bootstrap_intervals(labels, probs, num_resamples=300,
+                                          level=0.5, seed=2)['auc']
+  assert wide[0] < narrow[0] < narrow[1] < wide[1]
+  with pytest.raises(ValueError, match='level'):
+    evaluation.bootstrap_intervals(labels, probs, level=95)
+
+
+def test_inner_loop_statistics_equal_the_public_functions():
+  rng = np.random.default_rng(16)
+  thresholds = np.array([0.3, 0.5, 0.7])
+  for decimals in (None, 1):
+    labels, probs = noisy_scores(80, seed=17, decimals=decimals)
+    for _ in range(5):
+      index = rng.integers(0, 80, 80)
+      y, p = labels[index].astype(bool), probs[index]
+      got = evaluation._resample_statistics(y, p, thresholds)  # pylint: disable=protected-access
+      want = [sk_metrics.roc_auc_score(y, p),
+              sk_metrics.average_precision_score(y, p),
+              sk_metrics.brier_score_loss(y, p),
+              evaluation.expected_calibration_error(y, p)]
+      for t in thresholds:
+        m = evaluation.operating_point_metrics(y, p, t)
+        want += [m[k] for k in evaluation.POINT_METRICS]
+      np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_evaluate_label_subgroups_and_table():
+  val = noisy_scores(150, seed=18)
+  test = noisy_scores(160, seed=19)
+  patients = np.arange(160) // 2
+  view = np.where(np.arange(160) % 4 == 0, 'AP', 'PA')
+  view[:3] = 'LL'  # three images: too few to score
+  result = evaluation.evaluate_label(
+      {'val': val, 'test': test}, patient_ids={'test': patients},
+      subgroups={'test': {'view': view}}, num_resamples=100, min_subgroup=10)
+  json.dumps(result)
+  for op, entry in result['thresholds'].items():
+    assert entry['threshold'] == evaluation.choose_threshold(*val, op)
+    assert entry['chosen_on'] == 'val'
+  entry = result['splits']['test']
+  assert (entry['n'], entry['patients']) == (160, 80)
+  assert entry['auc']['value'] == pytest.approx(
+      sk_metrics.roc_auc_score(*test))
+  groups = entry['subgroups']['view']
+  assert groups['LL'] == {'n': 3}
+  for value in ('AP', 'PA'):
+    mask = view == value
+    assert groups[value]['n'] == mask.sum()
+    assert groups[value]['positives'] == test[0][mask].sum()
+    assert groups[value]['auc']['value'] == pytest.approx(
+        sk_metrics.roc_auc_score(test[0][mask], test[1][mask]))
+    youden = groups[value]['operating_points']['youden']
+    assert youden['sensitivity']['value'] == pytest.approx(
+        recount.recount(test[0][mask], test[1][mask],
+                        result['thresholds']['youden']['threshold'])[
+                            'sensitivity'])
+  table = evaluation.evaluation_markdown(
+      {'labels': {'PNEUMONIA': result},
+       'bootstrap': {'unit': 'patient', 'num_resamples': 100, 'seed': 0}})
+  auc = entry['auc']
+  assert (f"| test | 160 | 80 | {entry['positives']} | {auc['value']:.3f} "
+          f"[{auc['ci'][0]:.3f}, {auc['ci'][1]:.3f}] |") in table
+  rows = recount.markdown_rows(table, 'PNEUMONIA: operating points on test')
+  del rows['operating point']  # the header
+  assert len(rows) == 5
+  youden = entry['operating_points']['youden']
+  assert rows["Youden's J"][-4:] == [str(youden[k]) for k in
+                                     ('tp', 'fp', 'tn', 'fn')]
+  sub = recount.markdown_rows(table, 'PNEUMONIA: test by view')
+  assert len(sub.pop('view')) == 9  # the header
+  assert sub['LL'][0] == '3' and 'too few' in ' '.join(sub['LL'])
+  # Every row has the header's number of cells.
+  assert {len(cells) for cells in sub.values()} == {9}
+
+
+def test_temperature_scaling_lowers_the_ece_of_an_over_confident_model():
+  """Scores drawn calibrated (P(y=1) = sigmoid(z)), then reported as
+  sigmoid(3 z): over-confident by a temperature of 3, which the fit on
+  validation finds and which brings the test ECE back down."""
+  rng = np.random.default_rng(20)
+
+  def draw(n):
+    z = rng.normal(0, 2, n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
+    return labels, 1 / (1 + np.exp(-3 * z))
+
+  val, test = draw(4000), draw(4000)
+  temperature = evaluation.fit_temperature(*val)
+  assert temperature == pytest.approx(3.0, rel=0.1)
+  report = evaluation.calibration_report({'val': val, 'test': test})
+  assert report['fitted_on'] == 'val'
+  assert report['temperature'] == pytest.approx(temperature)
+  row = report['splits']['test']
+  assert row['ece_before'] > 0.1
+  assert row['ece_after'] < row['ece_before'] / 3
+  assert row['brier_after'] < row['brier_before']
+  # ECE after, recomputed from the formula sigmoid(logit(p) / T).
+  p = np.clip(test[1], 1e-7, 1 - 1e-7)
+  calibrated = 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+  assert row['ece_after'] == pytest.approx(
+      evaluation.expected_calibration_error(test[0], calibrated))
+  # Monotone: AUC unchanged; the calibrated threshold keeps each decision.
+  assert sk_metrics.roc_auc_score(test[0], calibrated) == pytest.approx(
+      sk_metrics.roc_auc_score(*test))
+  result = evaluation.evaluate_label({'val': val, 'test': test},
+                                     num_resamples=0)
+  youden = result['thresholds']['youden']
+  assert np.array_equal(test[1] > youden['threshold'],
+                        calibrated > youden['calibrated_threshold'])
+  table = evaluation.evaluation_markdown(
+      {'labels': {'PNEUMONIA': result}, 'bootstrap': {}})
+  rows = recount.markdown_rows(table, 'PNEUMONIA: calibration')
+  assert rows['test'][:2] == [f"{row['ece_before']:.4f}",
+                              f"{row['ece_after']:.4f}"]
+
+
+def test_fit_temperature_is_the_likelihood_minimum():
+  labels, probs = noisy_scores(300, seed=21)
+  temperature = evaluation.fit_temperature(labels, probs)
+
+  def nll(t):
+    q = evaluation.apply_temperature(probs, t)
+    return sk_metrics.log_loss(labels, q)
+
+  for other in (temperature * 0.9, temperature * 1.1):
+    assert nll(temperature) < nll(other)

@@ -26,7 +26,14 @@ Modules, one per stage:
   resume        model_dir, config.json and the resume state of a run.
   serving       the exported model and predict on image files.
   demo          the synthetic demo dataset, drawn and converted once.
-  evaluation    metrics tables, Youden threshold, bootstrap intervals.
+  evaluation    metrics tables, operating points, calibration (ECE,
+                temperature scaling), patient-level bootstrap intervals,
+                subgroups, per label (NumPy only).
+  scoring       a trained model on any converted dataset (tools/evaluate):
+                labels mapped by name, patients and subgroups from records.
+  report        the evaluation's PNGs (matplotlib, Agg).
+  gradcam       Grad-CAM heatmaps at the last conv layer, Keras ops
+                (TensorFlow or JAX).
   benchmark     side-by-side benchmarks against ImageDataGenerator.
   benchmark_device  the seed's epoch against ours on any Keras backend.
   atomic        atomic state files and disk-full errors (no TensorFlow).

@@ -12,8 +12,15 @@ Results are plain dicts of Python ints and floats, ready for `json.dump`
 (see `evaluate_predictions`):
   {'splits': {'train': metrics, 'val': metrics, 'test': metrics},
    'youden': {'threshold': ..., 'test': metrics, ...},
-   'test_auc_ci95': [low, high], 'bootstrap': {...}}
-where `metrics` is what `binary_metrics` returns.
+   'test_auc_ci95': [low, high], 'bootstrap': {...},
+   'evaluation': {'labels': {label: evaluate_label(...)}, ...}}
+where `metrics` is what `binary_metrics` returns. 'evaluation' is the
+clinical reader's part (issue 21): per label (one for a binary model),
+thresholds chosen on validation (`OPERATING_POINTS`), and per split the AUC,
+average precision, Brier score and ECE, and sensitivity, specificity, PPV,
+NPV and F1 at each threshold, all with patient-level bootstrap intervals
+(`bootstrap_intervals`), and the same per subgroup. Undefined numbers (AUC
+of a one-class subgroup) are NaN.
 """
 
 import math
@@ -268,7 +275,8 @@ def results_table_markdown(results):
   The seed's table (rows train/val/test; AUC, precision, recall, TP, TN, FP,
   FN, accuracy) at its threshold, then, when present, the threshold chosen
   on validation by Youden's J with the test metrics at it, and the test
-  AUC's bootstrap 95% confidence interval.
+  AUC's bootstrap 95% confidence interval; then, when results has
+  'evaluation' (see `evaluation_markdown`), the clinical evaluation.
 
   Args:
     results: as made by `evaluate_predictions`: {'splits': {split:
@@ -327,4 +335,729 @@ def results_table_markdown(results):
         '',
         f'AUC {point:.4f}, 95% CI [{low:.4f}, {high:.4f}] ({how}).',
     ]
+  text = '\n'.join(lines) + '\n'
+  if results.get('evaluation'):
+    text += evaluation_markdown(results['evaluation'])
+  return text
+
+
+# The clinical evaluation (issue 21): curves, operating points chosen on
+# validation, calibration, patient-level bootstrap intervals, subgroups.
+#
+# Organised by label, so that a multi-label model adds entries instead of a
+# new layout: results['evaluation']['labels'][name] holds one binary label's
+# thresholds and, per split, its numbers (see `evaluate_label`).
+
+# Operating-point rules, in the order results.md lists them: Youden's J,
+# then the threshold with the best sensitivity whose specificity is at least
+# the target, then the best specificity at a sensitivity target.
+OPERATING_POINTS = {
+    'youden': ("Youden's J", None, None),
+    'sensitivity_at_90_specificity': ('best sensitivity at >= 90% '
+                                      'specificity', 'specificity', 0.90),
+    'sensitivity_at_95_specificity': ('best sensitivity at >= 95% '
+                                      'specificity', 'specificity', 0.95),
+    'specificity_at_90_sensitivity': ('best specificity at >= 90% '
+                                      'sensitivity', 'sensitivity', 0.90),
+    'specificity_at_95_sensitivity': ('best specificity at >= 95% '
+                                      'sensitivity', 'sensitivity', 0.95),
+}
+# MONAI's CalibrationErrorMetric default.
+CALIBRATION_BINS = 20
+POINT_METRICS = ('sensitivity', 'specificity', 'ppv', 'npv', 'f1')
+CURVE_METRICS = ('auc', 'average_precision', 'brier', 'ece')
+# Keeps a tolerance on "at least 90%": 9/10 computed as a float is not
+# always >= 0.9 to the last bit.
+_TARGET_TOLERANCE = 1e-9
+
+
+def average_precision(labels, probs):
+  """Average precision: sum over thresholds of (R_k - R_k-1) * P_k.
+
+  The step-wise area under the precision-recall curve, without
+  interpolation (scikit-learn's `average_precision_score`), one step per
+  distinct probability.
+
+  Raises:
+    ValueError: no positive (undefined), or as `confusion_counts`.
+  """
+  labels, probs = _as_arrays(labels, probs)
+  positives = int(labels.sum())
+  if positives == 0:
+    raise ValueError('average precision needs a positive')
+  tp, fp, _ = _cumulative_counts(labels, probs)
+  precision = tp / (tp + fp)
+  recall = tp / positives
+  steps = np.diff(np.concatenate([[0.0], recall]))
+  return float(np.sum(steps * precision))
+
+
+def _cumulative_counts(labels, probs):
+  """tp and fp of `prob >= t` for each distinct prob t, highest first."""
+  order = np.argsort(-probs, kind='stable')
+  sorted_probs, sorted_labels = probs[order], labels[order]
+  ends = np.append(np.flatnonzero(np.diff(sorted_probs) != 0),
+                   sorted_probs.size - 1)
+  tp = np.cumsum(sorted_labels)[ends].astype(np.float64)
+  fp = (ends + 1) - tp
+  return tp, fp, sorted_probs[ends]
+
+
+def roc_curve(labels, probs):
+  """The ROC curve's points, from (0, 0) to (1, 1).
+
+  Returns:
+    (fpr, tpr, thresholds): arrays; point k > 0 calls `prob >= thresholds[k]`
+    positive (scikit-learn's `roc_curve` with drop_intermediate=False);
+    thresholds[0] is inf (nothing positive).
+
+  Raises:
+    ValueError: as `roc_auc`.
+  """
+  labels, probs, positives, negatives = _both_classes(labels, probs,
+                                                      'a ROC curve')
+  tp, fp, thresholds = _cumulative_counts(labels, probs)
+  return (np.concatenate([[0.0], fp / negatives]),
+          np.concatenate([[0.0], tp / positives]),
+          np.concatenate([[np.inf], thresholds]))
+
+
+def precision_recall_curve(labels, probs):
+  """Precision and recall at each distinct probability, highest first.
+
+  Returns:
+    (precision, recall, thresholds), `prob >= thresholds[k]` positive.
+
+  Raises:
+    ValueError: as `average_precision`.
+  """
+  labels, probs = _as_arrays(labels, probs)
+  if not labels.any():
+    raise ValueError('a precision-recall curve needs a positive')
+  tp, fp, thresholds = _cumulative_counts(labels, probs)
+  return tp / (tp + fp), tp / labels.sum(), thresholds
+
+
+def brier_score(labels, probs):
+  """Mean squared difference between probability and label."""
+  labels, probs = _as_arrays(labels, probs)
+  return float(np.mean((probs - labels) ** 2))
+
+
+def calibration_bins(labels, probs, num_bins=CALIBRATION_BINS):
+  """Equal-width bins of the predicted P(positive), as MONAI bins them.
+
+  MONAI's `calibration_binning`: edges linspace(0, 1 + eps32, num_bins + 1),
+  a probability p goes to the first bin whose upper edge is >= p
+  (torch.bucketize, right=False), clamped to the last bin.
+
+  Returns:
+    (mean_prob, fraction_positive, counts), arrays of num_bins; the means of
+    an empty bin are NaN.
+  """
+  labels, probs = _as_arrays(labels, probs)
+  if num_bins < 1:
+    raise ValueError(f'num_bins must be at least 1, got {num_bins}')
+  return _bin(labels, probs, num_bins)
+
+
+def _upper_edges(num_bins):
+  return np.linspace(0.0, 1.0 + np.finfo(np.float32).eps, num_bins + 1)[1:]
+
+
+_UPPER_EDGES = _upper_edges(CALIBRATION_BINS)
+
+
+def _bin(labels, probs, num_bins):
+  """`calibration_bins` without the checks."""
+  edges = (_UPPER_EDGES if num_bins == CALIBRATION_BINS else
+           _upper_edges(num_bins))
+  index = np.minimum(np.searchsorted(edges, probs, side='left'),
+                     num_bins - 1)
+  counts = np.bincount(index, minlength=num_bins).astype(np.float64)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    mean_prob = np.bincount(index, probs, num_bins) / counts
+    fraction = np.bincount(index, labels.astype(np.float64), num_bins) / counts
+  return mean_prob, fraction, counts
+
+
+def expected_calibration_error(labels, probs, num_bins=CALIBRATION_BINS):
+  """ECE: the count-weighted mean over bins of |mean prob - fraction positive|.
+
+  MONAI's `CalibrationErrorMetric(num_bins=20, calibration_reduction=
+  'expected')` on one channel holding P(positive) and a 0/1 target: the
+  binary label's probability is binned, not the confidence max(p, 1 - p)
+  of Guo et al.'s multi-class ECE.
+  """
+  labels, probs = _as_arrays(labels, probs)
+  return _ece(labels, probs, num_bins)
+
+
+def _ece(labels, probs, num_bins=CALIBRATION_BINS):
+  mean_prob, fraction, counts = _bin(labels, probs, num_bins)
+  filled = counts > 0
+  return float(np.sum(counts[filled] * np.abs(mean_prob[filled] -
+                                              fraction[filled]))
+               / counts.sum())
+
+
+def _split_candidates(labels, probs):
+  """Every split of the sorted probabilities: tp, fp and its threshold.
+
+  Candidate 0 calls nothing positive (threshold: the highest probability),
+  the last calls everything positive (just below the lowest); the others
+  split between two distinct probabilities, at their midpoint, as
+  `youden_threshold` does.
+  """
+  order = np.argsort(-probs, kind='stable')
+  sorted_probs, sorted_labels = probs[order], labels[order]
+  ends = np.append(np.flatnonzero(np.diff(sorted_probs) != 0),
+                   sorted_probs.size - 1)
+  tp = np.concatenate([[0], np.cumsum(sorted_labels)[ends]])
+  fp = np.concatenate([[0], (ends + 1)]) - tp
+  inner = (sorted_probs[ends[:-1]] + sorted_probs[ends[:-1] + 1]) / 2.0
+  thresholds = np.concatenate([
+      [sorted_probs[0]], inner,
+      [np.nextafter(sorted_probs[-1], -np.inf)]])
+  return tp, fp, thresholds
+
+
+def choose_threshold(labels, probs, rule):
+  """The threshold of an operating-point rule, chosen on these predictions.
+
+  Args:
+    labels, probs: as `confusion_counts` (the validation split's).
+    rule: a key of OPERATING_POINTS. 'youden' is `youden_threshold`; for
+      'sensitivity_at_90_specificity' and the like, among the thresholds
+      whose specificity is at least the target, the one with the highest
+      sensitivity (then the highest specificity), and conversely.
+
+  Returns:
+    The threshold, a float; `prob > threshold` is positive.
+
+  Raises:
+    ValueError: an unknown rule, or as `roc_auc`.
+  """
+  if rule not in OPERATING_POINTS:
+    raise ValueError(f'unknown operating point {rule!r}; one of '
+                     f'{", ".join(OPERATING_POINTS)}')
+  if rule == 'youden':
+    return youden_threshold(labels, probs)
+  labels, probs, positives, negatives = _both_classes(
+      labels, probs, 'an operating point')
+  _, constrained, target = OPERATING_POINTS[rule]
+  tp, fp, thresholds = _split_candidates(labels, probs)
+  sensitivity = tp / positives
+  specificity = 1.0 - fp / negatives
+  if constrained == 'specificity':
+    # Calling nothing positive always qualifies (specificity 1).
+    feasible = specificity >= target - _TARGET_TOLERANCE
+    best, other = sensitivity, specificity
+  else:
+    # Calling everything positive always qualifies (sensitivity 1).
+    feasible = sensitivity >= target - _TARGET_TOLERANCE
+    best, other = specificity, sensitivity
+  candidates = np.flatnonzero(feasible)
+  top = candidates[best[candidates] == best[candidates].max()]
+  chosen = top[np.argmax(other[top])]
+  return float(thresholds[chosen])
+
+
+def _nan_ratio(numerator, denominator):
+  return numerator / denominator if denominator else math.nan
+
+
+def operating_point_metrics(labels, probs, threshold, zero_division=0.0):
+  """Sensitivity, specificity, PPV, NPV and F1 at a threshold, with counts.
+
+  Args:
+    labels, probs, threshold: as `confusion_counts`.
+    zero_division: the value of a ratio whose denominator is 0 (0, as
+      `binary_metrics` and Keras; the bootstrap passes NaN to skip it).
+
+  Returns:
+    dict(sensitivity, specificity, ppv, npv, f1, tp, tn, fp, fn, threshold).
+  """
+  counts = confusion_counts(labels, probs, threshold)
+  tp, tn, fp, fn = counts['tp'], counts['tn'], counts['fp'], counts['fn']
+
+  def ratio(a, b):
+    return float(a / b) if b else zero_division
+
+  return {'sensitivity': ratio(tp, tp + fn),
+          'specificity': ratio(tn, tn + fp),
+          'ppv': ratio(tp, tp + fp),
+          'npv': ratio(tn, tn + fn),
+          'f1': ratio(2 * tp, 2 * tp + fp + fn),
+          **counts, 'threshold': float(threshold)}
+
+
+def _curve_statistics(labels, probs):
+  """AUC, AP, Brier, ECE; NaN where undefined (one class)."""
+  positives = labels.sum()
+  both = 0 < positives < labels.size
+  return {
+      'auc': roc_auc(labels, probs) if both else math.nan,
+      'average_precision': (average_precision(labels, probs) if positives
+                            else math.nan),
+      'brier': brier_score(labels, probs),
+      'ece': expected_calibration_error(labels, probs),
+  }
+
+
+def _resample_statistics(labels, probs, thresholds):
+  """CURVE_METRICS, then POINT_METRICS at each threshold, as one vector.
+
+  The bootstrap's inner loop: one sort per resample and the operating
+  points at once, where the public functions would validate and sort
+  again for each. NaN where a statistic is undefined. Checked against
+  `_curve_statistics` and `operating_point_metrics` in the tests.
+  """
+  positives = labels.sum()
+  negatives = labels.size - positives
+  tp, fp, _ = _cumulative_counts(labels, probs)
+  if positives and negatives:
+    # Trapezoids under the ROC's points: the Mann-Whitney AUC, ties 1/2.
+    tpr = np.concatenate([[0.0], tp / positives])
+    fpr = np.concatenate([[0.0], fp / negatives])
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+  else:
+    auc = math.nan
+  if positives:
+    steps = np.diff(np.concatenate([[0.0], tp / positives]))
+    ap = float(np.sum(steps * tp / (tp + fp)))
+  else:
+    ap = math.nan
+  values = [auc, ap, float(np.mean((probs - labels) ** 2)),
+            _ece(labels, probs)]
+  predicted = probs[:, None] > thresholds[None, :]
+  truth = labels[:, None]
+  tp_at = np.sum(predicted & truth, axis=0)
+  fp_at = np.sum(predicted & ~truth, axis=0)
+  fn_at = positives - tp_at
+  tn_at = negatives - fp_at
+  with np.errstate(invalid='ignore', divide='ignore'):
+    points = np.stack([tp_at / (tp_at + fn_at), tn_at / (tn_at + fp_at),
+                       tp_at / (tp_at + fp_at), tn_at / (tn_at + fn_at),
+                       2 * tp_at / (2 * tp_at + fp_at + fn_at)], axis=1)
+  return np.concatenate([values, points.reshape(-1)])
+
+
+def patient_resamples(patient_ids, num_resamples, seed=0):
+  """Index arrays of a bootstrap that resamples patients, not images.
+
+  Each resample draws as many patients as there are, with replacement, and
+  takes every image of each patient drawn (a patient drawn twice counts
+  twice): images of one patient are correlated, and resampling them one by
+  one makes intervals too narrow.
+
+  Args:
+    patient_ids: one id per example (any hashable values); None: each
+      example is its own patient (the ordinary bootstrap).
+    num_resamples: how many resamples.
+    seed: NumPy random seed.
+
+  Yields:
+    int arrays of example indices.
+  """
+  if num_resamples < 1:
+    raise ValueError(f'num_resamples must be positive, got {num_resamples}')
+  rng = np.random.default_rng(seed)
+  if patient_ids is None:
+    raise ValueError('patient_ids is None; pass np.arange(n) for images')
+  _, group = np.unique(np.asarray(patient_ids), return_inverse=True)
+  order = np.argsort(group, kind='stable')
+  sizes = np.bincount(group)
+  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  num_groups = sizes.size
+  for _ in range(num_resamples):
+    drawn = rng.integers(0, num_groups, num_groups)
+    lengths = sizes[drawn]
+    # Positions start, start+1, ... of each drawn group, in one gather.
+    offsets = np.repeat(starts[drawn] - np.cumsum(lengths) + lengths, lengths)
+    yield order[offsets + np.arange(lengths.sum())]
+
+
+def bootstrap_intervals(labels, probs, patient_ids=None, thresholds=None,
+                        num_resamples=2000, level=0.95, seed=0):
+  """Percentile intervals of every statistic, resampling patients.
+
+  Args:
+    labels, probs: as `confusion_counts`.
+    patient_ids: one per example; None resamples examples (each its own
+      patient).
+    thresholds: {operating point name: threshold} whose sensitivity,
+      specificity, PPV, NPV and F1 get intervals.
+    num_resamples: bootstrap resamples.
+    level: the intervals' confidence level (0.95: the 2.5th and 97.5th
+      percentiles).
+    seed: NumPy random seed.
+
+  Returns:
+    {'auc': [low, high], 'average_precision': ..., 'brier': ..., 'ece': ...,
+     'operating_points': {name: {metric: [low, high]}},
+     'valid_resamples': {statistic: count}}. A resample where a statistic is
+    undefined (AUC with one class, PPV with no predicted positive) is left
+    out of that statistic's interval, and its count says so; an interval
+    with no valid resample is [NaN, NaN].
+
+  Raises:
+    ValueError: level outside (0, 1), num_resamples < 1, or as
+      `confusion_counts`.
+  """
+  labels, probs = _as_arrays(labels, probs)
+  if not 0 < level < 1:
+    raise ValueError(f'level must be in (0, 1), got {level}')
+  if patient_ids is None:
+    patient_ids = np.arange(labels.size)
+  elif len(patient_ids) != labels.size:
+    raise ValueError(f'{len(patient_ids)} patient ids for {labels.size} '
+                     'examples')
+  thresholds = thresholds or {}
+  names = list(thresholds)
+  threshold_array = np.array([thresholds[op] for op in names], np.float64)
+  draws = np.array([_resample_statistics(labels[index], probs[index],
+                                         threshold_array)
+                    for index in patient_resamples(patient_ids,
+                                                   num_resamples, seed)])
+  tail = 100 * (1 - level) / 2
+
+  def interval(values):
+    values = values[~np.isnan(values)]
+    if not values.size:
+      return [math.nan, math.nan], 0
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [float(low), float(high)], int(values.size)
+
+  out = {'operating_points': {op: {} for op in thresholds},
+         'valid_resamples': {}}
+  for column, name in enumerate(CURVE_METRICS):
+    out[name], out['valid_resamples'][name] = interval(draws[:, column])
+  column = len(CURVE_METRICS)
+  for op in names:
+    for m in POINT_METRICS:
+      out['operating_points'][op][m], valid = interval(draws[:, column])
+      out['valid_resamples'][f'{op}/{m}'] = valid
+      column += 1
+  return out
+
+
+def split_evaluation(labels, probs, thresholds, patient_ids=None,
+                     num_resamples=2000, level=0.95, seed=0):
+  """One split's numbers for one label, each with its interval.
+
+  Args:
+    labels, probs: the split's 0/1 labels and P(positive).
+    thresholds: {operating point: threshold}, chosen on another split.
+    patient_ids: one per example, for the patient-level bootstrap; None:
+      every example its own patient.
+    num_resamples, level, seed: as `bootstrap_intervals`; num_resamples 0
+      leaves the intervals out.
+
+  Returns:
+    {'n', 'positives', 'negatives', 'patients',
+     'auc': {'value', 'ci'}, 'average_precision', 'brier', 'ece' (alike),
+     'operating_points': {name: {metric: {'value', 'ci'}, 'tp', 'tn', 'fp',
+       'fn', 'threshold'}}}; 'ci' is [low, high] or absent.
+  """
+  labels, probs = _as_arrays(labels, probs)
+  ids = np.arange(labels.size) if patient_ids is None else np.asarray(
+      patient_ids)
+  out = {'n': int(labels.size), 'positives': int(labels.sum()),
+         'negatives': int((~labels).sum()),
+         'patients': int(np.unique(ids).size)}
+  intervals = (bootstrap_intervals(labels, probs, ids, thresholds,
+                                   num_resamples, level, seed)
+               if num_resamples else None)
+  for name, value in _curve_statistics(labels, probs).items():
+    out[name] = {'value': value}
+    if intervals:
+      out[name]['ci'] = intervals[name]
+  out['operating_points'] = {}
+  for op, threshold in thresholds.items():
+    point = operating_point_metrics(labels, probs, threshold)
+    entry = {m: {'value': point[m]} for m in POINT_METRICS}
+    if intervals:
+      for m in POINT_METRICS:
+        entry[m]['ci'] = intervals['operating_points'][op][m]
+    entry.update({k: point[k] for k in ('tp', 'tn', 'fp', 'fn', 'threshold')})
+    out['operating_points'][op] = entry
+  return out
+
+
+def evaluate_label(predictions, threshold_split='val', thresholds=None,
+                   patient_ids=None, subgroups=None, num_resamples=2000,
+                   level=0.95, seed=0, min_subgroup=1, temperature=None):
+  """A binary label's full evaluation: thresholds, then every split.
+
+  Args:
+    predictions: {split: (labels, probs)}.
+    threshold_split: the split the operating points are chosen on (used
+      when `thresholds` is None).
+    thresholds: {operating point: threshold} chosen elsewhere (e.g. on the
+      training run's validation split, for an external dataset), or None.
+    patient_ids: {split: ids}, one per example; a split missing resamples
+      images.
+    subgroups: {split: {field: values}}, one value per example (e.g.
+      {'test': {'view': ['PA', 'AP', ...]}}); each value of each field is
+      evaluated alone, with its counts.
+    num_resamples, level, seed: the patient-level bootstrap.
+    min_subgroup: subgroups with fewer examples are listed by count only.
+    temperature: a temperature fitted before; None fits one on
+      threshold_split when the thresholds are chosen here.
+
+  Returns:
+    {'thresholds': {op: {'threshold', 'rule', 'chosen_on', and with a
+       temperature 'calibrated_threshold' (the same decision on calibrated
+       probabilities)}},
+     'splits': {split: `split_evaluation` + 'subgroups': {field: {value:
+       split_evaluation}}},
+     'calibration': `calibration_report`'s dict, or None}.
+
+  Raises:
+    ValueError: neither thresholds nor the threshold split's predictions,
+      or as `choose_threshold`.
+  """
+  patient_ids = patient_ids or {}
+  subgroups = subgroups or {}
+  if thresholds is None:
+    if threshold_split not in predictions:
+      raise ValueError(f'no {threshold_split!r} predictions to choose the '
+                       'operating points on')
+    thresholds = {op: choose_threshold(*predictions[threshold_split], op)
+                  for op in OPERATING_POINTS}
+    chosen_on = threshold_split
+  else:
+    chosen_on = 'given'
+  out = {'thresholds': {op: {'threshold': float(t),
+                             'rule': OPERATING_POINTS[op][0],
+                             'chosen_on': chosen_on}
+                        for op, t in thresholds.items()},
+         'splits': {}}
+  out['calibration'] = calibration_report(
+      predictions, temperature,
+      fit_split=threshold_split if chosen_on == threshold_split else None)
+  if out['calibration']:
+    for entry in out['thresholds'].values():
+      entry['calibrated_threshold'] = float(apply_temperature(
+          entry['threshold'], out['calibration']['temperature']))
+  for split, (labels, probs) in predictions.items():
+    labels, probs = _as_arrays(labels, probs)
+    ids = patient_ids.get(split)
+    entry = split_evaluation(labels, probs, thresholds, ids, num_resamples,
+                             level, seed)
+    entry['subgroups'] = {}
+    for field, values in subgroups.get(split, {}).items():
+      values = np.asarray(values)
+      groups = {}
+      for value in sorted(set(values.tolist())):
+        mask = values == value
+        if mask.sum() < min_subgroup:
+          groups[str(value)] = {'n': int(mask.sum())}
+          continue
+        groups[str(value)] = split_evaluation(
+            labels[mask], probs[mask], thresholds,
+            None if ids is None else np.asarray(ids)[mask], num_resamples,
+            level, seed)
+      entry['subgroups'][field] = groups
+    out['splits'][split] = entry
+  return out
+
+
+def _with_ci(entry, digits=3):
+  """'0.912 [0.871, 0.944]' from {'value', 'ci'}; '-' for NaN."""
+  value = entry['value']
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return '-'
+  text = f'{value:.{digits}f}'
+  ci = entry.get('ci')
+  if ci and not any(math.isnan(c) for c in ci):
+    text += f' [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]'
+  return text
+
+
+def _curve_rows(name, entry):
+  return (f"| {name} | {entry['n']} | {entry['patients']} | "
+          f"{entry['positives']} | " +
+          ' | '.join(_with_ci(entry[m]) for m in CURVE_METRICS) + ' |')
+
+
+_CURVE_HEADER = ('| {what} | images | patients | positives | AUC | average '
+                 'precision | Brier | ECE |\n|---|---:|---:|---:|---:|---:|'
+                 '---:|---:|')
+
+
+def _calibration_markdown(label, calibration):
+  if not calibration:
+    return []
+  lines = ['', f'## {label}: calibration (temperature scaling)', '',
+           f"Temperature {calibration['temperature']:.4f}, fitted on "
+           f"{calibration['fitted_on']}: P = sigmoid(logit / T).", '',
+           '| split | ECE before | ECE after | Brier before | Brier after |',
+           '|---|---:|---:|---:|---:|']
+  for split, row in calibration['splits'].items():
+    lines.append(f"| {split} | {row['ece_before']:.4f} | "
+                 f"{row['ece_after']:.4f} | {row['brier_before']:.4f} | "
+                 f"{row['brier_after']:.4f} |")
+  return lines
+
+
+def evaluation_markdown(evaluation_results):
+  """Markdown of `results['evaluation']`: per label, the discrimination and
+  calibration of each split, the operating points with their test numbers,
+  and the subgroups; every number with its 95% interval in brackets.
+
+  Args:
+    evaluation_results: {'labels': {name: `evaluate_label`'s dict},
+      'bootstrap': {'unit', 'num_resamples', 'level', 'seed'}, optional
+      'label_mapping', 'calibration' and 'pictures' ({name: file})}.
+
+  Returns:
+    The Markdown text, ending in a newline.
+  """
+  lines = []
+  boot = evaluation_results.get('bootstrap', {})
+  mapping = evaluation_results.get('label_mapping')
+  if mapping:
+    lines += ['', '## Labels', '',
+              f"Model trained on {mapping.get('model_data', '?')}, "
+              f"evaluated on {mapping.get('data', '?')}.", '']
+    for model_label, data_label in mapping['matched'].items():
+      lines.append(f'- {model_label}: scored against {data_label}')
+    for label in mapping.get('unmatched_model_labels', []):
+      lines.append(f'- {label}: not in the dataset, not scored')
+    for label in mapping.get('unmatched_data_labels', []):
+      lines.append(f'- {label} (dataset): no model output, not scored')
+    for note in mapping.get('notes', []):
+      lines.append(f'- {note}')
+  how = (f"{boot.get('unit', 'patient')}-level percentile bootstrap, "
+         f"{boot.get('num_resamples', '?')} resamples, seed "
+         f"{boot.get('seed', '?')}")
+  for label, result in evaluation_results['labels'].items():
+    splits = result['splits']
+    lines += ['', f'## {label}: discrimination and calibration', '',
+              f'95% intervals in brackets ({how}). ECE: {CALIBRATION_BINS} '
+              'equal-width bins of P(' + label + '), weighted by count.', '',
+              _CURVE_HEADER.format(what='split')]
+    for split, entry in splits.items():
+      lines.append(_curve_rows(split, entry))
+    thresholds = result['thresholds']
+    chosen_on = {t['chosen_on'] for t in thresholds.values()}
+    for split, entry in splits.items():
+      if split in chosen_on:
+        continue  # numbers at thresholds chosen on the split itself
+      lines += ['', f'## {label}: operating points on {split} (thresholds '
+                f'chosen on {", ".join(sorted(chosen_on))})', '',
+                '| operating point | threshold | sensitivity | specificity | '
+                'PPV | NPV | F1 | TP | FP | TN | FN |',
+                '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+      for op, point in entry['operating_points'].items():
+        lines.append(
+            f"| {thresholds[op]['rule']} | {point['threshold']:.4f} | " +
+            ' | '.join(_with_ci(point[m]) for m in POINT_METRICS) +
+            f" | {point['tp']} | {point['fp']} | {point['tn']} | "
+            f"{point['fn']} |")
+      for field, groups in entry.get('subgroups', {}).items():
+        lines += ['', f'## {label}: {split} by {field}', '',
+                  f'| {field} | images | patients | positives | AUC | '
+                  'average precision | Brier | ECE | sensitivity (Youden) '
+                  '| specificity (Youden) |', '|---|' + '---:|' * 9]
+        for value, group in groups.items():
+          if 'auc' not in group:
+            lines.append(f"| {value} | {group['n']} | | | too few images "
+                         '| | | | | |')  # 10 cells, as the header
+            continue
+          youden = group['operating_points'].get('youden')
+          extra = (' | '.join(_with_ci(youden[m]) for m in
+                              ('sensitivity', 'specificity'))
+                   if youden else '- | -')
+          lines.append(_curve_rows(value, group) + f' {extra} |')
+    lines += _calibration_markdown(label, result.get('calibration'))
+  pictures = evaluation_results.get('pictures')
+
+  if pictures:
+    lines += ['', '## Pictures', '']
+    for name, path in pictures.items():
+      lines += [f'{name}: [{path}]({path})', '', f'![{name}]({path})', '']
   return '\n'.join(lines) + '\n'
+
+
+# Temperature scaling (Guo et al., ICML 2017), for one binary label: the
+# calibrated probability is sigmoid(logit(p) / T), T fitted on validation
+# by maximum likelihood. Monotone, so AUC and the decisions at matching
+# thresholds are unchanged; only the probabilities move.
+
+# Probabilities are clipped before the logit: a float32 sigmoid rounds to
+# exactly 0 or 1 beyond |logit| of about 17, where the logit is lost.
+_PROB_EPSILON = 1e-7
+# T searched in [e^-4, e^4]: beyond, a model is not worth calibrating.
+_LOG_TEMPERATURE_BOUNDS = (-4.0, 4.0)
+
+
+def logit(probs):
+  """log(p / (1 - p)), p clipped to [1e-7, 1 - 1e-7]."""
+  probs = np.clip(np.asarray(probs, np.float64), _PROB_EPSILON,
+                  1 - _PROB_EPSILON)
+  return np.log(probs) - np.log1p(-probs)
+
+
+def apply_temperature(probs, temperature):
+  """sigmoid(logit(p) / temperature)."""
+  from scipy import special  # pylint: disable=g-import-not-at-top
+  return special.expit(logit(probs) / temperature)  # no overflow in exp
+
+
+def fit_temperature(labels, probs):
+  """The temperature minimizing the mean negative log-likelihood.
+
+  Args:
+    labels, probs: as `confusion_counts` (the validation split's).
+
+  Returns:
+    T > 0, a float: T > 1 softens an over-confident model.
+  """
+  from scipy import optimize  # pylint: disable=g-import-not-at-top
+  labels, probs = _as_arrays(labels, probs)
+  logits = logit(probs)
+  signs = np.where(labels, 1.0, -1.0)
+
+  def nll(log_t):
+    # -log sigmoid(s * z / T), computed stably.
+    return float(np.mean(np.logaddexp(0.0, -signs * logits / np.exp(log_t))))
+
+  best = optimize.minimize_scalar(nll, bounds=_LOG_TEMPERATURE_BOUNDS,
+                                  method='bounded',
+                                  options={'xatol': 1e-6})
+  return float(np.exp(best.x))
+
+
+def calibration_report(predictions, temperature=None, fit_split='val'):
+  """Temperature scaling's effect on every split.
+
+  Args:
+    predictions: {split: (labels, probs)}.
+    temperature: a temperature fitted before (a run's, for another
+      dataset), or None to fit it on fit_split.
+    fit_split: the split to fit on.
+
+  Returns:
+    {'temperature', 'fitted_on', 'splits': {split: {'ece_before',
+    'ece_after', 'brier_before', 'brier_after'}}}, or None when there is
+    neither a temperature nor fit_split's predictions.
+  """
+  fitted_on = 'given'
+  if temperature is None:
+    if fit_split not in predictions:
+      return None
+    temperature = fit_temperature(*predictions[fit_split])
+    fitted_on = fit_split
+  splits = {}
+  for split, (labels, probs) in predictions.items():
+    calibrated = apply_temperature(probs, temperature)
+    splits[split] = {
+        'ece_before': expected_calibration_error(labels, probs),
+        'ece_after': expected_calibration_error(labels, calibrated),
+        'brier_before': brier_score(labels, probs),
+        'brier_after': brier_score(labels, calibrated)}
+  return {'temperature': float(temperature), 'fitted_on': fitted_on,
+          'splits': splits}

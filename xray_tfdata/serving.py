@@ -10,6 +10,7 @@ bytes [N] and returns {'probability': P(pneumonia) [N]}, for TF Serving and
 for `tools/predict`.
 """
 
+import contextlib
 import glob
 import os
 import shutil
@@ -28,16 +29,27 @@ MODEL_FILE = 'model.keras'
 SERVING_DIR = 'serving'
 
 
-def export_model(net, model_dir, image_size):
+def export_model(net, model_dir, image_size, calibration=None):
   """Writes model.keras and the serving SavedModel, each atomically.
 
   Args:
     net: the trained model.
     model_dir: the folder to write MODEL_FILE and SERVING_DIR into.
     image_size: the stored height and width the model takes.
+    calibration: None, or {'temperature': T, 'threshold': t} (issue 21):
+      the signature's 'probability' is then temperature-scaled,
+      sigmoid(logit(p) / T) (`evaluation.apply_temperature`), and it also
+      returns 'threshold' (t, on the calibrated scale, per image) and
+      'positive' (probability > t).
   """
   tmp = os.path.join(model_dir, '.tmp-' + MODEL_FILE)
-  net.save(tmp)
+  try:
+    net.save(tmp)
+  except BaseException:
+    # A full disk or an interrupt: no half-written model left beside the run.
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
   os.replace(tmp, os.path.join(model_dir, MODEL_FILE))
 
   size = (image_size, image_size)
@@ -67,7 +79,9 @@ def export_model(net, model_dir, image_size):
                      lambda: tf.zeros([0], tf.float32))
     # A named output: the signature's output is 'probability', not
     # 'output_0' (TF Serving and saved_model_cli show this name).
-    return {'probability': scores}
+    if calibration is None:
+      return {'probability': scores}
+    return _calibrated_outputs(scores, calibration)
 
   archive = keras.export.ExportArchive()
   archive.track(net)
@@ -79,6 +93,21 @@ def export_model(net, model_dir, image_size):
   archive.write_out(tmp, verbose=False)
   shutil.rmtree(final, ignore_errors=True)
   os.replace(tmp, final)
+
+
+def _calibrated_outputs(probability, calibration):
+  """The calibrated signature's outputs (see `export_model`)."""
+  # Clipped as evaluation.logit clips: a saturated float32 sigmoid has no
+  # logit left.
+  epsilon = 1e-7
+  p = tf.clip_by_value(tf.cast(probability, tf.float64), epsilon, 1 - epsilon)
+  logits = tf.math.log(p) - tf.math.log1p(-p)
+  calibrated = tf.cast(tf.sigmoid(logits / float(calibration['temperature'])),
+                       tf.float32)
+  threshold = tf.fill(tf.shape(calibrated),
+                      tf.constant(calibration['threshold'], tf.float32))
+  return {'probability': calibrated, 'threshold': threshold,
+          'positive': calibrated > threshold}
 
 
 def _preprocessing(serving_dir):

@@ -17,7 +17,12 @@ Files in model_dir while a run is going, and after:
   history.csv          one row per epoch.
   model.keras          the trained model (best weights).
   serving/             SavedModel: encoded JPEG/PNG bytes -> P(pneumonia).
+  augmentation_preview.png   training images under the augmentation, first.
+  roc_*.png, pr_*.png, reliability_*.png, confusion_*.png,
+  training_curves.png  the evaluation's pictures (`report`), linked from
+                       results.md.
   results.json, results.md   written last; results.json marks a finished run.
+  evaluation/<data>-<split>/  what tools/evaluate writes, later.
 Next to it, <model_dir>.lock while a run writes it: one trainer at a time.
 """
 
@@ -42,7 +47,9 @@ from xray_tfdata import distribute
 from xray_tfdata import evaluation
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
+from xray_tfdata import report
 from xray_tfdata import resume as resume_lib
+from xray_tfdata import scoring
 from xray_tfdata import serving
 from xray_tfdata.config import RESUMABLE_CHANGES
 from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # re-exported
@@ -158,6 +165,8 @@ def _train_and_evaluate(config, model_dir, overwrite, cluster):
   keras.mixed_precision.set_global_policy(policy)
   inputs = create_inputs(config, builder, model_dir)
   net = create_model(config, cluster, inputs.train.element_spec)
+  if cluster.chief:  # what the model will see, before it trains
+    report.preview_augmentation(work_dir, builder, config)
   state = resume_lib.ResumeState(
       os.path.join(work_dir, resume_lib.BACKUP_DIR))
   callbacks = callbacks_lib.make_callbacks(
@@ -181,7 +190,7 @@ def _train_and_evaluate(config, model_dir, overwrite, cluster):
   if os.path.exists(best_path):
     net.load_weights(best_path)  # restore the best epoch by val_loss
   print('evaluating the best epoch on train, val and test', flush=True)
-  results = evaluate_splits(net, builder, config)
+  results = evaluate_splits(net, builder, config, work_dir)
   results['training'] = {
       'policy': policy, 'strategy': type(cluster.strategy).__name__,
       'epochs_run': state.epoch(), 'config': config.to_json()}
@@ -568,14 +577,16 @@ def predict_split(net, builder, split, batch_size):
   return labels.astype(np.int64), probs.astype(np.float64)
 
 
-def evaluate_splits(net, builder, config):
+def evaluate_splits(net, builder, config, work_dir=None):
   """The seed's metrics on train, val and test, plus the field's extras.
 
   The decision threshold is chosen on validation (Youden's J) and applied to
-  test; the test AUC gets a bootstrap 95% interval.
+  test; the test AUC gets a bootstrap 95% interval. Then the clinical
+  evaluation of val and test (`scoring.evaluate_dataset`, as tools/evaluate
+  does), with its pictures written into work_dir when given.
 
   Returns:
-    The results dict: 'splits', 'youden', 'test_auc_ci95'.
+    The results dict: 'splits', 'youden', 'test_auc_ci95', 'evaluation'.
   """
   results = {'splits': {}}
   predictions = {}
@@ -593,4 +604,11 @@ def evaluate_splits(net, builder, config):
       'threshold': threshold,
       'test': evaluation.binary_metrics(test_labels, test_probs, threshold)}
   results['test_auc_ci95'] = [low, high]
+  results['evaluation'] = scoring.evaluate_dataset(
+      builder, {s: predictions[s] for s in ('val', 'test')},
+      builder.info.class_names, num_resamples=config.bootstrap_resamples,
+      seed=config.seed, model_data=config.data_dir)
+  if work_dir is not None:
+    scoring.write_pictures(work_dir, results['evaluation'], predictions,
+                           os.path.join(work_dir, callbacks_lib.HISTORY_CSV))
   return results

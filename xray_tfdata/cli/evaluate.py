@@ -1,0 +1,46 @@
+"""Evaluates a finished run on a converted dataset: its own, or another one.
+
+  tools/evaluate --model_dir=runs/demo --data_dir=data/demo_64
+  tools/evaluate --model_dir=runs/kermany --data_dir=data/rsna_224 --split=test
+
+Writes results.json, results.md and the pictures into
+model_dir/evaluation/<dataset folder>-<split>/ (or --out_dir), at the
+operating points the run chose on its own validation split; labels are
+matched by name and the unmatched ones named. All logic is in
+xray_tfdata.scoring.evaluate_run.
+"""
+
+from xray_tfdata import runtime  # pylint: disable=g-import-not-at-top  (imports no TF)
+runtime.configure_tensorflow_env()  # before TensorFlow is imported
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+
+_MODEL_DIR = flags.DEFINE_string('model_dir', None, 'A finished tools/train run.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'A dataset converted by tools/make_tfrecords (the run\'s own or another).')
+_SPLIT = flags.DEFINE_string('split', 'test', 'The split of --data_dir to evaluate.')
+_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the results go; default model_dir/evaluation/<data_dir folder>-<split>.')
+_BOOTSTRAP = flags.DEFINE_integer('bootstrap_resamples', None, 'Patient-level bootstrap resamples; default: the run\'s setting.', lower_bound=1)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from xray_tfdata import scoring  # pylint: disable=g-import-not-at-top
+
+  with runtime.tool_errors():
+    out_dir = _OUT_DIR.value or scoring.default_out_dir(
+        _MODEL_DIR.value, _DATA_DIR.value, _SPLIT.value)
+    results = scoring.evaluate_run(
+        _MODEL_DIR.value, _DATA_DIR.value, split=_SPLIT.value,
+        out_dir=out_dir, num_resamples=_BOOTSTRAP.value)
+  print(scoring.summary(results, out_dir))
+
+
+def run():
+  """The console script (xray-evaluate) and tools/evaluate."""
+  runtime.run_tool(main, __name__, required=['model_dir', 'data_dir'])
+
+
+if __name__ == '__main__':
+  run()
