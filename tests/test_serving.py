@@ -244,3 +244,19 @@ def test_operating_threshold_is_the_runs_youden_threshold_else_one_half(
   threshold, source = serving.operating_threshold(str(tmp_path))
   assert threshold == 0.3125 and 'Youden' in source
 
+
+
+def test_a_failed_save_leaves_no_half_written_model(tmp_path, monkeypatch):
+  """A full disk while model.keras is written: the error goes up and
+  nothing half-written stays in model_dir (the rerun exports again)."""
+  net = _net()
+
+  def save_then_fail(path, *args, **kwargs):
+    with open(path, 'wb') as f:
+      f.write(b'PK\x03\x04 a cut-short zip')
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(net, 'save', save_then_fail)
+  with pytest.raises(OSError):
+    serving.export_model(net, str(tmp_path), SIZE)
+  assert os.listdir(tmp_path) == []
