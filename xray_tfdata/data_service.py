@@ -246,12 +246,16 @@ def serve(port=None, work_dir=None, dispatcher_address=None, num_workers=0,
       each runs its datasets with all the host's cores).
     worker_port: port of the first worker, the next ones count up; 0: any.
     worker_address: see `start_worker`; used for a single worker.
-    block: wait until the process is interrupted, then stop the servers.
+    block: wait until the process is interrupted (Ctrl-C, or SIGTERM under
+      `runtime.tool_errors`), then stop the servers and re-raise the
+      KeyboardInterrupt.
     log: where the addresses are reported, one line each.
 
   Returns:
-    The servers, dispatcher first (once interrupted, when `block`).
+    The servers, dispatcher first (only when not `block`).
   Raises:
+    KeyboardInterrupt: when `block`, once interrupted and the servers
+      stopped.
     DataServiceError: nothing to start, workers without a dispatcher, or a
       malformed address.
   """
@@ -284,4 +288,5 @@ def serve(port=None, work_dir=None, dispatcher_address=None, num_workers=0,
     except KeyboardInterrupt:
       for server in reversed(servers):
         server.stop()
+      raise  # the caller reports the interruption (runtime.tool_errors)
   return servers
