@@ -195,9 +195,9 @@ def test_kill_9_or_ctrl_c_leaves_no_finished_looking_dataset(tmp_path, signum):
   reference_info = writer.convert(src, reference, num_workers=2,
                                   progress=False)
   assert info['splits'] == reference_info['splits']
-  shards = sorted(n for n in os.listdir(reference) if n.startswith('kermany-'))
+  shards = sorted(n for n in os.listdir(reference) if n.startswith('src-'))
   assert len(shards) == total
-  assert sorted(n for n in os.listdir(out) if n.startswith('kermany-')) == \
+  assert sorted(n for n in os.listdir(out) if n.startswith('src-')) == \
       shards
   for name in shards:
     with open(os.path.join(out, name), 'rb') as a, \
