@@ -932,7 +932,7 @@ def plan(src_dir, resplit=False, val_counts=None, test_counts=None,
     else:
       read_patient_csv(patient_csv)
   found = scan(src_dir, layout)
-  if not resplit and found.layout in ('pool', 'rsna'):
+  if not resplit and not keep_test and found.layout in ('pool', 'rsna'):
     kind = ('one pool of class folders' if found.layout == 'pool' else
             'an RSNA training set (one pool of images)')
     raise SourceError(
