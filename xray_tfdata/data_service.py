@@ -68,8 +68,9 @@ class DataServiceError(errors.XrayError):
 class Watchdog:
   """Reports a training input that stopped coming from the service.
 
-  Call `progress()` at every batch and `pause()` while nothing is read from
-  the service (see `callbacks.DataServiceProgress`); between `start()` and
+  Call `progress()` at every batch, `pause()` while nothing is read from
+  the service and `resume()` when reading starts again (see
+  `callbacks.DataServiceProgress`); between `start()` and
   `stop()`, a thread prints a waiting line every `interval` seconds without
   progress and calls `on_timeout(message)` once after `timeout` seconds.
   The first batch after `start()` gets `first_batch_grace` seconds more:
@@ -102,9 +103,17 @@ class Watchdog:
     self._thread = None
 
   def progress(self):
-    """A batch came (or reading from the service starts again)."""
+    """A batch came: the clock restarts, and the first batch's grace ends."""
     self._last = time.monotonic()
     self._grace = 0.0
+    self._paused = False
+
+  def resume(self):
+    """Reading from the service starts again (an epoch begins, validation
+    ended): the clock restarts; the first batch's grace, if that batch has
+    not come yet, is kept (an epoch begins before the compiling first
+    step)."""
+    self._last = time.monotonic()
     self._paused = False
 
   def pause(self):
@@ -113,7 +122,7 @@ class Watchdog:
     self._paused = True
 
   def start(self):
-    self.progress()
+    self.resume()
     self._grace = self.first_batch_grace
     self._stopped.clear()
     self._thread = threading.Thread(target=self._watch, daemon=True,
