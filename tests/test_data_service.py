@@ -6,6 +6,7 @@ import gc
 import hashlib
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -180,6 +181,24 @@ def test_malformed_addresses_are_refused(address):
 def test_serve_refuses_what_cannot_work(kwargs, message):
   with pytest.raises(data_service.DataServiceError, match=message):
     data_service.serve(block=False, **kwargs)
+
+
+def _closed_port():
+  """A port nothing listens on (bound, then released)."""
+  with socket.socket() as probe:
+    probe.bind(('localhost', 0))
+    return probe.getsockname()[1]
+
+
+def test_an_unreachable_dispatcher_is_one_error_not_a_hang(builder):
+  # tf.data's distribute would retry the registration for ever, silently.
+  address = f'localhost:{_closed_port()}'
+  start = time.monotonic()
+  with pytest.raises(data_service.DataServiceError,
+                     match=f'cannot reach the tf.data service dispatcher at '
+                           f'grpc://{address}'):
+    builder.as_dataset('val', data_service=address)
+  assert time.monotonic() - start < data_service.CONNECT_TIMEOUT_S + 5
 
 
 def test_addresses_are_normalized():

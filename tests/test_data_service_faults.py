@@ -5,6 +5,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from conftest import assert_one_line_error
 from records import write_dataset
 from xray_tfdata import data_service
 
-TIMEOUT_S = 180
+TIMEOUT_S = 600  # bounds a hang only: a loaded host is slow to reach epoch 1
 
 
 def _wait_for(condition, seconds=10):
@@ -106,6 +107,26 @@ def test_the_first_batch_keeps_its_grace_when_fit_begins_an_epoch():
   assert len(errors) == 1
 
 
+@pytest.mark.slow
+def test_training_against_no_dispatcher_ends_in_one_line(tmp_path):
+  data_dir = str(tmp_path / 'data')
+  os.makedirs(data_dir)
+  write_dataset(data_dir, {'train': (4, 4), 'val': (2, 2), 'test': (2, 2)},
+                num_shards=2, size=(16, 16))
+  with socket.socket() as probe:  # a port nothing listens on
+    probe.bind(('localhost', 0))
+    address = f'localhost:{probe.getsockname()[1]}'
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'tools', 'train'),
+       f'--data_dir={data_dir}', f'--model_dir={tmp_path / "model"}',
+       '--image_size=16', '--batch_size=2', '--epochs=1', '--weights=none',
+       '--backbone=mini_vgg', '--dense_units=8', '--augmentation=none',
+       '--verbose=0', f'--data_service={address}'],
+      capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+  assert_one_line_error(result, 'cannot reach the tf.data service dispatcher',
+                        address)
+
+
 def _start_service():
   """tools/data_service with a dispatcher and a worker; (process, address)."""
   process = subprocess.Popen(
@@ -151,6 +172,10 @@ def test_training_stops_when_the_service_dies_and_a_rerun_resumes(tmp_path):
       assert trainer.poll() is None, trainer.communicate()
       assert time.monotonic() < deadline
       time.sleep(0.1)
+  except BaseException:
+    trainer.kill()  # no trainer outlives a failed test
+    trainer.communicate()
+    raise
   finally:
     os.killpg(service.pid, signal.SIGKILL)  # dispatcher and worker die
     service.wait()

@@ -43,6 +43,7 @@ firewall or on a private network.
 """
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -59,6 +60,7 @@ PROCESSING_MODE = 'distributed_epoch'
 DEFAULT_TIMEOUT = 600  # seconds without a batch before training gives up
 WAIT_LINE_INTERVAL = 60  # seconds between the "waiting" lines
 TIMEOUT_EXIT_CODE = 1
+CONNECT_TIMEOUT_S = 10  # for the dispatcher to accept a TCP connection
 
 
 class DataServiceError(errors.XrayError):
@@ -195,11 +197,36 @@ def distribute(dataset, address, job_name=None):
   Returns:
     A dataset that reads the elements from the service.
   Raises:
-    DataServiceError: a malformed address.
+    DataServiceError: a malformed address, or a dispatcher that does not
+      accept connections.
   """
+  address = service_address(address)
+  # `distribute` registers the dataset with the dispatcher now, and retries
+  # for ever, inside TensorFlow and before any watchdog runs, if nothing
+  # answers: a wrong address or a stopped service would hang silently.
+  check_reachable(address)
   return dataset.apply(tf.data.experimental.service.distribute(
-      processing_mode=PROCESSING_MODE, service=service_address(address),
-      job_name=job_name))
+      processing_mode=PROCESSING_MODE, service=address, job_name=job_name))
+
+
+def check_reachable(address, seconds=CONNECT_TIMEOUT_S):
+  """Checks that the dispatcher at `address` accepts TCP connections.
+
+  Args:
+    address: 'grpc://host:port' (`service_address`).
+    seconds: how long a connection may take.
+  Raises:
+    DataServiceError: naming the dispatcher and the fix.
+  """
+  host, _, port = address[len('grpc://'):].rpartition(':')
+  try:
+    socket.create_connection((host.strip('[]'), int(port)), seconds).close()
+  except OSError as e:
+    reason = e.strerror or type(e).__name__
+    raise DataServiceError(
+        f'cannot reach the tf.data service dispatcher at {address} '
+        f'({reason}); start tools/data_service there, or fix '
+        '--data_service') from None
 
 
 def start_dispatcher(port=0, work_dir=None):
