@@ -4,6 +4,7 @@ import collections
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -547,3 +548,15 @@ def test_out_dir_inside_src_dir_is_refused(tree):
   with pytest.raises(sources.SourceError, match='inside src_dir'):
     writer.convert(tree, os.path.join(tree, 'tfrecords'), progress=False)
   assert not os.path.exists(os.path.join(tree, 'tfrecords'))
+
+
+@pytest.mark.parametrize('folder, expected', [
+    ('chest_xray', 'chest_xray'), ('My X-rays (2024)', 'my_x_rays_2024'),
+    ('Röntgen', 'rontgen'), ('2024-scans', 'd2024_scans'), ('---', 'dataset'),
+    ('ChestXRay2017/', 'chestxray2017')])
+def test_dataset_name_comes_from_the_source_folder(tmp_path, folder,
+                                                   expected):
+  name = writer.dataset_name(os.path.join(str(tmp_path), folder))
+  assert name == expected
+  # TFDS' rule for dataset names (tfds.core.naming): snake case from a letter.
+  assert re.fullmatch(r'[a-z][a-z0-9_]*', name)
