@@ -6,6 +6,7 @@ import gc
 import hashlib
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -182,6 +183,24 @@ def test_serve_refuses_what_cannot_work(kwargs, message):
     data_service.serve(block=False, **kwargs)
 
 
+def _closed_port():
+  """A port nothing listens on (bound, then released)."""
+  with socket.socket() as probe:
+    probe.bind(('localhost', 0))
+    return probe.getsockname()[1]
+
+
+def test_an_unreachable_dispatcher_is_one_error_not_a_hang(builder):
+  # tf.data's distribute would retry the registration for ever, silently.
+  address = f'localhost:{_closed_port()}'
+  start = time.monotonic()
+  with pytest.raises(data_service.DataServiceError,
+                     match=f'cannot reach the tf.data service dispatcher at '
+                           f'grpc://{address}'):
+    builder.as_dataset('val', data_service=address)
+  assert time.monotonic() - start < data_service.CONNECT_TIMEOUT_S + 5
+
+
 def test_addresses_are_normalized():
   assert data_service.service_address('localhost:5050') == (
       'grpc://localhost:5050')
@@ -195,14 +214,18 @@ def _tool(*args):
 
 
 @pytest.mark.slow
-def test_tool_serves_until_terminated(builder):
+def test_tool_serves_until_terminated_then_ends_in_one_line(builder):
   process = subprocess.Popen(
       _tool('--port=0', '--num_workers=1'), stdout=subprocess.PIPE,
-      stderr=subprocess.DEVNULL, text=True,
+      stderr=subprocess.PIPE, text=True,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-  lines = queue.Queue()
+  lines, errors = queue.Queue(), []
   threading.Thread(target=lambda: [lines.put(line) for line in process.stdout],
                    daemon=True).start()
+  # Drained all along, so that TensorFlow's lines cannot fill the pipe.
+  reader = threading.Thread(target=lambda: errors.extend(process.stderr),
+                            daemon=True)
+  reader.start()
   try:
     dispatcher = lines.get(timeout=TIMEOUT_S).strip()
     assert dispatcher.startswith('dispatcher: grpc://localhost:')
@@ -213,8 +236,15 @@ def test_tool_serves_until_terminated(builder):
     assert served == _examples(builder.as_dataset('val', with_metadata=True))
     assert process.poll() is None  # still serving
   finally:
-    process.terminate()
+    process.terminate()  # SIGTERM, as a job scheduler stops it
     process.wait(timeout=TIMEOUT_S)
+  reader.join(timeout=TIMEOUT_S)
+  # README, "Faults": SIGTERM in any tool ends in one line, exit code 130.
+  assert process.returncode == 130, errors
+  stderr = ''.join(errors)
+  assert 'Traceback' not in stderr, stderr
+  assert stderr.strip().splitlines()[-1] == (
+      'interrupted; rerun the same command to resume'), stderr
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from conftest import assert_one_line_error
 from records import write_dataset
 from xray_tfdata import data_service
 
-TIMEOUT_S = 180
+TIMEOUT_S = 600  # bounds a hang only: a loaded host is slow to reach epoch 1
 
 
 def _wait_for(condition, seconds=10):
@@ -80,6 +81,52 @@ def test_watchdog_waits_longer_for_the_first_batch_and_not_while_paused():
   assert len(errors) == 1
 
 
+def test_the_first_batch_keeps_its_grace_when_fit_begins_an_epoch():
+  # fit calls on_epoch_begin before the first (compiling) step: that must not
+  # end the first batch's grace (under load the compile outlasted a short
+  # --data_service_timeout, and training gave up before its first epoch).
+  from xray_tfdata import callbacks  # pylint: disable=g-import-not-at-top
+  errors = []
+  dog = data_service.Watchdog('localhost:5050', timeout=0.5, interval=0.25,
+                              log=lambda line: None, on_timeout=errors.append,
+                              first_batch_grace=1.5)
+  progress = callbacks.DataServiceProgress(dog)
+  dog.start()
+  try:
+    progress.on_epoch_begin(0)
+    time.sleep(1.0)  # past the timeout, within the grace
+    assert not errors
+    progress.on_train_batch_end(0)  # the first batch came: no grace now
+    progress.on_test_begin()
+    progress.on_test_end()
+    progress.on_epoch_end(0)
+    progress.on_epoch_begin(1)
+    _wait_for(lambda: errors, seconds=1.4)  # the plain timeout, not 2 s
+  finally:
+    dog.stop()
+  assert len(errors) == 1
+
+
+@pytest.mark.slow
+def test_training_against_no_dispatcher_ends_in_one_line(tmp_path):
+  data_dir = str(tmp_path / 'data')
+  os.makedirs(data_dir)
+  write_dataset(data_dir, {'train': (4, 4), 'val': (2, 2), 'test': (2, 2)},
+                num_shards=2, size=(16, 16))
+  with socket.socket() as probe:  # a port nothing listens on
+    probe.bind(('localhost', 0))
+    address = f'localhost:{probe.getsockname()[1]}'
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'tools', 'train'),
+       f'--data_dir={data_dir}', f'--model_dir={tmp_path / "model"}',
+       '--image_size=16', '--batch_size=2', '--epochs=1', '--weights=none',
+       '--backbone=mini_vgg', '--dense_units=8', '--augmentation=none',
+       '--verbose=0', f'--data_service={address}'],
+      capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+  assert_one_line_error(result, 'cannot reach the tf.data service dispatcher',
+                        address)
+
+
 def _start_service():
   """tools/data_service with a dispatcher and a worker; (process, address)."""
   process = subprocess.Popen(
@@ -102,17 +149,20 @@ def test_training_stops_when_the_service_dies_and_a_rerun_resumes(tmp_path):
                 num_shards=4, size=(16, 16), learnable=True)
   model_dir = str(tmp_path / 'model')
 
-  def train(address):
+  def train(address, timeout):
     return [sys.executable, os.path.join(REPO_ROOT, 'tools', 'train'),
             f'--data_dir={data_dir}', f'--model_dir={model_dir}',
             '--image_size=16', '--batch_size=4', '--epochs=6',
             '--weights=none', '--backbone=mini_vgg', '--dense_units=8',
             '--augmentation=none', '--early_stopping_patience=10',
             '--bootstrap_resamples=100', '--verbose=0',
-            f'--data_service={address}', '--data_service_timeout=4']
+            f'--data_service={address}', f'--data_service_timeout={timeout}']
 
   service, address = _start_service()
-  trainer = subprocess.Popen(train(address), stdout=subprocess.PIPE,
+  # A short timeout, tried only on a dead service: the service is killed once
+  # epoch 1 is recorded, and before that the first (compiling) step has its
+  # grace and the epoch's other batches wait in the shuffle buffer.
+  trainer = subprocess.Popen(train(address, 4), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
   try:
     history = os.path.join(model_dir, 'history.csv')
@@ -122,6 +172,10 @@ def test_training_stops_when_the_service_dies_and_a_rerun_resumes(tmp_path):
       assert trainer.poll() is None, trainer.communicate()
       assert time.monotonic() < deadline
       time.sleep(0.1)
+  except BaseException:
+    trainer.kill()  # no trainer outlives a failed test
+    trainer.communicate()
+    raise
   finally:
     os.killpg(service.pid, signal.SIGKILL)  # dispatcher and worker die
     service.wait()
@@ -137,7 +191,9 @@ def test_training_stops_when_the_service_dies_and_a_rerun_resumes(tmp_path):
 
   service, address = _start_service()  # another port: allowed on resume
   try:
-    again = subprocess.run(train(address), capture_output=True, text=True,
+    # A live service's passes can stall for seconds on a loaded host; the
+    # timeout may change on resume (config.RESUMABLE_CHANGES).
+    again = subprocess.run(train(address, 120), capture_output=True, text=True,
                            timeout=TIMEOUT_S, check=False)
   finally:
     os.killpg(service.pid, signal.SIGTERM)

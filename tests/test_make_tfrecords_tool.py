@@ -8,7 +8,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import tensorflow as tf
+from PIL import Image
 
 from xray_tfdata import schema
 from xray_tfdata import synthetic
@@ -81,6 +84,26 @@ def _populate(kind, root, tree):
       f.write(b'x')
   elif kind == 'tree':
     os.symlink(tree, root)
+  elif kind == 'own':
+    _own_tree(root, ('NORMAL', 'PNEUMONIA'))
+    folder = os.path.dirname(root)
+    with open(os.path.join(folder, 'columns.csv'), 'w') as f:
+      f.write('path,patient\nNORMAL/p000_0.png,1\n')
+    with open(os.path.join(folder, 'partial.csv'), 'w') as f:
+      f.write('path,patient_id\nNORMAL/p000_0.png,1\n')
+
+
+def _own_tree(root, folders, patients=range(12), images=2):
+  """A user's own names (p<patient>_<k>.png, which Kermany's patterns do
+  not parse) in `folders` ('CLASS' or 'split/CLASS'); even patients are in
+  the first class, odd ones in the second."""
+  rng = np.random.default_rng(0)
+  for i in patients:
+    folder = folders[i % 2]
+    os.makedirs(os.path.join(root, folder), exist_ok=True)
+    for k in range(images):
+      Image.fromarray(rng.integers(0, 256, (10, 12), np.uint8)).save(
+          os.path.join(root, folder, f'p{i:03d}_{k}.png'))
 
 
 @pytest.mark.parametrize('kind, extra, words', [
@@ -95,6 +118,17 @@ def _populate(kind, root, tree):
               '--test_counts=NORMAL:1,PNEUMONIA:1'], 'cannot parse'),
     ('tree', [f'--flagfile={FLAGFILE}'], 'leave none for training'),
     ('tree', ['--val_counts=NORMAL:1,PNEUMONIA:1'], 'add --resplit'),
+    ('own', ['--resplit', '--val_fraction=0.2', '--test_fraction=0.2',
+             '--patient_id_regex=^p(\\d+'], 'is not a regular expression'),
+    ('own', ['--resplit', '--val_fraction=0.2', '--test_fraction=0.2',
+             '--patient_id_regex=^q(\\d+)_'],
+     'does not match NORMAL/p000_0.png and 23 other file(s)'),
+    ('own', ['--resplit', '--val_fraction=0.2', '--test_fraction=0.2',
+             '--patient_csv={src}/../columns.csv'],
+     'needs the columns path and patient_id'),
+    ('own', ['--resplit', '--val_fraction=0.2', '--test_fraction=0.2',
+             '--patient_csv={src}/../partial.csv'],
+     'has no row for NORMAL/p000_1.png and 22 other file(s)'),
 ])
 @pytest.mark.slow
 def test_bad_input_is_one_line(tree, tmp_path, kind, extra, words):
@@ -104,6 +138,76 @@ def test_bad_input_is_one_line(tree, tmp_path, kind, extra, words):
   result = _run('make_tfrecords', *args, *[e.format(src=src) for e in extra])
   _assert_user_error(result, words)
   assert not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.slow
+def test_keep_test_with_own_patient_names(tmp_path):
+  src = str(tmp_path / 'My X-rays (2024)')
+  _own_tree(src, ('train/NORMAL', 'train/PNEUMONIA'), range(0, 20))
+  _own_tree(src, ('test/NORMAL', 'test/PNEUMONIA'), range(20, 26))
+  # The same name in both class folders: two patients by default, one here.
+  Image.new('L', (12, 10), 7).save(os.path.join(src, 'train/PNEUMONIA',
+                                                'p000_9.png'))
+  # Patient 21 of test/ is also in train/: left out of train.
+  Image.new('L', (12, 10), 9).save(os.path.join(src, 'train/PNEUMONIA',
+                                                'p021_9.png'))
+  with open(os.path.join(src, 'train/NORMAL/p002_9.png'), 'wb') as f:
+    f.write(b'not a png')  # drawn or not, counted as skipped
+  out = str(tmp_path / 'data')
+  result = _run('make_tfrecords', f'--src_dir={src}', f'--out_dir={out}',
+                '--keep_test', '--val_fraction=0.25',
+                r'--patient_id_regex=^p(\d+)_', '--image_size=8',
+                '--num_shards=2', '--num_workers=1', '--progress=false')
+  assert result.returncode == 0, result.stderr
+  info = schema.read_info(out)
+  assert info['name'] == 'my_x_rays_2024'
+  assert info['arguments']['keep_test'] is True
+  records = {}
+  for split, entry in info['splits'].items():
+    records[split] = []
+    for shard in entry['shards']:
+      assert shard['filename'].startswith(f'my_x_rays_2024-{split}.')
+      for raw in tf.data.TFRecordDataset(os.path.join(out, shard['filename'])):
+        example = schema.parse(raw)
+        records[split].append((example[schema.FILENAME].numpy().decode(),
+                               example[schema.PATIENT_ID].numpy().decode(),
+                               example[schema.CLASS_TEXT].numpy().decode()))
+  # test/ as it is; val and train from train/ only.
+  assert sorted(name for name, _, _ in records['test']) == sorted(
+      f'test/{c}/{n}' for c in ('NORMAL', 'PNEUMONIA')
+      for n in os.listdir(os.path.join(src, 'test', c)))
+  assert all(name.startswith('train/') for s in ('train', 'val')
+             for name, _, _ in records[s])
+  split_of = {}
+  for split, rows in records.items():
+    for name, patient, _ in rows:
+      assert patient == os.path.basename(name)[1:4]
+      assert split_of.setdefault(patient, split) == split, patient
+  assert 'train/PNEUMONIA/p021_9.png' in {s['path'] for s in info['skipped']}
+  # split_counts: what the shards hold.
+  for split, rows in records.items():
+    held = {c: sum(1 for _, _, k in rows if k == c)
+            for c in info['class_names']}
+    assert info['split_counts']['actual'][split] == held
+  counts = info['counts']
+  assert counts['scanned'] == (counts['written'] + counts['skipped'] +
+                               counts['duplicates'])
+
+
+@pytest.mark.slow
+def test_help_examples_are_one_per_line_with_real_flags():
+  result = _run('make_tfrecords', '--helpfull')  # absl's help exits 1
+  assert 'Traceback' not in result.stderr, result.stderr
+  examples = [l.strip() for l in result.stdout.splitlines()
+              if l.strip().startswith('tools/make_tfrecords ')]
+  assert len(examples) >= 4
+  known = set(re.findall(r'^  --(?:\[no\])?(\w+):', result.stdout, re.M))
+  for line in examples:
+    # Lines run together by a backslash in the docstring hold two commands
+    # or the continuation's spaces.
+    assert line.count('tools/make_tfrecords') == 1 and '   ' not in line, line
+    for flag in re.findall(r'--(\w+)', line):
+      assert flag in known, (flag, line)
 
 
 @pytest.mark.slow
@@ -195,9 +299,9 @@ def test_kill_9_or_ctrl_c_leaves_no_finished_looking_dataset(tmp_path, signum):
   reference_info = writer.convert(src, reference, num_workers=2,
                                   progress=False)
   assert info['splits'] == reference_info['splits']
-  shards = sorted(n for n in os.listdir(reference) if n.startswith('kermany-'))
+  shards = sorted(n for n in os.listdir(reference) if n.startswith('src-'))
   assert len(shards) == total
-  assert sorted(n for n in os.listdir(out) if n.startswith('kermany-')) == \
+  assert sorted(n for n in os.listdir(out) if n.startswith('src-')) == \
       shards
   for name in shards:
     with open(os.path.join(out, name), 'rb') as a, \

@@ -295,3 +295,172 @@ def test_out_dir_must_not_overlap_src_dir(tmp_path):
   for out in (src, os.path.join(src, 'tfrecords'), str(tmp_path)):
     with pytest.raises(sources.SourceError, match='inside'):
       sources.check_out_dir(src, out)
+
+
+def test_unparsed_names_in_two_class_folders_are_two_patients(tmp_path):
+  root = str(tmp_path)
+  _image(root, 'NORMAL/001.png')
+  _image(root, 'PNEUMONIA/001.png')
+  ids = {f.path: f.patient_id for f in sources.scan(root).files}
+  assert ids['NORMAL/001.png'] != ids['PNEUMONIA/001.png']
+
+
+def _own_pool(root, patients=12, images=3):
+  """A user's pool: p<patient>_<k>.png, even patients NORMAL, odd ones
+  PNEUMONIA, in names that Kermany's patterns do not parse."""
+  for i in range(patients):
+    class_name = ('NORMAL', 'PNEUMONIA')[i % 2]
+    for k in range(images):
+      _image(root, f'{class_name}/p{i:03d}_{k}.png', size=(8, 8))
+
+
+def _splits_of(plan):
+  split_of = collections.defaultdict(set)
+  for split, files in plan.splits.items():
+    for f in files:
+      split_of[f.patient_id].add(split)
+  return split_of
+
+
+def test_patient_id_regex_groups_a_users_own_names(tmp_path):
+  root = str(tmp_path)
+  _own_pool(root)
+  counts = {'NORMAL': 3, 'PNEUMONIA': 3}
+  for pattern in (r'^p(\d+)_', r'^p(?P<patient>\d+)_(\d)',
+                  r'(?:NORMAL|PNEUMONIA)/p(\d+)_'):
+    plan = sources.plan(root, resplit=True, val_counts=counts,
+                        test_counts=counts, patient_id_regex=pattern)
+    files = [f for split in plan.splits.values() for f in split]
+    assert {f.patient_id for f in files} == {f'{i:03d}' for i in range(12)}
+    split_of = _splits_of(plan)
+    assert all(len(s) == 1 for s in split_of.values())
+    assert {len(plan.splits[s]) for s in ('val', 'test')} == {6}
+  # Without it, every file is its own patient: the patients' images spread.
+  default = sources.plan(root, resplit=True, val_counts=counts,
+                         test_counts=counts, seed=3)
+  by_person = collections.defaultdict(set)
+  for split, files in default.splits.items():
+    for f in files:
+      by_person[os.path.basename(f.path).split('_')[0]].add(split)
+  assert max(len(s) for s in by_person.values()) > 1
+
+
+def test_patient_csv_groups_by_path_or_file_name(tmp_path):
+  root = str(tmp_path / 'src')
+  _own_pool(root)
+  rows = ['path,patient_id']
+  for f in sources.scan(root).files:
+    number = int(os.path.basename(f.path)[1:4])
+    # Patients 0 and 1 (one NORMAL, one PNEUMONIA) are one person here.
+    key = f.path if number % 3 else os.path.basename(f.path)
+    rows.append(f'{key},P{number // 2 if number < 2 else number}')
+  table = tmp_path / 'patients.csv'
+  table.write_text('\n'.join(rows) + '\n')
+  counts = {'NORMAL': 3, 'PNEUMONIA': 3}
+  plan = sources.plan(root, resplit=True, val_counts=counts,
+                      test_counts=counts, patient_csv=str(table))
+  files = [f for split in plan.splits.values() for f in split]
+  assert len(files) == 36
+  assert sum(f.patient_id == 'P0' for f in files) == 6
+  assert all(len(s) == 1 for s in _splits_of(plan).values())
+
+
+@pytest.mark.parametrize('option, value, message', [
+    ('patient_id_regex', '^p(\\d+', 'is not a regular expression'),
+    ('patient_id_regex', '^p\\d+_', 'has 0 groups'),
+    ('patient_id_regex', '^p(\\d)(\\d)', 'has 2 groups'),
+    ('patient_id_regex', '^q(\\d+)_', r"does not match NORMAL/p000_0.png "
+                                      r'and 35 other file\(s\)'),
+    ('patient_csv', 'path,patient\nNORMAL/p000_0.png,1\n',
+     'needs the columns path and patient_id'),
+    ('patient_csv', 'path,patient_id\n', 'has no rows'),
+    ('patient_csv', 'path,patient_id\nNORMAL/p000_0.png,1\n',
+     r'has no row for NORMAL/p000_1.png and 34 other'),
+    ('patient_csv', 'path,patient_id\na.png,1\na.png,2\n', 'two patient ids'),
+])
+def test_bad_patient_options_name_the_problem(tmp_path, option, value,
+                                              message):
+  root = str(tmp_path / 'src')
+  _own_pool(root)
+  if option == 'patient_csv':
+    (tmp_path / 'p.csv').write_text(value)
+    value = str(tmp_path / 'p.csv')
+  counts = {'NORMAL': 3, 'PNEUMONIA': 3}
+  with pytest.raises(sources.SourceError, match=message):
+    sources.plan(root, resplit=True, val_counts=counts, test_counts=counts,
+                 **{option: value})
+
+
+def test_fractions_give_rounded_counts_per_class(tmp_path):
+  root = str(tmp_path)
+  _patient_pool(root)  # 60 NORMAL, 120 PNEUMONIA
+  plan = sources.plan(root, resplit=True, val_fraction=0.1,
+                      test_fraction=0.15, seed=1)
+  # round(0.1 * 60), round(0.1 * 120); round(0.15 * 60) = 9, 18.
+  assert plan.split_counts['requested'] == {
+      'val': {'NORMAL': 6, 'PNEUMONIA': 12},
+      'test': {'NORMAL': 9, 'PNEUMONIA': 18}}
+  assert all(len(s) == 1 for s in _splits_of(plan).values())
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'resplit': True, 'val_counts': {'NORMAL': 1, 'PNEUMONIA': 1},
+      'val_fraction': 0.1, 'test_fraction': 0.1}, 'not both'),
+    ({'resplit': True, 'val_fraction': 0, 'test_fraction': 0.1},
+     'between 0 and 1'),
+    ({'resplit': True, 'val_fraction': 0.5, 'test_fraction': 0.5},
+     'leave nothing for training'),
+    ({'resplit': True, 'keep_test': True, 'val_fraction': 0.1},
+     'give one of them'),
+    ({'keep_test': True, 'val_fraction': 0.1, 'test_fraction': 0.1},
+     'keeps the test folder'),
+    ({'keep_test': True}, 'add --val_counts or --val_fraction'),
+    ({'val_fraction': 0.1}, 'only apply to a re-split'),
+])
+def test_bad_split_arguments_are_refused_before_the_scan(tmp_path, kwargs,
+                                                         message):
+  # src_dir does not exist: the arguments are checked first.
+  with pytest.raises(sources.SourceError, match=message):
+    sources.plan(str(tmp_path / 'missing'), **kwargs)
+
+
+def test_keep_test_draws_val_from_train_and_keeps_test(tmp_path):
+  root = str(tmp_path)
+  for split, numbers in (('train', range(0, 20)), ('test', range(20, 26))):
+    for i in numbers:
+      class_name = ('NORMAL', 'PNEUMONIA')[i % 2]
+      for k in range(2):
+        _image(root, f'{split}/{class_name}/person{i}_virus_{k}.jpeg',
+               size=(8, 8))
+  # Patient 21 is also in train (a leak, as in Mendeley's release).
+  _image(root, 'train/PNEUMONIA/person21_virus_9.jpeg', size=(8, 8))
+  plan = sources.plan(root, keep_test=True,
+                      val_counts={'NORMAL': 4, 'PNEUMONIA': 4}, seed=2)
+  assert plan.layout == 'mendeley'
+  scanned_test = sorted(f.path for f in sources.scan(root).files
+                        if f.source_split == 'test')
+  assert [f.path for f in plan.splits['test']] == scanned_test
+  assert all(f.source_split == 'train'
+             for s in ('train', 'val') for f in plan.splits[s])
+  assert collections.Counter(f.class_name for f in plan.splits['val']) == {
+      'NORMAL': 4, 'PNEUMONIA': 4}
+  assert len(plan.splits['train']) == 40 - 8
+  assert plan.skipped == [{
+      'path': 'train/PNEUMONIA/person21_virus_9.jpeg',
+      'reason': 'its patient is also in test/, which is kept as it is; left '
+                'out so that no patient spans two splits'}]
+  assert all(len(s) == 1 for s in _splits_of(plan).values())
+  assert plan.split_counts['requested'] == {
+      'val': {'NORMAL': 4, 'PNEUMONIA': 4}}
+  assert plan.split_counts['actual']['test'] == {'NORMAL': 6, 'PNEUMONIA': 6}
+
+  fraction = sources.plan(root, keep_test=True, val_fraction=0.25, seed=2)
+  assert fraction.split_counts['requested'] == {
+      'val': {'NORMAL': 5, 'PNEUMONIA': 5}}  # 0.25 * 20 per class
+
+
+def test_keep_test_needs_a_test_folder(tmp_path):
+  _image(str(tmp_path), 'NORMAL/a.jpeg')
+  _image(str(tmp_path), 'PNEUMONIA/b.jpeg')
+  with pytest.raises(sources.SourceError, match='no test/ folder to keep'):
+    sources.plan(str(tmp_path), keep_test=True, val_fraction=0.5)

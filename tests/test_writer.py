@@ -1,8 +1,10 @@
 """writer.convert: shards, dataset_info.json, bad files, safety, determinism."""
 
+import collections
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -181,7 +183,7 @@ def test_shards_are_named_even_and_mixed(converted):
   train = info['splits']['train']['shards']
   assert len(train) == 8
   for i, shard in enumerate(train):
-    assert shard['filename'] == schema.shard_filename('kermany', 'train', i, 8)
+    assert shard['filename'] == schema.shard_filename('chest_xray', 'train', i, 8)
   # Planned slices are even; a skipped file leaves its shard one short.
   sizes = [s['num_examples'] for s in train]
   assert max(sizes) - min(sizes) <= 1 + len(BAD_FILES)
@@ -372,7 +374,7 @@ def test_interrupted_run_resumes_to_the_same_bytes(tree, converted, tmp_path,
     writer.convert(tree, out, image_size=STORED, num_workers=1, progress=False)
   assert not os.path.exists(out)
   assert schema.INFO_FILENAME not in os.listdir(partial)
-  finished = [n for n in os.listdir(partial) if n.startswith('kermany-') and
+  finished = [n for n in os.listdir(partial) if n.startswith('chest_xray-') and
               not n.endswith('.tmp')]
   assert 2 <= len(finished) < 8
 
@@ -438,7 +440,7 @@ def test_interrupted_overwrite_keeps_the_old_dataset(tree, tmp_path,
   assert sorted(os.listdir(tmp_path)) == ['data']  # resume=False cleans up
 
 
-def test_resplit_keeps_patients_together(tree, tmp_path):
+def test_resplit_keeps_patients_together(tree, tmp_path, capsys):
   out = str(tmp_path / 'resplit')
   val = {'NORMAL': 2, 'PNEUMONIA': 4}
   test = {'NORMAL': 3, 'PNEUMONIA': 5}
@@ -450,12 +452,30 @@ def test_resplit_keeps_patients_together(tree, tmp_path):
     for r in _records(out, info, split):
       patient = r[schema.PATIENT_ID].numpy().decode()
       assert split_of.setdefault(patient, split) == split, patient
-  # Bad files are drawn like the others and then skipped, so the written
-  # counts are at most the requested ones.
+  # Bad files are drawn like the others and then skipped: split_counts'
+  # 'actual' is what the shards hold (counted here from the records), and
+  # 'short' says by how much a drawn split fell below the request.
+  for split in ('train', 'val', 'test'):
+    held = collections.Counter(r[schema.CLASS_TEXT].numpy().decode()
+                               for r in _records(out, info, split))
+    assert info['split_counts']['actual'][split] == {
+        c: held[c] for c in ('NORMAL', 'PNEUMONIA')}
+  short = info['split_counts'].get('short', {})
   for split, requested in (('val', val), ('test', test)):
-    written = info['splits'][split]['class_counts']
-    assert info['split_counts']['actual'][split] == requested
-    assert all(written[c] <= requested[c] for c in requested)
+    actual = info['split_counts']['actual'][split]
+    gaps = {c: requested[c] - actual[c] for c in requested}
+    assert all(gap >= 0 for gap in gaps.values())
+    assert short.get(split, dict.fromkeys(requested, 0)) == gaps
+  assert short  # this tree's bad files are drawn into val (seed 0)
+  writer.print_summary(info, out)
+  warnings = [l for l in capsys.readouterr().out.splitlines()
+              if 'warning:' in l]
+  assert len(warnings) == len(short)
+  assert all(f'{c} {actual} of {asked}' in ' '.join(warnings)
+             for split in short
+             for c, asked in info['split_counts']['requested'][split].items()
+             for actual in [info['split_counts']['actual'][split][c]]
+             if short[split][c])
   assert info['counts']['written'] + info['counts']['skipped'] + (
       info['counts']['duplicates']) == info['counts']['scanned']
 
@@ -528,3 +548,15 @@ def test_out_dir_inside_src_dir_is_refused(tree):
   with pytest.raises(sources.SourceError, match='inside src_dir'):
     writer.convert(tree, os.path.join(tree, 'tfrecords'), progress=False)
   assert not os.path.exists(os.path.join(tree, 'tfrecords'))
+
+
+@pytest.mark.parametrize('folder, expected', [
+    ('chest_xray', 'chest_xray'), ('My X-rays (2024)', 'my_x_rays_2024'),
+    ('Röntgen', 'rontgen'), ('2024-scans', 'd2024_scans'), ('---', 'dataset'),
+    ('ChestXRay2017/', 'chestxray2017')])
+def test_dataset_name_comes_from_the_source_folder(tmp_path, folder,
+                                                   expected):
+  name = writer.dataset_name(os.path.join(str(tmp_path), folder))
+  assert name == expected
+  # TFDS' rule for dataset names (tfds.core.naming): snake case from a letter.
+  assert re.fullmatch(r'[a-z][a-z0-9_]*', name)

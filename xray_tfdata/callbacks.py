@@ -116,7 +116,7 @@ class DataServiceProgress(keras.callbacks.Callback):
     self.watchdog = watchdog
 
   def on_epoch_begin(self, epoch, logs=None):
-    self.watchdog.progress()
+    self.watchdog.resume()  # not a batch: the first one's grace stays
 
   def on_train_batch_end(self, batch, logs=None):
     self.watchdog.progress()
@@ -125,7 +125,7 @@ class DataServiceProgress(keras.callbacks.Callback):
     self.watchdog.pause()
 
   def on_test_end(self, logs=None):
-    self.watchdog.progress()
+    self.watchdog.resume()
 
   def on_epoch_end(self, epoch, logs=None):
     self.watchdog.pause()

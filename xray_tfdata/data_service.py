@@ -43,6 +43,7 @@ firewall or on a private network.
 """
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -59,6 +60,7 @@ PROCESSING_MODE = 'distributed_epoch'
 DEFAULT_TIMEOUT = 600  # seconds without a batch before training gives up
 WAIT_LINE_INTERVAL = 60  # seconds between the "waiting" lines
 TIMEOUT_EXIT_CODE = 1
+CONNECT_TIMEOUT_S = 10  # for the dispatcher to accept a TCP connection
 
 
 class DataServiceError(errors.XrayError):
@@ -68,8 +70,9 @@ class DataServiceError(errors.XrayError):
 class Watchdog:
   """Reports a training input that stopped coming from the service.
 
-  Call `progress()` at every batch and `pause()` while nothing is read from
-  the service (see `callbacks.DataServiceProgress`); between `start()` and
+  Call `progress()` at every batch, `pause()` while nothing is read from
+  the service and `resume()` when reading starts again (see
+  `callbacks.DataServiceProgress`); between `start()` and
   `stop()`, a thread prints a waiting line every `interval` seconds without
   progress and calls `on_timeout(message)` once after `timeout` seconds.
   The first batch after `start()` gets `first_batch_grace` seconds more:
@@ -102,9 +105,17 @@ class Watchdog:
     self._thread = None
 
   def progress(self):
-    """A batch came (or reading from the service starts again)."""
+    """A batch came: the clock restarts, and the first batch's grace ends."""
     self._last = time.monotonic()
     self._grace = 0.0
+    self._paused = False
+
+  def resume(self):
+    """Reading from the service starts again (an epoch begins, validation
+    ended): the clock restarts; the first batch's grace, if that batch has
+    not come yet, is kept (an epoch begins before the compiling first
+    step)."""
+    self._last = time.monotonic()
     self._paused = False
 
   def pause(self):
@@ -113,7 +124,7 @@ class Watchdog:
     self._paused = True
 
   def start(self):
-    self.progress()
+    self.resume()
     self._grace = self.first_batch_grace
     self._stopped.clear()
     self._thread = threading.Thread(target=self._watch, daemon=True,
@@ -186,11 +197,36 @@ def distribute(dataset, address, job_name=None):
   Returns:
     A dataset that reads the elements from the service.
   Raises:
-    DataServiceError: a malformed address.
+    DataServiceError: a malformed address, or a dispatcher that does not
+      accept connections.
   """
+  address = service_address(address)
+  # `distribute` registers the dataset with the dispatcher now, and retries
+  # for ever, inside TensorFlow and before any watchdog runs, if nothing
+  # answers: a wrong address or a stopped service would hang silently.
+  check_reachable(address)
   return dataset.apply(tf.data.experimental.service.distribute(
-      processing_mode=PROCESSING_MODE, service=service_address(address),
-      job_name=job_name))
+      processing_mode=PROCESSING_MODE, service=address, job_name=job_name))
+
+
+def check_reachable(address, seconds=CONNECT_TIMEOUT_S):
+  """Checks that the dispatcher at `address` accepts TCP connections.
+
+  Args:
+    address: 'grpc://host:port' (`service_address`).
+    seconds: how long a connection may take.
+  Raises:
+    DataServiceError: naming the dispatcher and the fix.
+  """
+  host, _, port = address[len('grpc://'):].rpartition(':')
+  try:
+    socket.create_connection((host.strip('[]'), int(port)), seconds).close()
+  except OSError as e:
+    reason = e.strerror or type(e).__name__
+    raise DataServiceError(
+        f'cannot reach the tf.data service dispatcher at {address} '
+        f'({reason}); start tools/data_service there, or fix '
+        '--data_service') from None
 
 
 def start_dispatcher(port=0, work_dir=None):
@@ -246,12 +282,16 @@ def serve(port=None, work_dir=None, dispatcher_address=None, num_workers=0,
       each runs its datasets with all the host's cores).
     worker_port: port of the first worker, the next ones count up; 0: any.
     worker_address: see `start_worker`; used for a single worker.
-    block: wait until the process is interrupted, then stop the servers.
+    block: wait until the process is interrupted (Ctrl-C, or SIGTERM under
+      `runtime.tool_errors`), then stop the servers and re-raise the
+      KeyboardInterrupt.
     log: where the addresses are reported, one line each.
 
   Returns:
-    The servers, dispatcher first (once interrupted, when `block`).
+    The servers, dispatcher first (only when not `block`).
   Raises:
+    KeyboardInterrupt: when `block`, once interrupted and the servers
+      stopped.
     DataServiceError: nothing to start, workers without a dispatcher, or a
       malformed address.
   """
@@ -284,4 +324,5 @@ def serve(port=None, work_dir=None, dispatcher_address=None, num_workers=0,
     except KeyboardInterrupt:
       for server in reversed(servers):
         server.stop()
+      raise  # the caller reports the interruption (runtime.tool_errors)
   return servers

@@ -43,6 +43,7 @@ import csv
 import dataclasses
 import errno
 import hashlib
+import math
 import os
 import re
 import stat
@@ -146,8 +147,11 @@ def patient_id(filename):
   """Best-effort patient key from a Kermany file name.
 
   'person12_bacteria_3.jpeg' -> 'person12'; 'IM-0115-0001.jpeg' and
-  'NORMAL2-IM-0115-0001.jpeg' -> 'IM-115'; anything else -> the file stem, so
-  an unparsed file is its own group.
+  'NORMAL2-IM-0115-0001.jpeg' -> 'IM-115'; anything else -> the path
+  without its extension ('NORMAL/001.png' -> 'NORMAL/001'), so an unparsed
+  file is its own group, even where another class folder has a file of the
+  same name. Other names need `patient_id_regex` or a patient CSV
+  (`assign_patient_ids`).
   """
   name = os.path.basename(filename)
   m = _PERSON_RE.match(name)
@@ -156,7 +160,109 @@ def patient_id(filename):
   m = _IM_RE.match(name)
   if m:
     return f'IM-{int(m[1])}'
-  return os.path.splitext(name)[0]
+  return os.path.splitext(filename)[0]
+
+
+def compile_patient_id_regex(pattern):
+  """Checks a `patient_id_regex`: valid, with one group or a group named
+  'patient'.
+
+  Returns:
+    (compiled pattern, the group to read: 'patient' or 1).
+  Raises:
+    SourceError: naming what is wrong with it.
+  """
+  try:
+    compiled = re.compile(pattern)
+  except re.error as e:
+    raise SourceError(f'patient_id_regex {pattern!r} is not a regular '
+                      f'expression: {e}') from None
+  if 'patient' in compiled.groupindex:
+    return compiled, 'patient'
+  if compiled.groups != 1:
+    raise SourceError(
+        f'patient_id_regex {pattern!r} has {compiled.groups} groups; give '
+        'one group, or name the patient\'s (?P<patient>...), e.g. '
+        "'^(\\d+)_'")
+  return compiled, 1
+
+
+def read_patient_csv(csv_path):
+  """{path or file name: patient id} from a CSV with the columns `path`
+  and `patient_id`.
+
+  Raises:
+    SourceError: unreadable, without those columns or rows, a blank id, or
+      one path given two patients.
+  """
+  rows = _read_csv(csv_path, ('path', 'patient_id'), 'a patient CSV')
+  if not rows:
+    raise SourceError(f'patient CSV {csv_path} has no rows; give a header '
+                      'path,patient_id and one row per image')
+  patients = {}
+  for line, row in enumerate(rows, start=2):
+    path = (row['path'] or '').strip().replace(os.sep, '/').lstrip('/')
+    value = (row['patient_id'] or '').strip()
+    if not path or not value:
+      raise SourceError(f'patient CSV {csv_path} line {line}: path and '
+                        'patient_id must not be blank')
+    if patients.setdefault(path, value) != value:
+      raise SourceError(f'patient CSV {csv_path} line {line}: {path} has two '
+                        f'patient ids ({patients[path]!r} and {value!r})')
+  return patients
+
+
+def assign_patient_ids(files, patient_id_regex=None, patient_csv=None):
+  """Replaces the scanned patient ids with the user's.
+
+  Args:
+    files: `SourceFile`s.
+    patient_id_regex: searched (`re.search`) in each file's name, or in its
+      path relative to the source folder if the pattern has a '/'; the
+      patient id is its group `patient`, else its one group.
+    patient_csv: a CSV (`read_patient_csv`) whose `path` is the path
+      relative to the source folder or, failing that, the file name.
+
+  Returns:
+    The files with their patient ids replaced (the same list if neither is
+    given).
+  Raises:
+    SourceError: both given, a bad pattern or CSV, or a file the pattern
+      does not match or the CSV does not list (named, with how many more).
+  """
+  if patient_id_regex and patient_csv:
+    raise SourceError('give --patient_id_regex or --patient_csv, not both')
+  if not patient_id_regex and not patient_csv:
+    return files
+  if patient_id_regex:
+    compiled, group = compile_patient_id_regex(patient_id_regex)
+    on_path = '/' in patient_id_regex
+
+    def lookup(f):
+      m = compiled.search(f.path if on_path else os.path.basename(f.path))
+      return (m[group] or None) if m else None
+    source = f'patient_id_regex {patient_id_regex!r}'
+    fix = 'fix the pattern (or give --patient_csv)'
+  else:
+    table = read_patient_csv(patient_csv)
+
+    def lookup(f):
+      return table.get(f.path, table.get(os.path.basename(f.path)))
+    source = f'patient CSV {patient_csv}'
+    fix = 'add a row for each image'
+  assigned, missing = [], []
+  for f in files:
+    value = lookup(f)
+    if value is None:
+      missing.append(f.path)
+    else:
+      assigned.append(dataclasses.replace(f, patient_id=value))
+  if missing:
+    more = f' and {len(missing) - 1} other file(s)' if len(missing) > 1 else ''
+    verb = 'does not match' if patient_id_regex else 'has no row for'
+    raise SourceError(f'{source} {verb} {display_path(missing[0])}{more}; '
+                      f'{fix}')
+  return assigned
 
 
 def dicom_patient_id(full_path, path):
@@ -359,7 +465,7 @@ def read_rsna_classes(class_info_path):
   return classes
 
 
-def _read_csv(path, columns):
+def _read_csv(path, columns, kind='RSNA stage 2'):
   """The rows of a CSV file with a header, checked for `columns`."""
   try:
     with open(path, newline='', encoding='utf-8') as f:
@@ -368,7 +474,7 @@ def _read_csv(path, columns):
     raise SourceError(f'cannot read {path}: {e}') from e
   if rows and not set(columns) <= set(rows[0]):
     raise SourceError(f'{path} needs the columns {" and ".join(columns)} '
-                      f'(RSNA stage 2), has {sorted(rows[0])}')
+                      f'({kind}), has {sorted(rows[0])}')
   return rows
 
 
@@ -638,8 +744,15 @@ def draw_splits(files, class_names, val_counts, test_counts, seed=0):
     SourceError: a class missing from or unknown to the counts, or counts
       that leave no training image of a class.
   """
+  return _draw(files, class_names, {'test': test_counts, 'val': val_counts},
+               seed)
+
+
+def _draw(files, class_names, targets, seed):
+  """Draws the splits of `targets` ({split: {class: n}}, in drawing order)
+  by patient; the rest is train. See `draw_splits`."""
   available = collections.Counter(f.class_name for f in files)
-  for split, counts in (('val', val_counts), ('test', test_counts)):
+  for split, counts in targets.items():
     if counts is None:
       raise SourceError(f'a re-split needs {split} counts for every class, '
                         f'e.g. --{split}_counts=NORMAL:150,PNEUMONIA:400')
@@ -651,11 +764,13 @@ def draw_splits(files, class_names, val_counts, test_counts, seed=0):
           f'; give one count for each class, e.g. --{split}_counts='
           + ','.join(f'{c}:N' for c in class_names))
   for c in class_names:
-    if val_counts[c] + test_counts[c] >= available[c]:
+    asked = sum(counts[c] for counts in targets.values())
+    if asked >= available[c]:
+      wanted = ' + '.join(f'{split} {counts[c]}'
+                          for split, counts in targets.items())
       raise SourceError(
-          f'val {val_counts[c]} + test {test_counts[c]} {c} images leave none '
-          f'for training: there are {available[c]} (after removing '
-          'duplicates); ask for fewer')
+          f'{wanted} {c} images leave none for training: there are '
+          f'{available[c]} (after removing duplicates); ask for fewer')
 
   groups = collections.defaultdict(list)
   for f in files:
@@ -665,8 +780,8 @@ def draw_splits(files, class_names, val_counts, test_counts, seed=0):
   remaining = stable_order(groups, seed, 'patients')
   splits = {}
   actual = {}
-  for split, targets in (('test', test_counts), ('val', val_counts)):
-    chosen, taken = _fill(remaining, group_counts, targets)
+  for split, split_targets in targets.items():
+    chosen, taken = _fill(remaining, group_counts, split_targets)
     remaining = [p for p in remaining if p not in chosen]
     splits[split] = sorted((f for pid in chosen for f in groups[pid]),
                            key=lambda f: f.path)
@@ -675,10 +790,10 @@ def draw_splits(files, class_names, val_counts, test_counts, seed=0):
                            key=lambda f: f.path)
   train_counts = collections.Counter(f.class_name for f in splits['train'])
   actual['train'] = {c: train_counts[c] for c in class_names}
-  requested = {'val': dict(val_counts), 'test': dict(test_counts)}
-  return ({s: splits[s] for s in SPLIT_FOLDERS},
+  requested = {s: dict(targets[s]) for s in SPLIT_FOLDERS if s in targets}
+  return ({s: splits[s] for s in SPLIT_FOLDERS if s in splits},
           {'requested': requested,
-           'actual': {s: actual[s] for s in SPLIT_FOLDERS}})
+           'actual': {s: actual[s] for s in SPLIT_FOLDERS if s in actual}})
 
 
 def _fill(order, group_counts, targets):
@@ -723,48 +838,166 @@ def _fill(order, group_counts, targets):
   return chosen, {c: taken[c] for c in targets}
 
 
+def check_split_arguments(resplit=False, val_counts=None, test_counts=None,
+                          keep_test=False, val_fraction=None,
+                          test_fraction=None):
+  """Checks how the splits are asked for, before anything is scanned.
+
+  Raises:
+    SourceError: a re-split and keep_test together, a split to draw with
+      neither counts nor a fraction, counts and a fraction
+      for one split, a fraction outside (0, 1) or fractions adding up to 1
+      or more, test counts or a test fraction with keep_test, or counts or
+      fractions without a split to draw.
+  """
+  if resplit and keep_test:
+    raise SourceError('--resplit draws val and test anew, --keep_test keeps '
+                      'the test folder: give one of them')
+  for split, counts, fraction in (('val', val_counts, val_fraction),
+                                  ('test', test_counts, test_fraction)):
+    if counts is not None and fraction is not None:
+      raise SourceError(f'give --{split}_counts or --{split}_fraction, not '
+                        'both')
+    if fraction is not None and not 0 < fraction < 1:
+      raise SourceError(f'{split}_fraction must be between 0 and 1 '
+                        f'(exclusive), got {fraction}')
+  if (val_fraction or 0) + (test_fraction or 0) >= 1:
+    raise SourceError(f'val_fraction {val_fraction} + test_fraction '
+                      f'{test_fraction} leave nothing for training; ask for '
+                      'less')
+  asked = any(v is not None for v in (val_counts, test_counts, val_fraction,
+                                      test_fraction))
+  if keep_test and (test_counts is not None or test_fraction is not None):
+    raise SourceError('--keep_test keeps the test folder as it is: drop '
+                      '--test_counts/--test_fraction')
+  if resplit:
+    for split, counts, fraction in (('val', val_counts, val_fraction),
+                                    ('test', test_counts, test_fraction)):
+      if counts is None and fraction is None:
+        raise SourceError(
+            f'a re-split needs {split} counts for every class, e.g. '
+            f'--{split}_counts=NORMAL:150,PNEUMONIA:400, or '
+            f'--{split}_fraction')
+  if keep_test and val_counts is None and val_fraction is None:
+    raise SourceError('--keep_test draws val from train: add --val_counts '
+                      'or --val_fraction')
+  if not resplit and not keep_test and asked:
+    raise SourceError('val/test counts and fractions only apply to a '
+                      're-split; add --resplit (or --keep_test for val '
+                      'alone) or drop them')
+
+
+def counts_from_fraction(files, class_names, fraction):
+  """{class: round(fraction * images of the class in `files`)}."""
+  available = collections.Counter(f.class_name for f in files)
+  return {c: math.floor(fraction * available[c] + 0.5) for c in class_names}
+
+
 def plan(src_dir, resplit=False, val_counts=None, test_counts=None,
-         seed=0, layout='auto'):
+         seed=0, layout='auto', keep_test=False, val_fraction=None,
+         test_fraction=None, patient_id_regex=None, patient_csv=None):
   """Scans `src_dir`, removes duplicates and assigns every file a split.
 
   Args:
     src_dir: the source folder.
     resplit: pool all images and draw val and test anew (grouped by
       patient); otherwise keep the split folders of the source.
-    val_counts, test_counts: {class: images}; only with resplit.
+    val_counts, test_counts: {class: images}; only with resplit (val also
+      with keep_test).
     seed: seed of the re-split.
     layout: see `scan`.
+    keep_test: keep the source's test/ folder as it is and draw val from
+      the rest (train/, and val/ if there is one) by patient; images of a
+      patient who is also in test/ are left out of train and val (skipped,
+      with that reason), so that no patient spans two splits.
+    val_fraction, test_fraction: instead of the counts, a fraction of each
+      class's images (after removing duplicates) in (0, 1).
+    patient_id_regex, patient_csv: the patients of a user's own file names
+      (see `assign_patient_ids`); default: parsed from Kermany's names.
 
   Returns:
     A `Plan`.
 
   Raises:
-    SourceError: see `scan` and `draw_splits`; also counts without a re-split,
-      and a pool layout without a re-split (it has no splits to keep).
+    SourceError: see `check_split_arguments`, `scan`, `assign_patient_ids`
+      and `draw_splits`; also a pool layout without a re-split (it has no
+      splits to keep), and keep_test without a test folder.
   """
+  check_split_arguments(resplit, val_counts, test_counts, keep_test,
+                        val_fraction, test_fraction)
+  if patient_id_regex or patient_csv:
+    # Checked before the (long) scan of a large tree.
+    if patient_id_regex:
+      compile_patient_id_regex(patient_id_regex)
+    else:
+      read_patient_csv(patient_csv)
   found = scan(src_dir, layout)
-  if not resplit and (val_counts or test_counts):
-    raise SourceError('val/test counts only apply to a re-split; add '
-                      '--resplit or drop the counts')
-  if not resplit and found.layout in ('pool', 'rsna'):
+  if not resplit and not keep_test and found.layout in ('pool', 'rsna'):
     kind = ('one pool of class folders' if found.layout == 'pool' else
             'an RSNA training set (one pool of images)')
     raise SourceError(
         f'src_dir {src_dir} is {kind} with no split folders; add --resplit '
-        'with --val_counts and --test_counts')
+        'with --val_counts and --test_counts (or the fractions)')
+  if found.layout == 'rsna' and (patient_id_regex or patient_csv):
+    raise SourceError('RSNA\'s patient ids are its patientIds: drop '
+                      '--patient_id_regex/--patient_csv')
+  scanned = assign_patient_ids(found.files, patient_id_regex, patient_csv)
   files, duplicates = find_duplicates(
-      src_dir, found.files, prefer_evaluation_splits=not resplit)
+      src_dir, scanned, prefer_evaluation_splits=not resplit)
+  skipped = list(found.skipped)
   split_counts = None
   if resplit:
+    if val_fraction is not None:
+      val_counts = counts_from_fraction(files, found.class_names, val_fraction)
+    if test_fraction is not None:
+      test_counts = counts_from_fraction(files, found.class_names,
+                                         test_fraction)
     splits, split_counts = draw_splits(files, found.class_names, val_counts,
-                                   test_counts, seed)
+                                       test_counts, seed)
+  elif keep_test:
+    splits, split_counts, left_out = _keep_test_splits(
+        src_dir, found, files, val_counts, val_fraction, seed)
+    skipped = sorted(skipped + left_out, key=lambda item: item['path'])
   else:
     splits = {s: [f for f in files if f.source_split == s]
               for s in SPLIT_FOLDERS
               if any(f.source_split == s for f in found.files)}
   return Plan(src_dir, found.layout, found.class_names, splits, duplicates,
               found.ignored, len(found.files) + len(found.skipped),
-              split_counts, found.skipped)
+              split_counts, skipped)
+
+
+def _keep_test_splits(src_dir, found, files, val_counts, val_fraction, seed):
+  """test/ as it is, val drawn by patient from the rest (see `plan`).
+
+  Returns:
+    (splits, split_counts, [{'path', 'reason'}] of the files left out).
+  """
+  if found.layout not in ('kaggle', 'mendeley'):
+    raise SourceError(f'src_dir {src_dir} has no test/ folder to keep '
+                      f'({found.layout} layout); use --resplit')
+  test = [f for f in files if f.source_split == 'test']
+  test_patients = {f.patient_id for f in test}
+  pool, left_out = [], []
+  for f in files:
+    if f.source_split == 'test':
+      continue
+    if f.patient_id in test_patients:
+      left_out.append({'path': display_path(f.path), 'reason': (
+          'its patient is also in test/, which is kept as it is; left out '
+          'so that no patient spans two splits')})
+    else:
+      pool.append(f)
+  if val_fraction is not None:
+    val_counts = counts_from_fraction(pool, found.class_names, val_fraction)
+  drawn, split_counts = _draw(pool, found.class_names, {'val': val_counts},
+                              seed)
+  test_counts = collections.Counter(f.class_name for f in test)
+  split_counts['actual']['test'] = {c: test_counts[c]
+                                    for c in found.class_names}
+  splits = {'train': drawn['train'], 'val': drawn['val'],
+            'test': sorted(test, key=lambda f: f.path)}
+  return splits, split_counts, left_out
 
 
 def check_out_dir(src_dir, out_dir):

@@ -69,10 +69,12 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import secrets
 import shutil
 import sys
 import time
+import unicodedata
 
 from xray_tfdata import atomic
 from xray_tfdata import dicom
@@ -109,8 +111,10 @@ class OutputError(errors.XrayError):
 
 def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
             test_counts=None, num_shards=None, num_workers=None, seed=0,
-            overwrite=False, name=schema.DEFAULT_NAME, layout='auto',
-            resume=True, progress=True, voi='auto', patient_id_salt=None):
+            overwrite=False, name=None, layout='auto',
+            resume=True, progress=True, voi='auto', patient_id_salt=None,
+            keep_test=False, val_fraction=None, test_fraction=None,
+            patient_id_regex=None, patient_csv=None):
   """Converts an image tree into TFRecord shards, TFDS' metadata and
   xray_info.json.
 
@@ -128,7 +132,8 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
       the usual `if __name__ == '__main__':` guard.
     seed: orders examples within splits and draws the re-split.
     overwrite: replace a dataset already in out_dir.
-    name: dataset name, the prefix of the shard file names.
+    name: dataset name, the prefix of the shard file names; None derives
+      it from the source folder's name (`dataset_name`).
     layout: 'auto', 'kaggle', 'mendeley', 'pool' or 'rsna' (see sources).
     resume: keep the finished shards of an interrupted run with the same
       inputs and arguments (and keep this run's if it is interrupted);
@@ -139,6 +144,12 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
       'window' (the window, else the full range) or 'full'.
     patient_id_salt: secret for the hashed patient ids of DICOM files
       (module docstring); None draws a random one, discarded at the end.
+    keep_test: keep the source's test/ folder as it is and draw val from
+      train by patient (`sources.plan`).
+    val_fraction, test_fraction: the split sizes as fractions of each
+      class, instead of val_counts and test_counts.
+    patient_id_regex, patient_csv: the patients of a user's own file names
+      (`sources.assign_patient_ids`).
 
   Returns:
     The xray_info.json contents as a dict.
@@ -155,7 +166,11 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   start = time.perf_counter()
   created = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec='seconds')
+  if name is None:
+    name = dataset_name(src_dir)
   stored_size = _check_arguments(image_size, num_shards, num_workers, name)
+  sources.check_split_arguments(resplit, val_counts, test_counts, keep_test,
+                                val_fraction, test_fraction)
   if voi not in dicom.VOI_POLICIES:
     raise OutputError(f'voi must be one of {", ".join(dicom.VOI_POLICIES)}, '
                       f'got {voi!r}')
@@ -178,10 +193,17 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   with atomic.exclusive(out_dir + LOCK_SUFFIX, f'out_dir {out_dir}'):
     # Again, under the lock: a run that held it may have just finished.
     _check_out_dir(out_dir, overwrite)
-    plan = sources.plan(src_dir, resplit, val_counts, test_counts, seed, layout)
+    plan = sources.plan(src_dir, resplit, val_counts, test_counts, seed,
+                        layout, keep_test, val_fraction, test_fraction,
+                        patient_id_regex, patient_csv)
     shards = plan_shards(plan, name, num_shards, seed, stored_size)
     arguments = {'image_size': list(stored_size), 'resplit': resplit,
+                 'keep_test': keep_test,
                  'val_counts': val_counts, 'test_counts': test_counts,
+                 'val_fraction': val_fraction, 'test_fraction': test_fraction,
+                 'patient_id_regex': patient_id_regex,
+                 'patient_csv': (os.path.abspath(patient_csv) if patient_csv
+                                 else None),
                  'num_shards': num_shards, 'seed': seed, 'name': name,
                  'layout': layout, 'voi': voi,
                  # Whether one was given; the salt itself is never written.
@@ -239,6 +261,26 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   return info
 
 
+def dataset_name(src_dir):
+  """A dataset name from the source folder's name, as TFDS names datasets:
+  lower case letters, digits and '_', starting with a letter.
+
+  'chest_xray' -> 'chest_xray'; 'My X-rays (2024)' -> 'my_x_rays_2024';
+  '2024-scans' -> 'd2024_scans'; a name with no letter or digit -> 'dataset'.
+
+  Args:
+    src_dir: the source folder (a trailing '/' and '.' are resolved).
+  """
+  folder = os.path.basename(os.path.abspath(src_dir))
+  # 'Röntgen' -> 'rontgen': accents dropped, not the letters.
+  folder = unicodedata.normalize('NFKD', folder).encode(
+      'ascii', 'ignore').decode()
+  name = re.sub(r'[^a-z0-9]+', '_', folder.lower()).strip('_')
+  if not name:
+    return 'dataset'
+  return name if name[0].isalpha() else 'd' + name
+
+
 def _fingerprint(plan, shards, arguments):
   """A digest of everything the shards depend on: arguments, format, and
   every source file's path, size and modification time, in shard order."""
@@ -252,7 +294,9 @@ def _fingerprint(plan, shards, arguments):
         mtime = os.stat(os.path.join(plan.src_dir, f.path)).st_mtime_ns
       except OSError:
         mtime = -1  # gone since the scan: its decode reports why
-      digest.update(f'\0{f.path}\0{f.num_bytes}\0{mtime}'.encode())
+      # The patient id is stored, and may come from a CSV that changed.
+      digest.update(f'\0{f.path}\0{f.num_bytes}\0{mtime}\0{f.patient_id}'
+                    .encode())
   return digest.hexdigest()
 
 
@@ -541,7 +585,7 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
       'src_dir': os.path.abspath(plan.src_dir),
       'layout': plan.layout,
       'arguments': arguments,
-      'split_counts': plan.split_counts,
+      'split_counts': _written_split_counts(plan, splits),
       'counts': {'scanned': plan.num_scanned, 'written': num_written,
                  'skipped': len(skipped), 'duplicates': len(plan.duplicates)},
       'skipped': skipped,
@@ -566,6 +610,27 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
            arguments['patient_id_salt'] == 'given' else
            'random and discarded'))
   return info
+
+
+def _written_split_counts(plan, splits):
+  """The plan's split counts with 'actual' as the shards hold them and,
+  where a drawn split holds fewer than requested, 'short' by how many per
+  class (a file that failed to decode, or no patient that fit the gap);
+  None without a drawn split."""
+  if plan.split_counts is None:
+    return None
+  requested = plan.split_counts['requested']
+  actual = {split: dict(entry['class_counts'])
+            for split, entry in splits.items()}
+  short = {}
+  for split, counts in requested.items():
+    gaps = {c: n - actual.get(split, {}).get(c, 0) for c, n in counts.items()}
+    if any(gap > 0 for gap in gaps.values()):
+      short[split] = {c: max(gap, 0) for c, gap in gaps.items()}
+  result = {'requested': requested, 'actual': actual}
+  if short:
+    result['short'] = short
+  return result
 
 
 def _move_into_place(partial, out_dir):
@@ -594,6 +659,15 @@ def print_summary(info, out_dir):
     per_class = ', '.join(f'{c} {n}' for c, n in entry['class_counts'].items())
     lines.append(f'  {split}: {entry["num_examples"]} ({per_class}) in '
                  f'{len(entry["shards"])} shards')
+  short = (info.get('split_counts') or {}).get('short', {})
+  for split, gaps in short.items():
+    asked = info['split_counts']['requested'][split]
+    lines.append(
+        f'  warning: {split} holds fewer than requested: ' + ', '.join(
+            f'{c} {asked[c] - gap} of {asked[c]}'
+            for c, gap in gaps.items() if gap) +
+        ' (files that failed to decode, or no patient fitted the rest; see '
+        'skipped)')
   for title, items, text in (
       ('skipped', info['skipped'], lambda s: f'{s["path"]}: {s["reason"]}'),
       ('duplicates', info['duplicates'],

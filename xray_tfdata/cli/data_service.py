@@ -50,17 +50,17 @@ def main(argv):
   num_workers = _NUM_WORKERS.value
   if num_workers is None:
     num_workers = 1 if _DISPATCHER_ADDRESS.value else 0
-  if _WORK_DIR.value and _PORT.value is None:
-    raise SystemExit('error: --work_dir belongs to a dispatcher: pass --port')
-  try:
+  # SIGTERM, the usual way to stop a service, ends as Ctrl-C does: the
+  # servers are stopped, then one line and exit code 130.
+  with runtime.tool_errors():
+    if _WORK_DIR.value and _PORT.value is None:
+      raise data_service.DataServiceError(
+          '--work_dir belongs to a dispatcher: pass --port')
     data_service.serve(port=_PORT.value, work_dir=_WORK_DIR.value,
                        dispatcher_address=_DISPATCHER_ADDRESS.value,
                        num_workers=num_workers, worker_port=_WORKER_PORT.value,
                        worker_address=_WORKER_ADDRESS.value,
                        log=lambda line: print(line, flush=True))
-  except data_service.DataServiceError as e:
-    raise SystemExit(f'error: {e}')
-
 
 def run():
   """The console script (xray-data-service) and tools/data_service."""

@@ -1,11 +1,15 @@
 """Converts chest X-ray image folders into TFRecord shards + dataset_info.json.
 
+  # Kaggle's train/ val/ test/ as they are:
   tools/make_tfrecords --src_dir=chest_xray --out_dir=data/kermany_224
-  tools/make_tfrecords --flagfile=configs/kermany_tfrecords.flags \
-      --src_dir=chest_xray --out_dir=data/kermany_224   # the seed's re-split
-  tools/make_tfrecords --src_dir=rsna-pneumonia-detection-challenge \
-      --out_dir=data/rsna_224 --resplit --val_counts=NORMAL:1000,PNEUMONIA:300 \
-      --test_counts=NORMAL:1000,PNEUMONIA:300   # RSNA's DICOMs
+  # the seed's re-split (by patient, fixed counts per class):
+  tools/make_tfrecords --flagfile=configs/kermany_tfrecords.flags --src_dir=chest_xray --out_dir=data/kermany_224
+  # Mendeley's train/ test/: val drawn from train by patient, test kept:
+  tools/make_tfrecords --src_dir=ChestXRay2017 --out_dir=data/mendeley_224 --keep_test --val_fraction=0.1
+  # your own class folders, patients named by the file names (p017_2.png):
+  tools/make_tfrecords --src_dir=my_xrays --out_dir=data/mine --resplit --val_fraction=0.15 --test_fraction=0.15 --patient_id_regex='^p(\d+)_'
+  # RSNA's DICOMs:
+  tools/make_tfrecords --src_dir=rsna-pneumonia-detection-challenge --out_dir=data/rsna_224 --resplit --val_counts=NORMAL:1000,PNEUMONIA:300 --test_counts=NORMAL:1000,PNEUMONIA:300
 
 Flags may live in flagfiles (they nest; later flags win). All logic is in
 xray_tfdata.writer.convert.
@@ -38,13 +42,34 @@ _OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'Replace a dataset already in out_dir.')
 _RESPLIT = flags.DEFINE_bool(
     'resplit', False, 'Pool all images and draw val and test anew, grouped by '
-    'patient (needs --val_counts and --test_counts).')
+    'patient (needs --val_counts or --val_fraction, and --test_counts or '
+    '--test_fraction).')
+_KEEP_TEST = flags.DEFINE_bool(
+    'keep_test', False, 'Keep the source\'s test/ folder as it is and draw '
+    'val from train/ (and val/) by patient (needs --val_counts or '
+    '--val_fraction); train images of a patient in test/ are left out.')
 _VAL_COUNTS = flags.DEFINE_string(
-    'val_counts', None, 'Re-split val images per class, e.g. '
+    'val_counts', None, 'Drawn val images per class, e.g. '
     'NORMAL:150,PNEUMONIA:400.')
 _TEST_COUNTS = flags.DEFINE_string(
-    'test_counts', None, 'Re-split test images per class, e.g. '
+    'test_counts', None, 'Drawn test images per class, e.g. '
     'NORMAL:150,PNEUMONIA:400.')
+_VAL_FRACTION = flags.DEFINE_float(
+    'val_fraction', None, 'Instead of --val_counts: this fraction of each '
+    'class (0 to 1, exclusive).')
+_TEST_FRACTION = flags.DEFINE_float(
+    'test_fraction', None, 'Instead of --test_counts: this fraction of each '
+    'class (0 to 1, exclusive).')
+_PATIENT_ID_REGEX = flags.DEFINE_string(
+    'patient_id_regex', None, 'Patient ids from your own file names: a '
+    'regular expression with one group (or a group named patient), searched '
+    'in each file name, or in its path under --src_dir if it has a /. '
+    'Default: Kermany\'s names (person12_..., IM-0115-...); any other file '
+    'is its own patient.')
+_PATIENT_CSV = flags.DEFINE_string(
+    'patient_csv', None, 'Instead of --patient_id_regex: a CSV with the '
+    'columns path (under --src_dir, or the file name) and patient_id, a row '
+    'per image.')
 _NUM_SHARDS = flags.DEFINE_integer(
     'num_shards', None, 'Shards per split (default: automatic, at least 8 and '
     'at most about 128 MiB each).', lower_bound=1)
@@ -53,7 +78,9 @@ _NUM_WORKERS = flags.DEFINE_integer(
     lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the example order and the '
                              're-split.')
-_NAME = flags.DEFINE_string('name', 'kermany', 'Dataset name (shard prefix).')
+_NAME = flags.DEFINE_string(
+    'name', None, 'Dataset name (shard prefix); default: the --src_dir '
+    'folder\'s name in TFDS\' style (lower case, digits, _).')
 _LAYOUT = flags.DEFINE_enum('layout', 'auto', sources.LAYOUTS,
                             'Source layout; auto detects it.')
 _RESUME = flags.DEFINE_bool(
@@ -92,7 +119,11 @@ def main(argv):
         num_shards=_NUM_SHARDS.value, num_workers=_NUM_WORKERS.value,
         seed=_SEED.value, overwrite=_OVERWRITE.value, name=_NAME.value,
         layout=_LAYOUT.value, resume=_RESUME.value, progress=_PROGRESS.value,
-        voi=_VOI.value, patient_id_salt=_PATIENT_ID_SALT.value)
+        voi=_VOI.value, patient_id_salt=_PATIENT_ID_SALT.value,
+        keep_test=_KEEP_TEST.value, val_fraction=_VAL_FRACTION.value,
+        test_fraction=_TEST_FRACTION.value,
+        patient_id_regex=_PATIENT_ID_REGEX.value,
+        patient_csv=_PATIENT_CSV.value)
 
 
 def run():
