@@ -496,6 +496,9 @@ def test_evaluation_takes_the_threshold_from_val_and_the_95_interval(
   monkeypatch.setattr(training, 'predict_split',
                       lambda net, builder, split, batch_size:
                       predictions[split])
+  # The clinical evaluation reads patients from the records; not here.
+  monkeypatch.setattr(training.scoring, 'evaluate_dataset',
+                      lambda *args, **kwargs: {})
   config = tiny_config('unused', bootstrap_resamples=400, seed=5)
   results = training.evaluate_splits(None, None, config)
 
