@@ -509,8 +509,9 @@ def _backbone(backbone, image_size, weights_path):
     if weights_path is None:
       raise
     raise WeightsError(
-        f'weights file {weights_path!r} does not fit {backbone} without its '
-        f'top ({e})'.replace('\n', ' ')) from e
+        f'weights file {weights_path!r} does not fit '
+        f'{_APPLICATIONS[backbone][0]} without its top '
+        f'({e})'.replace('\n', ' ')) from e
 
 
 def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
