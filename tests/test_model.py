@@ -328,3 +328,216 @@ def test_defaults_are_the_seeds_head():
   assert float(net.optimizer.learning_rate) == pytest.approx(
       SEED_LEARNING_RATE, rel=1e-6)
   assert isinstance(net.loss, keras.losses.BinaryCrossentropy)
+
+
+# --- The backbones of issue 20 -------------------------------------------
+
+_NEW_BACKBONES = ('densenet121', 'resnet50', 'efficientnetv2s')
+# Each backbone's keras.applications module, for its preprocess_input.
+_APPLICATION_MODULES = {'densenet121': 'densenet', 'resnet50': 'resnet50',
+                        'efficientnetv2s': 'efficientnet_v2'}
+
+
+def _stage_of(backbone, layer_name, stages):
+  """The stage (1..stages) a layer belongs to by its Keras name, 0 for the
+  stem before the first, stages + 1 for the top after the last: the rule
+  --frozen_blocks is documented to follow, written out independently."""
+  import re  # pylint: disable=g-import-not-at-top
+  patterns = {
+      # conv2_block1_0_bn / pool2_conv (dense block 1 and its transition).
+      'densenet121': (r'^(?:conv|pool)(\d)_', -1, ('bn', 'relu')),
+      'resnet50': (r'^conv(\d)_', -1, ()),
+      'efficientnetv2s': (r'^block(\d)[a-z]_', 0, ('top_',)),
+  }
+  pattern, offset, top = patterns[backbone]
+  match = re.match(pattern, layer_name)
+  if match and int(match.group(1)) + offset >= 1:
+    return int(match.group(1)) + offset
+  if layer_name.startswith(top) if top else False:
+    return stages + 1
+  return 0
+
+
+def _batch_norm_statistics(base):
+  return {layer.name: [np.array(layer.moving_mean),
+                       np.array(layer.moving_variance)]
+          for layer in base.layers
+          if isinstance(layer, keras.layers.BatchNormalization)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('backbone', _NEW_BACKBONES)
+def test_new_backbone_builds_trains_freezes_saves_and_reloads(tmp_path,
+                                                              backbone):
+  frozen = 2
+  net = model_lib.build_model(SIZE, backbone=backbone, frozen_blocks=frozen,
+                              policy='float32')
+  base = net.layers[2]
+  stages = len(model_lib.checks.BACKBONE_STAGES[backbone])
+
+  # Preprocessing: the backbone's own preprocess_input on the gray image
+  # replicated to RGB, to the bit.
+  images = _images(8)
+  rgb = np.repeat(images, 3, axis=-1).astype('float32')
+  application = getattr(keras.applications, _APPLICATION_MODULES[backbone])
+  preprocessed = keras.Model(
+      net.input, net.get_layer(f'{backbone}_preprocess').output)(images)
+  np.testing.assert_array_equal(preprocessed,
+                                application.preprocess_input(rgb.copy()))
+  if backbone == 'efficientnetv2s':  # the model rescales itself
+    rescaling = base.get_layer('rescaling')
+    np.testing.assert_allclose(rescaling(preprocessed), rgb / 128 - 1,
+                               atol=1e-6)
+
+  # Exactly the named stages are frozen, for every --frozen_blocks.
+  stage = [_stage_of(backbone, layer.name, stages) for layer in base.layers]
+  assert set(stage) == set(range(stages + 2)) - (
+      {stages + 1} if backbone == 'resnet50' else set())
+  assert [layer.trainable for layer in base.layers] == [
+      s > frozen for s in stage]
+  for n in range(stages + 1):
+    count = model_lib.frozen_layer_count(base, n, backbone)
+    assert [i < count for i in range(len(stage))] == [
+        (n > 0 and s <= n) or n == stages for s in stage], n
+
+  # Training moves the trained batch norms' statistics, not the frozen ones'.
+  before = _batch_norm_statistics(base)
+  model_lib.compile_model(net)
+  # Eagerly: tracing the train step of these deep graphs takes minutes on
+  # 2 cores, running it once a fraction of that; the step is the same.
+  net.run_eagerly = True
+  history = net.fit(images, np.array([0, 1] * 4, 'float32'), batch_size=8,
+                    epochs=1, verbose=0)
+  assert np.isfinite(history.history['loss'][0])
+  after = _batch_norm_statistics(base)
+  moved = set()
+  for layer in base.layers:
+    if layer.name in before:
+      same = all(np.array_equal(a, b) for a, b in zip(before[layer.name],
+                                                      after[layer.name]))
+      if not layer.trainable:
+        assert same, layer.name
+      elif not same:
+        moved.add(layer.name)
+  assert moved
+
+  path = str(tmp_path / 'model.keras')
+  net.save(path)
+  restored = keras.models.load_model(path)
+  # Called eagerly, not predict(), for the same reason as fit above.
+  probs = keras.ops.convert_to_numpy(net(images, training=False))
+  assert probs.shape == (8, 1) and probs.dtype == np.float32
+  np.testing.assert_allclose(restored(images, training=False), probs,
+                             atol=1e-6)
+  assert isinstance(net.get_layer('avg_pool'),
+                    keras.layers.GlobalAveragePooling2D)
+
+
+@pytest.mark.slow
+def test_new_backbone_local_weights_file_under_mixed_precision(tmp_path):
+  keras.utils.set_random_seed(123)
+  source = keras.applications.ResNet50(include_top=False, weights=None,
+                                       input_shape=(SIZE, SIZE, 3))
+  path = str(tmp_path / 'resnet50.weights.h5')
+  source.save_weights(path)
+  keras.utils.set_random_seed(7)  # different initial weights
+  net = model_lib.build_model(SIZE, backbone='resnet50', weights=path,
+                              policy='mixed_bfloat16', frozen_blocks=0)
+  base = net.get_layer('resnet50')
+  for layer in ('conv1_conv', 'conv5_block3_3_conv'):
+    np.testing.assert_array_equal(base.get_layer(layer).kernel,
+                                  source.get_layer(layer).kernel)
+  assert base.get_layer('conv5_block3_3_conv').compute_dtype == 'bfloat16'
+  for name in ('resnet50_preprocess', 'probability'):
+    assert net.get_layer(name).compute_dtype == 'float32'
+  assert net.predict(_images(), verbose=0).dtype == np.float32
+
+
+@pytest.mark.slow
+def test_new_backbone_exports_a_serving_model_that_predicts(tmp_path):
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import serving  # pylint: disable=g-import-not-at-top
+  size = 64  # not the 224 the seed's VGG16 is exported at
+  net = model_lib.build_model(size, backbone='resnet50', frozen_blocks=0,
+                              policy='float32')
+  images = _images(2, size=size)
+  serving.export_model(net, str(tmp_path), size)
+  blobs = []
+  for image in images:
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0]).save(buffer, format='PNG')
+    blobs.append(buffer.getvalue())
+  served = tf.saved_model.load(str(tmp_path / serving.SERVING_DIR))
+  probs = served.serve(tf.constant(blobs))['probability'].numpy()
+  np.testing.assert_allclose(probs, net.predict(images, verbose=0)[:, 0],
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize('backbone, size, needle', [
+    ('densenet121', 513, 'above 512'),
+    ('efficientnetv2s', 1024, 'above 512'),
+    ('resnet50', 16, 'below 32'),
+    ('densenet121', 31, 'below 32'),
+])
+def test_image_size_bounds_per_backbone(backbone, size, needle):
+  with pytest.raises(model_lib.checks.SettingError, match=needle):
+    model_lib.build_model(size, backbone=backbone, frozen_blocks=0)
+  for ok in (32, 512):
+    model_lib.checks.check_backbone(backbone, 0, None, ok)
+
+
+@pytest.mark.parametrize('backbone, frozen_blocks', [
+    ('densenet121', 5), ('resnet50', 5), ('efficientnetv2s', 7)])
+def test_frozen_blocks_beyond_the_backbones_stages(backbone, frozen_blocks):
+  with pytest.raises(model_lib.checks.SettingError,
+                     match=f'0..{frozen_blocks - 1} for --backbone'):
+    model_lib.build_model(SIZE, backbone=backbone,
+                          frozen_blocks=frozen_blocks)
+
+
+def test_frozen_blocks_help_says_what_n_covers_for_each_backbone():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import config as config_lib  # pylint: disable=g-import-not-at-top
+  help_text = {f.name: f.metadata['help'] for f in dataclasses.fields(
+      config_lib.TrainConfig)}['frozen_blocks']
+  for covers in ('vgg16 5 (block1..block5)', 'mini_vgg 4 (block1..block4)',
+                 'densenet121 4 (conv2..conv5)', 'resnet50 4 (conv2..conv5)',
+                 'efficientnetv2s 6 (block1..block6)'):
+    assert covers in help_text
+
+
+def test_frozen_random_weights_warn_in_one_line(monkeypatch, capsys):
+  monkeypatch.setattr(model_lib, '_WARNED', set())
+  model_lib.build_model(16, backbone='mini_vgg', dense_units=(4,))
+  model_lib.build_model(16, backbone='mini_vgg', dense_units=(4,))
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1  # once, not once a build
+  assert lines[0].startswith('warning: ')
+  assert ('--frozen_blocks=4 freezes 4 of the 4 random stages of mini_vgg'
+          in lines[0]) and '--frozen_blocks=0' in lines[0]
+  model_lib.build_model(16, backbone='mini_vgg', dense_units=(4,),
+                        frozen_blocks=0)
+  assert not capsys.readouterr().err
+  assert model_lib.checks.random_frozen_warning('vgg16', 4,
+                                                'imagenet') is None
+
+
+@pytest.mark.parametrize('backbone', _NEW_BACKBONES)
+def test_new_backbone_imagenet_offline_fails_fast_naming_file_and_place(
+    tmp_path, monkeypatch, backbone):
+  monkeypatch.setenv('KERAS_HOME', str(tmp_path))
+  monkeypatch.setattr(model_lib, '_PROBE_URL',
+                      'https://storage.googleapis.com.invalid/weights.h5')
+  filename = model_lib.IMAGENET_WEIGHTS[backbone][0]
+  cache_path = os.path.join(str(tmp_path), 'models', filename)
+  assert model_lib.keras_cache_path(backbone) == cache_path
+  start = time.monotonic()
+  with pytest.raises(model_lib.WeightsError) as error:
+    model_lib.build_model(SIZE, backbone=backbone, weights='imagenet')
+  assert time.monotonic() - start < 15
+  message = str(error.value)
+  assert '\n' not in message and 'is not cached' in message
+  assert f'put {filename} (from https://' in message
+  assert f'at {cache_path}' in message

@@ -14,7 +14,9 @@ Modules, one per stage:
   augment       device-side augmentation (fused RandomAffine), Keras ops only:
                 any backend, no TensorFlow.
   augment_keras_cv  the keras-cv augmentation chain (TensorFlow only).
-  model         the mixed-precision VGG16 transfer-learning model (Keras ops).
+  augment_keras_core  the Keras 3 core layers chain (any backend).
+  model         the mixed-precision transfer-learning model: VGG16,
+                DenseNet-121, ResNet-50, EfficientNetV2-S (Keras ops).
   config        TrainConfig, the settings of a run, each declared once with
                 its flag (imports no TensorFlow).
   checks        every setting's checks, shared by config, augment and model
@@ -45,8 +47,9 @@ Attributes are imported lazily so that `import xray_tfdata` does not import
 TensorFlow (the conversion worker processes rely on this).
 
 `import xray_tfdata` registers the custom Keras layers (RandomAffine,
-NoAugmentation, VGG16Preprocess, KerasCVAugmentation) with Keras, so that a
-plain `keras.models.load_model('model.keras')` works whatever the order of
+NoAugmentation, KerasCoreAugmentation, VGG16Preprocess, BackbonePreprocess,
+KerasCVAugmentation) with Keras, so that a plain
+`keras.models.load_model('model.keras')` works whatever the order of
 `import xray_tfdata` (or any submodule), `import tensorflow` and `import
 keras`: at once if Keras is already imported, otherwise right after Keras is
 (an import hook that leaves once Keras is loaded), so that processes that
@@ -74,11 +77,12 @@ def __getattr__(name):
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-# The modules whose import registers layers. Both import Keras alone (no
+# The modules whose import registers layers. All import Keras alone (no
 # TensorFlow: they run on every backend); augment registers a stand-in for
 # the TensorFlow-only KerasCVAugmentation that imports it when a model
 # holding one is loaded.
-_LAYER_MODULES = ('xray_tfdata.augment', 'xray_tfdata.model')
+_LAYER_MODULES = ('xray_tfdata.augment', 'xray_tfdata.augment_keras_core',
+                  'xray_tfdata.model')
 
 
 def _register_layers():

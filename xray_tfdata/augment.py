@@ -3,7 +3,7 @@
 The reference notebook augments with `ImageDataGenerator(rotation_range=40,
 width_shift_range=0.3, height_shift_range=0.4, shear_range=0.2,
 zoom_range=0.4, horizontal_flip=True)`, one image at a time in scipy. This
-module does the same inside the model, on whole batches, in two ways (with
+module does the same inside the model, on whole batches, in these ways (with
 the shift ranges in their documented meaning, so the notebook's geometry is
 REFERENCE_AUGMENTATION, width 0.4 and height 0.3; see below):
 
@@ -15,8 +15,11 @@ REFERENCE_AUGMENTATION, width 0.4 and height 0.3; see below):
                         RandomShear -> RandomZoom -> RandomFlip, with the
                         arguments converted to ImageDataGenerator's meanings;
                         four resampling passes.
+  KerasCoreAugmentation (in augment_keras_core; any backend) the same chain
+                        of Keras 3 core layers, what a Keras user writes
+                        today; a pass per layer.
 
-Both take ImageDataGenerator's argument names and meanings, augment only when
+All take ImageDataGenerator's argument names and meanings, augment only when
 called with a truthy `training`, and always compute and return float32
 whatever the mixed-precision policy is.
 
@@ -468,8 +471,9 @@ def make_augmentation(kind='fused', **idg_kwargs):
 
   Args:
     kind: 'fused' (RandomAffine, the default), 'keras_cv'
-      (KerasCVAugmentation) or 'none' (NoAugmentation; the ranges are
-      accepted and ignored).
+      (KerasCVAugmentation, TensorFlow only), 'keras_core'
+      (augment_keras_core.KerasCoreAugmentation, the Keras 3 core layers) or
+      'none' (NoAugmentation; the ranges are accepted and ignored).
     **idg_kwargs: RandomAffine's arguments: ImageDataGenerator's
       rotation_range, width_shift_range, height_shift_range, shear_range,
       zoom_range, horizontal_flip, plus fill_mode, interpolation, seed and
@@ -486,6 +490,9 @@ def make_augmentation(kind='fused', **idg_kwargs):
     return RandomAffine(**idg_kwargs)
   if kind == 'keras_cv':
     return _keras_cv_module().keras_cv_chain(**idg_kwargs)
+  if kind == 'keras_core':
+    return importlib.import_module(
+        'xray_tfdata.augment_keras_core').keras_core_chain(**idg_kwargs)
   if kind == 'none':
     layer_kwargs = {key: value for key, value in idg_kwargs.items()
                     if key in ('name', 'trainable')}

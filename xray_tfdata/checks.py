@@ -15,11 +15,39 @@ import re
 
 from xray_tfdata import errors
 
-AUGMENTATIONS = ('fused', 'keras_cv', 'none')
-# Convolution blocks of each backbone: VGG16's five; mini_vgg is four deep
-# (model._MINI_VGG_WIDTHS).
-BACKBONE_BLOCKS = {'vgg16': 5, 'mini_vgg': 4}
-BACKBONES = tuple(BACKBONE_BLOCKS)
+AUGMENTATIONS = ('fused', 'keras_cv', 'keras_core', 'none')
+# The named stages of each backbone that --frozen_blocks=N counts, from the
+# input up (model.STAGE_PATTERNS finds their layers): N freezes everything
+# from the input to the end of stage N; the stem goes with stage 1, and the
+# layers after the last stage (DenseNet's final batch norm, EfficientNetV2's
+# top conv) with the last.
+BACKBONE_STAGES = {
+    'vgg16': ('block1', 'block2', 'block3', 'block4', 'block5'),
+    # mini_vgg is four blocks deep (model._MINI_VGG_WIDTHS).
+    'mini_vgg': ('block1', 'block2', 'block3', 'block4'),
+    # Each dense block with the transition (poolK) after it.
+    'densenet121': ('conv2', 'conv3', 'conv4', 'conv5'),
+    'resnet50': ('conv2', 'conv3', 'conv4', 'conv5'),
+    'efficientnetv2s': ('block1', 'block2', 'block3', 'block4', 'block5',
+                        'block6'),
+}
+BACKBONE_BLOCKS = {name: len(stages)
+                   for name, stages in BACKBONE_STAGES.items()}
+BACKBONES = tuple(BACKBONE_STAGES)
+# Smallest and largest input side of each backbone (None: no upper bound).
+# The keras.applications models take 32 px or more (their own check); the
+# new backbones are built and tested up to 512 px, the largest size chest
+# X-ray work trains at. VGG16's and mini_vgg's smallest: each block ends in
+# a 2x2 pooling, so 2**blocks pixels leave one.
+BACKBONE_IMAGE_SIZES = {
+    'vgg16': (32, None),
+    'mini_vgg': (16, None),
+    'densenet121': (32, 512),
+    'resnet50': (32, 512),
+    'efficientnetv2s': (32, 512),
+}
+# Backbones without published weights: trained from scratch.
+SCRATCH_BACKBONES = ('mini_vgg',)
 POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker')
 # Weights that name no file.
@@ -134,35 +162,60 @@ def check_augmentation(rotation_range=0., width_shift_range=0.,
   zoom_bounds(zoom_range)
 
 
+def frozen_blocks_help():
+  """What --frozen_blocks=N covers for each backbone, for --help."""
+  return '; '.join(
+      f'{name} {len(stages)} ({stages[0]}..{stages[-1]})'
+      for name, stages in BACKBONE_STAGES.items())
+
+
 def check_backbone(backbone, frozen_blocks=0, weights=None, image_size=None):
   """Checks a backbone with the blocks to freeze, the weights to load and
   the input size.
 
   Args:
     backbone: one of BACKBONES.
-    frozen_blocks: leading blocks not trained.
-    weights: None, 'none', 'imagenet' or a path (only vgg16 has any).
+    frozen_blocks: leading stages not trained (BACKBONE_STAGES).
+    weights: None, 'none', 'imagenet' or a path (mini_vgg has none).
     image_size: the input's smaller side, or None.
 
   Raises:
     SettingError: unknown backbone, more frozen blocks than it has, weights
-      for mini_vgg, or an input that its poolings would shrink to nothing.
+      for mini_vgg, or an input outside BACKBONE_IMAGE_SIZES.
   """
   check_choice('backbone', backbone, BACKBONES)
   blocks = BACKBONE_BLOCKS[backbone]
-  # Each block ends in a 2x2 pooling: 2**blocks pixels leave one.
-  smallest = 2**blocks
+  smallest, largest = BACKBONE_IMAGE_SIZES[backbone]
   if image_size is not None and image_size < smallest:
     raise SettingError(
         f'image_size {image_size} is below {smallest}, the smallest input '
         f'--backbone={backbone} takes: pass --image_size={smallest} or more')
+  if image_size is not None and largest and image_size > largest:
+    raise SettingError(
+        f'image_size {image_size} is above {largest}, the largest input '
+        f'--backbone={backbone} supports: convert the dataset at '
+        f'--image_size={largest} or less')
   if not 0 <= frozen_blocks <= blocks:
     raise SettingError(
         f'frozen_blocks must be in 0..{blocks} for --backbone={backbone}, '
         f'got {frozen_blocks}: pass --frozen_blocks={min(blocks, 4)} or less')
-  if backbone == 'mini_vgg' and weights not in (None, 'none', ''):
-    raise SettingError('mini_vgg has no pretrained weights: pass '
+  if backbone in SCRATCH_BACKBONES and weights not in (None, 'none', ''):
+    raise SettingError(f'{backbone} has no pretrained weights: pass '
                        '--weights=none, or --backbone=vgg16')
+
+
+def random_frozen_warning(backbone, frozen_blocks, weights):
+  """A one-line warning when random weights would be frozen, or None.
+
+  Frozen layers with random weights never learn: only the layers above
+  them train on random features.
+  """
+  if frozen_blocks and weights in (None, 'none', ''):
+    return (f'--weights=none with --frozen_blocks={frozen_blocks} freezes '
+            f'{frozen_blocks} of the {BACKBONE_BLOCKS[backbone]} random '
+            f'stages of {backbone}, which then never learn: pass '
+            '--frozen_blocks=0 to train them, or pretrained --weights')
+  return None
 
 
 def check_weights(weights):
@@ -170,7 +223,7 @@ def check_weights(weights):
   if weights not in NAMED_WEIGHTS and not os.path.exists(weights):
     raise SettingError(
         f'weights file {weights} does not exist: pass --weights=imagenet, '
-        '--weights=none or the path of vgg16 notop .h5 weights')
+        "--weights=none or the path of the backbone's notop .h5 weights")
 
 
 def check_policy(policy):

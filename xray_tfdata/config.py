@@ -85,7 +85,8 @@ class TrainConfig:
       '', 'Dataset made by tools/make_tfrecords.', 'data', required=True)
   image_size: int = _setting(
       224, 'Model input size; must equal the stored size (vgg16: 32 or '
-      'more; mini_vgg: 16 or more).', 'data', lower=1)
+      'more; mini_vgg: 16 or more; densenet121, resnet50, efficientnetv2s: '
+      '32 to 512).', 'data', lower=1)
   batch_size: int = _setting(
       62, 'Global batch size (split across replicas).', 'training', lower=1)
   epochs: int = _setting(
@@ -94,24 +95,32 @@ class TrainConfig:
   learning_rate: float = _setting(1e-4, 'Adam learning rate (> 0).',
                                   'training')
   weights: str = _setting(
-      'imagenet', "VGG16 weights: 'imagenet' (Keras download/cache), 'none', "
-      'or a local notop .h5 path.', 'model')
+      'imagenet', "Backbone weights: 'imagenet' (Keras download/cache, "
+      "~/.keras/models/), 'none', or a local notop .h5/.weights.h5 path.",
+      'model')
   frozen_blocks: int = _setting(
-      4, 'Backbone blocks frozen from the bottom (the reference: 4; mini_vgg '
-      'has 4 blocks, vgg16 5).', 'model', lower=0,
+      4, 'Backbone stages frozen from the input up (the reference: 4), '
+      'their batch norm kept in inference mode; stages per backbone: '
+      + checks.frozen_blocks_help() + '. The stem goes with the first '
+      'stage, layers after the last with the last.', 'model', lower=0,
       upper=max(checks.BACKBONE_BLOCKS.values()))
   backbone: str = _setting(
-      'vgg16', 'vgg16 (the reference), or mini_vgg: a small VGG-style net '
-      'with batch norm, trained from scratch (the demo).', 'model',
-      choices=checks.BACKBONES)
+      'vgg16', 'vgg16 (the reference; Flatten + the dense head); '
+      'densenet121, resnet50, efficientnetv2s (keras.applications, global '
+      'average pooling + Dense(1), as CheXNet); or mini_vgg: a small '
+      'VGG-style net with batch norm, trained from scratch (the demo).',
+      'model', choices=checks.BACKBONES)
   dense_units: tuple = _setting(
-      (512, 64), 'Widths of the dense head layers.', 'model')
+      (512, 64), 'Widths of the dense head layers (vgg16 and mini_vgg).',
+      'model')
   dropout: float = _setting(
-      0.4, 'Dropout after each dense head layer, in [0, 1).', 'model',
-      lower=0)
+      0.4, 'Dropout after each dense head layer, in [0, 1) (vgg16 and '
+      'mini_vgg).', 'model', lower=0)
   augmentation: str = _setting(
-      'fused', 'fused RandomAffine (one resampling pass), the keras-cv chain, '
-      'or none.', 'augmentation', choices=checks.AUGMENTATIONS)
+      'fused', 'fused RandomAffine (one resampling pass), the keras-cv chain '
+      '(TensorFlow only), the Keras 3 core layers chain keras_core (five '
+      'passes, any backend), or none.', 'augmentation',
+      choices=checks.AUGMENTATIONS)
   rotation_range: float = _augmentation_setting(
       'rotation_range', 'Degrees, as ImageDataGenerator.')
   width_shift_range: float = _augmentation_setting(

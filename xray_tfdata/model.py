@@ -1,12 +1,26 @@
-"""The seed's VGG16 transfer-learning model, with a mixed-precision policy.
+"""The classifier: a backbone (the seed's VGG16 or one of the field's), with
+a mixed-precision policy.
 
-uint8 image -> augmentation (training only) -> gray to 3 channels ->
-`vgg16.preprocess_input` -> VGG16 without its top, blocks 1-4 frozen ->
-Flatten -> Dense(512) -> Dropout -> Dense(64) -> Dropout -> Dense(1, sigmoid).
+uint8 image -> augmentation (training only) -> gray to 3 channels -> the
+backbone's own `preprocess_input` convention -> the backbone without its top,
+its first `frozen_blocks` stages frozen -> the head -> Dense(1, sigmoid).
+
+Backbones (`BACKBONES`; their stages in `checks.BACKBONE_STAGES`):
+  vgg16            the seed's: caffe preprocessing (BGR minus the ImageNet
+                   means), blocks 1-5, Flatten -> Dense(512) -> Dropout ->
+                   Dense(64) -> Dropout head.
+  densenet121      CheXNet's: torch preprocessing (0..1, ImageNet mean/std),
+                   dense blocks conv2..conv5, global average pooling head.
+  resnet50         caffe preprocessing, stages conv2..conv5, global average
+                   pooling head.
+  efficientnetv2s  the model's built-in Rescaling (to -1..1), blocks
+                   block1..block6, global average pooling head.
+  mini_vgg         a small VGG-style network trained from scratch (the demo),
+                   VGG16's head.
 
 Preprocessing lives inside the model so that the exported model takes the
 stored uint8 pixels as they are, and so that augmentation runs before the
-VGG16 preprocessing, as it does in ImageDataGenerator.
+backbone's preprocessing, as it does in ImageDataGenerator.
 
 Keras dtype policies are process-global: a layer takes the policy that is
 global when it is created. Training code should pick the policy once, before
@@ -19,7 +33,9 @@ backend for its GPUs.
 
 import hashlib
 import os
+import re
 import socket
+import sys
 import threading
 import urllib.parse
 import urllib.request
@@ -32,13 +48,33 @@ from xray_tfdata import errors
 
 POLICIES = checks.POLICIES
 
-# Keras' own source and checksum for the notop ImageNet weights
-# (keras/src/applications/vgg16.py).
+# Keras' own sources and checksums of the notop ImageNet weights
+# (keras/src/applications/vgg16.py, densenet.py, resnet.py,
+# efficientnet_v2.py), as (file name, URL, MD5) per backbone.
+_KERAS_APPLICATIONS_URL = ('https://storage.googleapis.com/tensorflow/'
+                           'keras-applications/')
 IMAGENET_FILENAME = 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5'
-IMAGENET_URL = ('https://storage.googleapis.com/tensorflow/keras-applications/'
-                'vgg16/' + IMAGENET_FILENAME)
+IMAGENET_URL = _KERAS_APPLICATIONS_URL + 'vgg16/' + IMAGENET_FILENAME
 IMAGENET_MD5 = '6d6bbae143d832006294945121d1f1fc'
+IMAGENET_WEIGHTS = {
+    'vgg16': (IMAGENET_FILENAME, IMAGENET_URL, IMAGENET_MD5),
+    'densenet121': (
+        'densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5',
+        _KERAS_APPLICATIONS_URL + 'densenet/'
+        'densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5',
+        '30ee3e1110167f948a6b9946edeeb738'),
+    'resnet50': (
+        'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5',
+        _KERAS_APPLICATIONS_URL + 'resnet/'
+        'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5',
+        '4d473c1dd8becc155b73f8504c6f6626'),
+    'efficientnetv2s': (
+        'efficientnetv2-s_notop.h5',
+        _KERAS_APPLICATIONS_URL + 'efficientnet_v2/efficientnetv2-s_notop.h5',
+        'af0682fb74e8c54910f2d4393339c070'),
+}
 # Probed before downloading, so that no network means an error in seconds.
+# Every backbone's file is on the same host: one probe answers for all.
 _PROBE_URL = IMAGENET_URL
 _PROBE_TIMEOUT_S = 3.0
 # Longest wait for any one network read during the download.
@@ -46,6 +82,10 @@ _DOWNLOAD_TIMEOUT_S = 30.0
 
 # ImageNet channel means in BGR order, as vgg16.preprocess_input ('caffe').
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+# RGB means and standard deviations of 0..1 pixels, as
+# densenet.preprocess_input ('torch'); gray replicated to RGB meets each.
+_TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
+_TORCH_RGB_STD = (0.229, 0.224, 0.225)
 
 # Tensor cores for float16 arrived with Volta (compute capability 7.0).
 _MIN_FLOAT16_COMPUTE_CAPABILITY = (7, 0)
@@ -55,7 +95,7 @@ _BFLOAT16_CPU_FLAGS = frozenset({'avx512_bf16', 'amx_bf16'})
 
 
 class WeightsError(errors.XrayError):
-  """The requested VGG16 weights cannot be found or loaded."""
+  """The requested backbone weights cannot be found or loaded."""
 
 
 def _parse_capability(value):
@@ -192,8 +232,59 @@ class VGG16Preprocess(keras.layers.Layer):
     return tuple(input_shape[:-1]) + (3,)
 
 
-def keras_cache_path():
-  """Returns where Keras caches the notop ImageNet weights.
+PREPROCESS_MODES = ('caffe', 'torch', 'raw')
+
+
+@keras.saving.register_keras_serializable(package='xray_tfdata')
+class BackbonePreprocess(keras.layers.Layer):
+  """Gray to RGB, then a `keras.applications` preprocess_input, as a layer.
+
+  Modes, as `imagenet_utils.preprocess_input` names them:
+    caffe  RGB to BGR minus the ImageNet BGR means, 0..255 (vgg16, resnet50);
+           the same arithmetic as VGG16Preprocess.
+    torch  / 255, minus the RGB means, / the RGB standard deviations
+           (densenet121), in the order preprocess_input computes them, so
+           that float32 results are equal to the bit.
+    raw    the pixels as they are, 0..255 (efficientnetv2s, whose Keras
+           model rescales them itself; its preprocess_input does nothing).
+  A single-channel image is taken as gray: broadcasting its one channel
+  against the three means makes the RGB image in the same pass; 'raw'
+  repeats it. Casts to the layer's compute dtype (Keras does not autocast
+  integer inputs). Keras ops only: any backend.
+  """
+
+  def __init__(self, mode='caffe', **kwargs):
+    super().__init__(**kwargs)
+    if mode not in PREPROCESS_MODES:
+      raise ValueError(f'mode must be one of {PREPROCESS_MODES}, got {mode!r}')
+    self.mode = mode
+
+  def call(self, images):
+    images = ops.cast(images, self.compute_dtype)
+    channels = images.shape[-1]
+    if channels not in (1, 3):
+      raise ValueError(f'expected 1 or 3 channels, got {channels}')
+    if self.mode == 'caffe':
+      mean = ops.convert_to_tensor(_CAFFE_BGR_MEAN, self.compute_dtype)
+      return (images if channels == 1 else ops.flip(images, axis=-1)) - mean
+    if self.mode == 'torch':
+      images = images / ops.convert_to_tensor(255.0, self.compute_dtype)
+      mean = ops.convert_to_tensor(_TORCH_RGB_MEAN, self.compute_dtype)
+      std = ops.convert_to_tensor(_TORCH_RGB_STD, self.compute_dtype)
+      return (images - mean) / std
+    return ops.repeat(images, 3, axis=-1) if channels == 1 else images
+
+  def compute_output_shape(self, input_shape):
+    return tuple(input_shape[:-1]) + (3,)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(mode=self.mode)
+    return config
+
+
+def keras_cache_path(backbone='vgg16'):
+  """Returns where Keras caches the backbone's notop ImageNet weights.
 
   `$KERAS_HOME/models/` if KERAS_HOME is set, else `~/.keras/models/`
   (resolved when called; Keras itself reads KERAS_HOME once, at import).
@@ -204,7 +295,7 @@ def keras_cache_path():
     keras_home = os.path.join(home if os.access(home, os.W_OK) else '/tmp',
                               '.keras')
   return os.path.join(os.path.expanduser(keras_home), 'models',
-                      IMAGENET_FILENAME)
+                      IMAGENET_WEIGHTS[backbone][0])
 
 
 def _md5(path):
@@ -238,13 +329,14 @@ def _url_reachable(url, timeout_s):
   return reachable.is_set()
 
 
-def resolve_weights(weights):
-  """Returns None or a local weights file for `keras.applications.VGG16`.
+def resolve_weights(weights, backbone='vgg16'):
+  """Returns None or a local weights file for the backbone.
 
   Args:
     weights: None; 'imagenet' (the Keras cache file, downloaded when missing
       and the network is up); or a path to the notop weights, either the
-      legacy `.h5` format of Keras' ImageNet file or Keras 3 `.weights.h5`.
+      legacy `.h5` format of Keras' ImageNet files or Keras 3 `.weights.h5`.
+    backbone: one of IMAGENET_WEIGHTS (mini_vgg has none).
 
   Returns:
     None or a path.
@@ -256,35 +348,37 @@ def resolve_weights(weights):
   """
   if weights is None:
     return None
+  filename, url, md5 = IMAGENET_WEIGHTS[backbone]
   if weights != 'imagenet':
     path = os.fspath(weights)
     if not os.path.isfile(path):
       raise WeightsError(f'weights file {path!r} does not exist')
     if not path.endswith(('.h5', '.hdf5')):
       raise WeightsError(
-          f'weights file {path!r} is not an .h5 file: pass the VGG16 notop '
-          f'weights ({IMAGENET_FILENAME} or a .weights.h5)')
+          f'weights file {path!r} is not an .h5 file: pass the {backbone} '
+          f'notop weights ({filename} or a .weights.h5)')
     return path
 
-  cache_path = keras_cache_path()
-  if os.path.isfile(cache_path) and _md5(cache_path) == IMAGENET_MD5:
+  cache_path = keras_cache_path(backbone)
+  if os.path.isfile(cache_path) and _md5(cache_path) == md5:
     return cache_path
-  fix = (f'put {IMAGENET_FILENAME} (from {IMAGENET_URL}) at {cache_path}, '
+  fix = (f'put {filename} (from {url}) at {cache_path}, '
          'or pass its local path as the weights')
   if not _url_reachable(_PROBE_URL, _PROBE_TIMEOUT_S):
     state = 'is corrupt' if os.path.exists(cache_path) else 'is not cached'
     host = urllib.parse.urlsplit(_PROBE_URL).netloc
     raise WeightsError(
-        f'the ImageNet weights file {state} and {host} is unreachable: {fix}')
+        f'the {backbone} ImageNet weights file {state} and {host} is '
+        f'unreachable: {fix}')
   # urlretrieve takes no timeout: the default socket timeout makes a
   # stalled download fail instead of hanging.
   previous_timeout = socket.getdefaulttimeout()
   socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
   try:
     return keras.utils.get_file(
-        IMAGENET_FILENAME, IMAGENET_URL, cache_subdir='models',
+        filename, url, cache_subdir='models',
         cache_dir=os.path.dirname(os.path.dirname(cache_path)),
-        file_hash=IMAGENET_MD5)
+        file_hash=md5)
   except Exception as e:  # pylint: disable=broad-except
     raise WeightsError(
         f'downloading ImageNet weights failed ({e}): {fix}') from e
@@ -292,21 +386,56 @@ def resolve_weights(weights):
     socket.setdefaulttimeout(previous_timeout)
 
 
-def frozen_layer_count(base, frozen_blocks):
-  """Number of leading VGG16 layers that make up blocks 1..frozen_blocks.
+# The layer names of each stage in checks.BACKBONE_STAGES, as Keras names
+# them: VGG's block1_conv1 .. block1_pool; DenseNet's dense block
+# conv2_block1_0_bn .. conv2_block6_concat and the transition pool2_bn ..
+# pool2_pool after it; ResNet's conv2_block1_1_conv .. conv2_block3_out;
+# EfficientNetV2's block1a_project_conv .. block1b_add.
+STAGE_PATTERNS = {
+    'vgg16': '^{stage}_',
+    'mini_vgg': '^{stage}_',
+    'densenet121': '^({stage}|{transition})_',
+    'resnet50': '^{stage}_',
+    'efficientnetv2s': '^{stage}[a-z]_',
+}
 
-  Block k ends at the k-th pooling layer; the input layer counts, so four
-  blocks are the seed's 15 layers.
+
+def stage_pattern(backbone, stage):
+  """The regular expression that matches the names of a stage's layers."""
+  # DenseNet's transition after dense block convK is poolK.
+  return re.compile(STAGE_PATTERNS[backbone].format(
+      stage=stage, transition=stage.replace('conv', 'pool')))
+
+
+def frozen_layer_count(base, frozen_blocks, backbone='vgg16'):
+  """Number of leading backbone layers that make up stages 1..frozen_blocks.
+
+  The stem (and the input layer) goes with the first stage, the layers after
+  the last stage with the last, so that frozen_blocks = the number of stages
+  freezes the whole backbone. VGG16's four blocks are the seed's 15 layers.
+
+  Args:
+    base: the backbone, a keras.Model whose layers are in graph order.
+    frozen_blocks: 0 .. len(checks.BACKBONE_STAGES[backbone]).
+    backbone: one of BACKBONES.
+
+  Returns:
+    The count of leading layers of `base` to freeze.
+
+  Raises:
+    ValueError: frozen_blocks out of range.
   """
+  stages = checks.BACKBONE_STAGES[backbone]
+  if not 0 <= frozen_blocks <= len(stages):
+    raise ValueError(
+        f'frozen_blocks must be in 0..{len(stages)}, got {frozen_blocks}')
   if frozen_blocks == 0:
     return 0
-  pools = 0
-  for index, layer in enumerate(base.layers):
-    if isinstance(layer, keras.layers.MaxPooling2D):
-      pools += 1
-      if pools == frozen_blocks:
-        return index + 1
-  raise ValueError(f'frozen_blocks must be in 0..{pools}, got {frozen_blocks}')
+  if frozen_blocks == len(stages):
+    return len(base.layers)
+  pattern = stage_pattern(backbone, stages[frozen_blocks - 1])
+  return 1 + max(index for index, layer in enumerate(base.layers)
+                 if pattern.match(layer.name))
 
 
 BACKBONES = checks.BACKBONES
@@ -336,29 +465,86 @@ def mini_vgg(input_shape):
   return keras.Model(inputs, x, name='mini_vgg')
 
 
+# Each keras.applications backbone: its constructor's name and its
+# preprocess_input mode (BackbonePreprocess). Models keep Keras' own names
+# (EfficientNetV2's name picks its preprocessing and its weights file).
+_APPLICATIONS = {
+    'vgg16': ('VGG16', 'caffe'),
+    'densenet121': ('DenseNet121', 'torch'),
+    'resnet50': ('ResNet50', 'caffe'),
+    'efficientnetv2s': ('EfficientNetV2S', 'raw'),
+}
+# Backbones with the seed's Flatten + dense head; the others get CheXNet's
+# global average pooling straight into the output layer.
+_DENSE_HEAD_BACKBONES = ('vgg16', 'mini_vgg')
+# Warnings already printed in this process (one line each, not one a build).
+_WARNED = set()
+
+
+def _warn_once(message):
+  if message and message not in _WARNED:
+    _WARNED.add(message)
+    print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
+def _preprocess_layer(backbone):
+  # Pixel preprocessing in float32: bfloat16 would round 0..255 pixels to
+  # 8 significant bits before the mean is subtracted.
+  if backbone in ('vgg16', 'mini_vgg'):
+    return VGG16Preprocess(dtype='float32', name='vgg16_preprocess')
+  return BackbonePreprocess(_APPLICATIONS[backbone][1], dtype='float32',
+                            name=f'{backbone}_preprocess')
+
+
+def _backbone(backbone, image_size, weights_path):
+  """The backbone without its top, taking [B, H, W, 3] float images."""
+  input_shape = (image_size, image_size, 3)
+  if backbone == 'mini_vgg':
+    return mini_vgg(input_shape)
+  application = getattr(keras.applications, _APPLICATIONS[backbone][0])
+  try:
+    return application(include_top=False, weights=weights_path,
+                       input_shape=input_shape)
+  except ValueError as e:
+    if weights_path is None:
+      raise
+    raise WeightsError(
+        f'weights file {weights_path!r} does not fit '
+        f'{_APPLICATIONS[backbone][0]} without its top '
+        f'({e})'.replace('\n', ' ')) from e
+
+
 def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
                 dense_units=(512, 64), dropout=0.4, augmentation=None,
-                policy=None, name='xray_vgg16', backbone='vgg16'):
-  """Builds the seed's VGG16 classifier, taking uint8 images.
+                policy=None, name=None, backbone='vgg16'):
+  """Builds the classifier on a backbone, taking uint8 images.
 
   Args:
-    image_size: height and width of the input images (vgg16: 32 or more,
-      mini_vgg: 16 or more).
+    image_size: height and width of the input images, within
+      `checks.BACKBONE_IMAGE_SIZES` (vgg16: 32 or more, mini_vgg: 16 or more,
+      the others 32..512).
     channels_in: 1 (grayscale, as stored) or 3.
     weights: None, 'imagenet' or a local .h5 path; see `resolve_weights`.
-    frozen_blocks: leading blocks (0..5 of VGG16, 0..4 of mini_vgg) whose
-      layers are not trained.
-    dense_units: widths of the dense head's hidden layers.
-    dropout: dropout rate after each hidden dense layer.
+    frozen_blocks: leading stages (`checks.BACKBONE_STAGES`: 0..5 of VGG16,
+      0..4 of DenseNet-121, ResNet-50 and mini_vgg, 0..6 of EfficientNetV2-S)
+      whose layers are not trained; their batch normalization runs in
+      inference mode (Keras 3 does so for non-trainable BatchNormalization),
+      so their moving statistics stay. With weights=None a one-line warning
+      goes to stderr (random frozen layers never learn).
+    dense_units: widths of the dense head's hidden layers (vgg16, mini_vgg).
+    dropout: dropout rate after each hidden dense layer (vgg16, mini_vgg).
     augmentation: None; a Keras layer applied first, which must augment
       only when training (e.g. from `xray_tfdata.augment.make_augmentation`);
-      or a kind for `make_augmentation` ('fused', 'keras_cv', 'none'), which
-      gets the reference settings, `augment.REFERENCE_AUGMENTATION`.
+      or a kind for `make_augmentation` ('fused', 'keras_cv', 'keras_core',
+      'none'), which gets the reference settings,
+      `augment.REFERENCE_AUGMENTATION`.
     policy: None keeps the current global dtype policy; otherwise 'auto' or
       a policy name (see `select_policy`), set globally before building.
-    name: model name.
-    backbone: 'vgg16' (the seed's), or 'mini_vgg', a small VGG-style
-      network trained from scratch (weights must be None), for the demo.
+    name: model name; None: 'xray_' + backbone.
+    backbone: one of BACKBONES: 'vgg16' (the seed's), 'densenet121',
+      'resnet50', 'efficientnetv2s' (keras.applications, with a global
+      average pooling head), or 'mini_vgg', a small VGG-style network
+      trained from scratch (weights must be None), for the demo.
 
   Returns:
     An uncompiled `keras.Model` mapping uint8 [B, H, W, channels_in] to
@@ -366,8 +552,8 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
 
   Raises:
     WeightsError: weights cannot be found or loaded.
-    checks.SettingError: a bad backbone, frozen_blocks, weights for
-      mini_vgg, dense_units, dropout or policy.
+    checks.SettingError: a bad backbone, frozen_blocks, image_size, weights
+      for mini_vgg, dense_units, dropout or policy.
     ValueError: bad channels_in.
   """
   if channels_in not in (1, 3):
@@ -379,7 +565,9 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
   checks.check_fraction('dropout', dropout)
   if policy is not None:
     keras.mixed_precision.set_global_policy(select_policy(policy))
-  weights_path = resolve_weights(weights)
+  weights_path = (None if backbone == 'mini_vgg' else
+                  resolve_weights(weights, backbone))
+  _warn_once(checks.random_frozen_warning(backbone, frozen_blocks, weights))
   if isinstance(augmentation, str):
     from xray_tfdata import augment  # pylint: disable=g-import-not-at-top
     augmentation = augment.make_augmentation(augmentation,
@@ -390,34 +578,25 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
   x = images
   if augmentation is not None:
     x = augmentation(x)
-  # Pixel preprocessing in float32: bfloat16 would round 0..255 pixels to
-  # 8 significant bits before the mean is subtracted.
-  x = VGG16Preprocess(dtype='float32', name='vgg16_preprocess')(x)
-  try:
-    if backbone == 'mini_vgg':
-      base = mini_vgg((image_size, image_size, 3))
-    else:
-      base = keras.applications.VGG16(
-          include_top=False, weights=weights_path,
-          input_shape=(image_size, image_size, 3))
-  except ValueError as e:
-    if weights_path is None:
-      raise
-    raise WeightsError(
-        f'weights file {weights_path!r} does not fit VGG16 without its top '
-        f'({e})'.replace('\n', ' ')) from e
-  for layer in base.layers[:frozen_layer_count(base, frozen_blocks)]:
+  x = _preprocess_layer(backbone)(x)
+  base = _backbone(backbone, image_size, weights_path)
+  for layer in base.layers[:frozen_layer_count(base, frozen_blocks,
+                                               backbone)]:
     layer.trainable = False
   x = base(x)
-  x = keras.layers.Flatten(name='flatten')(x)
-  for index, units in enumerate(dense_units, start=1):
-    x = keras.layers.Dense(units, activation='relu', name=f'dense_{index}')(x)
-    x = keras.layers.Dropout(dropout, name=f'dropout_{index}')(x)
+  if backbone in _DENSE_HEAD_BACKBONES:
+    x = keras.layers.Flatten(name='flatten')(x)
+    for index, units in enumerate(dense_units, start=1):
+      x = keras.layers.Dense(units, activation='relu',
+                             name=f'dense_{index}')(x)
+      x = keras.layers.Dropout(dropout, name=f'dropout_{index}')(x)
+  else:
+    x = keras.layers.GlobalAveragePooling2D(name='avg_pool')(x)
   # float32 output: a sigmoid in float16/bfloat16 saturates and the loss
   # would be computed on rounded probabilities.
   probability = keras.layers.Dense(1, activation='sigmoid', dtype='float32',
                                    name='probability')(x)
-  return keras.Model(images, probability, name=name)
+  return keras.Model(images, probability, name=name or f'xray_{backbone}')
 
 
 def reference_metrics():
