@@ -5,6 +5,7 @@ import json
 import glob
 import os
 import shutil
+import types
 
 import numpy as np
 from PIL import Image
@@ -500,7 +501,9 @@ def test_evaluation_takes_the_threshold_from_val_and_the_95_interval(
   monkeypatch.setattr(training.scoring, 'evaluate_dataset',
                       lambda *args, **kwargs: {})
   config = tiny_config('unused', bootstrap_resamples=400, seed=5)
-  results = training.evaluate_splits(None, None, config)
+  builder = types.SimpleNamespace(info=types.SimpleNamespace(
+      class_names=('NORMAL', 'PNEUMONIA')))
+  results = training.evaluate_splits(None, builder, config)
 
   val_labels, val_probs = predictions['val']
   threshold = results['youden']['threshold']
