@@ -27,6 +27,8 @@ IMPORTS = {
     'xray_tfdata': 'neither',
     'xray_tfdata.atomic': 'neither',
     'xray_tfdata.augment': 'keras',
+    'xray_tfdata.augment_base': 'keras',
+    'xray_tfdata.augment_keras_core': 'keras',
     'xray_tfdata.augment_keras_cv': 'tensorflow',
     'xray_tfdata.benchmark': 'tensorflow',
     'xray_tfdata.benchmark_device': 'keras',

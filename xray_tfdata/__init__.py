@@ -11,8 +11,10 @@ Modules, one per stage:
                 xray_info.json.
   schema        the TFRecord feature schema and shard naming (shared).
   pipeline      DatasetBuilder: reading shards into tf.data pipelines.
-  augment       device-side augmentation (fused RandomAffine), Keras ops only:
-                any backend, no TensorFlow.
+  augment_base  the base every augmentation layer builds on (Keras ops).
+  augment       device-side augmentation (fused RandomAffine) and the one
+                factory, make_augmentation; Keras ops only: any backend, no
+                TensorFlow.
   augment_keras_cv  the keras-cv augmentation chain (TensorFlow only).
   augment_keras_core  the Keras 3 core layers chain (any backend).
   model         the mixed-precision transfer-learning model: VGG16,

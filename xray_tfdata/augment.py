@@ -72,6 +72,8 @@ import math
 import keras
 from keras import ops
 
+from xray_tfdata import augment_base
+from xray_tfdata import augment_keras_core
 from xray_tfdata import checks
 from xray_tfdata import config
 
@@ -92,22 +94,13 @@ PARAM_DEFAULTS = {
     'flip_horizontal': 0.0,
 }
 
-FILL_MODES = ('nearest', 'reflect', 'wrap', 'constant')
-INTERPOLATIONS = ('bilinear', 'nearest')
+FILL_MODES = augment_base.FILL_MODES
+INTERPOLATIONS = augment_base.INTERPOLATIONS
 CENTERS = ('image', 'idg')
 KINDS = checks.AUGMENTATIONS
 
 _IDG_ARGS = ('rotation_range', 'width_shift_range', 'height_shift_range',
              'shear_range', 'zoom_range', 'horizontal_flip')
-
-
-def _check_choice(name, value, choices):
-  if value not in choices:
-    raise ValueError(f'{name} must be one of {choices}, got {value!r}')
-
-
-# augment_keras_cv and callers read the zoom factors here.
-zoom_bounds = checks.zoom_bounds
 
 
 def image_data_generator_kwargs(ranges):
@@ -257,7 +250,7 @@ def projective_transforms(params, batch_size, height, width, center='image'):
   Raises:
     ValueError: on an unknown key or center.
   """
-  _check_choice('center', center, CENTERS)
+  checks.check_choice('center', center, CENTERS)
   unknown = set(params) - set(PARAM_DEFAULTS)
   if unknown:
     raise ValueError(f'unknown transform parameters {sorted(unknown)}; '
@@ -324,8 +317,8 @@ def apply_transform(images, params, fill_mode='nearest',
   Raises:
     ValueError: on a bad rank, fill_mode, interpolation, center or key.
   """
-  _check_choice('fill_mode', fill_mode, FILL_MODES)
-  _check_choice('interpolation', interpolation, INTERPOLATIONS)
+  checks.check_choice('fill_mode', fill_mode, FILL_MODES)
+  checks.check_choice('interpolation', interpolation, INTERPOLATIONS)
   images = ops.convert_to_tensor(images)
   if len(images.shape) != 4:
     raise ValueError(f'images must be [B, H, W, C], got shape {images.shape}')
@@ -338,65 +331,8 @@ def apply_transform(images, params, fill_mode='nearest',
       fill_value=0.0, data_format='channels_last')
 
 
-def _float32_layer_kwargs(kwargs):
-  # Whatever policy is global (mixed_bfloat16 included) or was saved in a
-  # config, augmentation runs in float32: ImageProjectiveTransformV3 has no
-  # bfloat16 GPU kernel, and resampling in half precision loses detail.
-  kwargs = dict(kwargs)
-  kwargs.pop('dtype', None)
-  kwargs['dtype'] = 'float32'
-  return kwargs
-
-
-class _ImageDataGeneratorAugmentation(keras.layers.Layer):
-  """ImageDataGenerator's augmentation arguments, checked, stored and
-  serialized once for both implementations; float32 whatever the policy.
-  Under TensorFlow never XLA-compiled (ImageProjectiveTransformV3 has no XLA
-  kernel); under JAX compiled with the model, as everything is there."""
-
-  def __init__(self, rotation_range=0., width_shift_range=0.,
-               height_shift_range=0., shear_range=0., zoom_range=0.,
-               horizontal_flip=False, fill_mode='nearest',
-               interpolation='bilinear', seed=None, **kwargs):
-    super().__init__(**_float32_layer_kwargs(kwargs))
-    checks.check_augmentation(rotation_range, width_shift_range,
-                              height_shift_range, shear_range, zoom_range)
-    _check_choice('fill_mode', fill_mode, FILL_MODES)
-    _check_choice('interpolation', interpolation, INTERPOLATIONS)
-    self.rotation_range = rotation_range
-    self.width_shift_range = width_shift_range
-    self.height_shift_range = height_shift_range
-    self.shear_range = shear_range
-    self.zoom_range = (list(zoom_range) if isinstance(zoom_range, tuple)
-                       else zoom_range)
-    self.horizontal_flip = bool(horizontal_flip)
-    self.fill_mode = fill_mode
-    self.interpolation = interpolation
-    self.seed = seed
-    self.supports_jit = keras.backend.backend() != 'tensorflow'
-
-  def compute_output_shape(self, input_shape):
-    return input_shape
-
-  @property
-  def ranges(self):
-    """The random-transform arguments, as `sample_params` takes them."""
-    return dict(rotation_range=self.rotation_range,
-                width_shift_range=self.width_shift_range,
-                height_shift_range=self.height_shift_range,
-                shear_range=self.shear_range,
-                zoom_range=self.zoom_range,
-                horizontal_flip=self.horizontal_flip)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(self.ranges, fill_mode=self.fill_mode,
-                  interpolation=self.interpolation, seed=self.seed)
-    return config
-
-
 @keras.saving.register_keras_serializable(package='xray_tfdata')
-class RandomAffine(_ImageDataGeneratorAugmentation):
+class RandomAffine(augment_base.ImageDataGeneratorAugmentation):
   """ImageDataGenerator's random affine augmentation, fused into one pass.
 
   Takes ImageDataGenerator's argument names and meanings (see
@@ -456,7 +392,7 @@ class NoAugmentation(keras.layers.Layer):
   """
 
   def __init__(self, **kwargs):
-    super().__init__(**_float32_layer_kwargs(kwargs))
+    super().__init__(**augment_base.float32_layer_kwargs(kwargs))
 
   def call(self, images, training=None):
     del training  # Same output either way.
@@ -491,8 +427,7 @@ def make_augmentation(kind='fused', **idg_kwargs):
   if kind == 'keras_cv':
     return _keras_cv_module().keras_cv_chain(**idg_kwargs)
   if kind == 'keras_core':
-    return importlib.import_module(
-        'xray_tfdata.augment_keras_core').keras_core_chain(**idg_kwargs)
+    return augment_keras_core.keras_core_chain(**idg_kwargs)
   if kind == 'none':
     layer_kwargs = {key: value for key, value in idg_kwargs.items()
                     if key in ('name', 'trainable')}

@@ -32,8 +32,8 @@ import math
 
 import keras
 
-from xray_tfdata.augment import _ImageDataGeneratorAugmentation
-from xray_tfdata.augment import zoom_bounds
+from xray_tfdata import augment_base
+from xray_tfdata.checks import zoom_bounds
 
 # The layer classes in the chain's order, for tests and reports.
 LAYER_NAMES = ('RandomRotation', 'RandomTranslation', 'RandomShear',
@@ -109,7 +109,7 @@ def keras_core_layers(rotation_range=0., width_shift_range=0.,
 
 
 @keras.saving.register_keras_serializable(package='xray_tfdata')
-class KerasCoreAugmentation(_ImageDataGeneratorAugmentation):
+class KerasCoreAugmentation(augment_base.ImageDataGeneratorAugmentation):
   """The Keras 3 core augmentation chain, with ImageDataGenerator's arguments.
 
   Runs keras.layers RandomRotation, RandomTranslation, RandomShear,
@@ -166,7 +166,7 @@ def keras_core_chain(rotation_range=0., width_shift_range=0.,
     rotation_range, width_shift_range, height_shift_range, shear_range,
       zoom_range, horizontal_flip: ImageDataGenerator's arguments and
       meanings (width_shift_range horizontal); shifts as fractions below 1.
-    fill_mode: one of augment.FILL_MODES.
+    fill_mode: one of augment_base.FILL_MODES.
     interpolation: 'bilinear' or 'nearest'.
     seed: int or None.
     **kwargs: passed to keras.layers.Layer (e.g. name).

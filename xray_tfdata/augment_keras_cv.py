@@ -13,8 +13,8 @@ import math
 import keras
 import tensorflow as tf
 
-from xray_tfdata.augment import _ImageDataGeneratorAugmentation
-from xray_tfdata.augment import zoom_bounds
+from xray_tfdata import augment_base
+from xray_tfdata.checks import zoom_bounds
 
 
 def _keras_cv_layers(rotation_range, width_shift_range, height_shift_range,
@@ -74,7 +74,7 @@ def _keras_cv_layers(rotation_range, width_shift_range, height_shift_range,
 
 
 @keras.saving.register_keras_serializable(package='xray_tfdata')
-class KerasCVAugmentation(_ImageDataGeneratorAugmentation):
+class KerasCVAugmentation(augment_base.ImageDataGeneratorAugmentation):
   """The keras-cv augmentation chain, with ImageDataGenerator's arguments.
 
   Runs keras_cv.layers RandomRotation, RandomTranslation, RandomShear,

@@ -408,10 +408,9 @@ def create_model(config, cluster, element_spec):
   """
   weights = None if config.weights in ('none', '') else config.weights
   with cluster.strategy.scope():
-    augmentation = (None if config.augmentation == 'none' else
-                    augment.make_augmentation(config.augmentation,
-                                              seed=config.seed,
-                                              **config.augmentation_kwargs()))
+    augmentation = augment.make_augmentation(config.augmentation,
+                                             seed=config.seed,
+                                             **config.augmentation_kwargs())
     net = model_lib.build_model(
         image_size=config.image_size, weights=weights,
         frozen_blocks=config.frozen_blocks,
