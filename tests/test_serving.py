@@ -260,3 +260,62 @@ def test_a_failed_save_leaves_no_half_written_model(tmp_path, monkeypatch):
   with pytest.raises(OSError):
     serving.export_model(net, str(tmp_path), SIZE)
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow  # starts the tool
+def test_predict_tool_writes_a_gradcam_overlay_per_image(tmp_path):
+  """--heatmap_dir: one '<stem>.gradcam.png' per scored image, at the stored
+  size, the overlay of the heatmap gradcam computes on the stored pixels
+  of the run's model.keras; a file as --heatmap_dir is one error line."""
+  from xray_tfdata import gradcam  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import imaging  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import model as model_lib  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(7)
+  try:
+    net = model_lib.build_model(image_size=SIZE, weights=None,
+                                backbone='mini_vgg', policy='float32',
+                                frozen_blocks=0)
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+  model_dir = tmp_path / 'model'
+  model_dir.mkdir()
+  serving.export_model(net, str(model_dir), SIZE)
+  (model_dir / 'config.json').write_text(json.dumps({'image_size': SIZE}))
+  rng = np.random.default_rng(2)
+  images = tmp_path / 'images'
+  # Two files with one stem: the second overlay is 'c-2'.
+  names = ['a.png', 'b.png', 'c.png', 'deeper/c.png']
+  for name in names:
+    path = images / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 30), np.uint8)).save(path)
+  (images / 'broken.png').write_bytes(b'not a png')  # scored as an error
+  files = sorted(str(images / n) for n in names)
+  pixels = np.stack([imaging.load_image(f, SIZE) for f in files])
+  maps = gradcam.heatmaps(net, pixels)
+  assert (maps.max(axis=(1, 2)) == 1).all()  # a heatmap on every image
+
+  out = tmp_path / 'heat'
+  result = _run_predict(f'--model_dir={model_dir}', f'--heatmap_dir={out}',
+                        str(images))
+  assert result.returncode == 1, result.stderr  # broken.png
+  assert [l.split('\t')[0] for l in result.stdout.splitlines()] == files
+  assert f'wrote 4 Grad-CAM overlays to {out}' in result.stderr
+  stems = ['a', 'b', 'c', 'c-2']  # files' order: a, b, c, deeper/c
+  assert sorted(os.listdir(out)) == sorted(f'{s}.gradcam.png' for s in stems)
+  for stem, image, heatmap in zip(stems, pixels, maps):
+    with Image.open(out / f'{stem}.gradcam.png') as png:
+      assert png.size == (SIZE, SIZE) and png.mode == 'RGB'
+      written = np.asarray(png).astype(int)
+    assert written.std() > 10  # not blank
+    expected = gradcam.overlay(image, heatmap).astype(int)
+    # Another process, the same model and pixels: at most a level apart.
+    assert np.abs(written - expected).max() <= 1
+
+  # A file as --heatmap_dir: one error line, nothing scored.
+  result = _run_predict(f'--model_dir={model_dir}',
+                        f'--heatmap_dir={files[0]}', str(images))
+  assert result.returncode == 1 and result.stdout == ''
+  assert [l for l in result.stderr.splitlines() if l.startswith('error')] == [
+      f'error: --heatmap_dir {files[0]} is a file, not a folder: pass a '
+      'folder (it is made if missing)']

@@ -14,7 +14,9 @@ stderr says which. Each file is decoded as the converter decodes it (any
 image PIL reads, and DICOM), then scored by the serving SavedModel that
 tools/train exports, --batch_size images at a time. A file that cannot be
 used gets one `error: <path>: <reason>` line on stderr instead, the others
-their results, and the exit status is 1.
+their results, and the exit status is 1. With --heatmap_dir=DIR, each scored
+image also gets DIR/<stem>.gradcam.png: the stored image with the Grad-CAM
+heatmap of the positive class over it (from the run's model.keras).
 """
 
 import csv
@@ -39,6 +41,9 @@ _OUTPUT = flags.DEFINE_enum(
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Images decoded and scored per call of the model '
     '(default: serving.BATCH_SIZE, 64).', lower_bound=1)
+_HEATMAP_DIR = flags.DEFINE_string(
+    'heatmap_dir', None, 'Also write a Grad-CAM overlay PNG per scored image '
+    'here (<stem>.gradcam.png; the folder is made if missing).')
 
 
 def main(argv):
@@ -53,14 +58,24 @@ def main(argv):
     paths = [path for path, reason in found if reason is None]
     serving_dir = os.path.join(model_dir, serving.SERVING_DIR)
     serving.check_serving_dir(serving_dir)
+    if _HEATMAP_DIR.value:  # before the scoring, which may take long
+      serving.check_heatmap_dir(_HEATMAP_DIR.value)
     threshold, source = serving.operating_threshold(model_dir)
     negative, positive = serving.class_names(model_dir)
     print(f'threshold {threshold:.4f}: {source}', file=sys.stderr,
           flush=True)
     batch_size = _BATCH_SIZE.value or serving.BATCH_SIZE
-    scored = iter(serving.predict_paths(
+    scores = serving.predict_paths(
         serving_dir, paths, batch_size=batch_size,
-        progress=_progress_printer() if len(paths) > batch_size else None))
+        progress=_progress_printer() if len(paths) > batch_size else None)
+    if _HEATMAP_DIR.value:
+      readable = [path for path, (_, reason) in zip(paths, scores)
+                  if reason is None]
+      written = serving.write_heatmaps(model_dir, readable,
+                                       _HEATMAP_DIR.value, batch_size)
+      print(f'wrote {len(written)} Grad-CAM overlays to {_HEATMAP_DIR.value}',
+            file=sys.stderr, flush=True)
+    scored = iter(scores)
   writer = csv.writer(sys.stdout, lineterminator='\n') if (
       _OUTPUT.value == 'csv') else None
   if writer:
