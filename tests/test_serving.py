@@ -192,6 +192,29 @@ def test_predict_tool_takes_folders_and_globs_and_applies_the_threshold(
   assert 'scored 5/5 images' in result.stderr
   assert 'scored 2/5 images' in result.stderr  # a line per batch here
 
+  # A calibrated signature (as tools/train exports): its P and decision,
+  # not results.json's threshold (which would call every image sick).
+  from xray_tfdata import evaluation  # pylint: disable=g-import-not-at-top
+  calibrated = evaluation.apply_temperature(expected, 3.0)
+  low = np.sort(calibrated)
+  cut = float(low[1:3].mean())  # 2 healthy, 3 sick
+  serving.export_model(net, str(model_dir), SIZE,
+                       calibration={'temperature': 3.0, 'threshold': cut})
+  (model_dir / 'results.json').write_text(json.dumps(
+      {'youden': {'threshold': 0.0}}))
+  result = _run_predict(f'--model_dir={model_dir}', str(images))
+  assert result.returncode == 0, result.stderr
+  lines = [l.split('\t') for l in result.stdout.strip().splitlines()]
+  assert [l[0] for l in lines] == files
+  np.testing.assert_allclose([float(l[1]) for l in lines], calibrated,
+                             atol=6e-5)
+  assert [l[2] for l in lines] == ['sick' if p > cut else 'healthy'
+                                   for p in calibrated]
+  assert [l[2] for l in lines].count('sick') == 3
+  assert (f'threshold {cut:.4f}: the Youden threshold on validation, on the '
+          'calibrated scale, from the serving signature') in result.stderr
+  serving.export_model(net, str(model_dir), SIZE)  # uncalibrated again
+
   # Globs, an empty folder and a glob without matches; no results.json.
   (model_dir / 'results.json').unlink()
   result = _run_predict(f'--model_dir={model_dir}',
@@ -244,6 +267,29 @@ def test_operating_threshold_is_the_runs_youden_threshold_else_one_half(
   threshold, source = serving.operating_threshold(str(tmp_path))
   assert threshold == 0.3125 and 'Youden' in source
 
+
+
+def test_calibration_of_a_run_is_the_val_temperature_and_youden_threshold():
+  """From evaluate_label's real results: T fitted on val, and the Youden
+  threshold of the raw val P carried onto the calibrated scale."""
+  from xray_tfdata import evaluation  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  labels = np.arange(40) % 2
+  # Over-confident: far from 1/2, often wrong, so T is well above 1.
+  probs = np.clip(np.where(rng.random(40) < 0.7, labels, 1 - labels) * 0.9 +
+                  rng.uniform(0.02, 0.08, 40), 0, 1)
+  evaluated = evaluation.evaluate_label(
+      {'val': (labels, probs), 'test': (labels, probs[::-1])},
+      num_resamples=10)
+  calibration = serving.calibration_of(
+      {'evaluation': {'labels': {'PNEUMONIA': evaluated}}})
+  temperature = evaluation.fit_temperature(labels, probs)
+  assert temperature > 1.5
+  assert calibration == {
+      'temperature': pytest.approx(temperature),
+      'threshold': pytest.approx(float(evaluation.apply_temperature(
+          evaluation.youden_threshold(labels, probs), temperature)))}
+  assert serving.calibration_of({'youden': {'threshold': 0.3}}) is None
 
 
 def test_a_failed_save_leaves_no_half_written_model(tmp_path, monkeypatch):

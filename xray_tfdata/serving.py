@@ -8,7 +8,9 @@
 
 serving/ is a SavedModel whose 'serve' signature takes encoded JPEG or PNG
 bytes [N] and returns {'probability': P(pneumonia) [N]}, for TF Serving and
-for `tools/predict`.
+for `tools/predict`; tools/train exports it with the run's calibration
+(`calibration_of`), so P is temperature-scaled and the signature also
+returns the Youden 'threshold' on that scale and the decision 'positive'.
 """
 
 import contextlib
@@ -223,7 +225,8 @@ def predict_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
   training; DICOM with the VOI policy of the dataset, where its
   xray_info.json is still at the run's data_dir), then scored by the
   exported serving model, batch_size files per call. One bad file does not
-  cost the others their results.
+  cost the others their results. P is the signature's 'probability':
+  temperature-calibrated for a run exported with calibration.
 
   Args:
     serving_dir: a finished run's serving/ folder.
@@ -238,6 +241,23 @@ def predict_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
   Raises:
     TrainingError: no serving model in serving_dir.
   """
+  return [(outputs['probability'] if outputs else None, reason)
+          for outputs, reason in score_paths(serving_dir, paths, batch_size,
+                                             progress)]
+
+
+def score_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
+  """The serving signature's outputs for image files (see `predict_paths`).
+
+  Returns:
+    One (outputs, None) or (None, reason) per path, in order; outputs is
+    {'probability': float} and, from a signature exported with calibration
+    (`export_model`), 'threshold' (float, on the calibrated scale) and
+    'positive' (bool).
+
+  Raises:
+    TrainingError: no serving model in serving_dir.
+  """
   check_serving_dir(serving_dir)
   size, voi = _preprocessing(serving_dir)
   served = None
@@ -246,19 +266,46 @@ def predict_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
     batch = [_encoded(path, size, voi) for path in
              paths[start:start + batch_size]]
     blobs = [blob for blob, _ in batch if blob is not None]
-    probs = iter(())
+    rows = iter(())
     if blobs:
       served = served or tf.saved_model.load(serving_dir)
       try:
-        probs = iter(served.serve(tf.constant(blobs))['probability'].numpy())
+        outputs = served.serve(tf.constant(blobs))
       except tf.errors.InvalidArgumentError as e:
         raise TrainingError(f'cannot decode an image as JPEG or PNG '
                             f'({e.message.splitlines()[0][:100]})') from e
-    results += [(float(next(probs)), None) if blob is not None
+      columns = {name: value.numpy().tolist()
+                 for name, value in outputs.items()}
+      rows = iter([dict(zip(columns, values))
+                   for values in zip(*columns.values())])
+    results += [(next(rows), None) if blob is not None
                 else (None, reason) for blob, reason in batch]
     if progress:
       progress(len(results), len(paths))
   return results
+
+
+def calibration_of(results):
+  """The calibration to export with a run (`export_model`), from its results.
+
+  Args:
+    results: the run's results dict (`training.evaluate_splits`).
+
+  Returns:
+    {'temperature': T fitted on validation, 'threshold': the Youden
+    threshold chosen on validation, on the calibrated scale}, of the run's
+    one label; None where the evaluation has no temperature (or several
+    labels).
+  """
+  labels = results.get('evaluation', {}).get('labels', {})
+  if len(labels) != 1:
+    return None
+  (result,) = labels.values()
+  youden = result.get('thresholds', {}).get('youden', {})
+  if not result.get('calibration') or 'calibrated_threshold' not in youden:
+    return None
+  return {'temperature': float(result['calibration']['temperature']),
+          'threshold': float(youden['calibrated_threshold'])}
 
 
 def check_heatmap_dir(out_dir):
