@@ -259,6 +259,7 @@ def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
   # on that scale (issue 21).
   (label,) = results['evaluation']['labels'].values()
   temperature = label['calibration']['temperature']
+  assert abs(temperature - 1) > 1e-3  # else calibrated and raw P agree
   net = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
   direct = net.predict(images, verbose=0).reshape(-1)
   np.testing.assert_allclose(
