@@ -192,6 +192,29 @@ def test_predict_tool_takes_folders_and_globs_and_applies_the_threshold(
   assert 'scored 5/5 images' in result.stderr
   assert 'scored 2/5 images' in result.stderr  # a line per batch here
 
+  # A calibrated signature (as tools/train exports): its P and decision,
+  # not results.json's threshold (which would call every image sick).
+  from xray_tfdata import evaluation  # pylint: disable=g-import-not-at-top
+  calibrated = evaluation.apply_temperature(expected, 3.0)
+  low = np.sort(calibrated)
+  cut = float(low[1:3].mean())  # 2 healthy, 3 sick
+  serving.export_model(net, str(model_dir), SIZE,
+                       calibration={'temperature': 3.0, 'threshold': cut})
+  (model_dir / 'results.json').write_text(json.dumps(
+      {'youden': {'threshold': 0.0}}))
+  result = _run_predict(f'--model_dir={model_dir}', str(images))
+  assert result.returncode == 0, result.stderr
+  lines = [l.split('\t') for l in result.stdout.strip().splitlines()]
+  assert [l[0] for l in lines] == files
+  np.testing.assert_allclose([float(l[1]) for l in lines], calibrated,
+                             atol=6e-5)
+  assert [l[2] for l in lines] == ['sick' if p > cut else 'healthy'
+                                   for p in calibrated]
+  assert [l[2] for l in lines].count('sick') == 3
+  assert (f'threshold {cut:.4f}: the Youden threshold on validation, on the '
+          'calibrated scale, from the serving signature') in result.stderr
+  serving.export_model(net, str(model_dir), SIZE)  # uncalibrated again
+
   # Globs, an empty folder and a glob without matches; no results.json.
   (model_dir / 'results.json').unlink()
   result = _run_predict(f'--model_dir={model_dir}',
@@ -246,6 +269,29 @@ def test_operating_threshold_is_the_runs_youden_threshold_else_one_half(
 
 
 
+def test_calibration_of_a_run_is_the_val_temperature_and_youden_threshold():
+  """From evaluate_label's real results: T fitted on val, and the Youden
+  threshold of the raw val P carried onto the calibrated scale."""
+  from xray_tfdata import evaluation  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  labels = np.arange(40) % 2
+  # Over-confident: far from 1/2, often wrong, so T is well above 1.
+  probs = np.clip(np.where(rng.random(40) < 0.7, labels, 1 - labels) * 0.9 +
+                  rng.uniform(0.02, 0.08, 40), 0, 1)
+  evaluated = evaluation.evaluate_label(
+      {'val': (labels, probs), 'test': (labels, probs[::-1])},
+      num_resamples=10)
+  calibration = serving.calibration_of(
+      {'evaluation': {'labels': {'PNEUMONIA': evaluated}}})
+  temperature = evaluation.fit_temperature(labels, probs)
+  assert temperature > 1.5
+  assert calibration == {
+      'temperature': pytest.approx(temperature),
+      'threshold': pytest.approx(float(evaluation.apply_temperature(
+          evaluation.youden_threshold(labels, probs), temperature)))}
+  assert serving.calibration_of({'youden': {'threshold': 0.3}}) is None
+
+
 def test_a_failed_save_leaves_no_half_written_model(tmp_path, monkeypatch):
   """A full disk while model.keras is written: the error goes up and
   nothing half-written stays in model_dir (the rerun exports again)."""
@@ -260,3 +306,62 @@ def test_a_failed_save_leaves_no_half_written_model(tmp_path, monkeypatch):
   with pytest.raises(OSError):
     serving.export_model(net, str(tmp_path), SIZE)
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow  # starts the tool
+def test_predict_tool_writes_a_gradcam_overlay_per_image(tmp_path):
+  """--heatmap_dir: one '<stem>.gradcam.png' per scored image, at the stored
+  size, the overlay of the heatmap gradcam computes on the stored pixels
+  of the run's model.keras; a file as --heatmap_dir is one error line."""
+  from xray_tfdata import gradcam  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import imaging  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import model as model_lib  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(7)
+  try:
+    net = model_lib.build_model(image_size=SIZE, weights=None,
+                                backbone='mini_vgg', policy='float32',
+                                frozen_blocks=0)
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+  model_dir = tmp_path / 'model'
+  model_dir.mkdir()
+  serving.export_model(net, str(model_dir), SIZE)
+  (model_dir / 'config.json').write_text(json.dumps({'image_size': SIZE}))
+  rng = np.random.default_rng(2)
+  images = tmp_path / 'images'
+  # Two files with one stem: the second overlay is 'c-2'.
+  names = ['a.png', 'b.png', 'c.png', 'deeper/c.png']
+  for name in names:
+    path = images / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 30), np.uint8)).save(path)
+  (images / 'broken.png').write_bytes(b'not a png')  # scored as an error
+  files = sorted(str(images / n) for n in names)
+  pixels = np.stack([imaging.load_image(f, SIZE) for f in files])
+  maps = gradcam.heatmaps(net, pixels)
+  assert (maps.max(axis=(1, 2)) == 1).all()  # a heatmap on every image
+
+  out = tmp_path / 'heat'
+  result = _run_predict(f'--model_dir={model_dir}', f'--heatmap_dir={out}',
+                        str(images))
+  assert result.returncode == 1, result.stderr  # broken.png
+  assert [l.split('\t')[0] for l in result.stdout.splitlines()] == files
+  assert f'wrote 4 Grad-CAM overlays to {out}' in result.stderr
+  stems = ['a', 'b', 'c', 'c-2']  # files' order: a, b, c, deeper/c
+  assert sorted(os.listdir(out)) == sorted(f'{s}.gradcam.png' for s in stems)
+  for stem, image, heatmap in zip(stems, pixels, maps):
+    with Image.open(out / f'{stem}.gradcam.png') as png:
+      assert png.size == (SIZE, SIZE) and png.mode == 'RGB'
+      written = np.asarray(png).astype(int)
+    assert written.std() > 10  # not blank
+    expected = gradcam.overlay(image, heatmap).astype(int)
+    # Another process, the same model and pixels: at most a level apart.
+    assert np.abs(written - expected).max() <= 1
+
+  # A file as --heatmap_dir: one error line, nothing scored.
+  result = _run_predict(f'--model_dir={model_dir}',
+                        f'--heatmap_dir={files[0]}', str(images))
+  assert result.returncode == 1 and result.stdout == ''
+  assert [l for l in result.stderr.splitlines() if l.startswith('error')] == [
+      f'error: --heatmap_dir {files[0]} is a file, not a folder: pass a '
+      'folder (it is made if missing)']

@@ -14,6 +14,7 @@ import pytest
 import recount
 from records import write_dataset
 from xray_tfdata import callbacks
+from xray_tfdata import evaluation
 from xray_tfdata import imaging
 from xray_tfdata import pipeline
 from xray_tfdata import resume
@@ -239,7 +240,7 @@ def test_results_agree_with_an_independent_evaluation(finished_run, data_dir):
 def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  model_dir, _ = finished_run
+  model_dir, results = finished_run
   builder = pipeline.DatasetBuilder(data_dir)
   images, _ = next(iter(builder.as_dataset('test', batch_size=3)))
   paths = []
@@ -251,11 +252,29 @@ def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
   # The signature's output has a name TF Serving clients can use.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   signatures = tf.saved_model.load(os.path.join(model_dir, 'serving')).signatures
-  assert {name: list(fn.structured_outputs) for name, fn in signatures.items()
-          } == {'serve': ['probability'], 'serving_default': ['probability']}
+  outputs = {'probability', 'threshold', 'positive'}
+  assert {name: set(fn.structured_outputs) for name, fn in signatures.items()
+          } == {'serve': outputs, 'serving_default': outputs}
+  # Calibrated with the temperature fitted on val, at the Youden threshold
+  # on that scale (issue 21).
+  (label,) = results['evaluation']['labels'].values()
+  temperature = label['calibration']['temperature']
+  assert abs(temperature - 1) > 1e-3  # else calibrated and raw P agree
   net = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
   direct = net.predict(images, verbose=0).reshape(-1)
-  np.testing.assert_allclose(served, direct, atol=1e-5)
+  np.testing.assert_allclose(
+      served, evaluation.apply_temperature(direct, temperature), atol=1e-5)
+  loaded = tf.saved_model.load(os.path.join(model_dir, 'serving'))
+  out = {k: v.numpy() for k, v in loaded.serve(
+      tf.constant([tf.io.read_file(p).numpy() for p in paths])).items()}
+  raw_threshold = results['youden']['threshold']
+  np.testing.assert_allclose(
+      out['threshold'], evaluation.apply_temperature(raw_threshold,
+                                                     temperature), rtol=1e-6)
+  np.testing.assert_array_equal(out['positive'],
+                                out['probability'] > out['threshold'])
+  # The same decisions as the raw P at results.json's threshold.
+  np.testing.assert_array_equal(out['positive'], direct > raw_threshold)
 
 
 @pytest.mark.slow  # uses finished_run: a real training
@@ -429,7 +448,9 @@ def _converter_pixels(path):
 def test_predict_decodes_every_file_as_the_converter_does(finished_run,
                                                           tmp_path):
   import keras  # pylint: disable=g-import-not-at-top
-  model_dir, _ = finished_run
+  model_dir, results = finished_run
+  (label,) = results['evaluation']['labels'].values()
+  temperature = label['calibration']['temperature']
   rng = np.random.default_rng(7)
   gray = rng.integers(0, 256, (40, 50), np.uint8)
   paths = {
@@ -447,7 +468,8 @@ def test_predict_decodes_every_file_as_the_converter_does(finished_run,
   net = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
   for path, (prob, reason) in zip(files, results):
     assert reason is None, (path, reason)
-    expected = net.predict(_converter_pixels(path), verbose=0)[0, 0]
+    expected = evaluation.apply_temperature(
+        net.predict(_converter_pixels(path), verbose=0)[0, 0], temperature)
     assert prob == pytest.approx(float(expected), abs=1e-5), path
 
 
@@ -584,8 +606,10 @@ def test_evaluation_and_export_use_the_best_epochs_weights(data_dir, tmp_path,
   assert np.abs(got - probs(spy.weights[1])).max() > 0.1  # not the last
   served = tf.saved_model.load(os.path.join(model_dir, 'serving'))
   encoded = [tf.io.encode_png(image).numpy() for image in images]
-  np.testing.assert_allclose(
-      served.serve(tf.constant(encoded))['probability'].numpy(), got,
+  (label,) = results['evaluation']['labels'].values()
+  np.testing.assert_allclose(  # calibrated (issue 21)
+      served.serve(tf.constant(encoded))['probability'].numpy(),
+      evaluation.apply_temperature(got, label['calibration']['temperature']),
       atol=1e-5)
   assert results['splits']['val']['auc'] == pytest.approx(
       recount.brute_force_auc(labels, got), abs=1e-6)

@@ -4,10 +4,13 @@
   found = serving.find_images(['scans/', 'more/*.png'])   # folders, globs
   serving.predict_paths(os.path.join(model_dir, serving.SERVING_DIR), paths)
   serving.operating_threshold(model_dir)   # the run's Youden threshold
+  serving.write_heatmaps(model_dir, paths, out_dir)   # Grad-CAM overlays
 
 serving/ is a SavedModel whose 'serve' signature takes encoded JPEG or PNG
 bytes [N] and returns {'probability': P(pneumonia) [N]}, for TF Serving and
-for `tools/predict`.
+for `tools/predict`; tools/train exports it with the run's calibration
+(`calibration_of`), so P is temperature-scaled and the signature also
+returns the Youden 'threshold' on that scale and the decision 'positive'.
 """
 
 import contextlib
@@ -16,6 +19,7 @@ import os
 import shutil
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import atomic
@@ -221,7 +225,8 @@ def predict_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
   training; DICOM with the VOI policy of the dataset, where its
   xray_info.json is still at the run's data_dir), then scored by the
   exported serving model, batch_size files per call. One bad file does not
-  cost the others their results.
+  cost the others their results. P is the signature's 'probability':
+  temperature-calibrated for a run exported with calibration.
 
   Args:
     serving_dir: a finished run's serving/ folder.
@@ -236,6 +241,23 @@ def predict_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
   Raises:
     TrainingError: no serving model in serving_dir.
   """
+  return [(outputs['probability'] if outputs else None, reason)
+          for outputs, reason in score_paths(serving_dir, paths, batch_size,
+                                             progress)]
+
+
+def score_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
+  """The serving signature's outputs for image files (see `predict_paths`).
+
+  Returns:
+    One (outputs, None) or (None, reason) per path, in order; outputs is
+    {'probability': float} and, from a signature exported with calibration
+    (`export_model`), 'threshold' (float, on the calibrated scale) and
+    'positive' (bool).
+
+  Raises:
+    TrainingError: no serving model in serving_dir.
+  """
   check_serving_dir(serving_dir)
   size, voi = _preprocessing(serving_dir)
   served = None
@@ -244,19 +266,121 @@ def predict_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
     batch = [_encoded(path, size, voi) for path in
              paths[start:start + batch_size]]
     blobs = [blob for blob, _ in batch if blob is not None]
-    probs = iter(())
+    rows = iter(())
     if blobs:
       served = served or tf.saved_model.load(serving_dir)
       try:
-        probs = iter(served.serve(tf.constant(blobs))['probability'].numpy())
+        outputs = served.serve(tf.constant(blobs))
       except tf.errors.InvalidArgumentError as e:
         raise TrainingError(f'cannot decode an image as JPEG or PNG '
                             f'({e.message.splitlines()[0][:100]})') from e
-    results += [(float(next(probs)), None) if blob is not None
+      columns = {name: value.numpy().tolist()
+                 for name, value in outputs.items()}
+      rows = iter([dict(zip(columns, values))
+                   for values in zip(*columns.values())])
+    results += [(next(rows), None) if blob is not None
                 else (None, reason) for blob, reason in batch]
     if progress:
       progress(len(results), len(paths))
   return results
+
+
+def calibration_of(results):
+  """The calibration to export with a run (`export_model`), from its results.
+
+  Args:
+    results: the run's results dict (`training.evaluate_splits`).
+
+  Returns:
+    {'temperature': T fitted on validation, 'threshold': the Youden
+    threshold chosen on validation, on the calibrated scale}, of the run's
+    one label; None where the evaluation has no temperature (or several
+    labels).
+  """
+  labels = results.get('evaluation', {}).get('labels', {})
+  if len(labels) != 1:
+    return None
+  (result,) = labels.values()
+  youden = result.get('thresholds', {}).get('youden', {})
+  if not result.get('calibration') or 'calibrated_threshold' not in youden:
+    return None
+  return {'temperature': float(result['calibration']['temperature']),
+          'threshold': float(youden['calibrated_threshold'])}
+
+
+def check_heatmap_dir(out_dir):
+  """Makes out_dir (the Grad-CAM overlays' folder) if missing.
+
+  Raises:
+    TrainingError: out_dir is a file, or cannot be made.
+  """
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise TrainingError(f'--heatmap_dir {out_dir} is a file, not a folder: '
+                        'pass a folder (it is made if missing)')
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise TrainingError(f'--heatmap_dir {out_dir}: cannot make the folder '
+                        f'({e.strerror}); pass a writable folder') from e
+
+
+def _overlay_names(paths):
+  """A distinct file stem per path: its own, with -2, -3, ... for repeats
+  (scans/a/1.png and scans/b/1.png)."""
+  names, used = [], set()
+  for path in paths:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name, count = stem, 1
+    while name in used:
+      count += 1
+      name = f'{stem}-{count}'
+    used.add(name)
+    names.append(name)
+  return names
+
+
+def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE):
+  """Writes a Grad-CAM overlay PNG per image file (tools/predict
+  --heatmap_dir): `<stem>.gradcam.png`, the stored image (as
+  `predict_paths` decodes it) with the positive class's heatmap over it.
+
+  Grad-CAM needs the gradient, so it runs the Keras model (model.keras),
+  not the SavedModel.
+
+  Args:
+    model_dir: a finished tools/train run.
+    paths: image files that `predict_paths` scored (readable ones).
+    out_dir: the folder (made if missing).
+    batch_size: images per heatmap computation.
+
+  Returns:
+    The paths written, in the order of paths.
+
+  Raises:
+    TrainingError: no model.keras in model_dir, or out_dir is unusable.
+    gradcam.GradCamError: the model has no Conv2D or is not a chain.
+    imaging.ImageError: a file cannot be read.
+  """
+  from xray_tfdata import gradcam  # pylint: disable=g-import-not-at-top
+  check_heatmap_dir(out_dir)
+  model_file = os.path.join(model_dir, MODEL_FILE)
+  if not os.path.exists(model_file):
+    raise TrainingError(f'{model_dir} has no {MODEL_FILE} for Grad-CAM: '
+                        'pass --model_dir of a finished run, or drop '
+                        '--heatmap_dir')
+  # This module is part of xray_tfdata, so its layers are registered.
+  net = keras.models.load_model(model_file, compile=False)
+  size, voi = _preprocessing(os.path.join(model_dir, SERVING_DIR))
+  size = size or int(net.input_shape[1])
+  names = _overlay_names(paths)
+  written = []
+  for start in range(0, len(paths), batch_size):
+    images = np.stack([imaging.load_image(path, size, voi)
+                       for path in paths[start:start + batch_size]])
+    written += gradcam.write_overlays(
+        out_dir, names[start:start + batch_size], images,
+        gradcam.heatmaps(net, images))
+  return written
 
 
 def check_serving_dir(serving_dir):

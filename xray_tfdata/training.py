@@ -196,7 +196,9 @@ def _train_and_evaluate(config, model_dir, overwrite, cluster):
       'epochs_run': state.epoch(), 'config': config.to_json()}
   print(f'exporting {serving.MODEL_FILE} and {SERVING_DIR}/', flush=True)
   with atomic.naming(work_dir):
-    serving.export_model(net, work_dir, config.image_size)
+    # Serving returns the calibrated P with the Youden threshold on its scale.
+    serving.export_model(net, work_dir, config.image_size,
+                         calibration=serving.calibration_of(results))
   table = write_results(results, work_dir)
   state.clear()
   if not cluster.chief:

@@ -7,14 +7,19 @@
 Arguments are image files, folders (every image file under them) and glob
 patterns (quoted, so that the tool expands them; `**` is any depth). One
 line per image: `<path><TAB><P><TAB><decision>`, or with --output=csv a header
-`path,P,decision` and a row per image. The decision is the positive class
-where P exceeds the run's threshold: the Youden threshold chosen on
-validation (its results.json), or 0.5 for a run without one; a line on
-stderr says which. Each file is decoded as the converter decodes it (any
+`path,P,decision` and a row per image. P is the serving signature's
+probability: temperature-calibrated (T fitted on validation) for runs that
+tools/train exports with calibration. The decision is the positive class
+where P exceeds the run's threshold, on P's scale: the signature's (the
+Youden threshold chosen on validation, calibrated), else the Youden
+threshold in the run's results.json, or 0.5 for a run without one; a line
+on stderr says which. Each file is decoded as the converter decodes it (any
 image PIL reads, and DICOM), then scored by the serving SavedModel that
 tools/train exports, --batch_size images at a time. A file that cannot be
 used gets one `error: <path>: <reason>` line on stderr instead, the others
-their results, and the exit status is 1.
+their results, and the exit status is 1. With --heatmap_dir=DIR, each scored
+image also gets DIR/<stem>.gradcam.png: the stored image with the Grad-CAM
+heatmap of the positive class over it (from the run's model.keras).
 """
 
 import csv
@@ -39,6 +44,9 @@ _OUTPUT = flags.DEFINE_enum(
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Images decoded and scored per call of the model '
     '(default: serving.BATCH_SIZE, 64).', lower_bound=1)
+_HEATMAP_DIR = flags.DEFINE_string(
+    'heatmap_dir', None, 'Also write a Grad-CAM overlay PNG per scored image '
+    'here (<stem>.gradcam.png; the folder is made if missing).')
 
 
 def main(argv):
@@ -53,14 +61,33 @@ def main(argv):
     paths = [path for path, reason in found if reason is None]
     serving_dir = os.path.join(model_dir, serving.SERVING_DIR)
     serving.check_serving_dir(serving_dir)
-    threshold, source = serving.operating_threshold(model_dir)
+    if _HEATMAP_DIR.value:  # before the scoring, which may take long
+      serving.check_heatmap_dir(_HEATMAP_DIR.value)
     negative, positive = serving.class_names(model_dir)
+    batch_size = _BATCH_SIZE.value or serving.BATCH_SIZE
+    scores = serving.score_paths(
+        serving_dir, paths, batch_size=batch_size,
+        progress=_progress_printer() if len(paths) > batch_size else None)
+    # A calibrated signature decides itself, at its threshold on its own
+    # (calibrated) scale; a run exported without one gets results.json's.
+    served = {out['threshold'] for out, _ in scores
+              if out and 'threshold' in out}
+    if served:
+      threshold, source = served.pop(), (
+          'the Youden threshold on validation, on the calibrated scale, '
+          'from the serving signature')
+    else:
+      threshold, source = serving.operating_threshold(model_dir)
     print(f'threshold {threshold:.4f}: {source}', file=sys.stderr,
           flush=True)
-    batch_size = _BATCH_SIZE.value or serving.BATCH_SIZE
-    scored = iter(serving.predict_paths(
-        serving_dir, paths, batch_size=batch_size,
-        progress=_progress_printer() if len(paths) > batch_size else None))
+    if _HEATMAP_DIR.value:
+      readable = [path for path, (_, reason) in zip(paths, scores)
+                  if reason is None]
+      written = serving.write_heatmaps(model_dir, readable,
+                                       _HEATMAP_DIR.value, batch_size)
+      print(f'wrote {len(written)} Grad-CAM overlays to {_HEATMAP_DIR.value}',
+            file=sys.stderr, flush=True)
+    scored = iter(scores)
   writer = csv.writer(sys.stdout, lineterminator='\n') if (
       _OUTPUT.value == 'csv') else None
   if writer:
@@ -68,12 +95,14 @@ def main(argv):
   failed = 0
   for path, reason in found:
     if reason is None:
-      prob, reason = next(scored)
+      outputs, reason = next(scored)
     if reason:
       failed += 1
       print(f'error: {path}: {reason}', file=sys.stderr)
       continue
-    row = [path, f'{prob:.4f}', positive if prob > threshold else negative]
+    prob = outputs['probability']
+    decided = outputs.get('positive', prob > threshold)
+    row = [path, f'{prob:.4f}', positive if decided else negative]
     if writer:
       writer.writerow(row)
     else:
