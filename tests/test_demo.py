@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from xray_tfdata import dataset_info
 from xray_tfdata import demo
 from xray_tfdata import schema
 
@@ -38,7 +39,7 @@ def test_creates_in_a_new_folder_once_then_reuses_it(tmp_path, capsys):
   assert creating == [f'demo: creating a synthetic dataset of 60 images in '
                       f'{data_dir} (JPEGs in {data_dir}-jpeg); a rerun '
                       'reuses it']
-  assert schema.is_converted(data_dir)
+  assert dataset_info.is_converted(data_dir)
   assert os.path.isfile(os.path.join(data_dir, demo.MARKER))
   assert os.path.isfile(os.path.join(data_dir + '-jpeg', demo.MARKER))
   before = _listing(str(tmp_path))
@@ -57,7 +58,7 @@ def test_an_interrupted_drawing_is_drawn_again(tmp_path):
   with open(os.path.join(data_dir + '-jpeg', demo.MARKER), 'w') as f:
     f.write('drawing\n')
   demo.ensure_demo_data(data_dir, num_images=60, image_size=16)
-  assert schema.is_converted(data_dir)
+  assert dataset_info.is_converted(data_dir)
   assert not os.path.exists(os.path.join(src_dir, 'NORMAL', 'half.jpeg'))
 
 
