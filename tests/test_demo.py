@@ -75,7 +75,9 @@ def test_refuses_a_folder_it_did_not_create_and_writes_nothing(tmp_path,
   else:  # a dataset of the user's, converted from elsewhere
     data_dir.mkdir()
     (data_dir / schema.INFO_FILENAME).write_text(
-        '{"format_version": 2, "src_dir": "/elsewhere"}')
+        '{"format_version": 2, "src_dir": "/elsewhere", "class_names": '
+        '["NORMAL", "PNEUMONIA"], "image": {"height": 16, "width": 16}, '
+        '"splits": {}}')
   before = _listing(str(tmp_path))
   with pytest.raises(demo.DemoError, match='--demo_images: .*mine'):
     demo.ensure_demo_data(str(data_dir), num_images=60, image_size=16)
