@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from xray_tfdata import dataset_info
 from xray_tfdata import demo
 from xray_tfdata import schema
 
@@ -38,7 +39,7 @@ def test_creates_in_a_new_folder_once_then_reuses_it(tmp_path, capsys):
   assert creating == [f'demo: creating a synthetic dataset of 60 images in '
                       f'{data_dir} (JPEGs in {data_dir}-jpeg); a rerun '
                       'reuses it']
-  assert schema.is_converted(data_dir)
+  assert dataset_info.is_converted(data_dir)
   assert os.path.isfile(os.path.join(data_dir, demo.MARKER))
   assert os.path.isfile(os.path.join(data_dir + '-jpeg', demo.MARKER))
   before = _listing(str(tmp_path))
@@ -57,7 +58,7 @@ def test_an_interrupted_drawing_is_drawn_again(tmp_path):
   with open(os.path.join(data_dir + '-jpeg', demo.MARKER), 'w') as f:
     f.write('drawing\n')
   demo.ensure_demo_data(data_dir, num_images=60, image_size=16)
-  assert schema.is_converted(data_dir)
+  assert dataset_info.is_converted(data_dir)
   assert not os.path.exists(os.path.join(src_dir, 'NORMAL', 'half.jpeg'))
 
 
@@ -74,7 +75,9 @@ def test_refuses_a_folder_it_did_not_create_and_writes_nothing(tmp_path,
   else:  # a dataset of the user's, converted from elsewhere
     data_dir.mkdir()
     (data_dir / schema.INFO_FILENAME).write_text(
-        '{"format_version": 2, "src_dir": "/elsewhere"}')
+        '{"format_version": 2, "src_dir": "/elsewhere", "class_names": '
+        '["NORMAL", "PNEUMONIA"], "image": {"height": 16, "width": 16}, '
+        '"splits": {}}')
   before = _listing(str(tmp_path))
   with pytest.raises(demo.DemoError, match='--demo_images: .*mine'):
     demo.ensure_demo_data(str(data_dir), num_images=60, image_size=16)

@@ -349,7 +349,9 @@ def test_predict_decodes_dicom_with_the_datasets_voi(tmp_path):
   serving_dir = str(model_dir / 'serving')
   assert serving._preprocessing(serving_dir) == (32, 'auto')  # pylint: disable=protected-access
   (data_dir / 'xray_info.json').write_text(
-      json.dumps({'format_version': 2, 'dicom': {'voi': 'full'}}))
+      json.dumps({'format_version': 2, 'class_names': ['NORMAL', 'PNEUMONIA'],
+                  'image': {'height': 32, 'width': 32}, 'splits': {},
+                  'dicom': {'voi': 'full'}}))
   assert serving._preprocessing(serving_dir) == (32, 'full')  # pylint: disable=protected-access
 
 

@@ -44,6 +44,7 @@ IMPORTS = {
     'xray_tfdata.cli.train': 'neither',
     'xray_tfdata.config': 'neither',
     'xray_tfdata.data_service': 'tensorflow',
+    'xray_tfdata.dataset_info': 'neither',
     'xray_tfdata.demo': 'neither',
     'xray_tfdata.dicom': 'neither',
     'xray_tfdata.distribute': 'tensorflow',
@@ -62,6 +63,7 @@ IMPORTS = {
     'xray_tfdata.sources': 'neither',
     'xray_tfdata.synthetic': 'neither',
     'xray_tfdata.training': 'tensorflow',
+    'xray_tfdata.verify': 'tensorflow',
     'xray_tfdata.writer': 'neither',
 }
 

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from xray_tfdata import dataset_info
 from xray_tfdata import schema
 from xray_tfdata import synthetic
 from xray_tfdata import writer
@@ -53,7 +54,7 @@ def test_converts_with_the_seed_flagfile_and_overrides(tree, tmp_path):
                 '--num_shards=2', '--num_workers=2')
   assert result.returncode == 0, result.stderr
   assert 'scanned 40 = written 38 + skipped 0 + duplicates 2' in result.stdout
-  info = schema.read_info(out)
+  info = dataset_info.load_info(out).raw
   assert info['arguments']['resplit'] is True  # from the flagfile
   assert info['image']['height'] == 8  # later flags win
   assert {s: v['num_examples'] for s, v in info['splits'].items()} == {
@@ -63,7 +64,7 @@ def test_converts_with_the_seed_flagfile_and_overrides(tree, tmp_path):
   # cover replacing).
   again = _run('make_tfrecords', f'--src_dir={tree}', f'--out_dir={out}')
   _assert_user_error(again, 'already holds a dataset; pass --overwrite')
-  assert schema.read_info(out) == info
+  assert dataset_info.load_info(out).raw == info
 
 
 def _populate(kind, root, tree):
@@ -159,7 +160,7 @@ def test_keep_test_with_own_patient_names(tmp_path):
                 r'--patient_id_regex=^p(\d+)_', '--image_size=8',
                 '--num_shards=2', '--num_workers=1', '--progress=false')
   assert result.returncode == 0, result.stderr
-  info = schema.read_info(out)
+  info = dataset_info.load_info(out).raw
   assert info['name'] == 'my_x_rays_2024'
   assert info['arguments']['keep_test'] is True
   records = {}

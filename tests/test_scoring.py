@@ -132,7 +132,7 @@ def test_map_labels_by_name():
 def test_subgroup_fields_from_kermany_names():
   info = pipeline.DatasetInfo(data_dir='x', name='x', class_names=('A', 'B'),
                               image_height=1, image_width=1, channels=1,
-                              splits={}, raw={'layout': 'split'})
+                              splits={}, raw={}, layout='split')
   metadata = {'label': np.array([0, 1, 1, 1]),
               'filename': np.array(['test/NORMAL/IM-1-1.jpeg',
                                     'val/PNEUMONIA/person3_bacteria_9.jpeg',
@@ -147,7 +147,7 @@ def test_subgroup_fields_from_kermany_names():
       '1', '3', 'file:test/PNEUMONIA/person4_virus_2.jpeg', '4']
   info = pipeline.DatasetInfo(data_dir='x', name='x', class_names=('A', 'B'),
                               image_height=1, image_width=1, channels=1,
-                              splits={}, raw={'layout': 'pool'})
+                              splits={}, raw={}, layout='pool')
   assert 'source_folder' not in scoring.subgroup_fields(info, metadata)
 
 

@@ -156,7 +156,8 @@ def test_predict_tool_takes_folders_and_globs_and_applies_the_threshold(
   data_dir = tmp_path / 'data'
   data_dir.mkdir()
   (data_dir / 'xray_info.json').write_text(json.dumps(
-      {'format_version': 2, 'class_names': ['healthy', 'sick']}))
+      {'format_version': 2, 'class_names': ['healthy', 'sick'],
+       'image': {'height': SIZE, 'width': SIZE}, 'splits': {}}))
   (model_dir / 'config.json').write_text(json.dumps(
       {'image_size': SIZE, 'data_dir': str(data_dir)}))
   rng = np.random.default_rng(1)

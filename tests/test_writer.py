@@ -12,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from xray_tfdata import atomic
+from xray_tfdata import dataset_info
 from xray_tfdata import imaging
 from xray_tfdata import schema
 from xray_tfdata import sources
@@ -280,7 +281,7 @@ def test_refuses_to_overwrite_without_flag(tree, tmp_path):
   info = writer.convert(tree, out, image_size=10, num_workers=1,
                         overwrite=True, progress=False)
   assert info['image']['height'] == 10
-  assert schema.read_info(out)['image']['height'] == 10
+  assert dataset_info.load_info(out).raw['image']['height'] == 10
   assert sorted(os.listdir(tmp_path)) == ['data']  # no .partial, no .old
 
 

@@ -10,7 +10,9 @@ Modules, one per stage:
   writer        converting images into TFRecord shards, TFDS' metadata and
                 xray_info.json.
   schema        the TFRecord feature schema and shard naming (shared).
+  dataset_info  xray_info.json: its layout, load_info, the typed DatasetInfo.
   pipeline      DatasetBuilder: reading shards into tf.data pipelines.
+  verify        integrity checks of the shards (CRC, PNG header, counts).
   augment_base  the base every augmentation layer builds on (Keras ops).
   augment       device-side augmentation (fused RandomAffine) and the one
                 factory, make_augmentation; Keras ops only: any backend, no

@@ -13,8 +13,8 @@ import os
 import shutil
 
 from xray_tfdata import atomic
+from xray_tfdata import dataset_info
 from xray_tfdata import errors
-from xray_tfdata import schema
 
 # The seed's val and test splits: 150 NORMAL and 400 PNEUMONIA each, of the
 # 5,856 images of Kermany's dataset.
@@ -81,7 +81,7 @@ def convert_pool(src_dir, data_dir, num_images, image_size, seed=0,
   Returns:
     data_dir.
   """
-  if schema.is_converted(data_dir):
+  if dataset_info.is_converted(data_dir):
     return data_dir
   from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
   if not quiet:
@@ -133,7 +133,7 @@ def ensure_demo_data(data_dir, num_images, image_size, seed=0):
   """
   data_dir, src_dir = demo_folders(data_dir)
   pool_root = os.path.dirname(src_dir)
-  if schema.is_converted(data_dir):
+  if dataset_info.is_converted(data_dir):
     if not _made_by_demo(data_dir, src_dir):
       raise DemoError(
           f'--demo_images: data_dir {data_dir} holds a dataset the demo did '
@@ -171,8 +171,8 @@ def _made_by_demo(data_dir, src_dir):
   if os.path.exists(os.path.join(data_dir, MARKER)):
     return True
   try:
-    converted_from = schema.read_info(data_dir).get('src_dir')
-  except schema.DatasetInfoError:
+    converted_from = dataset_info.load_info(data_dir).src_dir
+  except dataset_info.DatasetError:
     return False
   return converted_from in (os.path.abspath(src_dir),
                             os.path.abspath(os.path.dirname(src_dir)))

@@ -15,19 +15,19 @@ common knobs live in a `ReadConfig`, as in `tfds.ReadConfig`.
 """
 
 import dataclasses
-import hashlib
-import json
 import numbers
 import os
-import struct
 from typing import Any, Optional, Union
 
-import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import data_service as data_service_lib
-from xray_tfdata import errors
 from xray_tfdata import schema
+from xray_tfdata import verify as verify_lib
+# The dataset's contract and the verifier's error, under the names that
+# DatasetBuilder's users catch and build.
+from xray_tfdata.dataset_info import DatasetError, DatasetInfo, load_info  # pylint: disable=unused-import
+from xray_tfdata.verify import DamagedShardError, find_damaged_shard  # pylint: disable=unused-import
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -45,26 +45,6 @@ UNCACHED_SHUFFLE_BUFFER_BYTES = 256 * 1024**2
 
 # Shards read at once while training.
 _MAX_INTERLEAVE = 16
-
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-_RECONVERT = 're-convert with tools/make_tfrecords --overwrite'
-
-
-class DatasetError(errors.XrayError):
-  """A user-caused problem with a converted dataset or a request for it."""
-
-
-class DamagedShardError(DatasetError):
-  """A shard file whose records disagree with their CRCs or the metadata.
-
-  Attributes:
-    path: the shard file.
-  """
-
-  def __init__(self, path, message):
-    super().__init__(message)
-    self.path = path
-
 
 @dataclasses.dataclass(frozen=True)
 class ReadConfig:
@@ -106,167 +86,6 @@ class ReadConfig:
   auto_shard_policy: Any = None
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What `xray_info.json` says, plus what is derived from it."""
-  data_dir: str
-  name: str
-  class_names: tuple
-  image_height: int
-  image_width: int
-  channels: int
-  splits: dict  # split -> {'num_examples', 'class_counts', 'shards'}
-  raw: dict
-
-  @property
-  def format_version(self):
-    return int(self.raw['format_version'])
-
-  @property
-  def image_size(self):
-    return (self.image_height, self.image_width)
-
-  def num_examples(self, split):
-    return int(self.split(split)['num_examples'])
-
-  def class_counts(self, split):
-    counts = self.split(split)['class_counts']
-    return [int(counts.get(c, 0)) for c in self.class_names]
-
-  def class_weights(self, split='train'):
-    """Class weights as the seed computes them ('balanced').
-
-    weight_c = num_examples / (num_classes * count_c), the formula of
-    `sklearn.utils.class_weight.compute_class_weight('balanced')` and of the
-    TensorFlow pneumonia tutorial the seed follows.
-
-    Returns:
-      dict class id -> float weight, as `Model.fit(class_weight=...)` takes.
-    Raises:
-      DatasetError: a class has no examples in the split.
-    """
-    counts = self.class_counts(split)
-    total = sum(counts)
-    weights = {}
-    for class_id, count in enumerate(counts):
-      if count == 0:
-        raise DatasetError(
-            f'class {self.class_names[class_id]} has no examples in split '
-            f'{split!r}: class weights are undefined; re-split the dataset')
-      weights[class_id] = total / (len(counts) * count)
-    return weights
-
-  def check_has_examples(self, split):
-    """Raises DatasetError when the split is listed but holds no example.
-
-    tf.data cannot even build a dataset of no shard files, and an empty
-    validation or test split has no metric to report.
-    """
-    if not int(self.split(split).get('num_examples', 0)):
-      raise DatasetError(
-          f'split {split!r} of {self.data_dir} has no examples '
-          f'({schema.INFO_FILENAME} lists it with none); re-convert with '
-          'tools/make_tfrecords --overwrite (with --resplit and '
-          f'--{split}_counts for val or test)')
-
-  def fingerprint(self):
-    """A digest of what the metadata says the shards hold.
-
-    From xray_info.json alone, without reading the shards: the classes, the
-    stored image, and each split's shards with their example counts and
-    byte sizes (`DatasetBuilder.shard_paths` checks the sizes on disk).
-    Another conversion of other images gives other PNG sizes, so other
-    shard sizes; converting the same images again with the same arguments
-    gives the same shards (the writer is deterministic), so the same
-    fingerprint. The time of the conversion and the source path are left
-    out for that reason.
-
-    Returns:
-      A hex string.
-    """
-    return hashlib.sha256(json.dumps(
-        self.summary(), sort_keys=True).encode()).hexdigest()[:32]
-
-  def summary(self):
-    """What `fingerprint` digests, readable: {'class_names', 'image_size',
-    'splits': {split: {'num_examples', 'num_bytes', 'class_counts',
-    'shards'}}}."""
-    splits = {}
-    for name, entry in sorted(self.splits.items()):
-      shards = [[s.get('filename'), s.get('num_examples'), s.get('num_bytes')]
-                for s in entry.get('shards', [])]
-      splits[name] = {
-          'num_examples': int(entry.get('num_examples', 0)),
-          'num_bytes': sum(s[2] or 0 for s in shards),
-          'class_counts': dict(entry.get('class_counts', {})),
-          'shards': shards}
-    return {'format_version': self.format_version,
-            'class_names': list(self.raw['class_names']),
-            'image_size': list(self.image_size), 'splits': splits}
-
-  def split(self, split):
-    if split not in self.splits:
-      raise DatasetError(
-          f'split {split!r} is not in {self.data_dir} (it has '
-          f'{", ".join(sorted(self.splits))}); pick one of those or '
-          're-convert with tools/make_tfrecords')
-    return self.splits[split]
-
-
-def load_info(data_dir):
-  """Reads `xray_info.json` (or format 1's `dataset_info.json`) of a
-  converted dataset.
-
-  Raises:
-    DatasetError: missing folder, missing or unreadable info file.
-  """
-  try:
-    raw = schema.read_info(data_dir)
-  except schema.DatasetInfoError as e:
-    raise DatasetError(str(e)) from e
-  image = raw['image']
-  return DatasetInfo(
-      data_dir=data_dir,
-      name=raw.get('name', schema.DEFAULT_NAME),
-      class_names=tuple(raw['class_names']),
-      image_height=int(image['height']),
-      image_width=int(image['width']),
-      channels=int(image.get('channels', 1)),
-      splits=raw['splits'],
-      raw=raw)
-
-
-def find_damaged_shard(builder, splits=None):
-  """Names the shard behind a read error that surfaced mid-training.
-
-  tf.data's DataLossError (a flipped byte) and assert_cardinality's error (a
-  shard holding another number of records than the metadata says) name no
-  file. Catch them around `fit` and call this to get the one line to show:
-
-    try:
-      net.fit(...)
-    except (tf.errors.DataLossError, tf.errors.FailedPreconditionError,
-            tf.errors.InvalidArgumentError) as e:
-      damage = pipeline.find_damaged_shard(builder, 'train')
-      if damage is None:
-        raise
-      raise damage from e
-
-  Args:
-    builder: the `DatasetBuilder` the dataset came from.
-    splits: a split name, a list of them, or None for all.
-
-  Returns:
-    The `DatasetError` (a `DamagedShardError` when one shard is at fault)
-    naming the shard and the fix, or None when every shard checks out.
-  """
-  try:
-    builder.verify(splits)
-  except DatasetError as e:
-    return e
-  return None
-
-
 class DatasetBuilder:
   """Reads a dataset converted by `tools/make_tfrecords`.
 
@@ -296,7 +115,7 @@ class DatasetBuilder:
     self.data_dir = data_dir
     self.info = load_info(data_dir)
     # The stored class names and ids, whatever positive_class reorders.
-    self._stored_class_names = self.info.class_names
+    self.stored_class_names = self.info.class_names
     self._positive_id = None  # the stored id read as label 1, None: as stored
     if positive_class is not None:
       names = self.info.class_names
@@ -350,42 +169,9 @@ class DatasetBuilder:
     return paths
 
   def verify(self, splits=None):
-    """Reads every record of every shard and checks it against its CRCs and
-    the metadata.
-
-    tf.data's DataLossError names no file; this names the shard. Checked:
-    each record's length and data CRC (TFRecord framing), that it parses as
-    an example of the schema, that its image is a PNG of the stored size
-    (from the PNG header, without decoding), and that each shard holds as
-    many records as `xray_info.json` says. It runs about as fast as tf.data
-    reads the records alone (1.3 s per GB on a quiet 2-core host with the
-    shards in the page cache, 3 to 4 s under load; reading from disk adds
-    its own time): the CRCs and the parsing run in TensorFlow's C++, a batch
-    at a time.
-
-    Args:
-      splits: a split name, a list of them, or None for all.
-
-    Returns:
-      number of records read.
-
-    Raises:
-      DamagedShardError: naming the first damaged shard.
-      DatasetError: an unknown or empty split, a missing or truncated
-        shard, or class names that disagree with the records'.
-    """
-    if splits is None:
-      splits = sorted(self.info.splits)
-    elif isinstance(splits, str):
-      splits = [splits]
-    total = 0
-    for split in splits:
-      paths = self.shard_paths(split)
-      counts = [s.get('num_examples') for s in self.info.split(split)['shards']]
-      total += self._verify_shards(paths, counts)
-      # After the CRCs, so a flipped byte is named as one.
-      self._check_first_record(split, paths)
-    return total
+    """Reads every record and checks it against its CRCs and the metadata;
+    see `xray_tfdata.verify.verify` (args, returns, raises)."""
+    return verify_lib.verify(self, splits)
 
   def as_dataset(self, split, batch_size=None, training=False, *,
                  image_size=None, resize=False, seed=None, repeat=False,
@@ -431,7 +217,8 @@ class DatasetBuilder:
     if config.channels not in (None, 1, 3):
       raise DatasetError(f'channels must be 1 or 3, got {config.channels}')
     paths = self.shard_paths(split)
-    self._check_first_record(split, paths)
+    verify_lib.check_first_record(self.info, split, paths,
+                                  self.stored_class_names)
     size = self._output_size(image_size, resize)
     # A grey dataset is decoded to one channel and widened to three at the
     # end (see below); anything else is decoded to what is asked for.
@@ -559,194 +346,6 @@ class DatasetBuilder:
         config.auto_shard_policy if config.auto_shard_policy is not None else
         _auto_shard_policy(training, num_shards, config.data_service))
     return options
-
-  # Checks.
-
-  def _check_first_record(self, split, paths):
-    """Checks the split's first record against the metadata: its PNG
-    header's size, and its class text against the class name of its label.
-
-    One record, read now: a metadata file of another conversion fails here,
-    in one line, instead of in ensure_shape in the middle of `fit`; class
-    names swapped or edited in xray_info.json fail here instead of training
-    under the wrong names.
-
-    Raises:
-      DatasetError: the stored images have another size than the metadata,
-        or the record's class is another than its label's in class_names.
-      DamagedShardError: the first record is damaged.
-    """
-    counts = [s.get('num_examples') for s in self.info.split(split)['shards']]
-    for path, count in zip(paths, counts):
-      if count == 0:
-        continue
-      first = self._first_record(path)
-      if first is None:
-        continue  # an empty shard the metadata miscounts: verify names it
-      size, label, class_text = first
-      if size != self.info.image_size:
-        stored = 'not PNGs' if size[0] < 0 else f'{size[0]}x{size[1]}'
-        raise DatasetError(
-            f'the images in {path} are {stored}, {schema.INFO_FILENAME} says '
-            f'{self.info.image_height}x{self.info.image_width}: the metadata '
-            'belongs to another conversion; re-run tools/make_tfrecords '
-            '--overwrite')
-      self._check_class_text(path, label, class_text)
-      return
-
-  def _check_class_text(self, path, label, class_text):
-    """Raises DatasetError unless class_names[label] is the record's class
-    text (records without one, or without a label, are not checked)."""
-    names = self._stored_class_names
-    if not class_text or label < 0:
-      return
-    named = names[label] if label < len(names) else None
-    if named == class_text:
-      return
-    where = os.path.join(self.data_dir, schema.INFO_FILENAME)
-    said = (f'its class_names[{label}] is {named!r}' if named is not None
-            else f'its class_names ({", ".join(names)}) have no id {label}')
-    raise DatasetError(
-        f'the first record of {path} is class {class_text!r} with label '
-        f'{label}, but {where} says {said}: its class names are swapped or '
-        'edited; re-run tools/make_tfrecords --overwrite')
-
-  def _first_record(self, path):
-    """((height, width), label, class text) of the first record: the size
-    from the PNG header, (-1, -1) if not a PNG; None for an empty shard.
-
-    Read with the TFRecord framing by hand, without its CRCs: a tf.data
-    dataset for one record costs tens of milliseconds, more than the rest of
-    as_dataset. Whatever does not parse is handed to `_verify_shard`.
-    """
-    from google.protobuf import message  # pylint: disable=g-import-not-at-top
-    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
-    file_size = tf.io.gfile.stat(path).length
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      # uint64 length, uint32 masked CRC of the length, data, CRC of data.
-      header = f.read(12)
-      length = struct.unpack('<Q', header[:8])[0] if len(header) == 12 else 0
-      record = f.read(length) if 0 < length <= file_size - 16 else b''
-    if not header:
-      return None
-    version = self.info.format_version
-    try:
-      feature = example_pb2.Example.FromString(record).features.feature
-      png = feature[schema.key(schema.ENCODED, version)].bytes_list.value[0]
-    except (message.DecodeError, IndexError):
-      self._verify_shard(path)  # names the damage
-      raise
-    labels = feature[schema.key(schema.LABEL, version)].int64_list.value
-    texts = feature[schema.CLASS_TEXT].bytes_list.value
-    label = int(labels[0]) if labels else -1
-    class_text = texts[0].decode('utf-8', 'replace') if texts else ''
-    if png[:8] != _PNG_SIGNATURE or len(png) < 24:
-      self._verify_shard(path)  # a flipped byte, if it is one
-      return (-1, -1), label, class_text
-    # IHDR: width, then height, big-endian, at bytes 16..24.
-    width, height = struct.unpack('>II', png[16:24])
-    return (height, width), label, class_text
-
-  def _verify_shards(self, paths, expected_counts):
-    """Reads the shards; returns the total record count.
-
-    One dataset over all of them: a dataset per shard costs a tenth of a
-    second to set up, more than reading a 20 MB shard.
-
-    Raises:
-      DamagedShardError: a CRC mismatch, a record that is not an example of
-        the schema, an image of another size, or another record count than
-        `expected_counts` says.
-    """
-    counts = [0] * len(paths)
-    current = 0
-    try:
-      for current, sizes in self._image_sizes(paths).as_numpy_iterator():
-        self._check_sizes(paths[current], sizes, counts[current])
-        counts[current] += len(sizes)
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
-      # TensorFlow's error names no file: read the shards one at a time,
-      # from the one being read, to name it.
-      for path in paths[current:]:
-        self._verify_shard(path)
-      raise
-    for path, count, expected in zip(paths, counts, expected_counts):
-      if expected is not None and count != expected:
-        raise DamagedShardError(
-            path, f'shard {path} holds {count} records, '
-            f'{schema.INFO_FILENAME} says {expected}: the shard or the '
-            f'metadata was replaced; {_RECONVERT}')
-    return sum(counts)
-
-  def _verify_shard(self, path):
-    """Reads one shard; returns its record count.
-
-    Raises:
-      DamagedShardError: as `_verify_shards`, but counts are not checked.
-    """
-    count = 0
-    try:
-      for _, sizes in self._image_sizes([path]).as_numpy_iterator():
-        self._check_sizes(path, sizes, count)
-        count += len(sizes)
-    except tf.errors.DataLossError as e:
-      raise DamagedShardError(
-          path, f'shard {path} is corrupt: a record after the first {count} '
-          f'fails its CRC check (flipped or overwritten bytes); '
-          f'{_RECONVERT}') from e
-    except tf.errors.InvalidArgumentError as e:
-      raise DamagedShardError(
-          path, f'shard {path}: a record after the first {count} is not an '
-          f'example of this dataset\'s schema; {_RECONVERT}') from e
-    return count
-
-  def _check_sizes(self, path, sizes, first_record):
-    """Raises DamagedShardError for an image of another size than stored."""
-    height, width = self.info.image_size
-    wrong = np.flatnonzero((sizes[:, 0] != height) | (sizes[:, 1] != width))
-    if wrong.size:
-      got = sizes[wrong[0]]
-      what = ('is not a PNG' if got[0] < 0 else
-              f'is {got[0]}x{got[1]}, {schema.INFO_FILENAME} says '
-              f'{height}x{width}')
-      raise DamagedShardError(
-          path, f'shard {path}: the image of record {first_record + wrong[0]} '
-          f'{what}; {_RECONVERT}')
-
-  def _image_sizes(self, paths, batch=256):
-    """The image sizes in the shards' records, read from the PNG headers.
-
-    Batched and parsed in TensorFlow: Python sees one small array per batch,
-    so the read runs at about the speed of the CRC checks.
-
-    Returns:
-      A dataset of (shard index, int32 [n, 2] (height, width)), in shard
-      order, a batch never spanning two shards; (-1, -1) for an image that
-      is not a PNG.
-    """
-    # The whole schema, so that a record the decoder cannot parse fails here.
-    spec = schema.feature_spec(self.info.format_version)
-    image_key = schema.key(schema.ENCODED, self.info.format_version)
-
-    def sizes(records):
-      png = tf.io.parse_example(records, spec)[image_key]
-      # Cut before padding (a copy of 24 bytes, not of the image), so that
-      # a short or empty image still has a 24-byte header.
-      header = tf.strings.substr(tf.strings.join(
-          [tf.strings.substr(png, 0, 24), tf.constant(b'\0' * 24)]), 0, 24)
-      is_png = tf.equal(tf.strings.substr(header, 0, 8), _PNG_SIGNATURE)
-      # IHDR: width, then height, big-endian, at bytes 16..24.
-      width_height = tf.io.decode_raw(tf.strings.substr(header, 16, 8),
-                                      tf.int32, little_endian=False)
-      height_width = tf.reverse(width_height, axis=[1])
-      return tf.where(is_png[:, None], height_width, -1)
-
-    def shard(index, path):
-      return (tf.data.TFRecordDataset(path, buffer_size=8 * 1024**2)
-              .batch(batch).map(lambda records: (index, sizes(records))))
-
-    return tf.data.Dataset.from_tensor_slices(
-        (tf.range(len(paths)), paths)).flat_map(shard)
 
   def _output_size(self, image_size, resize):
     stored = self.info.image_size

@@ -2,7 +2,8 @@
 
 A converted dataset is a TFDS dataset: TFDS-named shards, TFDS' own
 `dataset_info.json` and `features.json` (written by `tfds_metadata`), and
-our richer metadata in `xray_info.json`, which `DatasetBuilder` reads.
+our richer metadata in `xray_info.json`, whose layout and reading
+`xray_tfdata.dataset_info` owns.
 
 Format versions:
   2 (now): feature keys 'image' (PNG) and 'label' (class id), the keys
@@ -27,11 +28,8 @@ conversion worker processes (which only decode and resize with PIL) start
 fast.
 """
 
-import json
 import os
 import re
-
-from xray_tfdata import errors
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -273,64 +271,3 @@ def write_tfds_metadata(data_dir, info):
           f'xray_tfdata (examples: {counts}). The converter\'s full record '
           f'(sources, duplicates, skipped files) is in {INFO_FILENAME}.'),
       supervised_keys=(ENCODED, LABEL))
-
-
-class DatasetInfoError(errors.XrayError):
-  """The data_dir holds no usable xray_info.json (or format 1's
-  dataset_info.json)."""
-
-
-def is_converted(data_dir):
-  """Whether data_dir (a local path) holds a finished conversion, of any
-  readable format."""
-  return any(os.path.exists(os.path.join(data_dir, name))
-             for name in (INFO_FILENAME, TFDS_INFO_FILENAME))
-
-
-def read_info(data_dir):
-  """Reads and checks our metadata from `data_dir` (any gfile path).
-
-  `xray_info.json`, or, in a dataset converted before format 2, the
-  `dataset_info.json` that held it.
-
-  Returns:
-    The metadata dict; its 'format_version' says which keys the records use
-    (see `key`).
-  Raises:
-    DatasetInfoError: the folder or file is missing, unreadable, not ours,
-      or of a format version this code does not read.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  if not tf.io.gfile.exists(data_dir):
-    raise DatasetInfoError(
-        f'data_dir {data_dir} does not exist: convert images first with '
-        'tools/make_tfrecords --src_dir=... --out_dir=...')
-  path = os.path.join(data_dir, INFO_FILENAME)
-  legacy = not tf.io.gfile.exists(path)
-  if legacy:
-    path = os.path.join(data_dir, TFDS_INFO_FILENAME)
-    if not tf.io.gfile.exists(path):
-      raise DatasetInfoError(
-          f'{os.path.join(data_dir, INFO_FILENAME)} not found: {data_dir} is '
-          'not a converted dataset (or its conversion did not finish); run '
-          'tools/make_tfrecords first')
-  try:
-    with tf.io.gfile.GFile(path, 'r') as f:
-      info = json.load(f)
-  except ValueError as e:
-    raise DatasetInfoError(f'{path} is not valid JSON ({e}); '
-                           're-run tools/make_tfrecords --overwrite') from e
-  version = info.get('format_version')
-  if legacy and version is None:
-    raise DatasetInfoError(
-        f'{data_dir} is a TFDS dataset that tools/make_tfrecords did not '
-        f'write (it has no {INFO_FILENAME}); read it with '
-        'tfds.builder_from_directory, or convert the images with '
-        'tools/make_tfrecords')
-  if version not in READABLE_VERSIONS or (legacy and version != 1):
-    raise DatasetInfoError(
-        f'{path} has format_version {version}, this code reads '
-        f'{", ".join(map(str, READABLE_VERSIONS))}; re-run '
-        'tools/make_tfrecords --overwrite')
-  return info

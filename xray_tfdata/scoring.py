@@ -123,7 +123,7 @@ def read_metadata(builder, split):
   keys = {'label': (schema.LABEL, tf.int64),
           'patient_id': (schema.PATIENT_ID, tf.string),
           'filename': (schema.FILENAME, tf.string)}
-  if schema.DETAILED_CLASS in builder.info.raw.get('extra_features', ()):
+  if schema.DETAILED_CLASS in builder.info.extra_features:
     keys['detailed_class'] = (schema.DETAILED_CLASS, tf.string)
   spec = {schema.key(name, version): tf.io.FixedLenFeature(
       [], dtype, default_value=-1 if dtype == tf.int64 else '')
@@ -158,7 +158,7 @@ def subgroup_fields(info, metadata):
     fields['kermany_subtype'] = np.array([
         s.lower() if s else ('normal' if label == 0 else 'unknown')
         for s, label in zip(subtypes, labels)])
-  if info.raw.get('layout') == 'split':
+  if info.layout == 'split':
     fields['source_folder'] = np.array([n.split('/', 1)[0] for n in names])
   return fields
 

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import atomic
+from xray_tfdata import dataset_info
 from xray_tfdata import imaging
 from xray_tfdata import resume
 from xray_tfdata import schema
@@ -128,10 +129,11 @@ def _preprocessing(serving_dir):
   except (OSError, KeyError, TypeError, ValueError):
     return None, 'auto'
   try:
-    info = schema.read_info(config.get('data_dir') or '')
-  except schema.DatasetInfoError:
-    return size, 'auto'  # moved, deleted, or on a machine without it
-  return size, info.get('dicom', {}).get('voi', 'auto')
+    info = dataset_info.load_info(config.get('data_dir') or '')
+  except dataset_info.DatasetError:
+    # moved, deleted, or on a machine without it
+    return size, dataset_info.DEFAULT_VOI
+  return size, info.dicom_voi
 
 
 DEFAULT_THRESHOLD = 0.5
@@ -207,11 +209,11 @@ def class_names(model_dir):
   NORMAL and PNEUMONIA where its xray_info.json is no longer readable."""
   try:
     config = atomic.read_json(os.path.join(model_dir, resume.CONFIG_JSON))
-    names = schema.read_info(config.get('data_dir') or '')['class_names']
+    names = dataset_info.load_info(config.get('data_dir') or '').class_names
     negative, positive = names
     return str(negative), str(positive)
   except (OSError, KeyError, TypeError, ValueError, AttributeError):
-    return schema.DEFAULT_CLASS_NAMES  # DatasetInfoError is a ValueError
+    return schema.DEFAULT_CLASS_NAMES  # DatasetError is a ValueError
 
 
 BATCH_SIZE = 64  # images per call of the serving model

@@ -77,6 +77,7 @@ import time
 import unicodedata
 
 from xray_tfdata import atomic
+from xray_tfdata import dataset_info
 from xray_tfdata import dicom
 from xray_tfdata import errors
 from xray_tfdata import imaging
@@ -547,7 +548,8 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
 
 def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
                   arguments, created, timing, num_workers):
-  """Builds the xray_info.json dict.
+  """Counts what the conversion wrote and fills in the xray_info.json
+  layout (`dataset_info.build_info`).
 
   images_per_second is measured over the decode-and-write stage (workers
   started to last shard closed), without scanning and the TensorFlow import;
@@ -574,42 +576,28 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
     extra_features.append(schema.DETAILED_CLASS)
   if any(f.boxes is not None for f in all_files):
     extra_features.extend(schema.BOX_KEYS)
-  info = {
-      'format_version': schema.FORMAT_VERSION,
-      'name': name,
-      'class_names': list(plan.class_names),
-      'image': {'height': stored_size[0], 'width': stored_size[1],
-                'channels': 1, 'encoding': 'png', 'dtype': 'uint8',
-                'resize': 'squash', 'resize_filter': imaging.RESIZE_FILTER},
-      'splits': splits,
-      'src_dir': os.path.abspath(plan.src_dir),
-      'layout': plan.layout,
-      'arguments': arguments,
-      'split_counts': _written_split_counts(plan, splits),
-      'counts': {'scanned': plan.num_scanned, 'written': num_written,
-                 'skipped': len(skipped), 'duplicates': len(plan.duplicates)},
-      'skipped': skipped,
-      'duplicates': plan.duplicates,
-      'ignored': plan.ignored,
-      'created': created,
-      'elapsed_seconds': timing['elapsed_seconds'],
-      'decode_write_seconds': timing['decode_write_seconds'],
-      'images_per_second': round(
-          num_written / max(timing['decode_write_seconds'], 1e-3), 1),
-      'num_workers': num_workers,
-  }
-  if extra_features:
-    info['extra_features'] = extra_features
-  if any(f.path.lower().endswith(dicom.EXTENSIONS) for f in all_files):
-    info['dicom'] = {'voi': arguments['voi'],
-                     'packages': _decoding_packages()}
+  dicom_sources = any(f.path.lower().endswith(dicom.EXTENSIONS)
+                      for f in all_files)
+  patient_id = None
   if any(f.is_dicom for f in all_files):
-    info['patient_id'] = (
+    patient_id = (
         'hashed: HMAC-SHA256 of the source id, 16 hex digits, salt '
         + ('given by the user (not stored)' if
            arguments['patient_id_salt'] == 'given' else
            'random and discarded'))
-  return info
+  return dataset_info.build_info(
+      name=name, class_names=plan.class_names, stored_size=stored_size,
+      resize_filter=imaging.RESIZE_FILTER, splits=splits,
+      src_dir=plan.src_dir, layout=plan.layout, arguments=arguments,
+      split_counts=_written_split_counts(plan, splits),
+      counts={'scanned': plan.num_scanned, 'written': num_written,
+              'skipped': len(skipped), 'duplicates': len(plan.duplicates)},
+      skipped=skipped, duplicates=plan.duplicates, ignored=plan.ignored,
+      created=created, timing=timing, num_workers=num_workers,
+      extra_features=extra_features,
+      dicom_voi=arguments['voi'] if dicom_sources else None,
+      decoding_packages=_decoding_packages() if dicom_sources else None,
+      patient_id=patient_id)
 
 
 def _written_split_counts(plan, splits):

@@ -1,0 +1,308 @@
+"""The contract of a converted dataset's metadata, `xray_info.json`.
+
+One module declares the file's layout (`build_info`, which the writer fills
+in with what it counted), reads and checks it (`load_info`: format version,
+any `tf.io.gfile` path such as gs://), and types it (`DatasetInfo`), so the
+writer, the reader, serving, training and the demo cannot drift apart.
+
+TensorFlow-free at import time: reading goes through `tf.io.gfile` (for
+gs:// paths), imported when `load_info` runs.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Optional
+
+from xray_tfdata import errors
+from xray_tfdata import schema
+
+# The DICOM VOI policy a dataset without one was converted with (the
+# converter's default; a dataset of PNGs and JPEGs records none).
+DEFAULT_VOI = 'auto'
+
+
+class DatasetError(errors.XrayError):
+  """A user-caused problem with a converted dataset or a request for it:
+  among them a data_dir that holds no usable xray_info.json (or format 1's
+  dataset_info.json)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What `xray_info.json` says, plus what is derived from it.
+
+  Attributes:
+    data_dir: the dataset's folder.
+    name: the dataset's name (shard file prefix).
+    class_names: class names in label order.
+    image_height, image_width, channels: the stored images.
+    splits: split -> {'num_examples', 'class_counts', 'shards'}.
+    raw: the whole metadata dict, as read.
+    layout: the source layout the writer read ('kermany', 'rsna', ...), or
+      None when not recorded.
+    src_dir: the source folder converted (absolute), or None.
+    extra_features: keys of `schema.RSNA_FEATURES` the records carry.
+    dicom_voi: the DICOM VOI policy the DICOM sources were converted with
+      (`DEFAULT_VOI` when the dataset records none).
+  """
+  data_dir: str
+  name: str
+  class_names: tuple
+  image_height: int
+  image_width: int
+  channels: int
+  splits: dict
+  raw: dict
+  layout: Optional[str] = None
+  src_dir: Optional[str] = None
+  extra_features: tuple = ()
+  dicom_voi: str = DEFAULT_VOI
+
+  @property
+  def format_version(self):
+    return int(self.raw['format_version'])
+
+  @property
+  def image_size(self):
+    return (self.image_height, self.image_width)
+
+  def num_examples(self, split):
+    return int(self.split(split)['num_examples'])
+
+  def class_counts(self, split):
+    counts = self.split(split)['class_counts']
+    return [int(counts.get(c, 0)) for c in self.class_names]
+
+  def class_weights(self, split='train'):
+    """Class weights as the reference notebook computes them ('balanced').
+
+    weight_c = num_examples / (num_classes * count_c), the formula of
+    `sklearn.utils.class_weight.compute_class_weight('balanced')` and of the
+    TensorFlow pneumonia tutorial the notebook follows.
+
+    Returns:
+      dict class id -> float weight, as `Model.fit(class_weight=...)` takes.
+    Raises:
+      DatasetError: a class has no examples in the split.
+    """
+    counts = self.class_counts(split)
+    total = sum(counts)
+    weights = {}
+    for class_id, count in enumerate(counts):
+      if count == 0:
+        raise DatasetError(
+            f'class {self.class_names[class_id]} has no examples in split '
+            f'{split!r}: class weights are undefined; re-split the dataset')
+      weights[class_id] = total / (len(counts) * count)
+    return weights
+
+  def check_has_examples(self, split):
+    """Raises DatasetError when the split is listed but holds no example.
+
+    tf.data cannot even build a dataset of no shard files, and an empty
+    validation or test split has no metric to report.
+    """
+    if not int(self.split(split).get('num_examples', 0)):
+      raise DatasetError(
+          f'split {split!r} of {self.data_dir} has no examples '
+          f'({schema.INFO_FILENAME} lists it with none); re-convert with '
+          'tools/make_tfrecords --overwrite (with --resplit and '
+          f'--{split}_counts for val or test)')
+
+  def fingerprint(self):
+    """A digest of what the metadata says the shards hold.
+
+    From xray_info.json alone, without reading the shards: the classes, the
+    stored image, and each split's shards with their example counts and
+    byte sizes (`DatasetBuilder.shard_paths` checks the sizes on disk).
+    Another conversion of other images gives other PNG sizes, so other
+    shard sizes; converting the same images again with the same arguments
+    gives the same shards (the writer is deterministic), so the same
+    fingerprint. The time of the conversion and the source path are left
+    out for that reason.
+
+    Returns:
+      A hex string.
+    """
+    return hashlib.sha256(json.dumps(
+        self.summary(), sort_keys=True).encode()).hexdigest()[:32]
+
+  def summary(self):
+    """What `fingerprint` digests, readable: {'class_names', 'image_size',
+    'splits': {split: {'num_examples', 'num_bytes', 'class_counts',
+    'shards'}}}."""
+    splits = {}
+    for name, entry in sorted(self.splits.items()):
+      shards = [[s.get('filename'), s.get('num_examples'), s.get('num_bytes')]
+                for s in entry.get('shards', [])]
+      splits[name] = {
+          'num_examples': int(entry.get('num_examples', 0)),
+          'num_bytes': sum(s[2] or 0 for s in shards),
+          'class_counts': dict(entry.get('class_counts', {})),
+          'shards': shards}
+    return {'format_version': self.format_version,
+            'class_names': list(self.raw['class_names']),
+            'image_size': list(self.image_size), 'splits': splits}
+
+  def split(self, split):
+    """The split's entry: {'num_examples', 'class_counts', 'shards'}.
+
+    Raises:
+      DatasetError: the dataset has no such split.
+    """
+    if split not in self.splits:
+      raise DatasetError(
+          f'split {split!r} is not in {self.data_dir} (it has '
+          f'{", ".join(sorted(self.splits))}); pick one of those or '
+          're-convert with tools/make_tfrecords')
+    return self.splits[split]
+
+
+def is_converted(data_dir):
+  """Whether data_dir (a local path) holds a finished conversion, of any
+  readable format."""
+  return any(os.path.exists(os.path.join(data_dir, name))
+             for name in (schema.INFO_FILENAME, schema.TFDS_INFO_FILENAME))
+
+
+def load_info(data_dir):
+  """Reads and checks the metadata of a converted dataset.
+
+  `xray_info.json`, or, in a dataset converted before format 2, the
+  `dataset_info.json` that held it. `data_dir` may be any `tf.io.gfile`
+  path (local, gs://, ...).
+
+  Returns:
+    A `DatasetInfo`; its format_version says which keys the records use
+    (see `schema.key`).
+  Raises:
+    DatasetError: the folder or file is missing, unreadable, not ours, of a
+      format version this code does not read, or lacks the image entry.
+  """
+  raw = _read_json(data_dir)
+  try:
+    image = raw['image']
+    return DatasetInfo(
+        data_dir=data_dir,
+        name=raw.get('name', schema.DEFAULT_NAME),
+        class_names=tuple(raw['class_names']),
+        image_height=int(image['height']),
+        image_width=int(image['width']),
+        channels=int(image.get('channels', 1)),
+        splits=raw['splits'],
+        raw=raw,
+        layout=raw.get('layout'),
+        src_dir=raw.get('src_dir'),
+        extra_features=tuple(raw.get('extra_features', ())),
+        dicom_voi=(raw.get('dicom') or {}).get('voi', DEFAULT_VOI))
+  except (KeyError, TypeError, ValueError) as e:
+    raise DatasetError(
+        f'{os.path.join(data_dir, schema.INFO_FILENAME)} lacks or garbles '
+        f'{e}; re-run tools/make_tfrecords --overwrite') from e
+
+
+def _read_json(data_dir):
+  """The checked metadata dict of data_dir (see `load_info`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  if not tf.io.gfile.exists(data_dir):
+    raise DatasetError(
+        f'data_dir {data_dir} does not exist: convert images first with '
+        'tools/make_tfrecords --src_dir=... --out_dir=...')
+  path = os.path.join(data_dir, schema.INFO_FILENAME)
+  legacy = not tf.io.gfile.exists(path)
+  if legacy:
+    path = os.path.join(data_dir, schema.TFDS_INFO_FILENAME)
+    if not tf.io.gfile.exists(path):
+      raise DatasetError(
+          f'{os.path.join(data_dir, schema.INFO_FILENAME)} not found: '
+          f'{data_dir} is not a converted dataset (or its conversion did not '
+          'finish); run tools/make_tfrecords first')
+  try:
+    with tf.io.gfile.GFile(path, 'r') as f:
+      info = json.load(f)
+  except ValueError as e:
+    raise DatasetError(f'{path} is not valid JSON ({e}); '
+                       're-run tools/make_tfrecords --overwrite') from e
+  version = info.get('format_version') if isinstance(info, dict) else None
+  if legacy and version is None:
+    raise DatasetError(
+        f'{data_dir} is a TFDS dataset that tools/make_tfrecords did not '
+        f'write (it has no {schema.INFO_FILENAME}); read it with '
+        'tfds.builder_from_directory, or convert the images with '
+        'tools/make_tfrecords')
+  if version not in schema.READABLE_VERSIONS or (legacy and version != 1):
+    raise DatasetError(
+        f'{path} has format_version {version}, this code reads '
+        f'{", ".join(map(str, schema.READABLE_VERSIONS))}; re-run '
+        'tools/make_tfrecords --overwrite')
+  return info
+
+
+def build_info(*, name, class_names, stored_size, resize_filter, splits,
+               src_dir, layout, arguments, split_counts, counts, skipped,
+               duplicates, ignored, created, timing, num_workers,
+               extra_features=(), dicom_voi=None, decoding_packages=None,
+               patient_id=None):
+  """The xray_info.json dict of format `schema.FORMAT_VERSION`, from what the
+  writer counted.
+
+  Args:
+    name: the dataset's name.
+    class_names: class names in label order.
+    stored_size: (height, width) of the stored images.
+    resize_filter: the resize filter's name (`imaging.RESIZE_FILTER`).
+    splits: split -> {'num_examples', 'class_counts', 'shards': [
+      {'filename', 'num_examples', 'num_bytes'}]}.
+    src_dir: the source folder (stored absolute).
+    layout: the source layout's name.
+    arguments: the conversion's arguments.
+    split_counts: the drawn split's requested/actual counts, or None.
+    counts: {'scanned', 'written', 'skipped', 'duplicates'}.
+    skipped, duplicates, ignored: the writer's lists of files.
+    created: the conversion's time stamp.
+    timing: {'elapsed_seconds', 'decode_write_seconds'}; images_per_second
+      is counts['written'] over the decode-and-write stage.
+    num_workers: the conversion's worker processes.
+    extra_features: keys of `schema.RSNA_FEATURES` the records carry;
+      stored only when there are some.
+    dicom_voi: the VOI policy DICOM sources were converted with; None: no
+      DICOM source, no 'dicom' entry.
+    decoding_packages: {package: version} that decoded the DICOM sources.
+    patient_id: how patient ids were made, in words (hashed ones), or None.
+
+  Returns:
+    The dict to write as xray_info.json.
+  """
+  info = {
+      'format_version': schema.FORMAT_VERSION,
+      'name': name,
+      'class_names': list(class_names),
+      'image': {'height': stored_size[0], 'width': stored_size[1],
+                'channels': 1, 'encoding': 'png', 'dtype': 'uint8',
+                'resize': 'squash', 'resize_filter': resize_filter},
+      'splits': splits,
+      'src_dir': os.path.abspath(src_dir),
+      'layout': layout,
+      'arguments': arguments,
+      'split_counts': split_counts,
+      'counts': counts,
+      'skipped': skipped,
+      'duplicates': duplicates,
+      'ignored': ignored,
+      'created': created,
+      'elapsed_seconds': timing['elapsed_seconds'],
+      'decode_write_seconds': timing['decode_write_seconds'],
+      'images_per_second': round(
+          counts['written'] / max(timing['decode_write_seconds'], 1e-3), 1),
+      'num_workers': num_workers,
+  }
+  if extra_features:
+    info['extra_features'] = list(extra_features)
+  if dicom_voi is not None:
+    info['dicom'] = {'voi': dicom_voi, 'packages': decoding_packages}
+  if patient_id is not None:
+    info['patient_id'] = patient_id
+  return info
