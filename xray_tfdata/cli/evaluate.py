@@ -1,6 +1,6 @@
 """Evaluates a finished run on a converted dataset: its own, or another one.
 
-  tools/evaluate --model_dir=runs/demo --data_dir=data/demo_64
+  tools/evaluate --model_dir=runs/demo/model --data_dir=runs/demo/data
   tools/evaluate --model_dir=runs/kermany --data_dir=data/rsna_224 --split=test
 
 Writes results.json, results.md and the pictures into
