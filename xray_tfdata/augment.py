@@ -427,7 +427,7 @@ def make_augmentation(kind='fused', **idg_kwargs):
   if kind == 'keras_cv':
     return _keras_cv_module().keras_cv_chain(**idg_kwargs)
   if kind == 'keras_core':
-    return augment_keras_core.keras_core_chain(**idg_kwargs)
+    return augment_keras_core.KerasCoreAugmentation(**idg_kwargs)
   if kind == 'none':
     layer_kwargs = {key: value for key, value in idg_kwargs.items()
                     if key in ('name', 'trainable')}

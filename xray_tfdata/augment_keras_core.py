@@ -154,31 +154,3 @@ class KerasCoreAugmentation(augment_base.ImageDataGeneratorAugmentation):
     for layer in self.chain:
       images = layer(images, training=True)
     return images
-
-
-def keras_core_chain(rotation_range=0., width_shift_range=0.,
-                     height_shift_range=0., shear_range=0., zoom_range=0.,
-                     horizontal_flip=False, fill_mode='nearest',
-                     interpolation='bilinear', seed=None, **kwargs):
-  """Returns the Keras core chain for ImageDataGenerator's arguments.
-
-  Args:
-    rotation_range, width_shift_range, height_shift_range, shear_range,
-      zoom_range, horizontal_flip: ImageDataGenerator's arguments and
-      meanings (width_shift_range horizontal); shifts as fractions below 1.
-    fill_mode: one of augment_base.FILL_MODES.
-    interpolation: 'bilinear' or 'nearest'.
-    seed: int or None.
-    **kwargs: passed to keras.layers.Layer (e.g. name).
-
-  Returns:
-    A KerasCoreAugmentation layer: augments only when training.
-
-  Raises:
-    ValueError: on a bad range, fill_mode or interpolation.
-  """
-  return KerasCoreAugmentation(
-      rotation_range=rotation_range, width_shift_range=width_shift_range,
-      height_shift_range=height_shift_range, shear_range=shear_range,
-      zoom_range=zoom_range, horizontal_flip=horizontal_flip,
-      fill_mode=fill_mode, interpolation=interpolation, seed=seed, **kwargs)
