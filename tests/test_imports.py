@@ -52,6 +52,7 @@ IMPORTS = {
     'xray_tfdata.evaluation': 'neither',
     'xray_tfdata.gradcam': 'keras',
     'xray_tfdata.imaging': 'neither',
+    'xray_tfdata.labels': 'neither',
     'xray_tfdata.model': 'keras',
     'xray_tfdata.pipeline': 'tensorflow',
     'xray_tfdata.report': 'neither',

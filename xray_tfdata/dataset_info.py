@@ -46,6 +46,8 @@ class DatasetInfo:
     extra_features: keys of `schema.RSNA_FEATURES` the records carry.
     dicom_voi: the DICOM VOI policy the DICOM sources were converted with
       (`DEFAULT_VOI` when the dataset records none).
+    label_names: a multi-label dataset's labels in the source's spelling,
+      the order of the records' `schema.LABELS`; () for single-label.
   """
   data_dir: str
   name: str
@@ -59,6 +61,19 @@ class DatasetInfo:
   src_dir: Optional[str] = None
   extra_features: tuple = ()
   dicom_voi: str = DEFAULT_VOI
+  label_names: tuple = ()
+
+  @property
+  def is_multilabel(self):
+    return bool(self.label_names)
+
+  def label_code_counts(self, split):
+    """{label name: {code: count}} of a multi-label split's raw codes
+    (`schema.LABEL_CODES`, as ints), every code present (0 when absent)."""
+    counts = self.split(split).get('label_code_counts', {})
+    return {name: {code: int(counts.get(name, {}).get(str(code), 0))
+                   for code in schema.LABEL_CODES}
+            for name in self.label_names}
 
   @property
   def format_version(self):
@@ -196,7 +211,8 @@ def load_info(data_dir):
         layout=raw.get('layout'),
         src_dir=raw.get('src_dir'),
         extra_features=tuple(raw.get('extra_features', ())),
-        dicom_voi=(raw.get('dicom') or {}).get('voi', DEFAULT_VOI))
+        dicom_voi=(raw.get('dicom') or {}).get('voi', DEFAULT_VOI),
+        label_names=tuple(raw.get('label_names', ())))
   except (KeyError, TypeError, ValueError) as e:
     raise DatasetError(
         f'{os.path.join(data_dir, schema.INFO_FILENAME)} lacks or garbles '
@@ -245,7 +261,7 @@ def build_info(*, name, class_names, stored_size, resize_filter, splits,
                src_dir, layout, arguments, split_counts, counts, skipped,
                duplicates, ignored, created, timing, num_workers,
                extra_features=(), dicom_voi=None, decoding_packages=None,
-               patient_id=None):
+               patient_id=None, label_names=None):
   """The xray_info.json dict of format `schema.FORMAT_VERSION`, from what the
   writer counted.
 
@@ -272,6 +288,8 @@ def build_info(*, name, class_names, stored_size, resize_filter, splits,
       DICOM source, no 'dicom' entry.
     decoding_packages: {package: version} that decoded the DICOM sources.
     patient_id: how patient ids were made, in words (hashed ones), or None.
+    label_names: a multi-label dataset's labels (then each split entry also
+      holds 'label_code_counts': {label: {str(code): n}}), or None.
 
   Returns:
     The dict to write as xray_info.json.
@@ -305,4 +323,6 @@ def build_info(*, name, class_names, stored_size, resize_filter, splits,
     info['dicom'] = {'voi': dicom_voi, 'packages': decoding_packages}
   if patient_id is not None:
     info['patient_id'] = patient_id
+  if label_names is not None:
+    info['label_names'] = list(label_names)
   return info

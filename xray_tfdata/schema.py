@@ -72,6 +72,28 @@ RSNA_FEATURES = {
     BOX_HEIGHT: 'height of each lung-opacity box, stored-image pixels',
 }
 
+# Multi-label datasets (NIH ChestX-ray14, CheXpert, MIMIC-CXR-JPG, a
+# user's labelled CSV): `LABELS` holds the source's raw code per label, in
+# the order of xray_info.json's 'label_names', never a policy applied to it
+# (`xray_tfdata.labels` maps codes to training targets at read time). Such
+# a record has no LABEL or CLASS_TEXT; it has the `MULTILABEL_FEATURES`
+# where the source gives them ('' or -1 where it does not).
+LABELS = 'labels'
+POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED = 1, 0, -1, -2
+LABEL_CODES = (POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED)
+VIEW = 'image/view'
+SEX = 'image/sex'
+AGE_YEARS = 'image/age_years'
+STUDY_ID = 'image/study_id'
+MULTILABEL_FEATURES = {
+    VIEW: "view position as the source spells it ('PA', 'AP', 'LL', "
+          "'LATERAL', ...); '' when unknown",
+    SEX: "'F', 'M', or '' when unknown",
+    AGE_YEARS: 'age in whole years at the study; -1 when unknown',
+    STUDY_ID: 'study key (a salted hash where it identifies a person); '
+              "'' when the source has none",
+}
+
 _BYTES_KEYS = (ENCODED, FORMAT, CLASS_TEXT, FILENAME, PATIENT_ID)
 _INT_KEYS = (HEIGHT, WIDTH, LABEL, ORIGINAL_HEIGHT, ORIGINAL_WIDTH)
 # Format 1's names of the two keys that changed.
@@ -86,7 +108,8 @@ def key(name, format_version=FORMAT_VERSION):
 
 def encode_example(png, height, width, label, class_text, filename,
                    patient_id, original_height, original_width,
-                   detailed_class=None, boxes=None):
+                   detailed_class=None, boxes=None, *, labels=None,
+                   view=None, sex=None, age_years=None, study_id=None):
   """Serializes one image and its metadata as a `tf.train.Example`.
 
   Args:
@@ -102,6 +125,10 @@ def encode_example(png, height, width, label, class_text, filename,
     detailed_class: RSNA's detailed class, or None (not stored).
     boxes: [(x, y, width, height)] in stored-image pixels, or None (not
       stored; an empty list stores four empty lists).
+    labels: a multi-label record's raw codes (`LABEL_CODES`), one per
+      label name; then label and class_text are None (not stored) and the
+      `MULTILABEL_FEATURES` are stored, '' or -1 where given as None.
+    view, sex, age_years, study_id: see `MULTILABEL_FEATURES`.
 
   Returns:
     The serialized example, bytes.
@@ -123,8 +150,18 @@ def encode_example(png, height, width, label, class_text, filename,
   put_bytes(FORMAT, b'png')
   put_int(HEIGHT, height)
   put_int(WIDTH, width)
-  put_int(LABEL, label)
-  put_bytes(CLASS_TEXT, class_text)
+  if labels is None:
+    put_int(LABEL, label)
+    put_bytes(CLASS_TEXT, class_text)
+  else:
+    bad = [code for code in labels if code not in LABEL_CODES]
+    if bad:
+      raise ValueError(f'label codes {bad} are not in {LABEL_CODES}')
+    feature[LABELS].int64_list.value.extend(int(code) for code in labels)
+    put_bytes(VIEW, view or '')
+    put_bytes(SEX, sex or '')
+    put_int(AGE_YEARS, -1 if age_years is None else age_years)
+    put_bytes(STUDY_ID, study_id or '')
   put_bytes(FILENAME, filename)
   put_bytes(PATIENT_ID, patient_id)
   put_int(ORIGINAL_HEIGHT, original_height)
@@ -141,11 +178,17 @@ def encode_example(png, height, width, label, class_text, filename,
   return example.SerializeToString(deterministic=True)
 
 
-def feature_spec(format_version=FORMAT_VERSION):
+def feature_spec(format_version=FORMAT_VERSION, num_labels=0):
   """Returns the `tf.io.parse_example` spec for the schema.
 
   Keyed by the current format's names (`ENCODED`, `LABEL`, ...) whatever
   the version, so readers need not care which one a dataset has.
+
+  Args:
+    format_version: the dataset's format version.
+    num_labels: a multi-label dataset's number of label names (adds
+      `LABELS` as a fixed-length [num_labels] int64 and the
+      `MULTILABEL_FEATURES`); 0 for a single-label dataset.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -153,16 +196,25 @@ def feature_spec(format_version=FORMAT_VERSION):
           for k in _BYTES_KEYS}
   spec.update({k: tf.io.FixedLenFeature([], tf.int64, default_value=-1)
                for k in _INT_KEYS})
+  if num_labels:
+    spec[LABELS] = tf.io.FixedLenFeature([num_labels], tf.int64)
+    spec.update({k: tf.io.FixedLenFeature([], tf.string, default_value='')
+                 for k in (VIEW, SEX, STUDY_ID)})
+    spec[AGE_YEARS] = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
   return {key(k, format_version): v for k, v in spec.items()}
 
 
-def parse(record, format_version=FORMAT_VERSION):
-  """Parses one serialized example into a dict under the current names."""
+def parse(record, format_version=FORMAT_VERSION, num_labels=0):
+  """Parses one serialized example into a dict under the current names
+  (with `LABELS` and the `MULTILABEL_FEATURES` when num_labels > 0)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  parsed = tf.io.parse_single_example(record, feature_spec(format_version))
-  return {name: parsed[key(name, format_version)]
-          for name in _BYTES_KEYS + _INT_KEYS}
+  parsed = tf.io.parse_single_example(
+      record, feature_spec(format_version, num_labels))
+  names = _BYTES_KEYS + _INT_KEYS
+  if num_labels:
+    names += (LABELS,) + tuple(MULTILABEL_FEATURES)
+  return {name: parsed[key(name, format_version)] for name in names}
 
 
 def shard_filename(name, split, index, num_shards):
