@@ -63,6 +63,7 @@ IMPORTS = {
     'xray_tfdata.serving': 'tensorflow',
     'xray_tfdata.sources': 'neither',
     'xray_tfdata.synthetic': 'neither',
+    'xray_tfdata.synthetic_multilabel': 'neither',
     'xray_tfdata.training': 'tensorflow',
     'xray_tfdata.verify': 'tensorflow',
     'xray_tfdata.writer': 'neither',
