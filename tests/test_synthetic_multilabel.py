@@ -75,8 +75,10 @@ def trees(tmp_path_factory):
   made = {}
   for layout in sml.LAYOUTS:
     out = str(root / layout)
+    # Half the default sizes (NIH 64 px): enough for the pixel checks.
     made[layout] = (out, sml.make_synthetic_multilabel(
-        out, layout, num_images=NUM_IMAGES, seed=5, num_workers=1))
+        out, layout, num_images=NUM_IMAGES, seed=5,
+        size_scale=sml.DEFAULT_SIZE_SCALE[layout] / 2, num_workers=1))
   return made
 
 
@@ -338,6 +340,19 @@ def test_deterministic_for_a_seed(tmp_path, layout):
   assert first != tree('c', 4)
 
 
+@pytest.mark.slow
+def test_workers_draw_the_same_bytes(tmp_path):
+  """The process pool (spawn; from 256 images on) gives the same files as
+  drawing in-process."""
+  def tree(name, workers):
+    out = str(tmp_path / name)
+    sml.make_synthetic_mimic(out, num_images=260, size_scale=0.01,
+                             num_workers=workers)
+    return _tree_hashes(out)
+
+  assert tree('one', 1) == tree('two', 2)
+
+
 def test_size_scale_multiplies_the_real_sizes(tmp_path):
   out = str(tmp_path / 'nih')
   sml.make_synthetic_nih(out, num_images=20, size_scale=0.05, num_workers=1)
@@ -374,6 +389,7 @@ def test_bad_arguments(tmp_path, kwargs, message):
   assert not os.path.exists(tmp_path / 'x')
 
 
+@pytest.mark.slow
 def test_a_200_image_tree_is_fast(tmp_path):
   summary = sml.make_synthetic_chexpert(str(tmp_path / 'c'), num_images=200,
                                         num_workers=1)

@@ -621,7 +621,8 @@ def _gzip(data):
 
 
 def _render_all(jobs, num_workers):
-  num_workers = num_workers or synthetic._cpu_count()  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  num_workers = num_workers or synthetic._cpu_count()
   if num_workers > 1 and len(jobs) >= 256:
     import multiprocessing  # pylint: disable=g-import-not-at-top
     # spawn, not fork: the caller may have imported TensorFlow.
@@ -644,7 +645,9 @@ def render_image(job):
   image = Image.fromarray(small)
   if (draw_width, draw_height) != (width, height):
     image = image.resize((width, height), Image.Resampling.BICUBIC)
-  pixels = np.asarray(image, np.int16) + synthetic._grain(rng, height, width)  # pylint: disable=protected-access
+  # The Kermany trees' fine grain, as film and detector noise give.
+  grain = synthetic._grain(rng, height, width)  # pylint: disable=protected-access
+  pixels = np.asarray(image, np.int16) + grain
   image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
   if path.endswith('.png'):
     image.save(path, 'PNG')
@@ -684,8 +687,8 @@ def draw_findings(rng, height, width, effusion=0.0, cardiomegaly=0.0,
       level = rng.uniform(0.66, 0.70) - 0.06 * effusion
       # The meniscus: the fluid climbs along the chest wall.
       top = level - 0.5 * np.maximum(0, side * (x - center))
-      fluid = (_sigmoid((y - top) / 0.015) *
-               np.exp(-((x - center) / 0.14) ** 4) * _sigmoid((0.9 - y) / 0.03))
+      fluid = (_sigmoid((y - top) / 0.015) * _sigmoid((0.9 - y) / 0.03) *
+               np.exp(-((x - center) / 0.14) ** 4))
       image += effusion * rng.uniform(55, 75) * fluid
   return np.clip(image, 0, 255).astype(np.uint8)
 
@@ -701,15 +704,16 @@ def _draw_lateral(rng, height, width, effusion, cardiomegaly):
                   rng.uniform(0.27, 0.32), 0.08)
   image -= rng.uniform(35, 60) * lung
   spine_x = 0.8 + shift_x
-  image += rng.uniform(50, 80) * np.exp(-((x - spine_x) / 0.05) ** 2) * (y > 0.1)
+  spine = np.exp(-((x - spine_x) / 0.05) ** 2) * (y > 0.1)
+  image += rng.uniform(50, 80) * spine
   radius = rng.uniform(0.12, 0.15) + cardiomegaly * rng.uniform(0.06, 0.09)
   image += rng.uniform(30, 42) * _ellipse(
       x, y, 0.38 + shift_x, 0.62 + shift_y, radius, radius * 1.1, 0.06)
   if effusion:
     top = rng.uniform(0.68, 0.72) - 0.06 * effusion + 0.4 * np.maximum(
         0, 0.6 - x)
-    fluid = (_sigmoid((y - top) / 0.015) *
-             np.exp(-((x - 0.62 - shift_x) / 0.16) ** 4) * _sigmoid((0.9 - y) / 0.03))
+    fluid = (_sigmoid((y - top) / 0.015) * _sigmoid((0.9 - y) / 0.03) *
+             np.exp(-((x - 0.62 - shift_x) / 0.16) ** 4))
     image += effusion * rng.uniform(55, 75) * fluid
   image = rng.uniform(0.85, 1.15) * image + rng.normal(0, 8, image.shape)
   return np.clip(image, 0, 255).astype(np.uint8)
