@@ -303,7 +303,7 @@ def test_effusion_and_cardiomegaly_show_in_the_pixels(trees, layout):
 
 
 def test_other_labels_carry_no_pixel_signal(trees):
-  """A random label (Nodule) is about as likely bright at the bases."""
+  """A random label (Infiltration) leaves the bases as they are."""
   out, _ = trees['nih']
   _, rows, _ = _read_csv(os.path.join(out, 'Data_Entry_2017_v2020.csv'))
   paths = {os.path.basename(f): f for f in _files(out)}
