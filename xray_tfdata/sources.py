@@ -52,7 +52,10 @@ from xray_tfdata import dicom
 from xray_tfdata import errors
 
 SPLIT_FOLDERS = ('train', 'val', 'test')
-LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool', 'rsna')
+# The multi-label layouts (nih, chexpert, mimic, csv) are scanned by
+# `xray_tfdata.sources_multilabel`; `scan` and `plan` read the others.
+MULTILABEL_LAYOUTS = ('nih', 'chexpert', 'mimic', 'csv')
+LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool', 'rsna') + MULTILABEL_LAYOUTS
 RSNA_IMAGES = 'stage_2_train_images'
 RSNA_LABELS = 'stage_2_train_labels.csv'
 RSNA_CLASS_INFO = 'stage_2_detailed_class_info.csv'
@@ -93,6 +96,18 @@ class SourceFile:
       pixels; None in other layouts.
     is_dicom: a DICOM file, whose patient id is an identifier the writer
       stores only hashed (`writer.hashed_patient_id`).
+    labels: a multi-label source's raw codes (`schema.LABEL_CODES`), one per
+      label name; None in the single-label layouts (then class_name and
+      label hold the class; in a multi-label plan they are '' and -1).
+    view, sex, age_years, study_id: a multi-label record's
+      `schema.MULTILABEL_FEATURES` (None: unknown).
+    hash_ids: the patient and study ids identify persons: the writer
+      stores them hashed, and replaces them in image/filename
+      (`private_parts`).
+    private_parts: ((text, id), ...): path segments (or file name stems, or
+      the part of a stem before its first '_') equal to `text` are stored
+      as the hash of `id`; an id of None drops the segment (a bucket
+      folder named after the id's digits).
   """
   path: str
   source_split: str | None
@@ -103,6 +118,13 @@ class SourceFile:
   detailed_class: str | None = None
   boxes: tuple | None = None
   is_dicom: bool = False
+  labels: tuple | None = None
+  view: str | None = None
+  sex: str | None = None
+  age_years: int | None = None
+  study_id: str | None = None
+  hash_ids: bool = False
+  private_parts: tuple = ()
 
 
 @dataclasses.dataclass
@@ -131,6 +153,12 @@ class Plan:
       re-split, else None.
     skipped: [{'path', 'reason'}] of entries the scan could not use (see
       the module docstring); the writer adds the files it cannot decode.
+    label_names: a multi-label plan's labels (`sources_multilabel`), None
+      for a single-label one.
+    unlabelled: a multi-label plan's image files no label row names
+      ([{'path', 'reason'}]).
+    split_info: a multi-label plan's split method and what it did (see
+      `sources_multilabel.plan`).
   """
   src_dir: str
   layout: str
@@ -141,6 +169,9 @@ class Plan:
   num_scanned: int
   split_counts: dict | None = None
   skipped: list = dataclasses.field(default_factory=list)
+  label_names: tuple | None = None
+  unlabelled: list = dataclasses.field(default_factory=list)
+  split_info: dict | None = None
 
 
 def patient_id(filename):
@@ -304,10 +335,21 @@ def scan(src_dir, layout='auto'):
   """
   if layout not in LAYOUTS:
     raise SourceError(f'layout must be one of {LAYOUTS}, got {layout!r}')
+  if layout in MULTILABEL_LAYOUTS:
+    raise SourceError(f'the {layout} layout is multi-label: plan it with '
+                      'sources_multilabel.plan (writer.convert does)')
   if not os.path.isdir(src_dir):
     raise SourceError(
         f'src_dir {src_dir} does not exist or is not a folder; pass the folder '
         'that holds train/ val/ test/ or the class folders')
+  if layout == 'auto':
+    from xray_tfdata import sources_multilabel  # pylint: disable=g-import-not-at-top  (it imports this module)
+    detected = sources_multilabel.detect_layout(src_dir)
+    if detected:
+      raise SourceError(
+          f'src_dir {src_dir} is a multi-label {detected} tree: plan it with '
+          'sources_multilabel.plan (writer.convert and tools/make_tfrecords '
+          'do)')
   entries = sorted(os.listdir(src_dir))
   folders = [e for e in entries if not is_litter(e) and
              os.path.isdir(os.path.join(src_dir, e))]
