@@ -597,6 +597,55 @@ def test_nih_dataset_verifies_and_reads(nih_dataset):
   assert builder.verify() == info['counts']['written']
 
 
+def _shard_bytes(out):
+  return {n: open(os.path.join(out, n), 'rb').read()
+          for n in sorted(os.listdir(out)) if '.tfrecord-' in n}
+
+
+def test_interrupted_multilabel_run_resumes_to_the_same_bytes(
+    nih_dataset, tmp_path, monkeypatch):
+  from xray_tfdata import imaging  # pylint: disable=g-import-not-at-top
+  src, reference, reference_info = nih_dataset
+  decode = imaging.decode_and_resize
+  calls = []
+
+  def interrupted(task):
+    calls.append(task)
+    if len(calls) > 4:
+      raise KeyboardInterrupt
+    return decode(task)
+  monkeypatch.setattr(imaging, 'decode_and_resize', interrupted)
+  out = str(tmp_path / 'out')
+  with pytest.raises(KeyboardInterrupt):
+    _convert(src, out, seed=1)
+  assert not os.path.exists(out)
+  monkeypatch.setattr(imaging, 'decode_and_resize',
+                      lambda task: calls.append(task) or decode(task))
+  calls.clear()
+  info = _convert(src, out, seed=1)
+  assert len(calls) == info['counts']['written'] - 4  # 4 shards were kept
+  assert _shard_bytes(out) == _shard_bytes(reference)
+  assert info['splits'] == reference_info['splits']
+
+
+def test_single_and_multilabel_flags_do_not_mix(tmp_path):
+  kaggle = str(tmp_path / 'kaggle')
+  for split in ('train', 'val', 'test'):
+    for c in ('NORMAL', 'PNEUMONIA'):
+      _image(kaggle, f'{split}/{c}/IM-0001-0001.jpeg', 'JPEG')
+  out = str(tmp_path / 'out')
+  with pytest.raises(sources.SourceError, match='--split is for the multi'):
+    _convert(kaggle, out, split='official')
+  with pytest.raises(sources.SourceError, match='--labels_csv is for the csv'):
+    _convert(kaggle, out, layout='kaggle', labels_csv='x.csv')
+  nih = make_nih(str(tmp_path / 'nih'))
+  with pytest.raises(sources.SourceError, match='--path_column is for the csv'):
+    _convert(nih, out, path_column='file')
+  with pytest.raises(sources.SourceError, match='contradict'):
+    _convert(nih, out, resplit=True, split='official')
+  assert not os.path.exists(out)
+
+
 @pytest.fixture(scope='module')
 def chexpert_dataset(tmp_path_factory):
   root = tmp_path_factory.mktemp('chexpert')

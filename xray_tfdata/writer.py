@@ -835,7 +835,9 @@ def print_summary(info, out_dir):
       ('skipped', info['skipped'], lambda s: f'{s["path"]}: {s["reason"]}'),
       ('duplicates', info['duplicates'],
        lambda d: f'{d["dropped"]} (same {d.get("same", "bytes")} as '
-                 f'{d["kept"]})'),
+                 f'{d["kept"]}' + ('; its labels differ, the first row\'s '
+                                   'are kept' if d.get('labels_differ')
+                                   else '') + ')'),
       ('unlabelled', info.get('unlabelled', []),
        lambda s: f'{s["path"]}: {s["reason"]}'),
       ('ignored', info['ignored'], str)):
