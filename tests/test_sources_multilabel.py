@@ -326,6 +326,13 @@ def test_detects_the_layouts(tmp_path):
   assert ml.resolve_layout(kaggle, 'auto', labels_csv='x.csv') == 'csv'
   with pytest.raises(sources.SourceError, match='multi-label nih tree'):
     sources.scan(nih)
+  both = str(tmp_path / 'both')
+  make_chexpert(both)
+  _write_csv(os.path.join(both, 'Data_Entry_2017.csv'), NIH_HEADER, [])
+  assert ml.detect_layout(both) is None
+  with pytest.raises(sources.SourceError, match='more than one multi-label'):
+    ml.resolve_layout(both, 'auto')
+  assert ml.resolve_layout(both, 'nih') == 'nih'
 
 
 # -- planning -----------------------------------------------------------------
@@ -488,6 +495,10 @@ def test_bad_split_arguments():
     ml.check_split_arguments('csv', 'official', None, None)
   with pytest.raises(sources.SourceError, match='drop --test_fraction'):
     ml.check_split_arguments('nih', 'official', 0.1, 0.1)
+  with pytest.raises(sources.SourceError, match='has its own val'):
+    ml.check_split_arguments('mimic', 'official', 0.1, None)
+  assert ml.check_split_arguments('mimic', 'official', None, None) == (
+      None, None)
   with pytest.raises(sources.SourceError, match='leave nothing'):
     ml.check_split_arguments('nih', 'resplit', 0.6, 0.5)
   assert ml.check_split_arguments('chexpert', 'resplit', None, None) == (

@@ -56,6 +56,12 @@ SPLIT_FOLDERS = ('train', 'val', 'test')
 # `xray_tfdata.sources_multilabel`; `scan` and `plan` read the others.
 MULTILABEL_LAYOUTS = ('nih', 'chexpert', 'mimic', 'csv')
 LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool', 'rsna') + MULTILABEL_LAYOUTS
+# The files that tell the multi-label layouts apart
+# (`detect_multilabel_layout`).
+NIH_CSV_PREFIX = 'Data_Entry_2017'
+CHEXPERT_TRAIN = 'train.csv'
+CHEXPERT_VALID = 'valid.csv'
+MIMIC_PREFIX = 'mimic-cxr-2.0.0-'
 RSNA_IMAGES = 'stage_2_train_images'
 RSNA_LABELS = 'stage_2_train_labels.csv'
 RSNA_CLASS_INFO = 'stage_2_detailed_class_info.csv'
@@ -312,6 +318,35 @@ def dicom_patient_id(full_path, path):
   return value.strip() or os.path.splitext(os.path.basename(path))[0]
 
 
+def detect_multilabel_layout(src_dir):
+  """The multi-label layout of src_dir when its files say so unambiguously
+  ('nih', 'chexpert', 'mimic'), else None.
+
+  Data_Entry_2017*.csv -> nih; train.csv and valid.csv whose header has a
+  Path column -> chexpert; mimic-cxr-2.0.0-*.csv.gz files -> mimic. Two of
+  them at once is ambiguous: None (`sources_multilabel.resolve_layout`
+  then asks for --layout).
+  """
+  if not os.path.isdir(src_dir):
+    return None
+  names = set(os.listdir(src_dir))
+  found = []
+  if any(n.startswith(NIH_CSV_PREFIX) and n.endswith('.csv') for n in names):
+    found.append('nih')
+  if {CHEXPERT_TRAIN, CHEXPERT_VALID} <= names:
+    try:
+      with open(os.path.join(src_dir, CHEXPERT_TRAIN), newline='',
+                encoding='utf-8-sig') as f:
+        header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+      header = []
+    if 'Path' in header:
+      found.append('chexpert')
+  if any(n.startswith(MIMIC_PREFIX) and n.endswith('.csv.gz') for n in names):
+    found.append('mimic')
+  return found[0] if len(found) == 1 else None
+
+
 def is_litter(name):
   """Whether a file or folder name is OS litter or hidden."""
   return name in _LITTER or name.startswith('.')
@@ -343,8 +378,7 @@ def scan(src_dir, layout='auto'):
         f'src_dir {src_dir} does not exist or is not a folder; pass the folder '
         'that holds train/ val/ test/ or the class folders')
   if layout == 'auto':
-    from xray_tfdata import sources_multilabel  # pylint: disable=g-import-not-at-top  (it imports this module)
-    detected = sources_multilabel.detect_layout(src_dir)
+    detected = detect_multilabel_layout(src_dir)
     if detected:
       raise SourceError(
           f'src_dir {src_dir} is a multi-label {detected} tree: plan it with '

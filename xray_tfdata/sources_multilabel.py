@@ -93,7 +93,7 @@ NIH_LABELS = ('Atelectasis', 'Cardiomegaly', 'Effusion', 'Infiltration',
               'Edema', 'Emphysema', 'Fibrosis', 'Pleural_Thickening',
               'Hernia')
 NIH_NO_FINDING = 'No Finding'
-NIH_CSV_PREFIX = 'Data_Entry_2017'
+NIH_CSV_PREFIX = sources.NIH_CSV_PREFIX
 NIH_TRAIN_VAL_LIST = 'train_val_list.txt'
 NIH_TEST_LIST = 'test_list.txt'
 NIH_COLUMNS = ('Image Index', 'Finding Labels', 'Patient ID', 'Patient Age',
@@ -106,8 +106,8 @@ CHEXPERT_LABELS = ('No Finding', 'Enlarged Cardiomediastinum', 'Cardiomegaly',
                    'Pneumonia', 'Atelectasis', 'Pneumothorax',
                    'Pleural Effusion', 'Pleural Other', 'Fracture',
                    'Support Devices')
-CHEXPERT_TRAIN = 'train.csv'
-CHEXPERT_VALID = 'valid.csv'
+CHEXPERT_TRAIN = sources.CHEXPERT_TRAIN
+CHEXPERT_VALID = sources.CHEXPERT_VALID
 CHEXPERT_COLUMNS = ('Path', 'Sex', 'Age', 'Frontal/Lateral', 'AP/PA')
 
 MIMIC_LABELS_FILE = 'mimic-cxr-2.0.0-chexpert.csv.gz'
@@ -146,27 +146,7 @@ class _Row:
   missing_name: str = ''  # the image a row names, when it is not found
 
 
-def detect_layout(src_dir):
-  """The multi-label layout of src_dir when its files say so unambiguously
-  ('nih', 'chexpert', 'mimic'), else None.
-
-  Data_Entry_2017*.csv -> nih; train.csv and valid.csv whose header has a
-  Path column -> chexpert; the mimic-cxr-2.0.0-*.csv.gz files -> mimic.
-  Two of them at once is ambiguous: None (the caller asks for --layout).
-  """
-  if not os.path.isdir(src_dir):
-    return None
-  names = set(os.listdir(src_dir))
-  found = []
-  if any(n.startswith(NIH_CSV_PREFIX) and n.endswith('.csv') for n in names):
-    found.append('nih')
-  if {CHEXPERT_TRAIN, CHEXPERT_VALID} <= names and 'Path' in _header(
-      os.path.join(src_dir, CHEXPERT_TRAIN)):
-    found.append('chexpert')
-  if any(n.startswith('mimic-cxr-2.0.0-') and n.endswith('.csv.gz')
-         for n in names):
-    found.append('mimic')
-  return found[0] if len(found) == 1 else None
+detect_layout = sources.detect_multilabel_layout
 
 
 def is_ambiguous(src_dir):
@@ -193,14 +173,6 @@ def _layout_files(src_dir, layout):
     ok = {MIMIC_LABELS_FILE, MIMIC_METADATA_FILE} <= names
   if not ok:
     raise SourceError(f'src_dir {src_dir} is not a {layout} tree')
-
-
-def _header(path):
-  try:
-    with _open_text(path) as f:
-      return next(csv.reader(f), [])
-  except (OSError, UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile):
-    return []
 
 
 def _open_text(path):
@@ -621,10 +593,11 @@ def check_split_arguments(layout, split_method, val_fraction, test_fraction):
   """The fractions to use, checked.
 
   Returns:
-    (val_fraction, test_fraction or None).
+    (val_fraction, test_fraction), either None where it does not apply.
   Raises:
     SourceError: an unknown method, the csv layout without --resplit, a
-      test fraction with an official split, a fraction outside (0, 1), or
+      test fraction with an official split (a val fraction with MIMIC's),
+      a fraction outside (0, 1), or
       fractions leaving nothing for training.
   """
   if split_method not in SPLIT_METHODS:
@@ -637,16 +610,21 @@ def check_split_arguments(layout, split_method, val_fraction, test_fraction):
     if test_fraction is not None:
       raise SourceError(f'the official {layout} split keeps its test set: '
                         'drop --test_fraction, or pass --resplit')
+    if layout == 'mimic' and val_fraction is not None:
+      raise SourceError('the official mimic split has its own val (its split '
+                        'file\'s validate): drop --val_fraction, or pass '
+                        '--resplit')
   for name, value in (('val_fraction', val_fraction),
                       ('test_fraction', test_fraction)):
     if value is not None and not 0 < value < 1:
       raise SourceError(f'{name} must be between 0 and 1 (exclusive), got '
                         f'{value}')
-  if val_fraction is None:
+  if val_fraction is None and not (layout == 'mimic' and
+                                   split_method == 'official'):
     val_fraction = DEFAULT_VAL_FRACTION
   if split_method == 'resplit' and test_fraction is None:
     test_fraction = DEFAULT_TEST_FRACTION
-  if val_fraction + (test_fraction or 0) >= 1:
+  if (val_fraction or 0) + (test_fraction or 0) >= 1:
     raise SourceError(f'val_fraction {val_fraction} + test_fraction '
                       f'{test_fraction} leave nothing for training; ask for '
                       'less')
@@ -838,7 +816,6 @@ def plan(src_dir, layout, split_method='official', val_fraction=None,
     if layout == 'mimic':
       splits = {s: sorted(by_split[s], key=lambda f: f.path)
                 for s in sources.SPLIT_FOLDERS if by_split[s]}
-      info['val_fraction'] = None  # MIMIC's split file has its own val
     else:
       drawn = draw_splits(by_split['train'], len(label_names),
                           {'val': val_fraction}, seed)
