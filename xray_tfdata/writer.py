@@ -55,6 +55,17 @@ dataset's images and link to nothing outside it, not even for whoever
 converted it. Kermany's keys (parsed from file names such as person12_...)
 are stored as they are.
 
+Multi-label sets (NIH, CheXpert, MIMIC-CXR-JPG, a labelled CSV;
+`sources_multilabel`): the records hold `schema.LABELS` (raw codes) and the
+`schema.MULTILABEL_FEATURES` instead of the class; the patient and study ids,
+and the path segments that hold them, are hashed as DICOM patient ids are.
+xray_info.json adds 'label_names' (also its 'class_names'), per split
+'label_code_counts' and, as 'class_counts', the positives per label;
+'unlabelled' (image files no label row names), 'split' (the method and what
+it did) and 'patient_overlap', counted again just before the dataset is
+finished and refused unless 0. The same shards, `.partial` folder, resume
+and fingerprint (which covers the labels read from the CSVs) as above.
+
 Speed: decoding runs in `num_workers` processes started with 'spawn' (this
 process has TensorFlow loaded, whose threads do not survive a fork; the
 workers import only `xray_tfdata.imaging`). Results come back in order
@@ -138,7 +149,10 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     overwrite: replace a dataset already in out_dir.
     name: dataset name, the prefix of the shard file names; None derives
       it from the source folder's name (`dataset_name`).
-    layout: 'auto', 'kaggle', 'mendeley', 'pool' or 'rsna' (see sources).
+    layout: 'auto', 'kaggle', 'mendeley', 'pool' or 'rsna' (see sources),
+      or the multi-label 'nih', 'chexpert', 'mimic' or 'csv' (see
+      sources_multilabel); 'auto' detects all but csv (`labels_csv` means
+      csv).
     resume: keep the finished shards of an interrupted run with the same
       inputs and arguments (and keep this run's if it is interrupted);
       otherwise start from scratch and clean up on failure.
