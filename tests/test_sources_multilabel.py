@@ -167,7 +167,7 @@ def make_chexpert(root, rows=CHEXPERT_ROWS, header=CHEXPERT_HEADER):
   for which, path, sex, age, frontal, ap_pa, values in rows:
     tables[which].append([f'{folder}/{path}', sex, age, frontal, ap_pa] +
                          [values.get(n, '') for n in ml.CHEXPERT_LABELS])
-    if path not in CHEXPERT_NO_IMAGE:
+    if path not in CHEXPERT_NO_IMAGE and '..' not in path:
       _image(root, path, 'JPEG')
   _image(root, CHEXPERT_UNLABELLED, 'JPEG')
   for which in ('train', 'valid'):
@@ -763,6 +763,7 @@ def test_csv_conversion_and_resplit(tmp_path):
     ('no_column', "has no column 'AP/PA'"),
     ('outside', 'points outside src_dir'),
     ('absolute', 'points outside src_dir'),
+    ('chexpert_outside', 'points outside src_dir'),
     ('empty', 'no usable image'),
     ('no_lists', 'has no test_list.txt'),
     ('counts', '--val_counts/--test_counts does not apply to the nih'),
@@ -779,6 +780,10 @@ def test_bad_input_raises_one_line_and_writes_nothing(tmp_path, case, words):
     kwargs = dict(labels_csv=os.path.join(src, 'labels.csv'),
                   label_columns='Effusion,Nodule',
                   resplit=case != 'csv_official')
+  elif case == 'chexpert_outside':
+    make_chexpert(src, rows=CHEXPERT_ROWS[:2] + [
+        ('train', '../../elsewhere/view1_frontal.jpg', 'Male', '1', 'Frontal',
+         'AP', {})])
   elif case == 'empty':
     make_chexpert(src, rows=[r for r in CHEXPERT_ROWS
                              if r[1] in CHEXPERT_NO_IMAGE])
