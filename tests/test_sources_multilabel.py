@@ -446,6 +446,17 @@ def test_mimic_plan_uses_its_split_file(tmp_path):
   assert files['d2'].view == 'LATERAL'
 
 
+def test_mimic_resplit_needs_no_split_file(tmp_path):
+  src = make_mimic(str(tmp_path / 'mimic'))
+  os.remove(os.path.join(src, ml.MIMIC_SPLIT_FILE))
+  with pytest.raises(sources.SourceError, match='split-file|split file'):
+    ml.plan(src, 'mimic')
+  plan = ml.plan(src, 'mimic', 'resplit', 0.2, 0.2)
+  assert sum(len(fs) for fs in plan.splits.values()) == 5
+  assert plan.split_info['patient_overlap'][
+      'patients_in_more_than_one_split'] == 0
+
+
 def test_csv_layout_plan(tmp_path):
   src = make_own(str(tmp_path / 'own'), OWN_ROWS)
   plan = ml.plan(src, 'csv', 'resplit', 0.2, 0.2,
@@ -593,6 +604,11 @@ def test_nih_records_hide_the_ids_and_tfds_reads_them(nih_dataset):
     for e in examples:
       assert b'0000000' not in e[schema.FILENAME]
   assert info['patient_id'].startswith('hashed')
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  image, labels = next(iter(tfds.as_numpy(tfds.builder_from_directory(
+      out).as_dataset(split='val', as_supervised=True))))
+  assert image.shape == (STORED, STORED, 1) and labels.shape == (14,)
+  assert labels.dtype == np.int64
   features = json.load(open(os.path.join(out, 'features.json')))
   text = json.dumps(features)
   for key in (schema.LABELS, schema.VIEW, schema.SEX, schema.AGE_YEARS,
