@@ -62,6 +62,7 @@ IMPORTS = {
     'xray_tfdata.scoring': 'neither',
     'xray_tfdata.serving': 'tensorflow',
     'xray_tfdata.sources': 'neither',
+    'xray_tfdata.sources_multilabel': 'neither',
     'xray_tfdata.synthetic': 'neither',
     'xray_tfdata.synthetic_multilabel': 'neither',
     'xray_tfdata.training': 'tensorflow',

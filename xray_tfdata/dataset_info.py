@@ -261,7 +261,8 @@ def build_info(*, name, class_names, stored_size, resize_filter, splits,
                src_dir, layout, arguments, split_counts, counts, skipped,
                duplicates, ignored, created, timing, num_workers,
                extra_features=(), dicom_voi=None, decoding_packages=None,
-               patient_id=None, label_names=None):
+               patient_id=None, label_names=None, unlabelled=None,
+               split_info=None):
   """The xray_info.json dict of format `schema.FORMAT_VERSION`, from what the
   writer counted.
 
@@ -290,6 +291,13 @@ def build_info(*, name, class_names, stored_size, resize_filter, splits,
     patient_id: how patient ids were made, in words (hashed ones), or None.
     label_names: a multi-label dataset's labels (then each split entry also
       holds 'label_code_counts': {label: {str(code): n}}), or None.
+    unlabelled: a multi-label dataset's image files no label row names
+      ([{'path', 'reason'}]), stored as 'unlabelled'; None: not stored.
+    split_info: a multi-label dataset's split method and what it did
+      ({'method', 'val_fraction', 'test_fraction', 'source_overlap',
+      'patient_overlap'}): stored as 'split', its 'patient_overlap'
+      ({'checked', 'patients_in_more_than_one_split'}) also at the top
+      level; None: neither stored.
 
   Returns:
     The dict to write as xray_info.json.
@@ -325,4 +333,10 @@ def build_info(*, name, class_names, stored_size, resize_filter, splits,
     info['patient_id'] = patient_id
   if label_names is not None:
     info['label_names'] = list(label_names)
+  if unlabelled is not None:
+    info['unlabelled'] = unlabelled
+  if split_info is not None:
+    info['split'] = {k: v for k, v in split_info.items()
+                     if k != 'patient_overlap'}
+    info['patient_overlap'] = split_info['patient_overlap']
   return info

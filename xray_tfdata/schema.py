@@ -238,13 +238,17 @@ def parse_shard_filename(filename):
 TFDS_FILENAME_TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
 
 
-def tfds_features(class_names, height, width, extra_features=()):
+def tfds_features(class_names, height, width, extra_features=(),
+                  label_names=None):
   """The schema as a `tfds.features.FeaturesDict` (imports TFDS).
 
   Args:
     class_names: the dataset's classes.
     height, width: stored image size.
     extra_features: keys of `RSNA_FEATURES` the records carry.
+    label_names: a multi-label dataset's labels: then `LABELS` (int64 [L]
+      raw codes) and the `MULTILABEL_FEATURES` replace `LABEL` and
+      `CLASS_TEXT`; None for a single-label dataset.
 
   Raises:
     ValueError: an unknown extra feature.
@@ -268,18 +272,29 @@ def tfds_features(class_names, height, width, extra_features=()):
     raise ValueError(f'unknown extra features {unknown}')
   extras = {k: (text if k == DETAILED_CLASS else boxes)(RSNA_FEATURES[k])
             for k in extra_features}
+  if label_names:
+    target = {
+        LABELS: features.Tensor(
+            shape=(len(label_names),), dtype=np.int64,
+            doc='raw code per label (1 positive, 0 negative, -1 uncertain, '
+                '-2 not mentioned), in the order: ' + ', '.join(label_names)),
+        AGE_YEARS: scalar(MULTILABEL_FEATURES[AGE_YEARS]),
+        **{k: text(MULTILABEL_FEATURES[k]) for k in (VIEW, SEX, STUDY_ID)}}
+  else:
+    target = {LABEL: features.ClassLabel(names=list(class_names)),
+              CLASS_TEXT: text('class name')}
   return features.FeaturesDict({
       ENCODED: features.Image(shape=(height, width, 1), dtype=np.uint8,
                               encoding_format='png',
                               doc='grayscale, squashed to the stored size'),
-      LABEL: features.ClassLabel(names=list(class_names)),
+      **target,
       FORMAT: text('encoding of the image: png'),
       HEIGHT: scalar('stored height in pixels'),
       WIDTH: scalar('stored width in pixels'),
-      CLASS_TEXT: text('class name'),
       FILENAME: text('source path relative to the source folder'),
       PATIENT_ID: text('patient grouping key: parsed from the file name, '
-                       'or (RSNA) a salted hash of the patientId'),
+                       'or (RSNA, the multi-label sets) a salted hash of the '
+                       "source's patient id"),
       ORIGINAL_HEIGHT: scalar('height of the source image'),
       ORIGINAL_WIDTH: scalar('width of the source image'),
       **extras,
@@ -313,7 +328,8 @@ def write_tfds_metadata(data_dir, info):
       data_dir=data_dir,
       features=tfds_features(info['class_names'], image['height'],
                              image['width'],
-                             info.get('extra_features', ())),
+                             info.get('extra_features', ()),
+                             info.get('label_names')),
       split_infos=split_infos,
       filename_template=TFDS_FILENAME_TEMPLATE,
       check_data=False,  # the tests read it with TFDS; this saves seconds
@@ -322,4 +338,4 @@ def write_tfds_metadata(data_dir, info):
           f'{image["height"]}x{image["width"]} grayscale PNG, converted by '
           f'xray_tfdata (examples: {counts}). The converter\'s full record '
           f'(sources, duplicates, skipped files) is in {INFO_FILENAME}.'),
-      supervised_keys=(ENCODED, LABEL))
+      supervised_keys=(ENCODED, LABELS if info.get('label_names') else LABEL))

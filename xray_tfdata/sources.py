@@ -52,7 +52,16 @@ from xray_tfdata import dicom
 from xray_tfdata import errors
 
 SPLIT_FOLDERS = ('train', 'val', 'test')
-LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool', 'rsna')
+# The multi-label layouts (nih, chexpert, mimic, csv) are scanned by
+# `xray_tfdata.sources_multilabel`; `scan` and `plan` read the others.
+MULTILABEL_LAYOUTS = ('nih', 'chexpert', 'mimic', 'csv')
+LAYOUTS = ('auto', 'kaggle', 'mendeley', 'pool', 'rsna') + MULTILABEL_LAYOUTS
+# The files that tell the multi-label layouts apart
+# (`detect_multilabel_layout`).
+NIH_CSV_PREFIX = 'Data_Entry_2017'
+CHEXPERT_TRAIN = 'train.csv'
+CHEXPERT_VALID = 'valid.csv'
+MIMIC_PREFIX = 'mimic-cxr-2.0.0-'
 RSNA_IMAGES = 'stage_2_train_images'
 RSNA_LABELS = 'stage_2_train_labels.csv'
 RSNA_CLASS_INFO = 'stage_2_detailed_class_info.csv'
@@ -93,6 +102,18 @@ class SourceFile:
       pixels; None in other layouts.
     is_dicom: a DICOM file, whose patient id is an identifier the writer
       stores only hashed (`writer.hashed_patient_id`).
+    labels: a multi-label source's raw codes (`schema.LABEL_CODES`), one per
+      label name; None in the single-label layouts (then class_name and
+      label hold the class; in a multi-label plan they are '' and -1).
+    view, sex, age_years, study_id: a multi-label record's
+      `schema.MULTILABEL_FEATURES` (None: unknown).
+    hash_ids: the patient and study ids identify persons: the writer
+      stores them hashed, and replaces them in image/filename
+      (`private_parts`).
+    private_parts: ((text, id), ...): path segments (or file name stems, or
+      the part of a stem before its first '_') equal to `text` are stored
+      as the hash of `id`; an id of None drops the segment (a bucket
+      folder named after the id's digits).
   """
   path: str
   source_split: str | None
@@ -103,6 +124,13 @@ class SourceFile:
   detailed_class: str | None = None
   boxes: tuple | None = None
   is_dicom: bool = False
+  labels: tuple | None = None
+  view: str | None = None
+  sex: str | None = None
+  age_years: int | None = None
+  study_id: str | None = None
+  hash_ids: bool = False
+  private_parts: tuple = ()
 
 
 @dataclasses.dataclass
@@ -131,6 +159,12 @@ class Plan:
       re-split, else None.
     skipped: [{'path', 'reason'}] of entries the scan could not use (see
       the module docstring); the writer adds the files it cannot decode.
+    label_names: a multi-label plan's labels (`sources_multilabel`), None
+      for a single-label one.
+    unlabelled: a multi-label plan's image files no label row names
+      ([{'path', 'reason'}]).
+    split_info: a multi-label plan's split method and what it did (see
+      `sources_multilabel.plan`).
   """
   src_dir: str
   layout: str
@@ -141,6 +175,9 @@ class Plan:
   num_scanned: int
   split_counts: dict | None = None
   skipped: list = dataclasses.field(default_factory=list)
+  label_names: tuple | None = None
+  unlabelled: list = dataclasses.field(default_factory=list)
+  split_info: dict | None = None
 
 
 def patient_id(filename):
@@ -281,6 +318,35 @@ def dicom_patient_id(full_path, path):
   return value.strip() or os.path.splitext(os.path.basename(path))[0]
 
 
+def detect_multilabel_layout(src_dir):
+  """The multi-label layout of src_dir when its files say so unambiguously
+  ('nih', 'chexpert', 'mimic'), else None.
+
+  Data_Entry_2017*.csv -> nih; train.csv and valid.csv whose header has a
+  Path column -> chexpert; mimic-cxr-2.0.0-*.csv.gz files -> mimic. Two of
+  them at once is ambiguous: None (`sources_multilabel.resolve_layout`
+  then asks for --layout).
+  """
+  if not os.path.isdir(src_dir):
+    return None
+  names = set(os.listdir(src_dir))
+  found = []
+  if any(n.startswith(NIH_CSV_PREFIX) and n.endswith('.csv') for n in names):
+    found.append('nih')
+  if {CHEXPERT_TRAIN, CHEXPERT_VALID} <= names:
+    try:
+      with open(os.path.join(src_dir, CHEXPERT_TRAIN), newline='',
+                encoding='utf-8-sig') as f:
+        header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+      header = []
+    if 'Path' in header:
+      found.append('chexpert')
+  if any(n.startswith(MIMIC_PREFIX) and n.endswith('.csv.gz') for n in names):
+    found.append('mimic')
+  return found[0] if len(found) == 1 else None
+
+
 def is_litter(name):
   """Whether a file or folder name is OS litter or hidden."""
   return name in _LITTER or name.startswith('.')
@@ -304,10 +370,20 @@ def scan(src_dir, layout='auto'):
   """
   if layout not in LAYOUTS:
     raise SourceError(f'layout must be one of {LAYOUTS}, got {layout!r}')
+  if layout in MULTILABEL_LAYOUTS:
+    raise SourceError(f'the {layout} layout is multi-label: plan it with '
+                      'sources_multilabel.plan (writer.convert does)')
   if not os.path.isdir(src_dir):
     raise SourceError(
         f'src_dir {src_dir} does not exist or is not a folder; pass the folder '
         'that holds train/ val/ test/ or the class folders')
+  if layout == 'auto':
+    detected = detect_multilabel_layout(src_dir)
+    if detected:
+      raise SourceError(
+          f'src_dir {src_dir} is a multi-label {detected} tree: plan it with '
+          'sources_multilabel.plan (writer.convert and tools/make_tfrecords '
+          'do)')
   entries = sorted(os.listdir(src_dir))
   folders = [e for e in entries if not is_litter(e) and
              os.path.isdir(os.path.join(src_dir, e))]

@@ -276,7 +276,8 @@ def _image_sizes(info, paths, batch=256):
     is not a PNG.
   """
   # The whole schema, so that a record the decoder cannot parse fails here.
-  spec = schema.feature_spec(info.format_version)
+  # A multi-label dataset's too: every record holds one code per label.
+  spec = schema.feature_spec(info.format_version, len(info.label_names))
   image_key = schema.key(schema.ENCODED, info.format_version)
 
   def sizes(records):

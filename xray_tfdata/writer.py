@@ -55,6 +55,17 @@ dataset's images and link to nothing outside it, not even for whoever
 converted it. Kermany's keys (parsed from file names such as person12_...)
 are stored as they are.
 
+Multi-label sets (NIH, CheXpert, MIMIC-CXR-JPG, a labelled CSV;
+`sources_multilabel`): the records hold `schema.LABELS` (raw codes) and the
+`schema.MULTILABEL_FEATURES` instead of the class; the patient and study ids,
+and the path segments that hold them, are hashed as DICOM patient ids are.
+xray_info.json adds 'label_names' (also its 'class_names'), per split
+'label_code_counts' and, as 'class_counts', the positives per label;
+'unlabelled' (image files no label row names), 'split' (the method and what
+it did) and 'patient_overlap', counted again just before the dataset is
+finished and refused unless 0. The same shards, `.partial` folder, resume
+and fingerprint (which covers the labels read from the CSVs) as above.
+
 Speed: decoding runs in `num_workers` processes started with 'spawn' (this
 process has TensorFlow loaded, whose threads do not survive a fork; the
 workers import only `xray_tfdata.imaging`). Results come back in order
@@ -83,6 +94,7 @@ from xray_tfdata import errors
 from xray_tfdata import imaging
 from xray_tfdata import schema
 from xray_tfdata import sources
+from xray_tfdata import sources_multilabel
 
 PARTIAL_SUFFIX = '.partial'
 # Next to out_dir while a conversion writes it (see atomic.exclusive).
@@ -115,7 +127,9 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
             overwrite=False, name=None, layout='auto',
             resume=True, progress=True, voi='auto', patient_id_salt=None,
             keep_test=False, val_fraction=None, test_fraction=None,
-            patient_id_regex=None, patient_csv=None):
+            patient_id_regex=None, patient_csv=None, split=None,
+            labels_csv=None, path_column=None, patient_column=None,
+            label_columns=None):
   """Converts an image tree into TFRecord shards, TFDS' metadata and
   xray_info.json.
 
@@ -135,7 +149,10 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
     overwrite: replace a dataset already in out_dir.
     name: dataset name, the prefix of the shard file names; None derives
       it from the source folder's name (`dataset_name`).
-    layout: 'auto', 'kaggle', 'mendeley', 'pool' or 'rsna' (see sources).
+    layout: 'auto', 'kaggle', 'mendeley', 'pool' or 'rsna' (see sources),
+      or the multi-label 'nih', 'chexpert', 'mimic' or 'csv' (see
+      sources_multilabel); 'auto' detects all but csv (`labels_csv` means
+      csv).
     resume: keep the finished shards of an interrupted run with the same
       inputs and arguments (and keep this run's if it is interrupted);
       otherwise start from scratch and clean up on failure.
@@ -151,6 +168,12 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
       class, instead of val_counts and test_counts.
     patient_id_regex, patient_csv: the patients of a user's own file names
       (`sources.assign_patient_ids`).
+    split: the multi-label layouts' split method, 'official' (their
+      default) or 'resplit' (`resplit=True` means the same);
+      `sources_multilabel.plan`.
+    labels_csv, path_column, patient_column, label_columns: the csv
+      layout's label CSV, its path and patient columns (default 'path',
+      'patient_id') and its label columns ('A,B,C').
 
   Returns:
     The xray_info.json contents as a dict.
@@ -170,8 +193,13 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   if name is None:
     name = dataset_name(src_dir)
   stored_size = _check_arguments(image_size, num_shards, num_workers, name)
-  sources.check_split_arguments(resplit, val_counts, test_counts, keep_test,
-                                val_fraction, test_fraction)
+  multilabel = _multilabel_arguments(
+      src_dir, layout, resplit, split, val_counts, test_counts, keep_test,
+      val_fraction, test_fraction, patient_id_regex, patient_csv, labels_csv,
+      path_column, patient_column, label_columns)
+  if multilabel is None:
+    sources.check_split_arguments(resplit, val_counts, test_counts, keep_test,
+                                  val_fraction, test_fraction)
   if voi not in dicom.VOI_POLICIES:
     raise OutputError(f'voi must be one of {", ".join(dicom.VOI_POLICIES)}, '
                       f'got {voi!r}')
@@ -194,9 +222,12 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   with atomic.exclusive(out_dir + LOCK_SUFFIX, f'out_dir {out_dir}'):
     # Again, under the lock: a run that held it may have just finished.
     _check_out_dir(out_dir, overwrite)
-    plan = sources.plan(src_dir, resplit, val_counts, test_counts, seed,
-                        layout, keep_test, val_fraction, test_fraction,
-                        patient_id_regex, patient_csv)
+    if multilabel is None:
+      plan = sources.plan(src_dir, resplit, val_counts, test_counts, seed,
+                          layout, keep_test, val_fraction, test_fraction,
+                          patient_id_regex, patient_csv)
+    else:
+      plan = sources_multilabel.plan(src_dir, seed=seed, **multilabel)
     shards = plan_shards(plan, name, num_shards, seed, stored_size)
     arguments = {'image_size': list(stored_size), 'resplit': resplit,
                  'keep_test': keep_test,
@@ -209,6 +240,13 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
                  'layout': layout, 'voi': voi,
                  # Whether one was given; the salt itself is never written.
                  'patient_id_salt': 'given' if patient_id_salt else 'random'}
+    if multilabel is not None:
+      arguments.update(
+          split=multilabel['split_method'], labels_csv=(
+              os.path.abspath(labels_csv) if labels_csv else None),
+          path_column=multilabel['path_column'],
+          patient_column=multilabel['patient_column'],
+          label_columns=multilabel['label_columns'])
     partial = out_dir + PARTIAL_SUFFIX
     fingerprint = _fingerprint(plan, shards, arguments)
     if patient_id_salt:
@@ -262,6 +300,57 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   return info
 
 
+def _multilabel_arguments(src_dir, layout, resplit, split, val_counts,
+                          test_counts, keep_test, val_fraction, test_fraction,
+                          patient_id_regex, patient_csv, labels_csv,
+                          path_column, patient_column, label_columns):
+  """The keyword arguments of `sources_multilabel.plan` for a multi-label
+  layout (given, or detected by `sources_multilabel.resolve_layout`), or
+  None for the single-label layouts.
+
+  Raises:
+    sources.SourceError: an argument of the other kind of layout.
+  """
+  csv_flags = {'--path_column': path_column, '--patient_column':
+               patient_column, '--label_columns': label_columns}
+  ml_layout = sources_multilabel.resolve_layout(src_dir, layout, labels_csv)
+  if ml_layout is None:
+    given = [k for k, v in csv_flags.items() if v is not None]
+    if split is not None or given:
+      flag = '--split' if split is not None else given[0]
+      raise sources.SourceError(
+          f'{flag} is for the multi-label layouts (nih, chexpert, mimic, '
+          'csv); drop it, or pass --layout')
+    return None
+  single = {'--val_counts/--test_counts': val_counts or test_counts,
+            '--keep_test': keep_test, '--patient_id_regex': patient_id_regex,
+            '--patient_csv': patient_csv}
+  given = [k for k, v in single.items() if v]
+  if given:
+    raise sources.SourceError(
+        f'{given[0]} does not apply to the {ml_layout} layout (multi-label, '
+        'split by patient from its own ids): use --split=official or '
+        '--resplit with --val_fraction/--test_fraction')
+  if ml_layout != 'csv':
+    given = [k for k, v in csv_flags.items() if v is not None]
+    if given:
+      raise sources.SourceError(f'{given[0]} is for the csv layout; drop it '
+                                f'for the {ml_layout} layout')
+  if resplit and split == 'official':
+    raise sources.SourceError('--resplit and --split=official contradict each '
+                              'other; give one')
+  split_method = 'resplit' if resplit else (split or 'official')
+  sources_multilabel.check_split_arguments(ml_layout, split_method,
+                                           val_fraction, test_fraction)
+  return {'layout': ml_layout, 'split_method': split_method,
+          'val_fraction': val_fraction, 'test_fraction': test_fraction,
+          'labels_csv': labels_csv,
+          'path_column': path_column or sources_multilabel.DEFAULT_PATH_COLUMN,
+          'patient_column': (patient_column or
+                             sources_multilabel.DEFAULT_PATIENT_COLUMN),
+          'label_columns': label_columns}
+
+
 def dataset_name(src_dir):
   """A dataset name from the source folder's name, as TFDS names datasets:
   lower case letters, digits and '_', starting with a letter.
@@ -298,6 +387,10 @@ def _fingerprint(plan, shards, arguments):
       # The patient id is stored, and may come from a CSV that changed.
       digest.update(f'\0{f.path}\0{f.num_bytes}\0{mtime}\0{f.patient_id}'
                     .encode())
+      if f.labels is not None:
+        # So are a multi-label record's labels and fields, from CSVs.
+        digest.update(json.dumps(
+            [f.labels, f.view, f.sex, f.age_years, f.study_id]).encode())
   return digest.hexdigest()
 
 
@@ -337,7 +430,11 @@ def _patient_id_salt(partial, given):
 def _stored_identity(f, salt):
   """(filename, patient_id) as stored for source file `f`: a DICOM file's
   patient id hashed, and in its file name too where the stem is that id
-  (RSNA); other files' as scanned."""
+  (RSNA); a multi-label file's (`hash_ids`) hashed, its `private_parts`
+  replaced in the file name; other files' as scanned."""
+  if f.hash_ids:
+    return (_private_path(f.path, f.private_parts, salt),
+            hashed_patient_id(f.patient_id, salt))
   if not f.is_dicom:
     return f.path, f.patient_id
   key = hashed_patient_id(f.patient_id, salt)
@@ -345,6 +442,37 @@ def _stored_identity(f, salt):
   stem, extension = os.path.splitext(name)
   name = key + extension if stem == f.patient_id else name
   return f'{folder}/{name}' if folder else name, key
+
+
+def _stored_study_id(f, salt):
+  """The study id as stored: hashed where the file's ids identify a
+  person; '' when the source has none."""
+  if not f.study_id:
+    return ''
+  return hashed_patient_id(f.study_id, salt) if f.hash_ids else f.study_id
+
+
+def _private_path(path, private_parts, salt):
+  """`path` with each segment named in `private_parts` ((text, id)) as
+  the hash of its id: a whole segment, a file name's stem, or the part of a
+  stem before its first '_' (NIH's 00000001_000.png); an id of None drops
+  the segment."""
+  table = dict(private_parts)
+  segments = []
+  for segment in path.split('/'):
+    stem, extension = os.path.splitext(segment)
+    prefix, sep, rest = stem.partition('_')
+    if segment in table:
+      if table[segment] is not None:
+        segments.append(hashed_patient_id(table[segment], salt))
+    elif stem in table and table[stem] is not None:
+      segments.append(hashed_patient_id(table[stem], salt) + extension)
+    elif sep and prefix in table and table[prefix] is not None:
+      segments.append(hashed_patient_id(table[prefix], salt) + sep + rest +
+                      extension)
+    else:
+      segments.append(segment)
+  return '/'.join(segments)
 
 
 def _decoding_packages():
@@ -520,11 +648,19 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
               boxes = None if f.boxes is None else [
                   imaging.stored_box(box, (original_height, original_width),
                                      stored_size) for box in f.boxes]
-              shard.write(schema.encode_example(
-                  png, stored_size[0], stored_size[1], f.label,
-                  f.class_name, filename_stored, patient_id,
-                  original_height, original_width, f.detailed_class,
-                  boxes))
+              if f.labels is None:
+                shard.write(schema.encode_example(
+                    png, stored_size[0], stored_size[1], f.label,
+                    f.class_name, filename_stored, patient_id,
+                    original_height, original_width, f.detailed_class,
+                    boxes))
+              else:
+                shard.write(schema.encode_example(
+                    png, stored_size[0], stored_size[1], None, None,
+                    filename_stored, patient_id, original_height,
+                    original_width, labels=f.labels, view=f.view,
+                    sex=f.sex, age_years=f.age_years,
+                    study_id=_stored_study_id(f, salt)))
               shard_written.append(f)
           atomic.fsync_file(path + '.tmp')
       except BaseException:
@@ -556,15 +692,26 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
   elapsed_seconds is the whole call.
   """
   splits = {}
+  label_names = plan.label_names
   for split, filename, _ in shards:
     entry = splits.setdefault(split, {
         'num_examples': 0,
         'class_counts': dict.fromkeys(plan.class_names, 0),
         'shards': []})
+    if label_names is not None and 'label_code_counts' not in entry:
+      entry['label_code_counts'] = {
+          name: {str(code): 0 for code in schema.LABEL_CODES}
+          for name in label_names}
     examples = written[filename]
     entry['num_examples'] += len(examples)
     for f in examples:
-      entry['class_counts'][f.class_name] += 1
+      if label_names is None:
+        entry['class_counts'][f.class_name] += 1
+        continue
+      for name, code in zip(label_names, f.labels):
+        entry['label_code_counts'][name][str(code)] += 1
+        # class_counts of a multi-label split: the positives per label.
+        entry['class_counts'][name] += code == schema.POSITIVE
     entry['shards'].append({
         'filename': filename,
         'num_examples': len(examples),
@@ -579,7 +726,14 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
   dicom_sources = any(f.path.lower().endswith(dicom.EXTENSIONS)
                       for f in all_files)
   patient_id = None
-  if any(f.is_dicom for f in all_files):
+  if any(f.hash_ids for f in all_files):
+    patient_id = (
+        'hashed, as image/study_id and the ids in image/filename: HMAC-SHA256 '
+        'of the source id, 16 hex digits, salt '
+        + ('given by the user (not stored)' if
+           arguments['patient_id_salt'] == 'given' else
+           'random and discarded'))
+  elif any(f.is_dicom for f in all_files):
     patient_id = (
         'hashed: HMAC-SHA256 of the source id, 16 hex digits, salt '
         + ('given by the user (not stored)' if
@@ -591,13 +745,37 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
       src_dir=plan.src_dir, layout=plan.layout, arguments=arguments,
       split_counts=_written_split_counts(plan, splits),
       counts={'scanned': plan.num_scanned, 'written': num_written,
-              'skipped': len(skipped), 'duplicates': len(plan.duplicates)},
+              'skipped': len(skipped), 'duplicates': len(plan.duplicates),
+              **({'unlabelled': len(plan.unlabelled)}
+                 if label_names is not None else {})},
       skipped=skipped, duplicates=plan.duplicates, ignored=plan.ignored,
       created=created, timing=timing, num_workers=num_workers,
       extra_features=extra_features,
       dicom_voi=arguments['voi'] if dicom_sources else None,
       decoding_packages=_decoding_packages() if dicom_sources else None,
-      patient_id=patient_id)
+      patient_id=patient_id, label_names=label_names,
+      unlabelled=plan.unlabelled if label_names is not None else None,
+      split_info=_written_split_info(plan))
+
+
+def _written_split_info(plan):
+  """A multi-label plan's split_info with the patient overlap counted
+  again, over every planned file (a superset of those written), just before
+  the dataset is finished (None for single-label plans).
+
+  Raises:
+    sources.SourceError: a patient in two written splits (refused: the
+      dataset is not finished).
+  """
+  if plan.split_info is None:
+    return None
+  info = dict(plan.split_info)
+  info['patient_overlap'] = sources_multilabel.check_patient_overlap(
+      plan.splits)
+  if info['patient_overlap']['patients_in_more_than_one_split']:
+    raise sources.SourceError('a patient is in two splits; this is a bug of '
+                              'the split planning: please report it')
+  return info
 
 
 def _written_split_counts(plan, splits):
@@ -643,10 +821,21 @@ def print_summary(info, out_dir):
       f'images/s with {info["num_workers"]} worker(s)',
       f'  scanned {counts["scanned"]} = written {counts["written"]} + skipped '
       f'{counts["skipped"]} + duplicates {counts["duplicates"]}']
+  if 'unlabelled' in info:
+    lines[-1] += f'; unlabelled images {counts["unlabelled"]}'
   for split, entry in info['splits'].items():
     per_class = ', '.join(f'{c} {n}' for c, n in entry['class_counts'].items())
-    lines.append(f'  {split}: {entry["num_examples"]} ({per_class}) in '
+    what = 'positives: ' if 'label_names' in info else ''
+    lines.append(f'  {split}: {entry["num_examples"]} ({what}{per_class}) in '
                  f'{len(entry["shards"])} shards')
+  if 'patient_overlap' in info:
+    moved = (info.get('split') or {}).get('source_overlap') or {}
+    lines.append(
+        '  patients in more than one split: '
+        f'{info["patient_overlap"]["patients_in_more_than_one_split"]}' +
+        (f' (the source split put {moved["patients"]} patient(s) in two; '
+         f'{moved["images_moved"]} image(s) moved to the evaluation split)'
+         if moved.get('patients') else ''))
   short = (info.get('split_counts') or {}).get('short', {})
   for split, gaps in short.items():
     asked = info['split_counts']['requested'][split]
@@ -660,7 +849,11 @@ def print_summary(info, out_dir):
       ('skipped', info['skipped'], lambda s: f'{s["path"]}: {s["reason"]}'),
       ('duplicates', info['duplicates'],
        lambda d: f'{d["dropped"]} (same {d.get("same", "bytes")} as '
-                 f'{d["kept"]})'),
+                 f'{d["kept"]}' + ('; its labels differ, the first row\'s '
+                                   'are kept' if d.get('labels_differ')
+                                   else '') + ')'),
+      ('unlabelled', info.get('unlabelled', []),
+       lambda s: f'{s["path"]}: {s["reason"]}'),
       ('ignored', info['ignored'], str)):
     if items:
       lines.append(f'  {title}:')

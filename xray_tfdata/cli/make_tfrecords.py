@@ -8,6 +8,15 @@
   tools/make_tfrecords --src_dir=ChestXRay2017 --out_dir=data/mendeley_224 --keep_test --val_fraction=0.1
   # your own class folders, patients named by the file names (p017_2.png):
   tools/make_tfrecords --src_dir=my_xrays --out_dir=data/mine --resplit --val_fraction=0.15 --test_fraction=0.15 --patient_id_regex='^p(\d+)_'
+  # NIH ChestX-ray14 (Data_Entry_2017*.csv, images*/, the split lists): its
+  # official split, val drawn from train_val_list.txt by patient:
+  tools/make_tfrecords --src_dir=NIH --out_dir=data/nih_224 --val_fraction=0.1
+  # CheXpert (the folder holding train.csv): valid.csv is test:
+  tools/make_tfrecords --src_dir=CheXpert-v1.0-small --out_dir=data/chexpert_224
+  # MIMIC-CXR-JPG, drawn anew by patient:
+  tools/make_tfrecords --src_dir=mimic-cxr-jpg --out_dir=data/mimic_224 --resplit --val_fraction=0.1 --test_fraction=0.1
+  # your own labelled folder:
+  tools/make_tfrecords --src_dir=my_xrays --out_dir=data/mine --labels_csv=my_xrays/labels.csv --label_columns=Effusion,Nodule --resplit
   # RSNA's DICOMs:
   tools/make_tfrecords --src_dir=rsna-pneumonia-detection-challenge --out_dir=data/rsna_224 --resplit --val_counts=NORMAL:1000,PNEUMONIA:300 --test_counts=NORMAL:1000,PNEUMONIA:300
 
@@ -28,12 +37,16 @@ from absl import flags
 # this script.
 from xray_tfdata import dicom  # pylint: disable=g-import-not-at-top
 from xray_tfdata import sources
+from xray_tfdata import sources_multilabel
 from xray_tfdata import writer
 
 _SRC_DIR = flags.DEFINE_string(
     'src_dir', None, 'Image folder: train/ val/ test/ (Kaggle), train/ test/ '
-    '(Mendeley), class folders (pool) or stage_2_train_images/ with the '
-    'label CSVs (RSNA).')
+    '(Mendeley), class folders (pool), stage_2_train_images/ with the '
+    'label CSVs (RSNA), or a multi-label set: NIH ChestX-ray14 (with '
+    'Data_Entry_2017*.csv), CheXpert (the folder holding train.csv), '
+    'MIMIC-CXR-JPG (with the mimic-cxr-2.0.0-*.csv.gz files), or your own '
+    'folder with --labels_csv.')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output folder for the shards.')
 _IMAGE_SIZE = flags.DEFINE_integer(
     'image_size', 224, 'Stored height and width in pixels (squashed).',
@@ -56,10 +69,13 @@ _TEST_COUNTS = flags.DEFINE_string(
     'NORMAL:150,PNEUMONIA:400.')
 _VAL_FRACTION = flags.DEFINE_float(
     'val_fraction', None, 'Instead of --val_counts: this fraction of each '
-    'class (0 to 1, exclusive).')
+    'class (0 to 1, exclusive). Multi-label layouts: the share of val drawn '
+    'by patient (default 0.1), of the official training set or, with '
+    '--resplit, of all images.')
 _TEST_FRACTION = flags.DEFINE_float(
     'test_fraction', None, 'Instead of --test_counts: this fraction of each '
-    'class (0 to 1, exclusive).')
+    'class (0 to 1, exclusive). Multi-label layouts with --resplit: the '
+    'share of test (default 0.1).')
 _PATIENT_ID_REGEX = flags.DEFINE_string(
     'patient_id_regex', None, 'Patient ids from your own file names: a '
     'regular expression with one group (or a group named patient), searched '
@@ -82,7 +98,9 @@ _NAME = flags.DEFINE_string(
     'name', None, 'Dataset name (shard prefix); default: the --src_dir '
     'folder\'s name in TFDS\' style (lower case, digits, _).')
 _LAYOUT = flags.DEFINE_enum('layout', 'auto', sources.LAYOUTS,
-                            'Source layout; auto detects it.')
+                            'Source layout; auto detects it (the multi-label '
+                            'nih, chexpert and mimic by their label files, '
+                            'csv by --labels_csv).')
 _RESUME = flags.DEFINE_bool(
     'resume', True, 'Keep the finished shards of an interrupted run with the '
     'same inputs and flags (and keep this run\'s if it is interrupted).')
@@ -97,6 +115,28 @@ _PATIENT_ID_SALT = flags.DEFINE_string(
     'files (never written; the same secret gives the same keys in every '
     'conversion). Default: a random salt, discarded after the conversion. '
     'Keep it out of shell history: put it in a flagfile only you can read.')
+_SPLIT = flags.DEFINE_enum(
+    'split', None, sources_multilabel.SPLIT_METHODS,
+    'Multi-label layouts only: official (the default: NIH\'s test_list.txt, '
+    'CheXpert\'s valid.csv and MIMIC\'s split file as test; val drawn from '
+    'the training part by patient, --val_fraction, except MIMIC\'s own) or '
+    'resplit (the same as --resplit: val and test drawn by patient, '
+    '--val_fraction and --test_fraction, default 0.1 each, with even '
+    'positives per label).')
+_LABELS_CSV = flags.DEFINE_string(
+    'labels_csv', None, 'The csv layout (your own multi-label folder): a CSV '
+    'with a row per image: its path under --src_dir (--path_column), its '
+    'patient (--patient_column) and a column per label (--label_columns) '
+    'holding 1, 0, -1 (uncertain) or blank (not mentioned).')
+_PATH_COLUMN = flags.DEFINE_string(
+    'path_column', None, 'The csv layout: the column of image paths, '
+    'relative to --src_dir (default: path).')
+_PATIENT_COLUMN = flags.DEFINE_string(
+    'patient_column', None, 'The csv layout: the column of patient ids '
+    '(stored hashed; default: patient_id).')
+_LABEL_COLUMNS = flags.DEFINE_string(
+    'label_columns', None, 'The csv layout: the label columns, in the order '
+    'to store them, e.g. Effusion,Nodule.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar and '
                               'print a summary.')
 
@@ -123,7 +163,10 @@ def main(argv):
         keep_test=_KEEP_TEST.value, val_fraction=_VAL_FRACTION.value,
         test_fraction=_TEST_FRACTION.value,
         patient_id_regex=_PATIENT_ID_REGEX.value,
-        patient_csv=_PATIENT_CSV.value)
+        patient_csv=_PATIENT_CSV.value, split=_SPLIT.value,
+        labels_csv=_LABELS_CSV.value, path_column=_PATH_COLUMN.value,
+        patient_column=_PATIENT_COLUMN.value,
+        label_columns=_LABEL_COLUMNS.value)
 
 
 def run():
