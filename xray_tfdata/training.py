@@ -295,9 +295,8 @@ def open_dataset(config):
     raise TrainingError(
         f'{config.data_dir} has {len(names)} class'
         f'{"es" if len(names) != 1 else ""} ({", ".join(names)}); training '
-        'a single-label dataset is binary and needs exactly two: convert a '
-        'source with two class folders, or one with labels per image (a '
-        'multi-label dataset)')
+        'is binary and needs exactly two: convert a source with two class '
+        'folders (several classes wait for multi-label training)')
   if config.positive_class:
     builder = pipeline.DatasetBuilder(config.data_dir, config.positive_class)
   return builder
