@@ -35,9 +35,17 @@ def _check_head(net, num_labels, tmp_path=None):
       net.predict(images, verbose=0), atol=1e-6)
 
 
-def test_mini_vgg_has_one_output_per_label_under_mixed_precision(tmp_path):
+def test_mini_vgg_has_one_float32_output_per_label_under_mixed_precision():
   net = model_lib.build_model(32, backbone='mini_vgg', frozen_blocks=0,
                               dense_units=(8,), policy='mixed_bfloat16',
+                              num_labels=3)
+  _check_head(net, 3)
+
+
+@pytest.mark.slow  # a training step, a save and a reload
+def test_mini_vgg_trains_on_masked_targets_saves_and_reloads(tmp_path):
+  net = model_lib.build_model(32, backbone='mini_vgg', frozen_blocks=0,
+                              dense_units=(8,), policy='float32',
                               num_labels=3)
   _check_head(net, 3, tmp_path)
 

@@ -3,14 +3,15 @@
 Reads the TFRecords, builds the mixed-precision VGG16 with device-side
 augmentation, trains with class weights and early stopping, survives kill -9
 (it resumes from the last finished epoch), evaluates train, val and test,
-writes the results table, and exports the model.
+writes the results table, and exports the model. The stages live in their
+own modules: `resume` (config.json, backup/), `callbacks`, `evaluation`,
+`serving` (export and prediction), `demo` (the synthetic dataset).
 
 A multi-label dataset (NIH, CheXpert, ...) trains one sigmoid output per
 label (--labels, all by default) on the targets of --label_policy, with the
 masked loss and per-label pos_weight of `losses`, on the views --views
-keeps; it is evaluated per label. The stages live in their
-own modules: `resume` (config.json, backup/), `callbacks`, `evaluation`,
-`serving` (export and prediction), `demo` (the synthetic dataset).
+keeps; it is evaluated per label, and config.json also records the labels
+in output order ('label_names').
 
 Files in model_dir while a run is going, and after:
   config.json          the settings and the dataset's fingerprint; a rerun
