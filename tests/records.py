@@ -97,3 +97,88 @@ def write_dataset(root, split_sizes=None, num_shards=3, size=(H, W),
   return expected
 
 
+
+
+def _split_entry(root, name, split, records, num_shards):
+  """Writes a split's serialized records into num_shards TFDS-named shards;
+  returns their xray_info.json entries."""
+  shards = []
+  bounds = np.linspace(0, len(records), num_shards + 1).astype(int)
+  for s in range(num_shards):
+    fname = schema.shard_filename(name, split, s, num_shards)
+    with tf.io.TFRecordWriter(os.path.join(root, fname)) as w:
+      for record in records[bounds[s]:bounds[s + 1]]:
+        w.write(record)
+    shards.append({'filename': fname,
+                   'num_examples': int(bounds[s + 1] - bounds[s]),
+                   'num_bytes': os.path.getsize(os.path.join(root, fname))})
+  return shards
+
+
+def write_multilabel_dataset(root, label_names, rows, num_shards=2,
+                             size=(H, W), learnable=False, seed=0):
+  """Writes a multi-label dataset: `rows` = {split: [(codes, view)]}, codes
+  one raw code (schema.LABEL_CODES) per label name.
+
+  Image i of a split is filled with the value i (pixel [0, 0] 255), as
+  write_dataset's; with `learnable`, noise with a bright band for each
+  label whose code is positive (or uncertain), something a tiny model can
+  learn. Sex, age and study id are drawn from i. The metadata comes from
+  dataset_info.build_info with the code counts of the rows.
+
+  Returns:
+    {split: [{'pixels', 'codes', 'view', 'filename', 'patient_id', 'sex',
+    'age_years', 'study_id'}]} in the order written.
+  """
+  from xray_tfdata import dataset_info  # pylint: disable=g-import-not-at-top
+  height, width = size
+  rng = np.random.default_rng(seed)
+  band = max(1, height // (2 * len(label_names)))
+  splits, expected = {}, {}
+  for split, split_rows in rows.items():
+    examples, records = [], []
+    for i, (codes, view) in enumerate(split_rows):
+      if learnable:
+        pixels = rng.integers(0, 100, (height, width)).astype(np.uint8)
+        for index, code in enumerate(codes):
+          if code in (schema.POSITIVE, schema.UNCERTAIN):
+            pixels[2 * index * band:(2 * index + 1) * band] = 230
+      else:
+        pixels = np.full((height, width), i % 256, np.uint8)
+        pixels[0, 0] = 255
+      example = {'pixels': pixels, 'codes': list(codes), 'view': view,
+                 'filename': f'{split}/p{i}/view{i}.png',
+                 'patient_id': f'patient{split}{i // 2}',
+                 'sex': 'FM'[i % 2], 'age_years': 20 + i,
+                 'study_id': f'study{split}{i}'}
+      examples.append(example)
+      records.append(schema.encode_example(
+          _png(pixels), height, width, None, None, example['filename'],
+          example['patient_id'], 100, 80, labels=example['codes'],
+          view=view, sex=example['sex'], age_years=example['age_years'],
+          study_id=example['study_id']))
+    expected[split] = examples
+    codes = np.array([e['codes'] for e in examples], np.int64).reshape(
+        len(examples), len(label_names))
+    splits[split] = {
+        'num_examples': len(examples),
+        'class_counts': {name: int((codes[:, l] == schema.POSITIVE).sum())
+                         for l, name in enumerate(label_names)},
+        'label_code_counts': {
+            name: {str(code): int((codes[:, l] == code).sum())
+                   for code in schema.LABEL_CODES}
+            for l, name in enumerate(label_names)},
+        'shards': _split_entry(root, 'tinyml', split, records, num_shards)}
+  total = sum(len(e) for e in expected.values())
+  info = dataset_info.build_info(
+      name='tinyml', class_names=label_names, stored_size=size,
+      resize_filter='lanczos', splits=splits, src_dir=root,
+      layout='multilabel_test', arguments={}, split_counts=None,
+      counts={'scanned': total, 'written': total, 'skipped': 0,
+              'duplicates': 0},
+      skipped=[], duplicates=[], ignored=[], created='2026-01-01T00:00:00',
+      timing={'elapsed_seconds': 1.0, 'decode_write_seconds': 1.0},
+      num_workers=1, label_names=label_names)
+  with open(os.path.join(root, schema.INFO_FILENAME), 'w') as f:
+    json.dump(info, f)
+  return expected

@@ -53,6 +53,7 @@ IMPORTS = {
     'xray_tfdata.gradcam': 'keras',
     'xray_tfdata.imaging': 'neither',
     'xray_tfdata.labels': 'neither',
+    'xray_tfdata.losses': 'keras',
     'xray_tfdata.model': 'keras',
     'xray_tfdata.pipeline': 'tensorflow',
     'xray_tfdata.report': 'neither',

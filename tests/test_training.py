@@ -524,7 +524,7 @@ def test_evaluation_takes_the_threshold_from_val_and_the_95_interval(
                       lambda *args, **kwargs: {})
   config = tiny_config('unused', bootstrap_resamples=400, seed=5)
   builder = types.SimpleNamespace(info=types.SimpleNamespace(
-      class_names=('NORMAL', 'PNEUMONIA')))
+      class_names=('NORMAL', 'PNEUMONIA'), is_multilabel=False))
   results = training.evaluate_splits(None, builder, config)
 
   val_labels, val_probs = predictions['val']

@@ -21,6 +21,8 @@ Modules, one per stage:
   augment_keras_core  the Keras 3 core layers chain (any backend).
   model         the mixed-precision transfer-learning model: VGG16,
                 DenseNet-121, ResNet-50, EfficientNetV2-S (Keras ops).
+  losses        the multi-label loss and metric: masked per-label binary
+                cross-entropy with pos_weight, masked macro AUC (Keras ops).
   config        TrainConfig, the settings of a run, each declared once with
                 its flag (imports no TensorFlow).
   checks        every setting's checks, shared by config, augment and model
@@ -52,7 +54,8 @@ TensorFlow (the conversion worker processes rely on this).
 
 `import xray_tfdata` registers the custom Keras layers (RandomAffine,
 NoAugmentation, KerasCoreAugmentation, VGG16Preprocess, BackbonePreprocess,
-KerasCVAugmentation) with Keras, so that a plain
+KerasCVAugmentation) and the multi-label loss and metric
+(MaskedBinaryCrossentropy, MaskedAUC) with Keras, so that a plain
 `keras.models.load_model('model.keras')` works whatever the order of
 `import xray_tfdata` (or any submodule), `import tensorflow` and `import
 keras`: at once if Keras is already imported, otherwise right after Keras is
@@ -86,7 +89,7 @@ def __getattr__(name):
 # the TensorFlow-only KerasCVAugmentation that imports it when a model
 # holding one is loaded.
 _LAYER_MODULES = ('xray_tfdata.augment', 'xray_tfdata.augment_keras_core',
-                  'xray_tfdata.model')
+                  'xray_tfdata.losses', 'xray_tfdata.model')
 
 
 def _register_layers():

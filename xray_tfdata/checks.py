@@ -14,6 +14,7 @@ import os
 import re
 
 from xray_tfdata import errors
+from xray_tfdata import labels as labels_lib
 
 AUGMENTATIONS = ('fused', 'keras_cv', 'keras_core', 'none')
 # The named stages of each backbone that --frozen_blocks=N counts, from the
@@ -49,6 +50,9 @@ BACKBONE_IMAGE_SIZES = {
 # Backbones without published weights: trained from scratch.
 SCRATCH_BACKBONES = ('mini_vgg',)
 POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
+# A multi-label dataset's raw codes to targets (xray_tfdata.labels).
+LABEL_POLICIES = labels_lib.LABEL_POLICIES
+DEFAULT_LABEL_POLICY = labels_lib.DEFAULT_POLICY
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker')
 # Weights that name no file.
 NAMED_WEIGHTS = ('imagenet', 'none', '')
@@ -241,6 +245,39 @@ def check_dense_units(dense_units):
     raise SettingError(
         f'dense_units must be positive integers, got {list(dense_units)}: '
         'pass widths such as --dense_units=512,64')
+
+
+def check_names(name, values):
+  """Raises SettingError unless values (label names, views) are non-empty
+  strings, each given once."""
+  if any(not isinstance(v, str) or not v.strip() for v in values):
+    raise SettingError(f'{name} holds an empty name ({list(values)}): pass '
+                       f'--{name}=NAME,NAME without empty entries')
+  repeated = sorted({v for v in values if list(values).count(v) > 1})
+  if repeated:
+    raise SettingError(f'{name} names {", ".join(repeated)} more than once: '
+                       f'name each once in --{name}')
+
+
+def check_class_weights_apply(class_weight, num_labels):
+  """Raises SettingError when Keras class weights meet multi-label targets.
+
+  Keras' `fit(class_weight=...)` weighs each example by the weight of the
+  argmax of its target: with multi-hot targets that is one label's weight,
+  picked by position, silently wrong. Multi-label runs weigh positives per
+  label in the loss instead (pos_weight).
+
+  Args:
+    class_weight: what would be passed to fit, or None.
+    num_labels: the model's outputs on a multi-label dataset; 0 for a
+      single-label dataset.
+  """
+  if class_weight is not None and num_labels:
+    raise SettingError(
+        f'Keras class weights cannot weigh the {num_labels} label'
+        f'{"s" if num_labels != 1 else ""} of a multi-label dataset (fit '
+        'takes the argmax of multi-hot targets): --class_weights gives '
+        'per-label pos_weight in the loss instead; pass class_weight=None')
 
 
 def service_address(address, flag='data_service'):

@@ -135,7 +135,12 @@ class TrainConfig:
   horizontal_flip: bool = _augmentation_setting(
       'horizontal_flip', 'Random horizontal flips.', lower=None)
   class_weights: bool = _setting(
-      True, "Weight classes 'balanced', as the reference does.", 'training')
+      True, "Single-label: weight classes 'balanced', as the reference does "
+      "(Keras' class_weight). Multi-label: weigh each label's positives by "
+      'pos_weight = negatives / positives among its known training targets, '
+      "in the masked loss; Keras' class_weight is never used there (it takes "
+      'the argmax of multi-hot targets) and is refused if passed to fit. '
+      '--noclass_weights: unweighted.', 'training')
   early_stopping_patience: int = _setting(
       10, 'Epochs without val_loss improvement before stopping.', 'training',
       lower=1)
@@ -173,8 +178,25 @@ class TrainConfig:
   positive_class: str = _setting(
       '', 'The class the model scores, P(positive_class), labelled 1; empty: '
       'the second of the two class names in sorted order (PNEUMONIA in '
-      'Kermany). Datasets of other than two classes are refused (several '
-      'classes wait for multi-label training).', 'data')
+      'Kermany). Single-label datasets of other than two classes are '
+      'refused; a multi-label dataset has no positive class (see '
+      '--labels).', 'data')
+  label_policy: str = _setting(
+      checks.DEFAULT_LABEL_POLICY, 'Multi-label datasets: targets of the '
+      'stored codes. u_ones: uncertain -> 1, not mentioned -> 0; u_zeros: '
+      'both -> 0; u_ignore: uncertain masked (no loss, no metric), not '
+      'mentioned -> 0; txv: both masked (torchxrayvision). Single-label '
+      'datasets have no codes: ignored.', 'data',
+      choices=checks.LABEL_POLICIES)
+  labels: tuple = _setting(
+      (), 'Multi-label datasets: the labels to train on, in the model\'s '
+      'output order, spelled as the dataset\'s label_names (e.g. '
+      'Effusion,Pleural_Thickening); empty: all of them.', 'data')
+  views: tuple = _setting(
+      (), 'Multi-label datasets: the views to keep, as the source spells '
+      'them (e.g. PA,AP; unknown: images without one); empty keeps every '
+      'image. The run prints what it keeps and drops of each split.',
+      'data')
   demo_images: int = _setting(
       0, 'If > 0, create a synthetic dataset of this many images in data_dir '
       'first (the demo; xray_tfdata.demo), or reuse the one it made there; '
@@ -206,6 +228,8 @@ class TrainConfig:
                             field.metadata['upper'])
     checks.check_fraction('dropout', self.dropout)
     checks.check_dense_units(self.dense_units)
+    checks.check_names('labels', self.labels)
+    checks.check_names('views', self.views)
     checks.check_augmentation(**self.augmentation_kwargs())
     checks.check_backbone(self.backbone, self.frozen_blocks, self.weights,
                           self.image_size)
@@ -223,7 +247,10 @@ class TrainConfig:
 
   def to_json(self):
     d = dataclasses.asdict(self)
-    d['dense_units'] = list(self.dense_units)
+    # Lists, as JSON reads them back: a resumed run compares the two.
+    for field in dataclasses.fields(self):
+      if field.type is tuple:
+        d[field.name] = list(getattr(self, field.name))
     return d
 
 
@@ -311,6 +338,8 @@ def from_flags(flag_values):
     raise TrainingError(
         f'dense_units must be integers, got {",".join(values["dense_units"])}'
         ': pass widths such as --dense_units=512,64') from None
+  values['labels'] = tuple(values['labels'] or ())
+  values['views'] = tuple(values['views'] or ())
   values['data_dir'] = values['data_dir'] or ''
   return TrainConfig(**values)
 

@@ -3,7 +3,8 @@ a mixed-precision policy.
 
 uint8 image -> augmentation (training only) -> gray to 3 channels -> the
 backbone's own `preprocess_input` convention -> the backbone without its top,
-its first `frozen_blocks` stages frozen -> the head -> Dense(1, sigmoid).
+its first `frozen_blocks` stages frozen -> the head -> Dense(L, sigmoid):
+one probability per label (L = 1: the seed's P(pneumonia)).
 
 Backbones (`BACKBONES`; their stages in `checks.BACKBONE_STAGES`):
   vgg16            the seed's: caffe preprocessing (BGR minus the ImageNet
@@ -45,6 +46,7 @@ from keras import ops
 
 from xray_tfdata import checks
 from xray_tfdata import errors
+from xray_tfdata import losses
 
 POLICIES = checks.POLICIES
 
@@ -516,7 +518,7 @@ def _backbone(backbone, image_size, weights_path):
 
 def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
                 dense_units=(512, 64), dropout=0.4, augmentation=None,
-                policy=None, name=None, backbone='vgg16'):
+                policy=None, name=None, backbone='vgg16', num_labels=1):
   """Builds the classifier on a backbone, taking uint8 images.
 
   Args:
@@ -545,19 +547,25 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
       'resnet50', 'efficientnetv2s' (keras.applications, with a global
       average pooling head), or 'mini_vgg', a small VGG-style network
       trained from scratch (weights must be None), for the demo.
+    num_labels: outputs, each a sigmoid probability: 1 (a single-label
+      dataset's P(positive class)) or a multi-label dataset's labels.
 
   Returns:
     An uncompiled `keras.Model` mapping uint8 [B, H, W, channels_in] to
-    float32 P(pneumonia) [B, 1].
+    float32 probabilities [B, num_labels] (P(pneumonia) [B, 1] by default).
 
   Raises:
     WeightsError: weights cannot be found or loaded.
     checks.SettingError: a bad backbone, frozen_blocks, image_size, weights
       for mini_vgg, dense_units, dropout or policy.
-    ValueError: bad channels_in.
+    ValueError: bad channels_in or num_labels.
   """
   if channels_in not in (1, 3):
     raise ValueError(f'channels_in must be 1 or 3, got {channels_in}')
+  if (isinstance(num_labels, bool) or not isinstance(num_labels, int) or
+      num_labels < 1):
+    raise ValueError(f'num_labels must be an integer of at least 1, got '
+                     f'{num_labels!r}')
   checks.check_backbone(backbone, frozen_blocks, weights,
                         min(image_size) if isinstance(image_size, (tuple, list))
                         else image_size)
@@ -594,8 +602,8 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
     x = keras.layers.GlobalAveragePooling2D(name='avg_pool')(x)
   # float32 output: a sigmoid in float16/bfloat16 saturates and the loss
   # would be computed on rounded probabilities.
-  probability = keras.layers.Dense(1, activation='sigmoid', dtype='float32',
-                                   name='probability')(x)
+  probability = keras.layers.Dense(num_labels, activation='sigmoid',
+                                   dtype='float32', name='probability')(x)
   return keras.Model(images, probability, name=name or f'xray_{backbone}')
 
 
@@ -614,8 +622,9 @@ def reference_metrics():
 
 
 def compile_model(model, learning_rate=1e-4, jit_compile='auto',
-                  steps_per_execution=1):
-  """Compiles with Adam, binary cross-entropy and the reference metrics.
+                  steps_per_execution=1, pos_weight=None):
+  """Compiles with Adam, binary cross-entropy and the reference metrics;
+  a multi-label model (pos_weight given) with the masked loss and AUC.
 
   Under a 'mixed_float16' model policy Keras 3 wraps the optimizer in a
   LossScaleOptimizer itself (Model.compile, auto_scale_loss=True), so it is
@@ -629,18 +638,33 @@ def compile_model(model, learning_rate=1e-4, jit_compile='auto',
       any model holding ImageProjectiveTransformV3 (RandomAffine under
       TensorFlow), on under JAX, which otherwise runs op by op.
     steps_per_execution: training steps per compiled call.
+    pos_weight: None for a single-label model (the reference's loss and
+      metrics); for a model trained on a multi-label dataset, one weight per
+      output (`losses.pos_weights`, or ones for none): then
+      `losses.MaskedBinaryCrossentropy` and `losses.MaskedAUC` as 'auc',
+      whose targets may be `labels.MASKED`.
 
   Returns:
     The model, compiled.
 
   Raises:
     checks.SettingError: non-positive learning rate.
+    ValueError: pos_weight's length is not the model's number of outputs.
   """
   checks.check_positive('learning_rate', learning_rate)
+  if pos_weight is None:
+    loss, metrics = keras.losses.BinaryCrossentropy(), reference_metrics()
+  else:
+    num_labels = model.output_shape[-1]
+    if len(pos_weight) != num_labels:
+      raise ValueError(f'pos_weight has {len(pos_weight)} weights for '
+                       f'{num_labels} outputs')
+    loss = losses.MaskedBinaryCrossentropy(pos_weight)
+    metrics = [losses.MaskedAUC(num_labels, name='auc')]
   model.compile(
       optimizer=keras.optimizers.Adam(learning_rate),
-      loss=keras.losses.BinaryCrossentropy(),
-      metrics=reference_metrics(),
+      loss=loss,
+      metrics=metrics,
       jit_compile=jit_compile,
       steps_per_execution=steps_per_execution)
   return model

@@ -9,9 +9,15 @@ fewer bytes than float32 RGB, and the augmentation runs on the device inside
 the model (see `xray_tfdata.augment`).
 
 `as_dataset` reads as a list of stages, after TF Model Garden's
-`InputReader.read`: the shard files, the records, the decode, the optional
-tf.data service, then cache, shuffle, repeat, batch and options. Its less
-common knobs live in a `ReadConfig`, as in `tfds.ReadConfig`.
+`InputReader.read`: the shard files, the records, the view filter, the
+decode, the optional tf.data service, then cache, shuffle, repeat, batch and
+options. Its less common knobs live in a `ReadConfig`, as in
+`tfds.ReadConfig`.
+
+A multi-label dataset (xray_info.json lists 'label_names') stores raw codes
+per label; the reader turns them into float32 targets under a label policy
+(`xray_tfdata.labels`: 1, 0, or `labels.MASKED`), selects label names, and
+keeps only the views asked for, counting what it drops.
 """
 
 import dataclasses
@@ -19,9 +25,11 @@ import numbers
 import os
 from typing import Any, Optional, Union
 
+import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import data_service as data_service_lib
+from xray_tfdata import labels as labels_lib
 from xray_tfdata import schema
 from xray_tfdata import verify as verify_lib
 # The dataset's contract and the verifier's error, under the names that
@@ -45,6 +53,8 @@ UNCACHED_SHUFFLE_BUFFER_BYTES = 256 * 1024**2
 
 # Shards read at once while training.
 _MAX_INTERLEAVE = 16
+# How a view filter's count names images whose view the source leaves out.
+UNKNOWN_VIEW = 'unknown'
 
 @dataclasses.dataclass(frozen=True)
 class ReadConfig:
@@ -114,11 +124,18 @@ class DatasetBuilder:
     """
     self.data_dir = data_dir
     self.info = load_info(data_dir)
+    # split -> (views, codes) of its records, read once (see _view_table).
+    self._view_tables = {}
     # The stored class names and ids, whatever positive_class reorders.
     self.stored_class_names = self.info.class_names
     self._positive_id = None  # the stored id read as label 1, None: as stored
     if positive_class is not None:
       names = self.info.class_names
+      if self.info.is_multilabel:
+        raise DatasetError(
+            f'positive_class {positive_class!r} applies to single-label '
+            f'datasets; {data_dir} is multi-label ({", ".join(names)}): '
+            'pick labels with --labels=NAME,NAME instead')
       if len(names) != 2 or positive_class not in names:
         raise DatasetError(
             f'positive_class {positive_class!r} is not one of the two classes '
@@ -175,7 +192,9 @@ class DatasetBuilder:
 
   def as_dataset(self, split, batch_size=None, training=False, *,
                  image_size=None, resize=False, seed=None, repeat=False,
-                 with_metadata=False, read_config=None, **read_options):
+                 with_metadata=False, read_config=None,
+                 label_policy=labels_lib.DEFAULT_POLICY, labels=None,
+                 views=None, **read_options):
     """Builds the tf.data pipeline for one split.
 
     Args:
@@ -193,22 +212,35 @@ class DatasetBuilder:
         new iteration, hence a new shuffle). With repeat, pass
         `steps_per_epoch` to `Model.fit` (see `steps_per_epoch()`).
       with_metadata: yield a third element, a dict with the file name and
-        patient id (evaluation and error analysis).
+        patient id (evaluation and error analysis); for a multi-label
+        dataset also 'view', 'sex', 'age_years' and 'study_id'.
       read_config: a `ReadConfig` with the less common knobs (cache, shuffle
         buffer, channels, input context, tf.data service, sharding).
+      label_policy: a multi-label dataset's policy (`labels.LABEL_POLICIES`)
+        from raw codes to targets; a single-label dataset has none.
+      labels: a multi-label dataset's label names to read, in this order;
+        None: all of `info.label_names`.
+      views: a multi-label dataset's views to keep ('PA', 'AP', ... as the
+        source spells them; `UNKNOWN_VIEW` for images without one); None
+        keeps every image. `num_examples` and
+        `view_filter_line` count what they keep.
       **read_options: any `ReadConfig` field by name (`cache=False`,
         `data_service=...`); overrides the same field of `read_config`.
 
     Returns:
       A `tf.data.Dataset` of (uint8 images [B, H, W, C], float32 labels [B]),
       C = `read_config.channels` (default: as stored, 1), without the batch
-      dimension when batch_size is None.
+      dimension when batch_size is None. For a multi-label dataset the
+      targets are float32 [B, L] (L labels), `labels.MASKED` where the
+      policy masks the code.
 
     Raises:
       DatasetError: unknown or empty split, batch_size not an integer of
         at least 1, channels other than 1 or 3, a size mismatch, metadata
-        (sizes, class names) that disagrees with the shards, or a missing
-        or truncated shard.
+        (sizes, class names) that disagrees with the shards, a missing
+        or truncated shard; an unknown label policy or label name, labels
+        or views asked of a single-label dataset, or views that keep no
+        image of the split.
       TypeError: a keyword that is not a `ReadConfig` field.
     """
     config = _resolve_read_config(read_config, read_options)
@@ -216,6 +248,8 @@ class DatasetBuilder:
       batch_size = _check_batch_size(batch_size)
     if config.channels not in (None, 1, 3):
       raise DatasetError(f'channels must be 1 or 3, got {config.channels}')
+    targets = self._targets(label_policy, labels)
+    views = self._check_views(views)
     paths = self.shard_paths(split)
     verify_lib.check_first_record(self.info, split, paths,
                                   self.stored_class_names)
@@ -227,9 +261,11 @@ class DatasetBuilder:
 
     files = self._read_files(split, paths, training, seed, config)
     ds = self._read_records(files, len(paths), training)
-    ds = self._decode(ds, size, channels, resize, with_metadata, training)
+    ds = self._maybe_filter_views(ds, split, views)
+    ds = self._decode(ds, size, channels, resize, with_metadata, training,
+                      targets)
     ds = self._maybe_apply_data_service(ds, config)
-    ds = self._maybe_assert_cardinality(ds, split, config)
+    ds = self._maybe_assert_cardinality(ds, split, config, views)
 
     num_examples = self.info.num_examples(split)
     example_bytes = size[0] * size[1] * channels
@@ -259,17 +295,174 @@ class DatasetBuilder:
     return ds.with_options(
         self._options(training, len(paths), config))
 
-  def steps_per_epoch(self, split, batch_size, training=True):
+  def steps_per_epoch(self, split, batch_size, training=True, views=None):
     """Batches in one pass over the split (the last partial batch is dropped
-    when training).
+    when training), of the images `views` keeps (None: all).
 
     Raises:
-      DatasetError: an unknown split, or batch_size not an integer of at
-        least 1.
+      DatasetError: an unknown split, batch_size not an integer of at
+        least 1, or views as `num_examples`.
     """
     batch_size = _check_batch_size(batch_size)
-    n = self.info.num_examples(split)
+    n = self.num_examples(split, views)
     return n // batch_size if training else -(-n // batch_size)
+
+  # Multi-label datasets: label names, targets and views.
+
+  def label_names(self, labels=None):
+    """The label names `as_dataset(labels=labels)` reads, in order.
+
+    Raises:
+      DatasetError: labels of a single-label dataset, an unknown or a
+        repeated name, or an empty selection.
+    """
+    available = self.info.label_names
+    if labels is None:
+      return available
+    if isinstance(labels, str):
+      labels = (labels,)
+    labels = tuple(labels)
+    if not self.info.is_multilabel:
+      raise DatasetError(
+          f'labels {", ".join(labels)} were asked of {self.data_dir}, a '
+          f'single-label dataset ({", ".join(self.info.class_names)}): '
+          'leave --labels empty')
+    unknown = [name for name in labels if name not in available]
+    if unknown or not labels:
+      raise DatasetError(
+          f'label{"s" if len(unknown) != 1 else ""} '
+          f'{", ".join(map(repr, unknown)) or "(none)"} not in {self.data_dir}'
+          f'; its labels are {", ".join(available)}: pick from those with '
+          '--labels=NAME,NAME')
+    repeated = sorted({name for name in labels if labels.count(name) > 1})
+    if repeated:
+      raise DatasetError(f'labels {", ".join(repeated)} asked for twice: name '
+                         'each once in --labels')
+    return labels
+
+  def views(self, split):
+    """{view: images} of a multi-label split, from one read of its records
+    (`UNKNOWN_VIEW` for images the source gives none)."""
+    stored, _ = self._view_table(split)
+    names, counts = np.unique(stored, return_counts=True)
+    return {str(name) or UNKNOWN_VIEW: int(count)
+            for name, count in zip(names, counts)}
+
+  def num_examples(self, split, views=None):
+    """The split's images, of those `views` keeps (None: all, from
+    xray_info.json without reading).
+
+    Raises:
+      DatasetError: an unknown split, views of a single-label dataset, or
+        views that keep none of the split's images.
+    """
+    views = self._check_views(views)
+    if views is None:
+      return self.info.num_examples(split)
+    kept = int(self._kept(split, views).sum())
+    if not kept:
+      found = ', '.join(f'{view} {n:,}' for view, n in
+                        _by_count(self.views(split)))
+      raise DatasetError(
+          f'views {",".join(views)} keep no image of split {split!r} of '
+          f'{self.data_dir} (its views: {found}): pick from those with '
+          '--views=VIEW,VIEW')
+    return kept
+
+  def label_code_counts(self, split, views=None):
+    """{label: {code: n}} of the split's raw codes, every label of the
+    dataset, of the images `views` keeps (None: all, from xray_info.json).
+
+    Raises:
+      DatasetError: as `num_examples`.
+    """
+    views = self._check_views(views)
+    if views is None:
+      return self.info.label_code_counts(split)
+    self.num_examples(split, views)  # none kept: one line
+    _, codes = self._view_table(split)
+    kept = codes[self._kept(split, views)]
+    return {name: {code: int((kept[:, index] == code).sum())
+                   for code in schema.LABEL_CODES}
+            for index, name in enumerate(self.info.label_names)}
+
+  def view_filter_line(self, views, splits):
+    """One line saying what `views` keeps and drops of each split, e.g.
+    'views PA,AP: kept 812 of 1,000 train images (dropped 188: LL 150,
+    unknown 38); kept 90 of 100 val images (dropped 10: LL 10)'."""
+    views = self._check_views(views)
+    parts = []
+    for split in splits:
+      found = self.views(split)
+      total = sum(found.values())
+      dropped = [(view, n) for view, n in _by_count(found)
+                 if view not in views]
+      lost = sum(n for _, n in dropped)
+      detail = (': ' + ', '.join(f'{view} {n:,}' for view, n in dropped)
+                if dropped else '')
+      parts.append(f'kept {total - lost:,} of {total:,} {split} images '
+                   f'(dropped {lost:,}{detail})')
+    return f'views {",".join(views)}: ' + '; '.join(parts)
+
+  def _targets(self, label_policy, labels):
+    """The decoder's (policy table, label indices) of a multi-label
+    dataset, None for a single-label one."""
+    if not self.info.is_multilabel:
+      self.label_names(labels)  # labels asked of it: one line
+      return None
+    if label_policy not in labels_lib.LABEL_POLICIES:
+      raise DatasetError(
+          f'label policy {label_policy!r} is not one of '
+          f'{", ".join(labels_lib.LABEL_POLICIES)}: pass '
+          f'--label_policy={labels_lib.DEFAULT_POLICY}, for example')
+    names = self.label_names(labels)
+    indices = [self.info.label_names.index(name) for name in names]
+    return labels_lib.policy_table(label_policy), indices
+
+  def _check_views(self, views):
+    """views as a tuple of str, or None (keep all)."""
+    if views is None or (not isinstance(views, str) and not len(views)):
+      return None
+    views = (views,) if isinstance(views, str) else tuple(views)
+    if not self.info.is_multilabel:
+      raise DatasetError(
+          f'views {",".join(views)} were asked of {self.data_dir}, a '
+          'single-label dataset, whose records store no view: leave '
+          '--views empty')
+    return views
+
+  def _kept(self, split, views):
+    """Booleans [N]: which of the split's records `views` keeps."""
+    stored, _ = self._view_table(split)
+    return np.isin(stored, np.array(_stored_views(views), dtype=object))
+
+  def _view_table(self, split):
+    """(views str [N], raw codes int64 [N, L]) of a multi-label split's
+    records, read once per builder: parsing the two features alone copies
+    no image (xray_info.json counts codes, not views)."""
+    if split not in self._view_tables:
+      if not self.info.is_multilabel:
+        raise DatasetError(f'{self.data_dir} is a single-label dataset: its '
+                           'records store no view')
+      spec = {schema.VIEW: tf.io.FixedLenFeature([], tf.string,
+                                                 default_value=''),
+              schema.LABELS: tf.io.FixedLenFeature(
+                  [len(self.info.label_names)], tf.int64)}
+      records = tf.data.TFRecordDataset(self.shard_paths(split),
+                                        num_parallel_reads=AUTOTUNE)
+      views, codes = [], []
+      # Counts only, so any order: shards read in parallel.
+      for batch in records.batch(1024).map(
+          lambda r: tf.io.parse_example(r, spec),
+          num_parallel_calls=AUTOTUNE).as_numpy_iterator():
+        views.append(batch[schema.VIEW])
+        codes.append(batch[schema.LABELS])
+      views = (np.concatenate(views) if views else np.array([], object))
+      self._view_tables[split] = (
+          np.array([v.decode('utf-8', 'replace') for v in views], object),
+          np.concatenate(codes) if codes else np.zeros(
+              (0, len(self.info.label_names)), np.int64))
+    return self._view_tables[split]
 
   # The stages of as_dataset, in pipeline order.
 
@@ -303,12 +496,26 @@ class DatasetBuilder:
     # One shard after another: evaluation order is the order on disk.
     return files.interleave(tf.data.TFRecordDataset, cycle_length=1)
 
+  def _maybe_filter_views(self, records, split, views):
+    """The records of the views asked for, if any were."""
+    if views is None:
+      return records
+    self.num_examples(split, views)  # none kept: one line, not an empty run
+    spec = {schema.VIEW: tf.io.FixedLenFeature([], tf.string,
+                                               default_value='')}
+    wanted = tf.constant(_stored_views(views))
+    # Before the decode: a dropped image is never decoded. Parsing the view
+    # alone copies no image bytes.
+    return records.filter(lambda record: tf.reduce_any(tf.equal(
+        tf.io.parse_single_example(record, spec)[schema.VIEW], wanted)))
+
   def _decode(self, records, size, channels, resize, with_metadata,
-              training):
+              training, targets=None):
     """(image, label[, metadata]) examples of the records."""
     decode = _make_decoder(self.info.format_version, channels, size,
                            resize and size != self.info.image_size,
-                           with_metadata, self._positive_id)
+                           with_metadata, self._positive_id,
+                           len(self.info.label_names), targets)
     return records.map(decode, num_parallel_calls=AUTOTUNE,
                        deterministic=not training)
 
@@ -322,7 +529,7 @@ class DatasetBuilder:
     return data_service_lib.distribute(ds, config.data_service,
                                        config.data_service_job)
 
-  def _maybe_assert_cardinality(self, ds, split, config):
+  def _maybe_assert_cardinality(self, ds, split, config, views=None):
     """Tells tf.data (and Keras) the split's size, where this pipeline reads
     all of it."""
     context = config.input_context
@@ -331,12 +538,12 @@ class DatasetBuilder:
     if ((context is not None and context.num_input_pipelines > 1)
         or config.data_service):
       return ds
-    # The count is known from xray_info.json: Keras then knows the number of
-    # batches (no 'ran out of data' warning after validation), and a shard
-    # that lost records fails loudly instead of silently (see
-    # find_damaged_shard).
+    # The count is known from xray_info.json (with a view filter, from the
+    # count of the views): Keras then knows the number of batches (no 'ran
+    # out of data' warning after validation), and a shard that lost records
+    # fails loudly instead of silently (see find_damaged_shard).
     return ds.apply(tf.data.experimental.assert_cardinality(
-        self.info.num_examples(split)))
+        self.num_examples(split, views)))
 
   def _options(self, training, num_shards, config):
     """The dataset's options: determinism and how tf.distribute shards it."""
@@ -426,27 +633,52 @@ def _check_batch_size(batch_size):
   return int(batch_size)
 
 
+def _stored_views(views):
+  """The stored spellings of views: `UNKNOWN_VIEW` is stored as ''."""
+  return tuple(views) + (('',) if UNKNOWN_VIEW in views else ())
+
+
+def _by_count(counts):
+  """{name: n} as (name, n) pairs, most first, then by name."""
+  return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
 def _make_decoder(format_version, channels, size, resize, with_metadata,
-                  positive_id=None):
+                  positive_id=None, num_labels=0, targets=None):
   """The record -> (image, label[, metadata]) function; with positive_id,
-  the label is 1 for that stored class id and 0 for the other."""
+  the label is 1 for that stored class id and 0 for the other. A
+  multi-label dataset's (num_labels > 0) label is its targets, from
+  `targets` = (policy table, indices of the labels read)."""
 
   def decode(record):
-    features = schema.parse(record, format_version)
+    features = schema.parse(record, format_version, num_labels)
     image = tf.io.decode_png(features[schema.ENCODED], channels=channels)
     if resize:
       image = tf.image.resize(image, size, antialias=True)
       image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     image = tf.ensure_shape(image, (size[0], size[1], channels))
-    label = features[schema.LABEL]
-    if positive_id is not None:
-      label = tf.cast(tf.equal(label, positive_id), tf.int64)
-    label = tf.cast(label, tf.float32)
+    if num_labels:
+      table, indices = targets
+      codes = tf.gather(features[schema.LABELS], indices)
+      # The policy is a lookup: a table of the targets of codes -2..1.
+      label = tf.gather(tf.constant(table, tf.float32),
+                        codes - labels_lib.OFFSET)
+    else:
+      label = features[schema.LABEL]
+      if positive_id is not None:
+        label = tf.cast(tf.equal(label, positive_id), tf.int64)
+      label = tf.cast(label, tf.float32)
     if with_metadata:
-      return image, label, {
+      metadata = {
           'filename': features[schema.FILENAME],
           'patient_id': features[schema.PATIENT_ID],
       }
+      if num_labels:
+        metadata.update(view=features[schema.VIEW],
+                        sex=features[schema.SEX],
+                        age_years=features[schema.AGE_YEARS],
+                        study_id=features[schema.STUDY_ID])
+      return image, label, metadata
     return image, label
 
   return decode

@@ -28,6 +28,8 @@ RESULTS_JSON = 'results.json'
 BACKUP_DIR = 'backup'
 # config.json's record of the dataset (see prepare_model_dir); not a setting.
 DATASET_KEY = 'dataset'
+# config.json's record of a multi-label run's outputs, in order.
+LABEL_NAMES_KEY = 'label_names'
 
 
 def _warn(message):
@@ -57,7 +59,7 @@ def check_model_dir_path(model_dir):
 
 
 def prepare_model_dir(model_dir, config, overwrite=False, write=True,
-                      dataset=None):
+                      dataset=None, label_names=()):
   """Checks model_dir for a finished or a different run; records config.
 
   With write=False (the non-chief workers of a multi-worker run) it only
@@ -80,6 +82,8 @@ def prepare_model_dir(model_dir, config, overwrite=False, write=True,
       settings or data.
     write: remove and record (the chief); False only checks.
     dataset: the pipeline.DatasetInfo of config.data_dir, or None.
+    label_names: a multi-label run's outputs, in order, recorded under
+      LABEL_NAMES_KEY (beside the setting label_policy); () records none.
 
   Returns:
     True when an unfinished run with the same settings will be resumed.
@@ -130,6 +134,8 @@ def prepare_model_dir(model_dir, config, overwrite=False, write=True,
     record = config.to_json()
     if dataset is not None:
       record[DATASET_KEY] = dataset_record(dataset)
+    if label_names:
+      record[LABEL_NAMES_KEY] = list(label_names)
     atomic.write_text(config_path, json.dumps(record, indent=2))
   return resume
 

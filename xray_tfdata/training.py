@@ -7,6 +7,12 @@ writes the results table, and exports the model. The stages live in their
 own modules: `resume` (config.json, backup/), `callbacks`, `evaluation`,
 `serving` (export and prediction), `demo` (the synthetic dataset).
 
+A multi-label dataset (NIH, CheXpert, ...) trains one sigmoid output per
+label (--labels, all by default) on the targets of --label_policy, with the
+masked loss and per-label pos_weight of `losses`, on the views --views
+keeps; it is evaluated per label, and config.json also records the labels
+in output order ('label_names').
+
 Files in model_dir while a run is going, and after:
   config.json          the settings and the dataset's fingerprint; a rerun
                        with other settings, or on a dataset converted again
@@ -45,6 +51,8 @@ from xray_tfdata import data_service as data_service_lib
 from xray_tfdata import demo
 from xray_tfdata import distribute
 from xray_tfdata import evaluation
+from xray_tfdata import labels as labels_lib
+from xray_tfdata import losses
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
 from xray_tfdata import report
@@ -157,14 +165,18 @@ def _train_and_evaluate(config, model_dir, overwrite, cluster):
                           config.image_size, config.seed)
   builder = open_dataset(config)
   check_against_dataset(config, builder, cluster)
+  if builder.info.is_multilabel and config.views:
+    print(builder.view_filter_line(config.views, EVAL_SPLITS), flush=True)
   work_dir, resuming = prepare_work_dir(model_dir, config, overwrite, cluster,
-                                        builder.info)
+                                        builder.info,
+                                        target_names(config, builder))
 
   keras.utils.set_random_seed(config.seed)
   policy = model_lib.select_policy(config.policy)
   keras.mixed_precision.set_global_policy(policy)
   inputs = create_inputs(config, builder, model_dir)
-  net = create_model(config, cluster, inputs.train.element_spec)
+  net = create_model(config, cluster, inputs.train.element_spec,
+                     inputs.label_names, inputs.pos_weight)
   if cluster.chief:  # what the model will see, before it trains
     report.preview_augmentation(work_dir, builder, config)
   state = resume_lib.ResumeState(
@@ -180,7 +192,8 @@ def _train_and_evaluate(config, model_dir, overwrite, cluster):
   print('early stopping had already ended this run; evaluating' if stopped
         else training_header(policy, cluster, inputs, config,
                              builder.info.class_names))
-  warning = small_split_warning(builder.info)
+  warning = (small_label_warning(builder, config, inputs.label_names)
+             if inputs.label_names else small_split_warning(builder.info))
   if warning:
     print(warning, flush=True)
   if not stopped:
@@ -264,20 +277,22 @@ def create_cluster(strategy_name):
 
 
 def open_dataset(config):
-  """The DatasetBuilder of config.data_dir, labelled for a binary run.
+  """The DatasetBuilder of config.data_dir, labelled for a binary run (a
+  single-label dataset) or as it is (a multi-label one).
 
   Returns:
-    A pipeline.DatasetBuilder whose label 1 is config.positive_class (by
-    default the second class name in sorted order, PNEUMONIA).
+    A pipeline.DatasetBuilder; of a single-label dataset, one whose label 1
+    is config.positive_class (by default the second class name in sorted
+    order, PNEUMONIA).
 
   Raises:
-    TrainingError: the dataset has other than two classes.
+    TrainingError: a single-label dataset has other than two classes.
     pipeline.DatasetError: the dataset cannot be read, or positive_class
-      is not one of its classes.
+      is not one of its classes (or it is multi-label).
   """
   builder = pipeline.DatasetBuilder(config.data_dir)
   names = builder.info.class_names
-  if len(names) != 2:
+  if len(names) != 2 and not builder.info.is_multilabel:
     raise TrainingError(
         f'{config.data_dir} has {len(names)} class'
         f'{"es" if len(names) != 1 else ""} ({", ".join(names)}); training '
@@ -298,7 +313,10 @@ def check_against_dataset(config, builder, cluster):
       split.
     pipeline.DatasetError: a split is missing or empty, a class is
       missing from the training split (with class weights on), a shard is
-      damaged, or the class names disagree with the records'.
+      damaged, or the class names disagree with the records'; of a
+      multi-label dataset, an unknown label in config.labels, views that
+      keep no image of a split, or a label without positives or negatives
+      (with class weights on); --labels or --views of a single-label one.
     distribute.DistributeError: fewer training shards than workers.
   """
   info = builder.info
@@ -312,10 +330,22 @@ def check_against_dataset(config, builder, cluster):
         f'--image_size is {config.image_size}; re-convert with '
         f'tools/make_tfrecords --image_size={config.image_size} or set '
         f'--image_size={stored[0]}')
-  checks.check_against_dataset(
-      config, {split: info.num_examples(split) for split in info.splits})
-  if config.class_weights:
-    info.class_weights('train')  # raises for a class with no examples
+  if info.is_multilabel:
+    # Label names and views known to the dataset, each split keeping some
+    # images, each label a pos_weight: one line each, now.
+    target_names(config, builder)
+    checks.check_against_dataset(
+        config, {split: builder.num_examples(split, config.views)
+                 for split in EVAL_SPLITS})
+    label_weights(config, builder)
+  else:
+    # --labels and --views name what single-label records do not have.
+    builder.label_names(config.labels or None)
+    builder.num_examples('train', config.views)
+    checks.check_against_dataset(
+        config, {split: info.num_examples(split) for split in info.splits})
+    if config.class_weights:
+      info.class_weights('train')  # raises for a class with no examples
   if not config.data_service:  # the service, not the workers, splits files
     distribute.check_shards(builder, 'train', cluster.strategy)
   # Every record's CRC, now rather than as a DataLossError naming no file
@@ -328,7 +358,48 @@ def local_splits(config):
   return [s for s in EVAL_SPLITS if not (config.data_service and s == 'train')]
 
 
-def prepare_work_dir(model_dir, config, overwrite, cluster, dataset=None):
+def target_names(config, builder):
+  """The model's outputs: the label names of a multi-label dataset that the
+  run trains on, in order (config.labels, or all); () for a single-label
+  dataset.
+
+  Raises:
+    pipeline.DatasetError: a name the dataset does not have.
+  """
+  if not builder.info.is_multilabel:
+    return ()
+  return tuple(builder.label_names(config.labels or None))
+
+
+def label_options(config, builder):
+  """as_dataset's label arguments of the run: {} for a single-label
+  dataset."""
+  if not builder.info.is_multilabel:
+    return {}
+  return {'label_policy': config.label_policy,
+          'labels': target_names(config, builder),
+          'views': config.views or None}
+
+
+def label_weights(config, builder):
+  """The multi-label loss's pos_weight per output: negatives / positives
+  among the known training targets of the kept views under the policy
+  (`losses.pos_weights`), or ones with class weights off.
+
+  Raises:
+    pipeline.DatasetError: with class weights on, a label without a
+      positive or a negative among them.
+  """
+  names = target_names(config, builder)
+  if not config.class_weights:
+    return [1.0] * len(names)
+  return losses.pos_weights(
+      builder.label_code_counts('train', config.views or None), names,
+      config.label_policy)
+
+
+def prepare_work_dir(model_dir, config, overwrite, cluster, dataset=None,
+                     label_names=()):
   """Records the run in model_dir (the chief) and picks where to write.
 
   Every worker checks model_dir alike; the chief writes config.json, and
@@ -340,6 +411,8 @@ def prepare_work_dir(model_dir, config, overwrite, cluster, dataset=None):
     cluster: the run's Cluster.
     dataset: the dataset's pipeline.DatasetInfo, whose fingerprint
       config.json records (see `resume.prepare_model_dir`).
+    label_names: a multi-label run's outputs (`target_names`), which
+      config.json records; () for a single-label run.
 
   Returns:
     (work_dir, resuming): where this process writes, and whether it resumes
@@ -350,7 +423,8 @@ def prepare_work_dir(model_dir, config, overwrite, cluster, dataset=None):
   """
   resuming = resume_lib.prepare_model_dir(model_dir, config, overwrite,
                                           write=cluster.chief,
-                                          dataset=dataset)
+                                          dataset=dataset,
+                                          label_names=label_names)
   cluster.barrier()  # until the chief has done so
   work_dir = distribute.write_dir(model_dir, cluster.strategy)
   chief_backup = os.path.join(model_dir, resume_lib.BACKUP_DIR)
@@ -364,11 +438,14 @@ def prepare_work_dir(model_dir, config, overwrite, cluster, dataset=None):
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-  """What fit reads: the datasets, steps per epoch and class weights."""
+  """What fit reads: the datasets, steps per epoch and class weights; of a
+  multi-label dataset, the label names and the loss's pos_weight."""
   train: tf.data.Dataset
   val: tf.data.Dataset
   steps: int
   class_weight: dict  # class id -> weight, or None
+  label_names: tuple = ()  # the model's outputs; () for single-label
+  pos_weight: list = None  # per output (multi-label), else None
 
 
 def create_inputs(config, builder, model_dir):
@@ -379,28 +456,41 @@ def create_inputs(config, builder, model_dir):
   Returns:
     Inputs.
   """
+  options = label_options(config, builder)
   # Repeated: --steps_per_epoch may ask for more or fewer batches than one
   # pass, and an epoch then starts where the last one stopped.
   train = builder.as_dataset('train', config.batch_size, training=True,
                              seed=config.seed, repeat=True,
-                             **_data_service_options(config, model_dir))
+                             **_data_service_options(config, model_dir),
+                             **options)
   # Batched validation: the seed validated one image per step.
-  val = distribute.shard_by_batch(builder.as_dataset('val', config.batch_size))
+  val = distribute.shard_by_batch(builder.as_dataset('val', config.batch_size,
+                                                     **options))
+  steps = (config.steps_per_epoch or builder.steps_per_epoch(
+      'train', config.batch_size, views=options.get('views')))
+  if builder.info.is_multilabel:
+    # Keras' class_weight would weigh by the argmax of multi-hot targets;
+    # the loss weighs each label's positives instead.
+    return Inputs(train=train, val=val, steps=steps, class_weight=None,
+                  label_names=options['labels'],
+                  pos_weight=label_weights(config, builder))
   return Inputs(
-      train=train, val=val,
-      steps=(config.steps_per_epoch or
-             builder.steps_per_epoch('train', config.batch_size)),
+      train=train, val=val, steps=steps,
       class_weight=(builder.info.class_weights('train')
                     if config.class_weights else None))
 
 
-def create_model(config, cluster, element_spec):
+def create_model(config, cluster, element_spec, label_names=(),
+                 pos_weight=None):
   """The compiled model, built under the strategy with its state up front.
 
   Args:
     config: the run's TrainConfig.
     cluster: the run's Cluster.
     element_spec: the training dataset's element_spec.
+    label_names: a multi-label run's outputs (`Inputs.label_names`); ()
+      builds the single output of a single-label run.
+    pos_weight: the multi-label loss's weights (`Inputs.pos_weight`).
 
   Returns:
     A compiled keras.Model.
@@ -418,9 +508,12 @@ def create_model(config, cluster, element_spec):
         frozen_blocks=config.frozen_blocks,
         backbone=config.backbone,
         dense_units=tuple(config.dense_units), dropout=config.dropout,
-        augmentation=augmentation)
-    model_lib.compile_model(net, learning_rate=config.learning_rate,
-                            jit_compile=config.jit_compile)
+        augmentation=augmentation, num_labels=len(label_names) or 1)
+    model_lib.compile_model(
+        net, learning_rate=config.learning_rate,
+        jit_compile=config.jit_compile,
+        pos_weight=(pos_weight or [1.0] * len(label_names)
+                    if label_names else None))
   distribute.prepare_model(net, element_spec)
   return net
 
@@ -450,6 +543,15 @@ def resume_epoch(state, resuming, work_dir, cluster):
 
 def training_header(policy, cluster, inputs, config, class_names):
   """The line printed before training: what this run does."""
+  if inputs.label_names:
+    weights = ('off' if not config.class_weights else 'pos_weight ' + ', '.join(
+        f'{name} {w:.3f}' for name, w in zip(inputs.label_names,
+                                             inputs.pos_weight)))
+    return (f'training: policy {policy}, strategy {cluster.describe()}, '
+            f'{inputs.steps} steps of {config.batch_size}, augmentation '
+            f'{config.augmentation}, {len(inputs.label_names)} labels '
+            f'(--label_policy={config.label_policy}), class weights '
+            f'{weights}')
   if inputs.class_weight is None:
     weights = 'off'
   else:
@@ -487,15 +589,42 @@ def small_split_warning(info, splits=('val', 'test'),
           'larger --val_counts and --test_counts')
 
 
+def small_label_warning(builder, config, label_names,
+                        splits=('val', 'test'),
+                        minimum=MIN_EXAMPLES_PER_CLASS):
+  """`small_split_warning` of a multi-label run: a one-line warning naming
+  the labels with fewer than `minimum` known positives or negatives (under
+  the policy, of the kept views) in val or test, or None."""
+  table = labels_lib.policy_table(config.label_policy)
+  small = []
+  for split in splits:
+    counts = builder.label_code_counts(split, config.views or None)
+    for name in label_names:
+      targets = [(table[code - labels_lib.OFFSET], n)
+                 for code, n in counts[name].items()]
+      positives = sum(n for t, n in targets if t == 1.0)
+      negatives = sum(n for t, n in targets if t == 0.0)
+      if min(positives, negatives) < minimum:
+        small.append(f'{split} {name} {positives}+/{negatives}-')
+  if not small:
+    return None
+  return (f'warning: {", ".join(small)}: fewer than {minimum} known '
+          'positives or negatives, so those AUCs and thresholds are rough; '
+          'evaluate on a larger split for numbers to compare')
+
+
 def fit(net, inputs, callbacks, config, initial_epoch, work_dir, builder):
   """Trains; watches the data service, if any.
 
   Raises:
-    TrainingError: the loss diverged.
+    TrainingError: the loss diverged, or Keras class weights were given
+      for a multi-label dataset.
     data_service.DataServiceError: the service stopped sending batches.
     atomic.NoSpaceError: the disk filled up.
     pipeline.DamagedShardError: a shard was damaged while training.
   """
+  checks.check_class_weights_apply(inputs.class_weight,
+                                   len(inputs.label_names))
   watchdog = None
   if config.data_service:
     # A service that lost its workers makes fit wait for ever, silently.
@@ -546,7 +675,8 @@ def write_results(results, work_dir):
   Returns:
     The results table (markdown).
   """
-  table = evaluation.results_table_markdown(results)
+  table = label_table_markdown(results) + evaluation.results_table_markdown(
+      results)
   atomic.write_text(os.path.join(work_dir, RESULTS_MD), table)
   # Last: its presence marks the run as finished.
   atomic.write_text(os.path.join(work_dir, resume_lib.RESULTS_JSON),
@@ -568,14 +698,50 @@ def _data_service_options(config, model_dir):
           'data_service_job': f'xray_tfdata-train-{digest}'}
 
 
-def predict_split(net, builder, split, batch_size):
-  """Returns (labels, P(pneumonia)) for one split in disk order."""
-  ds = builder.as_dataset(split, batch_size)
+def predict_split(net, builder, split, batch_size, **options):
+  """Returns (labels, P(pneumonia)) for one split in disk order; with a
+  multi-label dataset's `label_options`, (targets float [N, L] with
+  labels.MASKED where masked, probabilities [N, L])."""
+  ds = builder.as_dataset(split, batch_size, **options)
   labels = np.concatenate([y for _, y in ds.as_numpy_iterator()])
   # Under several workers, in the labels' order (see shard_by_batch).
   images = distribute.shard_by_batch(ds.map(lambda x, y: x))
-  probs = net.predict(images, verbose=0).reshape(-1)
-  return labels.astype(np.int64), probs.astype(np.float64)
+  probs = net.predict(images, verbose=0)
+  if labels.ndim == 2:
+    return labels.astype(np.float64), probs.astype(np.float64)
+  return labels.astype(np.int64), probs.reshape(-1).astype(np.float64)
+
+
+def label_aucs(targets, probs, label_names):
+  """Per-label ROC AUC of a multi-label split on its known targets.
+
+  Args:
+    targets: float [N, L], labels.MASKED where masked.
+    probs: [N, L] probabilities.
+    label_names: the L names.
+
+  Returns:
+    {'n': N, 'auc': {label: AUC, or None where the known targets hold one
+    class}, 'known', 'positives': {label: count}, 'undefined': {label:
+    reason}, 'macro_auc': mean over the labels with an AUC (None if none)}.
+  """
+  out = {'n': int(len(targets)), 'auc': {}, 'known': {}, 'positives': {},
+         'undefined': {}}
+  for index, name in enumerate(label_names):
+    known = targets[:, index] != labels_lib.MASKED
+    y = targets[known, index].astype(np.int64)
+    out['known'][name] = int(known.sum())
+    out['positives'][name] = int(y.sum())
+    if 0 < y.sum() < y.size:
+      out['auc'][name] = evaluation.roc_auc(y, probs[known, index])
+    else:
+      out['auc'][name] = None
+      out['undefined'][name] = (
+          f'{y.size} known targets, all {"positive" if y.size and y.all() else "negative"}'
+          if y.size else 'no known target')
+  defined = [v for v in out['auc'].values() if v is not None]
+  out['macro_auc'] = float(np.mean(defined)) if defined else None
+  return out
 
 
 def evaluate_splits(net, builder, config, work_dir=None):
@@ -586,9 +752,16 @@ def evaluate_splits(net, builder, config, work_dir=None):
   evaluation of val and test (`scoring.evaluate_dataset`, as tools/evaluate
   does), with its pictures written into work_dir when given.
 
+  A multi-label run gets `label_aucs` per split instead of the seed's
+  table (see `_evaluate_labels`).
+
   Returns:
-    The results dict: 'splits', 'youden', 'test_auc_ci95', 'evaluation'.
+    The results dict: 'splits', 'youden', 'test_auc_ci95', 'evaluation';
+    of a multi-label run 'splits' (per-label AUCs), 'label_names',
+    'label_policy' and 'evaluation'.
   """
+  if builder.info.is_multilabel:
+    return _evaluate_labels(net, builder, config, work_dir)
   results = {'splits': {}}
   predictions = {}
   for split in EVAL_SPLITS:
@@ -613,3 +786,55 @@ def evaluate_splits(net, builder, config, work_dir=None):
     scoring.write_pictures(work_dir, results['evaluation'], predictions,
                            os.path.join(work_dir, callbacks_lib.HISTORY_CSV))
   return results
+
+
+def _evaluate_labels(net, builder, config, work_dir):
+  """evaluate_splits of a multi-label run: per-label AUCs on every split,
+  then the clinical evaluation per label (`scoring`)."""
+  options = label_options(config, builder)
+  names = options['labels']
+  results = {'splits': {}, 'label_names': list(names),
+             'label_policy': config.label_policy}
+  predictions = {}
+  for split in EVAL_SPLITS:
+    targets, probs = predict_split(net, builder, split, config.batch_size,
+                                   **options)
+    predictions[split] = (targets, probs)
+    results['splits'][split] = label_aucs(targets, probs, names)
+  # The clinical evaluation, per label: targets [N, L] with labels.MASKED
+  # where masked, probabilities [N, L], the labels' names.
+  results['evaluation'] = scoring.evaluate_dataset(
+      builder, {s: predictions[s] for s in ('val', 'test')}, list(names),
+      num_resamples=config.bootstrap_resamples, seed=config.seed,
+      model_data=config.data_dir)
+  if work_dir is not None:
+    scoring.write_pictures(work_dir, results['evaluation'], predictions,
+                           os.path.join(work_dir, callbacks_lib.HISTORY_CSV))
+  return results
+
+
+def label_table_markdown(results):
+  """The per-label AUC table of a multi-label run's results ('' for a
+  single-label run's)."""
+  names = results.get('label_names')
+  if not names:
+    return ''
+  splits = [s for s in EVAL_SPLITS if s in results['splits']]
+
+  def cell(value):
+    return '-' if value is None else f'{value:.4f}'
+
+  lines = [f"## AUC per label (--label_policy={results['label_policy']}, "
+           'known targets only)', '',
+           '| label | ' + ' | '.join(splits) + ' |',
+           '|---|' + '---:|' * len(splits)]
+  for name in names:
+    lines.append(f'| {name} | ' + ' | '.join(
+        cell(results['splits'][s]['auc'][name]) for s in splits) + ' |')
+  lines.append('| macro mean | ' + ' | '.join(
+      cell(results['splits'][s]['macro_auc']) for s in splits) + ' |')
+  undefined = [f'{name} on {s}: {reason}' for s in splits
+               for name, reason in results['splits'][s]['undefined'].items()]
+  if undefined:
+    lines += ['', 'No AUC (one class): ' + '; '.join(undefined) + '.']
+  return '\n'.join(lines) + '\n\n'

@@ -1,0 +1,213 @@
+"""The multi-label loss and metric (xray_tfdata.losses) against NumPy and
+scikit-learn references: masked entries, pos_weight, labels of one class."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from conftest import REPO_ROOT
+from xray_tfdata import dataset_info
+from xray_tfdata import labels
+from xray_tfdata import losses
+
+M = labels.MASKED
+
+
+def _reference_loss(y, p, pos_weight):
+  """Masked, weighted binary cross-entropy written out in NumPy (float64)."""
+  y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+  p = np.clip(p, losses.EPSILON, 1 - losses.EPSILON)
+  total, count = 0.0, 0
+  for (b, l), target in np.ndenumerate(y):
+    if target == M:
+      continue
+    total -= (pos_weight[l] * target * np.log(p[b, l]) +
+              (1 - target) * np.log(1 - p[b, l]))
+    count += 1
+  return total / max(count, 1)
+
+
+def _batch(seed=0, shape=(6, 3)):
+  rng = np.random.default_rng(seed)
+  y = rng.choice([0.0, 1.0, M], size=shape).astype(np.float32)
+  p = rng.uniform(0.01, 0.99, size=shape).astype(np.float32)
+  return y, p
+
+
+def test_loss_equals_the_numpy_reference_with_mask_and_pos_weight():
+  y, p = _batch()
+  assert (y == M).any() and (y == 1).any() and (y == 0).any()
+  weights = [0.5, 2.0, 7.0]
+  got = float(losses.MaskedBinaryCrossentropy(weights)(y, p))
+  assert got == pytest.approx(_reference_loss(y, p, weights), rel=1e-5)
+
+
+def test_masked_entries_do_not_change_the_loss():
+  """Whatever the prediction at a masked entry, the loss is the same; and
+  without pos_weight on known entries only it is Keras' own BCE."""
+  y, p = _batch(1)
+  other = p.copy()
+  other[y == M] = 1 - other[y == M]
+  loss = losses.MaskedBinaryCrossentropy()
+  assert float(loss(y, p)) == pytest.approx(float(loss(y, other)), rel=1e-6)
+  known = y != M
+  keras_bce = keras.losses.BinaryCrossentropy()(y[known][:, None],
+                                                p[known][:, None])
+  assert float(loss(y, p)) == pytest.approx(float(keras_bce), rel=1e-5)
+
+
+def test_a_batch_without_known_entries_costs_nothing():
+  y = np.full((4, 2), M, np.float32)
+  p = np.full((4, 2), 0.3, np.float32)
+  assert float(losses.MaskedBinaryCrossentropy([3.0, 1.0])(y, p)) == 0.0
+
+
+def test_pos_weight_scales_only_the_positive_terms():
+  y = np.array([[1.0, 0.0]], np.float32)
+  p = np.array([[0.2, 0.6]], np.float32)
+  plain = float(losses.MaskedBinaryCrossentropy()(y, p))
+  weighted = float(losses.MaskedBinaryCrossentropy([3.0, 3.0])(y, p))
+  positive, negative = -np.log(0.2), -np.log(1 - 0.6)
+  assert plain == pytest.approx((positive + negative) / 2, rel=1e-6)
+  assert weighted == pytest.approx((3 * positive + negative) / 2, rel=1e-6)
+
+
+def _codes(**per_code):
+  return {labels_code: per_code.get(name, 0) for name, labels_code in (
+      ('pos', 1), ('neg', 0), ('unc', -1), ('nm', -2))}
+
+
+def test_pos_weights_follow_the_policy():
+  """negatives / positives among known targets: u_ones counts uncertain as
+  positive and not-mentioned as negative; txv leaves both out."""
+  counts = {'A': _codes(pos=10, neg=30, unc=10, nm=50)}
+  by_policy = {policy: losses.pos_weights(counts, ['A'], policy)[0]
+               for policy in labels.LABEL_POLICIES}
+  assert by_policy == pytest.approx({
+      'u_ones': (30 + 50) / (10 + 10), 'u_zeros': (30 + 10 + 50) / 10,
+      'u_ignore': (30 + 50) / 10, 'txv': 30 / 10})
+
+
+def test_pos_weights_refuse_a_label_without_positives_in_one_line():
+  counts = {'A': _codes(pos=3, neg=3), 'B': _codes(neg=5, unc=4)}
+  with pytest.raises(dataset_info.DatasetError) as caught:
+    losses.pos_weights(counts, ['A', 'B'], 'u_zeros')
+  message = str(caught.value)
+  assert '\n' not in message and "'B'" in message and '--labels' in message
+  assert losses.pos_weights(counts, ['A', 'B'], 'u_ones') == [1.0, 5 / 4]
+
+
+def _metric_value(y, p, num_bins=losses.DEFAULT_NUM_BINS, chunks=2):
+  metric = losses.MaskedAUC(y.shape[1], num_bins=num_bins)
+  for part in np.array_split(np.arange(len(y)), chunks):
+    metric.update_state(y[part], p[part])
+  return float(metric.result())
+
+
+def _on_bins(p, num_bins):
+  """Scores moved to bin centres: each bin holds one score value, so the
+  binned AUC is the exact one, ties included."""
+  return ((np.floor(p * num_bins) + 0.5) / num_bins).astype(np.float32)
+
+
+def test_masked_auc_is_the_macro_mean_of_scikit_learns_per_label_aucs():
+  rng = np.random.default_rng(2)
+  y = rng.choice([0.0, 1.0, M], size=(80, 3)).astype(np.float32)
+  p = _on_bins(rng.uniform(size=y.shape), losses.DEFAULT_NUM_BINS)
+  expected = np.mean([roc_auc_score(y[y[:, l] != M, l], p[y[:, l] != M, l])
+                      for l in range(3)])
+  assert _metric_value(y, p) == pytest.approx(expected, abs=1e-6)
+
+
+def test_masked_auc_leaves_out_a_label_of_one_class_instead_of_a_zero():
+  """Label 1 has no positive among its known entries (its positives are
+  masked): Keras' AUC(multi_label=True) averages a 0 in for it; ours
+  averages labels 0 and 2 only."""
+  rng = np.random.default_rng(3)
+  y = rng.choice([0.0, 1.0], size=(60, 3)).astype(np.float32)
+  p = _on_bins(0.4 * y + 0.6 * rng.uniform(size=y.shape), 50)
+  y[y[:, 1] == 1, 1] = M
+  expected = np.mean([roc_auc_score(y[:, l], p[:, l]) for l in (0, 2)])
+  assert _metric_value(y, p, num_bins=50) == pytest.approx(expected, abs=1e-6)
+  keras_auc = keras.metrics.AUC(multi_label=True)
+  keras_auc.update_state(np.where(y == M, 0, y), p)
+  # The fake 0 we avoid: a third of the mean of the other two is lost.
+  assert float(keras_auc.result()) == pytest.approx(expected * 2 / 3,
+                                                    abs=0.02)
+
+
+def test_masked_auc_without_any_label_of_both_classes_is_nan():
+  y = np.array([[1.0, M], [1.0, 0.0]], np.float32)
+  assert np.isnan(_metric_value(y, np.full((2, 2), 0.5, np.float32), chunks=1))
+
+
+def test_metric_resets_between_epochs():
+  y, p = _batch(4, (40, 2))
+  metric = losses.MaskedAUC(2)
+  metric.update_state(1 - np.where(y == M, 0, y), p)
+  metric.reset_state()
+  metric.update_state(y, p)
+  assert float(metric.result()) == pytest.approx(_metric_value(y, p, chunks=1))
+
+
+def test_a_model_with_both_saves_and_loads_with_plain_keras(tmp_path):
+  """load_model finds the loss and the metric by their registered names,
+  with their pos_weight and bins."""
+  net = keras.Sequential([keras.Input((4,)),
+                          keras.layers.Dense(2, activation='sigmoid')])
+  net.compile('adam', loss=losses.MaskedBinaryCrossentropy([2.0, 0.5]),
+              metrics=[losses.MaskedAUC(2, num_bins=10)])
+  x = np.random.default_rng(5).normal(size=(8, 4)).astype(np.float32)
+  y = np.array([[1, 0], [0, M], [1, 1], [0, 0]] * 2, np.float32)
+  net.fit(x, y, epochs=1, verbose=0)
+  path = str(tmp_path / 'net.keras')
+  net.save(path)
+  loaded = keras.models.load_model(path)
+  assert isinstance(loaded.loss, losses.MaskedBinaryCrossentropy)
+  assert loaded.loss.pos_weight == [2.0, 0.5]
+  np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0, return_dict=True)
+                             ['loss'],
+                             net.evaluate(x, y, verbose=0, return_dict=True)
+                             ['loss'], rtol=1e-6)
+
+
+_ON_JAX = r'''
+import sys
+import numpy as np
+import keras
+from xray_tfdata import losses
+assert keras.backend.backend() == 'jax' and 'tensorflow' not in sys.modules
+y = np.array([[1, 0, -1], [0, 1, 1], [-1, 0, 1], [1, 1, 0]], np.float32)
+p = np.array([[.9, .2, .5], [.3, .7, .6], [.1, .4, .8], [.6, .3, .2]],
+             np.float32)
+print(float(losses.MaskedBinaryCrossentropy([2., 1., .5])(y, p)))
+metric = losses.MaskedAUC(3)
+metric.update_state(y, p)
+print(float(metric.result()))
+'''
+
+
+@pytest.mark.slow  # a subprocess that imports JAX
+def test_loss_and_metric_agree_under_jax_without_tensorflow(tmp_path):
+  script = tmp_path / 'on_jax.py'
+  script.write_text(_ON_JAX)
+  y = np.array([[1, 0, M], [0, 1, 1], [M, 0, 1], [1, 1, 0]], np.float32)
+  p = np.array([[.9, .2, .5], [.3, .7, .6], [.1, .4, .8], [.6, .3, .2]],
+               np.float32)
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'tests', 'no_tensorflow.py'),
+       '--script', str(script)],
+      capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+      env=dict(os.environ, KERAS_BACKEND='jax', JAX_PLATFORMS='cpu',
+               PYTHONPATH=REPO_ROOT))
+  assert result.returncode == 0, result.stderr
+  loss, auc = (float(v) for v in result.stdout.split()[-2:])
+  assert loss == pytest.approx(_reference_loss(y, p, [2., 1., .5]), rel=1e-5)
+  expected = np.mean([roc_auc_score(y[y[:, l] != M, l], p[y[:, l] != M, l])
+                      for l in range(3)])
+  assert auc == pytest.approx(expected, abs=1e-6)

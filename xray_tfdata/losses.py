@@ -1,0 +1,175 @@
+"""The multi-label loss and metric: masked per-label binary cross-entropy
+with pos_weight, and a masked macro AUC.
+
+A multi-label target is 1, 0, or `labels.MASKED` (-1: uncertain or not
+mentioned under the run's label policy, see `xray_tfdata.labels`). Keras'
+own pieces get such targets wrong: `BinaryCrossentropy` counts -1 as a
+target, and `AUC(multi_label=True)` counts a label without positives as an
+AUC of 0 in its mean. Here a masked entry takes no part in the loss or the
+metric, and the metric's macro mean is over the labels with both classes.
+
+  pos_weight = losses.pos_weights(info.label_code_counts('train'), names,
+                                  policy)
+  net.compile(loss=losses.MaskedBinaryCrossentropy(pos_weight),
+              metrics=[losses.MaskedAUC(len(names), name='auc')])
+
+Device side, any Keras backend: Keras ops only, no TensorFlow. Both classes
+are registered Keras serializables, so `keras.models.load_model` of a saved
+model works after `import xray_tfdata`.
+"""
+
+import keras
+from keras import ops
+import numpy as np
+
+from xray_tfdata import labels as labels_lib
+from xray_tfdata.dataset_info import DatasetError
+
+# Probabilities are clipped to [EPSILON, 1 - EPSILON] before the log, as
+# keras.ops.binary_crossentropy clips them (keras.config.epsilon()).
+EPSILON = 1e-7
+# Score bins of MaskedAUC, as many as Keras' AUC has thresholds.
+DEFAULT_NUM_BINS = 200
+
+
+def pos_weights(code_counts, label_names, policy):
+  """Per-label pos_weight: negatives / positives among the known targets.
+
+  Args:
+    code_counts: {label: {code: n}} of the training split's raw codes
+      (`DatasetInfo.label_code_counts('train')`, or the builder's count of
+      the images a view filter keeps).
+    label_names: the labels the model outputs, in order.
+    policy: one of `labels.LABEL_POLICIES`; codes it masks are not counted.
+
+  Returns:
+    A list of floats, one per label name.
+
+  Raises:
+    DatasetError: a label without a positive or without a negative among
+      its known training targets (its pos_weight is undefined).
+  """
+  table = labels_lib.policy_table(policy)
+  weights = []
+  for name in label_names:
+    counts = code_counts[name]
+    targets = {code: table[code - labels_lib.OFFSET] for code in counts}
+    positives = sum(n for code, n in counts.items() if targets[code] == 1.0)
+    negatives = sum(n for code, n in counts.items() if targets[code] == 0.0)
+    if not positives or not negatives:
+      missing = 'positive' if not positives else 'negative'
+      raise DatasetError(
+          f'label {name!r} has no {missing} among the known targets of the '
+          f'training split under --label_policy={policy} ({positives} '
+          f'positive, {negatives} negative): leave it out with --labels=..., '
+          'or train without pos_weight (--noclass_weights)')
+    weights.append(negatives / positives)
+  return weights
+
+
+@keras.saving.register_keras_serializable(package='xray_tfdata')
+class MaskedBinaryCrossentropy(keras.losses.Loss):
+  """Binary cross-entropy per label, masked entries left out, pos_weight on
+  the positives.
+
+  loss = sum over known (b, l) of -(w_l y log p + (1 - y) log(1 - p)),
+  divided by the number of known entries (as torch's
+  BCEWithLogitsLoss(pos_weight) with mean reduction, over known entries
+  only); 0 for a batch without any known entry. y is the target [B, L]
+  (`labels.MASKED` where unknown), p the model's probabilities [B, L].
+  """
+
+  def __init__(self, pos_weight=None, name='masked_binary_crossentropy',
+               **kwargs):
+    """Args:
+      pos_weight: one weight per label (see `pos_weights`), or None for 1.
+      name: the loss's name.
+      **kwargs: `keras.losses.Loss`'s (reduction, dtype).
+    """
+    super().__init__(name=name, **kwargs)
+    self.pos_weight = (None if pos_weight is None else
+                       [float(w) for w in pos_weight])
+
+  def call(self, y_true, y_pred):
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)), y_pred.dtype)
+    known = ops.cast(ops.not_equal(y_true, labels_lib.MASKED), y_pred.dtype)
+    # Masked targets become 0 before the log terms, so that -1 cannot
+    # reach them (known zeroes their terms anyway).
+    y = y_true * known
+    p = ops.clip(y_pred, EPSILON, 1.0 - EPSILON)
+    positive = y * ops.log(p)
+    if self.pos_weight is not None:
+      positive = positive * ops.convert_to_tensor(self.pos_weight,
+                                                  y_pred.dtype)
+    terms = -(positive + (1.0 - y) * ops.log(1.0 - p)) * known
+    # One scalar: the mean over the known entries of the batch, not a mean
+    # per image (an image with one known label would weigh as one with 14).
+    return ops.sum(terms) / ops.maximum(ops.sum(known), 1.0)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(pos_weight=self.pos_weight)
+    return config
+
+
+@keras.saving.register_keras_serializable(package='xray_tfdata')
+class MaskedAUC(keras.metrics.Metric):
+  """Macro mean of per-label ROC AUCs, masked entries left out.
+
+  Per label it counts the positives and the negatives in each of num_bins
+  equal score bins of [0, 1]; the AUC is the Mann-Whitney statistic on the
+  binned scores (scores in one bin count as ties, a half each), exact when
+  no two scores of different classes share a bin. The result is the mean
+  over the labels that had both classes; NaN when none had.
+  """
+
+  def __init__(self, num_labels, num_bins=DEFAULT_NUM_BINS, name='auc',
+               **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.num_labels = int(num_labels)
+    self.num_bins = int(num_bins)
+    shape = (self.num_labels, self.num_bins)
+    self.positives = self.add_variable(shape=shape, initializer='zeros',
+                                       name='positives')
+    self.negatives = self.add_variable(shape=shape, initializer='zeros',
+                                       name='negatives')
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    del sample_weight  # the mask is in the targets
+    y_pred = ops.cast(y_pred, self.dtype)
+    y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)), self.dtype)
+    bins = ops.clip(ops.floor(y_pred * self.num_bins), 0, self.num_bins - 1)
+    one_hot = ops.one_hot(ops.cast(bins, 'int32'), self.num_bins,
+                          dtype=self.dtype)  # [B, L, bins]
+    positive = ops.cast(ops.equal(y_true, 1.0), self.dtype)[..., None]
+    negative = ops.cast(ops.equal(y_true, 0.0), self.dtype)[..., None]
+    self.positives.assign_add(ops.sum(one_hot * positive, axis=0))
+    self.negatives.assign_add(ops.sum(one_hot * negative, axis=0))
+
+  def result(self):
+    return macro_auc_of_bins(self.positives, self.negatives)
+
+  def reset_state(self):
+    for variable in (self.positives, self.negatives):
+      variable.assign(ops.zeros(variable.shape, self.dtype))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_labels=self.num_labels, num_bins=self.num_bins)
+    return config
+
+
+def macro_auc_of_bins(positives, negatives):
+  """MaskedAUC's result from its counts [L, bins] (Keras ops)."""
+  num_positives = ops.sum(positives, axis=1)
+  num_negatives = ops.sum(negatives, axis=1)
+  # Negatives in lower bins rank below a positive; in its own bin, a half.
+  below = ops.cumsum(negatives, axis=1) - negatives
+  wins = ops.sum(positives * (below + 0.5 * negatives), axis=1)
+  defined = ops.logical_and(num_positives > 0, num_negatives > 0)
+  pairs = ops.where(defined, num_positives * num_negatives, 1.0)
+  aucs = ops.where(defined, wins / pairs, 0.0)
+  count = ops.sum(ops.cast(defined, aucs.dtype))
+  return ops.where(count > 0, ops.sum(aucs) / ops.maximum(count, 1.0),
+                   ops.convert_to_tensor(np.nan, aucs.dtype))
