@@ -114,7 +114,7 @@ def write_run(model_dir, net, data_dir, label_names=None, results=None):
   if label_names:
     config.update(label_names=list(label_names), label_policy='u_ones')
   with open(os.path.join(model_dir, scoring.CONFIG_JSON), 'w') as f:
-    json.dump({'config': config}, f)
+    json.dump(config, f)  # flat, as tools/train writes it
   with open(os.path.join(model_dir, scoring.RESULTS_JSON), 'w') as f:
     json.dump(results or {}, f, default=float)
 
@@ -263,7 +263,7 @@ def write_boxes_dataset(root, n=24):
             hits.append(inside)
         writer.write(schema.encode_example(
             _png(image), SIZE, SIZE, int(label), ('NORMAL', 'PNEUMONIA')[label],
-            f'{split}/{i}.dcm', f'{split}-{i // 2}', SIZE, SIZE,
+            f'{split}/{i}.dcm', f'{split}-{i // 4}', SIZE, SIZE,
             detailed_class='Lung Opacity' if label else 'Normal',
             boxes=boxes))
     splits[split] = {'num_examples': n,
