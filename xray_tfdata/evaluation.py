@@ -27,6 +27,8 @@ import math
 
 import numpy as np
 
+from xray_tfdata import labels as labels_lib
+
 SPLITS = ('train', 'val', 'test')
 
 
@@ -1149,7 +1151,7 @@ def calibration_report(predictions, temperature=None, fit_split='val'):
 # entry takes no part in that label's numbers (its image still counts for
 # the other labels).
 
-MASKED_TARGET = -1.0  # labels.MASKED, repeated: this module imports no labels
+MASKED_TARGET = labels_lib.MASKED
 
 
 def known_targets(targets, probs, column):
