@@ -166,3 +166,24 @@ def test_pointing_game_on_given_heatmaps():
   interval = evaluation.hit_rate_interval(
       np.array([1, 1, 0, 0, 1, 0] * 5, bool), np.arange(30), 200)
   assert interval[0] < 0.5 < interval[1]
+
+
+def test_a_split_without_positives_has_no_sensitivity_not_a_zero():
+  val_targets, val_probs = multilabel_split(200, 5, mask_share=0)
+  test_targets, test_probs = multilabel_split(100, 6, mask_share=0)
+  test_targets[:, 0] = 0.0  # Effusion: no positive on test
+  result = evaluation.evaluate_multilabel(
+      {'val': (val_targets, val_probs), 'test': (test_targets, test_probs)},
+      NAMES, scored=['Effusion'], num_resamples=20)
+  label = result['labels']['Effusion']
+  assert 'youden' in label['thresholds']  # chosen on val, which has both
+  point = label['splits']['test']['operating_points']['youden']
+  assert math.isnan(point['sensitivity']['value'])
+  assert point['sensitivity']['reason'] == 'zero denominator: undefined'
+  threshold = label['thresholds']['youden']['threshold']
+  assert point['specificity']['value'] == pytest.approx(
+      np.mean(test_probs[:, 0] <= threshold))
+  assert 'ci' in point['specificity']
+  assert math.isnan(label['splits']['test']['auc']['value'])
+  assert result['macro']['test']['auc_labels'] == []
+  assert math.isnan(result['macro']['test']['auc'])

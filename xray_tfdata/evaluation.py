@@ -1188,6 +1188,19 @@ def _one_class_reason(split, labels):
           'AUC undefined')
 
 
+def _undefined_points(entry, labels, probs):
+  """NaN, with a reason, for the ratios at each operating point whose
+  denominator is zero on a one-class split (sensitivity without a
+  positive, specificity without a negative): not Keras' 0."""
+  for point in entry['operating_points'].values():
+    defined = operating_point_metrics(labels, probs, point['threshold'],
+                                      zero_division=math.nan)
+    for metric in POINT_METRICS:
+      if math.isnan(defined[metric]):
+        point[metric] = {'value': math.nan,
+                         'reason': 'zero denominator: undefined'}
+
+
 def evaluate_multilabel(predictions, label_names, scored=None,
                         threshold_split='val', thresholds=None,
                         temperatures=None, patient_ids=None, subgroups=None,
@@ -1261,11 +1274,12 @@ def evaluate_multilabel(predictions, label_names, scored=None,
         num_resamples=num_resamples, level=level, seed=seed,
         min_subgroup=min_subgroup,
         temperature=(temperatures or {}).get(name))
-    for split, (labels, _) in by_split.items():
+    for split, (labels, label_probs) in by_split.items():
       entry = result['splits'][split]
       reason = _one_class_reason(split, labels)
       if reason:
         entry['auc']['reason'] = reason
+        _undefined_points(entry, labels, label_probs)
       if not labels.any():
         entry['average_precision']['reason'] = (
             f'no positive among the known targets of {split}: average '

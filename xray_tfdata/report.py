@@ -259,7 +259,8 @@ def _roc_panel(ax, label, result, predictions):
   if result['thresholds'] and result['splits']:
     shown = _evaluated_split(result)
     youden = result['splits'][shown]['operating_points'].get('youden')
-    if youden:
+    if youden and not np.isnan(youden['sensitivity']['value'] +
+                               youden['specificity']['value']):
       ax.plot(1 - youden['specificity']['value'],
               youden['sensitivity']['value'], 'o', markersize=6,
               markerfacecolor='none', color='black',

@@ -860,8 +860,9 @@ def _multilabel_summary(results, out_dir):
           f"{entry['positives']} positive, AUC "
           + (reason or evaluation._with_ci(entry['auc']))  # pylint: disable=protected-access
           + (f", at Youden's threshold {youden['threshold']:.4f} "
-             f"sensitivity {youden['sensitivity']['value']:.3f}, "
-             f"specificity {youden['specificity']['value']:.3f}"
+             'sensitivity '
+             f"{evaluation._with_ci(youden['sensitivity'], 3)}, specificity "  # pylint: disable=protected-access
+             f"{evaluation._with_ci(youden['specificity'], 3)}"  # pylint: disable=protected-access
              if youden else ', no operating points'))
     if not result['splits']:
       lines.append(f'{label}: every target masked, not scored')
