@@ -325,3 +325,21 @@ def test_tool_on_another_label_set_and_localization_without_boxes(runs):
   result = subprocess.run(args + ['--localization'], capture_output=True,
                           text=True, timeout=600, cwd=REPO_ROOT, env=env)
   assert_one_line_error(result, 'error: --localization:', 'stores no boxes')
+
+
+def test_views_the_reader_kept_select_the_records_rows(runs):
+  builder = pipeline.DatasetBuilder(runs['nih'])
+  pa = {}
+  for split, (targets, probs) in runs['predictions'].items():
+    rows = np.arange(len(targets)) % 2 == 1  # write_multilabel: odd rows PA
+    pa[split] = (targets[rows], probs[rows])
+  scored = scoring.evaluate_dataset(builder, pa, NIH, num_resamples=0,
+                                    views=('PA',), label_policy='u_ones')
+  targets = pa['test'][0]
+  assert scored['labels']['Mass']['splits']['test']['n'] == (
+      targets[:, 3] != labels_lib.MASKED).sum()
+  assert set(scored['labels']['Mass']['splits']['test']['subgroups'][
+      'view']) == {'PA'}
+  with pytest.raises(scoring.ScoringError, match=r"split 'val' of .* has 60 "
+                     r'records but 30 predictions: pass the views'):
+    scoring.evaluate_dataset(builder, pa, NIH, num_resamples=0)
