@@ -187,3 +187,28 @@ def test_a_split_without_positives_has_no_sensitivity_not_a_zero():
   assert math.isnan(label['splits']['test']['auc']['value'])
   assert result['macro']['test']['auc_labels'] == []
   assert math.isnan(result['macro']['test']['auc'])
+
+
+def test_macro_interval_resamples_patients_once_for_all_labels(scored):
+  predictions, result = scored
+  macro = result['macro']['test']
+  low, high = macro['auc_ci']
+  assert low < macro['auc'] < high
+  # One label without masks: the macro interval is that label's own.
+  targets, probs = multilabel_split(120, 7, mask_share=0)
+  ids = np.arange(120) // 4
+  one = evaluation.evaluate_multilabel(
+      {'test': (targets, probs)}, NAMES, scored=['Effusion'],
+      thresholds={}, patient_ids={'test': ids}, num_resamples=200)
+  assert one['macro']['test']['auc_ci'] == one['labels']['Effusion'][
+      'splits']['test']['auc']['ci']
+  # Two labels: the mean of the two AUCs, drawn on the same patients,
+  # recomputed here with scikit-learn.
+  two = evaluation.evaluate_multilabel(
+      {'test': (targets, probs)}, NAMES, scored=['Effusion', 'Mass'],
+      thresholds={}, patient_ids={'test': ids}, num_resamples=200)
+  means = [np.mean([metrics.roc_auc_score(targets[index, c], probs[index, c])
+                    for c in (0, 2)])
+           for index in evaluation.patient_resamples(ids, 200, 0)]
+  np.testing.assert_allclose(two['macro']['test']['auc_ci'],
+                             np.percentile(means, [2.5, 97.5]), atol=1e-12)

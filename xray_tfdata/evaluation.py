@@ -1052,15 +1052,13 @@ def _per_label_markdown(evaluation_results, how):
           f"{entry['positives']} | {_with_ci(entry['auc'])} | "
           f"{_with_ci(entry['average_precision'])} | " + ' | '.join(point)
           + f' | {note} |')
-    def mean(metric):
-      value = macro[metric]
-      return '-' if math.isnan(value) else f'{value:.3f}'
-    lines += ['', f"Macro mean on {split}: AUC {mean('auc')} over the "
+    auc = _with_ci({'value': macro['auc'], 'ci': macro.get('auc_ci')})
+    ap = _with_ci({'value': macro['average_precision']})
+    lines += ['', f'Macro mean on {split}: AUC {auc} over the '
               f"{len(macro['auc_labels'])} of {macro['labels_scored']} "
-              'scored labels with a defined AUC; average precision '
-              f"{mean('average_precision')} over "
-              f"{len(macro['average_precision_labels'])} (no interval: "
-              'that would need one bootstrap over all labels at once).']
+              'scored labels with a defined AUC (the interval resamples '
+              'patients once for all labels); average precision '
+              f"{ap} over {len(macro['average_precision_labels'])}."]
   return lines
 
 
@@ -1287,8 +1285,7 @@ def evaluate_multilabel(predictions, label_names, scored=None,
     result['known'] = known
     result['notes'] = notes
     out['labels'][name] = result
-  splits = list(predictions)
-  for split in splits:
+  for split, (targets, probs) in predictions.items():
     macro = {'labels_scored': len(out['labels'])}
     for metric in ('auc', 'average_precision'):
       defined = {
@@ -1299,8 +1296,52 @@ def evaluate_multilabel(predictions, label_names, scored=None,
       macro[metric] = (float(np.mean(list(defined.values()))) if defined
                        else math.nan)
       macro[f'{metric}_labels'] = list(defined)
+    if macro['auc_labels'] and num_resamples:
+      macro['auc_ci'] = macro_auc_interval(
+          targets, probs, [names.index(n) for n in macro['auc_labels']],
+          patient_ids.get(split), num_resamples, level, seed)
     out['macro'][split] = macro
   return out
+
+
+def macro_auc_interval(targets, probs, columns, patient_ids=None,
+                       num_resamples=2000, level=0.95, seed=0):
+  """Percentile interval of the macro mean AUC over columns, resampling
+  patients once for all labels (their AUCs share images, so they are not
+  resampled apart); a label with one class in a resample is left out of
+  that resample's mean.
+
+  Args:
+    targets, probs: [N, L], MASKED_TARGET where unknown.
+    columns: the labels averaged.
+    patient_ids: one per row; None: each row its own patient.
+    num_resamples, level, seed: as `bootstrap_intervals`.
+
+  Returns:
+    [low, high].
+  """
+  targets = np.asarray(targets, np.float64)[:, columns]
+  probs = np.asarray(probs, np.float64)[:, columns]
+  ids = np.arange(len(targets)) if patient_ids is None else patient_ids
+  means = []
+  for index in patient_resamples(ids, num_resamples, seed):
+    aucs = []
+    for column in range(len(columns)):
+      target = targets[index, column]
+      known = target != MASKED_TARGET
+      labels = target[known].astype(bool)
+      positives = labels.sum()
+      if not 0 < positives < labels.size:
+        continue
+      tp, fp, _ = _cumulative_counts(labels, probs[index, column][known])
+      tpr = np.concatenate([[0.0], tp / positives])
+      fpr = np.concatenate([[0.0], fp / (labels.size - positives)])
+      aucs.append(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    if aucs:
+      means.append(np.mean(aucs))
+  tail = 100 * (1 - level) / 2
+  low, high = np.percentile(means, [tail, 100 - tail])
+  return [float(low), float(high)]
 
 
 # Localization (issue 21): the pointing game (Zhang et al., ECCV 2016) on

@@ -15,12 +15,23 @@ apply.
 the predictions it has made: the numbers of `evaluation.evaluate_label` on
 every split, with patients and subgroups from the records.
 
+A multi-label model (config.json's label_names), or a dataset of labels
+(NIH, CheXpert: xray_info.json's label_names), is scored per label on its
+known targets (`evaluate_multilabel_dataset`), the dataset's codes read
+with the run's label policy; labels are matched by `label_key` and
+`LABEL_SYNONYMS`, and the unmatched ones of both sides are named. Where the
+records store boxes (RSNA), `localize` plays the pointing game with the
+model's Grad-CAM heatmaps.
+
 Subgroup fields, where the dataset stores them (the converter keeps no sex,
 age or view: Kermany's and RSNA's sources give none for the images it reads):
   detailed_class   RSNA's detailed class (an extra feature of the records);
   kermany_subtype  bacteria / virus / normal, from Kermany's file names;
   source_folder    the source tree's split folder (Kaggle's train/val/test)
-                   when the dataset was converted from the split layout.
+                   when the dataset was converted from the split layout;
+  view, sex, age_group
+                   a multi-label dataset's `schema.MULTILABEL_FEATURES`,
+                   where any image has one (age in `AGE_GROUPS`).
 """
 
 import json
@@ -867,9 +878,9 @@ def _multilabel_summary(results, out_dir):
     if not result['splits']:
       lines.append(f'{label}: every target masked, not scored')
   for split, macro in evaluation_results['macro'].items():
-    auc = macro['auc']
-    lines.append(f"macro mean on {split}: AUC "
-                 f"{'-' if auc != auc else f'{auc:.3f}'} over "
+    auc = evaluation._with_ci({'value': macro['auc'],  # pylint: disable=protected-access
+                               'ci': macro.get('auc_ci')})
+    lines.append(f'macro mean on {split}: AUC {auc} over '
                  f"{len(macro['auc_labels'])} of {macro['labels_scored']} "
                  'labels (those with a defined AUC)')
   lines += [f'note: {note}' for note in mapping['notes']]
