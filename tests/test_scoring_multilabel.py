@@ -239,31 +239,34 @@ def test_external_dataset_with_another_label_set(runs):
                          localization=True)
 
 
-def write_boxes_dataset(root, n=24):
+def write_boxes_dataset(root, n=24, scale=1):
   """An RSNA-like single-label dataset with boxes: positive images have a
-  bright pixel at a known place, inside their box for the first 3/4 of
-  them and outside it for the rest; negatives have no box."""
+  bright spot at a known place, inside their box for 3 in 4 of them and
+  outside it for the rest; negatives have no box. scale: the stored
+  size in units of SIZE (the spot is then scale x scale pixels)."""
   os.makedirs(root)
   rng = np.random.default_rng(5)
+  size = SIZE * scale
   splits, hits = {}, []
   for split in ('val', 'test'):
     name = schema.shard_filename('rsna', split, 0, 1)
     labels = np.array([0, 1] * (n // 2))
     with tf.io.TFRecordWriter(os.path.join(root, name)) as writer:
       for i, label in enumerate(labels):
-        image = rng.integers(40, 60, (SIZE, SIZE)).astype(np.uint8)
+        image = rng.integers(40, 60, (size, size)).astype(np.uint8)
         boxes = []
         if label:
-          image[2:6, 2:6] += 60  # quarter 0: the model's signal
-          boxes = [(1.0, 1.0, 6.0, 6.0)]
+          image[2 * scale:6 * scale, 2 * scale:6 * scale] += 60  # quarter 0
+          boxes = [(1.0 * scale, 1.0 * scale, 6.0 * scale, 6.0 * scale)]
           inside = (i // 2) % 4 != 3
-          spot = (3, 3) if inside else (12, 12)
-          image[spot] = 255
+          row, column = (3, 3) if inside else (12, 12)
+          image[row * scale:(row + 1) * scale,
+                column * scale:(column + 1) * scale] = 255
           if split == 'test':
             hits.append(inside)
         writer.write(schema.encode_example(
-            _png(image), SIZE, SIZE, int(label), ('NORMAL', 'PNEUMONIA')[label],
-            f'{split}/{i}.dcm', f'{split}-{i // 4}', SIZE, SIZE,
+            _png(image), size, size, int(label), ('NORMAL', 'PNEUMONIA')[label],
+            f'{split}/{i}.dcm', f'{split}-{i // 4}', size, size,
             detailed_class='Lung Opacity' if label else 'Normal',
             boxes=boxes))
     splits[split] = {'num_examples': n,
@@ -273,7 +276,7 @@ def write_boxes_dataset(root, n=24):
                                      os.path.join(root, name))}]}
   info = {'format_version': 2, 'name': 'rsna',
           'class_names': ['NORMAL', 'PNEUMONIA'],
-          'image': {'height': SIZE, 'width': SIZE, 'channels': 1},
+          'image': {'height': size, 'width': size, 'channels': 1},
           'splits': splits, 'layout': 'rsna',
           'extra_features': list(schema.RSNA_FEATURES)}
   with open(os.path.join(root, schema.INFO_FILENAME), 'w') as f:
@@ -343,3 +346,24 @@ def test_views_the_reader_kept_select_the_records_rows(runs):
   with pytest.raises(scoring.ScoringError, match=r"split 'val' of .* has 60 "
                      r'records but 30 predictions: pass the views'):
     scoring.evaluate_dataset(builder, pa, NIH, num_resamples=0)
+
+
+def test_heatmaps_are_upsampled_to_the_stored_size_of_the_boxes(runs):
+  """Stored at twice the model's size: the boxes are in stored pixels, the
+  heatmaps at the model's, upsampled before the peak is taken."""
+  rsna = str(runs['root'] / 'rsna-32')
+  hits = write_boxes_dataset(rsna, scale=2)
+  builder = pipeline.DatasetBuilder(rsna)
+  labels = np.array([0, 1] * 12)
+  found = scoring.localize(quarter_model(4), builder, 'test',
+                           {'Effusion': (labels == 1, 0),
+                            'Mass': (labels == 1, 3)}, SIZE, 8,
+                           num_resamples=50)
+  for label in ('Effusion', 'Mass'):
+    entry = found['labels'][label]
+    assert (entry['n'], entry['hits']) == (hits.size, hits.sum())
+    assert entry['patients'] == 6 and entry['no_box_positives'] == 0
+  assert not any(found['labels'][l]['flat_heatmaps'] for l in found['labels'])
+  text = scoring.localization_lines({'localization': found})
+  assert text[0].startswith(f'localization (Effusion): pointing-game hit '
+                            f'rate {hits.mean():.3f} [')
