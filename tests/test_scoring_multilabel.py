@@ -367,3 +367,30 @@ def test_heatmaps_are_upsampled_to_the_stored_size_of_the_boxes(runs):
   text = scoring.localization_lines({'localization': found})
   assert text[0].startswith(f'localization (Effusion): pointing-game hit '
                             f'rate {hits.mean():.3f} [')
+
+
+def test_a_binary_model_on_a_dataset_of_labels(runs):
+  """A PNEUMONIA/NORMAL run scored on a dataset of labels: its positive
+  class against the label of that name, the other labels named."""
+  binary_data = str(runs['root'] / 'rsna-for-binary')
+  write_boxes_dataset(binary_data)
+  model_dir = str(runs['root'] / 'binary-on-labels')
+  net = quarter_model(1)
+  write_run(model_dir, net, binary_data)
+  labelled = str(runs['root'] / 'labelled')
+  data = write_multilabel(labelled, ('Pneumonia', 'Effusion'),
+                          {'val': 40, 'test': 40}, 2)
+  results = scoring.evaluate_run(model_dir, labelled, out_dir=str(
+      runs['root'] / 'binary-out'), num_resamples=0)
+  evaluation_results = results['evaluation']
+  assert evaluation_results['label_mapping']['matched'] == {
+      'PNEUMONIA': 'Pneumonia'}
+  assert evaluation_results['label_mapping']['unmatched_data_labels'] == [
+      'Effusion']
+  codes, images, _ = data['test']
+  targets = labels_lib.apply_policy(codes[:, 0], labels_lib.DEFAULT_POLICY)
+  entry = evaluation_results['labels']['PNEUMONIA']['splits']['test']
+  assert entry['auc']['value'] == pytest.approx(metrics.roc_auc_score(
+      targets, net.predict(images, verbose=0)[:, 0]), abs=1e-6)
+  assert evaluation_results['labels']['PNEUMONIA']['thresholds'][
+      'youden']['chosen_on'] == 'val'
