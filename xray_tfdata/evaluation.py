@@ -27,6 +27,8 @@ import math
 
 import numpy as np
 
+from xray_tfdata import labels as labels_lib
+
 SPLITS = ('train', 'val', 'test')
 
 
@@ -338,7 +340,27 @@ def results_table_markdown(results):
   text = '\n'.join(lines) + '\n'
   if results.get('evaluation'):
     text += evaluation_markdown(results['evaluation'])
+  if results.get('localization'):
+    text += localization_markdown(results['localization'])
   return text
+
+
+def localization_markdown(localization):
+  """Markdown of tools/evaluate's pointing game (scoring.localize)."""
+  lines = ['', '## Localization (pointing game)', '']
+  if 'skipped' in localization:
+    return '\n'.join(lines + [localization['skipped']]) + '\n'
+  lines += [f"Rule: {localization['rule']}; 95% interval from a "
+            'patient-level bootstrap.', '',
+            '| label | positive images with boxes | patients | hits | hit '
+            'rate | flat heatmaps | positives without a box |',
+            '|---|---:|---:|---:|---:|---:|---:|']
+  for label, entry in localization['labels'].items():
+    rate = _with_ci({'value': entry['hit_rate'], 'ci': entry.get('ci')})
+    lines.append(f"| {label} | {entry['n']} | {entry['patients']} | "
+                 f"{entry['hits']} | {rate} | {entry['flat_heatmaps']} | "
+                 f"{entry['no_box_positives']} |")
+  return '\n'.join(lines) + '\n'
 
 
 # The clinical evaluation (issue 21): curves, operating points chosen on
@@ -933,18 +955,26 @@ def evaluation_markdown(evaluation_results):
   how = (f"{boot.get('unit', 'patient')}-level percentile bootstrap, "
          f"{boot.get('num_resamples', '?')} resamples, seed "
          f"{boot.get('seed', '?')}")
+  if evaluation_results.get('macro') is not None:
+    lines += _per_label_markdown(evaluation_results, how)
   for label, result in evaluation_results['labels'].items():
     splits = result['splits']
+    if not splits:
+      lines += ['', f'## {label}: not scored', '']
+      lines += [f'- {note}' for note in result.get('notes', [])]
+      continue
     lines += ['', f'## {label}: discrimination and calibration', '',
               f'95% intervals in brackets ({how}). ECE: {CALIBRATION_BINS} '
               'equal-width bins of P(' + label + '), weighted by count.', '',
               _CURVE_HEADER.format(what='split')]
     for split, entry in splits.items():
       lines.append(_curve_rows(split, entry))
+    if result.get('notes'):
+      lines += [''] + [f'- {note}' for note in result['notes']]
     thresholds = result['thresholds']
     chosen_on = {t['chosen_on'] for t in thresholds.values()}
     for split, entry in splits.items():
-      if split in chosen_on:
+      if split in chosen_on or not thresholds:
         continue  # numbers at thresholds chosen on the split itself
       lines += ['', f'## {label}: operating points on {split} (thresholds '
                 f'chosen on {", ".join(sorted(chosen_on))})', '',
@@ -980,6 +1010,56 @@ def evaluation_markdown(evaluation_results):
     for name, path in pictures.items():
       lines += [f'{name}: [{path}]({path})', '', f'![{name}]({path})', '']
   return '\n'.join(lines) + '\n'
+
+
+def _per_label_markdown(evaluation_results, how):
+  """A multi-label evaluation's overview: per split a table with one row
+  per label, then the macro mean and how many labels it averages."""
+  mapping = (evaluation_results.get('label_mapping') or {}).get('matched', {})
+  labels = evaluation_results['labels']
+  lines = []
+  for split, macro in evaluation_results['macro'].items():
+    lines += ['', f'## Per label on {split}', '',
+              f'95% intervals in brackets ({how}); each label on its known '
+              'targets (masked ones left out). Sensitivity and specificity '
+              "at the label's Youden threshold"
+              + (' (chosen on this split)' if any(
+                  t['chosen_on'] == split for r in labels.values()
+                  for t in r['thresholds'].values()) else '') + '.', '',
+              '| label | scored as | images | patients | positives | AUC | '
+              'average precision | threshold | sensitivity | specificity '
+              '| note |',
+              '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+    for label, result in labels.items():
+      entry = result['splits'].get(split)
+      as_name = mapping.get(label, label)
+      if entry is None:
+        lines.append(f'| {label} | {as_name} | 0 | | | - | - | | | | every '
+                     'target masked |')
+        continue
+      youden = entry['operating_points'].get('youden')
+      point = ([f"{youden['threshold']:.4f}",
+                _with_ci(youden['sensitivity']),
+                _with_ci(youden['specificity'])] if youden
+               else ['-', '-', '-'])
+      note = '; '.join(entry[m]['reason'] for m in ('auc',
+                                                   'average_precision')
+                       if 'reason' in entry[m])
+      if not youden and not note:
+        note = 'no operating points'
+      lines.append(
+          f"| {label} | {as_name} | {entry['n']} | {entry['patients']} | "
+          f"{entry['positives']} | {_with_ci(entry['auc'])} | "
+          f"{_with_ci(entry['average_precision'])} | " + ' | '.join(point)
+          + f' | {note} |')
+    auc = _with_ci({'value': macro['auc'], 'ci': macro.get('auc_ci')})
+    ap = _with_ci({'value': macro['average_precision']})
+    lines += ['', f'Macro mean on {split}: AUC {auc} over the '
+              f"{len(macro['auc_labels'])} of {macro['labels_scored']} "
+              'scored labels with a defined AUC (the interval resamples '
+              'patients once for all labels); average precision '
+              f"{ap} over {len(macro['average_precision_labels'])}."]
+  return lines
 
 
 # Temperature scaling (Guo et al., ICML 2017), for one binary label: the
@@ -1061,3 +1141,249 @@ def calibration_report(predictions, temperature=None, fit_split='val'):
         'brier_after': brier_score(labels, calibrated)}
   return {'temperature': float(temperature), 'fitted_on': fitted_on,
           'splits': splits}
+
+
+# Multi-label models (issue 19): one binary evaluation per label, on the
+# label's known targets only. Targets are float, 1 positive, 0 negative,
+# `labels.MASKED` (-1) unknown under the reader's label policy; a masked
+# entry takes no part in that label's numbers (its image still counts for
+# the other labels).
+
+MASKED_TARGET = labels_lib.MASKED
+
+
+def known_targets(targets, probs, column):
+  """(0/1 labels, probs, mask of the known rows) of one column.
+
+  Args:
+    targets: float [N, L], MASKED_TARGET where unknown.
+    probs: [N, L] probabilities.
+    column: the label's column.
+
+  Raises:
+    ValueError: shapes differ, or a target is neither 0, 1 nor masked.
+  """
+  targets = np.asarray(targets, np.float64)
+  probs = np.asarray(probs, np.float64)
+  if targets.ndim != 2 or targets.shape != probs.shape:
+    raise ValueError(f'targets {targets.shape} and probabilities '
+                     f'{probs.shape} must be the same [N, L]')
+  target = targets[:, column]
+  known = target != MASKED_TARGET
+  if not np.isin(target[known], (0.0, 1.0)).all():
+    raise ValueError(f'targets of column {column} must be 0, 1 or '
+                     f'{MASKED_TARGET} (masked)')
+  return target[known].astype(np.int64), probs[known, column], known
+
+
+def _one_class_reason(split, labels):
+  """Why a split's AUC is undefined, or None when it has both classes."""
+  positives = int(np.sum(labels))
+  if 0 < positives < labels.size:
+    return None
+  which = 'positive' if positives == 0 else 'negative'
+  return (f'no {which} among the {labels.size} known targets of {split}: '
+          'AUC undefined')
+
+
+def _undefined_points(entry, labels, probs):
+  """NaN, with a reason, for the ratios at each operating point whose
+  denominator is zero on a one-class split (sensitivity without a
+  positive, specificity without a negative): not Keras' 0."""
+  for point in entry['operating_points'].values():
+    defined = operating_point_metrics(labels, probs, point['threshold'],
+                                      zero_division=math.nan)
+    for metric in POINT_METRICS:
+      if math.isnan(defined[metric]):
+        point[metric] = {'value': math.nan,
+                         'reason': 'zero denominator: undefined'}
+
+
+def evaluate_multilabel(predictions, label_names, scored=None,
+                        threshold_split='val', thresholds=None,
+                        temperatures=None, patient_ids=None, subgroups=None,
+                        num_resamples=2000, level=0.95, seed=0,
+                        min_subgroup=1):
+  """Every label's `evaluate_label` on its known targets, and the macro mean.
+
+  Args:
+    predictions: {split: (targets float [N, L], MASKED_TARGET where
+      unknown; probs [N, L])}, columns in label_names' order.
+    label_names: the L column names.
+    scored: the names to evaluate (the others are left out); None: all.
+    threshold_split: the split each label's operating points and
+      temperature are chosen on (when thresholds is None).
+    thresholds: {label: {operating point: threshold}} chosen before (a
+      run's), or None to choose them here; a label it lacks gets none.
+    temperatures: {label: T} fitted before, or None.
+    patient_ids: {split: ids, one per row}: the bootstrap resamples
+      patients (each label over its known rows).
+    subgroups: {split: {field: values, one per row}}.
+    num_resamples, level, seed, min_subgroup: as `evaluate_label`.
+
+  Returns:
+    {'labels': {label: evaluate_label's dict + 'known': {split: rows with a
+       known target}, 'notes': [why a split or the operating points are
+       missing]; a split's AUC (AP) entry holds 'reason' where it is NaN},
+     'macro': {split: {'auc', 'average_precision': the mean over the
+       labels where it is defined (NaN where none is), 'auc_labels',
+       'average_precision_labels': the labels averaged, 'labels_scored'}}}.
+  """
+  patient_ids = patient_ids or {}
+  subgroups = subgroups or {}
+  names = list(label_names)
+  out = {'labels': {}, 'macro': {}}
+  for name in (names if scored is None else scored):
+    column = names.index(name)
+    by_split, ids, groups, known, notes = {}, {}, {}, {}, []
+    for split, (targets, probs) in predictions.items():
+      labels, label_probs, mask = known_targets(targets, probs, column)
+      known[split] = int(mask.sum())
+      if not mask.any():
+        notes.append(f'{split}: every target masked ({mask.size} images), '
+                     'not scored')
+        continue
+      by_split[split] = (labels, label_probs)
+      if split in patient_ids:
+        ids[split] = np.asarray(patient_ids[split])[mask]
+      groups[split] = {field: np.asarray(values)[mask]
+                       for field, values in subgroups.get(split, {}).items()}
+    if not by_split:
+      out['labels'][name] = {'thresholds': {}, 'splits': {},
+                             'calibration': None, 'known': known,
+                             'notes': notes}
+      continue
+    label_thresholds = None
+    if thresholds is not None:
+      label_thresholds = thresholds.get(name) or {}
+      if not label_thresholds:
+        notes.append('no operating points: the model\'s run chose none for '
+                     'this label')
+    elif (threshold_split not in by_split or
+          _one_class_reason(threshold_split, by_split[threshold_split][0])):
+      label_thresholds = {}
+      notes.append(f'no operating points and no calibration: '
+                   f'{threshold_split} has '
+                   + ('no known target' if threshold_split not in by_split
+                      else 'one class only') + ' for this label')
+    result = evaluate_label(
+        by_split, threshold_split=threshold_split,
+        thresholds=label_thresholds, patient_ids=ids, subgroups=groups,
+        num_resamples=num_resamples, level=level, seed=seed,
+        min_subgroup=min_subgroup,
+        temperature=(temperatures or {}).get(name))
+    for split, (labels, label_probs) in by_split.items():
+      entry = result['splits'][split]
+      reason = _one_class_reason(split, labels)
+      if reason:
+        entry['auc']['reason'] = reason
+        _undefined_points(entry, labels, label_probs)
+      if not labels.any():
+        entry['average_precision']['reason'] = (
+            f'no positive among the known targets of {split}: average '
+            'precision undefined')
+    result['known'] = known
+    result['notes'] = notes
+    out['labels'][name] = result
+  for split, (targets, probs) in predictions.items():
+    macro = {'labels_scored': len(out['labels'])}
+    for metric in ('auc', 'average_precision'):
+      defined = {
+          name: r['splits'][split][metric]['value']
+          for name, r in out['labels'].items()
+          if split in r['splits'] and
+          not math.isnan(r['splits'][split][metric]['value'])}
+      macro[metric] = (float(np.mean(list(defined.values()))) if defined
+                       else math.nan)
+      macro[f'{metric}_labels'] = list(defined)
+    if macro['auc_labels'] and num_resamples:
+      macro['auc_ci'] = macro_auc_interval(
+          targets, probs, [names.index(n) for n in macro['auc_labels']],
+          patient_ids.get(split), num_resamples, level, seed)
+    out['macro'][split] = macro
+  return out
+
+
+def macro_auc_interval(targets, probs, columns, patient_ids=None,
+                       num_resamples=2000, level=0.95, seed=0):
+  """Percentile interval of the macro mean AUC over columns, resampling
+  patients once for all labels (their AUCs share images, so they are not
+  resampled apart); a label with one class in a resample is left out of
+  that resample's mean.
+
+  Args:
+    targets, probs: [N, L], MASKED_TARGET where unknown.
+    columns: the labels averaged.
+    patient_ids: one per row; None: each row its own patient.
+    num_resamples, level, seed: as `bootstrap_intervals`.
+
+  Returns:
+    [low, high].
+  """
+  targets = np.asarray(targets, np.float64)[:, columns]
+  probs = np.asarray(probs, np.float64)[:, columns]
+  ids = np.arange(len(targets)) if patient_ids is None else patient_ids
+  means = []
+  for index in patient_resamples(ids, num_resamples, seed):
+    aucs = []
+    for column in range(len(columns)):
+      target = targets[index, column]
+      known = target != MASKED_TARGET
+      labels = target[known].astype(bool)
+      positives = labels.sum()
+      if not 0 < positives < labels.size:
+        continue
+      tp, fp, _ = _cumulative_counts(labels, probs[index, column][known])
+      tpr = np.concatenate([[0.0], tp / positives])
+      fpr = np.concatenate([[0.0], fp / (labels.size - positives)])
+      aucs.append(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    if aucs:
+      means.append(np.mean(aucs))
+  tail = 100 * (1 - level) / 2
+  low, high = np.percentile(means, [tail, 100 - tail])
+  return [float(low), float(high)]
+
+
+# Localization (issue 21): the pointing game (Zhang et al., ECCV 2016) on
+# the positive images of a dataset that stores boxes: a hit when the
+# heatmap's maximum lies inside one of the image's boxes, no tolerance.
+
+
+def pointing_game(heatmaps, boxes):
+  """Whether each heatmap's maximum falls inside one of its boxes.
+
+  Args:
+    heatmaps: [N, H, W], in the boxes' pixels (the stored image's).
+    boxes: per image an array [k, 4] of (x, y, width, height), x and y the
+      top-left corner; pixel (row r, column c) is the square [c, c + 1) x
+      [r, r + 1), its centre (c + 0.5, r + 0.5) is tested.
+
+  Returns:
+    (hits, flat): bool [N] arrays; a flat heatmap (no positive value: the
+    model points nowhere) is a miss, and flagged.
+  """
+  heatmaps = np.asarray(heatmaps, np.float64)
+  hits = np.zeros(len(heatmaps), bool)
+  flat = np.zeros(len(heatmaps), bool)
+  for index, (heatmap, image_boxes) in enumerate(zip(heatmaps, boxes)):
+    if not heatmap.max() > 0:
+      flat[index] = True
+      continue
+    row, column = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+    x, y = column + 0.5, row + 0.5
+    image_boxes = np.asarray(image_boxes, np.float64).reshape(-1, 4)
+    hits[index] = bool(np.any(
+        (image_boxes[:, 0] <= x) & (x <= image_boxes[:, 0] + image_boxes[:, 2])
+        & (image_boxes[:, 1] <= y) & (y <= image_boxes[:, 1] + image_boxes[:, 3])))
+  return hits, flat
+
+
+def hit_rate_interval(hits, patient_ids, num_resamples=2000, level=0.95,
+                      seed=0):
+  """Percentile interval of the hit rate, resampling patients."""
+  hits = np.asarray(hits, np.float64)
+  rates = [hits[index].mean() for index in
+           patient_resamples(patient_ids, num_resamples, seed)]
+  tail = 100 * (1 - level) / 2
+  low, high = np.percentile(rates, [tail, 100 - tail])
+  return [float(low), float(high)]

@@ -64,8 +64,18 @@ def _run(layers, x, logit=False):
       # The pre-sigmoid value, in float32 (the output layer's dtype).
       x = ops.cast(x, layer.kernel.dtype)
       return ops.matmul(x, layer.kernel) + layer.bias
+    if (logit and last and isinstance(layer, keras.layers.Activation) and
+        layer.activation is keras.activations.sigmoid):
+      return ops.cast(x, 'float32')  # a sigmoid of its own: its input
     x = layer(x, training=False)
   return x
+
+
+def _score(tail, features, output_index):
+  logits = _run(tail, features, logit=True)
+  if output_index is not None:
+    logits = logits[:, output_index]
+  return ops.sum(logits)
 
 
 def forward(net, images):
@@ -75,27 +85,30 @@ def forward(net, images):
   return _run(tail, _run(head, images))
 
 
-def _gradient(tail, features):
-  """d(sum of positive logits) / d(features), on the running backend."""
+def _gradient(tail, features, output_index=None):
+  """d(sum of the output's logits) / d(features), on the running backend."""
   backend = keras.backend.backend()
   if backend == 'tensorflow':
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     with tf.GradientTape() as tape:
       tape.watch(features)
-      score = ops.sum(_run(tail, features, logit=True))
+      score = _score(tail, features, output_index)
     return tape.gradient(score, features)
   if backend == 'jax':
     import jax  # pylint: disable=g-import-not-at-top
-    return jax.grad(lambda f: ops.sum(_run(tail, f, logit=True)))(features)
+    return jax.grad(lambda f: _score(tail, f, output_index))(features)
   raise GradCamError(f'Grad-CAM runs on TensorFlow or JAX, not {backend}')
 
 
-def heatmaps(net, images):
-  """Grad-CAM heatmaps of the positive class.
+def heatmaps(net, images, output_index=None):
+  """Grad-CAM heatmaps of the positive class (of one label).
 
   Args:
-    net: a binary classifier (one sigmoid output), a chain of layers.
+    net: a binary classifier (one sigmoid output), or a multi-label one
+      (L sigmoid outputs), a chain of layers.
     images: [N, H, W, C] as the model takes them (uint8 for build_model's).
+    output_index: the output (label) whose logit is explained; None: the
+      sum of all, the one output of a binary model.
 
   Returns:
     float32 NumPy [N, H, W], each image's map scaled to [0, 1] (all zeros
@@ -107,7 +120,7 @@ def heatmaps(net, images):
   head, tail = split_at_last_conv(net)
   images = ops.convert_to_tensor(images)
   features = ops.cast(_run(head, images), 'float32')
-  grads = ops.cast(_gradient(tail, features), 'float32')
+  grads = ops.cast(_gradient(tail, features, output_index), 'float32')
   weights = ops.mean(grads, axis=(1, 2), keepdims=True)
   cam = ops.relu(ops.sum(weights * features, axis=-1, keepdims=True))
   height, width = images.shape[1], images.shape[2]
@@ -132,12 +145,13 @@ def overlay(image, heatmap, alpha=0.4):
   return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
-def write_overlays(out_dir, names, images, maps, alpha=0.4):
+def write_overlays(out_dir, names, images, maps, alpha=0.4, suffix=''):
   """Writes one overlay PNG per image (for tools/predict --heatmap_dir).
 
   Args:
     out_dir: the folder (made if missing).
-    names: a file stem per image; '<stem>.gradcam.png' is written.
+    names: a file stem per image; '<stem><suffix>.gradcam.png' is written
+      (suffix: '.<label>' for a multi-label model's labels).
     images: [N, H, W, 1] uint8, as the model took them.
     maps: `heatmaps`' [N, H, W].
     alpha: the heatmap's opacity.
@@ -154,7 +168,7 @@ def write_overlays(out_dir, names, images, maps, alpha=0.4):
   for name, image, heatmap in zip(names, images, maps):
     buffer = io.BytesIO()
     Image.fromarray(overlay(image, heatmap, alpha)).save(buffer, format='PNG')
-    path = os.path.join(out_dir, f'{name}.gradcam.png')
+    path = os.path.join(out_dir, f'{name}{suffix}.gradcam.png')
     atomic.write_bytes(path, buffer.getvalue())
     paths.append(path)
   return paths

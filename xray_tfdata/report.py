@@ -5,6 +5,9 @@
   reliability_<label>.png   reliability diagram (20 bins) with the counts
   confusion_<label>.png     confusion matrix at Youden's threshold
   training_curves.png       loss and AUC per epoch, train and val
+  roc_labels.png, pr_labels.png, reliability_labels.png
+                            a multi-label model's: one grid each, a panel
+                            per label (instead of four files per label)
   augmentation_preview.png  the same images under several draws of the
                             training augmentation (start of a run)
 
@@ -213,6 +216,131 @@ def write_pictures(out_dir, evaluation_results, predictions,
     plot_reliability(paths[titles[2]], label, by_split)
     plot_confusion(paths[titles[3]], label, result)
     pictures.update(files)
+  if history_csv and os.path.exists(history_csv):
+    if plot_training_curves(os.path.join(out_dir, TRAINING_CURVES),
+                            history_csv):
+      pictures['Training curves'] = TRAINING_CURVES
+  if os.path.exists(os.path.join(out_dir, AUGMENTATION_PREVIEW)):
+    pictures['Augmentation preview'] = AUGMENTATION_PREVIEW
+  return pictures
+
+
+# A multi-label evaluation's pictures: one grid per kind, a panel per label.
+ROC_GRID = 'roc_labels.png'
+PR_GRID = 'pr_labels.png'
+RELIABILITY_GRID = 'reliability_labels.png'
+GRID_COLUMNS = 4
+_PANEL = 3.2  # inches per panel
+
+
+def _grid(count):
+  """A figure of count panels, GRID_COLUMNS wide, and its axes in order."""
+  columns = min(GRID_COLUMNS, max(count, 1))
+  rows = -(-max(count, 1) // columns)
+  fig = _figure(_PANEL * columns, _PANEL * rows)
+  axes = [fig.add_subplot(rows, columns, i + 1) for i in range(count)]
+  return fig, axes
+
+
+def _no_curve(ax, why):
+  ax.text(0.5, 0.5, why, ha='center', va='center', fontsize=8, wrap=True,
+          transform=ax.transAxes)
+
+
+def _roc_panel(ax, label, result, predictions):
+  drawn = False
+  for split, (labels, probs) in predictions.items():
+    if not 0 < np.sum(labels) < len(labels):
+      continue
+    fpr, tpr, _ = evaluation.roc_curve(labels, probs)
+    auc = result['splits'][split]['auc']['value']
+    ax.plot(fpr, tpr, drawstyle='steps-post', label=f'{split} {auc:.3f}')
+    drawn = True
+  if result['thresholds'] and result['splits']:
+    shown = _evaluated_split(result)
+    youden = result['splits'][shown]['operating_points'].get('youden')
+    if youden and not np.isnan(youden['sensitivity']['value'] +
+                               youden['specificity']['value']):
+      ax.plot(1 - youden['specificity']['value'],
+              youden['sensitivity']['value'], 'o', markersize=6,
+              markerfacecolor='none', color='black',
+              label=f'Youden ({shown})')
+  ax.plot([0, 1], [0, 1], ':', color='grey', linewidth=1)
+  ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title=label)
+  if drawn:
+    ax.legend(loc='lower right', fontsize=6, title='AUC', title_fontsize=6)
+  else:
+    _no_curve(ax, 'no split with both classes:\nAUC undefined')
+
+
+def _pr_panel(ax, label, result, predictions):
+  drawn = False
+  for split, (labels, probs) in predictions.items():
+    if not np.any(labels):
+      continue
+    precision, recall, _ = evaluation.precision_recall_curve(labels, probs)
+    ap = result['splits'][split]['average_precision']['value']
+    ax.plot(np.concatenate([[0.0], recall]),
+            np.concatenate([[precision[0]], precision]),
+            drawstyle='steps-pre', label=f'{split} {ap:.3f}')
+    drawn = True
+  ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title=label)
+  if drawn:
+    ax.legend(loc='upper right', fontsize=6, title='AP', title_fontsize=6)
+  else:
+    _no_curve(ax, 'no positive: no curve')
+
+
+def _reliability_panel(ax, label, predictions):
+  for split, (labels, probs) in predictions.items():
+    mean_prob, fraction, counts = evaluation.calibration_bins(labels, probs)
+    filled = counts > 0
+    ece = evaluation.expected_calibration_error(labels, probs)
+    ax.plot(mean_prob[filled], fraction[filled], 'o-', markersize=3,
+            label=f'{split} {ece:.3f}')
+  ax.plot([0, 1], [0, 1], ':', color='grey', linewidth=1)
+  ax.set(xlim=(0, 1), ylim=(-0.01, 1.01), title=label)
+  if predictions:
+    ax.legend(loc='upper left', fontsize=6, title='ECE', title_fontsize=6)
+
+
+def write_label_grids(out_dir, evaluation_results, predictions,
+                      history_csv=None):
+  """A multi-label evaluation's pictures: ROC, precision-recall and
+  reliability (20 bins) each as one grid, a panel per label (GRID_COLUMNS
+  wide), plus the training curves and augmentation preview as
+  `write_pictures`. A label without a curve (one class) says so in its
+  panel.
+
+  Args:
+    out_dir: an existing folder.
+    evaluation_results: `scoring.evaluate_multilabel_dataset`'s dict.
+    predictions: {label: {split: (0/1 labels, probs)}}, known targets only.
+    history_csv: a run's history.csv, or None.
+
+  Returns:
+    {picture title: file name}, in the order results.md lists them.
+  """
+  labels = list(evaluation_results['labels'])
+  draws = ((ROC_GRID, 'ROC curves per label', 'false positive rate',
+            'sensitivity', _roc_panel),
+           (PR_GRID, 'Precision-recall curves per label', 'recall',
+            'precision', _pr_panel),
+           (RELIABILITY_GRID, 'Reliability diagrams per label',
+            'predicted probability', 'fraction positive',
+            lambda ax, label, result, by_split: _reliability_panel(
+                ax, label, by_split)))
+  pictures = {}
+  for name, title, xlabel, ylabel, panel in draws:
+    fig, axes = _grid(len(labels))
+    for ax, label in zip(axes, labels):
+      panel(ax, label, evaluation_results['labels'][label],
+            predictions.get(label, {}))
+      ax.set_xlabel(xlabel, fontsize=7)
+      ax.set_ylabel(ylabel, fontsize=7)
+      ax.tick_params(labelsize=6)
+    _save(fig, os.path.join(out_dir, name))
+    pictures[title] = name
   if history_csv and os.path.exists(history_csv):
     if plot_training_curves(os.path.join(out_dir, TRAINING_CURVES),
                             history_csv):

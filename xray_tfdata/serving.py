@@ -11,6 +11,9 @@ bytes [N] and returns {'probability': P(pneumonia) [N]}, for TF Serving and
 for `tools/predict`; tools/train exports it with the run's calibration
 (`calibration_of`), so P is temperature-scaled and the signature also
 returns the Youden 'threshold' on that scale and the decision 'positive'.
+A multi-label model's signature returns 'probability', 'threshold' and
+'decision' [N, L] instead, each label with its own temperature and
+threshold, columns in the order of config.json's label_names.
 """
 
 import contextlib
@@ -45,7 +48,9 @@ def export_model(net, model_dir, image_size, calibration=None):
       the signature's 'probability' is then temperature-scaled,
       sigmoid(logit(p) / T) (`evaluation.apply_temperature`), and it also
       returns 'threshold' (t, on the calibrated scale, per image) and
-      'positive' (probability > t).
+      'positive' (probability > t). For a multi-label model (L outputs,
+      or a calibration with 'label_names'), `calibration_of`'s per-label
+      lists: then 'probability', 'threshold' and 'decision' are [N, L].
   """
   tmp = os.path.join(model_dir, '.tmp-' + MODEL_FILE)
   try:
@@ -58,6 +63,12 @@ def export_model(net, model_dir, image_size, calibration=None):
   os.replace(tmp, os.path.join(model_dir, MODEL_FILE))
 
   size = (image_size, image_size)
+  num_outputs = int(net.output_shape[-1])
+  # One output is a binary model's P(positive) [N], unless the calibration
+  # says it is a multi-label model of one label.
+  multilabel = num_outputs > 1 or bool(calibration and
+                                       'label_names' in calibration)
+  shape = [-1, num_outputs] if multilabel else [-1]
 
   def decode(data):
     """Encoded bytes -> the stored form, uint8 [height, width, 1]."""
@@ -73,7 +84,7 @@ def export_model(net, model_dir, image_size, calibration=None):
     images = tf.map_fn(decode, encoded,
                        fn_output_signature=tf.TensorSpec(size + (1,),
                                                          tf.uint8))
-    return tf.reshape(tf.cast(net(images, training=False), tf.float32), [-1])
+    return tf.reshape(tf.cast(net(images, training=False), tf.float32), shape)
 
   def serve(encoded):
     """Encoded JPEG or PNG bytes [N] -> {'probability': P(pneumonia) [N]}."""
@@ -81,11 +92,13 @@ def export_model(net, model_dir, image_size, calibration=None):
     # kernels a mixed_bfloat16 model runs on AVX512_BF16 CPUs) rejects N = 0
     # ("input depth must be evenly divisible by filter depth").
     scores = tf.cond(tf.size(encoded) > 0, lambda: probability(encoded),
-                     lambda: tf.zeros([0], tf.float32))
+                     lambda: tf.zeros([0] + shape[1:], tf.float32))
     # A named output: the signature's output is 'probability', not
     # 'output_0' (TF Serving and saved_model_cli show this name).
     if calibration is None:
       return {'probability': scores}
+    if multilabel:
+      return _calibrated_label_outputs(scores, calibration)
     return _calibrated_outputs(scores, calibration)
 
   archive = keras.export.ExportArchive()
@@ -113,6 +126,21 @@ def _calibrated_outputs(probability, calibration):
                       tf.constant(calibration['threshold'], tf.float32))
   return {'probability': calibrated, 'threshold': threshold,
           'positive': calibrated > threshold}
+
+
+def _calibrated_label_outputs(probability, calibration):
+  """A multi-label signature's calibrated outputs, [N, L] each: every
+  label's probability scaled by its own temperature, its threshold, and
+  the decision."""
+  epsilon = 1e-7
+  p = tf.clip_by_value(tf.cast(probability, tf.float64), epsilon, 1 - epsilon)
+  logits = tf.math.log(p) - tf.math.log1p(-p)
+  temperatures = tf.constant(calibration['temperature'], tf.float64)
+  calibrated = tf.cast(tf.sigmoid(logits / temperatures), tf.float32)
+  threshold = tf.broadcast_to(
+      tf.constant(calibration['threshold'], tf.float32), tf.shape(calibrated))
+  return {'probability': calibrated, 'threshold': threshold,
+          'decision': calibrated > threshold}
 
 
 def _preprocessing(serving_dir):
@@ -299,6 +327,8 @@ def calibration_of(results):
     one label; None where the evaluation has no temperature (or several
     labels).
   """
+  if results.get('evaluation', {}).get('multilabel'):
+    return label_calibration_of(results)
   labels = results.get('evaluation', {}).get('labels', {})
   if len(labels) != 1:
     return None
@@ -308,6 +338,75 @@ def calibration_of(results):
     return None
   return {'temperature': float(result['calibration']['temperature']),
           'threshold': float(youden['calibrated_threshold'])}
+
+
+def label_calibration_of(results):
+  """A multi-label run's calibration to export (`export_model`).
+
+  Returns:
+    {'label_names': the model's outputs, 'temperature': [T per label],
+     'threshold': [Youden threshold chosen on validation, calibrated, per
+     label], 'uncalibrated': labels without a temperature (T = 1),
+     'default_threshold': labels without an operating point, decided at
+     DEFAULT_THRESHOLD}.
+  """
+  evaluation_results = results['evaluation']
+  out = {'label_names': list(evaluation_results['label_names']),
+         'temperature': [], 'threshold': [], 'uncalibrated': [],
+         'default_threshold': []}
+  for name in out['label_names']:
+    result = evaluation_results['labels'].get(name, {})
+    youden = result.get('thresholds', {}).get('youden', {})
+    if result.get('calibration') and 'calibrated_threshold' in youden:
+      out['temperature'].append(float(result['calibration']['temperature']))
+      out['threshold'].append(float(youden['calibrated_threshold']))
+      continue
+    out['temperature'].append(1.0)
+    out['uncalibrated'].append(name)
+    if 'threshold' in youden:
+      out['threshold'].append(float(youden['threshold']))
+    else:
+      out['threshold'].append(DEFAULT_THRESHOLD)
+      out['default_threshold'].append(name)
+  return out
+
+
+def label_names(model_dir):
+  """A multi-label run's outputs (config.json's label_names, else its
+  results.json's), or None for a single-label run."""
+  for name, get in ((resume.CONFIG_JSON, lambda d: d.get('label_names')),
+                    (resume.RESULTS_JSON,
+                     lambda d: d.get('evaluation', {}).get('label_names'))):
+    try:
+      names = get(atomic.read_json(os.path.join(model_dir, name)))
+    except (OSError, ValueError, AttributeError):
+      continue
+    if names:
+      return list(names)
+  return None
+
+
+def label_thresholds(model_dir, names):
+  """(thresholds per label, source) a multi-label run decides at when its
+  signature has none: the Youden thresholds in results.json, else
+  DEFAULT_THRESHOLD."""
+  path = os.path.join(model_dir, resume.RESULTS_JSON)
+  try:
+    labels = atomic.read_json(path)['evaluation']['labels']
+  except (OSError, KeyError, TypeError, ValueError):
+    labels = {}
+  thresholds, defaults = [], []
+  for name in names:
+    youden = labels.get(name, {}).get('thresholds', {}).get('youden')
+    if youden:
+      thresholds.append(float(youden['threshold']))
+    else:
+      thresholds.append(DEFAULT_THRESHOLD)
+      defaults.append(name)
+  source = f'the Youden thresholds on validation, from {path}'
+  if defaults:
+    source += f' ({DEFAULT_THRESHOLD} for {", ".join(defaults)}: none there)'
+  return thresholds, source
 
 
 def check_heatmap_dir(out_dir):
@@ -341,10 +440,13 @@ def _overlay_names(paths):
   return names
 
 
-def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE):
+def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE,
+                   labels=None):
   """Writes a Grad-CAM overlay PNG per image file (tools/predict
   --heatmap_dir): `<stem>.gradcam.png`, the stored image (as
-  `predict_paths` decodes it) with the positive class's heatmap over it.
+  `predict_paths` decodes it) with the positive class's heatmap over it;
+  for a multi-label model (labels given) one per image per label,
+  `<stem>.<label>.gradcam.png`, each label's heatmap over it.
 
   Grad-CAM needs the gradient, so it runs the Keras model (model.keras),
   not the SavedModel.
@@ -354,9 +456,11 @@ def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE):
     paths: image files that `predict_paths` scored (readable ones).
     out_dir: the folder (made if missing).
     batch_size: images per heatmap computation.
+    labels: a multi-label model's outputs, in order, or None.
 
   Returns:
-    The paths written, in the order of paths.
+    The paths written, in the order of paths (each image's labels in
+    order).
 
   Raises:
     TrainingError: no model.keras in model_dir, or out_dir is unusable.
@@ -379,10 +483,23 @@ def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE):
   for start in range(0, len(paths), batch_size):
     images = np.stack([imaging.load_image(path, size, voi)
                        for path in paths[start:start + batch_size]])
-    written += gradcam.write_overlays(
+    if labels is None:
+      written += gradcam.write_overlays(
+          out_dir, names[start:start + batch_size], images,
+          gradcam.heatmaps(net, images))
+      continue
+    by_label = [gradcam.write_overlays(
         out_dir, names[start:start + batch_size], images,
-        gradcam.heatmaps(net, images))
+        gradcam.heatmaps(net, images, output_index=index),
+        suffix='.' + file_label(label)) for index, label in enumerate(labels)]
+    written += [path for per_image in zip(*by_label) for path in per_image]
   return written
+
+
+def file_label(label):
+  """A label as a file name part: 'Pleural_Thickening' ->
+  'pleural_thickening'."""
+  return ''.join(c if c.isalnum() else '_' for c in str(label).lower())
 
 
 def check_serving_dir(serving_dir):

@@ -6,7 +6,10 @@
 Writes results.json, results.md and the pictures into
 model_dir/evaluation/<dataset folder>-<split>/ (or --out_dir), at the
 operating points the run chose on its own validation split; labels are
-matched by name and the unmatched ones named. All logic is in
+matched by name (scoring.LABEL_SYNONYMS: NIH's Effusion is CheXpert's
+Pleural Effusion) and the unmatched ones named, a multi-label model's per
+label. Where the dataset stores boxes (RSNA), also the pointing game of the
+Grad-CAM heatmaps (--localization). All logic is in
 xray_tfdata.scoring.evaluate_run.
 """
 
@@ -16,11 +19,15 @@ runtime.configure_tensorflow_env()  # before TensorFlow is imported
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
+from xray_tfdata import labels  # pylint: disable=g-import-not-at-top  (NumPy only)
+
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'A finished tools/train run.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'A dataset converted by tools/make_tfrecords (the run\'s own or another).')
 _SPLIT = flags.DEFINE_string('split', 'test', 'The split of --data_dir to evaluate.')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the results go; default model_dir/evaluation/<data_dir folder>-<split>.')
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap_resamples', None, 'Patient-level bootstrap resamples; default: the run\'s setting.', lower_bound=1)
+_LABEL_POLICY = flags.DEFINE_enum('label_policy', None, labels.LABEL_POLICIES, 'For a dataset of labels (NIH, CheXpert): how its uncertain and unmentioned codes are read (see xray_tfdata.labels); default: the run\'s.')
+_LOCALIZATION = flags.DEFINE_bool('localization', None, 'The pointing game of the Grad-CAM heatmaps on the positives with boxes (RSNA). Default: where the dataset stores boxes; --localization on a dataset without boxes is an error; --nolocalization never.')
 
 
 def main(argv):
@@ -33,7 +40,8 @@ def main(argv):
         _MODEL_DIR.value, _DATA_DIR.value, _SPLIT.value)
     results = scoring.evaluate_run(
         _MODEL_DIR.value, _DATA_DIR.value, split=_SPLIT.value,
-        out_dir=out_dir, num_resamples=_BOOTSTRAP.value)
+        out_dir=out_dir, num_resamples=_BOOTSTRAP.value,
+        label_policy=_LABEL_POLICY.value, localization=_LOCALIZATION.value)
   print(scoring.summary(results, out_dir))
 
 

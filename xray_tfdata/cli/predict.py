@@ -20,6 +20,12 @@ used gets one `error: <path>: <reason>` line on stderr instead, the others
 their results, and the exit status is 1. With --heatmap_dir=DIR, each scored
 image also gets DIR/<stem>.gradcam.png: the stored image with the Grad-CAM
 heatmap of the positive class over it (from the run's model.keras).
+
+A multi-label model (config.json lists label_names) gets a header line
+`path, P(<label>), <label>, ...` in both formats and per image, for each
+label, its probability and its decision (1 above the label's threshold,
+else 0); --heatmap_dir then writes DIR/<stem>.<label>.gradcam.png, one
+per image per label.
 """
 
 import csv
@@ -64,33 +70,50 @@ def main(argv):
     if _HEATMAP_DIR.value:  # before the scoring, which may take long
       serving.check_heatmap_dir(_HEATMAP_DIR.value)
     negative, positive = serving.class_names(model_dir)
+    labels = serving.label_names(model_dir)
     batch_size = _BATCH_SIZE.value or serving.BATCH_SIZE
     scores = serving.score_paths(
         serving_dir, paths, batch_size=batch_size,
         progress=_progress_printer() if len(paths) > batch_size else None)
     # A calibrated signature decides itself, at its threshold on its own
     # (calibrated) scale; a run exported without one gets results.json's.
-    served = {out['threshold'] for out, _ in scores
+    served = {_hashable(out['threshold']) for out, _ in scores
               if out and 'threshold' in out}
-    if served:
+    if labels:
+      threshold, source = _label_thresholds(serving, model_dir, labels,
+                                            served)
+    elif served:
       threshold, source = served.pop(), (
           'the Youden threshold on validation, on the calibrated scale, '
           'from the serving signature')
     else:
       threshold, source = serving.operating_threshold(model_dir)
-    print(f'threshold {threshold:.4f}: {source}', file=sys.stderr,
-          flush=True)
+    if labels:
+      print(f'thresholds {", ".join(f"{l} {t:.4f}" for l, t in zip(labels, threshold))}: {source}',
+            file=sys.stderr, flush=True)
+    else:
+      print(f'threshold {threshold:.4f}: {source}', file=sys.stderr,
+            flush=True)
     if _HEATMAP_DIR.value:
       readable = [path for path, (_, reason) in zip(paths, scores)
                   if reason is None]
       written = serving.write_heatmaps(model_dir, readable,
-                                       _HEATMAP_DIR.value, batch_size)
+                                       _HEATMAP_DIR.value, batch_size,
+                                       labels=labels)
       print(f'wrote {len(written)} Grad-CAM overlays to {_HEATMAP_DIR.value}',
             file=sys.stderr, flush=True)
     scored = iter(scores)
   writer = csv.writer(sys.stdout, lineterminator='\n') if (
       _OUTPUT.value == 'csv') else None
-  if writer:
+  if labels:
+    # Many columns: a header in both formats.
+    header = ['path'] + [c for label in labels
+                         for c in (f'P({label})', label)]
+    if writer:
+      writer.writerow(header)
+    else:
+      print('\t'.join(header))
+  elif writer:
     writer.writerow(['path', 'P', 'decision'])
   failed = 0
   for path, reason in found:
@@ -101,14 +124,33 @@ def main(argv):
       print(f'error: {path}: {reason}', file=sys.stderr)
       continue
     prob = outputs['probability']
-    decided = outputs.get('positive', prob > threshold)
-    row = [path, f'{prob:.4f}', positive if decided else negative]
+    if labels:
+      decided = outputs.get('decision') or [
+          p > t for p, t in zip(prob, threshold)]
+      row = [path] + [c for p, d in zip(prob, decided)
+                      for c in (f'{p:.4f}', '1' if d else '0')]
+    else:
+      decided = outputs.get('positive', prob > threshold)
+      row = [path, f'{prob:.4f}', positive if decided else negative]
     if writer:
       writer.writerow(row)
     else:
       print('\t'.join(row))
   if failed:
     sys.exit(1)  # every good file's result is printed above
+
+
+def _hashable(threshold):
+  return tuple(threshold) if isinstance(threshold, list) else threshold
+
+
+def _label_thresholds(serving, model_dir, labels, served):
+  """A multi-label model's thresholds per label and where they come from."""
+  if served:
+    return list(served.pop()), (
+        'the Youden thresholds on validation, on the calibrated scale, from '
+        'the serving signature')
+  return serving.label_thresholds(model_dir, labels)
 
 
 def _progress_printer():

@@ -1,0 +1,214 @@
+"""Multi-label evaluation maths (issue 19): per label on its known targets,
+checked against scikit-learn; patient-level intervals; the pointing game."""
+
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics
+
+from xray_tfdata import evaluation
+
+MASKED = evaluation.MASKED_TARGET
+NAMES = ('Effusion', 'Cardiomegaly', 'Mass', 'Hernia')
+
+
+def multilabel_split(n, seed, mask_share=0.3):
+  """targets [n, 4] (some masked), probs [n, 4]; Hernia has no positive."""
+  rng = np.random.default_rng(seed)
+  targets = rng.integers(0, 2, (n, len(NAMES))).astype(np.float64)
+  targets[:, 3] = 0.0
+  probs = 1 / (1 + np.exp(-(rng.normal(size=targets.shape) +
+                            (2 * targets - 1) * np.array([1.5, 0.8, 0.3, 0]))))
+  targets[rng.random(targets.shape) < mask_share] = MASKED
+  return targets, probs
+
+
+@pytest.fixture(scope='module')
+def scored():
+  predictions = {'val': multilabel_split(300, 1), 'test': multilabel_split(400, 2)}
+  ids = {s: np.arange(len(t)) // 3 for s, (t, _) in predictions.items()}
+  result = evaluation.evaluate_multilabel(predictions, NAMES, patient_ids=ids,
+                                          num_resamples=100)
+  return predictions, result
+
+
+def test_every_label_matches_scikit_learn_on_its_known_targets(scored):
+  predictions, result = scored
+  for column, name in enumerate(NAMES[:3]):
+    for split, (targets, probs) in predictions.items():
+      known = targets[:, column] != MASKED
+      y, p = targets[known, column], probs[known, column]
+      entry = result['labels'][name]['splits'][split]
+      assert entry['n'] == known.sum() < len(targets)
+      assert result['labels'][name]['known'][split] == known.sum()
+      assert entry['positives'] == y.sum()
+      assert entry['auc']['value'] == pytest.approx(
+          metrics.roc_auc_score(y, p), abs=1e-12)
+      assert entry['average_precision']['value'] == pytest.approx(
+          metrics.average_precision_score(y, p), abs=1e-12)
+      low, high = entry['auc']['ci']
+      assert low < entry['auc']['value'] < high
+  aucs = [result['labels'][n]['splits']['test']['auc']['value']
+          for n in NAMES[:3]]
+  assert aucs[0] > aucs[1] > aucs[2]  # the signal strengths drawn
+
+
+def test_operating_points_are_chosen_on_val_per_label(scored):
+  predictions, result = scored
+  for column, name in enumerate(NAMES[:3]):
+    targets, probs = predictions['val']
+    known = targets[:, column] != MASKED
+    want = evaluation.youden_threshold(targets[known, column],
+                                       probs[known, column])
+    label = result['labels'][name]
+    assert label['thresholds']['youden']['threshold'] == want
+    assert label['thresholds']['youden']['chosen_on'] == 'val'
+    targets, probs = predictions['test']
+    known = targets[:, column] != MASKED
+    y, called = targets[known, column] == 1, probs[known, column] > want
+    point = label['splits']['test']['operating_points']['youden']
+    assert point['sensitivity']['value'] == pytest.approx(
+        (y & called).sum() / y.sum())
+    assert point['specificity']['value'] == pytest.approx(
+        (~y & ~called).sum() / (~y).sum())
+    assert label['calibration']['fitted_on'] == 'val'
+
+
+def test_a_one_class_label_is_nan_with_a_reason_and_left_out_of_the_macro(
+    scored):
+  predictions, result = scored
+  hernia = result['labels']['Hernia']
+  test = hernia['splits']['test']
+  assert math.isnan(test['auc']['value'])
+  assert 'no positive among the' in test['auc']['reason']
+  assert 'AUC undefined' in test['auc']['reason']
+  assert math.isnan(test['average_precision']['value'])
+  assert hernia['thresholds'] == {} and hernia['calibration'] is None
+  assert any('val has one class only' in n for n in hernia['notes'])
+  macro = result['macro']['test']
+  assert macro['auc_labels'] == list(NAMES[:3])
+  assert macro['labels_scored'] == 4
+  assert macro['auc'] == pytest.approx(np.mean([
+      result['labels'][n]['splits']['test']['auc']['value']
+      for n in NAMES[:3]]))
+  text = evaluation.evaluation_markdown(
+      {**result, 'bootstrap': {'num_resamples': 100, 'seed': 0}})
+  table = text.split('## Per label on test')[1].split('Macro mean')[0]
+  rows = [l for l in table.splitlines() if l.startswith('| ') and
+          not l.startswith('| label')]
+  assert [r.split(' | ')[0][2:] for r in rows] == list(NAMES)
+  assert 'AUC undefined' in rows[3]
+  assert 'Macro mean on test: AUC ' in text and (
+      'over the 3 of 4 scored labels with a defined AUC') in text
+
+
+def test_every_target_masked_is_not_scored():
+  targets, probs = multilabel_split(50, 3)
+  targets[:, 1] = MASKED
+  result = evaluation.evaluate_multilabel(
+      {'val': (targets, probs), 'test': (targets, probs)}, NAMES,
+      scored=['Effusion', 'Cardiomegaly'], num_resamples=0)
+  assert list(result['labels']) == ['Effusion', 'Cardiomegaly']
+  assert result['labels']['Cardiomegaly']['splits'] == {}
+  assert 'every target masked' in result['labels']['Cardiomegaly']['notes'][0]
+  assert result['macro']['test']['auc_labels'] == ['Effusion']
+
+
+def test_patient_level_intervals_are_wider_than_image_level_ones():
+  """20 patients of 10 images each, every image of a patient scored alike
+  and of the same class: the images are ten copies of one observation, so
+  resampling images claims ten times the evidence there is."""
+  rng = np.random.default_rng(4)
+  patient_class = np.array([0, 1] * 10)
+  patient_score = rng.normal(size=20) + 0.8 * patient_class
+  ids = np.repeat(np.arange(20), 10)
+  targets = np.repeat(patient_class, 10).astype(np.float64)[:, None]
+  probs = 1 / (1 + np.exp(-np.repeat(patient_score, 10)))[:, None]
+  targets[::7] = MASKED  # masked rows leave both bootstraps
+  predictions = {'test': (targets, probs)}
+  thresholds = {'Effusion': {'youden': 0.5}}
+  by_patient = evaluation.evaluate_multilabel(
+      predictions, ['Effusion'], thresholds=thresholds,
+      patient_ids={'test': ids}, num_resamples=400)
+  by_image = evaluation.evaluate_multilabel(
+      predictions, ['Effusion'], thresholds=thresholds, num_resamples=400)
+  patient_entry = by_patient['labels']['Effusion']['splits']['test']
+  image_entry = by_image['labels']['Effusion']['splits']['test']
+  assert patient_entry['patients'] == 20
+  assert image_entry['patients'] == patient_entry['n']
+  assert patient_entry['auc']['value'] == image_entry['auc']['value']
+  width = lambda e: e['ci'][1] - e['ci'][0]
+  assert width(patient_entry['auc']) > 2 * width(image_entry['auc'])
+  # The same interval as the single-label bootstrap on the known rows.
+  known = targets[:, 0] != MASKED
+  want = evaluation.bootstrap_intervals(
+      targets[known, 0].astype(int), probs[known, 0], ids[known],
+      {'youden': 0.5}, num_resamples=400)
+  assert patient_entry['auc']['ci'] == want['auc']
+
+
+def test_pointing_game_on_given_heatmaps():
+  maps = np.zeros((4, 10, 12))
+  maps[0, 2, 3] = 1.0   # inside box (x 2..5, y 1..4)
+  maps[1, 8, 10] = 1.0  # outside that box, inside the second
+  maps[2, 8, 10] = 1.0  # no second box: a miss
+  boxes = [[(2, 1, 3, 3)], [(2, 1, 3, 3), (9, 7, 2, 2)], [(2, 1, 3, 3)],
+           [(0, 0, 12, 10)]]
+  hits, flat = evaluation.pointing_game(maps, boxes)
+  assert hits.tolist() == [True, True, False, False]
+  assert flat.tolist() == [False, False, False, True]  # map 3 is all zero
+  # Pixel (row 2, column 5) has its centre at x 5.5: outside a box ending
+  # at x 5.
+  edge = np.zeros((1, 10, 12))
+  edge[0, 2, 5] = 1
+  assert not evaluation.pointing_game(edge, [[(2, 1, 3, 3)]])[0][0]
+  interval = evaluation.hit_rate_interval(
+      np.array([1, 1, 0, 0, 1, 0] * 5, bool), np.arange(30), 200)
+  assert interval[0] < 0.5 < interval[1]
+
+
+def test_a_split_without_positives_has_no_sensitivity_not_a_zero():
+  val_targets, val_probs = multilabel_split(200, 5, mask_share=0)
+  test_targets, test_probs = multilabel_split(100, 6, mask_share=0)
+  test_targets[:, 0] = 0.0  # Effusion: no positive on test
+  result = evaluation.evaluate_multilabel(
+      {'val': (val_targets, val_probs), 'test': (test_targets, test_probs)},
+      NAMES, scored=['Effusion'], num_resamples=20)
+  label = result['labels']['Effusion']
+  assert 'youden' in label['thresholds']  # chosen on val, which has both
+  point = label['splits']['test']['operating_points']['youden']
+  assert math.isnan(point['sensitivity']['value'])
+  assert point['sensitivity']['reason'] == 'zero denominator: undefined'
+  threshold = label['thresholds']['youden']['threshold']
+  assert point['specificity']['value'] == pytest.approx(
+      np.mean(test_probs[:, 0] <= threshold))
+  assert 'ci' in point['specificity']
+  assert math.isnan(label['splits']['test']['auc']['value'])
+  assert result['macro']['test']['auc_labels'] == []
+  assert math.isnan(result['macro']['test']['auc'])
+
+
+def test_macro_interval_resamples_patients_once_for_all_labels(scored):
+  predictions, result = scored
+  macro = result['macro']['test']
+  low, high = macro['auc_ci']
+  assert low < macro['auc'] < high
+  # One label without masks: the macro interval is that label's own.
+  targets, probs = multilabel_split(120, 7, mask_share=0)
+  ids = np.arange(120) // 4
+  one = evaluation.evaluate_multilabel(
+      {'test': (targets, probs)}, NAMES, scored=['Effusion'],
+      thresholds={}, patient_ids={'test': ids}, num_resamples=200)
+  assert one['macro']['test']['auc_ci'] == one['labels']['Effusion'][
+      'splits']['test']['auc']['ci']
+  # Two labels: the mean of the two AUCs, drawn on the same patients,
+  # recomputed here with scikit-learn.
+  two = evaluation.evaluate_multilabel(
+      {'test': (targets, probs)}, NAMES, scored=['Effusion', 'Mass'],
+      thresholds={}, patient_ids={'test': ids}, num_resamples=200)
+  means = [np.mean([metrics.roc_auc_score(targets[index, c], probs[index, c])
+                    for c in (0, 2)])
+           for index in evaluation.patient_resamples(ids, 200, 0)]
+  np.testing.assert_allclose(two['macro']['test']['auc_ci'],
+                             np.percentile(means, [2.5, 97.5]), atol=1e-12)
