@@ -11,7 +11,10 @@ import pytest
 from conftest import REPO_ROOT
 from conftest import assert_one_line_error
 
-from xray_tfdata import benchmark
+from xray_tfdata.benchmarks import common
+from xray_tfdata.benchmarks import epoch
+from xray_tfdata.benchmarks import input as input_lib
+from xray_tfdata.benchmarks import ops as ops_lib
 
 
 @pytest.fixture(scope='module')
@@ -32,7 +35,7 @@ def bench_data(tmp_path_factory):
 @pytest.mark.slow
 def test_input_benchmark_reports_every_variant(bench_data, tmp_path):
   src, data = bench_data
-  result = benchmark.benchmark_input(src, data, image_size=32, batch_size=4,
+  result = input_lib.benchmark_input(src, data, image_size=32, batch_size=4,
                                      baseline_batches=2, batches=3, repeats=2)
   names = {'imagedatagenerator', 'tfdata+host', 'tfdata+none',
            'tfdata+fused', 'tfdata+keras_cv'}
@@ -45,10 +48,10 @@ def test_input_benchmark_reports_every_variant(bench_data, tmp_path):
   for name in names - {'imagedatagenerator'}:
     assert result['images_timed'][name] == 2 * 3 * 4
   assert result['ratio_vs_baseline']['imagedatagenerator'] == pytest.approx(1)
-  table = benchmark.format_table(result)
+  table = input_lib.format_table(result)
   assert all(name in table for name in names)
   path = tmp_path / 'input.json'
-  benchmark.write_json(result, str(path))
+  common.write_json(result, str(path))
   saved = json.loads(path.read_text())
   assert saved['mode'] == 'input'
   # Provenance travels with the figures: the allocator setting changes them.
@@ -59,7 +62,7 @@ def test_input_benchmark_reports_every_variant(bench_data, tmp_path):
 @pytest.mark.slow
 def test_epoch_benchmark_reports_ratios(bench_data):
   src, data = bench_data
-  result = benchmark.benchmark_epoch(src, data, image_size=32, batch_size=4,
+  result = epoch.benchmark_epoch(src, data, image_size=32, batch_size=4,
                                      train_images=8, val_images=4, repeats=1)
   medians = result['median_epoch_seconds']
   assert set(medians) == {'baseline', 'fused', 'keras_cv', 'floor'}
@@ -67,19 +70,19 @@ def test_epoch_benchmark_reports_ratios(bench_data):
       medians['baseline'] / medians['fused'])
   assert result['overhead_vs_floor']['floor'] == pytest.approx(0)
   assert result['train_images'] == 8
-  assert 'x baseline' in benchmark.format_table(result)
+  assert 'x baseline' in epoch.format_table(result)
 
 
 @pytest.mark.slow
 def test_ops_benchmark_times_each_part():
-  result = benchmark.benchmark_ops(image_size=32, batch_size=4, calls=2,
+  result = ops_lib.benchmark_ops(image_size=32, batch_size=4, calls=2,
                                    repeats=2)
-  assert set(result['median_images_per_s']) == set(benchmark.OPS)
+  assert set(result['median_images_per_s']) == set(ops_lib.OPS)
   for rates in result['images_per_s'].values():
     assert len(rates) == 2 and all(rate > 0 for rate in rates)
-  assert 'predict_one' in benchmark.format_table(result)
+  assert 'predict_one' in ops_lib.format_table(result)
   with pytest.raises(ValueError, match='unknown ops'):
-    benchmark.benchmark_ops(image_size=32, batch_size=4, ops=('resize',))
+    ops_lib.benchmark_ops(image_size=32, batch_size=4, ops=('resize',))
 
 
 def _benchmark_tool(*args):

@@ -40,8 +40,8 @@ Modules, one per stage:
   report        the evaluation's PNGs (matplotlib, Agg).
   gradcam       Grad-CAM heatmaps at the last conv layer, Keras ops
                 (TensorFlow or JAX).
-  benchmark     side-by-side benchmarks against ImageDataGenerator.
-  benchmark_device  the seed's epoch against ours on any Keras backend.
+  benchmarks    side-by-side benchmarks against ImageDataGenerator and the
+                Keras user's pipeline (device_epoch: any Keras backend).
   atomic        atomic state files and disk-full errors (no TensorFlow).
   cli           the tools' entry points (tools/*, the xray-* commands).
   distribute    tf.distribute strategies, chief and worker roles.

@@ -8,8 +8,8 @@
 
 Creates a synthetic Kermany-like JPEG tree and its TFRecords in work_dir when
 missing (input and epoch modes; device_epoch makes only the JPEGs), prints a
-table and writes JSON. Logic: xray_tfdata.benchmark (TensorFlow) and
-xray_tfdata.benchmark_device (device_epoch: any Keras backend, no TensorFlow).
+table and writes JSON. Logic: xray_tfdata.benchmarks.<mode> (TensorFlow;
+device_epoch: any Keras backend, no TensorFlow).
 """
 
 import os
@@ -43,32 +43,41 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if _MODE.value == 'device_epoch':
     return device_epoch()
-  from xray_tfdata import benchmark  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import pipeline
+  from xray_tfdata.benchmarks import common
+  from xray_tfdata.benchmarks import epoch
+  from xray_tfdata.benchmarks import input as input_lib
+  from xray_tfdata.benchmarks import library
+  from xray_tfdata.benchmarks import ops as ops_lib
 
-  from xray_tfdata import sources  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import sources
+  from xray_tfdata import synthetic
+  from xray_tfdata import writer
+  # pylint: enable=g-import-not-at-top
 
-  ops = tuple(_OPS.value or benchmark.OPS)
-  if set(ops) - set(benchmark.OPS):
-    raise SystemExit(f'error: unknown --ops {",".join(sorted(set(ops) - set(benchmark.OPS)))}; '
-                     f'choose from {",".join(benchmark.OPS)}')
+  ops = tuple(_OPS.value or ops_lib.OPS)
+  if set(ops) - set(ops_lib.OPS):
+    raise SystemExit(f'error: unknown --ops {",".join(sorted(set(ops) - set(ops_lib.OPS)))}; '
+                     f'choose from {",".join(ops_lib.OPS)}')
   output = _output_path()
   try:
     if _MODE.value == 'ops':
-      result = benchmark.benchmark_ops(
+      module = ops_lib
+      result = ops_lib.benchmark_ops(
           image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value, calls=_CALLS.value,
           repeats=_REPEATS.value, ops=ops, policy=_POLICY.value)
     elif _MODE.value == 'input':
-      src_dir, data_dir = benchmark.prepare_data(_WORK_DIR.value, _NUM_IMAGES.value, _IMAGE_SIZE.value)
-      result = benchmark.benchmark_input(
+      src_dir, data_dir = library.prepare_data(_WORK_DIR.value, _NUM_IMAGES.value, _IMAGE_SIZE.value)
+      module = input_lib
+      result = input_lib.benchmark_input(
           src_dir, data_dir, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
           baseline_batches=_BASELINE_BATCHES.value, batches=_BATCHES.value,
           repeats=_REPEATS.value)
     else:
-      src_dir, data_dir = benchmark.prepare_data(_WORK_DIR.value, _NUM_IMAGES.value, _IMAGE_SIZE.value)
-      result = benchmark.benchmark_epoch(
+      src_dir, data_dir = library.prepare_data(_WORK_DIR.value, _NUM_IMAGES.value, _IMAGE_SIZE.value)
+      module = epoch
+      result = epoch.benchmark_epoch(
           src_dir, data_dir, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
           train_images=_TRAIN_IMAGES.value or 248, val_images=_VAL_IMAGES.value or 62,
           repeats=_REPEATS.value, policy=_POLICY.value,
@@ -76,7 +85,7 @@ def main(argv):
   except (pipeline.DatasetError, sources.SourceError, synthetic.SyntheticError,
           writer.OutputError) as e:
     raise SystemExit(f'error: {e}')
-  _report(benchmark.format_table(result), benchmark.write_json, result, output)
+  _report(module.format_table(result), common.write_json, result, output)
 
 
 def _output_path():
@@ -104,21 +113,25 @@ def _report(table, write_json, result, output):
 
 def device_epoch():
   """--mode=device_epoch: imports no TensorFlow (a JAX GPU host has none)."""
-  from xray_tfdata import benchmark_device  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import synthetic
+  from xray_tfdata.benchmarks import common
+  from xray_tfdata.benchmarks import device_epoch as device_lib
+  from xray_tfdata.benchmarks import seed as seed_lib
+  # pylint: enable=g-import-not-at-top
 
   output = _output_path()
   try:
-    src_dir = benchmark_device.prepare_jpegs(_WORK_DIR.value, _NUM_IMAGES.value)
-    result = benchmark_device.benchmark_device_epoch(
+    src_dir = seed_lib.prepare_jpegs(_WORK_DIR.value, _NUM_IMAGES.value)
+    result = device_lib.benchmark_device_epoch(
         src_dir, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
-        train_images=_TRAIN_IMAGES.value or benchmark_device.REFERENCE_TRAIN_IMAGES,
-        val_images=_VAL_IMAGES.value or benchmark_device.REFERENCE_VAL_IMAGES,
+        train_images=_TRAIN_IMAGES.value or seed_lib.REFERENCE_TRAIN_IMAGES,
+        val_images=_VAL_IMAGES.value or seed_lib.REFERENCE_VAL_IMAGES,
         repeats=_REPEATS.value,
-        variants=tuple(_VARIANTS.value or benchmark_device.VARIANTS))
-  except (benchmark_device.BenchmarkError, synthetic.SyntheticError) as e:
+        variants=tuple(_VARIANTS.value or device_lib.VARIANTS))
+  except (common.BenchmarkError, synthetic.SyntheticError) as e:
     raise SystemExit(f'error: {e}')
-  _report(benchmark_device.format_table(result), benchmark_device.write_json, result, output)
+  _report(device_lib.format_table(result), common.write_json, result, output)
 
 
 def run():
