@@ -38,6 +38,7 @@ IMPORTS = {
     'xray_tfdata.benchmarks.library': 'tensorflow',
     'xray_tfdata.benchmarks.ops': 'tensorflow',
     'xray_tfdata.benchmarks.seed': 'keras',
+    'xray_tfdata.cache': 'tensorflow',
     'xray_tfdata.callbacks': 'keras',
     'xray_tfdata.checks': 'neither',
     'xray_tfdata.cli': 'neither',

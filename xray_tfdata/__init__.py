@@ -12,6 +12,7 @@ Modules, one per stage:
   schema        the TFRecord feature schema and shard naming (shared).
   dataset_info  xray_info.json: its layout, load_info, the typed DatasetInfo.
   pipeline      DatasetBuilder: reading shards into tf.data pipelines.
+  cache         the decoded split's cache: memory, local disk (--cache_dir).
   verify        integrity checks of the shards (CRC, PNG header, counts).
   augment_base  the base every augmentation layer builds on (Keras ops).
   augment       device-side augmentation (fused RandomAffine) and the one

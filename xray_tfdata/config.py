@@ -18,7 +18,8 @@ from xray_tfdata import checks
 STRATEGIES = checks.STRATEGIES
 # Settings a resumed run may change: how it is watched and where its data
 # comes from, not what it trains.
-RESUMABLE_CHANGES = ('verbose', 'data_service', 'data_service_timeout')
+RESUMABLE_CHANGES = ('verbose', 'data_service', 'data_service_timeout',
+                     'cache_dir')
 
 # The reference notebook's augmentation, in this package's meaning of the
 # arguments (`augment.RandomAffine`: width_shift_range moves images
@@ -175,6 +176,12 @@ class TrainConfig:
       'the second of the two class names in sorted order (PNEUMONIA in '
       'Kermany). Datasets of other than two classes are refused (several '
       'classes wait for multi-label training).', 'data')
+  cache_dir: str = _setting(
+      '', 'Local folder for the decoded training and validation splits when '
+      'they do not fit the 4 GiB memory cache, so that only the first epoch '
+      'decodes; reused by later runs of the same dataset and size '
+      '(xray_tfdata.cache). Empty: such a split is decoded every epoch.',
+      'data')
   demo_images: int = _setting(
       0, 'If > 0, create a synthetic dataset of this many images in data_dir '
       'first (the demo; xray_tfdata.demo), or reuse the one it made there; '

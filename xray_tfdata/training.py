@@ -381,11 +381,13 @@ def create_inputs(config, builder, model_dir):
   """
   # Repeated: --steps_per_epoch may ask for more or fewer batches than one
   # pass, and an epoch then starts where the last one stopped.
+  cache_dir = config.cache_dir or None
   train = builder.as_dataset('train', config.batch_size, training=True,
-                             seed=config.seed, repeat=True,
+                             seed=config.seed, repeat=True, cache_dir=cache_dir,
                              **_data_service_options(config, model_dir))
   # Batched validation: the seed validated one image per step.
-  val = distribute.shard_by_batch(builder.as_dataset('val', config.batch_size))
+  val = distribute.shard_by_batch(builder.as_dataset('val', config.batch_size,
+                                                     cache_dir=cache_dir))
   return Inputs(
       train=train, val=val,
       steps=(config.steps_per_epoch or
