@@ -38,7 +38,7 @@ def test_input_benchmark_reports_every_variant(bench_data, tmp_path):
   result = input_lib.benchmark_input(src, data, image_size=32, batch_size=4,
                                      baseline_batches=2, batches=3, repeats=2)
   names = {'imagedatagenerator', 'tfdata+host', 'tfdata+none',
-           'tfdata+fused', 'tfdata+keras_cv'}
+           'tfdata+fused', 'tfdata+keras_cv', 'keras_user', 'keras_user+cache'}
   assert set(result['median_images_per_s']) == names
   for name in names:
     assert len(result['images_per_s'][name]) == 2
@@ -47,7 +47,15 @@ def test_input_benchmark_reports_every_variant(bench_data, tmp_path):
   # counted the values it fetched back, 3 per batch, and under-reported 20x).
   for name in names - {'imagedatagenerator'}:
     assert result['images_timed'][name] == 2 * 3 * 4
+  medians = result['median_images_per_s']
   assert result['ratio_vs_baseline']['imagedatagenerator'] == pytest.approx(1)
+  # Ours against the Keras user's pipeline, from the same run's medians.
+  for peer in ('keras_user', 'keras_user+cache'):
+    assert result[f'ratio_vs_{peer}']['tfdata+fused'] == pytest.approx(
+        medians['tfdata+fused'] / medians[peer])
+  # The peer's pass is the pool's 40 images in batches of 4: its first pass
+  # (the cache's fill) is timed over exactly that.
+  assert result['first_pass_images_per_s']['keras_user+cache'] > 0
   table = input_lib.format_table(result)
   assert all(name in table for name in names)
   path = tmp_path / 'input.json'
@@ -65,12 +73,18 @@ def test_epoch_benchmark_reports_ratios(bench_data):
   result = epoch.benchmark_epoch(src, data, image_size=32, batch_size=4,
                                      train_images=8, val_images=4, repeats=1)
   medians = result['median_epoch_seconds']
-  assert set(medians) == {'baseline', 'fused', 'keras_cv', 'floor'}
+  assert set(medians) == {'baseline', 'keras_user', 'keras_user+cache',
+                          'fused', 'keras_cv', 'floor'}
+  assert result['speedup_vs_keras_user']['fused'] == pytest.approx(
+      medians['keras_user'] / medians['fused'])
   assert result['speedup_vs_baseline']['fused'] == pytest.approx(
       medians['baseline'] / medians['fused'])
   assert result['overhead_vs_floor']['floor'] == pytest.approx(0)
   assert result['train_images'] == 8
-  assert 'x baseline' in epoch.format_table(result)
+  table = epoch.format_table(result)
+  assert 'x baseline' in table and 'x keras_user+cache' in table
+  with pytest.raises(common.BenchmarkError, match='unknown variants'):
+    epoch.benchmark_epoch(src, data, variants=('imagedatagenerator',))
 
 
 @pytest.mark.slow

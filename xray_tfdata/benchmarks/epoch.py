@@ -1,7 +1,9 @@
 """Seconds per epoch (train + validation), side by side:
 `tools/benchmark --mode=epoch`.
 
-The seed's baseline as it was written, this library (fused and keras-cv),
+The seed's baseline as it was written, the pipeline a Keras user writes
+today (`image_dataset_from_directory` without and with `.cache()`, the Keras
+core augmentation layers; see `peers`), this library (fused and keras-cv),
 and the model alone on tensors already in memory (the compute floor).
 """
 
@@ -16,12 +18,16 @@ from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
 from xray_tfdata.benchmarks import common
 from xray_tfdata.benchmarks import library
+from xray_tfdata.benchmarks import peers
 from xray_tfdata.benchmarks import seed as seed_lib
 
 
-def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=seed_lib.REFERENCE_BATCH_SIZE,
-                    train_images=248, val_images=62, repeats=3, policy='auto',
-                    variants=('baseline', 'fused', 'keras_cv', 'floor')):
+VARIANTS = ('baseline',) + peers.VARIANTS + ('fused', 'keras_cv', 'floor')
+
+
+def benchmark_epoch(src_dir, data_dir, image_size=224,
+                    batch_size=seed_lib.REFERENCE_BATCH_SIZE, train_images=248,
+                    val_images=62, repeats=3, policy='auto', variants=VARIANTS):
   """Seconds per epoch (train + validation), side by side.
 
   Every variant trains the same VGG16 (blocks 1-4 frozen, the seed's head,
@@ -29,10 +35,21 @@ def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=seed_lib.REFER
   images and validates on `val_images`, one epoch per round, after a warm-up
   epoch; rounds interleave the variants.
 
+  The peers (keras_user, keras_user+cache) train the seed's model with the
+  Keras core augmentation layers in front, under the same policy as ours.
+
   Returns:
     dict with per-variant epoch seconds, medians, images/s, the ratio against
-    the baseline and the input overhead against the compute floor.
+    the baseline and each peer (speedup_vs_<name>) and the input overhead
+    against the compute floor.
+
+  Raises:
+    common.BenchmarkError: an unknown variant.
   """
+  unknown = set(variants) - set(VARIANTS)
+  if unknown:
+    raise common.BenchmarkError(f'unknown variants {sorted(unknown)}; choose '
+                                f'from {", ".join(VARIANTS)}')
   builder = pipeline.DatasetBuilder(data_dir)
   policy = model_lib.select_policy(policy)
   steps = max(1, train_images // batch_size)
@@ -45,6 +62,16 @@ def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=seed_lib.REFER
     val = seed_lib.reference_flow(src_dir, image_size, 1, augmentation=False,
                     shuffle=False)
     setups['baseline'] = (net, train, val, min(val_images, val.samples))
+  for name in peers.VARIANTS:
+    if name in variants:
+      cache = name == peers.KERAS_USER_CACHE
+      net = peers.keras_user_model(image_size, policy)
+      train = peers.keras_user_dataset(src_dir, image_size, batch_size,
+                                       cache=cache).repeat()
+      val = peers.keras_user_dataset(src_dir, image_size, batch_size,
+                                     cache=cache, training=False).take(
+                                         -(-val_images // batch_size))
+      setups[name] = (net, train, val, None)
   for kind in ('fused', 'keras_cv'):
     if kind in variants:
       aug = augment.make_augmentation(kind, **augment.REFERENCE_AUGMENTATION)
@@ -94,21 +121,29 @@ def benchmark_epoch(src_dir, data_dir, image_size=224, batch_size=seed_lib.REFER
       'median_train_images_per_s': {n: trained / m for n, m in medians.items()},
   }
   result.update(common.epoch_ratios(medians))
+  for peer in peers.VARIANTS:
+    if peer in medians:
+      result[f'speedup_vs_{peer}'] = common.ratios(medians, peer,
+                                                   higher_is_better=False)
   return result
 
 
 def format_table(result):
   """A plain-text table of an epoch result."""
-  lines = []
-  lines.append(f'{"variant":<12}{"median s/epoch":>16}{"train img/s":>13}'
-               f'{"x baseline":>12}{"vs floor":>10}  all rounds (s)')
+  peer_columns = [p for p in peers.VARIANTS if f'speedup_vs_{p}' in result]
+  lines = [f'{"variant":<18}{"median s/epoch":>16}{"train img/s":>13}'
+           f'{"x baseline":>12}'
+           + ''.join(f'{"x " + p:>20}' for p in peer_columns)
+           + f'{"vs floor":>10}  all rounds (s)']
   for name, median in result['median_epoch_seconds'].items():
     speedup = result.get('speedup_vs_baseline', {}).get(name)
     overhead = result.get('overhead_vs_floor', {}).get(name)
     lines.append(
-        f'{name:<12}{median:>16.2f}'
+        f'{name:<18}{median:>16.2f}'
         f'{result["median_train_images_per_s"][name]:>13.1f}'
         f'{(f"{speedup:.2f}" if speedup else "-"):>12}'
-        f'{(f"{overhead:+.1%}" if overhead is not None else "-"):>10}  '
+        + ''.join(f'{result[f"speedup_vs_{p}"][name]:>20.2f}'
+                  for p in peer_columns)
+        + f'{(f"{overhead:+.1%}" if overhead is not None else "-"):>10}  '
         + common.format_rounds(result['epoch_seconds'][name]))
   return '\n'.join(lines)

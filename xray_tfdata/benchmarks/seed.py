@@ -45,12 +45,21 @@ def reference_flow(directory, image_size, batch_size, augmentation=True,
       batch_size=batch_size, class_mode='binary', shuffle=shuffle, seed=seed)
 
 
-def baseline_model(image_size):
+def baseline_model(image_size, augmentation=None, policy='float32'):
   """The seed's model as it was written: float32, 3-channel float input
-  already preprocessed by ImageDataGenerator; compiled as the seed's."""
-  keras.mixed_precision.set_global_policy('float32')
+  already preprocessed by ImageDataGenerator; compiled as the seed's.
+
+  Args:
+    image_size: height and width.
+    augmentation: None (the seed's); or a Keras layer run first on float
+      RGB images in 0..255, then `vgg16.preprocess_input`: the same model
+      as a Keras user puts augmentation layers in front of it.
+    policy: the dtype policy it is built under (the seed's float32).
+  """
+  keras.mixed_precision.set_global_policy(policy)
+  shape = (image_size, image_size, 3)
   base = keras.applications.VGG16(include_top=False, weights=None,
-                                  input_shape=(image_size, image_size, 3))
+                                  input_shape=shape)
   for layer in base.layers[:15]:
     layer.trainable = False
   x = keras.layers.Flatten()(base.output)
@@ -58,8 +67,13 @@ def baseline_model(image_size):
   x = keras.layers.Dropout(0.4)(x)
   x = keras.layers.Dense(64, activation='relu')(x)
   x = keras.layers.Dropout(0.4)(x)
-  out = keras.layers.Dense(1, activation='sigmoid')(x)
+  out = keras.layers.Dense(1, activation='sigmoid', dtype='float32')(x)
   net = keras.Model(base.input, out)
+  if augmentation is not None:
+    inputs = keras.Input(shape)
+    x = keras.applications.vgg16.preprocess_input(augmentation(inputs))
+    net = keras.Model(inputs, net(x))
+  keras.mixed_precision.set_global_policy('float32')
   model_lib.compile_model(net)
   return net
 

@@ -32,7 +32,7 @@ _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 15, 'input mode: ba
 _TRAIN_IMAGES = flags.DEFINE_integer('train_images', None, 'epoch modes: training images per epoch (default: epoch 248, device_epoch the seed\'s 4756).', lower_bound=1)
 _VAL_IMAGES = flags.DEFINE_integer('val_images', None, 'epoch modes: validation images per epoch (default: epoch 62, device_epoch the seed\'s 550).', lower_bound=1)
 _POLICY = flags.DEFINE_enum('policy', 'auto', ['auto', 'float32', 'mixed_float16', 'mixed_bfloat16'], 'epoch and ops modes: dtype policy of the library model.')
-_VARIANTS = flags.DEFINE_list('variants', None, 'epoch modes: variants to run (default all; epoch: baseline, fused, keras_cv, floor; device_epoch: baseline, library, library_float32, library_mixed_float16, library_mixed_bfloat16, floor).')
+_VARIANTS = flags.DEFINE_list('variants', None, 'epoch modes: variants to run (default all; epoch: baseline, keras_user, keras_user+cache, fused, keras_cv, floor; device_epoch: baseline, library, library_float32, library_mixed_float16, library_mixed_bfloat16, floor).')
 _OPS = flags.DEFINE_list('ops', None, 'ops mode: which parts (default all): transform, preprocess, fused+preprocess, train_step, predict_batch, predict_one.')
 _CALLS = flags.DEFINE_integer('calls', 10, 'ops mode: calls timed per round (the model ops: a fifth of it).', lower_bound=1)
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON output path (default work_dir/benchmark_<mode>.json).')
@@ -81,9 +81,9 @@ def main(argv):
           src_dir, data_dir, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
           train_images=_TRAIN_IMAGES.value or 248, val_images=_VAL_IMAGES.value or 62,
           repeats=_REPEATS.value, policy=_POLICY.value,
-          variants=tuple(_VARIANTS.value or ('baseline', 'fused', 'keras_cv', 'floor')))
-  except (pipeline.DatasetError, sources.SourceError, synthetic.SyntheticError,
-          writer.OutputError) as e:
+          variants=tuple(_VARIANTS.value or epoch.VARIANTS))
+  except (common.BenchmarkError, pipeline.DatasetError, sources.SourceError,
+          synthetic.SyntheticError, writer.OutputError) as e:
     raise SystemExit(f'error: {e}')
   _report(module.format_table(result), common.write_json, result, output)
 
