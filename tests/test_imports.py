@@ -37,6 +37,8 @@ IMPORTS = {
     'xray_tfdata.benchmarks.input': 'tensorflow',
     'xray_tfdata.benchmarks.library': 'tensorflow',
     'xray_tfdata.benchmarks.ops': 'tensorflow',
+    'xray_tfdata.benchmarks.peers': 'tensorflow',
+    'xray_tfdata.benchmarks.reader_scale': 'tensorflow',
     'xray_tfdata.benchmarks.seed': 'keras',
     'xray_tfdata.cache': 'tensorflow',
     'xray_tfdata.callbacks': 'keras',

@@ -140,3 +140,112 @@ def write_json(result, path):
 def format_rounds(values, digits=1):
   """'v1, v2, ...' of one variant's rounds."""
   return ', '.join(f'{v:.{digits}f}' for v in values)
+
+
+def _leaf_layers(model):
+  """The layers of a model, nested models (a keras.applications backbone)
+  opened, in the model's topological order."""
+  for layer in model.layers:
+    if hasattr(layer, 'layers') and layer.layers:
+      yield from _leaf_layers(layer)
+    else:
+      yield layer
+
+
+def _layer_macs(layer):
+  """Multiply-accumulates per image of one conv or dense layer, from its
+  kernel and output shapes; 0 for any other layer."""
+  kernel = getattr(layer, 'kernel', None)
+  if kernel is None:
+    kernel = getattr(layer, 'depthwise_kernel', None)
+  if kernel is None or not hasattr(layer, 'output'):
+    return 0
+  out = [int(d) for d in layer.output.shape[1:]]  # without the batch
+  k = [int(d) for d in kernel.shape]
+  name = type(layer).__name__
+  if name == 'Dense':
+    # kernel [in, units]; out [..., units]: every output is `in` MACs.
+    return int(np.prod(out)) * k[0]
+  if name in ('Conv1D', 'Conv2D', 'Conv3D'):
+    # kernel [*window, in / groups, filters]; out [*spatial, filters].
+    return int(np.prod(out)) * int(np.prod(k[:-1]))
+  if name == 'DepthwiseConv2D':
+    # kernel [kh, kw, in, multiplier]; out [h, w, in * multiplier].
+    return int(np.prod(out)) * k[0] * k[1]
+  if name == 'SeparableConv2D':
+    depthwise = [int(d) for d in layer.depthwise_kernel.shape]
+    pointwise = [int(d) for d in layer.pointwise_kernel.shape]
+    spatial = int(np.prod(out[:-1]))
+    return (spatial * depthwise[2] * depthwise[3] * depthwise[0] * depthwise[1]
+            + spatial * pointwise[2] * pointwise[3])
+  return 0
+
+
+def model_flops(model):
+  """FLOPs per image of a built model's conv and dense layers.
+
+  Counted from the layers' shapes: 2 FLOPs per multiply-accumulate. Other
+  layers (batch norm, activations, pooling, the augmentation's resampling)
+  are left out: on a GPU they are memory-bound and a small share of the
+  FLOPs. Training is the forward pass, plus for each layer its kernel's
+  gradient (as many FLOPs as its forward pass) if it is trainable, plus its
+  input's gradient (again as many) if a trainable layer lies before it (frozen
+  stages at the input end need no backward pass).
+
+  Returns:
+    {'forward': FLOPs per image of inference, 'train': of a training step,
+     'trainable_share': the share of forward FLOPs in trainable layers}.
+  """
+  forward = train = trainable_flops = 0
+  upstream_trainable = False
+  for layer in _leaf_layers(model):
+    flops = 2 * _layer_macs(layer)
+    trainable = bool(layer.trainable_weights)
+    forward += flops
+    train += flops
+    if trainable:
+      train += flops
+      trainable_flops += flops
+    if upstream_trainable:
+      train += flops
+    upstream_trainable = upstream_trainable or trainable
+  return {'forward': forward, 'train': train,
+          'trainable_share': trainable_flops / forward if forward else 0.}
+
+
+# Dense (no sparsity) peak TFLOP/s of tensor-core matmuls by compute dtype,
+# from NVIDIA's datasheets (H100 SXM5 and H200 SXM share the H100's compute;
+# A100 SXM4). float32 is the CUDA cores' FMA rate; 'tf32' is float32 inputs
+# rounded to TF32 on the tensor cores, XLA's default for float32 on GPUs.
+DENSE_PEAK_TFLOPS = {
+    'H200': {'bfloat16': 989.4, 'float16': 989.4, 'tf32': 494.7,
+             'float32': 66.9},
+    'H100': {'bfloat16': 989.4, 'float16': 989.4, 'tf32': 494.7,
+             'float32': 66.9},
+    'A100': {'bfloat16': 312.0, 'float16': 312.0, 'tf32': 156.0,
+             'float32': 19.5},
+}
+
+
+def dense_peak(device_names):
+  """The DENSE_PEAK_TFLOPS row of the first device named after one of its
+  keys (e.g. 'gpu:NVIDIA H200'), as (key, row); (None, None) when unknown
+  (CPUs, other GPUs)."""
+  for device in device_names:
+    for key, row in DENSE_PEAK_TFLOPS.items():
+      if key in device.upper():
+        return key, row
+  return None, None
+
+
+def peak_for_policy(row, policy):
+  """The peak TFLOP/s that a dtype policy computes at, from a
+  DENSE_PEAK_TFLOPS row: bfloat16/float16 for the mixed policies, TF32 for
+  float32."""
+  if row is None:
+    return None
+  if 'bfloat16' in policy:
+    return row['bfloat16']
+  if 'float16' in policy:
+    return row['float16']
+  return row['tf32']
