@@ -394,8 +394,10 @@ def _choose_cache(config, decoded_bytes, key):
   service is for splits too large to cache, and a cache here would freeze a
   trainer's share of the first epoch of a shared job.
   """
+  limit = (DEFAULT_CACHE_LIMIT_BYTES if config.cache_limit_bytes is None
+           else config.cache_limit_bytes)
   return cache_lib.choose(config.cache, decoded_bytes, config.data_service,
-                          config.cache_dir, config.cache_limit_bytes, key)
+                          config.cache_dir, limit, key)
 
 
 def _input_shard(config):
