@@ -83,7 +83,8 @@ def benchmark_reader_scale(data_dir, cache_limit_bytes, work_dir,
   def epoch_rate(ds):
     # One pass, a new iterator: an epoch as Model.fit runs it.
     iterator = iter(ds)
-    rate, _ = common.time_batches(lambda: next(iterator), steps, library.sync)
+    rate, _ = common.time_batches(lambda: next(iterator)[0], steps,
+                                   library.sync)
     return rate
 
   memory = dataset(cache=True)
