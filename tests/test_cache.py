@@ -29,6 +29,12 @@ BIG = {'train': (100, 100)}
 BIG_TRAIN = 200
 
 
+@pytest.fixture(autouse=True)
+def _fresh_lines(monkeypatch):
+  # The cache's line is said once per process; each test sees its own.
+  monkeypatch.setattr(cache_lib, '_said', set())
+
+
 @pytest.fixture()
 def decodes(monkeypatch):
   """A list that gets one entry per example decoded by any DatasetBuilder."""
@@ -81,7 +87,8 @@ def test_split_over_the_limit_decodes_once_across_two_epochs(
   write_dataset(root)
   ds = _train(root, cache_dir)
   line = capsys.readouterr().out
-  assert "cache of split 'train': disk" in line and 'does not fit' in line
+  assert f"cache of split 'train' of {root}: disk" in line
+  assert 'does not fit' in line
   assert cache_dir in line
   assert int(ds.cardinality()) == TRAIN  # kept through the marker stage
   assert _epoch_values(ds) == list(range(TRAIN))
@@ -107,7 +114,7 @@ def test_without_cache_dir_every_epoch_decodes_and_the_line_says_so(
   write_dataset(root)
   ds = _train(root, None)
   out = capsys.readouterr().out
-  assert "cache of split 'train': none" in out
+  assert f"cache of split 'train' of {root}: none" in out
   assert 'pass --cache_dir=DIR' in out
   _epoch_values(ds)
   _epoch_values(ds)
@@ -119,7 +126,7 @@ def test_split_that_fits_is_cached_in_memory(tmp_path, decodes, capsys):
   os.makedirs(root)
   write_dataset(root)
   ds = _train(root, str(tmp_path / 'cache'), cache_limit_bytes=SPLIT_BYTES)
-  assert "'train': memory" in capsys.readouterr().out
+  assert f"'train' of {root}: memory" in capsys.readouterr().out
   _epoch_values(ds)
   _epoch_values(ds)
   assert len(decodes) == TRAIN

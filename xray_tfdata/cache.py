@@ -230,17 +230,19 @@ def choose(cache, decoded_bytes, data_service, cache_dir, limit_bytes, key):
   return CacheChoice(DISK, f'{why}; writing it during the first epoch', run)
 
 
-def describe(choice, split):
+def describe(choice, split, data_dir=None):
   """The one line that says which cache a split's pipeline uses and why
   (two when a cache_dir would help)."""
   where = f' at {choice.path}' if choice.path else ''
-  line = f'cache of split {split!r}: {choice.kind} ({choice.reason}){where}'
+  of = f' of {data_dir}' if data_dir else ''
+  line = (f'cache of split {split!r}{of}: {choice.kind} ({choice.reason})'
+          f'{where}')
   return line + (f'\n  {choice.hint}' if choice.hint else '')
 
 
-def say(choice, split, log=print):
+def say(choice, split, data_dir=None, log=print):
   """Logs `describe` once per process and line."""
-  line = describe(choice, split)
+  line = describe(choice, split, data_dir)
   if line not in _said:
     _said.add(line)
     log(line)

@@ -248,7 +248,7 @@ class DatasetBuilder:
              with_metadata=bool(with_metadata), positive_id=self._positive_id),
         _input_shard(config), ds.element_spec)
     choice = _choose_cache(config, num_examples * example_bytes, key)
-    cache_lib.say(choice, split)
+    cache_lib.say(choice, split, self.data_dir)
     # After decode: later epochs skip both file reads and PNG decoding.
     ds = cache_lib.apply(ds, choice, key)
     if training:
