@@ -331,14 +331,16 @@ def test_shuffle_buffer_holds_the_split_only_when_cached(tiny, monkeypatch):
 
 
 @pytest.mark.parametrize('cache, decoded_bytes, service, expected', [
-    ('auto', pipeline.DEFAULT_CACHE_LIMIT_BYTES, None, True),
-    ('auto', pipeline.DEFAULT_CACHE_LIMIT_BYTES + 1, None, False),
-    ('auto', 1, 'localhost:5050', False),
-    (True, pipeline.DEFAULT_CACHE_LIMIT_BYTES * 2, 'localhost:5050', True),
-    (False, 1, None, False),
+    ('auto', pipeline.DEFAULT_CACHE_LIMIT_BYTES, None, 'memory'),
+    ('auto', pipeline.DEFAULT_CACHE_LIMIT_BYTES + 1, None, 'none'),
+    ('auto', 1, 'localhost:5050', 'none'),
+    (True, pipeline.DEFAULT_CACHE_LIMIT_BYTES * 2, 'localhost:5050', 'memory'),
+    (False, 1, None, 'none'),
 ])
-def test_should_cache_ds(cache, decoded_bytes, service, expected):
-  assert pipeline._should_cache_ds(cache, decoded_bytes, service) is expected  # pylint: disable=protected-access
+def test_choose_cache(cache, decoded_bytes, service, expected):
+  # Without a cache_dir (tests/test_cache.py has the disk cache).
+  config = pipeline.ReadConfig(cache=cache, data_service=service)
+  assert pipeline._choose_cache(config, decoded_bytes, None).kind == expected  # pylint: disable=protected-access
 
 
 def test_three_channels_repeat_the_grey_one(tiny):

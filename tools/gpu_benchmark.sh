@@ -3,12 +3,17 @@
 # TensorFlow or Keras (the lent H100/H200): installs the wheels it lacks,
 # checks the device side against ImageDataGenerator on the GPU, makes the
 # synthetic Kermany-sized JPEGs, and runs tools/benchmark --mode=device_epoch
-# at the seed's split sizes. One command, sized to finish in about 6 minutes.
+# at the seed's split sizes: the seed's VGG16 against ours, then each backbone
+# of $BACKBONES (default densenet121) at each size of $SIZES (default 224
+# 512) against its Keras core augmentation peer, with achieved TFLOP/s and
+# the share of the GPU's dense peak. One command, sized to finish in about
+# 8 minutes; BACKBONES= skips the backbone runs.
 #
 #   ../shared/tools/device-wheels.sh .whl     # here, once: keras, namex, optree
 #   tools/gpu_benchmark.sh OUT_DIR [tools/benchmark flags...]
 #
-# OUT_DIR receives benchmark_device_epoch.json, parity.log and gpu.txt.
+# OUT_DIR receives benchmark_device_epoch.json, benchmark_<backbone>_<size>.json,
+# parity.log and gpu.txt.
 # Environment: PYTHON (default python3), WHEELS (default .whl), WORK_DIR
 # (default /tmp/xray_bench: the JPEGs, kept out of OUT_DIR).
 set -euo pipefail
@@ -43,4 +48,17 @@ echo "parity done at $((SECONDS - start)) s"
 "$python" tools/benchmark --mode=device_epoch --work_dir="$work_dir" \
   --num_images=5306 --output="$out/benchmark_device_epoch.json" "$@" 2>&1 \
   | grep --line-buffered -v -E '^(WARNING|[IW][0-9]{4} )' | tee "$out/benchmark.log"
+echo "vgg16 done at $((SECONDS - start)) s"
+
+for backbone in ${BACKBONES-densenet121}; do
+  for size in ${SIZES:-224 512}; do
+    "$python" tools/benchmark --mode=device_epoch --work_dir="$work_dir" \
+      --num_images=5306 --backbone="$backbone" --image_size="$size" \
+      --variants=library,keras_core,floor \
+      --output="$out/benchmark_${backbone}_${size}.json" "$@" 2>&1 \
+      | grep --line-buffered -v -E '^(WARNING|[IW][0-9]{4} )' \
+      | tee "$out/benchmark_${backbone}_${size}.log"
+    echo "$backbone $size px done at $((SECONDS - start)) s"
+  done
+done
 echo "all done at $((SECONDS - start)) s"

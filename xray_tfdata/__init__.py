@@ -12,6 +12,7 @@ Modules, one per stage:
   schema        the TFRecord feature schema and shard naming (shared).
   dataset_info  xray_info.json: its layout, load_info, the typed DatasetInfo.
   pipeline      DatasetBuilder: reading shards into tf.data pipelines.
+  cache         the decoded split's cache: memory, local disk (--cache_dir).
   verify        integrity checks of the shards (CRC, PNG header, counts).
   augment_base  the base every augmentation layer builds on (Keras ops).
   augment       device-side augmentation (fused RandomAffine) and the one
@@ -42,8 +43,8 @@ Modules, one per stage:
   report        the evaluation's PNGs (matplotlib, Agg).
   gradcam       Grad-CAM heatmaps at the last conv layer, Keras ops
                 (TensorFlow or JAX).
-  benchmark     side-by-side benchmarks against ImageDataGenerator.
-  benchmark_device  the seed's epoch against ours on any Keras backend.
+  benchmarks    side-by-side benchmarks against ImageDataGenerator and the
+                Keras user's pipeline (device_epoch: any Keras backend).
   atomic        atomic state files and disk-full errors (no TensorFlow).
   cli           the tools' entry points (tools/*, the xray-* commands).
   distribute    tf.distribute strategies, chief and worker roles.

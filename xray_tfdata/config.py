@@ -18,7 +18,8 @@ from xray_tfdata import checks
 STRATEGIES = checks.STRATEGIES
 # Settings a resumed run may change: how it is watched and where its data
 # comes from, not what it trains.
-RESUMABLE_CHANGES = ('verbose', 'data_service', 'data_service_timeout')
+RESUMABLE_CHANGES = ('verbose', 'data_service', 'data_service_timeout',
+                     'cache_dir')
 
 # The reference notebook's augmentation, in this package's meaning of the
 # arguments (`augment.RandomAffine`: width_shift_range moves images
@@ -196,6 +197,12 @@ class TrainConfig:
       (), 'Multi-label datasets: the views to keep, as the source spells '
       'them (e.g. PA,AP; unknown: images without one); empty keeps every '
       'image. The run prints what it keeps and drops of each split.',
+      'data')
+  cache_dir: str = _setting(
+      '', 'Local folder for the decoded training and validation splits when '
+      'they do not fit the 4 GiB memory cache, so that only the first epoch '
+      'decodes; reused by later runs of the same dataset and size '
+      '(xray_tfdata.cache). Empty: such a split is decoded every epoch.',
       'data')
   demo_images: int = _setting(
       0, 'If > 0, create a synthetic dataset of this many images in data_dir '

@@ -28,6 +28,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import tensorflow as tf
 
+from xray_tfdata import cache as cache_lib
 from xray_tfdata import data_service as data_service_lib
 from xray_tfdata import labels as labels_lib
 from xray_tfdata import schema
@@ -39,9 +40,9 @@ from xray_tfdata.verify import DamagedShardError, find_damaged_shard  # pylint: 
 
 AUTOTUNE = tf.data.AUTOTUNE
 
-# Cache decoded images in memory when the split is at most this large. The
-# full Kermany training split at 224 px is about 240 MB.
-DEFAULT_CACHE_LIMIT_BYTES = 4 * 1024**3
+# Cache decoded images in memory when the split is at most this large (a
+# larger one goes to ReadConfig.cache_dir; see xray_tfdata.cache).
+DEFAULT_CACHE_LIMIT_BYTES = cache_lib.DEFAULT_CACHE_LIMIT_BYTES
 
 # Without the cache the shuffle buffer is the only copy of the decoded images
 # in memory, so a whole-split buffer would hold the split anyway: exactly what
@@ -66,8 +67,14 @@ class ReadConfig:
   overrides the field.
 
   Attributes:
-    cache: True, False, or 'auto' (cache when the decoded split is at most
-      DEFAULT_CACHE_LIMIT_BYTES and no tf.data service reads it).
+    cache: True (in memory), False, or 'auto': in memory when the decoded
+      split is at most cache_limit_bytes, else on disk in cache_dir if given,
+      and never when a tf.data service reads it (see xray_tfdata.cache).
+    cache_dir: local folder for the decoded split when it does not fit in
+      memory, reused by later runs of the same dataset, split and size;
+      None: such a split is decoded again every epoch.
+    cache_limit_bytes: the memory budget for 'auto'; None:
+      DEFAULT_CACHE_LIMIT_BYTES.
     shuffle_buffer: examples in the shuffle buffer (training); None: the
       whole split when cached, else at most UNCACHED_SHUFFLE_BUFFER_BYTES of
       decoded images.
@@ -88,6 +95,8 @@ class ReadConfig:
       with the service.
   """
   cache: Union[bool, str] = 'auto'
+  cache_dir: Optional[str] = None
+  cache_limit_bytes: Optional[int] = None
   shuffle_buffer: Optional[int] = None
   channels: Optional[int] = None
   input_context: Any = None
@@ -269,16 +278,20 @@ class DatasetBuilder:
 
     num_examples = self.info.num_examples(split)
     example_bytes = size[0] * size[1] * channels
-    cached = _should_cache_ds(config.cache, num_examples * example_bytes,
-                              config.data_service)
-    if cached:
-      # After decode: later epochs skip both file reads and PNG decoding.
-      ds = ds.cache()
+    key = cache_lib.cache_key(
+        self.info.fingerprint(), split,
+        dict(size=list(size), channels=channels, resize=bool(resize),
+             with_metadata=bool(with_metadata), positive_id=self._positive_id),
+        _input_shard(config), ds.element_spec)
+    choice = _choose_cache(config, num_examples * example_bytes, key)
+    cache_lib.say(choice, split, self.data_dir)
+    # After decode: later epochs skip both file reads and PNG decoding.
+    ds = cache_lib.apply(ds, choice, key)
     if training:
       # After the cache, so every epoch gets a fresh order; before repeat, so
       # one epoch is all seen before the next begins.
       buffer = config.shuffle_buffer or _default_shuffle_buffer(
-          num_examples, example_bytes, cached)
+          num_examples, example_bytes, choice.kind == cache_lib.MEMORY)
       ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
       ds = ds.repeat()
@@ -580,16 +593,27 @@ def _resolve_read_config(read_config, read_options):
   return dataclasses.replace(read_config or ReadConfig(), **read_options)
 
 
-def _should_cache_ds(cache, decoded_bytes, data_service):
-  """Whether as_dataset caches the decoded split in memory.
+def _choose_cache(config, decoded_bytes, key):
+  """Where as_dataset caches the decoded split: a `cache.CacheChoice`.
 
-  'auto' caches what fits under DEFAULT_CACHE_LIMIT_BYTES, but never with
-  the service: the service is for splits too large to cache, and a cache
-  here would freeze a trainer's share of the first epoch of a shared job.
+  'auto' caches in memory what fits under config.cache_limit_bytes, on disk
+  in config.cache_dir what does not, and nothing with the service: the
+  service is for splits too large to cache, and a cache here would freeze a
+  trainer's share of the first epoch of a shared job.
   """
-  if cache == 'auto':
-    return not data_service and decoded_bytes <= DEFAULT_CACHE_LIMIT_BYTES
-  return cache is True
+  limit = (DEFAULT_CACHE_LIMIT_BYTES if config.cache_limit_bytes is None
+           else config.cache_limit_bytes)
+  return cache_lib.choose(config.cache, decoded_bytes, config.data_service,
+                          config.cache_dir, limit, key)
+
+
+def _input_shard(config):
+  """(input pipelines, this one's id) when this pipeline reads a part of
+  the files, else None: a disk cache holds only that part."""
+  context = config.input_context
+  if context is None or context.num_input_pipelines <= 1:
+    return None
+  return (context.num_input_pipelines, context.input_pipeline_id)
 
 
 def _default_shuffle_buffer(num_examples, example_bytes, cached):

@@ -459,13 +459,14 @@ def create_inputs(config, builder, model_dir):
   options = label_options(config, builder)
   # Repeated: --steps_per_epoch may ask for more or fewer batches than one
   # pass, and an epoch then starts where the last one stopped.
+  cache_dir = config.cache_dir or None
   train = builder.as_dataset('train', config.batch_size, training=True,
-                             seed=config.seed, repeat=True,
+                             seed=config.seed, repeat=True, cache_dir=cache_dir,
                              **_data_service_options(config, model_dir),
                              **options)
   # Batched validation: the seed validated one image per step.
-  val = distribute.shard_by_batch(builder.as_dataset('val', config.batch_size,
-                                                     **options))
+  val = distribute.shard_by_batch(builder.as_dataset(
+      'val', config.batch_size, cache_dir=cache_dir, **options))
   steps = (config.steps_per_epoch or builder.steps_per_epoch(
       'train', config.batch_size, views=options.get('views')))
   if builder.info.is_multilabel:

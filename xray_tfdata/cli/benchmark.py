@@ -3,13 +3,17 @@
   tools/benchmark --mode=input --work_dir=runs/bench
   tools/benchmark --mode=epoch --work_dir=runs/bench --train_images=248 --val_images=62
   tools/benchmark --mode=ops --work_dir=runs/bench      # the parts, in memory
+  tools/benchmark --mode=reader_scale --work_dir=runs/bench --image_size=512 \
+      --num_images=400 --cache_limit=64                 # decode vs disk cache vs memory
   KERAS_BACKEND=jax tools/benchmark --mode=device_epoch --work_dir=runs/bench \
       --num_images=5306                                 # no TensorFlow needed
+  KERAS_BACKEND=jax tools/benchmark --mode=device_epoch --backbone=densenet121 \
+      --image_size=512 --work_dir=runs/bench            # another backbone and size
 
 Creates a synthetic Kermany-like JPEG tree and its TFRecords in work_dir when
 missing (input and epoch modes; device_epoch makes only the JPEGs), prints a
-table and writes JSON. Logic: xray_tfdata.benchmark (TensorFlow) and
-xray_tfdata.benchmark_device (device_epoch: any Keras backend, no TensorFlow).
+table and writes JSON. Logic: xray_tfdata.benchmarks.<mode> (TensorFlow;
+device_epoch: any Keras backend, no TensorFlow).
 """
 
 import os
@@ -21,7 +25,9 @@ runtime.configure_tensorflow_env()  # before TensorFlow is imported
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-_MODE = flags.DEFINE_enum('mode', 'input', ['input', 'epoch', 'ops', 'device_epoch'], 'What to measure: the input pipeline, whole epochs, the parts on tensors in memory, or whole epochs on any Keras backend (KERAS_BACKEND; no TensorFlow needed).')
+from xray_tfdata import checks  # pylint: disable=g-import-not-at-top  (no TF)
+
+_MODE = flags.DEFINE_enum('mode', 'input', ['input', 'epoch', 'ops', 'device_epoch', 'reader_scale'], 'What to measure: the input pipeline, whole epochs, the parts on tensors in memory, whole epochs on any Keras backend (KERAS_BACKEND; no TensorFlow needed), or the reader on a split larger than --cache_limit (decode, disk cache, memory).')
 _WORK_DIR = flags.DEFINE_string('work_dir', 'runs/bench', 'Holds the synthetic JPEG tree (jpeg/) and its TFRecords (tfrecords_<size>/).')
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 1200, 'Synthetic images to create if work_dir has none.', lower_bound=12)
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Image size, as the seed.', lower_bound=8)
@@ -32,9 +38,12 @@ _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 15, 'input mode: ba
 _TRAIN_IMAGES = flags.DEFINE_integer('train_images', None, 'epoch modes: training images per epoch (default: epoch 248, device_epoch the seed\'s 4756).', lower_bound=1)
 _VAL_IMAGES = flags.DEFINE_integer('val_images', None, 'epoch modes: validation images per epoch (default: epoch 62, device_epoch the seed\'s 550).', lower_bound=1)
 _POLICY = flags.DEFINE_enum('policy', 'auto', ['auto', 'float32', 'mixed_float16', 'mixed_bfloat16'], 'epoch and ops modes: dtype policy of the library model.')
-_VARIANTS = flags.DEFINE_list('variants', None, 'epoch modes: variants to run (default all; epoch: baseline, fused, keras_cv, floor; device_epoch: baseline, library, library_float32, library_mixed_float16, library_mixed_bfloat16, floor).')
+_VARIANTS = flags.DEFINE_list('variants', None, 'epoch modes: variants to run (default all; epoch: baseline, keras_user, keras_user+cache, fused, keras_cv, floor; device_epoch: baseline (vgg16 only), library, keras_core, library_float32, library_mixed_float16, library_mixed_bfloat16, floor).')
 _OPS = flags.DEFINE_list('ops', None, 'ops mode: which parts (default all): transform, preprocess, fused+preprocess, train_step, predict_batch, predict_one.')
 _CALLS = flags.DEFINE_integer('calls', 10, 'ops mode: calls timed per round (the model ops: a fifth of it).', lower_bound=1)
+_BACKBONE = flags.DEFINE_enum('backbone', 'vgg16', list(checks.BACKBONES), 'device_epoch mode: the model of every variant but the baseline (the seed\'s VGG16, run with vgg16 only).')
+_FROZEN = flags.DEFINE_integer('frozen_blocks', None, 'device_epoch mode: backbone stages frozen (default: 4 for vgg16, as the seed; 0 for the others).', lower_bound=0)
+_CACHE_LIMIT = flags.DEFINE_integer('cache_limit', 64, 'reader_scale mode: the reader\'s memory budget in MiB; the decoded training split must be larger.', lower_bound=1)
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON output path (default work_dir/benchmark_<mode>.json).')
 
 
@@ -43,40 +52,56 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if _MODE.value == 'device_epoch':
     return device_epoch()
-  from xray_tfdata import benchmark  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import pipeline
+  from xray_tfdata.benchmarks import common
+  from xray_tfdata.benchmarks import epoch
+  from xray_tfdata.benchmarks import input as input_lib
+  from xray_tfdata.benchmarks import library
+  from xray_tfdata.benchmarks import ops as ops_lib
+  from xray_tfdata.benchmarks import reader_scale
 
-  from xray_tfdata import sources  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import sources
+  from xray_tfdata import synthetic
+  from xray_tfdata import writer
+  # pylint: enable=g-import-not-at-top
 
-  ops = tuple(_OPS.value or benchmark.OPS)
-  if set(ops) - set(benchmark.OPS):
-    raise SystemExit(f'error: unknown --ops {",".join(sorted(set(ops) - set(benchmark.OPS)))}; '
-                     f'choose from {",".join(benchmark.OPS)}')
+  ops = tuple(_OPS.value or ops_lib.OPS)
+  if set(ops) - set(ops_lib.OPS):
+    raise SystemExit(f'error: unknown --ops {",".join(sorted(set(ops) - set(ops_lib.OPS)))}; '
+                     f'choose from {",".join(ops_lib.OPS)}')
   output = _output_path()
   try:
     if _MODE.value == 'ops':
-      result = benchmark.benchmark_ops(
+      module = ops_lib
+      result = ops_lib.benchmark_ops(
           image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value, calls=_CALLS.value,
           repeats=_REPEATS.value, ops=ops, policy=_POLICY.value)
+    elif _MODE.value == 'reader_scale':
+      data_dir = reader_scale.prepare_data(_WORK_DIR.value, _NUM_IMAGES.value, _IMAGE_SIZE.value)
+      module = reader_scale
+      result = reader_scale.benchmark_reader_scale(
+          data_dir, _CACHE_LIMIT.value * 1024**2, _WORK_DIR.value,
+          batch_size=_BATCH.value, repeats=_REPEATS.value)
     elif _MODE.value == 'input':
-      src_dir, data_dir = benchmark.prepare_data(_WORK_DIR.value, _NUM_IMAGES.value, _IMAGE_SIZE.value)
-      result = benchmark.benchmark_input(
+      src_dir, data_dir = library.prepare_data(_WORK_DIR.value, _NUM_IMAGES.value, _IMAGE_SIZE.value)
+      module = input_lib
+      result = input_lib.benchmark_input(
           src_dir, data_dir, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
           baseline_batches=_BASELINE_BATCHES.value, batches=_BATCHES.value,
           repeats=_REPEATS.value)
     else:
-      src_dir, data_dir = benchmark.prepare_data(_WORK_DIR.value, _NUM_IMAGES.value, _IMAGE_SIZE.value)
-      result = benchmark.benchmark_epoch(
+      src_dir, data_dir = library.prepare_data(_WORK_DIR.value, _NUM_IMAGES.value, _IMAGE_SIZE.value)
+      module = epoch
+      result = epoch.benchmark_epoch(
           src_dir, data_dir, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
           train_images=_TRAIN_IMAGES.value or 248, val_images=_VAL_IMAGES.value or 62,
           repeats=_REPEATS.value, policy=_POLICY.value,
-          variants=tuple(_VARIANTS.value or ('baseline', 'fused', 'keras_cv', 'floor')))
-  except (pipeline.DatasetError, sources.SourceError, synthetic.SyntheticError,
-          writer.OutputError) as e:
+          variants=tuple(_VARIANTS.value or epoch.VARIANTS))
+  except (common.BenchmarkError, pipeline.DatasetError, sources.SourceError,
+          synthetic.SyntheticError, writer.OutputError) as e:
     raise SystemExit(f'error: {e}')
-  _report(benchmark.format_table(result), benchmark.write_json, result, output)
+  _report(module.format_table(result), common.write_json, result, output)
 
 
 def _output_path():
@@ -104,21 +129,26 @@ def _report(table, write_json, result, output):
 
 def device_epoch():
   """--mode=device_epoch: imports no TensorFlow (a JAX GPU host has none)."""
-  from xray_tfdata import benchmark_device  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import synthetic
+  from xray_tfdata.benchmarks import common
+  from xray_tfdata.benchmarks import device_epoch as device_lib
+  from xray_tfdata.benchmarks import seed as seed_lib
+  # pylint: enable=g-import-not-at-top
 
   output = _output_path()
   try:
-    src_dir = benchmark_device.prepare_jpegs(_WORK_DIR.value, _NUM_IMAGES.value)
-    result = benchmark_device.benchmark_device_epoch(
+    src_dir = seed_lib.prepare_jpegs(_WORK_DIR.value, _NUM_IMAGES.value)
+    result = device_lib.benchmark_device_epoch(
         src_dir, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
-        train_images=_TRAIN_IMAGES.value or benchmark_device.REFERENCE_TRAIN_IMAGES,
-        val_images=_VAL_IMAGES.value or benchmark_device.REFERENCE_VAL_IMAGES,
+        train_images=_TRAIN_IMAGES.value or seed_lib.REFERENCE_TRAIN_IMAGES,
+        val_images=_VAL_IMAGES.value or seed_lib.REFERENCE_VAL_IMAGES,
         repeats=_REPEATS.value,
-        variants=tuple(_VARIANTS.value or benchmark_device.VARIANTS))
-  except (benchmark_device.BenchmarkError, synthetic.SyntheticError) as e:
+        variants=tuple(_VARIANTS.value) if _VARIANTS.value else None,
+        backbone=_BACKBONE.value, frozen_blocks=_FROZEN.value)
+  except (common.BenchmarkError, synthetic.SyntheticError) as e:
     raise SystemExit(f'error: {e}')
-  _report(benchmark_device.format_table(result), benchmark_device.write_json, result, output)
+  _report(device_lib.format_table(result), common.write_json, result, output)
 
 
 def run():
