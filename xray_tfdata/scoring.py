@@ -236,7 +236,7 @@ def evaluate_dataset(builder, predictions, class_names, thresholds=None,
 
 def stored_thresholds(results):
   """{label: {operating point: threshold}} from a run's results.json, or
-  None when it has none (a run from before issue 21)."""
+  None when it has none (a run trained by an older version)."""
   labels = results.get('evaluation', {}).get('labels')
   if not labels:
     return None
@@ -305,7 +305,8 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
 
   Raises:
     ScoringError: not a finished run, no label in common, or no thresholds
-      (a run from before issue 21 on a dataset without a val split).
+      (a run trained by an older version, on a dataset without a val
+      split).
     pipeline.DatasetError: data_dir is not a converted dataset, or has no
       such split.
   """

@@ -35,13 +35,11 @@ flags.mark_flags_as_required(['out_dir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
+  with runtime.tool_errors():
     synthetic.make_synthetic_kermany(
         _OUT_DIR.value, num_images=_NUM_IMAGES.value, seed=_SEED.value,
         layout=_LAYOUT.value, size_scale=_SIZE_SCALE.value,
         num_workers=_NUM_WORKERS.value, progress=True)
-  except synthetic.SyntheticError as e:
-    raise SystemExit(f'error: {e}') from None
 
 
 def run():
