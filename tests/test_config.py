@@ -202,8 +202,8 @@ def test_every_package_error_derives_from_xray_error():
       assert issubclass(error, errors.XrayError), error
 
 
-def test_defaults_are_the_seeds_settings():
-  """What tools/train builds without flags is the seed's model and run
+def test_defaults_are_the_reference_settings():
+  """What tools/train builds without flags is the reference model and run
   (tests/test_model.py checks build_model's own defaults): VGG16 with
   ImageNet weights, blocks 1-4 frozen, Dense 512 and 64 with dropout 0.4,
   Adam at 1e-4, balanced class weights, early stopping after 10 epochs
