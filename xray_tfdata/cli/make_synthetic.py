@@ -6,9 +6,6 @@
 All logic is in xray_tfdata.synthetic.make_synthetic_kermany.
 """
 
-import os
-import sys
-
 from xray_tfdata import runtime  # pylint: disable=g-import-not-at-top  (imports no TF)
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
