@@ -84,6 +84,8 @@ def test_reference_augmentation_moves_images_as_the_notebook_did():
   idg = _idg_samples(3000, size, size, augment.REFERENCE_GENERATOR_KWARGS)
   assert augment.REFERENCE_GENERATOR_KWARGS['width_shift_range'] == 0.3
   assert augment.REFERENCE_GENERATOR_KWARGS['height_shift_range'] == 0.4
+  assert augment.image_data_generator_kwargs(
+      augment.REFERENCE_AUGMENTATION) == augment.REFERENCE_GENERATOR_KWARGS
   for key in ('tx', 'ty'):
     assert stats.ks_2samp(ours[key], idg[key]).pvalue > 1e-3, key
 

@@ -18,6 +18,7 @@ import xray_tfdata  # pylint: disable=unused-import  (registers the layers)
 from xray_tfdata import augment
 from xray_tfdata import augment_keras_core
 from xray_tfdata import config as config_lib
+from xray_tfdata import reference
 
 to_numpy = keras.ops.convert_to_numpy
 _COUNT = 300  # images per measured distribution
@@ -106,7 +107,7 @@ def test_horizontal_flip_mirrors_half_of_the_images():
 
 def test_reference_chain_layers_and_training_only():
   layer = augment.make_augmentation(
-      'keras_core', **config_lib.REFERENCE_AUGMENTATION, seed=1)
+      'keras_core', **reference.AUGMENTATION, seed=1)
   assert isinstance(layer, augment_keras_core.KerasCoreAugmentation)
   assert tuple(type(l).__name__ for l in layer.chain) == (
       augment_keras_core.LAYER_NAMES)
@@ -128,7 +129,7 @@ def test_reference_chain_layers_and_training_only():
 def test_float32_under_mixed_bfloat16_and_model_round_trip(tmp_path):
   keras.mixed_precision.set_global_policy('mixed_bfloat16')
   layer = augment.make_augmentation(
-      'keras_core', **config_lib.REFERENCE_AUGMENTATION, seed=6,
+      'keras_core', **reference.AUGMENTATION, seed=6,
       name='augmentation')
   inputs = keras.Input((32, 32, 1), dtype='uint8')
   model = keras.Model(inputs, layer(inputs))

@@ -20,9 +20,9 @@ from xray_tfdata import model as model_lib
 
 to_numpy = keras.ops.convert_to_numpy
 
-# Parameter draws within the seed's ranges; the last set has a large shear so
-# that its direction matters.
-_SEED_LIKE = dict(rotation=40, shift_x=0.3, shift_y=0.4, shear=0.2, zoom=0.4)
+# Parameter draws within the reference's ranges; the last set has a large
+# shear so that its direction matters.
+_REFERENCE_LIKE = dict(rotation=40, shift_x=0.3, shift_y=0.4, shear=0.2, zoom=0.4)
 _LARGE_SHEAR = dict(rotation=40, shift_x=0.3, shift_y=0.4, shear=20, zoom=0.4)
 # Bilinear resampling in float32 against scipy's in float64.
 _TOLERANCE = 1e-3 * 255
@@ -85,7 +85,7 @@ def _batch(params_list):
     'height, width, channels, center',
     [(32, 48, 1, 'idg'), (48, 32, 3, 'idg'), (40, 40, 1, 'image'),
      (32, 32, 3, 'image')])
-@pytest.mark.parametrize('ranges', [_SEED_LIKE, _LARGE_SHEAR],
+@pytest.mark.parametrize('ranges', [_REFERENCE_LIKE, _LARGE_SHEAR],
                          ids=['seed_ranges', 'shear_20deg'])
 def test_apply_transform_matches_image_data_generator(
     height, width, channels, center, ranges):

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from conftest import REPO_ROOT
 from records import write_dataset
+from xray_tfdata import checks
 from xray_tfdata import data_service
 from xray_tfdata import pipeline
 from xray_tfdata import training
@@ -169,7 +170,9 @@ def test_job_name_is_shared_by_one_runs_workers_only():
                                      'http://localhost:5050', 'a b:1', ''])
 def test_malformed_addresses_are_refused(address):
   with pytest.raises(data_service.DataServiceError, match='is not HOST:PORT'):
-    data_service.service_address(address)
+    data_service.distribute(tf.data.Dataset.range(1), address)
+  with pytest.raises(checks.SettingError, match='is not HOST:PORT'):
+    checks.service_address(address)
 
 
 @pytest.mark.parametrize('kwargs, message', [
@@ -202,9 +205,9 @@ def test_an_unreachable_dispatcher_is_one_error_not_a_hang(builder):
 
 
 def test_addresses_are_normalized():
-  assert data_service.service_address('localhost:5050') == (
+  assert checks.service_address('localhost:5050') == (
       'grpc://localhost:5050')
-  assert data_service.service_address('grpc://127.0.0.1:80') == (
+  assert checks.service_address('grpc://127.0.0.1:80') == (
       'grpc://127.0.0.1:80')
 
 

@@ -25,12 +25,6 @@ def _listing(root):
   return found
 
 
-def test_seed_split_counts_scale_the_seeds_150_and_400_of_5856():
-  assert demo.seed_split_counts(5856) == ({'NORMAL': 150, 'PNEUMONIA': 400},
-                                          {'NORMAL': 150, 'PNEUMONIA': 400})
-  assert demo.seed_split_counts(60)[0] == {'NORMAL': 2, 'PNEUMONIA': 4}
-
-
 def test_creates_in_a_new_folder_once_then_reuses_it(tmp_path, capsys):
   data_dir = str(tmp_path / 'demo' / 'data')
   demo.ensure_demo_data(data_dir, num_images=60, image_size=16)

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from conftest import REPO_ROOT
 from records import write_dataset
+from xray_tfdata import callbacks
 from xray_tfdata import distribute
 from xray_tfdata import pipeline
 from xray_tfdata import training
@@ -191,7 +192,7 @@ def test_two_workers_train_as_one_device(runs):
 def test_only_the_chief_writes(runs):
   chief, other = runs['worker0'], runs['worker1']
   for name in ('results.json', 'results.md', 'model.keras', 'config.json',
-               'history.csv', training.BEST_WEIGHTS,
+               'history.csv', callbacks.BEST_WEIGHTS,
                os.path.join('serving', 'saved_model.pb')):
     assert os.path.exists(os.path.join(chief['model_dir'], name)), name
   assert not os.path.exists(os.path.join(chief['model_dir'], 'backup'))

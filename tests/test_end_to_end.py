@@ -167,14 +167,14 @@ sys.argv = [os.path.join(repo, 'tools', 'train')] + sys.argv[3:]
 sys.path.insert(0, repo)
 from xray_tfdata import runtime
 runtime.configure_tensorflow_env()
-from xray_tfdata import training
-begin = training.ResumeCallback.on_train_begin
+from xray_tfdata import resume
+begin = resume.ResumeCallback.on_train_begin
 def spy(self, logs=None):
   begin(self, logs)
   self.net.save_weights(dump + '.weights.h5')
   np.savez(dump + '.npz', **{f'v{i}': np.asarray(v.numpy()) for i, v in
                              enumerate(self.net.optimizer.variables)})
-training.ResumeCallback.on_train_begin = spy
+resume.ResumeCallback.on_train_begin = spy
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
 

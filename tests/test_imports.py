@@ -65,6 +65,7 @@ IMPORTS = {
     'xray_tfdata.losses': 'keras',
     'xray_tfdata.model': 'keras',
     'xray_tfdata.pipeline': 'tensorflow',
+    'xray_tfdata.reference': 'neither',
     'xray_tfdata.report': 'neither',
     'xray_tfdata.resume': 'keras',
     'xray_tfdata.runtime': 'neither',

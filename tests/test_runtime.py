@@ -1,7 +1,12 @@
 """runtime.configure_tensorflow_env: defaults set, user values kept, and the
 allocator setting really reaches TensorFlow when it is called before the
-import."""
+import; the import hook, the tools' ending, cpu_count."""
 
+import ast
+import contextlib
+import glob
+import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -118,3 +123,68 @@ def test_a_tool_that_imports_tensorflow_prints_only_its_own_line(tmp_path):
   assert result.stderr.splitlines() == [
       f'error: {tmp_path / "serving"} has no exported model: pass --model_dir '
       'of a finished run (its serving/)'], result.stderr
+
+
+class _ProbeHook(runtime.FirstImportHook):
+  name = 'xray_hook_probe'
+  events = []
+
+  @contextlib.contextmanager
+  def around(self, module):
+    self.events.append(('enter', hasattr(module, 'VALUE')))
+    yield
+    self.events.append(('exit', module.VALUE))
+
+
+def test_first_import_hook_wraps_the_first_import_only(tmp_path, monkeypatch):
+  (tmp_path / 'xray_hook_probe.py').write_text('VALUE = 7\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.setattr(sys, 'meta_path', list(sys.meta_path))
+  monkeypatch.delitem(sys.modules, 'xray_hook_probe', raising=False)
+  _ProbeHook.events.clear()
+  _ProbeHook.install()
+  _ProbeHook.install()  # once is enough
+  assert sum(isinstance(f, _ProbeHook) for f in sys.meta_path) == 1
+  # A bare find_spec does not use it up.
+  assert importlib.util.find_spec('xray_hook_probe') is not None
+  assert any(isinstance(f, _ProbeHook) for f in sys.meta_path)
+  module = importlib.import_module('xray_hook_probe')
+  # Entered before the module's code ran, left after it.
+  assert _ProbeHook.events == [('enter', False), ('exit', 7)]
+  assert not any(isinstance(f, _ProbeHook) for f in sys.meta_path)
+  assert type(module.__loader__).__name__ == 'SourceFileLoader'
+  assert importlib.util.find_spec('some_other_module') is None
+
+
+def _with_calls(function):
+  """The dotted names of the context managers `with` enters in function."""
+  names = []
+  for node in ast.walk(function):
+    if isinstance(node, ast.With):
+      for item in node.items:
+        call = item.context_expr
+        if isinstance(call, ast.Call):
+          names.append(ast.unparse(call.func))
+  return names
+
+
+def test_every_tool_ends_through_tool_errors():
+  tools = sorted(glob.glob(os.path.join(REPO_ROOT, 'xray_tfdata', 'cli',
+                                        '[!_]*.py')))
+  assert len(tools) >= 7
+  for path in tools:
+    with open(path, encoding='utf-8') as f:
+      tree = ast.parse(f.read())
+    main = [node for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name == 'main']
+    assert main, path
+    assert 'runtime.tool_errors' in _with_calls(main[0]), path
+
+
+def test_cpu_count_is_the_processs_affinity(monkeypatch):
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 3},
+                      raising=False)
+  assert runtime.cpu_count() == 2
+  monkeypatch.delattr(os, 'sched_getaffinity', raising=False)
+  monkeypatch.setattr(os, 'cpu_count', lambda: None)
+  assert runtime.cpu_count() == 1

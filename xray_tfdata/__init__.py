@@ -28,9 +28,12 @@ Modules, one per stage:
                 its flag (imports no TensorFlow).
   checks        every setting's checks, shared by config, augment and model
                 (no TensorFlow, no Keras).
+  reference     the reference experiment's numbers (no TensorFlow, no
+                Keras).
   errors        XrayError, the base of every user-facing error.
-  runtime       TensorFlow process settings the tools apply (no TensorFlow).
-  training      train_and_evaluate(): the seed's experiment end to end.
+  runtime       TensorFlow process settings the tools apply, the tools'
+                error ending, the import hooks (no TensorFlow).
+  training      train_and_evaluate(): the reference experiment end to end.
   callbacks     the Keras callbacks of a run (epoch line, data-service watch).
   resume        model_dir, config.json and the resume state of a run.
   serving       the exported model and predict on image files.
@@ -64,11 +67,12 @@ keras`: at once if Keras is already imported, otherwise right after Keras is
 never use Keras (the converter's workers) never pay for importing it.
 """
 
+import contextlib
 import importlib
-import importlib.abc
-import importlib.util
 import sys
 import warnings
+
+from xray_tfdata import runtime
 
 __version__ = '0.1.0'
 
@@ -108,7 +112,7 @@ def _register_layers():
                       'model that uses them')
 
 
-class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
+class _RegisterAfterKeras(runtime.FirstImportHook):
   """Runs _register_layers() right after `keras` is first imported.
 
   It stays in sys.meta_path until Keras is really imported: a bare
@@ -116,50 +120,16 @@ class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
   locate tf.keras, must not use it up.
   """
 
-  def find_spec(self, name, path=None, target=None):
-    if name != 'keras':
-      return None
-    # Keras' own spec, from the finders other than ours (asking importlib
-    # would ask this finder again).
-    for finder in sys.meta_path:
-      find = getattr(finder, 'find_spec', None)
-      if isinstance(finder, _RegisterAfterKeras) or find is None:
-        continue
-      spec = find(name, path, target)
-      if spec is not None:
-        break
-    else:
-      return None
-    if spec.loader is not None:
-      spec.loader = _RegisteringLoader(spec.loader)
-    return spec
+  name = 'keras'
 
-
-class _RegisteringLoader(importlib.abc.Loader):
-  """Keras' own loader, then our registration."""
-
-  def __init__(self, loader):
-    self._loader = loader
-
-  def create_module(self, spec):
-    return self._loader.create_module(spec)
-
-  def exec_module(self, module):
-    _remove_hook()  # Keras' own submodules are found the plain way
-    self._loader.exec_module(module)
-    module.__loader__ = self._loader  # importlib.resources etc. see Keras'
+  @contextlib.contextmanager
+  def around(self, module):
+    del module
+    yield
     _register_layers()
-
-  def __getattr__(self, name):
-    return getattr(self._loader, name)
-
-
-def _remove_hook():
-  sys.meta_path[:] = [f for f in sys.meta_path
-                      if not isinstance(f, _RegisterAfterKeras)]
 
 
 if 'keras' in sys.modules:
   _register_layers()
-elif not any(isinstance(f, _RegisterAfterKeras) for f in sys.meta_path):
-  sys.meta_path.insert(0, _RegisterAfterKeras())
+else:
+  _RegisterAfterKeras.install()

@@ -75,12 +75,11 @@ from keras import ops
 from xray_tfdata import augment_base
 from xray_tfdata import augment_keras_core
 from xray_tfdata import checks
-from xray_tfdata import config
+from xray_tfdata import reference
 
-# The reference notebook's augmentation in this module's meaning (declared,
-# with why its shifts read 0.4 and 0.3, in config, where the training
-# defaults come from it).
-REFERENCE_AUGMENTATION = config.REFERENCE_AUGMENTATION
+# The reference notebook's augmentation in this module's meaning (why its
+# shifts read 0.4 and 0.3: `reference.AUGMENTATION`, the training defaults).
+REFERENCE_AUGMENTATION = reference.AUGMENTATION
 
 # The keys of `ImageDataGenerator.apply_transform`'s transform_parameters that
 # apply_transform understands, and their identity values.
@@ -97,7 +96,6 @@ PARAM_DEFAULTS = {
 FILL_MODES = augment_base.FILL_MODES
 INTERPOLATIONS = augment_base.INTERPOLATIONS
 CENTERS = ('image', 'idg')
-KINDS = checks.AUGMENTATIONS
 
 _IDG_ARGS = ('rotation_range', 'width_shift_range', 'height_shift_range',
              'shear_range', 'zoom_range', 'horizontal_flip')
@@ -126,8 +124,7 @@ def image_data_generator_kwargs(ranges):
 
 # The reference notebook's ImageDataGenerator call, as written: the
 # baseline that the benchmarks time.
-REFERENCE_GENERATOR_KWARGS = image_data_generator_kwargs(
-    REFERENCE_AUGMENTATION)
+REFERENCE_GENERATOR_KWARGS = reference.GENERATOR_KWARGS
 
 
 def _shift_limit(shift_range, size):
@@ -437,7 +434,7 @@ def make_augmentation(kind='fused', **idg_kwargs):
       raise TypeError(f'unexpected augmentation arguments {sorted(unknown)}')
     return NoAugmentation(**layer_kwargs)
   raise ValueError(f'unknown augmentation kind {kind!r}; expected one of '
-                   f'{KINDS}')
+                   f'{checks.AUGMENTATIONS}')
 
 
 def _keras_cv_module():

@@ -69,9 +69,9 @@ def release_h5_files(folder):
   retries the flush of its cached metadata each time one of the file's
   objects is freed, and at exit: about ten "Exception ignored in
   h5py._objects.ObjectID.__dealloc__" tracebacks after the tool's one-line
-  error, and sometimes a segmentation fault (found running tools/train on a
-  small tmpfs, issue 24). The file is cut short anyway, so it is removed,
-  which also frees its space.
+  error, and sometimes a segmentation fault (tools/train on a full tmpfs).
+  The file is cut short anyway, so it is removed, which also frees its
+  space.
 
   Args:
     folder: where the run writes (work_dir).

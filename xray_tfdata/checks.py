@@ -280,19 +280,20 @@ def check_class_weights_apply(class_weight, num_labels):
         'per-label pos_weight in the loss instead; pass class_weight=None')
 
 
-def service_address(address, flag='data_service'):
+def service_address(address, flag='data_service', error=SettingError):
   """Checks a tf.data service dispatcher address; returns 'grpc://H:P'.
 
   Args:
     address: 'host:port' or 'grpc://host:port'.
     flag: the flag that gave it, named in the error.
+    error: the XrayError class to raise (data_service raises its own).
 
   Raises:
-    SettingError: address is not HOST:PORT or grpc://HOST:PORT.
+    error (SettingError): address is not HOST:PORT or grpc://HOST:PORT.
   """
   match = _SERVICE_ADDRESS.match(address or '')
   if not match or not 0 < int(match.group(2)) < 65536:
-    raise SettingError(
+    raise error(
         f'tf.data service address {address!r} is not HOST:PORT (or '
         'grpc://HOST:PORT) of a dispatcher started by tools/data_service: '
         f'fix --{flag}')

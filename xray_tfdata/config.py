@@ -4,7 +4,8 @@ Each setting is one `TrainConfig` field whose metadata holds its help text,
 its group in `--help`, its bounds and its allowed values. From that one
 declaration come the flags of tools/train (`define_flags`), the config read
 back from them (`from_flags`), the flagfile lines that give a config
-(`to_flags`) and the checks (`TrainConfig.validate`, with `checks`).
+(`to_flags`) and the checks (`TrainConfig.validate`, with `checks`). The
+defaults are the reference experiment's (`reference`).
 
 Kept apart from `training` so that `tools/train` can define its flags (and
 the converter's spawned workers, which re-import the tool, can start) without
@@ -14,31 +15,12 @@ importing TensorFlow.
 import dataclasses
 
 from xray_tfdata import checks
+from xray_tfdata import reference
 
-STRATEGIES = checks.STRATEGIES
 # Settings a resumed run may change: how it is watched and where its data
 # comes from, not what it trains.
 RESUMABLE_CHANGES = ('verbose', 'data_service', 'data_service_timeout',
                      'cache_dir')
-
-# The reference notebook's augmentation, in this package's meaning of the
-# arguments (`augment.RandomAffine`: width_shift_range moves images
-# sideways). The notebook calls ImageDataGenerator(rotation_range=40,
-# width_shift_range=0.3, height_shift_range=0.4, ...), but ImageDataGenerator
-# draws its horizontal shift from height_shift_range and its vertical one
-# from width_shift_range (keras #17398, tf-keras #310), so the notebook's
-# images moved up to 40% sideways and 30% vertically: that geometry is the
-# reference, hence 0.4 and 0.3 here. `augment.image_data_generator_kwargs`
-# gives back the notebook's call as written. The defaults of TrainConfig come
-# from here.
-REFERENCE_AUGMENTATION = dict(
-    rotation_range=40,
-    width_shift_range=0.4,
-    height_shift_range=0.3,
-    shear_range=0.2,
-    zoom_range=0.4,
-    horizontal_flip=True,
-)
 
 # The groups of tools/train's --help, in order.
 GROUPS = ('data', 'model', 'augmentation', 'training', 'distribution',
@@ -73,7 +55,7 @@ def _setting(default, help_text, group, choices=None, lower=None, upper=None,
 
 
 def _augmentation_setting(name, help_text, lower=0.):
-  default = REFERENCE_AUGMENTATION[name]
+  default = reference.AUGMENTATION[name]
   if not isinstance(default, bool):
     default = float(default)  # the flag's type, as config.json records it
   return _setting(default, help_text, 'augmentation', lower=lower)
@@ -85,37 +67,43 @@ class TrainConfig:
   data_dir: str = _setting(
       '', 'Dataset made by tools/make_tfrecords.', 'data', required=True)
   image_size: int = _setting(
-      224, 'Model input size; must equal the stored size (vgg16: 32 or '
+      reference.IMAGE_SIZE,
+      'Model input size; must equal the stored size (vgg16: 32 or '
       'more; mini_vgg: 16 or more; densenet121, resnet50, efficientnetv2s: '
       '32 to 512).', 'data', lower=1)
   batch_size: int = _setting(
-      62, 'Global batch size (split across replicas).', 'training', lower=1)
+      reference.BATCH_SIZE,
+      'Global batch size (split across replicas).', 'training', lower=1)
   epochs: int = _setting(
       100, 'Maximum epochs (early stopping may end sooner).', 'training',
       lower=1)
-  learning_rate: float = _setting(1e-4, 'Adam learning rate (> 0).',
-                                  'training')
+  learning_rate: float = _setting(reference.LEARNING_RATE,
+                                  'Adam learning rate (> 0).', 'training')
   weights: str = _setting(
       'imagenet', "Backbone weights: 'imagenet' (Keras download/cache, "
       "~/.keras/models/), 'none', or a local notop .h5/.weights.h5 path.",
       'model')
   frozen_blocks: int = _setting(
-      4, 'Backbone stages frozen from the input up (the reference: 4), '
+      reference.FROZEN_BLOCKS,
+      'Backbone stages frozen from the input up (the reference: 4), '
       'their batch norm kept in inference mode; stages per backbone: '
       + checks.frozen_blocks_help() + '. The stem goes with the first '
       'stage, layers after the last with the last.', 'model', lower=0,
       upper=max(checks.BACKBONE_BLOCKS.values()))
   backbone: str = _setting(
-      'vgg16', 'vgg16 (the reference; Flatten + the dense head); '
+      reference.BACKBONE,
+      'vgg16 (the reference; Flatten + the dense head); '
       'densenet121, resnet50, efficientnetv2s (keras.applications, global '
       'average pooling + Dense(1), as CheXNet); or mini_vgg: a small '
       'VGG-style net with batch norm, trained from scratch (the demo).',
       'model', choices=checks.BACKBONES)
   dense_units: tuple = _setting(
-      (512, 64), 'Widths of the dense head layers (vgg16 and mini_vgg).',
+      reference.DENSE_UNITS,
+      'Widths of the dense head layers (vgg16 and mini_vgg).',
       'model')
   dropout: float = _setting(
-      0.4, 'Dropout after each dense head layer, in [0, 1) (vgg16 and '
+      reference.DROPOUT,
+      'Dropout after each dense head layer, in [0, 1) (vgg16 and '
       'mini_vgg).', 'model', lower=0)
   augmentation: str = _setting(
       'fused', 'fused RandomAffine (one resampling pass), the keras-cv chain '
@@ -143,7 +131,8 @@ class TrainConfig:
       'the argmax of multi-hot targets) and is refused if passed to fit. '
       '--noclass_weights: unweighted.', 'training')
   early_stopping_patience: int = _setting(
-      10, 'Epochs without val_loss improvement before stopping.', 'training',
+      reference.EARLY_STOPPING_PATIENCE,
+      'Epochs without val_loss improvement before stopping.', 'training',
       lower=1)
   policy: str = _setting(
       'auto', 'Keras dtype policy; auto picks by hardware.', 'model',

@@ -77,7 +77,7 @@ class Watchdog:
   progress and calls `on_timeout(message)` once after `timeout` seconds.
   The first batch after `start()` gets `first_batch_grace` seconds more:
   its step also traces and compiles the model, which is not the service's
-  time (it is several seconds on a loaded CPU host).
+  time.
 
   Args:
     address: the dispatcher, as the user gave it.
@@ -92,7 +92,7 @@ class Watchdog:
   def __init__(self, address, timeout=DEFAULT_TIMEOUT,
                interval=WAIT_LINE_INTERVAL, log=None, on_timeout=None,
                first_batch_grace=0.0):
-    self.address = service_address(address)
+    self.address = checks.service_address(address, error=DataServiceError)
     self.timeout = timeout
     self.interval = min(interval, timeout)
     self.log = log or (lambda line: print(line, flush=True))
@@ -168,21 +168,6 @@ def _exit_with(message):
   os._exit(TIMEOUT_EXIT_CODE)  # pylint: disable=protected-access
 
 
-def service_address(address, flag='data_service'):
-  """Checks a dispatcher address and returns it as 'grpc://host:port'.
-
-  Args:
-    address: 'host:port' or 'grpc://host:port'.
-    flag: the flag that gave it, named in the error.
-  Raises:
-    DataServiceError: anything else.
-  """
-  try:
-    return checks.service_address(address, flag)
-  except checks.SettingError as e:
-    raise DataServiceError(str(e)) from None
-
-
 def distribute(dataset, address, job_name=None):
   """Moves everything `dataset` does so far onto the service's workers.
 
@@ -200,7 +185,7 @@ def distribute(dataset, address, job_name=None):
     DataServiceError: a malformed address, or a dispatcher that does not
       accept connections.
   """
-  address = service_address(address)
+  address = checks.service_address(address, error=DataServiceError)
   # `distribute` registers the dataset with the dispatcher now, and retries
   # for ever, inside TensorFlow and before any watchdog runs, if nothing
   # answers: a wrong address or a stopped service would hang silently.
@@ -213,7 +198,7 @@ def check_reachable(address, seconds=CONNECT_TIMEOUT_S):
   """Checks that the dispatcher at `address` accepts TCP connections.
 
   Args:
-    address: 'grpc://host:port' (`service_address`).
+    address: 'grpc://host:port' (`checks.service_address`).
     seconds: how long a connection may take.
   Raises:
     DataServiceError: naming the dispatcher and the fix.
@@ -261,8 +246,9 @@ def start_worker(dispatcher_address, port=0, worker_address=None):
   Raises:
     DataServiceError: a malformed dispatcher address.
   """
-  dispatcher = service_address(dispatcher_address,
-                               'dispatcher_address')[len('grpc://'):]
+  dispatcher = checks.service_address(
+      dispatcher_address, 'dispatcher_address',
+      DataServiceError)[len('grpc://'):]
   config = tf.data.experimental.service.WorkerConfig(
       dispatcher_address=dispatcher, worker_address=worker_address,
       port=port)
@@ -316,7 +302,9 @@ def serve(port=None, work_dir=None, dispatcher_address=None, num_workers=0,
                           worker_port + i if worker_port else 0,
                           worker_address)
     servers.append(worker)
-    log(f'worker {i}: registered with {service_address(dispatcher_address)}')
+    address = checks.service_address(dispatcher_address, 'dispatcher_address',
+                                     DataServiceError)
+    log(f'worker {i}: registered with {address}')
   if block:
     try:
       while True:

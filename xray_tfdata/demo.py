@@ -3,9 +3,10 @@
   demo.ensure_demo_data('data/demo_64', num_images=600, image_size=64)
 
 draws a pool of synthetic Kermany-like JPEGs (`synthetic`) and converts it
-to TFRecords (`writer`), re-split by patient with the seed's val and test
-proportions. `tools/train --demo_images` and `tools/benchmark` both use it;
-each step is skipped when its output already exists. `ensure_demo_data`
+to TFRecords (`writer`), re-split by patient with the reference experiment's
+val and test proportions (`reference.scaled_split_counts`). `tools/train
+--demo_images` and `tools/benchmark` both use it; each step is skipped when
+its output already exists. `ensure_demo_data`
 writes only into new or empty folders, or those it created (a marker file).
 """
 
@@ -15,26 +16,7 @@ import shutil
 from xray_tfdata import atomic
 from xray_tfdata import dataset_info
 from xray_tfdata import errors
-
-# The seed's val and test splits: 150 NORMAL and 400 PNEUMONIA each, of the
-# 5,856 images of Kermany's dataset.
-_SEED_SPLIT = {'NORMAL': 150, 'PNEUMONIA': 400}
-_SEED_TOTAL = 5856
-
-
-def seed_split_counts(num_images):
-  """The seed's val and test counts (150/400 each of 5,856), scaled.
-
-  Args:
-    num_images: images in the whole pool.
-
-  Returns:
-    (val_counts, test_counts), dicts class name -> count, each at least 2.
-  """
-  scale = num_images / _SEED_TOTAL
-  counts = {name: max(2, round(count * scale))
-            for name, count in _SEED_SPLIT.items()}
-  return counts, dict(counts)
+from xray_tfdata import reference
 
 
 def draw_pool(src_dir, num_images, seed=0, size_scale=1.0, quiet=False):
@@ -68,7 +50,8 @@ def draw_pool(src_dir, num_images, seed=0, size_scale=1.0, quiet=False):
 
 def convert_pool(src_dir, data_dir, num_images, image_size, seed=0,
                  quiet=False):
-  """Converts a pool to TFRecords in data_dir, once, with the seed's splits.
+  """Converts a pool to TFRecords in data_dir, once, with the reference's
+  val and test proportions.
 
   Args:
     src_dir: a pool made by `draw_pool`.
@@ -86,7 +69,7 @@ def convert_pool(src_dir, data_dir, num_images, image_size, seed=0,
   from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
   if not quiet:
     print(f'demo: converting {src_dir} to TFRecords in {data_dir}')
-  val_counts, test_counts = seed_split_counts(num_images)
+  val_counts, test_counts = reference.scaled_split_counts(num_images)
   writer.convert(src_dir, data_dir, image_size=image_size, resplit=True,
                  val_counts=val_counts, test_counts=test_counts, seed=seed)
   return data_dir

@@ -159,7 +159,7 @@ def pixel_digest(path):
   16-bit signed and 64-bit integers that holds them all, little-endian, so
   the bits allocated and the byte order do not change the digest of the
   same values. Narrowest, not always 64-bit: sha256 is a large part of the
-  cost (about 3.4 ms per MB on the 2-core build host).
+  cost (BUILD_NOTES.md).
 
   Raises:
     DicomError: see `decode`.

@@ -38,8 +38,8 @@ import tempfile
 
 import tensorflow as tf
 
+from xray_tfdata import checks
 from xray_tfdata import errors
-from xray_tfdata.config import STRATEGIES  # pylint: disable=g-import-not-at-top,unused-import
 
 
 class DistributeError(errors.XrayError):
@@ -79,8 +79,9 @@ def resolve_strategy_name(name, num_workers, num_gpus):
   Raises:
     DistributeError: an unknown name.
   """
-  if name not in STRATEGIES:
-    raise DistributeError(f'strategy must be one of {", ".join(STRATEGIES)}, '
+  if name not in checks.STRATEGIES:
+    raise DistributeError('strategy must be one of '
+                          f'{", ".join(checks.STRATEGIES)}, '
                           f'got {name!r}')
   if name != 'auto':
     return name

@@ -13,6 +13,5 @@ Imports nothing: every module, TensorFlow-free ones included, can use it.
 class XrayError(ValueError):
   """Every user-facing error of the package.
 
-  A ValueError, as each of the package's errors was before this class
-  existed, so that existing `except ValueError` callers keep working.
+  A ValueError, so that callers' `except ValueError` catches it too.
   """

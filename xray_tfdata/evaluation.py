@@ -1,4 +1,5 @@
-"""Evaluation maths: the seed's metrics table, Youden threshold, AUC intervals.
+"""Evaluation maths: the reference's metrics table, Youden threshold, AUC
+intervals.
 
 NumPy only, so results can be recomputed from saved predictions without
 TensorFlow. Conventions follow Keras' metrics, so the numbers agree with
@@ -15,7 +16,7 @@ Results are plain dicts of Python ints and floats, ready for `json.dump`
    'test_auc_ci95': [low, high], 'bootstrap': {...},
    'evaluation': {'labels': {label: evaluate_label(...)}, ...}}
 where `metrics` is what `binary_metrics` returns. 'evaluation' is the
-clinical reader's part (issue 21): per label (one for a binary model),
+clinical reader's part: per label (one for a binary model),
 thresholds chosen on validation (`OPERATING_POINTS`), and per split the AUC,
 average precision, Brier score and ECE, and sensitivity, specificity, PPV,
 NPV and F1 at each threshold, all with patient-level bootstrap intervals
@@ -112,7 +113,7 @@ def roc_auc(labels, probs):
 
 
 def binary_metrics(labels, probs, threshold=0.5):
-  """The seed's metrics plus specificity, at one threshold.
+  """The reference's metrics plus specificity, at one threshold.
 
   Args:
     labels, probs, threshold: as `confusion_counts`.
@@ -228,7 +229,7 @@ def evaluate_predictions(predictions, threshold=0.5, threshold_split='val',
 
   Args:
     predictions: dict split name -> (labels, probs).
-    threshold: the fixed threshold of the main table (the seed's 0.5).
+    threshold: the fixed threshold of the main table (the reference's 0.5).
     threshold_split: split on which Youden's threshold is chosen.
     test_split: split evaluated at that threshold and bootstrapped.
     num_resamples, seed: for `bootstrap_auc_ci` (95% interval).
@@ -274,7 +275,7 @@ def _ordered(metrics_by_split):
 def results_table_markdown(results):
   """Formats evaluation results as Markdown.
 
-  The seed's table (rows train/val/test; AUC, precision, recall, TP, TN, FP,
+  The reference's table (rows train/val/test; AUC, precision, recall, TP, TN, FP,
   FN, accuracy) at its threshold, then, when present, the threshold chosen
   on validation by Youden's J with the test metrics at it, and the test
   AUC's bootstrap 95% confidence interval; then, when results has
@@ -363,7 +364,7 @@ def localization_markdown(localization):
   return '\n'.join(lines) + '\n'
 
 
-# The clinical evaluation (issue 21): curves, operating points chosen on
+# The clinical evaluation: curves, operating points chosen on
 # validation, calibration, patient-level bootstrap intervals, subgroups.
 #
 # Organised by label, so that a multi-label model adds entries instead of a

@@ -1,13 +1,13 @@
-"""The classifier: a backbone (the seed's VGG16 or one of the field's), with
-a mixed-precision policy.
+"""The classifier: a backbone (the reference's VGG16 or one of the field's),
+with a mixed-precision policy.
 
 uint8 image -> augmentation (training only) -> gray to 3 channels -> the
 backbone's own `preprocess_input` convention -> the backbone without its top,
 its first `frozen_blocks` stages frozen -> the head -> Dense(L, sigmoid):
 one probability per label (L = 1: the seed's P(pneumonia)).
 
-Backbones (`BACKBONES`; their stages in `checks.BACKBONE_STAGES`):
-  vgg16            the seed's: caffe preprocessing (BGR minus the ImageNet
+Backbones (`checks.BACKBONES`; their stages in `checks.BACKBONE_STAGES`):
+  vgg16            the reference's: caffe preprocessing (BGR minus the ImageNet
                    means), blocks 1-5, Flatten -> Dense(512) -> Dropout ->
                    Dense(64) -> Dropout head.
   densenet121      CheXNet's: torch preprocessing (0..1, ImageNet mean/std),
@@ -47,8 +47,6 @@ from keras import ops
 from xray_tfdata import checks
 from xray_tfdata import errors
 from xray_tfdata import losses
-
-POLICIES = checks.POLICIES
 
 # Keras' own sources and checksums of the notop ImageNet weights
 # (keras/src/applications/vgg16.py, densenet.py, resnet.py,
@@ -190,7 +188,7 @@ def select_policy(policy='auto', gpus=None, cpu_flags=None):
     checks.SettingError: unknown policy.
   """
   checks.check_policy(policy)
-  if policy in POLICIES:
+  if policy in checks.POLICIES:
     return policy
   if gpus is None:
     gpus = gpu_compute_capabilities()
@@ -414,12 +412,12 @@ def frozen_layer_count(base, frozen_blocks, backbone='vgg16'):
 
   The stem (and the input layer) goes with the first stage, the layers after
   the last stage with the last, so that frozen_blocks = the number of stages
-  freezes the whole backbone. VGG16's four blocks are the seed's 15 layers.
+  freezes the whole backbone. VGG16's four blocks are the reference's 15 layers.
 
   Args:
     base: the backbone, a keras.Model whose layers are in graph order.
     frozen_blocks: 0 .. len(checks.BACKBONE_STAGES[backbone]).
-    backbone: one of BACKBONES.
+    backbone: one of checks.BACKBONES.
 
   Returns:
     The count of leading layers of `base` to freeze.
@@ -440,7 +438,6 @@ def frozen_layer_count(base, frozen_blocks, backbone='vgg16'):
                  if pattern.match(layer.name))
 
 
-BACKBONES = checks.BACKBONES
 # A VGG-style backbone small enough to train from scratch in minutes on a
 # CPU: for the demo and tests, where ImageNet weights cannot be had. A
 # randomly initialised VGG16 with frozen blocks learns nothing from its
@@ -476,7 +473,7 @@ _APPLICATIONS = {
     'resnet50': ('ResNet50', 'caffe'),
     'efficientnetv2s': ('EfficientNetV2S', 'raw'),
 }
-# Backbones with the seed's Flatten + dense head; the others get CheXNet's
+# Backbones with the reference's Flatten + dense head; the others get CheXNet's
 # global average pooling straight into the output layer.
 _DENSE_HEAD_BACKBONES = ('vgg16', 'mini_vgg')
 # Warnings already printed in this process (one line each, not one a build).
@@ -543,7 +540,7 @@ def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
     policy: None keeps the current global dtype policy; otherwise 'auto' or
       a policy name (see `select_policy`), set globally before building.
     name: model name; None: 'xray_' + backbone.
-    backbone: one of BACKBONES: 'vgg16' (the seed's), 'densenet121',
+    backbone: one of checks.BACKBONES: 'vgg16' (the reference's), 'densenet121',
       'resnet50', 'efficientnetv2s' (keras.applications, with a global
       average pooling head), or 'mini_vgg', a small VGG-style network
       trained from scratch (weights must be None), for the demo.

@@ -201,8 +201,8 @@ def trim_history(path, epochs):
 
   CSVLogger writes an epoch's row before ResumeCallback saves that epoch's
   state, so a run killed between the two trains the epoch again on resume;
-  without this its row would appear twice (found by tests/test_training.py,
-  issue 16).
+  without this its row would appear twice (tests/test_training.py checks
+  it).
 
   Args:
     path: CSVLogger's file; nothing happens when it does not exist.

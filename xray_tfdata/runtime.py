@@ -18,7 +18,11 @@ it reads TF_CPP_MIN_LOG_LEVEL; `quiet_tensorflow_startup` filters them out
 of file descriptor 2 during the import.
 
 `tool_errors` is the tools' shared ending for errors a user can act on: one
-line on stderr and a non-zero exit instead of a traceback.
+line on stderr and a non-zero exit instead of a traceback. `cpu_count` is
+the CPUs the process may use (the converter's and the drawing's default
+number of workers); `FirstImportHook` runs code about the first import of a
+module (the quiet TensorFlow import here, the layer registration after
+Keras in the package's `__init__`).
 """
 
 import contextlib
@@ -47,6 +51,15 @@ TF_ENV_DEFAULTS = {
         'gray->BGR preprocessing and the fused augmentation path faster '
         '(figures and commands: BUILD_NOTES.md, "CPU runtime settings")'),
 }
+
+
+def cpu_count():
+  """The CPUs this process may run on (its affinity mask, where the OS has
+  one: a container or `taskset` may allow fewer than the machine has)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
 
 
 def configure_tensorflow_env(environ=None):
@@ -126,20 +139,42 @@ def quiet_tensorflow_startup():
   if 'tensorflow' in sys.modules or os.environ.get(
       'TF_CPP_MIN_LOG_LEVEL', '0') in ('', '0'):
     return
-  if not any(isinstance(f, _QuietTensorflowImport) for f in sys.meta_path):
-    sys.meta_path.insert(0, _QuietTensorflowImport())
+  _QuietTensorflowImport.install()
 
 
-class _QuietTensorflowImport(importlib.abc.MetaPathFinder):
-  """Wraps the first real import of `tensorflow` (see
-  quiet_tensorflow_startup); a bare find_spec leaves it in place."""
+class FirstImportHook(importlib.abc.MetaPathFinder):
+  """Wraps the first real import of the module `name` in `around(module)`,
+  then leaves sys.meta_path.
+
+  A bare find_spec (`importlib.util.find_spec`, which `import tensorflow`
+  runs to locate Keras without importing it) leaves it in place: only the
+  import itself takes it out. A subclass sets `name` and defines `around`, a
+  context manager entered before the module's code runs and left after.
+  """
+
+  name = None
+
+  def around(self, module):
+    raise NotImplementedError
+
+  @classmethod
+  def install(cls):
+    """Puts the hook first in sys.meta_path, unless it is there already."""
+    if not any(isinstance(f, cls) for f in sys.meta_path):
+      sys.meta_path.insert(0, cls())
+
+  @classmethod
+  def remove(cls):
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, cls)]
 
   def find_spec(self, name, path=None, target=None):
-    if name != 'tensorflow':
+    if name != self.name:
       return None
+    # The module's own spec, from the finders other than the hooks (asking
+    # importlib would ask this finder again).
     for finder in sys.meta_path:
       find = getattr(finder, 'find_spec', None)
-      if isinstance(finder, _QuietTensorflowImport) or find is None:
+      if isinstance(finder, FirstImportHook) or find is None:
         continue
       spec = find(name, path, target)
       if spec is not None:
@@ -147,29 +182,41 @@ class _QuietTensorflowImport(importlib.abc.MetaPathFinder):
     else:
       return None
     if spec.loader is not None:
-      spec.loader = _QuietLoader(spec.loader)
+      spec.loader = _HookedLoader(spec.loader, self)
     return spec
 
 
-class _QuietLoader(importlib.abc.Loader):
-  """TensorFlow's own loader, run with fd 2 filtered."""
+class _HookedLoader(importlib.abc.Loader):
+  """The module's own loader, run inside its hook's `around`."""
 
-  def __init__(self, loader):
+  def __init__(self, loader, hook):
     self._loader = loader
+    self._hook = hook
 
   def create_module(self, spec):
     return self._loader.create_module(spec)
 
   def exec_module(self, module):
-    sys.meta_path[:] = [f for f in sys.meta_path
-                        if not isinstance(f, _QuietTensorflowImport)]
-    with _filtered_stderr():
+    type(self._hook).remove()  # its own submodules are found the plain way
+    with self._hook.around(module):
       self._loader.exec_module(module)
-      module.__loader__ = self._loader
-      module.config.list_physical_devices()  # CUDA's probe lines, now
+      module.__loader__ = self._loader  # importlib.resources etc. see its own
 
   def __getattr__(self, name):
     return getattr(self._loader, name)
+
+
+class _QuietTensorflowImport(FirstImportHook):
+  """The first import of `tensorflow`, with fd 2 filtered (see
+  quiet_tensorflow_startup)."""
+
+  name = 'tensorflow'
+
+  @contextlib.contextmanager
+  def around(self, module):
+    with _filtered_stderr():
+      yield
+      module.config.list_physical_devices()  # CUDA's probe lines, now
 
 
 @contextlib.contextmanager

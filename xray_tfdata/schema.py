@@ -9,7 +9,7 @@ Format versions:
   2 (now): feature keys 'image' (PNG) and 'label' (class id), the keys
     `as_supervised` needs (TFDS' image_folder uses the same); metadata in
     xray_info.json.
-  1 (before issue 13): keys 'image/encoded' and 'image/class/label'; our
+  1 (the first): keys 'image/encoded' and 'image/class/label'; our
     metadata in dataset_info.json (where TFDS expects its own), so TFDS
     cannot read it. `DatasetBuilder` still reads it; re-convert to use tfds.
 

@@ -490,7 +490,7 @@ def evaluate_multilabel_dataset(builder, predictions, label_names,
 
 def stored_thresholds(results):
   """{label: {operating point: threshold}} from a run's results.json, or
-  None when it has none (a run from before issue 21)."""
+  None when it has none (a run trained by an older version)."""
   labels = results.get('evaluation', {}).get('labels')
   if not labels:
     return None
@@ -531,7 +531,7 @@ def _run_class_names(config, results):
   except (KeyError, pipeline.DatasetError) as e:
     raise ScoringError(
         'the run records no class names and its training data is gone '
-        f'({e}); evaluate a run trained after issue 21') from e
+        f'({e}); retrain it with this version of tools/train') from e
 
 
 def default_out_dir(model_dir, data_dir, split):
@@ -580,8 +580,8 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
 
   Raises:
     ScoringError: not a finished run, no label in common, no thresholds
-      (a run from before issue 21 on a dataset without a val split), or
-      localization asked of a dataset without boxes.
+      (a run trained by an older version, on a dataset without a val
+      split), or localization asked of a dataset without boxes.
     pipeline.DatasetError: data_dir is not a converted dataset, or has no
       such split.
   """

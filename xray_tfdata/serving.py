@@ -44,7 +44,7 @@ def export_model(net, model_dir, image_size, calibration=None):
     net: the trained model.
     model_dir: the folder to write MODEL_FILE and SERVING_DIR into.
     image_size: the stored height and width the model takes.
-    calibration: None, or {'temperature': T, 'threshold': t} (issue 21):
+    calibration: None, or {'temperature': T, 'threshold': t}:
       the signature's 'probability' is then temperature-scaled,
       sigmoid(logit(p) / T) (`evaluation.apply_temperature`), and it also
       returns 'threshold' (t, on the calibrated scale, per image) and

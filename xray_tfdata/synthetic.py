@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from xray_tfdata import errors
+from xray_tfdata import runtime
 
 CLASS_NAMES = ('NORMAL', 'PNEUMONIA')
 LAYOUTS = ('kaggle', 'mendeley', 'pool', 'rsna')
@@ -139,7 +140,7 @@ def make_synthetic_kermany(out_dir, num_images=FULL_SIZE, seed=0,
   jobs = [(os.path.join(out_dir, s['path']), s['label'], s['width'],
            s['height'], s['rgb'], s['quality'], s['pixel_seed'])
           for s in specs if s['path'] not in copy_targets]
-  num_workers = num_workers or _cpu_count()
+  num_workers = num_workers or runtime.cpu_count()
   if num_workers > 1 and len(jobs) >= 64:
     import multiprocessing  # pylint: disable=g-import-not-at-top
     # spawn, not fork: the caller may have imported TensorFlow, whose
@@ -480,10 +481,3 @@ def _grain(rng, height, width):
   dy, dx = rng.integers(0, _GRAIN_TILE, 2)
   reps = (-(-(height + dy) // _GRAIN_TILE), -(-(width + dx) // _GRAIN_TILE))
   return np.tile(_GRAIN, reps)[dy:dy + height, dx:dx + width]
-
-
-def _cpu_count():
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1

@@ -54,6 +54,7 @@ from PIL import Image
 
 from xray_tfdata import atomic
 from xray_tfdata import synthetic
+from xray_tfdata import runtime
 
 LAYOUTS = ('nih', 'chexpert', 'mimic')
 DEFAULT_NUM_IMAGES = 200
@@ -622,7 +623,7 @@ def _gzip(data):
 
 def _render_all(jobs, num_workers):
   # pylint: disable-next=protected-access
-  num_workers = num_workers or synthetic._cpu_count()
+  num_workers = num_workers or runtime.cpu_count()
   if num_workers > 1 and len(jobs) >= 256:
     import multiprocessing  # pylint: disable=g-import-not-at-top
     # spawn, not fork: the caller may have imported TensorFlow.

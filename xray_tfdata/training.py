@@ -1,4 +1,4 @@
-"""train_and_evaluate(): the seed's experiment end to end.
+"""train_and_evaluate(): the reference experiment end to end.
 
 Reads the TFRecords, builds the mixed-precision VGG16 with device-side
 augmentation, trains with class weights and early stopping, survives kill -9
@@ -60,7 +60,7 @@ from xray_tfdata import resume as resume_lib
 from xray_tfdata import scoring
 from xray_tfdata import serving
 from xray_tfdata.config import RESUMABLE_CHANGES
-from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # re-exported
+from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # the README's training.TrainConfig
 from xray_tfdata.config import TrainingError
 
 RESULTS_MD = 'results.md'
@@ -77,21 +77,9 @@ FIRST_BATCH_GRACE_S = 120
 # example moves sensitivity or specificity by over 3 points.
 MIN_EXAMPLES_PER_CLASS = 30
 
-# The names' old home: tools, tests and the README call them as training.X.
-BEST_WEIGHTS = callbacks_lib.BEST_WEIGHTS
-CONFIG_JSON = resume_lib.CONFIG_JSON
-RESULTS_JSON = resume_lib.RESULTS_JSON
-SERVING_DIR = serving.SERVING_DIR
-ResumeCallback = resume_lib.ResumeCallback
-ResumeState = resume_lib.ResumeState
-prepare_model_dir = resume_lib.prepare_model_dir
-ensure_demo_data = demo.ensure_demo_data
-predict_files = serving.predict_files
-predict_paths = serving.predict_paths
-
 
 def train_and_evaluate(config, model_dir, overwrite=False):
-  """Trains and evaluates the seed's model; the library's main entry.
+  """Trains and evaluates the reference model; the library's main entry.
 
   Under MultiWorkerMirroredStrategy every worker calls this with the same
   arguments. Only the chief writes into model_dir; the others write into a
@@ -207,7 +195,8 @@ def _train_and_evaluate(config, model_dir, overwrite, cluster):
   results['training'] = {
       'policy': policy, 'strategy': type(cluster.strategy).__name__,
       'epochs_run': state.epoch(), 'config': config.to_json()}
-  print(f'exporting {serving.MODEL_FILE} and {SERVING_DIR}/', flush=True)
+  print(f'exporting {serving.MODEL_FILE} and {serving.SERVING_DIR}/',
+        flush=True)
   with atomic.naming(work_dir):
     # Serving returns the calibrated P with the Youden threshold on its scale.
     serving.export_model(net, work_dir, config.image_size,
@@ -218,8 +207,9 @@ def _train_and_evaluate(config, model_dir, overwrite, cluster):
     shutil.rmtree(work_dir, ignore_errors=True)
   print(table)
   if cluster.chief:
-    print(f'wrote {model_dir}: {RESULTS_MD} (the table above), {RESULTS_JSON}, '
-          f'{serving.MODEL_FILE}, {SERVING_DIR}/ (for tools/predict), '
+    print(f'wrote {model_dir}: {RESULTS_MD} (the table above), '
+          f'{resume_lib.RESULTS_JSON}, '
+          f'{serving.MODEL_FILE}, {serving.SERVING_DIR}/ (for tools/predict), '
           f'{callbacks_lib.HISTORY_CSV}, {callbacks_lib.LOGS_DIR}/ '
           '(TensorBoard)')
   return results
@@ -349,7 +339,7 @@ def check_against_dataset(config, builder, cluster):
   if not config.data_service:  # the service, not the workers, splits files
     distribute.check_shards(builder, 'train', cluster.strategy)
   # Every record's CRC, now rather than as a DataLossError naming no file
-  # mid-fit (about 1 s per GB read; see BUILD_NOTES.md).
+  # mid-fit (what it costs: BUILD_NOTES.md).
   builder.verify(local_splits(config))
 
 
@@ -464,7 +454,7 @@ def create_inputs(config, builder, model_dir):
                              seed=config.seed, repeat=True, cache_dir=cache_dir,
                              **_data_service_options(config, model_dir),
                              **options)
-  # Batched validation: the seed validated one image per step.
+  # Batched validation: the reference validated one image per step.
   val = distribute.shard_by_batch(builder.as_dataset(
       'val', config.batch_size, cache_dir=cache_dir, **options))
   steps = (config.steps_per_epoch or builder.steps_per_epoch(
@@ -746,7 +736,7 @@ def label_aucs(targets, probs, label_names):
 
 
 def evaluate_splits(net, builder, config, work_dir=None):
-  """The seed's metrics on train, val and test, plus the field's extras.
+  """The reference's metrics on train, val and test, plus the field's extras.
 
   The decision threshold is chosen on validation (Youden's J) and applied to
   test; the test AUC gets a bootstrap 95% interval. Then the clinical

@@ -92,6 +92,7 @@ from xray_tfdata import dataset_info
 from xray_tfdata import dicom
 from xray_tfdata import errors
 from xray_tfdata import imaging
+from xray_tfdata import runtime
 from xray_tfdata import schema
 from xray_tfdata import sources
 from xray_tfdata import sources_multilabel
@@ -102,8 +103,8 @@ LOCK_SUFFIX = '.lock'
 _PROGRESS_DIR = '_progress'  # in .partial: fingerprint and finished shards
 _TARGET_SHARD_BYTES = 128 << 20
 _MIN_SHARDS = 8
-# Tasks per worker round trip: big enough to keep pipe overhead (about 0.1 ms)
-# small next to a decode (about 10 ms), small enough for load balance.
+# Tasks per worker round trip: big enough to keep the pipe's overhead small
+# next to a decode (BUILD_NOTES.md), small enough for load balance.
 _CHUNKSIZE = 4
 _LIST_LIMIT = 10  # skipped files and duplicates listed in the printed summary
 # Largest stored side: a decode holds a few float copies of the image per
@@ -206,11 +207,11 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   if patient_id_salt is not None and not patient_id_salt:
     raise OutputError('patient_id_salt is empty; give a secret, or none for '
                       'a random one')
-  num_workers = _workers_that_fit(num_workers or _cpu_count(), stored_size,
-                                  progress)
+  num_workers = _workers_that_fit(num_workers or runtime.cpu_count(),
+                                  stored_size, progress)
   out_dir = os.path.abspath(out_dir)
   sources.check_out_dir(src_dir, out_dir)
-  _check_out_dir(out_dir, overwrite)
+  _check_existing_out_dir(out_dir, overwrite)
   parent = os.path.dirname(out_dir)
   try:
     os.makedirs(parent, exist_ok=True)
@@ -221,7 +222,7 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   # .partial folder, and remove it when it failed.
   with atomic.exclusive(out_dir + LOCK_SUFFIX, f'out_dir {out_dir}'):
     # Again, under the lock: a run that held it may have just finished.
-    _check_out_dir(out_dir, overwrite)
+    _check_existing_out_dir(out_dir, overwrite)
     if multilabel is None:
       plan = sources.plan(src_dir, resplit, val_counts, test_counts, seed,
                           layout, keep_test, val_fraction, test_fraction,
@@ -554,7 +555,7 @@ def _check_arguments(image_size, num_shards, num_workers, name):
   return tuple(image_size)
 
 
-def _check_out_dir(out_dir, overwrite):
+def _check_existing_out_dir(out_dir, overwrite):
   """Refuses to touch an existing dataset (without overwrite) or folder that
   is not a dataset (ever: overwrite must not delete someone's files)."""
   if not os.path.exists(out_dir):
@@ -930,10 +931,3 @@ def _workers_that_fit(num_workers, stored_size, verbose):
           f'{per_worker / 2**30:.1f} GB at {stored_size[0]}x{stored_size[1]} '
           f'and {available / 2**30:.1f} GB is free')
   return fit
-
-
-def _cpu_count():
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1

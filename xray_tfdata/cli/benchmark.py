@@ -48,6 +48,12 @@ _OUTPUT = flags.DEFINE_string('output', None, 'JSON output path (default work_di
 
 
 def main(argv):
+  # A full disk, Ctrl-C and SIGTERM end in one line too, as in every tool.
+  with runtime.tool_errors():
+    return _benchmark(argv)
+
+
+def _benchmark(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if _MODE.value == 'device_epoch':

@@ -9,9 +9,6 @@ xray_tfdata.synthetic.make_synthetic_kermany; multi-label layouts (nih,
 chexpert, mimic): xray_tfdata.synthetic_multilabel.make_synthetic_multilabel.
 """
 
-import os
-import sys
-
 from xray_tfdata import runtime  # pylint: disable=g-import-not-at-top  (imports no TF)
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -49,7 +46,7 @@ flags.mark_flags_as_required(['out_dir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
+  with runtime.tool_errors():
     if _LAYOUT.value in synthetic_multilabel.LAYOUTS:
       synthetic_multilabel.make_synthetic_multilabel(
           _OUT_DIR.value, _LAYOUT.value,
@@ -63,8 +60,6 @@ def main(argv):
           seed=_SEED.value, layout=_LAYOUT.value,
           size_scale=_default(_SIZE_SCALE, 1.0),
           num_workers=_NUM_WORKERS.value, progress=True)
-  except synthetic.SyntheticError as e:
-    raise SystemExit(f'error: {e}') from None
 
 
 def _default(flag, value):

@@ -2,7 +2,7 @@
 
   # Kaggle's train/ val/ test/ as they are:
   tools/make_tfrecords --src_dir=chest_xray --out_dir=data/kermany_224
-  # the seed's re-split (by patient, fixed counts per class):
+  # the reference's re-split (by patient, fixed counts per class):
   tools/make_tfrecords --flagfile=configs/kermany_tfrecords.flags --src_dir=chest_xray --out_dir=data/kermany_224
   # Mendeley's train/ test/: val drawn from train by patient, test kept:
   tools/make_tfrecords --src_dir=ChestXRay2017 --out_dir=data/mendeley_224 --keep_test --val_fraction=0.1

@@ -1,4 +1,4 @@
-"""Trains and evaluates the seed's VGG16 model on a converted dataset.
+"""Trains and evaluates the reference VGG16 model on a converted dataset.
 
   tools/train --flagfile=configs/kermany_vgg16.flags --data_dir=DIR --model_dir=DIR
   tools/train --flagfile=configs/demo.flags          # synthetic demo data
