@@ -236,7 +236,7 @@ def test_the_flag_check_finds_what_is_wrong(tool_flags):
   assert flag_problems(tool_commands(text), tool_flags) == [
       'tools/train: no flag --no_such_flag',
       "tools/make_synthetic --layout: 'floppy' is not one of "
-      "['kaggle', 'mendeley', 'pool', 'rsna']",
+      f"{tool_flags['make_synthetic']['layout']['enum']}",
       'tools/nonexistent: no such tool',
       'tools/train: flagfile configs/none.flags not found',
       "tools/train --policy: 'float16' is not one of "
