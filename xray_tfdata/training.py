@@ -797,7 +797,8 @@ def _evaluate_labels(net, builder, config, work_dir):
   results['evaluation'] = scoring.evaluate_dataset(
       builder, {s: predictions[s] for s in ('val', 'test')}, list(names),
       num_resamples=config.bootstrap_resamples, seed=config.seed,
-      model_data=config.data_dir)
+      model_data=config.data_dir, label_policy=config.label_policy,
+      views=options.get('views'))
   if work_dir is not None:
     scoring.write_pictures(work_dir, results['evaluation'], predictions,
                            os.path.join(work_dir, callbacks_lib.HISTORY_CSV))
