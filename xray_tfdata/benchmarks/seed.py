@@ -16,12 +16,13 @@ from PIL import Image
 from xray_tfdata import augment
 from xray_tfdata import imaging
 from xray_tfdata import model as model_lib
+from xray_tfdata import reference
 from xray_tfdata.benchmarks.common import BenchmarkError
 
-REFERENCE_BATCH_SIZE = 62
-# The seed's re-split: train 1,283 + 3,473, val 150 + 400.
-REFERENCE_TRAIN_IMAGES = 4756
-REFERENCE_VAL_IMAGES = 550
+# The reference experiment's numbers, declared once in xray_tfdata.reference.
+REFERENCE_BATCH_SIZE = reference.BATCH_SIZE
+REFERENCE_TRAIN_IMAGES = reference.TRAIN_IMAGES
+REFERENCE_VAL_IMAGES = reference.VAL_IMAGES
 CLASS_NAMES = ('NORMAL', 'PNEUMONIA')
 
 
