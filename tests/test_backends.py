@@ -14,8 +14,19 @@ from conftest import REPO_ROOT
 _NO_TENSORFLOW = os.path.join(REPO_ROOT, 'tests', 'no_tensorflow.py')
 
 
+# XLA's CPU backend without LLVM's optimization passes: these processes
+# compile far more than they run (a few steps on 32 px images), and each
+# new shape and model is a compile (DenseNet's 120 initializers alone are
+# 69). XLA's own HLO passes, which decide what is computed, run as before;
+# only the machine code is less optimized. The processes' CPU time fell by
+# about a fifth (BUILD_NOTES.md, session 6 H7) with every check passing.
+_XLA_FLAGS = '--xla_backend_optimization_level=0'
+
+
 def _jax_env():
-  return dict(os.environ, KERAS_BACKEND='jax', JAX_PLATFORMS='cpu')
+  return dict(os.environ, KERAS_BACKEND='jax', JAX_PLATFORMS='cpu',
+              XLA_FLAGS=' '.join(filter(None, (os.environ.get('XLA_FLAGS'),
+                                                _XLA_FLAGS))))
 
 
 _TIMEOUT_S = 600

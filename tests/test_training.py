@@ -26,16 +26,12 @@ SIZE = 32
 
 
 def tiny_config(data_dir, **overrides):
-  """The seed's settings shrunk: 32 px, small head, weights none; float32
-  pinned, since 'auto' picks mixed_bfloat16 on AVX512_BF16 hosts and these
-  tests compare numbers across runs and exports."""
-  config = training.TrainConfig(
-      data_dir=data_dir, image_size=SIZE, batch_size=8, epochs=2,
-      weights='none', dense_units=(16, 8), bootstrap_resamples=200,
-      verbose=0, policy='float32')
-  for key, value in overrides.items():
-    setattr(config, key, value)
-  return config
+  """The seed's settings shrunk, as conftest's shared run: 32 px, mini_vgg
+  (a fraction of VGG16's build and epochs; what these tests check does not
+  depend on the backbone), small head, weights none; float32 pinned, since
+  'auto' picks mixed_bfloat16 on AVX512_BF16 hosts and these tests compare
+  numbers across runs and exports."""
+  return tiny_run_config(data_dir, **overrides)
 
 
 @pytest.fixture(name='data_dir')
@@ -361,8 +357,8 @@ def test_other_settings_refuse_to_resume(data_dir, tmp_path):
     ({'batch_size': 0}, training.TrainingError, 'batch_size must be positive'),
     ({'learning_rate': -1.0}, training.TrainingError,
      'learning_rate must be positive'),
-    ({'weights': '/nowhere/vgg16.h5'}, training.TrainingError,
-     '/nowhere/vgg16.h5 does not exist'),
+    ({'weights': '/nowhere/vgg16.h5', 'backbone': 'vgg16'},
+     training.TrainingError, '/nowhere/vgg16.h5 does not exist'),
     ({'image_size': 64}, training.TrainingError, 'stored at 32x32'),
     ({'steps_per_epoch': -1}, training.TrainingError,
      'steps_per_epoch must be at least 0'),
