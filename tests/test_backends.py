@@ -14,19 +14,23 @@ from conftest import REPO_ROOT
 _NO_TENSORFLOW = os.path.join(REPO_ROOT, 'tests', 'no_tensorflow.py')
 
 
-# XLA's CPU backend without LLVM's optimization passes: these processes
-# compile far more than they run (a few steps on 32 px images), and each
-# new shape and model is a compile (DenseNet's 120 initializers alone are
-# 69). XLA's own HLO passes, which decide what is computed, run as before;
-# only the machine code is less optimized. The processes' CPU time fell by
-# about a fifth (BUILD_NOTES.md, session 6 H7) with every check passing.
-_XLA_FLAGS = '--xla_backend_optimization_level=0'
-
-
 def _jax_env():
-  return dict(os.environ, KERAS_BACKEND='jax', JAX_PLATFORMS='cpu',
-              XLA_FLAGS=' '.join(filter(None, (os.environ.get('XLA_FLAGS'),
-                                                _XLA_FLAGS))))
+  return dict(os.environ, KERAS_BACKEND='jax', JAX_PLATFORMS='cpu')
+
+
+def _compile_bound_jax_env():
+  """_jax_env, with XLA's CPU backend skipping LLVM's optimization passes.
+
+  For the processes that compile far more than they run: each new shape
+  and model is a compile (DenseNet-121's initializers alone are 69), then
+  a few steps on 32 px images. XLA's HLO passes, which decide what is
+  computed, run as before; only the machine code is less optimized. Not
+  for the benchmark, which times epochs.
+  """
+  env = _jax_env()
+  env['XLA_FLAGS'] = ' '.join(filter(None, (
+      os.environ.get('XLA_FLAGS'), '--xla_backend_optimization_level=0')))
+  return env
 
 
 _TIMEOUT_S = 600
@@ -106,9 +110,9 @@ def runs(tmp_path_factory):
                   os.path.join(REPO_ROOT, 'tests', 'test_backend_parity.py'),
                   os.path.join(REPO_ROOT, 'tests',
                                'test_augment_keras_core.py')],
-                 _jax_env()),
+                 _compile_bound_jax_env()),
       'backbones': ([sys.executable, _NO_TENSORFLOW, '--script', str(script),
-                     str(root)], _jax_env()),
+                     str(root)], _compile_bound_jax_env()),
       'device_epoch': (
           [sys.executable, _NO_TENSORFLOW, '--script',
            os.path.join(REPO_ROOT, 'tools', 'benchmark'),
