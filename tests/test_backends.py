@@ -18,21 +18,6 @@ def _jax_env():
   return dict(os.environ, KERAS_BACKEND='jax', JAX_PLATFORMS='cpu')
 
 
-def _compile_bound_jax_env():
-  """_jax_env, with XLA's CPU backend skipping LLVM's optimization passes.
-
-  For the processes that compile far more than they run: each new shape
-  and model is a compile (DenseNet-121's initializers alone are 69), then
-  a few steps on 32 px images. XLA's HLO passes, which decide what is
-  computed, run as before; only the machine code is less optimized. Not
-  for the benchmark, which times epochs.
-  """
-  env = _jax_env()
-  env['XLA_FLAGS'] = ' '.join(filter(None, (
-      os.environ.get('XLA_FLAGS'), '--xla_backend_optimization_level=0')))
-  return env
-
-
 _TIMEOUT_S = 600
 
 _TF_DATA_TO_JAX = r'''
@@ -110,9 +95,9 @@ def runs(tmp_path_factory):
                   os.path.join(REPO_ROOT, 'tests', 'test_backend_parity.py'),
                   os.path.join(REPO_ROOT, 'tests',
                                'test_augment_keras_core.py')],
-                 _compile_bound_jax_env()),
+                 _jax_env()),
       'backbones': ([sys.executable, _NO_TENSORFLOW, '--script', str(script),
-                     str(root)], _compile_bound_jax_env()),
+                     str(root)], _jax_env()),
       'device_epoch': (
           [sys.executable, _NO_TENSORFLOW, '--script',
            os.path.join(REPO_ROOT, 'tools', 'benchmark'),
