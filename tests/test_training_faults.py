@@ -153,53 +153,6 @@ def _train(*args, env=None):
       env=env or _env())
 
 
-# tools/train that imports what it needs, then waits for a file to appear
-# before it runs: a run that must start after something else has happened
-# imports (most of a refused run's time, on one core) while that happens.
-# argv: repo, the file to wait for, the tool's flags.
-_WAITING_TRAINER = """
-import os, runpy, sys, time
-repo, go = sys.argv[1], sys.argv[2]
-sys.argv = [os.path.join(repo, 'tools', 'train')] + sys.argv[3:]
-sys.path.insert(0, repo)
-from xray_tfdata import runtime
-runtime.configure_tensorflow_env()
-from xray_tfdata import training
-while not os.path.exists(go):
-  time.sleep(0.05)
-runpy.run_path(sys.argv[0], run_name='__main__')
-"""
-
-
-class _WaitingTrain:
-  """A tools/train run started now that begins once `go()` is called."""
-
-  def __init__(self, folder, name, *args, env=None):
-    script = folder / 'waiting_trainer.py'
-    script.write_text(_WAITING_TRAINER)
-    self._go = folder / f'{name}.go'
-    self._process = subprocess.Popen(  # pylint: disable=consider-using-with
-        [sys.executable, str(script), REPO_ROOT, str(self._go), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=REPO_ROOT, env=env or _env())
-
-  def go(self):
-    """Lets the run begin and waits for it: its CompletedProcess."""
-    self._go.touch()
-    try:
-      stdout, stderr = self._process.communicate(timeout=600)
-    finally:
-      self.kill()
-    return subprocess.CompletedProcess(self._process.args,
-                                       self._process.returncode, stdout,
-                                       stderr)
-
-  def kill(self):
-    if self._process.poll() is None:
-      self._process.kill()
-      self._process.communicate()
-
-
 @pytest.mark.slow
 def test_full_disk_for_real_ends_in_one_line_and_a_rerun_resumes(
     data_dir, tmp_path):
@@ -212,9 +165,8 @@ def test_full_disk_for_real_ends_in_one_line_and_a_rerun_resumes(
                          mount], capture_output=True, check=False)
   if made.returncode:
     pytest.skip('cannot mount a tmpfs here; the simulated full disk covers it')
-  model_dir = os.path.join(mount, 'model')
-  rerun = _WaitingTrain(tmp_path, 'rerun', *_tool_args(data_dir, model_dir))
   try:
+    model_dir = os.path.join(mount, 'model')
     full = _train(*_tool_args(data_dir, model_dir))
     assert full.returncode == 1, full.stderr[-3000:]  # not 139, a segfault
     assert_one_line_error(full, 'error: no space left on device writing '
@@ -226,13 +178,11 @@ def test_full_disk_for_real_ends_in_one_line_and_a_rerun_resumes(
     assert os.path.exists(os.path.join(model_dir, 'config.json'))
 
     subprocess.run(['mount', '-o', 'remount,size=64m', mount], check=True)
-    rerun = rerun.go()
+    rerun = _train(*_tool_args(data_dir, model_dir))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert os.path.exists(os.path.join(model_dir, 'results.json'))
     assert _history_epochs(model_dir) == ['0', '1']
   finally:
-    if isinstance(rerun, _WaitingTrain):
-      rerun.kill()
     subprocess.run(['umount', mount], check=False)
 
 
@@ -278,8 +228,6 @@ def test_second_trainer_on_a_model_dir_fails_at_once_and_a_kill_frees_it(
       [sys.executable, str(spy), REPO_ROOT, str(started), *args],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT,
       env=env)
-  second = _WaitingTrain(tmp_path, 'second', *args, env=env)
-  rerun = _WaitingTrain(tmp_path, 'rerun', *args, env=env)
   try:
     deadline = time.time() + 300
     while not started.exists() and first.poll() is None and (
@@ -290,22 +238,17 @@ def test_second_trainer_on_a_model_dir_fails_at_once_and_a_kill_frees_it(
     with open(os.path.join(model_dir, 'config.json')) as f:
       config_json = f.read()
 
-    second = second.go()
+    second = _train(*args, env=env)
     assert_one_line_error(second, f'another run (pid {first.pid}) is writing '
                           f'--model_dir {model_dir}')
     assert first.poll() is None  # the holder runs on, untouched
     assert _listing(model_dir) == before
     with open(os.path.join(model_dir, 'config.json')) as f:
       assert f.read() == config_json
-  except BaseException:
-    rerun.kill()
-    raise
   finally:
-    if isinstance(second, _WaitingTrain):
-      second.kill()
     first.send_signal(signal.SIGKILL)
     first.wait()
-  rerun = rerun.go()
+  rerun = _train(*args, env=env)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert _history_epochs(model_dir) == ['0', '1']
   assert not os.path.exists(model_dir + training.MODEL_DIR_LOCK_SUFFIX)
