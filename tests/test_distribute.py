@@ -18,7 +18,6 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT
-from processes import run_at_once
 from records import write_dataset
 from xray_tfdata import distribute
 from xray_tfdata import pipeline
@@ -301,25 +300,13 @@ def test_bad_distribution_settings(tmp_path, overrides, message):
     config.validate()
 
 
-@pytest.fixture(scope='module')
-def small_runs(tmp_path_factory):
-  """The two small processes below, started at once: each spends most of
-  its time importing TensorFlow, on one core."""
-  tmp_path = tmp_path_factory.mktemp('bad_tf_config')
-  return run_at_once({
-      'bad_tf_config': (
-          [sys.executable, os.path.join(REPO_ROOT, 'tools', 'train'),
-           f'--data_dir={tmp_path}', f'--model_dir={tmp_path / "model"}'],
-          dict(env=dict(os.environ, TF_CONFIG='{"cluster": ',
-                        TF_CPP_MIN_LOG_LEVEL='2'))),
-      'replica_augment': ([sys.executable, '-c', _REPLICA_AUGMENT],
-                          dict(cwd=REPO_ROOT)),
-  }, timeout=TIMEOUT_S)
-
-
 @pytest.mark.slow
-def test_train_tool_reports_a_bad_tf_config_in_one_line(small_runs):
-  process = small_runs['bad_tf_config']
+def test_train_tool_reports_a_bad_tf_config_in_one_line(tmp_path):
+  env = dict(os.environ, TF_CONFIG='{"cluster": ', TF_CPP_MIN_LOG_LEVEL='2')
+  process = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'tools', 'train'),
+       f'--data_dir={tmp_path}', f'--model_dir={tmp_path / "model"}'],
+      env=env, capture_output=True, text=True, timeout=120, check=False)
   assert process.returncode != 0
   lines = process.stderr.strip().splitlines()
   assert lines[-1].startswith('error: TF_CONFIG is not valid JSON')
@@ -356,11 +343,12 @@ print(json.dumps({
 
 
 @pytest.mark.slow
-def test_random_affine_draws_differ_between_replicas(small_runs):
+def test_random_affine_draws_differ_between_replicas():
   # A mirrored SeedGenerator gives every replica the same state; without the
   # replica id folded in, image i of each replica got the same transform.
-  process = small_runs['replica_augment']
-  assert process.returncode == 0, process.stderr[-3000:]
+  process = subprocess.run(
+      [sys.executable, '-c', _REPLICA_AUGMENT], cwd=REPO_ROOT,
+      capture_output=True, text=True, timeout=TIMEOUT_S, check=True)
   flags = json.loads(process.stdout.strip().splitlines()[-1])
   assert flags == {'replicas_differ': True, 'steps_differ': True,
                    'images_differ': True}
