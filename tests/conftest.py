@@ -2,6 +2,7 @@
 global policy isolated."""
 
 import os
+import typing
 
 from xray_tfdata import runtime
 
@@ -54,3 +55,78 @@ def _extra_cpu_flags(monkeypatch):
         lambda *args, **kwargs: real(*args, **kwargs) | (
             set() if args or kwargs else _EXTRA_CPU_FLAGS))
   yield
+
+
+# One tiny finished run for the tests that only read one (results, model
+# files, serving, predict, evaluate): trained once per session instead of
+# once per test module. The records are records.write_dataset's learnable
+# 32 px images (test_training's and test_distribute's counts); mini_vgg
+# with its last two blocks and a small head trained, two epochs, float32
+# pinned ('auto' picks mixed_bfloat16 on AVX512_BF16 hosts, and the tests
+# compare numbers across reloads and exports).
+TINY_RUN_SIZE = 32
+TINY_RUN_SPLITS = {'train': (10, 14), 'val': (5, 6), 'test': (6, 5)}
+
+
+@pytest.fixture(scope='session')
+def tiny_records(tmp_path_factory):
+  """The folder of the shared tiny records (two shards a split); read only."""
+  from records import write_dataset  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp('tiny_records'))
+  write_dataset(root, TINY_RUN_SPLITS, num_shards=2,
+                size=(TINY_RUN_SIZE, TINY_RUN_SIZE), learnable=True)
+  return root
+
+
+def tiny_run_config(data_dir, **overrides):
+  """The shared run's TrainConfig (with overrides, for a run of a test's
+  own that should differ from it in a few settings only)."""
+  from xray_tfdata import config as config_lib  # pylint: disable=g-import-not-at-top
+  settings = dict(
+      data_dir=data_dir, image_size=TINY_RUN_SIZE, batch_size=8, epochs=2,
+      weights='none', backbone='mini_vgg', frozen_blocks=2,
+      dense_units=(16, 8), bootstrap_resamples=200, verbose=0,
+      policy='float32')
+  settings.update(overrides)
+  return config_lib.TrainConfig(**settings)
+
+
+class TinyRun(typing.NamedTuple):
+  """A finished run: its records, model_dir, results and config, and the
+  keyword arguments of each keras.Model.fit call it made."""
+  data_dir: str
+  model_dir: str
+  results: dict
+  config: object
+  fit_calls: list
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tiny_records, tmp_path_factory):
+  """The shared finished run; read only (`tiny_run_copy` to change it)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import training  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path_factory.mktemp('tiny_run') / 'model')
+  config = tiny_run_config(tiny_records)
+  fit_calls = []
+  fit = keras.Model.fit
+
+  def spy(self, *args, **kwargs):
+    fit_calls.append(kwargs)
+    return fit(self, *args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(keras.Model, 'fit', spy)
+    results = training.train_and_evaluate(config, model_dir)
+  keras.mixed_precision.set_global_policy('float32')
+  return TinyRun(tiny_records, model_dir, results, config, fit_calls)
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path):
+  """The shared run with its model_dir copied into the test's tmp_path, for
+  a test that writes into it or removes from it."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path / 'tiny_run')
+  shutil.copytree(tiny_run.model_dir, model_dir)
+  return tiny_run._replace(model_dir=model_dir)

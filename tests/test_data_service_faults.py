@@ -30,12 +30,12 @@ def _wait_for(condition, seconds=10):
 
 def test_watchdog_says_it_is_waiting_then_gives_up_once():
   lines, errors = [], []
-  dog = data_service.Watchdog('localhost:5050', timeout=2, interval=0.5,
+  dog = data_service.Watchdog('localhost:5050', timeout=1, interval=0.25,
                               log=lines.append, on_timeout=errors.append)
   dog.start()
   try:
     _wait_for(lambda: errors)
-    time.sleep(0.5)
+    time.sleep(0.3)  # more than the thread's poll: no second error comes
   finally:
     dog.stop()
   assert len(errors) == 1
@@ -53,7 +53,7 @@ def test_watchdog_is_quiet_while_batches_come():
                               log=lines.append, on_timeout=errors.append)
   dog.start()
   try:
-    for _ in range(20):
+    for _ in range(10):  # two intervals
       dog.progress()
       time.sleep(0.1)
   finally:
@@ -72,7 +72,7 @@ def test_watchdog_waits_longer_for_the_first_batch_and_not_while_paused():
     assert not errors
     dog.progress()  # the first batch: no grace any more
     dog.pause()  # validation, checkpoints
-    time.sleep(1.0)
+    time.sleep(0.75)  # past the timeout
     assert not errors
     dog.progress()
     _wait_for(lambda: errors)
@@ -127,8 +127,9 @@ def test_training_against_no_dispatcher_ends_in_one_line(tmp_path):
                         address)
 
 
-def _start_service():
-  """tools/data_service with a dispatcher and a worker; (process, address)."""
+def _launch_service():
+  """Starts tools/data_service with a dispatcher and a worker; (process,
+  its stdout lines) for `_service_address`."""
   process = subprocess.Popen(
       [sys.executable, os.path.join(REPO_ROOT, 'tools', 'data_service'),
        '--port=0', '--num_workers=1'], stdout=subprocess.PIPE,
@@ -136,9 +137,14 @@ def _start_service():
   lines = queue.Queue()
   threading.Thread(target=lambda: [lines.put(l) for l in process.stdout],
                    daemon=True).start()
+  return process, lines
+
+
+def _service_address(lines):
+  """The address of a launched service once its worker has registered."""
   address = lines.get(timeout=TIMEOUT_S).split()[-1]
   assert lines.get(timeout=TIMEOUT_S).startswith('worker 0: registered')
-  return process, address
+  return address
 
 
 @pytest.mark.slow
@@ -158,7 +164,8 @@ def test_training_stops_when_the_service_dies_and_a_rerun_resumes(tmp_path):
             '--bootstrap_resamples=100', '--verbose=0',
             f'--data_service={address}', f'--data_service_timeout={timeout}']
 
-  service, address = _start_service()
+  service, lines = _launch_service()
+  address = _service_address(lines)
   # A short timeout, tried only on a dead service: the service is killed once
   # epoch 1 is recorded, and before that the first (compiling) step has its
   # grace and the epoch's other batches wait in the shuffle buffer.
@@ -179,18 +186,21 @@ def test_training_stops_when_the_service_dies_and_a_rerun_resumes(tmp_path):
   finally:
     os.killpg(service.pid, signal.SIGKILL)  # dispatcher and worker die
     service.wait()
-  stdout, stderr = trainer.communicate(timeout=TIMEOUT_S)
-  result = subprocess.CompletedProcess(trainer.args, trainer.returncode,
-                                       stdout, stderr)
-  assert_one_line_error(result, 'no training data from the tf.data service',
-                        address)
-  assert not os.path.exists(os.path.join(model_dir, 'results.json'))
-  with open(os.path.join(model_dir, 'backup', 'state.json')) as f:
-    finished = json.load(f)['epoch']
-  assert finished >= 1
-
-  service, address = _start_service()  # another port: allowed on resume
+  # The rerun's service, on another port (allowed on resume), starts while
+  # the trainer waits out its timeout; nothing talks to it until the rerun.
+  service, lines = _launch_service()
   try:
+    stdout, stderr = trainer.communicate(timeout=TIMEOUT_S)
+    result = subprocess.CompletedProcess(trainer.args, trainer.returncode,
+                                         stdout, stderr)
+    assert_one_line_error(result, 'no training data from the tf.data service',
+                          address)
+    assert not os.path.exists(os.path.join(model_dir, 'results.json'))
+    with open(os.path.join(model_dir, 'backup', 'state.json')) as f:
+      finished = json.load(f)['epoch']
+    assert finished >= 1
+
+    address = _service_address(lines)
     # A live service's passes can stall for seconds on a loaded host; the
     # timeout may change on resume (config.RESUMABLE_CHANGES).
     again = subprocess.run(train(address, 120), capture_output=True, text=True,

@@ -11,14 +11,13 @@ import pytest
 import pydicom  # the 'dicom' extra, which '.[test]' installs
 from pydicom import uid
 from pydicom.dataset import Dataset
-from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 
+from dicom_files import write_dicom
 from xray_tfdata import dicom
 from xray_tfdata import imaging
 
 ROWS, COLUMNS = 6, 8
-_CR_IMAGE_STORAGE = '1.2.840.10008.5.1.4.1.1.1'
 
 
 def _stored(bits=12, seed=0):
@@ -27,41 +26,6 @@ def _stored(bits=12, seed=0):
   values = rng.integers(0, 2 ** bits, (ROWS, COLUMNS))
   values[0, 0], values[0, 1] = 0, 2 ** bits - 1
   return values.astype(np.uint16)
-
-
-def _write(path, pixels, photometric='MONOCHROME2', bits_stored=12,
-           samples=1, frames=None, syntax=uid.ExplicitVRLittleEndian,
-           with_pixels=True, **attributes):
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = _CR_IMAGE_STORAGE
-  meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-  meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-  ds = Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID = _CR_IMAGE_STORAGE
-  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-  ds.PatientID = 'PATIENT-SECRET-42'
-  ds.PatientName = 'Doe^Jane'
-  ds.Rows, ds.Columns = pixels.shape[-2], pixels.shape[-1]
-  if samples == 3:
-    ds.Rows, ds.Columns = pixels.shape[0], pixels.shape[1]
-    ds.PlanarConfiguration = 0
-  ds.SamplesPerPixel = samples
-  ds.PhotometricInterpretation = photometric
-  ds.BitsAllocated = 16 if samples == 1 else 8
-  ds.BitsStored = bits_stored if samples == 1 else 8
-  ds.HighBit = ds.BitsStored - 1
-  ds.PixelRepresentation = 0
-  if frames:
-    ds.NumberOfFrames = frames
-  for key, value in attributes.items():
-    setattr(ds, key, value)
-  if with_pixels:
-    ds.PixelData = pixels.tobytes()
-  if syntax != uid.ExplicitVRLittleEndian:
-    ds.compress(syntax)
-  ds.save_as(path, enforce_file_format=True)
-  return path
 
 
 def _decoded(path):
@@ -79,7 +43,7 @@ def _as_8bit(intensities):
 
 def test_monochrome2_12_bit_uses_the_stored_range(tmp_path):
   stored = _stored()
-  path = _write(str(tmp_path / 'm2.dcm'), stored)
+  path = write_dicom(str(tmp_path / 'm2.dcm'), stored)
 
   # Not a divide by 65535 (which would leave a 12-bit film at most 16 gray).
   np.testing.assert_array_equal(_decoded(path), _as_8bit(stored / 4095))
@@ -88,17 +52,18 @@ def test_monochrome2_12_bit_uses_the_stored_range(tmp_path):
 
 def test_monochrome1_is_inverted(tmp_path):
   stored = _stored()
-  path = _write(str(tmp_path / 'm1.dcm'), stored, photometric='MONOCHROME1')
+  path = write_dicom(str(tmp_path / 'm1.dcm'), stored,
+                     photometric='MONOCHROME1')
 
   np.testing.assert_array_equal(_decoded(path), _as_8bit(1 - stored / 4095))
 
 
 def test_rescale_slope_and_intercept_negative_slope_inverts(tmp_path):
   stored = _stored()
-  scaled = _write(str(tmp_path / 'scaled.dcm'), stored, RescaleSlope=2,
-                  RescaleIntercept=-1024)
-  negative = _write(str(tmp_path / 'negative.dcm'), stored, RescaleSlope=-1,
-                    RescaleIntercept=4095)
+  scaled = write_dicom(str(tmp_path / 'scaled.dcm'), stored, RescaleSlope=2,
+                       RescaleIntercept=-1024)
+  negative = write_dicom(str(tmp_path / 'negative.dcm'), stored,
+                         RescaleSlope=-1, RescaleIntercept=4095)
 
   # Modality values 2 s - 1024 over their full range [-1024, 7166] is the
   # same ramp; with slope -1 white and black trade places.
@@ -110,8 +75,8 @@ def test_rescale_slope_and_intercept_negative_slope_inverts(tmp_path):
 def test_window_center_width(tmp_path):
   stored = np.full((ROWS, COLUMNS), 2048, np.uint16)
   stored[0, :6] = [0, 1535, 1536, 2048, 2559, 2560]
-  path = _write(str(tmp_path / 'window.dcm'), stored, WindowCenter=2048,
-                WindowWidth=1024)
+  path = write_dicom(str(tmp_path / 'window.dcm'), stored, WindowCenter=2048,
+                     WindowWidth=1024)
 
   # PS3.3 C.11.2.1.2.1: x <= c - 0.5 - (w-1)/2 -> 0; x > c - 0.5 + (w-1)/2
   # -> 1; else ((x - (c - 0.5)) / (w - 1) + 0.5).
@@ -133,9 +98,9 @@ def test_voi_lut_sequence_wins_over_the_window(tmp_path):
   item = Dataset()
   item.LUTDescriptor = [4096, 0, 8]
   item.add_new('LUTData', 'US', [int(v) for v in np.rint(lut)])
-  path = _write(str(tmp_path / 'lut.dcm'), stored,
-                VOILUTSequence=Sequence([item]), WindowCenter=100,
-                WindowWidth=10)
+  path = write_dicom(str(tmp_path / 'lut.dcm'), stored,
+                     VOILUTSequence=Sequence([item]), WindowCenter=100,
+                     WindowWidth=10)
 
   np.testing.assert_array_equal(_decoded(path),
                                 np.rint(lut)[stored].astype(np.uint8))
@@ -148,8 +113,8 @@ def test_voi_lut_sequence_wins_over_the_window(tmp_path):
 
 def test_rle_compressed_equals_uncompressed(tmp_path):
   stored = _stored(seed=3)
-  plain = _write(str(tmp_path / 'plain.dcm'), stored)
-  rle = _write(str(tmp_path / 'rle.dcm'), stored, syntax=uid.RLELossless)
+  plain = write_dicom(str(tmp_path / 'plain.dcm'), stored)
+  rle = write_dicom(str(tmp_path / 'rle.dcm'), stored, syntax=uid.RLELossless)
 
   assert pydicom.dcmread(rle).file_meta.TransferSyntaxUID == uid.RLELossless
   np.testing.assert_array_equal(_decoded(rle), _decoded(plain))
@@ -157,7 +122,7 @@ def test_rle_compressed_equals_uncompressed(tmp_path):
 
 def test_resized_in_float_then_quantized_once(tmp_path):
   stored = _stored(seed=4)
-  path = _write(str(tmp_path / 'big.dcm'), stored)
+  path = write_dicom(str(tmp_path / 'big.dcm'), stored)
 
   png, _, _ = imaging.decode_and_resize((path, (3, 4)))
   expected = Image.fromarray((stored / 4095).astype(np.float32), 'F').resize(
@@ -176,19 +141,19 @@ def test_resized_in_float_then_quantized_once(tmp_path):
 def test_unusable_files_are_skipped_with_a_reason(tmp_path, kind, reason):
   path = str(tmp_path / f'{kind}.dcm')
   if kind == 'rgb':
-    _write(path, np.zeros((ROWS, COLUMNS, 3), np.uint8), photometric='RGB',
-           samples=3)
+    write_dicom(path, np.zeros((ROWS, COLUMNS, 3), np.uint8),
+                photometric='RGB', samples=3)
   elif kind == 'multi_frame':
-    _write(path, np.stack([_stored(), _stored(seed=1)]), frames=2)
+    write_dicom(path, np.stack([_stored(), _stored(seed=1)]), frames=2)
   elif kind == 'no_pixels':
-    _write(path, _stored(), with_pixels=False)
+    write_dicom(path, _stored(), with_pixels=False)
   elif kind == 'truncated':  # cut short inside the pixel data
-    with open(_write(path, _stored()), 'rb') as f:
+    with open(write_dicom(path, _stored()), 'rb') as f:
       data = f.read()
     with open(path, 'wb') as f:
       f.write(data[:-50])
   else:
-    _write(path, _stored())
+    write_dicom(path, _stored())
     dataset = pydicom.dcmread(path)
     del dataset.file_meta.TransferSyntaxUID
     dataset.save_as(path)
@@ -200,7 +165,8 @@ def test_unusable_files_are_skipped_with_a_reason(tmp_path, kind, reason):
 
 def test_undecodable_compression_names_the_syntax_and_the_extra(
     tmp_path, monkeypatch):
-  path = _write(str(tmp_path / 'rle.dcm'), _stored(), syntax=uid.RLELossless)
+  path = write_dicom(str(tmp_path / 'rle.dcm'), _stored(),
+                     syntax=uid.RLELossless)
 
   def no_handler(self):
     raise RuntimeError('no pixel data handler available')
@@ -213,7 +179,7 @@ def test_undecodable_compression_names_the_syntax_and_the_extra(
 
 
 def test_dicom_is_recognized_by_its_magic_without_an_extension(tmp_path):
-  path = _write(str(tmp_path / 'image'), _stored())
+  path = write_dicom(str(tmp_path / 'image'), _stored())
   assert dicom.is_dicom(path)
   assert not dicom.is_dicom(str(tmp_path))  # a folder, unreadable as a file
   np.testing.assert_array_equal(_decoded(path), _as_8bit(_stored() / 4095))
@@ -228,9 +194,9 @@ def test_a_dicom_tree_converts_and_no_patient_identifier_is_stored(tmp_path):
     for label, name in enumerate(('NORMAL', 'PNEUMONIA')):
       (src / split / name).mkdir(parents=True)
       for i in range(count):
-        _write(str(src / split / name / f'person{i}_{split}_{name}.dcm'),
-               _stored(seed=100 * label + 10 * len(split) + i),
-               photometric='MONOCHROME1')
+        write_dicom(str(src / split / name / f'person{i}_{split}_{name}.dcm'),
+                    _stored(seed=100 * label + 10 * len(split) + i),
+                    photometric='MONOCHROME1')
   out = str(tmp_path / 'out')
 
   info = writer.convert(str(src), out, image_size=8, num_workers=1)
@@ -269,7 +235,7 @@ def test_duplicates_are_found_by_pixels_across_transfer_syntaxes(tmp_path):
   files = []
   for path, stored in paths.items():
     syntax = uid.RLELossless if 'rle' in path else uid.ExplicitVRLittleEndian
-    _write(str(tmp_path / path), stored, syntax=syntax)
+    write_dicom(str(tmp_path / path), stored, syntax=syntax)
     files.append(sources.SourceFile(path, None, 'NORMAL', 0, path,
                                     os.path.getsize(tmp_path / path)))
   assert files[0].num_bytes != files[1].num_bytes  # not the same bytes
@@ -286,8 +252,8 @@ def test_duplicates_are_found_by_pixels_across_transfer_syntaxes(tmp_path):
 
 def test_voi_policy_reaches_the_converter_workers(tmp_path):
   stored = _stored(seed=7)
-  path = _write(str(tmp_path / 'w.dcm'), stored, WindowCenter=1000,
-                WindowWidth=801)
+  path = write_dicom(str(tmp_path / 'w.dcm'), stored, WindowCenter=1000,
+                     WindowWidth=801)
 
   def stored_image(voi):
     png, _, _ = imaging.decode_and_resize((path, (ROWS, COLUMNS), voi))
@@ -327,7 +293,7 @@ def test_scan_groups_dicom_files_by_their_patient_id(tmp_path):
       ('NORMAL/a1.dcm', 'A'), ('PNEUMONIA/a2.dcm', 'A'),
       ('PNEUMONIA/b1.dcm', 'B'), ('NORMAL/none.dcm', ''))):
     (tmp_path / os.path.dirname(name)).mkdir(exist_ok=True)
-    _write(str(tmp_path / name), _stored(seed=seed), PatientID=patient)
+    write_dicom(str(tmp_path / name), _stored(seed=seed), PatientID=patient)
 
   found = sources.scan(str(tmp_path), 'pool')
 
@@ -372,9 +338,9 @@ def _signed_stored():
 
 
 def _write_signed(path, **attributes):
-  return _write(path, _signed_stored(), PixelRepresentation=1,
-                RescaleSlope=1, RescaleIntercept=_SIGNED_INTERCEPT,
-                **attributes)
+  return write_dicom(path, _signed_stored(), PixelRepresentation=1,
+                     RescaleSlope=1, RescaleIntercept=_SIGNED_INTERCEPT,
+                     **attributes)
 
 
 def _standard_window(x, center, width):

@@ -11,13 +11,29 @@ import pytest
 
 from conftest import REPO_ROOT
 from conftest import assert_one_line_error
+from processes import run_at_once
+
+
+def _tool_env():
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+
+
+def _tool_argv(name, *args):
+  return [sys.executable, os.path.join(REPO_ROOT, 'tools', name), *args]
 
 
 def run_tool(name, *args, timeout=600):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   return subprocess.run(
-      [sys.executable, os.path.join(REPO_ROOT, 'tools', name), *args],
-      capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env)
+      _tool_argv(name, *args), capture_output=True, text=True,
+      timeout=timeout, cwd=REPO_ROOT, env=_tool_env())
+
+
+def run_tools(calls, timeout=600):
+  """{key: (tool name, *args)} -> {key: CompletedProcess}, all run at once,
+  each tool in its own process."""
+  return run_at_once({key: (_tool_argv(*call), dict(cwd=REPO_ROOT,
+                                                    env=_tool_env()))
+                      for key, call in calls.items()}, timeout=timeout)
 
 
 @pytest.fixture(scope='module')
@@ -71,14 +87,19 @@ def test_tools_end_to_end(converted):
   assert config['shear_range'] == 0.2 and config['image_size'] == 32
 
   images = sorted(glob.glob(os.path.join(src, 'PNEUMONIA', '*.jpeg')))[:2]
-  predicted = run_tool('predict', f'--model_dir={model_dir}', *images)
+  # None of these writes: they run at once.
+  runs = run_tools({
+      'predicted': ('predict', f'--model_dir={model_dir}', *images),
+      # A bad file among good ones: the good results, one line per bad file.
+      'mixed': ('predict', f'--model_dir={model_dir}', images[0],
+                str(root / 'missing.jpeg'), data),
+      'again': ('train', f'--flagfile={flagfile}'),
+  })
+  predicted, mixed = runs['predicted'], runs['mixed']
   assert predicted.returncode == 0, predicted.stderr
   lines = predicted.stdout.strip().splitlines()
   assert [l.split('\t')[0] for l in lines] == images
   assert all(0.0 <= float(l.split('\t')[1]) <= 1.0 for l in lines)
-  # A bad file among good ones: the good results, one line per bad file.
-  mixed = run_tool('predict', f'--model_dir={model_dir}', images[0],
-                   str(root / 'missing.jpeg'), data)
   assert mixed.returncode == 1
   assert mixed.stdout.strip().splitlines() == [lines[0]]
   errors = [l for l in mixed.stderr.splitlines() if l.startswith('error:')]
@@ -86,12 +107,12 @@ def test_tools_end_to_end(converted):
                     f'error: {data}: is a folder without image files '
                     '(.jpeg, .jpg, .png, ...)']
 
-  again = run_tool('train', f'--flagfile={flagfile}')
-  assert_one_line_error(again, 'already holds a finished run', '--overwrite')
+  assert_one_line_error(runs['again'], 'already holds a finished run',
+                        '--overwrite')
 
 
 # The other bad settings are checked in-process in test_training.py.
-@pytest.mark.parametrize('args, needles', [
+BAD_INPUT = [
     (['--data_dir=/nowhere/data', '--model_dir={tmp}/m'],
      ['/nowhere/data does not exist', 'make_tfrecords']),
     (['--data_dir={data}', '--model_dir={tmp}/m', '--no_such_flag'],
@@ -103,14 +124,7 @@ def test_tools_end_to_end(converted):
      ['--seed=-1', '0']),
     (['--data_dir={data}', '--model_dir={tmp}/m', '--seed=4294967296'],
      ['--seed=4294967296', '4294967295']),
-])
-@pytest.mark.slow
-def test_train_bad_input_is_one_line(converted, tmp_path, args, needles):
-  _, _, data = converted
-  args = [a.format(tmp=tmp_path, data=data) for a in args]
-  result = run_tool('train', *args)
-  assert_one_line_error(result, *needles)
-  assert not os.path.exists(tmp_path / 'm')  # no config.json, nothing
+]
 
 
 def _three_classes(info):
@@ -126,7 +140,7 @@ def _empty_val(info):
 
 
 # Each edits a copy of the converted dataset's xray_info.json.
-@pytest.mark.parametrize('edit, needles', [
+UNUSABLE = [
     # Before: trained the whole run as binary, then failed at evaluation.
     (_three_classes, ['has 3 classes', 'exactly two',
                       'multi-label training']),
@@ -135,25 +149,58 @@ def _empty_val(info):
     # Before: accepted, class weights printed under the wrong names.
     (lambda info: info['class_names'].reverse(),
      ['class names are swapped or edited', '--overwrite']),
-])
-@pytest.mark.slow
-def test_train_refuses_an_unusable_dataset_in_one_line(converted, tmp_path,
-                                                        edit, needles):
+]
+
+
+@pytest.fixture(scope='module')
+def refused(converted, tmp_path_factory):
+  """Every tools/train run of BAD_INPUT and UNUSABLE, each with a folder of
+  its own, started at once: each is a fresh process that refuses before it
+  trains, so most of its time goes to importing, on one core.
+
+  Returns:
+    {('bad_input' or 'unusable', index): (CompletedProcess, its folder)}.
+  """
   import shutil  # pylint: disable=g-import-not-at-top
   _, _, data = converted
-  copy = str(tmp_path / 'data')
-  shutil.copytree(data, copy)
-  path = os.path.join(copy, 'xray_info.json')
-  with open(path) as f:
-    info = json.load(f)
-  edit(info)
-  with open(path, 'w') as f:
-    json.dump(info, f)
-  model_dir = tmp_path / 'm'
-  result = run_tool('train', f'--data_dir={copy}', f'--model_dir={model_dir}',
-                    '--image_size=32', '--batch_size=8', '--weights=none')
-  assert_one_line_error(result, *needles)
-  assert not model_dir.exists()
+  calls, folders = {}, {}
+  for index, (args, _) in enumerate(BAD_INPUT):
+    tmp = tmp_path_factory.mktemp('bad_input')
+    folders['bad_input', index] = tmp
+    calls['bad_input', index] = ('train', *[a.format(tmp=tmp, data=data)
+                                            for a in args])
+  for index, (edit, _) in enumerate(UNUSABLE):
+    tmp = tmp_path_factory.mktemp('unusable')
+    copy = str(tmp / 'data')
+    shutil.copytree(data, copy)
+    path = os.path.join(copy, 'xray_info.json')
+    with open(path) as f:
+      info = json.load(f)
+    edit(info)
+    with open(path, 'w') as f:
+      json.dump(info, f)
+    folders['unusable', index] = tmp
+    calls['unusable', index] = (
+        'train', f'--data_dir={copy}', f'--model_dir={tmp / "m"}',
+        '--image_size=32', '--batch_size=8', '--weights=none')
+  results = run_tools(calls)
+  return {key: (results[key], folders[key]) for key in calls}
+
+
+@pytest.mark.parametrize('index', range(len(BAD_INPUT)))
+@pytest.mark.slow
+def test_train_bad_input_is_one_line(refused, index):
+  result, tmp = refused['bad_input', index]
+  assert_one_line_error(result, *BAD_INPUT[index][1])
+  assert not os.path.exists(tmp / 'm')  # no config.json, nothing
+
+
+@pytest.mark.parametrize('index', range(len(UNUSABLE)))
+@pytest.mark.slow
+def test_train_refuses_an_unusable_dataset_in_one_line(refused, index):
+  result, tmp = refused['unusable', index]
+  assert_one_line_error(result, *UNUSABLE[index][1])
+  assert not (tmp / 'm').exists()
 
 
 # Reruns tools/train with a spy that, once the resume state is restored,

@@ -5,38 +5,19 @@ import os
 
 import numpy as np
 from PIL import Image
-import pydicom  # the 'dicom' extra, which '.[test]' installs
-from pydicom import uid
-from pydicom.dataset import Dataset
-from pydicom.dataset import FileMetaDataset
 import pytest
 
+from dicom_files import write_dicom  # pydicom: the 'dicom' extra
 from xray_tfdata import imaging
 from xray_tfdata import synthetic
 
 STORED = (16, 12)  # (height, width): not square, to catch swapped axes
-_CR_IMAGE_STORAGE = '1.2.840.10008.5.1.4.1.1.1'
 
 
 def _dicom(path, pixels):
   """A 12-bit MONOCHROME2 file with a narrow, off-centre window."""
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = _CR_IMAGE_STORAGE
-  meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-  meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-  ds = Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID = _CR_IMAGE_STORAGE
-  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-  ds.PatientID = 'P-7'
-  ds.Rows, ds.Columns = pixels.shape
-  ds.SamplesPerPixel = 1
-  ds.PhotometricInterpretation = 'MONOCHROME2'
-  ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-  ds.PixelRepresentation = 0
-  ds.WindowCenter, ds.WindowWidth = 1200, 900
-  ds.PixelData = pixels.astype(np.uint16).tobytes()
-  ds.save_as(path, enforce_file_format=True)
+  write_dicom(path, pixels.astype(np.uint16), PatientID='P-7',
+              WindowCenter=1200, WindowWidth=900)
 
 
 def _odd_files(root):

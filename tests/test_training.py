@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import tiny_run_config
 import recount
 from records import write_dataset
 from xray_tfdata import callbacks
@@ -25,46 +26,26 @@ SIZE = 32
 
 
 def tiny_config(data_dir, **overrides):
-  """The seed's settings shrunk: 32 px, small head, weights none; float32
-  pinned, since 'auto' picks mixed_bfloat16 on AVX512_BF16 hosts and these
-  tests compare numbers across runs and exports."""
-  config = training.TrainConfig(
-      data_dir=data_dir, image_size=SIZE, batch_size=8, epochs=2,
-      weights='none', dense_units=(16, 8), bootstrap_resamples=200,
-      verbose=0, policy='float32')
-  for key, value in overrides.items():
-    setattr(config, key, value)
-  return config
+  """The seed's settings shrunk, as conftest's shared run: 32 px, mini_vgg
+  (a fraction of VGG16's build and epochs; what these tests check does not
+  depend on the backbone), small head, weights none; float32 pinned, since
+  'auto' picks mixed_bfloat16 on AVX512_BF16 hosts and these tests compare
+  numbers across runs and exports."""
+  return tiny_run_config(data_dir, **overrides)
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('records'))
-  write_dataset(root, {'train': (10, 14), 'val': (5, 6), 'test': (6, 5)},
-                num_shards=2, size=(SIZE, SIZE), learnable=True)
-  return root
+@pytest.fixture(name='data_dir')
+def fixture_data_dir(tiny_records):
+  """conftest's tiny records: train 10 NORMAL + 14 PNEUMONIA, val 5 + 6,
+  test 6 + 5, 32 px, two shards; read only."""
+  return tiny_records
 
 
-@pytest.fixture(scope='module')
-def fit_calls():
-  """The keyword arguments of every keras.Model.fit call of finished_run."""
-  return []
-
-
-@pytest.fixture(scope='module')
-def finished_run(data_dir, tmp_path_factory, fit_calls):
-  import keras  # pylint: disable=g-import-not-at-top
-  model_dir = str(tmp_path_factory.mktemp('run') / 'model')
-  fit = keras.Model.fit
-
-  def spy(self, *args, **kwargs):
-    fit_calls.append(kwargs)
-    return fit(self, *args, **kwargs)
-
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(keras.Model, 'fit', spy)
-    results = training.train_and_evaluate(tiny_config(data_dir), model_dir)
-  return model_dir, results
+@pytest.fixture(name='finished_run')
+def fixture_finished_run(tiny_run):
+  """conftest's shared run (mini_vgg, two epochs, on data_dir's records):
+  (model_dir, results); read only."""
+  return tiny_run.model_dir, tiny_run.results
 
 
 def count_labels_in_shards(data_dir, split):
@@ -82,11 +63,10 @@ def count_labels_in_shards(data_dir, split):
 
 
 @pytest.mark.slow  # uses finished_run: a real training
-def test_fit_receives_the_seeds_class_weights(finished_run, fit_calls,
-                                              data_dir):
+def test_fit_receives_the_seeds_class_weights(tiny_run, data_dir):
   """'balanced' weights, n / (classes * count_c), from a count of the
   shards; NORMAL, the smaller class here as in Kermany, weighs more."""
-  del finished_run
+  fit_calls = tiny_run.fit_calls
   assert len(fit_calls) == 1
   received = fit_calls[0]['class_weight']
   counts = count_labels_in_shards(data_dir, 'train')
@@ -278,10 +258,10 @@ def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
 
 
 @pytest.mark.slow  # uses finished_run: a real training
-def test_finished_run_is_not_overwritten(finished_run, data_dir):
-  model_dir, _ = finished_run
+def test_finished_run_is_not_overwritten(tiny_run):
   with pytest.raises(training.TrainingError, match='already holds a finished'):
-    training.train_and_evaluate(tiny_config(data_dir), model_dir)
+    training.train_and_evaluate(tiny_run_config(tiny_run.data_dir),
+                                tiny_run.model_dir)
 
 
 def _model_state(net):
@@ -377,8 +357,8 @@ def test_other_settings_refuse_to_resume(data_dir, tmp_path):
     ({'batch_size': 0}, training.TrainingError, 'batch_size must be positive'),
     ({'learning_rate': -1.0}, training.TrainingError,
      'learning_rate must be positive'),
-    ({'weights': '/nowhere/vgg16.h5'}, training.TrainingError,
-     '/nowhere/vgg16.h5 does not exist'),
+    ({'weights': '/nowhere/vgg16.h5', 'backbone': 'vgg16'},
+     training.TrainingError, '/nowhere/vgg16.h5 does not exist'),
     ({'image_size': 64}, training.TrainingError, 'stored at 32x32'),
     ({'steps_per_epoch': -1}, training.TrainingError,
      'steps_per_epoch must be at least 0'),
