@@ -142,8 +142,11 @@ def test_scoring_receives_masked_targets_and_probabilities_per_label(
   (_, predictions, names, kwargs), (_, out_dir, drawn, history) = calls
   assert names == list(LABELS)
   assert sorted(predictions) == ['test', 'val']
+  # The run's policy and view filter, so that scoring reads the same rows
+  # and targets from the records as the predictions cover.
   assert kwargs == {'num_resamples': 100, 'seed': 0,
-                    'model_data': ml_data[0]}
+                    'model_data': ml_data[0], 'label_policy': POLICY,
+                    'views': tuple(VIEWS)}
   for split, (targets, probs) in predictions.items():
     np.testing.assert_array_equal(targets, _targets(expected[split]))
     assert probs.shape == targets.shape

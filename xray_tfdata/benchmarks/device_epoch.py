@@ -23,7 +23,7 @@ each per round, rounds interleaved after a warm-up:
                input pipeline at all, the compute floor.
 
 `backbone` picks the model of every variant but the baseline (which is the
-seed's VGG16, so it runs with vgg16 only) from `model.BACKBONES`, at
+seed's VGG16, so it runs with vgg16 only) from `checks.BACKBONES`, at
 `image_size` (DenseNet-121 at 224 and 512 px on a GPU, for one).
 
 Also measured: ImageDataGenerator's own images/s (decode, augment,
@@ -39,6 +39,7 @@ import time
 import keras
 import numpy as np
 
+from xray_tfdata import checks
 from xray_tfdata import model as model_lib
 from xray_tfdata.benchmarks import common
 from xray_tfdata.benchmarks import seed as seed_lib
@@ -47,7 +48,7 @@ from xray_tfdata.benchmarks.common import BenchmarkError
 LIBRARY_POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
 VARIANTS = ('baseline', 'library', 'keras_core') + tuple(
     f'library_{p}' for p in LIBRARY_POLICIES) + ('floor',)
-BACKBONES = model_lib.BACKBONES
+BACKBONES = checks.BACKBONES
 
 
 class _DeviceBatches(keras.utils.PyDataset):
