@@ -86,6 +86,14 @@ def plot_roc(path, label, result, predictions):
   _save(fig, path)
 
 
+def _pr_steps(labels, probs):
+  """(recall, precision) of the precision-recall curve as drawn: from
+  recall 0 at the first point's precision."""
+  precision, recall, _ = evaluation.precision_recall_curve(labels, probs)
+  return (np.concatenate([[0.0], recall]),
+          np.concatenate([[precision[0]], precision]))
+
+
 def plot_pr(path, label, result, predictions):
   """Precision-recall curves; the operating points on the evaluated one."""
   fig = _figure()
@@ -94,11 +102,9 @@ def plot_pr(path, label, result, predictions):
   for split, (labels, probs) in predictions.items():
     if not np.any(labels):
       continue
-    precision, recall, _ = evaluation.precision_recall_curve(labels, probs)
     ap = result['splits'][split]['average_precision']['value']
-    ax.plot(np.concatenate([[0.0], recall]),
-            np.concatenate([[precision[0]], precision]),
-            drawstyle='steps-pre', label=f'{split} (AP {ap:.3f})')
+    ax.plot(*_pr_steps(labels, probs), drawstyle='steps-pre',
+            label=f'{split} (AP {ap:.3f})')
   for op, point in result['splits'][shown]['operating_points'].items():
     ax.plot(point['sensitivity']['value'], point['ppv']['value'],
             _MARKERS.get(op, 'o'), markersize=8, markerfacecolor='none',
@@ -278,11 +284,9 @@ def _pr_panel(ax, label, result, predictions):
   for split, (labels, probs) in predictions.items():
     if not np.any(labels):
       continue
-    precision, recall, _ = evaluation.precision_recall_curve(labels, probs)
     ap = result['splits'][split]['average_precision']['value']
-    ax.plot(np.concatenate([[0.0], recall]),
-            np.concatenate([[precision[0]], precision]),
-            drawstyle='steps-pre', label=f'{split} {ap:.3f}')
+    ax.plot(*_pr_steps(labels, probs), drawstyle='steps-pre',
+            label=f'{split} {ap:.3f}')
     drawn = True
   ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title=label)
   if drawn:
