@@ -71,6 +71,7 @@ IMPORTS = {
     'xray_tfdata.runtime': 'neither',
     'xray_tfdata.schema': 'neither',
     'xray_tfdata.scoring': 'neither',
+    'xray_tfdata.selection': 'tensorflow',
     'xray_tfdata.serving': 'tensorflow',
     'xray_tfdata.sources': 'neither',
     'xray_tfdata.sources_multilabel': 'neither',

@@ -45,3 +45,21 @@ def test_first_record_is_checked_against_the_given_class_names(builder):
   with pytest.raises(pipeline.DatasetError, match='swapped or edited'):
     verify.check_first_record(builder.info, 'train', paths,
                               ('PNEUMONIA', 'NORMAL'))
+
+
+def test_shard_paths_are_checked_on_disk(builder):
+  info = builder.info
+  names = [s['filename'] for s in info.split('train')['shards']]
+  paths = verify.checked_shard_paths(info, 'train')
+  assert paths == [os.path.join(info.data_dir, name) for name in names]
+  os.rename(paths[2], paths[2] + '.away')
+  with pytest.raises(pipeline.DatasetError, match=f'{names[2]} is missing'):
+    verify.checked_shard_paths(info, 'train')
+  os.rename(paths[2] + '.away', paths[2])
+  with open(paths[1], 'ab') as f:
+    f.write(b'\0')
+  with pytest.raises(pipeline.DatasetError,
+                     match=f'{names[1]} has .* bytes, .*truncated or was '
+                     'replaced'):
+    verify.checked_shard_paths(info, 'train')
+  assert verify.checked_shard_paths(info, 'val')  # the other split still reads

@@ -17,21 +17,21 @@ options. Its less common knobs live in a `ReadConfig`, as in
 A multi-label dataset (xray_info.json lists 'label_names') stores raw codes
 per label; the reader turns them into float32 targets under a label policy
 (`xray_tfdata.labels`: 1, 0, or `labels.MASKED`), selects label names, and
-keeps only the views asked for, counting what it drops.
+keeps only the views asked for, counting what it drops (the selection and
+the counts: `xray_tfdata.selection`).
 """
 
 import dataclasses
 import numbers
-import os
 from typing import Any, Optional, Union
 
-import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import cache as cache_lib
 from xray_tfdata import data_service as data_service_lib
 from xray_tfdata import labels as labels_lib
 from xray_tfdata import schema
+from xray_tfdata import selection as selection_lib
 from xray_tfdata import verify as verify_lib
 # The dataset's contract and the verifier's error, under the names that
 # DatasetBuilder's users catch and build.
@@ -54,8 +54,9 @@ UNCACHED_SHUFFLE_BUFFER_BYTES = 256 * 1024**2
 
 # Shards read at once while training.
 _MAX_INTERLEAVE = 16
-# How a view filter's count names images whose view the source leaves out.
-UNKNOWN_VIEW = 'unknown'
+# How a view filter names images whose view the source leaves out (declared
+# in xray_tfdata.selection).
+UNKNOWN_VIEW = selection_lib.UNKNOWN_VIEW
 
 @dataclasses.dataclass(frozen=True)
 class ReadConfig:
@@ -133,8 +134,6 @@ class DatasetBuilder:
     """
     self.data_dir = data_dir
     self.info = load_info(data_dir)
-    # split -> (views, codes) of its records, read once (see _view_table).
-    self._view_tables = {}
     # The stored class names and ids, whatever positive_class reorders.
     self.stored_class_names = self.info.class_names
     self._positive_id = None  # the stored id read as label 1, None: as stored
@@ -155,44 +154,14 @@ class DatasetBuilder:
         self._positive_id = positive
         self.info = dataclasses.replace(
             self.info, class_names=(names[1 - positive], positive_class))
+    # The labels and views of multi-label reads, each split's views
+    # counted once.
+    self._selection = selection_lib.Selection(self.info, self.shard_paths)
 
   def shard_paths(self, split):
-    """Returns the split's shard paths in index order, checked on disk.
-
-    Raises:
-      DatasetError: the split is unknown or has no examples, its shard
-        counts do not add up to
-        its example count, or a shard is missing or has a size other than
-        the writer recorded (truncated or replaced).
-    """
-    entry = self.info.split(split)
-    self.info.check_has_examples(split)
-    shard_counts = [shard.get('num_examples') for shard in entry['shards']]
-    # Cheap, and it turns assert_cardinality's failure at the end of the
-    # first epoch into one line before it.
-    if None not in shard_counts and sum(shard_counts) != int(
-        entry['num_examples']):
-      raise DatasetError(
-          f'{os.path.join(self.data_dir, schema.INFO_FILENAME)} says split '
-          f'{split!r} has {entry["num_examples"]} examples, but its shards '
-          f'{sum(shard_counts)}: the metadata was edited or mixed up; re-run '
-          'tools/make_tfrecords --overwrite')
-    paths = []
-    for shard in entry['shards']:
-      path = os.path.join(self.data_dir, shard['filename'])
-      if not tf.io.gfile.exists(path):
-        raise DatasetError(f'shard {path} is missing; re-run '
-                           'tools/make_tfrecords --overwrite')
-      expected = shard.get('num_bytes')
-      if expected is not None:
-        actual = tf.io.gfile.stat(path).length
-        if actual != expected:
-          raise DatasetError(
-              f'shard {path} has {actual} bytes, {schema.INFO_FILENAME} says '
-              f'{expected}: it is truncated or was replaced; re-run '
-              'tools/make_tfrecords --overwrite')
-      paths.append(path)
-    return paths
+    """The split's shard paths in index order, checked on disk; see
+    `xray_tfdata.verify.checked_shard_paths` (raises)."""
+    return verify_lib.checked_shard_paths(self.info, split)
 
   def verify(self, splits=None):
     """Reads every record and checks it against its CRCs and the metadata;
@@ -257,12 +226,12 @@ class DatasetBuilder:
       batch_size = _check_batch_size(batch_size)
     if config.channels not in (None, 1, 3):
       raise DatasetError(f'channels must be 1 or 3, got {config.channels}')
-    targets = self._targets(label_policy, labels)
-    views = self._check_views(views)
+    targets = self._selection.targets(label_policy, labels)
+    views = self._selection.check_views(views)
     paths = self.shard_paths(split)
     verify_lib.check_first_record(self.info, split, paths,
                                   self.stored_class_names)
-    size = self._output_size(image_size, resize)
+    size = _output_size(self.info, image_size, resize)
     # A grey dataset is decoded to one channel and widened to three at the
     # end (see below); anything else is decoded to what is asked for.
     to_rgb = config.channels == 3 and self.info.channels == 1
@@ -270,7 +239,8 @@ class DatasetBuilder:
 
     files = self._read_files(split, paths, training, seed, config)
     ds = self._read_records(files, len(paths), training)
-    ds = self._maybe_filter_views(ds, split, views)
+    # Before the decode: a dropped image is never decoded.
+    ds = self._selection.filter_records(ds, split, views)
     ds = self._decode(ds, size, channels, resize, with_metadata, training,
                       targets)
     ds = self._maybe_apply_data_service(ds, config)
@@ -305,8 +275,7 @@ class DatasetBuilder:
       # channel, a third of the memory.
       ds = ds.map(_to_rgb)
     ds = ds.prefetch(AUTOTUNE)
-    return ds.with_options(
-        self._options(training, len(paths), config))
+    return ds.with_options(_options(training, len(paths), config))
 
   def steps_per_epoch(self, split, batch_size, training=True, views=None):
     """Batches in one pass over the split (the last partial batch is dropped
@@ -320,162 +289,27 @@ class DatasetBuilder:
     n = self.num_examples(split, views)
     return n // batch_size if training else -(-n // batch_size)
 
-  # Multi-label datasets: label names, targets and views.
+  # Multi-label datasets: label names and views, see `xray_tfdata.selection`.
 
   def label_names(self, labels=None):
-    """The label names `as_dataset(labels=labels)` reads, in order.
-
-    Raises:
-      DatasetError: labels of a single-label dataset, an unknown or a
-        repeated name, or an empty selection.
-    """
-    available = self.info.label_names
-    if labels is None:
-      return available
-    if isinstance(labels, str):
-      labels = (labels,)
-    labels = tuple(labels)
-    if not self.info.is_multilabel:
-      raise DatasetError(
-          f'labels {", ".join(labels)} were asked of {self.data_dir}, a '
-          f'single-label dataset ({", ".join(self.info.class_names)}): '
-          'leave --labels empty')
-    unknown = [name for name in labels if name not in available]
-    if unknown or not labels:
-      raise DatasetError(
-          f'label{"s" if len(unknown) != 1 else ""} '
-          f'{", ".join(map(repr, unknown)) or "(none)"} not in {self.data_dir}'
-          f'; its labels are {", ".join(available)}: pick from those with '
-          '--labels=NAME,NAME')
-    repeated = sorted({name for name in labels if labels.count(name) > 1})
-    if repeated:
-      raise DatasetError(f'labels {", ".join(repeated)} asked for twice: name '
-                         'each once in --labels')
-    return labels
+    """See `selection.Selection.label_names`."""
+    return self._selection.label_names(labels)
 
   def views(self, split):
-    """{view: images} of a multi-label split, from one read of its records
-    (`UNKNOWN_VIEW` for images the source gives none)."""
-    stored, _ = self._view_table(split)
-    names, counts = np.unique(stored, return_counts=True)
-    return {str(name) or UNKNOWN_VIEW: int(count)
-            for name, count in zip(names, counts)}
+    """See `selection.Selection.views`."""
+    return self._selection.views(split)
 
   def num_examples(self, split, views=None):
-    """The split's images, of those `views` keeps (None: all, from
-    xray_info.json without reading).
-
-    Raises:
-      DatasetError: an unknown split, views of a single-label dataset, or
-        views that keep none of the split's images.
-    """
-    views = self._check_views(views)
-    if views is None:
-      return self.info.num_examples(split)
-    kept = int(self._kept(split, views).sum())
-    if not kept:
-      found = ', '.join(f'{view} {n:,}' for view, n in
-                        _by_count(self.views(split)))
-      raise DatasetError(
-          f'views {",".join(views)} keep no image of split {split!r} of '
-          f'{self.data_dir} (its views: {found}): pick from those with '
-          '--views=VIEW,VIEW')
-    return kept
+    """See `selection.Selection.num_examples`."""
+    return self._selection.num_examples(split, views)
 
   def label_code_counts(self, split, views=None):
-    """{label: {code: n}} of the split's raw codes, every label of the
-    dataset, of the images `views` keeps (None: all, from xray_info.json).
-
-    Raises:
-      DatasetError: as `num_examples`.
-    """
-    views = self._check_views(views)
-    if views is None:
-      return self.info.label_code_counts(split)
-    self.num_examples(split, views)  # none kept: one line
-    _, codes = self._view_table(split)
-    kept = codes[self._kept(split, views)]
-    return {name: {code: int((kept[:, index] == code).sum())
-                   for code in schema.LABEL_CODES}
-            for index, name in enumerate(self.info.label_names)}
+    """See `selection.Selection.label_code_counts`."""
+    return self._selection.label_code_counts(split, views)
 
   def view_filter_line(self, views, splits):
-    """One line saying what `views` keeps and drops of each split, e.g.
-    'views PA,AP: kept 812 of 1,000 train images (dropped 188: LL 150,
-    unknown 38); kept 90 of 100 val images (dropped 10: LL 10)'."""
-    views = self._check_views(views)
-    parts = []
-    for split in splits:
-      found = self.views(split)
-      total = sum(found.values())
-      dropped = [(view, n) for view, n in _by_count(found)
-                 if view not in views]
-      lost = sum(n for _, n in dropped)
-      detail = (': ' + ', '.join(f'{view} {n:,}' for view, n in dropped)
-                if dropped else '')
-      parts.append(f'kept {total - lost:,} of {total:,} {split} images '
-                   f'(dropped {lost:,}{detail})')
-    return f'views {",".join(views)}: ' + '; '.join(parts)
-
-  def _targets(self, label_policy, labels):
-    """The decoder's (policy table, label indices) of a multi-label
-    dataset, None for a single-label one."""
-    if not self.info.is_multilabel:
-      self.label_names(labels)  # labels asked of it: one line
-      return None
-    if label_policy not in labels_lib.LABEL_POLICIES:
-      raise DatasetError(
-          f'label policy {label_policy!r} is not one of '
-          f'{", ".join(labels_lib.LABEL_POLICIES)}: pass '
-          f'--label_policy={labels_lib.DEFAULT_POLICY}, for example')
-    names = self.label_names(labels)
-    indices = [self.info.label_names.index(name) for name in names]
-    return labels_lib.policy_table(label_policy), indices
-
-  def _check_views(self, views):
-    """views as a tuple of str, or None (keep all)."""
-    if views is None or (not isinstance(views, str) and not len(views)):
-      return None
-    views = (views,) if isinstance(views, str) else tuple(views)
-    if not self.info.is_multilabel:
-      raise DatasetError(
-          f'views {",".join(views)} were asked of {self.data_dir}, a '
-          'single-label dataset, whose records store no view: leave '
-          '--views empty')
-    return views
-
-  def _kept(self, split, views):
-    """Booleans [N]: which of the split's records `views` keeps."""
-    stored, _ = self._view_table(split)
-    return np.isin(stored, np.array(_stored_views(views), dtype=object))
-
-  def _view_table(self, split):
-    """(views str [N], raw codes int64 [N, L]) of a multi-label split's
-    records, read once per builder: parsing the two features alone copies
-    no image (xray_info.json counts codes, not views)."""
-    if split not in self._view_tables:
-      if not self.info.is_multilabel:
-        raise DatasetError(f'{self.data_dir} is a single-label dataset: its '
-                           'records store no view')
-      spec = {schema.VIEW: tf.io.FixedLenFeature([], tf.string,
-                                                 default_value=''),
-              schema.LABELS: tf.io.FixedLenFeature(
-                  [len(self.info.label_names)], tf.int64)}
-      records = tf.data.TFRecordDataset(self.shard_paths(split),
-                                        num_parallel_reads=AUTOTUNE)
-      views, codes = [], []
-      # Counts only, so any order: shards read in parallel.
-      for batch in records.batch(1024).map(
-          lambda r: tf.io.parse_example(r, spec),
-          num_parallel_calls=AUTOTUNE).as_numpy_iterator():
-        views.append(batch[schema.VIEW])
-        codes.append(batch[schema.LABELS])
-      views = (np.concatenate(views) if views else np.array([], object))
-      self._view_tables[split] = (
-          np.array([v.decode('utf-8', 'replace') for v in views], object),
-          np.concatenate(codes) if codes else np.zeros(
-              (0, len(self.info.label_names)), np.int64))
-    return self._view_tables[split]
+    """See `selection.Selection.view_filter_line`."""
+    return self._selection.view_filter_line(views, splits)
 
   # The stages of as_dataset, in pipeline order.
 
@@ -508,19 +342,6 @@ class DatasetBuilder:
                               deterministic=False)
     # One shard after another: evaluation order is the order on disk.
     return files.interleave(tf.data.TFRecordDataset, cycle_length=1)
-
-  def _maybe_filter_views(self, records, split, views):
-    """The records of the views asked for, if any were."""
-    if views is None:
-      return records
-    self.num_examples(split, views)  # none kept: one line, not an empty run
-    spec = {schema.VIEW: tf.io.FixedLenFeature([], tf.string,
-                                               default_value='')}
-    wanted = tf.constant(_stored_views(views))
-    # Before the decode: a dropped image is never decoded. Parsing the view
-    # alone copies no image bytes.
-    return records.filter(lambda record: tf.reduce_any(tf.equal(
-        tf.io.parse_single_example(record, spec)[schema.VIEW], wanted)))
 
   def _decode(self, records, size, channels, resize, with_metadata,
               training, targets=None):
@@ -557,30 +378,6 @@ class DatasetBuilder:
     # fails loudly instead of silently (see find_damaged_shard).
     return ds.apply(tf.data.experimental.assert_cardinality(
         self.num_examples(split, views)))
-
-  def _options(self, training, num_shards, config):
-    """The dataset's options: determinism and how tf.distribute shards it."""
-    options = tf.data.Options()
-    options.deterministic = not training
-    options.experimental_distribute.auto_shard_policy = (
-        config.auto_shard_policy if config.auto_shard_policy is not None else
-        _auto_shard_policy(training, num_shards, config.data_service))
-    return options
-
-  def _output_size(self, image_size, resize):
-    stored = self.info.image_size
-    if image_size is None:
-      return stored
-    if isinstance(image_size, int):
-      image_size = (image_size, image_size)
-    image_size = tuple(int(s) for s in image_size)
-    if image_size != stored and not resize:
-      raise DatasetError(
-          f'images in {self.data_dir} are stored at {stored[0]}x{stored[1]} '
-          f'but {image_size[0]}x{image_size[1]} was asked for; re-convert with '
-          f'tools/make_tfrecords --image_size={image_size[0]}, or resize on '
-          'purpose (resize=True)')
-    return image_size
 
 
 def _resolve_read_config(read_config, read_options):
@@ -643,6 +440,34 @@ def _auto_shard_policy(training, num_shards, data_service):
   return policy.FILE if training and num_shards > 1 else policy.DATA
 
 
+def _options(training, num_shards, config):
+  """The dataset's options: determinism and how tf.distribute shards it."""
+  options = tf.data.Options()
+  options.deterministic = not training
+  options.experimental_distribute.auto_shard_policy = (
+      config.auto_shard_policy if config.auto_shard_policy is not None else
+      _auto_shard_policy(training, num_shards, config.data_service))
+  return options
+
+
+def _output_size(info, image_size, resize):
+  """(height, width) as_dataset yields: image_size, the stored size if
+  None; DatasetError for another size than stored unless resize."""
+  stored = info.image_size
+  if image_size is None:
+    return stored
+  if isinstance(image_size, int):
+    image_size = (image_size, image_size)
+  image_size = tuple(int(s) for s in image_size)
+  if image_size != stored and not resize:
+    raise DatasetError(
+        f'images in {info.data_dir} are stored at {stored[0]}x{stored[1]} '
+        f'but {image_size[0]}x{image_size[1]} was asked for; re-convert with '
+        f'tools/make_tfrecords --image_size={image_size[0]}, or resize on '
+        'purpose (resize=True)')
+  return image_size
+
+
 def _to_rgb(images, *rest):
   """Repeats the grey channel three times (uint8 stays uint8)."""
   return (tf.image.grayscale_to_rgb(images),) + rest
@@ -655,16 +480,6 @@ def _check_batch_size(batch_size):
     raise DatasetError(f'batch_size must be at least 1, a whole number of '
                        f'examples; got {batch_size!r}')
   return int(batch_size)
-
-
-def _stored_views(views):
-  """The stored spellings of views: `UNKNOWN_VIEW` is stored as ''."""
-  return tuple(views) + (('',) if UNKNOWN_VIEW in views else ())
-
-
-def _by_count(counts):
-  """{name: n} as (name, n) pairs, most first, then by name."""
-  return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
 def _make_decoder(format_version, channels, size, resize, with_metadata,

@@ -1,8 +1,9 @@
 """Integrity checks of a converted dataset's shards against its metadata.
 
-Each record's TFRecord CRCs, that it parses as an example of the schema,
-its image's size from the PNG header (without decoding), each shard's
-record count, and the first record's class against `class_names`.
+Each shard's presence and size on disk, each record's TFRecord CRCs, that
+it parses as an example of the schema, its image's size from the PNG header
+(without decoding), each shard's record count, and the first record's class
+against `class_names`.
 `DatasetBuilder.verify` and `DatasetBuilder.as_dataset` call these;
 `find_damaged_shard` names the shard behind a read error mid-training.
 """
@@ -61,6 +62,51 @@ def find_damaged_shard(builder, splits=None):
   except DatasetError as e:
     return e
   return None
+
+
+def checked_shard_paths(info, split):
+  """The split's shard paths, checked on disk (a stat per shard, no read).
+
+  Args:
+    info: the dataset's `DatasetInfo`.
+    split: one of its splits.
+
+  Returns:
+    The shard paths, in index order.
+
+  Raises:
+    DatasetError: the split is unknown or has no examples, its shard
+      counts do not add up to its example count, or a shard is missing or
+      has a size other than the writer recorded (truncated or replaced).
+  """
+  entry = info.split(split)
+  info.check_has_examples(split)
+  shard_counts = [shard.get('num_examples') for shard in entry['shards']]
+  # Cheap, and it turns assert_cardinality's failure at the end of the
+  # first epoch into one line before it.
+  if None not in shard_counts and sum(shard_counts) != int(
+      entry['num_examples']):
+    raise DatasetError(
+        f'{os.path.join(info.data_dir, schema.INFO_FILENAME)} says split '
+        f'{split!r} has {entry["num_examples"]} examples, but its shards '
+        f'{sum(shard_counts)}: the metadata was edited or mixed up; re-run '
+        'tools/make_tfrecords --overwrite')
+  paths = []
+  for shard in entry['shards']:
+    path = os.path.join(info.data_dir, shard['filename'])
+    if not tf.io.gfile.exists(path):
+      raise DatasetError(f'shard {path} is missing; re-run '
+                         'tools/make_tfrecords --overwrite')
+    expected = shard.get('num_bytes')
+    if expected is not None:
+      actual = tf.io.gfile.stat(path).length
+      if actual != expected:
+        raise DatasetError(
+            f'shard {path} has {actual} bytes, {schema.INFO_FILENAME} says '
+            f'{expected}: it is truncated or was replaced; re-run '
+            'tools/make_tfrecords --overwrite')
+    paths.append(path)
+  return paths
 
 
 def verify(builder, splits=None):

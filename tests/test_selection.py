@@ -1,0 +1,117 @@
+"""selection.Selection called directly, on tiny hand-written records
+(DatasetBuilder's delegates are tested in test_pipeline_multilabel). The
+expected counts come from the rows written here, not from the module."""
+
+import pytest
+import tensorflow as tf
+
+from records import write_dataset, write_multilabel_dataset
+from xray_tfdata import labels
+from xray_tfdata import pipeline
+from xray_tfdata import schema
+from xray_tfdata import selection
+from xray_tfdata import verify
+from xray_tfdata.dataset_info import DatasetError, load_info
+
+LABEL_NAMES = ('Atelectasis', 'Effusion')
+# (codes, view) of the train split: PA 3, LL 2, AP 1, unknown 1.
+TRAIN = [([1, 0], 'PA'), ([-1, 1], 'LL'), ([0, -2], 'PA'), ([1, 1], ''),
+         ([0, 0], 'AP'), ([-2, -1], 'LL'), ([1, -1], 'PA')]
+VAL = [([0, 1], 'PA'), ([1, 0], 'AP')]
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('selection'))
+  expected = write_multilabel_dataset(
+      root, LABEL_NAMES, {'train': TRAIN, 'val': VAL}, num_shards=2)
+  return load_info(root), expected
+
+
+def _selection(info):
+  """A Selection, and the splits whose shard paths it asked for."""
+  asked = []
+
+  def shard_paths(split):
+    asked.append(split)
+    return verify.checked_shard_paths(info, split)
+
+  return selection.Selection(info, shard_paths), asked
+
+
+def test_views_are_counted_from_one_read_of_the_records(dataset):
+  chosen, asked = _selection(dataset[0])
+  assert chosen.views('train') == {'PA': 3, 'LL': 2, 'AP': 1,
+                                   selection.UNKNOWN_VIEW: 1}
+  assert chosen.num_examples('train', ('PA', 'unknown')) == 4
+  assert chosen.label_code_counts('train', 'LL') == {
+      'Atelectasis': {1: 0, 0: 0, -1: 1, -2: 1},
+      'Effusion': {1: 1, 0: 0, -1: 1, -2: 0}}
+  assert asked == ['train']
+  # Without views, from xray_info.json: no read.
+  assert chosen.num_examples('val') == 2 and asked == ['train']
+  assert chosen.label_code_counts('val') == dataset[0].label_code_counts('val')
+  assert asked == ['train']
+  assert pipeline.UNKNOWN_VIEW == selection.UNKNOWN_VIEW == 'unknown'
+
+
+def test_view_filter_line_counts_kept_and_dropped_most_first(dataset):
+  chosen, _ = _selection(dataset[0])
+  assert chosen.view_filter_line(['PA', 'AP'], ['train', 'val']) == (
+      'views PA,AP: kept 4 of 7 train images (dropped 3: LL 2, unknown 1); '
+      'kept 2 of 2 val images (dropped 0)')
+
+
+def test_views_that_keep_nothing_name_the_split_s_views(dataset):
+  chosen, _ = _selection(dataset[0])
+  with pytest.raises(DatasetError) as caught:
+    chosen.num_examples('val', ('LL',))
+  message = str(caught.value)
+  assert "split 'val'" in message and '(its views: AP 1, PA 1)' in message
+  assert '\n' not in message and '--views=VIEW,VIEW' in message
+
+
+def test_check_views_takes_a_name_a_sequence_or_nothing(dataset):
+  chosen, _ = _selection(dataset[0])
+  assert chosen.check_views('PA') == ('PA',)
+  assert chosen.check_views(['PA', 'AP']) == ('PA', 'AP')
+  assert chosen.check_views(None) is None and chosen.check_views([]) is None
+
+
+def test_targets_are_the_policy_table_and_the_indices_asked(dataset):
+  chosen, _ = _selection(dataset[0])
+  table, indices = chosen.targets('txv', ['Effusion', 'Atelectasis'])
+  assert indices == [1, 0]
+  # txv, by hand (labels.py's docstring): codes -2..1 -> M, M, 0, 1.
+  assert list(table) == [labels.MASKED, labels.MASKED, 0.0, 1.0]
+  assert chosen.label_names() == LABEL_NAMES
+  with pytest.raises(DatasetError, match='--label_policy=u_ones'):
+    chosen.targets('u_maybe', None)
+  with pytest.raises(DatasetError, match="'Cardiomegaly' not in"):
+    chosen.label_names(['Effusion', 'Cardiomegaly'])
+
+
+def test_filter_records_keeps_the_records_of_the_views(dataset):
+  info, expected = dataset
+  chosen, _ = _selection(info)
+  records = tf.data.TFRecordDataset(verify.checked_shard_paths(info, 'train'))
+  spec = {schema.FILENAME: tf.io.FixedLenFeature([], tf.string)}
+  kept = chosen.filter_records(records, 'train', ('LL', 'unknown'))
+  names = [tf.io.parse_single_example(r, spec)[schema.FILENAME].numpy()
+           .decode() for r in kept]
+  assert names == [e['filename'] for e in expected['train']
+                   if e['view'] in ('LL', '')]
+  assert chosen.filter_records(records, 'train', None) is records
+
+
+def test_a_single_label_dataset_has_no_labels_or_views(tmp_path):
+  write_dataset(str(tmp_path), {'train': (2, 3)})
+  chosen, asked = _selection(load_info(str(tmp_path)))
+  assert chosen.targets('u_ones', None) is None
+  for ask in (lambda: chosen.check_views(('PA',)),
+              lambda: chosen.label_names(('PNEUMONIA',)),
+              lambda: chosen.views('train')):
+    with pytest.raises(DatasetError, match='single-label'):
+      ask()
+  assert asked == []
+  assert chosen.num_examples('train') == 5

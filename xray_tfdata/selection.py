@@ -1,0 +1,229 @@
+"""The labels and views a reader selects of a multi-label dataset.
+
+A multi-label dataset (xray_info.json lists 'label_names') stores a raw
+code per label and each image's view. `Selection` checks the label names,
+label policy and views asked of it, gives the decoder its targets (a
+policy table from `xray_tfdata.labels` and the indices of the labels read),
+and counts each split's views from one read of its records: xray_info.json
+counts codes, not views. `DatasetBuilder`'s label_names, views,
+num_examples, label_code_counts and view_filter_line are these.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from xray_tfdata import labels as labels_lib
+from xray_tfdata import schema
+from xray_tfdata.dataset_info import DatasetError
+
+# How a view filter's count names images whose view the source leaves out.
+UNKNOWN_VIEW = 'unknown'
+
+
+class Selection:
+  """The label names, targets and views of one dataset's reads.
+
+  Usage:
+    selection = Selection(builder.info, builder.shard_paths)
+    selection.num_examples('train', ('PA', 'AP'))   # 812
+  """
+
+  def __init__(self, info, shard_paths):
+    """Args:
+      info: the dataset's `DatasetInfo`, as the reader labels it.
+      shard_paths: split -> its checked shard paths, in index order
+        (`DatasetBuilder.shard_paths`); read only to count views.
+    """
+    self.info = info
+    self._shard_paths = shard_paths
+    # split -> (views, codes) of its records, read once (see _view_table).
+    self._view_tables = {}
+
+  def label_names(self, labels=None):
+    """The label names `as_dataset(labels=labels)` reads, in order.
+
+    Raises:
+      DatasetError: labels of a single-label dataset, an unknown or a
+        repeated name, or an empty selection.
+    """
+    available = self.info.label_names
+    if labels is None:
+      return available
+    if isinstance(labels, str):
+      labels = (labels,)
+    labels = tuple(labels)
+    if not self.info.is_multilabel:
+      raise DatasetError(
+          f'labels {", ".join(labels)} were asked of {self.info.data_dir}, a '
+          f'single-label dataset ({", ".join(self.info.class_names)}): '
+          'leave --labels empty')
+    unknown = [name for name in labels if name not in available]
+    if unknown or not labels:
+      raise DatasetError(
+          f'label{"s" if len(unknown) != 1 else ""} '
+          f'{", ".join(map(repr, unknown)) or "(none)"} not in '
+          f'{self.info.data_dir}; its labels are {", ".join(available)}: '
+          'pick from those with --labels=NAME,NAME')
+    repeated = sorted({name for name in labels if labels.count(name) > 1})
+    if repeated:
+      raise DatasetError(f'labels {", ".join(repeated)} asked for twice: name '
+                         'each once in --labels')
+    return labels
+
+  def targets(self, label_policy, labels):
+    """The decoder's (policy table, label indices) of a multi-label
+    dataset, None for a single-label one.
+
+    Raises:
+      DatasetError: an unknown label policy, or labels as `label_names`.
+    """
+    if not self.info.is_multilabel:
+      self.label_names(labels)  # labels asked of it: one line
+      return None
+    if label_policy not in labels_lib.LABEL_POLICIES:
+      raise DatasetError(
+          f'label policy {label_policy!r} is not one of '
+          f'{", ".join(labels_lib.LABEL_POLICIES)}: pass '
+          f'--label_policy={labels_lib.DEFAULT_POLICY}, for example')
+    names = self.label_names(labels)
+    indices = [self.info.label_names.index(name) for name in names]
+    return labels_lib.policy_table(label_policy), indices
+
+  def check_views(self, views):
+    """views as a tuple of str, or None (keep all): a str is one view, an
+    empty sequence keeps all.
+
+    Raises:
+      DatasetError: views of a single-label dataset.
+    """
+    if views is None or (not isinstance(views, str) and not len(views)):
+      return None
+    views = (views,) if isinstance(views, str) else tuple(views)
+    if not self.info.is_multilabel:
+      raise DatasetError(
+          f'views {",".join(views)} were asked of {self.info.data_dir}, a '
+          'single-label dataset, whose records store no view: leave '
+          '--views empty')
+    return views
+
+  def views(self, split):
+    """{view: images} of a multi-label split, from one read of its records
+    (`UNKNOWN_VIEW` for images the source gives none)."""
+    stored, _ = self._view_table(split)
+    names, counts = np.unique(stored, return_counts=True)
+    return {str(name) or UNKNOWN_VIEW: int(count)
+            for name, count in zip(names, counts)}
+
+  def num_examples(self, split, views=None):
+    """The split's images, of those `views` keeps (None: all, from
+    xray_info.json without reading).
+
+    Raises:
+      DatasetError: an unknown split, views of a single-label dataset, or
+        views that keep none of the split's images.
+    """
+    views = self.check_views(views)
+    if views is None:
+      return self.info.num_examples(split)
+    kept = int(self._kept(split, views).sum())
+    if not kept:
+      found = ', '.join(f'{view} {n:,}' for view, n in
+                        _by_count(self.views(split)))
+      raise DatasetError(
+          f'views {",".join(views)} keep no image of split {split!r} of '
+          f'{self.info.data_dir} (its views: {found}): pick from those with '
+          '--views=VIEW,VIEW')
+    return kept
+
+  def label_code_counts(self, split, views=None):
+    """{label: {code: n}} of the split's raw codes, every label of the
+    dataset, of the images `views` keeps (None: all, from xray_info.json).
+
+    Raises:
+      DatasetError: as `num_examples`.
+    """
+    views = self.check_views(views)
+    if views is None:
+      return self.info.label_code_counts(split)
+    self.num_examples(split, views)  # none kept: one line
+    _, codes = self._view_table(split)
+    kept = codes[self._kept(split, views)]
+    return {name: {code: int((kept[:, index] == code).sum())
+                   for code in schema.LABEL_CODES}
+            for index, name in enumerate(self.info.label_names)}
+
+  def view_filter_line(self, views, splits):
+    """One line saying what `views` keeps and drops of each split, e.g.
+    'views PA,AP: kept 812 of 1,000 train images (dropped 188: LL 150,
+    unknown 38); kept 90 of 100 val images (dropped 10: LL 10)'."""
+    views = self.check_views(views)
+    parts = []
+    for split in splits:
+      found = self.views(split)
+      total = sum(found.values())
+      dropped = [(view, n) for view, n in _by_count(found)
+                 if view not in views]
+      lost = sum(n for _, n in dropped)
+      detail = (': ' + ', '.join(f'{view} {n:,}' for view, n in dropped)
+                if dropped else '')
+      parts.append(f'kept {total - lost:,} of {total:,} {split} images '
+                   f'(dropped {lost:,}{detail})')
+    return f'views {",".join(views)}: ' + '; '.join(parts)
+
+  def filter_records(self, records, split, views):
+    """The serialized records of `views` (checked), all if views is None.
+
+    Raises:
+      DatasetError: as `num_examples`.
+    """
+    if views is None:
+      return records
+    self.num_examples(split, views)  # none kept: one line, not an empty run
+    spec = {schema.VIEW: tf.io.FixedLenFeature([], tf.string,
+                                               default_value='')}
+    wanted = tf.constant(_stored_views(views))
+    # Parsing the view alone copies no image bytes.
+    return records.filter(lambda record: tf.reduce_any(tf.equal(
+        tf.io.parse_single_example(record, spec)[schema.VIEW], wanted)))
+
+  def _kept(self, split, views):
+    """Booleans [N]: which of the split's records `views` keeps."""
+    stored, _ = self._view_table(split)
+    return np.isin(stored, np.array(_stored_views(views), dtype=object))
+
+  def _view_table(self, split):
+    """(views str [N], raw codes int64 [N, L]) of a multi-label split's
+    records, read once: parsing the two features alone copies no image."""
+    if split not in self._view_tables:
+      if not self.info.is_multilabel:
+        raise DatasetError(f'{self.info.data_dir} is a single-label dataset: '
+                           'its records store no view')
+      spec = {schema.VIEW: tf.io.FixedLenFeature([], tf.string,
+                                                 default_value=''),
+              schema.LABELS: tf.io.FixedLenFeature(
+                  [len(self.info.label_names)], tf.int64)}
+      records = tf.data.TFRecordDataset(self._shard_paths(split),
+                                        num_parallel_reads=tf.data.AUTOTUNE)
+      views, codes = [], []
+      # Counts only, so any order: shards read in parallel.
+      for batch in records.batch(1024).map(
+          lambda r: tf.io.parse_example(r, spec),
+          num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator():
+        views.append(batch[schema.VIEW])
+        codes.append(batch[schema.LABELS])
+      views = (np.concatenate(views) if views else np.array([], object))
+      self._view_tables[split] = (
+          np.array([v.decode('utf-8', 'replace') for v in views], object),
+          np.concatenate(codes) if codes else np.zeros(
+              (0, len(self.info.label_names)), np.int64))
+    return self._view_tables[split]
+
+
+def _stored_views(views):
+  """The stored spellings of views: `UNKNOWN_VIEW` is stored as ''."""
+  return tuple(views) + (('',) if UNKNOWN_VIEW in views else ())
+
+
+def _by_count(counts):
+  """{name: n} as (name, n) pairs, most first, then by name."""
+  return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
