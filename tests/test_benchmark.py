@@ -210,7 +210,7 @@ def test_device_epoch_runs_a_backbone_with_its_keras_core_peer(bench_data):
             result['flops_per_image']['library'])
     table = device_epoch.format_table(result)
     assert 'keras_core' in table and 'TFLOP/s' in table and backbone in table
-  with pytest.raises(common.BenchmarkError, match='baseline is the seed'):
+  with pytest.raises(common.BenchmarkError, match='baseline is the reference'):
     device_epoch.benchmark_device_epoch(src, variants=('baseline',),
                                         backbone='densenet121')
   with pytest.raises(common.BenchmarkError, match='unknown backbone'):

@@ -39,7 +39,7 @@ IMPORTS = {
     'xray_tfdata.benchmarks.ops': 'tensorflow',
     'xray_tfdata.benchmarks.peers': 'tensorflow',
     'xray_tfdata.benchmarks.reader_scale': 'tensorflow',
-    'xray_tfdata.benchmarks.seed': 'keras',
+    'xray_tfdata.benchmarks.baseline': 'keras',
     'xray_tfdata.cache': 'tensorflow',
     'xray_tfdata.callbacks': 'keras',
     'xray_tfdata.checks': 'neither',

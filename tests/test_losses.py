@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import REPO_ROOT
+from xray_tfdata import checks
 from xray_tfdata import dataset_info
 from xray_tfdata import labels
 from xray_tfdata import losses
@@ -82,12 +83,18 @@ def _codes(**per_code):
       ('pos', 1), ('neg', 0), ('unc', -1), ('nm', -2))}
 
 
+def test_labels_has_the_targets_of_each_policy_checks_allows():
+  """checks declares the policies, labels their targets: the two agree."""
+  assert tuple(labels._TARGETS) == checks.LABEL_POLICIES  # pylint: disable=protected-access
+  assert checks.DEFAULT_LABEL_POLICY in checks.LABEL_POLICIES
+
+
 def test_pos_weights_follow_the_policy():
   """negatives / positives among known targets: u_ones counts uncertain as
   positive and not-mentioned as negative; txv leaves both out."""
   counts = {'A': _codes(pos=10, neg=30, unc=10, nm=50)}
   by_policy = {policy: losses.pos_weights(counts, ['A'], policy)[0]
-               for policy in labels.LABEL_POLICIES}
+               for policy in checks.LABEL_POLICIES}
   assert by_policy == pytest.approx({
       'u_ones': (30 + 50) / (10 + 10), 'u_zeros': (30 + 10 + 50) / 10,
       'u_ignore': (30 + 50) / 10, 'txv': 30 / 10})

@@ -295,38 +295,39 @@ def test_compute_capabilities_are_read_from_every_backends_form():
     assert capability is None or len(capability) == 2
 
 
-# The reference notebook's head and training settings (the seed), written
-# out here: VGG16 without its top, blocks 1-4 frozen, Flatten -> Dense(512,
-# relu) -> Dropout(0.4) -> Dense(64, relu) -> Dropout(0.4) -> Dense(1,
-# sigmoid), Adam at 1e-4, binary cross-entropy.
-SEED_HEAD = [('Flatten', {}),
-             ('Dense', {'units': 512, 'activation': 'relu'}),
-             ('Dropout', {'rate': 0.4}),
-             ('Dense', {'units': 64, 'activation': 'relu'}),
-             ('Dropout', {'rate': 0.4}),
-             ('Dense', {'units': 1, 'activation': 'sigmoid'})]
-SEED_FROZEN_BLOCKS = (1, 2, 3, 4)
-SEED_LEARNING_RATE = 1e-4
+# The reference notebook's head and training settings, written out here:
+# VGG16 without its top, blocks 1-4 frozen, Flatten -> Dense(512, relu) ->
+# Dropout(0.4) -> Dense(64, relu) -> Dropout(0.4) -> Dense(1, sigmoid), Adam
+# at 1e-4, binary cross-entropy.
+REFERENCE_HEAD = [('Flatten', {}),
+                  ('Dense', {'units': 512, 'activation': 'relu'}),
+                  ('Dropout', {'rate': 0.4}),
+                  ('Dense', {'units': 64, 'activation': 'relu'}),
+                  ('Dropout', {'rate': 0.4}),
+                  ('Dense', {'units': 1, 'activation': 'sigmoid'})]
+REFERENCE_FROZEN_BLOCKS = (1, 2, 3, 4)
+REFERENCE_LEARNING_RATE = 1e-4
 
 
-def test_defaults_are_the_seeds_head():
+def test_defaults_are_the_references_head():
   """build_model() and compile_model() with no arguments but the size give
-  the seed's model, layer by layer (issue 24: a default drifting from it
+  the reference's model, layer by layer (issue 24: a default drifting from it
   keeps the parameter counts when only a rate changes)."""
   net = model_lib.compile_model(model_lib.build_model(SIZE))
   names = [layer.name for layer in net.layers]
   head = net.layers[names.index('vgg16') + 1:]
-  assert [(type(layer).__name__,
-           {key: layer.get_config()[key] for key in expected})
-          for layer, (_, expected) in zip(head, SEED_HEAD)] == SEED_HEAD
-  assert len(head) == len(SEED_HEAD)
+  found = [(type(layer).__name__,
+            {key: layer.get_config()[key] for key in expected})
+           for layer, (_, expected) in zip(head, REFERENCE_HEAD)]
+  assert found == REFERENCE_HEAD
+  assert len(head) == len(REFERENCE_HEAD)
   base = net.get_layer('vgg16')
   for layer in base.layers[1:]:  # after the input layer
     block = int(layer.name.split('_')[0][len('block'):])
-    assert layer.trainable == (block not in SEED_FROZEN_BLOCKS), layer.name
+    assert layer.trainable == (block not in REFERENCE_FROZEN_BLOCKS), layer.name
   assert isinstance(net.optimizer, keras.optimizers.Adam)
   assert float(net.optimizer.learning_rate) == pytest.approx(
-      SEED_LEARNING_RATE, rel=1e-6)
+      REFERENCE_LEARNING_RATE, rel=1e-6)
   assert isinstance(net.loss, keras.losses.BinaryCrossentropy)
 
 
@@ -461,7 +462,7 @@ def test_new_backbone_exports_a_serving_model_that_predicts(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from xray_tfdata import serving  # pylint: disable=g-import-not-at-top
-  size = 64  # not the 224 the seed's VGG16 is exported at
+  size = 64  # not the 224 the reference's VGG16 is exported at
   net = model_lib.build_model(size, backbone='resnet50', frozen_blocks=0,
                               policy='float32')
   images = _images(2, size=size)

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 from sklearn import metrics
 
+from xray_tfdata import checks
 from xray_tfdata import dataset_info
 from xray_tfdata import labels as labels_lib
 from xray_tfdata import pipeline
@@ -388,7 +389,7 @@ def test_a_binary_model_on_a_dataset_of_labels(runs):
   assert evaluation_results['label_mapping']['unmatched_data_labels'] == [
       'Effusion']
   codes, images, _ = data['test']
-  targets = labels_lib.apply_policy(codes[:, 0], labels_lib.DEFAULT_POLICY)
+  targets = labels_lib.apply_policy(codes[:, 0], checks.DEFAULT_LABEL_POLICY)
   entry = evaluation_results['labels']['PNEUMONIA']['splits']['test']
   assert entry['auc']['value'] == pytest.approx(metrics.roc_auc_score(
       targets, net.predict(images, verbose=0)[:, 0]), abs=1e-6)

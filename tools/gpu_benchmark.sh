@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The seed's epoch against the library's on a GPU host with JAX but no
+# The reference's epoch against the library's on a GPU host with JAX but no
 # TensorFlow or Keras (the lent H100/H200): installs the wheels it lacks,
 # checks the device side against ImageDataGenerator on the GPU, makes the
 # synthetic Kermany-sized JPEGs, and runs tools/benchmark --mode=device_epoch
-# at the seed's split sizes: the seed's VGG16 against ours, then each backbone
+# at the reference's split sizes: its VGG16 against ours, then each backbone
 # of $BACKBONES (default densenet121) at each size of $SIZES (default 224
 # 512) against its Keras core augmentation peer, with achieved TFLOP/s and
 # the share of the GPU's dense peak. One command, sized to finish in about

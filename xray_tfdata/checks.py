@@ -14,7 +14,6 @@ import os
 import re
 
 from xray_tfdata import errors
-from xray_tfdata import labels as labels_lib
 
 AUGMENTATIONS = ('fused', 'keras_cv', 'keras_core', 'none')
 # The named stages of each backbone that --frozen_blocks=N counts, from the
@@ -50,9 +49,12 @@ BACKBONE_IMAGE_SIZES = {
 # Backbones without published weights: trained from scratch.
 SCRATCH_BACKBONES = ('mini_vgg',)
 POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
-# A multi-label dataset's raw codes to targets (xray_tfdata.labels).
-LABEL_POLICIES = labels_lib.LABEL_POLICIES
-DEFAULT_LABEL_POLICY = labels_lib.DEFAULT_POLICY
+# How uncertain and unmentioned labels become targets (labels._TARGETS).
+LABEL_POLICIES = ('u_ones', 'u_zeros', 'u_ignore', 'txv')
+# CheXpert's U-Ones: uncertain counts as positive.
+DEFAULT_LABEL_POLICY = 'u_ones'
+# A DICOM VOI step; 'auto' tries the VOI LUT, then the window (voi_source).
+VOI_POLICIES = ('auto', 'window', 'full')
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker')
 # Weights that name no file.
 NAMED_WEIGHTS = ('imagenet', 'none', '')

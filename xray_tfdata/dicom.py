@@ -26,11 +26,10 @@ import os
 
 import numpy as np
 
+from xray_tfdata import checks
 from xray_tfdata import errors
 
 EXTENSIONS = ('.dcm', '.dicom')
-# 'auto': the VOI LUT Sequence, else the window, else the full range.
-VOI_POLICIES = ('auto', 'window', 'full')
 _PREAMBLE_BYTES = 128
 
 
@@ -139,8 +138,8 @@ def _voi_lut(values, dataset):
 def voi_source(dataset, voi='auto'):
   """Which VOI step `decode` applies to this data set: 'lut', 'window' or
   'full'."""
-  if voi not in VOI_POLICIES:
-    raise ValueError(f'voi must be one of {VOI_POLICIES}, got {voi!r}')
+  if voi not in checks.VOI_POLICIES:
+    raise ValueError(f'voi must be one of {checks.VOI_POLICIES}, got {voi!r}')
   if voi == 'auto' and 'VOILUTSequence' in dataset and len(
       dataset.VOILUTSequence):
     return 'lut'

@@ -77,7 +77,7 @@ def load_image(path, image_size, voi='auto'):
   Args:
     path: a JPEG, PNG, DICOM or any other file PIL reads.
     image_size: the stored size: an int, or (height, width).
-    voi: the VOI policy for a DICOM file (`dicom.VOI_POLICIES`); that of the
+    voi: the VOI policy for a DICOM file (`checks.VOI_POLICIES`); that of the
       dataset the model trained on (its xray_info.json, key dicom.voi).
 
   Returns:
@@ -100,7 +100,7 @@ def decode_and_resize(task):
   Args:
     task: (path, (height, width)) of the source file and the stored size,
       or (path, (height, width), voi) with the VOI policy for a DICOM file
-      (`dicom.VOI_POLICIES`; default 'auto').
+      (`checks.VOI_POLICIES`; default 'auto').
 
   Returns:
     (png bytes, original height, original width), or a string with the

@@ -3,8 +3,8 @@
 A multi-label dataset stores each label's raw code (`schema.LABEL_CODES`:
 1 positive, 0 negative, -1 uncertain, -2 not mentioned), never a policy, so
 changing the policy needs no re-conversion. The reader applies one of
-`LABEL_POLICIES` to every code; a target of `MASKED` takes no part in the
-loss or the metrics.
+`checks.LABEL_POLICIES` to every code; a target of `MASKED` takes no part in
+the loss or the metrics.
 
   u_ones    uncertain -> 1, not mentioned -> 0 (CheXpert's U-Ones)
   u_zeros   uncertain -> 0, not mentioned -> 0 (U-Zeros)
@@ -16,19 +16,22 @@ No TensorFlow and no Keras: the reader gathers from `policy_table`.
 
 import numpy as np
 
+from xray_tfdata import checks
 from xray_tfdata import schema
 
 MASKED = -1.0
-DEFAULT_POLICY = 'u_ones'
 
-# policy -> target of (positive, negative, uncertain, not mentioned)
+# Each of checks.LABEL_POLICIES -> its targets of (positive, negative,
+# uncertain, not mentioned).
 _TARGETS = {
     'u_ones': (1.0, 0.0, 1.0, 0.0),
     'u_zeros': (1.0, 0.0, 0.0, 0.0),
     'u_ignore': (1.0, 0.0, MASKED, 0.0),
     'txv': (1.0, 0.0, MASKED, MASKED),
 }
-LABEL_POLICIES = tuple(_TARGETS)
+# pipeline's import; the home is checks.
+LABEL_POLICIES = checks.LABEL_POLICIES
+DEFAULT_POLICY = checks.DEFAULT_LABEL_POLICY
 # Codes run from NOT_MENTIONED (-2) to POSITIVE (1): code - OFFSET indexes
 # a policy table.
 OFFSET = schema.NOT_MENTIONED
@@ -42,7 +45,7 @@ def policy_table(policy):
   """
   if policy not in _TARGETS:
     raise ValueError(f'label policy {policy!r} is not one of '
-                     f'{", ".join(LABEL_POLICIES)}')
+                     f'{", ".join(checks.LABEL_POLICIES)}')
   by_code = dict(zip(schema.LABEL_CODES, _TARGETS[policy]))
   return np.array([by_code[code] for code in range(OFFSET, OFFSET + 4)],
                   np.float32)

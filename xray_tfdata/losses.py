@@ -40,7 +40,7 @@ def pos_weights(code_counts, label_names, policy):
       (`DatasetInfo.label_code_counts('train')`, or the builder's count of
       the images a view filter keeps).
     label_names: the labels the model outputs, in order.
-    policy: one of `labels.LABEL_POLICIES`; codes it masks are not counted.
+    policy: one of `checks.LABEL_POLICIES`; codes it masks are not counted.
 
   Returns:
     A list of floats, one per label name.

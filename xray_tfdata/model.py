@@ -4,7 +4,7 @@ with a mixed-precision policy.
 uint8 image -> augmentation (training only) -> gray to 3 channels -> the
 backbone's own `preprocess_input` convention -> the backbone without its top,
 its first `frozen_blocks` stages frozen -> the head -> Dense(L, sigmoid):
-one probability per label (L = 1: the seed's P(pneumonia)).
+one probability per label (L = 1: the reference's P(pneumonia)).
 
 Backbones (`checks.BACKBONES`; their stages in `checks.BACKBONE_STAGES`):
   vgg16            the reference's: caffe preprocessing (BGR minus the ImageNet

@@ -41,6 +41,7 @@ import re
 import numpy as np
 
 from xray_tfdata import atomic
+from xray_tfdata import checks
 from xray_tfdata import errors
 from xray_tfdata import evaluation
 from xray_tfdata import labels as labels_lib
@@ -215,7 +216,7 @@ def dataset_targets(info, metadata, data_label_names, policy):
     info: the dataset's `DatasetInfo`.
     metadata: `read_metadata`'s columns of a split.
     data_label_names: K names of `data_labels(info)`.
-    policy: a `labels.LABEL_POLICIES` policy, for a multi-label dataset's
+    policy: a `checks.LABEL_POLICIES` policy, for a multi-label dataset's
       codes.
   """
   names = data_labels(info)
@@ -569,7 +570,7 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
     batch_size: prediction batch size; None: the run's.
     label_policy: for a dataset of labels, the policy its codes are read
       with; None: the run's (config.json's label_policy), else
-      `labels.DEFAULT_POLICY`.
+      `checks.DEFAULT_LABEL_POLICY`.
     localization: the pointing game on the split's positives (`localize`):
       True asks for it (a dataset without boxes is then an error), None
       does it where the dataset stores boxes, False never.
@@ -596,7 +597,7 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
         _run_class_names(config, run_results))
     mapping = map_label_names(model_label_names, builder.info)  # fails early
     policy = (label_policy or config.get('label_policy') or
-              labels_lib.DEFAULT_POLICY)
+              checks.DEFAULT_LABEL_POLICY)
     labels_lib.policy_table(policy)  # an unknown policy fails early
   else:
     class_names = _run_class_names(config, run_results)

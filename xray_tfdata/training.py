@@ -743,7 +743,7 @@ def evaluate_splits(net, builder, config, work_dir=None):
   evaluation of val and test (`scoring.evaluate_dataset`, as tools/evaluate
   does), with its pictures written into work_dir when given.
 
-  A multi-label run gets `label_aucs` per split instead of the seed's
+  A multi-label run gets `label_aucs` per split instead of the reference's
   table (see `_evaluate_labels`).
 
   Returns:

@@ -88,6 +88,7 @@ import time
 import unicodedata
 
 from xray_tfdata import atomic
+from xray_tfdata import checks
 from xray_tfdata import dataset_info
 from xray_tfdata import dicom
 from xray_tfdata import errors
@@ -158,7 +159,7 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
       inputs and arguments (and keep this run's if it is interrupted);
       otherwise start from scratch and clean up on failure.
     progress: show a progress bar (stderr) and print a summary (stdout).
-    voi: VOI step for DICOM files (`dicom.VOI_POLICIES`): 'auto' (the
+    voi: VOI step for DICOM files (`checks.VOI_POLICIES`): 'auto' (the
       file's VOI LUT, else its window, else the full stored range),
       'window' (the window, else the full range) or 'full'.
     patient_id_salt: secret for the hashed patient ids of DICOM files
@@ -201,8 +202,8 @@ def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
   if multilabel is None:
     sources.check_split_arguments(resplit, val_counts, test_counts, keep_test,
                                   val_fraction, test_fraction)
-  if voi not in dicom.VOI_POLICIES:
-    raise OutputError(f'voi must be one of {", ".join(dicom.VOI_POLICIES)}, '
+  if voi not in checks.VOI_POLICIES:
+    raise OutputError(f'voi must be one of {", ".join(checks.VOI_POLICIES)}, '
                       f'got {voi!r}')
   if patient_id_salt is not None and not patient_id_salt:
     raise OutputError('patient_id_salt is empty; give a secret, or none for '

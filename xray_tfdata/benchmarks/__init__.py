@@ -4,9 +4,10 @@ Machines here are shared and noisy, so every variant of a mode runs in the
 same process, interleaved round by round, and the reports give medians and
 ratios rather than single timings.
 
+  baseline      the reference notebook's ImageDataGenerator
+                `flow_from_directory` and its VGG16, the synthetic JPEGs
+                (any Keras backend).
   common        timing, medians, ratios, the machine record, the result JSON.
-  seed          the seed's baseline: ImageDataGenerator's `flow_from_directory`
-                and its VGG16, the synthetic JPEGs (any Keras backend).
   peers         the pipeline a Keras user writes today:
                 `image_dataset_from_directory` + Keras core augmentation.
   input         images/s delivered to the model (TensorFlow).
@@ -14,7 +15,7 @@ ratios rather than single timings.
   ops           images/s of the parts on tensors in memory (TensorFlow).
   reader_scale  the reader on a split larger than its memory budget: decode,
                 disk cache, memory cache (TensorFlow).
-  device_epoch  the seed's epoch against ours on any Keras backend, with a
+  device_epoch  the reference's epoch against ours on any Keras backend, with a
                 FLOP count (no TensorFlow).
 
 Importing the package imports none of them (device_epoch must run where

@@ -1,11 +1,12 @@
-"""The seed's epoch against this library's, on any Keras backend.
+"""The reference notebook's epoch against this library's, on any Keras
+backend.
 
 `tools/benchmark --mode=device_epoch`. It needs no TensorFlow, so it runs on
 a JAX (or PyTorch) GPU host where TensorFlow cannot be installed; the
 TensorFlow modes are the package's other modules. Variants, one epoch (train + validation)
 each per round, rounds interleaved after a warm-up:
 
-  baseline     the seed as written: `flow_from_directory` with the seed's
+  baseline     the reference as written: `flow_from_directory` with its
                ImageDataGenerator augmentation and `preprocess_input` on one
                CPU core, the float32 model, validation one image per step.
   library      uint8 grayscale batches from memory, which is what the cached
@@ -23,7 +24,7 @@ each per round, rounds interleaved after a warm-up:
                input pipeline at all, the compute floor.
 
 `backbone` picks the model of every variant but the baseline (which is the
-seed's VGG16, so it runs with vgg16 only) from `checks.BACKBONES`, at
+reference's VGG16, so it runs with vgg16 only) from `checks.BACKBONES`, at
 `image_size` (DenseNet-121 at 224 and 512 px on a GPU, for one).
 
 Also measured: ImageDataGenerator's own images/s (decode, augment,
@@ -41,8 +42,9 @@ import numpy as np
 
 from xray_tfdata import checks
 from xray_tfdata import model as model_lib
+from xray_tfdata import reference
+from xray_tfdata.benchmarks import baseline
 from xray_tfdata.benchmarks import common
-from xray_tfdata.benchmarks import seed as seed_lib
 from xray_tfdata.benchmarks.common import BenchmarkError
 
 LIBRARY_POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
@@ -69,9 +71,9 @@ class _DeviceBatches(keras.utils.PyDataset):
 
 
 def default_frozen_blocks(backbone):
-  """The seed's 4 frozen stages for vgg16; none for the others, which are
-  fine-tuned whole (CheXNet's DenseNet-121) or trained from scratch."""
-  return 4 if backbone == 'vgg16' else 0
+  """The reference's frozen stages for vgg16; none for the others, which
+  are fine-tuned whole (CheXNet's DenseNet-121) or trained from scratch."""
+  return reference.FROZEN_BLOCKS if backbone == 'vgg16' else 0
 
 
 def _library_model(image_size, policy, backbone='vgg16', augmentation='fused',
@@ -86,7 +88,7 @@ def _library_model(image_size, policy, backbone='vgg16', augmentation='fused',
 
 
 def default_variants(backbone):
-  """VARIANTS, less the baseline for a backbone other than the seed's."""
+  """VARIANTS, less the baseline for a backbone other than the reference's."""
   return tuple(v for v in VARIANTS if backbone == 'vgg16' or v != 'baseline')
 
 
@@ -102,8 +104,8 @@ def _plan(variants, backbone='vgg16'):
                          f'{", ".join(BACKBONES)}')
   if 'baseline' in variants and backbone != 'vgg16':
     raise BenchmarkError(
-        f'the baseline is the seed\'s VGG16; with --backbone={backbone} leave '
-        'it out of --variants (the keras_core variant is the peer)')
+        f'the baseline is the reference\'s VGG16; with --backbone={backbone} '
+        'leave it out of --variants (the keras_core variant is the peer)')
   auto = model_lib.select_policy('auto')
   plan, same_as_library = {}, None
   for name in variants:
@@ -120,25 +122,26 @@ def _plan(variants, backbone='vgg16'):
   return plan, same_as_library
 
 
-def benchmark_device_epoch(src_dir, image_size=224,
-                           batch_size=seed_lib.REFERENCE_BATCH_SIZE,
-                           train_images=seed_lib.REFERENCE_TRAIN_IMAGES,
-                           val_images=seed_lib.REFERENCE_VAL_IMAGES, repeats=2,
+def benchmark_device_epoch(src_dir, image_size=reference.IMAGE_SIZE,
+                           batch_size=reference.BATCH_SIZE,
+                           train_images=reference.TRAIN_IMAGES,
+                           val_images=reference.VAL_IMAGES, repeats=2,
                            variants=None, idg_batches=10, warmup_steps=2,
                            log=print, backbone='vgg16', frozen_blocks=None):
   """Seconds per epoch (train + validation) of each variant, side by side.
 
-  Every variant trains the same model (by default the seed's: VGG16, blocks
+  Every variant trains the same model (by default the reference's: VGG16, blocks
   1-4 frozen, its head; weights=None: the same compute as with ImageNet
-  weights) on `train_images // batch_size` full batches with the seed's class
-  weights and validates on `val_images`.
+  weights) on `train_images // batch_size` full batches with the reference's
+  class weights and validates on `val_images`.
 
   Args:
     src_dir: NORMAL/ and PNEUMONIA/ folders of JPEGs (the baseline reads
       them; the library variants decode train_images + val_images of them
       into memory first, untimed).
-    image_size, batch_size: the seed's 224 and 62 by default.
-    train_images, val_images: per epoch; the seed's split sizes by default.
+    image_size, batch_size: the reference's by default.
+    train_images, val_images: per epoch; the reference's split sizes by
+      default.
     repeats: rounds after the warm-up; each round runs every variant once.
     variants: names from VARIANTS; None: `default_variants(backbone)`.
     idg_batches: batches timed per round for ImageDataGenerator alone.
@@ -169,12 +172,13 @@ def benchmark_device_epoch(src_dir, image_size=224,
   steps = max(1, train_images // batch_size)
   trained = steps * batch_size
   start = time.perf_counter()
-  images, labels = seed_lib.load_images(src_dir, image_size, trained + val_images)
+  images, labels = baseline.load_images(src_dir, image_size,
+                                        trained + val_images)
   log(f'decoded {len(images)} images into memory in '
       f'{time.perf_counter() - start:.1f} s')
   x_train, y_train = images[:trained], labels[:trained]
   x_val, y_val = images[trained:], labels[trained:]
-  class_weight = seed_lib.balanced_class_weights(y_train)
+  class_weight = baseline.balanced_class_weights(y_train)
 
   def library_fit(net, **kwargs):
     net.fit(x_train, y_train, batch_size=batch_size, epochs=1,
@@ -186,11 +190,11 @@ def benchmark_device_epoch(src_dir, image_size=224,
   library_net = None
   for name, policy in plan.items():
     if name == 'baseline':
-      net = seed_lib.baseline_model(image_size)
-      train = seed_lib.reference_flow(src_dir, image_size, batch_size)
-      # The seed validated one image per step, without augmentation.
-      val = seed_lib.reference_flow(src_dir, image_size, 1, augmentation=False,
-                      shuffle=False)
+      net = baseline.baseline_model(image_size)
+      train = baseline.reference_flow(src_dir, image_size, batch_size)
+      # The reference validated one image per step, without augmentation.
+      val = baseline.reference_flow(src_dir, image_size, 1,
+                                    augmentation=False, shuffle=False)
       setups[name] = (
           lambda net=net, train=train, val=val, n=steps, v=val_images:
           net.fit(train, epochs=1, steps_per_epoch=n, validation_data=val,
@@ -233,7 +237,7 @@ def benchmark_device_epoch(src_dir, image_size=224,
   for name, (_, warm) in setups.items():
     warmup[name] = common.timed(warm)
     log(f'warm-up {name}: {warmup[name]:.1f} s')
-  idg = iter(seed_lib.reference_flow(src_dir, image_size, batch_size))
+  idg = iter(baseline.reference_flow(src_dir, image_size, batch_size))
   idg_rates = []
   seconds = {name: [] for name in setups}
   for round_index in range(repeats):

@@ -1,10 +1,11 @@
 """Seconds per epoch (train + validation), side by side:
 `tools/benchmark --mode=epoch`.
 
-The seed's baseline as it was written, the pipeline a Keras user writes
-today (`image_dataset_from_directory` without and with `.cache()`, the Keras
-core augmentation layers; see `peers`), this library (fused and keras-cv),
-and the model alone on tensors already in memory (the compute floor).
+The reference notebook's baseline as it was written, the pipeline a Keras
+user writes today (`image_dataset_from_directory` without and with
+`.cache()`, the Keras core augmentation layers; see `peers`), this library
+(fused and keras-cv), and the model alone on tensors already in memory (the
+compute floor).
 """
 
 import time
@@ -16,26 +17,33 @@ import tensorflow as tf
 from xray_tfdata import augment
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
+from xray_tfdata import reference
+from xray_tfdata.benchmarks import baseline
 from xray_tfdata.benchmarks import common
 from xray_tfdata.benchmarks import library
 from xray_tfdata.benchmarks import peers
-from xray_tfdata.benchmarks import seed as seed_lib
 
 
 VARIANTS = ('baseline',) + peers.VARIANTS + ('fused', 'keras_cv', 'floor')
+# A short epoch by default: four of the reference's batches to train on and
+# one to validate, so that every variant's rounds fit in minutes on a CPU
+# (device_epoch times the reference's whole split).
+TRAIN_IMAGES = 4 * reference.BATCH_SIZE
+VAL_IMAGES = reference.BATCH_SIZE
 
 
-def benchmark_epoch(src_dir, data_dir, image_size=224,
-                    batch_size=seed_lib.REFERENCE_BATCH_SIZE, train_images=248,
-                    val_images=62, repeats=3, policy='auto', variants=VARIANTS):
+def benchmark_epoch(src_dir, data_dir, image_size=reference.IMAGE_SIZE,
+                    batch_size=reference.BATCH_SIZE, train_images=TRAIN_IMAGES,
+                    val_images=VAL_IMAGES, repeats=3, policy='auto',
+                    variants=VARIANTS):
   """Seconds per epoch (train + validation), side by side.
 
-  Every variant trains the same VGG16 (blocks 1-4 frozen, the seed's head,
+  Every variant trains the same VGG16 (blocks 1-4 frozen, the reference's head,
   weights=None: the same compute as ImageNet weights) on `train_images`
   images and validates on `val_images`, one epoch per round, after a warm-up
   epoch; rounds interleave the variants.
 
-  The peers (keras_user, keras_user+cache) train the seed's model with the
+  The peers (keras_user, keras_user+cache) train the reference's model with the
   Keras core augmentation layers in front, under the same policy as ours.
 
   Returns:
@@ -56,11 +64,11 @@ def benchmark_epoch(src_dir, data_dir, image_size=224,
   class_weight = builder.info.class_weights('train')
   setups = {}
   if 'baseline' in variants:
-    net = seed_lib.baseline_model(image_size)
-    train = seed_lib.reference_flow(src_dir, image_size, batch_size)
-    # The seed validated one image per step.
-    val = seed_lib.reference_flow(src_dir, image_size, 1, augmentation=False,
-                    shuffle=False)
+    net = baseline.baseline_model(image_size)
+    train = baseline.reference_flow(src_dir, image_size, batch_size)
+    # The reference validated one image per step.
+    val = baseline.reference_flow(src_dir, image_size, 1, augmentation=False,
+                                  shuffle=False)
     setups['baseline'] = (net, train, val, min(val_images, val.samples))
   for name in peers.VARIANTS:
     if name in variants:

@@ -1,7 +1,7 @@
 """Images/s delivered to the model's first conv layer, side by side:
 `tools/benchmark --mode=input`.
 
-The seed's `flow_from_directory` iterator (decode + augment +
+The reference notebook's `flow_from_directory` iterator (decode + augment +
 preprocess_input on the host) and the pipeline a Keras user writes today
 (`image_dataset_from_directory`, with and without `.cache()`, + the Keras
 core augmentation layers + preprocess_input; see `peers`) against
@@ -10,17 +10,19 @@ preprocessing, as they run on the device.
 """
 
 from xray_tfdata import pipeline
+from xray_tfdata import reference
+from xray_tfdata.benchmarks import baseline
 from xray_tfdata.benchmarks import common
 from xray_tfdata.benchmarks import library
 from xray_tfdata.benchmarks import peers
-from xray_tfdata.benchmarks import seed as seed_lib
 
 
-def benchmark_input(src_dir, data_dir, image_size=224, batch_size=seed_lib.REFERENCE_BATCH_SIZE,
-                    baseline_batches=15, batches=60, repeats=3,
+def benchmark_input(src_dir, data_dir, image_size=reference.IMAGE_SIZE,
+                    batch_size=reference.BATCH_SIZE, baseline_batches=15,
+                    batches=60, repeats=3,
                     kinds=('host', 'none', 'fused', 'keras_cv'),
                     peer_variants=peers.VARIANTS):
-  """Images/s of the seed's iterator against this pipeline, side by side.
+  """Images/s of the reference's iterator against this pipeline, side by side.
 
   Args:
     src_dir: the pool of class folders the TFRecords were made from.
@@ -41,7 +43,7 @@ def benchmark_input(src_dir, data_dir, image_size=224, batch_size=seed_lib.REFER
     baseline (ratio_vs_baseline) and against each peer (ratio_vs_<peer>).
   """
   builder = pipeline.DatasetBuilder(data_dir)
-  flow = seed_lib.reference_flow(src_dir, image_size, batch_size)
+  flow = baseline.reference_flow(src_dir, image_size, batch_size)
   flow_iter = iter(flow)
   variants = {'imagedatagenerator': lambda: next(flow_iter)[0]}
   runs = {}

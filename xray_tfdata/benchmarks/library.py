@@ -11,7 +11,7 @@ import tensorflow as tf
 from xray_tfdata import augment
 from xray_tfdata import demo
 from xray_tfdata import model as model_lib
-from xray_tfdata.benchmarks import seed as seed_lib
+from xray_tfdata.benchmarks import baseline
 
 
 def device_preprocess(kind):
@@ -48,12 +48,13 @@ def reference_model(image_size, augmentation, policy):
 
 def prepare_data(work_dir, num_images, image_size, seed=0):
   """Creates (once) a synthetic pool of realistic-size JPEGs and its
-  TFRecords re-split with the seed's proportions; returns (src_dir, data_dir).
+  TFRecords re-split with the reference's proportions; returns (src_dir,
+  data_dir).
 
   The baseline reads the pool with flow_from_directory (train and
   validation draw from the same images; only speed is measured here).
   """
-  src_dir = seed_lib.prepare_jpegs(work_dir, num_images, seed=seed)
+  src_dir = baseline.prepare_jpegs(work_dir, num_images, seed=seed)
   data_dir = os.path.join(work_dir, f'tfrecords_{image_size}')
   demo.convert_pool(src_dir, data_dir, num_images, image_size, seed=seed)
   return src_dir, data_dir

@@ -15,9 +15,10 @@ import tensorflow as tf
 
 from xray_tfdata import augment
 from xray_tfdata import model as model_lib
+from xray_tfdata import reference
+from xray_tfdata.benchmarks import baseline
 from xray_tfdata.benchmarks import common
 from xray_tfdata.benchmarks import library
-from xray_tfdata.benchmarks import seed as seed_lib
 
 
 OPS = ('transform', 'preprocess', 'fused+preprocess', 'train_step',
@@ -54,7 +55,8 @@ def _op_runners(ops, image_size, batch_size, policy):
   return {name: runners[name] for name in ops}
 
 
-def benchmark_ops(image_size=224, batch_size=seed_lib.REFERENCE_BATCH_SIZE, calls=10,
+def benchmark_ops(image_size=reference.IMAGE_SIZE,
+                  batch_size=reference.BATCH_SIZE, calls=10,
                   repeats=3, ops=OPS, policy='float32'):
   """Images/s of the pipeline's and the model's parts, on tensors in memory.
 

@@ -6,7 +6,7 @@ as the tf.data and Keras tutorials write (`cache().shuffle(1000)
 .prefetch(AUTOTUNE)`: the decoded float32 RGB batches, twelve times the
 bytes of this library's uint8 grey), then the Keras 3 core augmentation
 layers RandomRotation, RandomTranslation, RandomShear, RandomZoom and
-RandomFlip with the seed's ranges converted to their meanings
+RandomFlip with the reference's ranges converted to their meanings
 (`augment_keras_core`), then `vgg16.preprocess_input`, in the model.
 """
 
@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from xray_tfdata import augment
 from xray_tfdata.augment_keras_core import KerasCoreAugmentation
-from xray_tfdata.benchmarks import seed as seed_lib
+from xray_tfdata.benchmarks import baseline
 
 # The variants' names in the reports.
 KERAS_USER = 'keras_user'
@@ -37,7 +37,7 @@ def keras_user_dataset(src_dir, image_size, batch_size, cache=False,
     seed: of the shuffle.
   """
   ds = keras.utils.image_dataset_from_directory(
-      src_dir, label_mode='binary', class_names=list(seed_lib.CLASS_NAMES),
+      src_dir, label_mode='binary', class_names=list(baseline.CLASS_NAMES),
       image_size=(image_size, image_size), batch_size=batch_size,
       shuffle=training, seed=seed, verbose=False)
   if cache:
@@ -48,7 +48,7 @@ def keras_user_dataset(src_dir, image_size, batch_size, cache=False,
 
 
 def keras_core_augmentation():
-  """The Keras core layers chain with the seed's ranges."""
+  """The Keras core layers chain with the reference's ranges."""
   return KerasCoreAugmentation(**augment.REFERENCE_AUGMENTATION)
 
 
@@ -66,7 +66,7 @@ def keras_user_device_preprocess():
 
 
 def keras_user_model(image_size, policy):
-  """The seed's VGG16 (blocks 1-4 frozen, its head, weights=None) with the
+  """The reference's VGG16 (blocks 1-4 frozen, its head, weights=None) with the
   Keras core augmentation layers and preprocess_input in front, compiled."""
-  return seed_lib.baseline_model(
+  return baseline.baseline_model(
       image_size, augmentation=keras_core_augmentation(), policy=policy)

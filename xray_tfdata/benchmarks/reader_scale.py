@@ -24,9 +24,10 @@ import tempfile
 
 from xray_tfdata import demo
 from xray_tfdata import pipeline
+from xray_tfdata import reference
+from xray_tfdata.benchmarks import baseline
 from xray_tfdata.benchmarks import common
 from xray_tfdata.benchmarks import library
-from xray_tfdata.benchmarks import seed as seed_lib
 
 VARIANTS = ('decode', 'disk_cache', 'no_cache', 'memory')
 
@@ -34,14 +35,14 @@ VARIANTS = ('decode', 'disk_cache', 'no_cache', 'memory')
 def prepare_data(work_dir, num_images, image_size, seed=0):
   """The synthetic pool and its TFRecords at image_size, made once; returns
   data_dir (see `library.prepare_data`)."""
-  src_dir = seed_lib.prepare_jpegs(work_dir, num_images, seed=seed)
+  src_dir = baseline.prepare_jpegs(work_dir, num_images, seed=seed)
   data_dir = os.path.join(work_dir, f'tfrecords_{image_size}')
   demo.convert_pool(src_dir, data_dir, num_images, image_size, seed=seed)
   return data_dir
 
 
 def benchmark_reader_scale(data_dir, cache_limit_bytes, work_dir,
-                           batch_size=seed_lib.REFERENCE_BATCH_SIZE,
+                           batch_size=reference.BATCH_SIZE,
                            repeats=3, log=print):
   """Images/s of the training pipeline's epochs; see the module docstring.
 

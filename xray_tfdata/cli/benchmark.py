@@ -1,4 +1,4 @@
-"""Benchmarks this library against the seed's ImageDataGenerator, side by side.
+"""Benchmarks this library against the reference's ImageDataGenerator.
 
   tools/benchmark --mode=input --work_dir=runs/bench
   tools/benchmark --mode=epoch --work_dir=runs/bench --train_images=248 --val_images=62
@@ -26,23 +26,24 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 from xray_tfdata import checks  # pylint: disable=g-import-not-at-top  (no TF)
+from xray_tfdata import reference
 
 _MODE = flags.DEFINE_enum('mode', 'input', ['input', 'epoch', 'ops', 'device_epoch', 'reader_scale'], 'What to measure: the input pipeline, whole epochs, the parts on tensors in memory, whole epochs on any Keras backend (KERAS_BACKEND; no TensorFlow needed), or the reader on a split larger than --cache_limit (decode, disk cache, memory).')
 _WORK_DIR = flags.DEFINE_string('work_dir', 'runs/bench', 'Holds the synthetic JPEG tree (jpeg/) and its TFRecords (tfrecords_<size>/).')
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 1200, 'Synthetic images to create if work_dir has none.', lower_bound=12)
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Image size, as the seed.', lower_bound=8)
-_BATCH = flags.DEFINE_integer('batch_size', 62, 'Batch size, as the seed.', lower_bound=1)
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', reference.IMAGE_SIZE, 'Image size; the reference\'s by default.', lower_bound=8)
+_BATCH = flags.DEFINE_integer('batch_size', reference.BATCH_SIZE, 'Batch size; the reference\'s by default.', lower_bound=1)
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Rounds; medians over rounds are reported.', lower_bound=1)
 _BATCHES = flags.DEFINE_integer('batches', 60, 'input mode: batches timed per round for the tf.data variants.', lower_bound=1)
 _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 15, 'input mode: batches timed per round for ImageDataGenerator.', lower_bound=1)
-_TRAIN_IMAGES = flags.DEFINE_integer('train_images', None, 'epoch modes: training images per epoch (default: epoch 248, device_epoch the seed\'s 4756).', lower_bound=1)
-_VAL_IMAGES = flags.DEFINE_integer('val_images', None, 'epoch modes: validation images per epoch (default: epoch 62, device_epoch the seed\'s 550).', lower_bound=1)
+_TRAIN_IMAGES = flags.DEFINE_integer('train_images', None, f'epoch modes: training images per epoch (default: epoch four of the reference\'s batches of {reference.BATCH_SIZE}, device_epoch the reference\'s {reference.TRAIN_IMAGES}).', lower_bound=1)
+_VAL_IMAGES = flags.DEFINE_integer('val_images', None, f'epoch modes: validation images per epoch (default: epoch one of the reference\'s batches, device_epoch the reference\'s {reference.VAL_IMAGES}).', lower_bound=1)
 _POLICY = flags.DEFINE_enum('policy', 'auto', ['auto', 'float32', 'mixed_float16', 'mixed_bfloat16'], 'epoch and ops modes: dtype policy of the library model.')
 _VARIANTS = flags.DEFINE_list('variants', None, 'epoch modes: variants to run (default all; epoch: baseline, keras_user, keras_user+cache, fused, keras_cv, floor; device_epoch: baseline (vgg16 only), library, keras_core, library_float32, library_mixed_float16, library_mixed_bfloat16, floor).')
 _OPS = flags.DEFINE_list('ops', None, 'ops mode: which parts (default all): transform, preprocess, fused+preprocess, train_step, predict_batch, predict_one.')
 _CALLS = flags.DEFINE_integer('calls', 10, 'ops mode: calls timed per round (the model ops: a fifth of it).', lower_bound=1)
-_BACKBONE = flags.DEFINE_enum('backbone', 'vgg16', list(checks.BACKBONES), 'device_epoch mode: the model of every variant but the baseline (the seed\'s VGG16, run with vgg16 only).')
-_FROZEN = flags.DEFINE_integer('frozen_blocks', None, 'device_epoch mode: backbone stages frozen (default: 4 for vgg16, as the seed; 0 for the others).', lower_bound=0)
+_BACKBONE = flags.DEFINE_enum('backbone', 'vgg16', list(checks.BACKBONES), 'device_epoch mode: the model of every variant but the baseline (the reference\'s VGG16, run with vgg16 only).')
+_FROZEN = flags.DEFINE_integer('frozen_blocks', None, f'device_epoch mode: backbone stages frozen (default: {reference.FROZEN_BLOCKS} for vgg16, as the reference; 0 for the others).', lower_bound=0)
 _CACHE_LIMIT = flags.DEFINE_integer('cache_limit', 64, 'reader_scale mode: the reader\'s memory budget in MiB; the decoded training split must be larger.', lower_bound=1)
 _OUTPUT = flags.DEFINE_string('output', None, 'JSON output path (default work_dir/benchmark_<mode>.json).')
 
@@ -101,7 +102,8 @@ def _benchmark(argv):
       module = epoch
       result = epoch.benchmark_epoch(
           src_dir, data_dir, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
-          train_images=_TRAIN_IMAGES.value or 248, val_images=_VAL_IMAGES.value or 62,
+          train_images=_TRAIN_IMAGES.value or epoch.TRAIN_IMAGES,
+          val_images=_VAL_IMAGES.value or epoch.VAL_IMAGES,
           repeats=_REPEATS.value, policy=_POLICY.value,
           variants=tuple(_VARIANTS.value or epoch.VARIANTS))
   except (common.BenchmarkError, pipeline.DatasetError, sources.SourceError,
@@ -137,18 +139,18 @@ def device_epoch():
   """--mode=device_epoch: imports no TensorFlow (a JAX GPU host has none)."""
   # pylint: disable=g-import-not-at-top
   from xray_tfdata import synthetic
+  from xray_tfdata.benchmarks import baseline
   from xray_tfdata.benchmarks import common
   from xray_tfdata.benchmarks import device_epoch as device_lib
-  from xray_tfdata.benchmarks import seed as seed_lib
   # pylint: enable=g-import-not-at-top
 
   output = _output_path()
   try:
-    src_dir = seed_lib.prepare_jpegs(_WORK_DIR.value, _NUM_IMAGES.value)
+    src_dir = baseline.prepare_jpegs(_WORK_DIR.value, _NUM_IMAGES.value)
     result = device_lib.benchmark_device_epoch(
         src_dir, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
-        train_images=_TRAIN_IMAGES.value or seed_lib.REFERENCE_TRAIN_IMAGES,
-        val_images=_VAL_IMAGES.value or seed_lib.REFERENCE_VAL_IMAGES,
+        train_images=_TRAIN_IMAGES.value or reference.TRAIN_IMAGES,
+        val_images=_VAL_IMAGES.value or reference.VAL_IMAGES,
         repeats=_REPEATS.value,
         variants=tuple(_VARIANTS.value) if _VARIANTS.value else None,
         backbone=_BACKBONE.value, frozen_blocks=_FROZEN.value)

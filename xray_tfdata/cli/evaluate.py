@@ -19,14 +19,14 @@ runtime.configure_tensorflow_env()  # before TensorFlow is imported
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-from xray_tfdata import labels  # pylint: disable=g-import-not-at-top  (NumPy only)
+from xray_tfdata import checks  # pylint: disable=g-import-not-at-top  (imports no TF)
 
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'A finished tools/train run.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'A dataset converted by tools/make_tfrecords (the run\'s own or another).')
 _SPLIT = flags.DEFINE_string('split', 'test', 'The split of --data_dir to evaluate.')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the results go; default model_dir/evaluation/<data_dir folder>-<split>.')
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap_resamples', None, 'Patient-level bootstrap resamples; default: the run\'s setting.', lower_bound=1)
-_LABEL_POLICY = flags.DEFINE_enum('label_policy', None, labels.LABEL_POLICIES, 'For a dataset of labels (NIH, CheXpert): how its uncertain and unmentioned codes are read (see xray_tfdata.labels); default: the run\'s.')
+_LABEL_POLICY = flags.DEFINE_enum('label_policy', None, checks.LABEL_POLICIES, 'For a dataset of labels (NIH, CheXpert): how its uncertain and unmentioned codes are read (see xray_tfdata.labels); default: the run\'s.')
 _LOCALIZATION = flags.DEFINE_bool('localization', None, 'The pointing game of the Grad-CAM heatmaps on the positives with boxes (RSNA). Default: where the dataset stores boxes; --localization on a dataset without boxes is an error; --nolocalization never.')
 
 

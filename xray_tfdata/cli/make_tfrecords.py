@@ -35,7 +35,8 @@ from absl import flags
 
 # No TensorFlow at import time: the decoding workers are spawned and re-import
 # this script.
-from xray_tfdata import dicom  # pylint: disable=g-import-not-at-top
+from xray_tfdata import checks  # pylint: disable=g-import-not-at-top
+from xray_tfdata import reference
 from xray_tfdata import sources
 from xray_tfdata import sources_multilabel
 from xray_tfdata import writer
@@ -49,7 +50,8 @@ _SRC_DIR = flags.DEFINE_string(
     'folder with --labels_csv.')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Output folder for the shards.')
 _IMAGE_SIZE = flags.DEFINE_integer(
-    'image_size', 224, 'Stored height and width in pixels (squashed).',
+    'image_size', reference.IMAGE_SIZE, 'Stored height and width in pixels '
+    '(squashed); default: the reference\'s.',
     lower_bound=1, upper_bound=writer.MAX_IMAGE_SIZE)
 _OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'Replace a dataset already in out_dir.')
@@ -105,7 +107,7 @@ _RESUME = flags.DEFINE_bool(
     'resume', True, 'Keep the finished shards of an interrupted run with the '
     'same inputs and flags (and keep this run\'s if it is interrupted).')
 _VOI = flags.DEFINE_enum(
-    'voi', 'auto', dicom.VOI_POLICIES,
+    'voi', 'auto', checks.VOI_POLICIES,
     'VOI step for DICOM files: auto (the file\'s VOI LUT, else its window, '
     'else the full stored range), window (the window, else the full range) '
     'or full (the full range the stored bits allow). Recorded in '

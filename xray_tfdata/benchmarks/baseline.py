@@ -1,6 +1,7 @@
-"""The seed's baseline, shared by the benchmarks: ImageDataGenerator's
-`flow_from_directory` with the seed's augmentation and `preprocess_input`,
-the seed's VGG16 as written, and the synthetic Kermany-like JPEGs it reads
+"""The baseline, shared by the benchmarks: the reference notebook's
+ImageDataGenerator `flow_from_directory` with its augmentation and
+`preprocess_input`, its VGG16 as written, and the synthetic Kermany-like
+JPEGs it reads
 (decoded into memory where a variant feeds batches from memory). Any Keras
 backend, no TensorFlow."""
 
@@ -19,15 +20,12 @@ from xray_tfdata import model as model_lib
 from xray_tfdata import reference
 from xray_tfdata.benchmarks.common import BenchmarkError
 
-# The reference experiment's numbers, declared once in xray_tfdata.reference.
-REFERENCE_BATCH_SIZE = reference.BATCH_SIZE
-REFERENCE_TRAIN_IMAGES = reference.TRAIN_IMAGES
-REFERENCE_VAL_IMAGES = reference.VAL_IMAGES
 CLASS_NAMES = ('NORMAL', 'PNEUMONIA')
 
 
 def reference_image_data_generator(augmentation=True):
-  """The seed's ImageDataGenerator (augmentation off: its validation one).
+  """The reference's ImageDataGenerator (augmentation off: its validation
+  one).
 
   Keras 3's own class (numpy and scipy; no TensorFlow), the one
   `tf.keras.preprocessing.image.ImageDataGenerator` is under TensorFlow.
@@ -40,34 +38,35 @@ def reference_image_data_generator(augmentation=True):
 
 def reference_flow(directory, image_size, batch_size, augmentation=True,
                    shuffle=True, seed=0):
-  """The seed's `flow_from_directory` iterator over class folders."""
+  """The reference's `flow_from_directory` iterator over class folders."""
   return reference_image_data_generator(augmentation).flow_from_directory(
       directory, target_size=(image_size, image_size),
       batch_size=batch_size, class_mode='binary', shuffle=shuffle, seed=seed)
 
 
 def baseline_model(image_size, augmentation=None, policy='float32'):
-  """The seed's model as it was written: float32, 3-channel float input
-  already preprocessed by ImageDataGenerator; compiled as the seed's.
+  """The reference's model as it was written: float32, 3-channel float input
+  already preprocessed by ImageDataGenerator; compiled as the reference's.
 
   Args:
     image_size: height and width.
-    augmentation: None (the seed's); or a Keras layer run first on float
+    augmentation: None (the reference's); or a Keras layer run first on float
       RGB images in 0..255, then `vgg16.preprocess_input`: the same model
       as a Keras user puts augmentation layers in front of it.
-    policy: the dtype policy it is built under (the seed's float32).
+    policy: the dtype policy it is built under (the reference's float32).
   """
   keras.mixed_precision.set_global_policy(policy)
   shape = (image_size, image_size, 3)
   base = keras.applications.VGG16(include_top=False, weights=None,
                                   input_shape=shape)
+  # The notebook's layers[:15]: the input and blocks 1-4
+  # (reference.FROZEN_BLOCKS).
   for layer in base.layers[:15]:
     layer.trainable = False
   x = keras.layers.Flatten()(base.output)
-  x = keras.layers.Dense(512, activation='relu')(x)
-  x = keras.layers.Dropout(0.4)(x)
-  x = keras.layers.Dense(64, activation='relu')(x)
-  x = keras.layers.Dropout(0.4)(x)
+  for units in reference.DENSE_UNITS:
+    x = keras.layers.Dense(units, activation='relu')(x)
+    x = keras.layers.Dropout(reference.DROPOUT)(x)
   out = keras.layers.Dense(1, activation='sigmoid', dtype='float32')(x)
   net = keras.Model(base.input, out)
   if augmentation is not None:
@@ -150,7 +149,7 @@ def load_images(src_dir, image_size, num_images, num_workers=None, seed=0):
 
 
 def balanced_class_weights(labels):
-  """The seed's 'balanced' class weights, n / (2 n_c), from 0/1 labels."""
+  """The reference's 'balanced' class weights, n / (2 n_c), from 0/1 labels."""
   counts = np.bincount(labels.astype(np.int64), minlength=2)
   if not counts.all():
     raise BenchmarkError(f'both classes are needed, got counts {counts}')
