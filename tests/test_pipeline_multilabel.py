@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from records import write_dataset, write_multilabel_dataset
+from xray_tfdata import checks
 from xray_tfdata import labels
 from xray_tfdata import pipeline
 
@@ -70,7 +71,7 @@ def test_each_policy_gives_the_documented_targets_of_the_stored_codes(
 def test_the_default_policy_is_u_ones(multilabel):
   root, expected = multilabel
   _, targets, _ = _read(pipeline.DatasetBuilder(root), 'val')
-  assert labels.DEFAULT_POLICY == 'u_ones'
+  assert checks.DEFAULT_LABEL_POLICY == 'u_ones'
   np.testing.assert_array_equal(
       targets, [[POLICY_TARGETS['u_ones'][c] for c in e['codes']]
                 for e in expected['val']])

@@ -29,9 +29,6 @@ _TARGETS = {
     'u_ignore': (1.0, 0.0, MASKED, 0.0),
     'txv': (1.0, 0.0, MASKED, MASKED),
 }
-# pipeline's import; the home is checks.
-LABEL_POLICIES = checks.LABEL_POLICIES
-DEFAULT_POLICY = checks.DEFAULT_LABEL_POLICY
 # Codes run from NOT_MENTIONED (-2) to POSITIVE (1): code - OFFSET indexes
 # a policy table.
 OFFSET = schema.NOT_MENTIONED

@@ -28,6 +28,7 @@ from typing import Any, Optional, Union
 import tensorflow as tf
 
 from xray_tfdata import cache as cache_lib
+from xray_tfdata import checks
 from xray_tfdata import data_service as data_service_lib
 from xray_tfdata import labels as labels_lib
 from xray_tfdata import schema
@@ -171,7 +172,7 @@ class DatasetBuilder:
   def as_dataset(self, split, batch_size=None, training=False, *,
                  image_size=None, resize=False, seed=None, repeat=False,
                  with_metadata=False, read_config=None,
-                 label_policy=labels_lib.DEFAULT_POLICY, labels=None,
+                 label_policy=checks.DEFAULT_LABEL_POLICY, labels=None,
                  views=None, **read_options):
     """Builds the tf.data pipeline for one split.
 
@@ -194,7 +195,7 @@ class DatasetBuilder:
         dataset also 'view', 'sex', 'age_years' and 'study_id'.
       read_config: a `ReadConfig` with the less common knobs (cache, shuffle
         buffer, channels, input context, tf.data service, sharding).
-      label_policy: a multi-label dataset's policy (`labels.LABEL_POLICIES`)
+      label_policy: a multi-label dataset's policy (`checks.LABEL_POLICIES`)
         from raw codes to targets; a single-label dataset has none.
       labels: a multi-label dataset's label names to read, in this order;
         None: all of `info.label_names`.

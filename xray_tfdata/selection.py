@@ -12,6 +12,7 @@ num_examples, label_code_counts and view_filter_line are these.
 import numpy as np
 import tensorflow as tf
 
+from xray_tfdata import checks
 from xray_tfdata import labels as labels_lib
 from xray_tfdata import schema
 from xray_tfdata.dataset_info import DatasetError
@@ -80,11 +81,11 @@ class Selection:
     if not self.info.is_multilabel:
       self.label_names(labels)  # labels asked of it: one line
       return None
-    if label_policy not in labels_lib.LABEL_POLICIES:
+    if label_policy not in checks.LABEL_POLICIES:
       raise DatasetError(
           f'label policy {label_policy!r} is not one of '
-          f'{", ".join(labels_lib.LABEL_POLICIES)}: pass '
-          f'--label_policy={labels_lib.DEFAULT_POLICY}, for example')
+          f'{", ".join(checks.LABEL_POLICIES)}: pass '
+          f'--label_policy={checks.DEFAULT_LABEL_POLICY}, for example')
     names = self.label_names(labels)
     indices = [self.info.label_names.index(name) for name in names]
     return labels_lib.policy_table(label_policy), indices
