@@ -9,7 +9,6 @@ import pytest
 
 from records import write_dataset, write_multilabel_dataset
 from xray_tfdata import checks
-from xray_tfdata import labels
 from xray_tfdata import pipeline
 
 LABEL_NAMES = ('Atelectasis', 'Effusion', 'Pleural_Thickening')
