@@ -47,6 +47,7 @@ from keras import ops
 from xray_tfdata import checks
 from xray_tfdata import errors
 from xray_tfdata import losses
+from xray_tfdata import reference
 
 # Keras' own sources and checksums of the notop ImageNet weights
 # (keras/src/applications/vgg16.py, densenet.py, resnet.py,
@@ -513,9 +514,11 @@ def _backbone(backbone, image_size, weights_path):
         f'({e})'.replace('\n', ' ')) from e
 
 
-def build_model(image_size=224, channels_in=1, weights=None, frozen_blocks=4,
-                dense_units=(512, 64), dropout=0.4, augmentation=None,
-                policy=None, name=None, backbone='vgg16', num_labels=1):
+def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
+                frozen_blocks=reference.FROZEN_BLOCKS,
+                dense_units=reference.DENSE_UNITS, dropout=reference.DROPOUT,
+                augmentation=None, policy=None, name=None,
+                backbone=reference.BACKBONE, num_labels=1):
   """Builds the classifier on a backbone, taking uint8 images.
 
   Args:
@@ -618,7 +621,8 @@ def reference_metrics():
   ]
 
 
-def compile_model(model, learning_rate=1e-4, jit_compile='auto',
+def compile_model(model, learning_rate=reference.LEARNING_RATE,
+                  jit_compile='auto',
                   steps_per_execution=1, pos_weight=None):
   """Compiles with Adam, binary cross-entropy and the reference metrics;
   a multi-label model (pos_weight given) with the masked loss and AUC.

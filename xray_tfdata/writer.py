@@ -93,6 +93,7 @@ from xray_tfdata import dataset_info
 from xray_tfdata import dicom
 from xray_tfdata import errors
 from xray_tfdata import imaging
+from xray_tfdata import reference
 from xray_tfdata import runtime
 from xray_tfdata import schema
 from xray_tfdata import sources
@@ -124,9 +125,9 @@ class OutputError(errors.XrayError):
   """A problem with out_dir or the output arguments (a user error)."""
 
 
-def convert(src_dir, out_dir, image_size=224, resplit=False, val_counts=None,
-            test_counts=None, num_shards=None, num_workers=None, seed=0,
-            overwrite=False, name=None, layout='auto',
+def convert(src_dir, out_dir, image_size=reference.IMAGE_SIZE, resplit=False,
+            val_counts=None, test_counts=None, num_shards=None,
+            num_workers=None, seed=0, overwrite=False, name=None, layout='auto',
             resume=True, progress=True, voi='auto', patient_id_salt=None,
             keep_test=False, val_fraction=None, test_fraction=None,
             patient_id_regex=None, patient_csv=None, split=None,
