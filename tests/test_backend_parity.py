@@ -86,7 +86,7 @@ def _batch(params_list):
     [(32, 48, 1, 'idg'), (48, 32, 3, 'idg'), (40, 40, 1, 'image'),
      (32, 32, 3, 'image')])
 @pytest.mark.parametrize('ranges', [_REFERENCE_LIKE, _LARGE_SHEAR],
-                         ids=['seed_ranges', 'shear_20deg'])
+                         ids=['reference_ranges', 'shear_20deg'])
 def test_apply_transform_matches_image_data_generator(
     height, width, channels, center, ranges):
   rng = np.random.default_rng(height * 100 + width + channels)

@@ -56,7 +56,7 @@ def test_tools_end_to_end(converted):
   root, src, data = converted
   model_dir = str(root / 'model')
   flagfile = root / 'tiny.flags'
-  # A variant that nests the seed's flagfile and overrides a few values.
+  # A variant that nests the reference's flagfile and overrides a few values.
   flagfile.write_text('\n'.join([
       f'--flagfile={os.path.join(REPO_ROOT, "configs", "kermany_vgg16.flags")}',
       f'--data_dir={data}', f'--model_dir={model_dir}',

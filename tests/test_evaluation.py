@@ -158,7 +158,7 @@ def test_evaluate_predictions_and_table_agree_with_counts():
   table = evaluation.results_table_markdown(results)
 
   main = recount.markdown_rows(table, 'Results at threshold 0.5')
-  assert list(main) == ['train', 'val', 'test']  # the seed's order
+  assert list(main) == ['train', 'val', 'test']  # the reference's order
   for split, (labels, probs) in predictions.items():
     expected = recount.recount(labels, probs, 0.5)
     recount.assert_row(main[split], expected, recount.MAIN_COLUMNS, split)

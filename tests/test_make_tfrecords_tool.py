@@ -45,7 +45,7 @@ def tree(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_converts_with_the_seed_flagfile_and_overrides(tree, tmp_path):
+def test_converts_with_the_reference_flagfile_and_overrides(tree, tmp_path):
   out = str(tmp_path / 'data')
   result = _run('make_tfrecords', f'--flagfile={FLAGFILE}',
                 f'--src_dir={tree}', f'--out_dir={out}',

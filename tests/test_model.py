@@ -141,7 +141,7 @@ def test_mixed_float16_gets_one_loss_scale_optimizer():
                         keras.optimizers.LossScaleOptimizer)
 
 
-def test_compile_trains_with_the_seeds_metrics():
+def test_compile_trains_with_the_references_metrics():
   net = model_lib.compile_model(model_lib.build_model(SIZE),
                                 learning_rate=3e-4)
   assert isinstance(net.optimizer, keras.optimizers.Adam)

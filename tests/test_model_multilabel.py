@@ -50,7 +50,7 @@ def test_mini_vgg_trains_on_masked_targets_saves_and_reloads(tmp_path):
   _check_head(net, 3, tmp_path)
 
 
-def test_one_label_is_the_seeds_head():
+def test_one_label_is_the_references_head():
   net = model_lib.build_model(32, backbone='mini_vgg', frozen_blocks=0,
                               dense_units=(8,))
   assert net.output_shape == (None, 1)

@@ -158,7 +158,7 @@ def test_run_results_hold_the_clinical_evaluation(run, datasets):
   result = evaluation_results['labels']['PNEUMONIA']
   test = result['splits']['test']
   assert (test['n'], test['patients'], test['positives']) == (24, 12, 12)
-  # The same numbers as the seed's table where both report one.
+  # The same numbers as the reference's table where both report one.
   assert test['auc']['value'] == pytest.approx(
       results['splits']['test']['auc'])
   assert result['thresholds']['youden']['threshold'] == pytest.approx(

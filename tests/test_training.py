@@ -26,7 +26,7 @@ SIZE = 32
 
 
 def tiny_config(data_dir, **overrides):
-  """The seed's settings shrunk, as conftest's shared run: 32 px, mini_vgg
+  """The reference's settings shrunk, as conftest's shared run: 32 px, mini_vgg
   (a fraction of VGG16's build and epochs; what these tests check does not
   depend on the backbone), small head, weights none; float32 pinned, since
   'auto' picks mixed_bfloat16 on AVX512_BF16 hosts and these tests compare
@@ -63,7 +63,7 @@ def count_labels_in_shards(data_dir, split):
 
 
 @pytest.mark.slow  # uses finished_run: a real training
-def test_fit_receives_the_seeds_class_weights(tiny_run, data_dir):
+def test_fit_receives_the_references_class_weights(tiny_run, data_dir):
   """'balanced' weights, n / (classes * count_c), from a count of the
   shards; NORMAL, the smaller class here as in Kermany, weighs more."""
   fit_calls = tiny_run.fit_calls
