@@ -5,7 +5,9 @@ Decodes are counted by a tf.py_function on every example that leaves
 DatasetBuilder's decode stage, so a cache that let an epoch decode again
 shows up as a count above the split's size."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -270,3 +272,58 @@ def test_choose(tmp_path, cache, size, service, cache_dir, kind):
   assert bool(choice.hint) == (kind == 'none' and cache == 'auto'
                                and not service)
   assert f"'train': {kind} (" in cache_lib.describe(choice, 'train')
+
+
+def _run_folder(folder, name, owner=None, complete=False):
+  run = os.path.join(folder, name)
+  os.makedirs(run)
+  if owner is not None:
+    with open(os.path.join(run, 'owner.json'), 'w') as out:
+      json.dump(owner, out)
+  if complete:
+    with open(os.path.join(run, 'complete.json'), 'w') as out:
+      json.dump({'key': {}}, out)
+  return run
+
+
+def test_only_this_host_s_dead_writers_incomplete_folders_are_removed(
+    tmp_path):
+  """A live writer, another host's writer (its pid means nothing here), a
+  complete cache and a folder without owner.json are all left alone."""
+  folder = str(tmp_path)
+  host = socket.gethostname()
+  # A pid that surely ran and ended: a child process, waited for.
+  child = subprocess.Popen([sys.executable, '-c', 'pass'])
+  child.wait()
+  dead = child.pid
+  gone = _run_folder(folder, 'run-dead', {'host': host, 'pid': dead})
+  kept = [
+      _run_folder(folder, 'run-live', {'host': host, 'pid': os.getpid()}),
+      _run_folder(folder, 'run-other-host',
+                  {'host': host + '-elsewhere', 'pid': dead}),
+      _run_folder(folder, 'run-complete', {'host': host, 'pid': dead},
+                  complete=True),
+      _run_folder(folder, 'run-no-owner'),
+      _run_folder(folder, 'not-a-run', {'host': host, 'pid': dead}),
+  ]
+  assert cache_lib.remove_abandoned(folder) == [gone]
+  assert sorted(os.listdir(folder)) == sorted(os.path.basename(k)
+                                              for k in kept)
+
+
+def test_each_input_pipeline_has_its_own_cache(tmp_path):
+  """Two input pipelines read different parts of the split: the cache of
+  one (a complete run folder) is not the other's, nor the unsharded one's."""
+  decode = {'size': [H, W], 'channels': 1}
+  keys = [cache_lib.cache_key('f' * 32, 'train', decode, shard, 'spec')
+          for shard in ((2, 0), (2, 1), None)]
+  assert len({cache_lib.key_dir(str(tmp_path), k) for k in keys}) == 3
+  folder = cache_lib.key_dir(str(tmp_path), keys[0])
+  run = _run_folder(folder, 'run-a')
+  with open(os.path.join(run, 'cache.index'), 'w') as out:
+    out.write('')
+  with open(os.path.join(run, 'complete.json'), 'w') as out:
+    json.dump({'key': keys[0]}, out)
+  assert cache_lib.find_complete(folder, keys[0]) == run
+  assert cache_lib.find_complete(folder, keys[1]) is None
+  assert cache_lib.find_complete(folder, keys[2]) is None

@@ -115,3 +115,17 @@ def test_a_single_label_dataset_has_no_labels_or_views(tmp_path):
       ask()
   assert asked == []
   assert chosen.num_examples('train') == 5
+
+
+def test_an_empty_label_selection_is_refused_in_one_line(dataset):
+  """labels=[] would build a model of no outputs: refused, as the docstring
+  says, naming the dataset's labels (None still means all of them)."""
+  chosen, _ = _selection(dataset[0])
+  with pytest.raises(DatasetError) as caught:
+    chosen.label_names([])
+  message = str(caught.value)
+  assert '(none) not in' in message and '\n' not in message
+  assert 'Atelectasis, Effusion' in message and '--labels=NAME,NAME' in message
+  with pytest.raises(DatasetError, match='--labels=NAME,NAME'):
+    chosen.targets('u_ones', ())
+  assert chosen.label_names(None) == LABEL_NAMES
