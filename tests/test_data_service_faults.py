@@ -127,6 +127,71 @@ def test_training_against_no_dispatcher_ends_in_one_line(tmp_path):
                         address)
 
 
+@pytest.fixture(params=['silent', 'closing'])
+def not_a_dispatcher(request):
+  """'localhost:PORT' of a server that accepts TCP connections and then
+  never answers ('silent') or closes them at once ('closing')."""
+  server = socket.socket()
+  server.bind(('localhost', 0))
+  server.listen(16)
+  accepted = []  # kept open, unanswered, until the test ends
+
+  def serve():
+    while True:
+      try:
+        connection, _ = server.accept()
+      except OSError:  # the test ended
+        return
+      if request.param == 'closing':
+        connection.close()
+      else:
+        accepted.append(connection)
+
+  threading.Thread(target=serve, daemon=True).start()
+  yield f'localhost:{server.getsockname()[1]}'
+  server.close()
+  for connection in accepted:
+    connection.close()
+
+
+def test_a_server_that_accepts_but_is_no_dispatcher_is_named(
+    not_a_dispatcher):
+  start = time.monotonic()
+  with pytest.raises(data_service.DataServiceError) as error:
+    data_service.check_reachable(f'grpc://{not_a_dispatcher}', seconds=1)
+  assert time.monotonic() - start < 10
+  message = str(error.value)
+  assert message.startswith(f'grpc://{not_a_dispatcher} accepted the '
+                            'connection but did not answer as a tf.data '
+                            'service dispatcher')
+  assert 'tools/data_service' in message and '\n' not in message
+
+
+@pytest.mark.slow
+def test_training_against_a_server_that_never_answers_ends_in_one_line(
+    tmp_path, not_a_dispatcher):
+  # Before check_reachable asked for a dispatcher's answer, tools/train
+  # waited here for ever, silently, inside `distribute`'s registration.
+  data_dir = str(tmp_path / 'data')
+  os.makedirs(data_dir)
+  write_dataset(data_dir, {'train': (4, 4), 'val': (2, 2), 'test': (2, 2)},
+                num_shards=2, size=(16, 16))
+  model_dir = tmp_path / 'model'
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'tools', 'train'),
+       f'--data_dir={data_dir}', f'--model_dir={model_dir}',
+       '--image_size=16', '--batch_size=2', '--epochs=1', '--weights=none',
+       '--backbone=mini_vgg', '--dense_units=8', '--augmentation=none',
+       '--verbose=0', f'--data_service={not_a_dispatcher}',
+       '--data_service_timeout=3'],
+      capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+  assert result.returncode == data_service.TIMEOUT_EXIT_CODE, result.stderr
+  assert_one_line_error(result, 'did not answer as a tf.data service '
+                        'dispatcher', not_a_dispatcher, 'tools/data_service')
+  assert not os.path.exists(model_dir / 'results.json')
+  assert not os.path.exists(model_dir / 'backup')
+
+
 def _launch_service():
   """Starts tools/data_service with a dispatcher and a worker; (process,
   its stdout lines) for `_service_address`."""

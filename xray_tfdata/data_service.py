@@ -60,7 +60,10 @@ PROCESSING_MODE = 'distributed_epoch'
 DEFAULT_TIMEOUT = 600  # seconds without a batch before training gives up
 WAIT_LINE_INTERVAL = 60  # seconds between the "waiting" lines
 TIMEOUT_EXIT_CODE = 1
-CONNECT_TIMEOUT_S = 10  # for the dispatcher to accept a TCP connection
+CONNECT_TIMEOUT_S = 10  # for the dispatcher to accept a connection, and answer
+# A dispatcher RPC with an empty request; any server that is not a dispatcher
+# (a worker, another gRPC service, something that only accepts TCP) fails it.
+_DISPATCHER_VERSION_RPC = '/tensorflow.data.DispatcherService/GetVersion'
 
 
 class DataServiceError(errors.XrayError):
@@ -182,8 +185,8 @@ def distribute(dataset, address, job_name=None):
   Returns:
     A dataset that reads the elements from the service.
   Raises:
-    DataServiceError: a malformed address, or a dispatcher that does not
-      accept connections.
+    DataServiceError: a malformed address, or no dispatcher answering
+      there (`check_reachable`).
   """
   address = checks.service_address(address, error=DataServiceError)
   # `distribute` registers the dataset with the dispatcher now, and retries
@@ -195,15 +198,18 @@ def distribute(dataset, address, job_name=None):
 
 
 def check_reachable(address, seconds=CONNECT_TIMEOUT_S):
-  """Checks that the dispatcher at `address` accepts TCP connections.
+  """Checks that a dispatcher at `address` accepts connections and answers.
 
   Args:
     address: 'grpc://host:port' (`checks.service_address`).
-    seconds: how long a connection may take.
+    seconds: how long a connection, and then the dispatcher's answer, may
+      take.
   Raises:
     DataServiceError: naming the dispatcher and the fix.
   """
-  host, _, port = address[len('grpc://'):].rpartition(':')
+  import grpc  # pylint: disable=g-import-not-at-top  (TensorFlow's own)
+  target = address[len('grpc://'):]
+  host, _, port = target.rpartition(':')
   try:
     socket.create_connection((host.strip('[]'), int(port)), seconds).close()
   except OSError as e:
@@ -212,6 +218,21 @@ def check_reachable(address, seconds=CONNECT_TIMEOUT_S):
         f'cannot reach the tf.data service dispatcher at {address} '
         f'({reason}); start tools/data_service there, or fix '
         '--data_service') from None
+  # A server that accepts TCP but never answers as a dispatcher makes the
+  # registration in `distribute` retry for ever, before any watchdog runs.
+  with grpc.insecure_channel(target) as channel:
+    try:
+      channel.unary_unary(_DISPATCHER_VERSION_RPC)(b'', timeout=seconds)
+    except grpc.RpcError as e:
+      if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        reason = f'no answer in {seconds:g} s'
+      else:
+        reason = e.code().name.lower()
+      raise DataServiceError(
+          f'{address} accepted the connection but did not answer as a '
+          f'tf.data service dispatcher ({reason}); check that '
+          'tools/data_service runs a dispatcher at that address (a '
+          "worker's port is not one), or fix --data_service") from None
 
 
 def start_dispatcher(port=0, work_dir=None):
