@@ -19,7 +19,7 @@ from conftest import REPO_ROOT
 from xray_tfdata import cache as cache_lib
 from xray_tfdata import pipeline
 
-from records import H, W, write_dataset
+from records import H, W, write_dataset, write_multilabel_dataset
 
 # The train split of write_dataset's default: 14 images of H*W bytes.
 TRAIN = 14
@@ -164,6 +164,31 @@ def test_another_size_does_not_read_the_cache(tmp_path, decodes):
   rgb = _train(root, cache_dir, channels=3)
   assert {image.shape for image, _ in rgb.as_numpy_iterator()} == {(H, W, 3)}
   assert len(decodes) == 2 * TRAIN
+
+
+def test_label_policy_labels_and_views_each_have_their_own_cache(tmp_path):
+  root, cache_dir = str(tmp_path / 'data'), str(tmp_path / 'cache')
+  os.makedirs(root)
+  # Codes of labels A and B, and the view, of the four training images.
+  rows = [((-1, 1), 'PA'), ((0, -2), 'LL'), ((1, 0), 'PA'), ((-2, -1), 'AP')]
+  write_multilabel_dataset(root, ('A', 'B'), {'train': rows, 'val': rows[:2]},
+                           num_shards=1)
+
+  def targets(**options):
+    ds = pipeline.DatasetBuilder(root).as_dataset(
+        'train', cache_dir=cache_dir, cache_limit_bytes=1, **options)
+    return [[float(t) for t in y] for _, y in ds.as_numpy_iterator()]
+
+  # By hand from labels.py's table: u_ones reads uncertain (-1) as 1,
+  # u_zeros as 0; not mentioned (-2) is 0 under both.
+  assert targets(label_policy='u_ones') == [[1, 1], [0, 0], [1, 0], [0, 1]]
+  # The decoded targets are in the cache: another policy, another order of
+  # the labels or a view filter must not read the first one's.
+  assert targets(label_policy='u_zeros') == [[0, 1], [0, 0], [1, 0], [0, 0]]
+  assert targets(label_policy='u_ones', labels=('B', 'A')) == [
+      [1, 1], [0, 0], [0, 1], [1, 0]]
+  assert targets(label_policy='u_ones', views=('PA',)) == [[1, 1], [1, 0]]
+  assert len(_runs(cache_dir)) == 4
 
 
 def test_half_an_epoch_leaves_no_cache_a_later_run_trusts(tmp_path, decodes):

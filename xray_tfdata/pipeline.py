@@ -252,7 +252,11 @@ class DatasetBuilder:
     key = cache_lib.cache_key(
         self.info.fingerprint(), split,
         dict(size=list(size), channels=channels, resize=bool(resize),
-             with_metadata=bool(with_metadata), positive_id=self._positive_id),
+             with_metadata=bool(with_metadata), positive_id=self._positive_id,
+             # The targets are made in the decode and the view filter runs
+             # before it: the cache holds both.
+             targets=_targets_key(targets),
+             views=list(views) if views else None),
         _input_shard(config), ds.element_spec)
     choice = _choose_cache(config, num_examples * example_bytes, key)
     cache_lib.say(choice, split, self.data_dir)
@@ -403,6 +407,16 @@ def _choose_cache(config, decoded_bytes, key):
            else config.cache_limit_bytes)
   return cache_lib.choose(config.cache, decoded_bytes, config.data_service,
                           config.cache_dir, limit, key)
+
+
+def _targets_key(targets):
+  """A multi-label read's (policy table, label indices) as JSON-ready
+  lists; None for a single-label read."""
+  if targets is None:
+    return None
+  table, indices = targets
+  return {'table': [float(t) for t in table],
+          'labels': [int(i) for i in indices]}
 
 
 def _input_shard(config):
