@@ -78,35 +78,29 @@ def test_pos_weight_scales_only_the_positive_terms():
   assert weighted == pytest.approx((3 * positive + negative) / 2, rel=1e-6)
 
 
-def _codes(**per_code):
-  return {labels_code: per_code.get(name, 0) for name, labels_code in (
-      ('pos', 1), ('neg', 0), ('unc', -1), ('nm', -2))}
-
-
 def test_labels_has_the_targets_of_each_policy_checks_allows():
   """checks declares the policies, labels their targets: the two agree."""
   assert tuple(labels._TARGETS) == checks.LABEL_POLICIES  # pylint: disable=protected-access
   assert checks.DEFAULT_LABEL_POLICY in checks.LABEL_POLICIES
 
 
-def test_pos_weights_follow_the_policy():
-  """negatives / positives among known targets: u_ones counts uncertain as
-  positive and not-mentioned as negative; txv leaves both out."""
-  counts = {'A': _codes(pos=10, neg=30, unc=10, nm=50)}
-  by_policy = {policy: losses.pos_weights(counts, ['A'], policy)[0]
-               for policy in checks.LABEL_POLICIES}
-  assert by_policy == pytest.approx({
-      'u_ones': (30 + 50) / (10 + 10), 'u_zeros': (30 + 10 + 50) / 10,
-      'u_ignore': (30 + 50) / 10, 'txv': 30 / 10})
+def test_pos_weights_are_negatives_over_positives_of_the_known_targets():
+  """The counts are of targets, made under the policy (test_selection
+  checks DatasetBuilder.target_counts against a recount)."""
+  counts = {'A': {'positive': 10, 'negative': 30},
+            'B': {'positive': 4, 'negative': 5}}
+  assert losses.pos_weights(counts, ['B', 'A'], 'txv') == [5 / 4, 3.0]
 
 
 def test_pos_weights_refuse_a_label_without_positives_in_one_line():
-  counts = {'A': _codes(pos=3, neg=3), 'B': _codes(neg=5, unc=4)}
+  counts = {'A': {'positive': 3, 'negative': 3},
+            'B': {'positive': 0, 'negative': 5}}
   with pytest.raises(dataset_info.DatasetError) as caught:
     losses.pos_weights(counts, ['A', 'B'], 'u_zeros')
   message = str(caught.value)
   assert '\n' not in message and "'B'" in message and '--labels' in message
-  assert losses.pos_weights(counts, ['A', 'B'], 'u_ones') == [1.0, 5 / 4]
+  assert 'u_zeros' in message
+  assert losses.pos_weights(counts, ['A'], 'u_zeros') == [1.0]
 
 
 def _metric_value(y, p, num_bins=losses.DEFAULT_NUM_BINS, chunks=2):

@@ -80,10 +80,12 @@ def test_check_views_takes_a_name_a_sequence_or_nothing(dataset):
 
 def test_targets_are_the_policy_table_and_the_indices_asked(dataset):
   chosen, _ = _selection(dataset[0])
-  table, indices = chosen.targets('txv', ['Effusion', 'Atelectasis'])
+  rule, indices = chosen.targets('txv', ['Effusion', 'Atelectasis'])
   assert indices == [1, 0]
-  # txv, by hand (labels.py's docstring): codes -2..1 -> M, M, 0, 1.
-  assert list(table) == [labels.MASKED, labels.MASKED, 0.0, 1.0]
+  # txv, by hand (labels.py's docstring): codes -2..1 -> M, M, 0, 1; no
+  # No Finding label, so no No Finding step (test_labels has one).
+  assert list(rule.table) == [labels.MASKED, labels.MASKED, 0.0, 1.0]
+  assert rule.no_finding is None
   assert chosen.label_names() == LABEL_NAMES
   with pytest.raises(DatasetError, match='--label_policy=u_ones'):
     chosen.targets('u_maybe', None)

@@ -175,7 +175,9 @@ class TrainConfig:
       checks.DEFAULT_LABEL_POLICY, 'Multi-label datasets: targets of the '
       'stored codes. u_ones: uncertain -> 1, not mentioned -> 0; u_zeros: '
       'both -> 0; u_ignore: uncertain masked (no loss, no metric), not '
-      'mentioned -> 0; txv: both masked (torchxrayvision). Single-label '
+      'mentioned -> 0; txv: torchxrayvision\'s targets (CheXpert, MIMIC: '
+      'No Finding = 1 sets the other labels to 0, then both masked). '
+      'Single-label '
       'datasets have no codes: ignored.', 'data',
       choices=checks.LABEL_POLICIES)
   labels: tuple = _setting(

@@ -3,16 +3,29 @@
 A multi-label dataset stores each label's raw code (`schema.LABEL_CODES`:
 1 positive, 0 negative, -1 uncertain, -2 not mentioned), never a policy, so
 changing the policy needs no re-conversion. The reader applies one of
-`checks.LABEL_POLICIES` to every code; a target of `MASKED` takes no part in
-the loss or the metrics.
+`checks.LABEL_POLICIES` to every record; a target of `MASKED` takes no part
+in the loss or the metrics.
 
   u_ones    uncertain -> 1, not mentioned -> 0 (CheXpert's U-Ones)
   u_zeros   uncertain -> 0, not mentioned -> 0 (U-Zeros)
   u_ignore  uncertain -> masked, not mentioned -> 0 (U-Ignore)
-  txv       uncertain and not mentioned -> masked (torchxrayvision)
+  txv       torchxrayvision's targets: first, where No Finding is 1, every
+            other label becomes 0 (CheXpert: every one but Support Devices,
+            as its CheX_Dataset; MIMIC: every one, as its MIMIC_Dataset);
+            then uncertain and not mentioned -> masked. NIH stores no No
+            Finding column (its 'No Finding' rows are all 0 already), and a
+            csv-layout dataset's columns are the user's: there txv is the
+            masking alone.
 
-No TensorFlow and no Keras: the reader gathers from `policy_table`.
+The u_* policies never read No Finding: its own target follows its code
+like any label's. `TargetRule` holds a policy's rule for one dataset; the
+reader's decode (`pipeline`), the class counts (`Selection.target_counts`)
+and scoring (`scoring.dataset_targets`) all apply it.
+
+No TensorFlow and no Keras: the reader gathers from the rule's arrays.
 """
+
+import dataclasses
 
 import numpy as np
 
@@ -20,6 +33,7 @@ from xray_tfdata import checks
 from xray_tfdata import schema
 
 MASKED = -1.0
+NO_FINDING = 'No Finding'
 
 # Each of checks.LABEL_POLICIES -> its targets of (positive, negative,
 # uncertain, not mentioned).
@@ -28,6 +42,13 @@ _TARGETS = {
     'u_zeros': (1.0, 0.0, 0.0, 0.0),
     'u_ignore': (1.0, 0.0, MASKED, 0.0),
     'txv': (1.0, 0.0, MASKED, MASKED),
+}
+# Policy -> {source layout: the labels a No Finding of 1 leaves alone}; a
+# layout not named has no No Finding step. torchxrayvision 1.5.7,
+# datasets.py: CheX_Dataset skips "Support Devices" when it zeroes the
+# labels of healthy rows, MIMIC_Dataset zeroes them all.
+_NO_FINDING_KEEPS = {
+    'txv': {'chexpert': ('Support Devices',), 'mimic': ()},
 }
 # Codes run from NOT_MENTIONED (-2) to POSITIVE (1): code - OFFSET indexes
 # a policy table.
@@ -49,5 +70,70 @@ def policy_table(policy):
 
 
 def apply_policy(codes, policy):
-  """numpy: the targets of an int array of raw codes under `policy`."""
+  """numpy: the per-code targets of an int array of raw codes under
+  `policy`, without the No Finding step (`TargetRule.apply` has it)."""
   return policy_table(policy)[np.asarray(codes, np.int64) - OFFSET]
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetRule:
+  """How one dataset's raw codes become targets under one policy.
+
+  Attributes:
+    policy: the `checks.LABEL_POLICIES` policy.
+    table: float32 [4], the targets of codes -2..1 (`policy_table`).
+    no_finding: the index of No Finding among the dataset's labels when a
+      No Finding of 1 sets other labels to 0, else None.
+    cleared: one bool per dataset label: set to 0 where No Finding is 1
+      (all False without a No Finding step).
+  """
+  policy: str
+  table: np.ndarray
+  no_finding: int | None
+  cleared: tuple
+
+  def apply(self, codes):
+    """numpy: float32 [N, L] targets of int raw codes [N, L] of all the
+    dataset's labels, in its order."""
+    codes = np.asarray(codes, np.int64)
+    targets = self.table[codes - OFFSET]
+    if self.no_finding is not None:
+      healthy = codes[:, self.no_finding] == 1
+      targets[healthy[:, None] & np.array(self.cleared)[None, :]] = 0.0
+    return targets
+
+  def key(self):
+    """The rule as JSON-ready values (a cache key's part)."""
+    key = {'table': [float(t) for t in self.table]}
+    if self.no_finding is not None:
+      key.update(no_finding=self.no_finding, cleared=list(self.cleared))
+    return key
+
+
+def target_rule(policy, label_names, layout):
+  """The `TargetRule` of `policy` for a dataset.
+
+  Args:
+    policy: one of `checks.LABEL_POLICIES`.
+    label_names: the dataset's labels, in the records' order.
+    layout: the source layout it was converted from (`DatasetInfo.layout`:
+      'chexpert', 'mimic', 'nih', 'csv'), or None.
+
+  Raises:
+    ValueError: an unknown policy.
+  """
+  table = policy_table(policy)
+  keeps = _NO_FINDING_KEEPS.get(policy, {}).get(layout)
+  label_names = tuple(label_names)
+  if keeps is None or NO_FINDING not in label_names:
+    return TargetRule(policy, table, None, (False,) * len(label_names))
+  cleared = tuple(name != NO_FINDING and name not in keeps
+                  for name in label_names)
+  return TargetRule(policy, table, label_names.index(NO_FINDING), cleared)
+
+
+def count_targets(targets):
+  """{'positive': n, 'negative': n} of a float target column."""
+  targets = np.asarray(targets)
+  return {'positive': int((targets == 1.0).sum()),
+          'negative': int((targets == 0.0).sum())}

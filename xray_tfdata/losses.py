@@ -8,8 +8,8 @@ target, and `AUC(multi_label=True)` counts a label without positives as an
 AUC of 0 in its mean. Here a masked entry takes no part in the loss or the
 metric, and the metric's macro mean is over the labels with both classes.
 
-  pos_weight = losses.pos_weights(info.label_code_counts('train'), names,
-                                  policy)
+  pos_weight = losses.pos_weights(
+      builder.target_counts('train', policy, names), names, policy)
   net.compile(loss=losses.MaskedBinaryCrossentropy(pos_weight),
               metrics=[losses.MaskedAUC(len(names), name='auc')])
 
@@ -32,15 +32,17 @@ EPSILON = 1e-7
 DEFAULT_NUM_BINS = 200
 
 
-def pos_weights(code_counts, label_names, policy):
+def pos_weights(target_counts, label_names, policy):
   """Per-label pos_weight: negatives / positives among the known targets.
 
   Args:
-    code_counts: {label: {code: n}} of the training split's raw codes
-      (`DatasetInfo.label_code_counts('train')`, or the builder's count of
-      the images a view filter keeps).
+    target_counts: {label: {'positive': n, 'negative': n}}, the known
+      targets of the training split under the policy
+      (`DatasetBuilder.target_counts`: with txv's No Finding step a count
+      per raw code would not be exact).
     label_names: the labels the model outputs, in order.
-    policy: one of `checks.LABEL_POLICIES`; codes it masks are not counted.
+    policy: the `checks.LABEL_POLICIES` policy the targets were made with
+      (named in the error).
 
   Returns:
     A list of floats, one per label name.
@@ -49,13 +51,10 @@ def pos_weights(code_counts, label_names, policy):
     DatasetError: a label without a positive or without a negative among
       its known training targets (its pos_weight is undefined).
   """
-  table = labels_lib.policy_table(policy)
   weights = []
   for name in label_names:
-    counts = code_counts[name]
-    targets = {code: table[code - labels_lib.OFFSET] for code in counts}
-    positives = sum(n for code, n in counts.items() if targets[code] == 1.0)
-    negatives = sum(n for code, n in counts.items() if targets[code] == 0.0)
+    positives = target_counts[name]['positive']
+    negatives = target_counts[name]['negative']
     if not positives or not negatives:
       missing = 'positive' if not positives else 'negative'
       raise DatasetError(

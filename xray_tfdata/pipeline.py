@@ -312,6 +312,10 @@ class DatasetBuilder:
     """See `selection.Selection.label_code_counts`."""
     return self._selection.label_code_counts(split, views)
 
+  def target_counts(self, split, label_policy, labels=None, views=None):
+    """See `selection.Selection.target_counts`."""
+    return self._selection.target_counts(split, label_policy, labels, views)
+
   def view_filter_line(self, views, splits):
     """See `selection.Selection.view_filter_line`."""
     return self._selection.view_filter_line(views, splits)
@@ -410,13 +414,12 @@ def _choose_cache(config, decoded_bytes, key):
 
 
 def _targets_key(targets):
-  """A multi-label read's (policy table, label indices) as JSON-ready
+  """A multi-label read's (target rule, label indices) as JSON-ready
   lists; None for a single-label read."""
   if targets is None:
     return None
-  table, indices = targets
-  return {'table': [float(t) for t in table],
-          'labels': [int(i) for i in indices]}
+  rule, indices = targets
+  return {**rule.key(), 'labels': [int(i) for i in indices]}
 
 
 def _input_shard(config):
@@ -502,7 +505,7 @@ def _make_decoder(format_version, channels, size, resize, with_metadata,
   """The record -> (image, label[, metadata]) function; with positive_id,
   the label is 1 for that stored class id and 0 for the other. A
   multi-label dataset's (num_labels > 0) label is its targets, from
-  `targets` = (policy table, indices of the labels read)."""
+  `targets` = (`labels.TargetRule`, indices of the labels read)."""
 
   def decode(record):
     features = schema.parse(record, format_version, num_labels)
@@ -512,11 +515,17 @@ def _make_decoder(format_version, channels, size, resize, with_metadata,
       image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     image = tf.ensure_shape(image, (size[0], size[1], channels))
     if num_labels:
-      table, indices = targets
-      codes = tf.gather(features[schema.LABELS], indices)
+      rule, indices = targets
+      codes = features[schema.LABELS]
       # The policy is a lookup: a table of the targets of codes -2..1.
-      label = tf.gather(tf.constant(table, tf.float32),
+      label = tf.gather(tf.constant(rule.table, tf.float32),
                         codes - labels_lib.OFFSET)
+      if rule.no_finding is not None:
+        # Before the selection: No Finding need not be a label read.
+        healthy = tf.equal(codes[rule.no_finding], 1)
+        label = tf.where(tf.logical_and(healthy, tf.constant(rule.cleared)),
+                         tf.zeros_like(label), label)
+      label = tf.gather(label, indices)
     else:
       label = features[schema.LABEL]
       if positive_id is not None:

@@ -222,7 +222,9 @@ def dataset_targets(info, metadata, data_label_names, policy):
   names = data_labels(info)
   columns = [names.index(name) for name in data_label_names]
   if info.is_multilabel:
-    return labels_lib.apply_policy(metadata['codes'][:, columns], policy)
+    # The rule reads every stored label: txv's No Finding step.
+    rule = labels_lib.target_rule(policy, info.label_names, info.layout)
+    return rule.apply(metadata['codes'])[:, columns]
   return np.stack([(metadata['label'] == column).astype(np.float32)
                    for column in columns], axis=1)
 

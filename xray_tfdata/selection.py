@@ -72,7 +72,7 @@ class Selection:
     return labels
 
   def targets(self, label_policy, labels):
-    """The decoder's (policy table, label indices) of a multi-label
+    """The decoder's (`labels.TargetRule`, label indices) of a multi-label
     dataset, None for a single-label one.
 
     Raises:
@@ -88,7 +88,39 @@ class Selection:
           f'--label_policy={checks.DEFAULT_LABEL_POLICY}, for example')
     names = self.label_names(labels)
     indices = [self.info.label_names.index(name) for name in names]
-    return labels_lib.policy_table(label_policy), indices
+    return labels_lib.target_rule(label_policy, self.info.label_names,
+                                  self.info.layout), indices
+
+  def target_counts(self, split, label_policy, labels=None, views=None):
+    """{label: {'positive': n, 'negative': n}}: the known targets the
+    reader makes of the split (of the images `views` keeps) under the
+    policy, for the labels asked; what class weights and the small-label
+    warnings count.
+
+    Raises:
+      DatasetError: as `targets` and `num_examples`.
+    """
+    rule, indices = self.targets(label_policy, labels)
+    names = self.label_names(labels)
+    if rule.no_finding is None:
+      # Each target follows its own code: xray_info.json's code counts
+      # suffice, without reading the records (unless views filter them).
+      counts = self.label_code_counts(split, views)
+      return {name: {
+          kind: sum(n for code, n in counts[name].items()
+                    if rule.table[code - labels_lib.OFFSET] == target)
+          for kind, target in (('positive', 1.0), ('negative', 0.0))}
+              for name in names}
+    # A target depends on the image's No Finding code too: count from the
+    # records' codes (read once, kept for the view filter).
+    views = self.check_views(views)
+    _, codes = self._view_table(split)
+    if views is not None:
+      self.num_examples(split, views)  # none kept: one line
+      codes = codes[self._kept(split, views)]
+    targets = rule.apply(codes)
+    return {name: labels_lib.count_targets(targets[:, index])
+            for name, index in zip(names, indices)}
 
   def check_views(self, views):
     """views as a tuple of str, or None (keep all): a str is one view, an

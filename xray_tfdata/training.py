@@ -384,7 +384,8 @@ def label_weights(config, builder):
   if not config.class_weights:
     return [1.0] * len(names)
   return losses.pos_weights(
-      builder.label_code_counts('train', config.views or None), names,
+      builder.target_counts('train', config.label_policy, names,
+                            config.views or None), names,
       config.label_policy)
 
 
@@ -586,15 +587,13 @@ def small_label_warning(builder, config, label_names,
   """`small_split_warning` of a multi-label run: a one-line warning naming
   the labels with fewer than `minimum` known positives or negatives (under
   the policy, of the kept views) in val or test, or None."""
-  table = labels_lib.policy_table(config.label_policy)
   small = []
   for split in splits:
-    counts = builder.label_code_counts(split, config.views or None)
+    counts = builder.target_counts(split, config.label_policy, label_names,
+                                   config.views or None)
     for name in label_names:
-      targets = [(table[code - labels_lib.OFFSET], n)
-                 for code, n in counts[name].items()]
-      positives = sum(n for t, n in targets if t == 1.0)
-      negatives = sum(n for t, n in targets if t == 0.0)
+      positives = counts[name]['positive']
+      negatives = counts[name]['negative']
       if min(positives, negatives) < minimum:
         small.append(f'{split} {name} {positives}+/{negatives}-')
   if not small:
