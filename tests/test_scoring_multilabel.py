@@ -395,3 +395,44 @@ def test_a_binary_model_on_a_dataset_of_labels(runs):
       targets, net.predict(images, verbose=0)[:, 0]), abs=1e-6)
   assert evaluation_results['labels']['PNEUMONIA']['thresholds'][
       'youden']['chosen_on'] == 'val'
+
+
+def test_evaluate_with_views_scores_only_those_images(runs, capsys):
+  """tools/evaluate --views=PA (in process): the external test's AUCs are
+  sklearn's on the PA rows alone (write_multilabel: odd rows PA), at the
+  run's thresholds; the results and their folder name the views; views
+  that keep nothing fail in one line before the model loads."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.cli import evaluate as evaluate_tool  # pylint: disable=g-import-not-at-top
+  flags.FLAGS(['evaluate', f'--model_dir={runs["model_dir"]}',
+               f'--data_dir={runs["chexpert"]}', '--bootstrap_resamples=20',
+               '--views=PA'])
+  try:
+    evaluate_tool.main(['evaluate'])
+  finally:
+    flags.FLAGS.unparse_flags()
+  out_dir = scoring.default_out_dir(runs['model_dir'], runs['chexpert'],
+                                    'test', ['PA'])
+  assert out_dir.endswith('chexpert-test-PA')
+  printed = capsys.readouterr().out
+  assert 'views PA: kept 36 of 72 test images (dropped 36: AP 36)' in printed
+  results = json.load(open(os.path.join(out_dir, scoring.RESULTS_JSON)))
+  assert results['views'] == ['PA']
+  codes, images, _ = runs['chexpert_data']['test']
+  pa = np.arange(len(codes)) % 2 == 1
+  probs = runs['net'].predict(images[pa], verbose=0)
+  for name, model_column, data_column in (('Effusion', 0, 0),
+                                          ('Cardiomegaly', 2, 1)):
+    targets = labels_lib.apply_policy(codes[pa, data_column], 'u_ones')
+    entry = results['evaluation']['labels'][name]['splits']['test']
+    assert entry['n'] == pa.sum()
+    assert entry['auc']['value'] == pytest.approx(metrics.roc_auc_score(
+        targets, probs[:, model_column]), abs=1e-6)
+    assert set(entry['subgroups']['view']) == {'PA'}
+  with pytest.raises(dataset_info.DatasetError) as caught:
+    scoring.evaluate_run(runs['model_dir'], runs['chexpert'],
+                         out_dir=str(runs['root'] / 'none'), num_resamples=0,
+                         views=['LL'])
+  assert '\n' not in str(caught.value) and '--views=VIEW,VIEW' in str(
+      caught.value)
+  assert not os.path.exists(runs['root'] / 'none')

@@ -284,6 +284,18 @@ def read_metadata(builder, split):
   return out
 
 
+def keep_views(metadata, views):
+  """`read_metadata`'s columns of the records `views` keeps (as
+  `as_dataset(views=...)` does; None keeps all), in disk order."""
+  if views is None or 'view' not in metadata:
+    return metadata
+  from xray_tfdata import selection  # pylint: disable=g-import-not-at-top
+  keep = np.isin(metadata['view'], list(selection.stored_views(views)))
+  return {field: ([v for v, k in zip(values, keep) if k]
+                  if isinstance(values, list) else values[keep])
+          for field, values in metadata.items()}
+
+
 def subgroup_fields(info, metadata):
   """{field: values} of the subgroups this dataset can be cut into."""
   fields = {}
@@ -443,12 +455,7 @@ def evaluate_multilabel_dataset(builder, predictions, label_names,
         len(label_names),):
       raise ValueError(f'split {split}: targets {targets.shape} and probs '
                        f'{probs.shape} must be [N, {len(label_names)}]')
-    metadata = read_metadata(builder, split)
-    if views is not None and 'view' in metadata:
-      keep = np.isin(metadata['view'], list(views))
-      metadata = {field: ([v for v, k in zip(values, keep) if k]
-                          if isinstance(values, list) else values[keep])
-                  for field, values in metadata.items()}
+    metadata = keep_views(read_metadata(builder, split), views)
     rows = len(metadata['patient_id'])
     if rows != targets.shape[0]:
       raise ScoringError(
@@ -537,9 +544,12 @@ def _run_class_names(config, results):
         f'({e}); retrain it with this version of tools/train') from e
 
 
-def default_out_dir(model_dir, data_dir, split):
+def default_out_dir(model_dir, data_dir, split, views=None):
+  """model_dir/evaluation/<data_dir folder>-<split>[-<views>]: an
+  evaluation of some views does not replace that of all."""
   name = os.path.basename(os.path.normpath(data_dir))
-  return os.path.join(model_dir, EVALUATION_DIR, f'{name}-{split}')
+  suffix = '-' + '_'.join(views) if views else ''
+  return os.path.join(model_dir, EVALUATION_DIR, f'{name}-{split}{suffix}')
 
 
 def run_label_names(config, results):
@@ -557,7 +567,7 @@ def has_boxes(info):
 
 def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
                  num_resamples=None, batch_size=None, label_policy=None,
-                 localization=None):
+                 localization=None, views=None):
   """Evaluates a finished run on a split of any converted dataset.
 
   Args:
@@ -576,22 +586,29 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
     localization: the pointing game on the split's positives (`localize`):
       True asks for it (a dataset without boxes is then an error), None
       does it where the dataset stores boxes, False never.
+    views: a multi-label dataset's views to score (as `as_dataset`, e.g.
+      ('PA', 'AP') for a frontal-only external test); None: every image.
+      The thresholds come from the run, so views change no operating point.
 
   Returns:
     The results dict written to out_dir/results.json; 'localization' holds
-    `localize`'s dict, or {'skipped': why}.
+    `localize`'s dict, or {'skipped': why}; 'views' the views kept.
 
   Raises:
     ScoringError: not a finished run, no label in common, no thresholds
       (a run trained by an older version, on a dataset without a val
       split), or localization asked of a dataset without boxes.
     pipeline.DatasetError: data_dir is not a converted dataset, or has no
-      such split.
+      such split; views of a single-label dataset, or views that keep no
+      image of a split scored.
   """
   config, run_results = _read_run(model_dir)
   from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
   builder = pipeline.DatasetBuilder(data_dir)
   builder.info.split(split)  # a missing split fails before the model loads
+  views = tuple(views) if views else None
+  if views is not None:
+    builder.num_examples(split, views)  # fails before the model loads
   model_label_names = run_label_names(config, run_results)
   multilabel = model_label_names is not None or builder.info.is_multilabel
   if multilabel:
@@ -617,6 +634,9 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
           f'{model_dir} records no operating points (trained before issue '
           f'21) and {data_dir} has no val split to choose them on')
     splits = ['val'] + [s for s in splits if s != 'val']
+  if views is not None:
+    for s in splits:
+      builder.num_examples(s, views)  # none kept: one line
   image_size = int(config.get('image_size', builder.info.image_height))
   net = _load_model(os.path.join(model_dir, MODEL_FILE))
   batch_size = batch_size or config.get('batch_size', 32)
@@ -629,13 +649,13 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
   if multilabel:
     predictions = {}
     for s in splits:
-      probs = predict_probs(net, builder, s, batch_size, image_size)
+      probs = predict_probs(net, builder, s, batch_size, image_size, views)
       if probs.shape[1] != len(model_label_names):
         raise ScoringError(
             f'{model_dir}: the model has {probs.shape[1]} outputs but the run '
             f'names {len(model_label_names)} labels; its config.json does not '
             'belong to its model')
-      metadata = read_metadata(builder, s)
+      metadata = keep_views(read_metadata(builder, s), views)
       targets = np.full(probs.shape, labels_lib.MASKED, np.float32)
       for label, name in mapping['matched'].items():
         targets[:, model_label_names.index(label)] = dataset_targets(
@@ -643,7 +663,10 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
       predictions[s] = (targets, probs)
     evaluation_results = evaluate_dataset(
         builder, predictions, model_label_names, label_policy=policy,
-        **options)
+        views=views, **options)
+    if views is not None:
+      evaluation_results['label_mapping']['notes'].append(
+          builder.view_filter_line(views, splits))
     positives = {label: (predictions[split][0][:, column] == 1, column)
                  for column, label in enumerate(model_label_names)
                  if label in mapping['matched']}
@@ -662,6 +685,8 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
         f'{image_size}')
   results = {'model_dir': model_dir, 'data_dir': data_dir,
              'evaluation': evaluation_results}
+  if views is not None:
+    results['views'] = list(views)
   if localization is not False:
     if has_boxes(builder.info):
       results['localization'] = localize(
@@ -671,7 +696,7 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
       results['localization'] = {
           'skipped': f'{data_dir} stores no boxes (only RSNA conversions '
                      'do): no pointing game'}
-  out_dir = out_dir or default_out_dir(model_dir, data_dir, split)
+  out_dir = out_dir or default_out_dir(model_dir, data_dir, split, views)
   write_report(out_dir, results, predictions)
   return results
 
@@ -762,11 +787,13 @@ def predict(net, builder, split, batch_size, image_size):
   return labels.astype(np.int64), probs.astype(np.float64)
 
 
-def predict_probs(net, builder, split, batch_size, image_size):
-  """The model's outputs [N, L] on a split, in disk order."""
+def predict_probs(net, builder, split, batch_size, image_size, views=None):
+  """The model's outputs [N, L] on a split (of the images `views` keeps),
+  in disk order."""
   stored = builder.info.image_size
   ds = builder.as_dataset(split, batch_size, image_size=image_size,
-                          resize=stored != (image_size, image_size))
+                          resize=stored != (image_size, image_size),
+                          views=views)
   probs = net.predict(ds.map(lambda x, y: x), verbose=0)
   return np.asarray(probs, np.float64).reshape(len(probs), -1)
 

@@ -214,7 +214,7 @@ class Selection:
     self.num_examples(split, views)  # none kept: one line, not an empty run
     spec = {schema.VIEW: tf.io.FixedLenFeature([], tf.string,
                                                default_value='')}
-    wanted = tf.constant(_stored_views(views))
+    wanted = tf.constant(stored_views(views))
     # Parsing the view alone copies no image bytes.
     return records.filter(lambda record: tf.reduce_any(tf.equal(
         tf.io.parse_single_example(record, spec)[schema.VIEW], wanted)))
@@ -222,7 +222,7 @@ class Selection:
   def _kept(self, split, views):
     """Booleans [N]: which of the split's records `views` keeps."""
     stored, _ = self._view_table(split)
-    return np.isin(stored, np.array(_stored_views(views), dtype=object))
+    return np.isin(stored, np.array(stored_views(views), dtype=object))
 
   def _view_table(self, split):
     """(views str [N], raw codes int64 [N, L]) of a multi-label split's
@@ -252,8 +252,9 @@ class Selection:
     return self._view_tables[split]
 
 
-def _stored_views(views):
-  """The stored spellings of views: `UNKNOWN_VIEW` is stored as ''."""
+def stored_views(views):
+  """The stored spellings of views (records' schema.VIEW): `UNKNOWN_VIEW`
+  is stored as ''."""
   return tuple(views) + (('',) if UNKNOWN_VIEW in views else ())
 
 

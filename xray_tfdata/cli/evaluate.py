@@ -2,6 +2,7 @@
 
   tools/evaluate --model_dir=runs/demo/model --data_dir=runs/demo/data
   tools/evaluate --model_dir=runs/kermany --data_dir=data/rsna_224 --split=test
+  tools/evaluate --model_dir=runs/nih --data_dir=data/chexpert_224 --views=PA,AP
 
 Writes results.json, results.md and the pictures into
 model_dir/evaluation/<dataset folder>-<split>/ (or --out_dir), at the
@@ -27,6 +28,7 @@ _SPLIT = flags.DEFINE_string('split', 'test', 'The split of --data_dir to evalua
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the results go; default model_dir/evaluation/<data_dir folder>-<split>.')
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap_resamples', None, 'Patient-level bootstrap resamples; default: the run\'s setting.', lower_bound=1)
 _LABEL_POLICY = flags.DEFINE_enum('label_policy', None, checks.LABEL_POLICIES, 'For a dataset of labels (NIH, CheXpert): how its uncertain and unmentioned codes are read (see xray_tfdata.labels); default: the run\'s.')
+_VIEWS = flags.DEFINE_list('views', [], 'For a dataset of labels: score only the images of these views, as the source spells them (PA,AP for a frontal-only test; \'unknown\' for images without one), as tools/train\'s --views; default: every image.')
 _LOCALIZATION = flags.DEFINE_bool('localization', None, 'The pointing game of the Grad-CAM heatmaps on the positives with boxes (RSNA). Default: where the dataset stores boxes; --localization on a dataset without boxes is an error; --nolocalization never.')
 
 
@@ -37,11 +39,12 @@ def main(argv):
 
   with runtime.tool_errors():
     out_dir = _OUT_DIR.value or scoring.default_out_dir(
-        _MODEL_DIR.value, _DATA_DIR.value, _SPLIT.value)
+        _MODEL_DIR.value, _DATA_DIR.value, _SPLIT.value, _VIEWS.value)
     results = scoring.evaluate_run(
         _MODEL_DIR.value, _DATA_DIR.value, split=_SPLIT.value,
         out_dir=out_dir, num_resamples=_BOOTSTRAP.value,
-        label_policy=_LABEL_POLICY.value, localization=_LOCALIZATION.value)
+        label_policy=_LABEL_POLICY.value, localization=_LOCALIZATION.value,
+        views=_VIEWS.value)
   print(scoring.summary(results, out_dir))
 
 
