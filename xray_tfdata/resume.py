@@ -290,10 +290,15 @@ class ResumeCallback(keras.callbacks.Callback):
     if not meta:
       return
     d = self.state.backup_dir
-    self.net.load_weights(os.path.join(d, meta['weights']))
     optimizer = self.net.optimizer
+    # Built first: the weights file holds the optimizer's variables too
+    # (Keras' save_weights of a compiled model), and loading them into an
+    # unbuilt optimizer (its iterations and learning rate alone) skips
+    # them with "Skipping variable loading for optimizer 'adam' ... 2
+    # variables whereas the saved optimizer has N".
     if not optimizer.built:
       optimizer.build(self.net.trainable_variables)
+    self.net.load_weights(os.path.join(d, meta['weights']))
     saved = np.load(os.path.join(d, meta['optimizer']))
     for i, variable in enumerate(optimizer.variables):
       variable.assign(saved[f'v{i}'])
