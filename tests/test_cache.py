@@ -19,6 +19,7 @@ from conftest import REPO_ROOT
 from xray_tfdata import cache as cache_lib
 from xray_tfdata import pipeline
 
+import relabel
 from records import H, W, write_dataset, write_multilabel_dataset
 
 # The train split of write_dataset's default: 14 images of H*W bytes.
@@ -149,6 +150,36 @@ def test_reconverted_dataset_does_not_read_the_old_cache(tmp_path, decodes):
   assert got == sorted(p[..., None].tobytes() for p, _, _ in new['train'])
   assert len(decodes) == 2 * TRAIN
   assert len(_runs(cache_dir)) == 2  # one key folder per conversion
+
+
+def test_relabelled_dataset_does_not_read_the_old_cache(tmp_path, capsys):
+  """Issue 32: the same images converted again in place with other labels
+  (every shard name, size and count kept; relabel.CASES) must not be
+  served the old targets from the disk cache."""
+  src, root = str(tmp_path / 'src'), str(tmp_path / 'data')
+  cache_dir = str(tmp_path / 'cache')
+
+  def targets(**options):
+    # Every split: the relabelled images may be in any of them.
+    builder = pipeline.DatasetBuilder(root)
+    return {split: [y.tolist() for _, y in builder.as_dataset(
+        split, label_policy='u_ones', cache_dir=cache_dir,
+        cache_limit_bytes=1, **options).as_numpy_iterator()]
+            for split in ('train', 'val', 'test')}
+
+  relabel.convert(src, root)
+  old = targets()
+  assert targets() == old
+  assert 'reading the complete cache' in capsys.readouterr().out
+  for case, rows in sorted(relabel.CASES.items()):
+    relabel.convert(src, root, rows)
+    new = targets()
+    out = capsys.readouterr().out
+    assert out.count('writing it during the first epoch') == 3, (case, out)
+    assert 'reading the complete cache' not in out, case
+    assert new == targets(cache=False), case  # what the records hold now
+    assert new != old, case  # a relabelling the targets show
+  assert len(_runs(cache_dir)) == 3 * (1 + len(relabel.CASES))
 
 
 def test_another_size_does_not_read_the_cache(tmp_path, decodes):
