@@ -7,14 +7,17 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import REPO_ROOT
 from conftest import assert_one_line_error
 from records import write_dataset
 from xray_tfdata import atomic
+from xray_tfdata import cache as cache_lib
 from xray_tfdata import callbacks
 from xray_tfdata import resume
 from xray_tfdata import training
@@ -252,3 +255,201 @@ def test_second_trainer_on_a_model_dir_fails_at_once_and_a_kill_frees_it(
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert _history_epochs(model_dir) == ['0', '1']
   assert not os.path.exists(model_dir + training.MODEL_DIR_LOCK_SUFFIX)
+
+
+# --- the disk cache of a run (--cache_dir, --cache_limit) -------------------
+
+
+def _read_only_folder(tmp_path):
+  """A folder no file can be created in, for this user: permission bits for
+  a plain user; root passes those, so a read-only tmpfs, or else /sys
+  (read-only to root too)."""
+  folder = tmp_path / 'read_only'
+  folder.mkdir()
+  if os.geteuid() != 0:
+    folder.chmod(0o555)
+  elif subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs',
+                       str(folder)], capture_output=True).returncode:
+    folder = Path('/sys')
+  with pytest.raises(OSError):  # the case really is one
+    (folder / 'probe').write_bytes(b'')
+  return folder
+
+
+def _unmount(folder):
+  # Lazily: a failed pipeline may still hold a file there.
+  subprocess.run(['umount', '-l', str(folder)], capture_output=True,
+                 check=False)
+
+
+@pytest.mark.parametrize('case', ['read_only', 'under_a_file'])
+def test_cache_dir_that_cannot_be_written_fails_first_in_one_line(
+    data_dir, tmp_path, case):
+  """Issue 32: before, a raw OSError once the first pipeline was built,
+  after config.json was written. Now one line before anything is written."""
+  if case == 'read_only':
+    parent = _read_only_folder(tmp_path)
+  else:
+    parent = tmp_path / 'a_file'
+    parent.write_text('')
+  cache_dir = str(parent / 'cache')
+  model_dir = tmp_path / 'model'
+  try:
+    with pytest.raises(cache_lib.CacheError) as caught:
+      training.train_and_evaluate(_config(data_dir, cache_dir=cache_dir),
+                                  str(model_dir))
+  finally:
+    if case == 'read_only':
+      _unmount(parent)
+  message = str(caught.value)
+  assert '\n' not in message
+  assert message.startswith(f'--cache_dir {cache_dir} cannot be written (')
+  assert message.endswith('pass a local folder you can write, or no '
+                          '--cache_dir')
+  assert not model_dir.exists()  # nothing written
+  assert not os.path.exists(str(model_dir) + training.MODEL_DIR_LOCK_SUFFIX)
+
+
+def test_cache_limit_default_is_the_reader_s():
+  assert training.TrainConfig().cache_limit * 2**20 == (
+      cache_lib.DEFAULT_CACHE_LIMIT_BYTES)
+
+
+def test_full_disk_names_the_cache_folder_tf_data_was_writing(tmp_path):
+  """The message tf.data gives (TF 2.21, seen on a full tmpfs) names the
+  file; the cache folder it lies in is what `folder_named_by` finds."""
+  run = str(tmp_path / 'cache' / 'xray_tfdata-train-16x16x1-abc' / 'run-1')
+  cache_lib._writing.add(run)  # pylint: disable=protected-access
+  try:
+    error = tf.errors.ResourceExhaustedError(
+        None, None, f'{run}/cache_0.data-00000-of-00001.tempstate123; No '
+        'space left on device [Op:IteratorGetNext]')
+    try:
+      with atomic.naming(str(tmp_path / 'model')):
+        raise error
+    except atomic.NoSpaceError as named:
+      assert cache_lib.folder_named_by(named) == run
+    assert cache_lib.folder_named_by(
+        OSError(errno.ENOSPC, 'No space left on device')) is None
+  finally:
+    cache_lib._writing.discard(run)  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
+def test_full_disk_while_writing_the_cache_names_the_cache_folder(tmp_path):
+  """Issue 32: --cache_dir on a 64 KB tmpfs, a training split of about
+  100 KB decoded. Before, the error named model_dir, which had room."""
+  cache_dir = tmp_path / 'tmpfs'
+  cache_dir.mkdir()
+  made = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs',
+                         str(cache_dir)], capture_output=True, check=False)
+  if made.returncode:
+    pytest.skip('cannot mount a tmpfs here; '
+                'test_full_disk_names_the_cache_folder_tf_data_was_writing '
+                'covers the naming')
+  try:
+    data = str(tmp_path / 'data')
+    os.makedirs(data)
+    write_dataset(data, {'train': (200, 200), 'val': (4, 4), 'test': (4, 4)},
+                  num_shards=1, size=(SIZE, SIZE), learnable=True)
+    model_dir = str(tmp_path / 'model')
+    with pytest.raises(atomic.NoSpaceError) as caught:
+      training.train_and_evaluate(
+          _config(data, cache_dir=str(cache_dir), cache_limit=0.),
+          model_dir)
+    assert caught.value.filename.startswith(
+        os.path.join(str(cache_dir), 'xray_tfdata-train-'))
+    assert f'writing {caught.value.filename};' in str(caught.value)
+    assert os.path.exists(os.path.join(model_dir, 'config.json'))  # kept
+    # Nothing a later run trusts: no complete cache.
+    assert not [f for _, _, files in os.walk(cache_dir) for f in files
+                if f == 'complete.json']
+  finally:
+    _unmount(cache_dir)
+
+
+# tools/train whose ResumeCallback takes a while to save an epoch (as a
+# large model's weights and optimizer do), so that a signal sent as soon as
+# an epoch's line is out lands where a line printed before the save would
+# have let it cut the save. argv: repo, then the tool's flags.
+_SLOW_SAVING_TRAINER = """
+import os, runpy, sys, time
+repo = sys.argv[1]
+sys.argv = [os.path.join(repo, 'tools', 'train')] + sys.argv[2:]
+sys.path.insert(0, repo)
+from xray_tfdata import runtime
+runtime.configure_tensorflow_env()
+from xray_tfdata import resume
+save = resume.ResumeCallback.on_epoch_end
+def slow_save(self, epoch, logs=None):
+  time.sleep(1)
+  save(self, epoch, logs)
+resume.ResumeCallback.on_epoch_end = slow_save
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_after_an_epoch_s_line_keeps_it_and_every_split_is_cached(
+    data_dir, tmp_path):
+  """Issue 32, three cases in one pair of tools/train runs:
+  - --verbose=2 printed an epoch's line before the resume state saved that
+    epoch, so SIGTERM right after the line (a scheduler's preemption) lost
+    it and the rerun trained it again: each epoch whose line is out is kept;
+  - --cache_limit (MiB) sends a small split to --cache_dir;
+  - a run with --cache_dir said "no cache_dir was given" for its other
+    pipelines (the evaluation's splits, the augmentation preview): now each
+    split reads one disk cache, which the rerun and its evaluation reuse
+    (train, val) or write once (test)."""
+  model_dir, cache_dir = str(tmp_path / 'model'), str(tmp_path / 'cache')
+  args = [a for a in _tool_args(data_dir, model_dir)
+          if not a.startswith('--verbose')]
+  args += ['--verbose=2', f'--cache_dir={cache_dir}', '--cache_limit=0']
+  spy = tmp_path / 'slow_saving_trainer.py'
+  spy.write_text(_SLOW_SAVING_TRAINER)
+  trainer = subprocess.Popen(
+      [sys.executable, str(spy), REPO_ROOT, *args], stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=_env())
+  seen = []
+  try:
+    for line in trainer.stdout:
+      seen.append(line)
+      if line.startswith('epoch 1:'):
+        trainer.send_signal(signal.SIGTERM)
+        break
+    rest, err = trainer.communicate(timeout=120)
+  finally:
+    if trainer.poll() is None:
+      trainer.kill()
+      trainer.wait()
+  out = ''.join(seen) + rest
+  assert seen[-1].startswith('epoch 1:'), err[-3000:]
+  assert trainer.returncode == 130, err[-3000:]
+  assert 'interrupted; rerun the same command to resume' in err
+  # Epoch 2's save sleeps a second: the signal lands before it.
+  assert 'epoch 2:' not in out
+  state = resume.ResumeState(os.path.join(model_dir, 'backup'))
+  assert state.epoch() == 1  # before: 0, epoch 1 trained again
+  assert 'no cache_dir was given' not in out
+
+  rerun = _train(*args)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f'resuming {model_dir} after epoch 1' in rerun.stdout
+  assert _history_epochs(model_dir) == ['0', '1']
+  out += rerun.stdout
+  assert 'no cache_dir was given' not in out
+  lines = [l for l in out.splitlines() if l.startswith('cache of split')]
+  assert all(': disk (' in l for l in lines), lines
+  said = sorted((l.split("'")[1], 'writing it' in l) for l in lines)
+  # The killed run wrote train and val; the rerun read them (its
+  # evaluation too: the same line, said once) and wrote test.
+  assert said == [('test', True), ('train', False), ('train', True),
+                  ('val', False), ('val', True)], lines
+  folders = sorted(os.listdir(cache_dir))
+  assert [f.split('-')[1] for f in folders] == ['test', 'train', 'val']
+  for folder in folders:
+    runs = [r for r in os.listdir(os.path.join(cache_dir, folder))
+            if r.startswith('run-')]
+    assert len(runs) == 1, (folder, runs)
+    assert os.path.exists(os.path.join(cache_dir, folder, runs[0],
+                                       'complete.json'))
