@@ -93,7 +93,9 @@ def test_split_over_the_limit_decodes_once_across_two_epochs(
   assert f"cache of split 'train' of {root}: disk" in line
   assert 'does not fit' in line
   assert cache_dir in line
-  assert int(ds.cardinality()) == TRAIN  # kept through the marker stage
+  # Unknown while written, so every consumer reads to the end (see the
+  # test below); a complete cache keeps the count.
+  assert int(ds.cardinality()) == tf.data.UNKNOWN_CARDINALITY
   assert _epoch_values(ds) == list(range(TRAIN))
   assert len(decodes) == TRAIN
   (run, files), = _runs(cache_dir).items()
@@ -105,8 +107,50 @@ def test_split_over_the_limit_decodes_once_across_two_epochs(
   # A later run (a new builder and pipeline) reads it too.
   again = _train(root, cache_dir)
   assert 'reading the complete cache' in capsys.readouterr().out
+  assert int(again.cardinality()) == TRAIN
   assert _epoch_values(again) == list(range(TRAIN))
   assert len(decodes) == TRAIN
+  assert list(_runs(cache_dir)) == [run]
+
+
+def _keras_pass(ds):
+  """One pass as Keras' fit (validation) and predict take it: the count of
+  batches the dataset states, without asking for more; to the end when it
+  states none."""
+  count = int(ds.cardinality())
+  it = iter(ds)
+  if count < 0:
+    return sum(1 for _ in it)
+  for _ in range(count):
+    next(it)
+  return count
+
+
+def test_a_pass_that_stops_at_the_count_completes_the_disk_cache(
+    tmp_path, decodes):
+  """Keras validates on exactly the batches a dataset says it has. Before,
+  the disk cache stated the count, so the end was never asked for and
+  tf.data never finished the cache: validation decoded every epoch and the
+  evaluation wrote it again."""
+  root, cache_dir = str(tmp_path / 'data'), str(tmp_path / 'cache')
+  os.makedirs(root)
+  write_dataset(root)
+
+  images = pipeline.DatasetBuilder(root).info.num_examples('val')
+
+  def val():
+    # Full batches only: a partial last batch asks for the end itself.
+    return pipeline.DatasetBuilder(root).as_dataset(
+        'val', images, cache_dir=cache_dir, cache_limit_bytes=1)
+
+  batches = 1
+  assert _keras_pass(val()) == batches
+  (run, files), = _runs(cache_dir).items()
+  assert 'complete.json' in files
+  reread = val()
+  assert int(reread.cardinality()) == batches
+  assert _keras_pass(reread) == batches
+  assert len(decodes) == images  # decoded once
   assert list(_runs(cache_dir)) == [run]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
 from conftest import REPO_ROOT
 from conftest import assert_one_line_error
@@ -19,7 +20,9 @@ from records import write_dataset
 from xray_tfdata import atomic
 from xray_tfdata import cache as cache_lib
 from xray_tfdata import callbacks
+from xray_tfdata import config as config_lib
 from xray_tfdata import resume
+from xray_tfdata import runtime
 from xray_tfdata import training
 
 SIZE = 16
@@ -368,80 +371,61 @@ def test_full_disk_while_writing_the_cache_names_the_cache_folder(tmp_path):
     _unmount(cache_dir)
 
 
-# tools/train whose ResumeCallback takes a while to save an epoch (as a
-# large model's weights and optimizer do), so that a signal sent as soon as
-# an epoch's line is out lands where a line printed before the save would
-# have let it cut the save. argv: repo, then the tool's flags.
-_SLOW_SAVING_TRAINER = """
-import os, runpy, sys, time
-repo = sys.argv[1]
-sys.argv = [os.path.join(repo, 'tools', 'train')] + sys.argv[2:]
-sys.path.insert(0, repo)
-from xray_tfdata import runtime
-runtime.configure_tensorflow_env()
-from xray_tfdata import resume
-save = resume.ResumeCallback.on_epoch_end
-def slow_save(self, epoch, logs=None):
-  time.sleep(1)
-  save(self, epoch, logs)
-resume.ResumeCallback.on_epoch_end = slow_save
-runpy.run_path(sys.argv[0], run_name='__main__')
-"""
+def test_cache_limit_is_a_flag_of_tools_train():
+  """--cache_limit (MiB) is declared once in config.py like the others: the
+  tool parses it, a resumed run may change it, and it is bounded."""
+  flag_values = flags.FlagValues()
+  config_lib.define_flags(flag_values)
+  flag_values(['train', '--data_dir=d', '--cache_limit=0.5'])
+  assert config_lib.from_flags(flag_values).cache_limit == 0.5
+  assert 'cache_limit' in config_lib.RESUMABLE_CHANGES
+  with pytest.raises(flags.IllegalFlagValueError):
+    flag_values(['train', '--cache_limit=-1'])
 
 
 @pytest.mark.slow
 def test_sigterm_after_an_epoch_s_line_keeps_it_and_every_split_is_cached(
-    data_dir, tmp_path):
-  """Issue 32, three cases in one pair of tools/train runs:
+    data_dir, tmp_path, monkeypatch, capsys):
+  """Issue 32, three cases in one run stopped and resumed:
   - --verbose=2 printed an epoch's line before the resume state saved that
     epoch, so SIGTERM right after the line (a scheduler's preemption) lost
-    it and the rerun trained it again: each epoch whose line is out is kept;
-  - --cache_limit (MiB) sends a small split to --cache_dir;
+    it and the rerun trained it again: each epoch whose line is out is kept
+    (a real SIGTERM, to this process, through the tools' handler);
+  - --cache_limit sends a small split to --cache_dir;
   - a run with --cache_dir said "no cache_dir was given" for its other
-    pipelines (the evaluation's splits, the augmentation preview): now each
+    pipelines (the evaluation's splits; the augmentation preview): now each
     split reads one disk cache, which the rerun and its evaluation reuse
     (train, val) or write once (test)."""
   model_dir, cache_dir = str(tmp_path / 'model'), str(tmp_path / 'cache')
-  args = [a for a in _tool_args(data_dir, model_dir)
-          if not a.startswith('--verbose')]
-  args += ['--verbose=2', f'--cache_dir={cache_dir}', '--cache_limit=0']
-  spy = tmp_path / 'slow_saving_trainer.py'
-  spy.write_text(_SLOW_SAVING_TRAINER)
-  trainer = subprocess.Popen(
-      [sys.executable, str(spy), REPO_ROOT, *args], stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=_env())
-  seen = []
-  try:
-    for line in trainer.stdout:
-      seen.append(line)
-      if line.startswith('epoch 1:'):
-        trainer.send_signal(signal.SIGTERM)
-        break
-    rest, err = trainer.communicate(timeout=120)
-  finally:
-    if trainer.poll() is None:
-      trainer.kill()
-      trainer.wait()
-  out = ''.join(seen) + rest
-  assert seen[-1].startswith('epoch 1:'), err[-3000:]
-  assert trainer.returncode == 130, err[-3000:]
-  assert 'interrupted; rerun the same command to resume' in err
-  # Epoch 2's save sleeps a second: the signal lands before it.
-  assert 'epoch 2:' not in out
+  config = _config(data_dir, verbose=2, cache_dir=cache_dir, cache_limit=0.)
+  line = callbacks.EpochSummary.on_epoch_end
+
+  def then_sigterm(self, epoch, logs=None):
+    line(self, epoch, logs)
+    os.kill(os.getpid(), signal.SIGTERM)  # as soon as the line is out
+
+  monkeypatch.setattr(callbacks.EpochSummary, 'on_epoch_end', then_sigterm)
+  with pytest.raises(SystemExit) as stopped:
+    with runtime.tool_errors():
+      training.train_and_evaluate(config, model_dir)
+  assert stopped.value.code == runtime.INTERRUPTED_EXIT_CODE
+  out = capsys.readouterr().out
+  assert [l for l in out.splitlines() if l.startswith('epoch ')] == [
+      l for l in out.splitlines() if l.startswith('epoch 1:')]
   state = resume.ResumeState(os.path.join(model_dir, 'backup'))
   assert state.epoch() == 1  # before: 0, epoch 1 trained again
-  assert 'no cache_dir was given' not in out
 
-  rerun = _train(*args)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert f'resuming {model_dir} after epoch 1' in rerun.stdout
+  monkeypatch.setattr(callbacks.EpochSummary, 'on_epoch_end', line)
+  training.train_and_evaluate(config, model_dir)
+  rerun = capsys.readouterr().out
+  assert f'resuming {model_dir} after epoch 1' in rerun
   assert _history_epochs(model_dir) == ['0', '1']
-  out += rerun.stdout
+  out += rerun
   assert 'no cache_dir was given' not in out
   lines = [l for l in out.splitlines() if l.startswith('cache of split')]
   assert all(': disk (' in l for l in lines), lines
   said = sorted((l.split("'")[1], 'writing it' in l) for l in lines)
-  # The killed run wrote train and val; the rerun read them (its
+  # The stopped run wrote train and val; the rerun read them (its
   # evaluation too: the same line, said once) and wrote test.
   assert said == [('test', True), ('train', False), ('train', True),
                   ('val', False), ('val', True)], lines

@@ -35,8 +35,9 @@ not collide. `complete.json` is written, after tf.data has renamed its files
 and they are fsynced, by an empty dataset concatenated after the cache, which
 tf.data reaches only when the cache has seen the whole split. A run reuses
 only a `run-*` folder with `complete.json` and `cache.index` whose key matches
-its own: the dataset's fingerprint (`DatasetInfo.fingerprint`: another
-conversion has other shards), the split, the output size and channels, the
+its own: the dataset's fingerprint (`DatasetInfo.fingerprint`: a
+conversion with other images or labels has other shard content hashes), the
+split, the output size and channels, the
 resize, the labels and metadata decoded, the input-pipeline shard and the
 element structure. Folders left by dead writers on this host are deleted.
 """
@@ -320,7 +321,12 @@ def apply(ds, choice, key):
     key: the same key `choose` got (recorded in complete.json).
 
   Returns:
-    The dataset; for DISK its cardinality is kept where `ds` knows it.
+    The dataset. For DISK, its cardinality is kept where `ds` knows it when
+    a complete cache is read, and unknown while the cache is written: a
+    consumer told the count (Keras' validation, `predict`) stops after the
+    last element without asking for the end, so tf.data would never finish
+    the cache (each epoch decoding again); without a count it reads to the
+    end.
   """
   if choice.kind == MEMORY:
     return ds.cache()
@@ -329,7 +335,7 @@ def apply(ds, choice, key):
   cardinality = int(ds.cardinality())
   cached = ds.cache(choice.prefix)
   if choice.reused:
-    return cached
+    return cached  # cache() keeps the count
   run = choice.path
 
   def commit():
@@ -354,7 +360,5 @@ def apply(ds, choice, key):
                .map(lambda ok: tf.nest.map_structure(
                    lambda s: tf.zeros([d or 0 for d in s.shape], s.dtype),
                    spec)))
-  cached = cached.concatenate(marker_ds)
-  if cardinality >= 0:
-    cached = cached.apply(tf.data.experimental.assert_cardinality(cardinality))
-  return cached
+  # Its cardinality stays unknown (see Returns).
+  return cached.concatenate(marker_ds)

@@ -40,6 +40,12 @@ shards and converts only the rest; any other `.partial` folder is removed.
 Shards do not depend on each other, so a resumed dataset is byte-identical
 to an uninterrupted one.
 
+Content hash: as each shard is written its records are folded into a
+SHA-256 (`dataset_info.ShardContentHash`), kept in its progress record and
+in xray_info.json's shard entry ('content_sha256'), so the dataset's
+fingerprint (`DatasetInfo.fingerprint`: the disk cache's key and the
+resume check) follows the labels and pixels, not only the shards' sizes.
+
 RSNA extras and privacy: an RSNA dataset's records also carry the detailed
 class and the boxes (`schema.RSNA_FEATURES`), the boxes scaled to the stored
 image (`imaging.stored_box`). A DICOM file's patient id (its PatientID;
