@@ -194,10 +194,13 @@ def _dataset_change(before, now):
       if old.get(key) != entry[key]:
         return f'split {split!r}: {old.get(key)} {what} then, {entry[key]} now'
     if old.get('content_sha256') != entry.get('content_sha256'):
-      # Same counts and sizes: other labels or pixels in the records.
-      return (f'split {split!r}: its records hold other labels or images '
-              f'(content hash {str(old.get("content_sha256"))[:12]} then, '
-              f'{str(entry.get("content_sha256"))[:12]} now)')
+      # Same counts and sizes: other labels or pixels in the records, or a
+      # conversion by a version that hashes content where one did not.
+      what = ('its records hold other labels or images'
+              if old.get('content_sha256') else 'converted with content hashes')
+      return (f'split {split!r}: {what} (content hash '
+              f'{(old.get("content_sha256") or "none")[:12]} then, '
+              f'{(entry.get("content_sha256") or "none")[:12]} now)')
   return 'its shards have other names or sizes'
 
 
