@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from xray_tfdata import dataset_info
 from xray_tfdata import schema
 
 H, W = 12, 10
@@ -77,15 +78,22 @@ def write_dataset(root, split_sizes=None, num_shards=3, size=(H, W),
     bounds = np.linspace(0, len(examples), num_shards + 1).astype(int)
     for s in range(num_shards):
       fname = schema.shard_filename('tiny', split, s, num_shards)
+      content = dataset_info.ShardContentHash()
       with tf.io.TFRecordWriter(os.path.join(root, fname)) as w:
         for pixels, label, name in examples[bounds[s]:bounds[s + 1]]:
           record = schema.encode_example(
               _png(pixels), height, width, label, schema.DEFAULT_CLASS_NAMES[label],
               name, f'patient{label}', 100, 80)
-          w.write(_as_format_1(record) if format_version == 1 else record)
+          if format_version == 1:
+            record = _as_format_1(record)
+          w.write(record)
+          content.update(record)
       shards.append({'filename': fname,
                      'num_examples': int(bounds[s + 1] - bounds[s]),
-                     'num_bytes': os.path.getsize(os.path.join(root, fname))})
+                     'num_bytes': os.path.getsize(os.path.join(root, fname)),
+                     # As the writer folds it (xray_info.json, format 2).
+                     **({dataset_info.CONTENT_KEY: content.hexdigest()}
+                        if format_version != 1 else {})})
     info['splits'][split] = {
         'num_examples': len(examples),
         'class_counts': {'NORMAL': n0, 'PNEUMONIA': n1},
@@ -106,12 +114,15 @@ def _split_entry(root, name, split, records, num_shards):
   bounds = np.linspace(0, len(records), num_shards + 1).astype(int)
   for s in range(num_shards):
     fname = schema.shard_filename(name, split, s, num_shards)
+    content = dataset_info.ShardContentHash()
     with tf.io.TFRecordWriter(os.path.join(root, fname)) as w:
       for record in records[bounds[s]:bounds[s + 1]]:
         w.write(record)
+        content.update(record)
     shards.append({'filename': fname,
                    'num_examples': int(bounds[s + 1] - bounds[s]),
-                   'num_bytes': os.path.getsize(os.path.join(root, fname))})
+                   'num_bytes': os.path.getsize(os.path.join(root, fname)),
+                   dataset_info.CONTENT_KEY: content.hexdigest()})
   return shards
 
 

@@ -19,6 +19,7 @@ from conftest import REPO_ROOT
 from xray_tfdata import cache as cache_lib
 from xray_tfdata import pipeline
 
+import relabel
 from records import H, W, write_dataset, write_multilabel_dataset
 
 # The train split of write_dataset's default: 14 images of H*W bytes.
@@ -92,7 +93,9 @@ def test_split_over_the_limit_decodes_once_across_two_epochs(
   assert f"cache of split 'train' of {root}: disk" in line
   assert 'does not fit' in line
   assert cache_dir in line
-  assert int(ds.cardinality()) == TRAIN  # kept through the marker stage
+  # Unknown while written, so every consumer reads to the end (see the
+  # test below); a complete cache keeps the count.
+  assert int(ds.cardinality()) == tf.data.UNKNOWN_CARDINALITY
   assert _epoch_values(ds) == list(range(TRAIN))
   assert len(decodes) == TRAIN
   (run, files), = _runs(cache_dir).items()
@@ -104,8 +107,50 @@ def test_split_over_the_limit_decodes_once_across_two_epochs(
   # A later run (a new builder and pipeline) reads it too.
   again = _train(root, cache_dir)
   assert 'reading the complete cache' in capsys.readouterr().out
+  assert int(again.cardinality()) == TRAIN
   assert _epoch_values(again) == list(range(TRAIN))
   assert len(decodes) == TRAIN
+  assert list(_runs(cache_dir)) == [run]
+
+
+def _keras_pass(ds):
+  """One pass as Keras' fit (validation) and predict take it: the count of
+  batches the dataset states, without asking for more; to the end when it
+  states none."""
+  count = int(ds.cardinality())
+  it = iter(ds)
+  if count < 0:
+    return sum(1 for _ in it)
+  for _ in range(count):
+    next(it)
+  return count
+
+
+def test_a_pass_that_stops_at_the_count_completes_the_disk_cache(
+    tmp_path, decodes):
+  """Keras validates on exactly the batches a dataset says it has. Before,
+  the disk cache stated the count, so the end was never asked for and
+  tf.data never finished the cache: validation decoded every epoch and the
+  evaluation wrote it again."""
+  root, cache_dir = str(tmp_path / 'data'), str(tmp_path / 'cache')
+  os.makedirs(root)
+  write_dataset(root)
+
+  images = pipeline.DatasetBuilder(root).info.num_examples('val')
+
+  def val():
+    # Full batches only: a partial last batch asks for the end itself.
+    return pipeline.DatasetBuilder(root).as_dataset(
+        'val', images, cache_dir=cache_dir, cache_limit_bytes=1)
+
+  batches = 1
+  assert _keras_pass(val()) == batches
+  (run, files), = _runs(cache_dir).items()
+  assert 'complete.json' in files
+  reread = val()
+  assert int(reread.cardinality()) == batches
+  assert _keras_pass(reread) == batches
+  assert len(decodes) == images  # decoded once
   assert list(_runs(cache_dir)) == [run]
 
 
@@ -149,6 +194,36 @@ def test_reconverted_dataset_does_not_read_the_old_cache(tmp_path, decodes):
   assert got == sorted(p[..., None].tobytes() for p, _, _ in new['train'])
   assert len(decodes) == 2 * TRAIN
   assert len(_runs(cache_dir)) == 2  # one key folder per conversion
+
+
+def test_relabelled_dataset_does_not_read_the_old_cache(tmp_path, capsys):
+  """Issue 32: the same images converted again in place with other labels
+  (every shard name, size and count kept; relabel.CASES) must not be
+  served the old targets from the disk cache."""
+  src, root = str(tmp_path / 'src'), str(tmp_path / 'data')
+  cache_dir = str(tmp_path / 'cache')
+
+  def targets(**options):
+    # Every split: the relabelled images may be in any of them.
+    builder = pipeline.DatasetBuilder(root)
+    return {split: [y.tolist() for _, y in builder.as_dataset(
+        split, label_policy='u_ones', cache_dir=cache_dir,
+        cache_limit_bytes=1, **options).as_numpy_iterator()]
+            for split in ('train', 'val', 'test')}
+
+  relabel.convert(src, root)
+  old = targets()
+  assert targets() == old
+  assert 'reading the complete cache' in capsys.readouterr().out
+  for case, rows in sorted(relabel.CASES.items()):
+    relabel.convert(src, root, rows)
+    new = targets()
+    out = capsys.readouterr().out
+    assert out.count('writing it during the first epoch') == 3, (case, out)
+    assert 'reading the complete cache' not in out, case
+    assert new == targets(cache=False), case  # what the records hold now
+    assert new != old, case  # a relabelling the targets show
+  assert len(_runs(cache_dir)) == 3 * (1 + len(relabel.CASES))
 
 
 def test_another_size_does_not_read_the_cache(tmp_path, decodes):

@@ -1,5 +1,6 @@
 """dataset_info: the xray_info.json contract (layout, reading, typing)."""
 
+import hashlib
 import json
 import os
 
@@ -10,6 +11,7 @@ from sklearn.utils import class_weight
 from xray_tfdata import dataset_info
 from xray_tfdata import schema
 
+import relabel
 from records import write_dataset
 
 
@@ -163,3 +165,82 @@ def test_build_info_records_dicom_extras_and_patient_ids(tmp_path):
   typed = dataset_info.load_info(str(tmp_path))
   assert typed.dicom_voi == 'window'
   assert typed.extra_features == (schema.DETAILED_CLASS,)
+
+
+@pytest.fixture(scope='module')
+def relabelled(tmp_path_factory):
+  """{case: DatasetInfo}: relabel's source converted as it is ('original'),
+  once more as it is ('again'), and relabelled each way."""
+  base = tmp_path_factory.mktemp('relabel')
+  infos = {}
+  for case, rows in [('original', relabel.ROWS), ('again', relabel.ROWS),
+                     *relabel.CASES.items()]:
+    out = str(base / case)
+    relabel.convert(str(base / 'src'), out, rows)
+    infos[case] = dataset_info.load_info(out)
+  return infos
+
+
+@pytest.mark.parametrize('case', sorted(relabel.CASES))
+def test_a_relabelled_dataset_has_another_fingerprint(relabelled, case):
+  """Issue 32: the same images converted with other labels keep every shard
+  name, size and count, so the fingerprint of those alone stays (the bug);
+  the content hash changes it."""
+  original, changed = relabelled['original'], relabelled[case]
+  assert relabel.legacy_fingerprint(changed) == relabel.legacy_fingerprint(
+      original)  # the case really is one the old fingerprint missed
+  assert changed.has_content_hash and original.has_content_hash
+  assert changed.fingerprint() != original.fingerprint()
+  # The same labels converted again: the same records, the same fingerprint.
+  assert relabelled['again'].fingerprint() == original.fingerprint()
+
+
+def test_content_hash_is_a_recount_of_the_shard_s_records(relabelled):
+  """Each shard's content hash is SHA-256 over its records, each preceded by
+  its 8-byte length, recomputed here from the shard read by tf.data."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  info = relabelled['original']
+  for entry in info.splits.values():
+    for shard in entry['shards']:
+      sha = hashlib.sha256()
+      for record in tf.data.TFRecordDataset(
+          os.path.join(info.data_dir, shard['filename'])).as_numpy_iterator():
+        sha.update(len(record).to_bytes(8, 'little') + record)
+      assert shard[dataset_info.CONTENT_KEY] == sha.hexdigest()
+
+
+def _old_fingerprint(info):
+  """The fingerprint as it was computed before content hashes."""
+  splits = {}
+  for name, entry in sorted(info.splits.items()):
+    shards = [[s['filename'], s['num_examples'], s['num_bytes']]
+              for s in entry['shards']]
+    splits[name] = {'num_examples': entry['num_examples'],
+                    'num_bytes': sum(s[2] for s in shards),
+                    'class_counts': entry['class_counts'], 'shards': shards}
+  return hashlib.sha256(json.dumps(
+      {'format_version': 2, 'class_names': list(info.class_names),
+       'image_size': list(info.image_size), 'splits': splits},
+      sort_keys=True).encode()).hexdigest()[:32]
+
+
+def test_a_dataset_without_content_hashes_keeps_its_old_fingerprint(
+    tmp_path, capsys):
+  """A dataset converted before content hashes still reads, with the
+  fingerprint it had then (so its runs resume), and says so once."""
+  root = str(tmp_path)
+  write_dataset(root)
+
+  def strip(info):
+    for entry in info['splits'].values():
+      for shard in entry['shards']:
+        del shard[dataset_info.CONTENT_KEY]
+  _rewrite(root, strip)
+  info = dataset_info.load_info(root)
+  assert not info.has_content_hash
+  assert info.fingerprint() == _old_fingerprint(info)
+  assert dataset_info.load_info(root).fingerprint() == _old_fingerprint(info)
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1, err  # once, not per call
+  assert err[0].startswith(f'warning: {root}') and 'no content hash' in err[0]
+  assert 'tools/make_tfrecords --overwrite' in err[0]

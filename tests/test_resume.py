@@ -10,6 +10,8 @@ import pytest
 
 from xray_tfdata import resume
 
+import relabel
+
 PATIENCE = 3
 # val_loss per epoch: best at epoch 0, then two epochs without improvement
 # (the run is killed after epoch 2), then a third: patience runs out.
@@ -217,3 +219,47 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights(
   assert len(resumed) == len(reference)
   for got, want in zip(resumed, reference):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def relabelled(tmp_path_factory):
+  """(data_dir, {case: DatasetInfo}): relabel's source converted into one
+  data_dir as it is ('original') and then relabelled each way; each info
+  read just after its conversion."""
+  from xray_tfdata import dataset_info  # pylint: disable=g-import-not-at-top
+  base = tmp_path_factory.mktemp('relabel')
+  root = str(base / 'data')
+  infos = {}
+  for case, rows in [('original', relabel.ROWS), *relabel.CASES.items()]:
+    relabel.convert(str(base / 'src'), root, rows)
+    infos[case] = dataset_info.load_info(root)
+  return root, infos
+
+
+@pytest.mark.parametrize('case', sorted(relabel.CASES))
+def test_a_run_on_a_relabelled_dataset_is_not_resumed(relabelled, tmp_path,
+                                                      case):
+  """Issue 32: a killed run's data_dir converted again with other labels
+  (shard names, sizes and counts kept) refuses the resume in one line and
+  leaves config.json as it was."""
+  from xray_tfdata import config as config_lib  # pylint: disable=g-import-not-at-top
+  root, infos = relabelled
+  model_dir = str(tmp_path / 'model')
+  config = config_lib.TrainConfig(data_dir=root)
+  assert not resume.prepare_model_dir(model_dir, config,
+                                      dataset=infos['original'])
+  config_json = os.path.join(model_dir, resume.CONFIG_JSON)
+  with open(config_json) as f:
+    recorded = f.read()
+  with pytest.raises(config_lib.TrainingError) as caught:
+    resume.prepare_model_dir(model_dir, config, dataset=infos[case])
+  message = str(caught.value)
+  assert '\n' not in message
+  assert f'{model_dir} holds an unfinished run on another dataset' in message
+  assert 'its records hold other labels or images (content hash ' in message
+  assert '--overwrite' in message
+  with open(config_json) as f:
+    assert f.read() == recorded  # nothing lost
+  # The dataset it started on resumes.
+  assert resume.prepare_model_dir(model_dir, config,
+                                  dataset=infos['original'])

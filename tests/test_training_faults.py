@@ -7,16 +7,22 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from absl import flags
 
 from conftest import REPO_ROOT
 from conftest import assert_one_line_error
 from records import write_dataset
 from xray_tfdata import atomic
+from xray_tfdata import cache as cache_lib
 from xray_tfdata import callbacks
+from xray_tfdata import config as config_lib
 from xray_tfdata import resume
+from xray_tfdata import runtime
 from xray_tfdata import training
 
 SIZE = 16
@@ -252,3 +258,182 @@ def test_second_trainer_on_a_model_dir_fails_at_once_and_a_kill_frees_it(
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert _history_epochs(model_dir) == ['0', '1']
   assert not os.path.exists(model_dir + training.MODEL_DIR_LOCK_SUFFIX)
+
+
+# --- the disk cache of a run (--cache_dir, --cache_limit) -------------------
+
+
+def _read_only_folder(tmp_path):
+  """A folder no file can be created in, for this user: permission bits for
+  a plain user; root passes those, so a read-only tmpfs, or else /sys
+  (read-only to root too)."""
+  folder = tmp_path / 'read_only'
+  folder.mkdir()
+  if os.geteuid() != 0:
+    folder.chmod(0o555)
+  elif subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=64k', 'tmpfs',
+                       str(folder)], capture_output=True).returncode:
+    folder = Path('/sys')
+  with pytest.raises(OSError):  # the case really is one
+    (folder / 'probe').write_bytes(b'')
+  return folder
+
+
+def _unmount(folder):
+  # Lazily: a failed pipeline may still hold a file there.
+  subprocess.run(['umount', '-l', str(folder)], capture_output=True,
+                 check=False)
+
+
+@pytest.mark.parametrize('case', ['read_only', 'under_a_file'])
+def test_cache_dir_that_cannot_be_written_fails_first_in_one_line(
+    data_dir, tmp_path, case):
+  """Issue 32: before, a raw OSError once the first pipeline was built,
+  after config.json was written. Now one line before anything is written."""
+  if case == 'read_only':
+    parent = _read_only_folder(tmp_path)
+  else:
+    parent = tmp_path / 'a_file'
+    parent.write_text('')
+  cache_dir = str(parent / 'cache')
+  model_dir = tmp_path / 'model'
+  try:
+    with pytest.raises(cache_lib.CacheError) as caught:
+      training.train_and_evaluate(_config(data_dir, cache_dir=cache_dir),
+                                  str(model_dir))
+  finally:
+    if case == 'read_only':
+      _unmount(parent)
+  message = str(caught.value)
+  assert '\n' not in message
+  assert message.startswith(f'--cache_dir {cache_dir} cannot be written (')
+  assert message.endswith('pass a local folder you can write, or no '
+                          '--cache_dir')
+  assert not model_dir.exists()  # nothing written
+  assert not os.path.exists(str(model_dir) + training.MODEL_DIR_LOCK_SUFFIX)
+
+
+def test_cache_limit_default_is_the_reader_s():
+  assert training.TrainConfig().cache_limit * 2**20 == (
+      cache_lib.DEFAULT_CACHE_LIMIT_BYTES)
+
+
+def test_full_disk_names_the_cache_folder_tf_data_was_writing(tmp_path):
+  """The message tf.data gives (TF 2.21, seen on a full tmpfs) names the
+  file; the cache folder it lies in is what `folder_named_by` finds."""
+  run = str(tmp_path / 'cache' / 'xray_tfdata-train-16x16x1-abc' / 'run-1')
+  cache_lib._writing.add(run)  # pylint: disable=protected-access
+  try:
+    error = tf.errors.ResourceExhaustedError(
+        None, None, f'{run}/cache_0.data-00000-of-00001.tempstate123; No '
+        'space left on device [Op:IteratorGetNext]')
+    try:
+      with atomic.naming(str(tmp_path / 'model')):
+        raise error
+    except atomic.NoSpaceError as named:
+      assert cache_lib.folder_named_by(named) == run
+    assert cache_lib.folder_named_by(
+        OSError(errno.ENOSPC, 'No space left on device')) is None
+  finally:
+    cache_lib._writing.discard(run)  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
+def test_full_disk_while_writing_the_cache_names_the_cache_folder(tmp_path):
+  """Issue 32: --cache_dir on a 64 KB tmpfs, a training split of about
+  100 KB decoded. Before, the error named model_dir, which had room."""
+  cache_dir = tmp_path / 'tmpfs'
+  cache_dir.mkdir()
+  made = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs',
+                         str(cache_dir)], capture_output=True, check=False)
+  if made.returncode:
+    pytest.skip('cannot mount a tmpfs here; '
+                'test_full_disk_names_the_cache_folder_tf_data_was_writing '
+                'covers the naming')
+  try:
+    data = str(tmp_path / 'data')
+    os.makedirs(data)
+    write_dataset(data, {'train': (200, 200), 'val': (4, 4), 'test': (4, 4)},
+                  num_shards=1, size=(SIZE, SIZE), learnable=True)
+    model_dir = str(tmp_path / 'model')
+    with pytest.raises(atomic.NoSpaceError) as caught:
+      training.train_and_evaluate(
+          _config(data, cache_dir=str(cache_dir), cache_limit=0.),
+          model_dir)
+    assert caught.value.filename.startswith(
+        os.path.join(str(cache_dir), 'xray_tfdata-train-'))
+    assert f'writing {caught.value.filename};' in str(caught.value)
+    assert os.path.exists(os.path.join(model_dir, 'config.json'))  # kept
+    # Nothing a later run trusts: no complete cache.
+    assert not [f for _, _, files in os.walk(cache_dir) for f in files
+                if f == 'complete.json']
+  finally:
+    _unmount(cache_dir)
+
+
+def test_cache_limit_is_a_flag_of_tools_train():
+  """--cache_limit (MiB) is declared once in config.py like the others: the
+  tool parses it, a resumed run may change it, and it is bounded."""
+  flag_values = flags.FlagValues()
+  config_lib.define_flags(flag_values)
+  flag_values(['train', '--data_dir=d', '--cache_limit=0.5'])
+  assert config_lib.from_flags(flag_values).cache_limit == 0.5
+  assert 'cache_limit' in config_lib.RESUMABLE_CHANGES
+  with pytest.raises(flags.IllegalFlagValueError):
+    flag_values(['train', '--cache_limit=-1'])
+
+
+@pytest.mark.slow
+def test_sigterm_after_an_epoch_s_line_keeps_it_and_every_split_is_cached(
+    data_dir, tmp_path, monkeypatch, capsys):
+  """Issue 32, three cases in one run stopped and resumed:
+  - --verbose=2 printed an epoch's line before the resume state saved that
+    epoch, so SIGTERM right after the line (a scheduler's preemption) lost
+    it and the rerun trained it again: each epoch whose line is out is kept
+    (a real SIGTERM, to this process, through the tools' handler);
+  - --cache_limit sends a small split to --cache_dir;
+  - a run with --cache_dir said "no cache_dir was given" for its other
+    pipelines (the evaluation's splits; the augmentation preview): now each
+    split reads one disk cache, which the rerun and its evaluation reuse
+    (train, val) or write once (test)."""
+  model_dir, cache_dir = str(tmp_path / 'model'), str(tmp_path / 'cache')
+  config = _config(data_dir, verbose=2, cache_dir=cache_dir, cache_limit=0.)
+  line = callbacks.EpochSummary.on_epoch_end
+
+  def then_sigterm(self, epoch, logs=None):
+    line(self, epoch, logs)
+    os.kill(os.getpid(), signal.SIGTERM)  # as soon as the line is out
+
+  monkeypatch.setattr(callbacks.EpochSummary, 'on_epoch_end', then_sigterm)
+  with pytest.raises(SystemExit) as stopped:
+    with runtime.tool_errors():
+      training.train_and_evaluate(config, model_dir)
+  assert stopped.value.code == runtime.INTERRUPTED_EXIT_CODE
+  out = capsys.readouterr().out
+  assert [l for l in out.splitlines() if l.startswith('epoch ')] == [
+      l for l in out.splitlines() if l.startswith('epoch 1:')]
+  state = resume.ResumeState(os.path.join(model_dir, 'backup'))
+  assert state.epoch() == 1  # before: 0, epoch 1 trained again
+
+  monkeypatch.setattr(callbacks.EpochSummary, 'on_epoch_end', line)
+  training.train_and_evaluate(config, model_dir)
+  rerun = capsys.readouterr().out
+  assert f'resuming {model_dir} after epoch 1' in rerun
+  assert _history_epochs(model_dir) == ['0', '1']
+  out += rerun
+  assert 'no cache_dir was given' not in out
+  lines = [l for l in out.splitlines() if l.startswith('cache of split')]
+  assert all(': disk (' in l for l in lines), lines
+  said = sorted((l.split("'")[1], 'writing it' in l) for l in lines)
+  # The stopped run wrote train and val; the rerun read them (its
+  # evaluation too: the same line, said once) and wrote test.
+  assert said == [('test', True), ('train', False), ('train', True),
+                  ('val', False), ('val', True)], lines
+  folders = sorted(os.listdir(cache_dir))
+  assert [f.split('-')[1] for f in folders] == ['test', 'train', 'val']
+  for folder in folders:
+    runs = [r for r in os.listdir(os.path.join(cache_dir, folder))
+            if r.startswith('run-')]
+    assert len(runs) == 1, (folder, runs)
+    assert os.path.exists(os.path.join(cache_dir, folder, runs[0],
+                                       'complete.json'))

@@ -35,8 +35,9 @@ not collide. `complete.json` is written, after tf.data has renamed its files
 and they are fsynced, by an empty dataset concatenated after the cache, which
 tf.data reaches only when the cache has seen the whole split. A run reuses
 only a `run-*` folder with `complete.json` and `cache.index` whose key matches
-its own: the dataset's fingerprint (`DatasetInfo.fingerprint`: another
-conversion has other shards), the split, the output size and channels, the
+its own: the dataset's fingerprint (`DatasetInfo.fingerprint`: a
+conversion with other images or labels has other shard content hashes), the
+split, the output size and channels, the
 resize, the labels and metadata decoded, the input-pipeline shard and the
 element structure. Folders left by dead writers on this host are deleted.
 """
@@ -46,12 +47,14 @@ import hashlib
 import json
 import os
 import socket
+import tempfile
 import uuid
 from typing import Optional
 
 import tensorflow as tf
 
 from xray_tfdata import atomic
+from xray_tfdata import errors
 
 # Cache decoded images in memory when the split is at most this large. The
 # full Kermany training split at 224 px is about 240 MB.
@@ -66,6 +69,55 @@ _KEY = 'key.json'
 # Lines already printed by this process: as_dataset is called again for
 # the same split (evaluation, predictions), and one line says it.
 _said = set()
+# The run folders this process's disk caches write (`choose`), so that a full
+# disk while tf.data writes one is named as it (`folder_named_by`).
+_writing = set()
+
+
+class CacheError(errors.XrayError):
+  """A cache_dir that cannot be used (a user error)."""
+
+
+def check_cache_dir(cache_dir):
+  """Checks that a disk cache can be written under cache_dir, before a run
+  writes anything else: creates the folder if needed and a file in it.
+
+  Args:
+    cache_dir: the folder, or '' / None (no disk cache: nothing to check).
+
+  Raises:
+    CacheError: the folder cannot be created or written (read-only, not a
+      folder, no permission), in one line naming it and the fix.
+    atomic.NoSpaceError: its disk is full.
+  """
+  if not cache_dir:
+    return
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    # Permission bits do not tell (root, read-only mounts): try a write.
+    with tempfile.TemporaryFile(dir=cache_dir):
+      pass
+  except OSError as e:
+    if atomic.no_space(e):
+      raise atomic.NoSpaceError(cache_dir) from None
+    raise CacheError(
+        f'--cache_dir {cache_dir} cannot be written ({e.strerror or e}); pass '
+        'a local folder you can write, or no --cache_dir') from None
+
+
+def folder_named_by(error):
+  """The run folder of this process's disk cache that `error` (or an
+  exception in its chain; tf.data's message names the file) was writing,
+  or None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    text = str(error)
+    for run in sorted(_writing):
+      if run + os.sep in text:
+        return run
+    error = error.__cause__ or error.__context__
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +130,15 @@ class CacheChoice:
     path: DISK: the run folder whose `cache` prefix is read or written.
     reused: DISK: an earlier run's complete cache is read (no decode).
     hint: NONE when a disk cache would have helped: what to pass.
+    announce: whether `say` prints it; not for cache=False, which the
+      caller chose (a one-batch preview beside a cached run's pipelines).
   """
   kind: str
   reason: str
   path: Optional[str] = None
   reused: bool = False
   hint: Optional[str] = None
+  announce: bool = True
 
   @property
   def prefix(self):
@@ -193,6 +248,10 @@ def choose(cache, decoded_bytes, data_service, cache_dir, limit_bytes, key):
   Returns:
     A CacheChoice. For DISK, creates the key's folder and, unless a complete
     cache is reused, a new run folder with its owner.json.
+
+  Raises:
+    CacheError: cache_dir cannot be written (see `check_cache_dir`).
+    atomic.NoSpaceError: its disk is full.
   """
   limit = DEFAULT_CACHE_LIMIT_BYTES if limit_bytes is None else limit_bytes
   size = f'{decoded_bytes / 1024**2:.0f} MiB decoded'
@@ -200,7 +259,7 @@ def choose(cache, decoded_bytes, data_service, cache_dir, limit_bytes, key):
   if cache is True:
     return CacheChoice(MEMORY, f'{size}, cache=True')
   if cache is False:
-    return CacheChoice(NONE, 'cache=False')
+    return CacheChoice(NONE, 'cache=False', announce=False)
   if data_service:
     # The service is for splits too large to cache, and a cache here would
     # freeze a trainer's share of the first epoch of a shared job.
@@ -213,6 +272,7 @@ def choose(cache, decoded_bytes, data_service, cache_dir, limit_bytes, key):
         'cache_dir was given, so every epoch decodes again',
         hint=f'pass --cache_dir=DIR (local disk, {size} free) to decode '
         'once and read a disk cache from the second epoch on')
+  check_cache_dir(cache_dir)
   folder = key_dir(cache_dir, key)
   os.makedirs(folder, exist_ok=True)
   atomic.write_json(os.path.join(folder, _KEY), key, indent=2,
@@ -227,6 +287,7 @@ def choose(cache, decoded_bytes, data_service, cache_dir, limit_bytes, key):
   os.makedirs(run)
   atomic.write_json(os.path.join(run, _OWNER),
                     {'host': socket.gethostname(), 'pid': os.getpid()})
+  _writing.add(run)
   return CacheChoice(DISK, f'{why}; writing it during the first epoch', run)
 
 
@@ -241,7 +302,10 @@ def describe(choice, split, data_dir=None):
 
 
 def say(choice, split, data_dir=None, log=print):
-  """Logs `describe` once per process and line."""
+  """Logs `describe` once per process and line, for the choices to
+  announce."""
+  if not choice.announce:
+    return
   line = describe(choice, split, data_dir)
   if line not in _said:
     _said.add(line)
@@ -257,7 +321,12 @@ def apply(ds, choice, key):
     key: the same key `choose` got (recorded in complete.json).
 
   Returns:
-    The dataset; for DISK its cardinality is kept where `ds` knows it.
+    The dataset. For DISK, its cardinality is kept where `ds` knows it when
+    a complete cache is read, and unknown while the cache is written: a
+    consumer told the count (Keras' validation, `predict`) stops after the
+    last element without asking for the end, so tf.data would never finish
+    the cache (each epoch decoding again); without a count it reads to the
+    end.
   """
   if choice.kind == MEMORY:
     return ds.cache()
@@ -266,7 +335,7 @@ def apply(ds, choice, key):
   cardinality = int(ds.cardinality())
   cached = ds.cache(choice.prefix)
   if choice.reused:
-    return cached
+    return cached  # cache() keeps the count
   run = choice.path
 
   def commit():
@@ -291,7 +360,5 @@ def apply(ds, choice, key):
                .map(lambda ok: tf.nest.map_structure(
                    lambda s: tf.zeros([d or 0 for d in s.shape], s.dtype),
                    spec)))
-  cached = cached.concatenate(marker_ds)
-  if cardinality >= 0:
-    cached = cached.apply(tf.data.experimental.assert_cardinality(cardinality))
-  return cached
+  # Its cardinality stays unknown (see Returns).
+  return cached.concatenate(marker_ds)

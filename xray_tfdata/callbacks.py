@@ -3,8 +3,9 @@
   callbacks.make_callbacks(net, config, work_dir, state, images_per_epoch)
 
 gives fit its callbacks in the order that matters: stop on NaN, early
-stopping, the best checkpoint, history.csv, TensorBoard, our one line per
-epoch, and last the resume state (`resume.ResumeCallback`).
+stopping, the best checkpoint, history.csv, TensorBoard, the resume state
+(`resume.ResumeCallback`), and last our one line per epoch, printed once
+the epoch is saved.
 """
 
 import os
@@ -23,7 +24,7 @@ LOGS_DIR = 'logs'
 
 def make_callbacks(net, config, work_dir, state, images_per_epoch,
                    resume=False):
-  """fit's callbacks, the resume state's last.
+  """fit's callbacks, the resume state's after every one it saves.
 
   Args:
     net: the compiled model.
@@ -51,12 +52,14 @@ def make_callbacks(net, config, work_dir, state, images_per_epoch,
       keras.callbacks.CSVLogger(os.path.join(work_dir, HISTORY_CSV),
                                 append=resume),
       keras.callbacks.TensorBoard(os.path.join(work_dir, LOGS_DIR)),
-      # verbose 2 is our one line per epoch, instead of Keras' (see fit).
-      *([EpochSummary(images_per_epoch)] if config.verbose == 2 else []),
-      # Last: restores the other callbacks' state after their
+      # After the others with state: restores their state after their
       # on_train_begin has reset it, and saves it after they have updated.
       state.callback(net, early_stopping=early_stopping,
                      checkpoint=checkpoint, best_path=best_path),
+      # verbose 2 is our one line per epoch, instead of Keras' (see fit).
+      # After the save, as Keras' progress bar (which fit appends last): a
+      # run stopped (SIGTERM) once the line is out resumes after that epoch.
+      *([EpochSummary(images_per_epoch)] if config.verbose == 2 else []),
   ]
 
 

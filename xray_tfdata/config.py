@@ -20,7 +20,7 @@ from xray_tfdata import reference
 # Settings a resumed run may change: how it is watched and where its data
 # comes from, not what it trains.
 RESUMABLE_CHANGES = ('verbose', 'data_service', 'data_service_timeout',
-                     'cache_dir')
+                     'cache_dir', 'cache_limit')
 
 # The groups of tools/train's --help, in order.
 GROUPS = ('data', 'model', 'augmentation', 'training', 'distribution',
@@ -190,11 +190,18 @@ class TrainConfig:
       'image. The run prints what it keeps and drops of each split.',
       'data')
   cache_dir: str = _setting(
-      '', 'Local folder for the decoded training and validation splits when '
-      'they do not fit the 4 GiB memory cache, so that only the first epoch '
+      '', 'Local folder for the decoded splits when they do not fit the '
+      'memory cache (--cache_limit), so that only the first epoch '
       'decodes; reused by later runs of the same dataset and size '
       '(xray_tfdata.cache). Empty: such a split is decoded every epoch.',
       'data')
+  # The reader's own default, cache.DEFAULT_CACHE_LIMIT_BYTES (4 GiB; that
+  # module imports TensorFlow), in MiB; tests/test_cache.py checks they agree.
+  cache_limit: float = _setting(
+      4096., 'Memory budget in MiB for a decoded split: one that fits is '
+      'cached in memory, a larger one goes to --cache_dir (or is decoded '
+      'every epoch without it). 0 sends every split to --cache_dir.',
+      'data', lower=0.)
   demo_images: int = _setting(
       0, 'If > 0, create a synthetic dataset of this many images in data_dir '
       'first (the demo; xray_tfdata.demo), or reuse the one it made there; '

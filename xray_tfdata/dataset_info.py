@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from typing import Optional
 
 from xray_tfdata import errors
@@ -21,6 +22,36 @@ from xray_tfdata import schema
 # The DICOM VOI policy a dataset without one was converted with (the
 # converter's default; a dataset of PNGs and JPEGs records none).
 DEFAULT_VOI = 'auto'
+
+# A shard entry's content hash in xray_info.json (`ShardContentHash`).
+CONTENT_KEY = 'content_sha256'
+
+# data_dirs whose missing content hash this process has already reported.
+_said_no_content_hash = set()
+
+
+class ShardContentHash:
+  """The content hash of one shard: SHA-256 over its serialized records,
+  in order, each preceded by its length.
+
+  The records hold the stored codes (or class), the PNG bytes and the
+  metadata, so a relabelling that keeps every count and byte size (0 and
+  1 swapped between two images, a blank code turned into -1) changes it,
+  where shard names, sizes and counts do not. The writer folds it per shard
+  as it writes (`update` for each record), so reading never hashes.
+  """
+
+  def __init__(self):
+    self._sha = hashlib.sha256()
+
+  def update(self, record):
+    """Folds in one serialized record (bytes)."""
+    # The length keeps record boundaries: two records cannot fold like one.
+    self._sha.update(len(record).to_bytes(8, 'little'))
+    self._sha.update(record)
+
+  def hexdigest(self):
+    return self._sha.hexdigest()
 
 
 class DatasetError(errors.XrayError):
@@ -126,37 +157,69 @@ class DatasetInfo:
           'tools/make_tfrecords --overwrite (with --resplit and '
           f'--{split}_counts for val or test)')
 
+  @property
+  def has_content_hash(self):
+    """Whether every shard's entry holds its content hash (datasets
+    converted before the writer folded one do not)."""
+    return all(CONTENT_KEY in shard for entry in self.splits.values()
+               for shard in entry.get('shards', []))
+
   def fingerprint(self):
-    """A digest of what the metadata says the shards hold.
+    """A digest of what the shards hold: the key of the disk cache
+    (`cache.cache_key`) and of a resume (`resume.prepare_model_dir`), and
+    the one to key any other cache of what a dataset holds.
 
     From xray_info.json alone, without reading the shards: the classes, the
-    stored image, and each split's shards with their example counts and
-    byte sizes (`DatasetBuilder.shard_paths` checks the sizes on disk).
-    Another conversion of other images gives other PNG sizes, so other
-    shard sizes; converting the same images again with the same arguments
-    gives the same shards (the writer is deterministic), so the same
-    fingerprint. The time of the conversion and the source path are left
-    out for that reason.
+    stored image, and each split's shards with their example counts, byte
+    sizes (`DatasetBuilder.shard_paths` checks the sizes on disk) and
+    content hashes (`ShardContentHash`, folded by the writer over every
+    record's codes, image bytes and metadata). A conversion with other
+    labels or images gives another; converting the same images again with
+    the same arguments gives the same shards (the writer is deterministic),
+    so the same fingerprint. The time of the conversion and the source path
+    are left out for that reason. A dataset with random-salted patient ids
+    (DICOM, multi-label) converted again without --patient_id_salt holds
+    other ids, so gets another fingerprint.
+
+    A dataset converted before content hashes has a fingerprint of the
+    shard names, sizes and counts alone (the same value as then, so runs
+    recorded then still resume); that is said once per process on stderr,
+    since a relabelling that keeps them goes unnoticed.
 
     Returns:
       A hex string.
     """
+    if not self.has_content_hash and self.data_dir not in (
+        _said_no_content_hash):
+      _said_no_content_hash.add(self.data_dir)
+      print(f'warning: {os.path.join(self.data_dir, schema.INFO_FILENAME)} '
+            'has no content hash (converted by an earlier version), so its '
+            'fingerprint covers shard names, sizes and counts only and a '
+            'relabelling that keeps them goes unnoticed by the disk cache and '
+            'a resume; re-convert with tools/make_tfrecords --overwrite to '
+            'add one', file=sys.stderr, flush=True)
     return hashlib.sha256(json.dumps(
         self.summary(), sort_keys=True).encode()).hexdigest()[:32]
 
   def summary(self):
     """What `fingerprint` digests, readable: {'class_names', 'image_size',
     'splits': {split: {'num_examples', 'num_bytes', 'class_counts',
-    'shards'}}}."""
+    'shards', and, where every shard has one, 'content_sha256' (of the
+    split's shard hashes)}}}."""
     splits = {}
+    with_content = self.has_content_hash
     for name, entry in sorted(self.splits.items()):
       shards = [[s.get('filename'), s.get('num_examples'), s.get('num_bytes')]
+                + ([s[CONTENT_KEY]] if with_content else [])
                 for s in entry.get('shards', [])]
       splits[name] = {
           'num_examples': int(entry.get('num_examples', 0)),
           'num_bytes': sum(s[2] or 0 for s in shards),
           'class_counts': dict(entry.get('class_counts', {})),
           'shards': shards}
+      if with_content:
+        splits[name][CONTENT_KEY] = hashlib.sha256(
+            ''.join(s[3] for s in shards).encode()).hexdigest()
     return {'format_version': self.format_version,
             'class_names': list(self.raw['class_names']),
             'image_size': list(self.image_size), 'splits': splits}

@@ -407,7 +407,9 @@ def preview_augmentation(out_dir, builder, config, num_images=4, draws=5):
   if os.path.exists(path):
     return path  # a resumed run keeps the preview it started with
   count = min(num_images, builder.info.num_examples('train'))
-  images = next(builder.as_dataset('train', count).as_numpy_iterator())[0]
+  # One batch, read once: no cache (and no line about one).
+  images = next(builder.as_dataset('train', count, cache=False)
+                .as_numpy_iterator())[0]
   layer = (None if config.augmentation == 'none' else
            augment.make_augmentation(config.augmentation, seed=config.seed,
                                      **config.augmentation_kwargs()))

@@ -148,8 +148,9 @@ def dataset_record(info):
 
   Returns:
     {'fingerprint', 'class_names', 'image_size', 'splits': {split:
-    {'num_examples', 'num_bytes', 'class_counts'}}}: the fingerprint and
-    what an error shows of it.
+    {'num_examples', 'num_bytes', 'class_counts', 'content_sha256' where
+    the dataset has content hashes}}}: the fingerprint and what an error
+    shows of it.
   """
   summary = info.summary()
   return {
@@ -192,6 +193,14 @@ def _dataset_change(before, now):
                       ('num_bytes', 'bytes')):
       if old.get(key) != entry[key]:
         return f'split {split!r}: {old.get(key)} {what} then, {entry[key]} now'
+    if old.get('content_sha256') != entry.get('content_sha256'):
+      # Same counts and sizes: other labels or pixels in the records, or a
+      # conversion by a version that hashes content where one did not.
+      what = ('its records hold other labels or images'
+              if old.get('content_sha256') else 'converted with content hashes')
+      return (f'split {split!r}: {what} (content hash '
+              f'{(old.get("content_sha256") or "none")[:12]} then, '
+              f'{(entry.get("content_sha256") or "none")[:12]} now)')
   return 'its shards have other names or sizes'
 
 

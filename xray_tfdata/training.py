@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from xray_tfdata import atomic
 from xray_tfdata import augment
+from xray_tfdata import cache as cache_lib
 from xray_tfdata import checks
 from xray_tfdata import callbacks as callbacks_lib
 from xray_tfdata import data_service as data_service_lib
@@ -97,8 +98,8 @@ def train_and_evaluate(config, model_dir, overwrite=False):
 
   Raises:
     TrainingError, pipeline.DatasetError, model.WeightsError,
-      distribute.DistributeError: bad settings or data, before anything is
-      written into model_dir.
+      distribute.DistributeError, cache.CacheError: bad settings or data,
+      before anything is written into model_dir.
     atomic.NoSpaceError: the disk filled up; the last finished epoch is
       kept and a rerun after freeing space resumes from it.
     atomic.LockedError: another run is writing model_dir.
@@ -107,6 +108,9 @@ def train_and_evaluate(config, model_dir, overwrite=False):
   # flag, and no data should be drawn or converted for it.
   resume_lib.check_model_dir_path(model_dir)
   config.validate()
+  # Before config.json: a cache_dir that cannot be written would otherwise
+  # fail only when the first pipeline is built.
+  cache_lib.check_cache_dir(config.cache_dir)
   # Before anything else in TensorFlow: a multi-worker strategy must exist
   # before TensorFlow starts its runtime.
   cluster = create_cluster(config.strategy)
@@ -450,14 +454,14 @@ def create_inputs(config, builder, model_dir):
   options = label_options(config, builder)
   # Repeated: --steps_per_epoch may ask for more or fewer batches than one
   # pass, and an epoch then starts where the last one stopped.
-  cache_dir = config.cache_dir or None
   train = builder.as_dataset('train', config.batch_size, training=True,
-                             seed=config.seed, repeat=True, cache_dir=cache_dir,
+                             seed=config.seed, repeat=True,
+                             **cache_options(config),
                              **_data_service_options(config, model_dir),
                              **options)
   # Batched validation: the reference validated one image per step.
   val = distribute.shard_by_batch(builder.as_dataset(
-      'val', config.batch_size, cache_dir=cache_dir, **options))
+      'val', config.batch_size, **cache_options(config), **options))
   steps = (config.steps_per_epoch or builder.steps_per_epoch(
       'train', config.batch_size, views=options.get('views')))
   if builder.info.is_multilabel:
@@ -470,6 +474,14 @@ def create_inputs(config, builder, model_dir):
       train=train, val=val, steps=steps,
       class_weight=(builder.info.class_weights('train')
                     if config.class_weights else None))
+
+
+def cache_options(config):
+  """as_dataset's cache arguments of a run: its --cache_dir and
+  --cache_limit, for every pipeline of the run (training, validation,
+  the evaluation), so that each splits reads one cache."""
+  return {'cache_dir': config.cache_dir or None,
+          'cache_limit_bytes': int(config.cache_limit * 2**20)}
 
 
 def create_model(config, cluster, element_spec, label_names=(),
@@ -644,6 +656,10 @@ def fit(net, inputs, callbacks, config, initial_epoch, work_dir, builder):
       raise
     raise damage from e
   except atomic.NoSpaceError as e:
+    # tf.data writing a disk cache: its folder, not work_dir, is full.
+    cache_folder = cache_lib.folder_named_by(e)
+    if cache_folder:
+      raise atomic.NoSpaceError(cache_folder) from e
     # Keras leaves the weights file it failed to write open; closed now,
     # HDF5 stays quiet at exit (see release_h5_files), and it is named.
     released = callbacks_lib.release_h5_files(work_dir)
@@ -755,7 +771,8 @@ def evaluate_splits(net, builder, config, work_dir=None):
   results = {'splits': {}}
   predictions = {}
   for split in EVAL_SPLITS:
-    labels, probs = predict_split(net, builder, split, config.batch_size)
+    labels, probs = predict_split(net, builder, split, config.batch_size,
+                                  **cache_options(config))
     predictions[split] = (labels, probs)
     results['splits'][split] = evaluation.binary_metrics(labels, probs)
   val_labels, val_probs = predictions['val']
@@ -788,7 +805,7 @@ def _evaluate_labels(net, builder, config, work_dir):
   predictions = {}
   for split in EVAL_SPLITS:
     targets, probs = predict_split(net, builder, split, config.batch_size,
-                                   **options)
+                                   **cache_options(config), **options)
     predictions[split] = (targets, probs)
     results['splits'][split] = label_aucs(targets, probs, names)
   # The clinical evaluation, per label: targets [N, L] with labels.MASKED

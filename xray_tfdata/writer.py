@@ -40,6 +40,12 @@ shards and converts only the rest; any other `.partial` folder is removed.
 Shards do not depend on each other, so a resumed dataset is byte-identical
 to an uninterrupted one.
 
+Content hash: as each shard is written its records are folded into a
+SHA-256 (`dataset_info.ShardContentHash`), kept in its progress record and
+in xray_info.json's shard entry ('content_sha256'), so the dataset's
+fingerprint (`DatasetInfo.fingerprint`: the disk cache's key and the
+resume check) follows the labels and pixels, not only the shards' sizes.
+
 RSNA extras and privacy: an RSNA dataset's records also carry the detailed
 class and the boxes (`schema.RSNA_FEATURES`), the boxes scaled to the stored
 image (`imaging.stored_box`). A DICOM file's patient id (its PatientID;
@@ -276,13 +282,15 @@ def convert(src_dir, out_dir, image_size=reference.IMAGE_SIZE, resplit=False,
       # counts fairly (the import takes seconds).
       import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
       stage_start = time.perf_counter()
-      written, skipped = _write_shards(plan, shards, partial, stored_size, pool,
-                                       progress, finished, voi, salt)
+      written, skipped, content = _write_shards(
+          plan, shards, partial, stored_size, pool, progress, finished, voi,
+          salt)
       timing = {'elapsed_seconds': round(time.perf_counter() - start, 2),
                 'decode_write_seconds': round(time.perf_counter() - stage_start,
                                               2)}
       info = _dataset_info(plan, shards, partial, written, skipped, stored_size,
-                           name, arguments, created, timing, num_workers)
+                           name, arguments, created, timing, num_workers,
+                           content)
       shutil.rmtree(os.path.join(partial, _PROGRESS_DIR))
       # TFDS' metadata (imports TFDS here, never in the workers), then ours.
       schema.write_tfds_metadata(partial, info)
@@ -498,8 +506,13 @@ def _prepare_partial(partial, fingerprint, resume):
   record (empty or not JSON: a write cut short) is reported on stderr and
   its shard converted again; a damaged fingerprint starts over.
 
+  A record without a content hash (written by a version before them) is
+  not reused: its shard is converted again, so that every shard of the
+  dataset has one (`dataset_info.ShardContentHash`).
+
   Returns:
-    {shard filename: {'written': [paths], 'skipped': [...], 'num_bytes'}}.
+    {shard filename: {'written': [paths], 'skipped': [...], 'num_bytes',
+    'content_sha256'}}.
 
   Raises:
     atomic.NoSpaceError: the disk is full.
@@ -527,7 +540,8 @@ def _prepare_partial(partial, fingerprint, resume):
           continue
         shard = os.path.join(partial, name[:-len('.json')])
         if (os.path.isfile(shard) and
-            os.path.getsize(shard) == record.get('num_bytes')):
+            os.path.getsize(shard) == record.get('num_bytes') and
+            dataset_info.CONTENT_KEY in record):
           finished[name[:-len('.json')]] = record
       if same:
         return finished
@@ -613,7 +627,8 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
   back in task order.
 
   Returns:
-    ({shard filename: [SourceFile written]}, [{'path', 'reason'}]).
+    ({shard filename: [SourceFile written]}, [{'path', 'reason'}],
+    {shard filename: its content hash, `dataset_info.ShardContentHash`}).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -622,12 +637,14 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
   tasks = [(os.path.join(plan.src_dir, f.path), stored_size, voi)
            for _, _, files in todo for f in files]
   written = {}
+  content = {}
   skipped = list(plan.skipped)  # unreadable entries found by the scan
   for _, filename, files in shards:
     if filename in finished:
       done = set(finished[filename]['written'])
       written[filename] = [f for f in files if f.path in done]
       skipped += finished[filename]['skipped']
+      content[filename] = finished[filename][dataset_info.CONTENT_KEY]
   bar = _progress_bar(len(tasks), progress)
   if pool is not None:
     results = pool.imap(imaging.decode_and_resize, tasks, _CHUNKSIZE)
@@ -637,6 +654,8 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
     for _, filename, files in todo:
       path = os.path.join(folder, filename)
       shard_written, shard_skipped = [], []
+      # Folded here, as the records are written, so no reader ever hashes.
+      shard_content = dataset_info.ShardContentHash()
       try:
         with atomic.naming(path + '.tmp'):
           with tf.io.TFRecordWriter(path + '.tmp') as shard:
@@ -652,18 +671,20 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
                   imaging.stored_box(box, (original_height, original_width),
                                      stored_size) for box in f.boxes]
               if f.labels is None:
-                shard.write(schema.encode_example(
+                record = schema.encode_example(
                     png, stored_size[0], stored_size[1], f.label,
                     f.class_name, filename_stored, patient_id,
                     original_height, original_width, f.detailed_class,
-                    boxes))
+                    boxes)
               else:
-                shard.write(schema.encode_example(
+                record = schema.encode_example(
                     png, stored_size[0], stored_size[1], None, None,
                     filename_stored, patient_id, original_height,
                     original_width, labels=f.labels, view=f.view,
                     sex=f.sex, age_years=f.age_years,
-                    study_id=_stored_study_id(f, salt)))
+                    study_id=_stored_study_id(f, salt))
+              shard.write(record)
+              shard_content.update(record)
               shard_written.append(f)
           atomic.fsync_file(path + '.tmp')
       except BaseException:
@@ -676,19 +697,22 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
       atomic.write_json(
           os.path.join(folder, _PROGRESS_DIR, filename + '.json'),
           {'written': [f.path for f in shard_written],
-           'skipped': shard_skipped, 'num_bytes': os.path.getsize(path)})
+           'skipped': shard_skipped, 'num_bytes': os.path.getsize(path),
+           dataset_info.CONTENT_KEY: shard_content.hexdigest()})
       written[filename] = shard_written
+      content[filename] = shard_content.hexdigest()
       skipped += shard_skipped
   finally:
     bar.close()
   skipped.sort(key=lambda s: s['path'])
-  return written, skipped
+  return written, skipped, content
 
 
 def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
-                  arguments, created, timing, num_workers):
+                  arguments, created, timing, num_workers, content):
   """Counts what the conversion wrote and fills in the xray_info.json
-  layout (`dataset_info.build_info`).
+  layout (`dataset_info.build_info`); each shard's entry holds its content
+  hash (`content`: {shard filename: hex}, from `_write_shards`).
 
   images_per_second is measured over the decode-and-write stage (workers
   started to last shard closed), without scanning and the TensorFlow import;
@@ -718,7 +742,8 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
     entry['shards'].append({
         'filename': filename,
         'num_examples': len(examples),
-        'num_bytes': os.path.getsize(os.path.join(folder, filename))})
+        'num_bytes': os.path.getsize(os.path.join(folder, filename)),
+        dataset_info.CONTENT_KEY: content[filename]})
   num_written = sum(len(v) for v in written.values())
   all_files = [f for _, _, files in shards for f in files]
   extra_features = []
