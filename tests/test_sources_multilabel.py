@@ -281,7 +281,6 @@ def _code(value):
     ('Thickening', None, 'Thickening'),
     ('Pleural Thickening', None, 'Pleural Thickening'),
     ('effusion', None, 'effusion'),
-    ('No Finding|Mass', None, 'No Finding'),
     ('', None, ''),
 ])
 def test_nih_findings_are_parsed_exactly(text, positives, unknown):
@@ -750,8 +749,12 @@ def test_csv_conversion_and_resplit(tmp_path):
                   label_columns='Effusion,Nodule')
   _assert_accounted(info, len(OWN_ROWS))
   assert info['label_names'] == info['class_names'] == ['Effusion', 'Nodule']
-  assert info['split'] == {'method': 'resplit', 'val_fraction': 0.2,
-                           'test_fraction': 0.2,}
+  assert info['split'] == {
+      'method': 'resplit', 'val_fraction': 0.2, 'test_fraction': 0.2,
+      # 10 rows less an unknown value, a missing image and a duplicate.
+      'images': {'pool': 7, 'requested': {'val': 1, 'test': 1},
+                 'actual': {s: info['splits'][s]['num_examples']
+                            for s in ('train', 'val', 'test')}}}
   assert info['arguments']['label_columns'] == 'Effusion,Nodule'
   records = _records(out)
   got = collections.Counter()
@@ -845,3 +848,177 @@ def test_tool_converts_and_refuses_bad_input(tmp_path):
   info = json.load(open(os.path.join(out, schema.INFO_FILENAME)))
   assert info['layout'] == 'nih' and info['arguments']['split'] == 'resplit'
   _assert_accounted(info, len(NIH_ROWS))
+
+
+# -- hostile label files (issue 32) ------------------------------------------
+
+
+def _rewrite(path, edit):
+  """Rewrites a (gzipped) CSV's bytes with edit(bytes) -> bytes."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  packed = path.endswith('.gz')
+  data = edit(gzip.decompress(data) if packed else data)
+  with open(path, 'wb') as f:
+    f.write(gzip.compress(data, mtime=0) if packed else data)
+
+
+def _cut_row(data, start, cells):
+  """The CSV bytes with the row starting `start` cut to `cells` cells (a
+  truncated file)."""
+  lines = data.decode().split('\n')
+  i = next(i for i, line in enumerate(lines) if line.startswith(start))
+  lines[i] = ','.join(lines[i].split(',')[:cells])
+  return '\n'.join(lines).encode()
+
+
+def test_a_truncated_row_is_skipped_with_the_reason_never_read_as_blank(
+    tmp_path):
+  src = make_chexpert(str(tmp_path / 'CheXpert-v1.0-small'))
+  cut = 'train/patient00001/study2/view1_frontal.jpg'
+  # Cut after 'Edema' (the 11th cell): the labels after it would read as
+  # blank, 'not mentioned'.
+  _rewrite(os.path.join(src, 'train.csv'),
+           lambda d: _cut_row(d, f'CheXpert-v1.0-small/{cut}', 11))
+  plan = ml.plan(src, 'chexpert')
+  assert cut not in _planned(plan)
+  reasons = {s['path']: s['reason'] for s in plan.skipped}
+  assert 'fewer cells than the header' in reasons[cut], reasons
+  assert '(8 of 19)' in reasons[cut] or '11 of 19' in reasons[cut]
+  own = make_own(str(tmp_path / 'own'), OWN_ROWS)
+  _rewrite(os.path.join(own, 'labels.csv'),
+           lambda d: _cut_row(d, 'scans/g1.png', 3))
+  plan = ml.plan(own, 'csv', 'resplit', 0.2, 0.2,
+                 labels_csv=os.path.join(own, 'labels.csv'),
+                 label_columns='Effusion,Nodule')
+  reasons = {s['path']: s['reason'] for s in plan.skipped}
+  assert 'fewer cells than the header' in reasons['scans/g1.png']
+  assert 'scans/g1.png' not in _planned(plan)
+
+
+@pytest.mark.parametrize('which', ['labels', 'metadata', 'split'])
+def test_a_short_mimic_row_is_skipped_with_the_reason(tmp_path, which):
+  src = make_mimic(str(tmp_path / 'mimic'))
+  name, start, cells = {
+      'labels': (ml.MIMIC_LABELS_FILE, '10000032,53189527', 3),
+      'metadata': (ml.MIMIC_METADATA_FILE, 'd3,', 2),
+      'split': (ml.MIMIC_SPLIT_FILE, 'd3,', 1)}[which]
+  _rewrite(os.path.join(src, name), lambda d: _cut_row(d, start, cells))
+  plan = ml.plan(src, 'mimic')
+  assert 'd3' not in {os.path.basename(p)[:-4] for p in _planned(plan)}
+  reason = next(s['reason'] for s in plan.skipped if 'd3' in s['path'])
+  assert 'fewer cells than the header' in reason and name in reason, reason
+  assert len(_planned(plan)) + len(plan.skipped) + len(
+      plan.duplicates) == plan.num_scanned
+
+
+def test_mimic_conflicting_rows_are_reported_and_resolved_by_the_rule(
+    tmp_path):
+  src = make_mimic(str(tmp_path / 'mimic'))
+  # A second label row for study 53189527 (d3) that disagrees, one for
+  # 50414267 (d1, d2) that repeats the first, and a second split row for d4
+  # (train) that disagrees with its first (validate) and one for d1 that
+  # repeats it.
+  def more_labels(data):
+    return data + ('10000032,53189527' + ',' * len(MIMIC_LABEL_COLUMNS) +
+                   '\n').encode() + data.decode().split('\n')[1].encode() + \
+        b'\n'
+  _rewrite(os.path.join(src, ml.MIMIC_LABELS_FILE), more_labels)
+  _rewrite(os.path.join(src, ml.MIMIC_SPLIT_FILE),
+           lambda d: d + b'd4,57375967,10000764,train\n'
+           b'd1,50414267,10000032,train\n')
+  plan = ml.plan(src, 'mimic')
+  planned = {os.path.basename(p)[:-4]: s for p, s in _planned(plan).items()}
+  # Disagreeing label rows: neither is used, the study's image is skipped.
+  assert 'd3' not in planned
+  reason = next(s['reason'] for s in plan.skipped if 'd3' in s['path'])
+  assert 'label rows that disagree' in reason and 'line 3' in reason, reason
+  # A repeated label row with the same codes is used once, and reported.
+  assert planned['d1'] == planned['d2'] == 'train'
+  # Two split rows that disagree: the evaluation split wins, and it is
+  # reported.
+  assert planned['d4'] == 'val'
+  assert plan.split_info['patient_overlap'][
+      'patients_in_more_than_one_split'] == 0
+  ignored = ' '.join(plan.ignored)
+  assert f'{ml.MIMIC_LABELS_FILE}: 2 stud' in ignored, plan.ignored
+  assert f'{ml.MIMIC_SPLIT_FILE}: 2 image(s) with more than one row' in \
+      ignored, plan.ignored
+  assert '1 of them in two splits' in ignored
+
+
+def test_byte_order_marks_are_read_everywhere(tmp_path):
+  bom = '\ufeff'.encode()
+  nih = make_nih(str(tmp_path / 'nih'))
+  for name in (ml.NIH_TRAIN_VAL_LIST, ml.NIH_TEST_LIST):
+    _rewrite(os.path.join(nih, name), lambda d: bom + d)
+  plain = ml.plan(make_nih(str(tmp_path / 'nih2')), 'nih', seed=3)
+  marked = ml.plan(nih, 'nih', seed=3)
+  assert {os.path.basename(p): s for p, s in _planned(marked).items()} == {
+      os.path.basename(p): s for p, s in _planned(plain).items()}
+  mimic = make_mimic(str(tmp_path / 'mimic'))
+  for name in (ml.MIMIC_LABELS_FILE, ml.MIMIC_METADATA_FILE,
+               ml.MIMIC_SPLIT_FILE):
+    _rewrite(os.path.join(mimic, name), lambda d: bom + d)
+  assert len(_planned(ml.plan(mimic, 'mimic'))) == 5
+  patients = tmp_path / 'patients.csv'
+  patients.write_bytes(bom + b'path,patient_id\na.png,1\n')
+  assert sources.read_patient_csv(str(patients)) == {'a.png': '1'}
+
+
+@pytest.mark.parametrize('case, words', [
+    ('valid_header_only', 'valid.csv has no usable row'),
+    ('train_header_only', 'train.csv has no usable row'),
+    ('train_val_list_empty', 'train_val_list.txt names no usable image'),
+    ('test_list_empty', 'test_list.txt names no usable image'),
+])
+def test_an_empty_official_split_is_refused_in_one_line(tmp_path, case,
+                                                         words):
+  src = str(tmp_path / 'CheXpert-v1.0-small')
+  if case.startswith('valid') or case.startswith('train_header'):
+    which = 'valid' if case.startswith('valid') else 'train'
+    make_chexpert(src, rows=[r for r in CHEXPERT_ROWS if r[0] != which])
+  else:
+    make_nih(src)
+    name = ml.NIH_TRAIN_VAL_LIST if 'train' in case else ml.NIH_TEST_LIST
+    open(os.path.join(src, name), 'w').close()
+  out = str(tmp_path / 'out')
+  with pytest.raises(sources.SourceError) as raised:
+    _convert(src, out)
+  assert words in str(raised.value) and '\n' not in str(raised.value), \
+      raised.value
+  assert not os.path.exists(out)
+  assert not os.path.exists(out + writer.PARTIAL_SUFFIX)
+
+
+def test_draw_splits_of_no_files_is_empty():
+  assert ml.draw_splits([], 14, {'val': 0.1}) == {'train': [], 'val': []}
+
+
+def test_no_finding_with_a_finding_is_skipped_for_that_reason():
+  codes, reason = ml.parse_nih_findings('No Finding|Effusion')
+  assert codes is None
+  assert reason == ("'No Finding' together with a finding ('Effusion'): the "
+                    'row contradicts itself')
+
+
+def test_a_resplit_far_from_its_fractions_says_so(tmp_path):
+  # 4 patients of 10 images each: a 0.1 val cannot be near 4 images.
+  rows = [(f'scans/p{p}_{i}.png', f'P{p}', str(int(p == i % 4)), '0')
+          for p in range(4) for i in range(10)]
+  src = make_own(str(tmp_path / 'own'), rows)
+  out = str(tmp_path / 'out')
+  info = _convert(src, out, resplit=True, val_fraction=0.1,
+                  test_fraction=0.1, labels_csv=os.path.join(src, 'labels.csv'),
+                  label_columns='Effusion,Nodule')
+  images = info['split']['images']
+  assert images['requested'] == {'val': 4, 'test': 4}
+  assert images['actual'] == {s: info['splits'][s]['num_examples']
+                              for s in ('train', 'val', 'test')}
+  assert images['actual']['val'] == 10
+  buffer = io.StringIO()
+  import contextlib  # pylint: disable=g-import-not-at-top
+  with contextlib.redirect_stdout(buffer):
+    writer.print_summary(info, out)
+  assert ('warning: val holds 10 images, 4 requested (val_fraction 0.1 of '
+          '40)') in buffer.getvalue(), buffer.getvalue()

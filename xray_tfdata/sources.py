@@ -544,7 +544,8 @@ def read_rsna_classes(class_info_path):
 def _read_csv(path, columns, kind='RSNA stage 2'):
   """The rows of a CSV file with a header, checked for `columns`."""
   try:
-    with open(path, newline='', encoding='utf-8') as f:
+    # utf-8-sig: a byte-order mark would become part of the first column.
+    with open(path, newline='', encoding='utf-8-sig') as f:
       rows = list(csv.DictReader(f))
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise SourceError(f'cannot read {path}: {e}') from e

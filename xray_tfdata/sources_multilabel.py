@@ -75,6 +75,7 @@ import csv
 import dataclasses
 import gzip
 import io
+import math
 import os
 
 import numpy as np
@@ -176,8 +177,10 @@ def _layout_files(src_dir, layout):
 
 
 def _open_text(path):
+  # utf-8-sig: a byte-order mark (Excel writes one) would otherwise become
+  # part of the first column's name, or of a list's first entry.
   if path.endswith('.gz'):
-    return io.TextIOWrapper(gzip.open(path, 'rb'), encoding='utf-8',
+    return io.TextIOWrapper(gzip.open(path, 'rb'), encoding='utf-8-sig',
                             newline='')
   return open(path, newline='', encoding='utf-8-sig')
 
@@ -215,6 +218,21 @@ def read_table(path, columns, what):
   return rows
 
 
+def truncated(row):
+  """Why a `read_table` row cannot be used because it has fewer cells
+  than the header (a file cut short), or None.
+
+  csv.DictReader gives a missing cell None; read as blank, it would make the
+  row's remaining labels 'not mentioned', a guess the file never made.
+  """
+  cells = [v for k, v in row.items() if k is not None]
+  missing = sum(v is None for v in cells)
+  if not missing:
+    return None
+  return (f'fewer cells than the header ({len(cells) - missing} of '
+          f'{len(cells)}; a file cut short?): not used')
+
+
 def parse_code(value):
   """The raw code of one label cell, or None for an unknown value."""
   return _CODES.get((value or '').strip())
@@ -231,6 +249,10 @@ def parse_nih_findings(text):
   names = [n.strip() for n in (text or '').split('|')]
   if names == [NIH_NO_FINDING]:
     return (0,) * len(NIH_LABELS), None
+  if NIH_NO_FINDING in names and len(names) > 1:
+    others = ', '.join(repr(n) for n in names if n != NIH_NO_FINDING)
+    return None, (f'{NIH_NO_FINDING!r} together with a finding ({others}): '
+                  'the row contradicts itself')
   unknown = [n for n in names if n not in NIH_LABELS]
   if unknown:
     return None, ('unknown label value: finding '
@@ -329,7 +351,7 @@ def scan_nih(src_dir, split_method):
         raise SourceError(
             f'src_dir {src_dir} has no {name}, which --split=official '
             'needs; add NIH\'s split lists, or pass --resplit')
-      with open(list_path, encoding='utf-8') as f:
+      with open(list_path, encoding='utf-8-sig') as f:
         for line in f:
           if line.strip():
             lists.setdefault(line.strip(), set()).add(split)
@@ -348,6 +370,7 @@ def scan_nih(src_dir, split_method):
         reason = 'blank Image Index'
       elif not patient:
         reason = 'blank Patient ID'
+      reason = truncated(row) or reason
       if patient.isdigit():
         patient = str(int(patient))
       stem = os.path.splitext(name)[0]
@@ -405,7 +428,7 @@ def scan_chexpert(src_dir, split_method):
       codes, reason = _codes(row, CHEXPERT_LABELS)
       if not patient:
         reason = f'no patientNNNNN folder in its Path {path!r}'
-      entry.reason = reason
+      entry.reason = truncated(row) or reason
       entry.patient_id = patient
       entry.study_id = f'{patient}/{study}' if study else ''
       entry.labels = codes or ()
@@ -424,21 +447,41 @@ def scan_mimic(src_dir, split_method):
   """Image rows (the metadata file's) and files of a MIMIC-CXR-JPG tree.
 
   A metadata row whose study has no label row is skipped with that reason;
-  label rows without an image are listed in `ignored`.
+  label rows without an image are listed in `ignored`. A study with two
+  label rows: rows with the same codes count once; rows that disagree are
+  both unused and the study's images skipped with that reason (never a
+  guess which is right). An image with two split rows: rows that name two
+  splits give it the evaluation split among them (test before validate
+  before train, as NIH's image in both lists). Both are listed in `ignored`.
+  A row with fewer cells than its header skips the images it concerns.
   """
-  labels = {}
+  label_rows = collections.defaultdict(list)
   for line, row in read_table(
       os.path.join(src_dir, MIMIC_LABELS_FILE),
       ('subject_id', 'study_id') + CHEXPERT_LABELS, 'MIMIC-CXR label file'):
-    key = (row['subject_id'].strip(), row['study_id'].strip())
-    labels.setdefault(key, (line, _codes(row, CHEXPERT_LABELS)))
-  splits = {}
+    key = ((row['subject_id'] or '').strip(), (row['study_id'] or '').strip())
+    short = truncated(row)
+    label_rows[key].append(
+        (line, (None, short) if short else _codes(row, CHEXPERT_LABELS)))
+  labels, conflicts = {}, []
+  for key, found_rows in label_rows.items():
+    lines = ' and '.join(f'line {line}' for line, _ in found_rows)
+    if len({result for _, result in found_rows}) > 1:
+      labels[key] = (lines, (None, 'label rows that disagree '
+                             f'({lines}): neither is used'))
+    else:
+      labels[key] = (f'line {found_rows[0][0]}', found_rows[0][1])
+    if len(found_rows) > 1:
+      conflicts.append(f'{key[0]}/{key[1]}')
+  split_rows = collections.defaultdict(list)
   if split_method == 'official':
     for line, row in read_table(
         os.path.join(src_dir, MIMIC_SPLIT_FILE),
         ('dicom_id', 'study_id', 'subject_id', 'split'),
         'MIMIC-CXR split file (--split=official; or pass --resplit)'):
-      splits[row['dicom_id'].strip()] = (row['split'] or '').strip()
+      short = truncated(row)
+      split_rows[(row['dicom_id'] or '').strip()].append(
+          (line, None if short else (row['split'] or '').strip(), short))
   found, ignored = _walk(src_dir, (MIMIC_IMAGES,))
   rows, used = [], set()
   for line, row in read_table(
@@ -446,8 +489,9 @@ def scan_mimic(src_dir, split_method):
       ('dicom_id', 'subject_id', 'study_id', 'ViewPosition'),
       'MIMIC-CXR metadata file'):
     where = f'{MIMIC_METADATA_FILE} line {line}'
-    dicom_id = row['dicom_id'].strip()
-    subject, study = row['subject_id'].strip(), row['study_id'].strip()
+    dicom_id = (row['dicom_id'] or '').strip()
+    subject = (row['subject_id'] or '').strip()
+    study = (row['study_id'] or '').strip()
     path = (f'{MIMIC_IMAGES}/p{subject[:2]}/p{subject}/s{study}/'
             f'{dicom_id}.jpg')
     entry = _Row(where, path, patient_id=subject, study_id=study,
@@ -456,7 +500,10 @@ def scan_mimic(src_dir, split_method):
                                 (f'p{subject}', subject),
                                 (f's{study}', study), (dicom_id, dicom_id)))
     label = labels.get((subject, study))
-    if not dicom_id or not subject or not study:
+    short = truncated(row)
+    if short:
+      entry.reason = f'{where}: {short}'
+    elif not dicom_id or not subject or not study:
       entry.reason = 'blank dicom_id, subject_id or study_id'
     elif label is None:
       entry.reason = (f'no label row for its study (subject {subject}, study '
@@ -466,22 +513,44 @@ def scan_mimic(src_dir, split_method):
       codes, reason = label[1]
       entry.labels, entry.reason = codes or (), reason
       if reason:
-        entry.reason = f'{MIMIC_LABELS_FILE} line {label[0]}: {reason}'
+        entry.reason = f'{MIMIC_LABELS_FILE} {label[0]}: {reason}'
     if split_method == 'official' and not entry.reason:
-      split = splits.get(dicom_id)
-      if split is None:
-        entry.reason = f'no row in {MIMIC_SPLIT_FILE}'
-      elif split not in MIMIC_SPLITS:
-        entry.reason = (f'split {split!r} in {MIMIC_SPLIT_FILE} is not one of '
-                        f'{", ".join(MIMIC_SPLITS)}')
-      else:
-        entry.source_split = MIMIC_SPLITS[split]
+      entry.source_split, entry.reason = _mimic_split(
+          split_rows.get(dicom_id, []))
     rows.append(entry)
   sources._report_ids(  # pylint: disable=protected-access
       ignored, sorted(f'{s}/{t}' for s, t in set(labels) - used),
       f'{MIMIC_LABELS_FILE}: {{}} label row(s) whose study has no image in '
       f'{MIMIC_METADATA_FILE}')
+  sources._report_ids(  # pylint: disable=protected-access
+      ignored, sorted(conflicts),
+      f'{MIMIC_LABELS_FILE}: {{}} study(ies) with more than one label row '
+      '(rows with the same codes count once; rows that disagree are both '
+      'unused, their images skipped)')
+  repeated = sorted(d for d, r in split_rows.items() if len(r) > 1)
+  two_splits = sum(len({split for _, split, _ in split_rows[d]}) > 1
+                   for d in repeated)
+  sources._report_ids(  # pylint: disable=protected-access
+      ignored, repeated,
+      f'{MIMIC_SPLIT_FILE}: {{}} image(s) with more than one row ('
+      f'{two_splits} of them in two splits: each gets the evaluation split '
+      'among them, test before validate before train)')
   return rows, found, ignored, [MIMIC_METADATA_FILE]
+
+
+def _mimic_split(split_rows):
+  """(split, None) of an image from its rows of MIMIC's split file, or
+  (None, reason) (`scan_mimic`)."""
+  if not split_rows:
+    return None, f'no row in {MIMIC_SPLIT_FILE}'
+  for line, split, short in split_rows:
+    if short:
+      return None, f'{MIMIC_SPLIT_FILE} line {line}: {short}'
+    if split not in MIMIC_SPLITS:
+      return None, (f'split {split!r} in {MIMIC_SPLIT_FILE} is not one of '
+                    f'{", ".join(MIMIC_SPLITS)}')
+  named = {MIMIC_SPLITS[split] for _, split, _ in split_rows}
+  return next(s for s in _EVALUATION_FIRST if s in named), None
 
 
 def parse_label_columns(text):
@@ -536,6 +605,7 @@ def scan_csv(src_dir, labels_csv, path_column, patient_column,
       reason = f'blank {path_column}'
     elif not patient:
       reason = f'blank {patient_column}'
+    reason = truncated(row) or reason
     rows.append(_Row(where, path or None, reason, patient_id=patient,
                      labels=codes or ()))
   return rows, found, ignored, [name], label_columns
@@ -662,7 +732,8 @@ def draw_splits(files, num_labels, fractions, seed=0):
                    [fractions[s] for s in names[1:]])
   positives = {p: np.sum([np.asarray(f.labels) == 1 for f in fs], axis=0)
                .reshape(num_labels) for p, fs in groups.items()}
-  total_pos = np.sum(list(positives.values()), axis=0).reshape(num_labels)
+  # Started from zeros: with no files the sum of an empty list is a scalar.
+  total_pos = sum(positives.values(), np.zeros(num_labels))
   total = len(files)
   rarity = np.where(total_pos > 0, total_pos, np.inf)
 
@@ -690,6 +761,53 @@ def draw_splits(files, num_labels, fractions, seed=0):
     taken_pos[best] += positives[p]
   return {s: sorted((f for p in chosen[s] for f in groups[p]),
                     key=lambda f: f.path) for s in names}
+
+
+def requested_images(fractions, pool, splits):
+  """{'pool', 'requested', 'actual'}: the images each drawn split was asked
+  for (its fraction of the `pool` images it was drawn from, rounded) and
+  the images of every split. `draw_splits` takes patients whole and spreads
+  each label's positives first, so on a small set a split can land far
+  from its request (`far_off_splits`)."""
+  return {'pool': pool,
+          'requested': {s: math.floor(f * pool + 0.5)
+                        for s, f in fractions.items()},
+          'actual': {s: len(fs) for s, fs in splits.items()}}
+
+
+def far_off_splits(images):
+  """The drawn splits of `requested_images` whose image count is off by
+  more than a quarter of the request (and more than one image), or empty
+  where images were asked for."""
+  far = []
+  for split, asked in images['requested'].items():
+    got = images['actual'].get(split, 0)
+    if (abs(got - asked) > max(1, asked / 4) or
+        (got == 0) != (asked == 0)):
+      far.append(split)
+  return far
+
+
+def _check_official_splits(layout, by_split):
+  """Refuses an official split that leaves train or test without an image
+  (a header-only valid.csv would give a dataset with no test set).
+
+  Raises:
+    SourceError: naming the file that gave no usable image.
+  """
+  sources_of = {
+      'nih': {'train': f'{NIH_TRAIN_VAL_LIST} names no usable image',
+              'test': f'{NIH_TEST_LIST} names no usable image'},
+      'chexpert': {'train': f'{CHEXPERT_TRAIN} has no usable row',
+                   'test': f'{CHEXPERT_VALID} has no usable row'},
+      'mimic': {'train': f'{MIMIC_SPLIT_FILE} names no usable train image',
+                'test': f'{MIMIC_SPLIT_FILE} names no usable test image'},
+  }[layout]
+  for split in ('train', 'test'):
+    if not by_split[split]:
+      raise SourceError(
+          f'the official {split} split is empty: {sources_of[split]}; fix '
+          f'that file, or pass --resplit to draw {split} by patient')
 
 
 def check_patient_overlap(splits):
@@ -812,19 +930,24 @@ def plan(src_dir, layout, split_method='official', val_fraction=None,
     by_split = collections.defaultdict(list)
     for f in files:
       by_split[f.source_split].append(f)
+    _check_official_splits(layout, by_split)
     splits = {}
     if layout == 'mimic':
       splits = {s: sorted(by_split[s], key=lambda f: f.path)
                 for s in sources.SPLIT_FOLDERS if by_split[s]}
     else:
-      drawn = draw_splits(by_split['train'], len(label_names),
-                          {'val': val_fraction}, seed)
+      fractions = {'val': val_fraction}
+      drawn = draw_splits(by_split['train'], len(label_names), fractions,
+                          seed)
       splits = {'train': drawn['train'], 'val': drawn['val'],
                 'test': sorted(by_split['test'], key=lambda f: f.path)}
+      info['images'] = requested_images(fractions, len(by_split['train']),
+                                        splits)
   else:
-    splits = draw_splits(files, len(label_names),
-                         {'val': val_fraction, 'test': test_fraction}, seed)
+    fractions = {'val': val_fraction, 'test': test_fraction}
+    splits = draw_splits(files, len(label_names), fractions, seed)
     splits = {s: splits[s] for s in sources.SPLIT_FOLDERS}
+    info['images'] = requested_images(fractions, len(files), splits)
   overlap = check_patient_overlap(splits)
   if overlap['patients_in_more_than_one_split']:
     raise SourceError(
