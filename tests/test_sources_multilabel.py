@@ -700,8 +700,22 @@ def test_chexpert_conversion_counts_match_a_recount(chexpert_dataset):
         split = split_of[_hash(patient)]
         assert (split == 'test') == (which == 'valid')
         usable.append((split, [_code(row[n]) for n in ml.CHEXPERT_LABELS]))
+  expected = _recount(usable, ml.CHEXPERT_LABELS)
   assert {s: e['label_code_counts'] for s, e in info['splits'].items()} == \
-      _recount(usable, ml.CHEXPERT_LABELS)
+      expected
+  # class_counts: the positives (code 1) only, never -1 or blank (-2),
+  # which CheXpert has plenty of; recounted from the CSV and the records.
+  for split, examples in records.items():
+    stored = np.array([e[schema.LABELS] for e in examples])
+    assert ((stored == -1).any() or (stored == -2).any()) or split == 'test'
+    assert info['splits'][split]['class_counts'] == {
+        n: expected[split][n]['1'] for n in ml.CHEXPERT_LABELS} == {
+            n: int((stored[:, i] == 1).sum())
+            for i, n in enumerate(ml.CHEXPERT_LABELS)}
+  # Patient00005 is 0 years old (CheXpert's Age 0): 0, not unknown (-1).
+  ages = {e[schema.PATIENT_ID].decode(): int(e[schema.AGE_YEARS])
+          for es in records.values() for e in es}
+  assert ages[_hash('patient00005')] == 0 and ages[_hash('patient00002')] == 83
   studies = {(e[schema.FILENAME].decode(), e[schema.STUDY_ID].decode(),
               e[schema.VIEW].decode()) for es in records.values() for e in es}
   p1 = _hash('patient00001')
@@ -1022,3 +1036,133 @@ def test_a_resplit_far_from_its_fractions_says_so(tmp_path):
     writer.print_summary(info, out)
   assert ('warning: val holds 10 images, 4 requested (val_fraction 0.1 of '
           '40)') in buffer.getvalue(), buffer.getvalue()
+
+
+# -- the planted-bug classes of issue 32 --------------------------------------
+
+
+@pytest.mark.parametrize('value, years', [
+    ('0', 0), ('000Y', 0), ('0.0', 0), ('0Y', 0), ('058Y', 58), ('57', 57),
+    ('57.0', 57), (' 3 ', 3), ('', -1), (None, -1), ('abc', -1), ('-1', -1),
+    ('200', -1), ('199', 199)])
+def test_ages_parse_to_whole_years_an_infant_is_0_not_unknown(value, years):
+  assert ml.parse_age(value) == years
+
+
+def test_an_infants_age_survives_planning_in_every_layout(tmp_path):
+  src = make_nih(str(tmp_path / 'nih'))
+  table = os.path.join(src, 'Data_Entry_2017_v2020.csv')
+  _rewrite(table, lambda d: d.replace(b',2,42,', b',2,000Y,'))
+  files = {os.path.basename(f.path): f
+           for fs in ml.plan(src, 'nih').splits.values() for f in fs}
+  assert files['00000002_000.png'].age_years == 0
+  assert files['00000001_001.png'].age_years == 41
+  chexpert = ml.plan(make_chexpert(str(tmp_path / 'CheXpert-v1.0-small')),
+                     'chexpert')
+  files = {f.path: f for fs in chexpert.splits.values() for f in fs}
+  assert files['train/patient00005/study1/view1_frontal.jpg'].age_years == 0
+
+
+def test_a_chexpert_lateral_keeps_the_view_its_ap_pa_cell_holds(tmp_path):
+  rows = CHEXPERT_ROWS + [
+      ('train', 'train/patient00008/study1/view2_lateral.jpg', 'Male', '60',
+       'Lateral', 'LL', {'Edema': '1.0'}),
+      ('train', 'train/patient00008/study1/view3_lateral.jpg', 'Male', '60',
+       'Lateral', 'RL', {'Edema': '1.0'}),
+      ('train', 'train/patient00008/study1/view1_frontal.jpg', 'Male', '60',
+       'Frontal', 'PA', {'Edema': '1.0'})]
+  plan = ml.plan(make_chexpert(str(tmp_path / 'CheXpert-v1.0-small'), rows),
+                 'chexpert')
+  views = {f.path: f.view for fs in plan.splits.values() for f in fs}
+  assert views['train/patient00008/study1/view2_lateral.jpg'] == 'LL'
+  assert views['train/patient00008/study1/view3_lateral.jpg'] == 'RL'
+  assert views['train/patient00008/study1/view1_frontal.jpg'] == 'PA'
+  assert views['train/patient00001/study1/view2_lateral.jpg'] == 'LATERAL'
+  assert views['train/patient00001/study1/view1_frontal.jpg'] == 'AP'
+  assert views['train/patient00005/study1/view1_frontal.jpg'] == 'LL'
+
+
+def test_mimic_first_label_row_is_never_replaced_by_a_later_one(tmp_path):
+  """A repeated label row that disagrees never wins silently (last wins
+  and first wins are both wrong: neither is used); one that repeats it
+  changes nothing."""
+  src = make_mimic(str(tmp_path / 'mimic'))
+  plain = {os.path.basename(f.path): f.labels
+           for fs in ml.plan(src, 'mimic').splits.values() for f in fs}
+  first = '10000980,51967283'
+  def repeat(data, change):
+    line = next(l for l in data.decode().split('\n') if l.startswith(first))
+    return data + (line.replace('1.0', '0.0') if change else line).encode() \
+        + b'\n'
+  _rewrite(os.path.join(src, ml.MIMIC_LABELS_FILE),
+           lambda d: repeat(d, False))
+  again = {os.path.basename(f.path): f.labels
+           for fs in ml.plan(src, 'mimic').splits.values() for f in fs}
+  assert again == plain
+  _rewrite(os.path.join(src, ml.MIMIC_LABELS_FILE),
+           lambda d: repeat(d, True))
+  plan = ml.plan(src, 'mimic', 'resplit', 0.2, 0.2)
+  labels = {os.path.basename(f.path): f.labels
+            for fs in plan.splits.values() for f in fs}
+  assert 'd6.jpg' not in labels
+  assert 'label rows that disagree' in next(
+      s['reason'] for s in plan.skipped if s['path'].endswith('d6.jpg'))
+
+
+@pytest.mark.parametrize('val, test', [(0.5, 0.5), (0.7, 0.3), (0.9, 0.1),
+                                       (0.6, 0.4), (0.8, 0.25)])
+def test_fractions_adding_up_to_1_leave_nothing_and_are_refused(
+    tmp_path, val, test):
+  with pytest.raises(sources.SourceError, match='leave nothing'):
+    ml.check_split_arguments('nih', 'resplit', val, test)
+  with pytest.raises(sources.SourceError, match='leave nothing'):
+    sources.check_split_arguments(resplit=True, val_fraction=val,
+                                  test_fraction=test)
+  src = make_nih(str(tmp_path / 'nih'))
+  out = str(tmp_path / 'out')
+  with pytest.raises(sources.SourceError, match='leave nothing'):
+    _convert(src, out, resplit=True, val_fraction=val, test_fraction=test)
+  assert not os.path.exists(out) and not os.path.exists(
+      out + writer.PARTIAL_SUFFIX)
+  assert ml.check_split_arguments('nih', 'resplit', 0.45, 0.45) == (0.45,
+                                                                    0.45)
+
+
+def _file(path, patient):
+  return sources.SourceFile(path, None, '', -1, patient, 1, labels=(1,))
+
+
+def test_patient_overlap_counts_each_patient_in_two_or_more_splits():
+  splits = {'train': [_file('a', 'P1'), _file('b', 'P2'), _file('b2', 'P2')],
+            'val': [_file('c', 'P1'), _file('d', 'P3')],
+            'test': [_file('e', 'P4'), _file('f', 'P4')]}
+  assert ml.check_patient_overlap(splits) == {
+      'checked': True, 'patients_in_more_than_one_split': 1}
+  splits['test'].append(_file('g', 'P1'))  # P1 in three: still one patient
+  splits['test'].append(_file('h', 'P3'))
+  assert ml.check_patient_overlap(splits)[
+      'patients_in_more_than_one_split'] == 2
+  assert ml.check_patient_overlap({'train': splits['train']})[
+      'patients_in_more_than_one_split'] == 0
+
+
+def test_a_plan_with_a_patient_in_two_splits_is_refused(tmp_path,
+                                                        monkeypatch):
+  """The safety check itself: a split planner that puts a patient in two
+  splits (a bug) stops the conversion in one line, before anything is
+  written."""
+  src = make_own(str(tmp_path / 'own'), OWN_ROWS)
+
+  def leaky(files, num_labels, fractions, seed=0):
+    del num_labels, seed
+    ordered = sorted(files, key=lambda f: f.path)
+    return {'train': ordered[:-1], **{s: ordered[-2:] for s in fractions}}
+  monkeypatch.setattr(ml, 'draw_splits', leaky)
+  out = str(tmp_path / 'out')
+  with pytest.raises(sources.SourceError) as raised:
+    _convert(src, out, resplit=True, labels_csv=os.path.join(src, 'labels.csv'),
+             label_columns='Effusion,Nodule')
+  assert 'would be in two splits' in str(raised.value)
+  assert '\n' not in str(raised.value)
+  assert not os.path.exists(out) and not os.path.exists(
+      out + writer.PARTIAL_SUFFIX)
