@@ -1154,15 +1154,30 @@ def test_a_plan_with_a_patient_in_two_splits_is_refused(tmp_path,
   src = make_own(str(tmp_path / 'own'), OWN_ROWS)
 
   def leaky(files, num_labels, fractions, seed=0):
-    del num_labels, seed
+    # One patient in two splits: scans/a1.png in val, a2.png (patient A
+    # too) in train.
+    del num_labels, fractions, seed
     ordered = sorted(files, key=lambda f: f.path)
-    return {'train': ordered[:-1], **{s: ordered[-2:] for s in fractions}}
+    assert [f.patient_id for f in ordered[:2]] == ['A', 'A']
+    return {'train': ordered[1:], 'val': ordered[:1], 'test': []}
   monkeypatch.setattr(ml, 'draw_splits', leaky)
   out = str(tmp_path / 'out')
   with pytest.raises(sources.SourceError) as raised:
     _convert(src, out, resplit=True, labels_csv=os.path.join(src, 'labels.csv'),
              label_columns='Effusion,Nodule')
-  assert 'would be in two splits' in str(raised.value)
+  assert '1 patient(s) would be in two splits' in str(raised.value)
   assert '\n' not in str(raised.value)
   assert not os.path.exists(out) and not os.path.exists(
       out + writer.PARTIAL_SUFFIX)
+
+
+def test_the_writer_counts_the_overlap_again_before_finishing():
+  splits = {'train': [_file('a', 'P1'), _file('b', 'P2')],
+            'val': [_file('c', 'P1')], 'test': [_file('d', 'P3')]}
+  plan = sources.Plan('src', 'csv', ('A',), splits, [], [], 4,
+                      label_names=('A',), split_info={'method': 'resplit'})
+  with pytest.raises(sources.SourceError, match='a patient is in two splits'):
+    writer._written_split_info(plan, {})  # pylint: disable=protected-access
+  splits['val'] = [_file('c', 'P4')]
+  assert writer._written_split_info(plan, {})['patient_overlap'] == {  # pylint: disable=protected-access
+      'checked': True, 'patients_in_more_than_one_split': 0}
