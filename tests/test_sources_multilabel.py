@@ -1153,10 +1153,10 @@ def test_a_plan_with_a_patient_in_two_splits_is_refused(tmp_path,
   written."""
   src = make_own(str(tmp_path / 'own'), OWN_ROWS)
 
-  def leaky(files, num_labels, fractions, seed=0):
+  def leaky(files, num_labels, fractions, seed=0, progress=None):
     # One patient in two splits: scans/a1.png in val, a2.png (patient A
     # too) in train.
-    del num_labels, fractions, seed
+    del num_labels, fractions, seed, progress
     ordered = sorted(files, key=lambda f: f.path)
     assert [f.patient_id for f in ordered[:2]] == ['A', 'A']
     return {'train': ordered[1:], 'val': ordered[:1], 'test': []}
@@ -1181,3 +1181,30 @@ def test_the_writer_counts_the_overlap_again_before_finishing():
   splits['val'] = [_file('c', 'P4')]
   assert writer._written_split_info(plan, {})['patient_overlap'] == {  # pylint: disable=protected-access
       'checked': True, 'patients_in_more_than_one_split': 0}
+
+
+def test_planning_reports_its_progress_with_counts_that_add_up(tmp_path):
+  src = make_nih(str(tmp_path / 'nih'))
+  stream = io.StringIO()
+  plan = ml.plan(src, 'nih', 'resplit', progress=sources.Progress(
+      interval=0, stream=stream))
+  lines = stream.getvalue().splitlines()
+  last = {line.split(':')[0]: line for line in lines if line.endswith('done')}
+  # Each stage's last line counts what it went through, recounted here.
+  files = sum(len(fs) for _, _, fs in os.walk(os.path.join(src, 'images_001')))
+  assert last['scanning images_001/'].startswith(
+      f'scanning images_001/: {files} files (')
+  assert last['reading Data_Entry_2017_v2020.csv'].startswith(
+      f'reading Data_Entry_2017_v2020.csv: {len(NIH_ROWS)} of '
+      f'{len(NIH_ROWS)} rows (')
+  planned = sum(len(fs) for fs in plan.splits.values())
+  patients = len({f.patient_id for fs in plan.splits.values() for f in fs})
+  assert last['drawing splits by patient'].startswith(
+      f'drawing splits by patient: {patients} of {patients} patients (')
+  assert 'looking for DICOM files (their pixels are hashed)' in last
+  assert 'hashing files of equal size for duplicates' in last
+  assert planned and len(lines) > len(last)
+  # The default interval keeps a small conversion quiet.
+  quiet = io.StringIO()
+  ml.plan(src, 'nih', 'resplit', progress=sources.Progress(stream=quiet))
+  assert quiet.getvalue() == ''

@@ -218,6 +218,16 @@ def read_table(path, columns, what):
   return rows
 
 
+def _reported(table, name, progress):
+  """The rows of a `read_table`, reported to `progress` as they are
+  parsed."""
+  progress.stage(f'reading {name}', len(table), 'rows')
+  for done, item in enumerate(table, start=1):
+    yield item
+    progress.update(done)
+  progress.end()
+
+
 def truncated(row):
   """Why a `read_table` row cannot be used because it has fewer cells
   than the header (a file cut short), or None.
@@ -306,7 +316,7 @@ def safe_relative_path(path, where, src_dir):
   return '/'.join(parts)
 
 
-def _walk(src_dir, roots):
+def _walk(src_dir, roots, progress=sources.NO_PROGRESS):
   """{relative path: (size, reason or None)} of every non-litter file under
   the `roots` (relative folders), and the litter and linked folders
   (`ignored`)."""
@@ -316,14 +326,14 @@ def _walk(src_dir, roots):
       continue
     unreadable = []
     for path, size in sources._walk_class_folder(  # pylint: disable=protected-access
-        src_dir, root, ignored, unreadable):
+        src_dir, root, ignored, unreadable, progress):
       found[path] = (size, None)
     for item in unreadable:
       found[item['path']] = (0, item['reason'])
   return found, ignored
 
 
-def scan_nih(src_dir, split_method):
+def scan_nih(src_dir, split_method, progress=sources.NO_PROGRESS):
   """Label rows and image files of an NIH tree (module docstring).
 
   Returns:
@@ -338,7 +348,7 @@ def scan_nih(src_dir, split_method):
                       'holds it')
   roots = sorted(e for e in os.listdir(src_dir) if e.startswith('images') and
                  os.path.isdir(os.path.join(src_dir, e)))
-  found, ignored = _walk(src_dir, roots)
+  found, ignored = _walk(src_dir, roots, progress)
   by_name = collections.defaultdict(list)
   for path in sorted(found):
     by_name[os.path.basename(path)].append(path)
@@ -357,8 +367,9 @@ def scan_nih(src_dir, split_method):
             lists.setdefault(line.strip(), set()).add(split)
   rows = []
   for csv_name in csv_names:
-    for line, row in read_table(os.path.join(src_dir, csv_name), NIH_COLUMNS,
-                                f'NIH {csv_name}'):
+    for line, row in _reported(
+        read_table(os.path.join(src_dir, csv_name), NIH_COLUMNS,
+                   f'NIH {csv_name}'), csv_name, progress):
       where = f'{csv_name} line {line}'
       name = (row['Image Index'] or '').strip()
       paths = by_name.get(name, [])
@@ -410,15 +421,16 @@ def _chexpert_path(path, where, src_dir):
   return '/'.join(parts)
 
 
-def scan_chexpert(src_dir, split_method):
+def scan_chexpert(src_dir, split_method, progress=sources.NO_PROGRESS):
   """Label rows and image files of a CheXpert tree (module docstring)."""
   del split_method  # both CSVs are read either way
-  found, ignored = _walk(src_dir, ('train', 'valid'))
+  found, ignored = _walk(src_dir, ('train', 'valid'), progress)
   rows = []
   for csv_name, split in ((CHEXPERT_TRAIN, 'train'), (CHEXPERT_VALID, 'test')):
-    for line, row in read_table(os.path.join(src_dir, csv_name),
-                                CHEXPERT_COLUMNS + CHEXPERT_LABELS,
-                                f'CheXpert {csv_name}'):
+    for line, row in _reported(
+        read_table(os.path.join(src_dir, csv_name),
+                   CHEXPERT_COLUMNS + CHEXPERT_LABELS, f'CheXpert {csv_name}'),
+        csv_name, progress):
       where = f'{csv_name} line {line}'
       path = _chexpert_path(row['Path'], where, src_dir)
       entry = _Row(where, path, source_split=split)
@@ -443,7 +455,7 @@ def scan_chexpert(src_dir, split_method):
   return rows, found, ignored, [CHEXPERT_TRAIN, CHEXPERT_VALID]
 
 
-def scan_mimic(src_dir, split_method):
+def scan_mimic(src_dir, split_method, progress=sources.NO_PROGRESS):
   """Image rows (the metadata file's) and files of a MIMIC-CXR-JPG tree.
 
   A metadata row whose study has no label row is skipped with that reason;
@@ -456,9 +468,10 @@ def scan_mimic(src_dir, split_method):
   A row with fewer cells than its header skips the images it concerns.
   """
   label_rows = collections.defaultdict(list)
-  for line, row in read_table(
+  for line, row in _reported(read_table(
       os.path.join(src_dir, MIMIC_LABELS_FILE),
-      ('subject_id', 'study_id') + CHEXPERT_LABELS, 'MIMIC-CXR label file'):
+      ('subject_id', 'study_id') + CHEXPERT_LABELS, 'MIMIC-CXR label file'),
+                             MIMIC_LABELS_FILE, progress):
     key = ((row['subject_id'] or '').strip(), (row['study_id'] or '').strip())
     short = truncated(row)
     label_rows[key].append(
@@ -475,19 +488,20 @@ def scan_mimic(src_dir, split_method):
       conflicts.append(f'{key[0]}/{key[1]}')
   split_rows = collections.defaultdict(list)
   if split_method == 'official':
-    for line, row in read_table(
+    for line, row in _reported(read_table(
         os.path.join(src_dir, MIMIC_SPLIT_FILE),
         ('dicom_id', 'study_id', 'subject_id', 'split'),
-        'MIMIC-CXR split file (--split=official; or pass --resplit)'):
+        'MIMIC-CXR split file (--split=official; or pass --resplit)'),
+                               MIMIC_SPLIT_FILE, progress):
       short = truncated(row)
       split_rows[(row['dicom_id'] or '').strip()].append(
           (line, None if short else (row['split'] or '').strip(), short))
-  found, ignored = _walk(src_dir, (MIMIC_IMAGES,))
+  found, ignored = _walk(src_dir, (MIMIC_IMAGES,), progress)
   rows, used = [], set()
-  for line, row in read_table(
+  for line, row in _reported(read_table(
       os.path.join(src_dir, MIMIC_METADATA_FILE),
       ('dicom_id', 'subject_id', 'study_id', 'ViewPosition'),
-      'MIMIC-CXR metadata file'):
+      'MIMIC-CXR metadata file'), MIMIC_METADATA_FILE, progress):
     where = f'{MIMIC_METADATA_FILE} line {line}'
     dicom_id = (row['dicom_id'] or '').strip()
     subject = (row['subject_id'] or '').strip()
@@ -570,7 +584,7 @@ def parse_label_columns(text):
 
 
 def scan_csv(src_dir, labels_csv, path_column, patient_column,
-             label_columns):
+             label_columns, progress=sources.NO_PROGRESS):
   """Label rows (of `labels_csv`) and image files (all of src_dir) of a
   user's labelled folder."""
   if not labels_csv:
@@ -582,7 +596,7 @@ def scan_csv(src_dir, labels_csv, path_column, patient_column,
                      f'--patient_column={patient_column}, --label_columns)')
   found, ignored = _walk(src_dir, sorted(
       e for e in os.listdir(src_dir) if not sources.is_litter(e) and
-      os.path.isdir(os.path.join(src_dir, e))))
+      os.path.isdir(os.path.join(src_dir, e))), progress)
   # Files at the top level: images count, the label CSV (and other
   # non-images) are listed as ignored.
   for e in sorted(os.listdir(src_dir)):
@@ -596,7 +610,7 @@ def scan_csv(src_dir, labels_csv, path_column, patient_column,
       ignored.append(sources.display_path(e))
   name = os.path.basename(labels_csv)
   rows = []
-  for line, row in table:
+  for line, row in _reported(table, name, progress):
     where = f'{name} line {line}'
     path = safe_relative_path(row[path_column], where, src_dir)
     patient = (row[patient_column] or '').strip()
@@ -701,7 +715,8 @@ def check_split_arguments(layout, split_method, val_fraction, test_fraction):
   return val_fraction, test_fraction
 
 
-def draw_splits(files, num_labels, fractions, seed=0):
+def draw_splits(files, num_labels, fractions, seed=0,
+                progress=sources.NO_PROGRESS):
   """Draws patient-grouped splits with per-label positives spread evenly.
 
   Greedy iterative stratification: every split wants its fraction of the
@@ -720,6 +735,7 @@ def draw_splits(files, num_labels, fractions, seed=0):
     fractions: {split: fraction} of the drawn splits ('val', 'test'); the
       rest is train.
     seed: the draw depends only on the seed, the patient ids and labels.
+    progress: a `sources.Progress` for the patients placed.
 
   Returns:
     {split: files sorted by path} for train and the drawn splits.
@@ -746,7 +762,8 @@ def draw_splits(files, num_labels, fractions, seed=0):
   taken_pos = np.zeros((len(names), num_labels))
   taken = np.zeros(len(names))
   chosen = {s: [] for s in names}
-  for p in order:
+  progress.stage('drawing splits by patient', len(order), 'patients')
+  for done, p in enumerate(order, start=1):
     # Needs relative to the targets, so that a small split gets its share
     # of a rare label too (absolute needs would give it all to train).
     image_need = 1 - taken / (share * total)
@@ -759,6 +776,8 @@ def draw_splits(files, num_labels, fractions, seed=0):
     chosen[names[best]].append(p)
     taken[best] += len(groups[p])
     taken_pos[best] += positives[p]
+    progress.update(done)
+  progress.end()
   return {s: sorted((f for p in chosen[s] for f in groups[p]),
                     key=lambda f: f.path) for s in names}
 
@@ -870,7 +889,8 @@ def resolve_layout(src_dir, layout, labels_csv=None):
 def plan(src_dir, layout, split_method='official', val_fraction=None,
          test_fraction=None, seed=0, labels_csv=None,
          path_column=DEFAULT_PATH_COLUMN,
-         patient_column=DEFAULT_PATIENT_COLUMN, label_columns=None):
+         patient_column=DEFAULT_PATIENT_COLUMN, label_columns=None,
+         progress=sources.NO_PROGRESS):
   """Scans a multi-label tree and assigns every usable image a split.
 
   Args:
@@ -883,6 +903,9 @@ def plan(src_dir, layout, split_method='official', val_fraction=None,
     test_fraction: resplit only (default `DEFAULT_TEST_FRACTION`).
     seed: seed of the drawn splits.
     labels_csv, path_column, patient_column, label_columns: the csv layout.
+    progress: a `sources.Progress`: lines while scanning, reading the label
+      rows, hashing for duplicates and drawing splits (minutes at NIH's or
+      CheXpert's size).
 
   Returns:
     A `sources.Plan` with label_names, unlabelled and split_info ({'method',
@@ -900,17 +923,20 @@ def plan(src_dir, layout, split_method='official', val_fraction=None,
     raise SourceError(f'src_dir {src_dir} does not exist or is not a folder; '
                       f'pass the folder that holds the {layout} label files')
   if layout == 'nih':
-    rows, found, ignored, read = scan_nih(src_dir, split_method)
+    rows, found, ignored, read = scan_nih(src_dir, split_method, progress)
     label_names = NIH_LABELS
   elif layout == 'chexpert':
-    rows, found, ignored, read = scan_chexpert(src_dir, split_method)
+    rows, found, ignored, read = scan_chexpert(src_dir, split_method,
+                                               progress)
     label_names = CHEXPERT_LABELS
   elif layout == 'mimic':
-    rows, found, ignored, read = scan_mimic(src_dir, split_method)
+    rows, found, ignored, read = scan_mimic(src_dir, split_method,
+                                            progress)
     label_names = CHEXPERT_LABELS
   else:
     rows, found, ignored, read, label_names = scan_csv(
-        src_dir, labels_csv, path_column, patient_column, label_columns)
+        src_dir, labels_csv, path_column, patient_column, label_columns,
+        progress)
   files, skipped, row_duplicates, unlabelled = _files_from_rows(
       src_dir, rows, found)
   if not files:
@@ -922,7 +948,8 @@ def plan(src_dir, layout, split_method='official', val_fraction=None,
         '; check --src_dir and that the images sit where the label files '
         'say')
   files, byte_duplicates = sources.find_duplicates(
-      src_dir, files, prefer_evaluation_splits=split_method == 'official')
+      src_dir, files, prefer_evaluation_splits=split_method == 'official',
+      progress=progress)
   info = {'method': split_method, 'val_fraction': val_fraction,
           'test_fraction': test_fraction}
   if split_method == 'official':
@@ -938,14 +965,14 @@ def plan(src_dir, layout, split_method='official', val_fraction=None,
     else:
       fractions = {'val': val_fraction}
       drawn = draw_splits(by_split['train'], len(label_names), fractions,
-                          seed)
+                          seed, progress)
       splits = {'train': drawn['train'], 'val': drawn['val'],
                 'test': sorted(by_split['test'], key=lambda f: f.path)}
       info['images'] = requested_images(fractions, len(by_split['train']),
                                         splits)
   else:
     fractions = {'val': val_fraction, 'test': test_fraction}
-    splits = draw_splits(files, len(label_names), fractions, seed)
+    splits = draw_splits(files, len(label_names), fractions, seed, progress)
     splits = {s: splits[s] for s in sources.SPLIT_FOLDERS}
     info['images'] = requested_images(fractions, len(files), splits)
   overlap = check_patient_overlap(splits)

@@ -230,7 +230,9 @@ def convert(src_dir, out_dir, image_size=reference.IMAGE_SIZE, resplit=False,
                           layout, keep_test, val_fraction, test_fraction,
                           patient_id_regex, patient_csv)
     else:
-      plan = sources_multilabel.plan(src_dir, seed=seed, **multilabel)
+      plan = sources_multilabel.plan(
+          src_dir, seed=seed, progress=sources.Progress(progress),
+          **multilabel)
     shards = plan_shards(plan, name, num_shards, seed, stored_size)
     arguments = {'image_size': list(stored_size), 'resplit': resplit,
                  'keep_test': keep_test,
