@@ -42,7 +42,14 @@ file under the image folders that no row names is listed in
 the label rows (MIMIC: the metadata rows, one per image; NIH: plus the
 further files that share a row's file name, each a duplicate), so that
 scanned = written + skipped + duplicates. An unknown label value skips its row and is
-never fatal; labels are parsed exactly, never by substring.
+never fatal; labels are parsed exactly, never by substring. A row with fewer
+cells than its header (a file cut short) is skipped with that reason: its
+missing labels are never read as 'not mentioned'. NIH's 'No Finding' with a
+finding contradicts itself and is skipped. MIMIC: a study's repeated label
+row counts once, two that disagree are both unused (the study's images
+skipped); an image's two split rows give it the evaluation split among them;
+both are listed in `Plan.ignored`. Label files and lists may start with a
+UTF-8 byte-order mark (.gz too).
 
 Privacy: the patient and study ids of all four layouts identify persons: the
 files are marked `hash_ids`, and the writer stores the ids as salted hashes
@@ -65,7 +72,12 @@ Splits (`plan`):
   resplit   patient-grouped val and test (`val_fraction`, `test_fraction`)
             by `draw_splits`.
 After planning, `check_patient_overlap` counts the patients in more than one
-split; it must be 0 (`Plan.split_info['patient_overlap']`).
+split; it must be 0 (`Plan.split_info['patient_overlap']`). An official
+split whose train or test set is empty (a header-only valid.csv, an empty
+train_val_list.txt) is refused. A drawn split's images, requested and
+actual, are `Plan.split_info['images']`; on a small set, where patients are
+taken whole, one far from its fraction is flagged (`far_off_splits`) and the
+converter's summary warns.
 
 Pure Python and numpy; no TensorFlow (this runs before the writer imports it).
 """
