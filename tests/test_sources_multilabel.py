@@ -1191,9 +1191,10 @@ def test_planning_reports_its_progress_with_counts_that_add_up(tmp_path):
   lines = stream.getvalue().splitlines()
   last = {line.split(':')[0]: line for line in lines if line.endswith('done')}
   # Each stage's last line counts what it went through, recounted here.
-  files = sum(len(fs) for _, _, fs in os.walk(os.path.join(src, 'images_001')))
-  assert last['scanning images_001/'].startswith(
-      f'scanning images_001/: {files} files (')
+  files = sum(len(fs) for folder in ('images_001', 'images_002')
+              for _, _, fs in os.walk(os.path.join(src, folder)))
+  assert last['scanning 2 image folders'].startswith(
+      f'scanning 2 image folders: {files} files (')
   assert last['reading Data_Entry_2017_v2020.csv'].startswith(
       f'reading Data_Entry_2017_v2020.csv: {len(NIH_ROWS)} of '
       f'{len(NIH_ROWS)} rows (')

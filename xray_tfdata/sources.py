@@ -79,6 +79,7 @@ _LITTER = frozenset({'__MACOSX', '.DS_Store', 'Thumbs.db', 'desktop.ini',
 _PERSON_RE = re.compile(r'^person(\d+)_')
 _IM_RE = re.compile(r'^(?:NORMAL2-)?IM-(\d+)-')
 _HASH_THREADS = 8
+_HASH_CHUNK = 512  # files hashed between two progress reports
 # Evaluation sets stay as published: a duplicate is kept in test, then val.
 _KEEP_RANK = {'test': 0, 'val': 1, 'train': 2, None: 3}
 
@@ -131,6 +132,10 @@ class Progress:
     self._done = done
     if self.enabled and time.monotonic() - self._last >= self.interval:
       self._print()
+
+  def advance(self, items=1):
+    """Reports `items` more items of the stage."""
+    self.update(self._done + items)
 
   def end(self):
     """Ends the stage: its last line, if it printed any."""
@@ -706,9 +711,9 @@ def _walk_class_folder(src_dir, rel_root, ignored, skipped,
                        progress=NO_PROGRESS):
   """(relative path, size) of every usable non-litter file under one class
   folder; appends the others to `skipped` and litter and linked folders to
-  `ignored`; reports the files found to `progress`."""
-  found, entries = [], 0
-  progress.stage(f'scanning {display_path(rel_root)}/')
+  `ignored`; advances `progress` (a stage the caller started) by each file
+  looked at."""
+  found = []
   for root, dirs, names in os.walk(os.path.join(src_dir, rel_root)):
     rel = os.path.relpath(root, src_dir).replace(os.sep, '/')
     for d in list(dirs):
@@ -726,9 +731,7 @@ def _walk_class_folder(src_dir, rel_root, ignored, skipped,
         skipped.append({'path': display_path(path), 'reason': reason})
       else:
         found.append((path, num_bytes))
-      entries += 1
-      progress.update(entries)
-  progress.end()
+      progress.advance()
   return found
 
 
@@ -802,8 +805,11 @@ def find_duplicates(src_dir, files, prefer_evaluation_splits=True,
                  len(candidates))
   digests = []
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
-    for digest in pool.map(digest_of, candidates):
-      digests.append(digest)
+    # In chunks: one map of all the files would submit them all before the
+    # first result, and report nothing until nearly the end.
+    for start in range(0, len(candidates), _HASH_CHUNK):
+      digests.extend(pool.map(digest_of,
+                              candidates[start:start + _HASH_CHUNK]))
       progress.update(len(digests))
   progress.end()
   by_hash = collections.defaultdict(list)

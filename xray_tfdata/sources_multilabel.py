@@ -333,6 +333,8 @@ def _walk(src_dir, roots, progress=sources.NO_PROGRESS):
   the `roots` (relative folders), and the litter and linked folders
   (`ignored`)."""
   found, ignored = {}, []
+  progress.stage('scanning ' + (f'{roots[0]}/' if len(roots) == 1 else
+                                 f'{len(roots)} image folders'))
   for root in roots:
     if not os.path.isdir(os.path.join(src_dir, root)):
       continue
@@ -342,6 +344,7 @@ def _walk(src_dir, roots, progress=sources.NO_PROGRESS):
       found[path] = (size, None)
     for item in unreadable:
       found[item['path']] = (0, item['reason'])
+  progress.end()
   return found, ignored
 
 
