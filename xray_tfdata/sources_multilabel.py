@@ -495,8 +495,8 @@ def scan_mimic(src_dir, split_method, progress=sources.NO_PROGRESS):
   for key, found_rows in label_rows.items():
     lines = ' and '.join(f'line {line}' for line, _ in found_rows)
     if len({result for _, result in found_rows}) > 1:
-      labels[key] = (lines, (None, 'label rows that disagree '
-                             f'({lines}): neither is used'))
+      labels[key] = (lines, (None, 'label rows that disagree: neither is '
+                             'used'))
     else:
       labels[key] = (f'line {found_rows[0][0]}', found_rows[0][1])
     if len(found_rows) > 1:
