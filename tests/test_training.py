@@ -475,7 +475,7 @@ def test_predict_reports_bad_files_and_keeps_the_good_ones(finished_run,
   # One image at two places in one batch: a batched kernel may sum another
   # row in another order (on an AVX2 host 0.33403638 vs 0.33403572, 17
   # float32 ulps), so equal within float32 rounding, not bit for bit.
-  float32_tolerance = 128 * np.finfo(np.float32).eps
+  float32_tolerance = 128 * float(np.finfo(np.float32).eps)
   assert results[0][1] is None and results[4][1] is None
   assert results[4][0] == pytest.approx(results[0][0], rel=float32_tolerance,
                                         abs=float32_tolerance)
