@@ -92,3 +92,27 @@ def test_load_image_names_the_file_and_the_reason(tmp_path, content, reason):
       f.write(content)
   with pytest.raises(imaging.ImageError, match=f'image {path}: {reason}'):
     imaging.load_image(path, 8)
+
+
+@pytest.mark.parametrize('largest, depth', [
+    (4095, 12), (2048, 12), (1500, 12), (1023, 10), (600, 10), (255, 8),
+    (0, 8), (65535, 16), (20000, 16), (70000, 16)])
+def test_depth_in_use(largest, depth):
+  assert imaging.depth_in_use(np.array([[0, largest]])) == depth
+
+
+@pytest.mark.parametrize('depth', [10, 12, 16])
+def test_a_16_bit_png_is_scaled_by_the_depth_its_values_use(tmp_path, depth):
+  # A 12-bit film stored in a 16-bit PNG: its full range is 0..4095. At the
+  # stored size (no resize), the expected bytes are computed by hand.
+  top = 2 ** depth - 1
+  values = np.linspace(0, top, STORED[0] * STORED[1]).round().astype(
+      np.uint16).reshape(STORED)
+  path = str(tmp_path / 'film.png')
+  Image.fromarray(values).save(path)
+  with Image.open(path) as image:
+    assert image.mode.startswith('I')  # PIL reads it as 16-bit
+  pixels = imaging.load_image(path, STORED)[..., 0]
+  expected = np.rint(values.astype(np.float64) * 255 / top).astype(np.uint8)
+  np.testing.assert_array_equal(pixels, expected)
+  assert pixels.max() == 255  # not 16 of 255, as 65535 would give 4095

@@ -212,3 +212,80 @@ def test_loss_and_metric_agree_under_jax_without_tensorflow(tmp_path):
   expected = np.mean([roc_auc_score(y[y[:, l] != M, l], p[y[:, l] != M, l])
                       for l in range(3)])
   assert auc == pytest.approx(expected, abs=1e-6)
+
+
+# -- saturated probabilities and undefined weights (issue 32) -----------------
+
+
+def _float32_reference_loss(y, p):
+  """_reference_loss with the clip bounds as float32 holds them (1 - 1e-7
+  rounds to 1 - 2**-23 there), without pos_weight."""
+  low, high = np.float32(losses.EPSILON), np.float32(1 - losses.EPSILON)
+  clipped = np.clip(np.asarray(p, np.float32), low, high).astype(np.float64)
+  return _reference_loss(y, clipped, [1.0] * np.shape(y)[1])
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_loss_at_probabilities_of_exactly_0_and_1_is_finite(dtype):
+  """A saturated sigmoid gives p exactly 0 or 1 (float32 beyond a logit of
+  about 17, bfloat16 much sooner): the loss stays finite, wrong answers
+  cost the clipped -log(EPSILON), right ones about 0, and a masked entry at
+  0 or 1 costs nothing (0 * inf would be NaN)."""
+  import ml_dtypes  # pylint: disable=g-import-not-at-top  (Keras needs it)
+  as_dtype = np.float32 if dtype == 'float32' else ml_dtypes.bfloat16
+  loss = losses.MaskedBinaryCrossentropy()
+  y = np.array([[1.0, 0.0, M, M]], np.float32)
+  wrong = np.array([[0.0, 1.0, 0.0, 1.0]]).astype(as_dtype)
+  right = np.array([[1.0, 0.0, 1.0, 0.0]]).astype(as_dtype)
+  got_wrong = float(loss(y, wrong))
+  got_right = float(loss(y, right))
+  assert np.isfinite(got_wrong) and np.isfinite(got_right)
+  assert got_wrong == pytest.approx(_float32_reference_loss(y, wrong),
+                                    rel=1e-5)
+  assert got_wrong > 15  # -log(1e-7) = 16.1: the clip, not a small number
+  assert got_right == pytest.approx(_float32_reference_loss(y, right),
+                                    abs=1e-6)
+  assert got_right < 1e-6
+  # Under pos_weight too.
+  weighted = float(losses.MaskedBinaryCrossentropy([2.0, 1, 1, 1])(y, wrong))
+  assert np.isfinite(weighted) and weighted > got_wrong
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_masked_auc_counts_probabilities_of_exactly_0_and_1(dtype):
+  """p exactly 1 falls in the top bin, not off the end (a positive scored 1
+  must count), p exactly 0 in the bottom one; masked entries at 0 and 1
+  count nowhere. Checked against scikit-learn."""
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  as_dtype = np.float32 if dtype == 'float32' else ml_dtypes.bfloat16
+  y = np.array([[1, 0], [1, 1], [0, 1], [0, 0], [M, M], [1, 0], [0, M]],
+               np.float32)
+  p = np.array([[1, 0], [1, 1], [0, 0.5], [0.5, 0], [0, 1], [0.5, 1],
+                [1, 0]]).astype(as_dtype)
+  metric = losses.MaskedAUC(2)
+  metric.update_state(y, p)
+  positives = np.asarray(metric.positives).sum(axis=1)
+  negatives = np.asarray(metric.negatives).sum(axis=1)
+  np.testing.assert_array_equal(positives, (y == 1).sum(axis=0))
+  np.testing.assert_array_equal(negatives, (y == 0).sum(axis=0))
+  p64 = p.astype(np.float64)
+  expected = np.mean([roc_auc_score(y[y[:, l] != M, l], p64[y[:, l] != M, l])
+                      for l in range(2)])
+  assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize('policy, counts', [
+    ('txv', _codes(pos=5, unc=3, nm=7)),  # its blanks and -1 are masked
+    ('u_ignore', _codes(pos=5, unc=3)),
+    ('u_ones', _codes(pos=5, unc=3)),  # uncertain counts as positive
+])
+def test_pos_weights_refuse_a_label_without_negatives_in_one_line(policy,
+                                                                  counts):
+  """Positives but no known negative: pos_weight would be 0 (the label's
+  positives weighed as nothing); refused, naming the label and the fix."""
+  with pytest.raises(dataset_info.DatasetError) as caught:
+    losses.pos_weights({'A': _codes(pos=2, neg=2), 'C': counts}, ['A', 'C'],
+                       policy)
+  message = str(caught.value)
+  assert '\n' not in message and "'C'" in message
+  assert 'no negative' in message and '--labels' in message

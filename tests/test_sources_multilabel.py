@@ -281,7 +281,6 @@ def _code(value):
     ('Thickening', None, 'Thickening'),
     ('Pleural Thickening', None, 'Pleural Thickening'),
     ('effusion', None, 'effusion'),
-    ('No Finding|Mass', None, 'No Finding'),
     ('', None, ''),
 ])
 def test_nih_findings_are_parsed_exactly(text, positives, unknown):
@@ -701,8 +700,22 @@ def test_chexpert_conversion_counts_match_a_recount(chexpert_dataset):
         split = split_of[_hash(patient)]
         assert (split == 'test') == (which == 'valid')
         usable.append((split, [_code(row[n]) for n in ml.CHEXPERT_LABELS]))
+  expected = _recount(usable, ml.CHEXPERT_LABELS)
   assert {s: e['label_code_counts'] for s, e in info['splits'].items()} == \
-      _recount(usable, ml.CHEXPERT_LABELS)
+      expected
+  # class_counts: the positives (code 1) only, never -1 or blank (-2),
+  # which CheXpert has plenty of; recounted from the CSV and the records.
+  for split, examples in records.items():
+    stored = np.array([e[schema.LABELS] for e in examples])
+    assert ((stored == -1).any() or (stored == -2).any()) or split == 'test'
+    assert info['splits'][split]['class_counts'] == {
+        n: expected[split][n]['1'] for n in ml.CHEXPERT_LABELS} == {
+            n: int((stored[:, i] == 1).sum())
+            for i, n in enumerate(ml.CHEXPERT_LABELS)}
+  # Patient00005 is 0 years old (CheXpert's Age 0): 0, not unknown (-1).
+  ages = {e[schema.PATIENT_ID].decode(): int(e[schema.AGE_YEARS])
+          for es in records.values() for e in es}
+  assert ages[_hash('patient00005')] == 0 and ages[_hash('patient00002')] == 83
   studies = {(e[schema.FILENAME].decode(), e[schema.STUDY_ID].decode(),
               e[schema.VIEW].decode()) for es in records.values() for e in es}
   p1 = _hash('patient00001')
@@ -750,8 +763,12 @@ def test_csv_conversion_and_resplit(tmp_path):
                   label_columns='Effusion,Nodule')
   _assert_accounted(info, len(OWN_ROWS))
   assert info['label_names'] == info['class_names'] == ['Effusion', 'Nodule']
-  assert info['split'] == {'method': 'resplit', 'val_fraction': 0.2,
-                           'test_fraction': 0.2,}
+  assert info['split'] == {
+      'method': 'resplit', 'val_fraction': 0.2, 'test_fraction': 0.2,
+      # 10 rows less an unknown value, a missing image and a duplicate.
+      'images': {'pool': 7, 'requested': {'val': 1, 'test': 1},
+                 'actual': {s: info['splits'][s]['num_examples']
+                            for s in ('train', 'val', 'test')}}}
   assert info['arguments']['label_columns'] == 'Effusion,Nodule'
   records = _records(out)
   got = collections.Counter()
@@ -845,3 +862,350 @@ def test_tool_converts_and_refuses_bad_input(tmp_path):
   info = json.load(open(os.path.join(out, schema.INFO_FILENAME)))
   assert info['layout'] == 'nih' and info['arguments']['split'] == 'resplit'
   _assert_accounted(info, len(NIH_ROWS))
+
+
+# -- hostile label files (issue 32) ------------------------------------------
+
+
+def _rewrite(path, edit):
+  """Rewrites a (gzipped) CSV's bytes with edit(bytes) -> bytes."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  packed = path.endswith('.gz')
+  data = edit(gzip.decompress(data) if packed else data)
+  with open(path, 'wb') as f:
+    f.write(gzip.compress(data, mtime=0) if packed else data)
+
+
+def _cut_row(data, start, cells):
+  """The CSV bytes with the row starting `start` cut to `cells` cells (a
+  truncated file)."""
+  lines = data.decode().split('\n')
+  i = next(i for i, line in enumerate(lines) if line.startswith(start))
+  lines[i] = ','.join(lines[i].split(',')[:cells])
+  return '\n'.join(lines).encode()
+
+
+def test_a_truncated_row_is_skipped_with_the_reason_never_read_as_blank(
+    tmp_path):
+  src = make_chexpert(str(tmp_path / 'CheXpert-v1.0-small'))
+  cut = 'train/patient00001/study2/view1_frontal.jpg'
+  # Cut after 'Edema' (the 11th cell): the labels after it would read as
+  # blank, 'not mentioned'.
+  _rewrite(os.path.join(src, 'train.csv'),
+           lambda d: _cut_row(d, f'CheXpert-v1.0-small/{cut}', 11))
+  plan = ml.plan(src, 'chexpert')
+  assert cut not in _planned(plan)
+  reasons = {s['path']: s['reason'] for s in plan.skipped}
+  assert 'fewer cells than the header' in reasons[cut], reasons
+  assert '(8 of 19)' in reasons[cut] or '11 of 19' in reasons[cut]
+  own = make_own(str(tmp_path / 'own'), OWN_ROWS)
+  _rewrite(os.path.join(own, 'labels.csv'),
+           lambda d: _cut_row(d, 'scans/g1.png', 3))
+  plan = ml.plan(own, 'csv', 'resplit', 0.2, 0.2,
+                 labels_csv=os.path.join(own, 'labels.csv'),
+                 label_columns='Effusion,Nodule')
+  reasons = {s['path']: s['reason'] for s in plan.skipped}
+  assert 'fewer cells than the header' in reasons['scans/g1.png']
+  assert 'scans/g1.png' not in _planned(plan)
+
+
+@pytest.mark.parametrize('which', ['labels', 'metadata', 'split'])
+def test_a_short_mimic_row_is_skipped_with_the_reason(tmp_path, which):
+  src = make_mimic(str(tmp_path / 'mimic'))
+  name, start, cells = {
+      'labels': (ml.MIMIC_LABELS_FILE, '10000032,53189527', 3),
+      'metadata': (ml.MIMIC_METADATA_FILE, 'd3,', 2),
+      'split': (ml.MIMIC_SPLIT_FILE, 'd3,', 1)}[which]
+  _rewrite(os.path.join(src, name), lambda d: _cut_row(d, start, cells))
+  plan = ml.plan(src, 'mimic')
+  assert 'd3' not in {os.path.basename(p)[:-4] for p in _planned(plan)}
+  reason = next(s['reason'] for s in plan.skipped if 'd3' in s['path'])
+  assert 'fewer cells than the header' in reason and name in reason, reason
+  assert len(_planned(plan)) + len(plan.skipped) + len(
+      plan.duplicates) == plan.num_scanned
+
+
+def test_mimic_conflicting_rows_are_reported_and_resolved_by_the_rule(
+    tmp_path):
+  src = make_mimic(str(tmp_path / 'mimic'))
+  # A second label row for study 53189527 (d3) that disagrees, one for
+  # 50414267 (d1, d2) that repeats the first, and a second split row for d4
+  # (train) that disagrees with its first (validate) and one for d1 that
+  # repeats it.
+  def more_labels(data):
+    return data + ('10000032,53189527' + ',' * len(MIMIC_LABEL_COLUMNS) +
+                   '\n').encode() + data.decode().split('\n')[1].encode() + \
+        b'\n'
+  _rewrite(os.path.join(src, ml.MIMIC_LABELS_FILE), more_labels)
+  _rewrite(os.path.join(src, ml.MIMIC_SPLIT_FILE),
+           lambda d: d + b'd4,57375967,10000764,train\n'
+           b'd1,50414267,10000032,train\n')
+  plan = ml.plan(src, 'mimic')
+  planned = {os.path.basename(p)[:-4]: s for p, s in _planned(plan).items()}
+  # Disagreeing label rows: neither is used, the study's image is skipped.
+  assert 'd3' not in planned
+  reason = next(s['reason'] for s in plan.skipped if 'd3' in s['path'])
+  assert 'label rows that disagree' in reason and 'line 3' in reason, reason
+  # A repeated label row with the same codes is used once, and reported.
+  assert planned['d1'] == planned['d2'] == 'train'
+  # Two split rows that disagree: the evaluation split wins, and it is
+  # reported.
+  assert planned['d4'] == 'val'
+  assert plan.split_info['patient_overlap'][
+      'patients_in_more_than_one_split'] == 0
+  ignored = ' '.join(plan.ignored)
+  assert f'{ml.MIMIC_LABELS_FILE}: 2 stud' in ignored, plan.ignored
+  assert f'{ml.MIMIC_SPLIT_FILE}: 2 image(s) with more than one row' in \
+      ignored, plan.ignored
+  assert '1 of them in two splits' in ignored
+
+
+def test_byte_order_marks_are_read_everywhere(tmp_path):
+  bom = '\ufeff'.encode()
+  nih = make_nih(str(tmp_path / 'nih'))
+  for name in (ml.NIH_TRAIN_VAL_LIST, ml.NIH_TEST_LIST):
+    _rewrite(os.path.join(nih, name), lambda d: bom + d)
+  plain = ml.plan(make_nih(str(tmp_path / 'nih2')), 'nih', seed=3)
+  marked = ml.plan(nih, 'nih', seed=3)
+  assert {os.path.basename(p): s for p, s in _planned(marked).items()} == {
+      os.path.basename(p): s for p, s in _planned(plain).items()}
+  mimic = make_mimic(str(tmp_path / 'mimic'))
+  for name in (ml.MIMIC_LABELS_FILE, ml.MIMIC_METADATA_FILE,
+               ml.MIMIC_SPLIT_FILE):
+    _rewrite(os.path.join(mimic, name), lambda d: bom + d)
+  assert len(_planned(ml.plan(mimic, 'mimic'))) == 5
+  patients = tmp_path / 'patients.csv'
+  patients.write_bytes(bom + b'path,patient_id\na.png,1\n')
+  assert sources.read_patient_csv(str(patients)) == {'a.png': '1'}
+
+
+@pytest.mark.parametrize('case, words', [
+    ('valid_header_only', 'valid.csv has no usable row'),
+    ('train_header_only', 'train.csv has no usable row'),
+    ('train_val_list_empty', 'train_val_list.txt names no usable image'),
+    ('test_list_empty', 'test_list.txt names no usable image'),
+])
+def test_an_empty_official_split_is_refused_in_one_line(tmp_path, case,
+                                                         words):
+  src = str(tmp_path / 'CheXpert-v1.0-small')
+  if case.startswith('valid') or case.startswith('train_header'):
+    which = 'valid' if case.startswith('valid') else 'train'
+    make_chexpert(src, rows=[r for r in CHEXPERT_ROWS if r[0] != which])
+  else:
+    make_nih(src)
+    name = ml.NIH_TRAIN_VAL_LIST if 'train' in case else ml.NIH_TEST_LIST
+    open(os.path.join(src, name), 'w').close()
+  out = str(tmp_path / 'out')
+  with pytest.raises(sources.SourceError) as raised:
+    _convert(src, out)
+  assert words in str(raised.value) and '\n' not in str(raised.value), \
+      raised.value
+  assert not os.path.exists(out)
+  assert not os.path.exists(out + writer.PARTIAL_SUFFIX)
+
+
+def test_draw_splits_of_no_files_is_empty():
+  assert ml.draw_splits([], 14, {'val': 0.1}) == {'train': [], 'val': []}
+
+
+def test_no_finding_with_a_finding_is_skipped_for_that_reason():
+  codes, reason = ml.parse_nih_findings('No Finding|Effusion')
+  assert codes is None
+  assert reason == ("'No Finding' together with a finding ('Effusion'): the "
+                    'row contradicts itself')
+
+
+def test_a_resplit_far_from_its_fractions_says_so(tmp_path):
+  # 4 patients of 10 images each: a 0.1 val cannot be near 4 images.
+  rows = [(f'scans/p{p}_{i}.png', f'P{p}', str(int(p == i % 4)), '0')
+          for p in range(4) for i in range(10)]
+  src = make_own(str(tmp_path / 'own'), rows)
+  out = str(tmp_path / 'out')
+  info = _convert(src, out, resplit=True, val_fraction=0.1,
+                  test_fraction=0.1, labels_csv=os.path.join(src, 'labels.csv'),
+                  label_columns='Effusion,Nodule')
+  images = info['split']['images']
+  assert images['requested'] == {'val': 4, 'test': 4}
+  assert images['actual'] == {s: info['splits'][s]['num_examples']
+                              for s in ('train', 'val', 'test')}
+  assert images['actual']['val'] == 10
+  buffer = io.StringIO()
+  import contextlib  # pylint: disable=g-import-not-at-top
+  with contextlib.redirect_stdout(buffer):
+    writer.print_summary(info, out)
+  assert ('warning: val holds 10 images, 4 requested (val_fraction 0.1 of '
+          '40)') in buffer.getvalue(), buffer.getvalue()
+
+
+# -- the planted-bug classes of issue 32 --------------------------------------
+
+
+@pytest.mark.parametrize('value, years', [
+    ('0', 0), ('000Y', 0), ('0.0', 0), ('0Y', 0), ('058Y', 58), ('57', 57),
+    ('57.0', 57), (' 3 ', 3), ('', -1), (None, -1), ('abc', -1), ('-1', -1),
+    ('200', -1), ('199', 199)])
+def test_ages_parse_to_whole_years_an_infant_is_0_not_unknown(value, years):
+  assert ml.parse_age(value) == years
+
+
+def test_an_infants_age_survives_planning_in_every_layout(tmp_path):
+  src = make_nih(str(tmp_path / 'nih'))
+  table = os.path.join(src, 'Data_Entry_2017_v2020.csv')
+  _rewrite(table, lambda d: d.replace(b',2,42,', b',2,000Y,'))
+  files = {os.path.basename(f.path): f
+           for fs in ml.plan(src, 'nih').splits.values() for f in fs}
+  assert files['00000002_000.png'].age_years == 0
+  assert files['00000001_001.png'].age_years == 41
+  chexpert = ml.plan(make_chexpert(str(tmp_path / 'CheXpert-v1.0-small')),
+                     'chexpert')
+  files = {f.path: f for fs in chexpert.splits.values() for f in fs}
+  assert files['train/patient00005/study1/view1_frontal.jpg'].age_years == 0
+
+
+def test_a_chexpert_lateral_keeps_the_view_its_ap_pa_cell_holds(tmp_path):
+  rows = CHEXPERT_ROWS + [
+      ('train', 'train/patient00008/study1/view2_lateral.jpg', 'Male', '60',
+       'Lateral', 'LL', {'Edema': '1.0'}),
+      ('train', 'train/patient00008/study1/view3_lateral.jpg', 'Male', '60',
+       'Lateral', 'RL', {'Edema': '1.0'}),
+      ('train', 'train/patient00008/study1/view1_frontal.jpg', 'Male', '60',
+       'Frontal', 'PA', {'Edema': '1.0'})]
+  plan = ml.plan(make_chexpert(str(tmp_path / 'CheXpert-v1.0-small'), rows),
+                 'chexpert')
+  views = {f.path: f.view for fs in plan.splits.values() for f in fs}
+  assert views['train/patient00008/study1/view2_lateral.jpg'] == 'LL'
+  assert views['train/patient00008/study1/view3_lateral.jpg'] == 'RL'
+  assert views['train/patient00008/study1/view1_frontal.jpg'] == 'PA'
+  assert views['train/patient00001/study1/view2_lateral.jpg'] == 'LATERAL'
+  assert views['train/patient00001/study1/view1_frontal.jpg'] == 'AP'
+  assert views['train/patient00005/study1/view1_frontal.jpg'] == 'LL'
+
+
+def test_mimic_first_label_row_is_never_replaced_by_a_later_one(tmp_path):
+  """A repeated label row that disagrees never wins silently (last wins
+  and first wins are both wrong: neither is used); one that repeats it
+  changes nothing."""
+  src = make_mimic(str(tmp_path / 'mimic'))
+  plain = {os.path.basename(f.path): f.labels
+           for fs in ml.plan(src, 'mimic').splits.values() for f in fs}
+  first = '10000980,51967283'
+  def repeat(data, change):
+    line = next(l for l in data.decode().split('\n') if l.startswith(first))
+    return data + (line.replace('1.0', '0.0') if change else line).encode() \
+        + b'\n'
+  _rewrite(os.path.join(src, ml.MIMIC_LABELS_FILE),
+           lambda d: repeat(d, False))
+  again = {os.path.basename(f.path): f.labels
+           for fs in ml.plan(src, 'mimic').splits.values() for f in fs}
+  assert again == plain
+  _rewrite(os.path.join(src, ml.MIMIC_LABELS_FILE),
+           lambda d: repeat(d, True))
+  plan = ml.plan(src, 'mimic', 'resplit', 0.2, 0.2)
+  labels = {os.path.basename(f.path): f.labels
+            for fs in plan.splits.values() for f in fs}
+  assert 'd6.jpg' not in labels
+  assert 'label rows that disagree' in next(
+      s['reason'] for s in plan.skipped if s['path'].endswith('d6.jpg'))
+
+
+@pytest.mark.parametrize('val, test', [(0.5, 0.5), (0.7, 0.3), (0.9, 0.1),
+                                       (0.6, 0.4), (0.8, 0.25)])
+def test_fractions_adding_up_to_1_leave_nothing_and_are_refused(
+    tmp_path, val, test):
+  with pytest.raises(sources.SourceError, match='leave nothing'):
+    ml.check_split_arguments('nih', 'resplit', val, test)
+  with pytest.raises(sources.SourceError, match='leave nothing'):
+    sources.check_split_arguments(resplit=True, val_fraction=val,
+                                  test_fraction=test)
+  src = make_nih(str(tmp_path / 'nih'))
+  out = str(tmp_path / 'out')
+  with pytest.raises(sources.SourceError, match='leave nothing'):
+    _convert(src, out, resplit=True, val_fraction=val, test_fraction=test)
+  assert not os.path.exists(out) and not os.path.exists(
+      out + writer.PARTIAL_SUFFIX)
+  assert ml.check_split_arguments('nih', 'resplit', 0.45, 0.45) == (0.45,
+                                                                    0.45)
+
+
+def _file(path, patient):
+  return sources.SourceFile(path, None, '', -1, patient, 1, labels=(1,))
+
+
+def test_patient_overlap_counts_each_patient_in_two_or_more_splits():
+  splits = {'train': [_file('a', 'P1'), _file('b', 'P2'), _file('b2', 'P2')],
+            'val': [_file('c', 'P1'), _file('d', 'P3')],
+            'test': [_file('e', 'P4'), _file('f', 'P4')]}
+  assert ml.check_patient_overlap(splits) == {
+      'checked': True, 'patients_in_more_than_one_split': 1}
+  splits['test'].append(_file('g', 'P1'))  # P1 in three: still one patient
+  splits['test'].append(_file('h', 'P3'))
+  assert ml.check_patient_overlap(splits)[
+      'patients_in_more_than_one_split'] == 2
+  assert ml.check_patient_overlap({'train': splits['train']})[
+      'patients_in_more_than_one_split'] == 0
+
+
+def test_a_plan_with_a_patient_in_two_splits_is_refused(tmp_path,
+                                                        monkeypatch):
+  """The safety check itself: a split planner that puts a patient in two
+  splits (a bug) stops the conversion in one line, before anything is
+  written."""
+  src = make_own(str(tmp_path / 'own'), OWN_ROWS)
+
+  def leaky(files, num_labels, fractions, seed=0, progress=None):
+    # One patient in two splits: scans/a1.png in val, a2.png (patient A
+    # too) in train.
+    del num_labels, fractions, seed, progress
+    ordered = sorted(files, key=lambda f: f.path)
+    assert [f.patient_id for f in ordered[:2]] == ['A', 'A']
+    return {'train': ordered[1:], 'val': ordered[:1], 'test': []}
+  monkeypatch.setattr(ml, 'draw_splits', leaky)
+  out = str(tmp_path / 'out')
+  with pytest.raises(sources.SourceError) as raised:
+    _convert(src, out, resplit=True, labels_csv=os.path.join(src, 'labels.csv'),
+             label_columns='Effusion,Nodule')
+  assert '1 patient(s) would be in two splits' in str(raised.value)
+  assert '\n' not in str(raised.value)
+  assert not os.path.exists(out) and not os.path.exists(
+      out + writer.PARTIAL_SUFFIX)
+
+
+def test_the_writer_counts_the_overlap_again_before_finishing():
+  splits = {'train': [_file('a', 'P1'), _file('b', 'P2')],
+            'val': [_file('c', 'P1')], 'test': [_file('d', 'P3')]}
+  plan = sources.Plan('src', 'csv', ('A',), splits, [], [], 4,
+                      label_names=('A',), split_info={'method': 'resplit'})
+  with pytest.raises(sources.SourceError, match='a patient is in two splits'):
+    writer._written_split_info(plan, {})  # pylint: disable=protected-access
+  splits['val'] = [_file('c', 'P4')]
+  assert writer._written_split_info(plan, {})['patient_overlap'] == {  # pylint: disable=protected-access
+      'checked': True, 'patients_in_more_than_one_split': 0}
+
+
+def test_planning_reports_its_progress_with_counts_that_add_up(tmp_path):
+  src = make_nih(str(tmp_path / 'nih'))
+  stream = io.StringIO()
+  plan = ml.plan(src, 'nih', 'resplit', progress=sources.Progress(
+      interval=0, stream=stream))
+  lines = stream.getvalue().splitlines()
+  last = {line.split(':')[0]: line for line in lines if line.endswith('done')}
+  # Each stage's last line counts what it went through, recounted here.
+  files = sum(len(fs) for folder in ('images_001', 'images_002')
+              for _, _, fs in os.walk(os.path.join(src, folder)))
+  assert last['scanning 2 image folders'].startswith(
+      f'scanning 2 image folders: {files} files (')
+  assert last['reading Data_Entry_2017_v2020.csv'].startswith(
+      f'reading Data_Entry_2017_v2020.csv: {len(NIH_ROWS)} of '
+      f'{len(NIH_ROWS)} rows (')
+  planned = sum(len(fs) for fs in plan.splits.values())
+  patients = len({f.patient_id for fs in plan.splits.values() for f in fs})
+  assert last['drawing splits by patient'].startswith(
+      f'drawing splits by patient: {patients} of {patients} patients (')
+  assert 'looking for DICOM files (their pixels are hashed)' in last
+  assert 'hashing files of equal size for duplicates' in last
+  assert planned and len(lines) > len(last)
+  # The default interval keeps a small conversion quiet.
+  quiet = io.StringIO()
+  ml.plan(src, 'nih', 'resplit', progress=sources.Progress(stream=quiet))
+  assert quiet.getvalue() == ''

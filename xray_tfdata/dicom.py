@@ -90,14 +90,21 @@ def _modality(stored, dataset):
   return stored.astype(np.float64) * slope + intercept
 
 
+def full_range(bits, signed=False):
+  """(smallest, largest) value of `bits`-bit integers: the full range that
+  the 'full' VOI maps to [0, 1]. Also the rule for 16-bit PNG and TIFF
+  files (`imaging`), whose depth is read from their values instead."""
+  if signed:
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+  return 0, 2 ** bits - 1
+
+
 def _stored_range(dataset):
   """The modality values of the smallest and largest stored value the
   file's BitsStored allows, in ascending order."""
   bits = int(dataset.get('BitsStored', dataset.get('BitsAllocated', 16)))
-  if int(dataset.get('PixelRepresentation', 0)) == 1:
-    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-  else:
-    low, high = 0, 2 ** bits - 1
+  low, high = full_range(bits,
+                         int(dataset.get('PixelRepresentation', 0)) == 1)
   ends = _modality(np.array([low, high]), dataset)
   return float(ends.min()), float(ends.max())
 

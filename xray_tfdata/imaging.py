@@ -26,10 +26,17 @@ Colour and depth: RGB, palette, LA, RGBA and CMYK images go through PIL's
 `convert('L')` (ITU-R 601-2 luma; alpha dropped); a colour JPEG drafted to
 'L' keeps its luma channel, which is the same weighting. 16-bit images
 (modes I;16* and I) are resized in float and mapped to 8 bits by the full
-16-bit range (v * 255 / 65535), not by a per-image window, so two scans keep
-their relative brightness; a 12-bit image stored in 16 bits therefore comes
-out dark. Float images (mode F) have no known range and are skipped. EXIF
-orientation is not applied, as `flow_from_directory` does not apply it.
+range of the bit depth their values use (`depth_in_use`: the smallest even
+depth from 8 to 16 bits that holds the image's largest value; v * 255 /
+(2**depth - 1), DICOM's full-range rule, `dicom.full_range`), not by a
+per-image window, so two scans of one depth keep their relative brightness,
+and a 12-bit film stored in 16-bit words is not turned nearly black (a blind
+v * 255 / 65535 gives it at most 16 of 255). PNG and TIFF do not record the
+depth (PNG's optional sBIT chunk is not read by PIL). A film whose brightest
+pixel lies below half of its detector's range is read one even depth lower
+(twice as bright); a per-image window would change every image. Float
+images (mode F) have no known range and are skipped. EXIF orientation is
+not applied, as `flow_from_directory` does not apply it.
 """
 
 import io
@@ -70,7 +77,7 @@ def load_image(path, image_size, voi='auto'):
 
   The pixels are those the converter would write into a shard for the
   same file: gray, squashed to the stored size with PIL bilinear, 16-bit
-  images by their full range, DICOM through its modality LUT and VOI, CMYK,
+  images by the full range of their depth (`depth_in_use`), DICOM through its modality LUT and VOI, CMYK,
   palette and alpha images through their luma. Feed them to a model that
   `tools/train` saved, e.g. `net.predict(load_image(path, 224)[None])`.
 
@@ -179,14 +186,31 @@ def _gray_resized(image, size):
   if image.mode in _SIXTEEN_BIT_MODES:
     # Resize before quantizing, in float, so no precision is lost twice.
     values = np.asarray(image).astype(np.float32)
+    _, top = dicom.full_range(depth_in_use(values))
     resized = Image.fromarray(values, 'F').resize(size, _FILTER)
-    scaled = np.asarray(resized) * (255 / 65535)
+    scaled = np.asarray(resized) * (255 / top)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
   if image.mode == 'F':
     raise ValueError('float images (mode F) have no known range')
   if image.mode != 'L':
     image = image.convert('L')
   return np.asarray(image.resize(size, _FILTER))
+
+
+def depth_in_use(values):
+  """The bit depth a 16-bit image's values use (module docstring).
+
+  Args:
+    values: the image's pixel values (any shape).
+
+  Returns:
+    The smallest even depth from 8 to 16 bits whose largest value is at
+    least the image's largest: 12 for a 12-bit film stored in 16-bit words
+    (largest value 4095 or below, above 1023), 16 for a full-range image.
+  """
+  largest = int(max(float(np.max(values)), 0)) if np.size(values) else 0
+  bits = max(8, largest.bit_length())
+  return min(16, bits + bits % 2)
 
 
 def stored_box(box, original_size, stored_size):

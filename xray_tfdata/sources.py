@@ -47,6 +47,8 @@ import math
 import os
 import re
 import stat
+import sys
+import time
 
 from xray_tfdata import dicom
 from xray_tfdata import errors
@@ -77,12 +79,79 @@ _LITTER = frozenset({'__MACOSX', '.DS_Store', 'Thumbs.db', 'desktop.ini',
 _PERSON_RE = re.compile(r'^person(\d+)_')
 _IM_RE = re.compile(r'^(?:NORMAL2-)?IM-(\d+)-')
 _HASH_THREADS = 8
+_HASH_CHUNK = 512  # files hashed between two progress reports
 # Evaluation sets stay as published: a duplicate is kept in test, then val.
 _KEEP_RANK = {'test': 0, 'val': 1, 'train': 2, None: 3}
 
 
+# Planning a real NIH or CheXpert tree takes minutes; its stages report
+# at most this often, and a stage that ends sooner says nothing.
+PROGRESS_SECONDS = 10.0
+
+
 class SourceError(errors.XrayError):
   """A problem with the source folder or the requested split (a user error)."""
+
+
+class Progress:
+  """Progress lines of the planning stages (scanning, reading label rows,
+  hashing for duplicates, drawing splits), on stderr.
+
+  A stage prints '<stage>: <done> of <total> <unit> (<seconds> s)' at most
+  every `interval` seconds, and, if it printed one, a last line when it
+  ends; a stage shorter than the interval prints nothing, so small
+  conversions stay quiet. Cheap: one clock read per item.
+
+    progress.stage('reading train.csv', len(rows), 'rows')
+    for i, row in enumerate(rows, 1):
+      ...
+      progress.update(i)
+    progress.end()
+
+  Args:
+    enabled: False prints nothing (`NO_PROGRESS`).
+    interval: seconds between lines.
+    stream: where the lines go (default sys.stderr).
+  """
+
+  def __init__(self, enabled=True, interval=PROGRESS_SECONDS, stream=None):
+    self.enabled, self.interval, self.stream = enabled, interval, stream
+    self._name, self._total, self._unit, self._done = '', None, '', 0
+    self._start = self._last = 0.0
+    self._printed = False
+
+  def stage(self, name, total=None, unit='files'):
+    """Starts a stage of `total` items (None: not known in advance)."""
+    self._name, self._total, self._unit, self._done = name, total, unit, 0
+    self._start = self._last = time.monotonic()
+    self._printed = False
+    return self
+
+  def update(self, done):
+    """Reports `done` items of the stage so far."""
+    self._done = done
+    if self.enabled and time.monotonic() - self._last >= self.interval:
+      self._print()
+
+  def advance(self, items=1):
+    """Reports `items` more items of the stage."""
+    self.update(self._done + items)
+
+  def end(self):
+    """Ends the stage: its last line, if it printed any."""
+    if self._printed:
+      self._print(' done')
+
+  def _print(self, suffix=''):
+    now = time.monotonic()
+    self._last, self._printed = now, True
+    of = f' of {self._total:,}' if self._total is not None else ''
+    print(f'{self._name}: {self._done:,}{of} {self._unit} '
+          f'({now - self._start:.0f} s){suffix}',
+          file=self.stream or sys.stderr, flush=True)
+
+
+NO_PROGRESS = Progress(enabled=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -544,7 +613,8 @@ def read_rsna_classes(class_info_path):
 def _read_csv(path, columns, kind='RSNA stage 2'):
   """The rows of a CSV file with a header, checked for `columns`."""
   try:
-    with open(path, newline='', encoding='utf-8') as f:
+    # utf-8-sig: a byte-order mark would become part of the first column.
+    with open(path, newline='', encoding='utf-8-sig') as f:
       rows = list(csv.DictReader(f))
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise SourceError(f'cannot read {path}: {e}') from e
@@ -637,10 +707,12 @@ def _is_utf8(name):
   return True
 
 
-def _walk_class_folder(src_dir, rel_root, ignored, skipped):
+def _walk_class_folder(src_dir, rel_root, ignored, skipped,
+                       progress=NO_PROGRESS):
   """(relative path, size) of every usable non-litter file under one class
   folder; appends the others to `skipped` and litter and linked folders to
-  `ignored`."""
+  `ignored`; advances `progress` (a stage the caller started) by each file
+  looked at."""
   found = []
   for root, dirs, names in os.walk(os.path.join(src_dir, rel_root)):
     rel = os.path.relpath(root, src_dir).replace(os.sep, '/')
@@ -659,6 +731,7 @@ def _walk_class_folder(src_dir, rel_root, ignored, skipped):
         skipped.append({'path': display_path(path), 'reason': reason})
       else:
         found.append((path, num_bytes))
+      progress.advance()
   return found
 
 
@@ -683,7 +756,8 @@ def _check_file(full_path, rel_path):
   return None, info.st_size
 
 
-def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
+def find_duplicates(src_dir, files, prefer_evaluation_splits=True,
+                    progress=NO_PROGRESS):
   """Finds duplicate images and keeps one of each.
 
   Two kinds: byte-identical files, and DICOM files with the same stored
@@ -701,14 +775,20 @@ def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
     files: `SourceFile`s.
     prefer_evaluation_splits: keep the copy in test, then val, then train, so
       published evaluation sets stay whole; otherwise the first by path.
+    progress: a `Progress` for the hashing.
 
   Returns:
     (kept files in the input order, duplicates [{'kept', 'dropped',
     'sha256', 'same'}] sorted by dropped path; 'same' is 'bytes' or
     'pixels').
   """
-  is_dicom = {f.path: dicom.is_dicom(os.path.join(src_dir, f.path))
-              for f in files}
+  progress.stage('looking for DICOM files (their pixels are hashed)',
+                 len(files))
+  is_dicom = {}
+  for f in files:
+    is_dicom[f.path] = dicom.is_dicom(os.path.join(src_dir, f.path))
+    progress.update(len(is_dicom))
+  progress.end()
   by_size = collections.defaultdict(list)
   for f in files:
     if f.num_bytes > 0 and not is_dicom[f.path]:
@@ -721,8 +801,17 @@ def find_duplicates(src_dir, files, prefer_evaluation_splits=True):
     path = os.path.join(src_dir, f.path)
     return _pixel_sha256(path) if is_dicom[f.path] else _sha256(path)
 
+  progress.stage('hashing files of equal size for duplicates',
+                 len(candidates))
+  digests = []
   with concurrent.futures.ThreadPoolExecutor(_HASH_THREADS) as pool:
-    digests = list(pool.map(digest_of, candidates))
+    # In chunks: one map of all the files would submit them all before the
+    # first result, and report nothing until nearly the end.
+    for start in range(0, len(candidates), _HASH_CHUNK):
+      digests.extend(pool.map(digest_of,
+                              candidates[start:start + _HASH_CHUNK]))
+      progress.update(len(digests))
+  progress.end()
   by_hash = collections.defaultdict(list)
   for f, digest in zip(candidates, digests):
     if digest is not None:  # unreadable now: the writer skips it with a reason

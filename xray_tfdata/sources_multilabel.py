@@ -42,7 +42,14 @@ file under the image folders that no row names is listed in
 the label rows (MIMIC: the metadata rows, one per image; NIH: plus the
 further files that share a row's file name, each a duplicate), so that
 scanned = written + skipped + duplicates. An unknown label value skips its row and is
-never fatal; labels are parsed exactly, never by substring.
+never fatal; labels are parsed exactly, never by substring. A row with fewer
+cells than its header (a file cut short) is skipped with that reason: its
+missing labels are never read as 'not mentioned'. NIH's 'No Finding' with a
+finding contradicts itself and is skipped. MIMIC: a study's repeated label
+row counts once, two that disagree are both unused (the study's images
+skipped); an image's two split rows give it the evaluation split among them;
+both are listed in `Plan.ignored`. Label files and lists may start with a
+UTF-8 byte-order mark (.gz too).
 
 Privacy: the patient and study ids of all four layouts identify persons: the
 files are marked `hash_ids`, and the writer stores the ids as salted hashes
@@ -65,7 +72,12 @@ Splits (`plan`):
   resplit   patient-grouped val and test (`val_fraction`, `test_fraction`)
             by `draw_splits`.
 After planning, `check_patient_overlap` counts the patients in more than one
-split; it must be 0 (`Plan.split_info['patient_overlap']`).
+split; it must be 0 (`Plan.split_info['patient_overlap']`). An official
+split whose train or test set is empty (a header-only valid.csv, an empty
+train_val_list.txt) is refused. A drawn split's images, requested and
+actual, are `Plan.split_info['images']`; on a small set, where patients are
+taken whole, one far from its fraction is flagged (`far_off_splits`) and the
+converter's summary warns.
 
 Pure Python and numpy; no TensorFlow (this runs before the writer imports it).
 """
@@ -75,6 +87,7 @@ import csv
 import dataclasses
 import gzip
 import io
+import math
 import os
 
 import numpy as np
@@ -176,8 +189,10 @@ def _layout_files(src_dir, layout):
 
 
 def _open_text(path):
+  # utf-8-sig: a byte-order mark (Excel writes one) would otherwise become
+  # part of the first column's name, or of a list's first entry.
   if path.endswith('.gz'):
-    return io.TextIOWrapper(gzip.open(path, 'rb'), encoding='utf-8',
+    return io.TextIOWrapper(gzip.open(path, 'rb'), encoding='utf-8-sig',
                             newline='')
   return open(path, newline='', encoding='utf-8-sig')
 
@@ -215,6 +230,31 @@ def read_table(path, columns, what):
   return rows
 
 
+def _reported(table, name, progress):
+  """The rows of a `read_table`, reported to `progress` as they are
+  parsed."""
+  progress.stage(f'reading {name}', len(table), 'rows')
+  for done, item in enumerate(table, start=1):
+    yield item
+    progress.update(done)
+  progress.end()
+
+
+def truncated(row):
+  """Why a `read_table` row cannot be used because it has fewer cells
+  than the header (a file cut short), or None.
+
+  csv.DictReader gives a missing cell None; read as blank, it would make the
+  row's remaining labels 'not mentioned', a guess the file never made.
+  """
+  cells = [v for k, v in row.items() if k is not None]
+  missing = sum(v is None for v in cells)
+  if not missing:
+    return None
+  return (f'fewer cells than the header ({len(cells) - missing} of '
+          f'{len(cells)}; a file cut short?): not used')
+
+
 def parse_code(value):
   """The raw code of one label cell, or None for an unknown value."""
   return _CODES.get((value or '').strip())
@@ -231,6 +271,10 @@ def parse_nih_findings(text):
   names = [n.strip() for n in (text or '').split('|')]
   if names == [NIH_NO_FINDING]:
     return (0,) * len(NIH_LABELS), None
+  if NIH_NO_FINDING in names and len(names) > 1:
+    others = ', '.join(repr(n) for n in names if n != NIH_NO_FINDING)
+    return None, (f'{NIH_NO_FINDING!r} together with a finding ({others}): '
+                  'the row contradicts itself')
   unknown = [n for n in names if n not in NIH_LABELS]
   if unknown:
     return None, ('unknown label value: finding '
@@ -284,24 +328,27 @@ def safe_relative_path(path, where, src_dir):
   return '/'.join(parts)
 
 
-def _walk(src_dir, roots):
+def _walk(src_dir, roots, progress=sources.NO_PROGRESS):
   """{relative path: (size, reason or None)} of every non-litter file under
   the `roots` (relative folders), and the litter and linked folders
   (`ignored`)."""
   found, ignored = {}, []
+  progress.stage('scanning ' + (f'{roots[0]}/' if len(roots) == 1 else
+                                 f'{len(roots)} image folders'))
   for root in roots:
     if not os.path.isdir(os.path.join(src_dir, root)):
       continue
     unreadable = []
     for path, size in sources._walk_class_folder(  # pylint: disable=protected-access
-        src_dir, root, ignored, unreadable):
+        src_dir, root, ignored, unreadable, progress):
       found[path] = (size, None)
     for item in unreadable:
       found[item['path']] = (0, item['reason'])
+  progress.end()
   return found, ignored
 
 
-def scan_nih(src_dir, split_method):
+def scan_nih(src_dir, split_method, progress=sources.NO_PROGRESS):
   """Label rows and image files of an NIH tree (module docstring).
 
   Returns:
@@ -316,7 +363,7 @@ def scan_nih(src_dir, split_method):
                       'holds it')
   roots = sorted(e for e in os.listdir(src_dir) if e.startswith('images') and
                  os.path.isdir(os.path.join(src_dir, e)))
-  found, ignored = _walk(src_dir, roots)
+  found, ignored = _walk(src_dir, roots, progress)
   by_name = collections.defaultdict(list)
   for path in sorted(found):
     by_name[os.path.basename(path)].append(path)
@@ -329,14 +376,15 @@ def scan_nih(src_dir, split_method):
         raise SourceError(
             f'src_dir {src_dir} has no {name}, which --split=official '
             'needs; add NIH\'s split lists, or pass --resplit')
-      with open(list_path, encoding='utf-8') as f:
+      with open(list_path, encoding='utf-8-sig') as f:
         for line in f:
           if line.strip():
             lists.setdefault(line.strip(), set()).add(split)
   rows = []
   for csv_name in csv_names:
-    for line, row in read_table(os.path.join(src_dir, csv_name), NIH_COLUMNS,
-                                f'NIH {csv_name}'):
+    for line, row in _reported(
+        read_table(os.path.join(src_dir, csv_name), NIH_COLUMNS,
+                   f'NIH {csv_name}'), csv_name, progress):
       where = f'{csv_name} line {line}'
       name = (row['Image Index'] or '').strip()
       paths = by_name.get(name, [])
@@ -348,6 +396,7 @@ def scan_nih(src_dir, split_method):
         reason = 'blank Image Index'
       elif not patient:
         reason = 'blank Patient ID'
+      reason = truncated(row) or reason
       if patient.isdigit():
         patient = str(int(patient))
       stem = os.path.splitext(name)[0]
@@ -387,15 +436,16 @@ def _chexpert_path(path, where, src_dir):
   return '/'.join(parts)
 
 
-def scan_chexpert(src_dir, split_method):
+def scan_chexpert(src_dir, split_method, progress=sources.NO_PROGRESS):
   """Label rows and image files of a CheXpert tree (module docstring)."""
   del split_method  # both CSVs are read either way
-  found, ignored = _walk(src_dir, ('train', 'valid'))
+  found, ignored = _walk(src_dir, ('train', 'valid'), progress)
   rows = []
   for csv_name, split in ((CHEXPERT_TRAIN, 'train'), (CHEXPERT_VALID, 'test')):
-    for line, row in read_table(os.path.join(src_dir, csv_name),
-                                CHEXPERT_COLUMNS + CHEXPERT_LABELS,
-                                f'CheXpert {csv_name}'):
+    for line, row in _reported(
+        read_table(os.path.join(src_dir, csv_name),
+                   CHEXPERT_COLUMNS + CHEXPERT_LABELS, f'CheXpert {csv_name}'),
+        csv_name, progress):
       where = f'{csv_name} line {line}'
       path = _chexpert_path(row['Path'], where, src_dir)
       entry = _Row(where, path, source_split=split)
@@ -405,7 +455,7 @@ def scan_chexpert(src_dir, split_method):
       codes, reason = _codes(row, CHEXPERT_LABELS)
       if not patient:
         reason = f'no patientNNNNN folder in its Path {path!r}'
-      entry.reason = reason
+      entry.reason = truncated(row) or reason
       entry.patient_id = patient
       entry.study_id = f'{patient}/{study}' if study else ''
       entry.labels = codes or ()
@@ -420,34 +470,57 @@ def scan_chexpert(src_dir, split_method):
   return rows, found, ignored, [CHEXPERT_TRAIN, CHEXPERT_VALID]
 
 
-def scan_mimic(src_dir, split_method):
+def scan_mimic(src_dir, split_method, progress=sources.NO_PROGRESS):
   """Image rows (the metadata file's) and files of a MIMIC-CXR-JPG tree.
 
   A metadata row whose study has no label row is skipped with that reason;
-  label rows without an image are listed in `ignored`.
+  label rows without an image are listed in `ignored`. A study with two
+  label rows: rows with the same codes count once; rows that disagree are
+  both unused and the study's images skipped with that reason (never a
+  guess which is right). An image with two split rows: rows that name two
+  splits give it the evaluation split among them (test before validate
+  before train, as NIH's image in both lists). Both are listed in `ignored`.
+  A row with fewer cells than its header skips the images it concerns.
   """
-  labels = {}
-  for line, row in read_table(
+  label_rows = collections.defaultdict(list)
+  for line, row in _reported(read_table(
       os.path.join(src_dir, MIMIC_LABELS_FILE),
-      ('subject_id', 'study_id') + CHEXPERT_LABELS, 'MIMIC-CXR label file'):
-    key = (row['subject_id'].strip(), row['study_id'].strip())
-    labels.setdefault(key, (line, _codes(row, CHEXPERT_LABELS)))
-  splits = {}
+      ('subject_id', 'study_id') + CHEXPERT_LABELS, 'MIMIC-CXR label file'),
+                             MIMIC_LABELS_FILE, progress):
+    key = ((row['subject_id'] or '').strip(), (row['study_id'] or '').strip())
+    short = truncated(row)
+    label_rows[key].append(
+        (line, (None, short) if short else _codes(row, CHEXPERT_LABELS)))
+  labels, conflicts = {}, []
+  for key, found_rows in label_rows.items():
+    lines = ' and '.join(f'line {line}' for line, _ in found_rows)
+    if len({result for _, result in found_rows}) > 1:
+      labels[key] = (lines, (None, 'label rows that disagree: neither is '
+                             'used'))
+    else:
+      labels[key] = (f'line {found_rows[0][0]}', found_rows[0][1])
+    if len(found_rows) > 1:
+      conflicts.append(f'{key[0]}/{key[1]}')
+  split_rows = collections.defaultdict(list)
   if split_method == 'official':
-    for line, row in read_table(
+    for line, row in _reported(read_table(
         os.path.join(src_dir, MIMIC_SPLIT_FILE),
         ('dicom_id', 'study_id', 'subject_id', 'split'),
-        'MIMIC-CXR split file (--split=official; or pass --resplit)'):
-      splits[row['dicom_id'].strip()] = (row['split'] or '').strip()
-  found, ignored = _walk(src_dir, (MIMIC_IMAGES,))
+        'MIMIC-CXR split file (--split=official; or pass --resplit)'),
+                               MIMIC_SPLIT_FILE, progress):
+      short = truncated(row)
+      split_rows[(row['dicom_id'] or '').strip()].append(
+          (line, None if short else (row['split'] or '').strip(), short))
+  found, ignored = _walk(src_dir, (MIMIC_IMAGES,), progress)
   rows, used = [], set()
-  for line, row in read_table(
+  for line, row in _reported(read_table(
       os.path.join(src_dir, MIMIC_METADATA_FILE),
       ('dicom_id', 'subject_id', 'study_id', 'ViewPosition'),
-      'MIMIC-CXR metadata file'):
+      'MIMIC-CXR metadata file'), MIMIC_METADATA_FILE, progress):
     where = f'{MIMIC_METADATA_FILE} line {line}'
-    dicom_id = row['dicom_id'].strip()
-    subject, study = row['subject_id'].strip(), row['study_id'].strip()
+    dicom_id = (row['dicom_id'] or '').strip()
+    subject = (row['subject_id'] or '').strip()
+    study = (row['study_id'] or '').strip()
     path = (f'{MIMIC_IMAGES}/p{subject[:2]}/p{subject}/s{study}/'
             f'{dicom_id}.jpg')
     entry = _Row(where, path, patient_id=subject, study_id=study,
@@ -456,7 +529,10 @@ def scan_mimic(src_dir, split_method):
                                 (f'p{subject}', subject),
                                 (f's{study}', study), (dicom_id, dicom_id)))
     label = labels.get((subject, study))
-    if not dicom_id or not subject or not study:
+    short = truncated(row)
+    if short:
+      entry.reason = f'{where}: {short}'
+    elif not dicom_id or not subject or not study:
       entry.reason = 'blank dicom_id, subject_id or study_id'
     elif label is None:
       entry.reason = (f'no label row for its study (subject {subject}, study '
@@ -466,22 +542,44 @@ def scan_mimic(src_dir, split_method):
       codes, reason = label[1]
       entry.labels, entry.reason = codes or (), reason
       if reason:
-        entry.reason = f'{MIMIC_LABELS_FILE} line {label[0]}: {reason}'
+        entry.reason = f'{MIMIC_LABELS_FILE} {label[0]}: {reason}'
     if split_method == 'official' and not entry.reason:
-      split = splits.get(dicom_id)
-      if split is None:
-        entry.reason = f'no row in {MIMIC_SPLIT_FILE}'
-      elif split not in MIMIC_SPLITS:
-        entry.reason = (f'split {split!r} in {MIMIC_SPLIT_FILE} is not one of '
-                        f'{", ".join(MIMIC_SPLITS)}')
-      else:
-        entry.source_split = MIMIC_SPLITS[split]
+      entry.source_split, entry.reason = _mimic_split(
+          split_rows.get(dicom_id, []))
     rows.append(entry)
   sources._report_ids(  # pylint: disable=protected-access
       ignored, sorted(f'{s}/{t}' for s, t in set(labels) - used),
       f'{MIMIC_LABELS_FILE}: {{}} label row(s) whose study has no image in '
       f'{MIMIC_METADATA_FILE}')
+  sources._report_ids(  # pylint: disable=protected-access
+      ignored, sorted(conflicts),
+      f'{MIMIC_LABELS_FILE}: {{}} study(ies) with more than one label row '
+      '(rows with the same codes count once; rows that disagree are both '
+      'unused, their images skipped)')
+  repeated = sorted(d for d, r in split_rows.items() if len(r) > 1)
+  two_splits = sum(len({split for _, split, _ in split_rows[d]}) > 1
+                   for d in repeated)
+  sources._report_ids(  # pylint: disable=protected-access
+      ignored, repeated,
+      f'{MIMIC_SPLIT_FILE}: {{}} image(s) with more than one row ('
+      f'{two_splits} of them in two splits: each gets the evaluation split '
+      'among them, test before validate before train)')
   return rows, found, ignored, [MIMIC_METADATA_FILE]
+
+
+def _mimic_split(split_rows):
+  """(split, None) of an image from its rows of MIMIC's split file, or
+  (None, reason) (`scan_mimic`)."""
+  if not split_rows:
+    return None, f'no row in {MIMIC_SPLIT_FILE}'
+  for line, split, short in split_rows:
+    if short:
+      return None, f'{MIMIC_SPLIT_FILE} line {line}: {short}'
+    if split not in MIMIC_SPLITS:
+      return None, (f'split {split!r} in {MIMIC_SPLIT_FILE} is not one of '
+                    f'{", ".join(MIMIC_SPLITS)}')
+  named = {MIMIC_SPLITS[split] for _, split, _ in split_rows}
+  return next(s for s in _EVALUATION_FIRST if s in named), None
 
 
 def parse_label_columns(text):
@@ -501,7 +599,7 @@ def parse_label_columns(text):
 
 
 def scan_csv(src_dir, labels_csv, path_column, patient_column,
-             label_columns):
+             label_columns, progress=sources.NO_PROGRESS):
   """Label rows (of `labels_csv`) and image files (all of src_dir) of a
   user's labelled folder."""
   if not labels_csv:
@@ -513,7 +611,7 @@ def scan_csv(src_dir, labels_csv, path_column, patient_column,
                      f'--patient_column={patient_column}, --label_columns)')
   found, ignored = _walk(src_dir, sorted(
       e for e in os.listdir(src_dir) if not sources.is_litter(e) and
-      os.path.isdir(os.path.join(src_dir, e))))
+      os.path.isdir(os.path.join(src_dir, e))), progress)
   # Files at the top level: images count, the label CSV (and other
   # non-images) are listed as ignored.
   for e in sorted(os.listdir(src_dir)):
@@ -527,7 +625,7 @@ def scan_csv(src_dir, labels_csv, path_column, patient_column,
       ignored.append(sources.display_path(e))
   name = os.path.basename(labels_csv)
   rows = []
-  for line, row in table:
+  for line, row in _reported(table, name, progress):
     where = f'{name} line {line}'
     path = safe_relative_path(row[path_column], where, src_dir)
     patient = (row[patient_column] or '').strip()
@@ -536,6 +634,7 @@ def scan_csv(src_dir, labels_csv, path_column, patient_column,
       reason = f'blank {path_column}'
     elif not patient:
       reason = f'blank {patient_column}'
+    reason = truncated(row) or reason
     rows.append(_Row(where, path or None, reason, patient_id=patient,
                      labels=codes or ()))
   return rows, found, ignored, [name], label_columns
@@ -631,7 +730,8 @@ def check_split_arguments(layout, split_method, val_fraction, test_fraction):
   return val_fraction, test_fraction
 
 
-def draw_splits(files, num_labels, fractions, seed=0):
+def draw_splits(files, num_labels, fractions, seed=0,
+                progress=sources.NO_PROGRESS):
   """Draws patient-grouped splits with per-label positives spread evenly.
 
   Greedy iterative stratification: every split wants its fraction of the
@@ -650,6 +750,7 @@ def draw_splits(files, num_labels, fractions, seed=0):
     fractions: {split: fraction} of the drawn splits ('val', 'test'); the
       rest is train.
     seed: the draw depends only on the seed, the patient ids and labels.
+    progress: a `sources.Progress` for the patients placed.
 
   Returns:
     {split: files sorted by path} for train and the drawn splits.
@@ -662,7 +763,8 @@ def draw_splits(files, num_labels, fractions, seed=0):
                    [fractions[s] for s in names[1:]])
   positives = {p: np.sum([np.asarray(f.labels) == 1 for f in fs], axis=0)
                .reshape(num_labels) for p, fs in groups.items()}
-  total_pos = np.sum(list(positives.values()), axis=0).reshape(num_labels)
+  # Started from zeros: with no files the sum of an empty list is a scalar.
+  total_pos = sum(positives.values(), np.zeros(num_labels))
   total = len(files)
   rarity = np.where(total_pos > 0, total_pos, np.inf)
 
@@ -675,7 +777,8 @@ def draw_splits(files, num_labels, fractions, seed=0):
   taken_pos = np.zeros((len(names), num_labels))
   taken = np.zeros(len(names))
   chosen = {s: [] for s in names}
-  for p in order:
+  progress.stage('drawing splits by patient', len(order), 'patients')
+  for done, p in enumerate(order, start=1):
     # Needs relative to the targets, so that a small split gets its share
     # of a rare label too (absolute needs would give it all to train).
     image_need = 1 - taken / (share * total)
@@ -688,8 +791,57 @@ def draw_splits(files, num_labels, fractions, seed=0):
     chosen[names[best]].append(p)
     taken[best] += len(groups[p])
     taken_pos[best] += positives[p]
+    progress.update(done)
+  progress.end()
   return {s: sorted((f for p in chosen[s] for f in groups[p]),
                     key=lambda f: f.path) for s in names}
+
+
+def requested_images(fractions, pool, splits):
+  """{'pool', 'requested', 'actual'}: the images each drawn split was asked
+  for (its fraction of the `pool` images it was drawn from, rounded) and
+  the images of every split. `draw_splits` takes patients whole and spreads
+  each label's positives first, so on a small set a split can land far
+  from its request (`far_off_splits`)."""
+  return {'pool': pool,
+          'requested': {s: math.floor(f * pool + 0.5)
+                        for s, f in fractions.items()},
+          'actual': {s: len(fs) for s, fs in splits.items()}}
+
+
+def far_off_splits(images):
+  """The drawn splits of `requested_images` whose image count is off by
+  more than a quarter of the request (and more than one image), or empty
+  where images were asked for."""
+  far = []
+  for split, asked in images['requested'].items():
+    got = images['actual'].get(split, 0)
+    if (abs(got - asked) > max(1, asked / 4) or
+        (got == 0) != (asked == 0)):
+      far.append(split)
+  return far
+
+
+def _check_official_splits(layout, by_split):
+  """Refuses an official split that leaves train or test without an image
+  (a header-only valid.csv would give a dataset with no test set).
+
+  Raises:
+    SourceError: naming the file that gave no usable image.
+  """
+  sources_of = {
+      'nih': {'train': f'{NIH_TRAIN_VAL_LIST} names no usable image',
+              'test': f'{NIH_TEST_LIST} names no usable image'},
+      'chexpert': {'train': f'{CHEXPERT_TRAIN} has no usable row',
+                   'test': f'{CHEXPERT_VALID} has no usable row'},
+      'mimic': {'train': f'{MIMIC_SPLIT_FILE} names no usable train image',
+                'test': f'{MIMIC_SPLIT_FILE} names no usable test image'},
+  }[layout]
+  for split in ('train', 'test'):
+    if not by_split[split]:
+      raise SourceError(
+          f'the official {split} split is empty: {sources_of[split]}; fix '
+          f'that file, or pass --resplit to draw {split} by patient')
 
 
 def check_patient_overlap(splits):
@@ -752,7 +904,8 @@ def resolve_layout(src_dir, layout, labels_csv=None):
 def plan(src_dir, layout, split_method='official', val_fraction=None,
          test_fraction=None, seed=0, labels_csv=None,
          path_column=DEFAULT_PATH_COLUMN,
-         patient_column=DEFAULT_PATIENT_COLUMN, label_columns=None):
+         patient_column=DEFAULT_PATIENT_COLUMN, label_columns=None,
+         progress=sources.NO_PROGRESS):
   """Scans a multi-label tree and assigns every usable image a split.
 
   Args:
@@ -765,6 +918,9 @@ def plan(src_dir, layout, split_method='official', val_fraction=None,
     test_fraction: resplit only (default `DEFAULT_TEST_FRACTION`).
     seed: seed of the drawn splits.
     labels_csv, path_column, patient_column, label_columns: the csv layout.
+    progress: a `sources.Progress`: lines while scanning, reading the label
+      rows, hashing for duplicates and drawing splits (minutes at NIH's or
+      CheXpert's size).
 
   Returns:
     A `sources.Plan` with label_names, unlabelled and split_info ({'method',
@@ -782,17 +938,20 @@ def plan(src_dir, layout, split_method='official', val_fraction=None,
     raise SourceError(f'src_dir {src_dir} does not exist or is not a folder; '
                       f'pass the folder that holds the {layout} label files')
   if layout == 'nih':
-    rows, found, ignored, read = scan_nih(src_dir, split_method)
+    rows, found, ignored, read = scan_nih(src_dir, split_method, progress)
     label_names = NIH_LABELS
   elif layout == 'chexpert':
-    rows, found, ignored, read = scan_chexpert(src_dir, split_method)
+    rows, found, ignored, read = scan_chexpert(src_dir, split_method,
+                                               progress)
     label_names = CHEXPERT_LABELS
   elif layout == 'mimic':
-    rows, found, ignored, read = scan_mimic(src_dir, split_method)
+    rows, found, ignored, read = scan_mimic(src_dir, split_method,
+                                            progress)
     label_names = CHEXPERT_LABELS
   else:
     rows, found, ignored, read, label_names = scan_csv(
-        src_dir, labels_csv, path_column, patient_column, label_columns)
+        src_dir, labels_csv, path_column, patient_column, label_columns,
+        progress)
   files, skipped, row_duplicates, unlabelled = _files_from_rows(
       src_dir, rows, found)
   if not files:
@@ -804,7 +963,8 @@ def plan(src_dir, layout, split_method='official', val_fraction=None,
         '; check --src_dir and that the images sit where the label files '
         'say')
   files, byte_duplicates = sources.find_duplicates(
-      src_dir, files, prefer_evaluation_splits=split_method == 'official')
+      src_dir, files, prefer_evaluation_splits=split_method == 'official',
+      progress=progress)
   info = {'method': split_method, 'val_fraction': val_fraction,
           'test_fraction': test_fraction}
   if split_method == 'official':
@@ -812,19 +972,24 @@ def plan(src_dir, layout, split_method='official', val_fraction=None,
     by_split = collections.defaultdict(list)
     for f in files:
       by_split[f.source_split].append(f)
+    _check_official_splits(layout, by_split)
     splits = {}
     if layout == 'mimic':
       splits = {s: sorted(by_split[s], key=lambda f: f.path)
                 for s in sources.SPLIT_FOLDERS if by_split[s]}
     else:
-      drawn = draw_splits(by_split['train'], len(label_names),
-                          {'val': val_fraction}, seed)
+      fractions = {'val': val_fraction}
+      drawn = draw_splits(by_split['train'], len(label_names), fractions,
+                          seed, progress)
       splits = {'train': drawn['train'], 'val': drawn['val'],
                 'test': sorted(by_split['test'], key=lambda f: f.path)}
+      info['images'] = requested_images(fractions, len(by_split['train']),
+                                        splits)
   else:
-    splits = draw_splits(files, len(label_names),
-                         {'val': val_fraction, 'test': test_fraction}, seed)
+    fractions = {'val': val_fraction, 'test': test_fraction}
+    splits = draw_splits(files, len(label_names), fractions, seed, progress)
     splits = {s: splits[s] for s in sources.SPLIT_FOLDERS}
+    info['images'] = requested_images(fractions, len(files), splits)
   overlap = check_patient_overlap(splits)
   if overlap['patients_in_more_than_one_split']:
     raise SourceError(

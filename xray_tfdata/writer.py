@@ -236,7 +236,9 @@ def convert(src_dir, out_dir, image_size=reference.IMAGE_SIZE, resplit=False,
                           layout, keep_test, val_fraction, test_fraction,
                           patient_id_regex, patient_csv)
     else:
-      plan = sources_multilabel.plan(src_dir, seed=seed, **multilabel)
+      plan = sources_multilabel.plan(
+          src_dir, seed=seed, progress=sources.Progress(progress),
+          **multilabel)
     shards = plan_shards(plan, name, num_shards, seed, stored_size)
     arguments = {'image_size': list(stored_size), 'resplit': resplit,
                  'keep_test': keep_test,
@@ -783,13 +785,14 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
       decoding_packages=_decoding_packages() if dicom_sources else None,
       patient_id=patient_id, label_names=label_names,
       unlabelled=plan.unlabelled if label_names is not None else None,
-      split_info=_written_split_info(plan))
+      split_info=_written_split_info(plan, splits))
 
 
-def _written_split_info(plan):
+def _written_split_info(plan, splits):
   """A multi-label plan's split_info with the patient overlap counted
   again, over every planned file (a superset of those written), just before
-  the dataset is finished (None for single-label plans).
+  the dataset is finished, and the images of each split as written (None
+  for single-label plans).
 
   Raises:
     sources.SourceError: a patient in two written splits (refused: the
@@ -798,6 +801,9 @@ def _written_split_info(plan):
   if plan.split_info is None:
     return None
   info = dict(plan.split_info)
+  if 'images' in info:
+    info['images'] = dict(info['images'], actual={
+        split: entry['num_examples'] for split, entry in splits.items()})
   info['patient_overlap'] = sources_multilabel.check_patient_overlap(
       plan.splits)
   if info['patient_overlap']['patients_in_more_than_one_split']:
@@ -873,6 +879,14 @@ def print_summary(info, out_dir):
             for c, gap in gaps.items() if gap) +
         ' (files that failed to decode, or no patient fitted the rest; see '
         'skipped)')
+  images = (info.get('split') or {}).get('images')
+  for split in sources_multilabel.far_off_splits(images) if images else ():
+    lines.append(
+        f'  warning: {split} holds {images["actual"].get(split, 0)} images, '
+        f'{images["requested"][split]} requested ({split}_fraction '
+        f'{info["split"][f"{split}_fraction"]} of {images["pool"]}): '
+        'patients are taken whole and each label\'s positives spread first, '
+        'so a small set lands far from its fractions')
   for title, items, text in (
       ('skipped', info['skipped'], lambda s: f'{s["path"]}: {s["reason"]}'),
       ('duplicates', info['duplicates'],
