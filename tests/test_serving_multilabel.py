@@ -147,3 +147,17 @@ def test_predict_tool_writes_a_column_pair_and_a_heatmap_per_label(tmp_path):
   names = sorted(os.listdir(heatmaps))
   assert names == sorted(f'scan{i}.{label.lower()}.gradcam.png'
                          for i in range(3) for label in LABELS)
+  # Each names its label, the P and decision printed for it, and the
+  # threshold they were decided at.
+  for i, row in enumerate(rows[1:]):
+    for j, label in enumerate(LABELS):
+      with Image.open(os.path.join(
+          heatmaps, f'scan{i}.{label.lower()}.gradcam.png')) as png:
+        text = dict(png.text)
+      assert text['label'] == label
+      assert float(text['probability']) == pytest.approx(
+          float(row[1 + 2 * j]), abs=1e-4)
+      assert float(text['threshold']) == pytest.approx(
+          calibration['threshold'][j], abs=1e-6)
+      assert text['decision'] == ('positive' if row[2 + 2 * j] == '1'
+                                  else 'negative')
