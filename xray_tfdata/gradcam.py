@@ -55,8 +55,9 @@ class GradCamError(errors.XrayError):
 # Where the target map is: `path` lists the nested models the map lies in,
 # outermost first, each as (the model, the node that calls the next one);
 # `model` is the innermost (the net itself when the map is at its level),
-# `tensor` the map's symbolic tensor in it; `logit_input` the input of the
-# output's sigmoid Dense (None: the output is taken as it is).
+# `tensor` the map's symbolic tensor in it; `logit_layer` the output's
+# sigmoid Dense, whose logits are computed from `logit_input`, its input
+# (None: `logit_input` holds the logits itself).
 Target = collections.namedtuple(
     'Target', 'name shape path model tensor logit_layer logit_input')
 
