@@ -77,6 +77,11 @@ for backbone, module in (('densenet121', 'densenet'),):
   np.testing.assert_allclose(
       keras.models.load_model(path).predict(images, verbose=0),
       net.predict(images, verbose=0), atol=1e-6)
+  # Grad-CAM through its concatenations (issue 31), at its last map.
+  from xray_tfdata import gradcam
+  maps = gradcam.heatmaps(net, images)
+  assert gradcam.find_target(net).name == 'relu', gradcam.find_target(net)
+  assert maps.shape == (4, 32, 32) and np.isfinite(maps).all()
   print(backbone, 'ok')
 '''
 

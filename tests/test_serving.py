@@ -309,25 +309,30 @@ def test_a_failed_save_leaves_no_half_written_model(tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.slow  # starts the tool
+@pytest.mark.slow  # starts the tool; exports DenseNet-121 (about 25 CPU-s)
 def test_predict_tool_writes_a_gradcam_overlay_per_image(tmp_path):
-  """--heatmap_dir: one '<stem>.gradcam.png' per scored image, at the stored
-  size, the overlay of the heatmap gradcam computes on the stored pixels
-  of the run's model.keras; a file as --heatmap_dir is one error line."""
+  """--heatmap_dir on a DenseNet-121 run (issue 31: the field's backbone,
+  whose concatenations a chain of layers could not run): one
+  '<stem>.gradcam.png' per scored image, the stored image at its size
+  with jet(P x the heatmap gradcam computes on the stored pixels of the
+  run's model.keras) over it, and a caption and PNG text naming the class,
+  the P printed for that image and its decision; a file as --heatmap_dir
+  is one error line."""
   from xray_tfdata import gradcam  # pylint: disable=g-import-not-at-top
   from xray_tfdata import imaging  # pylint: disable=g-import-not-at-top
   from xray_tfdata import model as model_lib  # pylint: disable=g-import-not-at-top
+  size = 64  # 2 x 2 cells of DenseNet's last map
   keras.utils.set_random_seed(7)
   try:
-    net = model_lib.build_model(image_size=SIZE, weights=None,
-                                backbone='mini_vgg', policy='float32',
+    net = model_lib.build_model(image_size=size, weights=None,
+                                backbone='densenet121', policy='float32',
                                 frozen_blocks=0)
   finally:
     keras.mixed_precision.set_global_policy('float32')
   model_dir = tmp_path / 'model'
   model_dir.mkdir()
-  serving.export_model(net, str(model_dir), SIZE)
-  (model_dir / 'config.json').write_text(json.dumps({'image_size': SIZE}))
+  serving.export_model(net, str(model_dir), size)
+  (model_dir / 'config.json').write_text(json.dumps({'image_size': size}))
   rng = np.random.default_rng(2)
   images = tmp_path / 'images'
   # Two files with one stem: the second overlay is 'c-2'.
@@ -335,29 +340,37 @@ def test_predict_tool_writes_a_gradcam_overlay_per_image(tmp_path):
   for name in names:
     path = images / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (40, 30), np.uint8)).save(path)
+    Image.fromarray(rng.integers(0, 256, (80, 60), np.uint8)).save(path)
   (images / 'broken.png').write_bytes(b'not a png')  # scored as an error
   files = sorted(str(images / n) for n in names)
-  pixels = np.stack([imaging.load_image(f, SIZE) for f in files])
+  pixels = np.stack([imaging.load_image(f, size) for f in files])
   maps = gradcam.heatmaps(net, pixels)
-  assert (maps.max(axis=(1, 2)) == 1).all()  # a heatmap on every image
 
   out = tmp_path / 'heat'
   result = _run_predict(f'--model_dir={model_dir}', f'--heatmap_dir={out}',
                         str(images))
   assert result.returncode == 1, result.stderr  # broken.png
-  assert [l.split('\t')[0] for l in result.stdout.splitlines()] == files
+  rows = [l.split('\t') for l in result.stdout.splitlines()]
+  assert [row[0] for row in rows] == files
+  assert 'threshold 0.5000: the default' in result.stderr
   assert f'wrote 4 Grad-CAM overlays to {out}' in result.stderr
   stems = ['a', 'b', 'c', 'c-2']  # files' order: a, b, c, deeper/c
   assert sorted(os.listdir(out)) == sorted(f'{s}.gradcam.png' for s in stems)
-  for stem, image, heatmap in zip(stems, pixels, maps):
+  for stem, image, heatmap, row in zip(stems, pixels, maps, rows):
     with Image.open(out / f'{stem}.gradcam.png') as png:
-      assert png.size == (SIZE, SIZE) and png.mode == 'RGB'
+      assert png.mode == 'RGB' and png.size[1] > size
+      text = dict(png.text)
       written = np.asarray(png).astype(int)
-    assert written.std() > 10  # not blank
-    expected = gradcam.overlay(image, heatmap).astype(int)
-    # Another process, the same model and pixels: at most a level apart.
-    assert np.abs(written - expected).max() <= 1
+    assert (text['label'], text['decision']) == ('PNEUMONIA', row[2])
+    assert float(text['probability']) == pytest.approx(float(row[1]),
+                                                       abs=1e-4)
+    assert float(text['threshold']) == 0.5
+    expected = gradcam.overlay(image, heatmap,
+                               float(text['probability'])).astype(int)
+    # Another process, the same model and pixels: at most two levels apart
+    # (jet's steepest channel moves about 400 levels per unit of the map,
+    # at alpha 0.4, and the maps differ in the last float32 bits).
+    assert np.abs(written[:size, :size] - expected).max() <= 2
 
   # A file as --heatmap_dir: one error line, nothing scored.
   result = _run_predict(f'--model_dir={model_dir}',

@@ -147,3 +147,50 @@ def test_predict_tool_writes_a_column_pair_and_a_heatmap_per_label(tmp_path):
   names = sorted(os.listdir(heatmaps))
   assert names == sorted(f'scan{i}.{label.lower()}.gradcam.png'
                          for i in range(3) for label in LABELS)
+  # Each names its label, the P and decision printed for it, and the
+  # threshold they were decided at.
+  for i, row in enumerate(rows[1:]):
+    for j, label in enumerate(LABELS):
+      with Image.open(os.path.join(
+          heatmaps, f'scan{i}.{label.lower()}.gradcam.png')) as png:
+        text = dict(png.text)
+      assert text['label'] == label
+      assert float(text['probability']) == pytest.approx(
+          float(row[1 + 2 * j]), abs=1e-4)
+      assert float(text['threshold']) == pytest.approx(
+          calibration['threshold'][j], abs=1e-6)
+      assert text['decision'] == ('positive' if row[2 + 2 * j] == '1'
+                                  else 'negative')
+
+
+def test_heatmaps_from_python_name_the_models_own_p_and_thresholds(tmp_path):
+  """serving.write_heatmaps without the tool's scores: each overlay names
+  model.keras's own (uncalibrated) P and the raw Youden threshold of
+  results.json (0.5 where it has none), on the same scale."""
+  net = three_label_model()
+  model_dir = tmp_path / 'run'
+  model_dir.mkdir()
+  net.save(str(model_dir / serving.MODEL_FILE))
+  (model_dir / 'config.json').write_text(json.dumps(
+      {'image_size': SIZE, 'label_names': list(LABELS)}))
+  (model_dir / 'results.json').write_text(json.dumps(RESULTS))
+  batch = images(2, 4)
+  paths = []
+  for i, image in enumerate(batch):
+    paths.append(str(tmp_path / f'scan{i}.png'))
+    Image.fromarray(image[..., 0]).save(paths[-1])
+  written = serving.write_heatmaps(str(model_dir), paths,
+                                   str(tmp_path / 'maps'), labels=LABELS)
+  raw = net.predict(batch, verbose=0)
+  assert len(written) == 6  # image by image, each image's labels in order
+  for index, path in enumerate(written):
+    i, j = divmod(index, len(LABELS))
+    assert os.path.basename(path) == (
+        f'scan{i}.{serving.file_label(LABELS[j])}.gradcam.png')
+    with Image.open(path) as overlay:
+      text = dict(overlay.text)
+    assert text['label'] == LABELS[j]
+    assert float(text['probability']) == pytest.approx(raw[i, j], abs=1e-5)
+    assert float(text['threshold']) == (0.6, 0.3, 0.5)[j]
+    assert text['decision'] == ('positive' if raw[i, j] > (0.6, 0.3, 0.5)[j]
+                                else 'negative')

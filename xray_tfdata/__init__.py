@@ -44,8 +44,8 @@ Modules, one per stage:
   scoring       a trained model on any converted dataset (tools/evaluate):
                 labels mapped by name, patients and subgroups from records.
   report        the evaluation's PNGs (matplotlib, Agg).
-  gradcam       Grad-CAM heatmaps at the last conv layer, Keras ops
-                (TensorFlow or JAX).
+  gradcam       Grad-CAM heatmaps at the last spatial feature map of any
+                backbone, Keras ops (TensorFlow or JAX); annotated overlays.
   benchmarks    side-by-side benchmarks against ImageDataGenerator and the
                 Keras user's pipeline (device_epoch: any Keras backend).
   atomic        atomic state files and disk-full errors (no TensorFlow).

@@ -710,7 +710,7 @@ def localize(net, builder, split, positives, image_size, batch_size,
   (bilinear) to the stored size, the boxes' pixels.
 
   Args:
-    net: the model (a chain of layers with a Conv2D, `gradcam`).
+    net: the model (any backbone with a spatial feature map, `gradcam`).
     builder: a dataset whose records store boxes.
     split: the split.
     positives: {label: (bool [N] positive images in disk order, the model

@@ -441,12 +441,14 @@ def _overlay_names(paths):
 
 
 def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE,
-                   labels=None):
+                   labels=None, probabilities=None, thresholds=None):
   """Writes a Grad-CAM overlay PNG per image file (tools/predict
   --heatmap_dir): `<stem>.gradcam.png`, the stored image (as
   `predict_paths` decodes it) with the positive class's heatmap over it;
   for a multi-label model (labels given) one per image per label,
-  `<stem>.<label>.gradcam.png`, each label's heatmap over it.
+  `<stem>.<label>.gradcam.png`, each label's heatmap over it. Each names
+  its label, P and the decision at the threshold, and colours P x the map
+  (`gradcam.annotated`).
 
   Grad-CAM needs the gradient, so it runs the Keras model (model.keras),
   not the SavedModel.
@@ -457,6 +459,11 @@ def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE,
     out_dir: the folder (made if missing).
     batch_size: images per heatmap computation.
     labels: a multi-label model's outputs, in order, or None.
+    probabilities: P per path as reported beside the overlays (a float, or
+      a list per label), e.g. the serving signature's; None: model.keras's
+      own (uncalibrated) P.
+    thresholds: the threshold on that P's scale (a float, or a list per
+      label); None: `operating_threshold` (`label_thresholds`).
 
   Returns:
     The paths written, in the order of paths (each image's labels in
@@ -464,7 +471,7 @@ def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE,
 
   Raises:
     TrainingError: no model.keras in model_dir, or out_dir is unusable.
-    gradcam.GradCamError: the model has no Conv2D or is not a chain.
+    gradcam.GradCamError: the model has no spatial feature map.
     imaging.ImageError: a file cannot be read.
   """
   from xray_tfdata import gradcam  # pylint: disable=g-import-not-at-top
@@ -479,19 +486,33 @@ def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE,
   size, voi = _preprocessing(os.path.join(model_dir, SERVING_DIR))
   size = size or int(net.input_shape[1])
   names = _overlay_names(paths)
+  if thresholds is None:
+    thresholds = (operating_threshold(model_dir)[0] if labels is None else
+                  label_thresholds(model_dir, labels)[0])
+  if labels is None:
+    negative, positive = class_names(model_dir)
+    explained = [(None, positive, thresholds, '')]
+  else:
+    explained = [(index, label, thresholds[index], '.' + file_label(label))
+                 for index, label in enumerate(labels)]
   written = []
   for start in range(0, len(paths), batch_size):
     images = np.stack([imaging.load_image(path, size, voi)
                        for path in paths[start:start + batch_size]])
-    if labels is None:
-      written += gradcam.write_overlays(
+    if probabilities is None:
+      probs = np.asarray(net.predict(images, verbose=0), np.float64)
+    else:
+      probs = np.asarray(probabilities[start:start + batch_size], np.float64)
+    probs = probs.reshape(len(images), -1)
+    by_label = []
+    for index, label, threshold, suffix in explained:
+      column = probs[:, index or 0]
+      decisions = None if labels else [
+          positive if p > threshold else negative for p in column]
+      by_label.append(gradcam.write_overlays(
           out_dir, names[start:start + batch_size], images,
-          gradcam.heatmaps(net, images))
-      continue
-    by_label = [gradcam.write_overlays(
-        out_dir, names[start:start + batch_size], images,
-        gradcam.heatmaps(net, images, output_index=index),
-        suffix='.' + file_label(label)) for index, label in enumerate(labels)]
+          gradcam.heatmaps(net, images, output_index=index), label, column,
+          threshold, decisions, suffix=suffix))
     written += [path for per_image in zip(*by_label) for path in per_image]
   return written
 

@@ -19,7 +19,10 @@ tools/train exports, --batch_size images at a time. A file that cannot be
 used gets one `error: <path>: <reason>` line on stderr instead, the others
 their results, and the exit status is 1. With --heatmap_dir=DIR, each scored
 image also gets DIR/<stem>.gradcam.png: the stored image with the Grad-CAM
-heatmap of the positive class over it (from the run's model.keras).
+heatmap of the positive class over it (from the run's model.keras, at the
+last spatial feature map of any backbone), coloured P x the map / its
+maximum, and a caption naming the class, P and the decision at the
+threshold.
 
 A multi-label model (config.json lists label_names) gets a header line
 `path, P(<label>), <label>, ...` in both formats and per image, for each
@@ -95,11 +98,14 @@ def main(argv):
       print(f'threshold {threshold:.4f}: {source}', file=sys.stderr,
             flush=True)
     if _HEATMAP_DIR.value:
-      readable = [path for path, (_, reason) in zip(paths, scores)
+      readable = [(path, out['probability'])
+                  for path, (out, reason) in zip(paths, scores)
                   if reason is None]
-      written = serving.write_heatmaps(model_dir, readable,
-                                       _HEATMAP_DIR.value, batch_size,
-                                       labels=labels)
+      # The overlays name the P and threshold printed here.
+      written = serving.write_heatmaps(
+          model_dir, [path for path, _ in readable], _HEATMAP_DIR.value,
+          batch_size, labels=labels,
+          probabilities=[prob for _, prob in readable], thresholds=threshold)
       print(f'wrote {len(written)} Grad-CAM overlays to {_HEATMAP_DIR.value}',
             file=sys.stderr, flush=True)
     scored = iter(scores)
