@@ -274,17 +274,15 @@ def test_masked_auc_counts_probabilities_of_exactly_0_and_1(dtype):
   assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize('policy, counts', [
-    ('txv', _codes(pos=5, unc=3, nm=7)),  # its blanks and -1 are masked
-    ('u_ignore', _codes(pos=5, unc=3)),
-    ('u_ones', _codes(pos=5, unc=3)),  # uncertain counts as positive
-])
-def test_pos_weights_refuse_a_label_without_negatives_in_one_line(policy,
-                                                                  counts):
+@pytest.mark.parametrize('policy', checks.LABEL_POLICIES)
+def test_pos_weights_refuse_a_label_without_negatives_in_one_line(policy):
   """Positives but no known negative: pos_weight would be 0 (the label's
-  positives weighed as nothing); refused, naming the label and the fix."""
+  positives weighed as nothing); refused, naming the label and the fix.
+  The counts are of targets under the policy (DatasetBuilder.target_counts
+  masks or maps the raw codes; test_selection recounts them)."""
   with pytest.raises(dataset_info.DatasetError) as caught:
-    losses.pos_weights({'A': _codes(pos=2, neg=2), 'C': counts}, ['A', 'C'],
+    losses.pos_weights({'A': {'positive': 2, 'negative': 2},
+                        'C': {'positive': 5, 'negative': 0}}, ['A', 'C'],
                        policy)
   message = str(caught.value)
   assert '\n' not in message and "'C'" in message
