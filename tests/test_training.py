@@ -507,7 +507,7 @@ def test_evaluation_takes_the_threshold_from_val_and_the_95_interval(
                          0.55, 0.3])),
   }
   monkeypatch.setattr(training, 'predict_split',
-                      lambda net, builder, split, batch_size:
+                      lambda net, builder, split, batch_size, **cache:
                       predictions[split])
   # The clinical evaluation reads patients from the records; not here.
   monkeypatch.setattr(training.scoring, 'evaluate_dataset',
