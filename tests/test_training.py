@@ -755,7 +755,7 @@ def test_config_json_of_before_fingerprints_still_resumes(data_dir, tmp_path):
 
 # ---- Outcome: the binary reference path learns a visible signal ----------
 
-@pytest.mark.slow  # a real training, about 30 s on an idle 2-core host
+@pytest.mark.slow  # a real training (BUILD_NOTES.md, Session 9 (h1))
 def test_the_binary_reference_path_learns_a_visible_signal(tmp_path,
                                                            monkeypatch):
   """The reference's binary run (its head, Flatten -> 512 -> 64, 'auto',

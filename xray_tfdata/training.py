@@ -11,8 +11,8 @@ A multi-label dataset (NIH, CheXpert, ...) trains one sigmoid output per
 label (--labels, all by default) on the targets of --label_policy, with the
 masked loss of `losses` (unweighted by default; --label_weights=ratio gives
 each label a capped pos_weight) and a global pooling head, on the views
---views keeps; it is evaluated per label, and config.json also records the labels
-in output order ('label_names').
+--views keeps; it is evaluated per label, and config.json also records the
+labels in output order ('label_names').
 
 Files in model_dir while a run is going, and after:
   config.json          the settings and the dataset's fingerprint; a rerun
