@@ -127,15 +127,17 @@ def _split_entry(root, name, split, records, num_shards):
 
 
 def write_multilabel_dataset(root, label_names, rows, num_shards=2,
-                             size=(H, W), learnable=False, seed=0):
+                             size=(H, W), learnable=False, seed=0,
+                             images=None):
   """Writes a multi-label dataset: `rows` = {split: [(codes, view)]}, codes
   one raw code (schema.LABEL_CODES) per label name.
 
   Image i of a split is filled with the value i (pixel [0, 0] 255), as
   write_dataset's; with `learnable`, noise with a bright band for each
   label whose code is positive (or uncertain), something a tiny model can
-  learn. Sex, age and study id are drawn from i. The metadata comes from
-  dataset_info.build_info with the code counts of the rows.
+  learn; `images` = {split: [uint8 [H, W]]}, one per row, are stored as
+  given instead. Sex, age and study id are drawn from i. The metadata comes
+  from dataset_info.build_info with the code counts of the rows.
 
   Returns:
     {split: [{'pixels', 'codes', 'view', 'filename', 'patient_id', 'sex',
@@ -149,7 +151,9 @@ def write_multilabel_dataset(root, label_names, rows, num_shards=2,
   for split, split_rows in rows.items():
     examples, records = [], []
     for i, (codes, view) in enumerate(split_rows):
-      if learnable:
+      if images is not None:
+        pixels = images[split][i]
+      elif learnable:
         pixels = rng.integers(0, 100, (height, width)).astype(np.uint8)
         for index, code in enumerate(codes):
           if code in (schema.POSITIVE, schema.UNCERTAIN):

@@ -83,6 +83,26 @@ for backbone, module in (('densenet121', 'densenet'),):
   assert gradcam.find_target(net).name == 'relu', gradcam.find_target(net)
   assert maps.shape == (4, 32, 32) and np.isfinite(maps).all()
   print(backbone, 'ok')
+
+# Overfitting a fixed batch, as tests/test_model_multilabel.py does on
+# TensorFlow (same batch, settings and factor), for the backbones the suite
+# trains on JAX: DenseNet-121's XLA train step alone takes minutes here.
+rng = np.random.default_rng(0)
+batch = rng.integers(0, 256, (8, 32, 32, 1), np.uint8)
+targets = rng.integers(0, 2, (8, 2)).astype(np.float32)
+targets[0, 1] = -1.0  # labels.MASKED
+for backbone, learning_rate, steps in (('mini_vgg', 1e-3, 12),
+                                       ('vgg16', 1e-4, 20)):
+  for policy in sorted({model.select_policy('auto'), 'float32'}):
+    net = model.build_model(32, backbone=backbone, frozen_blocks=0,
+                            policy=policy, num_labels=2, augmentation='none')
+    model.compile_model(net, learning_rate=learning_rate,
+                        pos_weight=[1.0, 1.0])
+    losses = [float(net.train_on_batch(batch, targets)[0])
+              for _ in range(steps)]
+    assert np.isfinite(losses).all(), losses
+    assert min(losses[-3:]) <= losses[0] / 10, (backbone, policy, losses)
+    print(backbone, policy, 'overfits', losses[0], min(losses[-3:]))
 '''
 
 @pytest.fixture(scope='module')
@@ -191,3 +211,13 @@ def test_new_backbones_predict_and_reload_on_jax_without_tensorflow(runs):
   result = runs['backbones']
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert 'densenet121 ok' in result.stdout
+
+
+@pytest.mark.slow
+def test_vgg16_and_mini_vgg_overfit_a_fixed_batch_on_jax(runs):
+  """tests/test_model_multilabel.py's overfit check under JAX, 'auto' and
+  float32 (the run asserts the loss falls to a tenth)."""
+  result = runs['backbones']
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  for backbone in ('mini_vgg', 'vgg16'):
+    assert f'{backbone} float32 overfits' in result.stdout, result.stdout

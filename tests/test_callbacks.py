@@ -99,3 +99,29 @@ def test_best_weights_are_kept_by_val_loss(tmp_path):
   assert isinstance(made[-1], resume.ResumeCallback)
   assert made[-1].checkpoint is checkpoint
   assert made[-1].early_stopping in made
+
+
+def test_the_learning_rate_is_divided_by_ten_on_a_val_loss_plateau(tmp_path):
+  """--lr_plateau_patience (CheXNet's schedule, configs/chexnet_nih.flags):
+  after `patience` epochs without a better val_loss the optimizer's
+  learning rate is a tenth of what it was; 0 (the default) adds nothing."""
+  state = resume.ResumeState(str(tmp_path / 'backup'))
+  net = _tiny_model()
+  made = callbacks.make_callbacks(net, _config([]), str(tmp_path), state, 8)
+  assert not [c for c in made
+              if isinstance(c, keras.callbacks.ReduceLROnPlateau)]
+  config = _config(['--flagfile=configs/chexnet_nih.flags'])
+  assert config.lr_plateau_patience == 1 and config.learning_rate == 1e-3
+  net = _tiny_model()
+  net.optimizer.learning_rate = config.learning_rate
+  made = callbacks.make_callbacks(net, config, str(tmp_path), state, 8)
+  plateau, = [c for c in made
+              if isinstance(c, keras.callbacks.ReduceLROnPlateau)]
+  plateau.set_model(net)
+  plateau.on_train_begin()
+  rates = []
+  for epoch, val_loss in enumerate([0.9, 0.5, 0.6, 0.4, 0.45, 0.5]):
+    plateau.on_epoch_end(epoch, {'val_loss': val_loss})
+    rates.append(float(net.optimizer.learning_rate))
+  # Worse at epochs 2, 4 and 5: a tenth after each (patience 1).
+  assert rates == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-6])

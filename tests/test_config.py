@@ -65,6 +65,23 @@ def test_shipped_flagfiles_give_valid_configs(tmp_path):
   demo = _parse(['--flagfile=configs/demo.flags', data_dir])
   demo.validate()
   assert (demo.backbone, demo.image_size) == ('mini_vgg', 64)
+  # The field's recipes (issue 31), with the settings their sources give.
+  chexnet = _parse(['--flagfile=configs/chexnet_nih.flags', data_dir])
+  chexnet.validate()
+  assert (chexnet.backbone, chexnet.image_size, chexnet.batch_size,
+          chexnet.learning_rate, chexnet.lr_plateau_patience) == (
+              'densenet121', 224, 16, 1e-3, 1)
+  chexpert = _parse(['--flagfile=configs/chexpert_densenet121.flags',
+                     data_dir])
+  chexpert.validate()
+  assert chexpert.labels == ('Atelectasis', 'Cardiomegaly', 'Consolidation',
+                             'Edema', 'Pleural Effusion')
+  assert (chexpert.label_policy, chexpert.views, chexpert.image_size) == (
+      'u_ones', ('PA', 'AP'), 320)
+  scratch = _parse(['--flagfile=configs/nih_synthetic_scratch.flags'])
+  scratch.validate()
+  assert (scratch.backbone, scratch.weights, scratch.label_weights) == (
+      'mini_vgg', 'none', 'none')
 
 
 @pytest.mark.parametrize('overrides, flag', [
@@ -78,6 +95,10 @@ def test_shipped_flagfiles_give_valid_configs(tmp_path):
     ({'backbone': 'mini_vgg', 'frozen_blocks': 0}, 'weights'),
     ({'backbone': 'resnet'}, 'backbone'),
     ({'policy': 'float16'}, 'policy'),
+    ({'head': 'flatten'}, 'head'),
+    ({'label_weights': 'balanced'}, 'label_weights'),
+    ({'pos_weight_cap': 0.5}, 'pos_weight_cap'),
+    ({'lr_plateau_patience': -1}, 'lr_plateau_patience'),
     ({'strategy': 'tpu'}, 'strategy'),
     ({'augmentation': 'albumentations'}, 'augmentation'),
     ({'dense_units': (512, 0)}, 'dense_units'),

@@ -103,6 +103,17 @@ def test_pos_weights_refuse_a_label_without_positives_in_one_line():
   assert losses.pos_weights(counts, ['A'], 'u_zeros') == [1.0]
 
 
+def test_pos_weights_are_capped():
+  """--pos_weight_cap bounds the ratio (a rare label's 99 becomes 10); a
+  ratio under the cap is left as it is."""
+  counts = {'rare': {'positive': 1, 'negative': 99},
+            'common': {'positive': 20, 'negative': 60}}
+  assert losses.pos_weights(counts, ['rare', 'common'], 'u_ones',
+                            cap=10.0) == [10.0, 3.0]
+  assert losses.pos_weights(counts, ['rare', 'common'], 'u_ones') == [
+      99.0, 3.0]
+
+
 def _metric_value(y, p, num_bins=losses.DEFAULT_NUM_BINS, chunks=2):
   metric = losses.MaskedAUC(y.shape[1], num_bins=num_bins)
   for part in np.array_split(np.arange(len(y)), chunks):
@@ -123,6 +134,28 @@ def test_masked_auc_is_the_macro_mean_of_scikit_learns_per_label_aucs():
   expected = np.mean([roc_auc_score(y[y[:, l] != M, l], p[y[:, l] != M, l])
                       for l in range(3)])
   assert _metric_value(y, p) == pytest.approx(expected, abs=1e-6)
+
+
+def test_each_labels_auc_is_scikit_learns_for_that_label():
+  """label_metrics: the macro AUC, then one AUC per label, named after it
+  (fit's logs show each label's validation AUC)."""
+  rng = np.random.default_rng(3)
+  y = rng.choice([0.0, 1.0, M], size=(80, 3)).astype(np.float32)
+  p = _on_bins(rng.uniform(size=y.shape), losses.DEFAULT_NUM_BINS)
+  metrics = losses.label_metrics(['Effusion', 'Pleural Effusion', 'C'])
+  assert [m.name for m in metrics] == [
+      'auc', 'auc_Effusion', 'auc_Pleural_Effusion', 'auc_C']
+  for part in np.array_split(np.arange(len(y)), 2):
+    for metric in metrics:
+      metric.update_state(y[part], p[part])
+  expected = [roc_auc_score(y[y[:, l] != M, l], p[y[:, l] != M, l])
+              for l in range(3)]
+  assert [float(m.result()) for m in metrics[1:]] == pytest.approx(
+      expected, abs=1e-6)
+  assert float(metrics[0].result()) == pytest.approx(np.mean(expected),
+                                                     abs=1e-6)
+  with pytest.raises(ValueError, match='label_index'):
+    losses.MaskedAUC(3, label_index=3)
 
 
 def test_masked_auc_leaves_out_a_label_of_one_class_instead_of_a_zero():

@@ -761,3 +761,41 @@ def test_config_json_of_before_fingerprints_still_resumes(data_dir, tmp_path):
   with open(os.path.join(model_dir, 'config.json')) as f:
     assert json.load(f)['dataset']['fingerprint'] == info.fingerprint()
   assert resume.prepare_model_dir(model_dir, config, dataset=info)
+
+
+# ---- Outcome: the binary reference path learns a visible signal ----------
+
+@pytest.mark.slow  # a real training (BUILD_NOTES.md, Session 9 (h1))
+def test_the_binary_reference_path_learns_a_visible_signal(tmp_path,
+                                                           monkeypatch):
+  """The reference's binary run (its head, Flatten -> 512 -> 64, 'auto',
+  and its balanced class weights), on mini_vgg from scratch with the
+  demo's learning rate: records whose PNEUMONIA images carry a bright
+  square reach a test AUC well above chance (1.0 in the runs that set the
+  bar; a collapsed head gives 0.5). The clinical evaluation and the export
+  are left out (their own tests cover them)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path / 'data')
+  os.makedirs(data_dir)
+  write_dataset(data_dir, {'train': (60, 90), 'val': (30, 30),
+                           'test': (30, 30)}, size=(SIZE, SIZE),
+                learnable=True)
+  monkeypatch.setattr(serving, 'export_model', lambda *args, **kwargs: None)
+  monkeypatch.setattr(training.scoring, 'evaluate_dataset',
+                      lambda *args, **kwargs: {})
+  monkeypatch.setattr(training.scoring, 'write_pictures',
+                      lambda *args, **kwargs: None)
+  built = []
+  build = training.model_lib.build_model
+  monkeypatch.setattr(training.model_lib, 'build_model',
+                      lambda *args, **kwargs: built.append(
+                          build(*args, **kwargs)) or built[-1])
+  config = training.TrainConfig(
+      data_dir=data_dir, image_size=SIZE, batch_size=16, epochs=4,
+      weights='none', backbone='mini_vgg', frozen_blocks=0,
+      learning_rate=3e-4, bootstrap_resamples=100, verbose=0)
+  results = training.train_and_evaluate(config, str(tmp_path / 'model'))
+  dense = [layer.units for layer in built[0].layers
+           if isinstance(layer, keras.layers.Dense)]
+  assert dense == [512, 64, 1]  # the reference's head
+  assert results['splits']['test']['auc'] >= 0.85, results['splits']['test']

@@ -3,7 +3,8 @@
   callbacks.make_callbacks(net, config, work_dir, state, images_per_epoch)
 
 gives fit its callbacks in the order that matters: stop on NaN, early
-stopping, the best checkpoint, history.csv, TensorBoard, the resume state
+stopping, the learning rate's plateau schedule (if any), the best
+checkpoint, history.csv, TensorBoard, the resume state
 (`resume.ResumeCallback`), and last our one line per epoch, printed once
 the epoch is saved.
 """
@@ -20,6 +21,11 @@ BEST_WEIGHTS = os.path.join('checkpoints', 'best.weights.h5')
 NEW_BEST_WEIGHTS = os.path.join('checkpoints', 'new-best.weights.h5')
 HISTORY_CSV = 'history.csv'
 LOGS_DIR = 'logs'
+# What --lr_plateau_patience multiplies the learning rate by (CheXNet's 10x
+# decay, Rajpurkar et al. 2017, section 3.1).
+LR_PLATEAU_FACTOR = 0.1
+# fit's log keys of each label's validation AUC (losses.metric_name).
+LABEL_AUC_PREFIX = 'val_auc_'
 
 
 def make_callbacks(net, config, work_dir, state, images_per_epoch,
@@ -45,9 +51,16 @@ def make_callbacks(net, config, work_dir, state, images_per_epoch,
   checkpoint = keras.callbacks.ModelCheckpoint(
       os.path.join(work_dir, NEW_BEST_WEIGHTS), monitor='val_loss',
       save_best_only=True, save_weights_only=True)
+  # CheXNet's schedule: the learning rate / 10 when val_loss plateaus. The
+  # rate is an optimizer variable, so the resume state keeps it.
+  plateau = ([keras.callbacks.ReduceLROnPlateau(
+      monitor='val_loss', factor=LR_PLATEAU_FACTOR,
+      patience=config.lr_plateau_patience)]
+             if config.lr_plateau_patience else [])
   return [
       keras.callbacks.TerminateOnNaN(),
       early_stopping,
+      *plateau,
       checkpoint,
       keras.callbacks.CSVLogger(os.path.join(work_dir, HISTORY_CSV),
                                 append=resume),
@@ -135,7 +148,9 @@ class DataServiceProgress(keras.callbacks.Callback):
 
 
 class EpochSummary(keras.callbacks.Callback):
-  """One line per epoch: time, images/s, the metrics that matter."""
+  """One line per epoch: time, images/s, the metrics that matter; of a
+  multi-label run also each label's validation AUC
+  (`losses.label_metrics`), so that a label stuck at chance shows."""
 
   def __init__(self, images_per_epoch):
     super().__init__()
@@ -152,4 +167,9 @@ class EpochSummary(keras.callbacks.Callback):
     for key in ('loss', 'auc', 'val_loss', 'val_auc'):
       if key in logs:
         parts.append(f'{key} {logs[key]:.4f}')
+    labels = [f'{key[len(LABEL_AUC_PREFIX):]} {value:.3f}'
+              for key, value in logs.items()
+              if key.startswith(LABEL_AUC_PREFIX)]
+    if labels:
+      parts.append('val_auc per label: ' + ', '.join(labels))
     print(' | '.join(parts), flush=True)

@@ -53,6 +53,13 @@ POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
 LABEL_POLICIES = ('u_ones', 'u_zeros', 'u_ignore', 'txv')
 # CheXpert's U-Ones: uncertain counts as positive.
 DEFAULT_LABEL_POLICY = 'u_ones'
+# The classifier's head (model.resolve_head): 'auto' keeps the reference's
+# dense head for single-label vgg16/mini_vgg, global pooling elsewhere.
+HEADS = ('auto', 'dense', 'pooling')
+# Multi-label weighting of each label's positive terms (losses.pos_weights):
+# none (plain masked BCE, as torchxrayvision) or negatives / positives,
+# capped.
+LABEL_WEIGHTINGS = ('none', 'ratio')
 # A DICOM VOI step; 'auto' tries the VOI LUT, then the window (voi_source).
 VOI_POLICIES = ('auto', 'window', 'full')
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker')
@@ -278,7 +285,7 @@ def check_class_weights_apply(class_weight, num_labels):
     raise SettingError(
         f'Keras class weights cannot weigh the {num_labels} label'
         f'{"s" if num_labels != 1 else ""} of a multi-label dataset (fit '
-        'takes the argmax of multi-hot targets): --class_weights gives '
+        'takes the argmax of multi-hot targets): --label_weights=ratio gives '
         'per-label pos_weight in the loss instead; pass class_weight=None')
 
 

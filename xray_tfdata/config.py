@@ -92,19 +92,27 @@ class TrainConfig:
       upper=max(checks.BACKBONE_BLOCKS.values()))
   backbone: str = _setting(
       reference.BACKBONE,
-      'vgg16 (the reference; Flatten + the dense head); '
-      'densenet121, resnet50, efficientnetv2s (keras.applications, global '
-      'average pooling + Dense(1), as CheXNet); or mini_vgg: a small '
-      'VGG-style net with batch norm, trained from scratch (the demo).',
+      'vgg16 (the reference); densenet121 (CheXNet\'s), resnet50, '
+      'efficientnetv2s (keras.applications); or mini_vgg: a small '
+      'VGG-style net with batch norm, trained from scratch (the demo and '
+      'the synthetic recipes).',
       'model', choices=checks.BACKBONES)
+  head: str = _setting(
+      'auto', 'The head on the backbone: dense = Flatten -> --dense_units '
+      'with --dropout -> Dense(L) (the reference notebook\'s); pooling = '
+      'global average pooling -> Dense(L) (CheXNet, torchxrayvision); auto = '
+      'dense for a single-label vgg16 or mini_vgg run, pooling for every '
+      'multi-label run and the other backbones (the dense head collapses '
+      'under the field\'s label frequencies, BUILD_NOTES.md).', 'model',
+      choices=checks.HEADS)
   dense_units: tuple = _setting(
       reference.DENSE_UNITS,
-      'Widths of the dense head layers (vgg16 and mini_vgg).',
+      'Widths of the dense head layers (--head=dense).',
       'model')
   dropout: float = _setting(
       reference.DROPOUT,
-      'Dropout after each dense head layer, in [0, 1) (vgg16 and '
-      'mini_vgg).', 'model', lower=0)
+      'Dropout after each dense head layer, in [0, 1) (--head=dense).',
+      'model', lower=0)
   augmentation: str = _setting(
       'fused', 'fused RandomAffine (one resampling pass), the keras-cv chain '
       '(TensorFlow only), the Keras 3 core layers chain keras_core (five '
@@ -124,12 +132,26 @@ class TrainConfig:
   horizontal_flip: bool = _augmentation_setting(
       'horizontal_flip', 'Random horizontal flips.', lower=None)
   class_weights: bool = _setting(
-      True, "Single-label: weight classes 'balanced', as the reference does "
-      "(Keras' class_weight). Multi-label: weigh each label's positives by "
-      'pos_weight = negatives / positives among its known training targets, '
-      "in the masked loss; Keras' class_weight is never used there (it takes "
-      'the argmax of multi-hot targets) and is refused if passed to fit. '
-      '--noclass_weights: unweighted.', 'training')
+      True, "Single-label datasets: weight classes 'balanced', as the "
+      "reference does (Keras' class_weight); --noclass_weights: unweighted. "
+      'Multi-label datasets weigh with --label_weights instead (Keras\' '
+      'class_weight takes the argmax of multi-hot targets).', 'training')
+  label_weights: str = _setting(
+      'none', 'Multi-label datasets: none = plain binary cross-entropy over '
+      'the known targets (torchxrayvision\'s; the default, chosen by '
+      'measurement, BUILD_NOTES.md); ratio = each label\'s positive terms '
+      'weighed by its negatives / positives among the known training '
+      'targets, capped at --pos_weight_cap (uncapped, NIH\'s Hernia gets '
+      'about 490 and the head collapses).', 'training',
+      choices=checks.LABEL_WEIGHTINGS)
+  pos_weight_cap: float = _setting(
+      10.0, 'Largest pos_weight under --label_weights=ratio (>= 1).',
+      'training', lower=1.0)
+  lr_plateau_patience: int = _setting(
+      0, 'Epochs without val_loss improvement before the learning rate is '
+      'divided by 10 (CheXNet\'s schedule); 0: a constant learning rate. A '
+      'resumed run keeps the learning rate it reached and counts the '
+      'epochs anew.', 'training', lower=0)
   early_stopping_patience: int = _setting(
       reference.EARLY_STOPPING_PATIENCE,
       'Epochs without val_loss improvement before stopping.', 'training',

@@ -1,5 +1,5 @@
 """The multi-label loss and metric: masked per-label binary cross-entropy
-with pos_weight, and a masked macro AUC.
+(with an optional pos_weight), and a masked AUC, macro or of one label.
 
 A multi-label target is 1, 0, or `labels.MASKED` (-1: uncertain or not
 mentioned under the run's label policy, see `xray_tfdata.labels`). Keras'
@@ -8,15 +8,15 @@ target, and `AUC(multi_label=True)` counts a label without positives as an
 AUC of 0 in its mean. Here a masked entry takes no part in the loss or the
 metric, and the metric's macro mean is over the labels with both classes.
 
-  pos_weight = losses.pos_weights(
-      builder.target_counts('train', policy, names), names, policy)
-  net.compile(loss=losses.MaskedBinaryCrossentropy(pos_weight),
-              metrics=[losses.MaskedAUC(len(names), name='auc')])
+  net.compile(loss=losses.MaskedBinaryCrossentropy(),  # or pos_weight=
+              metrics=losses.label_metrics(names))
 
 Device side, any Keras backend: Keras ops only, no TensorFlow. Both classes
 are registered Keras serializables, so `keras.models.load_model` of a saved
 model works after `import xray_tfdata`.
 """
+
+import re
 
 import keras
 from keras import ops
@@ -32,8 +32,15 @@ EPSILON = 1e-7
 DEFAULT_NUM_BINS = 200
 
 
-def pos_weights(target_counts, label_names, policy):
-  """Per-label pos_weight: negatives / positives among the known targets.
+def pos_weights(target_counts, label_names, policy, cap=None):
+  """Per-label pos_weight: negatives / positives among the known targets,
+  at most `cap`.
+
+  Uncapped, the ratio of a rare label dominates the loss (NIH's Hernia:
+  about 490; 1,999 on a 2,000-image synthetic stand-in with one positive),
+  and the model collapses to the base rates (BUILD_NOTES.md, Session 9
+  (h1)); the multi-label default is no weighting at all
+  (`--label_weights=none`).
 
   Args:
     target_counts: {label: {'positive': n, 'negative': n}}, the known
@@ -43,6 +50,7 @@ def pos_weights(target_counts, label_names, policy):
     label_names: the labels the model outputs, in order.
     policy: the `checks.LABEL_POLICIES` policy the targets were made with
       (named in the error).
+    cap: the largest weight (--pos_weight_cap), or None for none.
 
   Returns:
     A list of floats, one per label name.
@@ -61,8 +69,9 @@ def pos_weights(target_counts, label_names, policy):
           f'label {name!r} has no {missing} among the known targets of the '
           f'training split under --label_policy={policy} ({positives} '
           f'positive, {negatives} negative): leave it out with --labels=..., '
-          'or train without pos_weight (--noclass_weights)')
-    weights.append(negatives / positives)
+          'or train without pos_weight (--label_weights=none)')
+    ratio = negatives / positives
+    weights.append(ratio if cap is None else min(ratio, cap))
   return weights
 
 
@@ -114,7 +123,8 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package='xray_tfdata')
 class MaskedAUC(keras.metrics.Metric):
-  """Macro mean of per-label ROC AUCs, masked entries left out.
+  """Macro mean of per-label ROC AUCs, masked entries left out; or, with
+  label_index, the AUC of that one label.
 
   Per label it counts the positives and the negatives in each of num_bins
   equal score bins of [0, 1]; the AUC is the Mann-Whitney statistic on the
@@ -124,11 +134,25 @@ class MaskedAUC(keras.metrics.Metric):
   """
 
   def __init__(self, num_labels, num_bins=DEFAULT_NUM_BINS, name='auc',
-               **kwargs):
+               label_index=None, **kwargs):
+    """Args:
+      num_labels: the model's outputs L.
+      num_bins: score bins.
+      name: the metric's name (its key in fit's logs).
+      label_index: None for the macro mean over the L labels, or the
+        output 0..L-1 whose AUC alone this metric gives.
+      **kwargs: `keras.metrics.Metric`'s (dtype).
+    """
     super().__init__(name=name, **kwargs)
     self.num_labels = int(num_labels)
     self.num_bins = int(num_bins)
-    shape = (self.num_labels, self.num_bins)
+    self.label_index = None if label_index is None else int(label_index)
+    if self.label_index is not None and not (
+        0 <= self.label_index < self.num_labels):
+      raise ValueError(f'label_index must be in 0..{self.num_labels - 1}, '
+                       f'got {label_index}')
+    shape = (self.num_labels if self.label_index is None else 1,
+             self.num_bins)
     self.positives = self.add_variable(shape=shape, initializer='zeros',
                                        name='positives')
     self.negatives = self.add_variable(shape=shape, initializer='zeros',
@@ -138,6 +162,9 @@ class MaskedAUC(keras.metrics.Metric):
     del sample_weight  # the mask is in the targets
     y_pred = ops.cast(y_pred, self.dtype)
     y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)), self.dtype)
+    if self.label_index is not None:
+      column = slice(self.label_index, self.label_index + 1)
+      y_pred, y_true = y_pred[:, column], y_true[:, column]
     bins = ops.clip(ops.floor(y_pred * self.num_bins), 0, self.num_bins - 1)
     one_hot = ops.one_hot(ops.cast(bins, 'int32'), self.num_bins,
                           dtype=self.dtype)  # [B, L, bins]
@@ -155,8 +182,26 @@ class MaskedAUC(keras.metrics.Metric):
 
   def get_config(self):
     config = super().get_config()
-    config.update(num_labels=self.num_labels, num_bins=self.num_bins)
+    config.update(num_labels=self.num_labels, num_bins=self.num_bins,
+                  label_index=self.label_index)
     return config
+
+
+def metric_name(label):
+  """The fit-log key of one label's AUC: 'auc_' + the label, characters
+  other than letters, digits and '_' as '_' (TensorBoard's tag rule)."""
+  return 'auc_' + re.sub(r'[^A-Za-z0-9_]', '_', label)
+
+
+def label_metrics(label_names):
+  """A multi-label model's metrics: the masked macro AUC as 'auc', then
+  each label's as `metric_name(label)`, so that every epoch's line,
+  history.csv and TensorBoard show each label's validation AUC (a label
+  that collapses to chance is visible, not averaged away)."""
+  num_labels = len(label_names)
+  return [MaskedAUC(num_labels, name='auc')] + [
+      MaskedAUC(num_labels, name=metric_name(label), label_index=index)
+      for index, label in enumerate(label_names)]
 
 
 def macro_auc_of_bins(positives, negatives):

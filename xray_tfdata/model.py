@@ -474,8 +474,10 @@ _APPLICATIONS = {
     'resnet50': ('ResNet50', 'caffe'),
     'efficientnetv2s': ('EfficientNetV2S', 'raw'),
 }
-# Backbones with the reference's Flatten + dense head; the others get CheXNet's
-# global average pooling straight into the output layer.
+# Backbones whose single-label ('auto') head is the reference's Flatten +
+# dense layers; every multi-label model and the field's backbones get
+# CheXNet's global average pooling straight into the output layer (see
+# `resolve_head`).
 _DENSE_HEAD_BACKBONES = ('vgg16', 'mini_vgg')
 # Warnings already printed in this process (one line each, not one a build).
 _WARNED = set()
@@ -494,6 +496,34 @@ def _preprocess_layer(backbone):
     return VGG16Preprocess(dtype='float32', name='vgg16_preprocess')
   return BackbonePreprocess(_APPLICATIONS[backbone][1], dtype='float32',
                             name=f'{backbone}_preprocess')
+
+
+def resolve_head(head, backbone, num_labels):
+  """The head a model gets: 'dense' or 'pooling'.
+
+  'auto' gives the reference's Flatten -> dense head to a single-label
+  vgg16 or mini_vgg (the reference experiment and the demo), and global
+  average pooling -> Dense(L) to everything else: multi-label runs and the
+  field's backbones, as CheXNet and torchxrayvision. Under the multi-label
+  loss the dense head collapses on the field's label frequencies (its ReLUs
+  die and every P sits near the base rate; BUILD_NOTES.md, Session 9 (h1)).
+
+  Args:
+    head: one of checks.HEADS ('auto', 'dense', 'pooling').
+    backbone: one of checks.BACKBONES.
+    num_labels: the model's outputs.
+
+  Returns:
+    'dense' or 'pooling'.
+
+  Raises:
+    checks.SettingError: an unknown head.
+  """
+  checks.check_choice('head', head, checks.HEADS)
+  if head != 'auto':
+    return head
+  return ('dense' if backbone in _DENSE_HEAD_BACKBONES and num_labels == 1
+          else 'pooling')
 
 
 def _backbone(backbone, image_size, weights_path):
@@ -518,7 +548,7 @@ def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
                 frozen_blocks=reference.FROZEN_BLOCKS,
                 dense_units=reference.DENSE_UNITS, dropout=reference.DROPOUT,
                 augmentation=None, policy=None, name=None,
-                backbone=reference.BACKBONE, num_labels=1):
+                backbone=reference.BACKBONE, num_labels=1, head='auto'):
   """Builds the classifier on a backbone, taking uint8 images.
 
   Args:
@@ -533,8 +563,8 @@ def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
       inference mode (Keras 3 does so for non-trainable BatchNormalization),
       so their moving statistics stay. With weights=None a one-line warning
       goes to stderr (random frozen layers never learn).
-    dense_units: widths of the dense head's hidden layers (vgg16, mini_vgg).
-    dropout: dropout rate after each hidden dense layer (vgg16, mini_vgg).
+    dense_units: widths of the dense head's hidden layers.
+    dropout: dropout rate after each hidden dense layer of the dense head.
     augmentation: None; a Keras layer applied first, which must augment
       only when training (e.g. from `xray_tfdata.augment.make_augmentation`);
       or a kind for `make_augmentation` ('fused', 'keras_cv', 'keras_core',
@@ -549,6 +579,8 @@ def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
       trained from scratch (weights must be None), for the demo.
     num_labels: outputs, each a sigmoid probability: 1 (a single-label
       dataset's P(positive class)) or a multi-label dataset's labels.
+    head: 'auto', 'dense' (Flatten -> dense_units with dropout) or
+      'pooling' (global average pooling); see `resolve_head`.
 
   Returns:
     An uncompiled `keras.Model` mapping uint8 [B, H, W, channels_in] to
@@ -592,7 +624,7 @@ def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
                                                backbone)]:
     layer.trainable = False
   x = base(x)
-  if backbone in _DENSE_HEAD_BACKBONES:
+  if resolve_head(head, backbone, num_labels) == 'dense':
     x = keras.layers.Flatten(name='flatten')(x)
     for index, units in enumerate(dense_units, start=1):
       x = keras.layers.Dense(units, activation='relu',
@@ -623,7 +655,7 @@ def reference_metrics():
 
 def compile_model(model, learning_rate=reference.LEARNING_RATE,
                   jit_compile='auto',
-                  steps_per_execution=1, pos_weight=None):
+                  steps_per_execution=1, pos_weight=None, label_names=None):
   """Compiles with Adam, binary cross-entropy and the reference metrics;
   a multi-label model (pos_weight given) with the masked loss and AUC.
 
@@ -644,6 +676,9 @@ def compile_model(model, learning_rate=reference.LEARNING_RATE,
       output (`losses.pos_weights`, or ones for none): then
       `losses.MaskedBinaryCrossentropy` and `losses.MaskedAUC` as 'auc',
       whose targets may be `labels.MASKED`.
+    label_names: a multi-label model's output names: its metrics are then
+      the macro AUC and one AUC per label (`losses.label_metrics`), else
+      the macro AUC alone.
 
   Returns:
     The model, compiled.
@@ -661,7 +696,8 @@ def compile_model(model, learning_rate=reference.LEARNING_RATE,
       raise ValueError(f'pos_weight has {len(pos_weight)} weights for '
                        f'{num_labels} outputs')
     loss = losses.MaskedBinaryCrossentropy(pos_weight)
-    metrics = [losses.MaskedAUC(num_labels, name='auc')]
+    metrics = (losses.label_metrics(label_names) if label_names else
+               [losses.MaskedAUC(num_labels, name='auc')])
   model.compile(
       optimizer=keras.optimizers.Adam(learning_rate),
       loss=loss,

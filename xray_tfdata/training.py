@@ -9,9 +9,10 @@ own modules: `resume` (config.json, backup/), `callbacks`, `evaluation`,
 
 A multi-label dataset (NIH, CheXpert, ...) trains one sigmoid output per
 label (--labels, all by default) on the targets of --label_policy, with the
-masked loss and per-label pos_weight of `losses`, on the views --views
-keeps; it is evaluated per label, and config.json also records the labels
-in output order ('label_names').
+masked loss of `losses` (unweighted by default; --label_weights=ratio gives
+each label a capped pos_weight) and a global pooling head, on the views
+--views keeps; it is evaluated per label, and config.json also records the
+labels in output order ('label_names').
 
 Files in model_dir while a run is going, and after:
   config.json          the settings and the dataset's fingerprint; a rerun
@@ -77,6 +78,11 @@ FIRST_BATCH_GRACE_S = 120
 # Radiology 1982) is already about 0.04, a 95% interval of +-0.08, and one
 # example moves sensitivity or specificity by over 3 points.
 MIN_EXAMPLES_PER_CLASS = 30
+# A multi-label run's bars (issue 31): under 50 known training positives a
+# label gives a network little to learn from; with P < 10 positives (or
+# negatives) in val or test, one example moves its AUC by up to 1/P > 0.1.
+MIN_TRAIN_POSITIVES = 50
+MIN_SCORED_EXAMPLES = 10
 
 
 def train_and_evaluate(config, model_dir, overwrite=False):
@@ -376,21 +382,22 @@ def label_options(config, builder):
 
 
 def label_weights(config, builder):
-  """The multi-label loss's pos_weight per output: negatives / positives
-  among the known training targets of the kept views under the policy
-  (`losses.pos_weights`), or ones with class weights off.
+  """The multi-label loss's pos_weight per output: ones under
+  --label_weights=none (the default); under 'ratio', negatives / positives
+  among the known training targets of the kept views under the policy,
+  capped at --pos_weight_cap (`losses.pos_weights`).
 
   Raises:
-    pipeline.DatasetError: with class weights on, a label without a
-      positive or a negative among them.
+    pipeline.DatasetError: under 'ratio', a label without a positive or a
+      negative among them.
   """
   names = target_names(config, builder)
-  if not config.class_weights:
+  if config.label_weights == 'none':
     return [1.0] * len(names)
   return losses.pos_weights(
       builder.target_counts('train', config.label_policy, names,
                             config.views or None), names,
-      config.label_policy)
+      config.label_policy, cap=config.pos_weight_cap)
 
 
 def prepare_work_dir(model_dir, config, overwrite, cluster, dataset=None,
@@ -512,12 +519,14 @@ def create_model(config, cluster, element_spec, label_names=(),
         frozen_blocks=config.frozen_blocks,
         backbone=config.backbone,
         dense_units=tuple(config.dense_units), dropout=config.dropout,
-        augmentation=augmentation, num_labels=len(label_names) or 1)
+        augmentation=augmentation, num_labels=len(label_names) or 1,
+        head=config.head)
     model_lib.compile_model(
         net, learning_rate=config.learning_rate,
         jit_compile=config.jit_compile,
         pos_weight=(pos_weight or [1.0] * len(label_names)
-                    if label_names else None))
+                    if label_names else None),
+        label_names=label_names or None)
   distribute.prepare_model(net, element_spec)
   return net
 
@@ -548,14 +557,17 @@ def resume_epoch(state, resuming, work_dir, cluster):
 def training_header(policy, cluster, inputs, config, class_names):
   """The line printed before training: what this run does."""
   if inputs.label_names:
-    weights = ('off' if not config.class_weights else 'pos_weight ' + ', '.join(
-        f'{name} {w:.3f}' for name, w in zip(inputs.label_names,
-                                             inputs.pos_weight)))
+    weights = ('off' if config.label_weights == 'none' else
+               f'pos_weight (capped at {config.pos_weight_cap:g}) ' +
+               ', '.join(f'{name} {w:.3f}' for name, w in
+                         zip(inputs.label_names, inputs.pos_weight)))
+    head = model_lib.resolve_head(config.head, config.backbone,
+                                  len(inputs.label_names))
     return (f'training: policy {policy}, strategy {cluster.describe()}, '
             f'{inputs.steps} steps of {config.batch_size}, augmentation '
             f'{config.augmentation}, {len(inputs.label_names)} labels '
-            f'(--label_policy={config.label_policy}), class weights '
-            f'{weights}')
+            f'(--label_policy={config.label_policy}), {head} head, label '
+            f'weights {weights}')
   if inputs.class_weight is None:
     weights = 'off'
   else:
@@ -594,25 +606,40 @@ def small_split_warning(info, splits=('val', 'test'),
 
 
 def small_label_warning(builder, config, label_names,
-                        splits=('val', 'test'),
-                        minimum=MIN_EXAMPLES_PER_CLASS):
-  """`small_split_warning` of a multi-label run: a one-line warning naming
-  the labels with fewer than `minimum` known positives or negatives (under
-  the policy, of the kept views) in val or test, or None."""
-  small = []
-  for split in splits:
+                        minimum_train=MIN_TRAIN_POSITIVES,
+                        minimum_scored=MIN_SCORED_EXAMPLES):
+  """A multi-label run's one-line warning naming the labels with too few
+  known training positives to be learned (under `minimum_train`) or too
+  few known positives or negatives in val or test to be scored (under
+  `minimum_scored`), under the policy, of the kept views; or None.
+
+  A label under either bar is still trained and scored: its AUC is the
+  one to distrust, and the line says which.
+  """
+  def known(split):
     counts = builder.target_counts(split, config.label_policy, label_names,
                                    config.views or None)
-    for name in label_names:
-      positives = counts[name]['positive']
-      negatives = counts[name]['negative']
-      if min(positives, negatives) < minimum:
-        small.append(f'{split} {name} {positives}+/{negatives}-')
-  if not small:
+    return {name: (counts[name]['positive'], counts[name]['negative'])
+            for name in label_names}
+
+  parts = []
+  train = known('train')
+  rare = [f'{name} {train[name][0]}' for name in label_names
+          if train[name][0] < minimum_train]
+  if rare:
+    parts.append(f'under {minimum_train} training positives (too few to '
+                 f'learn): {", ".join(rare)}')
+  for split in ('val', 'test'):
+    counts = known(split)
+    few = [f'{name} {p}+/{n}-' for name, (p, n) in counts.items()
+           if min(p, n) < minimum_scored]
+    if few:
+      parts.append(f'under {minimum_scored} {split} positives or negatives '
+                   f'(too few to score): {", ".join(few)}')
+  if not parts:
     return None
-  return (f'warning: {", ".join(small)}: fewer than {minimum} known '
-          'positives or negatives, so those AUCs and thresholds are rough; '
-          'evaluate on a larger split for numbers to compare')
+  return (f'warning: {"; ".join(parts)}; their AUCs are not to be trusted: '
+          'leave them out with --labels, or convert more images')
 
 
 def fit(net, inputs, callbacks, config, initial_epoch, work_dir, builder):

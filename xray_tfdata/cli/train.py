@@ -1,7 +1,14 @@
-"""Trains and evaluates the reference VGG16 model on a converted dataset.
+"""Trains and evaluates a chest X-ray classifier on a converted dataset:
+binary (the reference's VGG16 on NORMAL vs PNEUMONIA, the defaults) or
+multi-label (one sigmoid per label of NIH, CheXpert or MIMIC, under
+--label_policy), on vgg16, densenet121, resnet50, efficientnetv2s or
+mini_vgg.
 
   tools/train --flagfile=configs/kermany_vgg16.flags --data_dir=DIR --model_dir=DIR
   tools/train --flagfile=configs/demo.flags          # synthetic demo data
+  tools/train --flagfile=configs/chexnet_nih.flags --data_dir=DIR --model_dir=DIR
+  tools/train --flagfile=configs/chexpert_densenet121.flags --data_dir=DIR --model_dir=DIR
+  tools/train --flagfile=configs/nih_synthetic_scratch.flags   # 2 CPU cores
   TF_CONFIG='{"cluster": ..., "task": ...}' tools/train ...   # on every host
 
 Every flag can live in a flagfile; flagfiles nest and later flags win. The
