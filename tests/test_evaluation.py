@@ -430,23 +430,53 @@ def test_bootstrap_level_sets_the_percentiles():
     evaluation.bootstrap_intervals(labels, probs, level=95)
 
 
-def test_inner_loop_statistics_equal_the_public_functions():
-  rng = np.random.default_rng(16)
+@pytest.mark.parametrize('decimals', [None, 1])
+def test_shared_bootstrap_equals_scikit_learn_on_the_resampled_copies(
+    decimals, monkeypatch):
+  """The weighted statistics of each resample against scikit-learn on the
+  resample written out (`patient_resamples`' index arrays, a patient drawn
+  twice copied twice), for two labels sharing the resamples: one with
+  every target known, one scored on two thirds of the rows. Blocks of 7
+  resamples, so that the blocks' seams are crossed."""
+  monkeypatch.setattr(evaluation, '_BLOCK_WEIGHTS', 7 * 90)
   thresholds = np.array([0.3, 0.5, 0.7])
-  for decimals in (None, 1):
-    labels, probs = noisy_scores(80, seed=17, decimals=decimals)
-    for _ in range(5):
-      index = rng.integers(0, 80, 80)
-      y, p = labels[index].astype(bool), probs[index]
-      got = evaluation._resample_statistics(y, p, thresholds)  # pylint: disable=protected-access
-      want = [sk_metrics.roc_auc_score(y, p),
-              sk_metrics.average_precision_score(y, p),
+  labels_a, probs_a = noisy_scores(90, seed=17, decimals=decimals)
+  labels_b, probs_b = noisy_scores(90, seed=18, decimals=decimals)
+  ids = np.arange(90) // 3
+  known_b = np.arange(90) % 3 != 1
+  rows_b = np.flatnonzero(known_b)
+  draws_a, draws_b = evaluation.shared_bootstrap(
+      [(np.arange(90), labels_a, probs_a, thresholds),
+       (rows_b, labels_b[rows_b], probs_b[rows_b], thresholds)],
+      ids, num_resamples=40, seed=5)
+  for r, index in enumerate(evaluation.patient_resamples(ids, 40, seed=5)):
+    for labels, probs, keep, draws in (
+        (labels_a, probs_a, np.ones(90, bool), draws_a),
+        (labels_b, probs_b, known_b, draws_b)):
+      index_known = index[keep[index]]
+      y, p = labels[index_known].astype(bool), probs[index_known]
+      both = 0 < y.sum() < y.size
+      want = [sk_metrics.roc_auc_score(y, p) if both else math.nan,
+              sk_metrics.average_precision_score(y, p) if y.any()
+              else math.nan,
               sk_metrics.brier_score_loss(y, p),
               evaluation.expected_calibration_error(y, p)]
       for t in thresholds:
-        m = evaluation.operating_point_metrics(y, p, t)
+        m = evaluation.operating_point_metrics(y, p, t,
+                                               zero_division=math.nan)
         want += [m[k] for k in evaluation.POINT_METRICS]
-      np.testing.assert_allclose(got, want, atol=1e-12)
+      np.testing.assert_allclose(draws[r], want, atol=1e-12)
+  assert draws_a.shape == (40, 4 + 3 * 5)
+
+
+def test_patient_weights_count_the_patients_of_patient_resamples():
+  ids = np.array(['c', 'a', 'b', 'b', 'c', 'c', 'd'])
+  index_arrays = list(evaluation.patient_resamples(ids, 25, seed=2))
+  rows = np.concatenate([weights for _, weights in
+                         evaluation.patient_weights(ids, 25, seed=2)])
+  assert rows.shape == (25, 7)
+  for index, weights in zip(index_arrays, rows):
+    np.testing.assert_array_equal(np.bincount(index, minlength=7), weights)
 
 
 def test_evaluate_label_subgroups_and_table():
