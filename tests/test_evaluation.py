@@ -472,11 +472,12 @@ def test_shared_bootstrap_equals_scikit_learn_on_the_resampled_copies(
 def test_patient_weights_count_the_patients_of_patient_resamples():
   ids = np.array(['c', 'a', 'b', 'b', 'c', 'c', 'd'])
   index_arrays = list(evaluation.patient_resamples(ids, 25, seed=2))
-  rows = np.concatenate([weights for _, weights in
-                         evaluation.patient_weights(ids, 25, seed=2)])
-  assert rows.shape == (25, 7)
-  for index, weights in zip(index_arrays, rows):
-    np.testing.assert_array_equal(np.bincount(index, minlength=7), weights)
+  counts = np.concatenate(list(evaluation.patient_weights(ids, 25, seed=2)))
+  assert counts.shape == (25, 4)  # patients a, b, c, d
+  for index, patient_counts in zip(index_arrays, counts):
+    taken = np.bincount(index, minlength=7)
+    np.testing.assert_array_equal(
+        taken, patient_counts[np.searchsorted(['a', 'b', 'c', 'd'], ids)])
 
 
 def test_evaluate_label_subgroups_and_table():

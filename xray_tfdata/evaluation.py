@@ -636,8 +636,9 @@ def _curve_statistics(labels, probs):
 # resample. One resample of a split's patients serves every label scored on
 # it (each on its own known rows), as it serves the macro mean.
 
-# Resamples per block: about this many weights in memory at once.
-_BLOCK_WEIGHTS = 4_000_000
+# Resamples per block: about this many weights at once (1M: a block's
+# [levels, resamples] arrays stay in the CPU's caches at NIH's sizes).
+_BLOCK_WEIGHTS = 1_000_000
 
 
 def _patient_groups(patient_ids):
@@ -649,18 +650,17 @@ def _patient_groups(patient_ids):
 
 
 def patient_weights(patient_ids, num_resamples, seed=0):
-  """Blocks of a patient-level bootstrap as weights: `patient_resamples`'
+  """Blocks of a patient-level bootstrap as counts: `patient_resamples`'
   resamples (the same patients drawn, same seed), each as how often each
-  patient, and so each of its examples, is taken.
+  patient is drawn; each of a patient's examples is taken that often.
 
   Args:
     patient_ids: one id per example.
     num_resamples, seed: as `patient_resamples`.
 
   Yields:
-    (per patient float64 [resamples in the block, patients], per example
-    int32 [resamples in the block, examples]); patients numbered as
-    `_patient_groups` numbers them.
+    float64 arrays [resamples in the block, patients], patients numbered
+    as `_patient_groups` numbers them.
   """
   if num_resamples < 1:
     raise ValueError(f'num_resamples must be positive, got {num_resamples}')
@@ -668,15 +668,16 @@ def patient_weights(patient_ids, num_resamples, seed=0):
   rng = np.random.default_rng(seed)
   block = max(1, min(num_resamples, _BLOCK_WEIGHTS // max(group.size, 1)))
   for start in range(0, num_resamples, block):
-    counts = np.stack([
+    yield np.stack([
         np.bincount(rng.integers(0, num_groups, num_groups),
                     minlength=num_groups)
-        for _ in range(min(block, num_resamples - start))]).astype(np.int32)
-    yield counts.astype(np.float64), counts[:, group]
+        for _ in range(min(block, num_resamples - start))]).astype(np.float64)
 
 
 class _LabelColumn:
-  """What the bootstrap needs of one label, sorted once.
+  """What the bootstrap needs of one label, sorted once: sparse patient x
+  position tables, so that a block of resamples is a few products with
+  the patients' counts.
 
   Args:
     rows: int indices of the examples the label is scored on (into the
@@ -688,81 +689,90 @@ class _LabelColumn:
   """
 
   def __init__(self, rows, labels, probs, thresholds, group, num_groups):
+    from scipy import sparse  # pylint: disable=g-import-not-at-top
     labels = np.asarray(labels).astype(bool)
     probs = np.asarray(probs, np.float64)
-    rows = np.asarray(rows)
     order = np.argsort(-probs, kind='stable')
-    self.rows = rows[order]
     sorted_probs, truth = probs[order], labels[order]
-    ends = np.append(np.flatnonzero(np.diff(sorted_probs) != 0),
-                     sorted_probs.size - 1)
-    # The ROC's points are the runs of equal probabilities (levels); only
-    # those holding a positive move AUC and AP: a positive at level k beats
-    # the negatives below it and ties those beside it.
+    patient = group[np.asarray(rows)[order]]
+    size = sorted_probs.size
+    # The ROC's points are the runs of equal probabilities (levels); AUC
+    # and AP move only at levels holding a positive: its positives beat
+    # the negatives below the level and tie the negatives in it. So the
+    # weights are needed summed per positive level, and summed between
+    # those levels, never one by one.
+    ends = np.append(np.flatnonzero(np.diff(sorted_probs) != 0), size - 1)
     level = np.repeat(np.arange(ends.size), np.diff(np.append(-1, ends)))
     positive_levels = np.unique(level[truth])
-    self.positive_rows = np.flatnonzero(truth)
-    level_end = ends[positive_levels]
-    level_start = np.append(0, ends + 1)[positive_levels]
-    # Indices into the cumulative sums; -1 (before the first) reads 0.
-    self.total_end, self.total_before = level_end, level_start - 1
-    positives_through = np.cumsum(truth)
-    self.tp_end = positives_through[level_end] - 1
-    self.tp_before = np.where(level_start > 0,
-                              positives_through[level_start - 1] - 1, -1)
-    # Sums linear in the weights, per patient (one matmul per block):
-    # 1, label, squared error, residual per calibration bin, then true and
-    # false positives at each threshold.
+    starts = np.append(0, ends + 1)[positive_levels]
+    stops = ends[positive_levels] + 1
+    cuts = np.unique(np.concatenate([[0], starts, stops]))
+    segment = np.searchsorted(cuts, np.arange(size), side='right') - 1
+    self.segments = sparse.csr_matrix(
+        (np.ones(size), (segment, patient)), shape=(cuts.size, num_groups))
+    # Rows of the cumulative sums (a zero row first) at each positive
+    # level's start and stop.
+    self.before = np.searchsorted(cuts, starts)
+    self.through = np.searchsorted(cuts, stops)
+    self.level_positives = sparse.csr_matrix(
+        (np.ones(int(truth.sum())),
+         (np.searchsorted(positive_levels, level[truth]), patient[truth])),
+        shape=(positive_levels.size, num_groups))
+    # Sums linear in the weights, per patient: 1, label, squared error,
+    # residual per calibration bin, then true and false positives at each
+    # threshold.
     thresholds = np.asarray(thresholds, np.float64)
     residual = sorted_probs - truth
     bins = np.minimum(np.searchsorted(_UPPER_EDGES, sorted_probs,
                                       side='left'), CALIBRATION_BINS - 1)
-    in_bin = np.zeros((sorted_probs.size, CALIBRATION_BINS))
-    in_bin[np.arange(sorted_probs.size), bins] = residual
+    in_bin = np.zeros((size, CALIBRATION_BINS))
+    in_bin[np.arange(size), bins] = residual
     predicted = sorted_probs[:, None] > thresholds[None, :]
     per_example = np.concatenate([
-        np.ones((sorted_probs.size, 1)), truth[:, None].astype(np.float64),
+        np.ones((size, 1)), truth[:, None].astype(np.float64),
         (residual ** 2)[:, None], in_bin,
         (predicted & truth[:, None]).astype(np.float64),
         (predicted & ~truth[:, None]).astype(np.float64)], axis=1)
     self.sums = np.zeros((num_groups, per_example.shape[1]))
-    np.add.at(self.sums, group[self.rows], per_example)
+    np.add.at(self.sums, patient, per_example)
     self.num_thresholds = thresholds.size
 
-  def statistics(self, patient_counts, weights):
+  def statistics(self, counts):
     """[resamples, statistics]: CURVE_METRICS, then POINT_METRICS at each
     threshold, of each resample; NaN where undefined.
 
     Args:
-      patient_counts, weights: a block of `patient_weights`.
+      counts: a block of `patient_weights`, transposed: [patients,
+        resamples], C-contiguous.
     """
-    sums = patient_counts @ self.sums
+    sums = counts.T @ self.sums
     total, positives = sums[:, 0], sums[:, 1]
     negatives = total - positives
-    w = weights[:, self.rows]
-    cumulative = np.cumsum(w, axis=1, dtype=np.int32)
-    positive_cumulative = np.cumsum(w[:, self.positive_rows], axis=1,
-                                    dtype=np.int32)
+    # Levels down the rows, resamples across; row 0 of the cumulative sums
+    # is before the first example.
+    cumulative = np.zeros((self.segments.shape[0] + 1, counts.shape[1]))
+    np.cumsum(self.segments @ counts, axis=0, out=cumulative[1:])
+    tp_gain = self.level_positives @ counts
+    tp_through = np.cumsum(tp_gain, axis=0)
+    called = cumulative[self.through]
+    above = cumulative[self.before]
 
-    def at(values, index):
-      # Columns `index` of the cumulative sums, 0 where index is -1.
-      out = values[:, np.maximum(index, 0)].astype(np.float64)
-      out[:, index < 0] = 0
-      return out
+    def dot(a, b):  # per resample, without [levels, resamples] temporaries
+      return np.einsum('kr,kr->r', a, b)
 
-    tp_end = at(positive_cumulative, self.tp_end)
-    tp_gain = tp_end - at(positive_cumulative, self.tp_before)
-    fp_end = at(cumulative, self.total_end) - tp_end
-    tp_before = tp_end - tp_gain
-    fp_gain = fp_end - (at(cumulative, self.total_before) - tp_before)
     with np.errstate(invalid='ignore', divide='ignore'):
-      # Mann-Whitney in weighted counts, ties 1/2.
-      auc = np.sum(tp_gain * (negatives[:, None] - fp_end + 0.5 * fp_gain),
-                   axis=1) / (positives * negatives)
-      called = tp_end + fp_end
-      precision = np.divide(tp_end, called, out=np.zeros_like(tp_end),
-                            where=called > 0)
-      ap = np.sum(tp_gain * precision, axis=1) / positives
+      # Mann-Whitney in weighted counts, ties 1/2: a positive at a level
+      # beats the negatives below it (negatives - fp_through) and ties the
+      # level's own (fp_gain), where fp_through = called - tp_through and
+      # fp_gain = called - above - tp_gain.
+      gain_called = dot(tp_gain, called)
+      wins = (positives * negatives - gain_called + dot(tp_gain, tp_through)
+              + 0.5 * (gain_called - dot(tp_gain, above)
+                       - dot(tp_gain, tp_gain)))
+      auc = wins / (positives * negatives)
+      precision = np.divide(tp_through, called,
+                            out=np.zeros_like(tp_through), where=called > 0)
+      ap = dot(tp_gain, precision) / positives
       brier = sums[:, 2] / total
       ece = np.sum(np.abs(sums[:, 3:3 + CALIBRATION_BINS]), axis=1) / total
       t = self.num_thresholds
@@ -776,7 +786,7 @@ class _LabelColumn:
     auc[(positives == 0) | (negatives == 0)] = math.nan
     ap[positives == 0] = math.nan
     return np.concatenate([np.stack([auc, ap, brier, ece], axis=1),
-                           points.reshape(len(w), -1)], axis=1)
+                           points.reshape(len(sums), -1)], axis=1)
 
 
 def shared_bootstrap(columns, patient_ids, num_resamples, seed=0):
@@ -797,10 +807,10 @@ def shared_bootstrap(columns, patient_ids, num_resamples, seed=0):
   group, num_groups = _patient_groups(patient_ids)
   prepared = [_LabelColumn(*column, group, num_groups) for column in columns]
   draws = [[] for _ in prepared]
-  for patient_counts, weights in patient_weights(patient_ids, num_resamples,
-                                                 seed):
+  for counts in patient_weights(patient_ids, num_resamples, seed):
+    counts = np.ascontiguousarray(counts.T)
     for column, out in zip(prepared, draws):
-      out.append(column.statistics(patient_counts, weights))
+      out.append(column.statistics(counts))
   return [np.concatenate(out) for out in draws]
 
 
