@@ -13,6 +13,14 @@ less 3,000 images) times --scale; patients drawn with a geometric number of
 images (mean 3.64, NIH's 112,120 images over 30,805 patients); the 14 labels
 at NIH's prevalences; probabilities float32, as a model outputs them. NumPy
 only: the same script times an older checkout (PYTHONPATH) side by side.
+
+--backbones=vgg16:224,densenet121:224 also times the training step of a
+14-label model of each backbone and size (`model.build_model`, weights
+None, the default frozen stages, fused augmentation, the 'auto' policy,
+batch 16, one warm-up step then --steps steps on random uint8 images;
+mini_vgg with every stage trained) and
+prints the epoch of NIH's training split it implies: 80,777 images at that
+rate. This needs Keras.
 """
 
 import argparse
@@ -54,12 +62,43 @@ def synthetic_split(size, num_labels, seed):
   return targets, probs, ids.astype(str), groups, names
 
 
+def train_rate(backbone, image_size, num_labels, steps, batch_size=16):
+  """Images/s of a multi-label model's training step (see the docstring)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import model as model_lib  # pylint: disable=g-import-not-at-top
+  # mini_vgg has no pretrained weights: its stages train (the demo's).
+  frozen = {'frozen_blocks': 0} if backbone == 'mini_vgg' else {}
+  net = model_lib.build_model(image_size, weights=None, augmentation='fused',
+                              policy='auto', backbone=backbone,
+                              num_labels=num_labels, **frozen)
+  model_lib.compile_model(net, pos_weight=np.ones(num_labels, np.float32))
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (batch_size, image_size, image_size, 1),
+                        dtype=np.uint8)
+  targets = (rng.random((batch_size, num_labels)) < 0.1).astype(np.float32)
+  net.train_on_batch(images, targets)  # tracing
+  begin = time.perf_counter()
+  for _ in range(steps):
+    net.train_on_batch(images, targets)
+  del keras
+  return steps * batch_size / (time.perf_counter() - begin)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--scale', type=float, default=1.0)
   parser.add_argument('--resamples', type=int, default=2000)
   parser.add_argument('--labels', type=int, default=14)
+  parser.add_argument('--backbones', default='')
+  parser.add_argument('--steps', type=int, default=3)
   args = parser.parse_args(argv)
+  for spec in filter(None, args.backbones.split(',')):
+    backbone, size = spec.split(':')
+    rate = train_rate(backbone, int(size), args.labels, args.steps)
+    print(json.dumps({'backbone': backbone, 'image_size': int(size),
+                      'train_images_per_s': round(rate, 2),
+                      'nih_epoch_s': round(SPLIT_SIZES['train'] / rate)}),
+          flush=True)
   data = {split: synthetic_split(int(size * args.scale), args.labels, seed)
           for seed, (split, size) in enumerate(SPLIT_SIZES.items())}
   names = data['train'][4]
