@@ -276,6 +276,15 @@ def test_a_run_killed_during_the_bootstrap_resumes_at_its_split(tmp_path):
       progress=lines.append)
   assert not any('reused' in line for line in lines)
   assert _as_text(reseeded) != _as_text(whole)
+  # Another min_subgroup measures other subgroups: redone.
+  lines.clear()
+  evaluation.evaluate_multilabel(
+      predictions, NAMES, **{**options, 'min_subgroup': 160}, seed=1,
+      checkpoint_dir=str(tmp_path), progress=lines.append)
+  assert not any('reused' in line for line in lines)
+  assert any('val by view: 0 subgroups done' in line for line in lines)
+  evaluation.evaluate_multilabel(predictions, NAMES, **options, seed=1,
+                                 checkpoint_dir=str(tmp_path))
   # A checkpoint cut short is recomputed, not trusted.
   (tmp_path / 'bootstrap-val.json').write_text('{"key": "')
   lines.clear()

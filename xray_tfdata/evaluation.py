@@ -1530,9 +1530,14 @@ def _split_intervals(split, targets, probs, names, out, known_rows, ids,
                     np.array([result['thresholds'][op]['threshold']
                               for op in ops], np.float64), ops)
   macro_labels = out['macro'][split]['auc_labels']
+  # The subgroups large enough for numbers (min_subgroup), per label.
+  measured = {name: {field: sorted(
+      value for value, entry in groups.items() if 'auc' in entry)
+      for field, groups in out['labels'][name]['splits'][split][
+          'subgroups'].items()} for name in scored}
   digest = hashlib.sha256(repr((
       _CHECKPOINT_VERSION, split, num_resamples, level, seed,
-      sorted(fields), macro_labels,
+      sorted(fields), macro_labels, measured,
       {n: (s[4], list(s[3])) for n, s in scored.items()})).encode())
   for value in [np.asarray(ids).astype(str)] + [
       np.asarray(fields[f]).astype(str) for f in sorted(fields)]:
@@ -1584,13 +1589,12 @@ def _split_intervals(split, targets, probs, names, out, known_rows, ids,
   say(f'  {split}: whole split done ({time.perf_counter() - begin:.0f} s)')
   for field in sorted(fields):
     values = np.asarray(fields[field]).astype(str)
-    groups = sorted({value for name in scored for value, entry in
-                     out['labels'][name]['splits'][split]['subgroups']
-                     .get(field, {}).items() if 'auc' in entry})
+    groups = sorted({value for name in scored
+                     for value in measured[name].get(field, [])})
     for value in groups:
       mask = values == value
-      wanted = [name for name in scored if 'auc' in out['labels'][
-          name]['splits'][split]['subgroups'].get(field, {}).get(value, {})]
+      wanted = [name for name in scored
+                if value in measured[name].get(field, [])]
       for name, group_draws in bootstrap(mask, wanted).items():
         intervals['labels'][name]['subgroups'].setdefault(field, {})[
             value] = intervals_from_draws(group_draws, scored[name][4], level)
