@@ -470,14 +470,32 @@ def test_shared_bootstrap_equals_scikit_learn_on_the_resampled_copies(
 
 
 def test_patient_weights_count_the_patients_of_patient_resamples():
-  ids = np.array(['c', 'a', 'b', 'b', 'c', 'c', 'd'])
+  ids = np.array(['c', 'a', 'b', 'b', 'c', 'c', 'd', 'e'])
   index_arrays = list(evaluation.patient_resamples(ids, 25, seed=2))
   counts = np.concatenate(list(evaluation.patient_weights(ids, 25, seed=2)))
-  assert counts.shape == (25, 4)  # patients a, b, c, d
+  assert counts.shape == (25, 5)  # patients a to e
   for index, patient_counts in zip(index_arrays, counts):
-    taken = np.bincount(index, minlength=7)
+    taken = np.bincount(index, minlength=8)
     np.testing.assert_array_equal(
-        taken, patient_counts[np.searchsorted(['a', 'b', 'c', 'd'], ids)])
+        taken, patient_counts[np.searchsorted(list('abcde'), ids)])
+
+
+def test_percentiles_of_columns_with_nan_are_numpys():
+  rng = np.random.default_rng(4)
+  draws = rng.normal(size=(37, 5))
+  draws[rng.random(draws.shape) < 0.3] = np.nan
+  draws[:, 3] = np.nan  # no valid resample
+  draws[:-1, 4] = np.nan  # one
+  got, valid = evaluation._percentile_columns(draws, 0.9)  # pylint: disable=protected-access
+  tail = 100 * (1 - 0.9) / 2  # 4.999..., as bootstrap_intervals had it
+  for column in range(5):
+    values = draws[~np.isnan(draws[:, column]), column]
+    assert valid[column] == values.size
+    if values.size:
+      np.testing.assert_array_equal(got[column],
+                                    np.percentile(values, [tail, 100 - tail]))
+    else:
+      assert np.isnan(got[column]).all()
 
 
 def test_evaluate_label_subgroups_and_table():

@@ -668,10 +668,14 @@ def patient_weights(patient_ids, num_resamples, seed=0):
   rng = np.random.default_rng(seed)
   block = max(1, min(num_resamples, _BLOCK_WEIGHTS // max(group.size, 1)))
   for start in range(0, num_resamples, block):
-    yield np.stack([
-        np.bincount(rng.integers(0, num_groups, num_groups),
-                    minlength=num_groups)
-        for _ in range(min(block, num_resamples - start))]).astype(np.float64)
+    size = min(block, num_resamples - start)
+    # One draw of [size, patients] is the stream of `size` draws of
+    # [patients] (checked against patient_resamples in the tests); each
+    # row's counts in one bincount, rows offset apart.
+    drawn = rng.integers(0, num_groups, (size, num_groups))
+    drawn += np.arange(size)[:, None] * num_groups
+    yield np.bincount(drawn.reshape(-1), minlength=size * num_groups).reshape(
+        size, num_groups).astype(np.float64)
 
 
 class _LabelColumn:
@@ -824,6 +828,31 @@ def _percentile_interval(values, level):
   return [float(low), float(high)], int(values.size)
 
 
+def _percentile_columns(draws, level):
+  """`_percentile_interval` of every column at once: (intervals [columns,
+  2], valid counts), np.percentile's linear rule on each column's non-NaN
+  values."""
+  ordered = np.sort(draws, axis=0)  # NaN last
+  valid = np.sum(~np.isnan(draws), axis=0)
+  columns = np.arange(draws.shape[1])
+  tail = 100 * (1 - level) / 2
+  last = np.maximum(valid - 1, 0)
+  bounds = []
+  for q in np.true_divide([tail, 100 - tail], 100):
+    # np.percentile's linear rule, its operations in its order, so that
+    # the bounds agree to the last bit.
+    position = (valid - 1) * q
+    below = np.clip(np.floor(position), 0, last).astype(np.int64)
+    above = np.clip(below + 1, 0, last)
+    t = position - np.floor(position)
+    a, b = ordered[below, columns], ordered[above, columns]
+    with np.errstate(invalid='ignore'):
+      # np.percentile's _lerp, the same rounding.
+      value = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
+    bounds.append(np.where(valid > 0, value, math.nan))
+  return np.stack(bounds, axis=1), valid
+
+
 def intervals_from_draws(draws, operating_points, level=0.95):
   """`bootstrap_intervals`' dict from one label's `shared_bootstrap` draws.
 
@@ -832,17 +861,17 @@ def intervals_from_draws(draws, operating_points, level=0.95):
     operating_points: the names of the thresholds, in the draws' order.
     level: the confidence level.
   """
+  bounds, valid = _percentile_columns(draws, level)
+  bounds, valid = bounds.tolist(), valid.tolist()
   out = {'operating_points': {op: {} for op in operating_points},
          'valid_resamples': {}}
   for column, name in enumerate(CURVE_METRICS):
-    out[name], out['valid_resamples'][name] = _percentile_interval(
-        draws[:, column], level)
+    out[name], out['valid_resamples'][name] = bounds[column], valid[column]
   column = len(CURVE_METRICS)
   for op in operating_points:
     for m in POINT_METRICS:
-      out['operating_points'][op][m], valid = _percentile_interval(
-          draws[:, column], level)
-      out['valid_resamples'][f'{op}/{m}'] = valid
+      out['operating_points'][op][m] = bounds[column]
+      out['valid_resamples'][f'{op}/{m}'] = valid[column]
       column += 1
   return out
 
