@@ -24,11 +24,14 @@ NPV and F1 at each threshold, all with patient-level bootstrap intervals
 of a one-class subgroup) are NaN.
 """
 
+import hashlib
 import math
 import os
+import time
 
 import numpy as np
 
+from xray_tfdata import atomic
 from xray_tfdata import labels as labels_lib
 
 SPLITS = ('train', 'val', 'test')
@@ -636,8 +639,9 @@ def _curve_statistics(labels, probs):
 # resample. One resample of a split's patients serves every label scored on
 # it (each on its own known rows), as it serves the macro mean.
 
-# Resamples per block: about this many weights at once (1M: a block's
-# [levels, resamples] arrays stay in the CPU's caches at NIH's sizes).
+# Resamples per block: about this many (resample, image) pairs at once
+# (1M: a block's [levels, resamples] arrays stay in the CPU's caches at
+# NIH's sizes).
 _BLOCK_WEIGHTS = 1_000_000
 
 
@@ -1542,9 +1546,6 @@ def _split_intervals(split, targets, probs, names, out, known_rows, ids,
     {'labels': {label: {'split': intervals, 'subgroups': {field: {value:
      intervals}}}}, 'macro_auc_ci': [low, high] or None}.
   """
-  import hashlib  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import atomic  # pylint: disable=g-import-not-at-top
   say = progress or (lambda line: None)
   ids = np.arange(len(targets)) if ids is None else np.asarray(ids)
   # What each label is scored on here: its known rows and operating points.
