@@ -745,15 +745,15 @@ class _LabelColumn:
     np.add.at(self.sums, patient, per_example)
     self.num_thresholds = thresholds.size
 
-  def statistics(self, counts):
+  def statistics(self, counts, sums):
     """[resamples, statistics]: CURVE_METRICS, then POINT_METRICS at each
     threshold, of each resample; NaN where undefined.
 
     Args:
       counts: a block of `patient_weights`, transposed: [patients,
         resamples], C-contiguous.
+      sums: the block's counts times `self.sums`: [resamples, sums].
     """
-    sums = counts.T @ self.sums
     total, positives = sums[:, 0], sums[:, 1]
     negatives = total - positives
     # Levels down the rows, resamples across; row 0 of the cumulative sums
@@ -814,11 +814,18 @@ def shared_bootstrap(columns, patient_ids, num_resamples, seed=0):
   """
   group, num_groups = _patient_groups(patient_ids)
   prepared = [_LabelColumn(*column, group, num_groups) for column in columns]
+  # Every label's linear sums in one matrix product per block: one wide
+  # product reads the counts once, where one per label would read them
+  # once per label.
+  linear = np.concatenate([column.sums for column in prepared], axis=1)
+  bounds = np.cumsum([0] + [column.sums.shape[1] for column in prepared])
   draws = [[] for _ in prepared]
   for counts in patient_weights(patient_ids, num_resamples, seed):
+    sums = counts @ linear
     counts = np.ascontiguousarray(counts.T)
-    for column, out in zip(prepared, draws):
-      out.append(column.statistics(counts))
+    for index, (column, out) in enumerate(zip(prepared, draws)):
+      out.append(column.statistics(
+          counts, sums[:, bounds[index]:bounds[index + 1]]))
   return [np.concatenate(out) for out in draws]
 
 
