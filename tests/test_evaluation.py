@@ -430,23 +430,72 @@ def test_bootstrap_level_sets_the_percentiles():
     evaluation.bootstrap_intervals(labels, probs, level=95)
 
 
-def test_inner_loop_statistics_equal_the_public_functions():
-  rng = np.random.default_rng(16)
+@pytest.mark.parametrize('decimals', [None, 1])
+def test_shared_bootstrap_equals_scikit_learn_on_the_resampled_copies(
+    decimals, monkeypatch):
+  """The weighted statistics of each resample against scikit-learn on the
+  resample written out (`patient_resamples`' index arrays, a patient drawn
+  twice copied twice), for two labels sharing the resamples: one with
+  every target known, one scored on two thirds of the rows. Blocks of 7
+  resamples, so that the blocks' seams are crossed."""
+  monkeypatch.setattr(evaluation, '_BLOCK_WEIGHTS', 7 * 90)
   thresholds = np.array([0.3, 0.5, 0.7])
-  for decimals in (None, 1):
-    labels, probs = noisy_scores(80, seed=17, decimals=decimals)
-    for _ in range(5):
-      index = rng.integers(0, 80, 80)
-      y, p = labels[index].astype(bool), probs[index]
-      got = evaluation._resample_statistics(y, p, thresholds)  # pylint: disable=protected-access
-      want = [sk_metrics.roc_auc_score(y, p),
-              sk_metrics.average_precision_score(y, p),
+  labels_a, probs_a = noisy_scores(90, seed=17, decimals=decimals)
+  labels_b, probs_b = noisy_scores(90, seed=18, decimals=decimals)
+  ids = np.arange(90) // 3
+  known_b = np.arange(90) % 3 != 1
+  rows_b = np.flatnonzero(known_b)
+  draws_a, draws_b = evaluation.shared_bootstrap(
+      [(np.arange(90), labels_a, probs_a, thresholds),
+       (rows_b, labels_b[rows_b], probs_b[rows_b], thresholds)],
+      ids, num_resamples=40, seed=5)
+  for r, index in enumerate(evaluation.patient_resamples(ids, 40, seed=5)):
+    for labels, probs, keep, draws in (
+        (labels_a, probs_a, np.ones(90, bool), draws_a),
+        (labels_b, probs_b, known_b, draws_b)):
+      index_known = index[keep[index]]
+      y, p = labels[index_known].astype(bool), probs[index_known]
+      both = 0 < y.sum() < y.size
+      want = [sk_metrics.roc_auc_score(y, p) if both else math.nan,
+              sk_metrics.average_precision_score(y, p) if y.any()
+              else math.nan,
               sk_metrics.brier_score_loss(y, p),
               evaluation.expected_calibration_error(y, p)]
       for t in thresholds:
-        m = evaluation.operating_point_metrics(y, p, t)
+        m = evaluation.operating_point_metrics(y, p, t,
+                                               zero_division=math.nan)
         want += [m[k] for k in evaluation.POINT_METRICS]
-      np.testing.assert_allclose(got, want, atol=1e-12)
+      np.testing.assert_allclose(draws[r], want, atol=1e-12)
+  assert draws_a.shape == (40, 4 + 3 * 5)
+
+
+def test_patient_weights_count_the_patients_of_patient_resamples():
+  ids = np.array(['c', 'a', 'b', 'b', 'c', 'c', 'd', 'e'])
+  index_arrays = list(evaluation.patient_resamples(ids, 25, seed=2))
+  counts = np.concatenate(list(evaluation.patient_weights(ids, 25, seed=2)))
+  assert counts.shape == (25, 5)  # patients a to e
+  for index, patient_counts in zip(index_arrays, counts):
+    taken = np.bincount(index, minlength=8)
+    np.testing.assert_array_equal(
+        taken, patient_counts[np.searchsorted(list('abcde'), ids)])
+
+
+def test_percentiles_of_columns_with_nan_are_numpys():
+  rng = np.random.default_rng(4)
+  draws = rng.normal(size=(37, 5))
+  draws[rng.random(draws.shape) < 0.3] = np.nan
+  draws[:, 3] = np.nan  # no valid resample
+  draws[:-1, 4] = np.nan  # one
+  got, valid = evaluation._percentile_columns(draws, 0.9)  # pylint: disable=protected-access
+  tail = 100 * (1 - 0.9) / 2  # 4.999..., as bootstrap_intervals had it
+  for column in range(5):
+    values = draws[~np.isnan(draws[:, column]), column]
+    assert valid[column] == values.size
+    if values.size:
+      np.testing.assert_array_equal(got[column],
+                                    np.percentile(values, [tail, 100 - tail]))
+    else:
+      assert np.isnan(got[column]).all()
 
 
 def test_evaluate_label_subgroups_and_table():

@@ -212,3 +212,84 @@ def test_macro_interval_resamples_patients_once_for_all_labels(scored):
            for index in evaluation.patient_resamples(ids, 200, 0)]
   np.testing.assert_allclose(two['macro']['test']['auc_ci'],
                              np.percentile(means, [2.5, 97.5]), atol=1e-12)
+
+
+def _as_text(result):
+  import json  # pylint: disable=g-import-not-at-top
+  return json.dumps(result, sort_keys=True, default=float)
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_a_run_killed_during_the_bootstrap_resumes_at_its_split(tmp_path):
+  """Killed while bootstrapping test: the rerun reuses val's intervals
+  from the checkpoint and redoes test; the result equals an uninterrupted
+  run's. A checkpoint made from other predictions, another seed, or cut
+  short is never reused."""
+  predictions = {'val': multilabel_split(300, 1), 'test': multilabel_split(400, 2)}
+  ids = {s: np.arange(len(t)) // 3 for s, (t, _) in predictions.items()}
+  view = {s: np.where(np.arange(len(t)) % 2, 'PA', 'AP')
+          for s, (t, _) in predictions.items()}
+  options = dict(patient_ids=ids, subgroups={s: {'view': v}
+                                             for s, v in view.items()},
+                 num_resamples=60, min_subgroup=10)
+  whole = evaluation.evaluate_multilabel(predictions, NAMES, **options)
+  lines = []
+
+  def kill_on_test(line):
+    lines.append(line)
+    if line.startswith('evaluation of test'):
+      raise _Killed()
+
+  with pytest.raises(_Killed):
+    evaluation.evaluate_multilabel(predictions, NAMES, **options,
+                                   checkpoint_dir=str(tmp_path),
+                                   progress=kill_on_test)
+  assert any('val by view: 2 subgroups done' in line for line in lines)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['bootstrap-val.json']
+  lines.clear()
+  resumed = evaluation.evaluate_multilabel(predictions, NAMES, **options,
+                                           checkpoint_dir=str(tmp_path),
+                                           progress=lines.append)
+  assert 'evaluation of val: intervals reused' in lines[0]
+  assert lines[1].startswith('evaluation of test: 400 images, 134 patients, '
+                             '4 labels, 60 patient resamples')
+  assert _as_text(resumed) == _as_text(whole)
+  # Other test predictions (one probability moved): test is redone, val
+  # is still reused; another seed redoes both.
+  moved = dict(predictions)
+  targets, probs = predictions['test']
+  probs = probs.copy()
+  probs[0, 0] = 0.5 * probs[0, 0]
+  moved['test'] = (targets, probs)
+  lines.clear()
+  evaluation.evaluate_multilabel(moved, NAMES, **options,
+                                 checkpoint_dir=str(tmp_path),
+                                 progress=lines.append)
+  reused = [line for line in lines if 'reused' in line]
+  assert len(reused) == 1 and 'of val' in reused[0]
+  lines.clear()
+  reseeded = evaluation.evaluate_multilabel(
+      predictions, NAMES, **options, seed=1, checkpoint_dir=str(tmp_path),
+      progress=lines.append)
+  assert not any('reused' in line for line in lines)
+  assert _as_text(reseeded) != _as_text(whole)
+  # Another min_subgroup measures other subgroups: redone.
+  lines.clear()
+  evaluation.evaluate_multilabel(
+      predictions, NAMES, **{**options, 'min_subgroup': 160}, seed=1,
+      checkpoint_dir=str(tmp_path), progress=lines.append)
+  assert not any('reused' in line for line in lines)
+  assert any('val by view: 0 subgroups done' in line for line in lines)
+  evaluation.evaluate_multilabel(predictions, NAMES, **options, seed=1,
+                                 checkpoint_dir=str(tmp_path))
+  # A checkpoint cut short is recomputed, not trusted.
+  (tmp_path / 'bootstrap-val.json').write_text('{"key": "')
+  lines.clear()
+  again = evaluation.evaluate_multilabel(
+      predictions, NAMES, **options, seed=1, checkpoint_dir=str(tmp_path),
+      progress=lines.append)
+  assert 'evaluation of val: 300 images' in lines[0]
+  assert _as_text(again) == _as_text(reseeded)

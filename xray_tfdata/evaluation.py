@@ -24,10 +24,14 @@ NPV and F1 at each threshold, all with patient-level bootstrap intervals
 of a one-class subgroup) are NaN.
 """
 
+import hashlib
 import math
+import os
+import time
 
 import numpy as np
 
+from xray_tfdata import atomic
 from xray_tfdata import labels as labels_lib
 
 SPLITS = ('train', 'val', 'test')
@@ -628,42 +632,271 @@ def _curve_statistics(labels, probs):
   }
 
 
-def _resample_statistics(labels, probs, thresholds):
-  """CURVE_METRICS, then POINT_METRICS at each threshold, as one vector.
+# The bootstrap works on weights, not copies: a resample that draws patient
+# k twice counts each of k's images twice, so its statistics are weighted
+# ones (weight = how often the image's patient was drawn), computed for a
+# block of resamples at once with one sort per label instead of one per
+# resample. One resample of a split's patients serves every label scored on
+# it (each on its own known rows), as it serves the macro mean.
 
-  The bootstrap's inner loop: one sort per resample and the operating
-  points at once, where the public functions would validate and sort
-  again for each. NaN where a statistic is undefined. Checked against
-  `_curve_statistics` and `operating_point_metrics` in the tests.
+# Resamples per block: about this many (resample, image) pairs at once
+# (1M: a block's [levels, resamples] arrays stay in the CPU's caches at
+# NIH's sizes).
+_BLOCK_WEIGHTS = 1_000_000
+
+
+def _patient_groups(patient_ids):
+  """(group of each example, number of groups): patients numbered in the
+  order of their sorted ids, as `patient_resamples` numbers them."""
+  _, group = np.unique(np.asarray(patient_ids), return_inverse=True)
+  group = group.reshape(-1)
+  return group, int(group.max()) + 1 if group.size else 0
+
+
+def patient_weights(patient_ids, num_resamples, seed=0):
+  """Blocks of a patient-level bootstrap as counts: `patient_resamples`'
+  resamples (the same patients drawn, same seed), each as how often each
+  patient is drawn; each of a patient's examples is taken that often.
+
+  Args:
+    patient_ids: one id per example.
+    num_resamples, seed: as `patient_resamples`.
+
+  Yields:
+    float64 arrays [resamples in the block, patients], patients numbered
+    as `_patient_groups` numbers them.
   """
-  positives = labels.sum()
-  negatives = labels.size - positives
-  tp, fp, _ = _cumulative_counts(labels, probs)
-  if positives and negatives:
-    # Trapezoids under the ROC's points: the Mann-Whitney AUC, ties 1/2.
-    tpr = np.concatenate([[0.0], tp / positives])
-    fpr = np.concatenate([[0.0], fp / negatives])
-    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-  else:
-    auc = math.nan
-  if positives:
-    steps = np.diff(np.concatenate([[0.0], tp / positives]))
-    ap = float(np.sum(steps * tp / (tp + fp)))
-  else:
-    ap = math.nan
-  values = [auc, ap, float(np.mean((probs - labels) ** 2)),
-            _ece(labels, probs)]
-  predicted = probs[:, None] > thresholds[None, :]
-  truth = labels[:, None]
-  tp_at = np.sum(predicted & truth, axis=0)
-  fp_at = np.sum(predicted & ~truth, axis=0)
-  fn_at = positives - tp_at
-  tn_at = negatives - fp_at
-  with np.errstate(invalid='ignore', divide='ignore'):
-    points = np.stack([tp_at / (tp_at + fn_at), tn_at / (tn_at + fp_at),
-                       tp_at / (tp_at + fp_at), tn_at / (tn_at + fn_at),
-                       2 * tp_at / (2 * tp_at + fp_at + fn_at)], axis=1)
-  return np.concatenate([values, points.reshape(-1)])
+  if num_resamples < 1:
+    raise ValueError(f'num_resamples must be positive, got {num_resamples}')
+  group, num_groups = _patient_groups(patient_ids)
+  rng = np.random.default_rng(seed)
+  block = max(1, min(num_resamples, _BLOCK_WEIGHTS // max(group.size, 1)))
+  for start in range(0, num_resamples, block):
+    size = min(block, num_resamples - start)
+    # One draw of [size, patients] is the stream of `size` draws of
+    # [patients] (checked against patient_resamples in the tests); each
+    # row's counts in one bincount, rows offset apart.
+    drawn = rng.integers(0, num_groups, (size, num_groups))
+    drawn += np.arange(size)[:, None] * num_groups
+    yield np.bincount(drawn.reshape(-1), minlength=size * num_groups).reshape(
+        size, num_groups).astype(np.float64)
+
+
+class _LabelColumn:
+  """What the bootstrap needs of one label, sorted once: sparse patient x
+  position tables, so that a block of resamples is a few products with
+  the patients' counts.
+
+  Args:
+    rows: int indices of the examples the label is scored on (into the
+      bootstrap's examples).
+    labels, probs: of those rows.
+    thresholds: float array of the operating points' thresholds.
+    group: the patient of each of the bootstrap's examples
+      (`_patient_groups`), and num_groups.
+  """
+
+  def __init__(self, rows, labels, probs, thresholds, group, num_groups):
+    from scipy import sparse  # pylint: disable=g-import-not-at-top
+    labels = np.asarray(labels).astype(bool)
+    probs = np.asarray(probs, np.float64)
+    order = np.argsort(-probs, kind='stable')
+    sorted_probs, truth = probs[order], labels[order]
+    patient = group[np.asarray(rows)[order]]
+    size = sorted_probs.size
+    # The ROC's points are the runs of equal probabilities (levels); AUC
+    # and AP move only at levels holding a positive: its positives beat
+    # the negatives below the level and tie the negatives in it. So the
+    # weights are needed summed per positive level, and summed between
+    # those levels, never one by one.
+    ends = np.append(np.flatnonzero(np.diff(sorted_probs) != 0), size - 1)
+    level = np.repeat(np.arange(ends.size), np.diff(np.append(-1, ends)))
+    positive_levels = np.unique(level[truth])
+    starts = np.append(0, ends + 1)[positive_levels]
+    stops = ends[positive_levels] + 1
+    cuts = np.unique(np.concatenate([[0], starts, stops]))
+    segment = np.searchsorted(cuts, np.arange(size), side='right') - 1
+    self.segments = sparse.csr_matrix(
+        (np.ones(size), (segment, patient)), shape=(cuts.size, num_groups))
+    # Rows of the cumulative sums (a zero row first) at each positive
+    # level's start and stop.
+    self.before = np.searchsorted(cuts, starts)
+    self.through = np.searchsorted(cuts, stops)
+    self.level_positives = sparse.csr_matrix(
+        (np.ones(int(truth.sum())),
+         (np.searchsorted(positive_levels, level[truth]), patient[truth])),
+        shape=(positive_levels.size, num_groups))
+    # Sums linear in the weights, per patient: 1, label, squared error,
+    # residual per calibration bin, then true and false positives at each
+    # threshold.
+    thresholds = np.asarray(thresholds, np.float64)
+    residual = sorted_probs - truth
+    bins = np.minimum(np.searchsorted(_UPPER_EDGES, sorted_probs,
+                                      side='left'), CALIBRATION_BINS - 1)
+    in_bin = np.zeros((size, CALIBRATION_BINS))
+    in_bin[np.arange(size), bins] = residual
+    predicted = sorted_probs[:, None] > thresholds[None, :]
+    per_example = np.concatenate([
+        np.ones((size, 1)), truth[:, None].astype(np.float64),
+        (residual ** 2)[:, None], in_bin,
+        (predicted & truth[:, None]).astype(np.float64),
+        (predicted & ~truth[:, None]).astype(np.float64)], axis=1)
+    self.sums = np.zeros((num_groups, per_example.shape[1]))
+    np.add.at(self.sums, patient, per_example)
+    self.num_thresholds = thresholds.size
+
+  def statistics(self, counts, sums):
+    """[resamples, statistics]: CURVE_METRICS, then POINT_METRICS at each
+    threshold, of each resample; NaN where undefined.
+
+    Args:
+      counts: a block of `patient_weights`, transposed: [patients,
+        resamples], C-contiguous.
+      sums: the block's counts times `self.sums`: [resamples, sums].
+    """
+    total, positives = sums[:, 0], sums[:, 1]
+    negatives = total - positives
+    # Levels down the rows, resamples across; row 0 of the cumulative sums
+    # is before the first example.
+    cumulative = np.zeros((self.segments.shape[0] + 1, counts.shape[1]))
+    np.cumsum(self.segments @ counts, axis=0, out=cumulative[1:])
+    tp_gain = self.level_positives @ counts
+    tp_through = np.cumsum(tp_gain, axis=0)
+    called = cumulative[self.through]
+    above = cumulative[self.before]
+
+    def dot(a, b):  # per resample, without [levels, resamples] temporaries
+      return np.einsum('kr,kr->r', a, b)
+
+    with np.errstate(invalid='ignore', divide='ignore'):
+      # Mann-Whitney in weighted counts, ties 1/2: a positive at a level
+      # beats the negatives below it (negatives - fp_through) and ties the
+      # level's own (fp_gain), where fp_through = called - tp_through and
+      # fp_gain = called - above - tp_gain.
+      gain_called = dot(tp_gain, called)
+      wins = (positives * negatives - gain_called + dot(tp_gain, tp_through)
+              + 0.5 * (gain_called - dot(tp_gain, above)
+                       - dot(tp_gain, tp_gain)))
+      auc = wins / (positives * negatives)
+      precision = np.divide(tp_through, called,
+                            out=np.zeros_like(tp_through), where=called > 0)
+      ap = dot(tp_gain, precision) / positives
+      brier = sums[:, 2] / total
+      ece = np.sum(np.abs(sums[:, 3:3 + CALIBRATION_BINS]), axis=1) / total
+      t = self.num_thresholds
+      tp_at = sums[:, 3 + CALIBRATION_BINS:3 + CALIBRATION_BINS + t]
+      fp_at = sums[:, 3 + CALIBRATION_BINS + t:]
+      fn_at = positives[:, None] - tp_at
+      tn_at = negatives[:, None] - fp_at
+      points = np.stack([tp_at / (tp_at + fn_at), tn_at / (tn_at + fp_at),
+                         tp_at / (tp_at + fp_at), tn_at / (tn_at + fn_at),
+                         2 * tp_at / (2 * tp_at + fp_at + fn_at)], axis=2)
+    auc[(positives == 0) | (negatives == 0)] = math.nan
+    ap[positives == 0] = math.nan
+    return np.concatenate([np.stack([auc, ap, brier, ece], axis=1),
+                           points.reshape(len(sums), -1)], axis=1)
+
+
+def shared_bootstrap(columns, patient_ids, num_resamples, seed=0):
+  """Every label's statistics on one patient-level bootstrap.
+
+  Args:
+    columns: per label (rows, labels, probs, thresholds): the indices of
+      the examples it is scored on (its known targets), their 0/1 labels and
+      probabilities, and a float array of operating-point thresholds.
+    patient_ids: one id per example (all of them, whatever the labels).
+    num_resamples, seed: as `patient_resamples`.
+
+  Returns:
+    Per label a float array [num_resamples, statistics]: CURVE_METRICS,
+    then POINT_METRICS at each threshold; NaN where undefined (one class,
+    a zero denominator, no known row drawn).
+  """
+  group, num_groups = _patient_groups(patient_ids)
+  prepared = [_LabelColumn(*column, group, num_groups) for column in columns]
+  # Every label's linear sums in one matrix product per block: one wide
+  # product reads the counts once, where one per label would read them
+  # once per label.
+  linear = np.concatenate([column.sums for column in prepared], axis=1)
+  bounds = np.cumsum([0] + [column.sums.shape[1] for column in prepared])
+  draws = [[] for _ in prepared]
+  for counts in patient_weights(patient_ids, num_resamples, seed):
+    sums = counts @ linear
+    counts = np.ascontiguousarray(counts.T)
+    for index, (column, out) in enumerate(zip(prepared, draws)):
+      out.append(column.statistics(
+          counts, sums[:, bounds[index]:bounds[index + 1]]))
+  return [np.concatenate(out) for out in draws]
+
+
+def _percentile_interval(values, level):
+  """([low, high], valid count) of the non-NaN values; [NaN, NaN] if none."""
+  values = values[~np.isnan(values)]
+  if not values.size:
+    return [math.nan, math.nan], 0
+  tail = 100 * (1 - level) / 2
+  low, high = np.percentile(values, [tail, 100 - tail])
+  return [float(low), float(high)], int(values.size)
+
+
+def _percentile_columns(draws, level):
+  """`_percentile_interval` of every column at once: (intervals [columns,
+  2], valid counts), np.percentile's linear rule on each column's non-NaN
+  values."""
+  ordered = np.sort(draws, axis=0)  # NaN last
+  valid = np.sum(~np.isnan(draws), axis=0)
+  columns = np.arange(draws.shape[1])
+  tail = 100 * (1 - level) / 2
+  last = np.maximum(valid - 1, 0)
+  bounds = []
+  for q in np.true_divide([tail, 100 - tail], 100):
+    # np.percentile's linear rule, its operations in its order, so that
+    # the bounds agree to the last bit.
+    position = (valid - 1) * q
+    below = np.clip(np.floor(position), 0, last).astype(np.int64)
+    above = np.clip(below + 1, 0, last)
+    t = position - np.floor(position)
+    a, b = ordered[below, columns], ordered[above, columns]
+    with np.errstate(invalid='ignore'):
+      # np.percentile's _lerp, the same rounding.
+      value = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
+    bounds.append(np.where(valid > 0, value, math.nan))
+  return np.stack(bounds, axis=1), valid
+
+
+def intervals_from_draws(draws, operating_points, level=0.95):
+  """`bootstrap_intervals`' dict from one label's `shared_bootstrap` draws.
+
+  Args:
+    draws: [resamples, statistics].
+    operating_points: the names of the thresholds, in the draws' order.
+    level: the confidence level.
+  """
+  bounds, valid = _percentile_columns(draws, level)
+  bounds, valid = bounds.tolist(), valid.tolist()
+  out = {'operating_points': {op: {} for op in operating_points},
+         'valid_resamples': {}}
+  for column, name in enumerate(CURVE_METRICS):
+    out[name], out['valid_resamples'][name] = bounds[column], valid[column]
+  column = len(CURVE_METRICS)
+  for op in operating_points:
+    for m in POINT_METRICS:
+      out['operating_points'][op][m] = bounds[column]
+      out['valid_resamples'][f'{op}/{m}'] = valid[column]
+      column += 1
+  return out
+
+
+def _macro_interval(draws, level):
+  """Percentile interval of the per-resample mean AUC over labels (a label
+  with one class in a resample left out of that resample's mean)."""
+  aucs = np.stack([d[:, 0] for d in draws], axis=1)
+  defined = ~np.isnan(aucs)
+  any_defined = defined.any(axis=1)
+  means = (np.where(defined, aucs, 0.0).sum(axis=1)[any_defined] /
+           defined.sum(axis=1)[any_defined])
+  interval, _ = _percentile_interval(means, level)
+  return interval
 
 
 def patient_resamples(patient_ids, num_resamples, seed=0):
@@ -672,7 +905,8 @@ def patient_resamples(patient_ids, num_resamples, seed=0):
   Each resample draws as many patients as there are, with replacement, and
   takes every image of each patient drawn (a patient drawn twice counts
   twice): images of one patient are correlated, and resampling them one by
-  one makes intervals too narrow.
+  one makes intervals too narrow. `patient_weights` gives the same
+  resamples as counts per image.
 
   Args:
     patient_ids: one id per example (any hashable values); None: each
@@ -688,11 +922,10 @@ def patient_resamples(patient_ids, num_resamples, seed=0):
   rng = np.random.default_rng(seed)
   if patient_ids is None:
     raise ValueError('patient_ids is None; pass np.arange(n) for images')
-  _, group = np.unique(np.asarray(patient_ids), return_inverse=True)
+  group, num_groups = _patient_groups(patient_ids)
   order = np.argsort(group, kind='stable')
   sizes = np.bincount(group)
   starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-  num_groups = sizes.size
   for _ in range(num_resamples):
     drawn = rng.integers(0, num_groups, num_groups)
     lengths = sizes[drawn]
@@ -738,31 +971,10 @@ def bootstrap_intervals(labels, probs, patient_ids=None, thresholds=None,
                      'examples')
   thresholds = thresholds or {}
   names = list(thresholds)
-  threshold_array = np.array([thresholds[op] for op in names], np.float64)
-  draws = np.array([_resample_statistics(labels[index], probs[index],
-                                         threshold_array)
-                    for index in patient_resamples(patient_ids,
-                                                   num_resamples, seed)])
-  tail = 100 * (1 - level) / 2
-
-  def interval(values):
-    values = values[~np.isnan(values)]
-    if not values.size:
-      return [math.nan, math.nan], 0
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return [float(low), float(high)], int(values.size)
-
-  out = {'operating_points': {op: {} for op in thresholds},
-         'valid_resamples': {}}
-  for column, name in enumerate(CURVE_METRICS):
-    out[name], out['valid_resamples'][name] = interval(draws[:, column])
-  column = len(CURVE_METRICS)
-  for op in names:
-    for m in POINT_METRICS:
-      out['operating_points'][op][m], valid = interval(draws[:, column])
-      out['valid_resamples'][f'{op}/{m}'] = valid
-      column += 1
-  return out
+  column = (np.arange(labels.size), labels, probs,
+            np.array([thresholds[op] for op in names], np.float64))
+  draws, = shared_bootstrap([column], patient_ids, num_resamples, seed)
+  return intervals_from_draws(draws, names, level)
 
 
 def split_evaluation(labels, probs, thresholds, patient_ids=None,
@@ -1204,8 +1416,13 @@ def evaluate_multilabel(predictions, label_names, scored=None,
                         threshold_split='val', thresholds=None,
                         temperatures=None, patient_ids=None, subgroups=None,
                         num_resamples=2000, level=0.95, seed=0,
-                        min_subgroup=1):
+                        min_subgroup=1, checkpoint_dir=None, progress=None):
   """Every label's `evaluate_label` on its known targets, and the macro mean.
+
+  The intervals come from one patient-level bootstrap per split (and per
+  subgroup) shared by every label (`shared_bootstrap`): a resample draws
+  the split's patients once, and each label is scored on the known targets
+  of the images drawn, as the macro mean is.
 
   Args:
     predictions: {split: (targets float [N, L], MASKED_TARGET where
@@ -1218,9 +1435,16 @@ def evaluate_multilabel(predictions, label_names, scored=None,
       run's), or None to choose them here; a label it lacks gets none.
     temperatures: {label: T} fitted before, or None.
     patient_ids: {split: ids, one per row}: the bootstrap resamples
-      patients (each label over its known rows).
+      patients; a split missing resamples images.
     subgroups: {split: {field: values, one per row}}.
     num_resamples, level, seed, min_subgroup: as `evaluate_label`.
+    checkpoint_dir: a folder where each split's intervals are written
+      (atomically) as soon as they are done, keyed by everything they are
+      computed from; a rerun with the same inputs reuses them, so a run
+      killed during the bootstrap resumes at the split it was on. None:
+      nothing is written.
+    progress: called with one line of text as each split and subgroup
+      field is done (e.g. print); None: silent.
 
   Returns:
     {'labels': {label: evaluate_label's dict + 'known': {split: rows with a
@@ -1228,12 +1452,14 @@ def evaluate_multilabel(predictions, label_names, scored=None,
        missing]; a split's AUC (AP) entry holds 'reason' where it is NaN},
      'macro': {split: {'auc', 'average_precision': the mean over the
        labels where it is defined (NaN where none is), 'auc_labels',
-       'average_precision_labels': the labels averaged, 'labels_scored'}}}.
+       'average_precision_labels': the labels averaged, 'labels_scored',
+       and with resamples 'auc_ci'}}}.
   """
   patient_ids = patient_ids or {}
   subgroups = subgroups or {}
   names = list(label_names)
   out = {'labels': {}, 'macro': {}}
+  known_rows = {}  # {label: {split: bool [N]}} of the labels scored
   for name in (names if scored is None else scored):
     column = names.index(name)
     by_split, ids, groups, known, notes = {}, {}, {}, {}, []
@@ -1245,6 +1471,7 @@ def evaluate_multilabel(predictions, label_names, scored=None,
                      'not scored')
         continue
       by_split[split] = (labels, label_probs)
+      known_rows.setdefault(name, {})[split] = mask
       if split in patient_ids:
         ids[split] = np.asarray(patient_ids[split])[mask]
       groups[split] = {field: np.asarray(values)[mask]
@@ -1267,22 +1494,13 @@ def evaluate_multilabel(predictions, label_names, scored=None,
                    f'{threshold_split} has '
                    + ('no known target' if threshold_split not in by_split
                       else 'one class only') + ' for this label')
+    # Point estimates only: the intervals of all labels come below, from
+    # one bootstrap per split.
     result = evaluate_label(
         by_split, threshold_split=threshold_split,
         thresholds=label_thresholds, patient_ids=ids, subgroups=groups,
-        num_resamples=num_resamples, level=level, seed=seed,
-        min_subgroup=min_subgroup,
+        num_resamples=0, level=level, seed=seed, min_subgroup=min_subgroup,
         temperature=(temperatures or {}).get(name))
-    for split, (labels, label_probs) in by_split.items():
-      entry = result['splits'][split]
-      reason = _one_class_reason(split, labels)
-      if reason:
-        entry['auc']['reason'] = reason
-        _undefined_points(entry, labels, label_probs)
-      if not labels.any():
-        entry['average_precision']['reason'] = (
-            f'no positive among the known targets of {split}: average '
-            'precision undefined')
     result['known'] = known
     result['notes'] = notes
     out['labels'][name] = result
@@ -1297,12 +1515,152 @@ def evaluate_multilabel(predictions, label_names, scored=None,
       macro[metric] = (float(np.mean(list(defined.values()))) if defined
                        else math.nan)
       macro[f'{metric}_labels'] = list(defined)
-    if macro['auc_labels'] and num_resamples:
-      macro['auc_ci'] = macro_auc_interval(
-          targets, probs, [names.index(n) for n in macro['auc_labels']],
-          patient_ids.get(split), num_resamples, level, seed)
     out['macro'][split] = macro
+    if num_resamples:
+      intervals = _split_intervals(
+          split, targets, probs, names, out, known_rows,
+          patient_ids.get(split), subgroups.get(split, {}), num_resamples,
+          level, seed, checkpoint_dir, progress)
+      _attach_intervals(out, split, intervals)
+  for name, result in out['labels'].items():
+    for split, entry in result['splits'].items():
+      labels, label_probs, _ = known_targets(*predictions[split],
+                                             names.index(name))
+      reason = _one_class_reason(split, labels)
+      if reason:
+        entry['auc']['reason'] = reason
+        _undefined_points(entry, labels, label_probs)
+      if not labels.any():
+        entry['average_precision']['reason'] = (
+            f'no positive among the known targets of {split}: average '
+            'precision undefined')
   return out
+
+
+# Bumped when the intervals' maths change, so that a checkpoint written by
+# another version is not reused.
+_CHECKPOINT_VERSION = 1
+
+
+def _split_intervals(split, targets, probs, names, out, known_rows, ids,
+                     fields, num_resamples, level, seed, checkpoint_dir,
+                     progress):
+  """One split's intervals of every scored label, its subgroups' and the
+  macro mean's, from shared bootstraps; reused from checkpoint_dir when
+  it holds them for the same inputs.
+
+  Returns:
+    {'labels': {label: {'split': intervals, 'subgroups': {field: {value:
+     intervals}}}}, 'macro_auc_ci': [low, high] or None}.
+  """
+  say = progress or (lambda line: None)
+  ids = np.arange(len(targets)) if ids is None else np.asarray(ids)
+  # What each label is scored on here: its known rows and operating points.
+  scored = {}
+  for name, result in out['labels'].items():
+    if split not in result['splits']:
+      continue
+    column = names.index(name)
+    rows = known_rows[name][split]
+    ops = list(result['splits'][split]['operating_points'])
+    scored[name] = (rows, targets[rows, column], probs[rows, column],
+                    np.array([result['thresholds'][op]['threshold']
+                              for op in ops], np.float64), ops)
+  macro_labels = out['macro'][split]['auc_labels']
+  # The subgroups large enough for numbers (min_subgroup), per label.
+  measured = {name: {field: sorted(
+      value for value, entry in groups.items() if 'auc' in entry)
+      for field, groups in out['labels'][name]['splits'][split][
+          'subgroups'].items()} for name in scored}
+  digest = hashlib.sha256(repr((
+      _CHECKPOINT_VERSION, split, num_resamples, level, seed,
+      sorted(fields), macro_labels, measured,
+      {n: (s[4], list(s[3])) for n, s in scored.items()})).encode())
+  for value in [np.asarray(ids).astype(str)] + [
+      np.asarray(fields[f]).astype(str) for f in sorted(fields)]:
+    digest.update('\0'.join(value.tolist()).encode())
+  for name in scored:
+    rows, labels, label_probs = scored[name][:3]
+    for array in (np.flatnonzero(rows), labels, label_probs):
+      digest.update(np.ascontiguousarray(array, np.float64).tobytes())
+  key = digest.hexdigest()
+  path = (os.path.join(checkpoint_dir, f'bootstrap-{split}.json')
+          if checkpoint_dir else None)
+  if path and os.path.exists(path):
+    try:
+      saved = atomic.read_json(path)
+    except atomic.DamagedStateError:
+      saved = None
+    if saved and saved.get('key') == key:
+      say(f'evaluation of {split}: intervals reused from {path} (same '
+          'predictions and settings)')
+      return saved['intervals']
+  begin = time.perf_counter()
+  say(f'evaluation of {split}: {len(targets):,} images, '
+      f'{np.unique(ids).size:,} patients, {len(scored)} labels, '
+      f'{num_resamples} patient resamples shared by the labels')
+
+  def bootstrap(mask, label_names_here):
+    """{label: draws} of the labels named, on the split's rows in mask
+    (None: all)."""
+    if mask is None:
+      mask = np.ones(len(targets), bool)
+    columns = []
+    for name in label_names_here:
+      rows, labels, label_probs, threshold_array, _ = scored[name]
+      inside = mask[rows]  # of the label's known rows, those in mask
+      columns.append((np.flatnonzero(rows[mask]), labels[inside],
+                      label_probs[inside], threshold_array))
+    if not columns:
+      return {}
+    return dict(zip(label_names_here, shared_bootstrap(
+        columns, ids[mask], num_resamples, seed)))
+
+  draws = bootstrap(None, list(scored))
+  intervals = {'labels': {name: {
+      'split': intervals_from_draws(draws[name], scored[name][4], level),
+      'subgroups': {}} for name in scored}}
+  intervals['macro_auc_ci'] = (
+      _macro_interval([draws[n] for n in macro_labels], level)
+      if macro_labels else None)
+  say(f'  {split}: whole split done ({time.perf_counter() - begin:.0f} s)')
+  for field in sorted(fields):
+    values = np.asarray(fields[field]).astype(str)
+    groups = sorted({value for name in scored
+                     for value in measured[name].get(field, [])})
+    for value in groups:
+      mask = values == value
+      wanted = [name for name in scored
+                if value in measured[name].get(field, [])]
+      for name, group_draws in bootstrap(mask, wanted).items():
+        intervals['labels'][name]['subgroups'].setdefault(field, {})[
+            value] = intervals_from_draws(group_draws, scored[name][4], level)
+    say(f'  {split} by {field}: {len(groups)} subgroups done '
+        f'({time.perf_counter() - begin:.0f} s)')
+  if path:
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    atomic.write_json(path, {'key': key, 'intervals': intervals})
+  return intervals
+
+
+def _attach_intervals(out, split, intervals):
+  """Puts `_split_intervals`' intervals into the evaluation's entries."""
+
+  def attach(entry, found):
+    for name in CURVE_METRICS:
+      entry[name]['ci'] = found[name]
+    for op, point in entry['operating_points'].items():
+      for m in POINT_METRICS:
+        point[m]['ci'] = found['operating_points'][op][m]
+
+  for name, found in intervals['labels'].items():
+    entry = out['labels'][name]['splits'][split]
+    attach(entry, found['split'])
+    for field, groups in found['subgroups'].items():
+      for value, group_found in groups.items():
+        attach(entry['subgroups'][field][value], group_found)
+  if intervals['macro_auc_ci'] is not None:
+    out['macro'][split]['auc_ci'] = intervals['macro_auc_ci']
 
 
 def macro_auc_interval(targets, probs, columns, patient_ids=None,
@@ -1321,28 +1679,16 @@ def macro_auc_interval(targets, probs, columns, patient_ids=None,
   Returns:
     [low, high].
   """
-  targets = np.asarray(targets, np.float64)[:, columns]
-  probs = np.asarray(probs, np.float64)[:, columns]
+  targets = np.asarray(targets, np.float64)
+  probs = np.asarray(probs, np.float64)
   ids = np.arange(len(targets)) if patient_ids is None else patient_ids
-  means = []
-  for index in patient_resamples(ids, num_resamples, seed):
-    aucs = []
-    for column in range(len(columns)):
-      target = targets[index, column]
-      known = target != MASKED_TARGET
-      labels = target[known].astype(bool)
-      positives = labels.sum()
-      if not 0 < positives < labels.size:
-        continue
-      tp, fp, _ = _cumulative_counts(labels, probs[index, column][known])
-      tpr = np.concatenate([[0.0], tp / positives])
-      fpr = np.concatenate([[0.0], fp / (labels.size - positives)])
-      aucs.append(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-    if aucs:
-      means.append(np.mean(aucs))
-  tail = 100 * (1 - level) / 2
-  low, high = np.percentile(means, [tail, 100 - tail])
-  return [float(low), float(high)]
+  label_columns = []
+  for column in columns:
+    known = targets[:, column] != MASKED_TARGET
+    label_columns.append((np.flatnonzero(known), targets[known, column],
+                          probs[known, column], np.zeros(0)))
+  return _macro_interval(shared_bootstrap(label_columns, ids, num_resamples,
+                                          seed), level)
 
 
 # Localization (issue 21): the pointing game (Zhang et al., ECCV 2016) on

@@ -74,6 +74,12 @@ _CANONICAL = {spelling: name for name, spellings in LABEL_SYNONYMS.items()
               for spelling in spellings}
 
 
+def print_flush(line):
+  """The evaluation's progress lines: printed at once, not when stdout's
+  buffer fills."""
+  print(line, flush=True)
+
+
 class ScoringError(errors.XrayError):
   """A run or a dataset that cannot be evaluated as asked."""
 
@@ -417,7 +423,8 @@ def evaluate_multilabel_dataset(builder, predictions, label_names,
                                 thresholds=None, threshold_split='val',
                                 num_resamples=2000, seed=0, level=0.95,
                                 model_data=None, temperatures=None,
-                                label_policy=None, views=None):
+                                label_policy=None, views=None,
+                                checkpoint_dir=None, progress=print_flush):
   """`evaluate_dataset` for a multi-label model (or a dataset of labels).
 
   Args:
@@ -431,6 +438,9 @@ def evaluate_multilabel_dataset(builder, predictions, label_names,
       are checked against the records' codes.
     views: the views the reader kept (`as_dataset(views=...)`), or None
       for every image: the records' rows are filtered alike.
+    checkpoint_dir, progress: as `evaluation.evaluate_multilabel`: where
+      each split's intervals are kept for a rerun to reuse, and where the
+      progress lines go (None: nowhere).
 
   Returns:
     results['evaluation']: {'multilabel': True, 'label_names',
@@ -482,7 +492,8 @@ def evaluate_multilabel_dataset(builder, predictions, label_names,
       patient_ids={s: patient_ids(m) for s, m in per_split.items()},
       subgroups={s: subgroup_fields(info, m) for s, m in per_split.items()},
       num_resamples=num_resamples, level=level, seed=seed,
-      min_subgroup=MIN_SUBGROUP)
+      min_subgroup=MIN_SUBGROUP, checkpoint_dir=checkpoint_dir,
+      progress=progress)
   if thresholds is not None:
     for label_result in result['labels'].values():
       for entry in label_result['thresholds'].values():

@@ -836,12 +836,16 @@ def _evaluate_labels(net, builder, config, work_dir):
     predictions[split] = (targets, probs)
     results['splits'][split] = label_aucs(targets, probs, names)
   # The clinical evaluation, per label: targets [N, L] with labels.MASKED
-  # where masked, probabilities [N, L], the labels' names.
+  # where masked, probabilities [N, L], the labels' names. Train gets the
+  # point AUCs above only; each split's intervals are kept in backup/ as
+  # they are done, so a run killed here resumes at the split it was on.
   results['evaluation'] = scoring.evaluate_dataset(
       builder, {s: predictions[s] for s in ('val', 'test')}, list(names),
       num_resamples=config.bootstrap_resamples, seed=config.seed,
       model_data=config.data_dir, label_policy=config.label_policy,
-      views=options.get('views'))
+      views=options.get('views'),
+      checkpoint_dir=work_dir and os.path.join(
+          work_dir, resume_lib.BACKUP_DIR, 'evaluation'))
   if work_dir is not None:
     scoring.write_pictures(work_dir, results['evaluation'], predictions,
                            os.path.join(work_dir, callbacks_lib.HISTORY_CSV))
