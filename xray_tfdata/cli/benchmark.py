@@ -39,7 +39,7 @@ _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 15, 'input mode: ba
 _TRAIN_IMAGES = flags.DEFINE_integer('train_images', None, f'epoch modes: training images per epoch (default: epoch four of the reference\'s batches of {reference.BATCH_SIZE}, device_epoch the reference\'s {reference.TRAIN_IMAGES}).', lower_bound=1)
 _VAL_IMAGES = flags.DEFINE_integer('val_images', None, f'epoch modes: validation images per epoch (default: epoch one of the reference\'s batches, device_epoch the reference\'s {reference.VAL_IMAGES}).', lower_bound=1)
 _POLICY = flags.DEFINE_enum('policy', 'auto', ['auto', 'float32', 'mixed_float16', 'mixed_bfloat16'], 'epoch and ops modes: dtype policy of the library model.')
-_VARIANTS = flags.DEFINE_list('variants', None, 'epoch modes: variants to run (default all; epoch: baseline, keras_user, keras_user+cache, fused, keras_cv, floor; device_epoch: baseline (vgg16 only), library, keras_core, library_float32, library_mixed_float16, library_mixed_bfloat16, floor).')
+_VARIANTS = flags.DEFINE_list('variants', None, 'epoch modes: variants to run (default all; epoch: baseline, keras_user, keras_user+cache, fused, keras_cv, floor, and when named fused_uncached, fused_unfolded, fused_before (the library without its trunk cache, its folded first conv, or both); device_epoch: baseline (vgg16 only), library, keras_core, library_float32, library_mixed_float16, library_mixed_bfloat16, floor).')
 _OPS = flags.DEFINE_list('ops', None, 'ops mode: which parts (default all): transform, preprocess, fused+preprocess, train_step, predict_batch, predict_one.')
 _CALLS = flags.DEFINE_integer('calls', 10, 'ops mode: calls timed per round (the model ops: a fifth of it).', lower_bound=1)
 _BACKBONE = flags.DEFINE_enum('backbone', 'vgg16', list(checks.BACKBONES), 'device_epoch mode: the model of every variant but the baseline (the reference\'s VGG16, run with vgg16 only).')
@@ -105,7 +105,7 @@ def _benchmark(argv):
           train_images=_TRAIN_IMAGES.value or epoch.TRAIN_IMAGES,
           val_images=_VAL_IMAGES.value or epoch.VAL_IMAGES,
           repeats=_REPEATS.value, policy=_POLICY.value,
-          variants=tuple(_VARIANTS.value or epoch.VARIANTS))
+          variants=tuple(_VARIANTS.value or epoch.DEFAULT_VARIANTS))
   except (common.BenchmarkError, pipeline.DatasetError, sources.SourceError,
           synthetic.SyntheticError, writer.OutputError) as e:
     raise SystemExit(f'error: {e}')
