@@ -587,6 +587,7 @@ def test_folded_first_conv_equals_three_channel_conv():
                              rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # two models, saved and loaded
 def test_folded_model_loads_weights_saved_by_the_unfolded_one(tmp_path):
   """A run saved before the fold (backup/, best.weights.h5, model.keras)
   still loads: the kernel keeps its [3, 3, 3, 64] shape and its name."""

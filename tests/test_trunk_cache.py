@@ -67,6 +67,7 @@ def test_cached_validation_equals_keras_validation_to_the_bit(frozen_blocks):
   assert history['val_loss'] == [own['loss'] for _, own in check.pairs]
 
 
+@pytest.mark.slow  # two evaluations of VGG16
 def test_features_are_recomputed_when_the_trunk_changes():
   val_images, val_labels = _data(8, 1)
   val = tf.data.Dataset.from_tensor_slices((val_images, val_labels)).batch(8)
