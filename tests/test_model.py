@@ -48,13 +48,9 @@ def test_frozen_blocks_out_of_range():
     model_lib.build_model(SIZE, frozen_blocks=6)
 
 
-# Gray input is folded into the first convolution by default (the means
-# are subtracted there: test_folded_first_conv_*); unfolded, the layer
-# makes the whole preprocessed image.
 @pytest.mark.parametrize('channels', [1, 3])
 def test_preprocessing_matches_vgg16_preprocess_input(channels):
-  net = model_lib.build_model(SIZE, channels_in=channels,
-                              fold_gray_input=False)
+  net = model_lib.build_model(SIZE, channels_in=channels)
   preprocess = keras.Model(net.input,
                            net.get_layer('vgg16_preprocess').output)
   images = _images(channels=channels)
@@ -552,15 +548,14 @@ def test_new_backbone_imagenet_offline_fails_fast_naming_file_and_place(
 
 def _unfolded_twin(net):
   """The same model with the three-channel first convolution, same weights."""
-  twin = model_lib.build_model(SIZE, dense_units=(8, 4),
-                               fold_gray_input=False)
+  twin = model_lib.build_model(SIZE, dense_units=(8, 4))
   twin.set_weights(net.get_weights())
   return twin
 
 
 def test_folded_first_conv_equals_three_channel_conv():
   keras.mixed_precision.set_global_policy('float32')
-  net = model_lib.build_model(SIZE, dense_units=(8, 4))
+  net = model_lib.build_model(SIZE, dense_units=(8, 4), fold_gray_input=True)
   conv = net.get_layer('vgg16').layers[1]
   assert isinstance(conv, model_lib.GrayConv2D)
   assert conv.name == 'block1_conv1' and tuple(conv.kernel.shape) == (
@@ -589,16 +584,16 @@ def test_folded_first_conv_equals_three_channel_conv():
 
 @pytest.mark.slow  # two models, saved and loaded
 def test_folded_model_loads_weights_saved_by_the_unfolded_one(tmp_path):
-  """A run saved before the fold (backup/, best.weights.h5, model.keras)
-  still loads: the kernel keeps its [3, 3, 3, 64] shape and its name."""
+  """Weights saved by the unfolded model (backup/, best.weights.h5) load
+  into the folded one, and its model.keras still loads: the kernel keeps
+  its [3, 3, 3, 64] shape and its path in the file."""
   keras.mixed_precision.set_global_policy('float32')
   keras.utils.set_random_seed(3)
-  old = model_lib.build_model(SIZE, dense_units=(8, 4),
-                              fold_gray_input=False)
+  old = model_lib.build_model(SIZE, dense_units=(8, 4))
   old.save_weights(str(tmp_path / 'best.weights.h5'))
   old.save(str(tmp_path / 'model.keras'))
   keras.utils.set_random_seed(4)  # other initial weights
-  net = model_lib.build_model(SIZE, dense_units=(8, 4))
+  net = model_lib.build_model(SIZE, dense_units=(8, 4), fold_gray_input=True)
   net.load_weights(str(tmp_path / 'best.weights.h5'))
   images = _images()
   expected = old.predict(images, verbose=0)
@@ -606,11 +601,17 @@ def test_folded_model_loads_weights_saved_by_the_unfolded_one(tmp_path):
                              rtol=0, atol=1e-6)
   restored = keras.models.load_model(str(tmp_path / 'model.keras'))
   np.testing.assert_array_equal(restored.predict(images, verbose=0), expected)
+  net.save(str(tmp_path / 'folded.keras'))  # and the folded model's own
+  restored = keras.models.load_model(str(tmp_path / 'folded.keras'))
+  assert isinstance(restored.get_layer('vgg16').layers[1],
+                    model_lib.GrayConv2D)
+  np.testing.assert_array_equal(restored.predict(images, verbose=0),
+                                net.predict(images, verbose=0))
 
 
 def test_folded_first_conv_in_bfloat16_is_within_its_rounding():
   net = model_lib.build_model(SIZE, dense_units=(8, 4),
-                              policy='mixed_bfloat16')
+                              policy='mixed_bfloat16', fold_gray_input=True)
   conv = net.get_layer('vgg16').layers[1]
   keras.mixed_precision.set_global_policy('float32')
   reference = keras.layers.Conv2D(64, 3, padding='same', activation='relu')

@@ -629,7 +629,7 @@ def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
                 dense_units=reference.DENSE_UNITS, dropout=reference.DROPOUT,
                 augmentation=None, policy=None, name=None,
                 backbone=reference.BACKBONE, num_labels=1,
-                fold_gray_input=True):
+                fold_gray_input=False):
   """Builds the classifier on a backbone, taking uint8 images.
 
   Args:
@@ -662,8 +662,9 @@ def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
       dataset's P(positive class)) or a multi-label dataset's labels.
     fold_gray_input: with channels_in=1 and a backbone of
       FOLDED_GRAY_BACKBONES, its first convolution reads the one gray
-      channel (GrayConv2D); False keeps the three-channel one (for
-      side-by-side benchmarks).
+      channel (GrayConv2D). Off by default: exact, but measured slower
+      (BUILD_NOTES.md, session 9 h7): the one-channel convolution and its
+      separate mean correction cost more than the two channels they save.
 
   Returns:
     An uncompiled `keras.Model` mapping uint8 [B, H, W, channels_in] to
@@ -702,7 +703,8 @@ def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
   if augmentation is not None:
     x = augmentation(x)
   # VGG16's first convolution sees gray as three equal channels: folded,
-  # it reads the one channel (same output, a third of its work).
+  # it reads the one channel (same output, a third of its multiply-adds,
+  # but slower as measured: see fold_gray_input).
   fold_gray = (fold_gray_input and channels_in == 1 and
                backbone in FOLDED_GRAY_BACKBONES)
   x = _preprocess_layer(backbone, fold_gray)(x)

@@ -38,7 +38,7 @@ def sync(batch):
   return np.asarray(batch)
 
 
-def reference_model(image_size, augmentation, policy, fold_gray=True):
+def reference_model(image_size, augmentation, policy, fold_gray=False):
   keras.mixed_precision.set_global_policy(policy)
   net = model_lib.build_model(image_size=image_size, weights=None,
                               augmentation=augmentation,

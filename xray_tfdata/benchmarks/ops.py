@@ -60,7 +60,9 @@ def _op_runners(ops, image_size, batch_size, policy):
                                 batch_size)
     runners['predict_head'] = (lambda: head.predict_on_batch(features),
                                batch_size)
-    conv = net.get_layer('vgg16').layers[1]  # model.GrayConv2D
+    conv = library.reference_model(image_size, 'fused', policy,
+                                   fold_gray=True).get_layer('vgg16').layers[1]
+    keras.mixed_precision.set_global_policy('float32')
     config = {**conv.get_config(), 'dtype': conv.dtype_policy}
     config.pop('channel_means')
     three = keras.layers.Conv2D.from_config(config)
