@@ -85,6 +85,11 @@ def test_epoch_benchmark_reports_ratios(bench_data):
   assert 'x baseline' in table and 'x keras_user+cache' in table
   with pytest.raises(common.BenchmarkError, match='unknown variants'):
     epoch.benchmark_epoch(src, data, variants=('imagedatagenerator',))
+  # The library without its exact levers (issue 37) runs only when named.
+  before = epoch.benchmark_epoch(src, data, image_size=32, batch_size=4,
+                                 train_images=8, val_images=4, repeats=1,
+                                 variants=('fused_uncached',))
+  assert list(before['median_epoch_seconds']) == ['fused_uncached']
 
 
 @pytest.mark.slow

@@ -544,3 +544,83 @@ def test_new_backbone_imagenet_offline_fails_fast_naming_file_and_place(
   assert '\n' not in message and 'is not cached' in message
   assert f'put {filename} (from https://' in message
   assert f'at {cache_path}' in message
+
+
+def _unfolded_twin(net):
+  """The same model with the three-channel first convolution, same weights."""
+  twin = model_lib.build_model(SIZE, dense_units=(8, 4))
+  twin.set_weights(net.get_weights())
+  return twin
+
+
+def test_folded_first_conv_equals_three_channel_conv():
+  keras.mixed_precision.set_global_policy('float32')
+  net = model_lib.build_model(SIZE, dense_units=(8, 4), fold_gray_input=True)
+  conv = net.get_layer('vgg16').layers[1]
+  assert isinstance(conv, model_lib.GrayConv2D)
+  assert conv.name == 'block1_conv1' and tuple(conv.kernel.shape) == (
+      3, 3, 3, 64)
+  # Weights with a spread of signs and a nonzero bias, as ImageNet's.
+  rng = np.random.default_rng(1)
+  conv.kernel.assign(rng.normal(0, 0.1, (3, 3, 3, 64)).astype('float32'))
+  conv.bias.assign(rng.normal(0, 1, 64).astype('float32'))
+  images = _images(n=3)
+  reference = keras.layers.Conv2D(64, 3, padding='same', activation='relu')
+  reference.build((None, SIZE, SIZE, 3))
+  reference.set_weights(conv.get_weights())
+  # The unfolded path, from Keras' own preprocess_input: border pixels
+  # included (zero padding after the means are subtracted).
+  expected = np.asarray(reference(keras.applications.vgg16.preprocess_input(
+      np.repeat(images, 3, axis=-1).astype('float32'))))
+  folded = np.asarray(conv(images.astype('float32')))
+  scale = np.abs(expected).max()
+  assert scale > 10
+  np.testing.assert_allclose(folded, expected, rtol=0, atol=scale * 1e-6)
+  # The whole model too, against its unfolded twin.
+  np.testing.assert_allclose(net.predict(images, verbose=0),
+                             _unfolded_twin(net).predict(images, verbose=0),
+                             rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow  # two models, saved and loaded
+def test_folded_model_loads_weights_saved_by_the_unfolded_one(tmp_path):
+  """Weights saved by the unfolded model (backup/, best.weights.h5) load
+  into the folded one, and its model.keras still loads: the kernel keeps
+  its [3, 3, 3, 64] shape and its path in the file."""
+  keras.mixed_precision.set_global_policy('float32')
+  keras.utils.set_random_seed(3)
+  old = model_lib.build_model(SIZE, dense_units=(8, 4))
+  old.save_weights(str(tmp_path / 'best.weights.h5'))
+  old.save(str(tmp_path / 'model.keras'))
+  keras.utils.set_random_seed(4)  # other initial weights
+  net = model_lib.build_model(SIZE, dense_units=(8, 4), fold_gray_input=True)
+  net.load_weights(str(tmp_path / 'best.weights.h5'))
+  images = _images()
+  expected = old.predict(images, verbose=0)
+  np.testing.assert_allclose(net.predict(images, verbose=0), expected,
+                             rtol=0, atol=1e-6)
+  restored = keras.models.load_model(str(tmp_path / 'model.keras'))
+  np.testing.assert_array_equal(restored.predict(images, verbose=0), expected)
+  net.save(str(tmp_path / 'folded.keras'))  # and the folded model's own
+  restored = keras.models.load_model(str(tmp_path / 'folded.keras'))
+  assert isinstance(restored.get_layer('vgg16').layers[1],
+                    model_lib.GrayConv2D)
+  np.testing.assert_array_equal(restored.predict(images, verbose=0),
+                                net.predict(images, verbose=0))
+
+
+def test_folded_first_conv_in_bfloat16_is_within_its_rounding():
+  net = model_lib.build_model(SIZE, dense_units=(8, 4),
+                              policy='mixed_bfloat16', fold_gray_input=True)
+  conv = net.get_layer('vgg16').layers[1]
+  keras.mixed_precision.set_global_policy('float32')
+  reference = keras.layers.Conv2D(64, 3, padding='same', activation='relu')
+  reference.build((None, SIZE, SIZE, 3))
+  reference.set_weights(conv.get_weights())
+  images = _images(n=2)
+  expected = np.asarray(reference(keras.applications.vgg16.preprocess_input(
+      np.repeat(images, 3, axis=-1).astype('float32'))))
+  folded = np.asarray(conv(images.astype('float32')), np.float32)
+  # bfloat16 keeps 8 significant bits: about 0.4% of the largest terms.
+  np.testing.assert_allclose(folded, expected, rtol=0,
+                             atol=np.abs(expected).max() * 2**-6)

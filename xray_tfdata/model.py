@@ -233,7 +233,7 @@ class VGG16Preprocess(keras.layers.Layer):
     return tuple(input_shape[:-1]) + (3,)
 
 
-PREPROCESS_MODES = ('caffe', 'torch', 'raw')
+PREPROCESS_MODES = ('caffe', 'torch', 'raw', 'gray')
 
 
 @keras.saving.register_keras_serializable(package='xray_tfdata')
@@ -248,6 +248,9 @@ class BackbonePreprocess(keras.layers.Layer):
            that float32 results are equal to the bit.
     raw    the pixels as they are, 0..255 (efficientnetv2s, whose Keras
            model rescales them itself; its preprocess_input does nothing).
+    gray   the one gray channel as it is, 0..255: for a backbone whose
+           first convolution is a GrayConv2D, which subtracts caffe's means
+           itself (`fold_gray_input`).
   A single-channel image is taken as gray: broadcasting its one channel
   against the three means makes the RGB image in the same pass; 'raw'
   repeats it. Casts to the layer's compute dtype (Keras does not autocast
@@ -273,15 +276,118 @@ class BackbonePreprocess(keras.layers.Layer):
       mean = ops.convert_to_tensor(_TORCH_RGB_MEAN, self.compute_dtype)
       std = ops.convert_to_tensor(_TORCH_RGB_STD, self.compute_dtype)
       return (images - mean) / std
+    if self.mode == 'gray':
+      if channels != 1:
+        raise ValueError(f'gray mode expects 1 channel, got {channels}')
+      return images
     return ops.repeat(images, 3, axis=-1) if channels == 1 else images
 
   def compute_output_shape(self, input_shape):
-    return tuple(input_shape[:-1]) + (3,)
+    return tuple(input_shape[:-1]) + (1 if self.mode == 'gray' else 3,)
 
   def get_config(self):
     config = super().get_config()
     config.update(mode=self.mode)
     return config
+
+
+# Backbones whose first convolution is folded for gray input (GrayConv2D):
+# VGG16's block1_conv1 ('same' padding, caffe means). The other
+# keras.applications backbones pad explicitly or normalise first.
+FOLDED_GRAY_BACKBONES = ('vgg16',)
+
+
+@keras.saving.register_keras_serializable(package='xray_tfdata')
+class GrayConv2D(keras.layers.Conv2D):
+  """A backbone's first Conv2D, as it acts on gray images, from one channel.
+
+  The unfolded model feeds the convolution x - m_c in each channel c (gray
+  x repeated, minus caffe's BGR mean m_c). By linearity that output equals
+  conv(x, sum_c W_c) - conv(m, W) + b: one input channel instead of three,
+  where conv(m, W) is the convolution of the constant mean image, zero
+  padded as the original pads x - m (so the border is exact too). It is
+  computed on one image per call, 1/B of the three-channel work.
+
+  The kernel stays [kh, kw, 3, filters], as ImageNet's and any saved weights
+  hold it, so weight files load unchanged; the sum is taken per call, so
+  training the layer (frozen_blocks=0) trains that kernel.
+
+  Args:
+    channel_means: the three means subtracted from the gray pixels
+      (caffe's BGR means for VGG16).
+    **kwargs: Conv2D's.
+  """
+
+  def __init__(self, channel_means=_CAFFE_BGR_MEAN, **kwargs):
+    super().__init__(**kwargs)
+    self.channel_means = tuple(float(m) for m in channel_means)
+
+  def build(self, input_shape):
+    if input_shape[-1] != 1:
+      raise ValueError(f'GrayConv2D takes 1 channel, got {input_shape[-1]}')
+    # The kernel of the three-channel layer it replaces.
+    super().build(tuple(input_shape[:-1]) + (len(self.channel_means),))
+    self.input_spec = keras.layers.InputSpec(min_ndim=4, axes={-1: 1})
+
+  def call(self, inputs):
+    kernel = self.kernel
+    folded = self.convolution_op(
+        inputs, ops.sum(kernel, axis=-2, keepdims=True))
+    means = ops.convert_to_tensor(self.channel_means, folded.dtype)
+    mean_image = ops.broadcast_to(
+        means, (1,) + tuple(inputs.shape[1:-1]) + (len(self.channel_means),))
+    outputs = folded - self.convolution_op(mean_image, kernel)
+    if self.use_bias:
+      outputs = outputs + self.bias
+    if self.activation is not None:
+      outputs = self.activation(outputs)
+    return outputs
+
+  def compute_output_shape(self, input_shape):
+    return super().compute_output_shape(
+        tuple(input_shape[:-1]) + (len(self.channel_means),))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(channel_means=list(self.channel_means))
+    return config
+
+
+# Keras 3 weight files (.weights.h5: backup/, best.weights.h5) address a
+# model's layers by their class name and position ('conv2d', 'conv2d_1',
+# ...), not by layer name: under the name Conv2D the folded layer keeps the
+# path of the layer it replaces, so weights saved before the fold load into
+# it and the other convolutions keep theirs. Serialization goes by the name
+# registered above (xray_tfdata>GrayConv2D), so model.keras files are
+# unaffected.
+GrayConv2D.__name__ = 'Conv2D'
+
+
+def fold_gray_input(base, channel_means=_CAFFE_BGR_MEAN):
+  """The backbone taking [B, H, W, 1] gray pixels (0..255) instead of the
+  caffe-preprocessed three-channel image: its first Conv2D replaced by a
+  GrayConv2D with the same name and weights, every other layer shared.
+
+  Args:
+    base: a keras.applications backbone whose layers form a chain starting
+      with a 'same'-padded Conv2D (VGG16).
+    channel_means: what the unfolded preprocessing subtracts per channel.
+
+  Returns:
+    A keras.Model with base's name and layers (the first conv replaced).
+  """
+  first = base.layers[1]
+  config = first.get_config()
+  config.pop('dtype', None)  # the policy in force, as the original's
+  conv = GrayConv2D(channel_means=channel_means, dtype=first.dtype_policy,
+                    **config)
+  gray = keras.Input(tuple(base.input.shape[1:-1]) + (1,),
+                     name=base.layers[0].name)
+  x = conv(gray)
+  conv.set_weights(first.get_weights())
+  for layer in base.layers[2:]:
+    x = layer(x)
+  return keras.Model(gray, x, name=base.name)
 
 
 def keras_cache_path(backbone='vgg16'):
@@ -489,9 +595,11 @@ def _warn_once(message):
     print(f'warning: {message}', file=sys.stderr, flush=True)
 
 
-def _preprocess_layer(backbone):
+def _preprocess_layer(backbone, fold_gray=False):
   # Pixel preprocessing in float32: bfloat16 would round 0..255 pixels to
   # 8 significant bits before the mean is subtracted.
+  if fold_gray:  # the means are subtracted inside GrayConv2D
+    return BackbonePreprocess('gray', dtype='float32', name='vgg16_preprocess')
   if backbone in ('vgg16', 'mini_vgg'):
     return VGG16Preprocess(dtype='float32', name='vgg16_preprocess')
   return BackbonePreprocess(_APPLICATIONS[backbone][1], dtype='float32',
@@ -526,15 +634,17 @@ def resolve_head(head, backbone, num_labels):
           else 'pooling')
 
 
-def _backbone(backbone, image_size, weights_path):
-  """The backbone without its top, taking [B, H, W, 3] float images."""
+def _backbone(backbone, image_size, weights_path, fold_gray=False):
+  """The backbone without its top, taking [B, H, W, 3] float images; with
+  fold_gray, [B, H, W, 1] gray pixels (see `fold_gray_input`)."""
   input_shape = (image_size, image_size, 3)
   if backbone == 'mini_vgg':
     return mini_vgg(input_shape)
   application = getattr(keras.applications, _APPLICATIONS[backbone][0])
   try:
-    return application(include_top=False, weights=weights_path,
+    base = application(include_top=False, weights=weights_path,
                        input_shape=input_shape)
+    return fold_gray_input(base) if fold_gray else base
   except ValueError as e:
     if weights_path is None:
       raise
@@ -548,7 +658,8 @@ def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
                 frozen_blocks=reference.FROZEN_BLOCKS,
                 dense_units=reference.DENSE_UNITS, dropout=reference.DROPOUT,
                 augmentation=None, policy=None, name=None,
-                backbone=reference.BACKBONE, num_labels=1, head='auto'):
+                backbone=reference.BACKBONE, num_labels=1, head='auto',
+                fold_gray_input=False):
   """Builds the classifier on a backbone, taking uint8 images.
 
   Args:
@@ -581,6 +692,11 @@ def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
       dataset's P(positive class)) or a multi-label dataset's labels.
     head: 'auto', 'dense' (Flatten -> dense_units with dropout) or
       'pooling' (global average pooling); see `resolve_head`.
+    fold_gray_input: with channels_in=1 and a backbone of
+      FOLDED_GRAY_BACKBONES, its first convolution reads the one gray
+      channel (GrayConv2D). Off by default: exact, but measured slower
+      (BUILD_NOTES.md, session 9 h7): the one-channel convolution and its
+      separate mean correction cost more than the two channels they save.
 
   Returns:
     An uncompiled `keras.Model` mapping uint8 [B, H, W, channels_in] to
@@ -618,8 +734,13 @@ def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
   x = images
   if augmentation is not None:
     x = augmentation(x)
-  x = _preprocess_layer(backbone)(x)
-  base = _backbone(backbone, image_size, weights_path)
+  # VGG16's first convolution sees gray as three equal channels: folded,
+  # it reads the one channel (same output, a third of its multiply-adds,
+  # but slower as measured: see fold_gray_input).
+  fold_gray = (fold_gray_input and channels_in == 1 and
+               backbone in FOLDED_GRAY_BACKBONES)
+  x = _preprocess_layer(backbone, fold_gray)(x)
+  base = _backbone(backbone, image_size, weights_path, fold_gray)
   for layer in base.layers[:frozen_layer_count(base, frozen_blocks,
                                                backbone)]:
     layer.trainable = False

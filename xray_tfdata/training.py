@@ -61,6 +61,7 @@ from xray_tfdata import report
 from xray_tfdata import resume as resume_lib
 from xray_tfdata import scoring
 from xray_tfdata import serving
+from xray_tfdata import trunk_cache
 from xray_tfdata.config import RESUMABLE_CHANGES
 from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # the README's training.TrainConfig
 from xray_tfdata.config import TrainingError
@@ -654,6 +655,13 @@ def fit(net, inputs, callbacks, config, initial_epoch, work_dir, builder):
   """
   checks.check_class_weights_apply(inputs.class_weight,
                                    len(inputs.label_names))
+  # The frozen trunk's validation features, computed once (trunk_cache);
+  # its callback goes first, so every other one sees the val_* logs.
+  validation_data, cached = trunk_cache.validation_plan(
+      net, inputs.val,
+      trunk_cache.validation_key(builder, 'val', label_options(config, builder)),
+      num_examples=builder.num_examples('val', config.views or None))
+  callbacks = [*cached, *callbacks]
   watchdog = None
   if config.data_service:
     # A service that lost its workers makes fit wait for ever, silently.
@@ -667,7 +675,7 @@ def fit(net, inputs, callbacks, config, initial_epoch, work_dir, builder):
   try:
     with atomic.naming(work_dir):
       net.fit(inputs.train, epochs=config.epochs,
-              steps_per_epoch=inputs.steps, validation_data=inputs.val,
+              steps_per_epoch=inputs.steps, validation_data=validation_data,
               class_weight=inputs.class_weight,
               callbacks=callbacks, initial_epoch=initial_epoch,
               shuffle=False,  # the pipeline shuffles

@@ -18,13 +18,24 @@ from xray_tfdata import augment
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
 from xray_tfdata import reference
+from xray_tfdata import trunk_cache
 from xray_tfdata.benchmarks import baseline
 from xray_tfdata.benchmarks import common
 from xray_tfdata.benchmarks import library
 from xray_tfdata.benchmarks import peers
 
 
-VARIANTS = ('baseline',) + peers.VARIANTS + ('fused', 'keras_cv', 'floor')
+# The exact levers of issue 37, each measured side by side as (folded gray
+# first convolution, validation trunk cache): 'fused' has the cache and not
+# the fold (measured slower, `model.build_model`'s fold_gray_input);
+# fused_uncached is the library as it was before both; fused_folded and
+# fused_folded_uncached add the fold.
+LEVER_VARIANTS = {'fused_uncached': (False, False),
+                  'fused_folded': (True, True),
+                  'fused_folded_uncached': (True, False)}
+DEFAULT_VARIANTS = ('baseline',) + peers.VARIANTS + ('fused', 'keras_cv',
+                                                     'floor')
+VARIANTS = DEFAULT_VARIANTS + tuple(LEVER_VARIANTS)  # run when named
 # A short epoch by default: four of the reference's batches to train on and
 # one to validate, so that every variant's rounds fit in minutes on a CPU
 # (device_epoch times the reference's whole split).
@@ -35,7 +46,7 @@ VAL_IMAGES = reference.BATCH_SIZE
 def benchmark_epoch(src_dir, data_dir, image_size=reference.IMAGE_SIZE,
                     batch_size=reference.BATCH_SIZE, train_images=TRAIN_IMAGES,
                     val_images=VAL_IMAGES, repeats=3, policy='auto',
-                    variants=VARIANTS):
+                    variants=DEFAULT_VARIANTS):
   """Seconds per epoch (train + validation), side by side.
 
   Every variant trains the same VGG16 (blocks 1-4 frozen, the reference's head,
@@ -69,7 +80,7 @@ def benchmark_epoch(src_dir, data_dir, image_size=reference.IMAGE_SIZE,
     # The reference validated one image per step.
     val = baseline.reference_flow(src_dir, image_size, 1, augmentation=False,
                                   shuffle=False)
-    setups['baseline'] = (net, train, val, min(val_images, val.samples))
+    setups['baseline'] = (net, train, val, min(val_images, val.samples), [])
   for name in peers.VARIANTS:
     if name in variants:
       cache = name == peers.KERAS_USER_CACHE
@@ -79,18 +90,24 @@ def benchmark_epoch(src_dir, data_dir, image_size=reference.IMAGE_SIZE,
       val = peers.keras_user_dataset(src_dir, image_size, batch_size,
                                      cache=cache, training=False).take(
                                          -(-val_images // batch_size))
-      setups[name] = (net, train, val, None)
-  for kind in ('fused', 'keras_cv'):
-    if kind in variants:
+      setups[name] = (net, train, val, None, [])
+  for name in ('fused', 'keras_cv') + tuple(LEVER_VARIANTS):
+    if name in variants:
+      fold, cache = LEVER_VARIANTS.get(name, (False, True))
+      kind = 'keras_cv' if name == 'keras_cv' else 'fused'
       aug = augment.make_augmentation(kind, **augment.REFERENCE_AUGMENTATION)
-      net = library.reference_model(image_size, aug, policy)
+      net = library.reference_model(image_size, aug, policy, fold_gray=fold)
       # Repeated, like the trainer's: `steps` (train_images // batch_size)
       # need not be one pass over the split.
       train = builder.as_dataset('train', batch_size, training=True, seed=0,
                                  repeat=True)
       val = builder.as_dataset('val', batch_size).take(
           -(-val_images // batch_size)).cache()
-      setups[kind] = (net, train, val, None)
+      # As training.fit validates: from the cached frozen trunk.
+      val, callbacks = (trunk_cache.validation_plan(
+          net, val, trunk_cache.validation_key(builder)) if cache
+                        else (val, []))
+      setups[name] = (net, train, val, None, callbacks)
   if 'floor' in variants:
     aug = augment.make_augmentation('fused', **augment.REFERENCE_AUGMENTATION)
     net = library.reference_model(image_size, aug, policy)
@@ -101,15 +118,15 @@ def benchmark_epoch(src_dir, data_dir, image_size=reference.IMAGE_SIZE,
     train = tf.data.Dataset.from_tensors((images, labels)).repeat()
     val = tf.data.Dataset.from_tensors((images, labels)).repeat(
         -(-val_images // batch_size))
-    setups['floor'] = (net, train, val, None)
+    setups['floor'] = (net, train, val, None, [])
   keras.mixed_precision.set_global_policy('float32')
 
   def one_epoch(name):
-    net, train, val, val_steps = setups[name]
+    net, train, val, val_steps, callbacks = setups[name]
     start = time.perf_counter()
     net.fit(train, epochs=1, steps_per_epoch=steps, validation_data=val,
             validation_steps=val_steps, class_weight=class_weight, verbose=0,
-            shuffle=False)
+            shuffle=False, callbacks=callbacks)
     return time.perf_counter() - start
 
   for name in setups:  # warm-up: tracing, caches

@@ -38,10 +38,11 @@ def sync(batch):
   return np.asarray(batch)
 
 
-def reference_model(image_size, augmentation, policy):
+def reference_model(image_size, augmentation, policy, fold_gray=False):
   keras.mixed_precision.set_global_policy(policy)
   net = model_lib.build_model(image_size=image_size, weights=None,
-                              augmentation=augmentation)
+                              augmentation=augmentation,
+                              fold_gray_input=fold_gray)
   model_lib.compile_model(net)
   return net
 

@@ -16,13 +16,21 @@ import tensorflow as tf
 from xray_tfdata import augment
 from xray_tfdata import model as model_lib
 from xray_tfdata import reference
+from xray_tfdata import trunk_cache
 from xray_tfdata.benchmarks import baseline
 from xray_tfdata.benchmarks import common
 from xray_tfdata.benchmarks import library
 
 
 OPS = ('transform', 'preprocess', 'fused+preprocess', 'train_step',
-       'predict_batch', 'predict_one')
+       'predict_batch', 'predict_one', 'predict_trunk', 'predict_head',
+       'first_conv', 'first_conv_folded')
+# The validation pass split where the trunk cache cuts it (predict_batch =
+# the frozen trunk + the trainable head), and VGG16's first convolution on
+# the preprocessed three-channel image and folded on the gray one: where
+# the levers of issue 37 act.
+_MODEL_OPS = ('train_step', 'predict_batch', 'predict_one', 'predict_trunk',
+              'predict_head', 'first_conv', 'first_conv_folded')
 
 
 def _op_runners(ops, image_size, batch_size, policy):
@@ -43,9 +51,28 @@ def _op_runners(ops, image_size, batch_size, policy):
   }
   runners = {name: (run, batch_size) for name, run in runners.items()
              if name in ops}
-  if {'train_step', 'predict_batch', 'predict_one'} & set(ops):
+  if set(_MODEL_OPS) & set(ops):
     net = library.reference_model(image_size, 'fused', policy)
     keras.mixed_precision.set_global_policy('float32')
+    trunk, head = trunk_cache.split_model(net)
+    features = trunk.predict_on_batch(images)
+    runners['predict_trunk'] = (lambda: trunk.predict_on_batch(images),
+                                batch_size)
+    runners['predict_head'] = (lambda: head.predict_on_batch(features),
+                               batch_size)
+    conv = library.reference_model(image_size, 'fused', policy,
+                                   fold_gray=True).get_layer('vgg16').layers[1]
+    keras.mixed_precision.set_global_policy('float32')
+    config = {**conv.get_config(), 'dtype': conv.dtype_policy}
+    config.pop('channel_means')
+    three = keras.layers.Conv2D.from_config(config)
+    three.build((None, image_size, image_size, 3))
+    three.set_weights(conv.get_weights())
+    bgr = preprocess(images)
+    runners['first_conv'] = (tf.function(lambda: three(bgr)[:, 0, 0, 0]),
+                             batch_size)
+    runners['first_conv_folded'] = (
+        tf.function(lambda: conv(pixels)[:, 0, 0, 0]), batch_size)
     labels = (rng.random(batch_size) < 0.73).astype(np.float32)
     runners['train_step'] = (
         lambda: net.train_on_batch(images, labels), batch_size)
@@ -81,7 +108,7 @@ def benchmark_ops(image_size=reference.IMAGE_SIZE,
     raise ValueError(f'unknown ops {sorted(unknown)}; choose from {OPS}')
   policy = model_lib.select_policy(policy)
   runners = _op_runners(ops, image_size, batch_size, policy)
-  model_ops = {'train_step', 'predict_batch'}
+  model_ops = set(_MODEL_OPS) - {'predict_one'}
 
   def count(name):
     if name == 'predict_one':

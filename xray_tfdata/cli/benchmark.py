@@ -39,8 +39,8 @@ _BASELINE_BATCHES = flags.DEFINE_integer('baseline_batches', 15, 'input mode: ba
 _TRAIN_IMAGES = flags.DEFINE_integer('train_images', None, f'epoch modes: training images per epoch (default: epoch four of the reference\'s batches of {reference.BATCH_SIZE}, device_epoch the reference\'s {reference.TRAIN_IMAGES}).', lower_bound=1)
 _VAL_IMAGES = flags.DEFINE_integer('val_images', None, f'epoch modes: validation images per epoch (default: epoch one of the reference\'s batches, device_epoch the reference\'s {reference.VAL_IMAGES}).', lower_bound=1)
 _POLICY = flags.DEFINE_enum('policy', 'auto', ['auto', 'float32', 'mixed_float16', 'mixed_bfloat16'], 'epoch and ops modes: dtype policy of the library model.')
-_VARIANTS = flags.DEFINE_list('variants', None, 'epoch modes: variants to run (default all; epoch: baseline, keras_user, keras_user+cache, fused, keras_cv, floor; device_epoch: baseline (vgg16 only), library, keras_core, library_float32, library_mixed_float16, library_mixed_bfloat16, floor).')
-_OPS = flags.DEFINE_list('ops', None, 'ops mode: which parts (default all): transform, preprocess, fused+preprocess, train_step, predict_batch, predict_one.')
+_VARIANTS = flags.DEFINE_list('variants', None, 'epoch modes: variants to run (default all; epoch: baseline, keras_user, keras_user+cache, fused, keras_cv, floor, and when named fused_uncached (the library without its trunk cache, as before issue 37), fused_folded, fused_folded_uncached (with the folded first conv, measured slower); device_epoch: baseline (vgg16 only), library, keras_core, library_float32, library_mixed_float16, library_mixed_bfloat16, floor).')
+_OPS = flags.DEFINE_list('ops', None, 'ops mode: which parts (default all): transform, preprocess, fused+preprocess, train_step, predict_batch, predict_one, predict_trunk, predict_head (the validation pass split where the trunk cache cuts it), first_conv, first_conv_folded (VGG16\'s first convolution, three-channel and folded for gray).')
 _CALLS = flags.DEFINE_integer('calls', 10, 'ops mode: calls timed per round (the model ops: a fifth of it).', lower_bound=1)
 _BACKBONE = flags.DEFINE_enum('backbone', 'vgg16', list(checks.BACKBONES), 'device_epoch mode: the model of every variant but the baseline (the reference\'s VGG16, run with vgg16 only).')
 _FROZEN = flags.DEFINE_integer('frozen_blocks', None, f'device_epoch mode: backbone stages frozen (default: {reference.FROZEN_BLOCKS} for vgg16, as the reference; 0 for the others).', lower_bound=0)
@@ -105,7 +105,7 @@ def _benchmark(argv):
           train_images=_TRAIN_IMAGES.value or epoch.TRAIN_IMAGES,
           val_images=_VAL_IMAGES.value or epoch.VAL_IMAGES,
           repeats=_REPEATS.value, policy=_POLICY.value,
-          variants=tuple(_VARIANTS.value or epoch.VARIANTS))
+          variants=tuple(_VARIANTS.value or epoch.DEFAULT_VARIANTS))
   except (common.BenchmarkError, pipeline.DatasetError, sources.SourceError,
           synthetic.SyntheticError, writer.OutputError) as e:
     raise SystemExit(f'error: {e}')
