@@ -34,6 +34,7 @@ IMPORTS = {
     'xray_tfdata.benchmarks.common': 'keras',
     'xray_tfdata.benchmarks.device_epoch': 'keras',
     'xray_tfdata.benchmarks.epoch': 'tensorflow',
+    'xray_tfdata.benchmarks.evaluation_scale': 'neither',
     'xray_tfdata.benchmarks.input': 'tensorflow',
     'xray_tfdata.benchmarks.library': 'tensorflow',
     'xray_tfdata.benchmarks.ops': 'tensorflow',
@@ -78,6 +79,7 @@ IMPORTS = {
     'xray_tfdata.synthetic': 'neither',
     'xray_tfdata.synthetic_multilabel': 'neither',
     'xray_tfdata.training': 'tensorflow',
+    'xray_tfdata.trunk_cache': 'tensorflow',
     'xray_tfdata.verify': 'tensorflow',
     'xray_tfdata.writer': 'neither',
 }

@@ -110,9 +110,22 @@ def test_a_multilabel_mini_vgg_pools_into_its_outputs_by_default():
 # (mixed_bfloat16 on AVX512_BF16 hosts) and float32, once where they are
 # the same.
 OVERFIT_FACTOR = 10
-OVERFIT_SETTINGS = {'vgg16': (1e-4, 20)}  # (learning rate, steps)
+# EfficientNetV2-S's stochastic depth makes its training loss jump from
+# step to step (float32, 20 steps: 0.69 ... 0.011, 0.024, 0.027, 0.033,
+# 0.141, 0.017, 0.231, 0.003): it gets 20 steps, and every backbone is
+# judged on the best of its last OVERFIT_LAST losses.
+OVERFIT_SETTINGS = {'vgg16': (1e-4, 20),  # (learning rate, steps)
+                    'efficientnetv2s': (1e-3, 20)}
 OVERFIT_DEFAULT = (1e-3, 12)
-OVERFIT_POLICIES = sorted({model_lib.select_policy('auto'), 'float32'})
+OVERFIT_LAST = 5
+# Both policies on the two VGG-style backbones; the three keras.applications
+# ones (a minute or more each on 2 cores) under 'auto' only, which is
+# float32 on AVX2 hosts and mixed_bfloat16 on AVX512_BF16 ones.
+OVERFIT_CASES = [
+    (backbone, policy) for backbone in checks.BACKBONES
+    for policy in (sorted({model_lib.select_policy('auto'), 'float32'})
+                   if backbone in ('vgg16', 'mini_vgg') else
+                   [model_lib.select_policy('auto')])]
 
 
 def overfit_losses(backbone, policy):
@@ -141,9 +154,8 @@ def overfit_losses(backbone, policy):
 
 
 @pytest.mark.slow  # trains each backbone a dozen steps
-@pytest.mark.parametrize('policy', OVERFIT_POLICIES)
-@pytest.mark.parametrize('backbone', checks.BACKBONES)
+@pytest.mark.parametrize('backbone, policy', OVERFIT_CASES)
 def test_every_backbone_overfits_a_fixed_batch(backbone, policy):
   got = overfit_losses(backbone, policy)
   assert np.isfinite(got).all(), got
-  assert min(got[-3:]) <= got[0] / OVERFIT_FACTOR, got
+  assert min(got[-OVERFIT_LAST:]) <= got[0] / OVERFIT_FACTOR, got

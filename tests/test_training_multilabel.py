@@ -145,6 +145,10 @@ def test_scoring_receives_masked_targets_and_probabilities_per_label(
   assert sorted(predictions) == ['test', 'val']
   # The run's policy and view filter, so that scoring reads the same rows
   # and targets from the records as the predictions cover.
+  # The intervals are kept per split in the run's backup while it is not
+  # finished, so that a kill during the evaluation resumes there.
+  checkpoint_dir = kwargs.pop('checkpoint_dir')
+  assert checkpoint_dir == os.path.join(model_dir, 'backup', 'evaluation')
   assert kwargs == {'num_resamples': 100, 'seed': 0,
                     'model_data': ml_data[0], 'label_policy': POLICY,
                     'views': tuple(VIEWS)}
@@ -453,13 +457,27 @@ def test_defaults_learn_the_visible_labels_and_not_the_random_ones(
   for name in VISIBLE:
     assert test['auc'][name] >= VISIBLE_AUC_BAR, (name, test['auc'])
   # Random labels with enough test examples to be scored (10 or more of
-  # each class: the AUC's standard error is then about 0.07 or less) stay
-  # within 0.2 of chance.
+  # each class) stay at chance, within the AUC's sampling error: under no
+  # signal its standard error is sqrt((P + N + 1) / (12 P N)) (Hanley and
+  # McNeil 1982; 0.096 at 10 positives and 100 negatives). Each label
+  # within 4 of them, and their mean within 3 of its own (the labels are
+  # drawn independently), so a fluke of one label (Nodule 0.706 at 2.2
+  # standard errors was seen once) does not fail the run, and a model that
+  # learns noise labels does.
   random = [name for name in NIH_LIKE_PREVALENCE if name not in VISIBLE and
             10 <= test['positives'][name] <= test['known'][name] - 10]
   assert random  # Atelectasis and Infiltration, at least
+  errors = {}
   for name in random:
-    assert abs(test['auc'][name] - 0.5) <= 0.2, (name, test['auc'][name])
+    positives = test['positives'][name]
+    negatives = test['known'][name] - positives
+    errors[name] = np.sqrt((positives + negatives + 1) /
+                           (12 * positives * negatives))
+    assert abs(test['auc'][name] - 0.5) <= 4 * errors[name], (
+        name, test['auc'][name], errors[name])
+  mean = np.mean([test['auc'][name] for name in random])
+  mean_error = np.sqrt(sum(e**2 for e in errors.values())) / len(random)
+  assert abs(mean - 0.5) <= 3 * mean_error, (mean, mean_error, test['auc'])
 
 
 @pytest.mark.slow  # uses nih_like_run
