@@ -69,6 +69,7 @@ IMPORTS = {
     'xray_tfdata.reference': 'neither',
     'xray_tfdata.report': 'neither',
     'xray_tfdata.resume': 'keras',
+    'xray_tfdata.run_dir': 'neither',
     'xray_tfdata.runtime': 'neither',
     'xray_tfdata.schema': 'neither',
     'xray_tfdata.scoring': 'neither',

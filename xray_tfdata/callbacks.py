@@ -14,13 +14,14 @@ import time
 
 import keras
 
+from xray_tfdata.run_dir import HISTORY_CSV
+from xray_tfdata.run_dir import LOGS_DIR
+
 BEST_WEIGHTS = os.path.join('checkpoints', 'best.weights.h5')
 # ModelCheckpoint writes here, and ResumeCallback renames it to BEST_WEIGHTS
 # once complete: Keras writes in place, so a full disk or a kill mid-write
 # would otherwise leave a cut-short best checkpoint behind.
 NEW_BEST_WEIGHTS = os.path.join('checkpoints', 'new-best.weights.h5')
-HISTORY_CSV = 'history.csv'
-LOGS_DIR = 'logs'
 # What --lr_plateau_patience multiplies the learning rate by (CheXNet's 10x
 # decay, Rajpurkar et al. 2017, section 3.1).
 LR_PLATEAU_FACTOR = 0.1

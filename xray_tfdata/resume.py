@@ -23,13 +23,12 @@ from xray_tfdata import atomic
 from xray_tfdata.config import RESUMABLE_CHANGES
 from xray_tfdata.config import TrainingError
 
-CONFIG_JSON = 'config.json'
-RESULTS_JSON = 'results.json'
-BACKUP_DIR = 'backup'
-# config.json's record of the dataset (see prepare_model_dir); not a setting.
-DATASET_KEY = 'dataset'
-# config.json's record of a multi-label run's outputs, in order.
-LABEL_NAMES_KEY = 'label_names'
+# The run directory's names are declared in run_dir.
+from xray_tfdata.run_dir import BACKUP_DIR
+from xray_tfdata.run_dir import CONFIG_JSON
+from xray_tfdata.run_dir import DATASET_KEY
+from xray_tfdata.run_dir import LABEL_NAMES_KEY
+from xray_tfdata.run_dir import RESULTS_JSON
 
 
 def _warn(message):

@@ -46,12 +46,12 @@ from xray_tfdata import errors
 from xray_tfdata import evaluation
 from xray_tfdata import labels as labels_lib
 from xray_tfdata import schema
+from xray_tfdata.run_dir import CONFIG_JSON
+from xray_tfdata.run_dir import EVALUATION_DIR
+from xray_tfdata.run_dir import MODEL_FILE
+from xray_tfdata.run_dir import RESULTS_JSON
+from xray_tfdata.run_dir import RESULTS_MD
 
-EVALUATION_DIR = 'evaluation'
-CONFIG_JSON = 'config.json'
-RESULTS_JSON = 'results.json'
-RESULTS_MD = 'results.md'
-MODEL_FILE = 'model.keras'
 # Subgroups smaller than this are listed with their count only: an AUC or
 # a sensitivity of a handful of images says nothing.
 MIN_SUBGROUP = 10

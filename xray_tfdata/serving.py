@@ -32,9 +32,9 @@ from xray_tfdata import resume
 from xray_tfdata import schema
 from xray_tfdata import sources
 from xray_tfdata.config import TrainingError
+from xray_tfdata.run_dir import MODEL_FILE
+from xray_tfdata.run_dir import SERVING_DIR
 
-MODEL_FILE = 'model.keras'
-SERVING_DIR = 'serving'
 
 
 def export_model(net, model_dir, image_size, calibration=None):

@@ -65,8 +65,8 @@ from xray_tfdata import trunk_cache
 from xray_tfdata.config import RESUMABLE_CHANGES
 from xray_tfdata.config import TrainConfig  # pylint: disable=unused-import  # the README's training.TrainConfig
 from xray_tfdata.config import TrainingError
+from xray_tfdata.run_dir import RESULTS_MD
 
-RESULTS_MD = 'results.md'
 # Next to model_dir while a run writes it (see lock_model_dir).
 MODEL_DIR_LOCK_SUFFIX = '.lock'
 EVAL_SPLITS = ('train', 'val', 'test')
