@@ -82,6 +82,7 @@ IMPORTS = {
     'xray_tfdata.training': 'tensorflow',
     'xray_tfdata.trunk_cache': 'tensorflow',
     'xray_tfdata.verify': 'tensorflow',
+    'xray_tfdata.vocabulary': 'neither',
     'xray_tfdata.writer': 'neither',
 }
 
