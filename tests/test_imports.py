@@ -64,6 +64,7 @@ IMPORTS = {
     'xray_tfdata.imaging': 'neither',
     'xray_tfdata.labels': 'neither',
     'xray_tfdata.losses': 'keras',
+    'xray_tfdata.mixture': 'tensorflow',
     'xray_tfdata.model': 'keras',
     'xray_tfdata.pipeline': 'tensorflow',
     'xray_tfdata.reference': 'neither',

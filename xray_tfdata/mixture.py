@@ -1,0 +1,354 @@
+"""Several converted datasets read as one, in the vocabulary's label space.
+
+  mix = mixture.Mixture(['data/nih_224', 'data/chexpert_224',
+                         'data/padchest_224'])
+  mix.label_names            # the union, in the vocabulary's order
+  train = mix.as_dataset('train', 32, training=True, seed=0)
+  val = mix.source_dataset(0, 'val', 32)   # one source, the union's columns
+
+Each dataset keeps its own label names; `vocabulary` maps them. The
+model's outputs are the union of the datasets' labels in the vocabulary
+(or `labels`). A label a source does not report is unknown in its
+examples (`labels.MASKED`): it takes no part in the loss, the metrics or
+the label's pos_weight there. Where the vocabulary maps several of a
+source's names to one label (PadChest's finer terms), the label is
+positive where any of them is, negative where all are known negatives,
+and masked otherwise.
+
+The sources are mixed host side, after each one's own pipeline (its cache,
+its shuffle, its label policy), so each reads as it would alone.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from xray_tfdata import checks
+from xray_tfdata import labels as labels_lib
+from xray_tfdata import pipeline
+from xray_tfdata import vocabulary
+from xray_tfdata.dataset_info import DatasetError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One dataset of a mixture.
+
+  Attributes:
+    builder: its pipeline.DatasetBuilder.
+    name: a short name, unique in the mixture (its folder's name).
+    own_names: the labels it is read with, in its own spelling.
+    columns: per label of the mixture, the indices into own_names that map
+      to it (() where the source does not report it).
+    label_policy: its policy (multi-label sources), else None.
+  """
+  builder: pipeline.DatasetBuilder
+  name: str
+  own_names: tuple
+  columns: tuple
+  label_policy: object = None
+
+  @property
+  def layout(self):
+    return self.builder.info.layout
+
+
+def _own_names(builder):
+  """A dataset's label names: its labels, or a class dataset's positive
+  class (the one label of a binary dataset)."""
+  return tuple(builder.label_names()) if builder.info.is_multilabel else (
+      builder.info.class_names[-1],)
+
+
+def _source_names(data_dirs):
+  """Unique short names: the folders' names, with their parent where two
+  folders share a name."""
+  names = [os.path.basename(os.path.normpath(d)) for d in data_dirs]
+  if len(set(names)) < len(names):
+    names = [os.path.join(*os.path.normpath(d).split(os.sep)[-2:])
+             for d in data_dirs]
+  if len(set(names)) < len(names):
+    raise DatasetError(f'a dataset is named twice in {", ".join(data_dirs)}: '
+                       'pass each data_dir once')
+  return names
+
+
+class Mixture:
+  """Several datasets, one label space, one tf.data pipeline."""
+
+  def __init__(self, data_dirs, labels=None, label_policy=None, weights=None):
+    """Reads the datasets' metadata and maps their labels.
+
+    Args:
+      data_dirs: two or more converted datasets.
+      labels: the vocabulary's names to read, in this order; None: the
+        union of the datasets' labels, in the vocabulary's order.
+      label_policy: one policy for every multi-label source, or a list of
+        one per dataset (None entries: the default policy); None: the
+        default for all.
+      weights: each dataset's share of the training examples, one per
+        dataset (positive; normalized); None: in proportion to size.
+
+    Raises:
+      DatasetError: fewer than two datasets, one named twice, no label
+        shared by two datasets, an unknown name in `labels`, a label no
+        dataset reports, weights that do not match the datasets.
+    """
+    data_dirs = list(data_dirs)
+    if len(data_dirs) < 2:
+      raise DatasetError(
+          f'a mixture reads two or more datasets, got {len(data_dirs)}: pass '
+          '--data_dir=DIR1,DIR2')
+    names = _source_names(data_dirs)
+    policies = (list(label_policy) if isinstance(label_policy, (list, tuple))
+                else [label_policy] * len(data_dirs))
+    if len(policies) != len(data_dirs):
+      raise DatasetError(f'{len(policies)} label policies for '
+                         f'{len(data_dirs)} datasets: pass one per dataset')
+    builders = [pipeline.DatasetBuilder(d) for d in data_dirs]
+    mapped = []
+    self.unmapped = {}  # source name -> its names outside the vocabulary
+    for name, builder in zip(names, builders):
+      own = _own_names(builder)
+      to_vocabulary, unmapped = vocabulary.map_names(builder.info.layout, own)
+      if unmapped:
+        self.unmapped[name] = unmapped
+      mapped.append((own, to_vocabulary))
+    self.label_names = self._union(labels, data_dirs, mapped)
+    self.sources = tuple(
+        Source(builder=b, name=n, own_names=own,
+               columns=tuple(tuple(i for i, o in enumerate(own)
+                                   if to_vocab.get(o) == label)
+                             for label in self.label_names),
+               label_policy=(p or checks.DEFAULT_LABEL_POLICY)
+               if b.info.is_multilabel else None)
+        for n, b, p, (own, to_vocab) in zip(names, builders, policies,
+                                            mapped))
+    self.weights = self._weights(weights)
+
+  @staticmethod
+  def _union(labels, data_dirs, mapped):
+    """The mixture's labels: `labels`, or the union in vocabulary order."""
+    reported = [set(to_vocab.values()) for _, to_vocab in mapped]
+    union = set().union(*reported)
+    shared = {label for label in union
+              if sum(label in r for r in reported) >= 2}
+    if not shared:
+      raise DatasetError(
+          f'the datasets {", ".join(data_dirs)} share no label of the '
+          'vocabulary (xray_tfdata.vocabulary): train on datasets that '
+          'report a finding in common')
+    if labels is None:
+      return tuple(n for n in vocabulary.NAMES if n in union)
+    labels = (labels,) if isinstance(labels, str) else tuple(labels)
+    unknown = [n for n in labels if n not in vocabulary.NAMES]
+    if unknown:
+      raise DatasetError(
+          f'{", ".join(map(repr, unknown))} not in the label vocabulary: '
+          f'pass --labels from {", ".join(vocabulary.NAMES)}')
+    unreported = [n for n in labels if n not in union]
+    if unreported:
+      raise DatasetError(
+          f'no dataset reports {", ".join(map(repr, unreported))}: pass '
+          f'--labels from {", ".join(n for n in vocabulary.NAMES if n in union)}')
+    if len(set(labels)) < len(labels):
+      raise DatasetError(f'--labels names a label twice: {", ".join(labels)}')
+    return labels
+
+  def _weights(self, weights):
+    sizes = np.array([s.builder.num_examples('train') for s in self.sources],
+                     np.float64)
+    if weights is None:
+      return tuple(sizes / sizes.sum())
+    weights = np.asarray(weights, np.float64)
+    if weights.shape != sizes.shape or not (weights > 0).all():
+      raise DatasetError(
+          f'--dataset_weights has {weights.size} value(s) for '
+          f'{len(self.sources)} datasets ({", ".join(s.name for s in self.sources)}): '
+          'pass one positive weight per dataset, in --data_dir order')
+    return tuple(weights / weights.sum())
+
+  def unmapped_lines(self):
+    """One line per source with labels outside the vocabulary."""
+    return [vocabulary.unmapped_line(s.layout, self.unmapped[s.name])
+            for s in self.sources if s.name in self.unmapped]
+
+  # Reading.
+
+  def _read_options(self, source):
+    if source.builder.info.is_multilabel:
+      return {'label_policy': source.label_policy, 'labels': source.own_names}
+    return {}
+
+  def _to_union(self, source):
+    """The map of one source's targets [L_own] (or a class dataset's label)
+    to the mixture's [L]."""
+    table = []
+    for columns in source.columns:
+      table.append(list(columns))
+
+    def combine(targets):
+      own = tf.reshape(tf.cast(targets, tf.float32), [-1])
+      out = []
+      for columns in table:
+        if not columns:
+          out.append(tf.constant(labels_lib.MASKED, tf.float32))
+          continue
+        picked = tf.gather(own, columns)
+        positive = tf.reduce_any(tf.equal(picked, 1.0))
+        negative = tf.reduce_all(tf.equal(picked, 0.0))
+        out.append(tf.where(positive, 1.0,
+                            tf.where(negative, 0.0, labels_lib.MASKED)))
+      return tf.stack(out)
+
+    return combine
+
+  def source_dataset(self, index, split, batch_size=None, training=False, *,
+                     seed=None, repeat=False, with_metadata=False,
+                     image_size=None, **read_options):
+    """One source's split with the mixture's targets [B, L].
+
+    Args:
+      index: the source's index in `sources`.
+      split, batch_size, training, seed, repeat, with_metadata: as
+        `DatasetBuilder.as_dataset`; the metadata's patient_id is prefixed
+        with the source's name, so two sources' patients never meet.
+      image_size: an int or (height, width) every source is resized to;
+        None: as stored (every source must then store one size).
+      **read_options: `ReadConfig` fields (cache_dir, channels, ...).
+
+    Raises:
+      DatasetError: as `as_dataset`; stored sizes differ without
+        image_size.
+    """
+    source = self.sources[index]
+    size = self._size(image_size)
+    stored = source.builder.info.image_size
+    ds = source.builder.as_dataset(
+        split, None, training, image_size=size, resize=tuple(stored) != size,
+        seed=seed, with_metadata=with_metadata,
+        **self._read_options(source), **read_options)
+    combine = self._to_union(source)
+    prefix = source.name + '/'
+
+    def to_union(image, targets, *metadata):
+      if not metadata:
+        return image, combine(targets)
+      (meta,) = metadata
+      return image, combine(targets), {
+          'patient_id': tf.strings.join([prefix, meta['patient_id']]),
+          'filename': meta['filename'],
+          'source': tf.constant(index, tf.int32)}
+
+    ds = ds.map(to_union, num_parallel_calls=AUTOTUNE)
+    if repeat:
+      ds = ds.repeat()
+    if batch_size is not None:
+      ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(AUTOTUNE)
+
+  def _size(self, image_size):
+    if image_size is None:
+      sizes = {tuple(s.builder.info.image_size) for s in self.sources}
+      if len(sizes) > 1:
+        raise DatasetError(
+            'the datasets are stored at different sizes ('
+            + ', '.join(f'{s.name} {s.builder.info.image_size[0]}x'
+                        f'{s.builder.info.image_size[1]}'
+                        for s in self.sources)
+            + '): pass --image_size to resize them all to one')
+      return sizes.pop()
+    if isinstance(image_size, int):
+      return (image_size, image_size)
+    return tuple(image_size)
+
+  def as_dataset(self, split, batch_size, training=False, *, seed=None,
+                 repeat=False, with_metadata=False, image_size=None,
+                 **read_options):
+    """The sources' split, mixed, with targets [B, L].
+
+    Without weights each example is drawn once per pass (sampling without
+    replacement), the sources interleaved in proportion to their sizes.
+    With weights each source repeats, and batches draw from the sources
+    by weight (with replacement): a pass has no end, so pass repeat=True
+    and count an epoch in steps (`steps_per_epoch`).
+
+    Args and raises: as `source_dataset`.
+    """
+    drawn = self.weights if training else None
+    by_weight = training and self._weighted
+    members = [self.source_dataset(
+        i, split, None, training, seed=seed, repeat=by_weight,
+        with_metadata=with_metadata, image_size=image_size, **read_options)
+               for i in range(len(self.sources))]
+    if training:
+      ds = tf.data.Dataset.sample_from_datasets(
+          members, weights=list(drawn), seed=seed,
+          stop_on_empty_dataset=False)
+    else:
+      # Evaluation: every source's examples in order, one after another.
+      ds = members[0]
+      for member in members[1:]:
+        ds = ds.concatenate(member)
+    if repeat and not by_weight:
+      ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(AUTOTUNE)
+
+  @property
+  def _weighted(self):
+    sizes = np.array([s.builder.num_examples('train') for s in self.sources],
+                     np.float64)
+    return not np.allclose(self.weights, sizes / sizes.sum())
+
+  def num_examples(self, split):
+    """The split's examples over all sources."""
+    return sum(s.builder.num_examples(split) for s in self.sources)
+
+  def steps_per_epoch(self, split, batch_size, training=True):
+    n = self.num_examples(split)
+    return n // batch_size if training else -(-n // batch_size)
+
+  def target_counts(self, split):
+    """{label: {'positive': n, 'negative': n}} over the sources' known
+    targets of the split: a source that does not report a label adds
+    nothing to it (what pos_weight counts).
+
+    Raises:
+      DatasetError: as `DatasetBuilder.target_counts`.
+    """
+    out = {label: {'positive': 0, 'negative': 0}
+           for label in self.label_names}
+    for index, source in enumerate(self.sources):
+      if all(len(c) <= 1 for c in source.columns):
+        counts = self._column_counts(source, split)
+        for label, columns in zip(self.label_names, source.columns):
+          for column in columns:
+            for kind in ('positive', 'negative'):
+              out[label][kind] += counts[source.own_names[column]][kind]
+        continue
+      # A label from several of the source's names: count the combined
+      # targets, read once.
+      targets = np.concatenate([t for _, t in self.source_dataset(
+          index, split, 1024).as_numpy_iterator()]) if self.num_examples(
+              split) else np.zeros((0, len(self.label_names)))
+      for label_index, label in enumerate(self.label_names):
+        if source.columns[label_index]:
+          column = targets[:, label_index]
+          out[label]['positive'] += int((column == 1).sum())
+          out[label]['negative'] += int((column == 0).sum())
+    return out
+
+  def _column_counts(self, source, split):
+    """{own name: {'positive', 'negative'}} of one source's split."""
+    builder = source.builder
+    if builder.info.is_multilabel:
+      return builder.target_counts(split, source.label_policy,
+                                   source.own_names)
+    counts = builder.info.class_counts(split)  # in class_names' order
+    return {source.own_names[0]: {'positive': counts[-1],
+                                  'negative': sum(counts[:-1])}}
