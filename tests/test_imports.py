@@ -81,6 +81,7 @@ IMPORTS = {
     'xray_tfdata.synthetic': 'neither',
     'xray_tfdata.synthetic_multilabel': 'neither',
     'xray_tfdata.training': 'tensorflow',
+    'xray_tfdata.transfer': 'neither',
     'xray_tfdata.trunk_cache': 'tensorflow',
     'xray_tfdata.verify': 'tensorflow',
     'xray_tfdata.vocabulary': 'neither',
