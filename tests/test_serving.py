@@ -398,6 +398,23 @@ def test_a_run_exported_before_the_one_label_path_still_serves(tmp_path):
       'sick',)
 
 
+def test_predict_refuses_a_signature_of_another_label_count(tmp_path):
+  """A serving/ of one output under a run whose config.json names three
+  labels (a folder pieced together from two runs): one line naming both
+  counts, before anything is printed."""
+  model_dir = str(tmp_path / 'run')
+  os.makedirs(model_dir)
+  with open(os.path.join(model_dir, run_dir.CONFIG_JSON), 'w') as f:
+    json.dump({'image_size': SIZE, 'label_names': list(LABELS)}, f)
+  run = run_dir.read(model_dir, finished=False)
+  with pytest.raises(serving.TrainingError,
+                     match='serves 1 outputs but config.json names 3 labels'):
+    serving.served_thresholds(run, [({'probability': [0.2]}, None)])
+  assert serving.served_thresholds(
+      run, [(None, 'does not exist'), ({'probability': [0.2, 0.4, 0.6]},
+                                       None)])[0] == [0.5] * 3
+
+
 def _run_predict(*args):
   return subprocess.run(
       [sys.executable, os.path.join(REPO_ROOT, 'tools', 'predict'), *args],

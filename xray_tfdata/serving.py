@@ -332,6 +332,40 @@ def thresholds_of(run, calibrated=False):
   return thresholds, source
 
 
+def served_thresholds(run, scores):
+  """The thresholds that decide the P a signature served (`score_paths`),
+  on its scale: `thresholds_of` the run, calibrated where the signature is.
+
+  Args:
+    run: the run_dir.Run whose serving/ scored.
+    scores: `score_paths`' results.
+
+  Returns:
+    ([threshold per label], source in words).
+
+  Raises:
+    TrainingError: the signature serves another number of outputs than
+      config.json names labels, or decides at other thresholds than
+      results.json's (a serving/ exported from another evaluation).
+  """
+  labels = run.label_names
+  served = next((outputs for outputs, _ in scores if outputs), {})
+  if served and len(served['probability']) != len(labels):
+    raise TrainingError(
+        f'{SERVING_DIR}/ serves {len(served["probability"])} outputs but '
+        f'config.json names {len(labels)} labels ({", ".join(labels)}): '
+        'pass --model_dir of one finished run')
+  calibrated = 'threshold' in served
+  thresholds, source = thresholds_of(run, calibrated=calibrated)
+  if calibrated and not np.allclose(served['threshold'], thresholds,
+                                    rtol=0, atol=1e-6):
+    raise TrainingError(
+        f'{SERVING_DIR}/ decides at {served["threshold"]} but results.json '
+        f'at {thresholds}: {SERVING_DIR}/ was exported from another '
+        'evaluation; rerun tools/train with --overwrite')
+  return thresholds, source
+
+
 def _temperatures(run):
   """{label: T} of the labels served calibrated: those with a temperature
   and their Youden threshold on its scale."""

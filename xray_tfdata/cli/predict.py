@@ -77,7 +77,10 @@ def main(argv):
     scores = serving.score_paths(
         serving_dir, paths, batch_size=batch_size,
         progress=_progress_printer() if len(paths) > batch_size else None)
-    thresholds = _thresholds(serving, run, scores)
+    thresholds, source = serving.served_thresholds(run, scores)
+    print(f'threshold{"s" if len(labels) > 1 else ""} ' + ', '.join(
+        f'{label} {t:.4f}' for label, t in zip(labels, thresholds)) +
+          f': {source}', file=sys.stderr, flush=True)
     if _HEATMAP_DIR.value:
       readable = [(path, out['probability'])
                   for path, (out, reason) in zip(paths, scores)
@@ -110,38 +113,6 @@ def main(argv):
                               for column in (f'{p:.4f}', '1' if d else '0')])
   if failed:
     sys.exit(1)  # every good file's result is printed above
-
-
-def _thresholds(serving, run, scores):
-  """The run's thresholds on the scale of the P served, one per label,
-  after a stderr line naming them and their source.
-
-  Raises:
-    TrainingError: the signature's outputs do not match config.json's
-      labels, or it decides at other thresholds than results.json's (a
-      serving/ exported from another run).
-  """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  labels = run.label_names
-  outputs = [out for out, _ in scores if out]
-  served = outputs[0] if outputs else {}
-  if served and len(served['probability']) != len(labels):
-    raise serving.TrainingError(
-        f'{serving.SERVING_DIR}/ serves {len(served["probability"])} '
-        f'outputs but config.json names {len(labels)} labels '
-        f'({", ".join(labels)}): pass --model_dir of one finished run')
-  calibrated = 'threshold' in served
-  thresholds, source = serving.thresholds_of(run, calibrated=calibrated)
-  if calibrated and not np.allclose(served['threshold'], thresholds,
-                                    rtol=0, atol=1e-6):
-    raise serving.TrainingError(
-        f'{serving.SERVING_DIR}/ decides at {served["threshold"]} but '
-        f'results.json at {thresholds}: serving/ was exported from another '
-        'evaluation; rerun tools/train with --overwrite')
-  print(f'threshold{"s" if len(labels) > 1 else ""} '
-        f'{", ".join(f"{l} {t:.4f}" for l, t in zip(labels, thresholds))}: '
-        f'{source}', file=sys.stderr, flush=True)
-  return thresholds
 
 
 def _progress_printer():
