@@ -398,10 +398,11 @@ def test_a_run_exported_before_the_one_label_path_still_serves(tmp_path):
       'sick',)
 
 
-def test_predict_refuses_a_signature_of_another_label_count(tmp_path):
+def test_predict_refuses_a_signature_that_is_not_the_runs(tmp_path):
   """A serving/ of one output under a run whose config.json names three
-  labels (a folder pieced together from two runs): one line naming both
-  counts, before anything is printed."""
+  labels, or one deciding at other thresholds than results.json's (a
+  folder pieced together from two runs): one line naming both, before
+  tools/predict prints anything."""
   model_dir = str(tmp_path / 'run')
   os.makedirs(model_dir)
   with open(os.path.join(model_dir, run_dir.CONFIG_JSON), 'w') as f:
@@ -413,6 +414,16 @@ def test_predict_refuses_a_signature_of_another_label_count(tmp_path):
   assert serving.served_thresholds(
       run, [(None, 'does not exist'), ({'probability': [0.2, 0.4, 0.6]},
                                        None)])[0] == [0.5] * 3
+  with open(os.path.join(model_dir, run_dir.RESULTS_JSON), 'w') as f:
+    json.dump(MULTILABEL_RESULTS, f)
+  run = run_dir.read(model_dir, finished=False)
+  served = {'probability': [0.2, 0.4, 0.6], 'threshold': [0.55, 0.2, 0.5]}
+  assert serving.served_thresholds(run, [(served, None)])[0] == [
+      0.55, 0.2, 0.5]
+  served['threshold'] = [0.55, 0.21, 0.5]
+  with pytest.raises(serving.TrainingError,
+                     match='serving/ was exported from another evaluation'):
+    serving.served_thresholds(run, [(served, None)])
 
 
 def _run_predict(*args):
@@ -495,14 +506,6 @@ def test_predict_tool_takes_folders_and_globs_and_applies_the_threshold(
   assert [l[2] for l in lines[1:]].count('1') == 3
   assert (f'threshold sick {cut:.4f}: the Youden threshold on validation, '
           'on the calibrated scale, from') in result.stderr
-
-  # A serving/ whose calibration is not results.json's: refused, nothing
-  # printed.
-  (model_dir / run_dir.RESULTS_JSON).write_text(json.dumps(format2(
-      {'sick': label_entry(3.0, 0.0, cut + 0.01)})))
-  result = _run_predict(f'--model_dir={model_dir}', str(images_dir))
-  assert result.returncode == 1 and result.stdout == ''
-  assert 'serving/ was exported from another evaluation' in result.stderr
 
   # Globs, an empty folder and a glob without matches; no results.json.
   write_run(str(model_dir), net, None, label_names=['sick'])
