@@ -97,11 +97,12 @@ def test_tools_end_to_end(converted):
   })
   predicted, mixed = runs['predicted'], runs['mixed']
   assert predicted.returncode == 0, predicted.stderr
-  lines = predicted.stdout.strip().splitlines()
+  header, *lines = predicted.stdout.strip().splitlines()
+  assert header.split('\t') == ['path', 'PNEUMONIA', 'PNEUMONIA_decision']
   assert [l.split('\t')[0] for l in lines] == images
   assert all(0.0 <= float(l.split('\t')[1]) <= 1.0 for l in lines)
   assert mixed.returncode == 1
-  assert mixed.stdout.strip().splitlines() == [lines[0]]
+  assert mixed.stdout.strip().splitlines() == [header, lines[0]]
   errors = [l for l in mixed.stderr.splitlines() if l.startswith('error:')]
   assert errors == [f'error: {root / "missing.jpeg"}: does not exist',
                     f'error: {data}: is a folder without image files '

@@ -31,13 +31,17 @@ def test_reads_thresholds_and_temperatures_of_the_one_layout(tmp_path):
   results = {run_dir.RESULTS_FORMAT_KEY: run_dir.RESULTS_FORMAT,
              'label_names': ['Effusion', 'Hernia'],
              'labels': {'Effusion': _ENTRY,
-                        'Hernia': {'thresholds': {}, 'calibration': None,
-                                   'splits': {}}}}
+                        # Every key kept, null where it does not apply.
+                        'Hernia': {'thresholds': {'youden': {
+                            'threshold': 0.6, 'rule': 'youden',
+                            'chosen_on': 'val',
+                            'calibrated_threshold': None}},
+                                   'calibration': None, 'splits': {}}}}
   run = run_dir.read(_run(tmp_path, {'data_dir': '/d', 'label_names':
                                      ['Effusion', 'Hernia']}, results))
   assert run.finished and run.data_dir == '/d'
   assert run.label_names == ('Effusion', 'Hernia')
-  assert run.thresholds() == {'Effusion': 0.31, 'Hernia': None}
+  assert run.thresholds() == {'Effusion': 0.31, 'Hernia': 0.6}
   assert run.thresholds(calibrated=True) == {'Effusion': 0.42, 'Hernia': None}
   assert run.thresholds('sensitivity_90') == {'Effusion': 0.12,
                                               'Hernia': None}
@@ -50,7 +54,7 @@ def test_reads_a_run_written_before_the_one_layout(tmp_path):
   results = {'youden': {'threshold': 0.9},
              'evaluation': {'labels': {'PNEUMONIA': _ENTRY}}}
   run = run_dir.read(_run(tmp_path, {'data_dir': '/d'}, results))
-  assert run.label_names == ()
+  assert run.label_names == ('PNEUMONIA',)  # the label its evaluation scored
   assert run.thresholds() == {'PNEUMONIA': 0.31}
   assert run.temperatures() == {'PNEUMONIA': 1.7}
 
@@ -80,3 +84,24 @@ def test_damaged_json_is_named(tmp_path):
     f.write('{"cut')
   with pytest.raises(run_dir.RunDirError, match='not readable JSON'):
     run_dir.read(folder)
+
+
+def test_a_single_label_run_without_names_is_named_by_its_positive_class(
+    tmp_path):
+  """A class-folder run of a version before the one label path recorded no
+  label names: its one output is --positive_class, else the dataset's
+  second class name, else PNEUMONIA (the dataset moved away)."""
+  data_dir = tmp_path / 'data'
+  data_dir.mkdir()
+  (data_dir / 'xray_info.json').write_text(json.dumps(
+      {'format_version': 2, 'class_names': ['healthy', 'sick'],
+       'image': {'height': 16, 'width': 16}, 'splits': {}}))
+  folder = _run(tmp_path, {'data_dir': str(data_dir), 'image_size': 16})
+  run = run_dir.read(folder, finished=False)
+  assert run.label_names == ('sick',) and run.image_size == 16
+  (data_dir / 'xray_info.json').unlink()
+  assert run_dir.read(folder, finished=False).label_names == ('PNEUMONIA',)
+  with open(os.path.join(folder, run_dir.CONFIG_JSON), 'w') as f:
+    json.dump({'data_dir': str(data_dir), 'positive_class': 'healthy'}, f)
+  run = run_dir.read(folder, finished=False)
+  assert run.label_names == ('healthy',) and run.image_size is None

@@ -232,7 +232,7 @@ def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
   # The signature's output has a name TF Serving clients can use.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   signatures = tf.saved_model.load(os.path.join(model_dir, 'serving')).signatures
-  outputs = {'probability', 'threshold', 'positive'}
+  outputs = {'probability', 'threshold', 'decision'}
   assert {name: set(fn.structured_outputs) for name, fn in signatures.items()
           } == {'serve': outputs, 'serving_default': outputs}
   # Calibrated with the temperature fitted on val, at the Youden threshold
@@ -241,7 +241,7 @@ def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
   temperature = label['calibration']['temperature']
   assert abs(temperature - 1) > 1e-3  # else calibrated and raw P agree
   net = keras.saving.load_model(os.path.join(model_dir, 'model.keras'))
-  direct = net.predict(images, verbose=0).reshape(-1)
+  direct = net.predict(images, verbose=0)  # [N, 1], as served
   np.testing.assert_allclose(
       served, evaluation.apply_temperature(direct, temperature), atol=1e-5)
   loaded = tf.saved_model.load(os.path.join(model_dir, 'serving'))
@@ -251,13 +251,13 @@ def test_serving_model_reads_encoded_images(finished_run, data_dir, tmp_path):
   np.testing.assert_allclose(
       out['threshold'], evaluation.apply_temperature(raw_threshold,
                                                      temperature), rtol=1e-6)
-  np.testing.assert_array_equal(out['positive'],
+  np.testing.assert_array_equal(out['decision'],
                                 out['probability'] > out['threshold'])
   # The same decisions as the raw P at results.json's threshold, except
   # where P lies within float32 rounding of it (the two batches may sum in
   # another order).
   clear = np.abs(direct - raw_threshold) > 128 * np.finfo(np.float32).eps
-  np.testing.assert_array_equal(out['positive'][clear],
+  np.testing.assert_array_equal(out['decision'][clear],
                                 (direct > raw_threshold)[clear])
 
 
@@ -454,7 +454,7 @@ def test_predict_decodes_every_file_as_the_converter_does(finished_run,
     assert reason is None, (path, reason)
     expected = evaluation.apply_temperature(
         net.predict(_converter_pixels(path), verbose=0)[0, 0], temperature)
-    assert prob == pytest.approx(float(expected), abs=1e-5), path
+    assert prob == pytest.approx([float(expected)], abs=1e-5), path
 
 
 @pytest.mark.slow  # uses finished_run: a real training
@@ -486,7 +486,8 @@ def test_predict_reports_bad_files_and_keeps_the_good_ones(finished_run,
     serving.predict_files(serving_dir, paths)
   assert serving.predict_paths(serving_dir, []) == []
   served = tf.saved_model.load(serving_dir)
-  assert served.serve(tf.constant([], tf.string))['probability'].shape == (0,)
+  assert served.serve(tf.constant([], tf.string))['probability'].shape == (
+      0, 1)
 
 
 def test_evaluation_takes_the_threshold_from_val_and_the_95_interval(

@@ -24,7 +24,9 @@ import dataclasses
 import json
 import os
 
+from xray_tfdata import dataset_info
 from xray_tfdata import errors
+from xray_tfdata import schema
 
 CONFIG_JSON = 'config.json'  # the settings; present from the first epoch
 RESULTS_JSON = 'results.json'  # written last: its presence marks the end
@@ -84,6 +86,15 @@ class Run:
     return self.record.get('data_dir')
 
   @property
+  def image_size(self):
+    """The stored height and width the model takes, or None where
+    config.json does not say."""
+    try:
+      return int(self.record['image_size'])
+    except (KeyError, TypeError, ValueError):
+      return None
+
+  @property
   def label_policy(self):
     return self.record.get('label_policy')
 
@@ -95,12 +106,29 @@ class Run:
   @property
   def label_names(self):
     """The model's outputs in order: config.json's record, else the
-    results' label order; () where neither names them (a single-label run
-    of a version before the one label path)."""
-    names = self.record.get(LABEL_NAMES_KEY) or self.results.get(
-        'label_names') or self.results.get('evaluation', {}).get(
-            'label_names')
-    return tuple(names or ())
+    results' label order; for a single-label run of a version before the
+    one label path (no names recorded), its one output's name: the label
+    its evaluation scored, else the positive class (--positive_class, else
+    the dataset's second class name, else PNEUMONIA)."""
+    names = (self.record.get(LABEL_NAMES_KEY) or
+             self.results.get('label_names') or
+             self.results.get('evaluation', {}).get('label_names'))
+    if names:
+      return tuple(names)
+    scored = tuple(self.label_results())
+    if len(scored) == 1:
+      return scored
+    return (self._positive_class(),)
+
+  def _positive_class(self):
+    """The class a single-label run of an older version scored."""
+    if self.record.get('positive_class'):
+      return str(self.record['positive_class'])
+    try:
+      names = dataset_info.load_info(self.data_dir or '').class_names
+    except (OSError, ValueError):  # DatasetError: moved, deleted, elsewhere
+      names = schema.DEFAULT_CLASS_NAMES
+    return str(names[1])
 
   def label_results(self):
     """{label: its results entry ('thresholds', 'calibration', 'splits')},
@@ -117,13 +145,15 @@ class Run:
     out = {}
     for name, entry in self.label_results().items():
       point = (entry.get('thresholds') or {}).get(operating_point) or {}
-      out[name] = float(point[key]) if key in point else None
+      # Format 2 keeps every key, null where it does not apply.
+      out[name] = float(point[key]) if point.get(key) is not None else None
     return out
 
   def temperatures(self):
     """{label: the temperature fitted on validation, or None}."""
     return {name: (float(entry['calibration']['temperature'])
-                   if entry.get('calibration') else None)
+                   if (entry.get('calibration') or {}).get('temperature')
+                   is not None else None)
             for name, entry in self.label_results().items()}
 
 

@@ -1,19 +1,23 @@
 """A trained model, exported and used: model.keras, serving/, predictions.
 
-  serving.export_model(net, model_dir, image_size)   # end of training
+  serving.export_model(net, model_dir, image_size,
+                       calibration=serving.calibration_of(results))
   found = serving.find_images(['scans/', 'more/*.png'])   # folders, globs
   serving.predict_paths(os.path.join(model_dir, serving.SERVING_DIR), paths)
-  serving.operating_threshold(model_dir)   # the run's Youden threshold
+  serving.thresholds_of(run_dir.read(model_dir))   # the Youden thresholds
   serving.write_heatmaps(model_dir, paths, out_dir)   # Grad-CAM overlays
 
 serving/ is a SavedModel whose 'serve' signature takes encoded JPEG or PNG
-bytes [N] and returns {'probability': P(pneumonia) [N]}, for TF Serving and
-for `tools/predict`; tools/train exports it with the run's calibration
-(`calibration_of`), so P is temperature-scaled and the signature also
-returns the Youden 'threshold' on that scale and the decision 'positive'.
-A multi-label model's signature returns 'probability', 'threshold' and
-'decision' [N, L] instead, each label with its own temperature and
-threshold, columns in the order of config.json's label_names.
+bytes [N] and returns {'probability': [N, L]}, one column per label in the
+order of the run's label_names (a class-folder run: L = 1, its positive
+class), for TF Serving and for `tools/predict`. tools/train exports it with
+the run's calibration (`calibration_of`): each label's P is then scaled by
+the temperature fitted on validation, and the signature also returns
+'threshold' (the Youden threshold chosen on validation, on that scale) and
+'decision' (P > threshold), each [N, L].
+
+Everything read from the run directory (label names, thresholds,
+temperatures, the stored size, the dataset) is read through `run_dir`.
 """
 
 import contextlib
@@ -25,33 +29,42 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from xray_tfdata import atomic
 from xray_tfdata import dataset_info
 from xray_tfdata import imaging
-from xray_tfdata import resume
-from xray_tfdata import schema
+from xray_tfdata import run_dir
 from xray_tfdata import sources
 from xray_tfdata.config import TrainingError
 from xray_tfdata.run_dir import MODEL_FILE
 from xray_tfdata.run_dir import SERVING_DIR
 
+DEFAULT_THRESHOLD = 0.5  # where a run's evaluation chose no threshold
 
 
 def export_model(net, model_dir, image_size, calibration=None):
   """Writes model.keras and the serving SavedModel, each atomically.
 
   Args:
-    net: the trained model.
+    net: the trained model, L outputs.
     model_dir: the folder to write MODEL_FILE and SERVING_DIR into.
     image_size: the stored height and width the model takes.
-    calibration: None, or {'temperature': T, 'threshold': t}:
-      the signature's 'probability' is then temperature-scaled,
-      sigmoid(logit(p) / T) (`evaluation.apply_temperature`), and it also
-      returns 'threshold' (t, on the calibrated scale, per image) and
-      'positive' (probability > t). For a multi-label model (L outputs,
-      or a calibration with 'label_names'), `calibration_of`'s per-label
-      lists: then 'probability', 'threshold' and 'decision' are [N, L].
+    calibration: None, or `calibration_of`'s dict: {'temperature': T,
+      'threshold': t}, each a float or a list of one per output (and
+      optionally 'label_names'). The signature's 'probability' is then
+      temperature-scaled, sigmoid(logit(p) / T) per label
+      (`evaluation.apply_temperature`), and it also returns 'threshold' (t,
+      on the calibrated scale) and 'decision' (probability > t), all [N, L].
+
+  Raises:
+    TrainingError: the calibration names another number of labels than
+      the model has outputs.
   """
+  num_outputs = int(net.output_shape[-1])
+  for key in ('label_names', 'temperature', 'threshold'):
+    given = (calibration or {}).get(key)
+    if isinstance(given, (list, tuple)) and len(given) != num_outputs:
+      raise TrainingError(
+          f'the calibration has {len(given)} {key} for a model of '
+          f'{num_outputs} outputs: pass the calibration of this run')
   tmp = os.path.join(model_dir, '.tmp-' + MODEL_FILE)
   try:
     net.save(tmp)
@@ -63,12 +76,6 @@ def export_model(net, model_dir, image_size, calibration=None):
   os.replace(tmp, os.path.join(model_dir, MODEL_FILE))
 
   size = (image_size, image_size)
-  num_outputs = int(net.output_shape[-1])
-  # One output is a binary model's P(positive) [N], unless the calibration
-  # says it is a multi-label model of one label.
-  multilabel = num_outputs > 1 or bool(calibration and
-                                       'label_names' in calibration)
-  shape = [-1, num_outputs] if multilabel else [-1]
 
   def decode(data):
     """Encoded bytes -> the stored form, uint8 [height, width, 1]."""
@@ -80,25 +87,24 @@ def export_model(net, model_dir, image_size, calibration=None):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
   def probability(encoded):
-    """P(pneumonia) [N] of N > 0 encoded images."""
+    """P [N, L] of N > 0 encoded images."""
     images = tf.map_fn(decode, encoded,
                        fn_output_signature=tf.TensorSpec(size + (1,),
                                                          tf.uint8))
-    return tf.reshape(tf.cast(net(images, training=False), tf.float32), shape)
+    return tf.reshape(tf.cast(net(images, training=False), tf.float32),
+                      [-1, num_outputs])
 
   def serve(encoded):
-    """Encoded JPEG or PNG bytes [N] -> {'probability': P(pneumonia) [N]}."""
+    """Encoded JPEG or PNG bytes [N] -> {'probability': [N, L], ...}."""
     # The net never sees an empty batch: oneDNN's bfloat16 convolution (the
     # kernels a mixed_bfloat16 model runs on AVX512_BF16 CPUs) rejects N = 0
     # ("input depth must be evenly divisible by filter depth").
     scores = tf.cond(tf.size(encoded) > 0, lambda: probability(encoded),
-                     lambda: tf.zeros([0] + shape[1:], tf.float32))
-    # A named output: the signature's output is 'probability', not
-    # 'output_0' (TF Serving and saved_model_cli show this name).
+                     lambda: tf.zeros([0, num_outputs], tf.float32))
+    # Named outputs: the signature's output is 'probability', not
+    # 'output_0' (TF Serving and saved_model_cli show these names).
     if calibration is None:
       return {'probability': scores}
-    if multilabel:
-      return _calibrated_label_outputs(scores, calibration)
     return _calibrated_outputs(scores, calibration)
 
   archive = keras.export.ExportArchive()
@@ -114,24 +120,10 @@ def export_model(net, model_dir, image_size, calibration=None):
 
 
 def _calibrated_outputs(probability, calibration):
-  """The calibrated signature's outputs (see `export_model`)."""
+  """The calibrated signature's outputs, [N, L] each: every label's P
+  scaled by its temperature, its threshold, and the decision."""
   # Clipped as evaluation.logit clips: a saturated float32 sigmoid has no
   # logit left.
-  epsilon = 1e-7
-  p = tf.clip_by_value(tf.cast(probability, tf.float64), epsilon, 1 - epsilon)
-  logits = tf.math.log(p) - tf.math.log1p(-p)
-  calibrated = tf.cast(tf.sigmoid(logits / float(calibration['temperature'])),
-                       tf.float32)
-  threshold = tf.fill(tf.shape(calibrated),
-                      tf.constant(calibration['threshold'], tf.float32))
-  return {'probability': calibrated, 'threshold': threshold,
-          'positive': calibrated > threshold}
-
-
-def _calibrated_label_outputs(probability, calibration):
-  """A multi-label signature's calibrated outputs, [N, L] each: every
-  label's probability scaled by its own temperature, its threshold, and
-  the decision."""
   epsilon = 1e-7
   p = tf.clip_by_value(tf.cast(probability, tf.float64), epsilon, 1 - epsilon)
   logits = tf.math.log(p) - tf.math.log1p(-p)
@@ -151,20 +143,20 @@ def _preprocessing(serving_dir):
   converter's default, otherwise).
   """
   try:
-    config = atomic.read_json(os.path.join(os.path.dirname(
-        os.path.abspath(serving_dir)), resume.CONFIG_JSON))
-    size = int(config['image_size'])
-  except (OSError, KeyError, TypeError, ValueError):
+    run = run_dir.read(os.path.dirname(os.path.abspath(serving_dir)),
+                       finished=False)
+  except run_dir.RunDirError:
+    return None, 'auto'
+  if run.image_size is None:
     return None, 'auto'
   try:
-    info = dataset_info.load_info(config.get('data_dir') or '')
+    info = dataset_info.load_info(run.data_dir or '')
   except dataset_info.DatasetError:
     # moved, deleted, or on a machine without it
-    return size, dataset_info.DEFAULT_VOI
-  return size, info.dicom_voi
+    return run.image_size, dataset_info.DEFAULT_VOI
+  return run.image_size, info.dicom_voi
 
 
-DEFAULT_THRESHOLD = 0.5
 _GLOB_CHARACTERS = frozenset('*?[')
 
 
@@ -213,42 +205,11 @@ def _images_under(folder):
   return sorted(files)
 
 
-def operating_threshold(model_dir):
-  """The threshold a run decides at, and where it comes from.
-
-  Args:
-    model_dir: a tools/train run.
-
-  Returns:
-    (threshold, source): the Youden threshold chosen on validation, from
-    the run's results.json, or DEFAULT_THRESHOLD where that has none;
-    source says which, in words.
-  """
-  path = os.path.join(model_dir, resume.RESULTS_JSON)
-  try:
-    threshold = float(atomic.read_json(path)['youden']['threshold'])
-  except (OSError, KeyError, TypeError, ValueError):
-    return DEFAULT_THRESHOLD, f'the default (no threshold in {path})'
-  return threshold, f'the Youden threshold on validation, from {path}'
-
-
-def class_names(model_dir):
-  """(negative, positive) class names of the dataset a run trained on;
-  NORMAL and PNEUMONIA where its xray_info.json is no longer readable."""
-  try:
-    config = atomic.read_json(os.path.join(model_dir, resume.CONFIG_JSON))
-    names = dataset_info.load_info(config.get('data_dir') or '').class_names
-    negative, positive = names
-    return str(negative), str(positive)
-  except (OSError, KeyError, TypeError, ValueError, AttributeError):
-    return schema.DEFAULT_CLASS_NAMES  # DatasetError is a ValueError
-
-
 BATCH_SIZE = 64  # images per call of the serving model
 
 
 def predict_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
-  """P(pneumonia) for image files, each decoded as the converter decodes it.
+  """P per label for image files, each decoded as the converter decodes it.
 
   Every file is read by `imaging.load_image` at the run's stored size (so
   CMYK, palette, alpha, 16-bit and DICOM files are read exactly as in
@@ -266,7 +227,8 @@ def predict_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
       each batch.
 
   Returns:
-    One (probability, None) or (None, reason) per path, in order.
+    One (P, None) or (None, reason) per path, in order; P is a list of one
+    float per label, in the run's label_names order.
 
   Raises:
     TrainingError: no serving model in serving_dir.
@@ -281,9 +243,9 @@ def score_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
 
   Returns:
     One (outputs, None) or (None, reason) per path, in order; outputs is
-    {'probability': float} and, from a signature exported with calibration
-    (`export_model`), 'threshold' (float, on the calibrated scale) and
-    'positive' (bool).
+    {'probability': [float per label]} and, from a signature exported with
+    calibration (`export_model`), 'threshold' ([float per label], on the
+    calibrated scale) and 'decision' ([bool per label]).
 
   Raises:
     TrainingError: no serving model in serving_dir.
@@ -304,7 +266,8 @@ def score_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
       except tf.errors.InvalidArgumentError as e:
         raise TrainingError(f'cannot decode an image as JPEG or PNG '
                             f'({e.message.splitlines()[0][:100]})') from e
-      columns = {name: value.numpy().tolist()
+      columns = {_OUTPUT_NAMES.get(name, name):
+                 np.reshape(value.numpy(), (len(blobs), -1)).tolist()
                  for name, value in outputs.items()}
       rows = iter([dict(zip(columns, values))
                    for values in zip(*columns.values())])
@@ -315,98 +278,130 @@ def score_paths(serving_dir, paths, batch_size=BATCH_SIZE, progress=None):
   return results
 
 
-def calibration_of(results):
-  """The calibration to export with a run (`export_model`), from its results.
+# A run exported before the one label path served P(positive) [N] and, when
+# calibrated, 'positive' [N]: read as [N, 1] and its 'decision'.
+_OUTPUT_NAMES = {'positive': 'decision'}
+
+
+def _as_run(results):
+  """A run_dir.Run of a Run, or of a results dict held in memory (training
+  calls before results.json is written)."""
+  if isinstance(results, run_dir.Run):
+    return results
+  return run_dir.Run(model_dir='', record={}, results=results)
+
+
+def thresholds_of(run, calibrated=False):
+  """The thresholds a run decides at, one per label, and where they come
+  from.
 
   Args:
-    results: the run's results dict (`training.evaluate_splits`).
+    run: a run_dir.Run (`run_dir.read`), or its results dict.
+    calibrated: on the temperature-scaled P (what a signature exported with
+      calibration serves) instead of the raw P (model.keras').
 
   Returns:
-    {'temperature': T fitted on validation, 'threshold': the Youden
-    threshold chosen on validation, on the calibrated scale}, of the run's
-    one label; None where the evaluation has no temperature (or several
-    labels).
+    ([threshold per label, in run.label_names order], source in words):
+    the Youden threshold chosen on validation (with calibrated, carried
+    onto the scale of the label's temperature; the raw one for a label
+    without a temperature), DEFAULT_THRESHOLD for a label without one.
   """
-  if results.get('evaluation', {}).get('multilabel'):
-    return label_calibration_of(results)
-  labels = results.get('evaluation', {}).get('labels', {})
-  if len(labels) != 1:
-    return None
-  (result,) = labels.values()
-  youden = result.get('thresholds', {}).get('youden', {})
-  if not result.get('calibration') or 'calibrated_threshold' not in youden:
-    return None
-  return {'temperature': float(result['calibration']['temperature']),
-          'threshold': float(youden['calibrated_threshold'])}
-
-
-def label_calibration_of(results):
-  """A multi-label run's calibration to export (`export_model`).
-
-  Returns:
-    {'label_names': the model's outputs, 'temperature': [T per label],
-     'threshold': [Youden threshold chosen on validation, calibrated, per
-     label], 'uncalibrated': labels without a temperature (T = 1),
-     'default_threshold': labels without an operating point, decided at
-     DEFAULT_THRESHOLD}.
-  """
-  evaluation_results = results['evaluation']
-  out = {'label_names': list(evaluation_results['label_names']),
-         'temperature': [], 'threshold': [], 'uncalibrated': [],
-         'default_threshold': []}
-  for name in out['label_names']:
-    result = evaluation_results['labels'].get(name, {})
-    youden = result.get('thresholds', {}).get('youden', {})
-    if result.get('calibration') and 'calibrated_threshold' in youden:
-      out['temperature'].append(float(result['calibration']['temperature']))
-      out['threshold'].append(float(youden['calibrated_threshold']))
-      continue
-    out['temperature'].append(1.0)
-    out['uncalibrated'].append(name)
-    if 'threshold' in youden:
-      out['threshold'].append(float(youden['threshold']))
-    else:
-      out['threshold'].append(DEFAULT_THRESHOLD)
-      out['default_threshold'].append(name)
-  return out
-
-
-def label_names(model_dir):
-  """A multi-label run's outputs (config.json's label_names, else its
-  results.json's), or None for a single-label run."""
-  for name, get in ((resume.CONFIG_JSON, lambda d: d.get('label_names')),
-                    (resume.RESULTS_JSON,
-                     lambda d: d.get('evaluation', {}).get('label_names'))):
-    try:
-      names = get(atomic.read_json(os.path.join(model_dir, name)))
-    except (OSError, ValueError, AttributeError):
-      continue
-    if names:
-      return list(names)
-  return None
-
-
-def label_thresholds(model_dir, names):
-  """(thresholds per label, source) a multi-label run decides at when its
-  signature has none: the Youden thresholds in results.json, else
-  DEFAULT_THRESHOLD."""
-  path = os.path.join(model_dir, resume.RESULTS_JSON)
-  try:
-    labels = atomic.read_json(path)['evaluation']['labels']
-  except (OSError, KeyError, TypeError, ValueError):
-    labels = {}
-  thresholds, defaults = [], []
-  for name in names:
-    youden = labels.get(name, {}).get('thresholds', {}).get('youden')
-    if youden:
-      thresholds.append(float(youden['threshold']))
+  run = _as_run(run)
+  raw = run.thresholds('youden')
+  scaled = run.thresholds('youden', calibrated=True)
+  temperatures = _temperatures(run) if calibrated else {}
+  thresholds, defaults, scaled_ones = [], [], []
+  for name in run.label_names:
+    if name in temperatures:
+      thresholds.append(scaled[name])
+      scaled_ones.append(name)
+    elif raw.get(name) is not None:
+      thresholds.append(raw[name])
     else:
       thresholds.append(DEFAULT_THRESHOLD)
       defaults.append(name)
-  source = f'the Youden thresholds on validation, from {path}'
-  if defaults:
+  where = run_dir.path(run.model_dir, run_dir.RESULTS_JSON)
+  source = ('the Youden threshold' + ('s' if len(thresholds) > 1 else '') +
+            ' on validation' +
+            (', on the calibrated scale,' if scaled_ones else '') +
+            f' from {where}')
+  if len(defaults) == len(thresholds):
+    source = f'the default (no threshold in {where})'
+  elif defaults:
     source += f' ({DEFAULT_THRESHOLD} for {", ".join(defaults)}: none there)'
   return thresholds, source
+
+
+def served_thresholds(run, scores):
+  """The thresholds that decide the P a signature served (`score_paths`),
+  on its scale: `thresholds_of` the run, calibrated where the signature is.
+
+  Args:
+    run: the run_dir.Run whose serving/ scored.
+    scores: `score_paths`' results.
+
+  Returns:
+    ([threshold per label], source in words).
+
+  Raises:
+    TrainingError: the signature serves another number of outputs than
+      config.json names labels, or decides at other thresholds than
+      results.json's (a serving/ exported from another evaluation).
+  """
+  labels = run.label_names
+  served = next((outputs for outputs, _ in scores if outputs), {})
+  if served and len(served['probability']) != len(labels):
+    raise TrainingError(
+        f'{SERVING_DIR}/ serves {len(served["probability"])} outputs but '
+        f'config.json names {len(labels)} labels ({", ".join(labels)}): '
+        'pass --model_dir of one finished run')
+  calibrated = 'threshold' in served
+  thresholds, source = thresholds_of(run, calibrated=calibrated)
+  if calibrated and not np.allclose(served['threshold'], thresholds,
+                                    rtol=0, atol=1e-6):
+    raise TrainingError(
+        f'{SERVING_DIR}/ decides at {served["threshold"]} but results.json '
+        f'at {thresholds}: {SERVING_DIR}/ was exported from another '
+        'evaluation; rerun tools/train with --overwrite')
+  return thresholds, source
+
+
+def _temperatures(run):
+  """{label: T} of the labels served calibrated: those with a temperature
+  and their Youden threshold on its scale."""
+  scaled = run.thresholds('youden', calibrated=True)
+  return {name: t for name, t in run.temperatures().items()
+          if t and scaled.get(name) is not None}
+
+
+def calibration_of(results):
+  """The calibration to export with a run (`export_model`).
+
+  Args:
+    results: the run's results dict (format 2, or a run's of an earlier
+      version), or a run_dir.Run.
+
+  Returns:
+    None for a run without an evaluation; else {'label_names': the model's
+    outputs, 'temperature': [T fitted on validation per label],
+    'threshold': [`thresholds_of(run, calibrated=True)`],
+    'uncalibrated': labels without a temperature (served with T = 1),
+    'default_threshold': labels without an operating point, decided at
+    DEFAULT_THRESHOLD}.
+  """
+  run = _as_run(results)
+  if not run.label_results():
+    return None
+  temperatures = _temperatures(run)
+  thresholds, _ = thresholds_of(run, calibrated=True)
+  raw = run.thresholds('youden')
+  names = list(run.label_names)
+  return {
+      'label_names': names,
+      'temperature': [temperatures.get(n) or 1.0 for n in names],
+      'threshold': thresholds,
+      'uncalibrated': [n for n in names if not temperatures.get(n)],
+      'default_threshold': [n for n in names if raw.get(n) is None]}
 
 
 def check_heatmap_dir(out_dir):
@@ -441,14 +436,12 @@ def _overlay_names(paths):
 
 
 def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE,
-                   labels=None, probabilities=None, thresholds=None):
-  """Writes a Grad-CAM overlay PNG per image file (tools/predict
-  --heatmap_dir): `<stem>.gradcam.png`, the stored image (as
-  `predict_paths` decodes it) with the positive class's heatmap over it;
-  for a multi-label model (labels given) one per image per label,
-  `<stem>.<label>.gradcam.png`, each label's heatmap over it. Each names
-  its label, P and the decision at the threshold, and colours P x the map
-  (`gradcam.annotated`).
+                   probabilities=None, thresholds=None):
+  """Writes a Grad-CAM overlay PNG per image file and label (tools/predict
+  --heatmap_dir): `<stem>.<label>.gradcam.png`, the stored image (as
+  `predict_paths` decodes it) with that label's heatmap over it, naming
+  the label, P and the decision at the threshold, and coloured P x the
+  map (`gradcam.annotated`).
 
   Grad-CAM needs the gradient, so it runs the Keras model (model.keras),
   not the SavedModel.
@@ -458,43 +451,38 @@ def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE,
     paths: image files that `predict_paths` scored (readable ones).
     out_dir: the folder (made if missing).
     batch_size: images per heatmap computation.
-    labels: a multi-label model's outputs, in order, or None.
-    probabilities: P per path as reported beside the overlays (a float, or
-      a list per label), e.g. the serving signature's; None: model.keras's
-      own (uncalibrated) P.
-    thresholds: the threshold on that P's scale (a float, or a list per
-      label); None: `operating_threshold` (`label_thresholds`).
+    probabilities: P per path as reported beside the overlays (a list per
+      label), e.g. the serving signature's; None: model.keras's own
+      (uncalibrated) P.
+    thresholds: the thresholds on that P's scale, one per label; None:
+      `thresholds_of` the run (uncalibrated).
 
   Returns:
-    The paths written, in the order of paths (each image's labels in
-    order).
+    The paths written, in the order of paths, each image's labels in
+    order.
 
   Raises:
     TrainingError: no model.keras in model_dir, or out_dir is unusable.
+    run_dir.RunDirError: no readable config.json in model_dir.
     gradcam.GradCamError: the model has no spatial feature map.
     imaging.ImageError: a file cannot be read.
   """
   from xray_tfdata import gradcam  # pylint: disable=g-import-not-at-top
   check_heatmap_dir(out_dir)
-  model_file = os.path.join(model_dir, MODEL_FILE)
+  model_file = run_dir.path(model_dir, MODEL_FILE)
   if not os.path.exists(model_file):
     raise TrainingError(f'{model_dir} has no {MODEL_FILE} for Grad-CAM: '
                         'pass --model_dir of a finished run, or drop '
                         '--heatmap_dir')
+  run = run_dir.read(model_dir, finished=False)
+  labels = run.label_names
+  if thresholds is None:
+    thresholds, _ = thresholds_of(run)
   # This module is part of xray_tfdata, so its layers are registered.
   net = keras.models.load_model(model_file, compile=False)
   size, voi = _preprocessing(os.path.join(model_dir, SERVING_DIR))
   size = size or int(net.input_shape[1])
   names = _overlay_names(paths)
-  if thresholds is None:
-    thresholds = (operating_threshold(model_dir)[0] if labels is None else
-                  label_thresholds(model_dir, labels)[0])
-  if labels is None:
-    negative, positive = class_names(model_dir)
-    explained = [(None, positive, thresholds, '')]
-  else:
-    explained = [(index, label, thresholds[index], '.' + file_label(label))
-                 for index, label in enumerate(labels)]
   written = []
   for start in range(0, len(paths), batch_size):
     images = np.stack([imaging.load_image(path, size, voi)
@@ -503,16 +491,12 @@ def write_heatmaps(model_dir, paths, out_dir, batch_size=BATCH_SIZE,
       probs = np.asarray(net.predict(images, verbose=0), np.float64)
     else:
       probs = np.asarray(probabilities[start:start + batch_size], np.float64)
-    probs = probs.reshape(len(images), -1)
-    by_label = []
-    for index, label, threshold, suffix in explained:
-      column = probs[:, index or 0]
-      decisions = None if labels else [
-          positive if p > threshold else negative for p in column]
-      by_label.append(gradcam.write_overlays(
-          out_dir, names[start:start + batch_size], images,
-          gradcam.heatmaps(net, images, output_index=index), label, column,
-          threshold, decisions, suffix=suffix))
+    probs = probs.reshape(len(images), len(labels))
+    by_label = [gradcam.write_overlays(
+        out_dir, names[start:start + batch_size], images,
+        gradcam.heatmaps(net, images, output_index=index), label,
+        probs[:, index], thresholds[index], suffix='.' + file_label(label))
+                for index, label in enumerate(labels)]
     written += [path for per_image in zip(*by_label) for path in per_image]
   return written
 
@@ -553,14 +537,14 @@ def _encoded(path, size, voi):
 
 
 def predict_files(serving_dir, paths):
-  """P(pneumonia) for image files; see `predict_paths`.
+  """P per label for image files; see `predict_paths`.
 
   Args:
     serving_dir: a finished run's serving/ folder.
     paths: image files.
 
   Returns:
-    A list of floats, one per path.
+    A list of P (a list of one float per label), one per path.
 
   Raises:
     TrainingError: no serving model in serving_dir, or a file is missing or
