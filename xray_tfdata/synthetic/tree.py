@@ -277,7 +277,8 @@ def pydicom():
 
 
 def write_dicom(path, pixels, pixel_seed, photometric='MONOCHROME2',
-                bits_stored=8, patient_id=None, **attributes):
+                bits_stored=8, patient_id=None, instance_uid=None,
+                **attributes):
   """An uncompressed CR DICOM of stored values `pixels` (uint8, or uint16
   with bits_stored > 8), its UIDs a function of pixel_seed.
 
@@ -288,13 +289,14 @@ def write_dicom(path, pixels, pixel_seed, photometric='MONOCHROME2',
     photometric: 'MONOCHROME2' or 'MONOCHROME1' (white is low).
     bits_stored: 8 (BitsAllocated 8) or up to 16 (BitsAllocated 16).
     patient_id: PatientID; default the file name without its extension.
+    instance_uid: the SOP instance UID; default one drawn from pixel_seed.
     **attributes: more header attributes, set last.
   """
   module = pydicom()
   from pydicom.dataset import Dataset, FileMetaDataset  # pylint: disable=g-import-not-at-top,multiple-imports
   meta = FileMetaDataset()
   meta.MediaStorageSOPClassUID = '1.2.840.10008.5.1.4.1.1.1'  # CR
-  meta.MediaStorageSOPInstanceUID = module.uid.generate_uid(
+  meta.MediaStorageSOPInstanceUID = instance_uid or module.uid.generate_uid(
       entropy_srcs=[str(pixel_seed)])
   meta.TransferSyntaxUID = module.uid.ExplicitVRLittleEndian
   ds = Dataset()
