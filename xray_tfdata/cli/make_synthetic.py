@@ -3,6 +3,7 @@
   tools/make_synthetic --out_dir=data/synthetic_xray                # 5,856 images
   tools/make_synthetic --out_dir=/tmp/tiny --num_images=60 --size_scale=0.1
   tools/make_synthetic --out_dir=/tmp/nih --layout=nih            # 200 images
+  tools/make_synthetic --out_dir=/tmp/vindr --layout=vindr --release=physionet
 
 Every layout: xray_tfdata.synthetic.layouts.make_synthetic (one module per
 layout in xray_tfdata/synthetic/).
@@ -42,6 +43,27 @@ _LAYOUT = flags.DEFINE_enum(
 _NUM_WORKERS = flags.DEFINE_integer(
     'num_workers', None, 'Drawing processes (default: all cores).',
     lower_bound=1)
+# The layouts' own options; each is passed only when given, and a layout
+# without it refuses it in one line.
+_OPTIONS = (
+    flags.DEFINE_boolean(
+        'boxes', False, 'nih: also write BBox_List_2017.csv (boxes around '
+        'the drawn findings, in the PNG\'s pixels).'),
+    flags.DEFINE_enum(
+        'release', 'competition', ['competition', 'physionet'],
+        "vindr: the Kaggle competition's train.csv, or PhysioNet's "
+        'annotations/ files.'),
+    flags.DEFINE_boolean(
+        'gzip_csv', False, 'padchest: write the label file as .csv.gz.'),
+    flags.DEFINE_boolean(
+        'set_id_file', False, "nih_google: one label file with a Set Id "
+        'column (as torchxrayvision ships it) instead of one per split.'),
+    flags.DEFINE_boolean(
+        'source_style', False, 'nih, padchest, vindr, siim, nih_google, '
+        "nlm_tb: draw the source's own look (an intensity curve, a border, "
+        'a corner marker) on every image, something a model can overfit '
+        'to (issue 35).'),
+)
 
 flags.mark_flags_as_required(['out_dir'])
 
@@ -56,7 +78,9 @@ def main(argv):
         num_images=_default(_NUM_IMAGES, layout.default_images),
         seed=_SEED.value,
         size_scale=_default(_SIZE_SCALE, layout.default_size_scale),
-        num_workers=_NUM_WORKERS.value, progress=True)
+        num_workers=_NUM_WORKERS.value, progress=True,
+        **{option.name: option.value for option in _OPTIONS
+           if flags.FLAGS[option.name].present})
 
 
 def _default(flag, value):

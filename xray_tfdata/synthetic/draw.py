@@ -87,7 +87,7 @@ def draw_chest(rng, label, height, width):
 
 
 def draw_findings(rng, height, width, effusion=0.0, cardiomegaly=0.0,
-                  lateral=False):
+                  lateral=False, effusion_sides=None):
   """A chest uint8 [height, width] showing the two pixel-visible findings.
 
   Args:
@@ -96,6 +96,9 @@ def draw_findings(rng, height, width, effusion=0.0, cardiomegaly=0.0,
     effusion: 0 (none) to 1: a bright basal opacity with a meniscus.
     cardiomegaly: 0 (a normal heart) to 1: a wider heart shadow.
     lateral: a lateral view instead of a frontal one.
+    effusion_sides: the effusion's sides on a frontal view, -1 (the image's
+      left) and/or 1; default drawn (both in four of ten). Given, a label
+      file's box can point at the fluid (`finding_box`).
 
   Returns:
     uint8 array [height, width].
@@ -112,7 +115,8 @@ def draw_findings(rng, height, width, effusion=0.0, cardiomegaly=0.0,
                   0.64 + rng.normal(0, 0.01), half_width, 0.11, 0.06)
   image += rng.uniform(40, 55) * heart
   if effusion:
-    sides = [-1, 1] if rng.random() < 0.4 else [int(rng.choice([-1, 1]))]
+    sides = effusion_sides or (
+        [-1, 1] if rng.random() < 0.4 else [int(rng.choice([-1, 1]))])
     for side in sides:
       center = 0.5 + side * rng.uniform(0.19, 0.21)
       level = rng.uniform(0.66, 0.70) - 0.06 * effusion
@@ -148,6 +152,25 @@ def _draw_lateral(rng, height, width, effusion, cardiomegaly):
     image += effusion * rng.uniform(55, 75) * fluid
   image = rng.uniform(0.85, 1.15) * image + rng.normal(0, 8, image.shape)
   return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def finding_box(rng, kind, height, width, side=None):
+  """A reader's box (x_min, y_min, x_max, y_max), in pixels, around a drawn
+  finding on a frontal view: 'effusion' (at `side`'s lung base, -1 the
+  image's left), 'cardiomegaly' (the heart), or 'other' (anywhere in the
+  lungs: the random labels carry no pixel signal). Readers differ by a few
+  per cent of the image."""
+  if kind == 'effusion':
+    box = (0.5 + side * 0.2 - 0.15, 0.58, 0.5 + side * 0.2 + 0.15, 0.9)
+  elif kind == 'cardiomegaly':
+    box = (0.3, 0.52, 0.8, 0.76)
+  else:
+    x, y = rng.uniform(0.2, 0.7), rng.uniform(0.25, 0.65)
+    box = (x, y, x + rng.uniform(0.05, 0.15), y + rng.uniform(0.05, 0.15))
+  jitter = rng.normal(0, 0.015, 4)
+  x_min, y_min, x_max, y_max = np.clip(np.array(box) + jitter, 0, 1)
+  return (round(float(x_min * width), 1), round(float(y_min * height), 1),
+          round(float(x_max * width), 1), round(float(y_max * height), 1))
 
 
 def grid(height, width):

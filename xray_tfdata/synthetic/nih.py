@@ -16,6 +16,7 @@ those two show in the pixels (`draw.draw_findings`), the others are random.
 
 import numpy as np
 
+from xray_tfdata.synthetic import draw
 from xray_tfdata.synthetic import tree
 
 LAYOUT = 'nih'
@@ -31,6 +32,16 @@ NIH_HEADER = ('Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,'
               'Patient Gender,View Position,OriginalImage[Width,Height],'
               'OriginalImagePixelSpacing[x,y]')
 NIH_LISTS = {'train_val': 'train_val_list.txt', 'test': 'test_list.txt'}
+
+# BBox_List_2017.csv: the real header (Bbox [x,y,w,h] split by its commas,
+# three empty names after), its 8 findings as it spells them.
+BOX_CSV = 'BBox_List_2017.csv'
+BOX_HEADER = 'Image Index,Finding Label,Bbox [x,y,w,h],,,'
+BOX_FINDINGS = {'Atelectasis': 'Atelectasis', 'Cardiomegaly': 'Cardiomegaly',
+                'Effusion': 'Effusion', 'Infiltration': 'Infiltrate',
+                'Mass': 'Mass', 'Nodule': 'Nodule', 'Pneumonia': 'Pneumonia',
+                'Pneumothorax': 'Pneumothorax'}
+_BOXED = 0.4  # of the images with one of them (the real file: 880 images)
 
 # The labels drawn into the pixels: (effusion, cardiomegaly).
 VISIBLE_LABELS = ('Effusion', 'Cardiomegaly')
@@ -53,7 +64,8 @@ _POSITIVE, _NEGATIVE = '1.0', '0.0'
 
 
 def make_synthetic_nih(out_dir, num_images=tree.DEFAULT_NUM_IMAGES, seed=0,
-                       size_scale=None, num_workers=None, progress=False):
+                       size_scale=None, num_workers=None, progress=False,
+                       boxes=False, source_style=False):
   """Writes an NIH ChestX-ray14 tree into `out_dir`.
 
   Args:
@@ -65,28 +77,43 @@ def make_synthetic_nih(out_dir, num_images=tree.DEFAULT_NUM_IMAGES, seed=0,
       DEFAULT_SIZE_SCALE. Sizes stay >= 16 px.
     num_workers: processes drawing images; default all cores.
     progress: print one line when done.
+    boxes: also write BBox_List_2017.csv: boxes on some images with one of
+      its 8 findings, around the drawn Effusion and Cardiomegaly.
+    source_style: draw NIH's look (draw.SOURCE_STYLES) on every image.
 
   Returns:
     tree.write_planned's summary plus positives {visible label: images
-    listing it}.
+    listing it}; with boxes, boxes {finding as the box file spells it:
+    rows} and boxed_images.
 
   Raises:
     tree.SyntheticError: bad arguments or out_dir (see tree.write_planned).
   """
   if size_scale is None:
     size_scale = DEFAULT_SIZE_SCALE
-  return tree.write_planned(out_dir, LAYOUT, _STREAM, _plan, num_images, seed,
-                            size_scale, num_workers, progress, _positives)
+  plan_tree = lambda rng, n, scale: plan(rng, n, scale, boxes)
+  return tree.write_planned(
+      out_dir, LAYOUT, _STREAM, plan_tree, num_images, seed, size_scale,
+      num_workers, progress, _recount,
+      draw.SOURCE_STYLES[LAYOUT] if source_style else None)
 
 
-def _positives(images):
-  return {'positives': {label: sum(image['codes'][label] == _POSITIVE
-                                   for image in images)
-                        for label in VISIBLE_LABELS}}
+def _recount(images):
+  counts = {'positives': {label: sum(image['codes'][label] == _POSITIVE
+                                     for image in images)
+                          for label in VISIBLE_LABELS}}
+  if any('boxes' in image for image in images):
+    counts['boxes'] = {}
+    for image in images:
+      for finding, _ in image.get('boxes', ()):
+        counts['boxes'][finding] = counts['boxes'].get(finding, 0) + 1
+    counts['boxed_images'] = sum(bool(image.get('boxes')) for image in images)
+  return counts
 
 
-def _plan(rng, num_images, size_scale):
-  """NIH's images, Data_Entry_2017_v2020.csv and the two patient lists."""
+def plan(rng, num_images, size_scale, boxes=False):
+  """NIH's images, Data_Entry_2017_v2020.csv and the two patient lists
+  (and BBox_List_2017.csv with boxes): (images, {file: bytes})."""
   side = tree.scaled(1024, size_scale)  # every NIH PNG is 1024 x 1024
   images = []
   patient = 0
@@ -136,7 +163,38 @@ def _plan(rng, num_images, size_scale):
   for split, name in NIH_LISTS.items():
     files[name] = ''.join(f'{image["name"]}\n' for image in images
                           if image['split'] == split).encode()
+  if boxes:
+    # Drawn last, from the same stream: the tree without boxes is unchanged.
+    files[BOX_CSV] = _plan_boxes(rng, images)
   return images, files
+
+
+def _plan_boxes(rng, images):
+  """Boxes (x, y, w, h in the PNG's pixels) for a share of the images with
+  one of the box file's findings; an effusion's box is at the side drawn."""
+  rows = [BOX_HEADER]
+  for image in images:
+    findings = [name for name in BOX_FINDINGS
+                if image['codes'][name] == _POSITIVE]
+    if not findings or rng.random() > _BOXED:
+      continue
+    image['boxes'] = []
+    for name in findings:
+      side = image['width']
+      if name == 'Effusion' and image['effusion']:
+        image['effusion_sides'] = [int(rng.choice([-1, 1]))]
+        box = draw.finding_box(rng, 'effusion', side, side,
+                               image['effusion_sides'][0])
+      elif name == 'Cardiomegaly' and image['cardiomegaly']:
+        box = draw.finding_box(rng, 'cardiomegaly', side, side)
+      else:
+        box = draw.finding_box(rng, 'other', side, side)
+      x_min, y_min, x_max, y_max = box
+      spelled = BOX_FINDINGS[name]
+      image['boxes'].append((spelled, box))
+      rows.append(f'{image["name"]},{spelled},{x_min},{y_min},'
+                  f'{round(x_max - x_min, 1)},{round(y_max - y_min, 1)}')
+  return ('\n'.join(rows) + '\n').encode()
 
 
 def _nih_findings(rng):

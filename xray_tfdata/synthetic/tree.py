@@ -186,7 +186,8 @@ def render_image(job):
   """Draws one planned image and saves it (runs in worker processes).
 
   job: (path, pixel_seed, image), image a planned dict: width, height,
-  lateral, effusion, cardiomegaly; optional marks (draw.add_mark's, at the
+  lateral, effusion, cardiomegaly; optional effusion_sides (see
+  draw.draw_findings), marks (draw.add_mark's, at the
   stored size), style (a draw.SOURCE_STYLES entry), stored ((bits_stored,
   low, high): the display range's stored values, for 12- and 16-bit
   files) and dicom (header attributes; photometric 'MONOCHROME1' stores
@@ -201,7 +202,8 @@ def render_image(job):
   small = draw.draw_findings(rng, draw_height, draw_width,
                              effusion=image['effusion'],
                              cardiomegaly=image['cardiomegaly'],
-                             lateral=image['lateral'])
+                             lateral=image['lateral'],
+                             effusion_sides=image.get('effusion_sides'))
   pixels = draw.to_film(small, width, height, rng)
   for mark in image.get('marks', ()):
     pixels = draw.add_mark(pixels, mark)
