@@ -39,10 +39,29 @@ def tree_hashes(out):
   return hashes
 
 
+def display(path):
+  """An image file's pixels as displayed, float [height, width]: 8-bit
+  files as they are; 16-bit PNGs and DICOMs (MONOCHROME1 inverted) scaled
+  from their own minimum and maximum to 0..255."""
+  if path.endswith(('.dcm', '.dicom')):
+    import pydicom  # pylint: disable=g-import-not-at-top
+    dataset = pydicom.dcmread(path)
+    pixels = dataset.pixel_array.astype(np.float64)
+    if dataset.PhotometricInterpretation == 'MONOCHROME1':
+      pixels = pixels.max() - pixels
+  else:
+    with Image.open(path) as image:
+      if image.mode in ('L', 'RGB'):
+        return np.asarray(image.convert('L'), np.float64)
+      pixels = np.asarray(image, np.float64)
+  low, high = pixels.min(), pixels.max()
+  return 255 * (pixels - low) / max(high - low, 1)
+
+
 def region_means(path, regions):
   """Mean intensity of each (y0, y1, x0, x1) fraction box, at 64 px."""
-  with Image.open(path) as image:
-    pixels = np.asarray(image.convert('L').resize((64, 64)), np.float64)
+  image = Image.fromarray(np.clip(display(path), 0, 255).astype(np.uint8))
+  pixels = np.asarray(image.resize((64, 64)), np.float64)
   means = []
   for boxes in regions:
     values = [pixels[int(y0 * 64):int(y1 * 64), int(x0 * 64):int(x1 * 64)]
