@@ -21,7 +21,14 @@ from xray_tfdata.synthetic import tree
 
 # The labelled layouts that tree.write_planned writes (Kermany's have their
 # own tests in test_synthetic_kermany.py).
-LABELLED = ('nih', 'chexpert', 'mimic')
+LABELLED = ('nih', 'chexpert', 'mimic', 'padchest', 'vindr', 'siim',
+            'nih_google', 'nlm_tb')
+_IMAGES = ('.png', '.jpg', '.dcm', '.dicom')
+
+
+def test_every_layout_is_registered():
+  assert set(layouts.LAYOUTS) == {'kaggle', 'mendeley', 'pool', 'rsna',
+                                  *LABELLED}
 
 
 @pytest.mark.parametrize('layout', LABELLED)
@@ -81,6 +88,42 @@ def test_bad_arguments(tmp_path, kwargs, message):
   assert not os.path.exists(tmp_path / 'x')
 
 
+@pytest.mark.parametrize('layout', LABELLED)
+def test_summary_counts_the_images_written(tmp_path, layout):
+  out = str(tmp_path / layout)
+  summary = layouts.make_synthetic(out, layout, num_images=24, seed=1,
+                                   size_scale=0.01, num_workers=1)
+  images = [f for f in files(out) if f.endswith(_IMAGES)]
+  assert summary['num_images'] == len(images) == 24
+  assert sum(cell['images'] for cell in summary['splits'].values()) == 24
+
+
+@pytest.mark.parametrize('layout, option', [
+    ('chexpert', {'boxes': True}), ('nih', {'release': 'physionet'}),
+    ('kaggle', {'source_style': True}),
+])
+def test_an_option_of_another_layout_is_refused(tmp_path, layout, option):
+  with pytest.raises(tree.SyntheticError, match='not an option of the'):
+    layouts.make_synthetic(str(tmp_path / 'x'), layout, num_images=20,
+                           **option)
+  assert not os.path.exists(tmp_path / 'x')
+
+
+@pytest.mark.parametrize('layout', ['nih', 'padchest', 'vindr', 'siim',
+                                    'nih_google', 'nlm_tb'])
+def test_source_style_changes_the_look_not_the_labels(tmp_path, layout):
+  plain, styled = str(tmp_path / 'plain'), str(tmp_path / 'styled')
+  for out, style in ((plain, False), (styled, True)):
+    layouts.make_synthetic(out, layout, num_images=20, seed=2,
+                           size_scale=0.02, num_workers=1,
+                           source_style=style)
+  plain_hashes, styled_hashes = tree_hashes(plain), tree_hashes(styled)
+  assert plain_hashes.keys() == styled_hashes.keys()
+  for name, digest in plain_hashes.items():
+    # Label files unchanged, every image restyled.
+    assert (digest == styled_hashes[name]) != name.endswith(_IMAGES), name
+
+
 @pytest.mark.slow
 def test_a_200_image_tree_is_fast(tmp_path):
   summary = chexpert.make_synthetic_chexpert(str(tmp_path / 'c'),
@@ -100,7 +143,7 @@ def test_make_synthetic_tool(tmp_path, layout):
       capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
   assert result.returncode == 0, result.stderr
   assert f'wrote 40 images ({layout} layout' in result.stdout
-  images = [f for f in files(out) if f.endswith(('.png', '.jpg'))]
+  images = [f for f in files(out) if f.endswith(_IMAGES)]
   assert len(images) == 40
   # The same as the library call.
   reference = str(tmp_path / 'reference')

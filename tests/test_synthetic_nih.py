@@ -9,15 +9,18 @@ import collections
 import os
 import re
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from synthetic_checks import assert_findings_show
 from synthetic_checks import auc
 from synthetic_checks import BASES
+from synthetic_checks import display
 from synthetic_checks import files
 from synthetic_checks import read_csv
 from synthetic_checks import region_means
+from synthetic_checks import tree_hashes
 from synthetic_checks import UPPER
 from xray_tfdata.synthetic import nih
 
@@ -130,3 +133,50 @@ def test_size_scale_multiplies_the_real_sizes(tmp_path):
   png = next(f for f in files(out) if f.endswith('.png'))
   with Image.open(os.path.join(out, png)) as image:
     assert image.size == (51, 51)  # 0.05 * 1024
+
+
+def test_box_file(tmp_path):
+  """BBox_List_2017.csv: the real header, NIH's 8 box findings as the file
+  spells them, each box on an image listing the finding, inside it, and an
+  Effusion box brighter than its mirror image (it points at the fluid).
+  The rest of the tree is the tree without boxes."""
+  plain, boxed = str(tmp_path / 'plain'), str(tmp_path / 'boxed')
+  nih.make_synthetic_nih(plain, num_images=120, seed=8, size_scale=0.06,
+                         num_workers=1)
+  summary = nih.make_synthetic_nih(boxed, num_images=120, seed=8,
+                                   size_scale=0.06, num_workers=1, boxes=True)
+  with open(os.path.join(boxed, 'BBox_List_2017.csv'), encoding='utf-8') as f:
+    lines = f.read().splitlines()
+  assert lines[0] == 'Image Index,Finding Label,Bbox [x,y,w,h],,,'
+  _, rows, _ = read_csv(os.path.join(boxed, 'Data_Entry_2017_v2020.csv'))
+  findings = {row['Image Index']: row['Finding Labels'].split('|')
+              for row in rows}
+  paths = {os.path.basename(f): f for f in files(boxed)}
+  spelled = {'Infiltrate': 'Infiltration'}
+  counts = collections.Counter()
+  brighter = []
+  for line in lines[1:]:
+    name, finding, x, y, w, h = line.split(',')
+    counts[finding] += 1
+    assert finding in {'Atelectasis', 'Cardiomegaly', 'Effusion',
+                       'Infiltrate', 'Mass', 'Nodule', 'Pneumonia',
+                       'Pneumothorax'}
+    assert spelled.get(finding, finding) in findings[name]
+    pixels = display(os.path.join(boxed, paths[name]))
+    side = pixels.shape[1]
+    x, y, w, h = (float(v) for v in (x, y, w, h))
+    assert 0 <= x and 0 <= y and x + w <= side and y + h <= side
+    if finding == 'Effusion':
+      x0, x1, y0, y1 = int(x), int(x + w), int(y), int(y + h)
+      brighter.append(pixels[y0:y1, x0:x1].mean() >
+                      pixels[y0:y1, side - x1:side - x0].mean())
+  assert dict(counts) == summary['boxes']
+  assert len(brighter) >= 5 and np.mean(brighter) > 0.8
+  assert {'Infiltrate', 'Effusion', 'Cardiomegaly'} <= set(counts)
+  boxed_images = {line.split(',')[0] for line in lines[1:]}
+  assert len(boxed_images) == summary['boxed_images']
+  plain_hashes, boxed_hashes = tree_hashes(plain), tree_hashes(boxed)
+  assert boxed_hashes.pop('BBox_List_2017.csv')
+  changed = {f for f in boxed_hashes if boxed_hashes[f] != plain_hashes[f]}
+  assert boxed_hashes.keys() == plain_hashes.keys()
+  assert {os.path.basename(f) for f in changed} <= boxed_images
