@@ -132,14 +132,22 @@ def test_a_200_image_tree_is_fast(tmp_path):
   assert summary['elapsed_seconds'] < 15  # a few seconds on one core
 
 
+# (layout, the tool's option flags, the library's options)
+_TOOL_RUNS = [(layout, [], {}) for layout in LABELLED] + [
+    ('nih', ['--boxes', '--source_style'], {'boxes': True,
+                                            'source_style': True}),
+    ('vindr', ['--release=physionet'], {'release': 'physionet'}),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('layout', LABELLED)
-def test_make_synthetic_tool(tmp_path, layout):
+@pytest.mark.parametrize('layout, flags, options', _TOOL_RUNS)
+def test_make_synthetic_tool(tmp_path, layout, flags, options):
   out = str(tmp_path / layout)
   tool = os.path.join(REPO_ROOT, 'tools', 'make_synthetic')
   result = subprocess.run(
       [sys.executable, tool, f'--out_dir={out}', f'--layout={layout}',
-       '--num_images=40', '--seed=2', '--num_workers=1'],
+       '--num_images=40', '--seed=2', '--num_workers=1', *flags],
       capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
   assert result.returncode == 0, result.stderr
   assert f'wrote 40 images ({layout} layout' in result.stdout
@@ -148,7 +156,7 @@ def test_make_synthetic_tool(tmp_path, layout):
   # The same as the library call.
   reference = str(tmp_path / 'reference')
   layouts.make_synthetic(reference, layout, num_images=40, seed=2,
-                         num_workers=1)
+                         num_workers=1, **options)
   assert tree_hashes(out) == tree_hashes(reference)
   (tmp_path / 'foreign').mkdir()
   (tmp_path / 'foreign' / 'x.txt').write_text('x')
@@ -158,3 +166,14 @@ def test_make_synthetic_tool(tmp_path, layout):
       cwd=REPO_ROOT)
   assert_one_line_error(result, 'not empty')
   assert os.listdir(tmp_path / 'foreign') == ['x.txt']
+
+
+@pytest.mark.slow
+def test_the_tool_refuses_an_option_of_another_layout(tmp_path):
+  out = tmp_path / 'x'
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'tools', 'make_synthetic'),
+       f'--out_dir={out}', '--layout=chexpert', '--boxes'],
+      capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+  assert_one_line_error(result, 'boxes: not an option of the chexpert')
+  assert not out.exists()
