@@ -21,8 +21,10 @@ REAL_HEADER = (
     'OriginalImagePixelSpacing[x,y],Fracture,Pneumothorax,Airspace opacity,'
     'Nodule or mass,Set Id')
 LABELS = ['Fracture', 'Pneumothorax', 'Airspace opacity', 'Nodule or mass']
-SPLIT_FILES = {'validation': 'four_findings_expert_labels_validation_labels.csv',
-               'test': 'four_findings_expert_labels_test_labels.csv'}
+SPLIT_FILES = {
+    'validation': 'four_findings_expert_labels_validation_labels.csv',
+    'test': 'four_findings_expert_labels_test_labels.csv',
+}
 NUM_IMAGES = 160
 
 

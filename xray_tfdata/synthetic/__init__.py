@@ -26,6 +26,7 @@ two shared ones:
             ...)` writes any of them (tools/make_synthetic calls it).
 
 Each layout module's `make_synthetic_<layout>` takes the layout's own
-options. Importing the package imports none of the modules. Everything is a function of the seed: the same seed gives the same
-bytes. Only numpy, PIL and (DICOM layouts) pydicom: no TensorFlow.
+options. Importing the package imports none of the modules. Everything is a
+function of the seed: the same seed gives the same bytes. Only numpy, PIL
+and (DICOM layouts) pydicom: no TensorFlow.
 """

@@ -99,7 +99,8 @@ def _plan(rng, num_images, size_scale):
                          else (2544, 3056))
         rows += int(rng.integers(-20, 1))
         columns += int(rng.integers(-20, 1))
-        height, width = tree.scaled(rows, size_scale), tree.scaled(columns, size_scale)
+        height = tree.scaled(rows, size_scale)
+        width = tree.scaled(columns, size_scale)
         dicom_id = '-'.join(rng.bytes(4).hex() for _ in range(5))
         study_images.append(tree.image_record(
             rng, f'files/p{str(subject)[:2]}/p{subject}/s{study}/'

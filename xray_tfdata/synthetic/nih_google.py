@@ -26,8 +26,10 @@ _STREAM = 6  # the random stream of this layout (tree.write_planned)
 DEFAULT_SIZE_SCALE = nih.DEFAULT_SIZE_SCALE
 LABELS = ('Fracture', 'Pneumothorax', 'Airspace opacity', 'Nodule or mass')
 VISIBLE_LABELS = ('Airspace opacity',)
-SPLIT_FILES = {'validation': 'four_findings_expert_labels_validation_labels.csv',
-               'test': 'four_findings_expert_labels_test_labels.csv'}
+SPLIT_FILES = {
+    'validation': 'four_findings_expert_labels_validation_labels.csv',
+    'test': 'four_findings_expert_labels_test_labels.csv',
+}
 SET_ID_FILE = 'google2019_nih-chest-xray-labels.csv'
 SET_IDS = {'validation': 'val', 'test': 'test'}
 _VALIDATION = 0.3  # of the train_val images re-read
