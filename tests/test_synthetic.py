@@ -109,8 +109,7 @@ def test_an_option_of_another_layout_is_refused(tmp_path, layout, option):
   assert not os.path.exists(tmp_path / 'x')
 
 
-@pytest.mark.parametrize('layout', ['nih', 'padchest', 'vindr', 'siim',
-                                    'nih_google', 'nlm_tb'])
+@pytest.mark.parametrize('layout', LABELLED)
 def test_source_style_changes_the_look_not_the_labels(tmp_path, layout):
   plain, styled = str(tmp_path / 'plain'), str(tmp_path / 'styled')
   for out, style in ((plain, False), (styled, True)):

@@ -59,8 +59,8 @@ _OPTIONS = (
         'set_id_file', False, "nih_google: one label file with a Set Id "
         'column (as torchxrayvision ships it) instead of one per split.'),
     flags.DEFINE_boolean(
-        'source_style', False, 'nih, padchest, vindr, siim, nih_google, '
-        "nlm_tb: draw the source's own look (an intensity curve, a border, "
+        'source_style', False, 'every layout but the Kermany ones: draw '
+        "the source's own look (an intensity curve, a border, "
         'a corner marker) on every image, something a model can overfit '
         'to (issue 35).'),
 )

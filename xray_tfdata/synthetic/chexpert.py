@@ -17,6 +17,7 @@ labels come from the same labeler: `mimic` draws its studies with
 
 import numpy as np
 
+from xray_tfdata.synthetic import draw
 from xray_tfdata.synthetic import tree
 
 LAYOUT = 'chexpert'
@@ -59,7 +60,7 @@ _CHEXPERT_VALID = 0.1  # of the images (the real valid.csv: 234)
 
 def make_synthetic_chexpert(out_dir, num_images=tree.DEFAULT_NUM_IMAGES,
                             seed=0, size_scale=None, num_workers=None,
-                            progress=False):
+                            progress=False, source_style=False):
   """Writes a CheXpert-v1.0-small tree into `out_dir`.
 
   Args:
@@ -71,6 +72,7 @@ def make_synthetic_chexpert(out_dir, num_images=tree.DEFAULT_NUM_IMAGES,
       DEFAULT_SIZE_SCALE. Sizes stay >= 16 px.
     num_workers: processes drawing images; default all cores.
     progress: print one line when done.
+    source_style: draw CheXpert's look (draw.SOURCE_STYLES) on every image.
 
   Returns:
     tree.write_planned's summary plus positives {visible label: images
@@ -81,9 +83,10 @@ def make_synthetic_chexpert(out_dir, num_images=tree.DEFAULT_NUM_IMAGES,
   """
   if size_scale is None:
     size_scale = DEFAULT_SIZE_SCALE
-  return tree.write_planned(out_dir, LAYOUT, _STREAM, _plan, num_images, seed,
-                            size_scale, num_workers, progress,
-                            positives(VISIBLE_LABELS))
+  return tree.write_planned(
+      out_dir, LAYOUT, _STREAM, _plan, num_images, seed, size_scale,
+      num_workers, progress, positives(VISIBLE_LABELS),
+      draw.SOURCE_STYLES[LAYOUT] if source_style else None)
 
 
 def positives(visible):

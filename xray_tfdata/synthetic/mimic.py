@@ -11,6 +11,7 @@ test by subject, and IMAGE_FILENAMES. Studies are drawn as CheXpert's
 import numpy as np
 
 from xray_tfdata.synthetic import chexpert
+from xray_tfdata.synthetic import draw
 from xray_tfdata.synthetic import tree
 
 LAYOUT = 'mimic'
@@ -44,7 +45,8 @@ _MIMIC_HELD_OUT = {'validate': 0.1, 'test': 0.1}
 
 
 def make_synthetic_mimic(out_dir, num_images=tree.DEFAULT_NUM_IMAGES, seed=0,
-                         size_scale=None, num_workers=None, progress=False):
+                         size_scale=None, num_workers=None, progress=False,
+                         source_style=False):
   """Writes a MIMIC-CXR-JPG 2.0.0 tree into `out_dir`.
 
   Args:
@@ -56,6 +58,7 @@ def make_synthetic_mimic(out_dir, num_images=tree.DEFAULT_NUM_IMAGES, seed=0,
       DEFAULT_SIZE_SCALE. Sizes stay >= 16 px.
     num_workers: processes drawing images; default all cores.
     progress: print one line when done.
+    source_style: draw MIMIC's look (draw.SOURCE_STYLES) on every image.
 
   Returns:
     tree.write_planned's summary plus positives {visible label: images
@@ -66,9 +69,10 @@ def make_synthetic_mimic(out_dir, num_images=tree.DEFAULT_NUM_IMAGES, seed=0,
   """
   if size_scale is None:
     size_scale = DEFAULT_SIZE_SCALE
-  return tree.write_planned(out_dir, LAYOUT, _STREAM, _plan, num_images, seed,
-                            size_scale, num_workers, progress,
-                            chexpert.positives(VISIBLE_LABELS))
+  return tree.write_planned(
+      out_dir, LAYOUT, _STREAM, _plan, num_images, seed, size_scale,
+      num_workers, progress, chexpert.positives(VISIBLE_LABELS),
+      draw.SOURCE_STYLES[LAYOUT] if source_style else None)
 
 
 def _plan(rng, num_images, size_scale):
