@@ -36,8 +36,8 @@ _SIZE_SCALE = flags.DEFINE_float(
     lower_bound=1e-3)
 _LAYOUT = flags.DEFINE_enum(
     'layout', 'kaggle', list(layouts.LAYOUTS),
-    'Folder layout: Kermany-like (kaggle, mendeley, pool, rsna) or a '
-    'multi-label set (' + ', '.join(
+    'Folder layout: Kermany-like (kaggle, mendeley, pool, rsna) or '
+    "another source's (" + '; '.join(
         f'{name}: {layouts.LAYOUTS[name].description}'
         for name in _LABELLED) + ').')
 _NUM_WORKERS = flags.DEFINE_integer(

@@ -187,12 +187,12 @@ def render_image(job):
 
   job: (path, pixel_seed, image), image a planned dict: width, height,
   lateral, effusion, cardiomegaly; optional effusion_sides (see
-  draw.draw_findings), marks (draw.add_mark's, at the
-  stored size), style (a draw.SOURCE_STYLES entry), stored ((bits_stored,
-  low, high): the display range's stored values, for 12- and 16-bit
-  files) and dicom (header attributes; photometric 'MONOCHROME1' stores
-  the values inverted). Saved by the path's extension: .png, .jpg/.jpeg,
-  .dcm/.dicom.
+  draw.draw_findings), marks (draw.add_mark's, at the stored size), style
+  (a draw.SOURCE_STYLES entry), stored ((bits_stored, low, high): the
+  display range's stored values, for 10- to 16-bit files) and dicom
+  (write_dicom's arguments; photometric 'MONOCHROME1' stores the values
+  inverted). Saved by the path's extension: .png (16-bit with stored),
+  .jpg/.jpeg, .dcm/.dicom.
   """
   path, pixel_seed, image = job
   rng = np.random.default_rng(list(pixel_seed))
