@@ -8,6 +8,7 @@ import re
 import pytest
 
 from synthetic_checks import auc
+from synthetic_checks import cross_validated_auc
 from synthetic_checks import files
 from synthetic_checks import region_means
 from xray_tfdata.synthetic import nlm_tb
@@ -68,3 +69,13 @@ def test_tuberculosis_shows_in_the_upper_lungs(tb_tree):
       top, mid = region_means(os.path.join(out, path), [upper, middle])
       draws[path.endswith('_1.png')].append(top - mid)
   assert auc(draws[True], draws[False]) > 0.85
+
+
+@pytest.mark.slow  # fits a model
+def test_a_model_learns_tuberculosis_from_the_pixels(tmp_path):
+  out = str(tmp_path / 'tb')
+  nlm_tb.make_synthetic_nlm_tb(out, num_images=300, seed=7, size_scale=0.01,
+                               num_workers=1)
+  paths = [os.path.join(out, f) for f in files(out) if f.endswith('.png')]
+  labels = [p.endswith('_1.png') for p in paths]
+  assert cross_validated_auc(paths, labels) > 0.9

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from synthetic_checks import assert_findings_show
+from synthetic_checks import cross_validated_auc
 from synthetic_checks import files
 from synthetic_checks import read_csv
 from xray_tfdata.synthetic import padchest
@@ -153,3 +154,17 @@ def test_gzipped_label_file(tmp_path):
   assert not os.path.exists(os.path.join(out, CSV))
   with gzip.open(os.path.join(out, CSV + '.gz'), 'rt') as f:
     assert f.readline().rstrip('\n') == REAL_HEADER
+
+
+@pytest.mark.slow  # fits a model
+def test_a_model_learns_pleural_effusion_from_the_16_bit_pixels(tmp_path):
+  out = str(tmp_path / 'padchest')
+  padchest.make_synthetic_padchest(out, num_images=300, seed=5,
+                                   size_scale=0.01, num_workers=1)
+  _, rows, _ = read_csv(os.path.join(out, CSV))
+  rows = [row for row in rows
+          if row['Projection'] != 'L' and row['Labels'] not in ('', "['']")]
+  paths = [os.path.join(out, row['ImageDir'], row['ImageID']) for row in rows]
+  labels = ['pleural effusion' in ast.literal_eval(row['Labels'])
+            for row in rows]
+  assert cross_validated_auc(paths, labels) > 0.85

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from synthetic_checks import auc
+from synthetic_checks import cross_validated_auc
 from synthetic_checks import files
 from xray_tfdata.synthetic import siim
 
@@ -118,3 +119,15 @@ def test_masks_are_the_darkened_pixels(siim_tree):
       assert pixels[~union].mean() > 40  # the rest is the drawn chest
     scores[positive].append((pixels == 12).mean())
   assert auc(scores[True], scores[False]) > 0.95
+
+
+@pytest.mark.slow  # fits a model
+def test_a_model_learns_pneumothorax_from_the_pixels(tmp_path):
+  out = str(tmp_path / 'siim')
+  siim.make_synthetic_siim(out, num_images=300, seed=3, size_scale=0.03,
+                           num_workers=1)
+  _, rows = _rows(out)
+  positive = {image_id for image_id, code in rows if code != '-1'}
+  paths = [os.path.join(out, f) for f in files(out) if f.endswith('.dcm')]
+  labels = [os.path.basename(p)[:-len('.dcm')] in positive for p in paths]
+  assert cross_validated_auc(paths, labels) > 0.9

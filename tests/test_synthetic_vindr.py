@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from synthetic_checks import auc
+from synthetic_checks import cross_validated_auc
 from synthetic_checks import display
 from synthetic_checks import files
 from synthetic_checks import read_csv
@@ -191,3 +192,20 @@ def test_unknown_release(tmp_path):
   with pytest.raises(tree.SyntheticError, match='release'):
     vindr.make_synthetic_vindr(str(tmp_path / 'x'), release='kaggle')
   assert not os.path.exists(tmp_path / 'x')
+
+
+@pytest.mark.slow  # fits a model
+def test_a_model_learns_the_readers_effusion_from_the_dicoms(tmp_path):
+  """Labelled by the readers' majority, read from MONOCHROME1 and 2."""
+  out = str(tmp_path / 'vindr')
+  vindr.make_synthetic_vindr(out, num_images=300, seed=4, size_scale=0.01,
+                             num_workers=1)
+  _, rows, _ = read_csv(os.path.join(out, 'train.csv'))
+  votes = collections.defaultdict(set)
+  for row in rows:
+    votes[row['image_id']]
+    if row['class_name'] == 'Pleural effusion':
+      votes[row['image_id']].add(row['rad_id'])
+  paths = [os.path.join(out, 'train', f'{i}.dicom') for i in sorted(votes)]
+  labels = [len(votes[i]) >= 2 for i in sorted(votes)]
+  assert cross_validated_auc(paths, labels) > 0.85
