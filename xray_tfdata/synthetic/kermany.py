@@ -93,7 +93,7 @@ def make_synthetic_kermany(out_dir, num_images=FULL_SIZE, seed=0,
     size_scale: multiplies the image sizes (after clipping to the real
       extremes); e.g. 0.05 for fast tests. Sizes stay at least 8 px.
     num_duplicates: extra byte-identical copies of other files (in the rsna
-      layout: the same pixels, RLE-compressed, see `_reencode_dicom`); the
+      layout: the same pixels, RLE-compressed, see `rsna.reencode_dicom`); the
       first is a train/PNEUMONIA image copied into test/PNEUMONIA.
     num_workers: processes drawing images; default all cores. Small trees
       are drawn in this process.
