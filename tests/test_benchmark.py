@@ -19,7 +19,7 @@ from xray_tfdata.benchmarks import ops as ops_lib
 
 @pytest.fixture(scope='module')
 def bench_data(tmp_path_factory):
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.synthetic import kermany as synthetic  # pylint: disable=g-import-not-at-top
   from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('bench')
   src, data = str(root / 'jpeg'), str(root / 'data')

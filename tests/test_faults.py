@@ -14,7 +14,7 @@ from xray_tfdata import imaging
 from xray_tfdata import runtime
 from xray_tfdata import schema
 from xray_tfdata import sources
-from xray_tfdata import synthetic
+from xray_tfdata.synthetic import kermany as synthetic
 from xray_tfdata import writer
 
 SIZE = 8

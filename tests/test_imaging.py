@@ -9,7 +9,7 @@ import pytest
 
 from dicom_files import write_dicom  # pydicom: the 'dicom' extra
 from xray_tfdata import imaging
-from xray_tfdata import synthetic
+from xray_tfdata.synthetic import kermany as synthetic
 
 STORED = (16, 12)  # (height, width): not square, to catch swapped axes
 

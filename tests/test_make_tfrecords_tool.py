@@ -15,7 +15,7 @@ from PIL import Image
 
 from xray_tfdata import dataset_info
 from xray_tfdata import schema
-from xray_tfdata import synthetic
+from xray_tfdata.synthetic import kermany as synthetic
 from xray_tfdata import writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

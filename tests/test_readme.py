@@ -358,7 +358,7 @@ def _make_workspace(root):
   """data/kermany_224 (stored at 32 px; 75 training images or more, for a
   full batch of 62) and data/other_224 (another dataset, for external
   validation) under root."""
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.synthetic import kermany as synthetic  # pylint: disable=g-import-not-at-top
   from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
   for name, seed in (('kermany_224', 0), ('other_224', 1)):
     src = os.path.join(root, 'src', name)

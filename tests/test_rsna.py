@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO_ROOT  # pylint: disable=unused-import
 from test_end_to_end import run_tool
 from xray_tfdata import sources
-from xray_tfdata import synthetic
+from xray_tfdata.synthetic import kermany as synthetic
 
 
 @pytest.fixture(scope='module')

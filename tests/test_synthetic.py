@@ -1,187 +1,178 @@
-"""The synthetic Kermany-like image trees."""
+"""The synthetic package: `layouts.make_synthetic` for every layout, and the
+tree writer the labelled layouts share (xray_tfdata/synthetic/layouts.py,
+tree.py): determinism, the worker pool, the folder's claim, bad arguments,
+and tools/make_synthetic."""
 
-import collections
-import hashlib
 import os
-import re
+import subprocess
+import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from xray_tfdata import sources
-from xray_tfdata import synthetic
+from conftest import REPO_ROOT
+from conftest import assert_one_line_error
+from synthetic_checks import files
+from synthetic_checks import tree_hashes
+from xray_tfdata.synthetic import chexpert
+from xray_tfdata.synthetic import layouts
+from xray_tfdata.synthetic import mimic
+from xray_tfdata.synthetic import nih
+from xray_tfdata.synthetic import tree
 
-_NAME_RE = re.compile(r'^(person\d+_(bacteria|virus)_\d+|(NORMAL2-)?IM-\d{4}-\d{4})'
-                      r'\.jpeg$')
-
-
-def _files(root):
-  found = []
-  for folder, _, names in os.walk(root):
-    found += [os.path.relpath(os.path.join(folder, n), root) for n in names]
-  return sorted(found)
-
-
-def _sha(path):
-  with open(path, 'rb') as f:
-    return hashlib.sha256(f.read()).hexdigest()
+# The labelled layouts that tree.write_planned writes (Kermany's have their
+# own tests in test_synthetic_kermany.py).
+LABELLED = ('nih', 'chexpert', 'mimic', 'padchest', 'vindr', 'siim',
+            'nih_google', 'nlm_tb')
+_IMAGES = ('.png', '.jpg', '.dcm', '.dicom')
 
 
-@pytest.mark.parametrize('num_images', [12, 13, 50, 377, 5855])
-def test_split_counts_cover_every_cell(num_images):
-  counts = synthetic.split_counts(num_images)
-  assert sum(counts.values()) == num_images
-  assert min(counts.values()) >= 1
-  normal = sum(n for (_, c), n in counts.items() if c == 'NORMAL')
-  if num_images >= 100:
-    assert 0.24 < normal / num_images < 0.30
+def test_every_layout_is_registered():
+  assert set(layouts.LAYOUTS) == {'kaggle', 'mendeley', 'pool', 'rsna',
+                                  *LABELLED}
 
 
-def test_split_counts_at_full_size_are_kaggles():
-  assert synthetic.split_counts(5856) == synthetic.KAGGLE_COUNTS
+@pytest.mark.parametrize('layout', LABELLED)
+def test_deterministic_for_a_seed(tmp_path, layout):
+  def tree(name, seed):
+    out = str(tmp_path / name)
+    layouts.make_synthetic(
+        out, layout, num_images=24, seed=seed,
+        size_scale=layouts.LAYOUTS[layout].default_size_scale / 4,
+        num_workers=1)
+    return tree_hashes(out)
+
+  first = tree('a', 3)
+  assert first == tree('b', 3)
+  assert first != tree('c', 4)
 
 
-def test_full_size_plan_is_realistic():
-  """Sizes, RGB files and patients of the 5,856-image plan (not rendered)."""
-  specs = synthetic._plan_images(synthetic.split_counts(5856), 0, 'kaggle', 1.0)
-  for class_name, (mean_w, mean_h) in synthetic._MEAN_SIZE.items():
-    sizes = np.array([(s['width'], s['height']) for s in specs
-                      if s['class_name'] == class_name])
-    np.testing.assert_allclose(sizes.mean(0), (mean_w, mean_h), rtol=0.05)
-    assert sizes[:, 0].min() >= 384 and sizes[:, 1].min() >= 127
-    assert sizes[:, 0].max() <= 2916 and sizes[:, 1].max() <= 2713
-  rgb = [s for s in specs if s['rgb']]
-  assert {(s['split'], s['class_name']) for s in rgb} == {('train', 'PNEUMONIA')}
-  assert 0.03 < len(rgb) / 3875 < 0.08
-  names = [os.path.basename(s['path']) for s in specs]
-  assert len(set(names)) == len(names)
-  assert all(_NAME_RE.match(n) for n in names)
-  per_patient = collections.Counter(sources.patient_id(n) for n in names)
-  assert 1.5 < len(names) / len(per_patient) < 3.5  # several per patient
-  assert any(n.startswith('NORMAL2-') for n in names)
-  assert any('_virus_' in n for n in names)
-
-
-def test_tree_layout_names_and_duplicates(tmp_path):
-  out = str(tmp_path / 'kaggle')
-  summary = synthetic.make_synthetic_kermany(
-      out, num_images=40, size_scale=0.05, num_workers=1)
-  files = _files(out)
-  assert len(files) == summary['num_images'] == 40
-  cells = collections.Counter(os.path.dirname(f) for f in files)
-  for split in ('train', 'val', 'test'):
-    for class_name in synthetic.CLASS_NAMES:
-      assert cells[f'{split}/{class_name}'] == summary['counts'][split][class_name] >= 1
-  assert all(_NAME_RE.match(os.path.basename(f)) for f in files)
-  for f in files:
-    with Image.open(os.path.join(out, f)) as image:
-      assert image.format == 'JPEG' and image.mode in ('L', 'RGB')
-  # Two byte-identical copies, the first across train and test.
-  dups = summary['duplicates']
-  assert len(dups) == 2
-  assert dups[0][0].startswith('train/') and dups[0][1].startswith('test/')
-  for source, copy in dups:
-    assert _sha(os.path.join(out, source)) == _sha(os.path.join(out, copy))
-  hashes = collections.Counter(_sha(os.path.join(out, f)) for f in files)
-  assert sum(n - 1 for n in hashes.values()) == 2
-
-
-def test_sizes_follow_size_scale(tmp_path):
-  out = str(tmp_path / 't')
-  synthetic.make_synthetic_kermany(out, num_images=12, size_scale=0.05,
-                                   num_workers=1)
-  widths = {}
-  for f in _files(out):
-    with Image.open(os.path.join(out, f)) as image:
-      widths.setdefault(f.split('/')[1], []).append(image.size[0])
-  assert 50 < np.mean(widths['NORMAL']) < 120  # about 0.05 * 1690
-  assert 35 < np.mean(widths['PNEUMONIA']) < 90  # about 0.05 * 1200
-
-
-def test_full_size_files_weigh_about_what_the_real_ones_do(tmp_path):
-  # File size drives read and part of decode time, which the converter and
-  # the ImageDataGenerator baseline spend most of their time on. Real means:
-  # NORMAL about 551 KB, PNEUMONIA about 85 KB (FACTS.md). 40 images, about
-  # 4 s.
-  out = str(tmp_path / 'pool')
-  synthetic.make_synthetic_kermany(out, num_images=40, layout='pool',
-                                   num_workers=1)
-  kilobytes = {}
-  for f in _files(out):
-    kilobytes.setdefault(f.split('/')[0], []).append(
-        os.path.getsize(os.path.join(out, f)) / 1024)
-  assert 400 < np.mean(kilobytes['NORMAL']) < 700
-  assert 60 < np.mean(kilobytes['PNEUMONIA']) < 120
-
-
-@pytest.mark.parametrize('layout, folders', [
-    ('mendeley', {'train/NORMAL', 'train/PNEUMONIA', 'test/NORMAL',
-                  'test/PNEUMONIA'}),
-    ('pool', {'NORMAL', 'PNEUMONIA'}),
-])
-def test_other_layouts(tmp_path, layout, folders):
-  out = str(tmp_path / layout)
-  synthetic.make_synthetic_kermany(out, num_images=24, size_scale=0.05,
-                                   layout=layout, num_workers=1)
-  files = _files(out)
-  assert len(files) == 24
-  assert {os.path.dirname(f) for f in files} == folders
-
-
-def test_deterministic_for_a_seed(tmp_path):
-  def tree(seed):
-    out = str(tmp_path / str(len(os.listdir(tmp_path))))
-    synthetic.make_synthetic_kermany(out, num_images=16, seed=seed,
-                                     size_scale=0.05, num_workers=1)
-    return {f: _sha(os.path.join(out, f)) for f in _files(out)}
-
-  assert tree(3) == tree(3)
-  assert tree(3) != tree(4)
-
-
+@pytest.mark.slow
 def test_workers_draw_the_same_bytes(tmp_path):
-  """The process pool (spawn) gives the same files as drawing in-process."""
+  """The process pool (spawn; from 256 images on) gives the same files as
+  drawing in-process."""
   def tree(name, workers):
     out = str(tmp_path / name)
-    synthetic.make_synthetic_kermany(out, num_images=70, size_scale=0.03,
-                                     num_workers=workers)
-    return {f: _sha(os.path.join(out, f)) for f in _files(out)}
+    mimic.make_synthetic_mimic(out, num_images=260, size_scale=0.01,
+                               num_workers=workers)
+    return tree_hashes(out)
 
   assert tree('one', 1) == tree('two', 2)
 
 
-def test_opacities_make_pneumonia_lungs_brighter():
-  """The pixel signal: lung fields are brighter with PNEUMONIA on average,
-  and the classes overlap (the task is not trivial)."""
-  def lung_brightness(label, i):
-    image = synthetic.draw_chest(np.random.default_rng([7, label, i]), label,
-                                 48, 64).astype(float)
-    # Lungs minus the soft tissue under them, robust to exposure.
-    lungs = image[10:34, 10:22].mean() + image[10:34, 42:54].mean()
-    return lungs / image[40:46, 16:48].mean()
-
-  normal = np.array([lung_brightness(0, i) for i in range(150)])
-  pneumonia = np.array([lung_brightness(1, i) for i in range(150)])
-  auc = (pneumonia[:, None] > normal[None, :]).mean()
-  assert 0.7 < auc < 0.999
+def test_refuses_a_foreign_folder_and_replaces_its_own(tmp_path):
+  (tmp_path / 'keep.txt').write_text('mine')
+  with pytest.raises(tree.SyntheticError, match='not empty'):
+    nih.make_synthetic_nih(str(tmp_path), num_images=20)
+  assert os.listdir(tmp_path) == ['keep.txt']
+  out = str(tmp_path / 'tree')
+  mimic.make_synthetic_mimic(out, num_images=30, size_scale=0.01,
+                             num_workers=1)
+  # Its own tree is replaced, nothing of the old one left.
+  nih.make_synthetic_nih(out, num_images=20, size_scale=0.02, num_workers=1)
+  assert not os.path.exists(os.path.join(out, 'files'))
+  assert os.path.exists(os.path.join(out, 'Data_Entry_2017_v2020.csv'))
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(tree.SyntheticError, match='is a file'):
+    chexpert.make_synthetic_chexpert(str(tmp_path / 'file'), num_images=20)
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    ({'num_images': 11}, 'at least 12'),
+    ({'num_images': 19}, 'at least 20'),
     ({'layout': 'zip'}, 'layout'),
     ({'size_scale': 0}, 'size_scale'),
-    ({'num_images': 12, 'num_duplicates': 9}, 'too many'),
 ])
 def test_bad_arguments(tmp_path, kwargs, message):
-  arguments = {'size_scale': 0.05, 'num_workers': 1, **kwargs}
-  with pytest.raises(synthetic.SyntheticError, match=message):
-    synthetic.make_synthetic_kermany(str(tmp_path / 'x'), **arguments)
+  arguments = {'layout': 'nih', 'num_images': 20, **kwargs}
+  with pytest.raises(tree.SyntheticError, match=message):
+    layouts.make_synthetic(str(tmp_path / 'x'), **arguments)
   assert not os.path.exists(tmp_path / 'x')
 
 
-def test_refuses_a_non_empty_folder(tmp_path):
-  (tmp_path / 'keep.txt').write_text('mine')
-  with pytest.raises(synthetic.SyntheticError, match='not empty'):
-    synthetic.make_synthetic_kermany(str(tmp_path), num_images=12)
-  assert os.listdir(tmp_path) == ['keep.txt']
+@pytest.mark.parametrize('layout', LABELLED)
+def test_summary_counts_the_images_written(tmp_path, layout):
+  out = str(tmp_path / layout)
+  summary = layouts.make_synthetic(out, layout, num_images=24, seed=1,
+                                   size_scale=0.01, num_workers=1)
+  images = [f for f in files(out) if f.endswith(_IMAGES)]
+  assert summary['num_images'] == len(images) == 24
+  assert sum(cell['images'] for cell in summary['splits'].values()) == 24
+
+
+@pytest.mark.parametrize('layout, option', [
+    ('chexpert', {'boxes': True}), ('nih', {'release': 'physionet'}),
+    ('kaggle', {'source_style': True}),
+])
+def test_an_option_of_another_layout_is_refused(tmp_path, layout, option):
+  with pytest.raises(tree.SyntheticError, match='not an option of the'):
+    layouts.make_synthetic(str(tmp_path / 'x'), layout, num_images=20,
+                           **option)
+  assert not os.path.exists(tmp_path / 'x')
+
+
+@pytest.mark.parametrize('layout', LABELLED)
+def test_source_style_changes_the_look_not_the_labels(tmp_path, layout):
+  plain, styled = str(tmp_path / 'plain'), str(tmp_path / 'styled')
+  for out, style in ((plain, False), (styled, True)):
+    layouts.make_synthetic(out, layout, num_images=20, seed=2,
+                           size_scale=0.02, num_workers=1,
+                           source_style=style)
+  plain_hashes, styled_hashes = tree_hashes(plain), tree_hashes(styled)
+  assert plain_hashes.keys() == styled_hashes.keys()
+  for name, digest in plain_hashes.items():
+    # Label files unchanged, every image restyled.
+    assert (digest == styled_hashes[name]) != name.endswith(_IMAGES), name
+
+
+@pytest.mark.slow
+def test_a_200_image_tree_is_fast(tmp_path):
+  summary = chexpert.make_synthetic_chexpert(str(tmp_path / 'c'),
+                                             num_images=200, num_workers=1)
+  assert summary['num_images'] == 200
+  assert summary['elapsed_seconds'] < 15  # a few seconds on one core
+
+
+# (layout, the tool's option flags, the library's options)
+_TOOL_RUNS = [(layout, [], {}) for layout in LABELLED] + [
+    ('nih', ['--boxes', '--source_style'], {'boxes': True,
+                                            'source_style': True}),
+    ('vindr', ['--release=physionet'], {'release': 'physionet'}),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('layout, flags, options', _TOOL_RUNS)
+def test_make_synthetic_tool(tmp_path, layout, flags, options):
+  out = str(tmp_path / layout)
+  tool = os.path.join(REPO_ROOT, 'tools', 'make_synthetic')
+  result = subprocess.run(
+      [sys.executable, tool, f'--out_dir={out}', f'--layout={layout}',
+       '--num_images=40', '--seed=2', '--num_workers=1', *flags],
+      capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+  assert result.returncode == 0, result.stderr
+  assert f'wrote 40 images ({layout} layout' in result.stdout
+  images = [f for f in files(out) if f.endswith(_IMAGES)]
+  assert len(images) == 40
+  # The same as the library call.
+  reference = str(tmp_path / 'reference')
+  layouts.make_synthetic(reference, layout, num_images=40, seed=2,
+                         num_workers=1, **options)
+  assert tree_hashes(out) == tree_hashes(reference)
+  (tmp_path / 'foreign').mkdir()
+  (tmp_path / 'foreign' / 'x.txt').write_text('x')
+  result = subprocess.run(
+      [sys.executable, tool, f'--out_dir={tmp_path / "foreign"}',
+       f'--layout={layout}'], capture_output=True, text=True, timeout=300,
+      cwd=REPO_ROOT)
+  assert_one_line_error(result, 'not empty')
+  assert os.listdir(tmp_path / 'foreign') == ['x.txt']
+
+
+@pytest.mark.slow
+def test_the_tool_refuses_an_option_of_another_layout(tmp_path):
+  out = tmp_path / 'x'
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, 'tools', 'make_synthetic'),
+       f'--out_dir={out}', '--layout=chexpert', '--boxes'],
+      capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+  assert_one_line_error(result, 'boxes: not an option of the chexpert')
+  assert not out.exists()

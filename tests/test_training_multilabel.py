@@ -399,7 +399,7 @@ VISIBLE_AUC_BAR = 0.85
 
 def _nih_like_dataset(root, size=SIZE, seed=0):
   """Writes the NIH-like set at `size` px; returns its label names."""
-  from xray_tfdata import synthetic_multilabel  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.synthetic import draw as synthetic_multilabel  # pylint: disable=g-import-not-at-top
   os.makedirs(root)
   names = tuple(NIH_LIKE_PREVALENCE)
   prevalence = np.array(list(NIH_LIKE_PREVALENCE.values()))

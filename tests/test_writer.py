@@ -16,7 +16,7 @@ from xray_tfdata import dataset_info
 from xray_tfdata import imaging
 from xray_tfdata import schema
 from xray_tfdata import sources
-from xray_tfdata import synthetic
+from xray_tfdata.synthetic import kermany as synthetic
 from xray_tfdata import writer
 
 STORED = (16, 12)  # (height, width): not square, to catch swapped axes

@@ -1,7 +1,8 @@
 """xray_tfdata: high-throughput tf.data training for chest X-ray classifiers.
 
 Modules, one per stage:
-  synthetic     Kermany-like synthetic image folders (demo and test data).
+  synthetic     synthetic stand-ins of each source, one module per layout
+                (demo and test data).
   sources       scanning image folders (and the RSNA layout), patient ids,
                 duplicates, re-splits.
   imaging       decoding one source file into the stored form; load_image

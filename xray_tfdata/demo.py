@@ -34,17 +34,17 @@ def draw_pool(src_dir, num_images, seed=0, size_scale=1.0, quiet=False):
     src_dir.
 
   Raises:
-    synthetic.SyntheticError: num_images too small, or src_dir is a file.
+    tree.SyntheticError: num_images too small, or src_dir is a file.
   """
   if os.path.exists(src_dir) and os.listdir(src_dir):
     return src_dir
   # Imported here: drawing needs PIL and numpy only when there is no pool.
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.synthetic import kermany  # pylint: disable=g-import-not-at-top
   if not quiet:
     print(f'demo: drawing {num_images} synthetic chest X-rays into {src_dir}')
-  synthetic.make_synthetic_kermany(src_dir, num_images=num_images, seed=seed,
-                                   layout='pool', size_scale=size_scale,
-                                   progress=not quiet)
+  kermany.make_synthetic_kermany(src_dir, num_images=num_images, seed=seed,
+                                 layout='pool', size_scale=size_scale,
+                                 progress=not quiet)
   return src_dir
 
 
@@ -172,10 +172,10 @@ def _draw(src_dir, num_images, seed):
         return
   _write_marker(pool_root, 'drawing')
   shutil.rmtree(src_dir, ignore_errors=True)
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
-  synthetic.make_synthetic_kermany(src_dir, num_images=num_images, seed=seed,
-                                   layout='pool', size_scale=0.25,
-                                   progress=False)
+  from xray_tfdata.synthetic import kermany  # pylint: disable=g-import-not-at-top
+  kermany.make_synthetic_kermany(src_dir, num_images=num_images, seed=seed,
+                                 layout='pool', size_scale=0.25,
+                                 progress=False)
   _write_marker(pool_root, 'drawn')
 
 

@@ -83,14 +83,14 @@ def prepare_jpegs(work_dir, num_images, seed=0):
   in work_dir/jpeg/NORMAL|PNEUMONIA and returns that folder.
 
   Raises:
-    synthetic.SyntheticError: num_images too small, or the folder is a file.
+    tree.SyntheticError: num_images too small, or the folder is a file.
   """
-  from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.synthetic import kermany  # pylint: disable=g-import-not-at-top
 
   src_dir = os.path.join(work_dir, 'jpeg')
   if not os.path.exists(src_dir) or not os.listdir(src_dir):
-    synthetic.make_synthetic_kermany(src_dir, num_images=num_images, seed=seed,
-                                     layout='pool', progress=True)
+    kermany.make_synthetic_kermany(src_dir, num_images=num_images, seed=seed,
+                                   layout='pool', progress=True)
   return src_dir
 
 

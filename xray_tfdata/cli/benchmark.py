@@ -69,7 +69,7 @@ def _benchmark(argv):
   from xray_tfdata.benchmarks import reader_scale
 
   from xray_tfdata import sources
-  from xray_tfdata import synthetic
+  from xray_tfdata.synthetic import tree
   from xray_tfdata import writer
   # pylint: enable=g-import-not-at-top
 
@@ -107,7 +107,7 @@ def _benchmark(argv):
           repeats=_REPEATS.value, policy=_POLICY.value,
           variants=tuple(_VARIANTS.value or epoch.DEFAULT_VARIANTS))
   except (common.BenchmarkError, pipeline.DatasetError, sources.SourceError,
-          synthetic.SyntheticError, writer.OutputError) as e:
+          tree.SyntheticError, writer.OutputError) as e:
     raise SystemExit(f'error: {e}')
   _report(module.format_table(result), common.write_json, result, output)
 
@@ -138,7 +138,7 @@ def _report(table, write_json, result, output):
 def device_epoch():
   """--mode=device_epoch: imports no TensorFlow (a JAX GPU host has none)."""
   # pylint: disable=g-import-not-at-top
-  from xray_tfdata import synthetic
+  from xray_tfdata.synthetic import tree
   from xray_tfdata.benchmarks import baseline
   from xray_tfdata.benchmarks import common
   from xray_tfdata.benchmarks import device_epoch as device_lib
@@ -154,7 +154,7 @@ def device_epoch():
         repeats=_REPEATS.value,
         variants=tuple(_VARIANTS.value) if _VARIANTS.value else None,
         backbone=_BACKBONE.value, frozen_blocks=_FROZEN.value)
-  except (common.BenchmarkError, synthetic.SyntheticError) as e:
+  except (common.BenchmarkError, tree.SyntheticError) as e:
     raise SystemExit(f'error: {e}')
   _report(device_lib.format_table(result), common.write_json, result, output)
 

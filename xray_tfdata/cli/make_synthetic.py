@@ -3,42 +3,67 @@
   tools/make_synthetic --out_dir=data/synthetic_xray                # 5,856 images
   tools/make_synthetic --out_dir=/tmp/tiny --num_images=60 --size_scale=0.1
   tools/make_synthetic --out_dir=/tmp/nih --layout=nih            # 200 images
+  tools/make_synthetic --out_dir=/tmp/vindr --layout=vindr --release=physionet
 
-Kermany-like layouts (kaggle, mendeley, pool, rsna):
-xray_tfdata.synthetic.make_synthetic_kermany; multi-label layouts (nih,
-chexpert, mimic): xray_tfdata.synthetic_multilabel.make_synthetic_multilabel.
+Every layout: xray_tfdata.synthetic.layouts.make_synthetic (one module per
+layout in xray_tfdata/synthetic/).
 """
 
 from xray_tfdata import runtime  # pylint: disable=g-import-not-at-top  (imports no TF)
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
-from xray_tfdata import synthetic  # pylint: disable=g-import-not-at-top
-from xray_tfdata import synthetic_multilabel  # pylint: disable=g-import-not-at-top
+from xray_tfdata.synthetic import layouts  # pylint: disable=g-import-not-at-top
+
+_KERMANY = ('kaggle', 'mendeley', 'pool', 'rsna')
+_LABELLED = tuple(name for name in layouts.LAYOUTS if name not in _KERMANY)
 
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Folder to create.')
 _NUM_IMAGES = flags.DEFINE_integer(
     'num_images', None, 'Images in total. Kermany layouts: at least '
-    f'{synthetic.MIN_IMAGES}, default {synthetic.FULL_SIZE:,} (the real '
-    'Kaggle counts); nih|chexpert|mimic: at least '
-    f'{synthetic_multilabel.MIN_IMAGES}, default '
-    f'{synthetic_multilabel.DEFAULT_NUM_IMAGES}.',
-    lower_bound=min(synthetic.MIN_IMAGES, synthetic_multilabel.MIN_IMAGES))
+    f'{layouts.LAYOUTS["kaggle"].min_images}, default '
+    f'{layouts.LAYOUTS["kaggle"].default_images:,} (the real Kaggle '
+    f'counts); {"|".join(_LABELLED)}: at least '
+    f'{layouts.LAYOUTS["nih"].min_images}, default '
+    f'{layouts.LAYOUTS["nih"].default_images}.',
+    lower_bound=min(layout.min_images for layout in layouts.LAYOUTS.values()))
 _SEED = flags.DEFINE_integer('seed', 0, 'Everything is a function of it.')
 _SIZE_SCALE = flags.DEFINE_float(
     'size_scale', None, 'Multiplies the realistic image sizes (e.g. 0.1 for '
-    'fast tests). Default 1.0 for the Kermany layouts; for nih|chexpert|mimic '
-    + ', '.join(f'{layout} {scale}' for layout, scale in
-                synthetic_multilabel.DEFAULT_SIZE_SCALE.items()) +
-    ' (128-256 px images).', lower_bound=1e-3)
+    'fast tests). Default 1.0 for the Kermany layouts; for '
+    + ', '.join(f'{name} {layouts.LAYOUTS[name].default_size_scale}'
+                for name in _LABELLED) + ' (128-256 px images).',
+    lower_bound=1e-3)
 _LAYOUT = flags.DEFINE_enum(
-    'layout', 'kaggle', synthetic.LAYOUTS + synthetic_multilabel.LAYOUTS,
-    'Folder layout: Kermany-like (kaggle, mendeley, pool, rsna) or a '
-    'multi-label set (nih: NIH ChestX-ray14, chexpert: CheXpert-v1.0-small, '
-    'mimic: MIMIC-CXR-JPG 2.0.0).')
+    'layout', 'kaggle', list(layouts.LAYOUTS),
+    'Folder layout: Kermany-like (kaggle, mendeley, pool, rsna) or '
+    "another source's (" + '; '.join(
+        f'{name}: {layouts.LAYOUTS[name].description}'
+        for name in _LABELLED) + ').')
 _NUM_WORKERS = flags.DEFINE_integer(
     'num_workers', None, 'Drawing processes (default: all cores).',
     lower_bound=1)
+# The layouts' own options; each is passed only when given, and a layout
+# without it refuses it in one line.
+_OPTIONS = (
+    flags.DEFINE_boolean(
+        'boxes', False, 'nih: also write BBox_List_2017.csv (boxes around '
+        'the drawn findings, in the PNG\'s pixels).'),
+    flags.DEFINE_enum(
+        'release', 'competition', ['competition', 'physionet'],
+        "vindr: the Kaggle competition's train.csv, or PhysioNet's "
+        'annotations/ files.'),
+    flags.DEFINE_boolean(
+        'gzip_csv', False, 'padchest: write the label file as .csv.gz.'),
+    flags.DEFINE_boolean(
+        'set_id_file', False, "nih_google: one label file with a Set Id "
+        'column (as torchxrayvision ships it) instead of one per split.'),
+    flags.DEFINE_boolean(
+        'source_style', False, 'every layout but the Kermany ones: draw '
+        "the source's own look (an intensity curve, a border, "
+        'a corner marker) on every image, something a model can overfit '
+        'to (issue 35).'),
+)
 
 flags.mark_flags_as_required(['out_dir'])
 
@@ -46,20 +71,16 @@ flags.mark_flags_as_required(['out_dir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  layout = layouts.LAYOUTS[_LAYOUT.value]
   with runtime.tool_errors():
-    if _LAYOUT.value in synthetic_multilabel.LAYOUTS:
-      synthetic_multilabel.make_synthetic_multilabel(
-          _OUT_DIR.value, _LAYOUT.value,
-          num_images=_default(_NUM_IMAGES,
-                              synthetic_multilabel.DEFAULT_NUM_IMAGES),
-          seed=_SEED.value, size_scale=_SIZE_SCALE.value,
-          num_workers=_NUM_WORKERS.value, progress=True)
-    else:
-      synthetic.make_synthetic_kermany(
-          _OUT_DIR.value, num_images=_default(_NUM_IMAGES, synthetic.FULL_SIZE),
-          seed=_SEED.value, layout=_LAYOUT.value,
-          size_scale=_default(_SIZE_SCALE, 1.0),
-          num_workers=_NUM_WORKERS.value, progress=True)
+    layouts.make_synthetic(
+        _OUT_DIR.value, _LAYOUT.value,
+        num_images=_default(_NUM_IMAGES, layout.default_images),
+        seed=_SEED.value,
+        size_scale=_default(_SIZE_SCALE, layout.default_size_scale),
+        num_workers=_NUM_WORKERS.value, progress=True,
+        **{option.name: option.value for option in _OPTIONS
+           if flags.FLAGS[option.name].present})
 
 
 def _default(flag, value):
