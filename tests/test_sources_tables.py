@@ -1,4 +1,5 @@
-"""sources_multilabel and the multi-label conversion: NIH, CheXpert, MIMIC and
+"""The labelled sources (sources.tables, nih, chexpert, mimic, labels_csv) and
+their conversion: NIH, CheXpert, MIMIC and
 csv trees written here, their counts recounted from the CSVs with `csv`.
 
 The header lines are the real ones (NIH's Data_Entry_2017_v2020.csv and
@@ -25,7 +26,9 @@ from PIL import Image
 from xray_tfdata import dataset_info
 from xray_tfdata import schema
 from xray_tfdata import sources
-from xray_tfdata import sources_multilabel as ml
+from xray_tfdata.sources import class_folders
+from xray_tfdata.sources import labels_csv
+from xray_tfdata.sources import tables
 from xray_tfdata import writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +43,7 @@ CHEXPERT_HEADER = (
     'Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,Edema,'
     'Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,'
     'Pleural Other,Fracture,Support Devices')
-MIMIC_LABEL_COLUMNS = sorted(ml.CHEXPERT_LABELS)  # the file's own order
+MIMIC_LABEL_COLUMNS = sorted(sources.chexpert.LABELS)  # the file's own order
 
 # NIH: (image, findings, patient, view, list); list: 'tv' train_val_list,
 # 'test' test_list, None neither. The images of `NIH_NO_IMAGE` are not
@@ -153,7 +156,7 @@ def make_nih(root, rows=NIH_ROWS):
   _image(root, NIH_UNLABELLED)
   _write_csv(os.path.join(root, 'Data_Entry_2017_v2020.csv'), NIH_HEADER,
              table)
-  for name, which in ((ml.NIH_TRAIN_VAL_LIST, 'tv'), (ml.NIH_TEST_LIST,
+  for name, which in ((sources.nih.TRAIN_VAL_LIST, 'tv'), (sources.nih.TEST_LIST,
                                                       'test')):
     with open(os.path.join(root, name), 'w') as f:
       f.writelines(sorted({r[0] + '\n' for r in rows if r[4] == which}))
@@ -166,7 +169,7 @@ def make_chexpert(root, rows=CHEXPERT_ROWS, header=CHEXPERT_HEADER):
   tables = collections.defaultdict(list)
   for which, path, sex, age, frontal, ap_pa, values in rows:
     tables[which].append([f'{folder}/{path}', sex, age, frontal, ap_pa] +
-                         [values.get(n, '') for n in ml.CHEXPERT_LABELS])
+                         [values.get(n, '') for n in sources.chexpert.LABELS])
     if path not in CHEXPERT_NO_IMAGE and '..' not in path:
       _image(root, path, 'JPEG')
   _image(root, CHEXPERT_UNLABELLED, 'JPEG')
@@ -181,16 +184,16 @@ def _mimic_path(dicom, subject, study):
 
 def make_mimic(root, images=MIMIC_IMAGES):
   os.makedirs(root)
-  _write_csv(os.path.join(root, ml.MIMIC_LABELS_FILE),
+  _write_csv(os.path.join(root, sources.mimic.LABELS_FILE),
              ','.join(['subject_id', 'study_id'] + MIMIC_LABEL_COLUMNS),
              [[s, t] + [v.get(n, '') for n in MIMIC_LABEL_COLUMNS]
               for (s, t), v in MIMIC_STUDIES.items()], compress=True)
-  _write_csv(os.path.join(root, ml.MIMIC_METADATA_FILE),
+  _write_csv(os.path.join(root, sources.mimic.METADATA_FILE),
              'dicom_id,subject_id,study_id,PerformedProcedureStepDescription,'
              'ViewPosition,Rows,Columns',
              [[d, s, t, 'CHEST (PA AND LAT)', v, 16, 20]
               for d, s, t, v, _ in images], compress=True)
-  _write_csv(os.path.join(root, ml.MIMIC_SPLIT_FILE),
+  _write_csv(os.path.join(root, sources.mimic.SPLIT_FILE),
              'dicom_id,study_id,subject_id,split',
              [[d, t, s, split] for d, s, t, _, split in images],
              compress=True)
@@ -222,6 +225,31 @@ OWN_ROWS = [
     ('scans/f1.png', 'F', '', ''), ('scans/g1.png', 'G', '1', '1'),
     ('scans/h1.png', 'H', '0', '0'), ('scans/b1.png', 'B', '-1', '1'),
 ]
+
+def _plan(src, layout, split_method='official', val_fraction=None,
+          test_fraction=None, seed=0, progress=sources.NO_PROGRESS,
+          **csv_options):
+  """The plan of a labelled source, its options by name."""
+  options = sources.SOURCES[layout].Options(
+      split=split_method, val_fraction=val_fraction,
+      test_fraction=test_fraction, **csv_options)
+  return sources.plan(src, options, seed, progress)
+
+
+def _check_fractions(layout, split_method, val_fraction, test_fraction):
+  """A labelled source's (val, test) fractions as its options check them."""
+  return sources.SOURCES[layout].Options(
+      split=split_method, val_fraction=val_fraction,
+      test_fraction=test_fraction).check()
+
+
+def _draw(files, num_labels, fractions, seed=0):
+  """The one drawer with fraction targets: {split: files}."""
+  drawn, counts = sources.splits.draw_splits(files, fractions, seed,
+                                     num_labels=num_labels)
+  assert counts is None
+  return drawn
+
 
 
 def _hash(value):
@@ -284,13 +312,13 @@ def _code(value):
     ('', None, ''),
 ])
 def test_nih_findings_are_parsed_exactly(text, positives, unknown):
-  codes, reason = ml.parse_nih_findings(text)
+  codes, reason = sources.nih.parse_findings(text)
   if positives is None:
     assert codes is None and repr(unknown) in reason
     assert reason.startswith('unknown label value')
   else:
     assert reason is None
-    assert codes == tuple(int(n in positives) for n in ml.NIH_LABELS)
+    assert codes == tuple(int(n in positives) for n in sources.nih.LABELS)
 
 
 @pytest.mark.parametrize('value, code', [
@@ -298,40 +326,42 @@ def test_nih_findings_are_parsed_exactly(text, positives, unknown):
     ('', -2), (None, -2), ('2', None), ('yes', None), ('1.5', None),
     ('-2', None)])
 def test_label_codes(value, code):
-  assert ml.parse_code(value) == code
+  assert tables.parse_code(value) == code
 
 
 def test_real_headers_are_what_the_parsers_need():
-  nih = NIH_HEADER.split(',')
-  assert set(ml.NIH_COLUMNS) <= set(nih)
-  chexpert = CHEXPERT_HEADER.split(',')
-  assert chexpert == list(ml.CHEXPERT_COLUMNS + ml.CHEXPERT_LABELS)
+  nih_header = NIH_HEADER.split(',')
+  assert set(sources.nih.COLUMNS) <= set(nih_header)
+  chexpert_header = CHEXPERT_HEADER.split(',')
+  assert chexpert_header == list(sources.chexpert.COLUMNS +
+                                 sources.chexpert.LABELS)
 
 
 def test_detects_the_layouts(tmp_path):
   nih = make_nih(str(tmp_path / 'nih'))
   chexpert = make_chexpert(str(tmp_path / 'CheXpert-v1.0-small'))
   mimic = make_mimic(str(tmp_path / 'mimic'))
-  assert ml.detect_layout(nih) == 'nih'
-  assert ml.detect_layout(chexpert) == 'chexpert'
-  assert ml.detect_layout(mimic) == 'mimic'
+  assert sources.detect(nih) == 'nih'
+  assert sources.detect(chexpert) == 'chexpert'
+  assert sources.detect(mimic) == 'mimic'
   kaggle = str(tmp_path / 'kaggle')
   for split in ('train', 'val', 'test'):
     for c in ('NORMAL', 'PNEUMONIA'):
       _image(kaggle, f'{split}/{c}/IM-0001-0001.jpeg', 'JPEG')
-  assert ml.detect_layout(kaggle) is None
-  assert ml.resolve_layout(kaggle, 'auto') is None
-  assert sources.scan(kaggle).layout == 'kaggle'
-  assert ml.resolve_layout(kaggle, 'auto', labels_csv='x.csv') == 'csv'
-  with pytest.raises(sources.SourceError, match='multi-label nih tree'):
-    sources.scan(nih)
+  assert sources.detect(kaggle) is None
+  assert isinstance(sources.options(kaggle), class_folders.Options)
+  assert class_folders.scan(kaggle).layout == 'kaggle'
+  assert isinstance(sources.options(kaggle, labels_csv='x.csv'),
+                    labels_csv.Options)
+  assert isinstance(sources.options(nih), sources.nih.Options)
   both = str(tmp_path / 'both')
   make_chexpert(both)
   _write_csv(os.path.join(both, 'Data_Entry_2017.csv'), NIH_HEADER, [])
-  assert ml.detect_layout(both) is None
   with pytest.raises(sources.SourceError, match='more than one multi-label'):
-    ml.resolve_layout(both, 'auto')
-  assert ml.resolve_layout(both, 'nih') == 'nih'
+    sources.detect(both)
+  with pytest.raises(sources.SourceError, match='more than one multi-label'):
+    sources.options(both)
+  assert isinstance(sources.options(both, layout='nih'), sources.nih.Options)
 
 
 # -- planning -----------------------------------------------------------------
@@ -344,8 +374,8 @@ def _planned(plan):
 
 def test_nih_plan_accounts_for_every_row_and_file(tmp_path):
   src = make_nih(str(tmp_path / 'nih'))
-  plan = ml.plan(src, 'nih', seed=3)
-  assert plan.label_names == ml.NIH_LABELS == plan.class_names
+  plan = _plan(src, 'nih', seed=3)
+  assert plan.label_names == sources.nih.LABELS == plan.class_names
   planned = _planned(plan)
   by_name = {os.path.basename(p): s for p, s in planned.items()}
   # Official split: test_list.txt is test, val is from train_val_list.txt.
@@ -376,7 +406,7 @@ def test_nih_plan_accounts_for_every_row_and_file(tmp_path):
                if f.path.endswith('00000001_001.png'))
   assert (first.patient_id, first.view) == ('1', 'PA')
   assert first.labels == tuple(int(n in ('Cardiomegaly', 'Emphysema'))
-                               for n in ml.NIH_LABELS)
+                               for n in sources.nih.LABELS)
 
 
 def test_official_split_that_puts_a_patient_in_two_is_moved_to_test(
@@ -384,7 +414,7 @@ def test_official_split_that_puts_a_patient_in_two_is_moved_to_test(
   rows = [r if r[0] != '00000007_001.png' else r[:4] + ('test',)
           for r in NIH_ROWS]
   src = make_nih(str(tmp_path / 'nih'), rows)
-  plan = ml.plan(src, 'nih')
+  plan = _plan(src, 'nih')
   planned = {os.path.basename(p): s for p, s in _planned(plan).items()}
   assert planned['00000007_000.png'] == planned['00000007_001.png'] == 'test'
   assert plan.split_info['source_overlap'] == {'patients': 1,
@@ -395,7 +425,7 @@ def test_official_split_that_puts_a_patient_in_two_is_moved_to_test(
 
 def test_chexpert_plan(tmp_path):
   src = make_chexpert(str(tmp_path / 'CheXpert-v1.0-small'))
-  plan = ml.plan(src, 'chexpert')
+  plan = _plan(src, 'chexpert')
   planned = _planned(plan)
   assert {p for p, s in planned.items() if s == 'test'} == {
       r[1] for r in CHEXPERT_ROWS if r[0] == 'valid'}
@@ -417,8 +447,8 @@ def test_chexpert_plan(tmp_path):
   assert files['train/patient00005/study1/view1_frontal.jpg'].view == 'LL'
   assert files['train/patient00005/study1/view1_frontal.jpg'].sex == ''
   uncertain = files['train/patient00001/study2/view1_frontal.jpg'].labels
-  assert uncertain[ml.CHEXPERT_LABELS.index('Cardiomegaly')] == -1
-  assert uncertain[ml.CHEXPERT_LABELS.index('Fracture')] == -2
+  assert uncertain[sources.chexpert.LABELS.index('Cardiomegaly')] == -1
+  assert uncertain[sources.chexpert.LABELS.index('Fracture')] == -2
   patients = collections.defaultdict(set)
   for path, split in planned.items():
     patients[files[path].patient_id].add(split)
@@ -427,7 +457,7 @@ def test_chexpert_plan(tmp_path):
 
 def test_mimic_plan_uses_its_split_file(tmp_path):
   src = make_mimic(str(tmp_path / 'mimic'))
-  plan = ml.plan(src, 'mimic')
+  plan = _plan(src, 'mimic')
   planned = {os.path.basename(p)[:-4]: s for p, s in _planned(plan).items()}
   assert planned == {'d1': 'train', 'd2': 'train', 'd3': 'train',
                      'd4': 'val', 'd6': 'test'}
@@ -440,17 +470,17 @@ def test_mimic_plan_uses_its_split_file(tmp_path):
              for i in plan.ignored)
   files = {os.path.basename(f.path)[:-4]: f
            for fs in plan.splits.values() for f in fs}
-  assert files['d3'].labels[ml.CHEXPERT_LABELS.index('Edema')] == -1
-  assert files['d3'].labels[ml.CHEXPERT_LABELS.index('Pleural Effusion')] == 1
+  assert files['d3'].labels[sources.chexpert.LABELS.index('Edema')] == -1
+  assert files['d3'].labels[sources.chexpert.LABELS.index('Pleural Effusion')] == 1
   assert files['d2'].view == 'LATERAL'
 
 
 def test_mimic_resplit_needs_no_split_file(tmp_path):
   src = make_mimic(str(tmp_path / 'mimic'))
-  os.remove(os.path.join(src, ml.MIMIC_SPLIT_FILE))
+  os.remove(os.path.join(src, sources.mimic.SPLIT_FILE))
   with pytest.raises(sources.SourceError, match='split-file|split file'):
-    ml.plan(src, 'mimic')
-  plan = ml.plan(src, 'mimic', 'resplit', 0.2, 0.2)
+    _plan(src, 'mimic')
+  plan = _plan(src, 'mimic', 'resplit', 0.2, 0.2)
   assert sum(len(fs) for fs in plan.splits.values()) == 5
   assert plan.split_info['patient_overlap'][
       'patients_in_more_than_one_split'] == 0
@@ -458,7 +488,7 @@ def test_mimic_resplit_needs_no_split_file(tmp_path):
 
 def test_csv_layout_plan(tmp_path):
   src = make_own(str(tmp_path / 'own'), OWN_ROWS)
-  plan = ml.plan(src, 'csv', 'resplit', 0.2, 0.2,
+  plan = _plan(src, 'csv', 'resplit', 0.2, 0.2,
                  labels_csv=os.path.join(src, 'labels.csv'),
                  label_columns='Effusion,Nodule')
   assert plan.label_names == ('Effusion', 'Nodule')
@@ -482,13 +512,13 @@ def test_resplit_spreads_positives_by_patient_and_is_deterministic():
       files.append(sources.SourceFile(f'p{p}/{i}.png', None, '', -1, f'p{p}',
                                       1, labels=labels))
   fractions = {'val': 0.2, 'test': 0.1}
-  drawn = ml.draw_splits(files, 3, fractions, seed=5)
-  again = ml.draw_splits(list(reversed(files)), 3, fractions, seed=5)
+  drawn = _draw(files, 3, fractions, seed=5)
+  again = _draw(list(reversed(files)), 3, fractions, seed=5)
   assert {s: [f.path for f in fs] for s, fs in drawn.items()} == {
       s: [f.path for f in fs] for s, fs in again.items()}
-  other = ml.draw_splits(files, 3, fractions, seed=6)
+  other = _draw(files, 3, fractions, seed=6)
   assert [f.path for f in other['val']] != [f.path for f in drawn['val']]
-  assert ml.check_patient_overlap(drawn)[
+  assert sources.splits.check_patient_overlap(drawn)[
       'patients_in_more_than_one_split'] == 0
   assert sorted(f.path for fs in drawn.values() for f in fs) == sorted(
       f.path for f in files)
@@ -502,16 +532,16 @@ def test_resplit_spreads_positives_by_patient_and_is_deterministic():
 
 def test_bad_split_arguments():
   with pytest.raises(sources.SourceError, match='no official split'):
-    ml.check_split_arguments('csv', 'official', None, None)
+    _check_fractions('csv', 'official', None, None)
   with pytest.raises(sources.SourceError, match='drop --test_fraction'):
-    ml.check_split_arguments('nih', 'official', 0.1, 0.1)
+    _check_fractions('nih', 'official', 0.1, 0.1)
   with pytest.raises(sources.SourceError, match='has its own val'):
-    ml.check_split_arguments('mimic', 'official', 0.1, None)
-  assert ml.check_split_arguments('mimic', 'official', None, None) == (
+    _check_fractions('mimic', 'official', 0.1, None)
+  assert _check_fractions('mimic', 'official', None, None) == (
       None, None)
   with pytest.raises(sources.SourceError, match='leave nothing'):
-    ml.check_split_arguments('nih', 'resplit', 0.6, 0.5)
-  assert ml.check_split_arguments('chexpert', 'resplit', None, None) == (
+    _check_fractions('nih', 'resplit', 0.6, 0.5)
+  assert _check_fractions('chexpert', 'resplit', None, None) == (
       0.1, 0.1)
 
 
@@ -519,7 +549,7 @@ def test_fingerprint_follows_the_labels(tmp_path):
   src = make_own(str(tmp_path / 'own'), OWN_ROWS)
   kwargs = dict(labels_csv=os.path.join(src, 'labels.csv'),
                 label_columns='Effusion,Nodule')
-  plan = ml.plan(src, 'csv', 'resplit', 0.2, 0.2, **kwargs)
+  plan = _plan(src, 'csv', 'resplit', 0.2, 0.2, **kwargs)
   shards = writer.plan_shards(plan, 'own', None, 0, (STORED, STORED))
   changed = dataclasses.replace(plan, splits={
       s: [dataclasses.replace(f, labels=tuple(-2 for _ in f.labels))
@@ -545,7 +575,7 @@ def nih_dataset(tmp_path_factory):
 def test_nih_conversion_counts_match_a_recount_of_the_csv(nih_dataset):
   src, out, info = nih_dataset
   on_disk = dataset_info.load_info(out)
-  assert on_disk.label_names == ml.NIH_LABELS and on_disk.is_multilabel
+  assert on_disk.label_names == sources.nih.LABELS and on_disk.is_multilabel
   assert json.load(open(os.path.join(out, schema.INFO_FILENAME))) == info
   _assert_accounted(info, len(NIH_ROWS))
   records = _records(out)
@@ -566,16 +596,16 @@ def test_nih_conversion_counts_match_a_recount_of_the_csv(nih_dataset):
     seen.add(name)
     findings = set(row['Finding Labels'].split('|'))
     usable.append((split_of[_hash(row['Patient ID'])],
-                   [int(n in findings) for n in ml.NIH_LABELS]))
-  expected = _recount(usable, ml.NIH_LABELS)
+                   [int(n in findings) for n in sources.nih.LABELS]))
+  expected = _recount(usable, sources.nih.LABELS)
   assert {s: e['label_code_counts'] for s, e in info['splits'].items()} == \
       expected
   for split, entry in info['splits'].items():
     assert entry['class_counts'] == {
-        n: expected[split][n]['1'] for n in ml.NIH_LABELS}
+        n: expected[split][n]['1'] for n in sources.nih.LABELS}
     assert on_disk.label_code_counts(split) == {
         n: {int(c): v for c, v in expected[split][n].items()}
-        for n in ml.NIH_LABELS}
+        for n in sources.nih.LABELS}
   assert sum(len(e) for e in records.values()) == len(usable)
   assert {s: len(e) for s, e in records.items()} == {
       s: e['num_examples'] for s, e in info['splits'].items()}
@@ -595,7 +625,7 @@ def test_nih_records_hide_the_ids_and_tfds_reads_them(nih_dataset):
   first = by_name[f'images_001/images/{_hash("3")}_000.png']
   assert first[schema.LABELS].shape == (14,)
   assert list(first[schema.LABELS]) == [
-      int(n in ('Effusion', 'Pleural_Thickening')) for n in ml.NIH_LABELS]
+      int(n in ('Effusion', 'Pleural_Thickening')) for n in sources.nih.LABELS]
   assert first[schema.VIEW] == b'PA' and first[schema.STUDY_ID] == b''
   assert first[schema.AGE_YEARS] == 43 and first[schema.SEX] == b'F'
   assert first[schema.ENCODED].shape == (STORED, STORED, 1)
@@ -660,12 +690,12 @@ def test_single_and_multilabel_flags_do_not_mix(tmp_path):
     for c in ('NORMAL', 'PNEUMONIA'):
       _image(kaggle, f'{split}/{c}/IM-0001-0001.jpeg', 'JPEG')
   out = str(tmp_path / 'out')
-  with pytest.raises(sources.SourceError, match='--split is for the multi'):
+  with pytest.raises(sources.SourceError, match='--split does not apply to the class folder layout'):
     _convert(kaggle, out, split='official')
-  with pytest.raises(sources.SourceError, match='--labels_csv is for the csv'):
+  with pytest.raises(sources.SourceError, match='--labels_csv does not apply to the class folder'):
     _convert(kaggle, out, layout='kaggle', labels_csv='x.csv')
   nih = make_nih(str(tmp_path / 'nih'))
-  with pytest.raises(sources.SourceError, match='--path_column is for the csv'):
+  with pytest.raises(sources.SourceError, match='--path_column does not apply to the nih layout'):
     _convert(nih, out, path_column='file')
   with pytest.raises(sources.SourceError, match='contradict'):
     _convert(nih, out, resplit=True, split='official')
@@ -699,8 +729,8 @@ def test_chexpert_conversion_counts_match_a_recount(chexpert_dataset):
         patient = path.split('/')[1]
         split = split_of[_hash(patient)]
         assert (split == 'test') == (which == 'valid')
-        usable.append((split, [_code(row[n]) for n in ml.CHEXPERT_LABELS]))
-  expected = _recount(usable, ml.CHEXPERT_LABELS)
+        usable.append((split, [_code(row[n]) for n in sources.chexpert.LABELS]))
+  expected = _recount(usable, sources.chexpert.LABELS)
   assert {s: e['label_code_counts'] for s, e in info['splits'].items()} == \
       expected
   # class_counts: the positives (code 1) only, never -1 or blank (-2),
@@ -709,9 +739,9 @@ def test_chexpert_conversion_counts_match_a_recount(chexpert_dataset):
     stored = np.array([e[schema.LABELS] for e in examples])
     assert ((stored == -1).any() or (stored == -2).any()) or split == 'test'
     assert info['splits'][split]['class_counts'] == {
-        n: expected[split][n]['1'] for n in ml.CHEXPERT_LABELS} == {
+        n: expected[split][n]['1'] for n in sources.chexpert.LABELS} == {
             n: int((stored[:, i] == 1).sum())
-            for i, n in enumerate(ml.CHEXPERT_LABELS)}
+            for i, n in enumerate(sources.chexpert.LABELS)}
   # Patient00005 is 0 years old (CheXpert's Age 0): 0, not unknown (-1).
   ages = {e[schema.PATIENT_ID].decode(): int(e[schema.AGE_YEARS])
           for es in records.values() for e in es}
@@ -738,17 +768,17 @@ def test_mimic_conversion(tmp_path):
                                                      'test': 1}
   usable = []
   split = {d: {'validate': 'val'}.get(s, s) for d, _, _, _, s in MIMIC_IMAGES}
-  with gzip.open(os.path.join(src, ml.MIMIC_LABELS_FILE), 'rt') as f:
+  with gzip.open(os.path.join(src, sources.mimic.LABELS_FILE), 'rt') as f:
     labels = {(r['subject_id'], r['study_id']): r for r in csv.DictReader(f)}
-  with gzip.open(os.path.join(src, ml.MIMIC_METADATA_FILE), 'rt') as f:
+  with gzip.open(os.path.join(src, sources.mimic.METADATA_FILE), 'rt') as f:
     for row in csv.DictReader(f):
       label = labels.get((row['subject_id'], row['study_id']))
       if row['dicom_id'] == 'd5' or label is None:
         continue
       usable.append((split[row['dicom_id']],
-                     [_code(label[n]) for n in ml.CHEXPERT_LABELS]))
+                     [_code(label[n]) for n in sources.chexpert.LABELS]))
   assert {s: e['label_code_counts'] for s, e in info['splits'].items()} == \
-      _recount(usable, ml.CHEXPERT_LABELS)
+      _recount(usable, sources.chexpert.LABELS)
   names = [e[schema.FILENAME].decode() for es in records.values() for e in es]
   assert f'files/{_hash("10000032")}/{_hash("50414267")}/{_hash("d1")}.jpg' in \
       names
@@ -799,7 +829,7 @@ def test_csv_conversion_and_resplit(tmp_path):
     ('chexpert_outside', 'points outside src_dir'),
     ('empty', 'no usable image'),
     ('no_lists', 'has no test_list.txt'),
-    ('counts', '--val_counts/--test_counts does not apply to the nih'),
+    ('counts', '--val_counts does not apply to the nih'),
     ('csv_official', 'the csv layout has no official split'),
 ])
 def test_bad_input_raises_one_line_and_writes_nothing(tmp_path, case, words):
@@ -823,7 +853,7 @@ def test_bad_input_raises_one_line_and_writes_nothing(tmp_path, case, words):
   else:
     make_nih(src)
     if case == 'no_lists':
-      os.remove(os.path.join(src, ml.NIH_TEST_LIST))
+      os.remove(os.path.join(src, sources.nih.TEST_LIST))
     else:
       kwargs = dict(val_counts={'Mass': 1})
   out = str(tmp_path / 'out')
@@ -894,7 +924,7 @@ def test_a_truncated_row_is_skipped_with_the_reason_never_read_as_blank(
   # blank, 'not mentioned'.
   _rewrite(os.path.join(src, 'train.csv'),
            lambda d: _cut_row(d, f'CheXpert-v1.0-small/{cut}', 11))
-  plan = ml.plan(src, 'chexpert')
+  plan = _plan(src, 'chexpert')
   assert cut not in _planned(plan)
   reasons = {s['path']: s['reason'] for s in plan.skipped}
   assert 'fewer cells than the header' in reasons[cut], reasons
@@ -902,7 +932,7 @@ def test_a_truncated_row_is_skipped_with_the_reason_never_read_as_blank(
   own = make_own(str(tmp_path / 'own'), OWN_ROWS)
   _rewrite(os.path.join(own, 'labels.csv'),
            lambda d: _cut_row(d, 'scans/g1.png', 3))
-  plan = ml.plan(own, 'csv', 'resplit', 0.2, 0.2,
+  plan = _plan(own, 'csv', 'resplit', 0.2, 0.2,
                  labels_csv=os.path.join(own, 'labels.csv'),
                  label_columns='Effusion,Nodule')
   reasons = {s['path']: s['reason'] for s in plan.skipped}
@@ -914,11 +944,11 @@ def test_a_truncated_row_is_skipped_with_the_reason_never_read_as_blank(
 def test_a_short_mimic_row_is_skipped_with_the_reason(tmp_path, which):
   src = make_mimic(str(tmp_path / 'mimic'))
   name, start, cells = {
-      'labels': (ml.MIMIC_LABELS_FILE, '10000032,53189527', 3),
-      'metadata': (ml.MIMIC_METADATA_FILE, 'd3,', 2),
-      'split': (ml.MIMIC_SPLIT_FILE, 'd3,', 1)}[which]
+      'labels': (sources.mimic.LABELS_FILE, '10000032,53189527', 3),
+      'metadata': (sources.mimic.METADATA_FILE, 'd3,', 2),
+      'split': (sources.mimic.SPLIT_FILE, 'd3,', 1)}[which]
   _rewrite(os.path.join(src, name), lambda d: _cut_row(d, start, cells))
-  plan = ml.plan(src, 'mimic')
+  plan = _plan(src, 'mimic')
   assert 'd3' not in {os.path.basename(p)[:-4] for p in _planned(plan)}
   reason = next(s['reason'] for s in plan.skipped if 'd3' in s['path'])
   assert 'fewer cells than the header' in reason and name in reason, reason
@@ -937,11 +967,11 @@ def test_mimic_conflicting_rows_are_reported_and_resolved_by_the_rule(
     return data + ('10000032,53189527' + ',' * len(MIMIC_LABEL_COLUMNS) +
                    '\n').encode() + data.decode().split('\n')[1].encode() + \
         b'\n'
-  _rewrite(os.path.join(src, ml.MIMIC_LABELS_FILE), more_labels)
-  _rewrite(os.path.join(src, ml.MIMIC_SPLIT_FILE),
+  _rewrite(os.path.join(src, sources.mimic.LABELS_FILE), more_labels)
+  _rewrite(os.path.join(src, sources.mimic.SPLIT_FILE),
            lambda d: d + b'd4,57375967,10000764,train\n'
            b'd1,50414267,10000032,train\n')
-  plan = ml.plan(src, 'mimic')
+  plan = _plan(src, 'mimic')
   planned = {os.path.basename(p)[:-4]: s for p, s in _planned(plan).items()}
   # Disagreeing label rows: neither is used, the study's image is skipped.
   assert 'd3' not in planned
@@ -955,8 +985,8 @@ def test_mimic_conflicting_rows_are_reported_and_resolved_by_the_rule(
   assert plan.split_info['patient_overlap'][
       'patients_in_more_than_one_split'] == 0
   ignored = ' '.join(plan.ignored)
-  assert f'{ml.MIMIC_LABELS_FILE}: 2 stud' in ignored, plan.ignored
-  assert f'{ml.MIMIC_SPLIT_FILE}: 2 image(s) with more than one row' in \
+  assert f'{sources.mimic.LABELS_FILE}: 2 stud' in ignored, plan.ignored
+  assert f'{sources.mimic.SPLIT_FILE}: 2 image(s) with more than one row' in \
       ignored, plan.ignored
   assert '1 of them in two splits' in ignored
 
@@ -964,20 +994,20 @@ def test_mimic_conflicting_rows_are_reported_and_resolved_by_the_rule(
 def test_byte_order_marks_are_read_everywhere(tmp_path):
   bom = '\ufeff'.encode()
   nih = make_nih(str(tmp_path / 'nih'))
-  for name in (ml.NIH_TRAIN_VAL_LIST, ml.NIH_TEST_LIST):
+  for name in (sources.nih.TRAIN_VAL_LIST, sources.nih.TEST_LIST):
     _rewrite(os.path.join(nih, name), lambda d: bom + d)
-  plain = ml.plan(make_nih(str(tmp_path / 'nih2')), 'nih', seed=3)
-  marked = ml.plan(nih, 'nih', seed=3)
+  plain = _plan(make_nih(str(tmp_path / 'nih2')), 'nih', seed=3)
+  marked = _plan(nih, 'nih', seed=3)
   assert {os.path.basename(p): s for p, s in _planned(marked).items()} == {
       os.path.basename(p): s for p, s in _planned(plain).items()}
   mimic = make_mimic(str(tmp_path / 'mimic'))
-  for name in (ml.MIMIC_LABELS_FILE, ml.MIMIC_METADATA_FILE,
-               ml.MIMIC_SPLIT_FILE):
+  for name in (sources.mimic.LABELS_FILE, sources.mimic.METADATA_FILE,
+               sources.mimic.SPLIT_FILE):
     _rewrite(os.path.join(mimic, name), lambda d: bom + d)
-  assert len(_planned(ml.plan(mimic, 'mimic'))) == 5
+  assert len(_planned(_plan(mimic, 'mimic'))) == 5
   patients = tmp_path / 'patients.csv'
   patients.write_bytes(bom + b'path,patient_id\na.png,1\n')
-  assert sources.read_patient_csv(str(patients)) == {'a.png': '1'}
+  assert sources.patients.read_patient_csv(str(patients)) == {'a.png': '1'}
 
 
 @pytest.mark.parametrize('case, words', [
@@ -994,7 +1024,7 @@ def test_an_empty_official_split_is_refused_in_one_line(tmp_path, case,
     make_chexpert(src, rows=[r for r in CHEXPERT_ROWS if r[0] != which])
   else:
     make_nih(src)
-    name = ml.NIH_TRAIN_VAL_LIST if 'train' in case else ml.NIH_TEST_LIST
+    name = sources.nih.TRAIN_VAL_LIST if 'train' in case else sources.nih.TEST_LIST
     open(os.path.join(src, name), 'w').close()
   out = str(tmp_path / 'out')
   with pytest.raises(sources.SourceError) as raised:
@@ -1006,11 +1036,11 @@ def test_an_empty_official_split_is_refused_in_one_line(tmp_path, case,
 
 
 def test_draw_splits_of_no_files_is_empty():
-  assert ml.draw_splits([], 14, {'val': 0.1}) == {'train': [], 'val': []}
+  assert _draw([], 14, {'val': 0.1}) == {'train': [], 'val': []}
 
 
 def test_no_finding_with_a_finding_is_skipped_for_that_reason():
-  codes, reason = ml.parse_nih_findings('No Finding|Effusion')
+  codes, reason = sources.nih.parse_findings('No Finding|Effusion')
   assert codes is None
   assert reason == ("'No Finding' together with a finding ('Effusion'): the "
                     'row contradicts itself')
@@ -1046,7 +1076,7 @@ def test_a_resplit_far_from_its_fractions_says_so(tmp_path):
     ('57.0', 57), (' 3 ', 3), ('', -1), (None, -1), ('abc', -1), ('-1', -1),
     ('200', -1), ('199', 199)])
 def test_ages_parse_to_whole_years_an_infant_is_0_not_unknown(value, years):
-  assert ml.parse_age(value) == years
+  assert tables.parse_age(value) == years
 
 
 def test_an_infants_age_survives_planning_in_every_layout(tmp_path):
@@ -1054,10 +1084,10 @@ def test_an_infants_age_survives_planning_in_every_layout(tmp_path):
   table = os.path.join(src, 'Data_Entry_2017_v2020.csv')
   _rewrite(table, lambda d: d.replace(b',2,42,', b',2,000Y,'))
   files = {os.path.basename(f.path): f
-           for fs in ml.plan(src, 'nih').splits.values() for f in fs}
+           for fs in _plan(src, 'nih').splits.values() for f in fs}
   assert files['00000002_000.png'].age_years == 0
   assert files['00000001_001.png'].age_years == 41
-  chexpert = ml.plan(make_chexpert(str(tmp_path / 'CheXpert-v1.0-small')),
+  chexpert = _plan(make_chexpert(str(tmp_path / 'CheXpert-v1.0-small')),
                      'chexpert')
   files = {f.path: f for fs in chexpert.splits.values() for f in fs}
   assert files['train/patient00005/study1/view1_frontal.jpg'].age_years == 0
@@ -1071,7 +1101,7 @@ def test_a_chexpert_lateral_keeps_the_view_its_ap_pa_cell_holds(tmp_path):
        'Lateral', 'RL', {'Edema': '1.0'}),
       ('train', 'train/patient00008/study1/view1_frontal.jpg', 'Male', '60',
        'Frontal', 'PA', {'Edema': '1.0'})]
-  plan = ml.plan(make_chexpert(str(tmp_path / 'CheXpert-v1.0-small'), rows),
+  plan = _plan(make_chexpert(str(tmp_path / 'CheXpert-v1.0-small'), rows),
                  'chexpert')
   views = {f.path: f.view for fs in plan.splits.values() for f in fs}
   assert views['train/patient00008/study1/view2_lateral.jpg'] == 'LL'
@@ -1088,20 +1118,20 @@ def test_mimic_first_label_row_is_never_replaced_by_a_later_one(tmp_path):
   changes nothing."""
   src = make_mimic(str(tmp_path / 'mimic'))
   plain = {os.path.basename(f.path): f.labels
-           for fs in ml.plan(src, 'mimic').splits.values() for f in fs}
+           for fs in _plan(src, 'mimic').splits.values() for f in fs}
   first = '10000980,51967283'
   def repeat(data, change):
     line = next(l for l in data.decode().split('\n') if l.startswith(first))
     return data + (line.replace('1.0', '0.0') if change else line).encode() \
         + b'\n'
-  _rewrite(os.path.join(src, ml.MIMIC_LABELS_FILE),
+  _rewrite(os.path.join(src, sources.mimic.LABELS_FILE),
            lambda d: repeat(d, False))
   again = {os.path.basename(f.path): f.labels
-           for fs in ml.plan(src, 'mimic').splits.values() for f in fs}
+           for fs in _plan(src, 'mimic').splits.values() for f in fs}
   assert again == plain
-  _rewrite(os.path.join(src, ml.MIMIC_LABELS_FILE),
+  _rewrite(os.path.join(src, sources.mimic.LABELS_FILE),
            lambda d: repeat(d, True))
-  plan = ml.plan(src, 'mimic', 'resplit', 0.2, 0.2)
+  plan = _plan(src, 'mimic', 'resplit', 0.2, 0.2)
   labels = {os.path.basename(f.path): f.labels
             for fs in plan.splits.values() for f in fs}
   assert 'd6.jpg' not in labels
@@ -1114,9 +1144,9 @@ def test_mimic_first_label_row_is_never_replaced_by_a_later_one(tmp_path):
 def test_fractions_adding_up_to_1_leave_nothing_and_are_refused(
     tmp_path, val, test):
   with pytest.raises(sources.SourceError, match='leave nothing'):
-    ml.check_split_arguments('nih', 'resplit', val, test)
+    _check_fractions('nih', 'resplit', val, test)
   with pytest.raises(sources.SourceError, match='leave nothing'):
-    sources.check_split_arguments(resplit=True, val_fraction=val,
+    sources.splits.check_counts(resplit=True, val_fraction=val,
                                   test_fraction=test)
   src = make_nih(str(tmp_path / 'nih'))
   out = str(tmp_path / 'out')
@@ -1124,7 +1154,7 @@ def test_fractions_adding_up_to_1_leave_nothing_and_are_refused(
     _convert(src, out, resplit=True, val_fraction=val, test_fraction=test)
   assert not os.path.exists(out) and not os.path.exists(
       out + writer.PARTIAL_SUFFIX)
-  assert ml.check_split_arguments('nih', 'resplit', 0.45, 0.45) == (0.45,
+  assert _check_fractions('nih', 'resplit', 0.45, 0.45) == (0.45,
                                                                     0.45)
 
 
@@ -1136,13 +1166,13 @@ def test_patient_overlap_counts_each_patient_in_two_or_more_splits():
   splits = {'train': [_file('a', 'P1'), _file('b', 'P2'), _file('b2', 'P2')],
             'val': [_file('c', 'P1'), _file('d', 'P3')],
             'test': [_file('e', 'P4'), _file('f', 'P4')]}
-  assert ml.check_patient_overlap(splits) == {
+  assert sources.splits.check_patient_overlap(splits) == {
       'checked': True, 'patients_in_more_than_one_split': 1}
   splits['test'].append(_file('g', 'P1'))  # P1 in three: still one patient
   splits['test'].append(_file('h', 'P3'))
-  assert ml.check_patient_overlap(splits)[
+  assert sources.splits.check_patient_overlap(splits)[
       'patients_in_more_than_one_split'] == 2
-  assert ml.check_patient_overlap({'train': splits['train']})[
+  assert sources.splits.check_patient_overlap({'train': splits['train']})[
       'patients_in_more_than_one_split'] == 0
 
 
@@ -1153,14 +1183,15 @@ def test_a_plan_with_a_patient_in_two_splits_is_refused(tmp_path,
   written."""
   src = make_own(str(tmp_path / 'own'), OWN_ROWS)
 
-  def leaky(files, num_labels, fractions, seed=0, progress=None):
+  def leaky(files, targets, seed=0, class_names=None, num_labels=None,
+            progress=None):
     # One patient in two splits: scans/a1.png in val, a2.png (patient A
     # too) in train.
-    del num_labels, fractions, seed, progress
+    del targets, seed, class_names, num_labels, progress
     ordered = sorted(files, key=lambda f: f.path)
     assert [f.patient_id for f in ordered[:2]] == ['A', 'A']
-    return {'train': ordered[1:], 'val': ordered[:1], 'test': []}
-  monkeypatch.setattr(ml, 'draw_splits', leaky)
+    return {'train': ordered[1:], 'val': ordered[:1], 'test': []}, None
+  monkeypatch.setattr(sources.splits, 'draw_splits', leaky)
   out = str(tmp_path / 'out')
   with pytest.raises(sources.SourceError) as raised:
     _convert(src, out, resplit=True, labels_csv=os.path.join(src, 'labels.csv'),
@@ -1186,7 +1217,7 @@ def test_the_writer_counts_the_overlap_again_before_finishing():
 def test_planning_reports_its_progress_with_counts_that_add_up(tmp_path):
   src = make_nih(str(tmp_path / 'nih'))
   stream = io.StringIO()
-  plan = ml.plan(src, 'nih', 'resplit', progress=sources.Progress(
+  plan = _plan(src, 'nih', 'resplit', progress=sources.Progress(
       interval=0, stream=stream))
   lines = stream.getvalue().splitlines()
   last = {line.split(':')[0]: line for line in lines if line.endswith('done')}
@@ -1207,5 +1238,5 @@ def test_planning_reports_its_progress_with_counts_that_add_up(tmp_path):
   assert planned and len(lines) > len(last)
   # The default interval keeps a small conversion quiet.
   quiet = io.StringIO()
-  ml.plan(src, 'nih', 'resplit', progress=sources.Progress(stream=quiet))
+  _plan(src, 'nih', 'resplit', progress=sources.Progress(stream=quiet))
   assert quiet.getvalue() == ''
