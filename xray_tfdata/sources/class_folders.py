@@ -142,8 +142,8 @@ def scan(src_dir, layout='auto'):
   for c in class_names:
     if not base.is_utf8(c):
       raise SourceError(
-          f'class folder name {base.display_path(c)!r} is not valid UTF-8; rename '
-          'the folder')
+          f'class folder name {base.display_path(c)!r} is not valid UTF-8; '
+          'rename the folder')
   if len(class_names) < 2:
     hint = ''
     if len(class_names) == 1 and splits == [None]:
@@ -169,8 +169,8 @@ def scan(src_dir, layout='auto'):
       if not any(p.lower().endswith(base.IMAGE_EXTENSIONS) for p, _ in found):
         raise SourceError(
             f'class folder {os.path.join(src_dir, rel_root)} has no images '
-            f'({", ".join(base.IMAGE_EXTENSIONS[:3])}, ...); add images or remove '
-            'the folder')
+            f'({", ".join(base.IMAGE_EXTENSIONS[:3])}, ...); add images or '
+            'remove the folder')
       for path, num_bytes in found:
         full_path = os.path.join(src_dir, path)
         if dicom.is_dicom(full_path):
