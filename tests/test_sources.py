@@ -471,3 +471,89 @@ def test_keep_test_needs_a_test_folder(tmp_path):
   _image(str(tmp_path), 'PNEUMONIA/b.jpeg')
   with pytest.raises(sources.SourceError, match='no test/ folder to keep'):
     _plan(str(tmp_path), keep_test=True, val_fraction=0.5)
+
+
+# -- the protocol and the registry --------------------------------------------
+
+
+@pytest.mark.parametrize('layout', sorted(sources.SOURCES))
+def test_every_registered_source_follows_the_protocol(layout):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  module = sources.SOURCES[layout]
+  assert dataclasses.is_dataclass(module.Options)
+  for name in ('detect', 'scan', 'plan'):
+    assert callable(getattr(module, name)), (layout, name)
+  options = module.Options(layout=layout)
+  assert callable(options.check) and options.arguments()['layout'] == layout
+
+
+def test_a_flag_a_source_does_not_take_is_refused_in_one_line(tmp_path):
+  root = str(tmp_path / 'src')
+  _kaggle_tree(root)
+  # A flag of another source, refused by each.
+  cases = {'kaggle': ('split', 'resplit'), 'rsna': ('keep_test', True),
+           'nih': ('val_counts', {'NORMAL': 1}),
+           'csv': ('patient_id_regex', '^p(\\d+)_')}
+  for layout, (flag, value) in cases.items():
+    with pytest.raises(sources.SourceError) as raised:
+      sources.options(root, layout=layout, **{flag: value})
+    message = str(raised.value)
+    assert message.startswith(f'--{flag} does not apply to the ')
+    assert '\n' not in message
+  # Values that mean "not given" are not refused.
+  options = sources.options(root, layout='nih', val_counts=None,
+                            keep_test=False, split='resplit')
+  assert isinstance(options, sources.nih.Options)
+  assert options.split_method == 'resplit'
+  with pytest.raises(sources.SourceError, match='layout must be auto or one'):
+    sources.options(root, layout='padchest')
+
+
+def test_a_new_source_is_one_module_and_one_line(tmp_path, monkeypatch):
+  """What the README promises: a module on the protocol, registered by one
+  line, is detected, planned and converted like the built-in ones."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+
+  @dataclasses.dataclass
+  class Options:
+    layout: str = 'auto'
+    test_share: int = 4
+
+    def check(self):
+      if self.test_share < 1:
+        raise sources.SourceError('test_share must be at least 1')
+
+    def arguments(self):
+      return {'layout': self.layout}
+
+  def plan(src_dir, options, seed=0, progress=sources.NO_PROGRESS):
+    del seed, progress
+    options.check()
+    found = class_folders.scan(src_dir, 'pool')
+    files = sorted(found.files, key=lambda f: f.path)
+    return sources.Plan(src_dir, 'toy', found.class_names,
+                        {'train': files[options.test_share:],
+                         'test': files[:options.test_share]},
+                        [], found.ignored, len(files))
+
+  toy = types.SimpleNamespace(
+      Options=Options, plan=plan, scan=class_folders.scan,
+      detect=lambda src_dir: os.path.isfile(os.path.join(src_dir, 'TOY')))
+  monkeypatch.setitem(sources.SOURCES, 'toy', toy)  # the one line
+  src = str(tmp_path / 'toy')
+  for i in range(5):
+    _image(src, f'NORMAL/n{i}.jpeg')
+    _image(src, f'PNEUMONIA/p{i}.jpeg')
+  _write(src, 'TOY')
+  assert sources.detect(src) == 'toy'
+  with pytest.raises(sources.SourceError, match='--resplit does not apply'):
+    writer.convert(src, str(tmp_path / 'refused'), resplit=True,
+                   num_workers=1, progress=False)
+  info = writer.convert(src, str(tmp_path / 'out'), image_size=8,
+                        num_workers=1, progress=False, test_share=3)
+  assert info['layout'] == 'toy' and info['arguments']['layout'] == 'auto'
+  assert info['splits']['test']['num_examples'] == 3
+  assert info['splits']['train']['num_examples'] == 7
+  assert info['counts']['scanned'] == info['counts']['written'] == 10

@@ -29,7 +29,6 @@ No TensorFlow here; this runs before the writer imports it.
 
 import dataclasses
 import os
-import sys
 
 from xray_tfdata.sources import base
 from xray_tfdata.sources import class_folders
@@ -111,8 +110,9 @@ def options(src_dir, layout='auto', **given):
   Raises:
     SourceError: an unknown layout, or a flag the source does not take.
   """
-  if layout not in LAYOUTS:
-    raise SourceError(f'layout must be one of {LAYOUTS}, got {layout!r}')
+  if layout != 'auto' and layout not in SOURCES:
+    raise SourceError(f'layout must be auto or one of {", ".join(SOURCES)}, '
+                      f'got {layout!r}')
   resolved = layout
   if layout == 'auto':
     resolved = ('csv' if given.get('labels_csv') else
@@ -138,5 +138,6 @@ def plan(src_dir, source_options, seed=0, progress=NO_PROGRESS):
   Raises:
     SourceError: see the source's `plan`.
   """
-  return sys.modules[type(source_options).__module__].plan(
-      src_dir, source_options, seed, progress)
+  source = next(module for module in SOURCES.values()
+                if type(source_options) is module.Options)
+  return source.plan(src_dir, source_options, seed, progress)
