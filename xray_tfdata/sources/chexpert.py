@@ -14,7 +14,6 @@ one, else 'LATERAL' (CheXpert leaves AP/PA blank for laterals). Sex: 'F' or
 patient and study ids are stored hashed, also as the path's folders.
 """
 
-import csv
 import dataclasses
 import os
 
@@ -40,15 +39,8 @@ class Options(tables.Options):
 def detect(src_dir):
   """Whether src_dir holds train.csv and valid.csv, train.csv's header
   with a Path column."""
-  if not {TRAIN, VALID} <= set(os.listdir(src_dir)):
-    return False
-  try:
-    with open(os.path.join(src_dir, TRAIN), newline='',
-              encoding='utf-8-sig') as f:
-      header = next(csv.reader(f), [])
-  except (OSError, UnicodeDecodeError, csv.Error):
-    header = []
-  return 'Path' in header
+  return ({TRAIN, VALID} <= set(os.listdir(src_dir)) and
+          'Path' in tables.read_header(os.path.join(src_dir, TRAIN)))
 
 
 def plan(src_dir, options, seed=0, progress=base.NO_PROGRESS):

@@ -171,6 +171,17 @@ def read_table(path, columns, what, fix='give --layout, or fix --src_dir'):
   return rows
 
 
+def read_header(path):
+  """The column names of a CSV's header, stripped; [] if it cannot be read
+  (for detecting a layout without reading the whole file)."""
+  try:
+    with _open_text(path) as f:
+      return [h.strip() for h in next(csv.reader(f), [])]
+  except (OSError, UnicodeDecodeError, csv.Error, EOFError,
+          gzip.BadGzipFile):
+    return []
+
+
 def reported(table, name, progress):
   """The rows of a `read_table`, reported to `progress` as they are
   parsed."""
