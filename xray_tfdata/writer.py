@@ -252,12 +252,15 @@ def convert(src_dir, out_dir, source=None, write=None, **options):
     _check_existing_out_dir(out_dir, write.overwrite)
     plan = sources.plan(src_dir, source, seed, sources.Progress(progress))
     shards = plan_shards(plan, name, write.num_shards, seed, stored_size)
+    recorded = dict(_RECORDED_SOURCE_ARGUMENTS, **source.arguments())
+    # In the order xray_info.json has always listed them.
     arguments = {'image_size': list(stored_size),
-                 **_RECORDED_SOURCE_ARGUMENTS, **source.arguments(),
+                 **{k: recorded.pop(k) for k in _RECORDED_SOURCE_ARGUMENTS},
                  'num_shards': write.num_shards, 'seed': seed, 'name': name,
-                 'voi': voi,
+                 'layout': recorded.pop('layout'), 'voi': voi,
                  # Whether one was given; the salt itself is never written.
-                 'patient_id_salt': 'given' if patient_id_salt else 'random'}
+                 'patient_id_salt': 'given' if patient_id_salt else 'random',
+                 **recorded}
     partial = out_dir + PARTIAL_SUFFIX
     fingerprint = _fingerprint(plan, shards, arguments)
     if patient_id_salt:
