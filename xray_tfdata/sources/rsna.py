@@ -144,7 +144,7 @@ def scan(src_dir):
     writer stores a salted hash of it), its boxes and detailed class set.
 
   Raises:
-    SourceError: see `read_rsna_labels` and `read_rsna_classes`; or no
+    SourceError: see `read_labels` and `read_classes`; or no
       images.
   """
   labels_path = os.path.join(src_dir, LABELS)

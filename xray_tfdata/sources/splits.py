@@ -218,6 +218,7 @@ def _draw_fractions(files, num_labels, fractions, seed, progress):
     has = positives[p] > 0
     return int(np.argmin(np.where(has, rarity, np.inf))) if has.any() else -1
 
+  # The salt keeps its old name: the same seed draws the same patients.
   order = stable_order(groups, seed, 'multilabel')
   order.sort(key=lambda p: (rarity[rarest(p)] if rarest(p) >= 0 else np.inf))
   taken_pos = np.zeros((len(names), num_labels))
