@@ -141,7 +141,7 @@ class WriteOptions:
     num_workers: decoding processes; None for all cores, 1 for none (all in
       this process). Workers are spawned, so a script that calls `convert`
       needs the usual `if __name__ == '__main__':` guard.
-    seed: orders examples within splits and draws the drawn splits.
+    seed: orders examples within splits and seeds the split drawer.
     overwrite: replace a dataset already in out_dir.
     name: dataset name, the prefix of the shard file names; None derives
       it from the source folder's name (`dataset_name`).
