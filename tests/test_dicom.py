@@ -288,14 +288,14 @@ def test_real_monochrome1_chest_film_from_pydicom_data():
 
 
 def test_scan_groups_dicom_files_by_their_patient_id(tmp_path):
-  from xray_tfdata import sources  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.sources import class_folders  # pylint: disable=g-import-not-at-top
   for seed, (name, patient) in enumerate((
       ('NORMAL/a1.dcm', 'A'), ('PNEUMONIA/a2.dcm', 'A'),
       ('PNEUMONIA/b1.dcm', 'B'), ('NORMAL/none.dcm', ''))):
     (tmp_path / os.path.dirname(name)).mkdir(exist_ok=True)
     write_dicom(str(tmp_path / name), _stored(seed=seed), PatientID=patient)
 
-  found = sources.scan(str(tmp_path), 'pool')
+  found = class_folders.scan(str(tmp_path), 'pool')
 
   assert {f.path: f.patient_id for f in found.files} == {
       'NORMAL/a1.dcm': 'A', 'PNEUMONIA/a2.dcm': 'A', 'PNEUMONIA/b1.dcm': 'B',

@@ -13,7 +13,7 @@ from xray_tfdata import atomic
 from xray_tfdata import imaging
 from xray_tfdata import runtime
 from xray_tfdata import schema
-from xray_tfdata import sources
+from xray_tfdata.sources import class_folders
 from xray_tfdata.synthetic import kermany as synthetic
 from xray_tfdata import writer
 
@@ -273,7 +273,7 @@ def test_hostile_entries_are_skipped_with_a_reason(tree, tmp_path):
   root = str(tmp_path / 'src')
   shutil.copytree(tree, root)
   expected = _add_hostile_entries(root)
-  found = sources.scan(root)
+  found = class_folders.scan(root)
   reasons = {s['path']: s['reason'] for s in found.skipped}
   assert set(reasons) == set(expected)
   for path, words in expected.items():

@@ -77,7 +77,17 @@ IMPORTS = {
     'xray_tfdata.selection': 'tensorflow',
     'xray_tfdata.serving': 'tensorflow',
     'xray_tfdata.sources': 'neither',
-    'xray_tfdata.sources_multilabel': 'neither',
+    'xray_tfdata.sources.base': 'neither',
+    'xray_tfdata.sources.chexpert': 'neither',
+    'xray_tfdata.sources.class_folders': 'neither',
+    'xray_tfdata.sources.duplicates': 'neither',
+    'xray_tfdata.sources.labels_csv': 'neither',
+    'xray_tfdata.sources.mimic': 'neither',
+    'xray_tfdata.sources.nih': 'neither',
+    'xray_tfdata.sources.patients': 'neither',
+    'xray_tfdata.sources.rsna': 'neither',
+    'xray_tfdata.sources.splits': 'neither',
+    'xray_tfdata.sources.tables': 'neither',
     'xray_tfdata.synthetic': 'neither',
     'xray_tfdata.synthetic.chexpert': 'neither',
     'xray_tfdata.synthetic.draw': 'neither',
@@ -152,8 +162,12 @@ def _graph(import_time_only):
   graph, external = {}, {}
   for module, path in modules.items():
     names = _import_statements(path, import_time_only)
+    # A module's own packages (xray_tfdata, xray_tfdata.sources for
+    # xray_tfdata.sources.nih) are loaded before it whatever it imports:
+    # `from xray_tfdata.sources import base` is an edge to base only.
     graph[module] = {n for n in names
-                     if n in modules and n not in (module, 'xray_tfdata')}
+                     if n in modules and n != module and
+                     not module.startswith(n + '.')}
     external[module] = {n.partition('.')[0] for n in names
                         if not n.startswith('xray_tfdata')}
   return graph, external

@@ -122,11 +122,11 @@ def _chexpert_source(root):
 def _mimic_source(root):
   """MIMIC-CXR-JPG's layout from the same real rows (its label file has
   CheXpert's labels and codes): one study and one image per row."""
-  from xray_tfdata import sources_multilabel as ml  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.sources import mimic as ml  # pylint: disable=g-import-not-at-top
   src = os.path.join(root, 'mimic')
   os.makedirs(src)
   rows = _real_rows()
-  columns = sorted(ml.CHEXPERT_LABELS)  # the real file's own order
+  columns = sorted(ml.LABELS)  # the real file's own order
   studies, images = [], []
   for i, row in enumerate(rows):
     patient = row['Path'].split('/')[2]
@@ -145,11 +145,11 @@ def _mimic_source(root):
       writer.writerow(header)
       writer.writerows(table)
 
-  write(ml.MIMIC_LABELS_FILE, ['subject_id', 'study_id'] + columns, studies)
-  write(ml.MIMIC_METADATA_FILE, ['dicom_id', 'subject_id', 'study_id',
+  write(ml.LABELS_FILE, ['subject_id', 'study_id'] + columns, studies)
+  write(ml.METADATA_FILE, ['dicom_id', 'subject_id', 'study_id',
                                  'ViewPosition'],
         [[d, s, t, v] for d, s, t, v, _ in images])
-  write(ml.MIMIC_SPLIT_FILE, ['dicom_id', 'study_id', 'subject_id', 'split'],
+  write(ml.SPLIT_FILE, ['dicom_id', 'study_id', 'subject_id', 'split'],
         [[d, t, s, split] for d, s, t, _, split in images])
   return src, {f'd{i}': row for i, row in enumerate(rows)}
 

@@ -126,7 +126,7 @@ def _own_tree(root, folders, patients=range(12), images=2):
      'does not match NORMAL/p000_0.png and 23 other file(s)'),
     ('own', ['--resplit', '--val_fraction=0.2', '--test_fraction=0.2',
              '--patient_csv={src}/../columns.csv'],
-     'needs the columns path and patient_id'),
+     "has no column 'patient_id'"),
     ('own', ['--resplit', '--val_fraction=0.2', '--test_fraction=0.2',
              '--patient_csv={src}/../partial.csv'],
      'has no row for NORMAL/p000_1.png and 22 other file(s)'),

@@ -9,6 +9,12 @@ import pytest
 from PIL import Image
 
 from xray_tfdata import sources
+from xray_tfdata.sources import class_folders
+
+
+def _plan(src_dir, seed=0, **options):
+  """class_folders.plan with its options by name."""
+  return class_folders.plan(src_dir, class_folders.Options(**options), seed)
 
 
 def _image(root, rel, size=(20, 16)):
@@ -63,7 +69,7 @@ def test_kaggle_zip_litter_and_nested_copy_are_ignored(tmp_path):
   _write(root, 'test/PNEUMONIA/Thumbs.db', b'litter')
   _write(root, 'val/NORMAL/__MACOSX/._x.jpeg', b'\0')
   _write(root, 'README.txt', b'hello')
-  found = sources.scan(root)
+  found = class_folders.scan(root)
   assert found.layout == 'kaggle'
   assert found.class_names == ('NORMAL', 'PNEUMONIA')
   assert len(found.files) == 12  # not 24: the nested copy is not scanned
@@ -83,19 +89,19 @@ def test_layouts_are_detected(tmp_path):
   for split in ('train', 'test'):
     for class_name in ('NORMAL', 'PNEUMONIA'):
       _image(mendeley, f'{split}/{class_name}/a.jpeg')
-  found = sources.scan(mendeley)
+  found = class_folders.scan(mendeley)
   assert found.layout == 'mendeley'
   assert {f.source_split for f in found.files} == {'train', 'test'}
 
   pool = str(tmp_path / 'pool')
   _image(pool, 'NORMAL/a.jpeg')
   _image(pool, 'PNEUMONIA/deeper/b.jpeg')  # recursive within class folders
-  found = sources.scan(pool)
+  found = class_folders.scan(pool)
   assert found.layout == 'pool'
   assert [(f.path, f.source_split, f.label) for f in found.files] == [
       ('NORMAL/a.jpeg', None, 0), ('PNEUMONIA/deeper/b.jpeg', None, 1)]
   with pytest.raises(sources.SourceError, match='no train/ '):
-    sources.scan(pool, layout='kaggle')
+    class_folders.scan(pool, layout='kaggle')
 
 
 def test_class_ids_match_flow_from_directory(tmp_path):
@@ -107,7 +113,7 @@ def test_class_ids_match_flow_from_directory(tmp_path):
     _image(root, f'{name}/x.png')
   generator = tf.keras.preprocessing.image.ImageDataGenerator()
   keras_ids = generator.flow_from_directory(root).class_indices
-  found = sources.scan(root)
+  found = class_folders.scan(root)
   assert {f.class_name: f.label for f in found.files} == keras_ids
 
 
@@ -116,7 +122,7 @@ def test_non_image_files_are_scanned_for_the_writer_to_skip(tmp_path):
   _kaggle_tree(root, per_cell=1)
   _write(root, 'train/NORMAL/notes.txt', b'not an image')
   _write(root, 'train/NORMAL/empty.jpeg')
-  paths = [f.path for f in sources.scan(root).files]
+  paths = [f.path for f in class_folders.scan(root).files]
   assert 'train/NORMAL/notes.txt' in paths and 'train/NORMAL/empty.jpeg' in paths
 
 
@@ -143,13 +149,13 @@ def test_bad_source_trees(tmp_path, make, message):
   root = str(tmp_path / 'src')
   make(root)
   with pytest.raises(sources.SourceError, match=message):
-    sources.scan(root)
+    class_folders.scan(root)
 
 
 def test_wrapper_folder_gets_a_hint(tmp_path):
   _kaggle_tree(str(tmp_path / 'download' / 'chest_xray'))
   with pytest.raises(sources.SourceError, match='did you mean --src_dir=.*chest_xray'):
-    sources.scan(str(tmp_path / 'download'))
+    class_folders.scan(str(tmp_path / 'download'))
 
 
 def _with_duplicates(root):
@@ -165,7 +171,7 @@ def _with_duplicates(root):
 def test_duplicates_keep_evaluation_copies(tmp_path):
   root = str(tmp_path)
   _with_duplicates(root)
-  found = sources.scan(root)
+  found = class_folders.scan(root)
   kept, duplicates = sources.find_duplicates(root, found.files)
   assert len(kept) == len(found.files) - 2
   assert [(d['kept'], d['dropped']) for d in duplicates] == [
@@ -181,7 +187,7 @@ def test_duplicates_keep_evaluation_copies(tmp_path):
                                           prefer_evaluation_splits=False)
   assert {d['kept'] for d in duplicates} == {
       'test/PNEUMONIA/person77_virus_9.jpeg'}  # first by path: test < train
-  plan = sources.plan(root)
+  plan = _plan(root)
   assert plan.num_scanned == sum(map(len, plan.splits.values())) + 2
   assert len(plan.splits['test']) == 5
 
@@ -205,7 +211,7 @@ def test_resplit_is_grouped_stratified_exact_and_deterministic(tmp_path):
   _patient_pool(root)
   val = {'NORMAL': 7, 'PNEUMONIA': 15}
   test = {'NORMAL': 9, 'PNEUMONIA': 20}
-  plan = sources.plan(root, resplit=True, val_counts=val, test_counts=test,
+  plan = _plan(root, resplit=True, val_counts=val, test_counts=test,
                       seed=1)
   counts = {s: collections.Counter(f.class_name for f in files)
             for s, files in plan.splits.items()}
@@ -221,10 +227,10 @@ def test_resplit_is_grouped_stratified_exact_and_deterministic(tmp_path):
   assert any(len([f for f in plan.splits['test'] if f.patient_id == p]) > 1
              for p in split_of)  # multi-image patients were drawn whole
 
-  again = sources.plan(root, resplit=True, val_counts=val, test_counts=test,
+  again = _plan(root, resplit=True, val_counts=val, test_counts=test,
                        seed=1)
   assert again.splits == plan.splits
-  other = sources.plan(root, resplit=True, val_counts=val, test_counts=test,
+  other = _plan(root, resplit=True, val_counts=val, test_counts=test,
                        seed=2)
   assert other.splits['test'] != plan.splits['test']
 
@@ -236,10 +242,11 @@ def test_resplit_falls_short_rather_than_split_a_patient(tmp_path):
       _image(root, f'NORMAL/IM-{i:04d}-{k:04d}.jpeg', size=(8, 8))
   for i in range(6):
     _image(root, f'PNEUMONIA/person{i}_virus_{i}.jpeg', size=(8, 8))
-  files = sources.scan(root).files
-  splits, counts = sources.draw_splits(
-      files, ('NORMAL', 'PNEUMONIA'), {'NORMAL': 2, 'PNEUMONIA': 1},
-      {'NORMAL': 4, 'PNEUMONIA': 1})
+  files = class_folders.scan(root).files
+  splits, counts = sources.splits.draw_splits(
+      files, {'test': {'NORMAL': 4, 'PNEUMONIA': 1},
+              'val': {'NORMAL': 2, 'PNEUMONIA': 1}},
+      class_names=('NORMAL', 'PNEUMONIA'))
   assert counts['actual']['test'] == {'NORMAL': 3, 'PNEUMONIA': 1}
   assert counts['actual']['val'] == {'NORMAL': 0, 'PNEUMONIA': 1}
   assert sum(map(len, splits.values())) == len(files)
@@ -268,14 +275,14 @@ def test_bad_split_requests(tmp_path, kwargs, message):
   root = str(tmp_path)
   _kaggle_tree(root)
   with pytest.raises(sources.SourceError, match=message):
-    sources.plan(root, **kwargs)
+    _plan(root, **kwargs)
 
 
 def test_pool_needs_resplit(tmp_path):
   _image(str(tmp_path), 'NORMAL/a.jpeg')
   _image(str(tmp_path), 'PNEUMONIA/a.jpeg')
   with pytest.raises(sources.SourceError, match='add --resplit'):
-    sources.plan(str(tmp_path))
+    _plan(str(tmp_path))
 
 
 def test_parse_class_counts():
@@ -301,7 +308,7 @@ def test_unparsed_names_in_two_class_folders_are_two_patients(tmp_path):
   root = str(tmp_path)
   _image(root, 'NORMAL/001.png')
   _image(root, 'PNEUMONIA/001.png')
-  ids = {f.path: f.patient_id for f in sources.scan(root).files}
+  ids = {f.path: f.patient_id for f in class_folders.scan(root).files}
   assert ids['NORMAL/001.png'] != ids['PNEUMONIA/001.png']
 
 
@@ -328,7 +335,7 @@ def test_patient_id_regex_groups_a_users_own_names(tmp_path):
   counts = {'NORMAL': 3, 'PNEUMONIA': 3}
   for pattern in (r'^p(\d+)_', r'^p(?P<patient>\d+)_(\d)',
                   r'(?:NORMAL|PNEUMONIA)/p(\d+)_'):
-    plan = sources.plan(root, resplit=True, val_counts=counts,
+    plan = _plan(root, resplit=True, val_counts=counts,
                         test_counts=counts, patient_id_regex=pattern)
     files = [f for split in plan.splits.values() for f in split]
     assert {f.patient_id for f in files} == {f'{i:03d}' for i in range(12)}
@@ -336,7 +343,7 @@ def test_patient_id_regex_groups_a_users_own_names(tmp_path):
     assert all(len(s) == 1 for s in split_of.values())
     assert {len(plan.splits[s]) for s in ('val', 'test')} == {6}
   # Without it, every file is its own patient: the patients' images spread.
-  default = sources.plan(root, resplit=True, val_counts=counts,
+  default = _plan(root, resplit=True, val_counts=counts,
                          test_counts=counts, seed=3)
   by_person = collections.defaultdict(set)
   for split, files in default.splits.items():
@@ -349,7 +356,7 @@ def test_patient_csv_groups_by_path_or_file_name(tmp_path):
   root = str(tmp_path / 'src')
   _own_pool(root)
   rows = ['path,patient_id']
-  for f in sources.scan(root).files:
+  for f in class_folders.scan(root).files:
     number = int(os.path.basename(f.path)[1:4])
     # Patients 0 and 1 (one NORMAL, one PNEUMONIA) are one person here.
     key = f.path if number % 3 else os.path.basename(f.path)
@@ -357,7 +364,7 @@ def test_patient_csv_groups_by_path_or_file_name(tmp_path):
   table = tmp_path / 'patients.csv'
   table.write_text('\n'.join(rows) + '\n')
   counts = {'NORMAL': 3, 'PNEUMONIA': 3}
-  plan = sources.plan(root, resplit=True, val_counts=counts,
+  plan = _plan(root, resplit=True, val_counts=counts,
                       test_counts=counts, patient_csv=str(table))
   files = [f for split in plan.splits.values() for f in split]
   assert len(files) == 36
@@ -372,7 +379,7 @@ def test_patient_csv_groups_by_path_or_file_name(tmp_path):
     ('patient_id_regex', '^q(\\d+)_', r"does not match NORMAL/p000_0.png "
                                       r'and 35 other file\(s\)'),
     ('patient_csv', 'path,patient\nNORMAL/p000_0.png,1\n',
-     'needs the columns path and patient_id'),
+     "has no column 'patient_id'"),
     ('patient_csv', 'path,patient_id\n', 'has no rows'),
     ('patient_csv', 'path,patient_id\nNORMAL/p000_0.png,1\n',
      r'has no row for NORMAL/p000_1.png and 34 other'),
@@ -387,14 +394,14 @@ def test_bad_patient_options_name_the_problem(tmp_path, option, value,
     value = str(tmp_path / 'p.csv')
   counts = {'NORMAL': 3, 'PNEUMONIA': 3}
   with pytest.raises(sources.SourceError, match=message):
-    sources.plan(root, resplit=True, val_counts=counts, test_counts=counts,
+    _plan(root, resplit=True, val_counts=counts, test_counts=counts,
                  **{option: value})
 
 
 def test_fractions_give_rounded_counts_per_class(tmp_path):
   root = str(tmp_path)
   _patient_pool(root)  # 60 NORMAL, 120 PNEUMONIA
-  plan = sources.plan(root, resplit=True, val_fraction=0.1,
+  plan = _plan(root, resplit=True, val_fraction=0.1,
                       test_fraction=0.15, seed=1)
   # round(0.1 * 60), round(0.1 * 120); round(0.15 * 60) = 9, 18.
   assert plan.split_counts['requested'] == {
@@ -421,7 +428,7 @@ def test_bad_split_arguments_are_refused_before_the_scan(tmp_path, kwargs,
                                                          message):
   # src_dir does not exist: the arguments are checked first.
   with pytest.raises(sources.SourceError, match=message):
-    sources.plan(str(tmp_path / 'missing'), **kwargs)
+    _plan(str(tmp_path / 'missing'), **kwargs)
 
 
 def test_keep_test_draws_val_from_train_and_keeps_test(tmp_path):
@@ -434,10 +441,10 @@ def test_keep_test_draws_val_from_train_and_keeps_test(tmp_path):
                size=(8, 8))
   # Patient 21 is also in train (a leak, as in Mendeley's release).
   _image(root, 'train/PNEUMONIA/person21_virus_9.jpeg', size=(8, 8))
-  plan = sources.plan(root, keep_test=True,
+  plan = _plan(root, keep_test=True,
                       val_counts={'NORMAL': 4, 'PNEUMONIA': 4}, seed=2)
   assert plan.layout == 'mendeley'
-  scanned_test = sorted(f.path for f in sources.scan(root).files
+  scanned_test = sorted(f.path for f in class_folders.scan(root).files
                         if f.source_split == 'test')
   assert [f.path for f in plan.splits['test']] == scanned_test
   assert all(f.source_split == 'train'
@@ -454,7 +461,7 @@ def test_keep_test_draws_val_from_train_and_keeps_test(tmp_path):
       'val': {'NORMAL': 4, 'PNEUMONIA': 4}}
   assert plan.split_counts['actual']['test'] == {'NORMAL': 6, 'PNEUMONIA': 6}
 
-  fraction = sources.plan(root, keep_test=True, val_fraction=0.25, seed=2)
+  fraction = _plan(root, keep_test=True, val_fraction=0.25, seed=2)
   assert fraction.split_counts['requested'] == {
       'val': {'NORMAL': 5, 'PNEUMONIA': 5}}  # 0.25 * 20 per class
 
@@ -463,4 +470,90 @@ def test_keep_test_needs_a_test_folder(tmp_path):
   _image(str(tmp_path), 'NORMAL/a.jpeg')
   _image(str(tmp_path), 'PNEUMONIA/b.jpeg')
   with pytest.raises(sources.SourceError, match='no test/ folder to keep'):
-    sources.plan(str(tmp_path), keep_test=True, val_fraction=0.5)
+    _plan(str(tmp_path), keep_test=True, val_fraction=0.5)
+
+
+# -- the protocol and the registry --------------------------------------------
+
+
+@pytest.mark.parametrize('layout', sorted(sources.SOURCES))
+def test_every_registered_source_follows_the_protocol(layout):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  module = sources.SOURCES[layout]
+  assert dataclasses.is_dataclass(module.Options)
+  for name in ('detect', 'scan', 'plan'):
+    assert callable(getattr(module, name)), (layout, name)
+  options = module.Options(layout=layout)
+  assert callable(options.check) and options.arguments()['layout'] == layout
+
+
+def test_a_flag_a_source_does_not_take_is_refused_in_one_line(tmp_path):
+  root = str(tmp_path / 'src')
+  _kaggle_tree(root)
+  # A flag of another source, refused by each.
+  cases = {'kaggle': ('split', 'resplit'), 'rsna': ('keep_test', True),
+           'nih': ('val_counts', {'NORMAL': 1}),
+           'csv': ('patient_id_regex', '^p(\\d+)_')}
+  for layout, (flag, value) in cases.items():
+    with pytest.raises(sources.SourceError) as raised:
+      sources.options(root, layout=layout, **{flag: value})
+    message = str(raised.value)
+    assert message.startswith(f'--{flag} does not apply to the ')
+    assert '\n' not in message
+  # Values that mean "not given" are not refused.
+  options = sources.options(root, layout='nih', val_counts=None,
+                            keep_test=False, split='resplit')
+  assert isinstance(options, sources.nih.Options)
+  assert options.split_method == 'resplit'
+  with pytest.raises(sources.SourceError, match='layout must be auto or one'):
+    sources.options(root, layout='padchest')
+
+
+def test_a_new_source_is_one_module_and_one_line(tmp_path, monkeypatch):
+  """What the README promises: a module on the protocol, registered by one
+  line, is detected, planned and converted like the built-in ones."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+
+  @dataclasses.dataclass
+  class Options:
+    layout: str = 'auto'
+    test_share: int = 4
+
+    def check(self):
+      if self.test_share < 1:
+        raise sources.SourceError('test_share must be at least 1')
+
+    def arguments(self):
+      return {'layout': self.layout}
+
+  def plan(src_dir, options, seed=0, progress=sources.NO_PROGRESS):
+    del seed, progress
+    options.check()
+    found = class_folders.scan(src_dir, 'pool')
+    files = sorted(found.files, key=lambda f: f.path)
+    return sources.Plan(src_dir, 'toy', found.class_names,
+                        {'train': files[options.test_share:],
+                         'test': files[:options.test_share]},
+                        [], found.ignored, len(files))
+
+  toy = types.SimpleNamespace(
+      Options=Options, plan=plan, scan=class_folders.scan,
+      detect=lambda src_dir: os.path.isfile(os.path.join(src_dir, 'TOY')))
+  monkeypatch.setitem(sources.SOURCES, 'toy', toy)  # the one line
+  src = str(tmp_path / 'toy')
+  for i in range(5):
+    _image(src, f'NORMAL/n{i}.jpeg')
+    _image(src, f'PNEUMONIA/p{i}.jpeg')
+  _write(src, 'TOY')
+  assert sources.detect(src) == 'toy'
+  with pytest.raises(sources.SourceError, match='--resplit does not apply'):
+    writer.convert(src, str(tmp_path / 'refused'), resplit=True,
+                   num_workers=1, progress=False)
+  info = writer.convert(src, str(tmp_path / 'out'), image_size=8,
+                        num_workers=1, progress=False, test_share=3)
+  assert info['layout'] == 'toy' and info['arguments']['layout'] == 'auto'
+  assert info['splits']['test']['num_examples'] == 3
+  assert info['splits']['train']['num_examples'] == 7
+  assert info['counts']['scanned'] == info['counts']['written'] == 10

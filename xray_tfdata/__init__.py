@@ -3,8 +3,9 @@
 Modules, one per stage:
   synthetic     synthetic stand-ins of each source, one module per layout
                 (demo and test data).
-  sources       scanning image folders (and the RSNA layout), patient ids,
-                duplicates, re-splits.
+  sources       the sources, one module each (class folders, RSNA, NIH,
+                CheXpert, MIMIC, a labels CSV) on one protocol, and what
+                they share: tables, patient ids, duplicates, split drawing.
   imaging       decoding one source file into the stored form; load_image
                 (no TensorFlow).
   dicom         DICOM to display intensities: modality LUT, VOI, MONOCHROME1.

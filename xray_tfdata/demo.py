@@ -67,11 +67,15 @@ def convert_pool(src_dir, data_dir, num_images, image_size, seed=0,
   if dataset_info.is_converted(data_dir):
     return data_dir
   from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import sources  # pylint: disable=g-import-not-at-top
   if not quiet:
     print(f'demo: converting {src_dir} to TFRecords in {data_dir}')
   val_counts, test_counts = reference.scaled_split_counts(num_images)
-  writer.convert(src_dir, data_dir, image_size=image_size, resplit=True,
-                 val_counts=val_counts, test_counts=test_counts, seed=seed)
+  writer.convert(
+      src_dir, data_dir,
+      sources.class_folders.Options(
+          resplit=True, val_counts=val_counts, test_counts=test_counts),
+      writer.WriteOptions(image_size=image_size, seed=seed))
   return data_dir
 
 

@@ -62,7 +62,7 @@ converted it. Kermany's keys (parsed from file names such as person12_...)
 are stored as they are.
 
 Multi-label sets (NIH, CheXpert, MIMIC-CXR-JPG, a labelled CSV;
-`sources_multilabel`): the records hold `schema.LABELS` (raw codes) and the
+`sources.tables`): the records hold `schema.LABELS` (raw codes) and the
 `schema.MULTILABEL_FEATURES` instead of the class; the patient and study ids,
 and the path segments that hold them, are hashed as DICOM patient ids are.
 xray_info.json adds 'label_names' (also its 'class_names'), per split
@@ -79,6 +79,7 @@ through `Pool.imap`, and this process only serializes and writes them, so
 memory stays flat.
 """
 
+import dataclasses
 import datetime
 import hashlib
 import hmac
@@ -103,7 +104,6 @@ from xray_tfdata import reference
 from xray_tfdata import runtime
 from xray_tfdata import schema
 from xray_tfdata import sources
-from xray_tfdata import sources_multilabel
 
 PARTIAL_SUFFIX = '.partial'
 # Next to out_dir while a conversion writes it (see atomic.exclusive).
@@ -131,37 +131,20 @@ class OutputError(errors.XrayError):
   """A problem with out_dir or the output arguments (a user error)."""
 
 
-def convert(src_dir, out_dir, image_size=reference.IMAGE_SIZE, resplit=False,
-            val_counts=None, test_counts=None, num_shards=None,
-            num_workers=None, seed=0, overwrite=False, name=None, layout='auto',
-            resume=True, progress=True, voi='auto', patient_id_salt=None,
-            keep_test=False, val_fraction=None, test_fraction=None,
-            patient_id_regex=None, patient_csv=None, split=None,
-            labels_csv=None, path_column=None, patient_column=None,
-            label_columns=None):
-  """Converts an image tree into TFRecord shards, TFDS' metadata and
-  xray_info.json.
+@dataclasses.dataclass
+class WriteOptions:
+  """How a conversion writes, whatever the source.
 
-  Args:
-    src_dir: source folder in the Kaggle, Mendeley or pool layout (see
-      `sources`).
-    out_dir: local output folder; created, must not hold a dataset unless
-      `overwrite`.
+  Attributes:
     image_size: stored size, an int (square) or (height, width).
-    resplit: pool all images and draw val and test anew by patient.
-    val_counts, test_counts: {class: images} for a re-split.
     num_shards: shards per split; None for automatic (module docstring).
     num_workers: decoding processes; None for all cores, 1 for none (all in
-      this process). Workers are spawned, so a script that calls this needs
-      the usual `if __name__ == '__main__':` guard.
-    seed: orders examples within splits and draws the re-split.
+      this process). Workers are spawned, so a script that calls `convert`
+      needs the usual `if __name__ == '__main__':` guard.
+    seed: orders examples within splits and seeds the split drawer.
     overwrite: replace a dataset already in out_dir.
     name: dataset name, the prefix of the shard file names; None derives
       it from the source folder's name (`dataset_name`).
-    layout: 'auto', 'kaggle', 'mendeley', 'pool' or 'rsna' (see sources),
-      or the multi-label 'nih', 'chexpert', 'mimic' or 'csv' (see
-      sources_multilabel); 'auto' detects all but csv (`labels_csv` means
-      csv).
     resume: keep the finished shards of an interrupted run with the same
       inputs and arguments (and keep this run's if it is interrupted);
       otherwise start from scratch and clean up on failure.
@@ -169,26 +152,57 @@ def convert(src_dir, out_dir, image_size=reference.IMAGE_SIZE, resplit=False,
     voi: VOI step for DICOM files (`checks.VOI_POLICIES`): 'auto' (the
       file's VOI LUT, else its window, else the full stored range),
       'window' (the window, else the full range) or 'full'.
-    patient_id_salt: secret for the hashed patient ids of DICOM files
-      (module docstring); None draws a random one, discarded at the end.
-    keep_test: keep the source's test/ folder as it is and draw val from
-      train by patient (`sources.plan`).
-    val_fraction, test_fraction: the split sizes as fractions of each
-      class, instead of val_counts and test_counts.
-    patient_id_regex, patient_csv: the patients of a user's own file names
-      (`sources.assign_patient_ids`).
-    split: the multi-label layouts' split method, 'official' (their
-      default) or 'resplit' (`resplit=True` means the same);
-      `sources_multilabel.plan`.
-    labels_csv, path_column, patient_column, label_columns: the csv
-      layout's label CSV, its path and patient columns (default 'path',
-      'patient_id') and its label columns ('A,B,C').
+    patient_id_salt: secret for the hashed patient ids (module docstring);
+      None draws a random one, discarded at the end.
+  """
+  image_size: int | tuple = reference.IMAGE_SIZE
+  num_shards: int | None = None
+  num_workers: int | None = None
+  seed: int = 0
+  overwrite: bool = False
+  name: str | None = None
+  resume: bool = True
+  progress: bool = True
+  voi: str = 'auto'
+  patient_id_salt: str | None = None
+
+
+# xray_info.json records these split and patient arguments for every source
+# (as it always has), the source's own values over them.
+_RECORDED_SOURCE_ARGUMENTS = {
+    'resplit': False, 'keep_test': False, 'val_counts': None,
+    'test_counts': None, 'val_fraction': None, 'test_fraction': None,
+    'patient_id_regex': None, 'patient_csv': None}
+
+
+def convert(src_dir, out_dir, source=None, write=None, **options):
+  """Converts a source tree into TFRecord shards, TFDS' metadata and
+  xray_info.json.
+
+    convert('chest_xray', 'data/kermany_224')
+    convert('NIH', 'data/nih_224', sources.nih.Options(split='resplit'),
+            WriteOptions(image_size=256))
+    convert('chest_xray', 'data/k', resplit=True, val_counts={...},
+            test_counts={...}, image_size=224)   # the tool's flags by name
+
+  Args:
+    src_dir: the source folder (`sources`: class folders, RSNA, NIH,
+      CheXpert, MIMIC or a labelled folder).
+    out_dir: local output folder; created, must not hold a dataset unless
+      `overwrite`.
+    source: the source's options (a `sources.<module>.Options`); None
+      builds them from `options` (`sources.options`: the layout detected
+      unless `layout` is given).
+    write: a `WriteOptions`; None builds it from `options`.
+    **options: instead of `source` and `write`, their fields by name, as
+      tools/make_tfrecords' flags: `WriteOptions`' and the source's.
 
   Returns:
     The xray_info.json contents as a dict.
 
   Raises:
-    sources.SourceError: bad source folder or split counts.
+    sources.SourceError: bad source folder, split or source options (a
+      flag the source does not take).
     OutputError: out_dir holds a dataset (without overwrite) or other
       files, its folder cannot be created, or bad image_size, num_shards,
       num_workers, name, voi or patient_id_salt.
@@ -199,27 +213,32 @@ def convert(src_dir, out_dir, image_size=reference.IMAGE_SIZE, resplit=False,
   start = time.perf_counter()
   created = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec='seconds')
-  if name is None:
-    name = dataset_name(src_dir)
-  stored_size = _check_arguments(image_size, num_shards, num_workers, name)
-  multilabel = _multilabel_arguments(
-      src_dir, layout, resplit, split, val_counts, test_counts, keep_test,
-      val_fraction, test_fraction, patient_id_regex, patient_csv, labels_csv,
-      path_column, patient_column, label_columns)
-  if multilabel is None:
-    sources.check_split_arguments(resplit, val_counts, test_counts, keep_test,
-                                  val_fraction, test_fraction)
+  if write is None:
+    write = WriteOptions(**{f.name: options.pop(f.name)
+                            for f in dataclasses.fields(WriteOptions)
+                            if f.name in options})
+  if source is None:
+    source = sources.options(src_dir, **options)
+  elif options:
+    raise TypeError(f'give the source\'s options in `source`, not as '
+                    f'{", ".join(options)}')
+  name = dataset_name(src_dir) if write.name is None else write.name
+  stored_size = _check_arguments(write.image_size, write.num_shards,
+                                 write.num_workers, name)
+  source.check()
+  voi, progress, seed = write.voi, write.progress, write.seed
+  patient_id_salt = write.patient_id_salt
   if voi not in checks.VOI_POLICIES:
     raise OutputError(f'voi must be one of {", ".join(checks.VOI_POLICIES)}, '
                       f'got {voi!r}')
   if patient_id_salt is not None and not patient_id_salt:
     raise OutputError('patient_id_salt is empty; give a secret, or none for '
                       'a random one')
-  num_workers = _workers_that_fit(num_workers or runtime.cpu_count(),
+  num_workers = _workers_that_fit(write.num_workers or runtime.cpu_count(),
                                   stored_size, progress)
   out_dir = os.path.abspath(out_dir)
   sources.check_out_dir(src_dir, out_dir)
-  _check_existing_out_dir(out_dir, overwrite)
+  _check_existing_out_dir(out_dir, write.overwrite)
   parent = os.path.dirname(out_dir)
   try:
     os.makedirs(parent, exist_ok=True)
@@ -230,41 +249,25 @@ def convert(src_dir, out_dir, image_size=reference.IMAGE_SIZE, resplit=False,
   # .partial folder, and remove it when it failed.
   with atomic.exclusive(out_dir + LOCK_SUFFIX, f'out_dir {out_dir}'):
     # Again, under the lock: a run that held it may have just finished.
-    _check_existing_out_dir(out_dir, overwrite)
-    if multilabel is None:
-      plan = sources.plan(src_dir, resplit, val_counts, test_counts, seed,
-                          layout, keep_test, val_fraction, test_fraction,
-                          patient_id_regex, patient_csv)
-    else:
-      plan = sources_multilabel.plan(
-          src_dir, seed=seed, progress=sources.Progress(progress),
-          **multilabel)
-    shards = plan_shards(plan, name, num_shards, seed, stored_size)
-    arguments = {'image_size': list(stored_size), 'resplit': resplit,
-                 'keep_test': keep_test,
-                 'val_counts': val_counts, 'test_counts': test_counts,
-                 'val_fraction': val_fraction, 'test_fraction': test_fraction,
-                 'patient_id_regex': patient_id_regex,
-                 'patient_csv': (os.path.abspath(patient_csv) if patient_csv
-                                 else None),
-                 'num_shards': num_shards, 'seed': seed, 'name': name,
-                 'layout': layout, 'voi': voi,
+    _check_existing_out_dir(out_dir, write.overwrite)
+    plan = sources.plan(src_dir, source, seed, sources.Progress(progress))
+    shards = plan_shards(plan, name, write.num_shards, seed, stored_size)
+    recorded = dict(_RECORDED_SOURCE_ARGUMENTS, **source.arguments())
+    # In the order xray_info.json has always listed them.
+    arguments = {'image_size': list(stored_size),
+                 **{k: recorded.pop(k) for k in _RECORDED_SOURCE_ARGUMENTS},
+                 'num_shards': write.num_shards, 'seed': seed, 'name': name,
+                 'layout': recorded.pop('layout'), 'voi': voi,
                  # Whether one was given; the salt itself is never written.
-                 'patient_id_salt': 'given' if patient_id_salt else 'random'}
-    if multilabel is not None:
-      arguments.update(
-          split=multilabel['split_method'], labels_csv=(
-              os.path.abspath(labels_csv) if labels_csv else None),
-          path_column=multilabel['path_column'],
-          patient_column=multilabel['patient_column'],
-          label_columns=multilabel['label_columns'])
+                 'patient_id_salt': 'given' if patient_id_salt else 'random',
+                 **recorded}
     partial = out_dir + PARTIAL_SUFFIX
     fingerprint = _fingerprint(plan, shards, arguments)
     if patient_id_salt:
       # Another salt gives other keys: its shards must not be mixed with these.
       fingerprint += hmac.new(patient_id_salt.encode(), b'fingerprint',
                               'sha256').hexdigest()
-    finished = _prepare_partial(partial, fingerprint, resume)
+    finished = _prepare_partial(partial, fingerprint, write.resume)
     salt = _patient_id_salt(partial, patient_id_salt)
     if finished and progress:
       print(f'resuming: {len(finished)} of {len(shards)} shards were finished '
@@ -301,7 +304,7 @@ def convert(src_dir, out_dir, image_size=reference.IMAGE_SIZE, resplit=False,
                         indent=1)
       _move_into_place(partial, out_dir)
     except BaseException:
-      if not resume:
+      if not write.resume:
         shutil.rmtree(partial, ignore_errors=True)
       raise
     finally:
@@ -311,57 +314,6 @@ def convert(src_dir, out_dir, image_size=reference.IMAGE_SIZE, resplit=False,
   if progress:
     print_summary(info, out_dir)
   return info
-
-
-def _multilabel_arguments(src_dir, layout, resplit, split, val_counts,
-                          test_counts, keep_test, val_fraction, test_fraction,
-                          patient_id_regex, patient_csv, labels_csv,
-                          path_column, patient_column, label_columns):
-  """The keyword arguments of `sources_multilabel.plan` for a multi-label
-  layout (given, or detected by `sources_multilabel.resolve_layout`), or
-  None for the single-label layouts.
-
-  Raises:
-    sources.SourceError: an argument of the other kind of layout.
-  """
-  csv_flags = {'--path_column': path_column, '--patient_column':
-               patient_column, '--label_columns': label_columns}
-  ml_layout = sources_multilabel.resolve_layout(src_dir, layout, labels_csv)
-  if ml_layout is None:
-    given = [k for k, v in csv_flags.items() if v is not None]
-    if split is not None or given:
-      flag = '--split' if split is not None else given[0]
-      raise sources.SourceError(
-          f'{flag} is for the multi-label layouts (nih, chexpert, mimic, '
-          'csv); drop it, or pass --layout')
-    return None
-  single = {'--val_counts/--test_counts': val_counts or test_counts,
-            '--keep_test': keep_test, '--patient_id_regex': patient_id_regex,
-            '--patient_csv': patient_csv}
-  given = [k for k, v in single.items() if v]
-  if given:
-    raise sources.SourceError(
-        f'{given[0]} does not apply to the {ml_layout} layout (multi-label, '
-        'split by patient from its own ids): use --split=official or '
-        '--resplit with --val_fraction/--test_fraction')
-  if ml_layout != 'csv':
-    given = [k for k, v in csv_flags.items() if v is not None]
-    if given:
-      raise sources.SourceError(f'{given[0]} is for the csv layout; drop it '
-                                f'for the {ml_layout} layout')
-  if resplit and split == 'official':
-    raise sources.SourceError('--resplit and --split=official contradict each '
-                              'other; give one')
-  split_method = 'resplit' if resplit else (split or 'official')
-  sources_multilabel.check_split_arguments(ml_layout, split_method,
-                                           val_fraction, test_fraction)
-  return {'layout': ml_layout, 'split_method': split_method,
-          'val_fraction': val_fraction, 'test_fraction': test_fraction,
-          'labels_csv': labels_csv,
-          'path_column': path_column or sources_multilabel.DEFAULT_PATH_COLUMN,
-          'patient_column': (patient_column or
-                             sources_multilabel.DEFAULT_PATIENT_COLUMN),
-          'label_columns': label_columns}
 
 
 def dataset_name(src_dir):
@@ -804,7 +756,7 @@ def _written_split_info(plan, splits):
   if 'images' in info:
     info['images'] = dict(info['images'], actual={
         split: entry['num_examples'] for split, entry in splits.items()})
-  info['patient_overlap'] = sources_multilabel.check_patient_overlap(
+  info['patient_overlap'] = sources.splits.check_patient_overlap(
       plan.splits)
   if info['patient_overlap']['patients_in_more_than_one_split']:
     raise sources.SourceError('a patient is in two splits; this is a bug of '
@@ -880,7 +832,7 @@ def print_summary(info, out_dir):
         ' (files that failed to decode, or no patient fitted the rest; see '
         'skipped)')
   images = (info.get('split') or {}).get('images')
-  for split in sources_multilabel.far_off_splits(images) if images else ():
+  for split in sources.splits.far_off_splits(images) if images else ():
     lines.append(
         f'  warning: {split} holds {images["actual"].get(split, 0)} images, '
         f'{images["requested"][split]} requested ({split}_fraction '

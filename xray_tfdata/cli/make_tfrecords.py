@@ -38,7 +38,6 @@ from absl import flags
 from xray_tfdata import checks  # pylint: disable=g-import-not-at-top
 from xray_tfdata import reference
 from xray_tfdata import sources
-from xray_tfdata import sources_multilabel
 from xray_tfdata import writer
 
 _SRC_DIR = flags.DEFINE_string(
@@ -118,7 +117,7 @@ _PATIENT_ID_SALT = flags.DEFINE_string(
     'conversion). Default: a random salt, discarded after the conversion. '
     'Keep it out of shell history: put it in a flagfile only you can read.')
 _SPLIT = flags.DEFINE_enum(
-    'split', None, sources_multilabel.SPLIT_METHODS,
+    'split', None, sources.SPLIT_METHODS,
     'Multi-label layouts only: official (the default: NIH\'s test_list.txt, '
     'CheXpert\'s valid.csv and MIMIC\'s split file as test; val drawn from '
     'the training part by patient, --val_fraction, except MIMIC\'s own) or '
@@ -143,6 +142,11 @@ _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar and '
                               'print a summary.')
 
 flags.mark_flags_as_required(['src_dir', 'out_dir'])
+_OPTIONS = (_IMAGE_SIZE, _OVERWRITE, _RESPLIT, _KEEP_TEST, _VAL_COUNTS,
+            _TEST_COUNTS, _VAL_FRACTION, _TEST_FRACTION, _PATIENT_ID_REGEX,
+            _PATIENT_CSV, _NUM_SHARDS, _NUM_WORKERS, _SEED, _NAME, _LAYOUT,
+            _RESUME, _VOI, _PATIENT_ID_SALT, _SPLIT, _LABELS_CSV,
+            _PATH_COLUMN, _PATIENT_COLUMN, _LABEL_COLUMNS, _PROGRESS)
 
 
 def main(argv):
@@ -151,24 +155,14 @@ def main(argv):
   # A full disk, Ctrl-C and SIGTERM end in one line too; the finished shards
   # stay in <out_dir>.partial and a rerun of the same command resumes.
   with runtime.tool_errors():
-    val_counts = (sources.parse_class_counts(_VAL_COUNTS.value)
-                  if _VAL_COUNTS.value else None)
-    test_counts = (sources.parse_class_counts(_TEST_COUNTS.value)
-                   if _TEST_COUNTS.value else None)
-    writer.convert(
-        _SRC_DIR.value, _OUT_DIR.value, image_size=_IMAGE_SIZE.value,
-        resplit=_RESPLIT.value, val_counts=val_counts, test_counts=test_counts,
-        num_shards=_NUM_SHARDS.value, num_workers=_NUM_WORKERS.value,
-        seed=_SEED.value, overwrite=_OVERWRITE.value, name=_NAME.value,
-        layout=_LAYOUT.value, resume=_RESUME.value, progress=_PROGRESS.value,
-        voi=_VOI.value, patient_id_salt=_PATIENT_ID_SALT.value,
-        keep_test=_KEEP_TEST.value, val_fraction=_VAL_FRACTION.value,
-        test_fraction=_TEST_FRACTION.value,
-        patient_id_regex=_PATIENT_ID_REGEX.value,
-        patient_csv=_PATIENT_CSV.value, split=_SPLIT.value,
-        labels_csv=_LABELS_CSV.value, path_column=_PATH_COLUMN.value,
-        patient_column=_PATIENT_COLUMN.value,
-        label_columns=_LABEL_COLUMNS.value)
+    # Each flag by its name: writer.convert gives the write options to the
+    # writer and the rest to the source, which refuses those it does not
+    # take (sources.options).
+    options = {flag.name: flag.value for flag in _OPTIONS}
+    for name in ('val_counts', 'test_counts'):
+      if options[name]:
+        options[name] = sources.parse_class_counts(options[name])
+    writer.convert(_SRC_DIR.value, _OUT_DIR.value, **options)
 
 
 def run():

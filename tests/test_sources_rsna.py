@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO_ROOT  # pylint: disable=unused-import
 from test_end_to_end import run_tool
 from xray_tfdata import sources
+from xray_tfdata.sources import rsna
 from xray_tfdata.synthetic import kermany as synthetic
 
 
@@ -25,13 +26,13 @@ def rsna_tree(tmp_path_factory):
 
 
 def _label_rows(root):
-  with open(os.path.join(root, sources.RSNA_LABELS), newline='') as f:
+  with open(os.path.join(root, rsna.LABELS), newline='') as f:
     return list(csv.DictReader(f))
 
 
 def test_synthetic_tree_looks_like_rsna(rsna_tree):
   rows = _label_rows(rsna_tree)
-  images = os.listdir(os.path.join(rsna_tree, sources.RSNA_IMAGES))
+  images = os.listdir(os.path.join(rsna_tree, rsna.IMAGES))
   by_patient = {}
   for row in rows:
     by_patient.setdefault(row['patientId'], []).append(row)
@@ -45,7 +46,7 @@ def test_synthetic_tree_looks_like_rsna(rsna_tree):
     else:
       assert all(float(r['width']) > 0 for r in patient_rows)
   photometric = {str(pydicom.dcmread(
-      os.path.join(rsna_tree, sources.RSNA_IMAGES, i),
+      os.path.join(rsna_tree, rsna.IMAGES, i),
       stop_before_pixels=True).PhotometricInterpretation) for i in images}
   assert photometric == {'MONOCHROME1', 'MONOCHROME2'}
 
@@ -54,7 +55,8 @@ def test_scan_labels_each_image_once_and_detects_the_layout(rsna_tree):
   rows = _label_rows(rsna_tree)
   targets = {r['patientId']: int(r['Target']) for r in rows}
 
-  found = sources.scan(rsna_tree)  # layout auto
+  assert sources.detect(rsna_tree) == 'rsna'
+  found = rsna.scan(rsna_tree)
 
   assert found.layout == 'rsna'
   assert found.class_names == ('NORMAL', 'PNEUMONIA')
@@ -62,53 +64,53 @@ def test_scan_labels_each_image_once_and_detects_the_layout(rsna_tree):
   for f in found.files:
     assert f.label == targets[f.patient_id]
     assert f.class_name == ('NORMAL', 'PNEUMONIA')[f.label]
-    assert f.path == f'{sources.RSNA_IMAGES}/{f.patient_id}.dcm'
+    assert f.path == f'{rsna.IMAGES}/{f.patient_id}.dcm'
   assert not found.skipped and not found.ignored
 
 
 def test_unmatched_images_and_rows_are_reported(rsna_tree, tmp_path):
   root = str(tmp_path / 'src')
-  os.makedirs(os.path.join(root, sources.RSNA_IMAGES))
+  os.makedirs(os.path.join(root, rsna.IMAGES))
   rows = _label_rows(rsna_tree)
   first, second = rows[0]['patientId'], rows[-1]['patientId']
-  for name in os.listdir(os.path.join(rsna_tree, sources.RSNA_IMAGES)):
+  for name in os.listdir(os.path.join(rsna_tree, rsna.IMAGES)):
     if not name.startswith(second):  # an image gone: its rows are unmatched
-      os.link(os.path.join(rsna_tree, sources.RSNA_IMAGES, name),
-              os.path.join(root, sources.RSNA_IMAGES, name))
-  with open(os.path.join(root, sources.RSNA_LABELS), 'w') as f:
+      os.link(os.path.join(rsna_tree, rsna.IMAGES, name),
+              os.path.join(root, rsna.IMAGES, name))
+  with open(os.path.join(root, rsna.LABELS), 'w') as f:
     f.write('patientId,x,y,width,height,Target\n')
     f.writelines(f'{r["patientId"]},{r["x"]},{r["y"]},{r["width"]},'
                  f'{r["height"]},{r["Target"]}\n'
                  for r in rows if r['patientId'] != first)  # a row gone
 
-  found = sources.scan(root, 'rsna')
+  found = rsna.scan(root)
 
   assert [s['path'] for s in found.skipped] == [
-      f'{sources.RSNA_IMAGES}/{first}.dcm']
+      f'{rsna.IMAGES}/{first}.dcm']
   assert 'no row in stage_2_train_labels.csv' in found.skipped[0]['reason']
   assert len(found.ignored) == 1 and second in found.ignored[0]
   assert '1 label row(s) without an image' in found.ignored[0]
-  plan = sources.plan(root, resplit=True, val_counts={'NORMAL': 1,
-                                                       'PNEUMONIA': 2},
-                      test_counts={'NORMAL': 1, 'PNEUMONIA': 2})
+  plan = rsna.plan(root, rsna.Options(
+      resplit=True, val_counts={'NORMAL': 1, 'PNEUMONIA': 2},
+      test_counts={'NORMAL': 1, 'PNEUMONIA': 2}))
   assert plan.num_scanned == 39  # 38 labelled + 1 skipped
 
 
 @pytest.mark.parametrize('content, message', [
     ('patientId,Target\na,2\n', 'Target must be 0 or 1'),
     ('patientId,Target\na,0\na,1\n', 'rows with Target 0 and 1'),
-    ('id,label\na,0\n', 'needs the columns patientId and Target'),
+    ('id,label\na,0\n', "has no column 'patientId', 'Target'"),
 ])
 def test_bad_label_files_are_refused(tmp_path, content, message):
-  os.makedirs(tmp_path / sources.RSNA_IMAGES)
-  (tmp_path / sources.RSNA_LABELS).write_text(content)
+  os.makedirs(tmp_path / rsna.IMAGES)
+  (tmp_path / rsna.LABELS).write_text(content)
   with pytest.raises(sources.SourceError, match=message):
-    sources.scan(str(tmp_path), 'rsna')
+    rsna.scan(str(tmp_path))
 
 
 def test_rsna_needs_a_resplit(rsna_tree):
   with pytest.raises(sources.SourceError, match='add --resplit'):
-    sources.plan(rsna_tree)
+    rsna.plan(rsna_tree, rsna.Options())
 
 
 @pytest.mark.slow
@@ -140,8 +142,8 @@ def test_rsna_dicoms_convert_train_and_predict_through_the_tools(tmp_path):
   with open(os.path.join(model_dir, 'results.json')) as f:
     assert json.load(f)['splits']['test']['tp'] >= 0
 
-  images = sorted(os.path.join(src, sources.RSNA_IMAGES, n)
-                  for n in os.listdir(os.path.join(src, sources.RSNA_IMAGES)))
+  images = sorted(os.path.join(src, rsna.IMAGES, n)
+                  for n in os.listdir(os.path.join(src, rsna.IMAGES)))
   predicted = run_tool('predict', f'--model_dir={model_dir}', *images[:3])
   assert predicted.returncode == 0, predicted.stderr
   probabilities = [float(l.split('\t')[1])
@@ -156,12 +158,12 @@ def test_scan_keeps_every_box_and_the_detailed_class(rsna_tree):
     if row['Target'] == '1':
       boxes.setdefault(row['patientId'], []).append(
           tuple(float(row[k]) for k in ('x', 'y', 'width', 'height')))
-  with open(os.path.join(rsna_tree, sources.RSNA_CLASS_INFO),
+  with open(os.path.join(rsna_tree, rsna.CLASS_INFO),
             newline='') as f:
     for row in csv.DictReader(f):
       classes[row['patientId']] = row['class']
 
-  found = sources.scan(rsna_tree, 'rsna')
+  found = rsna.scan(rsna_tree)
 
   for f in found.files:
     assert f.boxes == tuple(boxes.get(f.patient_id, ()))
@@ -170,11 +172,11 @@ def test_scan_keeps_every_box_and_the_detailed_class(rsna_tree):
 
 
 def test_a_target_1_row_without_a_box_is_refused(tmp_path):
-  os.makedirs(tmp_path / sources.RSNA_IMAGES)
-  (tmp_path / sources.RSNA_LABELS).write_text(
+  os.makedirs(tmp_path / rsna.IMAGES)
+  (tmp_path / rsna.LABELS).write_text(
       'patientId,x,y,width,height,Target\na,1,2,,4,1\n')
   with pytest.raises(sources.SourceError, match='Target 1 needs a box'):
-    sources.scan(str(tmp_path), 'rsna')
+    rsna.scan(str(tmp_path))
 
 
 @pytest.fixture(scope='module')
@@ -211,7 +213,7 @@ def test_rsna_records_carry_boxes_in_stored_pixels_and_hashed_ids(
   from xray_tfdata import writer  # pylint: disable=g-import-not-at-top
   out, info = rsna_converted
   found = {writer.hashed_patient_id(f.patient_id, 'test-salt'): f
-           for f in sources.scan(rsna_tree).files}
+           for f in rsna.scan(rsna_tree).files}
 
   examples = _examples(out, info)
 
@@ -226,7 +228,7 @@ def test_rsna_records_carry_boxes_in_stored_pixels_and_hashed_ids(
     key = example[schema.PATIENT_ID][0].decode()
     source = found[key]  # the key is the salted hash of the patientId
     assert example[schema.FILENAME] == [
-        f'{sources.RSNA_IMAGES}/{key}.dcm'.encode()]
+        f'{rsna.IMAGES}/{key}.dcm'.encode()]
     assert example[schema.DETAILED_CLASS] == [source.detailed_class.encode()]
     # The stored image is the 32 x 32 source squashed to 8 x 12.
     assert example[schema.ORIGINAL_HEIGHT] == [32]
