@@ -13,13 +13,13 @@ Format versions:
     metadata in dataset_info.json (where TFDS expects its own), so TFDS
     cannot read it. `DatasetBuilder` still reads it; re-convert to use tfds.
 
-Extra features (format 2, RSNA layout only): the detailed class and the
-lung-opacity boxes of RSNA's CSV files (`RSNA_FEATURES`). Their keys are
-listed in xray_info.json's 'extra_features' and declared in TFDS'
-features.json; `parse` and `DatasetBuilder` ignore them, as
-`tf.io.parse_single_example` ignores keys its spec does not name, so a
-reader of the base schema reads an RSNA dataset unchanged. Kermany datasets
-have none of them.
+Extra features (format 2): RSNA's detailed class and lung-opacity boxes
+(`RSNA_FEATURES`), SIIM-ACR's pneumothorax mask (`MASK_FEATURES`). Their
+keys are listed in xray_info.json's 'extra_features' and declared in TFDS'
+features.json; `parse` ignores them unless asked (the mask: `mask=True`),
+as `tf.io.parse_single_example` ignores keys its spec does not name, so a
+reader of the base schema reads such a dataset unchanged, and datasets
+written before them read as before. Kermany datasets have none of them.
 
 Defined once here and imported by the writer and the reader, so the two
 cannot drift apart. Building an example needs only the protobuf classes, but
@@ -72,6 +72,20 @@ RSNA_FEATURES = {
     BOX_HEIGHT: 'height of each lung-opacity box, stored-image pixels',
 }
 
+# SIIM-ACR's extra: the union of an image's pneumothorax regions at the
+# stored size, a PNG like the image (uint8 [height, width], each pixel the
+# share of its area in the regions times 255; inside: >= MASK_INSIDE; see
+# `sources.rle`). Every record of a SIIM dataset has one (all zero for an
+# image without pneumothorax); other datasets have none, and a reader of
+# the base schema ignores it.
+MASK = 'image/mask'
+MASK_INSIDE = 128
+MASK_FEATURES = {
+    MASK: 'union of the pneumothorax regions at the stored size, PNG, '
+          'uint8: the share of each pixel in them times 255 (inside: >= '
+          f'{MASK_INSIDE}); all zero without pneumothorax',
+}
+
 # Multi-label datasets (NIH ChestX-ray14, CheXpert, MIMIC-CXR-JPG, a
 # user's labelled CSV): `LABELS` holds the source's raw code per label, in
 # the order of xray_info.json's 'label_names', never a policy applied to it
@@ -109,7 +123,8 @@ def key(name, format_version=FORMAT_VERSION):
 def encode_example(png, height, width, label, class_text, filename,
                    patient_id, original_height, original_width,
                    detailed_class=None, boxes=None, *, labels=None,
-                   view=None, sex=None, age_years=None, study_id=None):
+                   view=None, sex=None, age_years=None, study_id=None,
+                   mask=None):
   """Serializes one image and its metadata as a `tf.train.Example`.
 
   Args:
@@ -129,6 +144,7 @@ def encode_example(png, height, width, label, class_text, filename,
       label name; then label and class_text are None (not stored) and the
       `MULTILABEL_FEATURES` are stored, '' or -1 where given as None.
     view, sex, age_years, study_id: see `MULTILABEL_FEATURES`.
+    mask: PNG bytes of the stored mask (`MASK`), or None (not stored).
 
   Returns:
     The serialized example, bytes.
@@ -173,12 +189,14 @@ def encode_example(png, height, width, label, class_text, filename,
       # Created even when empty, so every RSNA example has the same keys.
       feature[box_key].float_list.value.extend(
           float(box[index]) for box in boxes)
+  if mask is not None:
+    put_bytes(MASK, mask)
   # deterministic: map fields in sorted order, so the same inputs give the
   # same bytes in every process (protobuf map order is hash-seeded).
   return example.SerializeToString(deterministic=True)
 
 
-def feature_spec(format_version=FORMAT_VERSION, num_labels=0):
+def feature_spec(format_version=FORMAT_VERSION, num_labels=0, mask=False):
   """Returns the `tf.io.parse_example` spec for the schema.
 
   Keyed by the current format's names (`ENCODED`, `LABEL`, ...) whatever
@@ -189,6 +207,7 @@ def feature_spec(format_version=FORMAT_VERSION, num_labels=0):
     num_labels: a multi-label dataset's number of label names (adds
       `LABELS` as a fixed-length [num_labels] int64 and the
       `MULTILABEL_FEATURES`); 0 for a single-label dataset.
+    mask: add `MASK` (a dataset whose 'extra_features' list it).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -201,19 +220,24 @@ def feature_spec(format_version=FORMAT_VERSION, num_labels=0):
     spec.update({k: tf.io.FixedLenFeature([], tf.string, default_value='')
                  for k in (VIEW, SEX, STUDY_ID)})
     spec[AGE_YEARS] = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
+  if mask:
+    spec[MASK] = tf.io.FixedLenFeature([], tf.string)
   return {key(k, format_version): v for k, v in spec.items()}
 
 
-def parse(record, format_version=FORMAT_VERSION, num_labels=0):
+def parse(record, format_version=FORMAT_VERSION, num_labels=0, mask=False):
   """Parses one serialized example into a dict under the current names
-  (with `LABELS` and the `MULTILABEL_FEATURES` when num_labels > 0)."""
+  (with `LABELS` and the `MULTILABEL_FEATURES` when num_labels > 0, `MASK`
+  with mask)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   parsed = tf.io.parse_single_example(
-      record, feature_spec(format_version, num_labels))
+      record, feature_spec(format_version, num_labels, mask))
   names = _BYTES_KEYS + _INT_KEYS
   if num_labels:
     names += (LABELS,) + tuple(MULTILABEL_FEATURES)
+  if mask:
+    names += (MASK,)
   return {name: parsed[key(name, format_version)] for name in names}
 
 
@@ -245,7 +269,8 @@ def tfds_features(class_names, height, width, extra_features=(),
   Args:
     class_names: the dataset's classes.
     height, width: stored image size.
-    extra_features: keys of `RSNA_FEATURES` the records carry.
+    extra_features: keys of `RSNA_FEATURES` or `MASK_FEATURES` the
+      records carry.
     label_names: a multi-label dataset's labels: then `LABELS` (int64 [L]
       raw codes) and the `MULTILABEL_FEATURES` replace `LABEL` and
       `CLASS_TEXT`; None for a single-label dataset.
@@ -267,11 +292,16 @@ def tfds_features(class_names, height, width, extra_features=(),
     # reads the float list the writer stores, empty or not.
     return features.Tensor(shape=(None,), dtype=np.float32, doc=doc)
 
-  unknown = sorted(set(extra_features) - set(RSNA_FEATURES))
+  unknown = sorted(set(extra_features) - set(RSNA_FEATURES) -
+                   set(MASK_FEATURES))
   if unknown:
     raise ValueError(f'unknown extra features {unknown}')
   extras = {k: (text if k == DETAILED_CLASS else boxes)(RSNA_FEATURES[k])
-            for k in extra_features}
+            for k in extra_features if k in RSNA_FEATURES}
+  if MASK in extra_features:
+    extras[MASK] = features.Image(shape=(height, width, 1), dtype=np.uint8,
+                                  encoding_format='png',
+                                  doc=MASK_FEATURES[MASK])
   if label_names:
     target = {
         LABELS: features.Tensor(

@@ -48,7 +48,9 @@ resume check) follows the labels and pixels, not only the shards' sizes.
 
 RSNA extras and privacy: an RSNA dataset's records also carry the detailed
 class and the boxes (`schema.RSNA_FEATURES`), the boxes scaled to the stored
-image (`imaging.stored_box`). A DICOM file's patient id (its PatientID;
+image (`imaging.stored_box`); a SIIM dataset's records carry the union of
+each image's pneumothorax regions as a mask at the stored size
+(`schema.MASK`, `sources.rle`). A DICOM file's patient id (its PatientID;
 RSNA's patientId, which is also the file name) is never copied into the
 shards: image/patient_id holds `hashed_patient_id(patient id, salt)`
 (HMAC-SHA256, 16 hex digits), and where the file stem is that id
@@ -104,6 +106,7 @@ from xray_tfdata import reference
 from xray_tfdata import runtime
 from xray_tfdata import schema
 from xray_tfdata import sources
+from xray_tfdata.sources import rle
 
 PARTIAL_SUFFIX = '.partial'
 # Next to out_dir while a conversion writes it (see atomic.exclusive).
@@ -356,6 +359,8 @@ def _fingerprint(plan, shards, arguments):
         # So are a multi-label record's labels and fields, from CSVs.
         digest.update(json.dumps(
             [f.labels, f.view, f.sex, f.age_years, f.study_id]).encode())
+      if f.mask_rle is not None:
+        digest.update(json.dumps(f.mask_rle).encode())  # SIIM's regions
   return digest.hexdigest()
 
 
@@ -407,6 +412,19 @@ def _stored_identity(f, salt):
   stem, extension = os.path.splitext(name)
   name = key + extension if stem == f.patient_id else name
   return f'{folder}/{name}' if folder else name, key
+
+
+def _stored_mask(f, original_size, stored_size):
+  """The PNG of file `f`'s mask at the stored size (`sources.rle`), None
+  for a file without one (not SIIM), or the reason it cannot be made (the
+  image's size changed since the scan checked the runs against it)."""
+  if f.mask_rle is None:
+    return None
+  try:
+    mask = rle.union(f.mask_rle, *original_size)
+  except rle.RleError as e:
+    return f'mask: {e} (changed since the scan?)'
+  return imaging.encode_png(rle.stored_mask(mask, stored_size))
 
 
 def _stored_study_id(f, salt):
@@ -631,12 +649,17 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
                     original_height, original_width, f.detailed_class,
                     boxes)
               else:
+                mask = _stored_mask(f, (original_height, original_width),
+                                    stored_size)
+                if isinstance(mask, str):
+                  shard_skipped.append({'path': f.path, 'reason': mask})
+                  continue
                 record = schema.encode_example(
                     png, stored_size[0], stored_size[1], None, None,
                     filename_stored, patient_id, original_height,
                     original_width, labels=f.labels, view=f.view,
                     sex=f.sex, age_years=f.age_years,
-                    study_id=_stored_study_id(f, salt))
+                    study_id=_stored_study_id(f, salt), mask=mask)
               shard.write(record)
               shard_content.update(record)
               shard_written.append(f)
@@ -705,6 +728,8 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
     extra_features.append(schema.DETAILED_CLASS)
   if any(f.boxes is not None for f in all_files):
     extra_features.extend(schema.BOX_KEYS)
+  if any(f.mask_rle is not None for f in all_files):
+    extra_features.append(schema.MASK)
   dicom_sources = any(f.path.lower().endswith(dicom.EXTENSIONS)
                       for f in all_files)
   patient_id = None

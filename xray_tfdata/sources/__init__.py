@@ -6,6 +6,7 @@
   chexpert       CheXpert v1.0 and v1.0-small
   mimic          MIMIC-CXR-JPG
   labels_csv     a user's labelled folder (--labels_csv)
+  siim           SIIM-ACR Pneumothorax: train-rle.csv, DICOMs, masks (`rle`)
 
 and what they share: `base` (the plan, the scanned file, the walk of a
 tree), `tables` (the one CSV reader; the planning of the labelled sources),
@@ -39,6 +40,7 @@ from xray_tfdata.sources import mimic
 from xray_tfdata.sources import nih
 from xray_tfdata.sources import patients
 from xray_tfdata.sources import rsna
+from xray_tfdata.sources import siim
 from xray_tfdata.sources import splits
 
 # --layout -> the module that reads it. Detection asks the modules in this
@@ -52,6 +54,7 @@ SOURCES = {
     'chexpert': chexpert,
     'mimic': mimic,
     'csv': labels_csv,
+    'siim': siim,
 }
 LAYOUTS = ('auto',) + tuple(SOURCES)
 

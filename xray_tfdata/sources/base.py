@@ -131,6 +131,9 @@ class SourceFile:
       the part of a stem before its first '_') equal to `text` are stored
       as the hash of `id`; an id of None drops the segment (a bucket
       folder named after the id's digits).
+    mask_rle: SIIM's EncodedPixels of the image's regions (`sources.rle`),
+      () for an image without; the writer stores their union as the mask
+      (`schema.MASK`). None in other layouts.
   """
   path: str
   source_split: str | None
@@ -148,6 +151,7 @@ class SourceFile:
   study_id: str | None = None
   hash_ids: bool = False
   private_parts: tuple = ()
+  mask_rle: tuple | None = None
 
 
 @dataclasses.dataclass

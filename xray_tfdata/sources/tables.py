@@ -124,6 +124,7 @@ class Row:
   source_split: str | None = None
   private_parts: tuple = ()
   missing_name: str = ''  # the image a row names, when it is not found
+  mask_rle: tuple | None = None  # `base.SourceFile.mask_rle`
 
 
 def _open_text(path):
@@ -296,7 +297,7 @@ def files_from_rows(src_dir, rows, found):
         row.path, row.source_split, '', -1, row.patient_id, size,
         labels=tuple(row.labels), view=row.view, sex=row.sex,
         age_years=row.age_years, study_id=row.study_id, hash_ids=True,
-        private_parts=row.private_parts))
+        private_parts=row.private_parts, mask_rle=row.mask_rle))
   named = {row.path for row in rows if row.path is not None}
   unlabelled = [{'path': base.display_path(p),
                  'reason': reason or _UNLABELLED}
