@@ -192,7 +192,9 @@ class DatasetBuilder:
         `steps_per_epoch` to `Model.fit` (see `steps_per_epoch()`).
       with_metadata: yield a third element, a dict with the file name and
         patient id (evaluation and error analysis); for a multi-label
-        dataset also 'view', 'sex', 'age_years' and 'study_id'.
+        dataset also 'view', 'sex', 'age_years' and 'study_id'; for a
+        dataset with masks (SIIM) also 'mask', uint8 [H, W] (`schema.MASK`:
+        a pixel's share in the regions times 255; inside >= 128).
       read_config: a `ReadConfig` with the less common knobs (cache, shuffle
         buffer, channels, input context, tf.data service, sharding).
       label_policy: a multi-label dataset's policy (`checks.LABEL_POLICIES`)
@@ -358,7 +360,8 @@ class DatasetBuilder:
     decode = _make_decoder(self.info.format_version, channels, size,
                            resize and size != self.info.image_size,
                            with_metadata, self._positive_id,
-                           len(self.info.label_names), targets)
+                           len(self.info.label_names), targets,
+                           mask=schema.MASK in self.info.extra_features)
     return records.map(decode, num_parallel_calls=AUTOTUNE,
                        deterministic=not training)
 
@@ -501,14 +504,17 @@ def _check_batch_size(batch_size):
 
 
 def _make_decoder(format_version, channels, size, resize, with_metadata,
-                  positive_id=None, num_labels=0, targets=None):
+                  positive_id=None, num_labels=0, targets=None, mask=False):
   """The record -> (image, label[, metadata]) function; with positive_id,
   the label is 1 for that stored class id and 0 for the other. A
   multi-label dataset's (num_labels > 0) label is its targets, from
-  `targets` = (`labels.TargetRule`, indices of the labels read)."""
+  `targets` = (`labels.TargetRule`, indices of the labels read). With mask
+  (the records store `schema.MASK`) the metadata holds it, uint8 [H, W],
+  resized as the image is."""
+  mask = mask and bool(with_metadata)  # parsed only where it is returned
 
   def decode(record):
-    features = schema.parse(record, format_version, num_labels)
+    features = schema.parse(record, format_version, num_labels, mask)
     image = tf.io.decode_png(features[schema.ENCODED], channels=channels)
     if resize:
       image = tf.image.resize(image, size, antialias=True)
@@ -541,6 +547,14 @@ def _make_decoder(format_version, channels, size, resize, with_metadata,
                         sex=features[schema.SEX],
                         age_years=features[schema.AGE_YEARS],
                         study_id=features[schema.STUDY_ID])
+      if mask:
+        region = tf.io.decode_png(features[schema.MASK], channels=1)
+        if resize:
+          region = tf.image.resize(region, size, antialias=True)
+          region = tf.cast(tf.clip_by_value(tf.round(region), 0, 255),
+                           tf.uint8)
+        metadata['mask'] = tf.ensure_shape(region, (size[0], size[1], 1))[
+            ..., 0]
       return image, label, metadata
     return image, label
 

@@ -12,7 +12,8 @@ Stored mask (`stored_mask`): the union of an image's regions, squashed to
 the stored size as the image is (each axis scaled on its own), each stored
 pixel holding the fraction of the source pixels whose centres fall inside
 it that belong to the mask, as 0..255 (Pillow's BOX filter: the mean over
-those source pixels, exact for integer ratios such as 1024 -> 256 or 128).
+those source pixels, exact for integer ratios such as 1024 -> 256 or 128;
+where the stored size is larger, the source pixel under its centre).
 A pixel is inside the region where the value is at least `INSIDE` (half
 its area or more); a region smaller than a stored pixel keeps its partial
 values rather than vanishing.
