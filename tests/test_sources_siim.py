@@ -316,7 +316,9 @@ def test_tools_convert_and_train_on_siim(tmp_path):
                        f'--out_dir={data}', '--image_size=32', '--resplit',
                        '--num_shards=2', '--noprogress')
   assert converted.returncode == 0, converted.stderr
-  assert 'siim layout' in converted.stdout
+  with open(os.path.join(data, 'xray_info.json')) as f:
+    info = json.load(f)
+  assert info['layout'] == 'siim' and info['counts']['written'] == 64
   trained = run_tool(
       'train', f'--data_dir={data}', f'--model_dir={model_dir}',
       '--image_size=32', '--batch_size=8', '--epochs=1', '--weights=none',
@@ -325,3 +327,5 @@ def test_tools_convert_and_train_on_siim(tmp_path):
   assert trained.returncode == 0, trained.stderr[-3000:]
   with open(os.path.join(model_dir, 'config.json')) as f:
     assert json.load(f)['label_names'] == ['Pneumothorax']
+  with open(os.path.join(model_dir, 'results.json')) as f:
+    assert 'Pneumothorax' in f.read()
