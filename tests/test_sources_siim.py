@@ -27,7 +27,7 @@ pydicom = pytest.importorskip('pydicom')
 NUM_IMAGES = 40
 SALT = 'siim-test-salt'
 SIDE = 64  # size_scale 1/16 of SIIM's 1024 px
-STORED = 40  # 64 -> 40: a non-integer ratio, and no pixel centre on an edge
+STORED = 40  # 64 -> 40: a non-integer ratio
 
 
 def reference_decode(code, height, width):
@@ -107,7 +107,9 @@ def test_runs_past_the_image_are_refused():
 
 @pytest.mark.parametrize('source, stored', [((64, 64), (40, 40)),
                                             ((64, 64), (16, 16)),
-                                            ((64, 30), (24, 40))])
+                                            ((64, 30), (24, 40)),
+                                            # centres on the edges
+                                            ((61, 64), (32, 40))])
 def test_stored_mask_is_each_pixels_share(source, stored):
   rng = np.random.default_rng(2)
   mask = np.zeros(source, bool)
@@ -116,6 +118,15 @@ def test_stored_mask_is_each_pixels_share(source, stored):
   np.testing.assert_allclose(rle.stored_mask(mask, stored),
                              reference_stored(mask, stored), atol=1)
   assert not rle.stored_mask(np.zeros(source, bool), stored).any()
+  # Small regions anywhere, the corners too (only their box is computed).
+  height, width = source
+  for top, left, size in [(0, 0, 1), (height - 1, width - 1, 1), (0, 0, 5),
+                          (height - 4, 3, 4), (7, width - 6, 6),
+                          (11, 13, 9)]:
+    small = np.zeros(source, bool)
+    small[top:top + size, left:left + size] = True
+    np.testing.assert_allclose(rle.stored_mask(small, stored),
+                               reference_stored(small, stored), atol=1)
 
 
 @pytest.fixture(scope='module')
