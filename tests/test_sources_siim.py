@@ -340,3 +340,12 @@ def test_tools_convert_and_train_on_siim(tmp_path):
     assert json.load(f)['label_names'] == ['Pneumothorax']
   with open(os.path.join(model_dir, 'results.json')) as f:
     assert 'Pneumothorax' in f.read()
+  dicoms = sorted(os.path.join(root, name) for root, _, names in os.walk(
+      os.path.join(src, siim.IMAGES)) for name in names)[:3]
+  predicted = run_tool('predict', f'--model_dir={model_dir}', *dicoms)
+  assert predicted.returncode == 0, predicted.stderr[-3000:]
+  header, *lines = predicted.stdout.strip().splitlines()
+  assert header.split('\t')[:2] == ['path', 'Pneumothorax']
+  probabilities = [float(line.split('\t')[1]) for line in lines]
+  assert len(probabilities) == 3
+  assert all(0 <= p <= 1 for p in probabilities)
