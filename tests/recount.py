@@ -9,7 +9,7 @@ import itertools
 
 import numpy as np
 
-# Columns of the two tables of evaluation.results_table_markdown, in order.
+# Columns of the two tables of results.md (evaluation.markdown), in order.
 MAIN_COLUMNS = ('auc', 'precision', 'sensitivity', 'tp', 'tn', 'fp', 'fn',
                 'accuracy')
 YOUDEN_COLUMNS = ('sensitivity', 'specificity', 'precision', 'tp', 'tn', 'fp',

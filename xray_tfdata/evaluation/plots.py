@@ -85,12 +85,16 @@ def evaluated_split(result):
   return others[-1] if others else list(result['splits'])[-1]
 
 
-def _mark_points(ax, result, x_metric, y_metric, flip_x=False):
-  """The operating points of the evaluated split, where defined."""
+def _mark_points(ax, result, x_metric, y_metric, flip_x=False,
+                 compact=False):
+  """The operating points of the evaluated split, where defined; compact
+  (a panel of a grid): Youden's only."""
   if not result['thresholds'] or not result['splits']:
     return
   shown = evaluated_split(result)
   for op, point in result['splits'][shown]['operating_points'].items():
+    if compact and op != 'youden':
+      continue
     x, y = point[x_metric]['value'], point[y_metric]['value']
     if np.isnan(x) or np.isnan(y):
       continue
@@ -99,7 +103,7 @@ def _mark_points(ax, result, x_metric, y_metric, flip_x=False):
             label=f"{result['thresholds'][op]['rule']} ({shown})")
 
 
-def roc_panel(ax, label, result, by_split):
+def roc_panel(ax, label, result, by_split, compact=False):
   """ROC curves of every split with both classes; operating points."""
   drawn = False
   for split, (labels, probs) in by_split.items():
@@ -109,7 +113,8 @@ def roc_panel(ax, label, result, by_split):
     auc = result['splits'][split]['auc']['value']
     ax.plot(fpr, tpr, drawstyle='steps-post', label=f'{split} (AUC {auc:.3f})')
     drawn = True
-  _mark_points(ax, result, 'specificity', 'sensitivity', flip_x=True)
+  _mark_points(ax, result, 'specificity', 'sensitivity', flip_x=True,
+               compact=compact)
   ax.plot([0, 1], [0, 1], ':', color='grey', linewidth=1)
   ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title=f'ROC: {label}',
          xlabel='1 - specificity', ylabel='sensitivity')
@@ -127,7 +132,7 @@ def _pr_steps(labels, probs):
           np.concatenate([[precision[0]], precision]))
 
 
-def pr_panel(ax, label, result, by_split):
+def pr_panel(ax, label, result, by_split, compact=False):
   """Precision-recall curves; operating points; the prevalence line."""
   drawn = False
   for split, (labels, probs) in by_split.items():
@@ -137,7 +142,7 @@ def pr_panel(ax, label, result, by_split):
     ax.plot(*_pr_steps(labels, probs), drawstyle='steps-pre',
             label=f'{split} (AP {ap:.3f})')
     drawn = True
-  _mark_points(ax, result, 'sensitivity', 'ppv')
+  _mark_points(ax, result, 'sensitivity', 'ppv', compact=compact)
   if drawn:
     shown = evaluated_split(result)
     ax.axhline(np.mean(by_split[shown][0]), linestyle=':', color='grey',
@@ -150,16 +155,28 @@ def pr_panel(ax, label, result, by_split):
     _no_curve(ax, 'no positive: no curve')
 
 
-def reliability_panel(ax, label, result, by_split):
+def reliability_panel(ax, label, result, by_split, compact=False):
   """Observed fraction positive against mean predicted probability per
-  bin (the ECE's bins)."""
-  del result  # the bins are the picture
+  bin (the ECE's bins); behind, light bars of how many images of the
+  evaluated split fall in each bin (a point of few images jumps)."""
+  del compact  # the same panel in a grid
+  edges = np.linspace(0, 1, calibration.CALIBRATION_BINS + 1)
   for split, (labels, probs) in by_split.items():
     mean_prob, fraction, counts = calibration.calibration_bins(labels, probs)
     filled = counts > 0
     ece = calibration.expected_calibration_error(labels, probs)
     ax.plot(mean_prob[filled], fraction[filled], 'o-', markersize=3,
             label=f'{split} (ECE {ece:.3f})')
+  if by_split and result['splits']:
+    shown = evaluated_split(result)
+    counts = calibration.calibration_bins(*by_split[shown])[2]
+    counts_ax = ax.twinx()
+    counts_ax.bar(edges[:-1], counts, width=edges[1] - edges[0],
+                  align='edge', color='grey', alpha=0.15)
+    counts_ax.set_ylabel(f'{shown} images per bin', fontsize=7)
+    counts_ax.tick_params(labelsize=6)
+    ax.set_zorder(counts_ax.get_zorder() + 1)  # the curves above the bars
+    ax.patch.set_visible(False)
   ax.plot([0, 1], [0, 1], ':', color='grey', linewidth=1)
   ax.set(xlim=(0, 1), ylim=(-0.01, 1.01), xlabel=f'predicted P({label})',
          ylabel='fraction positive', title=f'Reliability: {label}')
@@ -167,9 +184,10 @@ def reliability_panel(ax, label, result, by_split):
     ax.legend(loc='upper left', fontsize=6)
 
 
-def confusion_panel(ax, label, result, by_split, operating_point='youden'):
+def confusion_panel(ax, label, result, by_split, compact=False,
+                    operating_point='youden'):
   """The evaluated split's confusion matrix at one operating point."""
-  del by_split  # the counts are in the results
+  del by_split, compact  # the counts are in the results
   if operating_point not in result['thresholds'] or not result['splits']:
     _no_curve(ax, f'{label}: no {operating_point} threshold')
     return
@@ -264,7 +282,8 @@ def write_pictures(out_dir, results, predictions, history_csv=None):
   for title, name, panel in PICTURES:
     fig, axes = _grid(len(labels))
     for ax, label in zip(axes, labels):
-      panel(ax, label, results['labels'][label], by_label[label])
+      panel(ax, label, results['labels'][label], by_label[label],
+            compact=len(labels) > 1)
       if len(labels) > 1:
         ax.tick_params(labelsize=6)
     save(fig, os.path.join(out_dir, name))
