@@ -15,7 +15,6 @@ import pytest
 from sklearn import metrics
 
 import recount
-from evaluation_data import SIZE
 from evaluation_data import kermany_name
 from evaluation_data import quarter_model
 from evaluation_data import relabel
