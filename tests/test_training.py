@@ -62,37 +62,74 @@ def count_labels_in_shards(data_dir, split):
   return counts
 
 
-@pytest.mark.slow  # uses finished_run: a real training
-def test_fit_receives_the_references_class_weights(tiny_run, data_dir):
+def test_training_batches_carry_the_references_class_weights(data_dir,
+                                                             tmp_path):
   """'balanced' weights, n / (classes * count_c), from a count of the
-  shards; NORMAL, the smaller class here as in Kermany, weighs more."""
-  fit_calls = tiny_run.fit_calls
-  assert len(fit_calls) == 1
-  received = fit_calls[0]['class_weight']
+  shards, on each training entry by its target (NORMAL, the smaller class
+  here as in Kermany, weighs more); validation batches carry none, as
+  Keras' class_weight weighed the training loss only."""
+  builder = training.open_dataset(tiny_config(data_dir))
+  inputs = training.create_inputs(tiny_config(data_dir), builder,
+                                  str(tmp_path))
   counts = count_labels_in_shards(data_dir, 'train')
   assert counts == {0: 10, 1: 14}
   total = sum(counts.values())
-  assert received == pytest.approx({c: total / (2 * n)
-                                    for c, n in counts.items()})
-  assert received[0] > 1 > received[1]
+  expected = {c: total / (2 * n) for c, n in counts.items()}
+  assert expected[0] > 1 > expected[1]
+  assert inputs.label_names == ('PNEUMONIA',)
+  negative, positive = inputs.label_weights
+  assert negative == pytest.approx([expected[0]])
+  assert positive == pytest.approx([expected[1]])
+  for images, targets, weights in inputs.train.take(3).as_numpy_iterator():
+    assert targets.shape == weights.shape == (len(images), 1)
+    np.testing.assert_allclose(
+        weights[:, 0], [expected[int(y)] for y in targets[:, 0]], rtol=1e-6)
+  assert len(inputs.val.element_spec) == 2
 
 
-def test_class_weights_off_passes_none(data_dir, tmp_path, monkeypatch):
+def test_class_weights_off_trains_unweighted(data_dir, tmp_path):
+  config = tiny_config(data_dir, class_weights=False)
+  inputs = training.create_inputs(config, training.open_dataset(config),
+                                  str(tmp_path))
+  assert inputs.label_weights is None
+  assert len(inputs.train.element_spec) == 2  # (images, targets): no weights
+
+
+def test_the_references_loss_is_keras_bce_with_class_weight():
+  """The reference trained Keras' BinaryCrossentropy with
+  fit(class_weight=...); the one path (masked loss, weights per entry from
+  entry_weights) gives the same loss, val_loss and weights, step by step,
+  on a tiny model and batch (float32)."""
   import keras  # pylint: disable=g-import-not-at-top
-  received = []
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import model as model_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(24, 5)).astype(np.float32)
+  y = (rng.random((24, 1)) < 0.4).astype(np.float32)
+  class_weight = {0: 24 / (2 * (y == 0).sum()), 1: 24 / (2 * (y == 1).sum())}
 
-  class Stop(Exception):
-    pass
+  def tiny():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((5,)),
+                             keras.layers.Dense(3, activation='relu'),
+                             keras.layers.Dense(1, activation='sigmoid',
+                                                dtype='float32')])
 
-  def fit(self, *args, **kwargs):  # records, trains nothing
-    received.append(kwargs['class_weight'])
-    raise Stop()
-
-  monkeypatch.setattr(keras.Model, 'fit', fit)
-  with pytest.raises(Stop):
-    training.train_and_evaluate(tiny_config(data_dir, class_weights=False),
-                                str(tmp_path / 'model'))
-  assert received == [None]
+  reference = tiny()
+  reference.compile(keras.optimizers.Adam(0.05),
+                    keras.losses.BinaryCrossentropy())
+  ours = model_lib.compile_model(tiny(), learning_rate=0.05,
+                                 label_names=['PNEUMONIA'])
+  batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+  weigh = training.entry_weights([class_weight[0]], [class_weight[1]])
+  kwargs = dict(epochs=3, validation_data=batches, shuffle=False, verbose=0)
+  old = reference.fit(batches, class_weight=class_weight, **kwargs).history
+  new = ours.fit(batches.map(weigh), **kwargs).history
+  assert old['loss'][0] != pytest.approx(old['loss'][-1])  # it trains
+  for key in ('loss', 'val_loss'):
+    np.testing.assert_allclose(new[key], old[key], rtol=1e-5, err_msg=key)
+  for a, b in zip(ours.get_weights(), reference.get_weights()):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 class _Stop(Exception):
@@ -112,8 +149,9 @@ def _start_only(monkeypatch):
 def test_header_names_the_strategy_and_rounds_class_weights(
     data_dir, tmp_path, monkeypatch, capsys):
   """The line before training says --strategy's word and the device count,
-  the class weights by class name to 3 decimals, then one warning line:
-  val and test here hold far fewer than 30 of a class."""
+  the one label, the class weights by class name to 3 decimals, then one
+  warning line: train holds fewer than 50 PNEUMONIA, val and test far
+  fewer than 30 of a class."""
   _start_only(monkeypatch)
   with pytest.raises(_Stop):
     training.train_and_evaluate(tiny_config(data_dir),
@@ -124,31 +162,49 @@ def test_header_names_the_strategy_and_rounds_class_weights(
   line = lines[header[0]]
   assert 'strategy one_device (1 device),' in line
   assert 'Strategy' not in line  # not tf.distribute's class name
+  assert ', 1 label (PNEUMONIA), dense head, ' in line
   # 24 / (2 * 10) and 24 / (2 * 14), NORMAL first: swapped weights show.
-  assert line.endswith('class weights NORMAL 1.200, PNEUMONIA 0.857'), line
+  assert line.endswith('label weights class weights NORMAL 1.200, '
+                       'PNEUMONIA 0.857'), line
   warning = lines[header[0] + 1]
-  assert warning.startswith('warning: val 5 NORMAL, 6 PNEUMONIA; test 6 '
-                            'NORMAL, 5 PNEUMONIA: fewer than 30 of a class')
+  assert warning.startswith(
+      'warning: under 50 training positives (too few to learn): PNEUMONIA '
+      '14; under 30 val positives or negatives (too few to score): '
+      'PNEUMONIA 6+/5-; under 30 test positives or negatives (too few to '
+      'score): PNEUMONIA 5+/6-; '), warning
+  assert '--labels' not in warning  # the one label cannot be left out
   assert sum(line.startswith('warning:') for line in lines) == 1
 
 
-def _info(val_counts, test_counts):
-  names = ('NORMAL', 'PNEUMONIA')
-  splits = {split: {'num_examples': sum(counts), 'shards': [],
-                    'class_counts': dict(zip(names, counts))}
-            for split, counts in (('val', val_counts), ('test', test_counts))}
-  return pipeline.DatasetInfo(data_dir='/data', name='kermany',
-                              class_names=names, image_height=SIZE,
-                              image_width=SIZE, channels=1, splits=splits,
-                              raw={})
+def _counted(counts):
+  """A stand-in builder whose target_counts are {split: {label: (positives,
+  negatives)}}."""
+  def target_counts(split, policy, labels, views):
+    del policy, views
+    return {name: {'positive': counts[split][name][0],
+                   'negative': counts[split][name][1]} for name in labels}
+  return types.SimpleNamespace(target_counts=target_counts)
 
 
-def test_small_split_warning_needs_30_of_each_class_in_val_and_test():
-  assert training.small_split_warning(_info((30, 400), (30, 30))) is None
-  warning = training.small_split_warning(_info((400, 29), (30, 400)))
-  assert warning.startswith('warning: val 400 NORMAL, 29 PNEUMONIA: fewer '
-                            'than 30 of a class'), warning
-  assert '; test' not in warning and '\n' not in warning
+@pytest.mark.parametrize('names', [('PNEUMONIA',), ('Effusion', 'Mass')])
+def test_small_label_warning_needs_50_training_positives_and_30_of_each_to_score(
+    names):
+  """One warning for every L: 50 training positives and 30 known positives
+  and negatives in val and test pass; one fewer of either is named."""
+  config = tiny_config('/data')
+  enough = {'train': (50, 900), 'val': (30, 400), 'test': (30, 30)}
+  counts = {split: {name: value for name in names}
+            for split, value in enough.items()}
+  assert training.small_label_warning(_counted(counts), config, names) is None
+  counts['val'][names[-1]] = (400, 29)
+  counts['train'][names[0]] = (49, 900)
+  warning = training.small_label_warning(_counted(counts), config, names)
+  assert warning.startswith(
+      f'warning: under 50 training positives (too few to learn): '
+      f'{names[0]} 49; under 30 val positives or negatives (too few to '
+      f'score): {names[-1]} 400+/29-; '), warning
+  assert 'test positives' not in warning and '\n' not in warning
+  assert ('--labels' in warning) == (len(names) > 1)
 
 
 @pytest.mark.slow  # uses finished_run: a real training
@@ -163,9 +219,20 @@ def test_run_writes_a_complete_model_dir(finished_run):
   with open(os.path.join(model_dir, 'history.csv')) as f:
     rows = f.read().strip().splitlines()
   assert len(rows) == 1 + 2  # header + 2 epochs
-  assert 'val_auc' in rows[0]
+  # The reference's per-epoch metrics; its counts cover every image seen:
+  # 3 steps of 8 in training, the 11 of val.
+  columns = rows[0].split(',')
+  for name in ('loss', 'auc', 'tp', 'fp', 'tn', 'fn', 'accuracy',
+               'precision', 'recall'):
+    assert name in columns and f'val_{name}' in columns, name
+  for row in rows[1:]:
+    values = dict(zip(columns, map(float, row.split(','))))
+    assert sum(values[k] for k in ('tp', 'fp', 'tn', 'fn')) == 24
+    assert sum(values[f'val_{k}'] for k in ('tp', 'fp', 'tn', 'fn')) == 11
   with open(os.path.join(model_dir, 'results.json')) as f:
     assert json.load(f)['splits']['test']['n'] == 11
+  with open(os.path.join(model_dir, 'config.json')) as f:
+    assert json.load(f)['label_names'] == ['PNEUMONIA']
   assert results['training']['epochs_run'] == 2
 
 
@@ -682,13 +749,17 @@ def test_unknown_positive_class_fails_before_anything_is_written(data_dir,
 def test_positive_class_reaches_fit_as_labels_and_class_weights(
     data_dir, tmp_path, monkeypatch):
   """--positive_class=NORMAL: fit sees NORMAL as 1 (the model scores
-  P(NORMAL)), with the 'balanced' weights of the swapped ids."""
+  P(NORMAL), its one label named NORMAL in config.json), with the
+  'balanced' weights of the swapped ids on each entry."""
   import keras  # pylint: disable=g-import-not-at-top
   received = {}
 
   def fit(self, train, **kwargs):
-    received['labels'] = [int(v) for _, y in train.take(3) for v in y]
-    received['class_weight'] = kwargs['class_weight']
+    del kwargs
+    batches = list(train.take(3).as_numpy_iterator())
+    received['labels'] = [int(v) for _, y, _ in batches for v in y[:, 0]]
+    received['class_weight'] = {int(y): float(w) for _, ys, ws in batches
+                                for y, w in zip(ys[:, 0], ws[:, 0])}
     raise _Stop()
 
   monkeypatch.setattr(keras.Model, 'fit', fit)
@@ -702,7 +773,9 @@ def test_positive_class_reaches_fit_as_labels_and_class_weights(
   # Three batches of 8 from a training split of 10 NORMAL and 14 PNEUMONIA.
   assert sum(received['labels']) == 10
   with open(tmp_path / 'model' / 'config.json') as f:
-    assert json.load(f)['positive_class'] == 'NORMAL'
+    recorded = json.load(f)
+  assert recorded['positive_class'] == 'NORMAL'
+  assert recorded['label_names'] == ['NORMAL']
 
 
 def test_resume_on_a_dataset_converted_again_is_refused(tmp_path,
