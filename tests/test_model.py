@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from xray_tfdata import losses
 from xray_tfdata import model as model_lib
 
 SIZE = 32  # VGG16's smallest input; 224 only for the parameter counts.
@@ -328,7 +329,10 @@ def test_defaults_are_the_references_head():
   assert isinstance(net.optimizer, keras.optimizers.Adam)
   assert float(net.optimizer.learning_rate) == pytest.approx(
       REFERENCE_LEARNING_RATE, rel=1e-6)
-  assert isinstance(net.loss, keras.losses.BinaryCrossentropy)
+  # The one loss, unweighted: Keras' BinaryCrossentropy on one label (the
+  # class weights come with the batches; test_training checks both).
+  assert isinstance(net.loss, losses.MaskedBinaryCrossentropy)
+  assert net.loss.pos_weight is None
 
 
 # --- The backbones of issue 20 -------------------------------------------
