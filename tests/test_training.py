@@ -165,7 +165,7 @@ def _start_only(monkeypatch):
 def test_header_names_the_strategy_and_rounds_class_weights(
     data_dir, tmp_path, monkeypatch, capsys):
   """The line before training says --strategy's word and the device count,
-  the one label, the class weights by class name to 3 decimals, then one
+  the one label, its negative and positive weights to 3 decimals, then one
   warning line: train holds fewer than 50 PNEUMONIA, val and test far
   fewer than 30 of a class."""
   _start_only(monkeypatch)
@@ -179,9 +179,10 @@ def test_header_names_the_strategy_and_rounds_class_weights(
   assert 'strategy one_device (1 device),' in line
   assert 'Strategy' not in line  # not tf.distribute's class name
   assert ', 1 label (PNEUMONIA), dense head, ' in line
-  # 24 / (2 * 10) and 24 / (2 * 14), NORMAL first: swapped weights show.
-  assert line.endswith('label weights class weights NORMAL 1.200, '
-                       'PNEUMONIA 0.857'), line
+  # 24 / (2 * 10) for NORMAL, the negatives, and 24 / (2 * 14) for
+  # PNEUMONIA, the positives: swapped weights show.
+  assert line.endswith('label weights (negative/positive) PNEUMONIA '
+                       '1.200/0.857'), line
   warning = lines[header[0] + 1]
   assert warning.startswith(
       'warning: under 50 training positives (too few to learn): PNEUMONIA '
@@ -1103,8 +1104,8 @@ def test_label_weights_ratio_is_capped_pos_weight_in_the_loss(
   assert received['steps_per_epoch'] == len(_kept(ml_data[1]['train'])) // 8
   out = capsys.readouterr().out
   assert 'views PA,AP: kept 32 of 48 train images (dropped 16: LL 16)' in out
-  weights = ', '.join(f'{n} {w:.3f}' for n, w in zip(LABELS, expected))
-  assert f'label weights pos_weight (capped at 1.5) {weights}' in out
+  weights = ', '.join(f'{n} 1.000/{w:.3f}' for n, w in zip(LABELS, expected))
+  assert f'label weights (negative/positive) {weights}' in out
 
 
 @pytest.mark.slow  # builds and compiles the model

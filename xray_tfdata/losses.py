@@ -92,7 +92,8 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
   only); 0 for a batch without any known entry. y is the target [B, L]
   (`labels.MASKED` where unknown), p the model's probabilities [B, L], w
   the pos_weight (1 when None), s the sample weight fit passes (1 when
-  none): [B, L] per entry, or [B] per image. The training pipeline's
+  none): [B, L] per entry, or [B] of a model of one label (Keras'
+  class_weight). The training pipeline's
   per-label class weights come as s (`training.create_inputs`), so that,
   as with Keras' class_weight, they weigh the training loss and not
   val_loss.
@@ -109,22 +110,12 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
     self.pos_weight = (None if pos_weight is None else
                        [float(w) for w in pos_weight])
 
-  def __call__(self, y_true, y_pred, sample_weight=None):
-    # Keras' Loss.__call__ would weigh the scalar of `call` by the mean
-    # sample weight; the weights belong on the entries, before the mean.
-    y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
-    weight = None
-    if sample_weight is not None:
-      weight = ops.cast(sample_weight, y_pred.dtype)
-      if len(weight.shape) < 2:  # one weight per image: every label's
-        weight = ops.reshape(weight, (-1, 1))
-    return self._mean(y_true, y_pred, weight)
-
   def call(self, y_true, y_pred):
-    return self._mean(y_true, ops.convert_to_tensor(y_pred), None)
-
-  def _mean(self, y_true, y_pred, weight):
-    """The loss of one batch; weight: None or broadcastable to [B, L]."""
+    """Per entry [B, L]: its term, scaled so that Keras' reduction (the sum
+    of the sample-weighted entries over their number, then over the
+    replicas of a tf.distribute strategy) gives the mean over the known
+    entries."""
+    y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)), y_pred.dtype)
     known = ops.cast(ops.not_equal(y_true, labels_lib.MASKED), y_pred.dtype)
     # Masked targets become 0 before the log terms, so that -1 cannot
@@ -136,11 +127,13 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
       positive = positive * ops.convert_to_tensor(self.pos_weight,
                                                   y_pred.dtype)
     terms = -(positive + (1.0 - y) * ops.log(1.0 - p)) * known
-    if weight is not None:
-      terms = terms * weight
-    # One scalar: the mean over the known entries of the batch, not a mean
-    # per image (an image with one known label would weigh as one with 14).
-    return ops.sum(terms) / ops.maximum(ops.sum(known), 1.0)
+    # The mean over the known entries of the batch, not a mean per image
+    # (an image with one known label would weigh as one with 14): Keras
+    # divides by the number of entries, so each is scaled by entries /
+    # known. Keras also applies fit's sample weights to these entries ([B, L]
+    # per entry, or [B] of one label) and the 1 / replicas of a strategy.
+    entries = ops.cast(ops.size(terms), y_pred.dtype)
+    return terms * (entries / ops.maximum(ops.sum(known), 1.0))
 
   def get_config(self):
     config = super().get_config()

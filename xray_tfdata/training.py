@@ -572,29 +572,22 @@ def training_header(policy, cluster, inputs, config, info):
   Args:
     policy, cluster, inputs, config: the run's.
     info: the dataset's DatasetInfo (a multi-label dataset's targets follow
-      --label_policy; a class dataset's class names name the weights).
+      --label_policy; a class dataset's one label is its positive class).
   """
   names = inputs.label_names
   head = model_lib.resolve_head(config.head, config.backbone, len(names))
-  labels = f'{len(names)} label{"s" if len(names) != 1 else ""}'
-  if info.is_multilabel:
-    labels += f' (--label_policy={config.label_policy})'
-  else:
-    labels += f' ({names[0]})'
-  if inputs.label_weights is None:
-    weights = 'off'
-  elif info.is_multilabel:  # 1 for negatives, a capped ratio for positives
-    weights = (f'pos_weight (capped at {config.pos_weight_cap:g}) ' +
-               ', '.join(f'{name} {w:.3f}' for name, w in
-                         zip(names, inputs.label_weights[1])))
-  else:  # the reference's class weights, by class name
-    weights = 'class weights ' + ', '.join(
-        f'{name} {w[0]:.3f}' for name, w in zip(info.class_names,
-                                                 inputs.label_weights))
+  labels = (f'--label_policy={config.label_policy}' if info.is_multilabel
+            else names[0])
+  weights = 'off'
+  if inputs.label_weights is not None:
+    weights = '(negative/positive) ' + ', '.join(
+        f'{name} {negative:.3f}/{positive:.3f}' for name, negative, positive
+        in zip(names, *inputs.label_weights))
   return (f'training: policy {policy}, strategy {cluster.describe()}, '
           f'{inputs.steps} steps of {config.batch_size}, augmentation '
-          f'{config.augmentation}, {labels}, {head} head, label weights '
-          f'{weights}')
+          f'{config.augmentation}, {len(names)} label'
+          f'{"s" if len(names) != 1 else ""} ({labels}), {head} head, label '
+          f'weights {weights}')
 
 
 def small_label_warning(builder, config, label_names,
