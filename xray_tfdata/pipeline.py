@@ -148,7 +148,7 @@ class DatasetBuilder:
       names = self.info.class_names
       if self.info.is_multilabel:
         raise DatasetError(
-            f'positive_class {positive_class!r} applies to single-label '
+            f'positive_class {positive_class!r} applies to class '
             f'datasets; {data_dir} is multi-label ({", ".join(names)}): '
             'pick labels with --labels=NAME,NAME instead')
       if len(names) != 2 or positive_class not in names:
