@@ -162,7 +162,8 @@ def _records(data):
   out = {}
   for split in ('train', 'val', 'test'):
     for image, label, metadata in builder.as_dataset(
-        split, with_metadata=True, cache=False).as_numpy_iterator():
+        split, with_metadata=True, with_mask=True,
+        cache=False).as_numpy_iterator():
       stem = os.path.basename(metadata['filename'].decode())[:-len('.dcm')]
       out[stem] = (image[..., 0], label, metadata['mask'], split)
   return out
@@ -215,6 +216,24 @@ def test_conversion_writes_one_example_per_image_with_its_union(siim_dataset):
       inside.append(image[mask >= rle.INSIDE].mean())
       outside.append(image[mask == 0].mean())
   assert max(inside) < 30 < min(outside)
+
+
+def test_the_mask_is_read_only_when_asked(siim_dataset, tmp_path):
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  _, data, _, _ = siim_dataset
+  builder = pipeline.DatasetBuilder(data)
+  _, _, metadata = next(iter(builder.as_dataset('test', with_metadata=True)))
+  assert 'mask' not in metadata
+  with pytest.raises(pipeline.DatasetError, match='with_metadata=True'):
+    builder.as_dataset('test', with_mask=True)
+  from xray_tfdata.synthetic import kermany  # pylint: disable=g-import-not-at-top
+  kermany.make_synthetic_kermany(str(tmp_path / 'k'), num_images=12,
+                                 size_scale=1 / 32, num_workers=1)
+  writer.convert(str(tmp_path / 'k'), str(tmp_path / 'kd'), image_size=16,
+                 num_workers=1, progress=False)
+  other = pipeline.DatasetBuilder(str(tmp_path / 'kd'))
+  with pytest.raises(pipeline.DatasetError, match='stores no masks'):
+    other.as_dataset('test', with_metadata=True, with_mask=True)
 
 
 def test_nothing_identifies_the_source_in_the_records(siim_dataset):
