@@ -44,6 +44,22 @@ def test_pointing_game_on_given_heatmaps():
   assert interval[0] < 0.5 < interval[1]
 
 
+def test_pointing_game_on_given_masks():
+  """SIIM's stored masks: a hit where the maximum's pixel is at least half
+  inside (value >= 128 of 255), by hand."""
+  masks = np.zeros((4, 10, 12), np.uint8)
+  masks[:, 2:5, 3:7] = 255
+  masks[:, 5, 3:7] = 128  # half inside: counts
+  masks[:, 6, 3:7] = 127  # less than half: does not
+  maps = np.zeros((4, 10, 12))
+  maps[0, 3, 4] = 1.0  # inside
+  maps[1, 5, 6] = 1.0  # on a pixel half inside
+  maps[2, 6, 6] = 1.0  # on a pixel less than half inside
+  hits, flat = localization.mask_pointing_game(maps, masks)
+  assert hits.tolist() == [True, True, False, False]
+  assert flat.tolist() == [False, False, False, True]
+
+
 @pytest.mark.parametrize('outputs', [1, 4], ids=['L1', 'L4'])
 def test_heatmaps_are_upsampled_to_the_stored_size_of_the_boxes(
     tmp_path, outputs):

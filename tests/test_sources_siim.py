@@ -248,6 +248,56 @@ def test_nothing_identifies_the_source_in_the_records(siim_dataset):
       assert not [i for i in ids if i.encode() in content]
 
 
+def _darkness_model():
+  """uint8 [STORED, STORED, 1] -> sigmoid(10 * mean darkness - 3), through
+  a 1x1 conv of the darkness 1 - x / 255: its Grad-CAM heatmap peaks at the
+  image's darkest pixel (the first, row by row, among equals)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy('float32')
+  inputs = keras.Input((STORED, STORED, 1), dtype='uint8')
+  x = keras.layers.Rescaling(-1 / 255, offset=1.0)(inputs)
+  x = keras.layers.Conv2D(1, 1, kernel_initializer='ones',
+                          bias_initializer='zeros')(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  outputs = keras.layers.Dense(
+      1, activation='sigmoid', kernel_initializer=keras.initializers.Constant(
+          10.0), bias_initializer=keras.initializers.Constant(-3.0))(x)
+  return keras.Model(inputs, outputs)
+
+
+def test_pointing_game_on_the_masks(siim_dataset, tmp_path):
+  """tools/evaluate's run evaluator plays the pointing game inside the
+  stored masks: a model looking at the darkest pixel hits exactly where a
+  recount from the records (its darkest pixel inside the mask) says."""
+  from xray_tfdata import run_dir  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.evaluation import run  # pylint: disable=g-import-not-at-top
+  _, data, _, _ = siim_dataset
+  model_dir = str(tmp_path / 'run')
+  os.makedirs(model_dir)
+  _darkness_model().save(os.path.join(model_dir, run_dir.MODEL_FILE))
+  with open(os.path.join(model_dir, run_dir.CONFIG_JSON), 'w') as f:
+    json.dump({'image_size': STORED, 'batch_size': 8, 'data_dir': data,
+               'bootstrap_resamples': 50, 'seed': 0,
+               'label_names': ['Pneumothorax'], 'label_policy': 'u_ones'}, f)
+  with open(os.path.join(model_dir, run_dir.RESULTS_JSON), 'w') as f:
+    json.dump({}, f)
+  results = run.evaluate_run(model_dir, data, split='train',
+                             out_dir=str(tmp_path / 'out'),
+                             num_resamples=50, localization=True)
+  found = results['localization']['labels']['Pneumothorax']
+  # The recount: each positive's darkest stored pixel, inside its mask?
+  expected = [
+      mask[np.unravel_index(np.argmin(image), image.shape)] >= rle.INSIDE
+      for image, label, mask, split in _records(data).values()
+      if split == 'train' and label[0] == 1 and (mask >= rle.INSIDE).any()]
+  assert (found['n'], found['hits']) == (len(expected), sum(expected))
+  assert found['flat_heatmaps'] == 0 and len(expected) >= 10
+  # Both outcomes occur: the probe's darkest pixel is the pneumothorax (12)
+  # on some images and the darker edge of the stand-in's film on others.
+  assert 0 < found['hits'] < found['n']
+  assert 'mask' in results['localization']['rule']
+
+
 def _copy(siim_tree, tmp_path):
   _, src, _ = siim_tree
   copy = str(tmp_path / 'src')

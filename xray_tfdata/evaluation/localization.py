@@ -1,7 +1,9 @@
 """Localization: the pointing game (Zhang et al., ECCV 2016) of a model's
 Grad-CAM heatmaps on the positive images of a dataset that stores boxes
-(RSNA): a hit when the heatmap's maximum lies inside one of the image's
-boxes, no tolerance; the hit rate with a patient-level interval.
+(RSNA) or masks (SIIM): a hit when the heatmap's maximum lies inside one of
+the image's boxes, or on a pixel inside its mask (`schema.MASK_INSIDE`: at
+least half the pixel in the regions), no tolerance; the hit rate with a
+patient-level interval.
 """
 
 import numpy as np
@@ -18,6 +20,34 @@ class LocalizationError(errors.XrayError):
 def has_boxes(info):
   """Whether a dataset's records store boxes (RSNA's)."""
   return set(schema.BOX_KEYS) <= set(info.extra_features)
+
+
+def has_masks(info):
+  """Whether a dataset's records store masks (SIIM's)."""
+  return schema.MASK in info.extra_features
+
+
+def mask_pointing_game(heatmaps, masks):
+  """Whether each heatmap's maximum falls on a pixel inside its mask.
+
+  Args:
+    heatmaps: [N, H, W], in the masks' pixels (the stored image's).
+    masks: per image uint8 [H, W] (`schema.MASK`); inside at
+      `schema.MASK_INSIDE` or more.
+
+  Returns:
+    (hits, flat) as `pointing_game`.
+  """
+  heatmaps = np.asarray(heatmaps, np.float64)
+  hits = np.zeros(len(heatmaps), bool)
+  flat = np.zeros(len(heatmaps), bool)
+  for index, (heatmap, mask) in enumerate(zip(heatmaps, masks)):
+    if not heatmap.max() > 0:
+      flat[index] = True
+      continue
+    row, column = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+    hits[index] = bool(mask[row, column] >= schema.MASK_INSIDE)
+  return hits, flat
 
 
 def pointing_game(heatmaps, boxes):
@@ -61,7 +91,7 @@ def hit_rate_interval(hits, patient_ids, num_resamples=2000, level=0.95,
 
 
 def localize(net, builder, split, positives, boxes, patient_ids, image_size,
-             batch_size, num_resamples=2000, seed=0, level=0.95):
+             batch_size, num_resamples=2000, seed=0, level=0.95, masks=None):
   """The pointing game of a model's Grad-CAM heatmaps on a split's positive
   images with boxes.
 
@@ -74,11 +104,15 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
     split: the split.
     positives: {label: (bool [N] positive images in disk order, the model
       output whose heatmap is taken)}.
-    boxes: per image in disk order, float [k, 4] (x, y, width, height).
+    boxes: per image in disk order, float [k, 4] (x, y, width, height);
+      None with masks.
     patient_ids: one per image.
     image_size: the model's input size.
     batch_size: images per Grad-CAM computation.
     num_resamples, seed, level: the hit rate's patient-level bootstrap.
+    masks: instead of boxes, per image in disk order its stored mask
+      (uint8 [H, W], `mask_pointing_game`); a positive whose mask has no
+      pixel inside counts as one without a box.
 
   Returns:
     {'rule', 'labels': {label: {'n', 'hits', 'hit_rate', 'ci' (None for no
@@ -86,13 +120,19 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from xray_tfdata import gradcam  # pylint: disable=g-import-not-at-top
-  with_box = np.array([len(b) > 0 for b in boxes])
+  if masks is not None:
+    with_box = np.array([(m >= schema.MASK_INSIDE).any() for m in masks])
+  else:
+    with_box = np.array([len(b) > 0 for b in boxes])
   ids = np.asarray(patient_ids)
   stored = builder.info.image_size
   ds = builder.as_dataset(split, batch_size, image_size=image_size,
                           resize=stored != (image_size, image_size))
   out = {'rule': 'hit: the Grad-CAM maximum (upsampled to the stored '
                  'size) inside one of the image\'s boxes', 'labels': {}}
+  if masks is not None:
+    out['rule'] = ('hit: the Grad-CAM maximum (upsampled to the stored '
+                   'size) on a pixel at least half inside the image\'s mask')
   chosen = {label: np.flatnonzero(mask & with_box)
             for label, (mask, _) in positives.items()}
   hits = {label: [] for label in positives}
@@ -108,7 +148,10 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
       maps = gradcam.heatmaps(net, images[take], output_index=column)
       if maps.shape[1:] != stored:
         maps = tf.image.resize(maps[..., None], stored).numpy()[..., 0]
-      got, none = pointing_game(maps, [boxes[i] for i in rows[take]])
+      if masks is not None:
+        got, none = mask_pointing_game(maps, [masks[i] for i in rows[take]])
+      else:
+        got, none = pointing_game(maps, [boxes[i] for i in rows[take]])
       hits[label].append(got)
       flat[label].append(none)
   for label, (mask, _) in positives.items():

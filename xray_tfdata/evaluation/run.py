@@ -117,14 +117,21 @@ def predict_split(net, builder, split, batch_size, **options):
 
 
 def stored_extras(builder, split, views=None):
-  """RSNA's detailed class and boxes of each record, in disk order; {}
-  for a dataset that stores neither.
+  """RSNA's detailed class and boxes, SIIM's masks, of each record, in disk
+  order; {} for a dataset that stores none.
 
   Returns:
     {'detailed_class': str array, 'boxes': [float32 [k, 4] (x, y, width,
-    height) per record]}, each where stored.
+    height) per record], 'masks': uint8 [N, H, W] at the stored size}, each
+    where stored.
   """
   extra = [k for k in _EXTRA_KEYS if k in builder.info.extra_features]
+  if views is None and localization_lib.has_masks(builder.info):
+    # Through the reader, which decodes them (pipeline's with_mask).
+    return {'masks': np.concatenate([
+        metadata['mask'] for _, _, metadata in builder.as_dataset(
+            split, 256, with_metadata=True, with_mask=True,
+            cache=False).as_numpy_iterator()])}
   if not extra or views is not None:
     return {}
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -434,8 +441,8 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
       with; None: the run's, else `checks.DEFAULT_LABEL_POLICY`.
     localization: the pointing game on the split's positives
       (`localization.localize`): True asks for it (a dataset without boxes
-      is then an error), None does it where the dataset stores boxes,
-      False never.
+      or masks is then an error), None does it where the dataset stores
+      boxes (RSNA) or masks (SIIM), False never.
     views: a multi-label dataset's views to score (as `as_dataset`); None:
       every image. The thresholds come from the run.
 
@@ -467,11 +474,13 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
     policy = (label_policy or run.label_policy or
               checks.DEFAULT_LABEL_POLICY)
     labels_lib.policy_table(policy)  # an unknown policy fails early
-  if localization and not localization_lib.has_boxes(info):
+  has_regions = (localization_lib.has_boxes(info) or
+                 localization_lib.has_masks(info))
+  if localization and not has_regions:
     raise localization_lib.LocalizationError(
         f'--localization: {data_dir} stores no boxes (only an RSNA '
-        'conversion does, schema.BOX_KEYS); drop --localization or evaluate '
-        'on a dataset with boxes')
+        'conversion does, schema.BOX_KEYS) and no masks (SIIM); drop '
+        '--localization or evaluate on a dataset with boxes or masks')
   thresholds = _stored_thresholds(run)
   splits = [split]
   if thresholds is None:
@@ -524,18 +533,20 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
         f'model\'s {image_size}x{image_size}')
   found = None
   if localization is not False:
-    if localization_lib.has_boxes(info):
+    if has_regions:
       targets = predictions[split][0]
       positives = {label: (targets[:, names.index(label)] == 1,
                            names.index(label))
                    for label in mapping['matched']}
       found = localization_lib.localize(
-          net, builder, split, positives, metadata[split]['boxes'],
+          net, builder, split, positives, metadata[split].get('boxes'),
           patient_ids(metadata[split]), image_size, batch_size,
-          num_resamples=num_resamples, seed=seed)
+          num_resamples=num_resamples, seed=seed,
+          masks=metadata[split].get('masks'))
     else:
       found = {'skipped': f'{data_dir} stores no boxes (only RSNA '
-                          'conversions do): no pointing game'}
+                          'conversions do) and no masks (SIIM): no pointing '
+                          'game'}
   results = results_document(
       evaluated, label_names=names, label_policy=policy, views=views,
       config=settings, data_dir=data_dir, model_data=model_data,
