@@ -115,8 +115,9 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
       pixel inside counts as one without a box.
 
   Returns:
-    {'rule', 'labels': {label: {'n', 'hits', 'hit_rate', 'ci' (None for no
-     image), 'flat_heatmaps', 'patients', 'no_box_positives'}}}.
+    {'rule', 'regions' ('boxes' or 'masks'), 'labels': {label: {'n',
+     'hits', 'hit_rate', 'ci' (None for no image), 'flat_heatmaps',
+     'patients', 'no_box_positives'}}}.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from xray_tfdata import gradcam  # pylint: disable=g-import-not-at-top
@@ -130,6 +131,8 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
                           resize=stored != (image_size, image_size))
   out = {'rule': 'hit: the Grad-CAM maximum (upsampled to the stored '
                  'size) inside one of the image\'s boxes', 'labels': {}}
+  # What the regions are, for the report's words ('boxes' or 'masks').
+  out['regions'] = 'boxes' if masks is None else 'masks'
   if masks is not None:
     out['rule'] = ('hit: the Grad-CAM maximum (upsampled to the stored '
                    'size) on a pixel at least half inside the image\'s mask')

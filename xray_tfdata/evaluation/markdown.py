@@ -264,10 +264,11 @@ def localization_lines(localization):
   lines = ['', '## Localization (pointing game)', '']
   if 'skipped' in localization:
     return lines + [localization['skipped']]
+  regions = localization.get('regions', 'boxes')  # 'masks': SIIM
   lines += [f"Rule: {localization['rule']}; 95% interval from a "
             'patient-level bootstrap.', '',
-            '| label | positive images with boxes | patients | hits | hit '
-            'rate | flat heatmaps | positives without a box |',
+            f'| label | positive images with {regions} | patients | hits | '
+            f'hit rate | flat heatmaps | positives without {regions} |',
             '|---|---:|---:|---:|---:|---:|---:|']
   for label, entry in localization['labels'].items():
     rate = with_ci({'value': entry['hit_rate'], 'ci': entry.get('ci')})
@@ -360,7 +361,8 @@ def summary(results, out_dir_md):
           f"localization ({label}): pointing-game hit rate "
           f"{entry['hit_rate']:.3f}"
           + (f' [{ci[0]:.3f}, {ci[1]:.3f}]' if ci else '')
-          + f" on {entry['n']} positive images with boxes ({entry['hits']} "
+          + f" on {entry['n']} positive images with "
+          f"{found.get('regions', 'boxes')} ({entry['hits']} "
           f"hits, {entry['patients']} patients)")
   lines.append(f'wrote {out_dir_md}')
   return '\n'.join(lines)
