@@ -41,8 +41,8 @@ def reference_decode(code, height, width):
   end = 0
   for start, length in zip(numbers[0::2], numbers[1::2]):
     first = end + start
-    for index in range(first, first + length):
-      mask[index % height, index // height] = True
+    index = np.arange(first, first + length)
+    mask[index % height, index // height] = True
     end = first + length
   return mask
 
@@ -296,6 +296,56 @@ def test_pointing_game_on_the_masks(siim_dataset, tmp_path):
   assert 0 < found['hits'] < found['n']
   assert results['localization']['regions'] == 'masks'
   assert 'mask' in results['localization']['rule']
+
+
+REAL_ROWS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                         'siim_train_rle_rows.csv')
+
+
+@pytest.mark.slow  # 8 DICOMs of 1024 px written and converted (~10 s)
+def test_real_rows_convert_to_one_example_per_image(tmp_path):
+  """20 real rows of the challenge's train-rle.csv (8 images: one with 10
+  regions, one with 3, one with 2, three with 1, two without; tests/data/
+  README.md), over 1024 px DICOMs drawn here, each region darkened: one
+  example per image, its stored mask the union of its rows as the hand
+  decoder reads them, and where the drawing is dark."""
+  from xray_tfdata.synthetic import tree  # pylint: disable=g-import-not-at-top
+  src = str(tmp_path / 'src')
+  with open(REAL_ROWS, encoding='utf-8') as f:
+    rows = [line.split(',') for line in f.read().splitlines()[1:]]
+  codes = collections.defaultdict(list)
+  for image_id, code in rows:
+    codes[image_id].append(code)
+  unions = {}
+  for index, (image_id, image_codes) in enumerate(codes.items()):
+    union = np.zeros((1024, 1024), bool)
+    for code in image_codes:
+      union |= reference_decode(code, 1024, 1024)
+    unions[image_id] = union
+    # A grey of its own: identical pixels would be duplicates.
+    pixels = np.full((1024, 1024), 140 + index, np.uint8)
+    pixels[union] = 12
+    path = os.path.join(src, siim.IMAGES, f'study{index}', f'series{index}',
+                        f'{image_id}.dcm')
+    os.makedirs(os.path.dirname(path))
+    tree.write_dicom(path, pixels, (index,), instance_uid=image_id)
+  shutil.copy(REAL_ROWS, os.path.join(src, siim.CSV_NAME))
+  data = str(tmp_path / 'data')
+  info = writer.convert(src, data, resplit=True, image_size=32,
+                        num_workers=1, progress=False, patient_id_salt=SALT,
+                        val_fraction=0.25, test_fraction=0.25)
+  assert len(rows) == 20 and len(codes) == 8
+  assert info['counts']['written'] == info['counts']['scanned'] == 8
+  assert sum(s['class_counts']['Pneumothorax']
+             for s in info['splits'].values()) == 6
+  records = _records(data)
+  for image_id, union in unions.items():
+    image, label, mask, _ = records[writer.hashed_patient_id(image_id, SALT)]
+    assert label.tolist() == [float(union.any())]
+    np.testing.assert_allclose(mask, reference_stored(union, (32, 32)),
+                               atol=1)
+    if union.any():
+      assert image[mask >= rle.INSIDE].max() < image[mask == 0].min()
 
 
 def _copy(siim_tree, tmp_path):
