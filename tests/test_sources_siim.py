@@ -302,7 +302,6 @@ REAL_ROWS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
                          'siim_train_rle_rows.csv')
 
 
-@pytest.mark.slow  # 8 DICOMs of 1024 px written and converted (~10 s)
 def test_real_rows_convert_to_one_example_per_image(tmp_path):
   """20 real rows of the challenge's train-rle.csv (8 images: one with 10
   regions, one with 3, one with 2, three with 1, two without; tests/data/
