@@ -94,6 +94,15 @@ MULTILABEL_FEATURES = {
               "'' when the source has none",
 }
 
+# PadChest's extra: how an image's labels were made (its MethodLabel), so
+# that a test split can keep the physician-labelled images. Listed in
+# extra_features like RSNA's; the reader's spec does not name it.
+LABEL_METHOD = 'image/label_method'
+PADCHEST_FEATURES = {
+    LABEL_METHOD: "how the labels were made, as the source says (PadChest's "
+                  "MethodLabel: 'Physician' or 'RNN_model')",
+}
+
 _BYTES_KEYS = (ENCODED, FORMAT, CLASS_TEXT, FILENAME, PATIENT_ID)
 _INT_KEYS = (HEIGHT, WIDTH, LABEL, ORIGINAL_HEIGHT, ORIGINAL_WIDTH)
 # Format 1's names of the two keys that changed.
@@ -109,7 +118,8 @@ def key(name, format_version=FORMAT_VERSION):
 def encode_example(png, height, width, label, class_text, filename,
                    patient_id, original_height, original_width,
                    detailed_class=None, boxes=None, *, labels=None,
-                   view=None, sex=None, age_years=None, study_id=None):
+                   view=None, sex=None, age_years=None, study_id=None,
+                   label_method=None):
   """Serializes one image and its metadata as a `tf.train.Example`.
 
   Args:
@@ -129,6 +139,7 @@ def encode_example(png, height, width, label, class_text, filename,
       label name; then label and class_text are None (not stored) and the
       `MULTILABEL_FEATURES` are stored, '' or -1 where given as None.
     view, sex, age_years, study_id: see `MULTILABEL_FEATURES`.
+    label_method: `LABEL_METHOD`, or None (not stored).
 
   Returns:
     The serialized example, bytes.
@@ -168,6 +179,8 @@ def encode_example(png, height, width, label, class_text, filename,
   put_int(ORIGINAL_WIDTH, original_width)
   if detailed_class is not None:
     put_bytes(DETAILED_CLASS, detailed_class)
+  if label_method is not None:
+    put_bytes(LABEL_METHOD, label_method)
   if boxes is not None:
     for index, box_key in enumerate(BOX_KEYS):
       # Created even when empty, so every RSNA example has the same keys.
@@ -245,7 +258,8 @@ def tfds_features(class_names, height, width, extra_features=(),
   Args:
     class_names: the dataset's classes.
     height, width: stored image size.
-    extra_features: keys of `RSNA_FEATURES` the records carry.
+    extra_features: keys of `RSNA_FEATURES` and `PADCHEST_FEATURES` the
+      records carry.
     label_names: a multi-label dataset's labels: then `LABELS` (int64 [L]
       raw codes) and the `MULTILABEL_FEATURES` replace `LABEL` and
       `CLASS_TEXT`; None for a single-label dataset.
@@ -267,11 +281,12 @@ def tfds_features(class_names, height, width, extra_features=(),
     # reads the float list the writer stores, empty or not.
     return features.Tensor(shape=(None,), dtype=np.float32, doc=doc)
 
-  unknown = sorted(set(extra_features) - set(RSNA_FEATURES))
+  documented = {**RSNA_FEATURES, **PADCHEST_FEATURES}
+  unknown = sorted(set(extra_features) - set(documented))
   if unknown:
     raise ValueError(f'unknown extra features {unknown}')
-  extras = {k: (text if k == DETAILED_CLASS else boxes)(RSNA_FEATURES[k])
-            for k in extra_features}
+  extras = {k: (text if k in (DETAILED_CLASS, LABEL_METHOD) else boxes)(
+      documented[k]) for k in extra_features}
   if label_names:
     target = {
         LABELS: features.Tensor(

@@ -356,6 +356,9 @@ def _fingerprint(plan, shards, arguments):
         # So are a multi-label record's labels and fields, from CSVs.
         digest.update(json.dumps(
             [f.labels, f.view, f.sex, f.age_years, f.study_id]).encode())
+      if f.label_method is not None or f.stored_depth is not None:
+        # And PadChest's method and depth (the latter sets the pixels).
+        digest.update(json.dumps([f.label_method, f.stored_depth]).encode())
   return digest.hexdigest()
 
 
@@ -588,8 +591,8 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
 
   todo = [(split, filename, files) for split, filename, files in shards
           if filename not in finished]
-  tasks = [(os.path.join(plan.src_dir, f.path), stored_size, voi)
-           for _, _, files in todo for f in files]
+  tasks = [(os.path.join(plan.src_dir, f.path), stored_size, voi,
+            f.stored_depth) for _, _, files in todo for f in files]
   written = {}
   content = {}
   skipped = list(plan.skipped)  # unreadable entries found by the scan
@@ -636,7 +639,8 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
                     filename_stored, patient_id, original_height,
                     original_width, labels=f.labels, view=f.view,
                     sex=f.sex, age_years=f.age_years,
-                    study_id=_stored_study_id(f, salt))
+                    study_id=_stored_study_id(f, salt),
+                    label_method=f.label_method)
               shard.write(record)
               shard_content.update(record)
               shard_written.append(f)
@@ -705,6 +709,8 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
     extra_features.append(schema.DETAILED_CLASS)
   if any(f.boxes is not None for f in all_files):
     extra_features.extend(schema.BOX_KEYS)
+  if any(f.label_method is not None for f in all_files):
+    extra_features.append(schema.LABEL_METHOD)
   dicom_sources = any(f.path.lower().endswith(dicom.EXTENSIONS)
                       for f in all_files)
   patient_id = None

@@ -131,6 +131,12 @@ class SourceFile:
       the part of a stem before its first '_') equal to `text` are stored
       as the hash of `id`; an id of None drops the segment (a bucket
       folder named after the id's digits).
+    label_method: how the image's labels were made, as the source says
+      (PadChest's MethodLabel: 'Physician' or 'RNN_model'); stored as
+      `schema.LABEL_METHOD`; None where the source does not say.
+    stored_depth: a 16-bit file's (bits stored, window center, window
+      width) as the source gives them, None each where it does not
+      (`imaging.sixteen_bit_range`); None: the image's own depth.
   """
   path: str
   source_split: str | None
@@ -148,6 +154,8 @@ class SourceFile:
   study_id: str | None = None
   hash_ids: bool = False
   private_parts: tuple = ()
+  label_method: str | None = None
+  stored_depth: tuple | None = None
 
 
 @dataclasses.dataclass
