@@ -15,6 +15,7 @@ from PIL import Image
 from labelled_trees import _assert_accounted, _convert, _records, STORED
 from synthetic_checks import read_csv
 from xray_tfdata import imaging
+from xray_tfdata import run_dir
 from xray_tfdata import schema
 from xray_tfdata import sources
 from xray_tfdata.synthetic import padchest as synthetic_padchest
@@ -225,3 +226,44 @@ def test_official_split_is_refused(tmp_path):
   src = _small_tree(tmp_path)
   with pytest.raises(sources.SourceError, match='no official split'):
     sources.plan(src, sources.options(src, split='official'))
+
+
+@pytest.mark.slow
+def test_train_and_predict_through_the_tools(tmp_path):
+  """make_synthetic -> make_tfrecords -> train (1 epoch, mini_vgg) ->
+  predict on a PadChest stand-in, through the tools."""
+  from test_end_to_end import run_tool  # pylint: disable=g-import-not-at-top
+  tree, data = str(tmp_path / 'tree'), str(tmp_path / 'data')
+  made = run_tool('make_synthetic', f'--out_dir={tree}', '--layout=padchest',
+                  '--num_images=100', '--seed=2', '--size_scale=0.02',
+                  '--num_workers=1')
+  assert made.returncode == 0, made.stderr[-3000:]
+  converted = run_tool('make_tfrecords', f'--src_dir={tree}',
+                       f'--out_dir={data}', '--image_size=32',
+                       '--num_shards=1', '--num_workers=1', '--noprogress')
+  assert converted.returncode == 0, converted.stderr[-3000:]
+  with open(os.path.join(data, 'xray_info.json')) as f:
+    info = json.load(f)
+  assert info['layout'] == 'padchest'
+  chosen = ('cardiomegaly', 'pleural effusion')
+  model_dir = str(tmp_path / 'run')
+  trained = run_tool(
+      'train', f'--data_dir={data}', f'--model_dir={model_dir}',
+      '--backbone=mini_vgg', '--frozen_blocks=0', '--weights=none',
+      '--image_size=32', '--batch_size=16', '--epochs=1',
+      '--dense_units=8', '--bootstrap_resamples=100', '--policy=float32',
+      f'--labels={",".join(chosen)}', '--verbose=2')
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  run = run_dir.read(model_dir)
+  assert run.label_names == chosen
+  assert set(run.label_results()) == set(chosen)
+  _, rows, _ = read_csv(os.path.join(tree, CSV))
+  image = os.path.join(tree, rows[0]['ImageDir'], rows[0]['ImageID'])
+  predicted = run_tool('predict', f'--model_dir={model_dir}', '--output=csv',
+                       image)
+  assert predicted.returncode == 0, predicted.stderr[-2000:]
+  header, row = predicted.stdout.strip().splitlines()[-2:]
+  assert len(header.split(',')) == len(row.split(',')) == 1 + 2 * len(chosen)
+  cells = dict(zip(header.split(','), row.split(',')))
+  for name in chosen:
+    assert 0 <= float(cells[name]) <= 1, cells
