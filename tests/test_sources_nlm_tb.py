@@ -28,6 +28,9 @@ def converted(tmp_path_factory):
 @pytest.mark.parametrize('text, sex, age', [
     ('male 35yrs\nPTB in the left upper field\n', 'M', 35),
     ('female 8yrs\nnormal\n', 'F', 8),
+    ('male 23 yrs\nPTB\n', 'M', 23),
+    ('female 2months\nnormal\n', 'F', 0),
+    ('male35yrs\nnormal\n', 'M', 35),
     ("Patient's Sex: F\nPatient's Age: 035Y\n\nnormal\n", 'F', 35),
     ('normal\n', '', -1),
     ('', '', -1),

@@ -14,9 +14,9 @@ stored hashed). No official split: val and test are drawn by patient
 --split=official is refused).
 
 Sex and age come from the image's reading where it has one: Shenzhen's
-first line `male 35yrs` (also `male35yrs`, `35 yrs`), Montgomery's
-`Patient's Sex: M` and `Patient's Age: 035Y`; a reading that says neither
-leaves them unknown. A reading without an image, the masks
+first line `male 35yrs` (also `male35yrs`, `35 yrs`; an infant's
+`8months` is 0), Montgomery's `Patient's Sex: M` and `Patient's Age:
+035Y`; a reading that says neither leaves them unknown. A reading without an image, the masks
 (ManualMask/) and other files beside CXR_png/ are listed in
 `Plan.ignored`. `Plan.num_scanned` counts the images named as the sets
 name them (one row each); the other files under CXR_png/ are unlabelled.
@@ -37,9 +37,10 @@ SETS = {'shenzhen': ('ChinaSet_AllFiles', 'CHNCXR'),
 IMAGES = 'CXR_png'
 READINGS = 'ClinicalReadings'
 _NAME = re.compile(r'^(CHNCXR|MCUCXR)_(\d+)_([01])\.png$', re.IGNORECASE)
-_SHENZHEN_READING = re.compile(
-    r'^\s*(?P<sex>male|female)?[\s,]*(?P<age>\d+)\s*(?:yrs?|y)?\b',
-    re.IGNORECASE)
+_SHENZHEN_SEX = re.compile(r'^\s*(male|female)(?![a-z])', re.IGNORECASE)
+# '35yrs', '35 yrs', '35y'; an infant's '8months' or '8 month' is 0 years.
+_SHENZHEN_AGE = re.compile(r'(\d+)\s*(yrs?|years?|y|months?)\b',
+                           re.IGNORECASE)
 _MONTGOMERY_SEX = re.compile(r"Patient's Sex:\s*([MF])", re.IGNORECASE)
 _MONTGOMERY_AGE = re.compile(r"Patient's Age:\s*(\d+)\s*Y?", re.IGNORECASE)
 
@@ -81,10 +82,13 @@ def parse_reading(text):
       age = tables.parse_age(montgomery_age.group(1))
     return sex, age
   first = text.strip().splitlines()[0] if text.strip() else ''
-  match = _SHENZHEN_READING.match(first)
+  match = _SHENZHEN_SEX.match(first)
   if match:
-    sex = tables.parse_sex(match.group('sex') or '')
-    age = tables.parse_age(match.group('age'))
+    sex = tables.parse_sex(match.group(1))
+  match = _SHENZHEN_AGE.search(first)
+  if match:
+    months = match.group(2).lower().startswith('month')
+    age = 0 if months else tables.parse_age(match.group(1))
   return sex, age
 
 
