@@ -63,7 +63,7 @@ def builder(tmp_path_factory):
 def _examples(dataset):
   """The multiset of (file name, label, pixel digest) a dataset yields."""
   return collections.Counter(
-      (metadata['filename'].decode(), float(label),
+      (metadata['filename'].decode(), tuple(label.tolist()),
        hashlib.sha1(image.tobytes()).hexdigest())
       for image, label, metadata in dataset.as_numpy_iterator())
 
@@ -137,7 +137,7 @@ def test_training_reads_through_the_service(service, tmp_path, monkeypatch):
   address, job_name = jobs[0]
   assert address == service and job_name.startswith('xray_tfdata-train-')
   assert results['training']['epochs_run'] == 2
-  assert results['splits']['test']['n'] == 11
+  assert results['labels']['PNEUMONIA']['splits']['test']['n'] == 11
   assert os.path.exists(tmp_path / 'model' / 'results.json')
 
 

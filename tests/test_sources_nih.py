@@ -14,7 +14,8 @@ from xray_tfdata import sources
 
 from labelled_trees import (_assert_accounted, _convert, _hash, make_nih,
                             NIH_NO_IMAGE, NIH_ROWS, NIH_UNLABELLED, _plan,
-                            _planned, _records, _recount, _shard_bytes, STORED)
+                            _planned, _records, _recount, STORED)
+from records import shard_bytes
 
 
 @pytest.mark.parametrize('text, positives, unknown', [
@@ -198,7 +199,7 @@ def test_interrupted_multilabel_run_resumes_to_the_same_bytes(
   calls.clear()
   info = _convert(src, out, seed=1)
   assert len(calls) == info['counts']['written'] - 4  # 4 shards were kept
-  assert _shard_bytes(out) == _shard_bytes(reference)
+  assert shard_bytes(out) == shard_bytes(reference)
   assert info['splits'] == reference_info['splits']
 
 
