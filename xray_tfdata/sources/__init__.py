@@ -5,6 +5,7 @@
   nih            NIH ChestX-ray14
   chexpert       CheXpert v1.0 and v1.0-small
   mimic          MIMIC-CXR-JPG
+  vindr          VinDr-CXR (competition and PhysioNet layouts, every reader)
   labels_csv     a user's labelled folder (--labels_csv)
 
 and what they share: `base` (the plan, the scanned file, the walk of a
@@ -40,6 +41,7 @@ from xray_tfdata.sources import nih
 from xray_tfdata.sources import patients
 from xray_tfdata.sources import rsna
 from xray_tfdata.sources import splits
+from xray_tfdata.sources import vindr
 
 # --layout -> the module that reads it. Detection asks the modules in this
 # order; a tree none of them recognises is read as class folders.
@@ -51,6 +53,7 @@ SOURCES = {
     'nih': nih,
     'chexpert': chexpert,
     'mimic': mimic,
+    'vindr': vindr,
     'csv': labels_csv,
 }
 LAYOUTS = ('auto',) + tuple(SOURCES)
@@ -74,7 +77,7 @@ SPLIT_METHODS = splits.SPLIT_METHODS
 
 def detect(src_dir):
   """The layout of src_dir its files name unambiguously ('rsna', 'nih',
-  'chexpert', 'mimic'), else None (class folders, or --labels_csv).
+  'chexpert', 'mimic', 'vindr'), else None (class folders, or --labels_csv).
 
   Raises:
     SourceError: src_dir holds the label files of two sources.

@@ -124,6 +124,12 @@ class Row:
   source_split: str | None = None
   private_parts: tuple = ()
   missing_name: str = ''  # the image a row names, when it is not found
+  # Boxes and readers (`base.SourceFile`), where the source has them.
+  boxes: tuple | None = None
+  box_labels: tuple | None = None
+  box_readers: tuple | None = None
+  num_readers: int | None = None
+  marked_by: tuple | None = None
 
 
 def _open_text(path):
@@ -296,7 +302,9 @@ def files_from_rows(src_dir, rows, found):
         row.path, row.source_split, '', -1, row.patient_id, size,
         labels=tuple(row.labels), view=row.view, sex=row.sex,
         age_years=row.age_years, study_id=row.study_id, hash_ids=True,
-        private_parts=row.private_parts))
+        private_parts=row.private_parts, boxes=row.boxes,
+        box_labels=row.box_labels, box_readers=row.box_readers,
+        num_readers=row.num_readers, marked_by=row.marked_by))
   named = {row.path for row in rows if row.path is not None}
   unlabelled = [{'path': base.display_path(p),
                  'reason': reason or _UNLABELLED}
@@ -349,6 +357,8 @@ def plan(src_dir, options, scan, seed=0, progress=base.NO_PROGRESS,
         f'{", ".join(read)}' + (f' ({why})' if why else '') +
         '; check --src_dir and that the images sit where the label files '
         'say')
+  # Before anything is written: a box outside its image is bad input.
+  base.check_boxes(src_dir, files, label_names, progress)
   files, byte_duplicates = duplicates_lib.find_duplicates(
       src_dir, files, prefer_evaluation_splits=split_method == 'official',
       progress=progress)
