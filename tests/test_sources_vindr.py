@@ -1,0 +1,230 @@
+"""sources.vindr: VinDr-CXR's two layouts converted, every reader kept.
+
+The references are independent of the source module: the stand-in's label
+files recounted here with the csv module (per image, label and reader), the
+generator's own recount (`make_synthetic_vindr`'s summary), and the DICOM
+headers read with pydicom for the boxes' scale."""
+
+import collections
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from xray_tfdata import schema
+from xray_tfdata import sources
+from xray_tfdata.synthetic import vindr as synthetic_vindr
+
+from labelled_trees import _convert, _hash, _records
+
+pydicom = pytest.importorskip('pydicom')
+NUM_IMAGES = 40
+
+
+def _rows(path):
+  with open(path, newline='', encoding='utf-8') as f:
+    return list(csv.DictReader(f))
+
+
+def _reference(src, release):
+  """Independent recount of a stand-in's label files: {image_id: (split,
+  {reader: set of labels}, [(x_min, y_min, x_max, y_max, label, reader)])},
+  the label names, and {file: rows}."""
+  images = {}
+  rows_per_file = {}
+  if release == 'competition':
+    label_names = synthetic_vindr.CLASSES
+    rows = _rows(os.path.join(src, 'train.csv'))
+    rows_per_file['train.csv'] = len(rows)
+    for row in rows:
+      split, reads, boxes = images.setdefault(row['image_id'],
+                                              ('train', {}, []))
+      reads.setdefault(row['rad_id'], set()).add(row['class_name'])
+      if row['x_min']:
+        boxes.append((*(float(row[k]) for k in ('x_min', 'y_min', 'x_max',
+                                                'y_max')),
+                      row['class_name'], row['rad_id']))
+    return images, label_names, rows_per_file
+  label_names = synthetic_vindr.PHYSIONET_LABELS
+  for split in ('train', 'test'):
+    name = f'annotations/image_labels_{split}.csv'
+    rows = _rows(os.path.join(src, name))
+    rows_per_file[name] = len(rows)
+    for row in rows:
+      _, reads, _ = images.setdefault(row['image_id'], (split, {}, []))
+      reads[row.get('rad_ID', '')] = {l for l in label_names if row[l] == '1'}
+    name = f'annotations/annotations_{split}.csv'
+    rows = _rows(os.path.join(src, name))
+    rows_per_file[name] = len(rows)
+    for row in rows:
+      if row['x_min']:
+        images[row['image_id']][2].append(
+            (*(float(row[k]) for k in ('x_min', 'y_min', 'x_max', 'y_max')),
+             row['class_name'], row.get('rad_id', '')))
+  return images, label_names, rows_per_file
+
+
+@pytest.fixture(scope='module', params=synthetic_vindr.RELEASES)
+def converted(request, tmp_path_factory):
+  release = request.param
+  root = tmp_path_factory.mktemp(f'vindr_{release}')
+  src, out = str(root / 'src'), str(root / 'out')
+  summary = synthetic_vindr.make_synthetic_vindr(
+      src, num_images=NUM_IMAGES, seed=2, size_scale=0.025, num_workers=1,
+      release=release)
+  # The competition labels train only: its split is drawn.
+  kwargs = {'resplit': True} if release == 'competition' else {}
+  info = _convert(src, out, **kwargs)
+  return release, src, out, summary, info
+
+
+def test_vindr_is_detected_in_either_layout(converted):
+  _, src, _, _, info = converted
+  assert sources.detect(src) == 'vindr'
+  assert info['layout'] == 'vindr'
+
+
+def test_vindr_conversion_reproduces_the_recount_per_label_and_reader(
+    converted):
+  release, src, out, summary, info = converted
+  images, label_names, rows_per_file = _reference(src, release)
+  assert tuple(info['label_names']) == label_names
+  # Every row and file accounted for.
+  assert info['split']['label_rows'] == rows_per_file
+  labelled = {i for i, (split, _, _) in images.items()}
+  assert info['counts']['scanned'] == len(labelled)
+  assert (info['counts']['written'] + info['counts']['skipped'] +
+          info['counts']['duplicates']) == len(labelled)
+  assert info['counts']['written'] == len(labelled)
+  unlabelled = {e['path'] for e in info['unlabelled']}
+  dicoms = {f'{s}/{n}' for s in ('train', 'test')
+            for n in os.listdir(os.path.join(src, s))}
+  assert unlabelled == dicoms - {f'{images[i][0]}/{i}.dicom' for i in images}
+  assert bool(unlabelled) == (release == 'competition')  # test/ unlabelled
+  assert info['patient_overlap'] == {'checked': True,
+                                     'patients_in_more_than_one_split': 0}
+  # The records: per image its readers and per label how many marked it.
+  by_hash = {_hash(i): i for i in images}
+  records = [r for split in _records(out).values() for r in split]
+  assert len(records) == len(images)
+  marked_recount = collections.defaultdict(collections.Counter)
+  for record in records:
+    image_id = by_hash[record[schema.PATIENT_ID].decode()]
+    split, reads, _ = images[image_id]
+    assert record[schema.NUM_READERS] == len(reads)
+    expected = [sum(label in marks for marks in reads.values())
+                for label in label_names]
+    np.testing.assert_array_equal(record[schema.MARKED_BY], expected)
+    np.testing.assert_array_equal(record[schema.LABELS],
+                                  [int(k > 0) for k in expected])
+    for label, k in zip(label_names, expected):
+      marked_recount[(split, label)][k] += 1
+  # xray_info's counts per label and reader count = the recount, and the
+  # generator's own (train images, k > 0).
+  written = collections.defaultdict(collections.Counter)
+  readers = collections.Counter()
+  for split, entry in info['splits'].items():
+    source_split = 'test' if split == 'test' and release == 'physionet' \
+        else 'train'
+    for label, cells in entry['marked_by_counts'].items():
+      written[(source_split, label)].update(
+          {int(k): n for k, n in cells.items()})
+    readers.update({int(k): n for k, n in entry['reader_counts'].items()})
+  assert written == marked_recount
+  for label, cells in summary['marked'].items():
+    assert {k: n for k, n in written[('train', label)].items() if k} == cells
+  assert readers[synthetic_vindr.READERS] == summary['readers_per_image'][
+      synthetic_vindr.READERS]
+  for label in label_names:
+    positives = sum(entry['label_code_counts'][label]['1']
+                    for entry in info['splits'].values())
+    assert positives == sum(n for (s, l), c in marked_recount.items()
+                            if l == label for k, n in c.items() if k)
+
+
+def test_vindr_records_keep_every_box_with_its_label_and_reader(converted):
+  release, src, out, _, info = converted
+  images, label_names, _ = _reference(src, release)
+  assert set(schema.LABELLED_BOX_KEYS + schema.READER_FEATURES) <= set(
+      info['extra_features'])
+  by_hash = {_hash(i): i for i in images}
+  num_boxes = 0
+  for record in (r for split in _records(out).values() for r in split):
+    image_id = by_hash[record[schema.PATIENT_ID].decode()]
+    split, _, boxes = images[image_id]
+    header = pydicom.dcmread(os.path.join(src, split, image_id + '.dicom'),
+                             stop_before_pixels=True)
+    scale = np.array([STORED_SIZE / header.Columns, STORED_SIZE / header.Rows] * 2)
+    stored = np.stack([record[k] for k in schema.BOX_KEYS], -1).reshape(-1, 4)
+    expected = np.array([(x0, y0, x1 - x0, y1 - y0)
+                         for x0, y0, x1, y1, _, _ in boxes]).reshape(-1, 4)
+    np.testing.assert_allclose(stored, expected * scale, rtol=1e-5)
+    assert [label_names[i] for i in record[schema.BOX_LABEL]] == [
+        label for *_, label, _ in boxes]
+    assert [r.decode() for r in record[schema.BOX_READER]] == [
+        reader for *_, reader in boxes]
+    num_boxes += len(boxes)
+  assert num_boxes == sum(len(b) for _, _, b in images.values()) > 0
+
+
+STORED_SIZE = 16  # labelled_trees.STORED
+
+
+def test_vindr_competition_official_split_is_refused_in_one_line(tmp_path):
+  src = str(tmp_path / 'src')
+  synthetic_vindr.make_synthetic_vindr(src, num_images=20, seed=1,
+                                       size_scale=0.02, num_workers=1)
+  with pytest.raises(sources.SourceError) as error:
+    sources.plan(src, sources.vindr.Options())
+  message = str(error.value)
+  assert '\n' not in message and '--resplit' in message
+  assert 'test' in message
+
+
+def _edit_first_box(path, edit):
+  with open(path, newline='', encoding='utf-8') as f:
+    rows = list(csv.reader(f))
+  header = rows[0]
+  row = next(r for r in rows[1:] if r[header.index('x_min')])
+  edit(header, row)
+  with open(path, 'w', newline='', encoding='utf-8') as f:
+    csv.writer(f).writerows(rows)
+  return row
+
+
+def test_vindr_box_outside_the_image_gets_one_line_and_nothing_written(
+    tmp_path):
+  src, out = str(tmp_path / 'src'), str(tmp_path / 'out')
+  synthetic_vindr.make_synthetic_vindr(src, num_images=20, seed=1,
+                                       size_scale=0.02, num_workers=1,
+                                       release='physionet')
+
+  def beyond(header, row):
+    row[header.index('x_max')] = '5000'
+  row = _edit_first_box(os.path.join(src, 'annotations/annotations_train.csv'),
+                        beyond)
+  with pytest.raises(sources.SourceError) as error:
+    _convert(src, out)
+  message = str(error.value)
+  assert '\n' not in message and 'outside the image' in message
+  assert row[0] in message and row[1] in message  # the image, its reader
+  assert not os.path.exists(out)
+
+
+def test_vindr_contradicting_rows_skip_their_image_with_the_lines(tmp_path):
+  src = str(tmp_path / 'src')
+  synthetic_vindr.make_synthetic_vindr(src, num_images=20, seed=1,
+                                       size_scale=0.02, num_workers=1)
+
+  def wrong_id(header, row):
+    row[header.index('class_id')] = '2' if row[2] != '2' else '3'
+  row = _edit_first_box(os.path.join(src, 'train.csv'), wrong_id)
+  plan = sources.plan(src, sources.vindr.Options(resplit=True))
+  skipped = [s for s in plan.skipped if row[0] in s['path']]
+  assert len(skipped) == 1
+  assert 'class_id' in skipped[0]['reason']
+  assert skipped[0]['row'].startswith('train.csv line')
+  planned = {f.path for files in plan.splits.values() for f in files}
+  assert not any(row[0] in p for p in planned)
