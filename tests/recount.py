@@ -9,7 +9,7 @@ import itertools
 
 import numpy as np
 
-# Columns of the two tables of evaluation.results_table_markdown, in order.
+# Columns of the two tables of results.md (evaluation.markdown), in order.
 MAIN_COLUMNS = ('auc', 'precision', 'sensitivity', 'tp', 'tn', 'fp', 'fn',
                 'accuracy')
 YOUDEN_COLUMNS = ('sensitivity', 'specificity', 'precision', 'tp', 'tn', 'fp',
@@ -111,3 +111,15 @@ def percentile_bootstrap_auc(labels, probs, num_resamples, seed, level=0.95):
   aucs = np.array(aucs)
   low, high = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])
   return float(low), float(high), aucs
+
+
+def noisy_scores(n, seed, separation=1.0, decimals=None):
+  """(0/1 labels, probabilities) of a noisy classifier: logits N(0, 1)
+  shifted by +-separation; rounded to `decimals` for many ties."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 2, n)
+  logits = rng.normal(size=n) + separation * (2 * labels - 1)
+  probs = 1 / (1 + np.exp(-logits))
+  if decimals is not None:
+    probs = np.round(probs, decimals)  # many ties
+  return labels, probs

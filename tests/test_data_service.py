@@ -137,7 +137,7 @@ def test_training_reads_through_the_service(service, tmp_path, monkeypatch):
   address, job_name = jobs[0]
   assert address == service and job_name.startswith('xray_tfdata-train-')
   assert results['training']['epochs_run'] == 2
-  assert results['splits']['test']['n'] == 11
+  assert results['labels']['PNEUMONIA']['splits']['test']['n'] == 11
   assert os.path.exists(tmp_path / 'model' / 'results.json')
 
 

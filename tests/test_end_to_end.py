@@ -1,5 +1,8 @@
-"""One run through the real tools: make_synthetic -> make_tfrecords -> train
--> predict, on a tiny synthetic tree, plus the trainer's bad-input lines."""
+"""Runs through the real tools: make_synthetic -> make_tfrecords -> train
+-> evaluate -> predict, on a tiny tree of classes (Kermany's layout, L = 1)
+and on a multi-label one (CheXpert's, L = 2 of 14), each stage checked
+against the one before it; results.json of both in one layout. Plus the
+trainer's bad-input lines and kill -9."""
 
 import glob
 import json
@@ -7,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
@@ -51,18 +55,25 @@ def converted(tmp_path_factory):
   return root, src, data
 
 
-@pytest.mark.slow
-def test_tools_end_to_end(converted):
-  root, src, data = converted
+@pytest.fixture(scope='module')
+def kermany_run(converted):
+  """A run of the reference's flagfile (a variant that overrides a few
+  values) on the tree of classes: (its folder, tools/train's process)."""
+  root, _, data = converted
   model_dir = str(root / 'model')
   flagfile = root / 'tiny.flags'
-  # A variant that nests the reference's flagfile and overrides a few values.
   flagfile.write_text('\n'.join([
       f'--flagfile={os.path.join(REPO_ROOT, "configs", "kermany_vgg16.flags")}',
       f'--data_dir={data}', f'--model_dir={model_dir}',
       '--image_size=32', '--batch_size=8', '--epochs=2', '--weights=none',
       '--dense_units=16,8', '--bootstrap_resamples=200', '--verbose=2', '']))
-  trained = run_tool('train', f'--flagfile={flagfile}')
+  return model_dir, run_tool('train', f'--flagfile={flagfile}'), flagfile
+
+
+@pytest.mark.slow
+def test_tools_end_to_end(converted, kermany_run):
+  root, src, data = converted
+  model_dir, trained, flagfile = kermany_run
   assert trained.returncode == 0, trained.stderr[-3000:]
   assert 'epoch 2:' in trained.stdout  # the per-epoch summary line
   assert ' - loss:' not in trained.stdout  # and not Keras' line as well
@@ -79,15 +90,20 @@ def test_tools_end_to_end(converted):
     results = json.load(f)
   with open(os.path.join(data, 'xray_info.json')) as f:
     info = json.load(f)
+  assert results['label_names'] == ['PNEUMONIA']
+  label = results['labels']['PNEUMONIA']
   for split in ('train', 'val', 'test'):
-    m = results['splits'][split]
+    # The reference's table: the 0.5 operating point of every split.
+    m = label['splits'][split]['operating_points']['fixed_0.5']
     assert m['tp'] + m['fp'] + m['tn'] + m['fn'] == \
         info['splits'][split]['num_examples']
-  config = results['training']['config']
+    assert label['splits'][split]['positives'] == (
+        info['splits'][split]['class_counts']['PNEUMONIA'])
+  config = results['config']
   assert config['shear_range'] == 0.2 and config['image_size'] == 32
 
   images = sorted(glob.glob(os.path.join(src, 'PNEUMONIA', '*.jpeg')))[:2]
-  # None of these writes: they run at once.
+  # None of these writes into the run: they run at once.
   runs = run_tools({
       'predicted': ('predict', f'--model_dir={model_dir}', *images),
       # A bad file among good ones: the good results, one line per bad file.
@@ -318,3 +334,203 @@ def test_kill_9_then_rerun_resumes(converted, tmp_path):
   with open(os.path.join(model_dir, 'history.csv')) as f:
     epochs = [int(row.split(',')[0]) for row in f.read().split()[1:]]
   assert epochs == list(range(4))  # a list: no epoch trained twice
+
+
+LAYOUTS = ('nih', 'chexpert', 'mimic')
+# The tree's folder to convert: CheXpert's src_dir is the folder that holds
+# train.csv (its Path column starts with that folder's own name).
+_SRC_SUBDIR = {'nih': '', 'chexpert': 'CheXpert-v1.0-small', 'mimic': ''}
+# Two labels the synthetic drawings show in the pixels, per layout.
+_VISIBLE = {'nih': ('Effusion', 'Cardiomegaly'),
+            'chexpert': ('Pleural Effusion', 'Cardiomegaly'),
+            'mimic': ('Pleural Effusion', 'Cardiomegaly')}
+
+
+@pytest.fixture(scope='module')
+def multilabel_converted(tmp_path_factory):
+  """{layout: (its synthetic tree, its converted dataset)}, the three
+  layouts' tools run at once."""
+  root = tmp_path_factory.mktemp('multilabel_e2e')
+  paths = {layout: (str(root / layout / 'tree'), str(root / layout / 'data'))
+           for layout in LAYOUTS}
+  made = run_tools({layout: ('make_synthetic', f'--out_dir={tree}',
+                             f'--layout={layout}', '--num_images=120',
+                             '--seed=3')
+                    for layout, (tree, _) in paths.items()})
+  for layout, result in made.items():
+    assert result.returncode == 0, (layout, result.stderr[-3000:])
+  done = run_tools({
+      layout: ('make_tfrecords',
+               f'--src_dir={os.path.join(tree, _SRC_SUBDIR[layout])}',
+               f'--out_dir={data}', '--image_size=32', '--num_shards=2',
+               '--noprogress')
+      for layout, (tree, data) in paths.items()})
+  for layout, result in done.items():
+    assert result.returncode == 0, (layout, result.stderr[-3000:])
+  return paths
+
+
+def _info(data):
+  with open(os.path.join(data, 'xray_info.json')) as f:
+    return json.load(f)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('layout', LAYOUTS)
+def test_each_layout_converts_through_the_tool(multilabel_converted, layout):
+  _, data = multilabel_converted[layout]
+  info = _info(data)
+  assert info['patient_overlap']['patients_in_more_than_one_split'] == 0
+  assert len(info['label_names']) == 14
+  assert set(_VISIBLE[layout]) <= set(info['label_names'])
+  for split in ('train', 'val', 'test'):
+    entry = info['splits'][split]
+    assert entry['num_examples'] > 0
+    # Every image has one code per label.
+    for name in info['label_names']:
+      assert sum(entry['label_code_counts'][name].values()) == (
+          entry['num_examples']), (split, name)
+
+
+def _test_codes(data):
+  """The raw codes [N, 14] of the test split's records, read with TFDS."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import schema  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder_from_directory(data)
+  return np.array([e[schema.LABELS] for e in tfds.as_numpy(
+      builder.as_dataset(split='test'))], np.int64)
+
+
+@pytest.fixture(scope='module')
+def chexpert_run(multilabel_converted, tmp_path_factory):
+  """A run on two of CheXpert's labels: (its folder, tools/train's
+  process)."""
+  _, data = multilabel_converted['chexpert']
+  model_dir = str(tmp_path_factory.mktemp('chexpert_run') / 'run')
+  # txv masks uncertain and blank codes: the harshest policy for the
+  # per-label bookkeeping (a label may keep few known entries per split).
+  trained = run_tool(
+      'train', f'--data_dir={data}', f'--model_dir={model_dir}',
+      '--backbone=mini_vgg', '--frozen_blocks=0', '--weights=none',
+      '--image_size=32', '--batch_size=16', '--epochs=2',
+      '--dense_units=16,8', '--bootstrap_resamples=100', '--policy=float32',
+      '--label_policy=txv', f'--labels={",".join(_VISIBLE["chexpert"])}',
+      '--verbose=2')
+  return model_dir, trained
+
+
+@pytest.mark.slow
+def test_multilabel_tools_end_to_end(multilabel_converted, chexpert_run):
+  tree, data = multilabel_converted['chexpert']
+  info = _info(data)
+  model_dir, trained = chexpert_run
+  chosen = _VISIBLE['chexpert']
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  with open(os.path.join(model_dir, 'config.json')) as f:
+    config = json.load(f)
+  assert tuple(config['label_names']) == chosen
+  assert config['label_policy'] == 'txv'
+
+  # tools/evaluate predicts the test split again from the saved model and
+  # reads the targets from the records, while the run's table came from
+  # training's own prediction pass: the same per-label AUCs and known
+  # counts. Float32 pinned, so both passes give the same scores.
+  evaluated = run_tool('evaluate', f'--model_dir={model_dir}',
+                       f'--data_dir={data}', '--split=test',
+                       '--bootstrap_resamples=100')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  with open(os.path.join(model_dir, 'results.json')) as f:
+    run_results = json.load(f)
+  assert run_results['label_names'] == list(chosen)
+  assert run_results['label_policy'] == 'txv'
+  results_path, = glob.glob(
+      os.path.join(model_dir, 'evaluation', '*-test', 'results.json'))
+  with open(results_path) as f:
+    scored = json.load(f)['labels']
+  assert set(scored) == set(chosen)
+  # txv, by hand from the records' codes (labels.py's docstring): a stored
+  # 1 or 0 is known; where No Finding is 1, every other label but Support
+  # Devices is a known 0 whatever its code.
+  codes = _test_codes(data)
+  names = list(info['label_names'])
+  healthy = codes[:, names.index('No Finding')] == 1
+  for name in chosen:
+    test = scored[name]['splits']['test']
+    run_test = run_results['labels'][name]['splits']['test']
+    column = codes[:, names.index(name)]
+    cleared = healthy if name not in ('No Finding', 'Support Devices') else (
+        np.zeros_like(healthy))
+    known = int((np.isin(column, (0, 1)) | cleared).sum())
+    assert test['n'] == known == run_test['n']
+    assert test['n'] == run_results['labels'][name]['known']['test']
+    assert test['positives'] == int(((column == 1) & ~cleared).sum())
+    run_auc = run_test['auc']['value']
+    if run_auc is None or np.isnan(run_auc):  # one class among the known
+      assert test['auc']['value'] is None or np.isnan(test['auc']['value'])
+    else:
+      assert test['auc']['value'] == pytest.approx(run_auc, abs=1e-6)
+  # The exported model serves one probability and decision per label.
+  image = sorted(glob.glob(os.path.join(tree, '**', '*.*g'),
+                           recursive=True))[0]
+  predicted = run_tool('predict', f'--model_dir={model_dir}', '--output=csv',
+                       image)
+  assert predicted.returncode == 0, predicted.stderr[-2000:]
+  header, row = predicted.stdout.strip().splitlines()[-2:]
+  assert len(header.split(',')) == len(row.split(',')) == 1 + 2 * len(chosen)
+
+
+# Levels whose keys are the data's, not the layout's: label names, and a
+# split's subgroup fields and their values.
+_DATA_KEYED = ('labels', 'matched', 'subgroups')
+
+
+def key_paths(value, path=()):
+  """Every key path of a results.json; '*' for the keys of _DATA_KEYED
+  levels (their entries' paths merged), a subgroups dict a leaf."""
+  if not isinstance(value, dict):
+    return {path}
+  if path and path[-1] == 'subgroups':
+    return {path}
+  paths = {path}
+  for key, item in value.items():
+    wild = bool(path) and path[-1] in _DATA_KEYED
+    paths |= key_paths(item, path + ('*' if wild else key,))
+  return paths
+
+
+def results_of(run):
+  model_dir, trained = run[:2]
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  with open(os.path.join(model_dir, 'results.json')) as f:
+    return json.load(f)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('run', ['kermany_run', 'chexpert_run'])
+def test_results_json_is_format_2(run, request):
+  """Each run's results.json: format 2's keys, every label's entry whole
+  (thresholds with the reference's 0.5 and Youden's, chosen on val; each
+  split's metrics with 'value', 'ci' and 'reason')."""
+  results = results_of(request.getfixturevalue(run))
+  assert results['format'] == 2
+  assert set(results) == {'format', 'label_names', 'label_policy', 'views',
+                          'config', 'data', 'bootstrap', 'labels', 'macro',
+                          'localization', 'training'}
+  assert list(results['labels']) == results['label_names']
+  for entry in results['labels'].values():
+    if not entry['thresholds']:
+      continue  # a label whose val held one class: no operating point
+    assert {'fixed_0.5', 'youden'} <= set(entry['thresholds'])
+    assert entry['thresholds']['youden']['chosen_on'] == 'val'
+    for split in entry['splits'].values():
+      assert set(split['auc']) == {'value', 'ci', 'reason'}
+
+
+@pytest.mark.slow
+def test_results_json_of_both_runs_have_one_layout(kermany_run, chexpert_run):
+  """results.json of the class run (L = 1) and the multi-label run (L = 2)
+  have the same keys at every level, label names aside."""
+  kermany = key_paths(results_of(kermany_run))
+  chexpert = key_paths(results_of(chexpert_run))
+  assert kermany == chexpert, (sorted(kermany - chexpert),
+                               sorted(chexpert - kermany))

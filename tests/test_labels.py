@@ -1,6 +1,6 @@
 """xray_tfdata.labels against its docstring's policy table, written out by
 hand here: each policy's target of each raw code, through policy_table and
-apply_policy (scoring's targets)."""
+apply_policy."""
 
 import numpy as np
 import pytest
@@ -260,10 +260,10 @@ def test_txv_keeps_support_devices_of_no_finding_rows_only_for_chexpert(
 @pytest.mark.parametrize('layout', ['chexpert', 'mimic'])
 def test_txv_counts_and_scoring_targets_follow_the_rule(real_datasets, layout):
   """DatasetBuilder.target_counts (class weights, small-label warnings)
-  and scoring.dataset_targets equal a recount of the reference's targets;
+  and the reader's targets (which the evaluation scores) equal a recount
+  of the reference's targets;
   a count per raw code (what they were before) would not."""
   from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
-  from xray_tfdata import scoring  # pylint: disable=g-import-not-at-top
   data_dir, by_file = real_datasets[layout]
   builder = pipeline.DatasetBuilder(data_dir)
   names = list(builder.info.label_names)
@@ -280,9 +280,10 @@ def test_txv_counts_and_scoring_targets_follow_the_rule(real_datasets, layout):
         n: recount[n] for n in ('Edema', 'Fracture')}
     codes = builder.label_code_counts(split)
     differs |= any(codes[n][0] != recount[n]['negative'] for n in names)
-    got = scoring.dataset_targets(builder.info,
-                                  scoring.read_metadata(builder, split),
-                                  names[::-1], 'txv')
+    # The evaluation's targets are the reader's (evaluation.run), here
+    # with the labels asked for in another order.
+    got = np.concatenate([y for _, y in builder.as_dataset(
+        split, 8, label_policy='txv', labels=names[::-1]).as_numpy_iterator()])
     np.testing.assert_array_equal(
         got, np.where(np.isnan(want), labels.MASKED, want)[:, ::-1])
   assert differs

@@ -40,12 +40,11 @@ Modules, one per stage:
   resume        model_dir, config.json and the resume state of a run.
   serving       the exported model and predict on image files.
   demo          the synthetic demo dataset, drawn and converted once.
-  evaluation    metrics tables, operating points, calibration (ECE,
-                temperature scaling), patient-level bootstrap intervals,
-                subgroups, per label (NumPy only).
-  scoring       a trained model on any converted dataset (tools/evaluate):
-                labels mapped by name, patients and subgroups from records.
-  report        the evaluation's PNGs (matplotlib, Agg).
+  evaluation    the one evaluation (a package): the curve primitive,
+                operating points, calibration, patient-level bootstrap,
+                per label and subgroup; the run evaluator (tools/train's
+                end, tools/evaluate: results.json), results.md, the PNGs.
+  report        the augmentation preview (matplotlib, Agg).
   gradcam       Grad-CAM heatmaps at the last spatial feature map of any
                 backbone, Keras ops (TensorFlow or JAX); annotated overlays.
   benchmarks    side-by-side benchmarks against ImageDataGenerator and the

@@ -31,8 +31,8 @@ label's code from those counts under a reader policy
 
 The u_* policies never read No Finding: its own target follows its code
 like any label's. `TargetRule` holds a policy's rule for one dataset; the
-reader's decode (`pipeline`), the class counts (`Selection.target_counts`)
-and scoring (`scoring.dataset_targets`) all apply it.
+reader's decode (`pipeline`, whose targets the evaluation scores) and the
+class counts (`Selection.target_counts`) apply it.
 
 No TensorFlow and no Keras: the reader gathers from the rule's arrays.
 """

@@ -25,10 +25,11 @@ Files in model_dir while a run is going, and after:
   model.keras          the trained model (best weights).
   serving/             SavedModel: encoded JPEG/PNG bytes -> P(pneumonia).
   augmentation_preview.png   training images under the augmentation, first.
-  roc_*.png, pr_*.png, reliability_*.png, confusion_*.png,
-  training_curves.png  the evaluation's pictures (`report`), linked from
-                       results.md.
-  results.json, results.md   written last; results.json marks a finished run.
+  roc.png, pr.png, reliability.png, confusion.png,
+  training_curves.png  the evaluation's pictures (`evaluation.plots`, a
+                       panel per label), linked from results.md.
+  results.json, results.md   written last (`evaluation.run`; README,
+                       "results.json"); results.json marks a finished run.
   evaluation/<data>-<split>/  what tools/evaluate writes, later.
 Next to it, <model_dir>.lock while a run writes it: one trainer at a time.
 """
@@ -52,14 +53,12 @@ from xray_tfdata import callbacks as callbacks_lib
 from xray_tfdata import data_service as data_service_lib
 from xray_tfdata import demo
 from xray_tfdata import distribute
-from xray_tfdata import evaluation
-from xray_tfdata import labels as labels_lib
+from xray_tfdata.evaluation import run as evaluation_run
 from xray_tfdata import losses
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
 from xray_tfdata import report
 from xray_tfdata import resume as resume_lib
-from xray_tfdata import scoring
 from xray_tfdata import serving
 from xray_tfdata import trunk_cache
 from xray_tfdata.config import RESUMABLE_CHANGES
@@ -202,17 +201,17 @@ def _train_and_evaluate(config, model_dir, overwrite, cluster):
   if os.path.exists(best_path):
     net.load_weights(best_path)  # restore the best epoch by val_loss
   print('evaluating the best epoch on train, val and test', flush=True)
-  results = evaluate_splits(net, builder, config, work_dir)
+  results, predictions = evaluate_splits(net, builder, config, work_dir)
   results['training'] = {
       'policy': policy, 'strategy': type(cluster.strategy).__name__,
-      'epochs_run': state.epoch(), 'config': config.to_json()}
+      'epochs_run': state.epoch()}
   print(f'exporting {serving.MODEL_FILE} and {serving.SERVING_DIR}/',
         flush=True)
   with atomic.naming(work_dir):
     # Serving returns the calibrated P with the Youden threshold on its scale.
     serving.export_model(net, work_dir, config.image_size,
                          calibration=serving.calibration_of(results))
-  table = write_results(results, work_dir)
+  table = write_results(results, predictions, work_dir)
   state.clear()
   if not cluster.chief:
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -710,19 +709,16 @@ def fit(net, inputs, callbacks, config, initial_epoch, work_dir, builder):
                         '--learning_rate')
 
 
-def write_results(results, work_dir):
-  """Writes results.md, then results.json, which marks the run finished.
+def write_results(results, predictions, work_dir):
+  """Writes the pictures, results.md, then results.json, which marks the run
+  finished (`evaluation.run.write_report`).
 
   Returns:
-    The results table (markdown).
+    The results.md text.
   """
-  table = label_table_markdown(results) + evaluation.results_table_markdown(
-      results)
-  atomic.write_text(os.path.join(work_dir, RESULTS_MD), table)
-  # Last: its presence marks the run as finished.
-  atomic.write_text(os.path.join(work_dir, resume_lib.RESULTS_JSON),
-                    json.dumps(results, indent=2, default=float))
-  return table
+  return evaluation_run.write_report(
+      work_dir, results, predictions,
+      os.path.join(work_dir, callbacks_lib.HISTORY_CSV))
 
 
 def _data_service_options(config, model_dir):
@@ -739,149 +735,34 @@ def _data_service_options(config, model_dir):
           'data_service_job': f'xray_tfdata-train-{digest}'}
 
 
-def predict_split(net, builder, split, batch_size, **options):
-  """Returns (labels, P(pneumonia)) for one split in disk order; with a
-  multi-label dataset's `label_options`, (targets float [N, L] with
-  labels.MASKED where masked, probabilities [N, L])."""
-  ds = builder.as_dataset(split, batch_size, **options)
-  labels = np.concatenate([y for _, y in ds.as_numpy_iterator()])
-  # Under several workers, in the labels' order (see shard_by_batch).
-  images = distribute.shard_by_batch(ds.map(lambda x, y: x))
-  probs = net.predict(images, verbose=0)
-  if labels.ndim == 2:
-    return labels.astype(np.float64), probs.astype(np.float64)
-  return labels.astype(np.int64), probs.reshape(-1).astype(np.float64)
-
-
-def label_aucs(targets, probs, label_names):
-  """Per-label ROC AUC of a multi-label split on its known targets.
+def evaluate_splits(net, builder, config, work_dir=None):
+  """The run's one evaluation (`evaluation.run.evaluate_model`): train, val
+  and test predicted once; per label the operating points (the reference's
+  0.5, Youden's J, ...) and the temperature chosen on val, every split's
+  metrics, val's and test's with patient-level intervals.
 
   Args:
-    targets: float [N, L], labels.MASKED where masked.
-    probs: [N, L] probabilities.
-    label_names: the L names.
+    net: the trained model.
+    builder: the run's dataset.
+    config: the run's TrainConfig.
+    work_dir: the run's folder: each split's intervals are kept in
+      backup/evaluation as they are done, so that a run killed during the
+      evaluation resumes at the split it was on; None keeps nothing.
 
   Returns:
-    {'n': N, 'auc': {label: AUC, or None where the known targets hold one
-    class}, 'known', 'positives': {label: count}, 'undefined': {label:
-    reason}, 'macro_auc': mean over the labels with an AUC (None if none)}.
+    (results: results.json's dict, format 2 (README, "results.json");
+    predictions: {split: (targets [N, L], probs [N, L])}, for the pictures).
   """
-  out = {'n': int(len(targets)), 'auc': {}, 'known': {}, 'positives': {},
-         'undefined': {}}
-  for index, name in enumerate(label_names):
-    known = targets[:, index] != labels_lib.MASKED
-    y = targets[known, index].astype(np.int64)
-    out['known'][name] = int(known.sum())
-    out['positives'][name] = int(y.sum())
-    if 0 < y.sum() < y.size:
-      out['auc'][name] = evaluation.roc_auc(y, probs[known, index])
-    else:
-      out['auc'][name] = None
-      out['undefined'][name] = (
-          f'{y.size} known targets, all {"positive" if y.size and y.all() else "negative"}'
-          if y.size else 'no known target')
-  defined = [v for v in out['auc'].values() if v is not None]
-  out['macro_auc'] = float(np.mean(defined)) if defined else None
-  return out
-
-
-def evaluate_splits(net, builder, config, work_dir=None):
-  """The reference's metrics on train, val and test, plus the field's extras.
-
-  The decision threshold is chosen on validation (Youden's J) and applied to
-  test; the test AUC gets a bootstrap 95% interval. Then the clinical
-  evaluation of val and test (`scoring.evaluate_dataset`, as tools/evaluate
-  does), with its pictures written into work_dir when given.
-
-  A multi-label run gets `label_aucs` per split instead of the reference's
-  table (see `_evaluate_labels`).
-
-  Returns:
-    The results dict: 'splits', 'youden', 'test_auc_ci95', 'evaluation';
-    of a multi-label run 'splits' (per-label AUCs), 'label_names',
-    'label_policy' and 'evaluation'.
-  """
-  if builder.info.is_multilabel:
-    return _evaluate_labels(net, builder, config, work_dir)
-  results = {'splits': {}}
-  predictions = {}
-  for split in EVAL_SPLITS:
-    labels, probs = predict_split(net, builder, split, config.batch_size,
-                                  **cache_options(config))
-    predictions[split] = (labels, probs)
-    results['splits'][split] = evaluation.binary_metrics(labels, probs)
-  val_labels, val_probs = predictions['val']
-  threshold = evaluation.youden_threshold(val_labels, val_probs)
-  test_labels, test_probs = predictions['test']
-  low, high = evaluation.bootstrap_auc_ci(
-      test_labels, test_probs, num_resamples=config.bootstrap_resamples,
-      seed=config.seed)
-  results['youden'] = {
-      'threshold': threshold,
-      'test': evaluation.binary_metrics(test_labels, test_probs, threshold)}
-  results['test_auc_ci95'] = [low, high]
-  results['evaluation'] = scoring.evaluate_dataset(
-      builder, {s: predictions[s] for s in ('val', 'test')},
-      builder.info.class_names, num_resamples=config.bootstrap_resamples,
-      seed=config.seed, model_data=config.data_dir)
-  if work_dir is not None:
-    scoring.write_pictures(work_dir, results['evaluation'], predictions,
-                           os.path.join(work_dir, callbacks_lib.HISTORY_CSV))
-  return results
-
-
-def _evaluate_labels(net, builder, config, work_dir):
-  """evaluate_splits of a multi-label run: per-label AUCs on every split,
-  then the clinical evaluation per label (`scoring`)."""
-  options = label_options(config, builder)
-  names = options['labels']
-  results = {'splits': {}, 'label_names': list(names),
-             'label_policy': config.label_policy}
-  predictions = {}
-  for split in EVAL_SPLITS:
-    targets, probs = predict_split(net, builder, split, config.batch_size,
-                                   **cache_options(config), **options)
-    predictions[split] = (targets, probs)
-    results['splits'][split] = label_aucs(targets, probs, names)
-  # The clinical evaluation, per label: targets [N, L] with labels.MASKED
-  # where masked, probabilities [N, L], the labels' names. Train gets the
-  # point AUCs above only; each split's intervals are kept in backup/ as
-  # they are done, so a run killed here resumes at the split it was on.
-  results['evaluation'] = scoring.evaluate_dataset(
-      builder, {s: predictions[s] for s in ('val', 'test')}, list(names),
+  multilabel = builder.info.is_multilabel
+  return evaluation_run.evaluate_model(
+      net, builder,
+      label_names=evaluation_run.model_label_names(builder,
+                                                   config.labels or None),
+      batch_size=config.batch_size, config=config.to_json(),
+      splits=EVAL_SPLITS,
+      label_policy=config.label_policy if multilabel else None,
+      views=(config.views or None) if multilabel else None,
       num_resamples=config.bootstrap_resamples, seed=config.seed,
-      model_data=config.data_dir, label_policy=config.label_policy,
-      views=options.get('views'),
       checkpoint_dir=work_dir and os.path.join(
-          work_dir, resume_lib.BACKUP_DIR, 'evaluation'))
-  if work_dir is not None:
-    scoring.write_pictures(work_dir, results['evaluation'], predictions,
-                           os.path.join(work_dir, callbacks_lib.HISTORY_CSV))
-  return results
-
-
-def label_table_markdown(results):
-  """The per-label AUC table of a multi-label run's results ('' for a
-  single-label run's)."""
-  names = results.get('label_names')
-  if not names:
-    return ''
-  splits = [s for s in EVAL_SPLITS if s in results['splits']]
-
-  def cell(value):
-    return '-' if value is None else f'{value:.4f}'
-
-  lines = [f"## AUC per label (--label_policy={results['label_policy']}, "
-           'known targets only)', '',
-           '| label | ' + ' | '.join(splits) + ' |',
-           '|---|' + '---:|' * len(splits)]
-  for name in names:
-    lines.append(f'| {name} | ' + ' | '.join(
-        cell(results['splits'][s]['auc'][name]) for s in splits) + ' |')
-  lines.append('| macro mean | ' + ' | '.join(
-      cell(results['splits'][s]['macro_auc']) for s in splits) + ' |')
-  undefined = [f'{name} on {s}: {reason}' for s in splits
-               for name, reason in results['splits'][s]['undefined'].items()]
-  if undefined:
-    lines += ['', 'No AUC (one class): ' + '; '.join(undefined) + '.']
-  return '\n'.join(lines) + '\n\n'
+          work_dir, resume_lib.BACKUP_DIR, 'evaluation'),
+      read_options=cache_options(config))

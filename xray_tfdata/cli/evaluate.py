@@ -7,11 +7,11 @@
 Writes results.json, results.md and the pictures into
 model_dir/evaluation/<dataset folder>-<split>/ (or --out_dir), at the
 operating points the run chose on its own validation split; labels are
-matched by name (scoring.LABEL_SYNONYMS: NIH's Effusion is CheXpert's
+matched by name (evaluation.matching.LABEL_SYNONYMS: NIH's Effusion is CheXpert's
 Pleural Effusion) and the unmatched ones named, a multi-label model's per
 label. Where the dataset stores boxes (RSNA), also the pointing game of the
 Grad-CAM heatmaps (--localization). All logic is in
-xray_tfdata.scoring.evaluate_run.
+xray_tfdata.evaluation.run.evaluate_run.
 """
 
 from xray_tfdata import runtime  # pylint: disable=g-import-not-at-top  (imports no TF)
@@ -35,17 +35,20 @@ _LOCALIZATION = flags.DEFINE_bool('localization', None, 'The pointing game of th
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from xray_tfdata import scoring  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import run_dir  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.evaluation import markdown  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.evaluation import run as evaluation_run  # pylint: disable=g-import-not-at-top
 
   with runtime.tool_errors():
-    out_dir = _OUT_DIR.value or scoring.default_out_dir(
+    out_dir = _OUT_DIR.value or evaluation_run.default_out_dir(
         _MODEL_DIR.value, _DATA_DIR.value, _SPLIT.value, _VIEWS.value)
-    results = scoring.evaluate_run(
+    results = evaluation_run.evaluate_run(
         _MODEL_DIR.value, _DATA_DIR.value, split=_SPLIT.value,
         out_dir=out_dir, num_resamples=_BOOTSTRAP.value,
         label_policy=_LABEL_POLICY.value, localization=_LOCALIZATION.value,
         views=_VIEWS.value)
-  print(scoring.summary(results, out_dir))
+  print(markdown.summary(results, os.path.join(out_dir, run_dir.RESULTS_MD)))
 
 
 def run():

@@ -1,12 +1,17 @@
-"""Multi-label evaluation maths (issue 19): per label on its known targets,
-checked against scikit-learn; patient-level intervals; the pointing game."""
+"""Each label's evaluation (evaluation.per_label): one path for one label
+and for several, each on its known targets, checked against scikit-learn;
+operating points chosen on val; patient-level intervals shared by the
+labels; a killed evaluation resumes at its split."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 from sklearn import metrics
 
+import recount
+from recount import noisy_scores
 from xray_tfdata import evaluation
 
 MASKED = evaluation.MASKED_TARGET
@@ -24,23 +29,33 @@ def multilabel_split(n, seed, mask_share=0.3):
   return targets, probs
 
 
-@pytest.fixture(scope='module')
-def scored():
-  predictions = {'val': multilabel_split(300, 1), 'test': multilabel_split(400, 2)}
+@pytest.fixture(scope='module', params=[1, 4], ids=['L1', 'L4'])
+def scored(request):
+  """One label (L = 1: the first column, every target known, as a dataset
+  of classes reads) or four (L = 4: some masked, Hernia one class)."""
+  count = request.param
+  predictions = {}
+  for split, n, seed in (('val', 300, 1), ('test', 400, 2)):
+    targets, probs = multilabel_split(n, seed,
+                                      mask_share=0.3 if count > 1 else 0)
+    predictions[split] = (targets[:, :count], probs[:, :count])
   ids = {s: np.arange(len(t)) // 3 for s, (t, _) in predictions.items()}
-  result = evaluation.evaluate_multilabel(predictions, NAMES, patient_ids=ids,
-                                          num_resamples=100)
+  result = evaluation.evaluate_labels(predictions, NAMES[:count],
+                                      patient_ids=ids, num_resamples=100)
   return predictions, result
 
 
 def test_every_label_matches_scikit_learn_on_its_known_targets(scored):
   predictions, result = scored
-  for column, name in enumerate(NAMES[:3]):
+  names = list(result['labels'])
+  for column, name in enumerate(names[:3]):
     for split, (targets, probs) in predictions.items():
       known = targets[:, column] != MASKED
       y, p = targets[known, column], probs[known, column]
       entry = result['labels'][name]['splits'][split]
-      assert entry['n'] == known.sum() < len(targets)
+      assert entry['n'] == known.sum()
+      if len(names) > 1:
+        assert entry['n'] < len(targets)
       assert result['labels'][name]['known'][split] == known.sum()
       assert entry['positives'] == y.sum()
       assert entry['auc']['value'] == pytest.approx(
@@ -49,14 +64,15 @@ def test_every_label_matches_scikit_learn_on_its_known_targets(scored):
           metrics.average_precision_score(y, p), abs=1e-12)
       low, high = entry['auc']['ci']
       assert low < entry['auc']['value'] < high
-  aucs = [result['labels'][n]['splits']['test']['auc']['value']
-          for n in NAMES[:3]]
-  assert aucs[0] > aucs[1] > aucs[2]  # the signal strengths drawn
+  if len(names) > 1:
+    aucs = [result['labels'][n]['splits']['test']['auc']['value']
+            for n in NAMES[:3]]
+    assert aucs[0] > aucs[1] > aucs[2]  # the signal strengths drawn
 
 
 def test_operating_points_are_chosen_on_val_per_label(scored):
   predictions, result = scored
-  for column, name in enumerate(NAMES[:3]):
+  for column, name in enumerate(list(result['labels'])[:3]):
     targets, probs = predictions['val']
     known = targets[:, column] != MASKED
     want = evaluation.youden_threshold(targets[known, column],
@@ -64,20 +80,43 @@ def test_operating_points_are_chosen_on_val_per_label(scored):
     label = result['labels'][name]
     assert label['thresholds']['youden']['threshold'] == want
     assert label['thresholds']['youden']['chosen_on'] == 'val'
+    assert label['thresholds'][evaluation.FIXED]['threshold'] == 0.5
     targets, probs = predictions['test']
     known = targets[:, column] != MASKED
-    y, called = targets[known, column] == 1, probs[known, column] > want
-    point = label['splits']['test']['operating_points']['youden']
-    assert point['sensitivity']['value'] == pytest.approx(
-        (y & called).sum() / y.sum())
-    assert point['specificity']['value'] == pytest.approx(
-        (~y & ~called).sum() / (~y).sum())
+    for op in ('youden', evaluation.FIXED):
+      threshold = label['thresholds'][op]['threshold']
+      y, called = targets[known, column] == 1, probs[known, column] > threshold
+      point = label['splits']['test']['operating_points'][op]
+      assert point['sensitivity']['value'] == pytest.approx(
+          (y & called).sum() / y.sum())
+      assert point['specificity']['value'] == pytest.approx(
+          (~y & ~called).sum() / (~y).sum())
+      assert point['tp'] == (y & called).sum()
     assert label['calibration']['fitted_on'] == 'val'
 
 
-def test_a_one_class_label_is_nan_with_a_reason_and_left_out_of_the_macro(
-    scored):
-  predictions, result = scored
+def test_the_macro_mean_of_one_label_is_that_label():
+  predictions = {'test': tuple(a[:, :1] for a in multilabel_split(
+      120, 7, mask_share=0))}
+  result = evaluation.evaluate_labels(
+      predictions, NAMES[:1], thresholds={}, num_resamples=50,
+      patient_ids={'test': np.arange(120) // 4})
+  macro = result['macro']['test']
+  entry = result['labels']['Effusion']['splits']['test']
+  assert macro['auc'] == entry['auc']['value']
+  assert macro['auc_ci'] == entry['auc']['ci']
+
+
+def four_labels():
+  predictions = {'val': multilabel_split(300, 1),
+                 'test': multilabel_split(400, 2)}
+  ids = {s: np.arange(len(t)) // 3 for s, (t, _) in predictions.items()}
+  return predictions, evaluation.evaluate_labels(
+      predictions, NAMES, patient_ids=ids, num_resamples=100)
+
+
+def test_a_one_class_label_is_nan_with_a_reason_and_left_out_of_the_macro():
+  predictions, result = four_labels()
   hernia = result['labels']['Hernia']
   test = hernia['splits']['test']
   assert math.isnan(test['auc']['value'])
@@ -92,21 +131,12 @@ def test_a_one_class_label_is_nan_with_a_reason_and_left_out_of_the_macro(
   assert macro['auc'] == pytest.approx(np.mean([
       result['labels'][n]['splits']['test']['auc']['value']
       for n in NAMES[:3]]))
-  text = evaluation.evaluation_markdown(
-      {**result, 'bootstrap': {'num_resamples': 100, 'seed': 0}})
-  table = text.split('## Per label on test')[1].split('Macro mean')[0]
-  rows = [l for l in table.splitlines() if l.startswith('| ') and
-          not l.startswith('| label')]
-  assert [r.split(' | ')[0][2:] for r in rows] == list(NAMES)
-  assert 'AUC undefined' in rows[3]
-  assert 'Macro mean on test: AUC ' in text and (
-      'over the 3 of 4 scored labels with a defined AUC') in text
 
 
 def test_every_target_masked_is_not_scored():
   targets, probs = multilabel_split(50, 3)
   targets[:, 1] = MASKED
-  result = evaluation.evaluate_multilabel(
+  result = evaluation.evaluate_labels(
       {'val': (targets, probs), 'test': (targets, probs)}, NAMES,
       scored=['Effusion', 'Cardiomegaly'], num_resamples=0)
   assert list(result['labels']) == ['Effusion', 'Cardiomegaly']
@@ -128,10 +158,10 @@ def test_patient_level_intervals_are_wider_than_image_level_ones():
   targets[::7] = MASKED  # masked rows leave both bootstraps
   predictions = {'test': (targets, probs)}
   thresholds = {'Effusion': {'youden': 0.5}}
-  by_patient = evaluation.evaluate_multilabel(
+  by_patient = evaluation.evaluate_labels(
       predictions, ['Effusion'], thresholds=thresholds,
       patient_ids={'test': ids}, num_resamples=400)
-  by_image = evaluation.evaluate_multilabel(
+  by_image = evaluation.evaluate_labels(
       predictions, ['Effusion'], thresholds=thresholds, num_resamples=400)
   patient_entry = by_patient['labels']['Effusion']['splits']['test']
   image_entry = by_image['labels']['Effusion']['splits']['test']
@@ -148,31 +178,11 @@ def test_patient_level_intervals_are_wider_than_image_level_ones():
   assert patient_entry['auc']['ci'] == want['auc']
 
 
-def test_pointing_game_on_given_heatmaps():
-  maps = np.zeros((4, 10, 12))
-  maps[0, 2, 3] = 1.0   # inside box (x 2..5, y 1..4)
-  maps[1, 8, 10] = 1.0  # outside that box, inside the second
-  maps[2, 8, 10] = 1.0  # no second box: a miss
-  boxes = [[(2, 1, 3, 3)], [(2, 1, 3, 3), (9, 7, 2, 2)], [(2, 1, 3, 3)],
-           [(0, 0, 12, 10)]]
-  hits, flat = evaluation.pointing_game(maps, boxes)
-  assert hits.tolist() == [True, True, False, False]
-  assert flat.tolist() == [False, False, False, True]  # map 3 is all zero
-  # Pixel (row 2, column 5) has its centre at x 5.5: outside a box ending
-  # at x 5.
-  edge = np.zeros((1, 10, 12))
-  edge[0, 2, 5] = 1
-  assert not evaluation.pointing_game(edge, [[(2, 1, 3, 3)]])[0][0]
-  interval = evaluation.hit_rate_interval(
-      np.array([1, 1, 0, 0, 1, 0] * 5, bool), np.arange(30), 200)
-  assert interval[0] < 0.5 < interval[1]
-
-
 def test_a_split_without_positives_has_no_sensitivity_not_a_zero():
   val_targets, val_probs = multilabel_split(200, 5, mask_share=0)
   test_targets, test_probs = multilabel_split(100, 6, mask_share=0)
   test_targets[:, 0] = 0.0  # Effusion: no positive on test
-  result = evaluation.evaluate_multilabel(
+  result = evaluation.evaluate_labels(
       {'val': (val_targets, val_probs), 'test': (test_targets, test_probs)},
       NAMES, scored=['Effusion'], num_resamples=20)
   label = result['labels']['Effusion']
@@ -183,28 +193,28 @@ def test_a_split_without_positives_has_no_sensitivity_not_a_zero():
   threshold = label['thresholds']['youden']['threshold']
   assert point['specificity']['value'] == pytest.approx(
       np.mean(test_probs[:, 0] <= threshold))
-  assert 'ci' in point['specificity']
+  assert point['specificity']['ci'] is not None
   assert math.isnan(label['splits']['test']['auc']['value'])
   assert result['macro']['test']['auc_labels'] == []
   assert math.isnan(result['macro']['test']['auc'])
 
 
-def test_macro_interval_resamples_patients_once_for_all_labels(scored):
-  predictions, result = scored
+def test_macro_interval_resamples_patients_once_for_all_labels():
+  _, result = four_labels()
   macro = result['macro']['test']
   low, high = macro['auc_ci']
   assert low < macro['auc'] < high
   # One label without masks: the macro interval is that label's own.
   targets, probs = multilabel_split(120, 7, mask_share=0)
   ids = np.arange(120) // 4
-  one = evaluation.evaluate_multilabel(
+  one = evaluation.evaluate_labels(
       {'test': (targets, probs)}, NAMES, scored=['Effusion'],
       thresholds={}, patient_ids={'test': ids}, num_resamples=200)
   assert one['macro']['test']['auc_ci'] == one['labels']['Effusion'][
       'splits']['test']['auc']['ci']
   # Two labels: the mean of the two AUCs, drawn on the same patients,
   # recomputed here with scikit-learn.
-  two = evaluation.evaluate_multilabel(
+  two = evaluation.evaluate_labels(
       {'test': (targets, probs)}, NAMES, scored=['Effusion', 'Mass'],
       thresholds={}, patient_ids={'test': ids}, num_resamples=200)
   means = [np.mean([metrics.roc_auc_score(targets[index, c], probs[index, c])
@@ -235,7 +245,7 @@ def test_a_run_killed_during_the_bootstrap_resumes_at_its_split(tmp_path):
   options = dict(patient_ids=ids, subgroups={s: {'view': v}
                                              for s, v in view.items()},
                  num_resamples=60, min_subgroup=10)
-  whole = evaluation.evaluate_multilabel(predictions, NAMES, **options)
+  whole = evaluation.evaluate_labels(predictions, NAMES, **options)
   lines = []
 
   def kill_on_test(line):
@@ -244,13 +254,13 @@ def test_a_run_killed_during_the_bootstrap_resumes_at_its_split(tmp_path):
       raise _Killed()
 
   with pytest.raises(_Killed):
-    evaluation.evaluate_multilabel(predictions, NAMES, **options,
+    evaluation.evaluate_labels(predictions, NAMES, **options,
                                    checkpoint_dir=str(tmp_path),
                                    progress=kill_on_test)
   assert any('val by view: 2 subgroups done' in line for line in lines)
   assert sorted(p.name for p in tmp_path.iterdir()) == ['bootstrap-val.json']
   lines.clear()
-  resumed = evaluation.evaluate_multilabel(predictions, NAMES, **options,
+  resumed = evaluation.evaluate_labels(predictions, NAMES, **options,
                                            checkpoint_dir=str(tmp_path),
                                            progress=lines.append)
   assert 'evaluation of val: intervals reused' in lines[0]
@@ -265,31 +275,63 @@ def test_a_run_killed_during_the_bootstrap_resumes_at_its_split(tmp_path):
   probs[0, 0] = 0.5 * probs[0, 0]
   moved['test'] = (targets, probs)
   lines.clear()
-  evaluation.evaluate_multilabel(moved, NAMES, **options,
+  evaluation.evaluate_labels(moved, NAMES, **options,
                                  checkpoint_dir=str(tmp_path),
                                  progress=lines.append)
   reused = [line for line in lines if 'reused' in line]
   assert len(reused) == 1 and 'of val' in reused[0]
   lines.clear()
-  reseeded = evaluation.evaluate_multilabel(
+  reseeded = evaluation.evaluate_labels(
       predictions, NAMES, **options, seed=1, checkpoint_dir=str(tmp_path),
       progress=lines.append)
   assert not any('reused' in line for line in lines)
   assert _as_text(reseeded) != _as_text(whole)
   # Another min_subgroup measures other subgroups: redone.
   lines.clear()
-  evaluation.evaluate_multilabel(
+  evaluation.evaluate_labels(
       predictions, NAMES, **{**options, 'min_subgroup': 160}, seed=1,
       checkpoint_dir=str(tmp_path), progress=lines.append)
   assert not any('reused' in line for line in lines)
   assert any('val by view: 0 subgroups done' in line for line in lines)
-  evaluation.evaluate_multilabel(predictions, NAMES, **options, seed=1,
+  evaluation.evaluate_labels(predictions, NAMES, **options, seed=1,
                                  checkpoint_dir=str(tmp_path))
   # A checkpoint cut short is recomputed, not trusted.
   (tmp_path / 'bootstrap-val.json').write_text('{"key": "')
   lines.clear()
-  again = evaluation.evaluate_multilabel(
+  again = evaluation.evaluate_labels(
       predictions, NAMES, **options, seed=1, checkpoint_dir=str(tmp_path),
       progress=lines.append)
   assert 'evaluation of val: 300 images' in lines[0]
   assert _as_text(again) == _as_text(reseeded)
+
+
+def test_evaluate_label_subgroups():
+  val = noisy_scores(150, seed=18)
+  test = noisy_scores(160, seed=19)
+  patients = np.arange(160) // 2
+  view = np.where(np.arange(160) % 4 == 0, 'AP', 'PA')
+  view[:3] = 'LL'  # three images: too few to score
+  result = evaluation.evaluate_label(
+      {'val': val, 'test': test}, patient_ids={'test': patients},
+      subgroups={'test': {'view': view}}, num_resamples=100, min_subgroup=10)
+  json.dumps(result)
+  for op, entry in result['thresholds'].items():
+    assert entry['threshold'] == evaluation.choose_threshold(*val, op)
+    assert entry['chosen_on'] == 'val'
+  entry = result['splits']['test']
+  assert (entry['n'], entry['patients']) == (160, 80)
+  assert entry['auc']['value'] == pytest.approx(
+      metrics.roc_auc_score(*test))
+  groups = entry['subgroups']['view']
+  assert groups['LL'] == {'n': 3}
+  for value in ('AP', 'PA'):
+    mask = view == value
+    assert groups[value]['n'] == mask.sum()
+    assert groups[value]['positives'] == test[0][mask].sum()
+    assert groups[value]['auc']['value'] == pytest.approx(
+        metrics.roc_auc_score(test[0][mask], test[1][mask]))
+    youden = groups[value]['operating_points']['youden']
+    assert youden['sensitivity']['value'] == pytest.approx(
+        recount.recount(test[0][mask], test[1][mask],
+                        result['thresholds']['youden']['threshold'])[
+                            'sensitivity'])

@@ -1,0 +1,546 @@
+"""The run evaluator: one evaluation of a model on a converted dataset.
+
+  results, predictions = run.evaluate_model(net, builder, label_names=...)
+  run.evaluate_run('runs/kermany', 'data/rsna_224', split='test')
+
+Each split is predicted once, and its targets, patient ids and subgroup
+fields come from the same records (`as_dataset(with_metadata=True)`), in
+the same order: nothing is re-read or re-labelled beside the reader. One
+path for every dataset: targets [N, L] (a dataset of classes is L = 1, the
+label named by its positive class, e.g. PNEUMONIA), each label evaluated on
+its known targets (`per_label.evaluate_labels`).
+
+tools/train calls `evaluate_model` after its last epoch (thresholds and
+temperatures chosen on val); tools/evaluate calls `evaluate_run`, which
+scores a finished run on any converted dataset at the thresholds and
+temperatures the run chose (`run_dir`), labels matched by name
+(`matching`). Both write results.json in RESULTS_FORMAT 2 (`results_document`,
+README "results.json"), results.md (`markdown`) and the pictures (`plots`).
+
+Subgroup fields, where the dataset stores them:
+  kermany_subtype  bacteria / virus / normal, from Kermany's file names;
+  source_folder    the source tree's split folder (Kaggle's train/val/test)
+                   when the dataset was converted from the split layout;
+  detailed_class   RSNA's detailed class (an extra feature of the records);
+  view, sex, age_group
+                   a multi-label dataset's, where any image has one (age in
+                   `AGE_GROUPS`).
+"""
+
+import json
+import os
+import re
+
+import numpy as np
+
+from xray_tfdata import atomic
+from xray_tfdata import checks
+from xray_tfdata import labels as labels_lib
+from xray_tfdata import run_dir
+from xray_tfdata import schema
+from xray_tfdata.evaluation import curves
+from xray_tfdata.evaluation import localization as localization_lib
+from xray_tfdata.evaluation import markdown
+from xray_tfdata.evaluation import matching
+from xray_tfdata.evaluation import per_label
+from xray_tfdata.evaluation import plots
+
+SPLITS = ('train', 'val', 'test')
+# The splits that get patient-level intervals at the end of a run: train's
+# numbers are a check for over-fitting, its point estimates suffice (and
+# its bootstrap would cost more than val's and test's together).
+INTERVAL_SPLITS = ('val', 'test')
+# Subgroups smaller than this are listed with their count only: an AUC or
+# a sensitivity of a handful of images says nothing.
+MIN_SUBGROUP = 10
+_KERMANY_SUBTYPE = re.compile(r'_(bacteria|virus)_', re.IGNORECASE)
+# Multi-label datasets' age subgroups, in whole years: [low, high).
+AGE_GROUPS = ((0, 20), (20, 40), (40, 60), (60, 80), (80, 200))
+# The record features `as_dataset(with_metadata=True)` does not yield that
+# the evaluation uses: RSNA's detailed class (a subgroup) and boxes.
+_EXTRA_KEYS = (schema.DETAILED_CLASS,) + schema.BOX_KEYS
+
+
+def print_flush(line):
+  """The evaluation's progress lines: printed at once."""
+  print(line, flush=True)
+
+
+def model_label_names(builder, labels=None):
+  """The L labels a model trained on this dataset outputs, in order: a
+  multi-label dataset's (labels, or all), a dataset of classes' positive
+  class (L = 1)."""
+  names = (tuple(builder.label_names(labels))
+           if builder.info.is_multilabel else ())
+  return names or (builder.info.class_names[1],)
+
+
+def _decoded(values):
+  values = np.asarray(values)
+  if values.dtype == object:
+    return np.array([v.decode('utf-8', 'replace') for v in values])
+  return values
+
+
+def predict_split(net, builder, split, batch_size, **options):
+  """Predicts one split; its targets and metadata from the same records.
+
+  Args:
+    net: the model (L sigmoid outputs).
+    builder: the dataset's `pipeline.DatasetBuilder`.
+    split: the split.
+    batch_size: prediction batch size.
+    **options: `as_dataset` arguments (image_size, resize, labels,
+      label_policy, views, cache options).
+
+  Returns:
+    (targets float64 [N, L'] as the reader yields them (L' = 1 for a
+    dataset of classes: its label ids), probs float64 [N, L], metadata
+    {field: array of N}: 'filename', 'patient_id' and, from a multi-label
+    dataset, 'view', 'sex', 'age_years', 'study_id'), in disk order.
+  """
+  from xray_tfdata import distribute  # pylint: disable=g-import-not-at-top
+  ds = builder.as_dataset(split, batch_size, with_metadata=True, **options)
+  targets, columns = [], {}
+  for _, y, metadata in ds.as_numpy_iterator():
+    # [B] until every reader yields [B, L] (a dataset of classes, L = 1).
+    targets.append(np.reshape(y, (len(y), -1)))
+    for field, values in metadata.items():
+      columns.setdefault(field, []).append(values)
+  # Under several workers, in the targets' order (see shard_by_batch).
+  images = distribute.shard_by_batch(ds.map(lambda x, y, m: x))
+  probs = np.asarray(net.predict(images, verbose=0), np.float64)
+  targets = np.concatenate(targets).astype(np.float64)
+  metadata = {field: _decoded(np.concatenate(parts))
+              for field, parts in columns.items()}
+  return targets, probs.reshape(len(probs), -1), metadata
+
+
+def stored_extras(builder, split, views=None):
+  """RSNA's detailed class and boxes of each record, in disk order; {}
+  for a dataset that stores neither.
+
+  Returns:
+    {'detailed_class': str array, 'boxes': [float32 [k, 4] (x, y, width,
+    height) per record]}, each where stored.
+  """
+  extra = [k for k in _EXTRA_KEYS if k in builder.info.extra_features]
+  if not extra or views is not None:
+    return {}
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  spec = {}
+  if schema.DETAILED_CLASS in extra:
+    spec[schema.DETAILED_CLASS] = tf.io.FixedLenFeature([], tf.string,
+                                                        default_value='')
+  has_boxes = set(schema.BOX_KEYS) <= set(extra)
+  if has_boxes:
+    spec.update({k: tf.io.RaggedFeature(tf.float32) for k in schema.BOX_KEYS})
+  records = tf.data.TFRecordDataset(builder.shard_paths(split))
+  detailed, boxes = [], []
+  for batch in records.batch(1024).map(
+      lambda r: tf.io.parse_example(r, spec)).as_numpy_iterator():
+    if schema.DETAILED_CLASS in spec:
+      detailed.append(batch[schema.DETAILED_CLASS])
+    if has_boxes:
+      parts = [batch[k] for k in schema.BOX_KEYS]
+      boxes += [np.stack([np.asarray(p[i], np.float32) for p in parts],
+                         axis=-1).reshape(-1, 4)
+                for i in range(len(parts[0]))]
+  out = {}
+  if detailed:
+    out['detailed_class'] = _decoded(np.concatenate(detailed))
+  if has_boxes:
+    out['boxes'] = boxes
+  return out
+
+
+def patient_ids(metadata):
+  """Patient ids; an image without one is its own patient."""
+  ids = metadata['patient_id']
+  return np.where(ids == '', np.char.add('file:', metadata['filename']), ids)
+
+
+def subgroup_fields(info, metadata, positive=None):
+  """{field: values} of the subgroups this dataset can be cut into.
+
+  Args:
+    info: the dataset's `DatasetInfo`.
+    metadata: `predict_split`'s metadata (plus `stored_extras`).
+    positive: for a dataset of classes, whether each image is of the
+      positive class (Kermany's subtype of a negative is 'normal').
+  """
+  fields = {}
+  if 'detailed_class' in metadata:
+    fields['detailed_class'] = np.where(metadata['detailed_class'] == '',
+                                        'unknown', metadata['detailed_class'])
+  names = metadata['filename']
+  subtypes = [(_KERMANY_SUBTYPE.search(os.path.basename(n)) or [None, None])[1]
+              for n in names]
+  if any(subtypes) and positive is not None:
+    fields['kermany_subtype'] = np.array([
+        s.lower() if s else ('unknown' if is_positive else 'normal')
+        for s, is_positive in zip(subtypes, positive)])
+  if info.layout == 'split':
+    fields['source_folder'] = np.array([n.split('/', 1)[0] for n in names])
+  for field in ('view', 'sex'):
+    if field in metadata and (metadata[field] != '').any():
+      fields[field] = np.where(metadata[field] == '', 'unknown',
+                               metadata[field])
+  if 'age_years' in metadata and (metadata['age_years'] >= 0).any():
+    ages = metadata['age_years']
+    group = np.full(ages.shape, 'unknown', dtype=object)
+    for low, high in AGE_GROUPS:
+      group[(ages >= low) & (ages < high)] = (
+          f'{low}-{high - 1}' if high < 200 else f'{low}+')
+    fields['age_group'] = group.astype(str)
+  return fields
+
+
+def evaluate(predictions, metadata, label_names, info, *, scored=None,
+             thresholds=None, temperatures=None, num_resamples=2000, seed=0,
+             level=0.95, checkpoint_dir=None, interval_splits=None,
+             progress=print_flush):
+  """Every label's evaluation, with patients and subgroups from metadata.
+
+  Args:
+    predictions: {split: (targets float [N, L], `labels.MASKED` where
+      unknown; probs [N, L])}, columns in label_names' order.
+    metadata: {split: `predict_split`'s metadata}, the same rows.
+    label_names: the model's L outputs.
+    info: the dataset's `DatasetInfo` (its subgroups).
+    scored, thresholds, temperatures, num_resamples, seed, level,
+      checkpoint_dir, interval_splits, progress: as
+      `per_label.evaluate_labels`.
+
+  Returns:
+    `per_label.evaluate_labels`' {'labels', 'macro'}.
+  """
+  groups = {}
+  for split, columns in metadata.items():
+    targets = predictions[split][0]
+    positive = (targets[:, 0] == 1) if targets.shape[1] == 1 and (
+        not info.is_multilabel) else None
+    groups[split] = subgroup_fields(info, columns, positive)
+  return per_label.evaluate_labels(
+      predictions, label_names, scored=scored, thresholds=thresholds,
+      temperatures=temperatures,
+      patient_ids={s: patient_ids(m) for s, m in metadata.items()},
+      subgroups=groups, num_resamples=num_resamples, level=level, seed=seed,
+      min_subgroup=MIN_SUBGROUP, checkpoint_dir=checkpoint_dir,
+      progress=progress, interval_splits=interval_splits)
+
+
+def results_document(evaluated, *, label_names, label_policy, views, config,
+                     data_dir, model_data, label_mapping, num_resamples, seed,
+                     level=0.95, localization=None, training=None):
+  """results.json, RESULTS_FORMAT 2: the same keys for every run (README,
+  "results.json"); None where a part does not apply.
+
+  Args:
+    evaluated: `evaluate`'s {'labels', 'macro'}.
+    label_names: the model's outputs in order.
+    label_policy, views: how the targets were read (None for a dataset of
+      classes, and for every view).
+    config: the run's settings.
+    data_dir: the dataset evaluated; model_data: the one trained on.
+    label_mapping: `matching.match_labels`' dict.
+    num_resamples, seed, level: the bootstrap's.
+    localization: `localization.localize`'s dict, or None.
+    training: {'policy', 'strategy', 'epochs_run'} of a run's own
+      evaluation, None for tools/evaluate.
+  """
+  return {
+      run_dir.RESULTS_FORMAT_KEY: run_dir.RESULTS_FORMAT,
+      'label_names': list(label_names),
+      'label_policy': label_policy,
+      'views': list(views) if views else None,
+      'config': dict(config),
+      'data': {'data_dir': data_dir, 'model_data': model_data,
+               'label_mapping': label_mapping},
+      'bootstrap': {'unit': 'patient', 'num_resamples': num_resamples,
+                    'level': level, 'seed': seed},
+      'labels': evaluated['labels'],
+      'macro': evaluated['macro'],
+      'localization': localization,
+      'training': training,
+  }
+
+
+def evaluate_model(net, builder, *, label_names, batch_size, config,
+                   splits=SPLITS, label_policy=None, views=None,
+                   num_resamples=2000, seed=0, checkpoint_dir=None,
+                   read_options=None):
+  """A run's own evaluation at the end of training: every split predicted
+  once; operating points and temperatures chosen on val.
+
+  Args:
+    net: the trained model.
+    builder: the dataset it was trained on.
+    label_names: its outputs in order (`model_label_names`).
+    batch_size: prediction batch size.
+    config: the run's settings (a dict), recorded in the results.
+    splits: the splits evaluated.
+    label_policy, views: a multi-label dataset's, as the run read it.
+    num_resamples, seed: the patient-level bootstrap of val and test.
+    checkpoint_dir: where each split's intervals are kept as they are
+      done, so that a killed evaluation resumes (None: nowhere).
+    read_options: further `as_dataset` arguments (the run's cache).
+
+  Returns:
+    (results: `results_document`'s dict, predictions: {split: (targets,
+    probs)} for the pictures).
+  """
+  multilabel = builder.info.is_multilabel
+  options = dict(read_options or {})
+  if multilabel:
+    options.update(labels=list(label_names), label_policy=label_policy,
+                   views=views)
+  predictions, metadata = {}, {}
+  for split in splits:
+    targets, probs, columns = predict_split(net, builder, split, batch_size,
+                                            **options)
+    predictions[split] = (targets, probs)
+    metadata[split] = {**columns, **stored_extras(builder, split, views)}
+  evaluated = evaluate(predictions, metadata, label_names, builder.info,
+                       num_resamples=num_resamples, seed=seed,
+                       checkpoint_dir=checkpoint_dir,
+                       interval_splits=INTERVAL_SPLITS)
+  mapping = matching.match_labels(label_names, builder.info)
+  results = results_document(
+      evaluated, label_names=label_names,
+      label_policy=label_policy if multilabel else None, views=views,
+      config=config, data_dir=builder.data_dir,
+      model_data=builder.data_dir, label_mapping=mapping,
+      num_resamples=num_resamples, seed=seed)
+  return results, predictions
+
+
+def write_report(out_dir, results, predictions, history_csv=None):
+  """Writes the pictures, results.md, then results.json (last: it marks
+  the evaluation finished).
+
+  Args:
+    out_dir: the folder (made if missing).
+    results: `results_document`'s dict.
+    predictions: {split: (targets [N, L], probs [N, L])}.
+    history_csv: a run's history.csv, for the training curves, or None.
+
+  Returns:
+    The results.md text.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  pictures = plots.write_pictures(out_dir, results, predictions, history_csv)
+  text = markdown.results_markdown(results, pictures)
+  atomic.write_text(os.path.join(out_dir, run_dir.RESULTS_MD), text)
+  atomic.write_text(os.path.join(out_dir, run_dir.RESULTS_JSON),
+                    json.dumps(results, indent=2, default=float))
+  return text
+
+
+# tools/evaluate: a finished run on any converted dataset.
+
+
+def default_out_dir(model_dir, data_dir, split, views=None):
+  """model_dir/evaluation/<data_dir folder>-<split>[-<views>]: an
+  evaluation of some views does not replace that of all."""
+  name = os.path.basename(os.path.normpath(data_dir))
+  suffix = '-' + '_'.join(views) if views else ''
+  return os.path.join(model_dir, run_dir.EVALUATION_DIR,
+                      f'{name}-{split}{suffix}')
+
+
+def _run_label_names(run):
+  """The run's outputs; a single-label run of an older version names
+  none: the positive class of the dataset it was trained on."""
+  if run.label_names:
+    return list(run.label_names)
+  old = run.results.get('evaluation', {})
+  if old.get('model_labels'):
+    return list(old['model_labels'])
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    return [pipeline.load_info(run.data_dir).class_names[1]]
+  except (TypeError, pipeline.DatasetError) as e:
+    raise matching.MatchingError(
+        'the run records no label names and its training data is gone '
+        f'({e}); retrain it with this version of tools/train') from e
+
+
+def _stored_thresholds(run):
+  """{label: {operating point: threshold}} the run chose, or None when it
+  chose none (a run trained before issue 21)."""
+  found = {}
+  for op in curves.OPERATING_POINTS:
+    for label, threshold in run.thresholds(op).items():
+      if threshold is not None:
+        found.setdefault(label, {})[op] = threshold
+  return found or None
+
+
+def _load_model(path):
+  import keras  # pylint: disable=g-import-not-at-top
+  # Registers the model's own layers (augmentation, preprocessing) with
+  # Keras' deserializer.
+  from xray_tfdata import augment  # pylint: disable=g-import-not-at-top,unused-import
+  from xray_tfdata import model  # pylint: disable=g-import-not-at-top,unused-import
+  return keras.saving.load_model(path)
+
+
+def _open_dataset(data_dir, mapping):
+  """The builder, a dataset of two classes read with the class the model's
+  label matched as 1."""
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  builder = pipeline.DatasetBuilder(data_dir)
+  classes = builder.info.class_names
+  if not builder.info.is_multilabel and len(classes) == 2:
+    positive = next(iter(mapping['matched'].values()))
+    builder = pipeline.DatasetBuilder(data_dir, positive_class=positive)
+  return builder
+
+
+def _model_targets(y, builder, names, mapping, data_names):
+  """The targets [N, L] of the model's L outputs: each matched label's
+  column from the reader's targets, `labels.MASKED` for the unmatched."""
+  targets = np.full((len(y), len(names)), labels_lib.MASKED, np.float64)
+  classes = builder.info.class_names
+  for label, data_label in mapping['matched'].items():
+    column = names.index(label)
+    if builder.info.is_multilabel:
+      targets[:, column] = y[:, data_names.index(data_label)]
+    elif y.shape[1] == 1 and classes.index(data_label) == 1 and np.isin(
+        y, (0, 1)).all():
+      targets[:, column] = y[:, 0]  # the positive class's target, or id 1
+    else:  # the stored class ids of a dataset of classes
+      targets[:, column] = y[:, 0] == classes.index(data_label)
+  return targets
+
+
+def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
+                 num_resamples=None, batch_size=None, label_policy=None,
+                 localization=None, views=None):
+  """Evaluates a finished run on a split of any converted dataset.
+
+  Args:
+    model_dir: a finished tools/train run.
+    data_dir: a converted dataset: the run's own or another (external
+      validation); images of another stored size are resized to the
+      model's.
+    split: the split to score.
+    out_dir: where results.json, results.md and the pictures go; None:
+      `default_out_dir`.
+    num_resamples: bootstrap resamples; None: the run's setting.
+    batch_size: prediction batch size; None: the run's.
+    label_policy: for a dataset of labels, the policy its codes are read
+      with; None: the run's, else `checks.DEFAULT_LABEL_POLICY`.
+    localization: the pointing game on the split's positives
+      (`localization.localize`): True asks for it (a dataset without boxes
+      is then an error), None does it where the dataset stores boxes,
+      False never.
+    views: a multi-label dataset's views to score (as `as_dataset`); None:
+      every image. The thresholds come from the run.
+
+  Returns:
+    The results dict written to out_dir/results.json (`results_document`).
+
+  Raises:
+    run_dir.RunDirError: not a finished run.
+    matching.MatchingError: no label in common.
+    localization.LocalizationError: localization asked of a dataset
+      without boxes.
+    pipeline.DatasetError: data_dir is not a converted dataset, or has no
+      such split; views of a dataset of classes, or views that keep no
+      image of a split scored; no thresholds in the run and no val split.
+  """
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  run = run_dir.read(model_dir)
+  settings = run.settings
+  names = _run_label_names(run)
+  mapping = matching.match_labels(names, pipeline.load_info(data_dir))
+  builder = _open_dataset(data_dir, mapping)
+  info = builder.info
+  info.split(split)  # a missing split fails before the model loads
+  views = tuple(views) if views else None
+  if views is not None:
+    builder.num_examples(split, views)  # fails before the model loads
+  policy = None
+  if info.is_multilabel:
+    policy = (label_policy or run.label_policy or
+              checks.DEFAULT_LABEL_POLICY)
+    labels_lib.policy_table(policy)  # an unknown policy fails early
+  if localization and not localization_lib.has_boxes(info):
+    raise localization_lib.LocalizationError(
+        f'--localization: {data_dir} stores no boxes (only an RSNA '
+        'conversion does, schema.BOX_KEYS); drop --localization or evaluate '
+        'on a dataset with boxes')
+  thresholds = _stored_thresholds(run)
+  splits = [split]
+  if thresholds is None:
+    if 'val' not in info.splits:
+      raise pipeline.DatasetError(
+          f'{model_dir} records no operating points (trained before issue '
+          f'21) and {data_dir} has no val split to choose them on')
+    splits = ['val'] + [s for s in splits if s != 'val']
+  if views is not None:
+    for s in splits:
+      builder.num_examples(s, views)  # none kept: one line
+  image_size = int(settings.get('image_size', info.image_height))
+  net = _load_model(run_dir.path(model_dir, run_dir.MODEL_FILE))
+  batch_size = batch_size or settings.get('batch_size', 32)
+  num_resamples = (settings.get('bootstrap_resamples', 2000)
+                   if num_resamples is None else num_resamples)
+  seed = settings.get('seed', 0)
+  options = dict(image_size=image_size,
+                 resize=info.image_size != (image_size, image_size))
+  data_names = list(dict.fromkeys(mapping['matched'].values()))
+  if info.is_multilabel:
+    options.update(labels=data_names, label_policy=policy, views=views)
+  predictions, metadata = {}, {}
+  for s in splits:
+    y, probs, columns = predict_split(net, builder, s, batch_size, **options)
+    if probs.shape[1] != len(names):
+      raise matching.MatchingError(
+          f'{model_dir}: the model has {probs.shape[1]} outputs but the run '
+          f'names {len(names)} labels; its config.json does not belong to '
+          'its model')
+    predictions[s] = (_model_targets(y, builder, names, mapping, data_names),
+                      probs)
+    metadata[s] = {**columns, **stored_extras(builder, s, views)}
+  temperatures = {k: v for k, v in run.temperatures().items()
+                  if v is not None}
+  evaluated = evaluate(predictions, metadata, names, info,
+                       scored=list(mapping['matched']), thresholds=thresholds,
+                       temperatures=temperatures if thresholds else None,
+                       num_resamples=num_resamples, seed=seed)
+  model_data = run.data_dir or data_dir
+  if thresholds is not None:
+    for result in evaluated['labels'].values():
+      for entry in result['thresholds'].values():
+        entry['chosen_on'] = f'val of {model_data}'
+  if views is not None:
+    mapping['notes'].append(builder.view_filter_line(views, splits))
+  if info.image_size != (image_size, image_size):
+    mapping['notes'].append(
+        f'images resized from {info.image_height}x{info.image_width} to the '
+        f'model\'s {image_size}x{image_size}')
+  found = None
+  if localization is not False:
+    if localization_lib.has_boxes(info):
+      targets = predictions[split][0]
+      positives = {label: (targets[:, names.index(label)] == 1,
+                           names.index(label))
+                   for label in mapping['matched']}
+      found = localization_lib.localize(
+          net, builder, split, positives, metadata[split]['boxes'],
+          patient_ids(metadata[split]), image_size, batch_size,
+          num_resamples=num_resamples, seed=seed)
+    else:
+      found = {'skipped': f'{data_dir} stores no boxes (only RSNA '
+                          'conversions do): no pointing game'}
+  results = results_document(
+      evaluated, label_names=names, label_policy=policy, views=views,
+      config=settings, data_dir=data_dir, model_data=model_data,
+      label_mapping=mapping, num_resamples=num_resamples, seed=seed,
+      localization=found)
+  write_report(out_dir or default_out_dir(model_dir, data_dir, split, views),
+               results, predictions)
+  return results
