@@ -228,3 +228,66 @@ def test_vindr_contradicting_rows_skip_their_image_with_the_lines(tmp_path):
   assert skipped[0]['row'].startswith('train.csv line')
   planned = {f.path for files in plan.splits.values() for f in files}
   assert not any(row[0] in p for p in planned)
+
+
+@pytest.mark.slow  # three tool processes: convert, train one epoch, evaluate
+def test_vindr_trains_and_evaluates_with_the_pointing_game_per_label(
+    tmp_path):
+  from test_end_to_end import run_tool  # pylint: disable=g-import-not-at-top
+  src, data = str(tmp_path / 'src'), str(tmp_path / 'data')
+  model_dir = str(tmp_path / 'run')
+  synthetic_vindr.make_synthetic_vindr(src, num_images=40, seed=2,
+                                       size_scale=0.025, num_workers=1,
+                                       release='physionet')
+  # Test images whose effusion lost its box but keep another label's: a
+  # positive without a box of its own, whatever boxes the image has.
+  boxes_file = os.path.join(src, 'annotations/annotations_test.csv')
+  rows = _rows(boxes_file)
+  labels_of = collections.defaultdict(set)
+  for row in rows:
+    labels_of[row['image_id']].add(row['class_name'])
+  unboxed = {i for i, found in labels_of.items()
+             if 'Pleural effusion' in found and len(found) > 1}
+  assert unboxed
+  with open(boxes_file, 'w', newline='', encoding='utf-8') as f:
+    writer = csv.DictWriter(f, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(r for r in rows if not (
+        r['image_id'] in unboxed and r['class_name'] == 'Pleural effusion'))
+  converted = run_tool('make_tfrecords', f'--src_dir={src}',
+                       f'--out_dir={data}', '--image_size=32',
+                       '--num_workers=1')
+  assert converted.returncode == 0, converted.stderr[-2000:]
+  names = ('Pleural effusion', 'Cardiomegaly')
+  trained = run_tool(
+      'train', f'--data_dir={data}', f'--model_dir={model_dir}',
+      '--image_size=32', '--batch_size=8', '--epochs=1', '--weights=none',
+      '--backbone=mini_vgg', '--dense_units=8', '--augmentation=none',
+      '--bootstrap_resamples=100', '--verbose=0', '--policy=float32',
+      '--reader_policy=majority', f'--labels={",".join(names)}')
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  with open(os.path.join(model_dir, 'config.json')) as f:
+    assert json.load(f)['reader_policy'] == 'majority'
+  evaluated = run_tool('evaluate', f'--model_dir={model_dir}',
+                       f'--data_dir={data}', '--split=test',
+                       '--bootstrap_resamples=100', '--localization')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  found = [p for p, _, n in os.walk(model_dir) for f in n
+           if f == 'results.json' and os.path.basename(p) != 'run']
+  with open(os.path.join(found[0], 'results.json')) as f:
+    localization = json.load(f)['localization']
+  # The test split is the consensus: positives and their own boxes,
+  # recounted from the label files.
+  images, _, _ = _reference(src, 'physionet')
+  for name in names:
+    positive = [i for i, (split, reads, _) in images.items()
+                if split == 'test' and name in reads['']]
+    boxed = [i for i in positive
+             if any(label == name for *_, label, _ in images[i][2])]
+    entry = localization['labels'][name]
+    assert entry['n'] == len(boxed), name
+    assert entry['no_box_positives'] == len(positive) - len(boxed), name
+    assert 0 <= entry['hits'] <= entry['n']
+  assert localization['labels']['Pleural effusion']['n'] > 0
+  assert (localization['labels']['Pleural effusion']['no_box_positives'] >=
+          len(unboxed))
