@@ -63,7 +63,7 @@ def builder(tmp_path_factory):
 def _examples(dataset):
   """The multiset of (file name, label, pixel digest) a dataset yields."""
   return collections.Counter(
-      (metadata['filename'].decode(), float(label),
+      (metadata['filename'].decode(), tuple(label.tolist()),
        hashlib.sha1(image.tobytes()).hexdigest())
       for image, label, metadata in dataset.as_numpy_iterator())
 

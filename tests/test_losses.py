@@ -144,13 +144,14 @@ def test_each_labels_auc_is_scikit_learns_for_that_label():
   p = _on_bins(rng.uniform(size=y.shape), losses.DEFAULT_NUM_BINS)
   metrics = losses.label_metrics(['Effusion', 'Pleural Effusion', 'C'])
   assert [m.name for m in metrics] == [
-      'auc', 'auc_Effusion', 'auc_Pleural_Effusion', 'auc_C']
+      'auc', 'auc_Effusion', 'auc_Pleural_Effusion', 'auc_C',
+      'tp', 'fp', 'tn', 'fn', 'accuracy', 'precision', 'recall']
   for part in np.array_split(np.arange(len(y)), 2):
     for metric in metrics:
       metric.update_state(y[part], p[part])
   expected = [roc_auc_score(y[y[:, l] != M, l], p[y[:, l] != M, l])
               for l in range(3)]
-  assert [float(m.result()) for m in metrics[1:]] == pytest.approx(
+  assert [float(m.result()) for m in metrics[1:4]] == pytest.approx(
       expected, abs=1e-6)
   assert float(metrics[0].result()) == pytest.approx(np.mean(expected),
                                                      abs=1e-6)
@@ -320,3 +321,72 @@ def test_pos_weights_refuse_a_label_without_negatives_in_one_line(policy):
   message = str(caught.value)
   assert '\n' not in message and "'C'" in message
   assert 'no negative' in message and '--labels' in message
+
+
+def test_sample_weights_weigh_each_entry_before_the_masked_mean():
+  """fit's sample weights (the training batches' per-entry class weights,
+  [B, L]; or [B] of one label, Keras' class_weight) multiply each known
+  entry's term; the divisor stays the number of known entries (Keras' sum
+  over the batch size when nothing is masked)."""
+  y, p = _batch(4)
+  rng = np.random.default_rng(5)
+  weights = rng.uniform(0.2, 3.0, size=y.shape).astype(np.float32)
+  loss = losses.MaskedBinaryCrossentropy()
+  q = np.clip(p.astype(np.float64), losses.EPSILON, 1 - losses.EPSILON)
+  terms = -(y * np.log(q) + (1 - y) * np.log(1 - q))
+  known = y != M
+  expected = (weights * terms)[known].sum() / known.sum()
+  assert float(loss(y, p, sample_weight=weights)) == pytest.approx(
+      expected, rel=1e-5)
+  per_image = weights[:, 0]
+  # One label, nothing masked: Keras' BinaryCrossentropy with the weights.
+  one = np.where(y[:, :1] == M, 1.0, y[:, :1]).astype(np.float32)
+  assert float(loss(one, p[:, :1], sample_weight=per_image)) == pytest.approx(
+      float(keras.losses.BinaryCrossentropy()(one, p[:, :1],
+                                              sample_weight=per_image)),
+      rel=1e-5)
+
+
+def test_one_labels_metrics_are_the_references_keras_metrics():
+  """label_metrics of one label: the AUC and the reference notebook's
+  counts at 0.5 under their names, the counts equal to Keras' own."""
+  rng = np.random.default_rng(6)
+  y = (rng.random((50, 1)) < 0.4).astype(np.float32)
+  p = rng.uniform(size=(50, 1)).astype(np.float32)
+  p[:3] = 0.5  # at the threshold: not a positive call, as in Keras
+  metrics = losses.label_metrics(['PNEUMONIA'])
+  assert [m.name for m in metrics] == ['auc', 'tp', 'fp', 'tn', 'fn',
+                                       'accuracy', 'precision', 'recall']
+  references = [keras.metrics.TruePositives(), keras.metrics.FalsePositives(),
+                keras.metrics.TrueNegatives(), keras.metrics.FalseNegatives(),
+                keras.metrics.BinaryAccuracy(), keras.metrics.Precision(),
+                keras.metrics.Recall()]
+  for part in np.array_split(np.arange(len(y)), 3):
+    for metric in metrics + references:
+      metric.update_state(y[part], p[part])
+  assert [float(m.result()) for m in metrics[1:]] == pytest.approx(
+      [float(m.result()) for m in references], abs=1e-6)
+  assert float(metrics[0].result()) == pytest.approx(roc_auc_score(y, p),
+                                                     abs=0.01)
+
+
+def test_counts_over_several_labels_leave_masked_entries_out():
+  """The counts of several labels: over the known entries of all of them,
+  against a count written out in NumPy."""
+  y, p = _batch(7, shape=(40, 3))
+  metrics = {m.name: m for m in losses.label_metrics(['A', 'B', 'C'])}
+  for name in losses.COUNTS:
+    metrics[name].update_state(y, p)
+  called, known = p > 0.5, y != M
+  tp = int((called & (y == 1)).sum())
+  fp = int((called & (y == 0)).sum())
+  tn = int((~called & (y == 0)).sum())
+  fn = int((~called & (y == 1)).sum())
+  assert tp + fp + tn + fn == known.sum() < y.size
+  got = {name: float(metrics[name].result()) for name in losses.COUNTS}
+  assert got == pytest.approx({
+      'tp': tp, 'fp': fp, 'tn': tn, 'fn': fn,
+      'accuracy': (tp + tn) / known.sum(), 'precision': tp / (tp + fp),
+      'recall': tp / (tp + fn)})
+  with pytest.raises(ValueError, match='kind must be one of'):
+    losses.MaskedCount('f1')

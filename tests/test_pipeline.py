@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from xray_tfdata import checks
 from xray_tfdata import pipeline
 
-from records import H, W, write_dataset as _write_dataset
+from records import H, W, write_multilabel_dataset
+from records import write_dataset as _write_dataset
 
 
 @pytest.fixture()
@@ -42,7 +44,9 @@ def test_eval_pass_is_exact_and_in_order(tiny):
   for (image, label, _), (pixels, exp_label, _) in zip(got, expected['train']):
     assert image.dtype == np.uint8 and image.shape == (H, W, 1)
     np.testing.assert_array_equal(image[..., 0], pixels)
-    assert label == exp_label
+    # One label, PNEUMONIA: [1], 1.0 for the positive class.
+    assert label.dtype == np.float32 and label.shape == (1,)
+    assert label[0] == exp_label
 
 
 def test_eval_batches_keep_remainder(tiny):
@@ -52,7 +56,7 @@ def test_eval_batches_keep_remainder(tiny):
   assert [len(b[1]) for b in batches] == [4, 4, 4, 2]
   assert builder.steps_per_epoch('train', 4, training=False) == 4
   assert batches[0][0].dtype == np.uint8 and batches[0][0].shape == (4, H, W, 1)
-  assert batches[0][1].dtype == np.float32
+  assert batches[0][1].dtype == np.float32 and batches[0][1].shape == (4, 1)
 
 
 def test_training_pipeline_shuffles_repeats_and_drops_remainder(tiny):
@@ -80,7 +84,7 @@ def test_labels_follow_images_through_the_shuffle(tiny):
                                                  repeat=True)
   for images, labels in ds.take(6):
     for value, label in zip(images[:, 1, 1, 0].numpy(), labels.numpy()):
-      assert label_of_value[int(value)] == label
+      assert label.shape == (1,) and label_of_value[int(value)] == label[0]
 
 
 def test_input_context_shards_by_file(tiny):
@@ -155,10 +159,14 @@ def test_positive_class_relabels_and_reorders_the_classes(tiny):
   assert flipped.info.class_names == ('PNEUMONIA', 'NORMAL')
 
   def labels(builder):
-    return [int(y) for _, y in builder.as_dataset('train').as_numpy_iterator()]
+    return [int(y[0]) for _, y in
+            builder.as_dataset('train').as_numpy_iterator()]
 
   assert labels(default) == labels(same) == stored
   assert labels(flipped) == [1 - y for y in stored]
+  # The one label is named by the positive class.
+  assert default.label_names() == same.label_names() == ('PNEUMONIA',)
+  assert flipped.label_names() == ('NORMAL',)
   # Counts and 'balanced' weights follow the new ids: NORMAL (5 of 14) is
   # now id 1.
   assert flipped.info.class_counts('train') == [9, 5]
@@ -265,11 +273,12 @@ def test_reads_datasets_converted_before_format_2(tmp_path):
   builder = pipeline.DatasetBuilder(str(tmp_path))
   assert builder.info.format_version == 1
   for split in expected:
-    labels = [int(y) for _, y in builder.as_dataset(split).as_numpy_iterator()]
+    labels = [int(y[0]) for _, y in
+              builder.as_dataset(split).as_numpy_iterator()]
     assert labels == [label for _, label, _ in expected[split]], split
     assert set(labels) == {0, 1}
   got = list(builder.as_dataset('val', with_metadata=True).as_numpy_iterator())
-  assert [(int(image[1, 1, 0]), label, m['filename'].decode())
+  assert [(int(image[1, 1, 0]), label[0], m['filename'].decode())
           for image, label, m in got] == [
               (int(pixels[1, 1]), label, name)
               for pixels, label, name in expected['val']]
@@ -445,3 +454,211 @@ def test_dataset_builder_stays_under_300_lines():
   [builder] = [node for node in tree.body if isinstance(node, ast.ClassDef)
                and node.name == 'DatasetBuilder']
   assert builder.end_lineno - builder.lineno + 1 < 300
+
+
+# Multi-label records: policies, label selection, views. The expected
+# targets come from a table written out here, not from xray_tfdata.labels.
+
+LABEL_NAMES = ('Atelectasis', 'Effusion', 'Pleural_Thickening')
+M = -1.0
+# labels.py's docstring, by hand: policy -> {raw code: target}.
+POLICY_TARGETS = {
+    'u_ones': {1: 1.0, 0: 0.0, -1: 1.0, -2: 0.0},
+    'u_zeros': {1: 1.0, 0: 0.0, -1: 0.0, -2: 0.0},
+    'u_ignore': {1: 1.0, 0: 0.0, -1: M, -2: 0.0},
+    'txv': {1: 1.0, 0: 0.0, -1: M, -2: M},
+}
+VIEWS = ('PA', 'AP', 'LL', 'PA', '', 'AP', 'PA', 'LL', 'LL', 'PA', 'AP', 'PA')
+
+
+def _rows(n, seed):
+  """Every code in every label column, and the VIEWS cycle."""
+  rng = np.random.default_rng(seed)
+  codes = [[(i + l) % 4 - 2 for l in range(len(LABEL_NAMES))]
+           for i in range(4)]
+  codes += rng.choice([1, 0, -1, -2], size=(n - 4, len(LABEL_NAMES))).tolist()
+  return [(row, VIEWS[i % len(VIEWS)]) for i, row in enumerate(codes)]
+
+
+@pytest.fixture(scope='module')
+def multilabel(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('multilabel'))
+  expected = write_multilabel_dataset(
+      root, LABEL_NAMES, {'train': _rows(23, 0), 'val': _rows(10, 1),
+                          'test': _rows(9, 2)}, num_shards=3)
+  return root, expected
+
+
+def _read(builder, split, **kwargs):
+  """(images, targets, metadata) of one deterministic pass."""
+  images, targets, metadata = [], [], []
+  for x, y, meta in builder.as_dataset(split, 4, with_metadata=True,
+                                       **kwargs).as_numpy_iterator():
+    images.append(x)
+    targets.append(y)
+    metadata += [dict(zip(meta, values)) for values in zip(*meta.values())]
+  return np.concatenate(images), np.concatenate(targets), metadata
+
+
+@pytest.mark.parametrize('policy', sorted(POLICY_TARGETS))
+def test_each_policy_gives_the_documented_targets_of_the_stored_codes(
+    multilabel, policy):
+  root, expected = multilabel
+  builder = pipeline.DatasetBuilder(root)
+  images, targets, _ = _read(builder, 'train', label_policy=policy)
+  assert targets.dtype == np.float32
+  assert targets.shape == (23, len(LABEL_NAMES))
+  want = np.array([[POLICY_TARGETS[policy][c] for c in e['codes']]
+                   for e in expected['train']], np.float32)
+  np.testing.assert_array_equal(targets, want)
+  np.testing.assert_array_equal(
+      images[..., 0], np.stack([e['pixels'] for e in expected['train']]))
+
+
+def test_the_default_policy_is_u_ones(multilabel):
+  root, expected = multilabel
+  _, targets, _ = _read(pipeline.DatasetBuilder(root), 'val')
+  assert checks.DEFAULT_LABEL_POLICY == 'u_ones'
+  np.testing.assert_array_equal(
+      targets, [[POLICY_TARGETS['u_ones'][c] for c in e['codes']]
+                for e in expected['val']])
+
+
+def test_labels_select_columns_in_the_order_asked(multilabel):
+  root, expected = multilabel
+  builder = pipeline.DatasetBuilder(root)
+  _, targets, _ = _read(builder, 'val', label_policy='txv',
+                        labels=('Pleural_Thickening', 'Atelectasis'))
+  want = [[POLICY_TARGETS['txv'][e['codes'][2]],
+           POLICY_TARGETS['txv'][e['codes'][0]]] for e in expected['val']]
+  np.testing.assert_array_equal(targets, want)
+  assert builder.label_names(['Effusion']) == ('Effusion',)
+  assert builder.label_names() == LABEL_NAMES
+
+
+def test_unknown_label_names_the_available_ones_in_one_line(multilabel):
+  builder = pipeline.DatasetBuilder(multilabel[0])
+  with pytest.raises(pipeline.DatasetError) as caught:
+    builder.as_dataset('val', 4, labels=('Effusion', 'Pleural Effusion'))
+  message = str(caught.value)
+  assert '\n' not in message
+  assert "'Pleural Effusion'" in message
+  assert ', '.join(LABEL_NAMES) in message and '--labels' in message
+  with pytest.raises(pipeline.DatasetError, match='twice'):
+    builder.as_dataset('val', 4, labels=('Effusion', 'Effusion'))
+  with pytest.raises(pipeline.DatasetError, match='u_ones'):
+    builder.as_dataset('val', 4, label_policy='u_maybe')
+
+
+def test_metadata_has_view_sex_age_and_study(multilabel):
+  root, expected = multilabel
+  _, _, metadata = _read(pipeline.DatasetBuilder(root), 'test')
+  got = [(m['filename'].decode(), m['patient_id'].decode(),
+          m['view'].decode(), m['sex'].decode(), int(m['age_years']),
+          m['study_id'].decode()) for m in metadata]
+  assert got == [(e['filename'], e['patient_id'], e['view'], e['sex'],
+                  e['age_years'], e['study_id']) for e in expected['test']]
+
+
+def test_views_keep_only_those_views_and_count_what_they_drop(multilabel):
+  root, expected = multilabel
+  builder = pipeline.DatasetBuilder(root)
+  views = ('PA', 'AP')
+  kept = [e for e in expected['train'] if e['view'] in views]
+  dropped = [e['view'] for e in expected['train'] if e['view'] not in views]
+  assert 0 < len(kept) < 23 and dropped.count('LL') > dropped.count('') > 0
+  _, targets, metadata = _read(builder, 'train', views=views,
+                               label_policy='u_zeros')
+  assert [m['filename'].decode() for m in metadata] == [
+      e['filename'] for e in kept]
+  np.testing.assert_array_equal(
+      targets, [[POLICY_TARGETS['u_zeros'][c] for c in e['codes']]
+                for e in kept])
+  assert builder.num_examples('train', views) == len(kept)
+  assert builder.num_examples('train') == 23
+  ds = builder.as_dataset('train', 4, views=views)
+  assert int(ds.cardinality()) == -(-len(kept) // 4)
+  assert builder.steps_per_epoch('train', 4, views=views) == len(kept) // 4
+  assert builder.views('train') == {
+      view or 'unknown': sum(e['view'] == view for e in expected['train'])
+      for view in set(VIEWS)}
+  line = builder.view_filter_line(views, ['train'])
+  assert line == (
+      f'views PA,AP: kept {len(kept)} of 23 train images (dropped '
+      f'{len(dropped)}: LL {dropped.count("LL")}, unknown {dropped.count("")})')
+
+
+def test_a_training_pass_over_filtered_views_has_steps_per_epoch_batches(
+    multilabel):
+  builder = pipeline.DatasetBuilder(multilabel[0])
+  views = ('LL',)
+  batches = list(builder.as_dataset('train', 2, training=True, seed=1,
+                                    views=views).as_numpy_iterator())
+  assert len(batches) == builder.steps_per_epoch('train', 2, views=views)
+  assert all(y.shape == (2, 3) for _, y in batches)
+
+
+def test_label_code_counts_follow_the_views(multilabel):
+  root, expected = multilabel
+  builder = pipeline.DatasetBuilder(root)
+  kept = [e for e in expected['val'] if e['view'] in ('PA', 'unknown', '')]
+  counts = builder.label_code_counts('val', ('PA', 'unknown'))
+  for index, name in enumerate(LABEL_NAMES):
+    assert counts[name] == {code: sum(e['codes'][index] == code for e in kept)
+                            for code in (1, 0, -1, -2)}
+  assert builder.label_code_counts('val') == builder.info.label_code_counts(
+      'val')
+
+
+def test_views_that_keep_nothing_fail_in_one_line(multilabel):
+  builder = pipeline.DatasetBuilder(multilabel[0])
+  with pytest.raises(pipeline.DatasetError) as caught:
+    builder.as_dataset('val', 4, views=('LATERAL',))
+  message = str(caught.value)
+  assert '\n' not in message and 'PA' in message and '--views' in message
+
+
+@pytest.fixture(params=['class', 'multilabel'])
+def any_dataset(request, tmp_path):
+  """A class dataset (L = 1) and a multi-label one (L = 3), with the label
+  names and the [N, L] targets written into their records."""
+  if request.param == 'class':
+    expected = _write_dataset(str(tmp_path), {'train': (2, 3), 'val': (1, 2)})
+    targets = [[float(label)] for _, label, _ in expected['val']]
+    return str(tmp_path), ('PNEUMONIA',), targets
+  expected = write_multilabel_dataset(
+      str(tmp_path), LABEL_NAMES, {'train': _rows(6, 0), 'val': _rows(5, 1)})
+  targets = [[POLICY_TARGETS['u_ones'][c] for c in e['codes']]
+             for e in expected['val']]
+  return str(tmp_path), LABEL_NAMES, targets
+
+
+def test_every_dataset_reads_targets_of_its_label_names(any_dataset):
+  """One label form from the reader on: float32 [B, L], L = the label
+  names (a class dataset's one label is its positive class), single
+  examples [L]; those names can be asked for."""
+  root, names, want = any_dataset
+  builder = pipeline.DatasetBuilder(root)
+  assert builder.label_names() == names
+  ys = [y for _, y in builder.as_dataset('val', 3).as_numpy_iterator()]
+  assert all(y.dtype == np.float32 and y.shape[1:] == (len(names),)
+             for y in ys)
+  np.testing.assert_array_equal(np.concatenate(ys), want)
+  _, y = next(builder.as_dataset('val').as_numpy_iterator())
+  assert y.shape == (len(names),)
+  _, y = next(builder.as_dataset('val', 2, labels=names[-1:])
+              .as_numpy_iterator())
+  np.testing.assert_array_equal(y, np.array(want)[:2, -1:])
+  with pytest.raises(pipeline.DatasetError, match=r'--labels=NAME,NAME'):
+    builder.as_dataset('val', 2, labels=('COVID',))
+
+
+def test_class_datasets_refuse_views_in_one_line(tmp_path):
+  """Class records store no view: --views names what is not there."""
+  _write_dataset(str(tmp_path), {'train': (2, 3), 'val': (1, 2)})
+  builder = pipeline.DatasetBuilder(str(tmp_path))
+  with pytest.raises(pipeline.DatasetError,
+                     match='class dataset, whose records store no view: '
+                     'leave --views empty'):
+    builder.as_dataset('val', 2, views=('PA',))
+  assert builder.num_examples('val') == 3

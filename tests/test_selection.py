@@ -1,5 +1,5 @@
 """selection.Selection called directly, on tiny hand-written records
-(DatasetBuilder's delegates are tested in test_pipeline_multilabel). The
+(DatasetBuilder's delegates are tested in test_pipeline). The
 expected counts come from the rows written here, not from the module."""
 
 import pytest
@@ -106,14 +106,23 @@ def test_filter_records_keeps_the_records_of_the_views(dataset):
   assert chosen.filter_records(records, 'train', None) is records
 
 
-def test_a_single_label_dataset_has_no_labels_or_views(tmp_path):
+def test_a_class_dataset_has_one_label_its_positive_class_and_no_views(
+    tmp_path):
+  """L = 1: PNEUMONIA, counted from xray_info.json's class counts (2
+  NORMAL, 3 PNEUMONIA written); its records store no view."""
   write_dataset(str(tmp_path), {'train': (2, 3)})
   chosen, asked = _selection(load_info(str(tmp_path)))
   assert chosen.targets('u_ones', None) is None
+  assert chosen.label_names() == chosen.label_names('PNEUMONIA') == (
+      'PNEUMONIA',)
+  assert chosen.target_counts('train', 'u_ones') == {
+      'PNEUMONIA': {'positive': 3, 'negative': 2}}
+  with pytest.raises(DatasetError, match="'NORMAL' not in .*PNEUMONIA"):
+    chosen.label_names(('NORMAL',))
   for ask in (lambda: chosen.check_views(('PA',)),
-              lambda: chosen.label_names(('PNEUMONIA',)),
+              lambda: chosen.target_counts('train', 'u_ones', views='PA'),
               lambda: chosen.views('train')):
-    with pytest.raises(DatasetError, match='single-label'):
+    with pytest.raises(DatasetError, match='class dataset'):
       ask()
   assert asked == []
   assert chosen.num_examples('train') == 5

@@ -218,7 +218,8 @@ def test_tfds_reads_the_converted_dataset(converted):
   ours = list(pipeline.DatasetBuilder(out).as_dataset('train')
               .take(len(labels)).as_numpy_iterator())
   np.testing.assert_array_equal(images, np.stack([x for x, _ in ours]))
-  np.testing.assert_array_equal(labels, [y for _, y in ours])
+  # TFDS' `label` key is the class id; ours is the one target [1] of it.
+  np.testing.assert_array_equal(labels, [y[0] for _, y in ours])
 
 
 def test_plan_shards_counts_and_boundaries():
@@ -525,7 +526,7 @@ def test_reader_reads_what_the_writer_wrote(converted):
   out, info = converted
   builder = pipeline.DatasetBuilder(out)
   assert builder.verify() == info['counts']['written']
-  labels = [int(label) for _, label in builder.as_dataset('test')]
+  labels = [int(target[0]) for _, target in builder.as_dataset('test')]
   assert labels.count(0) == info['splits']['test']['class_counts']['NORMAL']
 
 

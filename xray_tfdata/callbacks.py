@@ -149,9 +149,9 @@ class DataServiceProgress(keras.callbacks.Callback):
 
 
 class EpochSummary(keras.callbacks.Callback):
-  """One line per epoch: time, images/s, the metrics that matter; of a
-  multi-label run also each label's validation AUC
-  (`losses.label_metrics`), so that a label stuck at chance shows."""
+  """One line per epoch: time, images/s, the metrics that matter; with
+  several labels also each label's validation AUC (`losses.label_metrics`),
+  so that a label stuck at chance shows."""
 
   def __init__(self, images_per_epoch):
     super().__init__()

@@ -273,27 +273,6 @@ def check_names(name, values):
                        f'name each once in --{name}')
 
 
-def check_class_weights_apply(class_weight, num_labels):
-  """Raises SettingError when Keras class weights meet multi-label targets.
-
-  Keras' `fit(class_weight=...)` weighs each example by the weight of the
-  argmax of its target: with multi-hot targets that is one label's weight,
-  picked by position, silently wrong. Multi-label runs weigh positives per
-  label in the loss instead (pos_weight).
-
-  Args:
-    class_weight: what would be passed to fit, or None.
-    num_labels: the model's outputs on a multi-label dataset; 0 for a
-      single-label dataset.
-  """
-  if class_weight is not None and num_labels:
-    raise SettingError(
-        f'Keras class weights cannot weigh the {num_labels} label'
-        f'{"s" if num_labels != 1 else ""} of a multi-label dataset (fit '
-        'takes the argmax of multi-hot targets): --label_weights=ratio gives '
-        'per-label pos_weight in the loss instead; pass class_weight=None')
-
-
 def service_address(address, flag='data_service', error=SettingError):
   """Checks a tf.data service dispatcher address; returns 'grpc://H:P'.
 

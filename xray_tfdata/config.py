@@ -132,10 +132,11 @@ class TrainConfig:
   horizontal_flip: bool = _augmentation_setting(
       'horizontal_flip', 'Random horizontal flips.', lower=None)
   class_weights: bool = _setting(
-      True, "Single-label datasets: weight classes 'balanced', as the "
-      "reference does (Keras' class_weight); --noclass_weights: unweighted. "
-      'Multi-label datasets weigh with --label_weights instead (Keras\' '
-      'class_weight takes the argmax of multi-hot targets).', 'training')
+      True, "Class datasets (one label): weight classes 'balanced', as the "
+      'reference does, each training entry by its class (the training loss '
+      'equals Keras\' BinaryCrossentropy with class_weight; val_loss stays '
+      'unweighted); --noclass_weights: unweighted. Multi-label datasets '
+      'weigh with --label_weights instead.', 'training')
   label_weights: str = _setting(
       'none', 'Multi-label datasets: none = plain binary cross-entropy over '
       'the known targets (torchxrayvision\'s; the default, chosen by '
@@ -190,22 +191,23 @@ class TrainConfig:
   positive_class: str = _setting(
       '', 'The class the model scores, P(positive_class), labelled 1; empty: '
       'the second of the two class names in sorted order (PNEUMONIA in '
-      'Kermany). Single-label datasets of other than two classes are '
-      'refused; a multi-label dataset has no positive class (see '
-      '--labels).', 'data')
+      'Kermany), which also names the one label. Class datasets of other '
+      'than two classes are refused; a multi-label dataset has no positive '
+      'class (see --labels).', 'data')
   label_policy: str = _setting(
       checks.DEFAULT_LABEL_POLICY, 'Multi-label datasets: targets of the '
       'stored codes. u_ones: uncertain -> 1, not mentioned -> 0; u_zeros: '
       'both -> 0; u_ignore: uncertain masked (no loss, no metric), not '
       'mentioned -> 0; txv: torchxrayvision\'s targets (CheXpert, MIMIC: '
       'No Finding = 1 sets the other labels to 0, then both masked). '
-      'Single-label '
-      'datasets have no codes: ignored.', 'data',
+      'Class '
+      'datasets store no codes: ignored.', 'data',
       choices=checks.LABEL_POLICIES)
   labels: tuple = _setting(
-      (), 'Multi-label datasets: the labels to train on, in the model\'s '
-      'output order, spelled as the dataset\'s label_names (e.g. '
-      'Effusion,Pleural_Thickening); empty: all of them.', 'data')
+      (), 'The labels to train on, in the model\'s output order, spelled '
+      'as the dataset\'s label names (e.g. Effusion,Pleural_Thickening; a '
+      'class dataset has one, its positive class, PNEUMONIA); empty: all '
+      'of them.', 'data')
   views: tuple = _setting(
       (), 'Multi-label datasets: the views to keep, as the source spells '
       'them (e.g. PA,AP; unknown: images without one); empty keeps every '

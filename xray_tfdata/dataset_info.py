@@ -78,7 +78,8 @@ class DatasetInfo:
     dicom_voi: the DICOM VOI policy the DICOM sources were converted with
       (`DEFAULT_VOI` when the dataset records none).
     label_names: a multi-label dataset's labels in the source's spelling,
-      the order of the records' `schema.LABELS`; () for single-label.
+      the order of the records' `schema.LABELS`; () for a class dataset,
+      whose records store a class id instead.
   """
   data_dir: str
   name: str
@@ -96,7 +97,19 @@ class DatasetInfo:
 
   @property
   def is_multilabel(self):
+    """Whether the records store a raw code per label (`schema.LABELS`)
+    rather than a class id (`schema.LABEL`): the stored format, which the
+    record parser and the view filter need; the reader yields targets
+    [B, L] either way (see `target_names`)."""
     return bool(self.label_names)
+
+  @property
+  def target_names(self):
+    """The names of the targets the reader yields, in order: a multi-label
+    dataset's labels, or a class dataset's one label, its positive class
+    (the second of its two classes, PNEUMONIA unless the reader's
+    positive_class names the other)."""
+    return self.label_names or self.class_names[-1:]
 
   def label_code_counts(self, split):
     """{label name: {code: count}} of a multi-label split's raw codes

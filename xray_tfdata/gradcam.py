@@ -251,8 +251,8 @@ def heatmaps(net, images, output_index=None):
   """Grad-CAM heatmaps of the positive class (of one label).
 
   Args:
-    net: a binary classifier (one sigmoid output), or a multi-label one
-      (L sigmoid outputs), as `model.build_model` makes them on any
+    net: a model of L sigmoid outputs, one per label (L = 1: the
+      reference's P(pneumonia)), as `model.build_model` makes them on any
       backbone.
     images: [N, H, W, C] as the model takes them (uint8 for build_model's).
     output_index: the output (label) whose logit is explained; None: the

@@ -1,14 +1,20 @@
-"""The multi-label loss and metric: masked per-label binary cross-entropy
-(with an optional pos_weight), and a masked AUC, macro or of one label.
+"""The loss and metrics of every model, L = 1 (PNEUMONIA) or L = 14:
+masked per-label binary cross-entropy (weighted per entry by the training
+data's sample weights, or a pos_weight), a masked AUC, macro or of one
+label, and the reference's counts at 0.5 over the known entries.
 
-A multi-label target is 1, 0, or `labels.MASKED` (-1: uncertain or not
-mentioned under the run's label policy, see `xray_tfdata.labels`). Keras'
-own pieces get such targets wrong: `BinaryCrossentropy` counts -1 as a
-target, and `AUC(multi_label=True)` counts a label without positives as an
-AUC of 0 in its mean. Here a masked entry takes no part in the loss or the
-metric, and the metric's macro mean is over the labels with both classes.
+A target is 1, 0, or `labels.MASKED` (-1: uncertain or not mentioned under
+a multi-label run's label policy, see `xray_tfdata.labels`). Keras' own
+pieces get such targets wrong: `BinaryCrossentropy` counts -1 as a target,
+rejects a (B, L) sample weight, and `AUC(multi_label=True)` counts a label
+without positives as an AUC of 0 in its mean. Here a masked entry takes no
+part in the loss or the metrics, and the AUC's macro mean is over the
+labels with both classes. With one label and no masked target, the loss is
+Keras' `BinaryCrossentropy` (with `fit(class_weight=...)`'s weights when
+given the same weights as sample weights) and the counts are Keras'
+`TruePositives`, ..., `Recall` (tests/test_losses.py checks both).
 
-  net.compile(loss=losses.MaskedBinaryCrossentropy(),  # or pos_weight=
+  net.compile(loss=losses.MaskedBinaryCrossentropy(),
               metrics=losses.label_metrics(names))
 
 Device side, any Keras backend: Keras ops only, no TensorFlow. Both classes
@@ -80,11 +86,17 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
   """Binary cross-entropy per label, masked entries left out, pos_weight on
   the positives.
 
-  loss = sum over known (b, l) of -(w_l y log p + (1 - y) log(1 - p)),
+  loss = sum over known (b, l) of s_bl * -(w_l y log p + (1 - y) log(1 - p)),
   divided by the number of known entries (as torch's
   BCEWithLogitsLoss(pos_weight) with mean reduction, over known entries
   only); 0 for a batch without any known entry. y is the target [B, L]
-  (`labels.MASKED` where unknown), p the model's probabilities [B, L].
+  (`labels.MASKED` where unknown), p the model's probabilities [B, L], w
+  the pos_weight (1 when None), s the sample weight fit passes (1 when
+  none): [B, L] per entry, or [B] of a model of one label (Keras'
+  class_weight). The training pipeline's
+  per-label class weights come as s (`training.create_inputs`), so that,
+  as with Keras' class_weight, they weigh the training loss and not
+  val_loss.
   """
 
   def __init__(self, pos_weight=None, name='masked_binary_crossentropy',
@@ -99,6 +111,10 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
                        [float(w) for w in pos_weight])
 
   def call(self, y_true, y_pred):
+    """Per entry [B, L]: its term, scaled so that Keras' reduction (the sum
+    of the sample-weighted entries over their number, then over the
+    replicas of a tf.distribute strategy) gives the mean over the known
+    entries."""
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)), y_pred.dtype)
     known = ops.cast(ops.not_equal(y_true, labels_lib.MASKED), y_pred.dtype)
@@ -111,9 +127,13 @@ class MaskedBinaryCrossentropy(keras.losses.Loss):
       positive = positive * ops.convert_to_tensor(self.pos_weight,
                                                   y_pred.dtype)
     terms = -(positive + (1.0 - y) * ops.log(1.0 - p)) * known
-    # One scalar: the mean over the known entries of the batch, not a mean
-    # per image (an image with one known label would weigh as one with 14).
-    return ops.sum(terms) / ops.maximum(ops.sum(known), 1.0)
+    # The mean over the known entries of the batch, not a mean per image
+    # (an image with one known label would weigh as one with 14): Keras
+    # divides by the number of entries, so each is scaled by entries /
+    # known. Keras also applies fit's sample weights to these entries ([B, L]
+    # per entry, or [B] of one label) and the 1 / replicas of a strategy.
+    entries = ops.cast(ops.size(terms), y_pred.dtype)
+    return terms * (entries / ops.maximum(ops.sum(known), 1.0))
 
   def get_config(self):
     config = super().get_config()
@@ -194,14 +214,82 @@ def metric_name(label):
 
 
 def label_metrics(label_names):
-  """A multi-label model's metrics: the masked macro AUC as 'auc', then
-  each label's as `metric_name(label)`, so that every epoch's line,
-  history.csv and TensorBoard show each label's validation AUC (a label
-  that collapses to chance is visible, not averaged away)."""
+  """A model's metrics, for every L: the masked macro AUC as 'auc'; with
+  several labels each label's AUC as `metric_name(label)`, so that every
+  epoch's line, history.csv and TensorBoard show each label's validation
+  AUC (a label that collapses to chance is visible, not averaged away; one
+  label's AUC is 'auc' itself); then the reference notebook's counts at
+  0.5 ('tp', 'fp', 'tn', 'fn', 'accuracy', 'precision', 'recall'), over
+  the known entries of all labels."""
   num_labels = len(label_names)
-  return [MaskedAUC(num_labels, name='auc')] + [
+  per_label = [
       MaskedAUC(num_labels, name=metric_name(label), label_index=index)
-      for index, label in enumerate(label_names)]
+      for index, label in enumerate(label_names)] if num_labels > 1 else []
+  return ([MaskedAUC(num_labels, name='auc')] + per_label +
+          [MaskedCount(kind) for kind in COUNTS])
+
+
+# The reference notebook's metrics at 0.5, by their names there.
+COUNTS = ('tp', 'fp', 'tn', 'fn', 'accuracy', 'precision', 'recall')
+
+
+@keras.saving.register_keras_serializable(package='xray_tfdata')
+class MaskedCount(keras.metrics.Metric):
+  """One of the reference's metrics at the threshold 0.5 (`COUNTS`), over
+  the known entries of every label: true or false positives or negatives
+  (counts), accuracy, precision or recall (0 where undefined, as Keras').
+
+  A probability above the threshold is a positive call, as in Keras'
+  `TruePositives` and `BinaryAccuracy`; with one label and no masked
+  target the values are Keras'.
+  """
+
+  def __init__(self, kind, threshold=0.5, name=None, **kwargs):
+    """Args:
+      kind: one of `COUNTS`.
+      threshold: the call's threshold on the probability.
+      name: the metric's name; None: `kind`.
+      **kwargs: `keras.metrics.Metric`'s (dtype).
+    """
+    if kind not in COUNTS:
+      raise ValueError(f'kind must be one of {", ".join(COUNTS)}, got '
+                       f'{kind!r}')
+    super().__init__(name=name or kind, **kwargs)
+    self.kind = kind
+    self.threshold = float(threshold)
+    # tp, fp, tn, fn
+    self.counts = self.add_variable(shape=(4,), initializer='zeros',
+                                    name='counts')
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    del sample_weight  # the mask is in the targets
+    y_pred = ops.cast(y_pred, self.dtype)
+    y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)), self.dtype)
+    called = ops.cast(y_pred > self.threshold, self.dtype)
+    positive = ops.cast(ops.equal(y_true, 1.0), self.dtype)
+    negative = ops.cast(ops.equal(y_true, 0.0), self.dtype)
+    self.counts.assign_add(ops.stack([
+        ops.sum(called * positive), ops.sum(called * negative),
+        ops.sum((1.0 - called) * negative),
+        ops.sum((1.0 - called) * positive)]))
+
+  def result(self):
+    tp, fp, tn, fn = (self.counts[i] for i in range(4))
+    if self.kind in ('tp', 'fp', 'tn', 'fn'):
+      return self.counts[('tp', 'fp', 'tn', 'fn').index(self.kind)]
+    numerator, denominator = {
+        'accuracy': (tp + tn, tp + fp + tn + fn),
+        'precision': (tp, tp + fp),
+        'recall': (tp, tp + fn)}[self.kind]
+    return ops.divide_no_nan(numerator, denominator)
+
+  def reset_state(self):
+    self.counts.assign(ops.zeros((4,), self.dtype))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(kind=self.kind, threshold=self.threshold)
+    return config
 
 
 def macro_auc_of_bins(positives, negatives):

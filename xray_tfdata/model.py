@@ -760,25 +760,18 @@ def build_model(image_size=reference.IMAGE_SIZE, channels_in=1, weights=None,
   return keras.Model(images, probability, name=name or f'xray_{backbone}')
 
 
-def reference_metrics():
-  """The reference notebook's metrics, with its names."""
-  return [
-      keras.metrics.AUC(name='auc'),
-      keras.metrics.TruePositives(name='tp'),
-      keras.metrics.FalsePositives(name='fp'),
-      keras.metrics.TrueNegatives(name='tn'),
-      keras.metrics.FalseNegatives(name='fn'),
-      keras.metrics.BinaryAccuracy(name='accuracy'),
-      keras.metrics.Precision(name='precision'),
-      keras.metrics.Recall(name='recall'),
-  ]
-
-
 def compile_model(model, learning_rate=reference.LEARNING_RATE,
-                  jit_compile='auto',
-                  steps_per_execution=1, pos_weight=None, label_names=None):
-  """Compiles with Adam, binary cross-entropy and the reference metrics;
-  a multi-label model (pos_weight given) with the masked loss and AUC.
+                  jit_compile='auto', steps_per_execution=1,
+                  label_names=None, pos_weight=None):
+  """Compiles with Adam, the masked binary cross-entropy and the metrics of
+  `losses.label_metrics`, for every number of outputs.
+
+  One output (the reference's P(pneumonia)) trains on the reference's
+  loss, Keras' binary cross-entropy (its class weights come from the
+  training data as sample weights, see `training.create_inputs`), and shows
+  the reference's per-epoch metrics: auc, tp, fp, tn, fn, accuracy,
+  precision, recall. Several outputs add one AUC per label. Masked targets
+  (`labels.MASKED`) take no part in either.
 
   Under a 'mixed_float16' model policy Keras 3 wraps the optimizer in a
   LossScaleOptimizer itself (Model.compile, auto_scale_loss=True), so it is
@@ -792,37 +785,32 @@ def compile_model(model, learning_rate=reference.LEARNING_RATE,
       any model holding ImageProjectiveTransformV3 (RandomAffine under
       TensorFlow), on under JAX, which otherwise runs op by op.
     steps_per_execution: training steps per compiled call.
-    pos_weight: None for a single-label model (the reference's loss and
-      metrics); for a model trained on a multi-label dataset, one weight per
-      output (`losses.pos_weights`, or ones for none): then
-      `losses.MaskedBinaryCrossentropy` and `losses.MaskedAUC` as 'auc',
-      whose targets may be `labels.MASKED`.
-    label_names: a multi-label model's output names: its metrics are then
-      the macro AUC and one AUC per label (`losses.label_metrics`), else
-      the macro AUC alone.
+    label_names: the model's output names, which name its per-label AUCs
+      (with several outputs); None: 'label_<i>'.
+    pos_weight: one weight per output on the loss's positive terms (see
+      `losses.MaskedBinaryCrossentropy`), or None.
 
   Returns:
     The model, compiled.
 
   Raises:
     checks.SettingError: non-positive learning rate.
-    ValueError: pos_weight's length is not the model's number of outputs.
+    ValueError: label_names or pos_weight of another length than the
+      model's number of outputs.
   """
   checks.check_positive('learning_rate', learning_rate)
-  if pos_weight is None:
-    loss, metrics = keras.losses.BinaryCrossentropy(), reference_metrics()
-  else:
-    num_labels = model.output_shape[-1]
-    if len(pos_weight) != num_labels:
-      raise ValueError(f'pos_weight has {len(pos_weight)} weights for '
-                       f'{num_labels} outputs')
-    loss = losses.MaskedBinaryCrossentropy(pos_weight)
-    metrics = (losses.label_metrics(label_names) if label_names else
-               [losses.MaskedAUC(num_labels, name='auc')])
+  num_labels = model.output_shape[-1]
+  if label_names is None:
+    label_names = [f'label_{i}' for i in range(num_labels)]
+  for what, values in (('label_names', label_names),
+                       ('pos_weight', pos_weight)):
+    if values is not None and len(values) != num_labels:
+      raise ValueError(f'{what} has {len(values)} entries for {num_labels} '
+                       'outputs')
   model.compile(
       optimizer=keras.optimizers.Adam(learning_rate),
-      loss=loss,
-      metrics=metrics,
+      loss=losses.MaskedBinaryCrossentropy(pos_weight),
+      metrics=losses.label_metrics(label_names),
       jit_compile=jit_compile,
       steps_per_execution=steps_per_execution)
   return model

@@ -14,11 +14,15 @@ decode, the optional tf.data service, then cache, shuffle, repeat, batch and
 options. Its less common knobs live in a `ReadConfig`, as in
 `tfds.ReadConfig`.
 
-A multi-label dataset (xray_info.json lists 'label_names') stores raw codes
-per label; the reader turns them into float32 targets under a label policy
-(`xray_tfdata.labels`: 1, 0, or `labels.MASKED`), selects label names, and
-keeps only the views asked for, counting what it drops (the selection and
-the counts: `xray_tfdata.selection`).
+Every dataset is read as float32 targets [B, L] with label names
+(`DatasetBuilder.label_names`). A class dataset (class folders, RSNA) is
+L = 1, its one label named by its positive class (PNEUMONIA): the target is
+1 for that class. A multi-label dataset (xray_info.json lists
+'label_names') stores raw codes per label; the reader turns them into
+targets under a label policy (`xray_tfdata.labels`: 1, 0, or
+`labels.MASKED`), selects label names, and keeps only the views asked for,
+counting what it drops (the selection and the counts:
+`xray_tfdata.selection`).
 """
 
 import dataclasses
@@ -113,6 +117,7 @@ class DatasetBuilder:
   Usage:
     builder = DatasetBuilder('/data/kermany_224')
     builder.info.class_weights()            # {0: 1.85, 1: 0.68}
+    builder.label_names()                   # ('PNEUMONIA',)
     ds = builder.as_dataset('train', batch_size=62, training=True)
     ds = builder.as_dataset('val', 62, read_config=ReadConfig(channels=3))
 
@@ -124,10 +129,11 @@ class DatasetBuilder:
 
     Args:
       data_dir: the converted dataset.
-      positive_class: for a dataset of two classes, the class labelled 1
-        (the model's P(positive)); None keeps the stored ids, where the
-        second class in sorted order (PNEUMONIA) is 1. The other class is
-        then 0, and `info.class_names` lists the two in that order.
+      positive_class: for a class dataset of two classes, the class labelled
+        1 and the name of its one label (the model's P(positive)); None
+        keeps the stored ids, where the second class in sorted order
+        (PNEUMONIA) is 1. The other class is then 0, and `info.class_names`
+        lists the two in that order.
 
     Raises:
       DatasetError: see `load_info`; or positive_class is not one of two
@@ -142,7 +148,7 @@ class DatasetBuilder:
       names = self.info.class_names
       if self.info.is_multilabel:
         raise DatasetError(
-            f'positive_class {positive_class!r} applies to single-label '
+            f'positive_class {positive_class!r} applies to class '
             f'datasets; {data_dir} is multi-label ({", ".join(names)}): '
             'pick labels with --labels=NAME,NAME instead')
       if len(names) != 2 or positive_class not in names:
@@ -192,13 +198,15 @@ class DatasetBuilder:
         `steps_per_epoch` to `Model.fit` (see `steps_per_epoch()`).
       with_metadata: yield a third element, a dict with the file name and
         patient id (evaluation and error analysis); for a multi-label
-        dataset also 'view', 'sex', 'age_years' and 'study_id'.
+        dataset also 'view', 'sex', 'age_years' and 'study_id' (what its
+        records store).
       read_config: a `ReadConfig` with the less common knobs (cache, shuffle
         buffer, channels, input context, tf.data service, sharding).
       label_policy: a multi-label dataset's policy (`checks.LABEL_POLICIES`)
-        from raw codes to targets; a single-label dataset has none.
-      labels: a multi-label dataset's label names to read, in this order;
-        None: all of `info.label_names`.
+        from raw codes to targets; a class dataset stores no codes, so none
+        applies to it.
+      labels: the label names to read, in this order (`label_names()`
+        lists them; a class dataset has one, its positive class); None: all.
       views: a multi-label dataset's views to keep ('PA', 'AP', ... as the
         source spells them; `UNKNOWN_VIEW` for images without one); None
         keeps every image. `num_examples` and
@@ -207,19 +215,20 @@ class DatasetBuilder:
         `data_service=...`); overrides the same field of `read_config`.
 
     Returns:
-      A `tf.data.Dataset` of (uint8 images [B, H, W, C], float32 labels [B]),
-      C = `read_config.channels` (default: as stored, 1), without the batch
-      dimension when batch_size is None. For a multi-label dataset the
-      targets are float32 [B, L] (L labels), `labels.MASKED` where the
-      policy masks the code.
+      A `tf.data.Dataset` of (uint8 images [B, H, W, C], float32 targets
+      [B, L]), C = `read_config.channels` (default: as stored, 1), L =
+      `len(label_names(labels))`, without the batch dimension when
+      batch_size is None. A target is 1, 0, or `labels.MASKED` where a
+      multi-label dataset's policy masks the code; a class dataset's is 1
+      for its positive class.
 
     Raises:
       DatasetError: unknown or empty split, batch_size not an integer of
         at least 1, channels other than 1 or 3, a size mismatch, metadata
         (sizes, class names) that disagrees with the shards, a missing
-        or truncated shard; an unknown label policy or label name, labels
-        or views asked of a single-label dataset, or views that keep no
-        image of the split.
+        or truncated shard; an unknown label policy or label name, views
+        asked of a class dataset (its records store none), or views that
+        keep no image of the split.
       TypeError: a keyword that is not a `ReadConfig` field.
     """
     config = _resolve_read_config(read_config, read_options)
@@ -294,7 +303,8 @@ class DatasetBuilder:
     n = self.num_examples(split, views)
     return n // batch_size if training else -(-n // batch_size)
 
-  # Multi-label datasets: label names and views, see `xray_tfdata.selection`.
+  # Label names of every dataset, views of multi-label ones: see
+  # `xray_tfdata.selection`.
 
   def label_names(self, labels=None):
     """See `selection.Selection.label_names`."""
@@ -354,7 +364,7 @@ class DatasetBuilder:
 
   def _decode(self, records, size, channels, resize, with_metadata,
               training, targets=None):
-    """(image, label[, metadata]) examples of the records."""
+    """(image, targets [L][, metadata]) examples of the records."""
     decode = _make_decoder(self.info.format_version, channels, size,
                            resize and size != self.info.image_size,
                            with_metadata, self._positive_id,
@@ -415,7 +425,8 @@ def _choose_cache(config, decoded_bytes, key):
 
 def _targets_key(targets):
   """A multi-label read's (target rule, label indices) as JSON-ready
-  lists; None for a single-label read."""
+  lists; None for a class dataset's read (its one target is fixed by the
+  positive class, which the cache key holds)."""
   if targets is None:
     return None
   rule, indices = targets
@@ -502,10 +513,12 @@ def _check_batch_size(batch_size):
 
 def _make_decoder(format_version, channels, size, resize, with_metadata,
                   positive_id=None, num_labels=0, targets=None):
-  """The record -> (image, label[, metadata]) function; with positive_id,
-  the label is 1 for that stored class id and 0 for the other. A
-  multi-label dataset's (num_labels > 0) label is its targets, from
-  `targets` = (`labels.TargetRule`, indices of the labels read)."""
+  """The record -> (image, targets float32 [L][, metadata]) function.
+
+  A multi-label dataset's (num_labels > 0) targets come from its raw codes
+  and `targets` = (`labels.TargetRule`, indices of the labels read); a
+  class dataset's one target is its class id (with positive_id: 1 for
+  that stored class id and 0 for the other), as [1]."""
 
   def decode(record):
     features = schema.parse(record, format_version, num_labels)
@@ -530,13 +543,14 @@ def _make_decoder(format_version, channels, size, resize, with_metadata,
       label = features[schema.LABEL]
       if positive_id is not None:
         label = tf.cast(tf.equal(label, positive_id), tf.int64)
-      label = tf.cast(label, tf.float32)
+      # [1]: the one label of a class dataset, as every dataset's [L].
+      label = tf.reshape(tf.cast(label, tf.float32), [1])
     if with_metadata:
       metadata = {
           'filename': features[schema.FILENAME],
           'patient_id': features[schema.PATIENT_ID],
       }
-      if num_labels:
+      if num_labels:  # what only multi-label records store
         metadata.update(view=features[schema.VIEW],
                         sex=features[schema.SEX],
                         age_years=features[schema.AGE_YEARS],

@@ -81,8 +81,9 @@ def prepare_model_dir(model_dir, config, overwrite=False, write=True,
       settings or data.
     write: remove and record (the chief); False only checks.
     dataset: the pipeline.DatasetInfo of config.data_dir, or None.
-    label_names: a multi-label run's outputs, in order, recorded under
-      LABEL_NAMES_KEY (beside the setting label_policy); () records none.
+    label_names: the run's outputs, in order (['PNEUMONIA'] for a class
+      dataset), recorded under LABEL_NAMES_KEY (beside the setting
+      label_policy); () records none.
 
   Returns:
     True when an unfinished run with the same settings will be resumed.

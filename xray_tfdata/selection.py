@@ -1,12 +1,15 @@
-"""The labels and views a reader selects of a multi-label dataset.
+"""The labels and views a reader selects of a dataset.
 
-A multi-label dataset (xray_info.json lists 'label_names') stores a raw
-code per label and each image's view. `Selection` checks the label names,
-label policy and views asked of it, gives the decoder its targets (a
-policy table from `xray_tfdata.labels` and the indices of the labels read),
-and counts each split's views from one read of its records: xray_info.json
-counts codes, not views. `DatasetBuilder`'s label_names, views,
-num_examples, label_code_counts and view_filter_line are these.
+Every dataset is read as targets [B, L] with label names
+(`DatasetInfo.target_names`): a multi-label dataset's labels, or a class
+dataset's one label, its positive class. A multi-label dataset (xray_info.json
+lists 'label_names') stores a raw code per label and each image's view.
+`Selection` checks the label names, label policy and views asked of a
+dataset, gives the decoder its targets (a policy table from
+`xray_tfdata.labels` and the indices of the labels read), and counts each
+split's views from one read of its records: xray_info.json counts codes, not
+views. `DatasetBuilder`'s label_names, views, num_examples,
+label_code_counts, target_counts and view_filter_line are these.
 """
 
 import numpy as np
@@ -43,21 +46,17 @@ class Selection:
   def label_names(self, labels=None):
     """The label names `as_dataset(labels=labels)` reads, in order.
 
+    A class dataset has one label, its positive class (PNEUMONIA).
+
     Raises:
-      DatasetError: labels of a single-label dataset, an unknown or a
-        repeated name, or an empty selection.
+      DatasetError: an unknown or a repeated name, or an empty selection.
     """
-    available = self.info.label_names
+    available = self.info.target_names
     if labels is None:
       return available
     if isinstance(labels, str):
       labels = (labels,)
     labels = tuple(labels)
-    if not self.info.is_multilabel:
-      raise DatasetError(
-          f'labels {", ".join(labels)} were asked of {self.info.data_dir}, a '
-          f'single-label dataset ({", ".join(self.info.class_names)}): '
-          'leave --labels empty')
     unknown = [name for name in labels if name not in available]
     if unknown or not labels:
       raise DatasetError(
@@ -73,7 +72,8 @@ class Selection:
 
   def targets(self, label_policy, labels):
     """The decoder's (`labels.TargetRule`, label indices) of a multi-label
-    dataset, None for a single-label one.
+    dataset; None for a class dataset, whose records store a class id that
+    the decoder compares with the positive class (no policy applies).
 
     Raises:
       DatasetError: an unknown label policy, or labels as `label_names`.
@@ -100,6 +100,12 @@ class Selection:
     Raises:
       DatasetError: as `targets` and `num_examples`.
     """
+    if not self.info.is_multilabel:
+      # A class id per record: the class counts of xray_info.json.
+      self.check_views(views)  # views asked of it: one line
+      (name,) = self.label_names(labels)
+      negative, positive = self.info.class_counts(split)
+      return {name: {'positive': positive, 'negative': negative}}
     rule, indices = self.targets(label_policy, labels)
     names = self.label_names(labels)
     if rule.no_finding is None:
@@ -127,7 +133,7 @@ class Selection:
     empty sequence keeps all.
 
     Raises:
-      DatasetError: views of a single-label dataset.
+      DatasetError: views of a class dataset, whose records store none.
     """
     if views is None or (not isinstance(views, str) and not len(views)):
       return None
@@ -135,7 +141,7 @@ class Selection:
     if not self.info.is_multilabel:
       raise DatasetError(
           f'views {",".join(views)} were asked of {self.info.data_dir}, a '
-          'single-label dataset, whose records store no view: leave '
+          'class dataset, whose records store no view: leave '
           '--views empty')
     return views
 
@@ -152,7 +158,7 @@ class Selection:
     xray_info.json without reading).
 
     Raises:
-      DatasetError: an unknown split, views of a single-label dataset, or
+      DatasetError: an unknown split, views of a class dataset, or
         views that keep none of the split's images.
     """
     views = self.check_views(views)
@@ -229,7 +235,7 @@ class Selection:
     records, read once: parsing the two features alone copies no image."""
     if split not in self._view_tables:
       if not self.info.is_multilabel:
-        raise DatasetError(f'{self.info.data_dir} is a single-label dataset: '
+        raise DatasetError(f'{self.info.data_dir} is a class dataset: '
                            'its records store no view')
       spec = {schema.VIEW: tf.io.FixedLenFeature([], tf.string,
                                                  default_value=''),

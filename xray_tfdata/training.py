@@ -7,12 +7,15 @@ writes the results table, and exports the model. The stages live in their
 own modules: `resume` (config.json, backup/), `callbacks`, `evaluation`,
 `serving` (export and prediction), `demo` (the synthetic dataset).
 
-A multi-label dataset (NIH, CheXpert, ...) trains one sigmoid output per
-label (--labels, all by default) on the targets of --label_policy, with the
-masked loss of `losses` (unweighted by default; --label_weights=ratio gives
-each label a capped pos_weight) and a global pooling head, on the views
---views keeps; it is evaluated per label, and config.json also records the
-labels in output order ('label_names').
+One path for every dataset: the model has one sigmoid output per label
+(`target_names`: a class dataset's one label, PNEUMONIA; a multi-label
+dataset's --labels, all by default, on the targets of --label_policy, of
+the views --views keeps), trained on the masked loss of `losses`, whose
+per-label weights of negatives and positives (`label_weights`) come with
+the training batches: the reference's 'balanced' class weights on a class
+dataset (--class_weights), none or a capped ratio on a multi-label one
+(--label_weights). config.json records the labels in output order
+('label_names').
 
 Files in model_dir while a run is going, and after:
   config.json          the settings and the dataset's fingerprint; a rerun
@@ -72,17 +75,15 @@ EVAL_SPLITS = ('train', 'val', 'test')
 # Seconds the data-service watchdog adds for the first training step, which
 # also traces and compiles the model (see data_service.Watchdog).
 FIRST_BATCH_GRACE_S = 120
-# Below this many examples of either class in val or test, the AUC and the
-# Youden threshold are too rough to compare runs by: at an AUC of 0.9 with
-# 30 examples of each class, the AUC's standard error (Hanley and McNeil,
+# Below this many known positives or negatives of a label in val or test,
+# its AUC and Youden threshold are too rough to compare runs by: at an AUC
+# of 0.9 with 30 of each, the AUC's standard error (Hanley and McNeil,
 # Radiology 1982) is already about 0.04, a 95% interval of +-0.08, and one
 # example moves sensitivity or specificity by over 3 points.
 MIN_EXAMPLES_PER_CLASS = 30
-# A multi-label run's bars (issue 31): under 50 known training positives a
-# label gives a network little to learn from; with P < 10 positives (or
-# negatives) in val or test, one example moves its AUC by up to 1/P > 0.1.
+# Under 50 known training positives a label gives a network little to
+# learn from (issue 31).
 MIN_TRAIN_POSITIVES = 50
-MIN_SCORED_EXAMPLES = 10
 
 
 def train_and_evaluate(config, model_dir, overwrite=False):
@@ -163,7 +164,7 @@ def _train_and_evaluate(config, model_dir, overwrite, cluster):
                           config.image_size, config.seed)
   builder = open_dataset(config)
   check_against_dataset(config, builder, cluster)
-  if builder.info.is_multilabel and config.views:
+  if config.views:
     print(builder.view_filter_line(config.views, EVAL_SPLITS), flush=True)
   work_dir, resuming = prepare_work_dir(model_dir, config, overwrite, cluster,
                                         builder.info,
@@ -174,7 +175,7 @@ def _train_and_evaluate(config, model_dir, overwrite, cluster):
   keras.mixed_precision.set_global_policy(policy)
   inputs = create_inputs(config, builder, model_dir)
   net = create_model(config, cluster, inputs.train.element_spec,
-                     inputs.label_names, inputs.pos_weight)
+                     inputs.label_names)
   if cluster.chief:  # what the model will see, before it trains
     report.preview_augmentation(work_dir, builder, config)
   state = resume_lib.ResumeState(
@@ -189,9 +190,8 @@ def _train_and_evaluate(config, model_dir, overwrite, cluster):
   stopped = resuming and state.stopped()
   print('early stopping had already ended this run; evaluating' if stopped
         else training_header(policy, cluster, inputs, config,
-                             builder.info.class_names))
-  warning = (small_label_warning(builder, config, inputs.label_names)
-             if inputs.label_names else small_split_warning(builder.info))
+                             builder.info))
+  warning = small_label_warning(builder, config, inputs.label_names)
   if warning:
     print(warning, flush=True)
   if not stopped:
@@ -277,16 +277,15 @@ def create_cluster(strategy_name):
 
 
 def open_dataset(config):
-  """The DatasetBuilder of config.data_dir, labelled for a binary run (a
-  single-label dataset) or as it is (a multi-label one).
+  """The DatasetBuilder of config.data_dir.
 
   Returns:
-    A pipeline.DatasetBuilder; of a single-label dataset, one whose label 1
-    is config.positive_class (by default the second class name in sorted
+    A pipeline.DatasetBuilder; of a class dataset, one whose one label is
+    config.positive_class (by default the second class name in sorted
     order, PNEUMONIA).
 
   Raises:
-    TrainingError: a single-label dataset has other than two classes.
+    TrainingError: a class dataset has other than two classes.
     pipeline.DatasetError: the dataset cannot be read, or positive_class
       is not one of its classes (or it is multi-label).
   """
@@ -311,12 +310,11 @@ def check_against_dataset(config, builder, cluster):
     TrainingError: the stored image size differs from config.image_size,
       steps_per_epoch is negative, or a batch is larger than the training
       split.
-    pipeline.DatasetError: a split is missing or empty, a class is
-      missing from the training split (with class weights on), a shard is
-      damaged, or the class names disagree with the records'; of a
-      multi-label dataset, an unknown label in config.labels, views that
-      keep no image of a split, or a label without positives or negatives
-      (with class weights on); --labels or --views of a single-label one.
+    pipeline.DatasetError: a split is missing or empty, a shard is
+      damaged, or the class names disagree with the records'; an unknown
+      label in config.labels, views that keep no image of a split (or
+      views of a class dataset), or a label without positives or
+      negatives in the training split (with its weights on).
     distribute.DistributeError: fewer training shards than workers.
   """
   info = builder.info
@@ -330,22 +328,13 @@ def check_against_dataset(config, builder, cluster):
         f'--image_size is {config.image_size}; re-convert with '
         f'tools/make_tfrecords --image_size={config.image_size} or set '
         f'--image_size={stored[0]}')
-  if info.is_multilabel:
-    # Label names and views known to the dataset, each split keeping some
-    # images, each label a pos_weight: one line each, now.
-    target_names(config, builder)
-    checks.check_against_dataset(
-        config, {split: builder.num_examples(split, config.views)
-                 for split in EVAL_SPLITS})
-    label_weights(config, builder)
-  else:
-    # --labels and --views name what single-label records do not have.
-    builder.label_names(config.labels or None)
-    builder.num_examples('train', config.views)
-    checks.check_against_dataset(
-        config, {split: info.num_examples(split) for split in info.splits})
-    if config.class_weights:
-      info.class_weights('train')  # raises for a class with no examples
+  # Label names and views known to the dataset, each split keeping some
+  # images, each label its weights: one line each, now.
+  target_names(config, builder)
+  checks.check_against_dataset(
+      config, {split: builder.num_examples(split, config.views or None)
+               for split in EVAL_SPLITS})
+  label_weights(config, builder)
   if not config.data_service:  # the service, not the workers, splits files
     distribute.check_shards(builder, 'train', cluster.strategy)
   # Every record's CRC, now rather than as a DataLossError naming no file
@@ -359,42 +348,55 @@ def local_splits(config):
 
 
 def target_names(config, builder):
-  """The model's outputs: the label names of a multi-label dataset that the
-  run trains on, in order (config.labels, or all); () for a single-label
-  dataset.
+  """The model's outputs: the label names the run trains on, in order
+  (config.labels, or all of the dataset's; a class dataset has one, its
+  positive class).
 
   Raises:
     pipeline.DatasetError: a name the dataset does not have.
   """
-  if not builder.info.is_multilabel:
-    return ()
   return tuple(builder.label_names(config.labels or None))
 
 
 def label_options(config, builder):
-  """as_dataset's label arguments of the run: {} for a single-label
-  dataset."""
-  if not builder.info.is_multilabel:
-    return {}
+  """as_dataset's label arguments of the run (a class dataset's records
+  store no codes, so no policy applies to them)."""
   return {'label_policy': config.label_policy,
           'labels': target_names(config, builder),
           'views': config.views or None}
 
 
 def label_weights(config, builder):
-  """The multi-label loss's pos_weight per output: ones under
-  --label_weights=none (the default); under 'ratio', negatives / positives
-  among the known training targets of the kept views under the policy,
-  capped at --pos_weight_cap (`losses.pos_weights`).
+  """The training loss's weights of each output's negatives and positives,
+  or None when the run trains unweighted.
+
+  Which flag weighs depends on what the records store: a class dataset's
+  one label gets the reference's 'balanced' class weights under
+  --class_weights (its default; n / (2 n_class), `DatasetInfo.
+  class_weights`); a multi-label dataset's labels get none under
+  --label_weights=none (its default), or under 'ratio' 1 for negatives and
+  negatives / positives among the known training targets of the kept views
+  under the policy, capped at --pos_weight_cap (`losses.pos_weights`), for
+  positives. (Keras' class_weight would take the argmax of multi-hot
+  targets; these weigh each entry, see `create_inputs`.)
+
+  Returns:
+    (negative weights, positive weights), one float per output each, or
+    None.
 
   Raises:
-    pipeline.DatasetError: under 'ratio', a label without a positive or a
-      negative among them.
+    pipeline.DatasetError: a class without examples in the training split,
+      or under 'ratio' a label without a positive or a negative among them.
   """
   names = target_names(config, builder)
+  if not builder.info.is_multilabel:
+    if not config.class_weights:
+      return None
+    weights = builder.info.class_weights('train')
+    return [weights[0]], [weights[1]]
   if config.label_weights == 'none':
-    return [1.0] * len(names)
-  return losses.pos_weights(
+    return None
+  return [1.0] * len(names), losses.pos_weights(
       builder.target_counts('train', config.label_policy, names,
                             config.views or None), names,
       config.label_policy, cap=config.pos_weight_cap)
@@ -413,8 +415,8 @@ def prepare_work_dir(model_dir, config, overwrite, cluster, dataset=None,
     cluster: the run's Cluster.
     dataset: the dataset's pipeline.DatasetInfo, whose fingerprint
       config.json records (see `resume.prepare_model_dir`).
-    label_names: a multi-label run's outputs (`target_names`), which
-      config.json records; () for a single-label run.
+    label_names: the run's outputs (`target_names`), which config.json
+      records.
 
   Returns:
     (work_dir, resuming): where this process writes, and whether it resumes
@@ -440,20 +442,25 @@ def prepare_work_dir(model_dir, config, overwrite, cluster, dataset=None,
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-  """What fit reads: the datasets, steps per epoch and class weights; of a
-  multi-label dataset, the label names and the loss's pos_weight."""
+  """What fit reads: the datasets (training batches with their weights, if
+  any), steps per epoch, the label names, and the weights."""
   train: tf.data.Dataset
   val: tf.data.Dataset
   steps: int
-  class_weight: dict  # class id -> weight, or None
-  label_names: tuple = ()  # the model's outputs; () for single-label
-  pos_weight: list = None  # per output (multi-label), else None
+  label_names: tuple  # the model's outputs, in order
+  label_weights: tuple = None  # (negative, positive) per output, or None
 
 
 def create_inputs(config, builder, model_dir):
   """The training and validation datasets, at the global batch size.
 
-  Keras splits each global batch across the replicas.
+  Keras splits each global batch across the replicas. With `label_weights`,
+  the training batches are (images, targets, weights [B, L]): each entry's
+  weight is its label's negative or positive weight (0 where masked), the
+  sample weight `losses.MaskedBinaryCrossentropy` applies per entry. As
+  Keras' class_weight, they weigh the training loss only: validation
+  batches carry none, so val_loss (early stopping, the best checkpoint) is
+  unweighted.
 
   Returns:
     Inputs.
@@ -470,17 +477,27 @@ def create_inputs(config, builder, model_dir):
   val = distribute.shard_by_batch(builder.as_dataset(
       'val', config.batch_size, **cache_options(config), **options))
   steps = (config.steps_per_epoch or builder.steps_per_epoch(
-      'train', config.batch_size, views=options.get('views')))
-  if builder.info.is_multilabel:
-    # Keras' class_weight would weigh by the argmax of multi-hot targets;
-    # the loss weighs each label's positives instead.
-    return Inputs(train=train, val=val, steps=steps, class_weight=None,
-                  label_names=options['labels'],
-                  pos_weight=label_weights(config, builder))
-  return Inputs(
-      train=train, val=val, steps=steps,
-      class_weight=(builder.info.class_weights('train')
-                    if config.class_weights else None))
+      'train', config.batch_size, views=options['views']))
+  weights = label_weights(config, builder)
+  if weights is not None:
+    train = train.map(entry_weights(*weights),
+                      num_parallel_calls=tf.data.AUTOTUNE)
+  return Inputs(train=train, val=val, steps=steps,
+                label_names=options['labels'], label_weights=weights)
+
+
+def entry_weights(negative, positive):
+  """(images, targets) -> (images, targets, weights [B, L]): per entry,
+  its label's positive or negative weight, 0 where masked."""
+  negative = tf.constant(negative, tf.float32)
+  positive = tf.constant(positive, tf.float32)
+
+  def add(images, targets):
+    weights = tf.where(tf.equal(targets, 1.0), positive,
+                       tf.where(tf.equal(targets, 0.0), negative, 0.0))
+    return images, targets, weights
+
+  return add
 
 
 def cache_options(config):
@@ -491,17 +508,14 @@ def cache_options(config):
           'cache_limit_bytes': int(config.cache_limit * 2**20)}
 
 
-def create_model(config, cluster, element_spec, label_names=(),
-                 pos_weight=None):
+def create_model(config, cluster, element_spec, label_names):
   """The compiled model, built under the strategy with its state up front.
 
   Args:
     config: the run's TrainConfig.
     cluster: the run's Cluster.
     element_spec: the training dataset's element_spec.
-    label_names: a multi-label run's outputs (`Inputs.label_names`); ()
-      builds the single output of a single-label run.
-    pos_weight: the multi-label loss's weights (`Inputs.pos_weight`).
+    label_names: the run's outputs (`Inputs.label_names`).
 
   Returns:
     A compiled keras.Model.
@@ -519,14 +533,11 @@ def create_model(config, cluster, element_spec, label_names=(),
         frozen_blocks=config.frozen_blocks,
         backbone=config.backbone,
         dense_units=tuple(config.dense_units), dropout=config.dropout,
-        augmentation=augmentation, num_labels=len(label_names) or 1,
+        augmentation=augmentation, num_labels=len(label_names),
         head=config.head)
     model_lib.compile_model(
         net, learning_rate=config.learning_rate,
-        jit_compile=config.jit_compile,
-        pos_weight=(pos_weight or [1.0] * len(label_names)
-                    if label_names else None),
-        label_names=label_names or None)
+        jit_compile=config.jit_compile, label_names=label_names)
   distribute.prepare_model(net, element_spec)
   return net
 
@@ -554,64 +565,38 @@ def resume_epoch(state, resuming, work_dir, cluster):
   return initial_epoch
 
 
-def training_header(policy, cluster, inputs, config, class_names):
-  """The line printed before training: what this run does."""
-  if inputs.label_names:
-    weights = ('off' if config.label_weights == 'none' else
-               f'pos_weight (capped at {config.pos_weight_cap:g}) ' +
-               ', '.join(f'{name} {w:.3f}' for name, w in
-                         zip(inputs.label_names, inputs.pos_weight)))
-    head = model_lib.resolve_head(config.head, config.backbone,
-                                  len(inputs.label_names))
-    return (f'training: policy {policy}, strategy {cluster.describe()}, '
-            f'{inputs.steps} steps of {config.batch_size}, augmentation '
-            f'{config.augmentation}, {len(inputs.label_names)} labels '
-            f'(--label_policy={config.label_policy}), {head} head, label '
-            f'weights {weights}')
-  if inputs.class_weight is None:
-    weights = 'off'
-  else:
-    weights = ', '.join(f'{class_names[c]} {w:.3f}'
-                        for c, w in sorted(inputs.class_weight.items()))
-  return (f'training: policy {policy}, strategy {cluster.describe()}, '
-          f'{inputs.steps} steps of {config.batch_size}, augmentation '
-          f'{config.augmentation}, class weights {weights}')
-
-
-def small_split_warning(info, splits=('val', 'test'),
-                        minimum=MIN_EXAMPLES_PER_CLASS):
-  """A one-line warning when a split is too small to judge a model by.
+def training_header(policy, cluster, inputs, config, info):
+  """The line printed before training: what this run does.
 
   Args:
-    info: the dataset's pipeline.DatasetInfo.
-    splits: the splits whose metrics matter (val picks the threshold, test
-      reports it).
-    minimum: examples of each class a split needs.
-
-  Returns:
-    The warning, or None when every split has enough of each class.
+    policy, cluster, inputs, config: the run's.
+    info: the dataset's DatasetInfo (a multi-label dataset's targets follow
+      --label_policy; a class dataset's one label is its positive class).
   """
-  small = []
-  for split in splits:
-    counts = info.class_counts(split)
-    if min(counts) < minimum:
-      small.append(f'{split} ' + ', '.join(
-          f'{count} {name}' for name, count in zip(info.class_names, counts)))
-  if not small:
-    return None
-  return (f'warning: {"; ".join(small)}: fewer than {minimum} of a class, '
-          'so the AUC and the Youden threshold are rough; for numbers to '
-          'compare, re-convert with tools/make_tfrecords --resplit and '
-          'larger --val_counts and --test_counts')
+  names = inputs.label_names
+  head = model_lib.resolve_head(config.head, config.backbone, len(names))
+  labels = (f'--label_policy={config.label_policy}' if info.is_multilabel
+            else names[0])
+  weights = 'off'
+  if inputs.label_weights is not None:
+    weights = '(negative/positive) ' + ', '.join(
+        f'{name} {negative:.3f}/{positive:.3f}' for name, negative, positive
+        in zip(names, *inputs.label_weights))
+  return (f'training: policy {policy}, strategy {cluster.describe()}, '
+          f'{inputs.steps} steps of {config.batch_size}, augmentation '
+          f'{config.augmentation}, {len(names)} label'
+          f'{"s" if len(names) != 1 else ""} ({labels}), {head} head, label '
+          f'weights {weights}')
 
 
 def small_label_warning(builder, config, label_names,
                         minimum_train=MIN_TRAIN_POSITIVES,
-                        minimum_scored=MIN_SCORED_EXAMPLES):
-  """A multi-label run's one-line warning naming the labels with too few
-  known training positives to be learned (under `minimum_train`) or too
-  few known positives or negatives in val or test to be scored (under
-  `minimum_scored`), under the policy, of the kept views; or None.
+                        minimum_scored=MIN_EXAMPLES_PER_CLASS):
+  """The run's one-line warning naming the labels with too few known
+  training positives to be learned (under `minimum_train`) or too few
+  known positives or negatives in val or test to be scored (under
+  `minimum_scored`; val picks the thresholds, test reports them), under
+  the policy, of the kept views; or None.
 
   A label under either bar is still trained and scored: its AUC is the
   one to distrust, and the line says which.
@@ -638,22 +623,23 @@ def small_label_warning(builder, config, label_names,
                    f'(too few to score): {", ".join(few)}')
   if not parts:
     return None
-  return (f'warning: {"; ".join(parts)}; their AUCs are not to be trusted: '
-          'leave them out with --labels, or convert more images')
+  fix = ('convert more images (tools/make_tfrecords --resplit with larger '
+         '--val_counts and --test_counts)')
+  if len(label_names) > 1:
+    fix = f'leave them out with --labels, or {fix}'
+  return (f'warning: {"; ".join(parts)}; their AUCs and thresholds are '
+          f'rough: {fix}')
 
 
 def fit(net, inputs, callbacks, config, initial_epoch, work_dir, builder):
   """Trains; watches the data service, if any.
 
   Raises:
-    TrainingError: the loss diverged, or Keras class weights were given
-      for a multi-label dataset.
+    TrainingError: the loss diverged.
     data_service.DataServiceError: the service stopped sending batches.
     atomic.NoSpaceError: the disk filled up.
     pipeline.DamagedShardError: a shard was damaged while training.
   """
-  checks.check_class_weights_apply(inputs.class_weight,
-                                   len(inputs.label_names))
   # The frozen trunk's validation features, computed once (trunk_cache);
   # its callback goes first, so every other one sees the val_* logs.
   validation_data, cached = trunk_cache.validation_plan(
@@ -675,7 +661,6 @@ def fit(net, inputs, callbacks, config, initial_epoch, work_dir, builder):
     with atomic.naming(work_dir):
       net.fit(inputs.train, epochs=config.epochs,
               steps_per_epoch=inputs.steps, validation_data=validation_data,
-              class_weight=inputs.class_weight,
               callbacks=callbacks, initial_epoch=initial_epoch,
               shuffle=False,  # the pipeline shuffles
               # One line per epoch, ours or Keras', never both: 1 is

@@ -1,8 +1,8 @@
-"""Trains and evaluates a chest X-ray classifier on a converted dataset:
-binary (the reference's VGG16 on NORMAL vs PNEUMONIA, the defaults) or
-multi-label (one sigmoid per label of NIH, CheXpert or MIMIC, under
---label_policy), on vgg16, densenet121, resnet50, efficientnetv2s or
-mini_vgg.
+"""Trains and evaluates a chest X-ray classifier on a converted dataset,
+one sigmoid per label: one label on a class dataset (the reference's VGG16
+on NORMAL vs PNEUMONIA, P(PNEUMONIA), the defaults) or several (NIH,
+CheXpert or MIMIC, under --label_policy), on vgg16, densenet121, resnet50,
+efficientnetv2s or mini_vgg.
 
   tools/train --flagfile=configs/kermany_vgg16.flags --data_dir=DIR --model_dir=DIR
   tools/train --flagfile=configs/demo.flags          # synthetic demo data
