@@ -291,3 +291,40 @@ def test_vindr_trains_and_evaluates_with_the_pointing_game_per_label(
   assert localization['labels']['Pleural effusion']['n'] > 0
   assert (localization['labels']['Pleural effusion']['no_box_positives'] >=
           len(unboxed))
+
+
+@pytest.mark.parametrize('reader_policy', ('any', 'majority', 'all'))
+def test_vindr_reader_policies_give_the_recounted_targets(converted,
+                                                          reader_policy):
+  """Each policy's targets, read back, against the label files' readers
+  counted here: any (one of them), majority (more than half), all."""
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  release, src, out, _, _ = converted
+  images, label_names, _ = _reference(src, release)
+  by_hash = {_hash(i): i for i in images}
+  rule = {'any': lambda k, n: k >= 1, 'majority': lambda k, n: 2 * k > n,
+          'all': lambda k, n: k == n}[reader_policy]
+  builder = pipeline.DatasetBuilder(out, reader_policy=reader_policy)
+  for split in builder.info.splits:
+    ds = builder.as_dataset(split, 64, with_metadata=True,
+                            label_policy='u_zeros')
+    for _, targets, metadata in ds.as_numpy_iterator():
+      for row, key in zip(targets, metadata['patient_id']):
+        _, reads, _ = images[by_hash[key.decode()]]
+        want = [float(rule(sum(l in marks for marks in reads.values()),
+                           len(reads))) for l in label_names]
+        np.testing.assert_array_equal(row, want)
+  # The counts the trainer weighs with, under the same policy.
+  counts = builder.target_counts('train', 'u_zeros')
+  assert counts['Pleural effusion']['positive'] == sum(
+      rule(sum('Pleural effusion' in m for m in images[by_hash[k]][1]
+               .values()), len(images[by_hash[k]][1]))
+      for k in _train_keys(builder))
+
+
+def _train_keys(builder):
+  keys = []
+  for _, _, metadata in builder.as_dataset(
+      'train', 64, with_metadata=True).as_numpy_iterator():
+    keys += [k.decode() for k in metadata['patient_id']]
+  return keys

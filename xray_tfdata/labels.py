@@ -67,6 +67,13 @@ _NO_FINDING_KEEPS = {
 OFFSET = schema.NOT_MENTIONED
 
 
+# Each of checks.READER_POLICIES as (a, b, c): a label marked by m of an
+# image's n readers is 1 where m >= 1 and a * m > b * n + c (all: m > n - 1,
+# that is m = n), else 0. Declared once: `reader_codes` and the reader's
+# decoder (`pipeline`) both evaluate it.
+READER_RULES = {'any': (1, 0, 0), 'majority': (2, 1, 0), 'all': (1, 1, -1)}
+
+
 def reader_codes(marked_by, num_readers, reader_policy):
   """numpy: the raw codes (1 or 0) of int [N, L] marks by [N] readers
   under `reader_policy` (module docstring).
@@ -77,14 +84,10 @@ def reader_codes(marked_by, num_readers, reader_policy):
   if reader_policy not in checks.READER_POLICIES:
     raise ValueError(f'reader policy {reader_policy!r} is not one of '
                      f'{", ".join(checks.READER_POLICIES)}')
+  a, b, c = READER_RULES[reader_policy]
   marked_by = np.asarray(marked_by, np.int64)
   num_readers = np.asarray(num_readers, np.int64)[:, None]
-  if reader_policy == 'any':
-    chosen = marked_by >= 1
-  elif reader_policy == 'majority':
-    chosen = 2 * marked_by > num_readers
-  else:
-    chosen = (marked_by == num_readers) & (num_readers > 0)
+  chosen = (marked_by >= 1) & (a * marked_by > b * num_readers + c)
   return chosen.astype(np.int64)
 
 

@@ -246,6 +246,15 @@ def feature_spec(format_version=FORMAT_VERSION, num_labels=0):
   return {key(k, format_version): v for k, v in spec.items()}
 
 
+def reader_spec(num_labels):
+  """The `tf.io.parse_example` spec of `READER_FEATURES` (VinDr-CXR's
+  readers and marks) for a dataset of `num_labels` labels."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  return {NUM_READERS: tf.io.FixedLenFeature([], tf.int64),
+          MARKED_BY: tf.io.FixedLenFeature([num_labels], tf.int64)}
+
+
 def parse(record, format_version=FORMAT_VERSION, num_labels=0):
   """Parses one serialized example into a dict under the current names
   (with `LABELS` and the `MULTILABEL_FEATURES` when num_labels > 0)."""

@@ -401,11 +401,12 @@ def _load_model(path):
   return keras.saving.load_model(path)
 
 
-def _open_dataset(data_dir, mapping):
+def _open_dataset(data_dir, mapping, reader_policy=None):
   """The builder, a dataset of two classes read with the class the model's
-  label matched as 1."""
+  label matched as 1, a dataset that keeps every reader under
+  `reader_policy` (the run's)."""
   from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
-  builder = pipeline.DatasetBuilder(data_dir)
+  builder = pipeline.DatasetBuilder(data_dir, reader_policy=reader_policy)
   classes = builder.info.class_names
   if not builder.info.is_multilabel and len(classes) == 2:
     positive = next(iter(mapping['matched'].values()))
@@ -471,7 +472,8 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
   settings = run.settings
   names = _run_label_names(run)
   mapping = matching.match_labels(names, pipeline.load_info(data_dir))
-  builder = _open_dataset(data_dir, mapping)
+  builder = _open_dataset(data_dir, mapping,
+                          settings.get('reader_policy'))
   info = builder.info
   info.split(split)  # a missing split fails before the model loads
   views = tuple(views) if views else None
