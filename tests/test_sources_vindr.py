@@ -156,7 +156,8 @@ def test_vindr_records_keep_every_box_with_its_label_and_reader(converted):
     split, _, boxes = images[image_id]
     header = pydicom.dcmread(os.path.join(src, split, image_id + '.dicom'),
                              stop_before_pixels=True)
-    scale = np.array([STORED_SIZE / header.Columns, STORED_SIZE / header.Rows] * 2)
+    scale = np.array([STORED_SIZE / header.Columns,
+                      STORED_SIZE / header.Rows] * 2)
     stored = np.stack([record[k] for k in schema.BOX_KEYS], -1).reshape(-1, 4)
     expected = np.array([(x0, y0, x1 - x0, y1 - y0)
                          for x0, y0, x1, y1, _, _ in boxes]).reshape(-1, 4)

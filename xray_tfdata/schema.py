@@ -15,9 +15,10 @@ Format versions:
 
 Extra features (format 2; `EXTRA_FEATURES`): RSNA's detailed class and
 lung-opacity boxes (`RSNA_FEATURES`); the labelled boxes of NIH and VinDr-CXR
-(`LABELLED_BOX_KEYS`) and VinDr-CXR's reader counts (`READER_FEATURES`). Their keys are
-listed in xray_info.json's 'extra_features' and declared in TFDS'
-features.json; `parse` and `DatasetBuilder` ignore them, as
+(`LABELLED_BOX_KEYS`) and VinDr-CXR's reader counts (`READER_FEATURES`).
+Their keys are listed in xray_info.json's 'extra_features' and declared in
+TFDS' features.json; `parse` and `DatasetBuilder` ignore them (but the
+reader policies read VinDr-CXR's reader counts), as
 `tf.io.parse_single_example` ignores keys its spec does not name, so a
 reader of the base schema reads an RSNA dataset unchanged. Kermany datasets
 have none of them.

@@ -1,7 +1,8 @@
 """Localization: the pointing game (Zhang et al., ECCV 2016) of a model's
 Grad-CAM heatmaps on the positive images of a dataset that stores boxes
-(RSNA's; NIH's and VinDr-CXR's, each label scored on its own boxes): a hit when the heatmap's maximum lies inside one of the image's
-boxes, no tolerance; the hit rate with a patient-level interval.
+(RSNA's; NIH's and VinDr-CXR's, each label scored on its own boxes): a hit
+when the heatmap's maximum lies inside one of the image's boxes, no
+tolerance; the hit rate with a patient-level interval.
 """
 
 import numpy as np

@@ -32,8 +32,8 @@ skip, with the reason and its lines), and `Plan.split_info['label_rows']`
 counts the rows of each file. An image whose rows contradict each other (a
 class id that is not its class name's, a cell that is not a number or 0/1,
 a competition reader with both a `No finding` row and a finding's, a
-reader's two rows in image_labels) is skipped with the reason. VinDr publishes no patient id:
-each image is its own patient (the image id, stored hashed, also in
+reader's two rows in image_labels) is skipped with the reason. VinDr
+publishes no patient id: each image is its own patient (the image id, stored hashed, also in
 image/filename). View, sex and age are not read (''/-1).
 """
 
@@ -155,8 +155,9 @@ def _scan(src_dir, options, split_method, progress, label_rows):
       elif set(names) != set(label_names):
         raise SourceError(
             f'{IMAGE_LABELS.format(split)} has other label columns than '
-            f'{IMAGE_LABELS.format("train")} ({sorted(set(names) ^ set(label_names))}'
-            '); give the two files of one release')
+            f'{IMAGE_LABELS.format("train")} '
+            f'({sorted(set(names) ^ set(label_names))}); give the two files '
+            'of one release')
       read.append(IMAGE_LABELS.format(split))
       if os.path.isfile(os.path.join(src_dir, BOXES.format(split))):
         _read_physionet_boxes(src_dir, split, images, label_names, label_rows,
