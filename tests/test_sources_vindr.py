@@ -329,3 +329,40 @@ def _train_keys(builder):
       'train', 64, with_metadata=True).as_numpy_iterator():
     keys += [k.decode() for k in metadata['patient_id']]
   return keys
+
+
+# The real rows (tests/data/README.md): per image its readers' marks, by
+# hand from the file, {label: readers who marked it}, and its boxes.
+_REAL_ROWS = {
+    '50a418190bc3fb1ef1633bf9678929b3': ({'No finding': 3}, 0),
+    '9a5094b2563a1ef3ff50dc5c7ff71345': (
+        {'Cardiomegaly': 3, 'Aortic enlargement': 1, 'Pleural effusion': 1,
+         'Pleural thickening': 1}, 6),
+    'be1bb194dfb986bf7554b491852b8901': (
+        {'Cardiomegaly': 2, 'ILD': 1, 'Infiltration': 1, 'Lung Opacity': 1,
+         'Other lesion': 1}, 9),
+    '7c1add6833d5f0102b0d3619a1682a64': (
+        {'Pleural effusion': 3, 'Lung Opacity': 2, 'Consolidation': 1}, 6),
+}
+
+
+def test_vindr_real_competition_rows_give_the_hand_table(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copy(os.path.join(os.path.dirname(__file__), 'data',
+                           'vindr_competition_rows.csv'),
+              tmp_path / 'train.csv')
+  assert sources.detect(str(tmp_path)) == 'vindr'
+  rows, _, _, read, names = sources.vindr.scan(str(tmp_path), None,
+                                               'official')
+  assert read == ['train.csv'] and names == sources.vindr.COMPETITION_LABELS
+  assert {r.patient_id for r in rows} == set(_REAL_ROWS)
+  for row in rows:
+    marks, num_boxes = _REAL_ROWS[row.patient_id]
+    assert row.reason == 'missing image'  # no DICOMs here: nothing else
+    assert row.num_readers == 3
+    assert dict((n, k) for n, k in zip(names, row.marked_by) if k) == marks
+    assert len(row.boxes) == len(row.box_labels) == num_boxes
+    assert {names[i] for i in row.box_labels} == set(marks) - {'No finding'}
+    assert all(w > 0 and h > 0 for _, _, w, h in row.boxes)
+    assert row.where.startswith('train.csv line')
+  assert sum(len(r.where.split(',')) for r in rows) == 24  # every row
