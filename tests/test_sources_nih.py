@@ -293,3 +293,17 @@ def _widen_first_box(text):
   cells[4] = '5000'  # w: far past the image's right edge
   lines[1] = ','.join(cells)
   return '\n'.join(lines)
+
+
+def test_nih_box_rows_of_an_image_without_a_label_row_are_listed(tmp_path):
+  from xray_tfdata.synthetic import nih as synthetic_nih  # pylint: disable=g-import-not-at-top
+  src = str(tmp_path / 'src')
+  synthetic_nih.make_synthetic_nih(src, num_images=30, seed=1,
+                                   size_scale=0.03, num_workers=1, boxes=True)
+  with open(os.path.join(src, 'BBox_List_2017.csv'), 'a') as f:
+    f.write('99999999_000.png,Mass,1,1,2,2\n')
+  plan = _plan(src, 'nih')
+  assert ('BBox_List_2017.csv: boxes of 1 image(s) no label row names '
+          '(99999999_000.png)') in plan.ignored
+  boxes = sum(len(f.boxes) for files in plan.splits.values() for f in files)
+  assert boxes == len(_box_rows(src)) - 1
