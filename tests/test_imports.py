@@ -99,6 +99,7 @@ IMPORTS = {
     'xray_tfdata.sources.rsna': 'neither',
     'xray_tfdata.sources.splits': 'neither',
     'xray_tfdata.sources.tables': 'neither',
+    'xray_tfdata.sources.vindr': 'neither',
     'xray_tfdata.synthetic': 'neither',
     'xray_tfdata.synthetic.chexpert': 'neither',
     'xray_tfdata.synthetic.draw': 'neither',

@@ -8,6 +8,7 @@
   nih_google     Google's expert labels for NIH (Majkowska et al. 2019)
   padchest       PadChest
   nlm_tb         the NLM tuberculosis sets (Shenzhen, Montgomery)
+  vindr          VinDr-CXR (competition and PhysioNet layouts, every reader)
   labels_csv     a user's labelled folder (--labels_csv)
 
 and what they share: `base` (the plan, the scanned file, the walk of a
@@ -46,6 +47,7 @@ from xray_tfdata.sources import padchest
 from xray_tfdata.sources import patients
 from xray_tfdata.sources import rsna
 from xray_tfdata.sources import splits
+from xray_tfdata.sources import vindr
 
 # --layout -> the module that reads it. Detection asks the modules in this
 # order; a tree none of them recognises is read as class folders.
@@ -60,6 +62,7 @@ SOURCES = {
     'nih_google': nih_google,
     'padchest': padchest,
     'nlm_tb': nlm_tb,
+    'vindr': vindr,
     'csv': labels_csv,
 }
 LAYOUTS = ('auto',) + tuple(SOURCES)
@@ -83,8 +86,8 @@ SPLIT_METHODS = splits.SPLIT_METHODS
 
 def detect(src_dir):
   """The layout of src_dir its files name unambiguously ('rsna', 'nih',
-  'chexpert', 'mimic', 'nih_google', 'padchest', 'nlm_tb'), else None
-  (class folders, or --labels_csv).
+  'chexpert', 'mimic', 'nih_google', 'padchest', 'nlm_tb', 'vindr'), else
+  None (class folders, or --labels_csv).
 
   Raises:
     SourceError: src_dir holds the label files of two sources.

@@ -129,6 +129,12 @@ class Row:
   missing_name: str = ''  # the image a row names, when it is not found
   label_method: str | None = None  # base.SourceFile's
   stored_depth: tuple | None = None  # base.SourceFile's
+  # Boxes and readers (`base.SourceFile`), where the source has them.
+  boxes: tuple | None = None
+  box_labels: tuple | None = None
+  box_readers: tuple | None = None
+  num_readers: int | None = None
+  marked_by: tuple | None = None
 
 
 def _open_text(path):
@@ -302,7 +308,9 @@ def files_from_rows(src_dir, rows, found):
         labels=tuple(row.labels), view=row.view, sex=row.sex,
         age_years=row.age_years, study_id=row.study_id, hash_ids=True,
         private_parts=row.private_parts, label_method=row.label_method,
-        stored_depth=row.stored_depth))
+        stored_depth=row.stored_depth, boxes=row.boxes,
+        box_labels=row.box_labels, box_readers=row.box_readers,
+        num_readers=row.num_readers, marked_by=row.marked_by))
   named = {row.path for row in rows if row.path is not None}
   unlabelled = [{'path': base.display_path(p),
                  'reason': reason or _UNLABELLED}
@@ -355,6 +363,8 @@ def plan(src_dir, options, scan, seed=0, progress=base.NO_PROGRESS,
         f'{", ".join(read)}' + (f' ({why})' if why else '') +
         '; check --src_dir and that the images sit where the label files '
         'say')
+  # Before anything is written: a box outside its image is bad input.
+  base.check_boxes(src_dir, files, label_names, progress)
   files, byte_duplicates = duplicates_lib.find_duplicates(
       src_dir, files, prefer_evaluation_splits=split_method == 'official',
       progress=progress)
