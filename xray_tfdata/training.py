@@ -289,7 +289,8 @@ def open_dataset(config):
     pipeline.DatasetError: the dataset cannot be read, or positive_class
       is not one of its classes (or it is multi-label).
   """
-  builder = pipeline.DatasetBuilder(config.data_dir)
+  builder = pipeline.DatasetBuilder(config.data_dir,
+                                    reader_policy=config.reader_policy)
   names = builder.info.class_names
   if len(names) != 2 and not builder.info.is_multilabel:
     raise TrainingError(

@@ -1,7 +1,8 @@
 """Localization: the pointing game (Zhang et al., ECCV 2016) of a model's
 Grad-CAM heatmaps on the positive images of a dataset that stores boxes
-(RSNA) or masks (SIIM): a hit when the heatmap's maximum lies inside one of
-the image's boxes, or on a pixel inside its mask (`schema.MASK_INSIDE`: at
+(RSNA's; NIH's and VinDr-CXR's, each label scored on its own boxes) or
+masks (SIIM's): a hit when the heatmap's maximum lies inside one of the
+image's boxes, or on a pixel inside its mask (`schema.MASK_INSIDE`: at
 least half the pixel in the regions), no tolerance; the hit rate with a
 patient-level interval.
 """
@@ -18,7 +19,7 @@ class LocalizationError(errors.XrayError):
 
 
 def has_boxes(info):
-  """Whether a dataset's records store boxes (RSNA's)."""
+  """Whether a dataset's records store boxes (RSNA's, NIH's, VinDr-CXR's)."""
   return set(schema.BOX_KEYS) <= set(info.extra_features)
 
 
@@ -105,7 +106,8 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
     positives: {label: (bool [N] positive images in disk order, the model
       output whose heatmap is taken)}.
     boxes: per image in disk order, float [k, 4] (x, y, width, height);
-      None with masks.
+      or {label: such a list} where each label has its own boxes
+      (`schema.BOX_LABEL`); None with masks.
     patient_ids: one per image.
     image_size: the model's input size.
     batch_size: images per Grad-CAM computation.
@@ -122,9 +124,13 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from xray_tfdata import gradcam  # pylint: disable=g-import-not-at-top
   if masks is not None:
-    with_box = np.array([(m >= schema.MASK_INSIDE).any() for m in masks])
+    inside = np.array([(m >= schema.MASK_INSIDE).any() for m in masks], bool)
+    with_box = dict.fromkeys(positives, inside)
   else:
-    with_box = np.array([len(b) > 0 for b in boxes])
+    if not isinstance(boxes, dict):
+      boxes = dict.fromkeys(positives, boxes)
+    with_box = {label: np.array([len(b) > 0 for b in boxes[label]], bool)
+                for label in positives}
   ids = np.asarray(patient_ids)
   stored = builder.info.image_size
   ds = builder.as_dataset(split, batch_size, image_size=image_size,
@@ -136,7 +142,7 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
   if masks is not None:
     out['rule'] = ('hit: the Grad-CAM maximum (upsampled to the stored '
                    'size) on a pixel at least half inside the image\'s mask')
-  chosen = {label: np.flatnonzero(mask & with_box)
+  chosen = {label: np.flatnonzero(mask & with_box[label])
             for label, (mask, _) in positives.items()}
   hits = {label: [] for label in positives}
   flat = {label: [] for label in positives}
@@ -154,7 +160,8 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
       if masks is not None:
         got, none = mask_pointing_game(maps, [masks[i] for i in rows[take]])
       else:
-        got, none = pointing_game(maps, [boxes[i] for i in rows[take]])
+        got, none = pointing_game(maps,
+                                  [boxes[label][i] for i in rows[take]])
       hits[label].append(got)
       flat[label].append(none)
   for label, (mask, _) in positives.items():
@@ -168,5 +175,5 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
         'flat_heatmaps': (int(np.concatenate(flat[label]).sum())
                           if flat[label] else 0),
         'patients': int(np.unique(ids[chosen[label]]).size),
-        'no_box_positives': int((mask & ~with_box).sum())}
+        'no_box_positives': int((mask & ~with_box[label]).sum())}
   return out
