@@ -97,7 +97,7 @@ def _expected(names, codes, mapping, union, policy='u_ones'):
 def test_union_in_vocabulary_order_and_unmapped_named(sources):
   mix = mixture.Mixture([sources['nih'], sources['chexpert'],
                          sources['padchest']])
-  assert mix.label_names == ('Atelectasis', 'Fibrosis', 'Effusion',
+  assert mix.label_names() == ('Atelectasis', 'Fibrosis', 'Effusion',
                              'Support Devices')
   assert mix.unmapped == {'padchest': ['COPD signs']}
   (line,) = mix.unmapped_lines()
@@ -108,7 +108,7 @@ def test_union_in_vocabulary_order_and_unmapped_named(sources):
 def test_each_sources_targets_equal_a_recount(sources, split):
   mix = mixture.Mixture([sources['nih'], sources['chexpert'],
                          sources['padchest']])
-  union = mix.label_names
+  union = mix.label_names()
   maps = {
       'nih': (NIH_NAMES, NIH_CODES, {'Effusion': 'Effusion',
                                      'Atelectasis': 'Atelectasis',
@@ -131,7 +131,7 @@ def test_each_sources_targets_equal_a_recount(sources, split):
 
 def test_a_label_absent_from_a_source_adds_nothing(sources):
   mix = mixture.Mixture([sources['nih'], sources['chexpert']])
-  assert mix.label_names == ('Atelectasis', 'Fibrosis', 'Effusion',
+  assert mix.label_names() == ('Atelectasis', 'Fibrosis', 'Effusion',
                              'Support Devices')
   counts = mix.target_counts('train')
   # Support Devices: CheXpert's train codes M, P, N under u_ones -> 0, 1, 0;
@@ -152,11 +152,11 @@ def test_a_label_absent_from_a_source_adds_nothing(sources):
   loss = losses.MaskedBinaryCrossentropy()
   assert float(loss(targets, probs)) == float(loss(targets, other))
   for p in (probs, other):
-    metric = losses.MaskedAUC(len(mix.label_names))
+    metric = losses.MaskedAUC(len(mix.label_names()))
     metric.update_state(targets, p)
   aucs = []
   for p in (probs, other):
-    metric = losses.MaskedAUC(len(mix.label_names))
+    metric = losses.MaskedAUC(len(mix.label_names()))
     metric.update_state(targets, p)
     aucs.append(float(metric.result()))
   assert aucs[0] == aucs[1]
@@ -177,7 +177,7 @@ def test_a_class_dataset_is_its_positive_class(sources, tmp_path):
       'train': [[P, N], [N, P]], 'val': [[P, N]], 'test': [[N, P]]}))
   _relayout(nih, 'nih')
   mix = mixture.Mixture([sources['kermany'], nih])
-  assert mix.label_names == ('Effusion', 'Pneumonia')
+  assert mix.label_names() == ('Effusion', 'Pneumonia')
   assert mix.sources[0].own_names == ('PNEUMONIA',)
   targets, names = [], []
   for _, t, meta in mix.source_dataset(0, 'train', 8, with_metadata=True
@@ -248,8 +248,10 @@ def test_different_sizes_need_an_image_size(sources, tmp_path):
   write_multilabel_dataset(big, ['Effusion'], _rows({
       'train': [[P], [N]], 'val': [[P]], 'test': [[N]]}), size=(16, 14))
   _relayout(big, 'nih')
-  mix = mixture.Mixture([big, sources['chexpert']])
   with pytest.raises(DatasetError, match='--image_size'):
-    mix.as_dataset('train', 2)
-  images, _ = next(mix.as_dataset('val', 3, image_size=8).as_numpy_iterator())
+    mixture.Mixture([big, sources['chexpert']])
+  mix = mixture.Mixture([big, sources['chexpert']], image_size=8)
+  images, _ = next(mix.as_dataset('val', 3).as_numpy_iterator())
   assert images.shape == (3, 8, 8, 1)
+  images, _ = next(mix.as_dataset('val', 3, image_size=4).as_numpy_iterator())
+  assert images.shape == (3, 4, 4, 1)
