@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import checks
+from xray_tfdata import config
 from xray_tfdata import labels as labels_lib
 from xray_tfdata import pipeline
 from xray_tfdata import vocabulary
@@ -104,7 +105,10 @@ class MixtureInfo:
   def splits(self):
     common = set.intersection(*(set(s.builder.info.splits)
                                 for s in self.mixture.sources))
-    return {split: {'num_examples': self.num_examples(split)}
+    return {split: {'num_examples': self.num_examples(split),
+                    'shards': [shard for s in self.mixture.sources
+                               for shard in s.builder.info.split(split).get(
+                                   'shards', [])]}
             for split in sorted(common)}
 
   def split(self, split):
@@ -158,14 +162,9 @@ def _source_names(data_dirs):
   return names
 
 
-def split_data_dirs(value):
-  """--data_dir's datasets: 'DIR1,DIR2' -> ['DIR1', 'DIR2']."""
-  return [d.strip() for d in str(value).split(',') if d.strip()]
-
-
 def is_mixture(data_dir):
   """Whether a --data_dir value names several datasets."""
-  return len(split_data_dirs(data_dir)) > 1
+  return len(config.split_data_dirs(data_dir)) > 1
 
 
 class Mixture:
@@ -195,7 +194,7 @@ class Mixture:
         sizes that differ without image_size.
     """
     if isinstance(data_dirs, str):
-      data_dirs = split_data_dirs(data_dirs)
+      data_dirs = config.split_data_dirs(data_dirs)
     data_dirs = list(data_dirs)
     if len(data_dirs) < 2:
       raise DatasetError(

@@ -315,6 +315,76 @@ def evaluate_model(net, builder, *, label_names, batch_size, config,
   return results, predictions
 
 
+class _SourceReader:
+  """One source of a mixture read as a DatasetBuilder: its split with the
+  mixture's targets [B, L] and patient ids prefixed by its name
+  (`mixture.Mixture.source_dataset`), its own DatasetInfo (subgroups)."""
+
+  def __init__(self, mix, index):
+    self._mix = mix
+    self._index = index
+    source = mix.sources[index]
+    self.info = source.builder.info
+    self.data_dir = source.builder.data_dir
+
+  def as_dataset(self, split, batch_size=None, **options):
+    return self._mix.source_dataset(self._index, split, batch_size,
+                                    **options)
+
+
+def evaluate_sources(net, mix, *, label_names, batch_size,
+                     splits=INTERVAL_SPLITS, num_resamples=2000, seed=0,
+                     checkpoint_dir=None, read_options=None):
+  """A mixture-trained model on each of its sources' splits: every label
+  the source reports (the others are unknown there, not negatives) with
+  patient-level intervals, operating points chosen on the source's val,
+  and the macro AUC of each split; then the macro over sources.
+
+  Args:
+    net: the trained model.
+    mix: the run's `mixture.Mixture`.
+    label_names: the model's outputs (the mixture's labels).
+    batch_size, num_resamples, seed, read_options: as `evaluate_model`.
+    splits: the splits scored (val first: it picks the operating points).
+    checkpoint_dir: as `evaluate_model`'s; a folder per source under it.
+
+  Returns:
+    results.json's 'sources' (a mixture run's only): {'by_source': {source
+     name: {'data_dir', 'layout', 'label_policy', 'labels': {label:
+     evaluate_label's dict}, 'macro': {split: ...}}}, 'macro_over_sources': {split: {'auc': mean of the sources' macro AUC
+     (NaN where none is defined), 'sources': the sources averaged}}}.
+  """
+  out = {}
+  for index, source in enumerate(mix.sources):
+    reader = _SourceReader(mix, index)
+    predictions, metadata = {}, {}
+    for split in splits:
+      targets, probs, columns = predict_split(
+          net, reader, split, batch_size, **dict(read_options or {}))
+      predictions[split] = (targets, probs)
+      metadata[split] = columns
+    scored = [name for name, columns in zip(label_names, source.columns)
+              if columns]
+    evaluated = evaluate(
+        predictions, metadata, label_names, reader.info, scored=scored,
+        num_resamples=num_resamples, seed=seed,
+        checkpoint_dir=checkpoint_dir and os.path.join(checkpoint_dir,
+                                                       source.name),
+        interval_splits=splits)
+    out[source.name] = {
+        'data_dir': source.builder.data_dir, 'layout': source.layout,
+        'label_policy': source.label_policy,
+        'labels': evaluated['labels'], 'macro': evaluated['macro']}
+  over = {}
+  for split in splits:
+    defined = {name: entry['macro'][split]['auc']
+               for name, entry in out.items()
+               if not np.isnan(entry['macro'][split]['auc'])}
+    over[split] = {'auc': float(np.mean(list(defined.values())))
+                   if defined else float('nan'), 'sources': list(defined)}
+  return {'by_source': out, 'macro_over_sources': over}
+
+
 def write_report(out_dir, results, predictions, history_csv=None):
   """Writes the pictures, results.md, then results.json (last: it marks
   the evaluation finished).
