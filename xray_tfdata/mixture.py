@@ -136,8 +136,10 @@ class MixtureInfo:
           'num_examples': sum(p['num_examples'] for p in parts),
           'num_bytes': sum(p['num_bytes'] for p in parts),
           'class_counts': {},
+          # Of the sources' splits: their hashes, else their fingerprints.
           'content_sha256': hashlib.sha256(''.join(
-              s['fingerprint'] for s in sources).encode()).hexdigest()}
+              p.get('content_sha256') or s['fingerprint']
+              for p, s in zip(parts, sources)).encode()).hexdigest()}
     return {'class_names': list(self.label_names),
             'image_size': list(self.image_size), 'splits': splits,
             'sources': sources}

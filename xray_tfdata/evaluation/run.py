@@ -13,8 +13,8 @@ its known targets (`per_label.evaluate_labels`).
 tools/train calls `evaluate_model` after its last epoch (thresholds and
 temperatures chosen on val); tools/evaluate calls `evaluate_run`, which
 scores a finished run on any converted dataset at the thresholds and
-temperatures the run chose (`run_dir`), labels matched by name
-(`matching`). Both write results.json in RESULTS_FORMAT 2 (`results_document`,
+temperatures the run chose (`run_dir`), labels matched through the
+vocabulary (`matching`). Both write results.json in RESULTS_FORMAT 2 (`results_document`,
 README "results.json"), results.md (`markdown`) and the pictures (`plots`).
 
 Subgroup fields, where the dataset stores them:
@@ -305,7 +305,8 @@ def evaluate_model(net, builder, *, label_names, batch_size, config,
                        num_resamples=num_resamples, seed=seed,
                        checkpoint_dir=checkpoint_dir,
                        interval_splits=INTERVAL_SPLITS)
-  mapping = matching.match_labels(label_names, builder.info)
+  mapping = matching.match_labels(label_names, builder.info,
+                                  model_layout=builder.info.layout)
   results = results_document(
       evaluated, label_names=label_names,
       label_policy=label_policy if multilabel else None, views=views,
@@ -436,6 +437,21 @@ def _run_label_names(run):
         f'({e}); retrain it with this version of tools/train') from e
 
 
+def run_layout(run):
+  """The layout a run's outputs are spelled in (`matching`): config.json's
+  dataset record's ('mixture' for a run on several datasets); for a run
+  recorded before it kept one, its training data's where that is still
+  there; else None (names matched as spelled)."""
+  record = run.dataset or {}
+  if record.get('layout'):
+    return record['layout']
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    return pipeline.load_info(run.data_dir).layout
+  except (TypeError, pipeline.DatasetError):
+    return None
+
+
 def _stored_thresholds(run):
   """{label: {operating point: threshold}} the run chose, or None when it
   chose none (a run trained before issue 21)."""
@@ -525,7 +541,8 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
   run = run_dir.read(model_dir)
   settings = run.settings
   names = _run_label_names(run)
-  mapping = matching.match_labels(names, pipeline.load_info(data_dir))
+  mapping = matching.match_labels(names, pipeline.load_info(data_dir),
+                                  model_layout=run_layout(run))
   builder = _open_dataset(data_dir, mapping)
   info = builder.info
   info.split(split)  # a missing split fails before the model loads
