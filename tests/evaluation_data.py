@@ -17,9 +17,12 @@ from xray_tfdata import schema
 SIZE = 16
 
 
-def write_multilabel(root, label_names, split_sizes, seed, images_per_patient=3):
+def write_multilabel(root, label_names, split_sizes, seed, images_per_patient=3,
+                     layout='csv'):
   """A tiny multi-label dataset: image i's brightness in quarter q is
-  its label q's signal, so a model of per-quarter means scores it.
+  its label q's signal, so a model of per-quarter means scores it; its
+  label names spelled as `layout`'s (vocabulary.py: 'nih', 'chexpert', or
+  'csv', the vocabulary's own names).
 
   Returns:
     {split: (codes int [N, L], images uint8 [N, S, S, 1], patient ids)}.
@@ -59,7 +62,7 @@ def write_multilabel(root, label_names, split_sizes, seed, images_per_patient=3)
     written[split] = (codes, images[..., None], np.array(ids))
   info = dataset_info.build_info(
       name='tiny', class_names=label_names, stored_size=(SIZE, SIZE),
-      resize_filter='box', splits=splits, src_dir=root, layout='csv',
+      resize_filter='box', splits=splits, src_dir=root, layout=layout,
       arguments={}, split_counts=None,
       counts={'scanned': 0, 'written': 0, 'skipped': 0, 'duplicates': 0},
       skipped=[], duplicates=[], ignored=[], created='now',

@@ -58,9 +58,12 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('multilabel')
   nih = str(root / 'nih')
   chexpert = str(root / 'chexpert')
-  nih_data = write_multilabel(nih, NIH, {'train': 12, 'val': 60, 'test': 60}, 0)
+  # Spelled as NIH and CheXpert spell them: matched through the vocabulary.
+  nih_data = write_multilabel(nih, NIH, {'train': 12, 'val': 60, 'test': 60}, 0,
+                              layout='nih')
   chexpert_data = write_multilabel(chexpert, CHEXPERT,
-                                   {'val': 60, 'test': 72}, 1)
+                                   {'val': 60, 'test': 72}, 1,
+                                   layout='chexpert')
   net = quarter_model(len(NIH))
   # The run's own evaluation, as tools/train makes it at the end of a run.
   own, predictions = run.evaluate_model(

@@ -264,11 +264,11 @@ ACROSS = (('nih', 'nih', ('Effusion', 'Atelectasis')),
           ('chexpert', 'chexpert', ('Pleural Effusion', 'Support Devices')),
           ('padchest', 'padchest', ('pleural effusion', 'COPD signs')))
 ACROSS_COUNTS = {'train': 48, 'val': 24, 'test': 24}
-TRAIN_ARGS = ('--image_size=16', '--batch_size=16', '--epochs=3',
+TRAIN_ARGS = ('--image_size=16', '--batch_size=16', '--epochs=2',
               '--backbone=mini_vgg', '--weights=none', '--frozen_blocks=0',
               '--dense_units=16,8', '--bootstrap_resamples=100',
               '--policy=float32', '--learning_rate=3e-3',
-              '--early_stopping_patience=3', '--verbose=2')
+              '--early_stopping_patience=2', '--verbose=2')
 
 
 def _tool(name, *args, **kwargs):
@@ -328,15 +328,15 @@ def across(tmp_path_factory):
 def test_train_across_datasets_resumes_and_scores_each_source(across):
   dirs, model_dir, rerun, saved = across
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  with open(os.path.join(model_dir, 'backup', 'state.json')
-            if False else os.path.join(model_dir, 'config.json')) as f:
+  with open(os.path.join(model_dir, 'config.json')) as f:
     config = json.load(f)
-  assert f'resuming {model_dir} after epoch' in rerun.stdout
-  # The union's labels, each source's policy and layout recorded.
+  assert f'resuming {model_dir} after epoch {saved}' in rerun.stdout
+  # The union's labels in the vocabulary's order (PadChest's 'COPD signs'
+  # is outside the vocabulary: named in one line, not an output), each
+  # source's policy and layout recorded.
   assert config['label_names'] == ['Atelectasis', 'Effusion',
-                                   'Support Devices', 'COPD signs'] or (
-      set(config['label_names']) == {'Atelectasis', 'Effusion',
-                                     'Support Devices', 'COPD signs'})
+                                   'Support Devices']
+  assert 'outside the vocabulary' in rerun.stdout
   assert [s['layout'] for s in config['dataset']['sources']] == [
       'nih', 'chexpert', 'padchest']
   assert {s['label_policy'] for s in config['dataset']['sources']} == {
@@ -352,7 +352,7 @@ def test_train_across_datasets_resumes_and_scores_each_source(across):
     assert effusion > 0.8, (name, effusion)
     reported = {'nih': {'Effusion', 'Atelectasis'},
                 'chexpert': {'Effusion', 'Support Devices'},
-                'padchest': {'Effusion', 'COPD signs'}}[name]
+                'padchest': {'Effusion'}}[name]
     assert set(entry['labels']) == reported
   over = results['sources']['macro_over_sources']['test']
   assert over['auc'] == pytest.approx(np.mean(
