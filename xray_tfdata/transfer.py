@@ -77,12 +77,20 @@ def table(runs, datasets, cells):
     cells: {(run, dataset): Cell}; a pair missing is reported missing.
 
   Returns:
-    {'runs', 'datasets', 'labels': [...], 'cells': {label or 'macro':
+    {'runs', 'datasets', 'labels': [the labels some pair scores],
+    'unscored_labels': [those no pair scores], 'cells': {label or 'macro':
     {run: {dataset: Score.to_json()}}}}.
   """
-  labels = _label_order(cells)
+  every = _label_order(cells)
+  # A label no pair scores (one dataset's alone, no model outputs it)
+  # would be a table of blanks: named once instead.
+  labels = [label for label in every if any(
+      cell.labels.get(label, Score()).auc is not None
+      for cell in cells.values())]
   out = {'runs': list(runs), 'datasets': list(datasets),
-         'labels': labels, 'cells': {}}
+         'labels': labels,
+         'unscored_labels': [label for label in every if label not in labels],
+         'cells': {}}
   for label in labels + [MACRO]:
     rows = {}
     for run in runs:
@@ -135,6 +143,10 @@ def markdown(data):
     if blanks:
       lines += ['', 'Blank: ' + '; '.join(blanks) + '.']
     lines.append('')
+  if data.get('unscored_labels'):
+    lines += ['Not scored in any pair (no model outputs them where a '
+              'dataset reports them): '
+              + ', '.join(data['unscored_labels']) + '.', '']
   return '\n'.join(lines)
 
 
