@@ -155,9 +155,10 @@ def write_boxes_dataset(root, n=24, scale=1):
 
 
 def relabel(src_dir, dst_dir, class_names, label_of, name_of=None,
-            patient_of=None):
+            patient_of=None, layout=None):
   """Copies a records.write_dataset dataset, with other class names, label
-  ids, file names or patient ids (the same images, in the same order).
+  ids, file names or patient ids (the same images, in the same order), and
+  a layout (the spelling of its names, vocabulary.py) where given.
 
   label_of(old label) -> new label; name_of(split, i, label), patient_of(
   split, i, label) -> str, i the example's index in its split.
@@ -191,6 +192,8 @@ def relabel(src_dir, dst_dir, class_names, label_of, name_of=None,
       shard['num_bytes'] = os.path.getsize(path)
     entry['class_counts'] = counts
   info['class_names'] = list(class_names)
+  if layout:
+    info['layout'] = layout
   with open(os.path.join(dst_dir, schema.INFO_FILENAME), 'w') as f:
     json.dump(info, f)
   return dst_dir

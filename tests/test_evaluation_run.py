@@ -291,11 +291,12 @@ def datasets(tmp_path_factory):
   write_dataset(raw, {'train': (12, 14), 'val': (10, 10), 'test': (12, 12)},
                 num_shards=2, size=(32, 32), learnable=True)
   own = relabel(raw, str(root / 'own'), schema.DEFAULT_CLASS_NAMES,
-                lambda y: y, kermany_name, two_per_patient)
+                lambda y: y, kermany_name, two_per_patient, layout='kaggle')
   # The same images under another label set, in the other order: class 0
-  # is PNEUMONIA here, and the negatives are called 'no_finding'.
+  # is PNEUMONIA here, and the negatives are called 'no_finding'; its names
+  # the vocabulary's own ('csv'), so Kermany's PNEUMONIA is its Pneumonia.
   swapped = relabel(own, str(root / 'swapped'), ('Pneumonia', 'no_finding'),
-                    lambda y: 1 - y)
+                    lambda y: 1 - y, layout='csv')
   unrelated = relabel(own, str(root / 'unrelated'), ('CAT', 'DOG'),
                       lambda y: y)
   return {'own': own, 'swapped': swapped, 'unrelated': unrelated,
