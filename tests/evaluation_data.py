@@ -9,7 +9,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from records import _png
+from records import png_bytes
 from xray_tfdata import dataset_info
 from xray_tfdata import run_dir
 from xray_tfdata import schema
@@ -45,7 +45,7 @@ def write_multilabel(root, label_names, split_sizes, seed, images_per_patient=3,
     with tf.io.TFRecordWriter(os.path.join(root, name)) as writer:
       for i in range(n):
         writer.write(schema.encode_example(
-            _png(images[i]), SIZE, SIZE, None, None, f'{split}/{i}.png',
+            png_bytes(images[i]), SIZE, SIZE, None, None, f'{split}/{i}.png',
             ids[i], SIZE, SIZE, labels=codes[i].tolist(),
             view='PA' if i % 2 else 'AP', sex='F' if i % 3 else 'M',
             age_years=20 + i % 60))
@@ -135,7 +135,7 @@ def write_boxes_dataset(root, n=24, scale=1):
           if split == 'test':
             hits.append(inside)
         writer.write(schema.encode_example(
-            _png(image), size, size, int(label), ('NORMAL', 'PNEUMONIA')[label],
+            png_bytes(image), size, size, int(label), ('NORMAL', 'PNEUMONIA')[label],
             f'{split}/{i}.dcm', f'{split}-{i // 4}', size, size,
             detailed_class='Lung Opacity' if label else 'Normal',
             boxes=boxes))

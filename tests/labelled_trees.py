@@ -313,11 +313,6 @@ def _planned(plan):
           for f in files}
 
 
-def _shard_bytes(out):
-  return {n: open(os.path.join(out, n), 'rb').read()
-          for n in sorted(os.listdir(out)) if '.tfrecord-' in n}
-
-
 def builder_verifies(out):
   from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
   return pipeline.DatasetBuilder(out).verify()

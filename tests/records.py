@@ -14,10 +14,28 @@ from xray_tfdata import schema
 H, W = 12, 10
 
 
-def _png(pixels):
+def png_bytes(pixels):
+  """One grey image (uint8 [H, W] or [H, W, 1]) as PNG bytes."""
+  pixels = np.asarray(pixels, np.uint8)
+  if pixels.ndim == 3:
+    pixels = pixels[..., 0]
   buf = io.BytesIO()
   Image.fromarray(pixels, mode='L').save(buf, format='PNG')
   return buf.getvalue()
+
+
+def shard_bytes(out_dir, metadata=False):
+  """{file name: bytes} of a converted dataset's shards; with metadata,
+  also its TFDS files (every file but xray_info.json, which records the
+  conversion's time)."""
+  out = {}
+  for name in sorted(os.listdir(out_dir)):
+    if schema.parse_shard_filename(name) or (
+        metadata and name != schema.INFO_FILENAME and
+        os.path.isfile(os.path.join(out_dir, name))):
+      with open(os.path.join(out_dir, name), 'rb') as f:
+        out[name] = f.read()
+  return out
 
 
 # Format 1's keys of the image and the label, as the converter wrote them
@@ -82,8 +100,9 @@ def write_dataset(root, split_sizes=None, num_shards=3, size=(H, W),
       with tf.io.TFRecordWriter(os.path.join(root, fname)) as w:
         for pixels, label, name in examples[bounds[s]:bounds[s + 1]]:
           record = schema.encode_example(
-              _png(pixels), height, width, label, schema.DEFAULT_CLASS_NAMES[label],
-              name, f'patient{label}', 100, 80)
+              png_bytes(pixels), height, width, label,
+              schema.DEFAULT_CLASS_NAMES[label], name, f'patient{label}', 100,
+              80)
           if format_version == 1:
             record = _as_format_1(record)
           w.write(record)
@@ -168,7 +187,7 @@ def write_multilabel_dataset(root, label_names, rows, num_shards=2,
                  'study_id': f'study{split}{i}'}
       examples.append(example)
       records.append(schema.encode_example(
-          _png(pixels), height, width, None, None, example['filename'],
+          png_bytes(pixels), height, width, None, None, example['filename'],
           example['patient_id'], 100, 80, labels=example['codes'],
           view=view, sex=example['sex'], age_years=example['age_years'],
           study_id=example['study_id']))

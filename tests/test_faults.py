@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from records import shard_bytes
 from xray_tfdata import atomic
 from xray_tfdata import imaging
 from xray_tfdata import runtime
@@ -33,20 +34,11 @@ def _convert(src, out, **kwargs):
                         num_workers=1, progress=False, **kwargs)
 
 
-def _shard_bytes(out_dir):
-  shards = {}
-  for name in sorted(os.listdir(out_dir)):
-    if schema.parse_shard_filename(name):
-      with open(os.path.join(out_dir, name), 'rb') as f:
-        shards[name] = f.read()
-  return shards
-
-
 @pytest.fixture(scope='module')
 def reference(tree, tmp_path_factory):
   out = str(tmp_path_factory.mktemp('ref') / 'data')
   _convert(tree, out)
-  return _shard_bytes(out)
+  return shard_bytes(out)
 
 
 # --- atomic state files ----------------------------------------------------
@@ -141,7 +133,7 @@ def test_damaged_progress_record_is_reported_and_rebuilt(
 
   decode.limit = None
   _convert(tree, out)
-  assert _shard_bytes(out) == reference
+  assert shard_bytes(out) == reference
   lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1 and records[0] in lines[0], lines
   assert 'damaged' in lines[0] and 'again' in lines[0]
@@ -187,13 +179,13 @@ def test_full_disk_at_every_write_loses_nothing_and_a_rerun_completes(
                   if schema.parse_shard_filename(n)}
       monkeypatch.setattr(os, 'fsync', full.fsync)  # space freed
       _convert(tree, out)
-      assert _shard_bytes(out) == reference
+      assert shard_bytes(out) == reference
       # shards finished before the disk filled were kept, not redone
-      assert finished <= set(_shard_bytes(out))
+      assert finished <= set(shard_bytes(out))
     else:
       if full.calls < at:
         break  # no write left to fail: every one has been tried
-      assert _shard_bytes(out) == reference  # the fsync of a folder: harmless
+      assert shard_bytes(out) == reference  # the fsync of a folder: harmless
     shutil.rmtree(out, ignore_errors=True)
   assert at > 8  # fingerprint, 6 shards and their records, dataset_info.json
 
@@ -212,7 +204,7 @@ def test_full_disk_for_real_on_a_small_tmpfs(tree, reference, tmp_path):
       _convert(tree, out)
     subprocess.run(['mount', '-o', 'remount,size=4m', mount], check=True)
     _convert(tree, out)
-    assert _shard_bytes(out) == reference
+    assert shard_bytes(out) == reference
   finally:
     subprocess.run(['umount', mount], check=False)
 

@@ -329,3 +329,39 @@ def test_target_rule_applies_no_finding_only_where_torchxrayvision_does():
                                   labels.apply_policy(codes, policy))
   # Without a No Finding column there is nothing to read.
   assert labels.target_rule('txv', names[1:], 'chexpert').no_finding is None
+
+
+# Readers who marked a label of 3 (and of a 1-reader consensus) -> its code
+# under each reader policy, written out by hand.
+_READER_TABLE = [
+    # (marked_by, readers, any, majority, all)
+    (0, 3, 0, 0, 0),
+    (1, 3, 1, 0, 0),
+    (2, 3, 1, 1, 0),
+    (3, 3, 1, 1, 1),
+    (0, 1, 0, 0, 0),
+    (1, 1, 1, 1, 1),
+    (1, 2, 1, 0, 0),  # a tie is no majority
+    (2, 2, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize('reader_policy', checks.READER_POLICIES)
+def test_reader_policies_give_the_hand_table(reader_policy):
+  column = 2 + checks.READER_POLICIES.index(reader_policy)
+  marked = np.array([[row[0]] for row in _READER_TABLE])
+  readers = np.array([row[1] for row in _READER_TABLE])
+  expected = np.array([[row[column]] for row in _READER_TABLE])
+  np.testing.assert_array_equal(
+      labels.reader_codes(marked, readers, reader_policy), expected)
+  # Through a rule: the reader policy first, then the label policy.
+  rule = labels.target_rule('u_ones', ('Pleural effusion',), 'vindr',
+                            reader_policy)
+  np.testing.assert_array_equal(
+      rule.apply(np.zeros_like(marked), marked, readers), expected)
+  assert rule.key()['reader_policy'] == reader_policy
+
+
+def test_unknown_reader_policy_is_refused():
+  with pytest.raises(ValueError, match='reader policy'):
+    labels.target_rule('u_ones', ('A',), 'vindr', 'most')

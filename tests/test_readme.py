@@ -393,3 +393,29 @@ def test_python_examples_run(tmp_path):
                'runs/vgg16/serving/saved_model.pb',
                'runs/vgg16/evaluation/other_224-test/results.json'):
     assert (tmp_path / path).exists(), path
+
+
+def _module_table():
+  """The README module table's module paths, in order."""
+  text = _readme()
+  start = text.index('| stage | module | tool |')
+  table = text[start:text.index('\n\n', start)]
+  return re.findall(r'`(xray_tfdata/[^`]+)`', table)
+
+
+def test_module_table_lists_every_module_once():
+  # A folder's row (`xray_tfdata/cli/`) stands for its modules that have no
+  # row of their own.
+  modules = sorted(
+      os.path.relpath(os.path.join(folder, name), REPO_ROOT)
+      for folder, _, files in os.walk(PACKAGE) for name in files
+      if name.endswith('.py'))
+  paths = _module_table()
+  assert [p for p in paths if paths.count(p) > 1] == []
+  assert [p for p in paths if not os.path.exists(
+      os.path.join(REPO_ROOT, p))] == []
+  files = [p for p in paths if not p.endswith('/')]
+  folders = [p for p in paths if p.endswith('/')]
+  unlisted = [m for m in modules
+              if m not in files and not any(m.startswith(f) for f in folders)]
+  assert unlisted == [], 'modules missing from the README module table'

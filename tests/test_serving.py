@@ -20,6 +20,7 @@ from xray_tfdata import run_dir
 from xray_tfdata import serving
 
 from conftest import REPO_ROOT
+from records import png_bytes
 
 SIZE = 16
 LABELS = ('Effusion', 'Pleural_Thickening', 'Cardiomegaly')
@@ -79,13 +80,6 @@ def images(n, seed):
   brightness = 128 + rng.uniform(-12, 12, (n, 1, 1, 1))
   return np.clip(brightness + rng.normal(0, 3, (n, SIZE, SIZE, 1)), 0,
                  255).astype(np.uint8)
-
-
-def _png(pixels):
-  buffer = io.BytesIO()
-  Image.fromarray(np.asarray(pixels).reshape(SIZE, SIZE) if np.ndim(
-      pixels) == 3 else pixels, 'L').save(buffer, 'PNG')
-  return buffer.getvalue()
 
 
 def label_entry(temperature=None, threshold=None, calibrated=None):
@@ -183,7 +177,7 @@ def test_serve_scores_images_as_the_net_does(exported):
   pixels = rng.integers(0, 256, (3, SIZE, SIZE), np.uint8)
   for count in (1, 3):
     probability = served.serve(tf.constant(
-        [_png(image) for image in pixels[:count]]))['probability'].numpy()
+        [png_bytes(image) for image in pixels[:count]]))['probability'].numpy()
     expected = net.predict(pixels[:count, ..., None], verbose=0)
     assert probability.shape == (count, net.output_shape[-1])
     # bfloat16 keeps 8 bits of mantissa: the two graphs may round apart.
@@ -242,7 +236,7 @@ def test_saved_model_returns_calibrated_probabilities_and_decisions(
   write_run(str(tmp_path), net, results)
   served = tf.saved_model.load(os.path.join(tmp_path, serving.SERVING_DIR))
   out = {k: v.numpy() for k, v in served.serve(
-      tf.constant([_png(i) for i in batch])).items()}
+      tf.constant([png_bytes(i) for i in batch])).items()}
   raw = net.predict(batch, verbose=0)
   assert raw.shape == (8, num_labels) and raw.min() > 0.05 and (
       raw.max() < 0.95) and raw.std(axis=0).min() > 0.05
@@ -268,7 +262,7 @@ def test_saved_model_returns_calibrated_probabilities_and_decisions(
   plain = str(tmp_path / 'plain')
   write_run(plain, net, results, calibrated=False)
   served = tf.saved_model.load(os.path.join(plain, serving.SERVING_DIR))
-  got = served.serve(tf.constant([_png(i) for i in batch]))
+  got = served.serve(tf.constant([png_bytes(i) for i in batch]))
   assert set(got) == {'probability'}
   np.testing.assert_allclose(got['probability'].numpy(), raw, atol=1e-5)
 

@@ -506,7 +506,7 @@ def test_a_flag_a_source_does_not_take_is_refused_in_one_line(tmp_path):
   assert isinstance(options, sources.nih.Options)
   assert options.split_method == 'resplit'
   with pytest.raises(sources.SourceError, match='layout must be auto or one'):
-    sources.options(root, layout='padchest')
+    sources.options(root, layout='no_such_layout')
 
 
 def test_a_new_source_is_one_module_and_one_line(tmp_path, monkeypatch):

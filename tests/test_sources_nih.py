@@ -14,7 +14,8 @@ from xray_tfdata import sources
 
 from labelled_trees import (_assert_accounted, _convert, _hash, make_nih,
                             NIH_NO_IMAGE, NIH_ROWS, NIH_UNLABELLED, _plan,
-                            _planned, _records, _recount, _shard_bytes, STORED)
+                            _planned, _records, _recount, STORED)
+from records import shard_bytes
 
 
 @pytest.mark.parametrize('text, positives, unknown', [
@@ -198,7 +199,7 @@ def test_interrupted_multilabel_run_resumes_to_the_same_bytes(
   calls.clear()
   info = _convert(src, out, seed=1)
   assert len(calls) == info['counts']['written'] - 4  # 4 shards were kept
-  assert _shard_bytes(out) == _shard_bytes(reference)
+  assert shard_bytes(out) == shard_bytes(reference)
   assert info['splits'] == reference_info['splits']
 
 
@@ -207,3 +208,103 @@ def test_no_finding_with_a_finding_is_skipped_for_that_reason():
   assert codes is None
   assert reason == ("'No Finding' together with a finding ('Effusion'): the "
                     'row contradicts itself')
+
+
+@pytest.fixture(scope='module')
+def nih_boxed(tmp_path_factory):
+  from xray_tfdata.synthetic import nih as synthetic_nih  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('nih_boxes')
+  src, out = str(root / 'src'), str(root / 'out')
+  summary = synthetic_nih.make_synthetic_nih(
+      src, num_images=40, seed=1, size_scale=0.03, num_workers=1, boxes=True)
+  return src, out, summary, _convert(src, out)
+
+
+def _box_rows(src):
+  """BBox_List_2017.csv read by position (its header is split by the
+  brackets' commas): [(image, finding, x, y, w, h)]."""
+  with open(os.path.join(src, 'BBox_List_2017.csv'), newline='') as f:
+    rows = list(csv.reader(f))
+  assert rows[0][:3] == ['Image Index', 'Finding Label', 'Bbox [x']
+  return [(r[0], r[1], *map(float, r[2:6])) for r in rows[1:]]
+
+
+def test_nih_boxes_are_stored_with_their_label_in_stored_pixels(nih_boxed):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  src, out, summary, info = nih_boxed
+  rows = _box_rows(src)
+  assert collections.Counter(r[1] for r in rows) == summary['boxes']
+  assert set(schema.LABELLED_BOX_KEYS) <= set(info['extra_features'])
+  assert not set(schema.READER_FEATURES) & set(info['extra_features'])
+  spelled = {'Infiltrate': 'Infiltration'}
+  expected = collections.defaultdict(list)
+  for name, finding, *box in rows:
+    expected[name].append((spelled.get(finding, finding), box))
+  paths = {os.path.basename(p): os.path.join(root, p)
+           for root, _, names in os.walk(src) for p in names
+           if p.endswith('.png')}
+  stored_names = {f'{_hash(str(int(n.split("_")[0])))}_{n.split("_", 1)[1]}': n
+                  for n in paths}
+  stored_boxes = 0
+  for record in (r for split in _records(out).values() for r in split):
+    # image/filename holds the patient id's hash in place of its prefix.
+    name = stored_names[record[schema.FILENAME].decode().split('/')[-1]]
+    with Image.open(paths[name]) as image:
+      width, height = image.size
+    scale = np.array([STORED / width, STORED / height] * 2)
+    stored = np.stack([record[k] for k in schema.BOX_KEYS], -1).reshape(-1, 4)
+    want = expected.get(name, [])
+    np.testing.assert_allclose(
+        stored, np.array([b for _, b in want]).reshape(-1, 4) * scale,
+        rtol=1e-5)
+    assert [sources.nih.LABELS[i] for i in record[schema.BOX_LABEL]] == [
+        label for label, _ in want]
+    assert list(record[schema.BOX_READER]) == [b''] * len(want)
+    stored_boxes += len(want)
+  assert stored_boxes == len(rows) > 0
+
+
+@pytest.mark.parametrize('edit, expected', [
+    (lambda r: r.replace(',Infiltrate,', ',Infiltrates,', 1),
+     "unknown finding 'Infiltrates'"),
+    (lambda r: _widen_first_box(r), 'outside the image'),
+])
+def test_nih_bad_box_file_gets_one_line_and_nothing_written(
+    tmp_path, edit, expected):
+  from xray_tfdata.synthetic import nih as synthetic_nih  # pylint: disable=g-import-not-at-top
+  src, out = str(tmp_path / 'src'), str(tmp_path / 'out')
+  synthetic_nih.make_synthetic_nih(src, num_images=30, seed=1,
+                                   size_scale=0.03, num_workers=1, boxes=True)
+  path = os.path.join(src, 'BBox_List_2017.csv')
+  with open(path) as f:
+    text = f.read()
+  if 'Infiltrate' not in text:
+    text = text.replace(',Mass,', ',Infiltrate,', 1)
+  with open(path, 'w') as f:
+    f.write(edit(text))
+  with pytest.raises(sources.SourceError) as error:
+    _convert(src, out)
+  assert '\n' not in str(error.value) and expected in str(error.value)
+  assert not os.path.exists(out)
+
+
+def _widen_first_box(text):
+  lines = text.split('\n')
+  cells = lines[1].split(',')
+  cells[4] = '5000'  # w: far past the image's right edge
+  lines[1] = ','.join(cells)
+  return '\n'.join(lines)
+
+
+def test_nih_box_rows_of_an_image_without_a_label_row_are_listed(tmp_path):
+  from xray_tfdata.synthetic import nih as synthetic_nih  # pylint: disable=g-import-not-at-top
+  src = str(tmp_path / 'src')
+  synthetic_nih.make_synthetic_nih(src, num_images=30, seed=1,
+                                   size_scale=0.03, num_workers=1, boxes=True)
+  with open(os.path.join(src, 'BBox_List_2017.csv'), 'a') as f:
+    f.write('99999999_000.png,Mass,1,1,2,2\n')
+  plan = _plan(src, 'nih')
+  assert ('BBox_List_2017.csv: boxes of 1 image(s) no label row names '
+          '(99999999_000.png)') in plan.ignored
+  boxes = sum(len(f.boxes) for files in plan.splits.values() for f in files)
+  assert boxes == len(_box_rows(src)) - 1

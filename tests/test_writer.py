@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from records import shard_bytes
 from xray_tfdata import atomic
 from xray_tfdata import dataset_info
 from xray_tfdata import imaging
@@ -247,21 +248,13 @@ def test_plan_shards_counts_and_boundaries():
       'x-train.tfrecord-00002-of-00003']
 
 
-def _shard_bytes(out_dir):
-  result = {}
-  for name in sorted(os.listdir(out_dir)):
-    if name != schema.INFO_FILENAME:
-      with open(os.path.join(out_dir, name), 'rb') as f:
-        result[name] = f.read()
-  return result
-
-
 def test_deterministic_across_runs_and_worker_counts(tree, converted,
                                                       tmp_path):
   out, info = converted
   again = writer.convert(tree, str(tmp_path / 'again'), image_size=STORED,
                          num_workers=2, progress=False)
-  assert _shard_bytes(str(tmp_path / 'again')) == _shard_bytes(out)
+  assert (shard_bytes(str(tmp_path / 'again'), metadata=True) ==
+          shard_bytes(out, metadata=True))
   varying = ('created', 'elapsed_seconds', 'decode_write_seconds',
              'images_per_second', 'num_workers')
   assert ({k: v for k, v in again.items() if k not in varying} ==
@@ -269,16 +262,17 @@ def test_deterministic_across_runs_and_worker_counts(tree, converted,
   other_seed = writer.convert(tree, str(tmp_path / 'seed1'), seed=1,
                               image_size=STORED, num_workers=1, progress=False)
   assert other_seed['counts'] == info['counts']
-  assert _shard_bytes(str(tmp_path / 'seed1')) != _shard_bytes(out)
+  assert (shard_bytes(str(tmp_path / 'seed1'), metadata=True) !=
+          shard_bytes(out, metadata=True))
 
 
 def test_refuses_to_overwrite_without_flag(tree, tmp_path):
   out = str(tmp_path / 'data')
   writer.convert(tree, out, image_size=8, num_workers=1, progress=False)
-  before = _shard_bytes(out)
+  before = shard_bytes(out, metadata=True)
   with pytest.raises(writer.OutputError, match='--overwrite'):
     writer.convert(tree, out, image_size=10, num_workers=1, progress=False)
-  assert _shard_bytes(out) == before
+  assert shard_bytes(out, metadata=True) == before
   info = writer.convert(tree, out, image_size=10, num_workers=1,
                         overwrite=True, progress=False)
   assert info['image']['height'] == 10
@@ -385,7 +379,8 @@ def test_interrupted_run_resumes_to_the_same_bytes(tree, converted, tmp_path,
                         progress=False)
   total = reference_info['counts']['scanned'] - len(info['duplicates'])
   assert 0 < decode.calls <= total - 2 * len(finished)  # finished shards kept
-  assert _shard_bytes(out) == _shard_bytes(reference)
+  assert (shard_bytes(out, metadata=True) ==
+          shard_bytes(reference, metadata=True))
   assert info['splits'] == reference_info['splits']
   assert info['skipped'] == reference_info['skipped']
   assert not os.path.exists(partial)
@@ -409,7 +404,8 @@ def test_half_written_progress_record_is_converted_again(
     pass  # empty, as a kill between open() and json.dump() leaves it
   decode.calls, decode.limit = 0, None
   writer.convert(tree, out, image_size=STORED, num_workers=1, progress=False)
-  assert _shard_bytes(out) == _shard_bytes(reference)
+  assert (shard_bytes(out, metadata=True) ==
+          shard_bytes(reference, metadata=True))
 
 
 def test_interrupted_run_with_other_arguments_starts_over(tree, tmp_path,
@@ -431,14 +427,14 @@ def test_interrupted_overwrite_keeps_the_old_dataset(tree, tmp_path,
                                                      monkeypatch):
   out = str(tmp_path / 'data')
   writer.convert(tree, out, image_size=8, num_workers=1, progress=False)
-  before = _shard_bytes(out)
+  before = shard_bytes(out, metadata=True)
   decode = _Interrupter(imaging.decode_and_resize)
   decode.limit = 20
   monkeypatch.setattr(imaging, 'decode_and_resize', decode)
   with pytest.raises(KeyboardInterrupt):
     writer.convert(tree, out, image_size=10, num_workers=1, overwrite=True,
                    resume=False, progress=False)
-  assert _shard_bytes(out) == before
+  assert shard_bytes(out, metadata=True) == before
   assert sorted(os.listdir(tmp_path)) == ['data']  # resume=False cleans up
 
 

@@ -53,6 +53,11 @@ POLICIES = ('float32', 'mixed_float16', 'mixed_bfloat16')
 LABEL_POLICIES = ('u_ones', 'u_zeros', 'u_ignore', 'txv')
 # CheXpert's U-Ones: uncertain counts as positive.
 DEFAULT_LABEL_POLICY = 'u_ones'
+# How a dataset that keeps every reader (VinDr-CXR) makes a label's code
+# from how many readers marked it (labels.reader_codes); 'any' is
+# torchxrayvision's union, and the code the records store.
+READER_POLICIES = ('any', 'majority', 'all')
+DEFAULT_READER_POLICY = 'any'
 # The classifier's head (model.resolve_head): 'auto' keeps the reference's
 # dense head for single-label vgg16/mini_vgg, global pooling elsewhere.
 HEADS = ('auto', 'dense', 'pooling')

@@ -226,6 +226,13 @@ class TrainConfig:
       'each dataset repeats and batches draw from them by weight (with '
       'replacement), an epoch being --steps_per_epoch batches (default: '
       'the union\'s training images / --batch_size).', 'data')
+  reader_policy: str = _setting(
+      checks.DEFAULT_READER_POLICY, 'Datasets that keep every reader '
+      '(VinDr-CXR): a label is positive where any reader marked it (any, '
+      'torchxrayvision\'s union), more than half of the image\'s readers '
+      '(majority), or all of them (all); the test split\'s consensus (one '
+      'reader) is read as it is. Other datasets: ignored.', 'data',
+      choices=checks.READER_POLICIES)
   cache_dir: str = _setting(
       '', 'Local folder for the decoded splits when they do not fit the '
       'memory cache (--cache_limit), so that only the first epoch '

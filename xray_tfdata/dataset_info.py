@@ -74,7 +74,7 @@ class DatasetInfo:
     layout: the source layout the writer read ('kermany', 'rsna', ...), or
       None when not recorded.
     src_dir: the source folder converted (absolute), or None.
-    extra_features: keys of `schema.RSNA_FEATURES` the records carry.
+    extra_features: keys of `schema.EXTRA_FEATURES` the records carry.
     dicom_voi: the DICOM VOI policy the DICOM sources were converted with
       (`DEFAULT_VOI` when the dataset records none).
     label_names: a multi-label dataset's labels in the source's spelling,
@@ -359,7 +359,7 @@ def build_info(*, name, class_names, stored_size, resize_filter, splits,
     timing: {'elapsed_seconds', 'decode_write_seconds'}; images_per_second
       is counts['written'] over the decode-and-write stage.
     num_workers: the conversion's worker processes.
-    extra_features: keys of `schema.RSNA_FEATURES` the records carry;
+    extra_features: keys of `schema.EXTRA_FEATURES` the records carry;
       stored only when there are some.
     dicom_voi: the VOI policy DICOM sources were converted with; None: no
       DICOM source, no 'dicom' entry.

@@ -37,6 +37,13 @@ pixel lies below half of its detector's range is read one even depth lower
 (twice as bright); a per-image window would change every image. Float
 images (mode F) have no known range and are skipped. EXIF orientation is
 not applied, as `flow_from_directory` does not apply it.
+
+A source that knows more about its 16-bit files says so (`stored_depth`:
+PadChest's CSV gives each PNG's DICOM BitsStored and Window Center/Width):
+then `sixteen_bit_range` maps them as `dicom.decode`'s 'auto' VOI does, the
+window where given (PS3.3 C.11.2.1.2.1's linear function), else the full
+range of the bits stored, where the image's values fit in them; the image's
+own depth (`depth_in_use`) otherwise.
 """
 
 import io
@@ -72,7 +79,7 @@ class ImageError(errors.XrayError):
     self.path, self.reason = path, reason
 
 
-def load_image(path, image_size, voi='auto'):
+def load_image(path, image_size, voi='auto', stored_depth=None):
   """Reads an image file exactly as the converter stores it.
 
   The pixels are those the converter would write into a shard for the
@@ -86,6 +93,9 @@ def load_image(path, image_size, voi='auto'):
     image_size: the stored size: an int, or (height, width).
     voi: the VOI policy for a DICOM file (`checks.VOI_POLICIES`); that of the
       dataset the model trained on (its xray_info.json, key dicom.voi).
+    stored_depth: a 16-bit file's (bits stored, window center, window
+      width) as its source gives them (`sixteen_bit_range`); None: the
+      image's own depth.
 
   Returns:
     uint8 numpy array [height, width, 1].
@@ -95,7 +105,7 @@ def load_image(path, image_size, voi='auto'):
   """
   height, width = ((image_size, image_size) if isinstance(image_size, int)
                    else image_size)
-  decoded = _decode_pixels(path, (height, width), voi)
+  decoded = _decode_pixels(path, (height, width), voi, stored_depth)
   if isinstance(decoded, str):
     raise ImageError(path, decoded)
   return decoded[0][..., None]
@@ -107,7 +117,9 @@ def decode_and_resize(task):
   Args:
     task: (path, (height, width)) of the source file and the stored size,
       or (path, (height, width), voi) with the VOI policy for a DICOM file
-      (`checks.VOI_POLICIES`; default 'auto').
+      (`checks.VOI_POLICIES`; default 'auto'), or (path, (height, width),
+      voi, stored_depth) with what the source says of a 16-bit file's
+      depth (`sixteen_bit_range`; None: nothing).
 
   Returns:
     (png bytes, original height, original width), or a string with the
@@ -115,14 +127,15 @@ def decode_and_resize(task):
     image, corrupt, truncated, unsupported mode).
   """
   path, size = task[:2]
-  decoded = _decode_pixels(path, size, task[2] if len(task) > 2 else 'auto')
+  decoded = _decode_pixels(path, size, task[2] if len(task) > 2 else 'auto',
+                          task[3] if len(task) > 3 else None)
   if isinstance(decoded, str):
     return decoded
   pixels, original_height, original_width = decoded
   return encode_png(pixels), original_height, original_width
 
 
-def _decode_pixels(path, size, voi):
+def _decode_pixels(path, size, voi, stored_depth=None):
   """decode_and_resize's pixels, uint8 [height, width], before encoding:
   (pixels, original height, original width), or the reason as a string."""
   height, width = size
@@ -149,7 +162,7 @@ def _decode_pixels(path, size, voi):
       if image.format == 'JPEG':
         image.draft('L', (_DRAFT_FACTOR * width, _DRAFT_FACTOR * height))
       image.load()
-      pixels = _gray_resized(image, (width, height))
+      pixels = _gray_resized(image, (width, height), stored_depth)
   except Image.UnidentifiedImageError:
     return 'not an image (PIL cannot identify the format)'
   except Exception as e:  # pylint: disable=broad-except
@@ -181,20 +194,59 @@ def _decode_dicom(path, size, voi='auto'):
   return pixels, original_height, original_width
 
 
-def _gray_resized(image, size):
-  """uint8 array [height, width] of `image` in gray at `size` (width, height)."""
+def _gray_resized(image, size, stored_depth=None):
+  """uint8 array [height, width] of `image` in gray at `size` (width,
+  height); a 16-bit image by `sixteen_bit_range(values, *stored_depth)`."""
   if image.mode in _SIXTEEN_BIT_MODES:
     # Resize before quantizing, in float, so no precision is lost twice.
     values = np.asarray(image).astype(np.float32)
-    _, top = dicom.full_range(depth_in_use(values))
+    low, high, _ = sixteen_bit_range(values, *(stored_depth or ()))
     resized = Image.fromarray(values, 'F').resize(size, _FILTER)
-    scaled = np.asarray(resized) * (255 / top)
+    scaled = (np.asarray(resized) - low) * (255 / (high - low))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
   if image.mode == 'F':
     raise ValueError('float images (mode F) have no known range')
   if image.mode != 'L':
     image = image.convert('L')
   return np.asarray(image.resize(size, _FILTER))
+
+
+def sixteen_bit_range(values, bits_stored=None, window_center=None,
+                      window_width=None):
+  """The stored values a 16-bit image's 0 and 255 stand for.
+
+  The rule (module docstring), first that applies:
+    'window'       window_center and window_width given, the width at least
+                   2: DICOM's linear window (PS3.3 C.11.2.1.2.1), from
+                   center - 0.5 - (width - 1) / 2 to center - 0.5 +
+                   (width - 1) / 2;
+    'bits_stored'  bits_stored from 8 to 16 and the image's largest value
+                   within it: 0 to 2**bits_stored - 1;
+    'image_depth'  0 to 2**depth_in_use(values) - 1 (a file whose values
+                   do not fit the bits the source gives falls here too).
+  Never a blind 0 to 65535: a 12-bit film would use 16 of 256 levels.
+
+  Args:
+    values: the image's pixel values.
+    bits_stored, window_center, window_width: what the source says, None
+      where it does not.
+
+  Returns:
+    (low, high, rule): low maps to 0, high to 255; rule one of the names
+    above.
+  """
+  if (window_center is not None and window_width is not None and
+      window_width >= 2):
+    half = (window_width - 1) / 2
+    return (window_center - 0.5 - half, window_center - 0.5 + half,
+            'window')
+  largest = float(np.max(values)) if np.size(values) else 0.0
+  if bits_stored is not None and 8 <= bits_stored <= 16:
+    _, top = dicom.full_range(int(bits_stored))
+    if largest <= top:
+      return 0.0, float(top), 'bits_stored'
+  _, top = dicom.full_range(depth_in_use(values))
+  return 0.0, float(top), 'image_depth'
 
 
 def depth_in_use(values):

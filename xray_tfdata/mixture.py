@@ -126,8 +126,13 @@ class MixtureInfo:
   def summary(self):
     """{'class_names' (the union's labels), 'image_size', 'splits': {split:
     {'num_examples', 'num_bytes', 'class_counts', 'content_sha256' (of the
-    sources' fingerprints)}}, 'sources': [`Source.record`]}."""
+    sources' fingerprints)}}, 'sources': [`Source.record` + its
+    'reader_policy' (VinDr's; None for the others)]}."""
     sources = [s.record() for s in self.mixture.sources]
+    for source, record in zip(self.mixture.sources, sources):
+      # VinDr's reader policy, where a source keeps every reader.
+      record['reader_policy'] = (self.mixture.reader_policy
+                                 if source.layout == 'vindr' else None)
     splits = {}
     for split in self.splits:
       parts = [s.builder.info.summary()['splits'][split]
@@ -173,7 +178,7 @@ class Mixture:
   """Several datasets, one label space, one tf.data pipeline."""
 
   def __init__(self, data_dirs, labels=None, label_policy=None, weights=None,
-               image_size=None):
+               image_size=None, reader_policy=None):
     """Reads the datasets' metadata and maps their labels.
 
     Args:
@@ -188,6 +193,8 @@ class Mixture:
       image_size: an int or (height, width) every source is read at
         (resized where stored otherwise); None: as stored, which must then
         be one size.
+      reader_policy: for a source that keeps every reader (VinDr-CXR),
+        `DatasetBuilder`'s; None: its default.
 
     Raises:
       DatasetError: fewer than two datasets, one named twice, no label
@@ -208,7 +215,9 @@ class Mixture:
     if len(policies) != len(data_dirs):
       raise DatasetError(f'{len(policies)} label policies for '
                          f'{len(data_dirs)} datasets: pass one per dataset')
-    builders = [pipeline.DatasetBuilder(d) for d in data_dirs]
+    builders = [pipeline.DatasetBuilder(d, reader_policy=reader_policy)
+                for d in data_dirs]
+    self.reader_policy = reader_policy
     mapped = []
     self.unmapped = {}  # source name -> its names outside the vocabulary
     for name, builder in zip(names, builders):

@@ -124,7 +124,7 @@ class DatasetBuilder:
   `data_dir` may be any `tf.io.gfile` path (local, gs://, ...).
   """
 
-  def __init__(self, data_dir, positive_class=None):
+  def __init__(self, data_dir, positive_class=None, reader_policy=None):
     """Reads the dataset's metadata.
 
     Args:
@@ -134,10 +134,13 @@ class DatasetBuilder:
         keeps the stored ids, where the second class in sorted order
         (PNEUMONIA) is 1. The other class is then 0, and `info.class_names`
         lists the two in that order.
+      reader_policy: for a dataset that keeps every reader (VinDr-CXR), how
+        the readers' marks make a label's code (`checks.READER_POLICIES`;
+        None: `checks.DEFAULT_READER_POLICY`); other datasets ignore it.
 
     Raises:
-      DatasetError: see `load_info`; or positive_class is not one of two
-        classes of the dataset.
+      DatasetError: see `load_info`; positive_class is not one of two
+        classes of the dataset; an unknown reader policy.
     """
     self.data_dir = data_dir
     self.info = load_info(data_dir)
@@ -163,7 +166,8 @@ class DatasetBuilder:
             self.info, class_names=(names[1 - positive], positive_class))
     # The labels and views of multi-label reads, each split's views
     # counted once.
-    self._selection = selection_lib.Selection(self.info, self.shard_paths)
+    self._selection = selection_lib.Selection(self.info, self.shard_paths,
+                                              reader_policy)
 
   def shard_paths(self, split):
     """The split's shard paths in index order, checked on disk; see
@@ -511,6 +515,18 @@ def _check_batch_size(batch_size):
   return int(batch_size)
 
 
+def _reader_codes(record, num_labels, reader_policy):
+  """A record's codes made from its readers' marks (`labels.reader_codes`,
+  the same rule in TensorFlow)."""
+  readers = tf.io.parse_single_example(record, schema.reader_spec(num_labels))
+  marked_by = readers[schema.MARKED_BY]
+  num_readers = readers[schema.NUM_READERS]
+  a, b, c = labels_lib.READER_RULES[reader_policy]
+  chosen = tf.logical_and(marked_by >= 1,
+                          a * marked_by > b * num_readers + c)
+  return tf.cast(chosen, tf.int64)
+
+
 def _make_decoder(format_version, channels, size, resize, with_metadata,
                   positive_id=None, num_labels=0, targets=None):
   """The record -> (image, targets float32 [L][, metadata]) function.
@@ -530,6 +546,8 @@ def _make_decoder(format_version, channels, size, resize, with_metadata,
     if num_labels:
       rule, indices = targets
       codes = features[schema.LABELS]
+      if rule.reader_policy is not None:
+        codes = _reader_codes(record, num_labels, rule.reader_policy)
       # The policy is a lookup: a table of the targets of codes -2..1.
       label = tf.gather(tf.constant(rule.table, tf.float32),
                         codes - labels_lib.OFFSET)

@@ -13,10 +13,13 @@ Format versions:
     metadata in dataset_info.json (where TFDS expects its own), so TFDS
     cannot read it. `DatasetBuilder` still reads it; re-convert to use tfds.
 
-Extra features (format 2, RSNA layout only): the detailed class and the
-lung-opacity boxes of RSNA's CSV files (`RSNA_FEATURES`). Their keys are
-listed in xray_info.json's 'extra_features' and declared in TFDS'
-features.json; `parse` and `DatasetBuilder` ignore them, as
+Extra features (format 2; `EXTRA_FEATURES`): RSNA's detailed class and
+lung-opacity boxes (`RSNA_FEATURES`), PadChest's label method
+(`PADCHEST_FEATURES`); the labelled boxes of NIH and VinDr-CXR
+(`LABELLED_BOX_KEYS`) and VinDr-CXR's reader counts (`READER_FEATURES`).
+Their keys are listed in xray_info.json's 'extra_features' and declared in
+TFDS' features.json; `parse` and `DatasetBuilder` ignore them (but the
+reader policies read VinDr-CXR's reader counts), as
 `tf.io.parse_single_example` ignores keys its spec does not name, so a
 reader of the base schema reads an RSNA dataset unchanged. Kermany datasets
 have none of them.
@@ -72,6 +75,44 @@ RSNA_FEATURES = {
     BOX_HEIGHT: 'height of each lung-opacity box, stored-image pixels',
 }
 
+# A multi-label source's boxes (NIH's BBox_List_2017.csv, VinDr-CXR's
+# readers' boxes): `BOX_KEYS` (stored pixels) plus, per box, the label it
+# marks (an index into xray_info.json's 'label_names') and the reader who
+# drew it ('' where the source names none: NIH, VinDr's test consensus).
+# An RSNA dataset keeps `BOX_KEYS` alone (every box is a lung opacity).
+BOX_LABEL = 'image/object/box/label'
+BOX_READER = 'image/object/box/reader'
+LABELLED_BOX_KEYS = BOX_KEYS + (BOX_LABEL, BOX_READER)
+# VinDr-CXR keeps every reader: per image how many radiologists read it
+# (1 for a consensus), and per label how many of them marked it. `LABELS`
+# then holds 1 where at least one reader marked the label, else 0 (the
+# union torchxrayvision takes); a reader policy (`labels.READER_POLICIES`)
+# chooses at read time.
+NUM_READERS = 'image/readers'
+MARKED_BY = 'labels/marked_by'
+READER_FEATURES = (NUM_READERS, MARKED_BY)
+# PadChest's extra: how an image's labels were made (its MethodLabel), so
+# that a test split can keep the physician-labelled images. Listed in
+# extra_features like RSNA's; the reader's spec does not name it.
+LABEL_METHOD = 'image/label_method'
+PADCHEST_FEATURES = {
+    LABEL_METHOD: "how the labels were made, as the source says (PadChest's "
+                  "MethodLabel: 'Physician' or 'RNN_model')",
+}
+
+# key -> documentation of every extra feature (xray_info.json's
+# 'extra_features' lists those a dataset's records carry).
+EXTRA_FEATURES = {
+    **RSNA_FEATURES,
+    **PADCHEST_FEATURES,
+    BOX_LABEL: 'label of each box: index into label_names',
+    BOX_READER: "reader (radiologist id) of each box; '' where the source "
+                'names none',
+    NUM_READERS: 'readers who read the image (1: a consensus)',
+    MARKED_BY: 'per label, the readers who marked it, in the order of '
+               'label_names',
+}
+
 # Multi-label datasets (NIH ChestX-ray14, CheXpert, MIMIC-CXR-JPG, a
 # user's labelled CSV): `LABELS` holds the source's raw code per label, in
 # the order of xray_info.json's 'label_names', never a policy applied to it
@@ -109,7 +150,9 @@ def key(name, format_version=FORMAT_VERSION):
 def encode_example(png, height, width, label, class_text, filename,
                    patient_id, original_height, original_width,
                    detailed_class=None, boxes=None, *, labels=None,
-                   view=None, sex=None, age_years=None, study_id=None):
+                   view=None, sex=None, age_years=None, study_id=None,
+                   label_method=None, box_labels=None,
+                   box_readers=None, num_readers=None, marked_by=None):
   """Serializes one image and its metadata as a `tf.train.Example`.
 
   Args:
@@ -129,6 +172,11 @@ def encode_example(png, height, width, label, class_text, filename,
       label name; then label and class_text are None (not stored) and the
       `MULTILABEL_FEATURES` are stored, '' or -1 where given as None.
     view, sex, age_years, study_id: see `MULTILABEL_FEATURES`.
+    label_method: `LABEL_METHOD`, or None (not stored).
+    box_labels, box_readers: per box its label index and reader
+      (`BOX_LABEL`, `BOX_READER`), or None (not stored).
+    num_readers, marked_by: `READER_FEATURES` (int, and one int per
+      label), or None (not stored).
 
   Returns:
     The serialized example, bytes.
@@ -168,11 +216,20 @@ def encode_example(png, height, width, label, class_text, filename,
   put_int(ORIGINAL_WIDTH, original_width)
   if detailed_class is not None:
     put_bytes(DETAILED_CLASS, detailed_class)
+  if label_method is not None:
+    put_bytes(LABEL_METHOD, label_method)
   if boxes is not None:
     for index, box_key in enumerate(BOX_KEYS):
       # Created even when empty, so every RSNA example has the same keys.
       feature[box_key].float_list.value.extend(
           float(box[index]) for box in boxes)
+  if box_labels is not None:
+    feature[BOX_LABEL].int64_list.value.extend(int(i) for i in box_labels)
+    feature[BOX_READER].bytes_list.value.extend(
+        r.encode('utf-8') for r in box_readers)
+  if num_readers is not None:
+    put_int(NUM_READERS, num_readers)
+    feature[MARKED_BY].int64_list.value.extend(int(k) for k in marked_by)
   # deterministic: map fields in sorted order, so the same inputs give the
   # same bytes in every process (protobuf map order is hash-seeded).
   return example.SerializeToString(deterministic=True)
@@ -202,6 +259,15 @@ def feature_spec(format_version=FORMAT_VERSION, num_labels=0):
                  for k in (VIEW, SEX, STUDY_ID)})
     spec[AGE_YEARS] = tf.io.FixedLenFeature([], tf.int64, default_value=-1)
   return {key(k, format_version): v for k, v in spec.items()}
+
+
+def reader_spec(num_labels):
+  """The `tf.io.parse_example` spec of `READER_FEATURES` (VinDr-CXR's
+  readers and marks) for a dataset of `num_labels` labels."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  return {NUM_READERS: tf.io.FixedLenFeature([], tf.int64),
+          MARKED_BY: tf.io.FixedLenFeature([num_labels], tf.int64)}
 
 
 def parse(record, format_version=FORMAT_VERSION, num_labels=0):
@@ -245,7 +311,7 @@ def tfds_features(class_names, height, width, extra_features=(),
   Args:
     class_names: the dataset's classes.
     height, width: stored image size.
-    extra_features: keys of `RSNA_FEATURES` the records carry.
+    extra_features: keys of `EXTRA_FEATURES` the records carry.
     label_names: a multi-label dataset's labels: then `LABELS` (int64 [L]
       raw codes) and the `MULTILABEL_FEATURES` replace `LABEL` and
       `CLASS_TEXT`; None for a single-label dataset.
@@ -267,11 +333,16 @@ def tfds_features(class_names, height, width, extra_features=(),
     # reads the float list the writer stores, empty or not.
     return features.Tensor(shape=(None,), dtype=np.float32, doc=doc)
 
-  unknown = sorted(set(extra_features) - set(RSNA_FEATURES))
+  unknown = sorted(set(extra_features) - set(EXTRA_FEATURES))
   if unknown:
     raise ValueError(f'unknown extra features {unknown}')
-  extras = {k: (text if k == DETAILED_CLASS else boxes)(RSNA_FEATURES[k])
-            for k in extra_features}
+  kinds = {DETAILED_CLASS: text, LABEL_METHOD: text, NUM_READERS: scalar, BOX_READER: lambda doc:
+           features.Tensor(shape=(None,), dtype=np.str_, doc=doc),
+           BOX_LABEL: lambda doc: features.Tensor(shape=(None,),
+                                                  dtype=np.int64, doc=doc),
+           MARKED_BY: lambda doc: features.Tensor(
+               shape=(len(label_names or ()),), dtype=np.int64, doc=doc)}
+  extras = {k: kinds.get(k, boxes)(EXTRA_FEATURES[k]) for k in extra_features}
   if label_names:
     target = {
         LABELS: features.Tensor(

@@ -32,16 +32,33 @@ class Selection:
     selection.num_examples('train', ('PA', 'AP'))   # 812
   """
 
-  def __init__(self, info, shard_paths):
+  def __init__(self, info, shard_paths, reader_policy=None):
     """Args:
       info: the dataset's `DatasetInfo`, as the reader labels it.
       shard_paths: split -> its checked shard paths, in index order
         (`DatasetBuilder.shard_paths`); read only to count views.
+      reader_policy: for a dataset that keeps every reader (VinDr-CXR), one
+        of `checks.READER_POLICIES` (None: `checks.DEFAULT_READER_POLICY`);
+        ignored by the others.
+
+    Raises:
+      DatasetError: an unknown reader policy.
     """
     self.info = info
     self._shard_paths = shard_paths
-    # split -> (views, codes) of its records, read once (see _view_table).
+    # split -> (views, codes) of its records, read once (see _view_table),
+    # and, where stored, (marks, readers) in the same order.
     self._view_tables = {}
+    self._reader_tables = {}
+    if reader_policy is not None and (
+        reader_policy not in checks.READER_POLICIES):
+      raise DatasetError(
+          f'reader policy {reader_policy!r} is not one of '
+          f'{", ".join(checks.READER_POLICIES)}: pass '
+          f'--reader_policy={checks.DEFAULT_READER_POLICY}, for example')
+    self.reader_policy = None
+    if schema.NUM_READERS in info.extra_features:
+      self.reader_policy = reader_policy or checks.DEFAULT_READER_POLICY
 
   def label_names(self, labels=None):
     """The label names `as_dataset(labels=labels)` reads, in order.
@@ -89,7 +106,8 @@ class Selection:
     names = self.label_names(labels)
     indices = [self.info.label_names.index(name) for name in names]
     return labels_lib.target_rule(label_policy, self.info.label_names,
-                                  self.info.layout), indices
+                                  self.info.layout,
+                                  self.reader_policy), indices
 
   def target_counts(self, split, label_policy, labels=None, views=None):
     """{label: {'positive': n, 'negative': n}}: the known targets the
@@ -108,7 +126,7 @@ class Selection:
       return {name: {'positive': positive, 'negative': negative}}
     rule, indices = self.targets(label_policy, labels)
     names = self.label_names(labels)
-    if rule.no_finding is None:
+    if rule.no_finding is None and rule.reader_policy is None:
       # Each target follows its own code: xray_info.json's code counts
       # suffice, without reading the records (unless views filter them).
       counts = self.label_code_counts(split, views)
@@ -117,14 +135,18 @@ class Selection:
                     if rule.table[code - labels_lib.OFFSET] == target)
           for kind, target in (('positive', 1.0), ('negative', 0.0))}
               for name in names}
-    # A target depends on the image's No Finding code too: count from the
-    # records' codes (read once, kept for the view filter).
+    # A target depends on the image's No Finding code or its readers' marks
+    # too: count from the records (read once, kept for the view filter).
     views = self.check_views(views)
     _, codes = self._view_table(split)
+    marked_by, num_readers = self._reader_tables.get(split, (None, None))
     if views is not None:
       self.num_examples(split, views)  # none kept: one line
-      codes = codes[self._kept(split, views)]
-    targets = rule.apply(codes)
+      kept = self._kept(split, views)
+      codes = codes[kept]
+      if marked_by is not None:
+        marked_by, num_readers = marked_by[kept], num_readers[kept]
+    targets = rule.apply(codes, marked_by, num_readers)
     return {name: labels_lib.count_targets(targets[:, index])
             for name, index in zip(names, indices)}
 
@@ -241,20 +263,31 @@ class Selection:
                                                  default_value=''),
               schema.LABELS: tf.io.FixedLenFeature(
                   [len(self.info.label_names)], tf.int64)}
+      readers = schema.NUM_READERS in self.info.extra_features
+      if readers:  # in the same pass: the shards' order varies by read
+        spec.update(schema.reader_spec(len(self.info.label_names)))
       records = tf.data.TFRecordDataset(self._shard_paths(split),
                                         num_parallel_reads=tf.data.AUTOTUNE)
-      views, codes = [], []
+      views, codes, marks = [], [], []
       # Counts only, so any order: shards read in parallel.
       for batch in records.batch(1024).map(
           lambda r: tf.io.parse_example(r, spec),
           num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator():
         views.append(batch[schema.VIEW])
         codes.append(batch[schema.LABELS])
+        if readers:
+          marks.append((batch[schema.MARKED_BY], batch[schema.NUM_READERS]))
       views = (np.concatenate(views) if views else np.array([], object))
       self._view_tables[split] = (
           np.array([v.decode('utf-8', 'replace') for v in views], object),
           np.concatenate(codes) if codes else np.zeros(
               (0, len(self.info.label_names)), np.int64))
+      if readers:
+        self._reader_tables[split] = (
+            np.concatenate([m for m, _ in marks]) if marks else np.zeros(
+                (0, len(self.info.label_names)), np.int64),
+            np.concatenate([n for _, n in marks]) if marks else np.zeros(
+                0, np.int64))
     return self._view_tables[split]
 
 

@@ -299,11 +299,12 @@ def open_dataset(config):
         config.data_dir, labels=config.labels or None,
         label_policy=config.label_policy,
         weights=config.dataset_weights or None,
-        image_size=config.image_size)
+        image_size=config.image_size, reader_policy=config.reader_policy)
     for line in mix.unmapped_lines():
       print(line, flush=True)
     return mix
-  builder = pipeline.DatasetBuilder(config.data_dir)
+  builder = pipeline.DatasetBuilder(config.data_dir,
+                                    reader_policy=config.reader_policy)
   names = builder.info.class_names
   if len(names) != 2 and not builder.info.is_multilabel:
     raise TrainingError(

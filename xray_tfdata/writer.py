@@ -356,6 +356,9 @@ def _fingerprint(plan, shards, arguments):
         # So are a multi-label record's labels and fields, from CSVs.
         digest.update(json.dumps(
             [f.labels, f.view, f.sex, f.age_years, f.study_id]).encode())
+      if f.label_method is not None or f.stored_depth is not None:
+        # And PadChest's method and depth (the latter sets the pixels).
+        digest.update(json.dumps([f.label_method, f.stored_depth]).encode())
   return digest.hexdigest()
 
 
@@ -588,8 +591,8 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
 
   todo = [(split, filename, files) for split, filename, files in shards
           if filename not in finished]
-  tasks = [(os.path.join(plan.src_dir, f.path), stored_size, voi)
-           for _, _, files in todo for f in files]
+  tasks = [(os.path.join(plan.src_dir, f.path), stored_size, voi,
+            f.stored_depth) for _, _, files in todo for f in files]
   written = {}
   content = {}
   skipped = list(plan.skipped)  # unreadable entries found by the scan
@@ -636,7 +639,11 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
                     filename_stored, patient_id, original_height,
                     original_width, labels=f.labels, view=f.view,
                     sex=f.sex, age_years=f.age_years,
-                    study_id=_stored_study_id(f, salt))
+                    study_id=_stored_study_id(f, salt),
+                    label_method=f.label_method, boxes=boxes,
+                    box_labels=f.box_labels if boxes is not None else None,
+                    box_readers=f.box_readers, num_readers=f.num_readers,
+                    marked_by=f.marked_by)
               shard.write(record)
               shard_content.update(record)
               shard_written.append(f)
@@ -689,6 +696,15 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
       if label_names is None:
         entry['class_counts'][f.class_name] += 1
         continue
+      if f.marked_by is not None:
+        # VinDr-CXR: images per number of readers, and per label per
+        # number of readers who marked it (0 included).
+        readers = entry.setdefault('reader_counts', {})
+        readers[str(f.num_readers)] = readers.get(str(f.num_readers), 0) + 1
+        marked = entry.setdefault('marked_by_counts', {
+            name: {} for name in label_names})
+        for name, k in zip(label_names, f.marked_by):
+          marked[name][str(k)] = marked[name].get(str(k), 0) + 1
       for name, code in zip(label_names, f.labels):
         entry['label_code_counts'][name][str(code)] += 1
         # class_counts of a multi-label split: the positives per label.
@@ -705,6 +721,12 @@ def _dataset_info(plan, shards, folder, written, skipped, stored_size, name,
     extra_features.append(schema.DETAILED_CLASS)
   if any(f.boxes is not None for f in all_files):
     extra_features.extend(schema.BOX_KEYS)
+  if any(f.label_method is not None for f in all_files):
+    extra_features.append(schema.LABEL_METHOD)
+  if any(f.box_labels is not None for f in all_files):
+    extra_features.extend((schema.BOX_LABEL, schema.BOX_READER))
+  if any(f.num_readers is not None for f in all_files):
+    extra_features.extend(schema.READER_FEATURES)
   dicom_sources = any(f.path.lower().endswith(dicom.EXTENSIONS)
                       for f in all_files)
   patient_id = None

@@ -37,7 +37,7 @@ _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the results go; default m
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap_resamples', None, 'Patient-level bootstrap resamples; default: the run\'s setting.', lower_bound=1)
 _LABEL_POLICY = flags.DEFINE_enum('label_policy', None, checks.LABEL_POLICIES, 'For a dataset of labels (NIH, CheXpert): how its uncertain and unmentioned codes are read (see xray_tfdata.labels); default: the run\'s.')
 _VIEWS = flags.DEFINE_list('views', [], 'For a dataset of labels: score only the images of these views, as the source spells them (PA,AP for a frontal-only test; \'unknown\' for images without one), as tools/train\'s --views; default: every image.')
-_LOCALIZATION = flags.DEFINE_bool('localization', None, 'The pointing game of the Grad-CAM heatmaps on the positives with boxes (RSNA). Default: where the dataset stores boxes; --localization on a dataset without boxes is an error; --nolocalization never.')
+_LOCALIZATION = flags.DEFINE_bool('localization', None, 'The pointing game of the Grad-CAM heatmaps on the positives with boxes (RSNA; NIH and VinDr-CXR per label, on its own boxes). Default: where the dataset stores boxes; --localization on a dataset without boxes is an error; --nolocalization never.')
 
 
 def main(argv):

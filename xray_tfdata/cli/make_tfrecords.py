@@ -100,8 +100,8 @@ _NAME = flags.DEFINE_string(
     'folder\'s name in TFDS\' style (lower case, digits, _).')
 _LAYOUT = flags.DEFINE_enum('layout', 'auto', sources.LAYOUTS,
                             'Source layout; auto detects it (the multi-label '
-                            'nih, chexpert and mimic by their label files, '
-                            'csv by --labels_csv).')
+                            'nih, chexpert, mimic and vindr by their label '
+                            'files, csv by --labels_csv).')
 _RESUME = flags.DEFINE_bool(
     'resume', True, 'Keep the finished shards of an interrupted run with the '
     'same inputs and flags (and keep this run\'s if it is interrupted).')
@@ -119,7 +119,8 @@ _PATIENT_ID_SALT = flags.DEFINE_string(
 _SPLIT = flags.DEFINE_enum(
     'split', None, sources.SPLIT_METHODS,
     'Multi-label layouts only: official (the default: NIH\'s test_list.txt, '
-    'CheXpert\'s valid.csv and MIMIC\'s split file as test; val drawn from '
+    'CheXpert\'s valid.csv, MIMIC\'s split file and VinDr-CXR\'s test/ (the '
+    'PhysioNet layout; the competition\'s is refused) as test; val drawn from '
     'the training part by patient, --val_fraction, except MIMIC\'s own) or '
     'resplit (the same as --resplit: val and test drawn by patient, '
     '--val_fraction and --test_fraction, default 0.1 each, with even '

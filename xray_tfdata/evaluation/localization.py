@@ -1,7 +1,8 @@
 """Localization: the pointing game (Zhang et al., ECCV 2016) of a model's
 Grad-CAM heatmaps on the positive images of a dataset that stores boxes
-(RSNA): a hit when the heatmap's maximum lies inside one of the image's
-boxes, no tolerance; the hit rate with a patient-level interval.
+(RSNA's; NIH's and VinDr-CXR's, each label scored on its own boxes): a hit
+when the heatmap's maximum lies inside one of the image's boxes, no
+tolerance; the hit rate with a patient-level interval.
 """
 
 import numpy as np
@@ -16,7 +17,7 @@ class LocalizationError(errors.XrayError):
 
 
 def has_boxes(info):
-  """Whether a dataset's records store boxes (RSNA's)."""
+  """Whether a dataset's records store boxes (RSNA's, NIH's, VinDr-CXR's)."""
   return set(schema.BOX_KEYS) <= set(info.extra_features)
 
 
@@ -74,7 +75,9 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
     split: the split.
     positives: {label: (bool [N] positive images in disk order, the model
       output whose heatmap is taken)}.
-    boxes: per image in disk order, float [k, 4] (x, y, width, height).
+    boxes: per image in disk order, float [k, 4] (x, y, width, height);
+      or {label: such a list} where each label has its own boxes
+      (`schema.BOX_LABEL`).
     patient_ids: one per image.
     image_size: the model's input size.
     batch_size: images per Grad-CAM computation.
@@ -86,14 +89,17 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from xray_tfdata import gradcam  # pylint: disable=g-import-not-at-top
-  with_box = np.array([len(b) > 0 for b in boxes])
+  if not isinstance(boxes, dict):
+    boxes = dict.fromkeys(positives, boxes)
+  with_box = {label: np.array([len(b) > 0 for b in boxes[label]], bool)
+              for label in positives}
   ids = np.asarray(patient_ids)
   stored = builder.info.image_size
   ds = builder.as_dataset(split, batch_size, image_size=image_size,
                           resize=stored != (image_size, image_size))
   out = {'rule': 'hit: the Grad-CAM maximum (upsampled to the stored '
                  'size) inside one of the image\'s boxes', 'labels': {}}
-  chosen = {label: np.flatnonzero(mask & with_box)
+  chosen = {label: np.flatnonzero(mask & with_box[label])
             for label, (mask, _) in positives.items()}
   hits = {label: [] for label in positives}
   flat = {label: [] for label in positives}
@@ -108,7 +114,7 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
       maps = gradcam.heatmaps(net, images[take], output_index=column)
       if maps.shape[1:] != stored:
         maps = tf.image.resize(maps[..., None], stored).numpy()[..., 0]
-      got, none = pointing_game(maps, [boxes[i] for i in rows[take]])
+      got, none = pointing_game(maps, [boxes[label][i] for i in rows[take]])
       hits[label].append(got)
       flat[label].append(none)
   for label, (mask, _) in positives.items():
@@ -122,5 +128,5 @@ def localize(net, builder, split, positives, boxes, patient_ids, image_size,
         'flat_heatmaps': (int(np.concatenate(flat[label]).sum())
                           if flat[label] else 0),
         'patients': int(np.unique(ids[chosen[label]]).size),
-        'no_box_positives': int((mask & ~with_box).sum())}
+        'no_box_positives': int((mask & ~with_box[label]).sum())}
   return out

@@ -57,8 +57,9 @@ _KERMANY_SUBTYPE = re.compile(r'_(bacteria|virus)_', re.IGNORECASE)
 # Multi-label datasets' age subgroups, in whole years: [low, high).
 AGE_GROUPS = ((0, 20), (20, 40), (40, 60), (60, 80), (80, 200))
 # The record features `as_dataset(with_metadata=True)` does not yield that
-# the evaluation uses: RSNA's detailed class (a subgroup) and boxes.
-_EXTRA_KEYS = (schema.DETAILED_CLASS,) + schema.BOX_KEYS
+# the evaluation uses: RSNA's detailed class (a subgroup) and boxes (with
+# their labels: NIH's, VinDr-CXR's).
+_EXTRA_KEYS = (schema.DETAILED_CLASS,) + schema.BOX_KEYS + (schema.BOX_LABEL,)
 
 
 def print_flush(line):
@@ -122,7 +123,8 @@ def stored_extras(builder, split, views=None):
 
   Returns:
     {'detailed_class': str array, 'boxes': [float32 [k, 4] (x, y, width,
-    height) per record]}, each where stored.
+    height) per record], 'box_labels': [int [k] per record, indices into
+    the dataset's label_names] (NIH's, VinDr-CXR's)}, each where stored.
   """
   extra = [k for k in _EXTRA_KEYS if k in builder.info.extra_features]
   if not extra or views is not None:
@@ -135,8 +137,10 @@ def stored_extras(builder, split, views=None):
   has_boxes = set(schema.BOX_KEYS) <= set(extra)
   if has_boxes:
     spec.update({k: tf.io.RaggedFeature(tf.float32) for k in schema.BOX_KEYS})
+  if schema.BOX_LABEL in extra:
+    spec[schema.BOX_LABEL] = tf.io.RaggedFeature(tf.int64)
   records = tf.data.TFRecordDataset(builder.shard_paths(split))
-  detailed, boxes = [], []
+  detailed, boxes, box_labels = [], [], []
   for batch in records.batch(1024).map(
       lambda r: tf.io.parse_example(r, spec)).as_numpy_iterator():
     if schema.DETAILED_CLASS in spec:
@@ -146,12 +150,23 @@ def stored_extras(builder, split, views=None):
       boxes += [np.stack([np.asarray(p[i], np.float32) for p in parts],
                          axis=-1).reshape(-1, 4)
                 for i in range(len(parts[0]))]
+    if schema.BOX_LABEL in spec:
+      box_labels += [np.asarray(labels, np.int64)
+                     for labels in batch[schema.BOX_LABEL]]
   out = {}
   if detailed:
     out['detailed_class'] = _decoded(np.concatenate(detailed))
   if has_boxes:
     out['boxes'] = boxes
+  if schema.BOX_LABEL in spec:
+    out['box_labels'] = box_labels
   return out
+
+
+def label_boxes(boxes, box_labels, index):
+  """Per record its boxes of the dataset label `index` (labelled boxes:
+  NIH's, VinDr-CXR's), float32 [k, 4] each."""
+  return [b[np.asarray(l) == index] for b, l in zip(boxes, box_labels)]
 
 
 def patient_ids(metadata):
@@ -472,11 +487,12 @@ def _load_model(path):
   return keras.saving.load_model(path)
 
 
-def _open_dataset(data_dir, mapping):
+def _open_dataset(data_dir, mapping, reader_policy=None):
   """The builder, a dataset of two classes read with the class the model's
-  label matched as 1."""
+  label matched as 1, a dataset that keeps every reader under
+  `reader_policy` (the run's)."""
   from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
-  builder = pipeline.DatasetBuilder(data_dir)
+  builder = pipeline.DatasetBuilder(data_dir, reader_policy=reader_policy)
   classes = builder.info.class_names
   if not builder.info.is_multilabel and len(classes) == 2:
     positive = next(iter(mapping['matched'].values()))
@@ -543,7 +559,8 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
   names = _run_label_names(run)
   mapping = matching.match_labels(names, pipeline.load_info(data_dir),
                                   model_layout=run_layout(run))
-  builder = _open_dataset(data_dir, mapping)
+  builder = _open_dataset(data_dir, mapping,
+                          settings.get('reader_policy'))
   info = builder.info
   info.split(split)  # a missing split fails before the model loads
   views = tuple(views) if views else None
@@ -556,9 +573,9 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
     labels_lib.policy_table(policy)  # an unknown policy fails early
   if localization and not localization_lib.has_boxes(info):
     raise localization_lib.LocalizationError(
-        f'--localization: {data_dir} stores no boxes (only an RSNA '
-        'conversion does, schema.BOX_KEYS); drop --localization or evaluate '
-        'on a dataset with boxes')
+        f'--localization: {data_dir} stores no boxes (RSNA, NIH with its '
+        'BBox_List_2017.csv and VinDr-CXR conversions do, schema.BOX_KEYS); '
+        'drop --localization or evaluate on a dataset with boxes')
   thresholds = _stored_thresholds(run)
   splits = [split]
   if thresholds is None:
@@ -616,13 +633,22 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
       positives = {label: (targets[:, names.index(label)] == 1,
                            names.index(label))
                    for label in mapping['matched']}
+      boxes = metadata[split]['boxes']
+      if 'box_labels' in metadata[split]:
+        # Each label's own boxes: a heatmap for Effusion must point at an
+        # effusion's box, not at a nodule's on the same image.
+        boxes = {label: label_boxes(
+            boxes, metadata[split]['box_labels'],
+            info.label_names.index(mapping['matched'][label]))
+                 for label in positives}
       found = localization_lib.localize(
-          net, builder, split, positives, metadata[split]['boxes'],
+          net, builder, split, positives, boxes,
           patient_ids(metadata[split]), image_size, batch_size,
           num_resamples=num_resamples, seed=seed)
     else:
-      found = {'skipped': f'{data_dir} stores no boxes (only RSNA '
-                          'conversions do): no pointing game'}
+      found = {'skipped': f'{data_dir} stores no boxes (RSNA, NIH with its '
+                          'box file and VinDr-CXR conversions do): no '
+                          'pointing game'}
   results = results_document(
       evaluated, label_names=names, label_policy=policy, views=views,
       config=settings, data_dir=data_dir, model_data=model_data,

@@ -5,6 +5,10 @@
   nih            NIH ChestX-ray14
   chexpert       CheXpert v1.0 and v1.0-small
   mimic          MIMIC-CXR-JPG
+  nih_google     Google's expert labels for NIH (Majkowska et al. 2019)
+  padchest       PadChest
+  nlm_tb         the NLM tuberculosis sets (Shenzhen, Montgomery)
+  vindr          VinDr-CXR (competition and PhysioNet layouts, every reader)
   labels_csv     a user's labelled folder (--labels_csv)
 
 and what they share: `base` (the plan, the scanned file, the walk of a
@@ -37,9 +41,13 @@ from xray_tfdata.sources import duplicates
 from xray_tfdata.sources import labels_csv
 from xray_tfdata.sources import mimic
 from xray_tfdata.sources import nih
+from xray_tfdata.sources import nih_google
+from xray_tfdata.sources import nlm_tb
+from xray_tfdata.sources import padchest
 from xray_tfdata.sources import patients
 from xray_tfdata.sources import rsna
 from xray_tfdata.sources import splits
+from xray_tfdata.sources import vindr
 
 # --layout -> the module that reads it. Detection asks the modules in this
 # order; a tree none of them recognises is read as class folders.
@@ -51,6 +59,10 @@ SOURCES = {
     'nih': nih,
     'chexpert': chexpert,
     'mimic': mimic,
+    'nih_google': nih_google,
+    'padchest': padchest,
+    'nlm_tb': nlm_tb,
+    'vindr': vindr,
     'csv': labels_csv,
 }
 LAYOUTS = ('auto',) + tuple(SOURCES)
@@ -74,7 +86,8 @@ SPLIT_METHODS = splits.SPLIT_METHODS
 
 def detect(src_dir):
   """The layout of src_dir its files name unambiguously ('rsna', 'nih',
-  'chexpert', 'mimic'), else None (class folders, or --labels_csv).
+  'chexpert', 'mimic', 'nih_google', 'padchest', 'nlm_tb', 'vindr'), else
+  None (class folders, or --labels_csv).
 
   Raises:
     SourceError: src_dir holds the label files of two sources.
@@ -85,6 +98,8 @@ def detect(src_dir):
   for layout, module in SOURCES.items():
     if module not in [SOURCES[f] for f in found] and module.detect(src_dir):
       found.append(layout)
+  if 'nih_google' in found and 'nih' in found:
+    found.remove('nih')  # Google's labels sit beside NIH's and name them
   labelled = [f for f in found if f != 'rsna']
   if len(labelled) > 1:
     raise SourceError(f'src_dir {src_dir} holds the label files of more than '

@@ -115,8 +115,14 @@ class SourceFile:
     num_bytes: file size.
     detailed_class: RSNA's detailed class; None in other layouts, or when
       the RSNA tree has no detailed class file.
-    boxes: RSNA's boxes, ((x, y, width, height), ...) in the source image's
-      pixels; None in other layouts.
+    boxes: RSNA's, NIH's or VinDr-CXR's boxes, ((x, y, width, height), ...)
+      in the source image's pixels; None where the source has none.
+    box_labels, box_readers: a multi-label source's boxes' label indices
+      and readers ('' where none is named), one per box; None for RSNA's
+      (every box a lung opacity) and where there are no boxes.
+    num_readers, marked_by: VinDr-CXR's readers of the image, and per label
+      how many of them marked it (`schema.READER_FEATURES`); None
+      elsewhere.
     is_dicom: a DICOM file, whose patient id is an identifier the writer
       stores only hashed (`writer.hashed_patient_id`).
     labels: a multi-label source's raw codes (`schema.LABEL_CODES`), one per
@@ -131,6 +137,12 @@ class SourceFile:
       the part of a stem before its first '_') equal to `text` are stored
       as the hash of `id`; an id of None drops the segment (a bucket
       folder named after the id's digits).
+    label_method: how the image's labels were made, as the source says
+      (PadChest's MethodLabel: 'Physician' or 'RNN_model'); stored as
+      `schema.LABEL_METHOD`; None where the source does not say.
+    stored_depth: a 16-bit file's (bits stored, window center, window
+      width) as the source gives them, None each where it does not
+      (`imaging.sixteen_bit_range`); None: the image's own depth.
   """
   path: str
   source_split: str | None
@@ -148,6 +160,12 @@ class SourceFile:
   study_id: str | None = None
   hash_ids: bool = False
   private_parts: tuple = ()
+  label_method: str | None = None
+  stored_depth: tuple | None = None
+  box_labels: tuple | None = None
+  box_readers: tuple | None = None
+  num_readers: int | None = None
+  marked_by: tuple | None = None
 
 
 @dataclasses.dataclass
@@ -291,6 +309,59 @@ def walk(src_dir, roots, progress=NO_PROGRESS):
       found[item['path']] = (0, item['reason'])
   progress.end()
   return found, ignored
+
+
+def image_size(full_path):
+  """(height, width) of an image from its header, without decoding the
+  pixels (a DICOM's Rows and Columns; PIL for the others); None when the
+  header cannot be read (the writer then skips the file with the reason)."""
+  from xray_tfdata import dicom  # pylint: disable=g-import-not-at-top
+  try:
+    if dicom.is_dicom(full_path):
+      header = dicom.read_header(full_path)
+      return int(header.Rows), int(header.Columns)
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    with Image.open(full_path) as image:
+      return image.height, image.width
+  except Exception:  # pylint: disable=broad-except  (any unreadable header)
+    return None
+
+
+def check_boxes(src_dir, files, label_names=(), progress=NO_PROGRESS):
+  """Refuses a box that is empty or reaches outside its image (the
+  image's own size, read from its header), before anything is written.
+
+  Args:
+    src_dir: the source folder.
+    files: `SourceFile`s; those with boxes are checked.
+    label_names: the labels `SourceFile.box_labels` index.
+    progress: a `Progress`.
+
+  Raises:
+    SourceError: naming the image, the box, its label and reader.
+  """
+  boxed = [f for f in files if f.boxes]
+  progress.stage('checking boxes', len(boxed), 'images')
+  for f in boxed:
+    size = image_size(os.path.join(src_dir, f.path))
+    progress.advance()
+    if size is None:
+      continue
+    height, width = size
+    for index, (x, y, box_width, box_height) in enumerate(f.boxes):
+      if (x >= 0 and y >= 0 and box_width > 0 and box_height > 0 and
+          x + box_width <= width and y + box_height <= height):
+        continue
+      label = ('' if f.box_labels is None else
+               f' of {label_names[f.box_labels[index]]!r}')
+      reader = (f' by reader {f.box_readers[index]}'
+                if f.box_readers and f.box_readers[index] else '')
+      raise SourceError(
+          f'{display_path(f.path)}: box (x_min {x:g}, y_min {y:g}, x_max '
+          f'{x + box_width:g}, y_max {y + box_height:g}){label}{reader} is '
+          f'empty or outside the image ({width} x {height} px); fix or drop '
+          'its row in the box file')
+  progress.end()
 
 
 def check_out_dir(src_dir, out_dir):

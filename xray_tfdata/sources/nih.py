@@ -9,6 +9,15 @@ duplicates of the first, and count as scanned). train_val_list.txt and
 test_list.txt are the official split: test_list.txt is test, val is drawn
 from train_val_list.txt by patient (`val_fraction`).
 
+Boxes: where BBox_List_2017.csv sits beside the label file, its boxes
+(`Image Index, Finding Label, Bbox [x,y,w,h]`: the header's brackets split
+into four names, read by position; 'Infiltrate' is NIH's 'Infiltration')
+are stored with each image's record, with their label and in the PNG's
+pixels (`schema.LABELLED_BOX_KEYS`; the reader ''); every image of such a
+dataset carries the keys, empty where it has no box. An unknown finding or
+a box that is not four numbers is refused in one line; box rows of an image
+no label row names are listed in `Plan.ignored`.
+
 View: 'View Position' as it is. Sex 'F' or 'M', else ''. Age: whole years,
 -1 unknown (older files write '058Y'). Privacy: the patient id is stored
 hashed, also where it prefixes the file name (`SourceFile.private_parts`).
@@ -32,6 +41,11 @@ TRAIN_VAL_LIST = 'train_val_list.txt'
 TEST_LIST = 'test_list.txt'
 COLUMNS = ('Image Index', 'Finding Labels', 'Patient ID', 'Patient Age',
            'Patient Gender', 'View Position')
+BOX_CSV = 'BBox_List_2017.csv'
+# The box file's names of the box's cells (its header's 'Bbox [x,y,w,h]'
+# split at the commas), and its spelling of the findings that differ.
+BOX_COLUMNS = ('Image Index', 'Finding Label', 'Bbox [x', 'y', 'w', 'h]')
+BOX_SPELLING = {'Infiltrate': 'Infiltration'}
 
 
 @dataclasses.dataclass
@@ -76,6 +90,34 @@ def parse_findings(text):
   return tuple(int(n in present) for n in LABELS), None
 
 
+def read_boxes(path):
+  """BBox_List_2017.csv (or .csv.gz) as {image name: [((x, y, width,
+  height), label index into `LABELS`, 'line N')]}, file order.
+
+  Raises:
+    SourceError: unreadable, a missing column, an unknown finding, or a
+      box that is not four numbers.
+  """
+  boxes = collections.defaultdict(list)
+  name = os.path.basename(path)
+  for line, row in tables.read_table(path, BOX_COLUMNS, f'NIH {name}'):
+    finding = (row['Finding Label'] or '').strip()
+    label = BOX_SPELLING.get(finding, finding)
+    if label not in LABELS:
+      raise SourceError(f'{name} line {line}: unknown finding {finding!r} '
+                        f'(NIH\'s 14, Infiltrate for Infiltration); fix the '
+                        'row')
+    cells = [(row[k] or '').strip() for k in BOX_COLUMNS[2:]]
+    try:
+      box = tuple(float(c) for c in cells)
+    except ValueError:
+      raise SourceError(f'{name} line {line}: box {cells} is not four '
+                        'numbers (x, y, w, h); fix the row') from None
+    boxes[(row['Image Index'] or '').strip()].append(
+        (box, LABELS.index(label), f'line {line}'))
+  return boxes
+
+
 def scan(src_dir, options, split_method, progress=base.NO_PROGRESS):
   """Label rows and image files of an NIH tree (module docstring).
 
@@ -109,6 +151,8 @@ def scan(src_dir, options, split_method, progress=base.NO_PROGRESS):
         for line in f:
           if line.strip():
             lists.setdefault(line.strip(), set()).add(split)
+  box_path = os.path.join(src_dir, BOX_CSV)
+  boxes = read_boxes(box_path) if os.path.isfile(box_path) else None
   rows = []
   for csv_name in csv_names:
     for line, row in tables.reported(
@@ -146,12 +190,22 @@ def scan(src_dir, options, split_method, progress=base.NO_PROGRESS):
           entry.source_split = next(s for s in splits.EVALUATION_FIRST
                                     if s in named)
       entry.missing_name = name
+      if boxes is not None:
+        marked = boxes.get(name, ())
+        entry.boxes = tuple(box for box, _, _ in marked)
+        entry.box_labels = tuple(label for _, label, _ in marked)
+        entry.box_readers = ('',) * len(marked)
       rows.append(entry)
       # Other files of the same name (an archive unpacked twice) are
       # duplicates of the first.
       for other in paths[1:]:
         rows.append(tables.Row(where, other,
                                reason=f'same file name as {path}'))
+  if boxes is not None:
+    named = {row.missing_name for row in rows}
+    base.report_ids(ignored, sorted(set(boxes) - named),
+                    f'{BOX_CSV}: boxes of {{}} image(s) no label row names')
+    csv_names = csv_names + [BOX_CSV]
   return rows, found, ignored, csv_names, LABELS
 
 
