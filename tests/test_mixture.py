@@ -397,6 +397,17 @@ def test_train_across_datasets_bad_input_writes_nothing(across, tmp_path):
   dirs, _, _, _ = across
   both = ','.join(list(dirs.values())[:2])
   model_dir = str(tmp_path / 'run')
+  small = str(tmp_path / 'small')
+  os.makedirs(small)
+  write_multilabel_dataset(small, ['Effusion'], _rows({
+      'train': [[P], [N]], 'val': [[P]], 'test': [[N]]}), size=(12, 12))
+  _relayout(small, 'nih')
+  sizes = [a for a in TRAIN_ARGS if not a.startswith('--image_size')]
+  result = _tool('train', f'--data_dir={dirs["chexpert"]},{small}',
+                 f'--model_dir={model_dir}', *sizes)
+  assert_one_line_error(result, 'stored at different sizes',
+                        '--image_size')
+  assert not os.path.exists(model_dir)
   for args, needles in (
       ((f'--data_dir={both}', '--labels=Pleural Effusion'),
        ("'Pleural Effusion' not in the label vocabulary",)),
