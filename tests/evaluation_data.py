@@ -17,9 +17,12 @@ from xray_tfdata import schema
 SIZE = 16
 
 
-def write_multilabel(root, label_names, split_sizes, seed, images_per_patient=3):
+def write_multilabel(root, label_names, split_sizes, seed, images_per_patient=3,
+                     layout='csv'):
   """A tiny multi-label dataset: image i's brightness in quarter q is
-  its label q's signal, so a model of per-quarter means scores it.
+  its label q's signal, so a model of per-quarter means scores it; its
+  label names spelled as `layout`'s (vocabulary.py: 'nih', 'chexpert', or
+  'csv', the vocabulary's own names).
 
   Returns:
     {split: (codes int [N, L], images uint8 [N, S, S, 1], patient ids)}.
@@ -59,7 +62,7 @@ def write_multilabel(root, label_names, split_sizes, seed, images_per_patient=3)
     written[split] = (codes, images[..., None], np.array(ids))
   info = dataset_info.build_info(
       name='tiny', class_names=label_names, stored_size=(SIZE, SIZE),
-      resize_filter='box', splits=splits, src_dir=root, layout='csv',
+      resize_filter='box', splits=splits, src_dir=root, layout=layout,
       arguments={}, split_counts=None,
       counts={'scanned': 0, 'written': 0, 'skipped': 0, 'duplicates': 0},
       skipped=[], duplicates=[], ignored=[], created='now',
@@ -152,9 +155,10 @@ def write_boxes_dataset(root, n=24, scale=1):
 
 
 def relabel(src_dir, dst_dir, class_names, label_of, name_of=None,
-            patient_of=None):
+            patient_of=None, layout=None):
   """Copies a records.write_dataset dataset, with other class names, label
-  ids, file names or patient ids (the same images, in the same order).
+  ids, file names or patient ids (the same images, in the same order), and
+  a layout (the spelling of its names, vocabulary.py) where given.
 
   label_of(old label) -> new label; name_of(split, i, label), patient_of(
   split, i, label) -> str, i the example's index in its split.
@@ -188,6 +192,8 @@ def relabel(src_dir, dst_dir, class_names, label_of, name_of=None,
       shard['num_bytes'] = os.path.getsize(path)
     entry['class_counts'] = counts
   info['class_names'] = list(class_names)
+  if layout:
+    info['layout'] = layout
   with open(os.path.join(dst_dir, schema.INFO_FILENAME), 'w') as f:
     json.dump(info, f)
   return dst_dir

@@ -58,9 +58,12 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('multilabel')
   nih = str(root / 'nih')
   chexpert = str(root / 'chexpert')
-  nih_data = write_multilabel(nih, NIH, {'train': 12, 'val': 60, 'test': 60}, 0)
+  # Spelled as NIH and CheXpert spell them: matched through the vocabulary.
+  nih_data = write_multilabel(nih, NIH, {'train': 12, 'val': 60, 'test': 60}, 0,
+                              layout='nih')
   chexpert_data = write_multilabel(chexpert, CHEXPERT,
-                                   {'val': 60, 'test': 72}, 1)
+                                   {'val': 60, 'test': 72}, 1,
+                                   layout='chexpert')
   net = quarter_model(len(NIH))
   # The run's own evaluation, as tools/train makes it at the end of a run.
   own, predictions = run.evaluate_model(
@@ -288,11 +291,12 @@ def datasets(tmp_path_factory):
   write_dataset(raw, {'train': (12, 14), 'val': (10, 10), 'test': (12, 12)},
                 num_shards=2, size=(32, 32), learnable=True)
   own = relabel(raw, str(root / 'own'), schema.DEFAULT_CLASS_NAMES,
-                lambda y: y, kermany_name, two_per_patient)
+                lambda y: y, kermany_name, two_per_patient, layout='kaggle')
   # The same images under another label set, in the other order: class 0
-  # is PNEUMONIA here, and the negatives are called 'no_finding'.
+  # is PNEUMONIA here, and the negatives are called 'no_finding'; its names
+  # the vocabulary's own ('csv'), so Kermany's PNEUMONIA is its Pneumonia.
   swapped = relabel(own, str(root / 'swapped'), ('Pneumonia', 'no_finding'),
-                    lambda y: 1 - y)
+                    lambda y: 1 - y, layout='csv')
   unrelated = relabel(own, str(root / 'unrelated'), ('CAT', 'DOG'),
                       lambda y: y)
   return {'own': own, 'swapped': swapped, 'unrelated': unrelated,
@@ -346,7 +350,7 @@ def test_run_results_hold_the_one_evaluation(trained, datasets):
   test = result['splits']['test']
   assert (test['n'], test['patients'], test['positives']) == (24, 12, 12)
   groups = test['subgroups']['kermany_subtype']
-  labels = [int(y) for _, y in pipeline.DatasetBuilder(
+  labels = [int(y[0]) for _, y in pipeline.DatasetBuilder(  # y: [L = 1]
       datasets['own']).as_dataset('test').as_numpy_iterator()]
   names = [kermany_name('test', i, y) for i, y in enumerate(labels)]
   assert {k: v['n'] for k, v in groups.items()} == {

@@ -80,3 +80,18 @@ def test_a_missing_pair_is_named(tmp_path):
                         cells)
   assert data['cells']['macro']['chexpert_run']['nih'] == {
       'auc': None, 'ci95': None, 'reason': 'not evaluated'}
+
+
+def test_a_label_no_pair_scores_is_named_not_tabled(tmp_path):
+  cells = _cells()
+  cells[('nih_run', 'nih')] = transfer.Cell(
+      {**cells[('nih_run', 'nih')].labels,
+       'Hernia': S(reason='the model has no output for it')},
+      cells[('nih_run', 'nih')].macro)
+  data = transfer.write_table(str(tmp_path), ['nih_run', 'chexpert_run'],
+                              ['nih', 'chexpert'], cells)
+  assert data['labels'] == ['Effusion', 'Support Devices']
+  assert data['unscored_labels'] == ['Hernia']
+  text = (tmp_path / transfer.TRANSFER_MD).read_text()
+  assert '## Hernia' not in text
+  assert 'Not scored in any pair' in text and 'Hernia' in text

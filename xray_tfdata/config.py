@@ -65,7 +65,11 @@ def _augmentation_setting(name, help_text, lower=0.):
 class TrainConfig:
   """Settings of one training run; every field is a flag of tools/train."""
   data_dir: str = _setting(
-      '', 'Dataset made by tools/make_tfrecords.', 'data', required=True)
+      '', 'Dataset made by tools/make_tfrecords; several, comma-separated '
+      '(DIR1,DIR2,...), train one model on their union of labels in '
+      'xray_tfdata.vocabulary (a mixture: a label a dataset does not '
+      'report is masked in its images), each resized to --image_size.',
+      'data', required=True)
   image_size: int = _setting(
       reference.IMAGE_SIZE,
       'Model input size; must equal the stored size (vgg16: 32 or '
@@ -206,13 +210,22 @@ class TrainConfig:
   labels: tuple = _setting(
       (), 'The labels to train on, in the model\'s output order, spelled '
       'as the dataset\'s label names (e.g. Effusion,Pleural_Thickening; a '
-      'class dataset has one, its positive class, PNEUMONIA); empty: all '
-      'of them.', 'data')
+      'class dataset has one, its positive class, PNEUMONIA); of several '
+      '--data_dir, spelled as xray_tfdata.vocabulary names them (Effusion, '
+      'not Pleural Effusion); empty: all of them.', 'data')
   views: tuple = _setting(
       (), 'Multi-label datasets: the views to keep, as the source spells '
       'them (e.g. PA,AP; unknown: images without one); empty keeps every '
       'image. The run prints what it keeps and drops of each split.',
       'data')
+  dataset_weights: tuple = _setting(
+      (), 'Several --data_dir: each dataset\'s share of the training '
+      'batches, one positive number per dataset in --data_dir order '
+      '(normalized). Empty: in proportion to their sizes, each training '
+      'image drawn once per pass (sampling without replacement); given: '
+      'each dataset repeats and batches draw from them by weight (with '
+      'replacement), an epoch being --steps_per_epoch batches (default: '
+      'the union\'s training images / --batch_size).', 'data')
   reader_policy: str = _setting(
       checks.DEFAULT_READER_POLICY, 'Datasets that keep every reader '
       '(VinDr-CXR): a label is positive where any reader marked it (any, '
@@ -266,6 +279,7 @@ class TrainConfig:
     checks.check_dense_units(self.dense_units)
     checks.check_names('labels', self.labels)
     checks.check_names('views', self.views)
+    self._check_datasets()
     checks.check_augmentation(**self.augmentation_kwargs())
     checks.check_backbone(self.backbone, self.frozen_blocks, self.weights,
                           self.image_size)
@@ -273,6 +287,32 @@ class TrainConfig:
     checks.check_policy(self.policy)
     if self.data_service:
       checks.service_address(self.data_service)
+
+  def _check_datasets(self):
+    """Settings for one dataset given several, or weights that do not
+    match the datasets."""
+    dirs = split_data_dirs(self.data_dir)
+    if self.dataset_weights:
+      if len(dirs) < 2:
+        raise TrainingError(
+            '--dataset_weights is for several --data_dir (DIR1,DIR2,...): '
+            'drop it or name the datasets')
+      if len(self.dataset_weights) != len(dirs) or min(
+          self.dataset_weights) <= 0:
+        raise TrainingError(
+            f'--dataset_weights has {len(self.dataset_weights)} value(s) '
+            f'for {len(dirs)} datasets ({", ".join(dirs)}): pass one '
+            'positive weight per --data_dir, in its order')
+    if len(dirs) < 2:
+      return
+    for name, value in (('views', self.views),
+                        ('data_service', self.data_service),
+                        ('demo_images', self.demo_images),
+                        ('positive_class', self.positive_class)):
+      if value:
+        raise TrainingError(
+            f'--{name} is for one --data_dir, and {len(dirs)} are given: '
+            f'drop --{name} or train on one dataset')
 
   def augmentation_kwargs(self):
     return dict(rotation_range=self.rotation_range,
@@ -298,6 +338,11 @@ OUTPUT_FLAGS = {
     'overwrite': (False, 'Replace a finished run (or an unfinished one with '
                   'other settings) in model_dir.', bool),
 }
+
+
+def split_data_dirs(value):
+  """--data_dir's datasets: 'DIR1,DIR2' -> ['DIR1', 'DIR2']."""
+  return [d.strip() for d in str(value or '').split(',') if d.strip()]
 
 
 def required_flags():
@@ -376,6 +421,14 @@ def from_flags(flag_values):
         ': pass widths such as --dense_units=512,64') from None
   values['labels'] = tuple(values['labels'] or ())
   values['views'] = tuple(values['views'] or ())
+  try:
+    values['dataset_weights'] = tuple(
+        float(w) for w in values['dataset_weights'] or ())
+  except ValueError:
+    raise TrainingError(
+        'dataset_weights must be numbers, got '
+        f'{",".join(values["dataset_weights"])}: pass one per --data_dir, '
+        'such as --dataset_weights=1,1,2') from None
   values['data_dir'] = values['data_dir'] or ''
   return TrainConfig(**values)
 

@@ -2,7 +2,7 @@
 
   mix = mixture.Mixture(['data/nih_224', 'data/chexpert_224',
                          'data/padchest_224'])
-  mix.label_names            # the union, in the vocabulary's order
+  mix.label_names()          # the union, in the vocabulary's order
   train = mix.as_dataset('train', 32, training=True, seed=0)
   val = mix.source_dataset(0, 'val', 32)   # one source, the union's columns
 
@@ -20,12 +20,15 @@ its shuffle, its label policy), so each reads as it would alone.
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from xray_tfdata import checks
+from xray_tfdata import config
 from xray_tfdata import labels as labels_lib
 from xray_tfdata import pipeline
 from xray_tfdata import vocabulary
@@ -56,12 +59,101 @@ class Source:
   def layout(self):
     return self.builder.info.layout
 
+  def record(self):
+    """What config.json records of the source (`MixtureInfo.summary`)."""
+    return {'name': self.name, 'data_dir': self.builder.data_dir,
+            'layout': self.layout, 'label_policy': self.label_policy,
+            'fingerprint': self.builder.info.fingerprint()}
 
-def _own_names(builder):
-  """A dataset's label names: its labels, or a class dataset's positive
-  class (the one label of a binary dataset)."""
-  return tuple(builder.label_names()) if builder.info.is_multilabel else (
-      builder.info.class_names[-1],)
+
+@dataclasses.dataclass(frozen=True)
+class MixtureInfo:
+  """What training reads of a dataset's DatasetInfo, for a mixture: a
+  multi-label dataset in the union's labels whose fingerprint is its
+  sources' (a resume is refused when any of them was converted again)."""
+  mixture: object
+
+  is_multilabel = True
+  layout = 'mixture'
+  extra_features = ()
+
+  @property
+  def data_dir(self):
+    return self.mixture.data_dir
+
+  @property
+  def label_names(self):
+    return self.mixture.label_names()
+
+  @property
+  def class_names(self):
+    return self.label_names
+
+  @property
+  def image_size(self):
+    return self.mixture.image_size
+
+  @property
+  def image_height(self):
+    return self.image_size[0]
+
+  @property
+  def image_width(self):
+    return self.image_size[1]
+
+  @property
+  def splits(self):
+    common = set.intersection(*(set(s.builder.info.splits)
+                                for s in self.mixture.sources))
+    return {split: {'num_examples': self.num_examples(split),
+                    'shards': [shard for s in self.mixture.sources
+                               for shard in s.builder.info.split(split).get(
+                                   'shards', [])]}
+            for split in sorted(common)}
+
+  def split(self, split):
+    for source in self.mixture.sources:
+      source.builder.info.split(split)
+    return self.splits[split]
+
+  def num_examples(self, split):
+    return self.mixture.num_examples(split)
+
+  def check_has_examples(self, split):
+    for source in self.mixture.sources:
+      source.builder.info.check_has_examples(split)
+
+  def summary(self):
+    """{'class_names' (the union's labels), 'image_size', 'splits': {split:
+    {'num_examples', 'num_bytes', 'class_counts', 'content_sha256' (of the
+    sources' fingerprints)}}, 'sources': [`Source.record` + its
+    'reader_policy' (VinDr's; None for the others)]}."""
+    sources = [s.record() for s in self.mixture.sources]
+    for source, record in zip(self.mixture.sources, sources):
+      # VinDr's reader policy, where a source keeps every reader.
+      record['reader_policy'] = (self.mixture.reader_policy
+                                 if source.layout == 'vindr' else None)
+    splits = {}
+    for split in self.splits:
+      parts = [s.builder.info.summary()['splits'][split]
+               for s in self.mixture.sources]
+      splits[split] = {
+          'num_examples': sum(p['num_examples'] for p in parts),
+          'num_bytes': sum(p['num_bytes'] for p in parts),
+          'class_counts': {},
+          # Of the sources' splits: their hashes, else their fingerprints.
+          'content_sha256': hashlib.sha256(''.join(
+              p.get('content_sha256') or s['fingerprint']
+              for p, s in zip(parts, sources)).encode()).hexdigest()}
+    return {'class_names': list(self.label_names),
+            'image_size': list(self.image_size), 'splits': splits,
+            'sources': sources}
+
+  def fingerprint(self):
+    """A digest of the sources' fingerprints, their policies and the
+    union's labels: the key of a resume and of the caches of the union."""
+    return hashlib.sha256(json.dumps(
+        self.summary(), sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _source_names(data_dirs):
@@ -77,10 +169,16 @@ def _source_names(data_dirs):
   return names
 
 
+def is_mixture(data_dir):
+  """Whether a --data_dir value names several datasets."""
+  return len(config.split_data_dirs(data_dir)) > 1
+
+
 class Mixture:
   """Several datasets, one label space, one tf.data pipeline."""
 
-  def __init__(self, data_dirs, labels=None, label_policy=None, weights=None):
+  def __init__(self, data_dirs, labels=None, label_policy=None, weights=None,
+               image_size=None, reader_policy=None):
     """Reads the datasets' metadata and maps their labels.
 
     Args:
@@ -92,12 +190,20 @@ class Mixture:
         default for all.
       weights: each dataset's share of the training examples, one per
         dataset (positive; normalized); None: in proportion to size.
+      image_size: an int or (height, width) every source is read at
+        (resized where stored otherwise); None: as stored, which must then
+        be one size.
+      reader_policy: for a source that keeps every reader (VinDr-CXR),
+        `DatasetBuilder`'s; None: its default.
 
     Raises:
       DatasetError: fewer than two datasets, one named twice, no label
         shared by two datasets, an unknown name in `labels`, a label no
-        dataset reports, weights that do not match the datasets.
+        dataset reports, weights that do not match the datasets, stored
+        sizes that differ without image_size.
     """
+    if isinstance(data_dirs, str):
+      data_dirs = config.split_data_dirs(data_dirs)
     data_dirs = list(data_dirs)
     if len(data_dirs) < 2:
       raise DatasetError(
@@ -109,26 +215,44 @@ class Mixture:
     if len(policies) != len(data_dirs):
       raise DatasetError(f'{len(policies)} label policies for '
                          f'{len(data_dirs)} datasets: pass one per dataset')
-    builders = [pipeline.DatasetBuilder(d) for d in data_dirs]
+    builders = [pipeline.DatasetBuilder(d, reader_policy=reader_policy)
+                for d in data_dirs]
+    self.reader_policy = reader_policy
     mapped = []
     self.unmapped = {}  # source name -> its names outside the vocabulary
     for name, builder in zip(names, builders):
-      own = _own_names(builder)
+      own = tuple(builder.label_names())
       to_vocabulary, unmapped = vocabulary.map_names(builder.info.layout, own)
       if unmapped:
         self.unmapped[name] = unmapped
       mapped.append((own, to_vocabulary))
-    self.label_names = self._union(labels, data_dirs, mapped)
+    self._label_names = self._union(labels, data_dirs, mapped)
     self.sources = tuple(
         Source(builder=b, name=n, own_names=own,
                columns=tuple(tuple(i for i, o in enumerate(own)
                                    if to_vocab.get(o) == label)
-                             for label in self.label_names),
+                             for label in self._label_names),
                label_policy=(p or checks.DEFAULT_LABEL_POLICY)
                if b.info.is_multilabel else None)
         for n, b, p, (own, to_vocab) in zip(names, builders, policies,
                                             mapped))
     self.weights = self._weights(weights)
+    self.data_dir = ','.join(data_dirs)
+    self.info = MixtureInfo(self)
+    self.image_size = self._size(image_size)
+
+  def label_names(self, labels=None):
+    """The mixture's labels (the model's outputs), as
+    `DatasetBuilder.label_names`.
+
+    Raises:
+      DatasetError: `labels` other than the mixture's own.
+    """
+    if labels and tuple(labels) != self._label_names:
+      raise DatasetError(
+          f'the mixture reads {", ".join(self._label_names)}, asked for '
+          f'{", ".join(labels)}: pass the labels when making the Mixture')
+    return self._label_names
 
   @staticmethod
   def _union(labels, data_dirs, mapped):
@@ -179,10 +303,19 @@ class Mixture:
 
   # Reading.
 
-  def _read_options(self, source):
+  def _read_options(self, source, read_options):
+    """A source's as_dataset arguments: its own labels and policy; the
+    union's (labels, label_policy), set when the mixture was made, and
+    views, which a mixture does not filter by, are dropped."""
+    self.label_names(read_options.pop('labels', None))
+    read_options.pop('label_policy', None)
+    if read_options.pop('views', None):
+      raise DatasetError('--views is for one dataset: a mixture reads every '
+                         'view of its sources')
     if source.builder.info.is_multilabel:
-      return {'label_policy': source.label_policy, 'labels': source.own_names}
-    return {}
+      read_options.update(label_policy=source.label_policy,
+                          labels=source.own_names)
+    return read_options
 
   def _to_union(self, source):
     """The map of one source's targets [L_own] (or a class dataset's label)
@@ -226,12 +359,12 @@ class Mixture:
         image_size.
     """
     source = self.sources[index]
-    size = self._size(image_size)
+    size = self.image_size if image_size is None else self._size(image_size)
     stored = source.builder.info.image_size
     ds = source.builder.as_dataset(
         split, None, training, image_size=size, resize=tuple(stored) != size,
         seed=seed, with_metadata=with_metadata,
-        **self._read_options(source), **read_options)
+        **self._read_options(source, dict(read_options)))
     combine = self._to_union(source)
     prefix = source.name + '/'
 
@@ -305,28 +438,42 @@ class Mixture:
                      np.float64)
     return not np.allclose(self.weights, sizes / sizes.sum())
 
-  def num_examples(self, split):
-    """The split's examples over all sources."""
+  def num_examples(self, split, views=None):
+    """The split's examples over all sources (views: None only)."""
+    del views  # as DatasetBuilder's; `_read_options` refuses any
     return sum(s.builder.num_examples(split) for s in self.sources)
 
-  def steps_per_epoch(self, split, batch_size, training=True):
-    n = self.num_examples(split)
+  def steps_per_epoch(self, split, batch_size, training=True, views=None):
+    n = self.num_examples(split, views)
     return n // batch_size if training else -(-n // batch_size)
 
-  def target_counts(self, split):
+  def verify(self, splits=None):
+    """Every source's records' CRCs (`DatasetBuilder.verify`)."""
+    for source in self.sources:
+      source.builder.verify(splits)
+
+  def shard_paths(self, split):
+    return [p for s in self.sources for p in s.builder.shard_paths(split)]
+
+  def target_counts(self, split, label_policy=None, labels=None,
+                    views=None):
     """{label: {'positive': n, 'negative': n}} over the sources' known
     targets of the split: a source that does not report a label adds
     nothing to it (what pos_weight counts).
 
+    label_policy, labels and views are DatasetBuilder.target_counts'; the
+    sources' policies were set when the mixture was made.
+
     Raises:
       DatasetError: as `DatasetBuilder.target_counts`.
     """
+    del label_policy, views
     out = {label: {'positive': 0, 'negative': 0}
-           for label in self.label_names}
+           for label in self.label_names(labels)}
     for index, source in enumerate(self.sources):
       if all(len(c) <= 1 for c in source.columns):
         counts = self._column_counts(source, split)
-        for label, columns in zip(self.label_names, source.columns):
+        for label, columns in zip(self._label_names, source.columns):
           for column in columns:
             for kind in ('positive', 'negative'):
               out[label][kind] += counts[source.own_names[column]][kind]
@@ -335,8 +482,8 @@ class Mixture:
       # targets, read once.
       targets = np.concatenate([t for _, t in self.source_dataset(
           index, split, 1024).as_numpy_iterator()]) if self.num_examples(
-              split) else np.zeros((0, len(self.label_names)))
-      for label_index, label in enumerate(self.label_names):
+              split) else np.zeros((0, len(self._label_names)))
+      for label_index, label in enumerate(self._label_names):
         if source.columns[label_index]:
           column = targets[:, label_index]
           out[label]['positive'] += int((column == 1).sum())
@@ -345,10 +492,5 @@ class Mixture:
 
   def _column_counts(self, source, split):
     """{own name: {'positive', 'negative'}} of one source's split."""
-    builder = source.builder
-    if builder.info.is_multilabel:
-      return builder.target_counts(split, source.label_policy,
-                                   source.own_names)
-    counts = builder.info.class_counts(split)  # in class_names' order
-    return {source.own_names[0]: {'positive': counts[-1],
-                                  'negative': sum(counts[:-1])}}
+    return source.builder.target_counts(split, source.label_policy,
+                                        source.own_names)

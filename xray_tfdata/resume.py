@@ -147,18 +147,25 @@ def dataset_record(info):
     info: a pipeline.DatasetInfo.
 
   Returns:
-    {'fingerprint', 'class_names', 'image_size', 'splits': {split:
+    {'fingerprint', 'layout', 'class_names', 'image_size', 'splits': {split:
     {'num_examples', 'num_bytes', 'class_counts', 'content_sha256' where
-    the dataset has content hashes}}}: the fingerprint and what an error
-    shows of it.
+    the dataset has content hashes}}}, and a mixture's 'sources' (each
+    one's name, data_dir, layout, label_policy, fingerprint): the
+    fingerprint and what an error shows of it.
   """
   summary = info.summary()
-  return {
+  record = {
       'fingerprint': info.fingerprint(),
+      # The layout names the labels' spelling (vocabulary.py), for matching
+      # them on another dataset without this one.
+      'layout': info.layout,
       'class_names': summary['class_names'],
       'image_size': summary['image_size'],
       'splits': {split: {k: v for k, v in entry.items() if k != 'shards'}
                  for split, entry in summary['splits'].items()}}
+  if 'sources' in summary:  # a mixture: each source's data, layout, policy
+    record['sources'] = summary['sources']
+  return record
 
 
 def _check_same_dataset(model_dir, data_dir, recorded, info):

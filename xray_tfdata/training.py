@@ -58,6 +58,7 @@ from xray_tfdata import demo
 from xray_tfdata import distribute
 from xray_tfdata.evaluation import run as evaluation_run
 from xray_tfdata import losses
+from xray_tfdata import mixture
 from xray_tfdata import model as model_lib
 from xray_tfdata import pipeline
 from xray_tfdata import report
@@ -277,18 +278,31 @@ def create_cluster(strategy_name):
 
 
 def open_dataset(config):
-  """The DatasetBuilder of config.data_dir.
+  """The DatasetBuilder of config.data_dir, or the Mixture of its datasets.
 
   Returns:
     A pipeline.DatasetBuilder; of a class dataset, one whose one label is
     config.positive_class (by default the second class name in sorted
-    order, PNEUMONIA).
+    order, PNEUMONIA). Of several datasets (--data_dir=DIR1,DIR2), a
+    mixture.Mixture with the builder's surface: the union of their labels
+    in the vocabulary (or --labels), each source read under
+    --label_policy, resized to --image_size, mixed by --dataset_weights.
 
   Raises:
     TrainingError: a class dataset has other than two classes.
     pipeline.DatasetError: the dataset cannot be read, or positive_class
-      is not one of its classes (or it is multi-label).
+      is not one of its classes (or it is multi-label); of several, no
+      label in common, an unknown --labels name, weights that do not match.
   """
+  if mixture.is_mixture(config.data_dir):
+    mix = mixture.Mixture(
+        config.data_dir, labels=config.labels or None,
+        label_policy=config.label_policy,
+        weights=config.dataset_weights or None,
+        image_size=config.image_size, reader_policy=config.reader_policy)
+    for line in mix.unmapped_lines():
+      print(line, flush=True)
+    return mix
   builder = pipeline.DatasetBuilder(config.data_dir,
                                     reader_policy=config.reader_policy)
   names = builder.info.class_names
@@ -323,7 +337,9 @@ def check_against_dataset(config, builder, cluster):
     # A missing or empty split fails now, not after training.
     info.check_has_examples(split)
   stored = info.image_size
-  if stored != (config.image_size, config.image_size):
+  # A mixture reads every source at --image_size (Mixture.image_size).
+  if stored != (config.image_size, config.image_size) and not isinstance(
+      builder, mixture.Mixture):
     raise TrainingError(
         f'images in {config.data_dir} are stored at {stored[0]}x{stored[1]}, '
         f'--image_size is {config.image_size}; re-convert with '
@@ -736,19 +752,30 @@ def evaluate_splits(net, builder, config, work_dir=None):
       evaluation resumes at the split it was on; None keeps nothing.
 
   Returns:
-    (results: results.json's dict, format 2 (README, "results.json");
-    predictions: {split: (targets [N, L], probs [N, L])}, for the pictures).
+    (results: results.json's dict, format 2 (README, "results.json"); of
+    a mixture (several --data_dir), with 'sources' (`evaluation.run.
+    evaluate_sources`: every label on each source's val and test, and the
+    macro over sources); predictions: {split: (targets [N, L], probs [N, L])}, for the pictures).
   """
   multilabel = builder.info.is_multilabel
-  return evaluation_run.evaluate_model(
-      net, builder,
-      label_names=evaluation_run.model_label_names(builder,
-                                                   config.labels or None),
+  names = evaluation_run.model_label_names(builder, config.labels or None)
+  checkpoint_dir = work_dir and os.path.join(
+      work_dir, resume_lib.BACKUP_DIR, 'evaluation')
+  results, predictions = evaluation_run.evaluate_model(
+      net, builder, label_names=names,
       batch_size=config.batch_size, config=config.to_json(),
       splits=EVAL_SPLITS,
       label_policy=config.label_policy if multilabel else None,
       views=(config.views or None) if multilabel else None,
       num_resamples=config.bootstrap_resamples, seed=config.seed,
-      checkpoint_dir=work_dir and os.path.join(
-          work_dir, resume_lib.BACKUP_DIR, 'evaluation'),
-      read_options=cache_options(config))
+      checkpoint_dir=checkpoint_dir, read_options=cache_options(config))
+  if isinstance(builder, mixture.Mixture):
+    # Above: the union of the sources' splits (its thresholds are the ones
+    # served); here each source's val and test on its own.
+    results['sources'] = evaluation_run.evaluate_sources(
+        net, builder, label_names=names, batch_size=config.batch_size,
+        num_resamples=config.bootstrap_resamples, seed=config.seed,
+        checkpoint_dir=checkpoint_dir and os.path.join(checkpoint_dir,
+                                                       'sources'),
+        read_options=cache_options(config))
+  return results, predictions

@@ -6,11 +6,19 @@ others (columns), per shared label and macro, with intervals.
   -> transfer.md, transfer.json, transfer.png (a heat map per label and
      the macro, each cell's AUC printed in it)
 
+  transfer.evaluate_pairs(['runs/nih', 'runs/chexpert'],
+                          ['data/nih_224', 'data/chexpert_224'], 'transfer')
+  (tools/evaluate --model_dir=RUN1,RUN2 --data_dir=DIR1,DIR2 --out_dir=DIR):
+  every pair through `evaluation.run.evaluate_run`, the one evaluator of a
+  run on a dataset, each pair's results.json where tools/evaluate puts it,
+  then the table of their test AUCs, labels in the vocabulary's names.
+
 The diagonal (a model on its own dataset's test split) against the rest
 of its row is how far it carries over to another hospital (Cohen et al.,
 MIDL 2020). A label a pair does not share is left blank, with the reason.
 
-No TensorFlow, no Keras.
+The table itself takes no TensorFlow, no Keras (`evaluate_pairs` loads
+the models).
 """
 
 import dataclasses
@@ -69,12 +77,20 @@ def table(runs, datasets, cells):
     cells: {(run, dataset): Cell}; a pair missing is reported missing.
 
   Returns:
-    {'runs', 'datasets', 'labels': [...], 'cells': {label or 'macro':
+    {'runs', 'datasets', 'labels': [the labels some pair scores],
+    'unscored_labels': [those no pair scores], 'cells': {label or 'macro':
     {run: {dataset: Score.to_json()}}}}.
   """
-  labels = _label_order(cells)
+  every = _label_order(cells)
+  # A label no pair scores (one dataset's alone, no model outputs it)
+  # would be a table of blanks: named once instead.
+  labels = [label for label in every if any(
+      cell.labels.get(label, Score()).auc is not None
+      for cell in cells.values())]
   out = {'runs': list(runs), 'datasets': list(datasets),
-         'labels': labels, 'cells': {}}
+         'labels': labels,
+         'unscored_labels': [label for label in every if label not in labels],
+         'cells': {}}
   for label in labels + [MACRO]:
     rows = {}
     for run in runs:
@@ -127,6 +143,10 @@ def markdown(data):
     if blanks:
       lines += ['', 'Blank: ' + '; '.join(blanks) + '.']
     lines.append('')
+  if data.get('unscored_labels'):
+    lines += ['Not scored in any pair (no model outputs them where a '
+              'dataset reports them): '
+              + ', '.join(data['unscored_labels']) + '.', '']
   return '\n'.join(lines)
 
 
@@ -201,3 +221,100 @@ def write_table(out_dir, runs, datasets, cells):
   atomic.write_text(os.path.join(out_dir, TRANSFER_JSON),
                     json.dumps(data, indent=2))
   return data
+
+
+def _score(entry):
+  """A Score from a results.json {'value', 'ci', 'reason'} entry."""
+  value = entry.get('value')
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return Score(reason=entry.get('reason') or 'AUC undefined')
+  return Score(value, tuple(entry['ci']) if entry.get('ci') else None)
+
+
+def cell_of(results, model_layout, data_layout, data_name, split='test'):
+  """One pair's Cell from its results.json (`evaluation.run.evaluate_run`).
+
+  Args:
+    results: the pair's results dict (format 2).
+    model_layout: the layout the run's outputs are spelled in ('mixture'
+      for a run on several datasets: vocabulary names).
+    data_layout: the tested dataset's layout.
+    data_name: the tested dataset's name in the table (for the reasons).
+    split: the split scored.
+
+  Returns:
+    A Cell: every label of either side, in the vocabulary's names; a label
+    only one side has holds the reason.
+  """
+  from xray_tfdata.evaluation.matching import vocabulary_key  # pylint: disable=g-import-not-at-top
+  mapping = results['data']['label_mapping']
+  labels = {}
+  for name in results['label_names']:
+    label = vocabulary_key(model_layout, name)
+    if name not in mapping['matched']:
+      labels[label] = Score(reason=f'{data_name} does not report it')
+      continue
+    entry = results['labels'][name]['splits'].get(split)
+    labels[label] = (_score(entry['auc']) if entry else Score(
+        reason=f'every {split} target masked in {data_name}'))
+  for name in mapping['unmatched_data_labels']:
+    labels.setdefault(vocabulary_key(data_layout, name),
+                      Score(reason='the model has no output for it'))
+  macro = results['macro'][split]
+  return Cell(labels, _score({'value': macro['auc'],
+                              'ci': macro.get('auc_ci'),
+                              'reason': 'no shared label has an AUC'}))
+
+
+def _names(paths):
+  """Short names of folders: their base names, with the parent where two
+  share one."""
+  names = [os.path.basename(os.path.normpath(p)) for p in paths]
+  if len(set(names)) < len(names):
+    names = [os.path.join(*os.path.normpath(p).split(os.sep)[-2:])
+             for p in paths]
+  return names
+
+
+def evaluate_pairs(model_dirs, data_dirs, out_dir, split='test',
+                   progress=print, **evaluate_options):
+  """Every run on every dataset, then the table.
+
+  Args:
+    model_dirs: finished tools/train runs (the rows).
+    data_dirs: converted datasets (the columns).
+    out_dir: where transfer.md, .json and .png go.
+    split: the split scored.
+    progress: called with a line per pair.
+    **evaluate_options: `evaluation.run.evaluate_run`'s (num_resamples,
+      batch_size, label_policy).
+
+  Returns:
+    The table (`table`'s dict).
+
+  Raises:
+    As `evaluation.run.evaluate_run`, before the table is written; a pair
+    without a label in common is a blank row entry, not an error.
+  """
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  from xray_tfdata import run_dir  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.evaluation import matching  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.evaluation import run as evaluation_run  # pylint: disable=g-import-not-at-top
+  runs, datasets = _names(model_dirs), _names(data_dirs)
+  layouts = {d: pipeline.load_info(d).layout for d in data_dirs}
+  cells = {}
+  for run_name, model_dir in zip(runs, model_dirs):
+    layout = evaluation_run.run_layout(run_dir.read(model_dir))
+    for data_name, data_dir in zip(datasets, data_dirs):
+      progress(f'{run_name} on {data_name} ({split})')
+      try:
+        results = evaluation_run.evaluate_run(model_dir, data_dir,
+                                              split=split,
+                                              **evaluate_options)
+      except matching.MatchingError as e:
+        cells[(run_name, data_name)] = Cell({}, Score(
+            reason=f'no label in common ({e})'))
+        continue
+      cells[(run_name, data_name)] = cell_of(
+          results, layout, layouts[data_dir], data_name, split)
+  return write_table(out_dir, runs, datasets, cells)

@@ -42,9 +42,31 @@ def main(argv):
     # Before TensorFlow is imported and before model_dir is touched: a bad
     # setting costs a second and leaves nothing behind.
     config.validate()
+    if not flags.FLAGS['image_size'].present:
+      _check_one_stored_size(config.data_dir)
     from xray_tfdata import training  # pylint: disable=g-import-not-at-top
     training.train_and_evaluate(config, _FLAGS['model_dir'].value,
                                 overwrite=_FLAGS['overwrite'].value)
+
+
+def _check_one_stored_size(data_dir):
+  """Several datasets stored at different sizes need --image_size to name
+  the one they are all resized to (its default would pick one silently).
+
+  Raises:
+    TrainingError: they differ and --image_size was not given.
+    DatasetError: a folder is not a converted dataset.
+  """
+  from xray_tfdata import dataset_info  # pylint: disable=g-import-not-at-top
+  dirs = config_lib.split_data_dirs(data_dir)
+  if len(dirs) < 2:
+    return
+  sizes = {d: dataset_info.load_info(d).image_size for d in dirs}
+  if len(set(sizes.values())) > 1:
+    raise config_lib.TrainingError(
+        'the datasets are stored at different sizes (' + ', '.join(
+            f'{d} {h}x{w}' for d, (h, w) in sizes.items())
+        + '): pass --image_size to resize them all to one')
 
 
 def run():

@@ -49,8 +49,8 @@ from xray_tfdata.evaluation.curves import roc_curve
 from xray_tfdata.evaluation.curves import youden_threshold
 from xray_tfdata.evaluation.localization import hit_rate_interval
 from xray_tfdata.evaluation.localization import pointing_game
-from xray_tfdata.evaluation.matching import label_key
 from xray_tfdata.evaluation.matching import match_labels
+from xray_tfdata.evaluation.matching import vocabulary_key
 from xray_tfdata.evaluation.per_label import MASKED_TARGET
 from xray_tfdata.evaluation.per_label import evaluate_label
 from xray_tfdata.evaluation.per_label import evaluate_labels

@@ -299,6 +299,8 @@ def results_markdown(results, pictures=None):
     lines += _per_label_overview(results, how)
   for label, result in results['labels'].items():
     lines += _label_lines(label, result, how)
+  if results.get('sources'):
+    lines += sources_lines(results['sources'], how)
   if results.get('localization'):
     lines += localization_lines(results['localization'])
   if pictures:
@@ -306,6 +308,43 @@ def results_markdown(results, pictures=None):
     for name, path in pictures.items():
       lines += [f'{name}: [{path}]({path})', '', f'![{name}]({path})', '']
   return '\n'.join(lines).lstrip('\n') + '\n'
+
+
+def sources_lines(sources, how):
+  """A mixture run's table: each label's AUC on each source's splits (a
+  label the source does not report blank), each source's macro, and the
+  macro over sources (`run.evaluate_sources`).
+
+  Returns:
+    Markdown lines.
+  """
+  by_source = sources['by_source']
+  splits = list(sources['macro_over_sources'])
+  labels = list(dict.fromkeys(
+      label for entry in by_source.values() for label in entry['labels']))
+  columns = [(name, split) for name in by_source for split in splits]
+  lines = ['', f'## AUC per source ({how}; operating points and '
+           'calibration of each source on its own val)', '',
+           '| label | ' + ' | '.join(f'{name} {split}' for name, split
+                                     in columns) + ' |',
+           '|---|' + '---:|' * len(columns)]
+  for label in labels:
+    cells = []
+    for name, split in columns:
+      entry = by_source[name]['labels'].get(label, {}).get('splits', {})
+      cells.append(with_ci(entry[split]['auc']) if split in entry else '')
+    lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+  lines.append('| macro | ' + ' | '.join(
+      with_ci({'value': by_source[name]['macro'][split]['auc'],
+               'ci': by_source[name]['macro'][split].get('auc_ci')})
+      for name, split in columns) + ' |')
+  lines += ['', 'Macro AUC over sources: ' + ', '.join(
+      f"{split} {_cell(entry['auc'])} ({len(entry['sources'])} sources)"
+      for split, entry in sources['macro_over_sources'].items()) + '.',
+            'Policies: ' + ', '.join(
+                f"{name} {entry['label_policy'] or 'none (classes)'}"
+                for name, entry in by_source.items()) + '.']
+  return lines
 
 
 def label_matching_line(mapping):

@@ -13,8 +13,8 @@ its known targets (`per_label.evaluate_labels`).
 tools/train calls `evaluate_model` after its last epoch (thresholds and
 temperatures chosen on val); tools/evaluate calls `evaluate_run`, which
 scores a finished run on any converted dataset at the thresholds and
-temperatures the run chose (`run_dir`), labels matched by name
-(`matching`). Both write results.json in RESULTS_FORMAT 2 (`results_document`,
+temperatures the run chose (`run_dir`), labels matched through the
+vocabulary (`matching`). Both write results.json in RESULTS_FORMAT 2 (`results_document`,
 README "results.json"), results.md (`markdown`) and the pictures (`plots`).
 
 Subgroup fields, where the dataset stores them:
@@ -327,7 +327,8 @@ def evaluate_model(net, builder, *, label_names, batch_size, config,
                        num_resamples=num_resamples, seed=seed,
                        checkpoint_dir=checkpoint_dir,
                        interval_splits=INTERVAL_SPLITS)
-  mapping = matching.match_labels(label_names, builder.info)
+  mapping = matching.match_labels(label_names, builder.info,
+                                  model_layout=builder.info.layout)
   results = results_document(
       evaluated, label_names=label_names,
       label_policy=label_policy if multilabel else None, views=views,
@@ -335,6 +336,76 @@ def evaluate_model(net, builder, *, label_names, batch_size, config,
       model_data=builder.data_dir, label_mapping=mapping,
       num_resamples=num_resamples, seed=seed)
   return results, predictions
+
+
+class _SourceReader:
+  """One source of a mixture read as a DatasetBuilder: its split with the
+  mixture's targets [B, L] and patient ids prefixed by its name
+  (`mixture.Mixture.source_dataset`), its own DatasetInfo (subgroups)."""
+
+  def __init__(self, mix, index):
+    self._mix = mix
+    self._index = index
+    source = mix.sources[index]
+    self.info = source.builder.info
+    self.data_dir = source.builder.data_dir
+
+  def as_dataset(self, split, batch_size=None, **options):
+    return self._mix.source_dataset(self._index, split, batch_size,
+                                    **options)
+
+
+def evaluate_sources(net, mix, *, label_names, batch_size,
+                     splits=INTERVAL_SPLITS, num_resamples=2000, seed=0,
+                     checkpoint_dir=None, read_options=None):
+  """A mixture-trained model on each of its sources' splits: every label
+  the source reports (the others are unknown there, not negatives) with
+  patient-level intervals, operating points chosen on the source's val,
+  and the macro AUC of each split; then the macro over sources.
+
+  Args:
+    net: the trained model.
+    mix: the run's `mixture.Mixture`.
+    label_names: the model's outputs (the mixture's labels).
+    batch_size, num_resamples, seed, read_options: as `evaluate_model`.
+    splits: the splits scored (val first: it picks the operating points).
+    checkpoint_dir: as `evaluate_model`'s; a folder per source under it.
+
+  Returns:
+    results.json's 'sources' (a mixture run's only): {'by_source': {source
+     name: {'data_dir', 'layout', 'label_policy', 'labels': {label:
+     evaluate_label's dict}, 'macro': {split: ...}}}, 'macro_over_sources': {split: {'auc': mean of the sources' macro AUC
+     (NaN where none is defined), 'sources': the sources averaged}}}.
+  """
+  out = {}
+  for index, source in enumerate(mix.sources):
+    reader = _SourceReader(mix, index)
+    predictions, metadata = {}, {}
+    for split in splits:
+      targets, probs, columns = predict_split(
+          net, reader, split, batch_size, **dict(read_options or {}))
+      predictions[split] = (targets, probs)
+      metadata[split] = columns
+    scored = [name for name, columns in zip(label_names, source.columns)
+              if columns]
+    evaluated = evaluate(
+        predictions, metadata, label_names, reader.info, scored=scored,
+        num_resamples=num_resamples, seed=seed,
+        checkpoint_dir=checkpoint_dir and os.path.join(checkpoint_dir,
+                                                       source.name),
+        interval_splits=splits)
+    out[source.name] = {
+        'data_dir': source.builder.data_dir, 'layout': source.layout,
+        'label_policy': source.label_policy,
+        'labels': evaluated['labels'], 'macro': evaluated['macro']}
+  over = {}
+  for split in splits:
+    defined = {name: entry['macro'][split]['auc']
+               for name, entry in out.items()
+               if not np.isnan(entry['macro'][split]['auc'])}
+    over[split] = {'auc': float(np.mean(list(defined.values())))
+                   if defined else float('nan'), 'sources': list(defined)}
+  return {'by_source': out, 'macro_over_sources': over}
 
 
 def write_report(out_dir, results, predictions, history_csv=None):
@@ -386,6 +457,21 @@ def _run_label_names(run):
     raise matching.MatchingError(
         'the run records no label names and its training data is gone '
         f'({e}); retrain it with this version of tools/train') from e
+
+
+def run_layout(run):
+  """The layout a run's outputs are spelled in (`matching`): config.json's
+  dataset record's ('mixture' for a run on several datasets); for a run
+  recorded before it kept one, its training data's where that is still
+  there; else None (names matched as spelled)."""
+  record = run.dataset or {}
+  if record.get('layout'):
+    return record['layout']
+  from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    return pipeline.load_info(run.data_dir).layout
+  except (TypeError, pipeline.DatasetError):
+    return None
 
 
 def _stored_thresholds(run):
@@ -478,7 +564,8 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
   run = run_dir.read(model_dir)
   settings = run.settings
   names = _run_label_names(run)
-  mapping = matching.match_labels(names, pipeline.load_info(data_dir))
+  mapping = matching.match_labels(names, pipeline.load_info(data_dir),
+                                  model_layout=run_layout(run))
   builder = _open_dataset(data_dir, mapping,
                           settings.get('reader_policy'))
   info = builder.info
