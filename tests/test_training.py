@@ -702,8 +702,10 @@ def test_evaluation_and_export_use_the_best_epochs_weights(data_dir, tmp_path,
   served = tf.saved_model.load(os.path.join(model_dir, 'serving'))
   encoded = [tf.io.encode_png(image).numpy() for image in images]
   (label,) = results['labels'].values()
+  served_probs = served.serve(tf.constant(encoded))['probability'].numpy()
+  assert served_probs.shape == (len(images), 1)  # [N, L], L = 1
   np.testing.assert_allclose(  # calibrated (issue 21)
-      served.serve(tf.constant(encoded))['probability'].numpy(),
+      served_probs[:, 0],
       evaluation.apply_temperature(got, label['calibration']['temperature']),
       atol=1e-5)
   val = label['splits']['val']
@@ -1278,7 +1280,7 @@ def test_a_killed_multilabel_run_resumes_from_its_last_finished_epoch(
 # ---- Outcome: the defaults learn what the pixels carry (issue 31) -------
 
 # NIH's label frequencies (Data_Entry_2017_v2020.csv), with Effusion and
-# Cardiomegaly raised as xray_tfdata.synthetic_multilabel raises them, so
+# Cardiomegaly raised as xray_tfdata.synthetic.nih raises them, so
 # that a small set holds positives of both; Hernia gets a handful of
 # positives (3 in train), as it has 227 of NIH's 112,120 images. The labels
 # are drawn independently, so that only the two drawn in the pixels carry
@@ -1300,7 +1302,7 @@ VISIBLE_AUC_BAR = 0.85
 
 def _nih_like_dataset(root, size=SIZE, seed=0):
   """Writes the NIH-like set at `size` px; returns its label names."""
-  from xray_tfdata import synthetic_multilabel  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.synthetic import draw  # pylint: disable=g-import-not-at-top
   os.makedirs(root)
   names = tuple(NIH_LIKE_PREVALENCE)
   prevalence = np.array(list(NIH_LIKE_PREVALENCE.values()))
@@ -1313,7 +1315,7 @@ def _nih_like_dataset(root, size=SIZE, seed=0):
     codes[:hernias, hernia] = 1
     rows[split] = [(row.tolist(), 'PA') for row in codes]
     # Mostly clear signs, as the synthetic trees draw them.
-    images[split] = [synthetic_multilabel.draw_findings(
+    images[split] = [draw.draw_findings(
         rng, size, size,
         effusion=row[names.index('Effusion')] * rng.uniform(0.5, 1.0),
         cardiomegaly=row[names.index('Cardiomegaly')] * rng.uniform(0.5, 1.0))
