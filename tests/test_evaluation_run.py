@@ -346,7 +346,8 @@ def test_run_results_hold_the_one_evaluation(trained, datasets):
   test = result['splits']['test']
   assert (test['n'], test['patients'], test['positives']) == (24, 12, 12)
   groups = test['subgroups']['kermany_subtype']
-  labels = [int(y) for _, y in pipeline.DatasetBuilder(
+  # Targets [1] per image (L = 1, PNEUMONIA).
+  labels = [int(y) for _, (y,) in pipeline.DatasetBuilder(
       datasets['own']).as_dataset('test').as_numpy_iterator()]
   names = [kermany_name('test', i, y) for i, y in enumerate(labels)]
   assert {k: v['n'] for k, v in groups.items()} == {
