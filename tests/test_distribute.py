@@ -9,6 +9,7 @@ the test process has long done.
 import csv
 import glob
 import json
+import math
 import os
 import socket
 import subprocess
@@ -142,6 +143,26 @@ def _history(model_dir):
     return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def _assert_same_results(got, want, tolerance, where=()):
+  """results.json's evaluation parts agree: the same keys and texts, every
+  number within tolerance (NaN only where the other is NaN)."""
+  if isinstance(want, dict):
+    assert isinstance(got, dict) and got.keys() == want.keys(), where
+    for key in want:
+      _assert_same_results(got[key], want[key], tolerance, where + (key,))
+  elif isinstance(want, list):
+    assert isinstance(got, list) and len(got) == len(want), where
+    for i, (a, b) in enumerate(zip(got, want)):
+      _assert_same_results(a, b, tolerance, where + (i,))
+  elif isinstance(want, (int, float)) and not isinstance(want, bool):
+    if math.isnan(want):
+      assert math.isnan(got), where
+    else:
+      assert got == pytest.approx(want, abs=tolerance), where
+  else:
+    assert got == want, where
+
+
 def _assert_same_training(run, reference, history_dir):
   """Same epochs, same losses and probabilities within TOLERANCE, the same
   counts exactly."""
@@ -153,13 +174,12 @@ def _assert_same_training(run, reference, history_dir):
     for key in row:
       assert row[key] == pytest.approx(want[key], abs=TOLERANCE), key
   got, want = run['results'], reference['results']
-  for split in ('train', 'val', 'test'):
-    for key, value in want['splits'][split].items():
-      assert got['splits'][split][key] == pytest.approx(
-          value, abs=TOLERANCE), (split, key)
-  # A validation probability: the val predictions agree, not just counts.
-  assert got['youden']['threshold'] == pytest.approx(
-      want['youden']['threshold'], abs=TOLERANCE)
+  # Every split's metrics, counts and intervals, and the thresholds chosen
+  # on val (probabilities: the val predictions agree, not just counts).
+  assert sorted(want['labels']['PNEUMONIA']['splits']) == ['test', 'train',
+                                                           'val']
+  for part in ('labels', 'macro'):
+    _assert_same_results(got[part], want[part], TOLERANCE, (part,))
   assert got['training']['epochs_run'] == CONFIG['epochs']
 
 
@@ -184,8 +204,9 @@ def test_two_workers_train_as_one_device(runs):
     assert row['val_tp'] + row['val_fp'] + row['val_tn'] + row['val_fn'] == 11
   _assert_same_training(chief, runs['one'], chief['model_dir'])
   # The weights are synchronized: the other worker computed the same.
-  assert other['results']['splits'] == chief['results']['splits']
-  assert other['results']['youden'] == chief['results']['youden']
+  for part in ('labels', 'macro'):
+    _assert_same_results(other['results'][part], chief['results'][part], 0,
+                         (part,))
 
 
 @pytest.mark.slow
