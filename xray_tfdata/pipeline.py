@@ -261,9 +261,12 @@ class DatasetBuilder:
     ds = self._read_records(files, len(paths), training)
     # Before the decode: a dropped image is never decoded.
     ds = self._selection.filter_records(ds, split, views)
-    # The mask changes the element spec, hence the cache key below.
-    ds = self._decode(ds, size, channels, resize, with_metadata, training,
-                      targets, with_mask)
+    # Always with the metadata, dropped after the cache when not asked for:
+    # training and the evaluation (which asks for it) then share one cache
+    # of each split instead of decoding and writing it twice. The mask
+    # changes the element spec, hence the cache key below.
+    ds = self._decode(ds, size, channels, resize, True, training, targets,
+                      with_mask)
     ds = self._maybe_apply_data_service(ds, config)
     ds = self._maybe_assert_cardinality(ds, split, config, views)
 
@@ -272,7 +275,7 @@ class DatasetBuilder:
     key = cache_lib.cache_key(
         self.info.fingerprint(), split,
         dict(size=list(size), channels=channels, resize=bool(resize),
-             with_metadata=bool(with_metadata), positive_id=self._positive_id,
+             with_metadata=True, positive_id=self._positive_id,
              # The targets are made in the decode and the view filter runs
              # before it: the cache holds both.
              targets=_targets_key(targets),
@@ -282,6 +285,9 @@ class DatasetBuilder:
     cache_lib.say(choice, split, self.data_dir)
     # After decode: later epochs skip both file reads and PNG decoding.
     ds = cache_lib.apply(ds, choice, key)
+    if not with_metadata:
+      ds = ds.map(lambda image, target, metadata: (image, target),
+                  num_parallel_calls=AUTOTUNE, deterministic=True)
     if training:
       # After the cache, so every epoch gets a fresh order; before repeat, so
       # one epoch is all seen before the next begins.
