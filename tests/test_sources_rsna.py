@@ -140,14 +140,17 @@ def test_rsna_dicoms_convert_train_and_predict_through_the_tools(tmp_path):
       '--bootstrap_resamples=100', '--verbose=0', '--policy=float32')
   assert trained.returncode == 0, trained.stderr[-3000:]
   with open(os.path.join(model_dir, 'results.json')) as f:
-    assert json.load(f)['splits']['test']['tp'] >= 0
+    test = json.load(f)['labels']['PNEUMONIA']['splits']['test']
+  point = test['operating_points']['fixed_0.5']
+  assert point['tp'] + point['fn'] == test['positives']
 
   images = sorted(os.path.join(src, rsna.IMAGES, n)
                   for n in os.listdir(os.path.join(src, rsna.IMAGES)))
   predicted = run_tool('predict', f'--model_dir={model_dir}', *images[:3])
   assert predicted.returncode == 0, predicted.stderr
-  probabilities = [float(l.split('\t')[1])
-                   for l in predicted.stdout.strip().splitlines()]
+  header, *lines = predicted.stdout.strip().splitlines()
+  assert header.split('\t')[:2] == ['path', 'PNEUMONIA']
+  probabilities = [float(l.split('\t')[1]) for l in lines]
   assert len(probabilities) == 3
   assert np.all((0 <= np.array(probabilities)) & (np.array(probabilities) <= 1))
 

