@@ -272,15 +272,8 @@ class DatasetBuilder:
 
     num_examples = self.info.num_examples(split)
     example_bytes = size[0] * size[1] * channels
-    key = cache_lib.cache_key(
-        self.info.fingerprint(), split,
-        dict(size=list(size), channels=channels, resize=bool(resize),
-             with_metadata=True, positive_id=self._positive_id,
-             # The targets are made in the decode and the view filter runs
-             # before it: the cache holds both.
-             targets=_targets_key(targets),
-             views=list(views) if views else None),
-        _input_shard(config), ds.element_spec)
+    key = _split_cache_key(self.info, self._positive_id, ds, split, size,
+                           channels, resize, targets, views, config)
     choice = _choose_cache(config, num_examples * example_bytes, key)
     cache_lib.say(choice, split, self.data_dir)
     # After decode: later epochs skip both file reads and PNG decoding.
@@ -518,6 +511,20 @@ def _output_size(info, image_size, resize):
 def _to_rgb(images, *rest):
   """Repeats the grey channel three times (uint8 stays uint8)."""
   return (tf.image.grayscale_to_rgb(images),) + rest
+
+
+def _split_cache_key(info, positive_id, ds, split, size, channels, resize,
+                     targets, views, config):
+  """The cache key of one split's decoded elements (`cache.cache_key`)."""
+  return cache_lib.cache_key(
+      info.fingerprint(), split,
+      dict(size=list(size), channels=channels, resize=bool(resize),
+           with_metadata=True, positive_id=positive_id,
+           # The targets are made in the decode and the view filter runs
+           # before it: the cache holds both.
+           targets=_targets_key(targets),
+           views=list(views) if views else None),
+      _input_shard(config), ds.element_spec)
 
 
 def _check_with_mask(builder, with_metadata, with_mask):
