@@ -147,7 +147,7 @@ def _split_entry(root, name, split, records, num_shards):
 
 def write_multilabel_dataset(root, label_names, rows, num_shards=2,
                              size=(H, W), learnable=False, seed=0,
-                             images=None):
+                             images=None, label_methods=None):
   """Writes a multi-label dataset: `rows` = {split: [(codes, view)]}, codes
   one raw code (schema.LABEL_CODES) per label name.
 
@@ -155,7 +155,9 @@ def write_multilabel_dataset(root, label_names, rows, num_shards=2,
   write_dataset's; with `learnable`, noise with a bright band for each
   label whose code is positive (or uncertain), something a tiny model can
   learn; `images` = {split: [uint8 [H, W]]}, one per row, are stored as
-  given instead. Sex, age and study id are drawn from i. The metadata comes
+  given instead. Sex, age and study id are drawn from i; `label_methods` =
+  {split: [str]}, one per row, are stored as PadChest's MethodLabel
+  (schema.LABEL_METHOD, listed in extra_features). The metadata comes
   from dataset_info.build_info with the code counts of the rows.
 
   Returns:
@@ -190,7 +192,8 @@ def write_multilabel_dataset(root, label_names, rows, num_shards=2,
           png_bytes(pixels), height, width, None, None, example['filename'],
           example['patient_id'], 100, 80, labels=example['codes'],
           view=view, sex=example['sex'], age_years=example['age_years'],
-          study_id=example['study_id']))
+          study_id=example['study_id'],
+          label_method=label_methods[split][i] if label_methods else None))
     expected[split] = examples
     codes = np.array([e['codes'] for e in examples], np.int64).reshape(
         len(examples), len(label_names))
@@ -212,7 +215,8 @@ def write_multilabel_dataset(root, label_names, rows, num_shards=2,
               'duplicates': 0},
       skipped=[], duplicates=[], ignored=[], created='2026-01-01T00:00:00',
       timing={'elapsed_seconds': 1.0, 'decode_write_seconds': 1.0},
-      num_workers=1, label_names=label_names)
+      num_workers=1, label_names=label_names,
+      extra_features=(schema.LABEL_METHOD,) if label_methods else ())
   with open(os.path.join(root, schema.INFO_FILENAME), 'w') as f:
     json.dump(info, f)
   return expected

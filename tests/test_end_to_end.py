@@ -514,8 +514,8 @@ def test_results_json_is_format_2(run, request):
   results = results_of(request.getfixturevalue(run))
   assert results['format'] == 2
   assert set(results) == {'format', 'label_names', 'label_policy', 'views',
-                          'config', 'data', 'bootstrap', 'labels', 'macro',
-                          'localization', 'training'}
+                          'label_methods', 'config', 'data', 'bootstrap',
+                          'labels', 'macro', 'localization', 'training'}
   assert list(results['labels']) == results['label_names']
   for entry in results['labels'].values():
     if not entry['thresholds']:

@@ -38,9 +38,9 @@ from xray_tfdata.evaluation import run
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NIH = ('Effusion', 'Pleural_Thickening', 'Cardiomegaly', 'Mass')
 CHEXPERT = ('Pleural Effusion', 'Cardiomegaly', 'Edema')
-FORMAT_2_KEYS = {'format', 'label_names', 'label_policy', 'views', 'config',
-                 'data', 'bootstrap', 'labels', 'macro', 'localization',
-                 'training'}
+FORMAT_2_KEYS = {'format', 'label_names', 'label_policy', 'views',
+                 'label_methods', 'config', 'data', 'bootstrap', 'labels',
+                 'macro', 'localization', 'training'}
 
 
 def evaluate_tool(*args):
@@ -335,6 +335,23 @@ def test_subgroup_fields_from_kermany_names():
                               image_height=1, image_width=1, channels=1,
                               splits={}, raw={}, layout='pool')
   assert 'source_folder' not in run.subgroup_fields(info, metadata, positive)
+
+
+def test_label_method_view_and_sex_are_subgroups_unknown_where_blank():
+  info = pipeline.DatasetInfo(data_dir='x', name='x', class_names=('A', 'B'),
+                              image_height=1, image_width=1, channels=1,
+                              splits={}, raw={}, layout='padchest',
+                              label_names=('A', 'B'))
+  metadata = {'filename': np.array(['a.png', 'b.png', 'c.png']),
+              'patient_id': np.array(['1', '2', '3']),
+              'view': np.array(['PA', 'L', '']),
+              'sex': np.array(['', '', '']),
+              'label_method': np.array(['Physician', '', 'RNN_model'])}
+  fields = run.subgroup_fields(info, metadata)
+  assert fields['label_method'].tolist() == ['Physician', 'unknown',
+                                             'RNN_model']
+  assert fields['view'].tolist() == ['PA', 'L', 'unknown']
+  assert 'sex' not in fields  # none stored: no subgroup of all 'unknown'
 
 
 @pytest.mark.slow  # trains a tiny model

@@ -588,6 +588,33 @@ def test_views_keep_only_those_views_and_count_what_they_drop(multilabel):
       f'{len(dropped)}: LL {dropped.count("LL")}, unknown {dropped.count("")})')
 
 
+def test_label_methods_keep_their_records_with_the_method_in_metadata(
+    tmp_path):
+  rows = _rows(11, 3)
+  methods = ['Physician' if i % 3 == 0 else 'RNN_model' for i in range(11)]
+  root = str(tmp_path)
+  expected = write_multilabel_dataset(
+      root, LABEL_NAMES, {'train': rows, 'test': rows}, num_shards=2,
+      label_methods={'train': methods, 'test': methods})
+  builder = pipeline.DatasetBuilder(root)
+  kept = [e for e, method in zip(expected['test'], methods)
+          if method == 'Physician']
+  _, targets, metadata = _read(builder, 'test', label_methods=['Physician'],
+                               label_policy='u_zeros')
+  assert [(m['filename'].decode(), m['label_method'].decode())
+          for m in metadata] == [(e['filename'], 'Physician') for e in kept]
+  np.testing.assert_array_equal(
+      targets, [[POLICY_TARGETS['u_zeros'][c] for c in e['codes']]
+                for e in kept])
+  ds = builder.as_dataset('train', 2, training=True, seed=0,
+                          label_methods=['Physician'])
+  assert len(list(ds)) == builder.steps_per_epoch(
+      'train', 2, label_methods=['Physician']) == len(kept) // 2
+  # Unfiltered, every record says its method.
+  _, _, metadata = _read(builder, 'test')
+  assert [m['label_method'].decode() for m in metadata] == methods
+
+
 def test_a_training_pass_over_filtered_views_has_steps_per_epoch_batches(
     multilabel):
   builder = pipeline.DatasetBuilder(multilabel[0])

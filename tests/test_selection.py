@@ -106,6 +106,69 @@ def test_filter_records_keeps_the_records_of_the_views(dataset):
   assert chosen.filter_records(records, 'train', None) is records
 
 
+# PadChest's MethodLabel per train row, beside its view (TRAIN above).
+METHODS = ['Physician', 'RNN_model', 'RNN_model', 'Physician', 'Physician',
+           'RNN_model', '']
+
+
+@pytest.fixture(scope='module')
+def with_methods(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('methods'))
+  expected = write_multilabel_dataset(
+      root, LABEL_NAMES, {'train': TRAIN, 'val': VAL}, num_shards=2,
+      label_methods={'train': METHODS, 'val': ['RNN_model', 'RNN_model']})
+  return load_info(root), expected
+
+
+def test_label_methods_filter_the_records_and_the_counts(with_methods):
+  info, expected = with_methods
+  chosen, asked = _selection(info)
+  assert chosen.label_methods('train') == {'Physician': 3, 'RNN_model': 3,
+                                           selection.UNKNOWN_VIEW: 1}
+  rows = [e for e, method in zip(expected['train'], METHODS)
+          if method == 'Physician']
+  assert chosen.num_examples('train', label_methods='Physician') == 3
+  # Both filters at once: Physician and PA are rows 0 only ([1, 0], 'PA').
+  assert chosen.num_examples('train', 'PA', ['Physician']) == 1
+  codes = {name: {code: sum(e['codes'][i] == code for e in rows)
+                  for code in schema.LABEL_CODES}
+           for i, name in enumerate(LABEL_NAMES)}
+  assert chosen.label_code_counts('train', None, 'Physician') == codes
+  # u_zeros by hand: 1 -> 1, every other code -> 0.
+  assert chosen.target_counts('train', 'u_zeros', None, None,
+                              'Physician') == {
+      name: {'positive': codes[name][1],
+             'negative': len(rows) - codes[name][1]} for name in LABEL_NAMES}
+  records = tf.data.TFRecordDataset(verify.checked_shard_paths(info, 'train'))
+  spec = {schema.FILENAME: tf.io.FixedLenFeature([], tf.string)}
+  kept = chosen.filter_records(records, 'train', ('PA', 'unknown'),
+                               ('Physician', 'unknown'))
+  names = [tf.io.parse_single_example(r, spec)[schema.FILENAME].numpy()
+           .decode() for r in kept]
+  assert names == [e['filename'] for e, method in zip(expected['train'],
+                                                      METHODS)
+                   if e['view'] in ('PA', '') and method in ('Physician', '')]
+  assert asked == ['train']  # one read of the records for all of these
+  assert chosen.view_filter_line(None, ['train', 'val'], ['Physician']) == (
+      'label methods Physician: kept 3 of 7 train images (dropped 4: '
+      'RNN_model 3, unknown 1); kept 0 of 2 val images (dropped 2: '
+      'RNN_model 2)')
+
+
+def test_label_methods_that_keep_nothing_or_are_not_stored_are_one_line(
+    dataset, with_methods):
+  chosen, _ = _selection(with_methods[0])
+  with pytest.raises(DatasetError) as caught:
+    chosen.num_examples('val', label_methods='Physician')
+  message = str(caught.value)
+  assert '\n' not in message and "split 'val'" in message
+  assert 'its label methods: RNN_model 2' in message
+  assert '--label_methods=METHOD,METHOD' in message
+  plain, _ = _selection(dataset[0])
+  with pytest.raises(DatasetError, match='leave --label_methods empty'):
+    plain.num_examples('train', label_methods='Physician')
+
+
 def test_a_class_dataset_has_one_label_its_positive_class_and_no_views(
     tmp_path):
   """L = 1: PNEUMONIA, counted from xray_info.json's class counts (2

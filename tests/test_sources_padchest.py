@@ -229,9 +229,11 @@ def test_official_split_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_and_predict_through_the_tools(tmp_path):
+def test_train_evaluate_and_predict_through_the_tools(tmp_path):
   """make_synthetic -> make_tfrecords -> train (1 epoch, mini_vgg) ->
-  predict on a PadChest stand-in, through the tools."""
+  evaluate on the physician-labelled test images -> predict on a PadChest
+  stand-in, through the tools. The evaluation's counts are recounted from
+  the test split read with TFDS."""
   from test_end_to_end import run_tool  # pylint: disable=g-import-not-at-top
   tree, data = str(tmp_path / 'tree'), str(tmp_path / 'data')
   made = run_tool('make_synthetic', f'--out_dir={tree}', '--layout=padchest',
@@ -267,3 +269,27 @@ def test_train_and_predict_through_the_tools(tmp_path):
   cells = dict(zip(header.split(','), row.split(',')))
   for name in chosen:
     assert 0 <= float(cells[name]) <= 1, cells
+  physician = [e for e in _records(data)['test']
+               if e[schema.LABEL_METHOD] == b'Physician']
+  names = list(info['label_names'])
+  assert 0 < len(physician) < info['splits']['test']['num_examples']
+  evaluated = run_tool('evaluate', f'--model_dir={model_dir}',
+                       f'--data_dir={data}', '--label_methods=Physician',
+                       '--bootstrap_resamples=20')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  out = os.path.join(model_dir, run_dir.EVALUATION_DIR,
+                     f'{os.path.basename(data)}-test-Physician')
+  with open(os.path.join(out, run_dir.RESULTS_JSON)) as f:
+    results = json.load(f)
+  assert results['label_methods'] == ['Physician']
+  for name in chosen:
+    test = results['labels'][name]['splits']['test']
+    positives = sum(int(e[schema.LABELS][names.index(name)] == 1)
+                    for e in physician)
+    assert (test['n'], test['positives']) == (len(physician), positives)
+  # The run's own evaluation has every test image, cut by label method.
+  own = run.label_results()[chosen[0]]['splits']['test']
+  assert own['n'] == info['splits']['test']['num_examples']
+  assert own['subgroups']['label_method']['Physician']['n'] == len(physician)
+  assert 'label methods Physician: kept' in ' '.join(
+      results['data']['label_mapping']['notes'])

@@ -26,6 +26,7 @@ counting what it drops (the selection and the counts:
 """
 
 import dataclasses
+import functools
 import numbers
 from typing import Any, Optional, Union
 
@@ -111,6 +112,15 @@ class ReadConfig:
   auto_shard_policy: Any = None
 
 
+def _selection_method(name):
+  """DatasetBuilder's method `name`: Selection's, with its signature and
+  docstring."""
+  @functools.wraps(getattr(selection_lib.Selection, name))
+  def method(self, *args, **kwargs):
+    return getattr(self._selection, name)(*args, **kwargs)
+  return method
+
+
 class DatasetBuilder:
   """Reads a dataset converted by `tools/make_tfrecords`.
 
@@ -183,7 +193,8 @@ class DatasetBuilder:
                  image_size=None, resize=False, seed=None, repeat=False,
                  with_metadata=False, read_config=None,
                  label_policy=checks.DEFAULT_LABEL_POLICY, labels=None,
-                 views=None, with_mask=False, **read_options):
+                 views=None, label_methods=None, with_mask=False,
+                 **read_options):
     """Builds the tf.data pipeline for one split.
 
     Args:
@@ -203,7 +214,7 @@ class DatasetBuilder:
       with_metadata: yield a third element, a dict with the file name and
         patient id (evaluation and error analysis); for a multi-label
         dataset also 'view', 'sex', 'age_years' and 'study_id' (what its
-        records store).
+        records store), and 'label_method' where stored (PadChest).
       with_mask: with with_metadata, also 'mask', the record's stored mask
         (a dataset with masks, SIIM: `schema.MASK`), uint8 [H, W], a
         pixel's share in the regions times 255 (inside at
@@ -219,6 +230,9 @@ class DatasetBuilder:
         source spells them; `UNKNOWN_VIEW` for images without one); None
         keeps every image. `num_examples` and
         `view_filter_line` count what they keep.
+      label_methods: of a dataset that stores how each image's labels were
+        made (PadChest: 'Physician', 'RNN_model'), the methods to keep, as
+        views; None keeps every image.
       **read_options: any `ReadConfig` field by name (`cache=False`,
         `data_service=...`); overrides the same field of `read_config`.
 
@@ -236,7 +250,8 @@ class DatasetBuilder:
         (sizes, class names) that disagrees with the shards, a missing
         or truncated shard; an unknown label policy or label name, views
         asked of a class dataset (its records store none), or views that
-        keep no image of the split; with_mask without with_metadata, or of
+        keep no image of the split; label methods of a dataset that stores
+        none, or that keep no image; with_mask without with_metadata, or of
         a dataset without masks.
       TypeError: a keyword that is not a `ReadConfig` field.
     """
@@ -248,6 +263,7 @@ class DatasetBuilder:
       raise DatasetError(f'channels must be 1 or 3, got {config.channels}')
     targets = self._selection.targets(label_policy, labels)
     views = self._selection.check_views(views)
+    label_methods = self._selection.check_label_methods(label_methods)
     paths = self.shard_paths(split)
     verify_lib.check_first_record(self.info, split, paths,
                                   self.stored_class_names)
@@ -260,7 +276,7 @@ class DatasetBuilder:
     files = self._read_files(split, paths, training, seed, config)
     ds = self._read_records(files, len(paths), training)
     # Before the decode: a dropped image is never decoded.
-    ds = self._selection.filter_records(ds, split, views)
+    ds = self._selection.filter_records(ds, split, views, label_methods)
     # Always with the metadata, dropped after the cache when not asked for:
     # training and the evaluation (which asks for it) then share one cache
     # of each split instead of decoding and writing it twice. The mask
@@ -268,12 +284,14 @@ class DatasetBuilder:
     ds = self._decode(ds, size, channels, resize, True, training, targets,
                       with_mask)
     ds = self._maybe_apply_data_service(ds, config)
-    ds = self._maybe_assert_cardinality(ds, split, config, views)
+    ds = self._maybe_assert_cardinality(ds, split, config, views,
+                                        label_methods)
 
     num_examples = self.info.num_examples(split)
     example_bytes = size[0] * size[1] * channels
     key = _split_cache_key(self.info, self._positive_id, ds, split, size,
-                           channels, resize, targets, views, config)
+                           channels, resize, targets,
+                           (views, label_methods), config)
     choice = _choose_cache(config, num_examples * example_bytes, key)
     cache_lib.say(choice, split, self.data_dir)
     # After decode: later epochs skip both file reads and PNG decoding.
@@ -301,44 +319,26 @@ class DatasetBuilder:
     ds = ds.prefetch(AUTOTUNE)
     return ds.with_options(_options(training, len(paths), config))
 
-  def steps_per_epoch(self, split, batch_size, training=True, views=None):
+  def steps_per_epoch(self, split, batch_size, training=True, views=None,
+                      label_methods=None):
     """Batches in one pass over the split (the last partial batch is dropped
-    when training), of the images `views` keeps (None: all).
+    when training), of the images `views` and `label_methods` keep (None:
+    all).
 
     Raises:
       DatasetError: an unknown split, batch_size not an integer of at
         least 1, or views as `num_examples`.
     """
     batch_size = _check_batch_size(batch_size)
-    n = self.num_examples(split, views)
+    n = self.num_examples(split, views, label_methods)
     return n // batch_size if training else -(-n // batch_size)
 
-  # Label names of every dataset, views of multi-label ones: see
-  # `xray_tfdata.selection`.
-
-  def label_names(self, labels=None):
-    """See `selection.Selection.label_names`."""
-    return self._selection.label_names(labels)
-
-  def views(self, split):
-    """See `selection.Selection.views`."""
-    return self._selection.views(split)
-
-  def num_examples(self, split, views=None):
-    """See `selection.Selection.num_examples`."""
-    return self._selection.num_examples(split, views)
-
-  def label_code_counts(self, split, views=None):
-    """See `selection.Selection.label_code_counts`."""
-    return self._selection.label_code_counts(split, views)
-
-  def target_counts(self, split, label_policy, labels=None, views=None):
-    """See `selection.Selection.target_counts`."""
-    return self._selection.target_counts(split, label_policy, labels, views)
-
-  def view_filter_line(self, views, splits):
-    """See `selection.Selection.view_filter_line`."""
-    return self._selection.view_filter_line(views, splits)
+  # Label names of every dataset, views and label methods of multi-label
+  # ones: `xray_tfdata.selection.Selection`'s methods (docs, arguments).
+  (label_names, views, label_methods, num_examples, label_code_counts,
+   target_counts, view_filter_line) = map(_selection_method, (
+       'label_names', 'views', 'label_methods', 'num_examples',
+       'label_code_counts', 'target_counts', 'view_filter_line'))
 
   # The stages of as_dataset, in pipeline order.
 
@@ -379,7 +379,9 @@ class DatasetBuilder:
                            resize and size != self.info.image_size,
                            with_metadata, self._positive_id,
                            len(self.info.label_names), targets,
-                           mask=with_mask)
+                           mask=with_mask, label_method=(
+                               schema.LABEL_METHOD in
+                               self.info.extra_features))
     return records.map(decode, num_parallel_calls=AUTOTUNE,
                        deterministic=not training)
 
@@ -393,7 +395,8 @@ class DatasetBuilder:
     return data_service_lib.distribute(ds, config.data_service,
                                        config.data_service_job)
 
-  def _maybe_assert_cardinality(self, ds, split, config, views=None):
+  def _maybe_assert_cardinality(self, ds, split, config, views=None,
+                                label_methods=None):
     """Tells tf.data (and Keras) the split's size, where this pipeline reads
     all of it."""
     context = config.input_context
@@ -407,7 +410,7 @@ class DatasetBuilder:
     # out of data' warning after validation), and a shard that lost records
     # fails loudly instead of silently (see find_damaged_shard).
     return ds.apply(tf.data.experimental.assert_cardinality(
-        self.num_examples(split, views)))
+        self.num_examples(split, views, label_methods)))
 
 
 def _resolve_read_config(read_config, read_options):
@@ -514,17 +517,26 @@ def _to_rgb(images, *rest):
 
 
 def _split_cache_key(info, positive_id, ds, split, size, channels, resize,
-                     targets, views, config):
+                     targets, kept, config):
   """The cache key of one split's decoded elements (`cache.cache_key`)."""
   return cache_lib.cache_key(
       info.fingerprint(), split,
       dict(size=list(size), channels=channels, resize=bool(resize),
            with_metadata=True, positive_id=positive_id,
-           # The targets are made in the decode and the view filter runs
-           # before it: the cache holds both.
+           # The targets are made in the decode and the view and label
+           # method filters run before it: the cache holds all three.
            targets=_targets_key(targets),
-           views=list(views) if views else None),
+           **_filter_key(*kept)),
       _input_shard(config), ds.element_spec)
+
+
+def _filter_key(views, label_methods):
+  """The cache key's part for the record filters; a key without label
+  methods is that of before they existed, so older caches still match."""
+  key = dict(views=list(views) if views else None)
+  if label_methods:
+    key['label_methods'] = list(label_methods)
+  return key
 
 
 def _check_with_mask(builder, with_metadata, with_mask):
@@ -560,7 +572,8 @@ def _reader_codes(record, num_labels, reader_policy):
 
 
 def _make_decoder(format_version, channels, size, resize, with_metadata,
-                  positive_id=None, num_labels=0, targets=None, mask=False):
+                  positive_id=None, num_labels=0, targets=None, mask=False,
+                  label_method=False):
   """The record -> (image, targets float32 [L][, metadata]) function.
 
   A multi-label dataset's (num_labels > 0) targets come from its raw codes
@@ -568,7 +581,8 @@ def _make_decoder(format_version, channels, size, resize, with_metadata,
   class dataset's one target is its class id (with positive_id: 1 for
   that stored class id and 0 for the other), as [1]. With mask (and
   with_metadata) the metadata also holds the stored mask, uint8 [H, W],
-  resized as the image is."""
+  resized as the image is; with label_method (a dataset that stores it,
+  PadChest) the image's 'label_method'."""
   mask = mask and bool(with_metadata)  # parsed only where it is returned
 
   def decode(record):
@@ -608,6 +622,10 @@ def _make_decoder(format_version, channels, size, resize, with_metadata,
                         sex=features[schema.SEX],
                         age_years=features[schema.AGE_YEARS],
                         study_id=features[schema.STUDY_ID])
+      if label_method:
+        metadata['label_method'] = tf.io.parse_single_example(
+            record, {schema.LABEL_METHOD: tf.io.FixedLenFeature(
+                [], tf.string, default_value='')})[schema.LABEL_METHOD]
       if mask:
         region = tf.io.decode_png(features[schema.MASK], channels=1)
         if resize:

@@ -1,4 +1,4 @@
-"""The labels and views a reader selects of a dataset.
+"""The labels, views and label methods a reader selects of a dataset.
 
 Every dataset is read as targets [B, L] with label names
 (`DatasetInfo.target_names`): a multi-label dataset's labels, or a class
@@ -8,7 +8,10 @@ lists 'label_names') stores a raw code per label and each image's view.
 dataset, gives the decoder its targets (a policy table from
 `xray_tfdata.labels` and the indices of the labels read), and counts each
 split's views from one read of its records: xray_info.json counts codes, not
-views. `DatasetBuilder`'s label_names, views, num_examples,
+views. A dataset that stores how each image's labels were made (PadChest's
+MethodLabel, `schema.LABEL_METHOD`) can be cut to some label methods the
+same way, e.g. a test split of the physician-labelled images.
+`DatasetBuilder`'s label_names, views, label_methods, num_examples,
 label_code_counts, target_counts and view_filter_line are these.
 """
 
@@ -47,9 +50,11 @@ class Selection:
     self.info = info
     self._shard_paths = shard_paths
     # split -> (views, codes) of its records, read once (see _view_table),
-    # and, where stored, (marks, readers) in the same order.
+    # and, where stored, (marks, readers) and label methods in the same
+    # order.
     self._view_tables = {}
     self._reader_tables = {}
+    self._method_tables = {}
     if reader_policy is not None and (
         reader_policy not in checks.READER_POLICIES):
       raise DatasetError(
@@ -109,11 +114,12 @@ class Selection:
                                   self.info.layout,
                                   self.reader_policy), indices
 
-  def target_counts(self, split, label_policy, labels=None, views=None):
+  def target_counts(self, split, label_policy, labels=None, views=None,
+                    label_methods=None):
     """{label: {'positive': n, 'negative': n}}: the known targets the
-    reader makes of the split (of the images `views` keeps) under the
-    policy, for the labels asked; what class weights and the small-label
-    warnings count.
+    reader makes of the split (of the images `views` and `label_methods`
+    keep) under the policy, for the labels asked; what class weights and
+    the small-label warnings count.
 
     Raises:
       DatasetError: as `targets` and `num_examples`.
@@ -121,6 +127,7 @@ class Selection:
     if not self.info.is_multilabel:
       # A class id per record: the class counts of xray_info.json.
       self.check_views(views)  # views asked of it: one line
+      self.check_label_methods(label_methods)
       (name,) = self.label_names(labels)
       negative, positive = self.info.class_counts(split)
       return {name: {'positive': positive, 'negative': negative}}
@@ -129,7 +136,7 @@ class Selection:
     if rule.no_finding is None and rule.reader_policy is None:
       # Each target follows its own code: xray_info.json's code counts
       # suffice, without reading the records (unless views filter them).
-      counts = self.label_code_counts(split, views)
+      counts = self.label_code_counts(split, views, label_methods)
       return {name: {
           kind: sum(n for code, n in counts[name].items()
                     if rule.table[code - labels_lib.OFFSET] == target)
@@ -138,11 +145,13 @@ class Selection:
     # A target depends on the image's No Finding code or its readers' marks
     # too: count from the records (read once, kept for the view filter).
     views = self.check_views(views)
+    label_methods = self.check_label_methods(label_methods)
     _, codes = self._view_table(split)
     marked_by, num_readers = self._reader_tables.get(split, (None, None))
-    if views is not None:
-      self.num_examples(split, views)  # none kept: one line
-      kept = self._kept(split, views)
+    if views is not None or label_methods is not None:
+      # none kept: one line
+      self.num_examples(split, views, label_methods)
+      kept = self._kept(split, views, label_methods)
       codes = codes[kept]
       if marked_by is not None:
         marked_by, num_readers = marked_by[kept], num_readers[kept]
@@ -175,82 +184,154 @@ class Selection:
     return {str(name) or UNKNOWN_VIEW: int(count)
             for name, count in zip(names, counts)}
 
-  def num_examples(self, split, views=None):
-    """The split's images, of those `views` keeps (None: all, from
-    xray_info.json without reading).
+  def check_label_methods(self, label_methods):
+    """label_methods as a tuple of str, or None (keep all), as
+    `check_views`.
 
     Raises:
-      DatasetError: an unknown split, views of a class dataset, or
-        views that keep none of the split's images.
+      DatasetError: label methods of a dataset whose records store none.
+    """
+    if label_methods is None or (not isinstance(label_methods, str) and
+                                 not len(label_methods)):
+      return None
+    if isinstance(label_methods, str):
+      label_methods = (label_methods,)
+    label_methods = tuple(label_methods)
+    if schema.LABEL_METHOD not in self.info.extra_features:
+      raise DatasetError(
+          f'label methods {",".join(label_methods)} were asked of '
+          f'{self.info.data_dir}, whose records do not store how their '
+          'labels were made (a PadChest conversion does): leave '
+          '--label_methods empty')
+    return label_methods
+
+  def label_methods(self, split):
+    """{label method: images} of a split whose records store one (PadChest's
+    'Physician', 'RNN_model'), from the same read as `views`."""
+    self._view_table(split)
+    names, counts = np.unique(self._method_tables[split], return_counts=True)
+    return {str(name) or UNKNOWN_VIEW: int(count)
+            for name, count in zip(names, counts)}
+
+  def num_examples(self, split, views=None, label_methods=None):
+    """The split's images, of those `views` and `label_methods` keep (None:
+    all, from xray_info.json without reading).
+
+    Raises:
+      DatasetError: an unknown split, views of a class dataset, label
+        methods of a dataset that stores none, or a filter that keeps none
+        of the split's images.
     """
     views = self.check_views(views)
-    if views is None:
+    label_methods = self.check_label_methods(label_methods)
+    if views is None and label_methods is None:
       return self.info.num_examples(split)
-    kept = int(self._kept(split, views).sum())
+    kept = int(self._kept(split, views, label_methods).sum())
     if not kept:
-      found = ', '.join(f'{view} {n:,}' for view, n in
-                        _by_count(self.views(split)))
+      asked = []
+      if views is not None:
+        asked.append(('views', views, self.views(split), '--views=VIEW,VIEW'))
+      if label_methods is not None:
+        asked.append(('label methods', label_methods,
+                      self.label_methods(split),
+                      '--label_methods=METHOD,METHOD'))
+      found = '; '.join(
+          f'its {kind}: ' + ', '.join(f'{name} {n:,}'
+                                      for name, n in _by_count(counts))
+          for kind, _, counts, _ in asked)
       raise DatasetError(
-          f'views {",".join(views)} keep no image of split {split!r} of '
-          f'{self.info.data_dir} (its views: {found}): pick from those with '
-          '--views=VIEW,VIEW')
+          ' and '.join(f'{kind} {",".join(names)}'
+                       for kind, names, _, _ in asked) +
+          f' keep no image of split {split!r} of {self.info.data_dir} '
+          f'({found}): pick from those with ' +
+          ' and '.join(flag for *_, flag in asked))
     return kept
 
-  def label_code_counts(self, split, views=None):
+  def label_code_counts(self, split, views=None, label_methods=None):
     """{label: {code: n}} of the split's raw codes, every label of the
-    dataset, of the images `views` keeps (None: all, from xray_info.json).
+    dataset, of the images `views` and `label_methods` keep (None: all,
+    from xray_info.json).
 
     Raises:
       DatasetError: as `num_examples`.
     """
     views = self.check_views(views)
-    if views is None:
+    label_methods = self.check_label_methods(label_methods)
+    if views is None and label_methods is None:
       return self.info.label_code_counts(split)
-    self.num_examples(split, views)  # none kept: one line
+    self.num_examples(split, views, label_methods)  # none kept: one line
     _, codes = self._view_table(split)
-    kept = codes[self._kept(split, views)]
+    kept = codes[self._kept(split, views, label_methods)]
     return {name: {code: int((kept[:, index] == code).sum())
                    for code in schema.LABEL_CODES}
             for index, name in enumerate(self.info.label_names)}
 
-  def view_filter_line(self, views, splits):
-    """One line saying what `views` keeps and drops of each split, e.g.
-    'views PA,AP: kept 812 of 1,000 train images (dropped 188: LL 150,
-    unknown 38); kept 90 of 100 val images (dropped 10: LL 10)'."""
+  def view_filter_line(self, views, splits, label_methods=None):
+    """One line saying what `views` (and `label_methods`) keep and drop of
+    each split, e.g. 'views PA,AP: kept 812 of 1,000 train images (dropped
+    188: LL 150, unknown 38); kept 90 of 100 val images (dropped 10: LL
+    10)'; the label methods' line follows in the same form."""
     views = self.check_views(views)
-    parts = []
-    for split in splits:
-      found = self.views(split)
-      total = sum(found.values())
-      dropped = [(view, n) for view, n in _by_count(found)
-                 if view not in views]
-      lost = sum(n for _, n in dropped)
-      detail = (': ' + ', '.join(f'{view} {n:,}' for view, n in dropped)
-                if dropped else '')
-      parts.append(f'kept {total - lost:,} of {total:,} {split} images '
-                   f'(dropped {lost:,}{detail})')
-    return f'views {",".join(views)}: ' + '; '.join(parts)
+    label_methods = self.check_label_methods(label_methods)
+    lines = []
+    for kind, names, count in (('views', views, self.views),
+                               ('label methods', label_methods,
+                                self.label_methods)):
+      if names is None:
+        continue
+      parts = []
+      for split in splits:
+        found = count(split)
+        total = sum(found.values())
+        dropped = [(name, n) for name, n in _by_count(found)
+                   if name not in names]
+        lost = sum(n for _, n in dropped)
+        detail = (': ' + ', '.join(f'{name} {n:,}' for name, n in dropped)
+                  if dropped else '')
+        parts.append(f'kept {total - lost:,} of {total:,} {split} images '
+                     f'(dropped {lost:,}{detail})')
+      lines.append(f'{kind} {",".join(names)}: ' + '; '.join(parts))
+    return '; '.join(lines)
 
-  def filter_records(self, records, split, views):
-    """The serialized records of `views` (checked), all if views is None.
+  def filter_records(self, records, split, views, label_methods=None):
+    """The serialized records of `views` and `label_methods` (checked);
+    all if both are None.
 
     Raises:
       DatasetError: as `num_examples`.
     """
-    if views is None:
+    views = self.check_views(views)
+    label_methods = self.check_label_methods(label_methods)
+    if views is None and label_methods is None:
       return records
-    self.num_examples(split, views)  # none kept: one line, not an empty run
-    spec = {schema.VIEW: tf.io.FixedLenFeature([], tf.string,
-                                               default_value='')}
-    wanted = tf.constant(stored_views(views))
-    # Parsing the view alone copies no image bytes.
-    return records.filter(lambda record: tf.reduce_any(tf.equal(
-        tf.io.parse_single_example(record, spec)[schema.VIEW], wanted)))
+    # none kept: one line, not an empty run
+    self.num_examples(split, views, label_methods)
+    wanted = {}
+    if views is not None:
+      wanted[schema.VIEW] = tf.constant(stored_views(views))
+    if label_methods is not None:
+      wanted[schema.LABEL_METHOD] = tf.constant(stored_views(label_methods))
+    spec = {key: tf.io.FixedLenFeature([], tf.string, default_value='')
+            for key in wanted}
 
-  def _kept(self, split, views):
-    """Booleans [N]: which of the split's records `views` keeps."""
+    def keep(record):
+      # Parsing these strings alone copies no image bytes.
+      stored = tf.io.parse_single_example(record, spec)
+      return tf.reduce_all([tf.reduce_any(tf.equal(stored[key], values))
+                            for key, values in wanted.items()])
+    return records.filter(keep)
+
+  def _kept(self, split, views, label_methods=None):
+    """Booleans [N]: which of the split's records `views` and
+    `label_methods` keep (None: any)."""
     stored, _ = self._view_table(split)
-    return np.isin(stored, np.array(stored_views(views), dtype=object))
+    kept = np.ones(len(stored), bool)
+    if views is not None:
+      kept &= np.isin(stored, np.array(stored_views(views), dtype=object))
+    if label_methods is not None:
+      kept &= np.isin(self._method_tables[split],
+                      np.array(stored_views(label_methods), dtype=object))
+    return kept
 
   def _view_table(self, split):
     """(views str [N], raw codes int64 [N, L]) of a multi-label split's
@@ -266,9 +347,13 @@ class Selection:
       readers = schema.NUM_READERS in self.info.extra_features
       if readers:  # in the same pass: the shards' order varies by read
         spec.update(schema.reader_spec(len(self.info.label_names)))
+      methods = schema.LABEL_METHOD in self.info.extra_features
+      if methods:
+        spec[schema.LABEL_METHOD] = tf.io.FixedLenFeature([], tf.string,
+                                                          default_value='')
       records = tf.data.TFRecordDataset(self._shard_paths(split),
                                         num_parallel_reads=tf.data.AUTOTUNE)
-      views, codes, marks = [], [], []
+      views, codes, marks, label_methods = [], [], [], []
       # Counts only, so any order: shards read in parallel.
       for batch in records.batch(1024).map(
           lambda r: tf.io.parse_example(r, spec),
@@ -277,9 +362,10 @@ class Selection:
         codes.append(batch[schema.LABELS])
         if readers:
           marks.append((batch[schema.MARKED_BY], batch[schema.NUM_READERS]))
-      views = (np.concatenate(views) if views else np.array([], object))
+        if methods:
+          label_methods.append(batch[schema.LABEL_METHOD])
       self._view_tables[split] = (
-          np.array([v.decode('utf-8', 'replace') for v in views], object),
+          _strings(views),
           np.concatenate(codes) if codes else np.zeros(
               (0, len(self.info.label_names)), np.int64))
       if readers:
@@ -288,6 +374,8 @@ class Selection:
                 (0, len(self.info.label_names)), np.int64),
             np.concatenate([n for _, n in marks]) if marks else np.zeros(
                 0, np.int64))
+      if methods:
+        self._method_tables[split] = _strings(label_methods)
     return self._view_tables[split]
 
 
@@ -295,6 +383,12 @@ def stored_views(views):
   """The stored spellings of views (records' schema.VIEW): `UNKNOWN_VIEW`
   is stored as ''."""
   return tuple(views) + (('',) if UNKNOWN_VIEW in views else ())
+
+
+def _strings(batches):
+  """Batches of utf-8 bytes as one str array (object)."""
+  values = np.concatenate(batches) if batches else np.array([], object)
+  return np.array([v.decode('utf-8', 'replace') for v in values], object)
 
 
 def _by_count(counts):

@@ -3,6 +3,8 @@
   tools/evaluate --model_dir=runs/demo/model --data_dir=runs/demo/data
   tools/evaluate --model_dir=runs/kermany --data_dir=data/rsna_224 --split=test
   tools/evaluate --model_dir=runs/nih --data_dir=data/chexpert_224 --views=PA,AP
+  tools/evaluate --model_dir=runs/padchest --data_dir=data/padchest_224 \
+      --label_methods=Physician
   tools/evaluate --model_dir=runs/nih,runs/chexpert,runs/all \
       --data_dir=data/nih,data/chexpert --out_dir=runs/transfer
 
@@ -38,6 +40,7 @@ _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where the results go; default m
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap_resamples', None, 'Patient-level bootstrap resamples; default: the run\'s setting.', lower_bound=1)
 _LABEL_POLICY = flags.DEFINE_enum('label_policy', None, checks.LABEL_POLICIES, 'For a dataset of labels (NIH, CheXpert): how its uncertain and unmentioned codes are read (see xray_tfdata.labels); default: the run\'s.')
 _VIEWS = flags.DEFINE_list('views', [], 'For a dataset of labels: score only the images of these views, as the source spells them (PA,AP for a frontal-only test; \'unknown\' for images without one), as tools/train\'s --views; default: every image.')
+_LABEL_METHODS = flags.DEFINE_list('label_methods', [], 'For a dataset that stores how each image\'s labels were made (PadChest\'s MethodLabel): score only the images of these methods (Physician: the physician-labelled test images; RNN_model); default: every image.')
 _LOCALIZATION = flags.DEFINE_bool('localization', None, 'The pointing game of the Grad-CAM heatmaps on the positives with boxes (RSNA; NIH and VinDr-CXR per label, on its own boxes) or masks (SIIM). Default: where the dataset stores them; --localization on a dataset without is an error; --nolocalization never.')
 
 
@@ -58,12 +61,13 @@ def main(argv):
     return
   with runtime.tool_errors():
     out_dir = _OUT_DIR.value or evaluation_run.default_out_dir(
-        _MODEL_DIR.value, _DATA_DIR.value, _SPLIT.value, _VIEWS.value)
+        _MODEL_DIR.value, _DATA_DIR.value, _SPLIT.value, _VIEWS.value,
+        _LABEL_METHODS.value)
     results = evaluation_run.evaluate_run(
         _MODEL_DIR.value, _DATA_DIR.value, split=_SPLIT.value,
         out_dir=out_dir, num_resamples=_BOOTSTRAP.value,
         label_policy=_LABEL_POLICY.value, localization=_LOCALIZATION.value,
-        views=_VIEWS.value)
+        views=_VIEWS.value, label_methods=_LABEL_METHODS.value)
   print(markdown.summary(results, os.path.join(out_dir, run_dir.RESULTS_MD)))
 
 
@@ -76,10 +80,10 @@ def _transfer(model_dirs, data_dirs):
     raise matching.MatchingError(
         'several --model_dir or --data_dir make a transfer table: pass '
         '--out_dir=DIR for transfer.md, transfer.json and transfer.png')
-  if _VIEWS.value or _LOCALIZATION.value:
+  if _VIEWS.value or _LABEL_METHODS.value or _LOCALIZATION.value:
     raise matching.MatchingError(
-        '--views and --localization are for one run on one dataset: drop '
-        'them for the transfer table')
+        '--views, --label_methods and --localization are for one run on one '
+        'dataset: drop them for the transfer table')
   for model_dir in model_dirs:  # a missing run fails before any pair runs
     from xray_tfdata import run_dir  # pylint: disable=g-import-not-at-top
     run_dir.read(model_dir)

@@ -117,9 +117,10 @@ def predict_split(net, builder, split, batch_size, **options):
   return targets, probs.reshape(len(probs), -1), metadata
 
 
-def stored_extras(builder, split, views=None):
+def stored_extras(builder, split, filtered=False):
   """RSNA's detailed class and boxes, SIIM's masks, of each record, in disk
-  order; {} for a dataset that stores none.
+  order; {} for a dataset that stores none, and where a filter (views,
+  label methods) drops records: these rows would not be the reader's.
 
   Returns:
     {'detailed_class': str array, 'boxes': [float32 [k, 4] (x, y, width,
@@ -128,13 +129,13 @@ def stored_extras(builder, split, views=None):
     [N, H, W] at the stored size (SIIM's)}, each where stored.
   """
   extra = [k for k in _EXTRA_KEYS if k in builder.info.extra_features]
-  if views is None and localization_lib.has_masks(builder.info):
+  if not filtered and localization_lib.has_masks(builder.info):
     # Through the reader, which decodes them (pipeline's with_mask).
     return {'masks': np.concatenate([
         metadata['mask'] for _, _, metadata in builder.as_dataset(
             split, 256, with_metadata=True, with_mask=True,
             cache=False).as_numpy_iterator()])}
-  if not extra or views is not None:
+  if not extra or filtered:
     return {}
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   spec = {}
@@ -204,7 +205,7 @@ def subgroup_fields(info, metadata, positive=None):
         for s, is_positive in zip(subtypes, positive)])
   if info.layout == 'split':
     fields['source_folder'] = np.array([n.split('/', 1)[0] for n in names])
-  for field in ('view', 'sex'):
+  for field in ('view', 'sex', 'label_method'):
     if field in metadata and (metadata[field] != '').any():
       fields[field] = np.where(metadata[field] == '', 'unknown',
                                metadata[field])
@@ -254,15 +255,16 @@ def evaluate(predictions, metadata, label_names, info, *, scored=None,
 
 def results_document(evaluated, *, label_names, label_policy, views, config,
                      data_dir, model_data, label_mapping, num_resamples, seed,
-                     level=0.95, localization=None, training=None):
+                     level=0.95, localization=None, training=None,
+                     label_methods=None):
   """results.json, RESULTS_FORMAT 2: the same keys for every run (README,
   "results.json"); None where a part does not apply.
 
   Args:
     evaluated: `evaluate`'s {'labels', 'macro'}.
     label_names: the model's outputs in order.
-    label_policy, views: how the targets were read (None for a dataset of
-      classes, and for every view).
+    label_policy, views, label_methods: how the targets were read (None for
+      a dataset of classes, and for every view or label method).
     config: the run's settings.
     data_dir: the dataset evaluated; model_data: the one trained on.
     label_mapping: `matching.match_labels`' dict.
@@ -276,6 +278,7 @@ def results_document(evaluated, *, label_names, label_policy, views, config,
       'label_names': list(label_names),
       'label_policy': label_policy,
       'views': list(views) if views else None,
+      'label_methods': list(label_methods) if label_methods else None,
       'config': dict(config),
       'data': {'data_dir': data_dir, 'model_data': model_data,
                'label_mapping': label_mapping},
@@ -322,7 +325,8 @@ def evaluate_model(net, builder, *, label_names, batch_size, config,
     targets, probs, columns = predict_split(net, builder, split, batch_size,
                                             **options)
     predictions[split] = (targets, probs)
-    metadata[split] = {**columns, **stored_extras(builder, split, views)}
+    metadata[split] = {**columns, **stored_extras(builder, split,
+                                                  views is not None)}
   evaluated = evaluate(predictions, metadata, label_names, builder.info,
                        num_resamples=num_resamples, seed=seed,
                        checkpoint_dir=checkpoint_dir,
@@ -433,11 +437,13 @@ def write_report(out_dir, results, predictions, history_csv=None):
 # tools/evaluate: a finished run on any converted dataset.
 
 
-def default_out_dir(model_dir, data_dir, split, views=None):
-  """model_dir/evaluation/<data_dir folder>-<split>[-<views>]: an
-  evaluation of some views does not replace that of all."""
+def default_out_dir(model_dir, data_dir, split, views=None,
+                    label_methods=None):
+  """model_dir/evaluation/<data_dir folder>-<split>[-<views>][-<label
+  methods>]: an evaluation of some images does not replace that of all."""
   name = os.path.basename(os.path.normpath(data_dir))
-  suffix = '-' + '_'.join(views) if views else ''
+  suffix = ''.join('-' + '_'.join(kept) for kept in (views, label_methods)
+                   if kept)
   return os.path.join(model_dir, run_dir.EVALUATION_DIR,
                       f'{name}-{split}{suffix}')
 
@@ -526,7 +532,7 @@ def _model_targets(y, builder, names, mapping, data_names):
 
 def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
                  num_resamples=None, batch_size=None, label_policy=None,
-                 localization=None, views=None):
+                 localization=None, views=None, label_methods=None):
   """Evaluates a finished run on a split of any converted dataset.
 
   Args:
@@ -547,6 +553,9 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
       boxes (RSNA) or masks (SIIM), False never.
     views: a multi-label dataset's views to score (as `as_dataset`); None:
       every image. The thresholds come from the run.
+    label_methods: of a dataset that stores them (PadChest), the label
+      methods to score ('Physician': the test images labelled by
+      physicians), as `as_dataset`; None: every image.
 
   Returns:
     The results dict written to out_dir/results.json (`results_document`).
@@ -557,8 +566,9 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
     localization.LocalizationError: localization asked of a dataset
       without boxes.
     pipeline.DatasetError: data_dir is not a converted dataset, or has no
-      such split; views of a dataset of classes, or views that keep no
-      image of a split scored; no thresholds in the run and no val split.
+      such split; views of a dataset of classes, label methods of a
+      dataset that stores none, or a filter that keeps no image of a split
+      scored; no thresholds in the run and no val split.
   """
   from xray_tfdata import pipeline  # pylint: disable=g-import-not-at-top
   run = run_dir.read(model_dir)
@@ -571,8 +581,10 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
   info = builder.info
   info.split(split)  # a missing split fails before the model loads
   views = tuple(views) if views else None
-  if views is not None:
-    builder.num_examples(split, views)  # fails before the model loads
+  label_methods = tuple(label_methods) if label_methods else None
+  filtered = views is not None or label_methods is not None
+  if filtered:  # fails before the model loads
+    builder.num_examples(split, views, label_methods)
   policy = None
   if info.is_multilabel:
     policy = (label_policy or run.label_policy or
@@ -594,9 +606,9 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
           f'{model_dir} records no operating points (trained before issue '
           f'21) and {data_dir} has no val split to choose them on')
     splits = ['val'] + [s for s in splits if s != 'val']
-  if views is not None:
+  if filtered:
     for s in splits:
-      builder.num_examples(s, views)  # none kept: one line
+      builder.num_examples(s, views, label_methods)  # none kept: one line
   image_size = int(settings.get('image_size', info.image_height))
   net = _load_model(run_dir.path(model_dir, run_dir.MODEL_FILE))
   batch_size = batch_size or settings.get('batch_size', 32)
@@ -607,7 +619,8 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
                  resize=info.image_size != (image_size, image_size))
   data_names = list(dict.fromkeys(mapping['matched'].values()))
   if info.is_multilabel:
-    options.update(labels=data_names, label_policy=policy, views=views)
+    options.update(labels=data_names, label_policy=policy, views=views,
+                   label_methods=label_methods)
   predictions, metadata = {}, {}
   for s in splits:
     y, probs, columns = predict_split(net, builder, s, batch_size, **options)
@@ -618,7 +631,7 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
           'its model')
     predictions[s] = (_model_targets(y, builder, names, mapping, data_names),
                       probs)
-    metadata[s] = {**columns, **stored_extras(builder, s, views)}
+    metadata[s] = {**columns, **stored_extras(builder, s, filtered)}
   temperatures = {k: v for k, v in run.temperatures().items()
                   if v is not None}
   evaluated = evaluate(predictions, metadata, names, info,
@@ -630,8 +643,9 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
     for result in evaluated['labels'].values():
       for entry in result['thresholds'].values():
         entry['chosen_on'] = f'val of {model_data}'
-  if views is not None:
-    mapping['notes'].append(builder.view_filter_line(views, splits))
+  if filtered:
+    mapping['notes'].append(builder.view_filter_line(views, splits,
+                                                     label_methods))
   if info.image_size != (image_size, image_size):
     mapping['notes'].append(
         f'images resized from {info.image_height}x{info.image_width} to the '
@@ -662,9 +676,11 @@ def evaluate_run(model_dir, data_dir, split='test', out_dir=None,
                           'masks (SIIM): no pointing game'}
   results = results_document(
       evaluated, label_names=names, label_policy=policy, views=views,
+      label_methods=label_methods,
       config=settings, data_dir=data_dir, model_data=model_data,
       label_mapping=mapping, num_resamples=num_resamples, seed=seed,
       localization=found)
-  write_report(out_dir or default_out_dir(model_dir, data_dir, split, views),
+  write_report(out_dir or default_out_dir(model_dir, data_dir, split, views,
+                                          label_methods),
                results, predictions)
   return results
