@@ -1,6 +1,7 @@
 """sources.nlm_tb: the Shenzhen and Montgomery sets, checked against the
 synthetic stand-in's recount and the file names read here."""
 
+import json
 import os
 import re
 
@@ -105,3 +106,51 @@ def test_official_split_is_refused(tmp_path):
                                   size_scale=0.01, num_workers=1)
   with pytest.raises(sources.SourceError, match='no official split'):
     sources.plan(src, sources.options(src, split='official'))
+
+
+@pytest.mark.slow  # trains
+def test_train_evaluate_and_predict_through_the_tools(tmp_path):
+  """make_synthetic -> make_tfrecords -> train (1 epoch) -> evaluate ->
+  predict on the NLM stand-in, through the tools; the evaluation's counts
+  are recounted from the test split read with TFDS."""
+  from test_end_to_end import run_tool  # pylint: disable=g-import-not-at-top
+  src, data = str(tmp_path / 'nlm'), str(tmp_path / 'data')
+  model_dir = str(tmp_path / 'run')
+  made = run_tool('make_synthetic', f'--out_dir={src}', '--layout=nlm_tb',
+                  '--num_images=60', '--seed=3', '--size_scale=0.01',
+                  '--num_workers=1')
+  assert made.returncode == 0, made.stderr[-3000:]
+  converted = run_tool('make_tfrecords', f'--src_dir={src}',
+                       f'--out_dir={data}', '--image_size=32',
+                       '--val_fraction=0.25', '--test_fraction=0.25',
+                       '--num_shards=1', '--num_workers=1', '--noprogress')
+  assert converted.returncode == 0, converted.stderr[-3000:]
+  trained = run_tool(
+      'train', f'--data_dir={data}', f'--model_dir={model_dir}',
+      '--backbone=mini_vgg', '--frozen_blocks=0', '--weights=none',
+      '--image_size=32', '--batch_size=8', '--epochs=1', '--dense_units=8',
+      '--bootstrap_resamples=100', '--policy=float32', '--verbose=0')
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  evaluated = run_tool('evaluate', f'--model_dir={model_dir}',
+                       f'--data_dir={data}', '--bootstrap_resamples=20')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  with open(os.path.join(model_dir, 'evaluation', 'data-test',
+                         'results.json')) as f:
+    results = json.load(f)
+  assert results['label_names'] == ['Tuberculosis']
+  test = _records(data)['test']
+  positives = sum(int(e[schema.LABELS][0] == 1) for e in test)
+  entry = results['labels']['Tuberculosis']['splits']['test']
+  assert (entry['n'], entry['positives']) == (len(test), positives)
+  assert 0 < positives < len(test)
+  images = sorted(os.path.join(root, name) for root, _, names in os.walk(src)
+                  for name in names if name.endswith('.png'))
+  chosen = [next(p for p in images if p.endswith('_0.png')),
+            next(p for p in images if p.endswith('_1.png'))]
+  predicted = run_tool('predict', f'--model_dir={model_dir}', *chosen)
+  assert predicted.returncode == 0, predicted.stderr[-3000:]
+  header, *lines = predicted.stdout.strip().splitlines()
+  assert header.split('\t') == ['path', 'Tuberculosis',
+                                'Tuberculosis_decision']
+  assert [line.split('\t')[0] for line in lines] == chosen
+  assert all(0 <= float(line.split('\t')[1]) <= 1 for line in lines)
