@@ -224,6 +224,22 @@ def test_weights_draw_by_weight_with_replacement(sources):
   assert abs(share - 0.75) < 4 * np.sqrt(0.75 * 0.25 / drawn.size)
 
 
+def test_weights_of_the_sizes_shares_read_as_no_weights(sources):
+  # nih has 4 train examples, chexpert 3: weights 8:6 are their shares, so
+  # a pass draws each example once and ends; 3:1 draws with replacement
+  # and does not end.
+  def pass_of(weights):
+    mix = mixture.Mixture([sources['nih'], sources['chexpert']],
+                          weights=weights)
+    ds = mix.as_dataset('train', 1, training=True, seed=0,
+                        with_metadata=True)
+    return [(int(m['source'][0]), m['filename'][0].decode())
+            for _, _, m in ds.take(20).as_numpy_iterator()]
+  once = pass_of([8, 6])
+  assert len(once) == len(set(once)) == 4 + 3
+  assert len(pass_of([3, 1])) == 20
+
+
 def test_bad_input_gets_one_line(sources, tmp_path):
   cases = [
       (lambda: mixture.Mixture([sources['nih']]), 'two or more'),

@@ -1,7 +1,9 @@
 """Scanning source trees, patient ids, duplicates and the grouped re-split."""
 
 import collections
+import io
 import os
+import types
 import zlib
 
 import numpy as np
@@ -557,3 +559,46 @@ def test_a_new_source_is_one_module_and_one_line(tmp_path, monkeypatch):
   assert info['splits']['test']['num_examples'] == 3
   assert info['splits']['train']['num_examples'] == 7
   assert info['counts']['scanned'] == info['counts']['written'] == 10
+
+
+def test_progress_lines_count_time_and_time_left(monkeypatch):
+  now = [0.0]  # the clock, in seconds, set by `at`
+  monkeypatch.setattr(sources.base, 'time',
+                      types.SimpleNamespace(monotonic=lambda: now[0]))
+
+  def at(seconds, call, *args):
+    now[0] = seconds
+    return call(*args)
+
+  stream = io.StringIO()
+  progress = sources.Progress(interval=5, stream=stream)
+  at(0, progress.stage, 'decoding and writing', 1000, 'images')
+  at(3, progress.update, 100)  # sooner than the interval: no line
+  at(10, progress.update, 250)  # 750 left at 25 per second: 30 s
+  at(60, progress.update, 400)  # 600 left at 400 / 60 per second: 90 s
+  at(61, progress.update, 450)  # sooner than the interval
+  at(240, progress.update, 800)  # 200 left at 800 / 240 per second: 60 s
+  at(250, progress.end)
+  assert stream.getvalue().splitlines() == [
+      'decoding and writing: 250 of 1,000 images (10 s, about 30 s left)',
+      'decoding and writing: 400 of 1,000 images (60 s, about 90 s left)',
+      'decoding and writing: 800 of 1,000 images (240 s, about 60 s left)',
+      'decoding and writing: 800 of 1,000 images (250 s) done']
+  stream.truncate(0)
+  stream.seek(0)
+  at(0, progress.stage, 'reading Data_Entry_2017.csv', 112_120, 'rows')
+  at(100, progress.update, 10_000)  # 102,120 left at 100 per second
+  at(101, progress.end)
+  # An unknown total: no time left.
+  at(0, progress.stage, 'scanning train/')
+  at(6, progress.update, 3)
+  at(7, progress.end)
+  # A stage shorter than the interval says nothing, not even its end.
+  at(0, progress.stage, 'checking boxes', 10, 'images')
+  at(1, progress.update, 10)
+  at(2, progress.end)
+  assert stream.getvalue().splitlines() == [
+      'reading Data_Entry_2017.csv: 10,000 of 112,120 rows (100 s, about '
+      '17 min left)',
+      'reading Data_Entry_2017.csv: 10,000 of 112,120 rows (101 s) done',
+      'scanning train/: 3 files (6 s)', 'scanning train/: 3 files (7 s) done']

@@ -33,17 +33,20 @@ def test_every_layout_is_registered():
 
 @pytest.mark.parametrize('layout', LABELLED)
 def test_deterministic_for_a_seed(tmp_path, layout):
-  def tree(name, seed):
+  """The same seed gives the same bytes; size_scale left out is the
+  layout's default (tree.write_planned applies it for every layout)."""
+  default = layouts.LAYOUTS[layout].default_size_scale
+
+  def tree(name, seed, **size_scale):
     out = str(tmp_path / name)
-    layouts.make_synthetic(
-        out, layout, num_images=24, seed=seed,
-        size_scale=layouts.LAYOUTS[layout].default_size_scale / 4,
-        num_workers=1)
+    layouts.make_synthetic(out, layout, num_images=24, seed=seed,
+                           num_workers=1, **size_scale)
     return tree_hashes(out)
 
   first = tree('a', 3)
-  assert first == tree('b', 3)
+  assert first == tree('b', 3, size_scale=default)
   assert first != tree('c', 4)
+  assert first != tree('d', 3, size_scale=default / 2)
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ map, against the scores it was given."""
 import json
 import os
 
+from PIL import Image
+
 from xray_tfdata import transfer
 
 S = transfer.Score
@@ -63,8 +65,13 @@ def test_heat_map_prints_the_numbers(tmp_path):
                         _cells())
   path = str(tmp_path / 'map.png')
   printed = transfer.heat_map(data, path)
-  with open(path, 'rb') as f:
-    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  # Three panels (Effusion, Support Devices, macro) side by side, each
+  # max(3, 1.1 * 2 datasets + 1.8) = 4.0 by max(2.5, 0.6 * 2 runs + 1.4)
+  # = 2.6 inches, at plots.DPI = 100: the size tight_layout keeps.
+  with Image.open(path) as image:
+    assert image.format == 'PNG'
+    assert image.size == (1200, 260)
+    image.load()  # decodes the whole file: a truncated PNG fails here
   expected = {}
   for (run, dataset), cell in _cells().items():
     for label, score in list(cell.labels.items()) + [('macro', cell.macro)]:

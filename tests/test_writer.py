@@ -1,6 +1,7 @@
 """writer.convert: shards, dataset_info.json, bad files, safety, determinism."""
 
 import collections
+import functools
 import io
 import json
 import os
@@ -558,3 +559,35 @@ def test_dataset_name_comes_from_the_source_folder(tmp_path, folder,
   assert name == expected
   # TFDS' rule for dataset names (tfds.core.naming): snake case from a letter.
   assert re.fullmatch(r'[a-z][a-z0-9_]*', name)
+
+
+def test_decoding_reports_progress_lines_that_count_every_file(
+    tree, tmp_path, monkeypatch, capsys):
+  # Recount: each distinct file content outside the OS litter is decoded
+  # once (byte-identical duplicates are dropped before decoding).
+  contents = set()
+  for folder, folders, names in os.walk(tree):
+    folders[:] = [f for f in folders if f != '__MACOSX']
+    for name in names:
+      if not name.startswith('.'):
+        with open(os.path.join(folder, name), 'rb') as f:
+          contents.add(f.read())
+  total = len(contents)
+  stream = io.StringIO()
+  monkeypatch.setattr(writer.sources, 'Progress', functools.partial(
+      sources.Progress, interval=0, stream=stream))
+  writer.convert(tree, str(tmp_path / 'data'), image_size=8, num_workers=1,
+                 progress=True)
+  lines = [l for l in stream.getvalue().splitlines()
+           if l.startswith('decoding and writing: ')]
+  counts = [int(re.match(rf'decoding and writing: (\d+) of {total} images',
+                         l).group(1)) for l in lines]
+  assert counts == list(range(1, total + 1)) + [total]
+  assert lines[-1].endswith(' s) done')
+  # The default interval (10 s) keeps a small conversion quiet on stderr.
+  monkeypatch.undo()
+  writer.convert(tree, str(tmp_path / 'quiet'), image_size=8, num_workers=1,
+                 progress=True)
+  captured = capsys.readouterr()
+  assert 'decoding and writing' not in captured.err
+  assert 'converted ' in captured.out  # the summary, on stdout

@@ -236,7 +236,7 @@ class Mixture:
                if b.info.is_multilabel else None)
         for n, b, p, (own, to_vocab) in zip(names, builders, policies,
                                             mapped))
-    self.weights = self._weights(weights)
+    self.weights, self._weighted = self._weights(weights)
     self.data_dir = ','.join(data_dirs)
     self.info = MixtureInfo(self)
     self.image_size = self._size(image_size)
@@ -284,17 +284,26 @@ class Mixture:
     return labels
 
   def _weights(self, weights):
+    """The sources' sampling weights, normalized, and whether they differ
+    from the shares of the sources' train sizes (then training draws by
+    weight, with replacement; otherwise each example once per pass).
+
+    Raises:
+      DatasetError: not one positive weight per source.
+    """
     sizes = np.array([s.builder.num_examples('train') for s in self.sources],
                      np.float64)
+    shares = sizes / sizes.sum()
     if weights is None:
-      return tuple(sizes / sizes.sum())
+      return tuple(shares), False
     weights = np.asarray(weights, np.float64)
     if weights.shape != sizes.shape or not (weights > 0).all():
       raise DatasetError(
           f'--dataset_weights has {weights.size} value(s) for '
           f'{len(self.sources)} datasets ({", ".join(s.name for s in self.sources)}): '
           'pass one positive weight per dataset, in --data_dir order')
-    return tuple(weights / weights.sum())
+    weights = weights / weights.sum()
+    return tuple(weights), not np.allclose(weights, shares)
 
   def unmapped_lines(self):
     """One line per source with labels outside the vocabulary."""
@@ -431,12 +440,6 @@ class Mixture:
       ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=training)
     return ds.prefetch(AUTOTUNE)
-
-  @property
-  def _weighted(self):
-    sizes = np.array([s.builder.num_examples('train') for s in self.sources],
-                     np.float64)
-    return not np.allclose(self.weights, sizes / sizes.sum())
 
   def num_examples(self, split, views=None):
     """The split's examples over all sources (views: None only)."""

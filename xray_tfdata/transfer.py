@@ -152,23 +152,26 @@ def markdown(data):
 
 def heat_map(data, path):
   """transfer.png: one panel per label and the macro, AUC in colour with
-  its value printed in the cell; blank cells grey.
+  its value printed in the cell; blank cells grey. Drawn and written
+  (atomically) by the evaluation's picture helpers, `plots.figure` and
+  `plots.save`.
+
+  Args:
+    data: `table`'s dict.
+    path: the PNG to write.
 
   Returns:
     The texts printed in the cells, {(label, run, dataset): text}.
   """
-  from matplotlib import figure  # pylint: disable=g-import-not-at-top
-  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from xray_tfdata.evaluation import plots  # pylint: disable=g-import-not-at-top
   panels = data['labels'] + [MACRO]
   columns = min(3, len(panels))
   rows_of_panels = math.ceil(len(panels) / columns)
   runs, datasets = data['runs'], data['datasets']
   width = max(3.0, 1.1 * len(datasets) + 1.8)
   height = max(2.5, 0.6 * len(runs) + 1.4)
-  fig = figure.Figure(figsize=(width * columns, height * rows_of_panels),
-                      dpi=100)
-  backend_agg.FigureCanvasAgg(fig)
+  fig = plots.figure(width * columns, height * rows_of_panels)
   printed = {}
   for index, label in enumerate(panels):
     ax = fig.add_subplot(rows_of_panels, columns, index + 1)
@@ -194,11 +197,7 @@ def heat_map(data, path):
     ax.set_title('macro AUC' if label == MACRO else label, fontsize=10)
     ax.set_xlabel('tested on', fontsize=8)
     ax.set_ylabel('trained on', fontsize=8)
-  import io  # pylint: disable=g-import-not-at-top
-  buffer = io.BytesIO()
-  fig.tight_layout()
-  fig.savefig(buffer, format='png')
-  atomic.write_bytes(path, buffer.getvalue())
+  plots.save(fig, path)
   return printed
 
 

@@ -151,7 +151,8 @@ class WriteOptions:
     resume: keep the finished shards of an interrupted run with the same
       inputs and arguments (and keep this run's if it is interrupted);
       otherwise start from scratch and clean up on failure.
-    progress: show a progress bar (stderr) and print a summary (stdout).
+    progress: print progress lines (stderr, `sources.Progress`: planning
+      and decoding stages longer than its interval) and a summary (stdout).
     voi: VOI step for DICOM files (`checks.VOI_POLICIES`): 'auto' (the
       file's VOI LUT, else its window, else the full stored range),
       'window' (the window, else the full range) or 'full'.
@@ -253,7 +254,10 @@ def convert(src_dir, out_dir, source=None, write=None, **options):
   with atomic.exclusive(out_dir + LOCK_SUFFIX, f'out_dir {out_dir}'):
     # Again, under the lock: a run that held it may have just finished.
     _check_existing_out_dir(out_dir, write.overwrite)
-    plan = sources.plan(src_dir, source, seed, sources.Progress(progress))
+    # One facility for every stage's progress lines: planning's and the
+    # decoding's below.
+    report = sources.Progress(progress)
+    plan = sources.plan(src_dir, source, seed, report)
     shards = plan_shards(plan, name, write.num_shards, seed, stored_size)
     recorded = dict(_RECORDED_SOURCE_ARGUMENTS, **source.arguments())
     # In the order xray_info.json has always listed them.
@@ -291,7 +295,7 @@ def convert(src_dir, out_dir, source=None, write=None, **options):
       import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
       stage_start = time.perf_counter()
       written, skipped, content = _write_shards(
-          plan, shards, partial, stored_size, pool, progress, finished, voi,
+          plan, shards, partial, stored_size, pool, report, finished, voi,
           salt)
       timing = {'elapsed_seconds': round(time.perf_counter() - start, 2),
                 'decode_write_seconds': round(time.perf_counter() - stage_start,
@@ -599,7 +603,8 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
   hashed with `salt` (`_stored_identity`).
 
   Decoding runs in `pool`, or in this process if it is None; results come
-  back in task order.
+  back in task order. `progress` (a `sources.Progress`) reports the images
+  done, a stage of its own.
 
   Returns:
     ({shard filename: [SourceFile written]}, [{'path', 'reason'}],
@@ -620,74 +625,72 @@ def _write_shards(plan, shards, folder, stored_size, pool, progress,
       written[filename] = [f for f in files if f.path in done]
       skipped += finished[filename]['skipped']
       content[filename] = finished[filename][dataset_info.CONTENT_KEY]
-  bar = _progress_bar(len(tasks), progress)
+  progress.stage('decoding and writing', len(tasks), 'images')
   if pool is not None:
     results = pool.imap(imaging.decode_and_resize, tasks, _CHUNKSIZE)
   else:
     results = map(imaging.decode_and_resize, tasks)
-  try:
-    for _, filename, files in todo:
-      path = os.path.join(folder, filename)
-      shard_written, shard_skipped = [], []
-      # Folded here, as the records are written, so no reader ever hashes.
-      shard_content = dataset_info.ShardContentHash()
-      try:
-        with atomic.naming(path + '.tmp'):
-          with tf.io.TFRecordWriter(path + '.tmp') as shard:
-            for f in files:
-              result = next(results)
-              bar.update(1)
-              if isinstance(result, str):
-                shard_skipped.append({'path': f.path, 'reason': result})
+  for _, filename, files in todo:
+    path = os.path.join(folder, filename)
+    shard_written, shard_skipped = [], []
+    # Folded here, as the records are written, so no reader ever hashes.
+    shard_content = dataset_info.ShardContentHash()
+    try:
+      with atomic.naming(path + '.tmp'):
+        with tf.io.TFRecordWriter(path + '.tmp') as shard:
+          for f in files:
+            result = next(results)
+            progress.advance()
+            if isinstance(result, str):
+              shard_skipped.append({'path': f.path, 'reason': result})
+              continue
+            png, original_height, original_width = result
+            filename_stored, patient_id = _stored_identity(f, salt)
+            boxes = None if f.boxes is None else [
+                imaging.stored_box(box, (original_height, original_width),
+                                   stored_size) for box in f.boxes]
+            if f.labels is None:
+              record = schema.encode_example(
+                  png, stored_size[0], stored_size[1], f.label,
+                  f.class_name, filename_stored, patient_id,
+                  original_height, original_width, f.detailed_class,
+                  boxes)
+            else:
+              mask = _stored_mask(f, (original_height, original_width),
+                                  stored_size)
+              if isinstance(mask, str):
+                shard_skipped.append({'path': f.path, 'reason': mask})
                 continue
-              png, original_height, original_width = result
-              filename_stored, patient_id = _stored_identity(f, salt)
-              boxes = None if f.boxes is None else [
-                  imaging.stored_box(box, (original_height, original_width),
-                                     stored_size) for box in f.boxes]
-              if f.labels is None:
-                record = schema.encode_example(
-                    png, stored_size[0], stored_size[1], f.label,
-                    f.class_name, filename_stored, patient_id,
-                    original_height, original_width, f.detailed_class,
-                    boxes)
-              else:
-                mask = _stored_mask(f, (original_height, original_width),
-                                    stored_size)
-                if isinstance(mask, str):
-                  shard_skipped.append({'path': f.path, 'reason': mask})
-                  continue
-                record = schema.encode_example(
-                    png, stored_size[0], stored_size[1], None, None,
-                    filename_stored, patient_id, original_height,
-                    original_width, labels=f.labels, view=f.view,
-                    sex=f.sex, age_years=f.age_years,
-                    study_id=_stored_study_id(f, salt),
-                    label_method=f.label_method, boxes=boxes,
-                    box_labels=f.box_labels if boxes is not None else None,
-                    box_readers=f.box_readers, num_readers=f.num_readers,
-                    marked_by=f.marked_by, mask=mask)
-              shard.write(record)
-              shard_content.update(record)
-              shard_written.append(f)
-          atomic.fsync_file(path + '.tmp')
-      except BaseException:
-        # Never complete, so never reused: free its space (a full disk) now.
-        _remove_quietly(path + '.tmp')
-        raise
-      os.replace(path + '.tmp', path)
-      # The shard's record, for a resumed run: after the rename, so a
-      # record always describes a complete shard.
-      atomic.write_json(
-          os.path.join(folder, _PROGRESS_DIR, filename + '.json'),
-          {'written': [f.path for f in shard_written],
-           'skipped': shard_skipped, 'num_bytes': os.path.getsize(path),
-           dataset_info.CONTENT_KEY: shard_content.hexdigest()})
-      written[filename] = shard_written
-      content[filename] = shard_content.hexdigest()
-      skipped += shard_skipped
-  finally:
-    bar.close()
+              record = schema.encode_example(
+                  png, stored_size[0], stored_size[1], None, None,
+                  filename_stored, patient_id, original_height,
+                  original_width, labels=f.labels, view=f.view,
+                  sex=f.sex, age_years=f.age_years,
+                  study_id=_stored_study_id(f, salt),
+                  label_method=f.label_method, boxes=boxes,
+                  box_labels=f.box_labels if boxes is not None else None,
+                  box_readers=f.box_readers, num_readers=f.num_readers,
+                  marked_by=f.marked_by, mask=mask)
+            shard.write(record)
+            shard_content.update(record)
+            shard_written.append(f)
+        atomic.fsync_file(path + '.tmp')
+    except BaseException:
+      # Never complete, so never reused: free its space (a full disk) now.
+      _remove_quietly(path + '.tmp')
+      raise
+    os.replace(path + '.tmp', path)
+    # The shard's record, for a resumed run: after the rename, so a
+    # record always describes a complete shard.
+    atomic.write_json(
+        os.path.join(folder, _PROGRESS_DIR, filename + '.json'),
+        {'written': [f.path for f in shard_written],
+         'skipped': shard_skipped, 'num_bytes': os.path.getsize(path),
+         dataset_info.CONTENT_KEY: shard_content.hexdigest()})
+    written[filename] = shard_written
+    content[filename] = shard_content.hexdigest()
+    skipped += shard_skipped
+  progress.end()
   skipped.sort(key=lambda s: s['path'])
   return written, skipped, content
 
@@ -909,23 +912,6 @@ def _remove_quietly(path):
   try:
     os.remove(path)
   except OSError:
-    pass
-
-
-def _progress_bar(total, enabled):
-  if not enabled:
-    return _NoBar()
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(total=total, unit='img', file=sys.stderr, mininterval=0.5,
-              smoothing=0.05)
-
-
-class _NoBar:
-
-  def update(self, n):
-    pass
-
-  def close(self):
     pass
 
 

@@ -139,8 +139,8 @@ _PATIENT_COLUMN = flags.DEFINE_string(
 _LABEL_COLUMNS = flags.DEFINE_string(
     'label_columns', None, 'The csv layout: the label columns, in the order '
     'to store them, e.g. Effusion,Nodule.')
-_PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar and '
-                              'print a summary.')
+_PROGRESS = flags.DEFINE_bool('progress', True, 'Print progress lines '
+                              '(stderr) and a summary.')
 
 flags.mark_flags_as_required(['src_dir', 'out_dir'])
 _OPTIONS = (_IMAGE_SIZE, _OVERWRITE, _RESPLIT, _KEEP_TEST, _VAL_COUNTS,

@@ -28,6 +28,21 @@ def has_masks(info):
   return schema.MASK in info.extra_features
 
 
+def _pointing(heatmaps, regions, inside):
+  """The pointing game's one loop: (hits, flat) as `pointing_game`, a hit
+  where inside(region, row, column) holds at the heatmap's maximum."""
+  heatmaps = np.asarray(heatmaps, np.float64)
+  hits = np.zeros(len(heatmaps), bool)
+  flat = np.zeros(len(heatmaps), bool)
+  for index, (heatmap, region) in enumerate(zip(heatmaps, regions)):
+    if not heatmap.max() > 0:
+      flat[index] = True
+      continue
+    row, column = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+    hits[index] = bool(inside(region, row, column))
+  return hits, flat
+
+
 def mask_pointing_game(heatmaps, masks):
   """Whether each heatmap's maximum falls on a pixel inside its mask.
 
@@ -39,16 +54,8 @@ def mask_pointing_game(heatmaps, masks):
   Returns:
     (hits, flat) as `pointing_game`.
   """
-  heatmaps = np.asarray(heatmaps, np.float64)
-  hits = np.zeros(len(heatmaps), bool)
-  flat = np.zeros(len(heatmaps), bool)
-  for index, (heatmap, mask) in enumerate(zip(heatmaps, masks)):
-    if not heatmap.max() > 0:
-      flat[index] = True
-      continue
-    row, column = np.unravel_index(np.argmax(heatmap), heatmap.shape)
-    hits[index] = bool(mask[row, column] >= schema.MASK_INSIDE)
-  return hits, flat
+  return _pointing(heatmaps, masks, lambda mask, row, column:
+                   mask[row, column] >= schema.MASK_INSIDE)
 
 
 def pointing_game(heatmaps, boxes):
@@ -64,20 +71,13 @@ def pointing_game(heatmaps, boxes):
     (hits, flat): bool [N] arrays; a flat heatmap (no positive value: the
     model points nowhere) is a miss, and flagged.
   """
-  heatmaps = np.asarray(heatmaps, np.float64)
-  hits = np.zeros(len(heatmaps), bool)
-  flat = np.zeros(len(heatmaps), bool)
-  for index, (heatmap, image_boxes) in enumerate(zip(heatmaps, boxes)):
-    if not heatmap.max() > 0:
-      flat[index] = True
-      continue
-    row, column = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+  def inside(image_boxes, row, column):
     x, y = column + 0.5, row + 0.5
     image_boxes = np.asarray(image_boxes, np.float64).reshape(-1, 4)
-    hits[index] = bool(np.any(
+    return np.any(
         (image_boxes[:, 0] <= x) & (x <= image_boxes[:, 0] + image_boxes[:, 2])
-        & (image_boxes[:, 1] <= y) & (y <= image_boxes[:, 1] + image_boxes[:, 3])))
-  return hits, flat
+        & (image_boxes[:, 1] <= y) & (y <= image_boxes[:, 1] + image_boxes[:, 3]))
+  return _pointing(heatmaps, boxes, inside)
 
 
 def hit_rate_interval(hits, patient_ids, num_resamples=2000, level=0.95,

@@ -42,13 +42,18 @@ class SourceError(errors.XrayError):
 
 
 class Progress:
-  """Progress lines of the planning stages (scanning, reading label rows,
-  hashing for duplicates, drawing splits), on stderr.
+  """Progress lines of a conversion's stages, on stderr: the planning's
+  (scanning, reading label rows, hashing for duplicates, drawing splits)
+  and the writer's decoding and writing; the converter's one progress
+  facility.
 
-  A stage prints '<stage>: <done> of <total> <unit> (<seconds> s)' at most
-  every `interval` seconds, and, if it printed one, a last line when it
-  ends; a stage shorter than the interval prints nothing, so small
-  conversions stay quiet. Cheap: one clock read per item.
+  A stage prints '<stage>: <done> of <total> <unit> (<seconds> s, about
+  <time> left)' at most every `interval` seconds (the time left, from the
+  rate so far, where the total is known), and, if it printed one, a last
+  line '... (<seconds> s) done' when it ends; a stage shorter than the
+  interval prints nothing, so small conversions stay quiet. Lines, not a
+  redrawn bar: a log file reads as well as a terminal. Cheap: one clock
+  read per item.
 
     progress.stage('reading train.csv', len(rows), 'rows')
     for i, row in enumerate(rows, 1):
@@ -93,9 +98,15 @@ class Progress:
   def _print(self, suffix=''):
     now = time.monotonic()
     self._last, self._printed = now, True
+    elapsed = now - self._start
     of = f' of {self._total:,}' if self._total is not None else ''
+    left = ''
+    if not suffix and self._total is not None and 0 < self._done:
+      seconds = elapsed * (self._total - self._done) / self._done
+      left = (f', about {seconds:.0f} s left' if seconds < 120 else
+              f', about {seconds / 60:.0f} min left')
     print(f'{self._name}: {self._done:,}{of} {self._unit} '
-          f'({now - self._start:.0f} s){suffix}',
+          f'({elapsed:.0f} s{left}){suffix}',
           file=self.stream or sys.stderr, flush=True)
 
 

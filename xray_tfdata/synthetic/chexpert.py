@@ -17,7 +17,6 @@ labels come from the same labeler: `mimic` draws its studies with
 
 import numpy as np
 
-from xray_tfdata.synthetic import draw
 from xray_tfdata.synthetic import tree
 
 LAYOUT = 'chexpert'
@@ -61,32 +60,19 @@ _CHEXPERT_VALID = 0.1  # of the images (the real valid.csv: 234)
 def make_synthetic_chexpert(out_dir, num_images=tree.DEFAULT_NUM_IMAGES,
                             seed=0, size_scale=None, num_workers=None,
                             progress=False, source_style=False):
-  """Writes a CheXpert-v1.0-small tree into `out_dir`.
+  """Writes a CheXpert-v1.0-small tree into `out_dir`; images about 320 px
+  high times size_scale (default DEFAULT_SIZE_SCALE).
 
-  Args:
-    out_dir: folder to create; must not exist, be empty, or hold a tree a
-      synthetic writer wrote (it holds tree.MARKER), which is replaced.
-    num_images: image files written, at least tree.MIN_IMAGES.
-    seed: names, labels and pixels are a function of it.
-    size_scale: multiplies the real size (about 320 px high); default
-      DEFAULT_SIZE_SCALE. Sizes stay >= 16 px.
-    num_workers: processes drawing images; default all cores.
-    progress: print one line when done.
-    source_style: draw CheXpert's look (draw.SOURCE_STYLES) on every image.
+  Args and raises: as tree.write_planned.
 
   Returns:
     tree.write_planned's summary plus positives {visible label: images
     whose label file says 1.0}.
-
-  Raises:
-    tree.SyntheticError: bad arguments or out_dir (see tree.write_planned).
   """
-  if size_scale is None:
-    size_scale = DEFAULT_SIZE_SCALE
   return tree.write_planned(
       out_dir, LAYOUT, _STREAM, _plan, num_images, seed, size_scale,
-      num_workers, progress, positives(VISIBLE_LABELS),
-      draw.SOURCE_STYLES[LAYOUT] if source_style else None)
+      DEFAULT_SIZE_SCALE, num_workers, progress, positives(VISIBLE_LABELS),
+      source_style)
 
 
 def positives(visible):

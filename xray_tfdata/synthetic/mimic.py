@@ -11,7 +11,6 @@ test by subject, and IMAGE_FILENAMES. Studies are drawn as CheXpert's
 import numpy as np
 
 from xray_tfdata.synthetic import chexpert
-from xray_tfdata.synthetic import draw
 from xray_tfdata.synthetic import tree
 
 LAYOUT = 'mimic'
@@ -47,32 +46,19 @@ _MIMIC_HELD_OUT = {'validate': 0.1, 'test': 0.1}
 def make_synthetic_mimic(out_dir, num_images=tree.DEFAULT_NUM_IMAGES, seed=0,
                          size_scale=None, num_workers=None, progress=False,
                          source_style=False):
-  """Writes a MIMIC-CXR-JPG 2.0.0 tree into `out_dir`.
+  """Writes a MIMIC-CXR-JPG 2.0.0 tree into `out_dir`; images about
+  3056 x 2544 px times size_scale (default DEFAULT_SIZE_SCALE).
 
-  Args:
-    out_dir: folder to create; must not exist, be empty, or hold a tree a
-      synthetic writer wrote (it holds tree.MARKER), which is replaced.
-    num_images: image files written, at least tree.MIN_IMAGES.
-    seed: names, labels and pixels are a function of it.
-    size_scale: multiplies the real size (about 3056 x 2544); default
-      DEFAULT_SIZE_SCALE. Sizes stay >= 16 px.
-    num_workers: processes drawing images; default all cores.
-    progress: print one line when done.
-    source_style: draw MIMIC's look (draw.SOURCE_STYLES) on every image.
+  Args and raises: as tree.write_planned.
 
   Returns:
     tree.write_planned's summary plus positives {visible label: images
     whose study is coded 1.0}.
-
-  Raises:
-    tree.SyntheticError: bad arguments or out_dir (see tree.write_planned).
   """
-  if size_scale is None:
-    size_scale = DEFAULT_SIZE_SCALE
   return tree.write_planned(
       out_dir, LAYOUT, _STREAM, _plan, num_images, seed, size_scale,
-      num_workers, progress, chexpert.positives(VISIBLE_LABELS),
-      draw.SOURCE_STYLES[LAYOUT] if source_style else None)
+      DEFAULT_SIZE_SCALE, num_workers, progress,
+      chexpert.positives(VISIBLE_LABELS), source_style)
 
 
 def _plan(rng, num_images, size_scale):

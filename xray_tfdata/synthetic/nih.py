@@ -66,20 +66,14 @@ _POSITIVE, _NEGATIVE = '1.0', '0.0'
 def make_synthetic_nih(out_dir, num_images=tree.DEFAULT_NUM_IMAGES, seed=0,
                        size_scale=None, num_workers=None, progress=False,
                        boxes=False, source_style=False):
-  """Writes an NIH ChestX-ray14 tree into `out_dir`.
+  """Writes an NIH ChestX-ray14 tree into `out_dir`; 1024 px images times
+  size_scale (default DEFAULT_SIZE_SCALE).
 
   Args:
-    out_dir: folder to create; must not exist, be empty, or hold a tree a
-      synthetic writer wrote (it holds tree.MARKER), which is replaced.
-    num_images: image files written, at least tree.MIN_IMAGES.
-    seed: names, labels and pixels are a function of it.
-    size_scale: multiplies the real size (1024 px); default
-      DEFAULT_SIZE_SCALE. Sizes stay >= 16 px.
-    num_workers: processes drawing images; default all cores.
-    progress: print one line when done.
+    out_dir, num_images, seed, size_scale, num_workers, progress,
+      source_style: as tree.write_planned.
     boxes: also write BBox_List_2017.csv: boxes on some images with one of
       its 8 findings, around the drawn Effusion and Cardiomegaly.
-    source_style: draw NIH's look (draw.SOURCE_STYLES) on every image.
 
   Returns:
     tree.write_planned's summary plus positives {visible label: images
@@ -87,15 +81,12 @@ def make_synthetic_nih(out_dir, num_images=tree.DEFAULT_NUM_IMAGES, seed=0,
     rows} and boxed_images.
 
   Raises:
-    tree.SyntheticError: bad arguments or out_dir (see tree.write_planned).
+    tree.SyntheticError: as tree.write_planned.
   """
-  if size_scale is None:
-    size_scale = DEFAULT_SIZE_SCALE
   plan_tree = lambda rng, n, scale: plan(rng, n, scale, boxes)
   return tree.write_planned(
       out_dir, LAYOUT, _STREAM, plan_tree, num_images, seed, size_scale,
-      num_workers, progress, _recount,
-      draw.SOURCE_STYLES[LAYOUT] if source_style else None)
+      DEFAULT_SIZE_SCALE, num_workers, progress, _recount, source_style)
 
 
 def _recount(images):

@@ -17,7 +17,6 @@ Effusion); the other three follow NIH's labels where NIH has them
 re-read the films.
 """
 
-from xray_tfdata.synthetic import draw
 from xray_tfdata.synthetic import nih
 from xray_tfdata.synthetic import tree
 
@@ -40,33 +39,25 @@ def make_synthetic_nih_google(out_dir, num_images=tree.DEFAULT_NUM_IMAGES,
                               seed=0, size_scale=None, num_workers=None,
                               progress=False, set_id_file=False,
                               source_style=False):
-  """Writes an NIH tree with Google's expert labels into `out_dir`.
+  """Writes an NIH tree with Google's expert labels into `out_dir`; NIH's
+  1024 px times size_scale (default DEFAULT_SIZE_SCALE).
 
   Args:
-    out_dir: folder to create; must not exist, be empty, or hold a tree a
-      synthetic writer wrote (it holds tree.MARKER), which is replaced.
-    num_images: NIH images written, at least tree.MIN_IMAGES.
-    seed: names, labels and pixels are a function of it.
-    size_scale: multiplies NIH's 1024 px; default DEFAULT_SIZE_SCALE.
-    num_workers: processes drawing images; default all cores.
-    progress: print one line when done.
+    out_dir, num_images, seed, size_scale, num_workers, progress,
+      source_style: as tree.write_planned.
     set_id_file: one file with a Set Id column instead of two per split.
-    source_style: draw this source's look (draw.SOURCE_STYLES).
 
   Returns:
     tree.write_planned's summary plus the recount: expert {split: images},
     expert_yes {split: {label: images coded YES}}.
 
   Raises:
-    tree.SyntheticError: bad arguments or out_dir (see tree.write_planned).
+    tree.SyntheticError: as tree.write_planned.
   """
-  if size_scale is None:
-    size_scale = DEFAULT_SIZE_SCALE
   plan = lambda rng, n, scale: _plan(rng, n, scale, set_id_file)
   return tree.write_planned(
       out_dir, LAYOUT, _STREAM, plan, num_images, seed, size_scale,
-      num_workers, progress, _recount,
-      draw.SOURCE_STYLES[LAYOUT] if source_style else None)
+      DEFAULT_SIZE_SCALE, num_workers, progress, _recount, source_style)
 
 
 def _plan(rng, num_images, size_scale, set_id_file):

@@ -17,7 +17,6 @@ Tuberculosis shows in the pixels: a bright infiltrate in an upper lung
 zone (`draw.add_mark` 'opacity').
 """
 
-from xray_tfdata.synthetic import draw
 from xray_tfdata.synthetic import tree
 
 LAYOUT = 'nlm_tb'
@@ -35,31 +34,18 @@ VISIBLE_LABELS = ('Tuberculosis',)
 def make_synthetic_nlm_tb(out_dir, num_images=tree.DEFAULT_NUM_IMAGES,
                           seed=0, size_scale=None, num_workers=None,
                           progress=False, source_style=False):
-  """Writes the Shenzhen and Montgomery sets into `out_dir`.
+  """Writes the Shenzhen and Montgomery sets into `out_dir`; num_images
+  PNGs over both sets.
 
-  Args:
-    out_dir: folder to create; must not exist, be empty, or hold a tree a
-      synthetic writer wrote (it holds tree.MARKER), which is replaced.
-    num_images: PNGs written (both sets), at least tree.MIN_IMAGES.
-    seed: names, labels and pixels are a function of it.
-    size_scale: multiplies the real sizes; default DEFAULT_SIZE_SCALE.
-    num_workers: processes drawing images; default all cores.
-    progress: print one line when done.
-    source_style: draw this source's look (draw.SOURCE_STYLES).
+  Args and raises: as tree.write_planned.
 
   Returns:
     tree.write_planned's summary plus the recount: sets {set:
     {'tuberculosis': n, 'normal': n}}, readings (text files written).
-
-  Raises:
-    tree.SyntheticError: bad arguments or out_dir (see tree.write_planned).
   """
-  if size_scale is None:
-    size_scale = DEFAULT_SIZE_SCALE
   return tree.write_planned(
       out_dir, LAYOUT, _STREAM, _plan, num_images, seed, size_scale,
-      num_workers, progress, _recount,
-      draw.SOURCE_STYLES[LAYOUT] if source_style else None)
+      DEFAULT_SIZE_SCALE, num_workers, progress, _recount, source_style)
 
 
 def _plan(rng, num_images, size_scale):

@@ -20,7 +20,6 @@ where they matter (PA about 57%, L 31%, Physician 24%).
 
 import numpy as np
 
-from xray_tfdata.synthetic import draw
 from xray_tfdata.synthetic import tree
 
 LAYOUT = 'padchest'
@@ -66,18 +65,12 @@ def make_synthetic_padchest(out_dir, num_images=tree.DEFAULT_NUM_IMAGES,
                             seed=0, size_scale=None, num_workers=None,
                             progress=False, gzip_csv=False,
                             source_style=False):
-  """Writes a PadChest tree into `out_dir`.
+  """Writes a PadChest tree into `out_dir`; one CSV row per image file.
 
   Args:
-    out_dir: folder to create; must not exist, be empty, or hold a tree a
-      synthetic writer wrote (it holds tree.MARKER), which is replaced.
-    num_images: image files (= CSV rows) written, at least tree.MIN_IMAGES.
-    seed: names, labels and pixels are a function of it.
-    size_scale: multiplies the real sizes; default DEFAULT_SIZE_SCALE.
-    num_workers: processes drawing images; default all cores.
-    progress: print one line when done.
+    out_dir, num_images, seed, size_scale, num_workers, progress,
+      source_style: as tree.write_planned.
     gzip_csv: write the label file as .csv.gz, as some copies have it.
-    source_style: draw PadChest's look (draw.SOURCE_STYLES) on every image.
 
   Returns:
     tree.write_planned's summary plus the recount of what the CSV says:
@@ -88,15 +81,12 @@ def make_synthetic_padchest(out_dir, num_images=tree.DEFAULT_NUM_IMAGES,
     label: rows listing it}.
 
   Raises:
-    tree.SyntheticError: bad arguments or out_dir (see tree.write_planned).
+    tree.SyntheticError: as tree.write_planned.
   """
-  if size_scale is None:
-    size_scale = DEFAULT_SIZE_SCALE
   plan = lambda rng, n, scale: _plan(rng, n, scale, gzip_csv)
   return tree.write_planned(
       out_dir, LAYOUT, _STREAM, plan, num_images, seed, size_scale,
-      num_workers, progress, _recount,
-      draw.SOURCE_STYLES[LAYOUT] if source_style else None)
+      DEFAULT_SIZE_SCALE, num_workers, progress, _recount, source_style)
 
 
 def _plan(rng, num_images, size_scale, gzip_csv):

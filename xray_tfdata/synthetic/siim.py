@@ -33,33 +33,21 @@ _UID_ROOT = '1.2.276.0.7230010.3.1'  # the real UIDs' root
 def make_synthetic_siim(out_dir, num_images=tree.DEFAULT_NUM_IMAGES, seed=0,
                         size_scale=None, num_workers=None, progress=False,
                         source_style=False):
-  """Writes a SIIM-ACR Pneumothorax tree into `out_dir`.
+  """Writes a SIIM-ACR Pneumothorax tree into `out_dir`: DICOMs of SIIM's
+  1024 px times size_scale (default DEFAULT_SIZE_SCALE).
 
-  Args:
-    out_dir: folder to create; must not exist, be empty, or hold a tree a
-      synthetic writer wrote (it holds tree.MARKER), which is replaced.
-    num_images: DICOMs written, at least tree.MIN_IMAGES.
-    seed: names, masks and pixels are a function of it.
-    size_scale: multiplies SIIM's 1024 px; default DEFAULT_SIZE_SCALE.
-    num_workers: processes drawing images; default all cores.
-    progress: print one line when done.
-    source_style: draw SIIM's look (draw.SOURCE_STYLES) on every image.
+  Args and raises: as tree.write_planned; and SyntheticError when pydicom
+  is missing.
 
   Returns:
     tree.write_planned's summary plus the recount: rows, positive_images,
     negative_images, rows_per_image {rows: images}, mask_pixels {ImageId:
     pixels of the union of its regions}.
-
-  Raises:
-    tree.SyntheticError: bad arguments or out_dir; pydicom missing.
   """
   tree.pydicom()  # fail here, in one line, not in every worker
-  if size_scale is None:
-    size_scale = DEFAULT_SIZE_SCALE
   return tree.write_planned(
       out_dir, LAYOUT, _STREAM, _plan, num_images, seed, size_scale,
-      num_workers, progress, _recount,
-      draw.SOURCE_STYLES[LAYOUT] if source_style else None)
+      DEFAULT_SIZE_SCALE, num_workers, progress, _recount, source_style)
 
 
 def encode_rle(mask):

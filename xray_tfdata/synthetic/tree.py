@@ -85,14 +85,27 @@ def write_marker(out_dir, state):
 
 
 def write_planned(out_dir, layout, stream, plan, num_images, seed, size_scale,
-                  num_workers=None, progress=False, summarize=None,
-                  style=None):
-  """Plans, draws and writes one labelled tree; see the layout modules.
+                  default_size_scale, num_workers=None, progress=False,
+                  summarize=None, source_style=False):
+  """Plans, draws and writes one labelled tree: the body of every labelled
+  layout's `make_synthetic_<layout>`, which passes its caller's arguments
+  through and documents only what is its own.
 
-  Args:
+  Args (the caller's, as each layout's writer takes them):
     out_dir: folder to create; must not exist, be empty, or hold a tree a
       synthetic writer wrote (it holds MARKER), which is replaced.
-    layout: the layout's name (for the summary and the marker).
+    num_images: image files written, at least MIN_IMAGES.
+    seed: names, labels and pixels are a function of it.
+    size_scale: multiplies the real size; None: default_size_scale. Sizes
+      stay >= 16 px.
+    num_workers: processes drawing images; default all cores. Small trees
+      are drawn in this process.
+    progress: print one line when done.
+    source_style: draw the source's look (draw.SOURCE_STYLES[layout], issue
+      35) on every image.
+
+  Args (the layout's):
+    layout: the layout's name (for the summary, the marker and the look).
     stream: the layout's random stream number: trees of different layouts
       at one seed are independent, and a layout's bytes never change when
       another layout is added.
@@ -100,14 +113,9 @@ def write_planned(out_dir, layout, stream, plan, num_images, seed, size_scale,
       dicts with path, width, height, lateral, effusion, cardiomegaly
       (0..1 strengths), split, patient, study and any more fields; files
       {relative path: bytes}.
-    num_images, seed, size_scale: as the layout's function takes them.
-    num_workers: processes drawing images; default all cores. Small trees
-      are drawn in this process.
-    progress: print one line when done.
+    default_size_scale: the layout's size_scale when the caller gives none.
     summarize: fn(images) -> dict of layout-specific counts merged into
       the summary (the independent recount a reader's test compares with).
-    style: a draw.SOURCE_STYLES entry given to every image (the source's
-      look, issue 35), or None.
 
   Returns:
     A summary dict: out_dir, layout, seed, num_images, num_patients,
@@ -118,6 +126,9 @@ def write_planned(out_dir, layout, stream, plan, num_images, seed, size_scale,
     SyntheticError: bad arguments, or out_dir is a file or holds files that
       no synthetic writer wrote.
   """
+  if size_scale is None:
+    size_scale = default_size_scale
+  style = draw.SOURCE_STYLES[layout] if source_style else None
   start = time.perf_counter()
   check_arguments(num_images, size_scale)
   claim(out_dir)

@@ -68,18 +68,12 @@ _MONOCHROME1 = 0.2
 def make_synthetic_vindr(out_dir, num_images=tree.DEFAULT_NUM_IMAGES, seed=0,
                          size_scale=None, num_workers=None, progress=False,
                          release='competition', source_style=False):
-  """Writes a VinDr-CXR tree into `out_dir`.
+  """Writes a VinDr-CXR tree into `out_dir`: DICOMs, train and test.
 
   Args:
-    out_dir: folder to create; must not exist, be empty, or hold a tree a
-      synthetic writer wrote (it holds tree.MARKER), which is replaced.
-    num_images: DICOMs written (train and test), at least tree.MIN_IMAGES.
-    seed: ids, readers' marks and pixels are a function of it.
-    size_scale: multiplies the real sizes; default DEFAULT_SIZE_SCALE.
-    num_workers: processes drawing images; default all cores.
-    progress: print one line when done.
+    out_dir, num_images, seed, size_scale, num_workers, progress,
+      source_style: as tree.write_planned.
     release: 'competition' or 'physionet' (see the module docstring).
-    source_style: draw VinDr's look (draw.SOURCE_STYLES) on every image.
 
   Returns:
     tree.write_planned's summary plus the recount: release, rows (label
@@ -89,19 +83,17 @@ def make_synthetic_vindr(out_dir, num_images=tree.DEFAULT_NUM_IMAGES, seed=0,
     rows}, no_finding_rows, consensus {label: test images} (physionet).
 
   Raises:
-    tree.SyntheticError: bad arguments or out_dir; pydicom missing.
+    tree.SyntheticError: as tree.write_planned; an unknown release;
+      pydicom missing.
   """
   if release not in RELEASES:
     raise tree.SyntheticError(
         f'release must be one of {", ".join(RELEASES)}, got {release!r}')
   tree.pydicom()  # fail here, in one line, not in every worker
-  if size_scale is None:
-    size_scale = DEFAULT_SIZE_SCALE
   plan = lambda rng, n, scale: _plan(rng, n, scale, release)
   return tree.write_planned(
       out_dir, LAYOUT, _STREAM, plan, num_images, seed, size_scale,
-      num_workers, progress, _recount,
-      draw.SOURCE_STYLES[LAYOUT] if source_style else None)
+      DEFAULT_SIZE_SCALE, num_workers, progress, _recount, source_style)
 
 
 def _plan(rng, num_images, size_scale, release):
