@@ -308,3 +308,55 @@ def test_nih_box_rows_of_an_image_without_a_label_row_are_listed(tmp_path):
           '(99999999_000.png)') in plan.ignored
   boxes = sum(len(f.boxes) for files in plan.splits.values() for f in files)
   assert boxes == len(_box_rows(src)) - 1
+
+
+@pytest.mark.slow  # starts tools/evaluate
+def test_tools_evaluate_plays_the_pointing_game_per_label_on_nih_boxes(
+    nih_boxed, tmp_path):
+  """tools/evaluate --localization on NIH: per label, the test positives
+  with a box of their own label are played, the others counted apart;
+  recounted from BBox_List_2017.csv and the test split read with TFDS."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from evaluation_data import quarter_model, write_run  # pylint: disable=g-import-not-at-top
+  src, out, _, info = nih_boxed
+  spelled = {'Infiltrate': 'Infiltration'}
+  boxed = collections.defaultdict(set)  # label -> images with its box
+  for name, finding, *_ in _box_rows(src):
+    boxed[spelled.get(finding, finding)].add(name)
+  test = _records(out)['test']
+  label_names = list(info['label_names'])
+  # The two boxed findings with the most test positives.
+  # image/filename holds the patient id's hash in place of its prefix.
+  source_name = {f'{_hash(str(int(n.split("_")[0])))}_{n.split("_", 1)[1]}': n
+                 for _, _, names in os.walk(src) for n in names
+                 if n.endswith('.png')}
+  positives = {
+      label: [source_name[os.path.basename(e[schema.FILENAME].decode())]
+              for e in test
+              if e[schema.LABELS][label_names.index(label)] == 1]
+      for label in boxed}
+  names = sorted(positives, key=lambda n: -len(positives[n]))[:2]
+  model_dir = str(tmp_path / 'run')
+  write_run(model_dir, quarter_model(len(names)), out, label_names=names)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, os.path.join(repo, 'tools', 'evaluate'),
+       f'--model_dir={model_dir}', f'--data_dir={out}',
+       '--bootstrap_resamples=20', '--localization'],
+      capture_output=True, text=True, timeout=600, cwd=repo,
+      env={**os.environ, 'PYTHONPATH': repo})
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(model_dir, 'evaluation',
+                         f'{os.path.basename(out)}-test',
+                         'results.json')) as f:
+    found = json.load(f)['localization']['labels']
+  played = 0
+  for name in names:
+    own = [i for i in positives[name] if i in boxed[name]]
+    assert found[name]['n'] == len(own), name
+    assert found[name]['no_box_positives'] == len(positives[name]) - len(own)
+    assert 0 <= found[name]['hits'] <= found[name]['n']
+    played += len(own)
+  assert played > 0
+  assert f'localization ({names[0]}): pointing-game hit rate' in result.stdout

@@ -292,6 +292,16 @@ def test_vindr_trains_and_evaluates_with_the_pointing_game_per_label(
   assert localization['labels']['Pleural effusion']['n'] > 0
   assert (localization['labels']['Pleural effusion']['no_box_positives'] >=
           len(unboxed))
+  dicoms = sorted(os.path.join(root, n) for root, _, found in os.walk(src)
+                  for n in found if n.endswith('.dicom'))[:2]
+  predicted = run_tool('predict', f'--model_dir={model_dir}', *dicoms)
+  assert predicted.returncode == 0, predicted.stderr[-3000:]
+  header, *lines = predicted.stdout.strip().splitlines()
+  assert header.split('\t') == ['path'] + [
+      column for n in names for column in (n, f'{n}_decision')]
+  assert [line.split('\t')[0] for line in lines] == dicoms
+  assert all(0 <= float(p) <= 1 for line in lines
+             for p in line.split('\t')[1::2])
 
 
 @pytest.mark.parametrize('reader_policy', ('any', 'majority', 'all'))
