@@ -37,23 +37,27 @@ def _reset_dtype_policy():
 
 # XRAY_TFDATA_TEST_CPU_FLAGS=avx512_bf16 pytest -m "not slow" runs the
 # in-process tests as an AVX512_BF16 host would: policy 'auto' then picks
-# mixed_bfloat16 (issue 14: results must not depend on the host). Processes
-# the tests start still read the real /proc/cpuinfo.
-_EXTRA_CPU_FLAGS = set(os.environ.get('XRAY_TFDATA_TEST_CPU_FLAGS', '').split(
-    ',')) - {''}
+# mixed_bfloat16 (issue 14: results must not depend on the host); a flag
+# with a leading '-' is taken away (-avx512_bf16,-amx_bf16: as an AVX2-only
+# host, 'auto' is float32). Processes the tests start still read the real
+# /proc/cpuinfo.
+_CPU_FLAG_CHANGES = set(os.environ.get('XRAY_TFDATA_TEST_CPU_FLAGS',
+                                       '').split(',')) - {''}
+_EXTRA_CPU_FLAGS = {f for f in _CPU_FLAG_CHANGES if not f.startswith('-')}
+_REMOVED_CPU_FLAGS = {f[1:] for f in _CPU_FLAG_CHANGES if f.startswith('-')}
 
 
 @pytest.fixture(autouse=True)
 def _extra_cpu_flags(monkeypatch):
-  if _EXTRA_CPU_FLAGS:
+  if _CPU_FLAG_CHANGES:
     from xray_tfdata import model  # pylint: disable=g-import-not-at-top
     real = model.read_cpu_flags
     # Only this host's flags: a test reading a cpuinfo file of its own gets
     # what the file says.
     monkeypatch.setattr(
         model, 'read_cpu_flags',
-        lambda *args, **kwargs: real(*args, **kwargs) | (
-            set() if args or kwargs else _EXTRA_CPU_FLAGS))
+        lambda *args, **kwargs: real(*args, **kwargs) if args or kwargs else (
+            real() | _EXTRA_CPU_FLAGS) - _REMOVED_CPU_FLAGS)
   yield
 
 

@@ -84,15 +84,16 @@ for backbone, module in (('densenet121', 'densenet'),):
   assert maps.shape == (4, 32, 32) and np.isfinite(maps).all()
   print(backbone, 'ok')
 
-# Overfitting a fixed batch, as tests/test_model_multilabel.py does on
-# TensorFlow (same batch, settings and factor), for the backbones the suite
-# trains on JAX: DenseNet-121's XLA train step alone takes minutes here.
+# Overfitting a fixed batch, as tests/test_model.py does on TensorFlow
+# (same batch, settings and factor): the JAX training path (loss, masking,
+# optimizer) learns. mini_vgg only: DenseNet-121's XLA train step alone
+# takes minutes here, and VGG16's 20 steps took 19 s of this process's 82
+# (session 11) for the same path; the tf_data process trains VGG16 on JAX.
 rng = np.random.default_rng(0)
 batch = rng.integers(0, 256, (8, 32, 32, 1), np.uint8)
 targets = rng.integers(0, 2, (8, 2)).astype(np.float32)
 targets[0, 1] = -1.0  # labels.MASKED
-for backbone, learning_rate, steps in (('mini_vgg', 1e-3, 12),
-                                       ('vgg16', 1e-4, 20)):
+for backbone, learning_rate, steps in (('mini_vgg', 1e-3, 12),):
   for policy in ('float32',):  # both policies: test_model_multilabel (TF)
     net = model.build_model(32, backbone=backbone, frozen_blocks=0,
                             policy=policy, num_labels=2, augmentation='none')
@@ -115,8 +116,9 @@ def runs(tmp_path_factory):
   script = root / 'backbones_on_jax.py'
   script.write_text(_BACKBONES_ON_JAX)
   commands = {
+      # One process: xdist's workers would import JAX and Keras again.
       'parity': ([sys.executable, _NO_TENSORFLOW, '-q', '-p',
-                  'no:cacheprovider',
+                  'no:cacheprovider', '-n', '0',
                   os.path.join(REPO_ROOT, 'tests', 'test_backend_parity.py'),
                   os.path.join(REPO_ROOT, 'tests',
                                'test_augment_keras_core.py')],
@@ -214,11 +216,12 @@ def test_new_backbones_predict_and_reload_on_jax_without_tensorflow(runs):
 
 
 @pytest.mark.slow
-def test_vgg16_and_mini_vgg_overfit_a_fixed_batch_on_jax(runs):
-  """tests/test_model_multilabel.py's overfit check under JAX, float32
-  (the run asserts the loss falls to a tenth; the TensorFlow test covers
-  'auto' too: each XLA compile of a train step costs about a minute here)."""
+def test_mini_vgg_overfits_a_fixed_batch_on_jax(runs):
+  """tests/test_model.py's overfit check under JAX, float32 (the run
+  asserts the loss falls to a tenth; the TensorFlow test covers 'auto' and
+  every backbone: each XLA compile of a train step costs about a minute
+  here)."""
   result = runs['backbones']
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  for backbone in ('mini_vgg', 'vgg16'):
+  for backbone in ('mini_vgg',):
     assert f'{backbone} float32 overfits' in result.stdout, result.stdout

@@ -139,43 +139,42 @@ def test_an_nih_model_is_evaluated_on_the_expert_labels(tmp_path):
   Google's expert labels; tools/evaluate scores the NIH run on the expert
   test split, matching Pneumothorax by name; its counts are recounted from
   Google's test file read with csv; tools/predict runs on the run."""
-  from test_end_to_end import run_tool  # pylint: disable=g-import-not-at-top
+  from test_end_to_end import run_tool, run_tools  # pylint: disable=g-import-not-at-top
   src, model_dir = str(tmp_path / 'nih'), str(tmp_path / 'run')
   nih, google = str(tmp_path / 'nih_data'), str(tmp_path / 'google_data')
-  made = run_tool('make_synthetic', f'--out_dir={src}', '--layout=nih_google',
-                  f'--num_images={NUM_IMAGES}', '--seed=4',
-                  '--size_scale=0.02', '--num_workers=1')
-  assert made.returncode == 0, made.stderr[-3000:]
-  for layout, out in (('nih', nih), ('nih_google', google)):
-    converted = run_tool('make_tfrecords', f'--src_dir={src}',
-                         f'--out_dir={out}', f'--layout={layout}',
-                         '--image_size=32', '--num_shards=1',
-                         '--num_workers=1', '--noprogress')
-    assert converted.returncode == 0, converted.stderr[-3000:]
+  _tree(tmp_path)  # make_synthetic runs as a tool in test_end_to_end
+  converted = run_tools({
+      layout: ('make_tfrecords', f'--src_dir={src}', f'--out_dir={out}',
+               f'--layout={layout}', '--image_size=32', '--num_shards=1',
+               '--num_workers=1', '--noprogress')
+      for layout, out in (('nih', nih), ('nih_google', google))})
+  for result in converted.values():
+    assert result.returncode == 0, result.stderr[-3000:]
   trained = run_tool(
       'train', f'--data_dir={nih}', f'--model_dir={model_dir}',
       '--backbone=mini_vgg', '--frozen_blocks=0', '--weights=none',
       '--image_size=32', '--batch_size=16', '--epochs=1', '--dense_units=8',
       '--bootstrap_resamples=100', '--policy=float32', '--verbose=0')
   assert trained.returncode == 0, trained.stderr[-3000:]
-  evaluated = run_tool('evaluate', f'--model_dir={model_dir}',
-                       f'--data_dir={google}', '--bootstrap_resamples=20')
+  _, rows, _ = read_csv(os.path.join(src, synthetic.SPLIT_FILES['test']))
+  image = next(os.path.join(root, rows[0]['Image Index'])
+               for root, _, names in os.walk(src)
+               if rows[0]['Image Index'] in names)
+  # Both read the finished run: at once.
+  done = run_tools({
+      'evaluate': ('evaluate', f'--model_dir={model_dir}',
+                   f'--data_dir={google}', '--bootstrap_resamples=20'),
+      'predict': ('predict', f'--model_dir={model_dir}', image)})
+  evaluated, predicted = done['evaluate'], done['predict']
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   with open(os.path.join(model_dir, 'evaluation', 'google_data-test',
                          'results.json')) as f:
     results = json.load(f)
   mapping = results['data']['label_mapping']
   assert mapping['matched'] == {'Pneumothorax': 'Pneumothorax'}
-  _, rows, _ = read_csv(os.path.join(src, synthetic.SPLIT_FILES['test']))
   entry = results['labels']['Pneumothorax']['splits']['test']
   assert (entry['n'], entry['positives']) == (
       len(rows), sum(r['Pneumothorax'] == 'YES' for r in rows))
-  image = os.path.join(src, rows[0]['Image Index'])
-  if not os.path.exists(image):  # NIH's images/ folders
-    image = next(os.path.join(root, rows[0]['Image Index'])
-                 for root, _, names in os.walk(src)
-                 if rows[0]['Image Index'] in names)
-  predicted = run_tool('predict', f'--model_dir={model_dir}', image)
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   header, line = predicted.stdout.strip().splitlines()
   assert 'Pneumothorax' in header.split('\t')

@@ -113,7 +113,7 @@ def test_train_evaluate_and_predict_through_the_tools(tmp_path):
   """make_synthetic -> make_tfrecords -> train (1 epoch) -> evaluate ->
   predict on the NLM stand-in, through the tools; the evaluation's counts
   are recounted from the test split read with TFDS."""
-  from test_end_to_end import run_tool  # pylint: disable=g-import-not-at-top
+  from test_end_to_end import run_tool, run_tools  # pylint: disable=g-import-not-at-top
   src, data = str(tmp_path / 'nlm'), str(tmp_path / 'data')
   model_dir = str(tmp_path / 'run')
   made = run_tool('make_synthetic', f'--out_dir={src}', '--layout=nlm_tb',
@@ -131,8 +131,16 @@ def test_train_evaluate_and_predict_through_the_tools(tmp_path):
       '--image_size=32', '--batch_size=8', '--epochs=1', '--dense_units=8',
       '--bootstrap_resamples=100', '--policy=float32', '--verbose=0')
   assert trained.returncode == 0, trained.stderr[-3000:]
-  evaluated = run_tool('evaluate', f'--model_dir={model_dir}',
-                       f'--data_dir={data}', '--bootstrap_resamples=20')
+  images = sorted(os.path.join(root, name) for root, _, names in os.walk(src)
+                  for name in names if name.endswith('.png'))
+  chosen = [next(p for p in images if p.endswith('_0.png')),
+            next(p for p in images if p.endswith('_1.png'))]
+  # Both read the finished run: at once.
+  done = run_tools({
+      'evaluate': ('evaluate', f'--model_dir={model_dir}',
+                   f'--data_dir={data}', '--bootstrap_resamples=20'),
+      'predict': ('predict', f'--model_dir={model_dir}', *chosen)})
+  evaluated, predicted = done['evaluate'], done['predict']
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   with open(os.path.join(model_dir, 'evaluation', 'data-test',
                          'results.json')) as f:
@@ -143,11 +151,6 @@ def test_train_evaluate_and_predict_through_the_tools(tmp_path):
   entry = results['labels']['Tuberculosis']['splits']['test']
   assert (entry['n'], entry['positives']) == (len(test), positives)
   assert 0 < positives < len(test)
-  images = sorted(os.path.join(root, name) for root, _, names in os.walk(src)
-                  for name in names if name.endswith('.png'))
-  chosen = [next(p for p in images if p.endswith('_0.png')),
-            next(p for p in images if p.endswith('_1.png'))]
-  predicted = run_tool('predict', f'--model_dir={model_dir}', *chosen)
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   header, *lines = predicted.stdout.strip().splitlines()
   assert header.split('\t') == ['path', 'Tuberculosis',

@@ -234,7 +234,7 @@ def test_train_evaluate_and_predict_through_the_tools(tmp_path):
   evaluate on the physician-labelled test images -> predict on a PadChest
   stand-in, through the tools. The evaluation's counts are recounted from
   the test split read with TFDS."""
-  from test_end_to_end import run_tool  # pylint: disable=g-import-not-at-top
+  from test_end_to_end import run_tool, run_tools  # pylint: disable=g-import-not-at-top
   tree, data = str(tmp_path / 'tree'), str(tmp_path / 'data')
   made = run_tool('make_synthetic', f'--out_dir={tree}', '--layout=padchest',
                   '--num_images=100', '--seed=2', '--size_scale=0.02',
@@ -261,8 +261,14 @@ def test_train_evaluate_and_predict_through_the_tools(tmp_path):
   assert set(run.label_results()) == set(chosen)
   _, rows, _ = read_csv(os.path.join(tree, CSV))
   image = os.path.join(tree, rows[0]['ImageDir'], rows[0]['ImageID'])
-  predicted = run_tool('predict', f'--model_dir={model_dir}', '--output=csv',
-                       image)
+  # Both read the finished run: at once.
+  done = run_tools({
+      'predict': ('predict', f'--model_dir={model_dir}', '--output=csv',
+                  image),
+      'evaluate': ('evaluate', f'--model_dir={model_dir}',
+                   f'--data_dir={data}', '--label_methods=Physician',
+                   '--bootstrap_resamples=20')})
+  predicted, evaluated = done['predict'], done['evaluate']
   assert predicted.returncode == 0, predicted.stderr[-2000:]
   header, row = predicted.stdout.strip().splitlines()[-2:]
   assert len(header.split(',')) == len(row.split(',')) == 1 + 2 * len(chosen)
@@ -273,9 +279,6 @@ def test_train_evaluate_and_predict_through_the_tools(tmp_path):
                if e[schema.LABEL_METHOD] == b'Physician']
   names = list(info['label_names'])
   assert 0 < len(physician) < info['splits']['test']['num_examples']
-  evaluated = run_tool('evaluate', f'--model_dir={model_dir}',
-                       f'--data_dir={data}', '--label_methods=Physician',
-                       '--bootstrap_resamples=20')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   out = os.path.join(model_dir, run_dir.EVALUATION_DIR,
                      f'{os.path.basename(data)}-test-Physician')

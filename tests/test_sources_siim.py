@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 import pytest
 
-from test_end_to_end import run_tool
+from test_end_to_end import run_tool, run_tools
 from xray_tfdata import sources
 from xray_tfdata import writer
 from xray_tfdata.sources import rle
@@ -438,9 +438,9 @@ def test_missing_and_unlisted_images_are_accounted(siim_tree, tmp_path):
 def test_tools_convert_and_train_on_siim(tmp_path):
   src, data = str(tmp_path / 'siim'), str(tmp_path / 'data')
   model_dir = str(tmp_path / 'model')
-  made = run_tool('make_synthetic', f'--out_dir={src}', '--num_images=64',
-                  '--layout=siim', '--size_scale=0.0625', '--seed=2')
-  assert made.returncode == 0, made.stderr
+  # make_synthetic runs as a tool in test_end_to_end.
+  synthetic_siim.make_synthetic_siim(src, num_images=64, size_scale=0.0625,
+                                     seed=2, num_workers=1)
   converted = run_tool('make_tfrecords', f'--src_dir={src}',
                        f'--out_dir={data}', '--image_size=32', '--resplit',
                        '--num_shards=2', '--noprogress')
@@ -460,11 +460,14 @@ def test_tools_convert_and_train_on_siim(tmp_path):
     assert 'Pneumothorax' in f.read()
   dicoms = sorted(os.path.join(root, name) for root, _, names in os.walk(
       os.path.join(src, siim.IMAGES)) for name in names)[:3]
-  predicted = run_tool('predict', f'--model_dir={model_dir}', *dicoms)
+  # Both read the finished run: at once.
+  done = run_tools({
+      'predict': ('predict', f'--model_dir={model_dir}', *dicoms),
+      'evaluate': ('evaluate', f'--model_dir={model_dir}',
+                   f'--data_dir={data}', '--localization',
+                   '--bootstrap_resamples=50')})
+  predicted, evaluated = done['predict'], done['evaluate']
   assert predicted.returncode == 0, predicted.stderr[-3000:]
-  evaluated = run_tool('evaluate', f'--model_dir={model_dir}',
-                       f'--data_dir={data}', '--localization',
-                       '--bootstrap_resamples=50')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert 'localization (Pneumothorax): pointing-game hit rate' in (
       evaluated.stdout)

@@ -150,7 +150,7 @@ def test_vindr_records_keep_every_box_with_its_label_and_reader(converted):
   assert set(schema.LABELLED_BOX_KEYS + schema.READER_FEATURES) <= set(
       info['extra_features'])
   by_hash = {_hash(i): i for i in images}
-  num_boxes = 0
+  num_boxes, ages, sexes = 0, [], []
   for record in (r for split in _records(out).values() for r in split):
     image_id = by_hash[record[schema.PATIENT_ID].decode()]
     split, _, boxes = images[image_id]
@@ -167,7 +167,16 @@ def test_vindr_records_keep_every_box_with_its_label_and_reader(converted):
     assert [r.decode() for r in record[schema.BOX_READER]] == [
         reader for *_, reader in boxes]
     num_boxes += len(boxes)
+    # Sex and age from the header, read here: 'O' and blank are unknown.
+    sex, age = str(header.get('PatientSex', '')), str(header.get(
+        'PatientAge', ''))
+    stored_sex = record[schema.SEX].decode()
+    assert stored_sex == (sex if sex in ('M', 'F') else ''), (sex, stored_sex)
+    assert record[schema.AGE_YEARS] == (int(age[:-1]) if age else -1), age
+    ages.append(int(record[schema.AGE_YEARS]))
+    sexes.append(stored_sex)
   assert num_boxes == sum(len(b) for _, _, b in images.values()) > 0
+  assert {'M', 'F', ''} <= set(sexes) and -1 in ages and max(ages) > 0
 
 
 STORED_SIZE = 16  # labelled_trees.STORED
@@ -234,7 +243,7 @@ def test_vindr_contradicting_rows_skip_their_image_with_the_lines(tmp_path):
 @pytest.mark.slow  # three tool processes: convert, train one epoch, evaluate
 def test_vindr_trains_and_evaluates_with_the_pointing_game_per_label(
     tmp_path):
-  from test_end_to_end import run_tool  # pylint: disable=g-import-not-at-top
+  from test_end_to_end import run_tool, run_tools  # pylint: disable=g-import-not-at-top
   src, data = str(tmp_path / 'src'), str(tmp_path / 'data')
   model_dir = str(tmp_path / 'run')
   synthetic_vindr.make_synthetic_vindr(src, num_images=40, seed=2,
@@ -269,9 +278,15 @@ def test_vindr_trains_and_evaluates_with_the_pointing_game_per_label(
   assert trained.returncode == 0, trained.stderr[-3000:]
   with open(os.path.join(model_dir, 'config.json')) as f:
     assert json.load(f)['reader_policy'] == 'majority'
-  evaluated = run_tool('evaluate', f'--model_dir={model_dir}',
-                       f'--data_dir={data}', '--split=test',
-                       '--bootstrap_resamples=100', '--localization')
+  dicoms = sorted(os.path.join(root, n) for root, _, found in os.walk(src)
+                  for n in found if n.endswith('.dicom'))[:2]
+  # Both read the finished run: at once.
+  done = run_tools({
+      'evaluate': ('evaluate', f'--model_dir={model_dir}',
+                   f'--data_dir={data}', '--split=test',
+                   '--bootstrap_resamples=100', '--localization'),
+      'predict': ('predict', f'--model_dir={model_dir}', *dicoms)})
+  evaluated, predicted = done['evaluate'], done['predict']
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   found = [p for p, _, n in os.walk(model_dir) for f in n
            if f == 'results.json' and os.path.basename(p) != 'run']
@@ -292,9 +307,6 @@ def test_vindr_trains_and_evaluates_with_the_pointing_game_per_label(
   assert localization['labels']['Pleural effusion']['n'] > 0
   assert (localization['labels']['Pleural effusion']['no_box_positives'] >=
           len(unboxed))
-  dicoms = sorted(os.path.join(root, n) for root, _, found in os.walk(src)
-                  for n in found if n.endswith('.dicom'))[:2]
-  predicted = run_tool('predict', f'--model_dir={model_dir}', *dicoms)
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   header, *lines = predicted.stdout.strip().splitlines()
   assert header.split('\t') == ['path'] + [

@@ -34,13 +34,17 @@ class id that is not its class name's, a cell that is not a number or 0/1,
 a competition reader with both a `No finding` row and a finding's, a
 reader's two rows in image_labels) is skipped with the reason. VinDr
 publishes no patient id: each image is its own patient (the image id, stored hashed, also in
-image/filename). View, sex and age are not read (''/-1).
+image/filename). Sex and age come from the DICOM header (PatientSex,
+PatientAge such as '045Y', which the release keeps), as SIIM's; a header
+that cannot be read leaves them unknown (''/-1) and the decode names the
+file. No view is read ('').
 """
 
 import collections
 import dataclasses
 import os
 
+from xray_tfdata import dicom
 from xray_tfdata.sources import base
 from xray_tfdata.sources import tables
 
@@ -179,6 +183,8 @@ def _scan(src_dir, options, split_method, progress, label_rows):
                      missing_name=f'{image.split}/{image_id}.dicom')
     if path is None:
       row.reason = 'missing image'
+    else:
+      row.sex, row.age_years = _sex_and_age(os.path.join(src_dir, path))
     row.reason = image.reason or row.reason
     row.patient_id = image_id
     row.private_parts = ((image_id, image_id),)
@@ -193,6 +199,18 @@ def _scan(src_dir, options, split_method, progress, label_rows):
     row.box_readers = tuple(reader for _, _, reader in image.boxes)
     rows.append(row)
   return rows, found, ignored, read, tuple(label_names)
+
+
+def _sex_and_age(full_path):
+  """(sex 'M'/'F'/'', age in years or -1) from a DICOM's header."""
+  try:
+    header = dicom.read_header(full_path)
+  except dicom.DicomError:
+    raise  # pydicom missing: one line for the whole conversion
+  except Exception:  # pylint: disable=broad-except  (the decode names it)
+    return '', -1
+  return (tables.parse_sex(str(header.get('PatientSex', '') or '')),
+          tables.parse_age(str(header.get('PatientAge', '') or '')))
 
 
 def _lines(lines):

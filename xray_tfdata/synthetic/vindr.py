@@ -113,7 +113,8 @@ def _plan(rng, num_images, size_scale, release):
         patient=image_id, study=image_id, split=split, findings=truth,
         stored=(12, int(rng.integers(100, 600)), int(rng.integers(3200, 4096))),
         dicom={'photometric': 'MONOCHROME1' if rng.random() < _MONOCHROME1
-               else 'MONOCHROME2', 'patient_id': ''})
+               else 'MONOCHROME2', 'patient_id': '',
+               **_sex_and_age(image_id)})
     image['global'] = {label: int(rng.random() < p)
                        for label, p in _GLOBAL_PREVALENCE.items()}
     if split == 'train':
@@ -129,6 +130,16 @@ def _plan(rng, num_images, size_scale, release):
   files = (_competition_files(images) if release == 'competition' else
            _physionet_files(images))
   return images, files
+
+
+def _sex_and_age(image_id):
+  """PatientSex and PatientAge as the release keeps them ('045Y'; 'O' and
+  blank cells too), from the image id's hex digits: the random stream, and
+  so every other byte of a tree, is as before they were written."""
+  digits = int(image_id[:4], 16)
+  return {'PatientSex': ('M', 'F', 'M', 'F', 'O', '')[digits % 6],
+          'PatientAge': '' if digits % 7 == 0 else
+                        f'{18 + (digits >> 3) % 70:03d}Y'}
 
 
 def _read(rng, image, sensitivity=_SENSITIVITY, false_mark=_FALSE_MARK):
