@@ -388,3 +388,32 @@ def test_vindr_real_competition_rows_give_the_hand_table(tmp_path):
     assert all(w > 0 and h > 0 for _, _, w, h in row.boxes)
     assert row.where.startswith('train.csv line')
   assert sum(len(r.where.split(',')) for r in rows) == 24  # every row
+
+
+def test_vindr_reader_column_is_read_in_either_spelling(tmp_path):
+  """The PhysioNet release's documentation spells the reader column rad_ID
+  in image_labels and rad_id in annotations; a tree with the two swapped
+  plans to the same readers, marks and boxes."""
+  from labelled_trees import _plan  # pylint: disable=g-import-not-at-top
+  src = str(tmp_path / 'src')
+  synthetic_vindr.make_synthetic_vindr(src, num_images=20, seed=3,
+                                       size_scale=0.01, num_workers=1,
+                                       release='physionet')
+
+  def planned():
+    plan = _plan(src, 'vindr')
+    return {f.path: (split, f.labels, f.marked_by, f.num_readers, f.boxes,
+                     f.box_readers)
+            for split, files in plan.splits.items() for f in files}
+
+  before = planned()
+  assert any(entry[3] > 1 for entry in before.values())  # readers were read
+  for name, old, new in (('image_labels_train.csv', 'rad_ID', 'rad_id'),
+                         ('annotations_train.csv', 'rad_id', 'rad_ID')):
+    path = os.path.join(src, 'annotations', name)
+    with open(path, encoding='utf-8') as f:
+      header, rest = f.read().split('\n', 1)
+    assert old in header.split(','), header
+    with open(path, 'w', encoding='utf-8') as f:
+      f.write(header.replace(old, new) + '\n' + rest)
+  assert planned() == before

@@ -9,7 +9,7 @@ test set here (refused in one line; pass --resplit), and test/'s images are
 listed as unlabelled.
 
 physionet (VinDr-CXR 1.0.0): `annotations/image_labels_{train,test}.csv`
-(`image_id`, `rad_ID` in train, then 0/1 per label: 22 local labels, 6
+(`image_id`, `rad_ID` in train [rad_id read too], then 0/1 per label: 22 local labels, 6
 global ones, `No finding`), a row per reader; `annotations/annotations_
 {train,test}.csv` (`image_id`, `rad_id` in train, `x_min, y_min, x_max,
 y_max, class_name`). The test split is the readers' consensus, one row per
@@ -283,12 +283,12 @@ def _read_physionet_labels(src_dir, split, images, label_rows, progress):
   in the file's order."""
   name = IMAGE_LABELS.format(split)
   path = os.path.join(src_dir, name)
-  reader_column = 'rad_ID' if split == 'train' else None
+  header = [h for h in tables.read_header(path)]
+  reader_column = _reader_column(header, split, 'rad_ID')
   table = tables.read_table(path, ('image_id', NO_FINDING) + (
       (reader_column,) if reader_column else ()), f'VinDr-CXR {name}')
-  header = [h for h in tables.read_header(path)]
-  label_names = tuple(h for h in header if h not in ('image_id', 'rad_ID',
-                                                       'rad_id'))
+  label_names = tuple(h for h in header
+                      if h != 'image_id' and h.lower() != 'rad_id')
   label_rows[name] = len(table)
   for line, row in tables.reported(table, name, progress):
     where = f'{name} line {line}'
@@ -308,7 +308,7 @@ def _read_physionet_labels(src_dir, split, images, label_rows, progress):
       continue
     reader = (row[reader_column] or '').strip() if reader_column else CONSENSUS
     if reader_column and not reader:
-      image.fail(f'{where}: blank rad_ID')
+      image.fail(f'{where}: blank {reader_column}')
       continue
     if reader in image.reads:
       image.fail(f'{where}: a second row of reader '
@@ -325,12 +325,23 @@ def _read_physionet_labels(src_dir, split, images, label_rows, progress):
   return label_names
 
 
+def _reader_column(header, split, spelling):
+  """The train file's reader column as its header spells it (the release's
+  documentation writes rad_ID in image_labels and rad_id in annotations;
+  either is read in either file), `spelling` where it has none (then
+  refused as missing); None for test, the consensus."""
+  if split != 'train':
+    return None
+  return next((h for h in header if h.lower() == 'rad_id'), spelling)
+
+
 def _read_physionet_boxes(src_dir, split, images, label_names, label_rows,
                           ignored, progress):
   """Adds annotations_<split>.csv's boxes to the images of `images`; box
   rows of an image image_labels does not name are listed in `ignored`."""
   name = BOXES.format(split)
-  reader_column = 'rad_id' if split == 'train' else None
+  reader_column = _reader_column(
+      tables.read_header(os.path.join(src_dir, name)), split, 'rad_id')
   table = tables.read_table(
       os.path.join(src_dir, name), ('image_id', 'class_name') + BOX_COLUMNS
       + ((reader_column,) if reader_column else ()), f'VinDr-CXR {name}')
