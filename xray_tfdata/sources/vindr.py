@@ -9,8 +9,9 @@ test set here (refused in one line; pass --resplit), and test/'s images are
 listed as unlabelled.
 
 physionet (VinDr-CXR 1.0.0): `annotations/image_labels_{train,test}.csv`
-(`image_id`, `rad_ID` in train [rad_id read too], then 0/1 per label: 22 local labels, 6
-global ones, `No finding`), a row per reader; `annotations/annotations_
+(`image_id`, `rad_ID` in train (rad_id is read too), then 0/1 per label:
+22 local labels, 6 global ones, `No finding`), a row per reader;
+`annotations/annotations_
 {train,test}.csv` (`image_id`, `rad_id` in train, `x_min, y_min, x_max,
 y_max, class_name`). The test split is the readers' consensus, one row per
 image without a reader. Read when `annotations/image_labels_train.csv`
