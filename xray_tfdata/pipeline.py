@@ -214,7 +214,8 @@ class DatasetBuilder:
       with_metadata: yield a third element, a dict with the file name and
         patient id (evaluation and error analysis); for a multi-label
         dataset also 'view', 'sex', 'age_years' and 'study_id' (what its
-        records store), and 'label_method' where stored (PadChest).
+        records store); 'detailed_class' (RSNA) and 'label_method'
+        (PadChest) where stored.
       with_mask: with with_metadata, also 'mask', the record's stored mask
         (a dataset with masks, SIIM: `schema.MASK`), uint8 [H, W], a
         pixel's share in the regions times 255 (inside at
@@ -379,9 +380,9 @@ class DatasetBuilder:
                            resize and size != self.info.image_size,
                            with_metadata, self._positive_id,
                            len(self.info.label_names), targets,
-                           mask=with_mask, label_method=(
-                               schema.LABEL_METHOD in
-                               self.info.extra_features))
+                           mask=with_mask, texts=tuple(
+                               key for key in _TEXT_EXTRAS
+                               if key in self.info.extra_features))
     return records.map(decode, num_parallel_calls=AUTOTUNE,
                        deterministic=not training)
 
@@ -571,9 +572,15 @@ def _reader_codes(record, num_labels, reader_policy):
   return tf.cast(chosen, tf.int64)
 
 
+# The text extra features the reader yields in the metadata where a
+# dataset's records store them, by the metadata's name for them.
+_TEXT_EXTRAS = {schema.DETAILED_CLASS: 'detailed_class',
+                schema.LABEL_METHOD: 'label_method'}
+
+
 def _make_decoder(format_version, channels, size, resize, with_metadata,
                   positive_id=None, num_labels=0, targets=None, mask=False,
-                  label_method=False):
+                  texts=()):
   """The record -> (image, targets float32 [L][, metadata]) function.
 
   A multi-label dataset's (num_labels > 0) targets come from its raw codes
@@ -581,8 +588,9 @@ def _make_decoder(format_version, channels, size, resize, with_metadata,
   class dataset's one target is its class id (with positive_id: 1 for
   that stored class id and 0 for the other), as [1]. With mask (and
   with_metadata) the metadata also holds the stored mask, uint8 [H, W],
-  resized as the image is; with label_method (a dataset that stores it,
-  PadChest) the image's 'label_method'."""
+  resized as the image is; `texts`, keys of `_TEXT_EXTRAS` the records
+  store (RSNA's detailed class, PadChest's label method), are added to the
+  metadata under their names."""
   mask = mask and bool(with_metadata)  # parsed only where it is returned
 
   def decode(record):
@@ -622,10 +630,11 @@ def _make_decoder(format_version, channels, size, resize, with_metadata,
                         sex=features[schema.SEX],
                         age_years=features[schema.AGE_YEARS],
                         study_id=features[schema.STUDY_ID])
-      if label_method:
-        metadata['label_method'] = tf.io.parse_single_example(
-            record, {schema.LABEL_METHOD: tf.io.FixedLenFeature(
-                [], tf.string, default_value='')})[schema.LABEL_METHOD]
+      if texts:
+        stored = tf.io.parse_single_example(record, {
+            key: tf.io.FixedLenFeature([], tf.string, default_value='')
+            for key in texts})
+        metadata.update({_TEXT_EXTRAS[key]: stored[key] for key in texts})
       if mask:
         region = tf.io.decode_png(features[schema.MASK], channels=1)
         if resize:

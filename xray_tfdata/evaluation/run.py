@@ -57,9 +57,9 @@ _KERMANY_SUBTYPE = re.compile(r'_(bacteria|virus)_', re.IGNORECASE)
 # Multi-label datasets' age subgroups, in whole years: [low, high).
 AGE_GROUPS = ((0, 20), (20, 40), (40, 60), (60, 80), (80, 200))
 # The record features `as_dataset(with_metadata=True)` does not yield that
-# the evaluation uses: RSNA's detailed class (a subgroup) and boxes (with
-# their labels: NIH's, VinDr-CXR's).
-_EXTRA_KEYS = (schema.DETAILED_CLASS,) + schema.BOX_KEYS + (schema.BOX_LABEL,)
+# the evaluation uses: boxes (with their labels: NIH's, VinDr-CXR's), a
+# ragged number per image.
+_EXTRA_KEYS = schema.BOX_KEYS + (schema.BOX_LABEL,)
 
 
 def print_flush(line):
@@ -118,12 +118,13 @@ def predict_split(net, builder, split, batch_size, **options):
 
 
 def stored_extras(builder, split, filtered=False):
-  """RSNA's detailed class and boxes, SIIM's masks, of each record, in disk
-  order; {} for a dataset that stores none, and where a filter (views,
-  label methods) drops records: these rows would not be the reader's.
+  """The boxes (RSNA's, NIH's, VinDr-CXR's) or SIIM's masks of each record,
+  in disk order; {} for a dataset that stores none, and where a filter
+  (views, label methods) drops records: these rows would not be the
+  reader's.
 
   Returns:
-    {'detailed_class': str array, 'boxes': [float32 [k, 4] (x, y, width,
+    {'boxes': [float32 [k, 4] (x, y, width,
     height) per record], 'box_labels': [int [k] per record, indices into
     the dataset's label_names] (NIH's, VinDr-CXR's), 'masks': uint8
     [N, H, W] at the stored size (SIIM's)}, each where stored.
@@ -139,20 +140,15 @@ def stored_extras(builder, split, filtered=False):
     return {}
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   spec = {}
-  if schema.DETAILED_CLASS in extra:
-    spec[schema.DETAILED_CLASS] = tf.io.FixedLenFeature([], tf.string,
-                                                        default_value='')
   has_boxes = set(schema.BOX_KEYS) <= set(extra)
   if has_boxes:
     spec.update({k: tf.io.RaggedFeature(tf.float32) for k in schema.BOX_KEYS})
   if schema.BOX_LABEL in extra:
     spec[schema.BOX_LABEL] = tf.io.RaggedFeature(tf.int64)
   records = tf.data.TFRecordDataset(builder.shard_paths(split))
-  detailed, boxes, box_labels = [], [], []
+  boxes, box_labels = [], []
   for batch in records.batch(1024).map(
       lambda r: tf.io.parse_example(r, spec)).as_numpy_iterator():
-    if schema.DETAILED_CLASS in spec:
-      detailed.append(batch[schema.DETAILED_CLASS])
     if has_boxes:
       parts = [batch[k] for k in schema.BOX_KEYS]
       boxes += [np.stack([np.asarray(p[i], np.float32) for p in parts],
@@ -162,8 +158,6 @@ def stored_extras(builder, split, filtered=False):
       box_labels += [np.asarray(labels, np.int64)
                      for labels in batch[schema.BOX_LABEL]]
   out = {}
-  if detailed:
-    out['detailed_class'] = _decoded(np.concatenate(detailed))
   if has_boxes:
     out['boxes'] = boxes
   if schema.BOX_LABEL in spec:
