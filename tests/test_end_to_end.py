@@ -18,8 +18,15 @@ from conftest import assert_one_line_error
 from processes import run_at_once
 
 
+# Its sitecustomize hides the test extras from the tools (see there).
+_USER_INSTALL = os.path.join(REPO_ROOT, 'tests', 'user_install')
+
+
 def _tool_env():
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  env['PYTHONPATH'] = os.pathsep.join(
+      [_USER_INSTALL] + [p for p in (env.get('PYTHONPATH'),) if p])
+  return env
 
 
 def _tool_argv(name, *args):
