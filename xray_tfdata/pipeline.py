@@ -592,9 +592,10 @@ def _make_decoder(format_version, channels, size, resize, with_metadata,
   store (RSNA's detailed class, PadChest's label method), are added to the
   metadata under their names."""
   mask = mask and bool(with_metadata)  # parsed only where it is returned
+  texts = tuple(texts) if with_metadata else ()
 
   def decode(record):
-    features = schema.parse(record, format_version, num_labels, mask)
+    features = schema.parse(record, format_version, num_labels, mask, texts)
     image = tf.io.decode_png(features[schema.ENCODED], channels=channels)
     if resize:
       image = tf.image.resize(image, size, antialias=True)
@@ -630,11 +631,7 @@ def _make_decoder(format_version, channels, size, resize, with_metadata,
                         sex=features[schema.SEX],
                         age_years=features[schema.AGE_YEARS],
                         study_id=features[schema.STUDY_ID])
-      if texts:
-        stored = tf.io.parse_single_example(record, {
-            key: tf.io.FixedLenFeature([], tf.string, default_value='')
-            for key in texts})
-        metadata.update({_TEXT_EXTRAS[key]: stored[key] for key in texts})
+      metadata.update({_TEXT_EXTRAS[key]: features[key] for key in texts})
       if mask:
         region = tf.io.decode_png(features[schema.MASK], channels=1)
         if resize:

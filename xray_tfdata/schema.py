@@ -251,7 +251,8 @@ def encode_example(png, height, width, label, class_text, filename,
   return example.SerializeToString(deterministic=True)
 
 
-def feature_spec(format_version=FORMAT_VERSION, num_labels=0, mask=False):
+def feature_spec(format_version=FORMAT_VERSION, num_labels=0, mask=False,
+                 texts=()):
   """Returns the `tf.io.parse_example` spec for the schema.
 
   Keyed by the current format's names (`ENCODED`, `LABEL`, ...) whatever
@@ -263,11 +264,13 @@ def feature_spec(format_version=FORMAT_VERSION, num_labels=0, mask=False):
       `LABELS` as a fixed-length [num_labels] int64 and the
       `MULTILABEL_FEATURES`); 0 for a single-label dataset.
     mask: add `MASK` (a dataset whose 'extra_features' list it).
+    texts: text extra features to add ('' where a record has none), e.g.
+      `DETAILED_CLASS`, `LABEL_METHOD`.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   spec = {k: tf.io.FixedLenFeature([], tf.string, default_value='')
-          for k in _BYTES_KEYS}
+          for k in _BYTES_KEYS + tuple(texts)}
   spec.update({k: tf.io.FixedLenFeature([], tf.int64, default_value=-1)
                for k in _INT_KEYS})
   if num_labels:
@@ -289,15 +292,16 @@ def reader_spec(num_labels):
           MARKED_BY: tf.io.FixedLenFeature([num_labels], tf.int64)}
 
 
-def parse(record, format_version=FORMAT_VERSION, num_labels=0, mask=False):
+def parse(record, format_version=FORMAT_VERSION, num_labels=0, mask=False,
+          texts=()):
   """Parses one serialized example into a dict under the current names
   (with `LABELS` and the `MULTILABEL_FEATURES` when num_labels > 0, `MASK`
-  with mask)."""
+  with mask, the text extra features `texts`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   parsed = tf.io.parse_single_example(
-      record, feature_spec(format_version, num_labels, mask))
-  names = _BYTES_KEYS + _INT_KEYS
+      record, feature_spec(format_version, num_labels, mask, texts))
+  names = _BYTES_KEYS + tuple(texts) + _INT_KEYS
   if num_labels:
     names += (LABELS,) + tuple(MULTILABEL_FEATURES)
   if mask:

@@ -193,5 +193,4 @@ def _read_header(full_path, entry, image_id, image_rows, csv_path):
                         f'{_FIX}') from None
   entry.patient_id = str(header.get('PatientID', '') or '').strip() or image_id
   entry.view = str(header.get('ViewPosition', '') or '').strip()
-  entry.sex = tables.parse_sex(str(header.get('PatientSex', '') or ''))
-  entry.age_years = tables.parse_age(str(header.get('PatientAge', '') or ''))
+  entry.sex, entry.age_years = tables.header_sex_and_age(header)

@@ -240,6 +240,13 @@ def parse_sex(value):
   return _SEX.get((value or '').strip().upper(), '')
 
 
+def header_sex_and_age(header):
+  """(sex, age in whole years) from a DICOM header's PatientSex and
+  PatientAge ('045Y'), as `parse_sex` and `parse_age` read them."""
+  return (parse_sex(str(header.get('PatientSex', '') or '')),
+          parse_age(str(header.get('PatientAge', '') or '')))
+
+
 def codes(row, label_columns):
   """(codes, None) of the label columns of a row, or (None, reason)."""
   codes = []

@@ -210,8 +210,7 @@ def _sex_and_age(full_path):
     raise  # pydicom missing: one line for the whole conversion
   except Exception:  # pylint: disable=broad-except  (the decode names it)
     return '', -1
-  return (tables.parse_sex(str(header.get('PatientSex', '') or '')),
-          tables.parse_age(str(header.get('PatientAge', '') or '')))
+  return tables.header_sex_and_age(header)
 
 
 def _lines(lines):
